@@ -1,0 +1,38 @@
+#include "common/backend/backend.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "common/backend/cpu/cpu_backend.h"
+
+namespace indexcache {
+
+Buffer& Buffer::operator=(Buffer&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    backend_ = other.backend_;
+    data_ = other.data_;
+    bytes_ = other.bytes_;
+    other.backend_ = nullptr;
+    other.data_ = nullptr;
+    other.bytes_ = 0;
+  }
+  return *this;
+}
+
+void Buffer::Reset() {
+  if (backend_ != nullptr && data_ != nullptr) backend_->Free(data_);
+  backend_ = nullptr;
+  data_ = nullptr;
+  bytes_ = 0;
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(std::string_view device, int num_threads) {
+  if (device == "cpu") return std::unique_ptr<Backend>(new CpuBackend(num_threads));
+  if (device == "cuda") {
+    return absl::UnimplementedError(
+        "device 'cuda': the CUDA backend is not built yet (this build runs on --device cpu)");
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown device '", std::string(device), "' (expected cpu or cuda)"));
+}
+
+}  // namespace indexcache

@@ -1,0 +1,151 @@
+// The backend seam. Model code describes the forward pass as a sequence of ops on device-resident
+// Tensors; a backend executes them. Ops are enqueued in order and may run asynchronously: nothing
+// returns data to the host except Download, so a CUDA backend can launch a whole step without host
+// round trips (and capture it as a graph). The CPU backend (cpu/) is the reference every other
+// backend is tested against.
+//
+// Conventions: activations are F32 on every backend today; weights are whatever `weight_dtype()` says
+// (the backend converts at upload). Index tensors are I32. Shapes are given as [rows, cols].
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/backend/tensor.h"
+
+namespace indexcache {
+
+class Backend;
+
+// Owns one device allocation; freed through the backend that made it.
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(Backend* backend, void* data, size_t bytes) : backend_(backend), data_(data), bytes_(bytes) {}
+  Buffer(Buffer&& other) noexcept { *this = std::move(other); }
+  Buffer& operator=(Buffer&& other) noexcept;
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() { Reset(); }
+
+  void* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+  // A [rows, cols] view of the start of the buffer.
+  Tensor View(DType dtype, int64_t rows, int64_t cols) const {
+    return Tensor::Matrix(data_, dtype, rows, cols);
+  }
+
+ private:
+  void Reset();
+  Backend* backend_ = nullptr;
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Where each token of a forward batch sits. All tensors are I32 on the device.
+struct BatchLayout {
+  Tensor token_seq;     // [n, 1] row of `block_tables` that holds the token's sequence
+  Tensor token_pos;     // [n, 1] absolute position of the token in its sequence
+  Tensor slot_mapping;  // [n, 1] cache slot (block · block_size + offset) the token's entries go to
+  Tensor block_tables;  // [num_seqs, max_blocks] block ids of each sequence, in order
+  int32_t block_size = 0;
+  int32_t max_context = 0;  // max over tokens of position + 1 (host-known: sizes workspaces)
+};
+
+// DeepSeek-V3-style sigmoid routing with group limits (GlmMoeDsaTopkRouter).
+struct MoeRouting {
+  int32_t num_experts = 0;
+  int32_t top_k = 0;
+  int32_t n_group = 1;
+  int32_t topk_group = 1;
+  bool norm_topk_prob = true;
+  float routed_scaling_factor = 1.0f;
+};
+
+// Wall-clock regions the engine reports on (IndexCache counters). A backend measures them the way
+// that is exact for it: the CPU backend with a clock (ops are synchronous), CUDA with events.
+enum class TimedRegion : uint8_t { kIndexer = 0, kAttention, kMoe, kCount };
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual std::string_view name() const = 0;
+  virtual DType weight_dtype() const = 0;
+
+  // --- memory and transfers ---------------------------------------------------------------
+  virtual absl::StatusOr<Buffer> Allocate(size_t bytes) = 0;
+  virtual void Free(void* data) = 0;
+  // Copies `host` (float32 when dst is F32/BF16 — converted to dst's dtype —, int32 when I32) into dst.
+  virtual void Upload(const void* host, Tensor dst) = 0;
+  // Waits for every enqueued op, then copies src (F32 or I32, any stride) to dense host memory.
+  virtual absl::Status Download(Tensor src, void* host) = 0;
+  virtual absl::Status Synchronize() = 0;
+  virtual void Fill(Tensor dst, float value) = 0;
+
+  // --- dense ops --------------------------------------------------------------------------
+  // out[r] = table[ids[r]]                                     ids: I32 [n, 1]
+  virtual void Embedding(Tensor table, Tensor ids, Tensor out) = 0;
+  // out[m, n] = x[m, k] · w[n, k]ᵀ  (torch.nn.Linear without bias)
+  virtual void Linear(Tensor x, Tensor w, Tensor out) = 0;
+  // Per head h: out[:, h·o:(h+1)·o] = x[:, h·i:(h+1)·i] · w_hᵀ with w = [heads·o, i] stacked by head.
+  virtual void HeadwiseLinear(Tensor x, Tensor w, int32_t heads, Tensor out) = 0;
+  // out = weight ⊙ x / sqrt(mean(x²) + eps), per row.
+  virtual void RmsNorm(Tensor x, Tensor weight, float eps, Tensor out) = 0;
+  // out = (x - mean) / sqrt(var + eps) ⊙ weight + bias, per row.
+  virtual void LayerNorm(Tensor x, Tensor weight, Tensor bias, float eps, Tensor out) = 0;
+  // In place, for every head h of every row r: rotates the `rope_dim` values starting at column
+  // h·head_stride + rope_offset by position token_pos[r], DeepSeek's interleaved pairs (x0,x1),(x2,x3)…,
+  // writing the result de-interleaved (evens' rotation, then odds'), as transformers does.
+  virtual void RopeInterleaved(Tensor x, int32_t heads, int32_t head_stride, int32_t rope_offset,
+                               int32_t rope_dim, float theta, Tensor token_pos) = 0;
+  // out[:, j] = silu(gate_up[:, j]) · gate_up[:, I + j] with I = out.cols.
+  virtual void SiluMul(Tensor gate_up, Tensor out) = 0;
+  // x += y
+  virtual void Add(Tensor x, Tensor y) = 0;
+  // dst[r] = src[row_ids[r]]                                   row_ids: I32 [n, 1]
+  virtual void GatherRows(Tensor src, Tensor row_ids, Tensor dst) = 0;
+
+  // --- paged cache and DeepSeek Sparse Attention ------------------------------------------
+  // pool[slot_mapping[r]] = src[r] for every row r.
+  virtual void WriteCacheRows(Tensor src, Tensor slot_mapping, Tensor pool) = 0;
+  // The lightning indexer's selection for every token r of the batch, over the keys of its own
+  // sequence at positions 0..token_pos[r]:
+  //   I[r, s] = Σ_h head_weights[r, h] · ReLU(scale · q[r, h]·key[s])
+  // top-k positions by I, k = min(topk, pos + 1), written to out[r, 0..k) (descending score) and -1
+  // after. q: [n, H·D]; head_weights: [n, H]; key_pool: [slots, D]; out: I32 [n, topk].
+  virtual void IndexerTopK(Tensor q, Tensor head_weights, int32_t heads, Tensor key_pool,
+                           const BatchLayout& batch, float scale, Tensor out) = 0;
+  // MLA attention in the absorbed (latent) form, restricted to `indices` (positions, -1 = none):
+  //   score[h, s] = scale · (q_latent[r, h]·c[s] + q_rope[r, h]·k_rope[s]),  c/k_rope from latent_pool
+  //   out[r, h] = Σ_s softmax(score[h])_s · c[s]
+  // q_latent: [n, H·C]; q_rope: [n, H·R]; latent_pool: [slots, C + R]; out: [n, H·C].
+  virtual void SparseMlaAttention(Tensor q_latent, Tensor q_rope, int32_t heads, Tensor latent_pool,
+                                  const BatchLayout& batch, Tensor indices, float scale,
+                                  Tensor out) = 0;
+
+  // --- mixture of experts ------------------------------------------------------------------
+  // Router: sigmoid(x · gate_wᵀ) + correction bias picks, weights from the un-biased scores.
+  // topk_ids: I32 [n, K]; topk_weights: F32 [n, K].
+  virtual void MoeRoute(Tensor x, Tensor gate_w, Tensor correction_bias, const MoeRouting& routing,
+                        Tensor topk_ids, Tensor topk_weights) = 0;
+  // out += Σ_k topk_weights[r, k] · expert_{topk_ids[r, k]}(x[r]) with SwiGLU experts:
+  // gate_up: [E·2I, H] (gate rows then up rows per expert); down: [E·H, I].
+  virtual void MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_experts,
+                          Tensor topk_ids, Tensor topk_weights, Tensor out) = 0;
+
+  // --- timing -------------------------------------------------------------------------------
+  virtual void BeginRegion(TimedRegion region) = 0;
+  virtual void EndRegion(TimedRegion region) = 0;
+  // Seconds spent in `region` since the last call for it (synchronizes).
+  virtual double TakeRegionSeconds(TimedRegion region) = 0;
+};
+
+// Makes the backend named by `device` ("cpu"; "cuda" once that backend exists).
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(std::string_view device, int num_threads = 0);
+
+}  // namespace indexcache

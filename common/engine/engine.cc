@@ -1,0 +1,273 @@
+#include "common/engine/engine.h"
+
+#include <algorithm>
+#include <filesystem>
+
+#include "absl/strings/str_format.h"
+#include "common/util/logging.h"
+#include "common/util/status_macros.h"
+
+namespace indexcache {
+namespace {
+
+// The cache id ScoreChunks uses; requests use ids from 1 up.
+constexpr SequenceId kScoringSequence = -1;
+
+RequestFinish FromStop(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kStop:
+      return RequestFinish::kStop;
+    case FinishReason::kLength:
+      return RequestFinish::kLength;
+    case FinishReason::kNone:
+      break;
+  }
+  return RequestFinish::kNone;
+}
+
+absl::StatusOr<std::vector<IndexerType>> ResolvePattern(const EngineOptions& o, const ModelConfig& c) {
+  if (!o.index_pattern.empty() && o.index_freq > 0) {
+    return absl::InvalidArgumentError("give either an index pattern or an index frequency, not both");
+  }
+  if (!o.index_pattern.empty()) return ParseIndexPattern(o.index_pattern, c.num_layers);
+  if (o.index_freq > 0) return IndexPatternFromFreq(o.index_freq, c.index_skip_topk_offset, c.num_layers);
+  if (o.index_freq < 0) return absl::InvalidArgumentError("index frequency must be >= 1");
+  return c.indexer_types;
+}
+
+}  // namespace
+
+const char* RequestFinishName(RequestFinish finish) {
+  switch (finish) {
+    case RequestFinish::kNone:
+      return "none";
+    case RequestFinish::kStop:
+      return "stop";
+    case RequestFinish::kLength:
+      return "length";
+    case RequestFinish::kAbort:
+      return "abort";
+    case RequestFinish::kError:
+      return "error";
+  }
+  return "?";
+}
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& o) {
+  if (o.block_size < 1 || o.max_batch_tokens < 1) {
+    return absl::InvalidArgumentError("block size and max batch tokens must be positive");
+  }
+  std::unique_ptr<Engine> engine(new Engine());
+  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(o.model_dir));
+  ASSIGN_OR_RETURN(config.indexer_types, ResolvePattern(o, config));
+  ASSIGN_OR_RETURN(engine->backend_, CreateBackend(o.device, o.num_threads));
+  IC_LOG(Info) << "loading " << o.model_dir << " on " << o.device << " with index pattern "
+               << FormatIndexPattern(config.indexer_types);
+  ASSIGN_OR_RETURN(engine->model_, DsaModel::Load(o.model_dir, std::move(config), engine->backend_.get()));
+  ASSIGN_OR_RETURN(engine->cache_, PagedKvCache::Create(engine->backend_.get(), engine->model_->CacheSpec(o.block_size),
+                                                        o.kv_cache_bytes));
+  const std::string tokenizer_path = o.model_dir + "/tokenizer.json";
+  if (std::filesystem::exists(tokenizer_path)) {
+    ASSIGN_OR_RETURN(engine->tokenizer_, BpeTokenizer::FromFile(tokenizer_path));
+  } else {
+    IC_LOG(Info) << "no tokenizer.json in " << o.model_dir << ": the engine runs on token ids only";
+  }
+  engine->max_batch_tokens_ = o.max_batch_tokens;
+  IC_LOG(Info) << "model ready: " << engine->model_->weights().num_parameters << " parameters, KV cache "
+               << engine->cache_->num_blocks() << " blocks of " << o.block_size << " tokens ("
+               << engine->cache_->bytes_per_block() << " bytes each)";
+  return engine;
+}
+
+absl::StatusOr<RequestId> Engine::Submit(std::vector<int32_t> prompt, const SamplingParams& params) {
+  const ModelConfig& c = config();
+  if (prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
+  for (int32_t id : prompt) {
+    if (id < 0 || id >= c.vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("prompt token id %d is outside the vocabulary [0, %d)", id, c.vocab_size));
+    }
+  }
+  RETURN_IF_ERROR(Validate(params, c.vocab_size));
+  const int64_t total = static_cast<int64_t>(prompt.size()) + params.max_new_tokens;
+  if (total > c.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "prompt (%d tokens) + max_new_tokens (%d) exceeds the model's %d positions", prompt.size(),
+        params.max_new_tokens, c.max_position_embeddings));
+  }
+  if (cache_->BlocksFor(static_cast<int32_t>(total)) > cache_->num_blocks()) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "prompt + max_new_tokens (%d tokens) does not fit the KV cache (%d tokens in all)", total,
+        int64_t{cache_->num_blocks()} * cache_->block_size()));
+  }
+  Request r;
+  r.id = next_id_++;
+  r.prompt_len = static_cast<int32_t>(prompt.size());
+  r.tokens = std::move(prompt);
+  ASSIGN_OR_RETURN(Sampler sampler, Sampler::Create(params, c.vocab_size, Sampler::RandomSeed()));
+  r.sampler.emplace(std::move(sampler));
+  r.stop.emplace(params, c.eos_token_ids);
+  if (tokenizer_) r.detok.emplace(tokenizer_.get(), /*skip_special_tokens=*/true);
+  const RequestId id = r.id;
+  order_.push_back(id);
+  requests_.emplace(id, std::move(r));
+  return id;
+}
+
+void Engine::Abort(RequestId id) {
+  auto it = requests_.find(id);
+  if (it != requests_.end()) it->second.aborted = true;
+}
+
+void Engine::Finish(RequestId id) {
+  cache_->Release(id);
+  requests_.erase(id);
+  order_.erase(std::remove(order_.begin(), order_.end(), id), order_.end());
+}
+
+void Engine::Preempt(Request& r) {
+  IC_LOG(Info) << "KV cache full: preempting request " << r.id << " (" << r.tokens.size()
+               << " tokens will be prefilled again)";
+  cache_->Release(r.id);
+  r.num_cached = 0;
+}
+
+absl::StatusOr<ForwardBatch> Engine::Schedule(std::vector<Request*>& in_batch) {
+  ForwardBatch batch;
+  int32_t budget = max_batch_tokens_;
+  auto add = [&](Request& r, int32_t take) {
+    batch.sequences.push_back(r.id);
+    for (int32_t i = 0; i < take; ++i) {
+      const int32_t pos = r.num_cached + i;
+      batch.token_ids.push_back(r.tokens[pos]);
+      batch.positions.push_back(pos);
+      batch.token_seq.push_back(static_cast<int32_t>(batch.sequences.size()) - 1);
+    }
+    if (r.num_cached + take == static_cast<int32_t>(r.tokens.size())) {
+      batch.logit_rows.push_back(static_cast<int32_t>(batch.token_ids.size()) - 1);
+    }
+    in_batch.push_back(&r);
+    budget -= take;
+  };
+  // Decoding requests first: one token each.
+  for (size_t i = 0; i < order_.size() && budget > 0; ++i) {
+    Request& r = requests_.at(order_[i]);
+    if (r.aborted || r.num_cached == 0 || r.tokens.size() - r.num_cached != 1) continue;
+    absl::Status reserved = cache_->Reserve(r.id, r.num_cached + 1);
+    while (!reserved.ok()) {
+      // Free the most recently admitted other request that holds cache, newest first.
+      Request* victim = nullptr;
+      for (size_t j = order_.size(); j-- > i + 1;) {
+        Request& other = requests_.at(order_[j]);
+        if (cache_->Contains(other.id) && std::find(in_batch.begin(), in_batch.end(), &other) == in_batch.end()) {
+          victim = &other;
+          break;
+        }
+      }
+      if (victim == nullptr) return reserved;
+      Preempt(*victim);
+      reserved = cache_->Reserve(r.id, r.num_cached + 1);
+    }
+    add(r, 1);
+  }
+  // Then prompt chunks, in arrival order, while the budget and the cache allow.
+  for (RequestId id : order_) {
+    if (budget <= 0) break;
+    Request& r = requests_.at(id);
+    const int32_t pending = static_cast<int32_t>(r.tokens.size()) - r.num_cached;
+    if (r.aborted || (r.num_cached > 0 && pending == 1)) continue;
+    const int32_t take = std::min(pending, budget);
+    if (!cache_->Reserve(r.id, r.num_cached + take).ok()) break;  // waits for memory
+    add(r, take);
+  }
+  return batch;
+}
+
+TokenEvent Engine::Advance(Request& r, const float* logits) {
+  TokenEvent event;
+  event.request = r.id;
+  auto token = r.sampler->Sample(absl::MakeConstSpan(logits, config().vocab_size));
+  if (!token.ok()) {
+    event.finish = RequestFinish::kError;
+    event.error = token.status();
+    return event;
+  }
+  event.token = *token;
+  r.tokens.push_back(*token);
+  std::string delta;
+  if (r.detok) {
+    auto text = r.detok->Push(*token);
+    if (text.ok()) delta = *std::move(text);
+  }
+  auto update = r.stop->Append(*token, delta);
+  if (!update.ok()) {
+    event.finish = RequestFinish::kError;
+    event.error = update.status();
+    return event;
+  }
+  event.text = std::move(update->text);
+  event.finish = FromStop(update->finish);
+  return event;
+}
+
+absl::StatusOr<std::vector<TokenEvent>> Engine::Step() {
+  std::vector<TokenEvent> events;
+  for (RequestId id : std::vector<RequestId>(order_.begin(), order_.end())) {
+    if (requests_.at(id).aborted) {
+      events.push_back(TokenEvent{id, -1, "", RequestFinish::kAbort, absl::OkStatus()});
+      Finish(id);
+    }
+  }
+  std::vector<Request*> in_batch;
+  auto batch = Schedule(in_batch);
+  if (!batch.ok()) {
+    // Only a lone request that cannot grow ends up here; Submit's size check makes it unreachable
+    // unless the cache is shared, but fail the request rather than the engine.
+    for (Request* r : in_batch) cache_->Release(r->id);
+    return batch.status();
+  }
+  if (batch->token_ids.empty()) return events;
+  ASSIGN_OR_RETURN(ForwardResult result, model_->Forward(*batch, *cache_));
+  size_t logit_index = 0;
+  std::vector<RequestId> finished;
+  for (size_t s = 0; s < in_batch.size(); ++s) {
+    Request& r = *in_batch[s];
+    const int32_t added = static_cast<int32_t>(std::count(batch->token_seq.begin(), batch->token_seq.end(), s));
+    r.num_cached += added;
+    if (r.num_cached != static_cast<int32_t>(r.tokens.size())) continue;  // prompt not done yet
+    TokenEvent event = Advance(r, result.logits.data() + logit_index++ * config().vocab_size);
+    if (event.finish != RequestFinish::kNone) finished.push_back(r.id);
+    events.push_back(std::move(event));
+  }
+  for (RequestId id : finished) Finish(id);
+  return events;
+}
+
+absl::Status Engine::ScoreChunks(const std::vector<int32_t>& ids, bool capture_topk,
+                                 const std::function<absl::Status(int32_t, const ForwardResult&)>& on_chunk) {
+  const ModelConfig& c = config();
+  if (ids.empty()) return absl::InvalidArgumentError("nothing to score: the input is empty");
+  if (static_cast<int64_t>(ids.size()) > c.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrFormat("%d tokens exceed the model's %d positions", ids.size(),
+                                                      c.max_position_embeddings));
+  }
+  absl::Status status = cache_->Reserve(kScoringSequence, static_cast<int32_t>(ids.size()));
+  for (int32_t begin = 0; status.ok() && begin < static_cast<int32_t>(ids.size()); begin += max_batch_tokens_) {
+    const int32_t end = std::min<int32_t>(ids.size(), begin + max_batch_tokens_);
+    ForwardBatch batch;
+    batch.sequences = {kScoringSequence};
+    batch.capture_topk = capture_topk;
+    for (int32_t pos = begin; pos < end; ++pos) {
+      batch.token_ids.push_back(ids[pos]);
+      batch.positions.push_back(pos);
+      batch.token_seq.push_back(0);
+      batch.logit_rows.push_back(pos - begin);
+    }
+    auto result = model_->Forward(batch, *cache_);
+    status = result.ok() ? on_chunk(begin, *result) : result.status();
+  }
+  cache_->Release(kScoringSequence);
+  return status;
+}
+
+}  // namespace indexcache

@@ -1,0 +1,111 @@
+// The inference engine: a model, its paged cache and a continuous-batching scheduler. Callers submit
+// requests and call Step(); each step runs one forward pass over a token budget — one token for every
+// decoding sequence first (latency), then prompt chunks of waiting sequences in arrival order — samples
+// the sequences that reached a next token, and reports what each produced. Prompts are prefilled in
+// chunks, so memory stays linear in prompt length. When the cache runs short for a decoding sequence,
+// the most recently admitted one is preempted (its blocks freed, its tokens re-prefilled later), so no
+// request is lost.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "common/backend/backend.h"
+#include "common/kv/paged_kv_cache.h"
+#include "common/model/dsa_model.h"
+#include "common/sampling/sampler.h"
+#include "common/sampling/sampling_params.h"
+#include "common/sampling/stop_checker.h"
+#include "common/tokenizer/bpe_tokenizer.h"
+#include "common/tokenizer/incremental_decoder.h"
+
+namespace indexcache {
+
+struct EngineOptions {
+  std::string model_dir;
+  std::string device = "cpu";
+  int num_threads = 0;              // 0: all cores
+  std::string index_pattern;        // "FSSS…" overriding the checkpoint's pattern
+  int32_t index_freq = 0;           // > 0: transformers' freq schedule (offset from the config)
+  size_t kv_cache_bytes = size_t{1} << 30;
+  int32_t block_size = 64;
+  int32_t max_batch_tokens = 512;   // tokens per forward pass (the prefill chunk size)
+};
+
+using RequestId = int64_t;
+
+enum class RequestFinish { kNone, kStop, kLength, kAbort, kError };
+const char* RequestFinishName(RequestFinish finish);
+
+// What one request produced in one step.
+struct TokenEvent {
+  RequestId request = 0;
+  int32_t token = -1;          // -1 when the event carries no token (abort, error)
+  std::string text;            // detokenized text released now (empty without a tokenizer)
+  RequestFinish finish = RequestFinish::kNone;
+  absl::Status error;          // set when finish == kError
+};
+
+class Engine {
+ public:
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const EngineOptions& options);
+
+  const ModelConfig& config() const { return model_->config(); }
+  const BpeTokenizer* tokenizer() const { return tokenizer_.get(); }
+  const PagedKvCache& cache() const { return *cache_; }
+  DsaModel& model() { return *model_; }
+
+  // Validates and queues a request: non-empty prompt of in-vocabulary ids, valid sampling params,
+  // prompt + max_new_tokens within the model's positions and the whole cache.
+  absl::StatusOr<RequestId> Submit(std::vector<int32_t> prompt, const SamplingParams& params);
+  // Ends a request now; its next Step reports kAbort and its cache blocks are freed. Unknown ids: no-op.
+  void Abort(RequestId id);
+  bool HasWork() const { return !requests_.empty(); }
+  size_t num_requests() const { return requests_.size(); }
+  // Runs one scheduling step.
+  absl::StatusOr<std::vector<TokenEvent>> Step();
+
+  // Runs `ids` as one prompt through chunked prefill, handing every chunk's result (logits of all its
+  // positions; per-layer top-k when captured) to `on_chunk` together with the chunk's first position.
+  absl::Status ScoreChunks(const std::vector<int32_t>& ids, bool capture_topk,
+                           const std::function<absl::Status(int32_t, const ForwardResult&)>& on_chunk);
+
+  IndexCacheStats TakeStats() { return model_->TakeStats(); }
+
+ private:
+  struct Request {
+    RequestId id = 0;
+    std::vector<int32_t> tokens;  // prompt + generated
+    int32_t prompt_len = 0;
+    int32_t num_cached = 0;       // positions already in the cache
+    bool aborted = false;
+    std::optional<Sampler> sampler;
+    std::optional<StopChecker> stop;
+    std::optional<IncrementalDecoder> detok;
+  };
+
+  Engine() = default;
+  // Picks this step's tokens; preempts when a decoding request cannot grow.
+  absl::StatusOr<ForwardBatch> Schedule(std::vector<Request*>& in_batch);
+  void Preempt(Request& r);
+  TokenEvent Advance(Request& r, const float* logits);
+  void Finish(RequestId id);
+
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<DsaModel> model_;
+  std::unique_ptr<PagedKvCache> cache_;
+  std::unique_ptr<BpeTokenizer> tokenizer_;
+  int32_t max_batch_tokens_ = 0;
+  RequestId next_id_ = 1;
+  std::deque<RequestId> order_;  // admission order
+  absl::flat_hash_map<RequestId, Request> requests_;
+};
+
+}  // namespace indexcache

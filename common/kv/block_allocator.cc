@@ -1,0 +1,37 @@
+#include "common/kv/block_allocator.h"
+
+#include "absl/strings/str_format.h"
+
+namespace indexcache {
+
+BlockAllocator::BlockAllocator(int32_t num_blocks) : allocated_(num_blocks, false) {
+  free_.reserve(num_blocks);
+  for (int32_t id = num_blocks - 1; id >= 0; --id) free_.push_back(id);
+}
+
+absl::StatusOr<std::vector<int32_t>> BlockAllocator::Allocate(int32_t count) {
+  if (count < 0) return absl::InvalidArgumentError("negative block count");
+  if (count > num_free()) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "out of KV cache memory: %d blocks needed, %d of %d free", count, num_free(), num_blocks()));
+  }
+  std::vector<int32_t> blocks(free_.end() - count, free_.end());
+  free_.resize(free_.size() - count);
+  for (int32_t id : blocks) allocated_[id] = true;
+  return blocks;
+}
+
+absl::Status BlockAllocator::Free(absl::Span<const int32_t> blocks) {
+  for (int32_t id : blocks) {
+    if (id < 0 || id >= num_blocks() || !allocated_[id]) {
+      return absl::InternalError(absl::StrFormat("freeing KV block %d that is not allocated", id));
+    }
+  }
+  for (int32_t id : blocks) {
+    allocated_[id] = false;
+    free_.push_back(id);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace indexcache

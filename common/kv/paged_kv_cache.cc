@@ -1,0 +1,89 @@
+#include "common/kv/paged_kv_cache.h"
+
+#include "absl/strings/str_format.h"
+#include "common/util/status_macros.h"
+
+namespace indexcache {
+namespace {
+
+size_t RowFloatsPerToken(const KvCacheSpec& spec) {
+  size_t floats = 0;
+  for (int32_t layer = 0; layer < spec.num_layers; ++layer) {
+    floats += spec.latent_dim + (spec.layer_has_index_keys[layer] ? spec.index_key_dim : 0);
+  }
+  return floats;
+}
+
+}  // namespace
+
+PagedKvCache::PagedKvCache(const KvCacheSpec& spec, int32_t num_blocks, size_t bytes_per_block)
+    : spec_(spec), allocator_(num_blocks), bytes_per_block_(bytes_per_block) {}
+
+absl::StatusOr<std::unique_ptr<PagedKvCache>> PagedKvCache::Create(Backend* backend, const KvCacheSpec& spec,
+                                                                   size_t memory_budget_bytes) {
+  if (spec.block_size <= 0 || spec.num_layers <= 0 ||
+      static_cast<int32_t>(spec.layer_has_index_keys.size()) != spec.num_layers) {
+    return absl::InvalidArgumentError("KV cache spec: block size, layer count and index-key layers disagree");
+  }
+  // Cache entries are F32 today (activations are F32 on every backend).
+  const size_t bytes_per_block = RowFloatsPerToken(spec) * sizeof(float) * spec.block_size;
+  const size_t num_blocks = memory_budget_bytes / bytes_per_block;
+  if (num_blocks == 0) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "KV cache budget of %d bytes holds no block (one block of %d tokens needs %d bytes)", memory_budget_bytes,
+        spec.block_size, bytes_per_block));
+  }
+  if (num_blocks > (size_t{1} << 30) / static_cast<size_t>(spec.block_size)) {
+    return absl::InvalidArgumentError("KV cache budget too large: slot ids would overflow int32");
+  }
+  std::unique_ptr<PagedKvCache> cache(new PagedKvCache(spec, static_cast<int32_t>(num_blocks), bytes_per_block));
+  ASSIGN_OR_RETURN(cache->storage_, backend->Allocate(num_blocks * bytes_per_block));
+  const int64_t slots = static_cast<int64_t>(num_blocks) * spec.block_size;
+  float* next = static_cast<float*>(cache->storage_.data());
+  for (int32_t layer = 0; layer < spec.num_layers; ++layer) {
+    cache->latent_pools_.push_back(Tensor::Matrix(next, DType::kF32, slots, spec.latent_dim));
+    next += slots * spec.latent_dim;
+    if (spec.layer_has_index_keys[layer]) {
+      cache->index_pools_.push_back(Tensor::Matrix(next, DType::kF32, slots, spec.index_key_dim));
+      next += slots * spec.index_key_dim;
+    } else {
+      cache->index_pools_.push_back(Tensor{});
+    }
+  }
+  return cache;
+}
+
+absl::Status PagedKvCache::Reserve(SequenceId seq, int32_t num_tokens) {
+  std::vector<int32_t>& table = tables_[seq];
+  const int32_t needed = BlocksFor(num_tokens) - static_cast<int32_t>(table.size());
+  if (needed <= 0) return absl::OkStatus();
+  auto blocks = allocator_.Allocate(needed);
+  if (!blocks.ok()) {
+    if (table.empty()) tables_.erase(seq);
+    return Annotate(blocks.status(), absl::StrFormat("sequence %d growing to %d tokens", seq, num_tokens));
+  }
+  table.insert(table.end(), blocks->begin(), blocks->end());
+  return absl::OkStatus();
+}
+
+void PagedKvCache::Release(SequenceId seq) {
+  auto it = tables_.find(seq);
+  if (it == tables_.end()) return;
+  // The table only ever holds blocks this allocator handed out, so Free cannot fail here.
+  allocator_.Free(it->second).IgnoreError();
+  tables_.erase(it);
+}
+
+const std::vector<int32_t>& PagedKvCache::BlockTable(SequenceId seq) const {
+  static const std::vector<int32_t> kEmpty;
+  auto it = tables_.find(seq);
+  return it == tables_.end() ? kEmpty : it->second;
+}
+
+size_t PagedKvCache::index_key_bytes_saved_per_token() const {
+  size_t shared = 0;
+  for (bool has_keys : spec_.layer_has_index_keys) shared += !has_keys;
+  return shared * spec_.index_key_dim * sizeof(float);
+}
+
+}  // namespace indexcache

@@ -1,0 +1,74 @@
+// The paged cache of a DSA model with IndexCache. Per token it holds, for every layer, the compressed
+// MLA latent (kv_lora_rank normalized latent + qk_rope_head_dim roped key: the expanded K/V are never
+// stored) and, for Full layers only, the lightning indexer's key (index_head_dim). Shared layers store
+// no index keys — that is IndexCache's memory saving.
+//
+// Memory is one backend buffer carved into per-layer pools of `num_blocks · block_size` rows; a token
+// at position p of a sequence lives in row block_table[p / block_size] · block_size + p % block_size of
+// every pool. The same block id therefore addresses a token's latent rows and its index-key rows.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "common/backend/backend.h"
+#include "common/kv/block_allocator.h"
+
+namespace indexcache {
+
+struct KvCacheSpec {
+  int32_t num_layers = 0;
+  std::vector<bool> layer_has_index_keys;  // per layer: true for Full layers
+  int32_t latent_dim = 0;                  // kv_lora_rank + qk_rope_head_dim
+  int32_t index_key_dim = 0;               // index_head_dim
+  int32_t block_size = 64;                 // tokens per block
+};
+
+using SequenceId = int64_t;
+
+class PagedKvCache {
+ public:
+  // Sizes the pools to fit `memory_budget_bytes`; fails when not even one block fits.
+  static absl::StatusOr<std::unique_ptr<PagedKvCache>> Create(Backend* backend, const KvCacheSpec& spec,
+                                                              size_t memory_budget_bytes);
+
+  const KvCacheSpec& spec() const { return spec_; }
+  int32_t block_size() const { return spec_.block_size; }
+  // [num_blocks · block_size, latent_dim]
+  Tensor latent_pool(int32_t layer) const { return latent_pools_[layer]; }
+  // [num_blocks · block_size, index_key_dim]; empty for Shared layers.
+  Tensor index_key_pool(int32_t layer) const { return index_pools_[layer]; }
+
+  // Makes room for positions [0, num_tokens) of `seq` (creating it if new), allocating blocks as
+  // needed. RESOURCE_EXHAUSTED (nothing changed) when the pool is short.
+  absl::Status Reserve(SequenceId seq, int32_t num_tokens);
+  // Frees every block of `seq`; unknown ids are ignored (release is idempotent).
+  void Release(SequenceId seq);
+  bool Contains(SequenceId seq) const { return tables_.contains(seq); }
+  // Block ids of `seq`, in position order (empty when unknown).
+  const std::vector<int32_t>& BlockTable(SequenceId seq) const;
+
+  int32_t BlocksFor(int32_t num_tokens) const { return (num_tokens + spec_.block_size - 1) / spec_.block_size; }
+  int32_t num_blocks() const { return allocator_.num_blocks(); }
+  int32_t num_free_blocks() const { return allocator_.num_free(); }
+  int32_t num_used_blocks() const { return allocator_.num_used(); }
+  size_t bytes_per_block() const { return bytes_per_block_; }
+  // Index-key bytes per token that Shared layers do not store (what all-Full would add).
+  size_t index_key_bytes_saved_per_token() const;
+
+ private:
+  PagedKvCache(const KvCacheSpec& spec, int32_t num_blocks, size_t bytes_per_block);
+
+  KvCacheSpec spec_;
+  BlockAllocator allocator_;
+  size_t bytes_per_block_;
+  Buffer storage_;
+  std::vector<Tensor> latent_pools_;
+  std::vector<Tensor> index_pools_;
+  absl::flat_hash_map<SequenceId, std::vector<int32_t>> tables_;
+};
+
+}  // namespace indexcache

@@ -1,0 +1,273 @@
+#include "common/model/dsa_model.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_format.h"
+#include "common/safetensors/weight_store.h"
+#include "common/util/status_macros.h"
+
+namespace indexcache {
+namespace {
+
+// transformers builds q_a_layernorm, kv_a_layernorm with the RMSNorm default eps, not rms_norm_eps.
+constexpr float kLoraNormEps = 1e-6f;
+// The indexer's k_norm is an nn.LayerNorm(eps=1e-6).
+constexpr float kIndexKeyNormEps = 1e-6f;
+
+// Every activation of one forward pass, carved from the workspace.
+struct Activations {
+  Tensor ids, pos, seq, slots, tables, logit_rows;  // I32 batch metadata
+  Tensor x, h;                                      // [n, hidden] residual stream, normed input
+  Tensor qa;                                        // [n, q_lora]
+  Tensor q;                                         // [n, H·(nope + rope)] grouped: nope block | rope block
+  Tensor latent;                                    // [n, kv_lora + rope] (becomes the cache row)
+  Tensor index_q, index_k, index_w;                 // [n, IH·ID], [n, ID], [n, IH]
+  Tensor topk;                                      // I32 [n, k]
+  Tensor q_latent, o_latent;                        // [n, H·kv_lora]
+  Tensor o_heads;                                   // [n, H·v]
+  Tensor y;                                         // [n, hidden] sublayer output
+  Tensor gate_up, act;                              // [n, 2I], [n, I] (widest MLP)
+  Tensor shared_y;                                  // [n, hidden]
+  Tensor route_ids, route_weights;                  // [n, experts_per_tok]
+  Tensor final_x, logits;                           // [r, hidden], [r, vocab]
+};
+
+Activations Carve(const ModelConfig& c, int64_t n, int64_t num_seqs, int64_t max_blocks, int64_t topk_cols,
+                  int64_t logit_rows, Workspace& ws) {
+  const int64_t widest_mlp = std::max<int64_t>(c.intermediate_size, int64_t{c.moe_intermediate_size} * std::max(c.n_shared_experts, 1));
+  Activations a;
+  a.ids = ws.Take(DType::kI32, n, 1);
+  a.pos = ws.Take(DType::kI32, n, 1);
+  a.seq = ws.Take(DType::kI32, n, 1);
+  a.slots = ws.Take(DType::kI32, n, 1);
+  a.tables = ws.Take(DType::kI32, num_seqs, max_blocks);
+  a.logit_rows = ws.Take(DType::kI32, logit_rows, 1);
+  a.x = ws.Take(DType::kF32, n, c.hidden_size);
+  a.h = ws.Take(DType::kF32, n, c.hidden_size);
+  a.qa = ws.Take(DType::kF32, n, c.q_lora_rank);
+  a.q = ws.Take(DType::kF32, n, int64_t{c.num_heads} * c.qk_head_dim());
+  a.latent = ws.Take(DType::kF32, n, c.latent_cache_dim());
+  a.index_q = ws.Take(DType::kF32, n, int64_t{c.index_n_heads} * c.index_head_dim);
+  a.index_k = ws.Take(DType::kF32, n, c.index_head_dim);
+  a.index_w = ws.Take(DType::kF32, n, c.index_n_heads);
+  a.topk = ws.Take(DType::kI32, n, topk_cols);
+  a.q_latent = ws.Take(DType::kF32, n, int64_t{c.num_heads} * c.kv_lora_rank);
+  a.o_latent = ws.Take(DType::kF32, n, int64_t{c.num_heads} * c.kv_lora_rank);
+  a.o_heads = ws.Take(DType::kF32, n, int64_t{c.num_heads} * c.v_head_dim);
+  a.y = ws.Take(DType::kF32, n, c.hidden_size);
+  a.gate_up = ws.Take(DType::kF32, n, 2 * widest_mlp);
+  a.act = ws.Take(DType::kF32, n, widest_mlp);
+  a.shared_y = ws.Take(DType::kF32, n, c.hidden_size);
+  a.route_ids = ws.Take(DType::kI32, n, c.num_experts_per_tok);
+  a.route_weights = ws.Take(DType::kF32, n, c.num_experts_per_tok);
+  a.final_x = ws.Take(DType::kF32, logit_rows, c.hidden_size);
+  a.logits = ws.Take(DType::kF32, logit_rows, c.vocab_size);
+  return a;
+}
+
+// SwiGLU MLP: out = down(silu(gate(x)) · up(x)).
+void RunMlp(Backend& be, const FeedForwardWeights& w, Tensor x, Activations& a, Tensor out) {
+  const int64_t inter = w.down.cols;
+  Tensor gate_up = a.gate_up.Cols(0, 2 * inter);
+  gate_up.stride = 2 * inter;
+  Tensor act = a.act.Cols(0, inter);
+  act.stride = inter;
+  be.Linear(x, w.gate_up, gate_up);
+  be.SiluMul(gate_up, act);
+  be.Linear(act, w.down, out);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<DsaModel>> DsaModel::Load(const std::string& model_dir, ModelConfig config,
+                                                         Backend* backend) {
+  RETURN_IF_ERROR(ValidateIndexPattern(config.indexer_types, config.num_layers));
+  ASSIGN_OR_RETURN(WeightStore store, WeightStore::Open(model_dir));
+  std::unique_ptr<DsaModel> model(new DsaModel(std::move(config), backend));
+  ASSIGN_OR_RETURN(model->weights_, LoadModelWeights(model->config_, store, backend));
+  return model;
+}
+
+KvCacheSpec DsaModel::CacheSpec(int32_t block_size) const {
+  KvCacheSpec spec;
+  spec.num_layers = config_.num_layers;
+  for (IndexerType t : config_.indexer_types) spec.layer_has_index_keys.push_back(t == IndexerType::kFull);
+  spec.latent_dim = config_.latent_cache_dim();
+  spec.index_key_dim = config_.index_head_dim;
+  spec.block_size = block_size;
+  return spec;
+}
+
+IndexCacheStats DsaModel::TakeStats() {
+  stats_.indexer_seconds += backend_->TakeRegionSeconds(TimedRegion::kIndexer);
+  IndexCacheStats out = stats_;
+  stats_ = IndexCacheStats{};
+  return out;
+}
+
+absl::Status DsaModel::Validate(const ForwardBatch& b, const PagedKvCache& cache) const {
+  const size_t n = b.token_ids.size();
+  if (n == 0) return absl::InvalidArgumentError("empty forward batch");
+  if (b.positions.size() != n || b.token_seq.size() != n) {
+    return absl::InvalidArgumentError("forward batch: ids, positions and sequence indices differ in length");
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (b.token_ids[i] < 0 || b.token_ids[i] >= config_.vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("token id %d is outside the vocabulary [0, %d)", b.token_ids[i], config_.vocab_size));
+    }
+    if (b.token_seq[i] < 0 || b.token_seq[i] >= static_cast<int32_t>(b.sequences.size())) {
+      return absl::InvalidArgumentError("forward batch: sequence index out of range");
+    }
+    if (i > 0 && b.token_seq[i] != b.token_seq[i - 1] &&
+        std::find(b.token_seq.begin(), b.token_seq.begin() + i, b.token_seq[i]) != b.token_seq.begin() + i) {
+      return absl::InvalidArgumentError("forward batch: a sequence's tokens must be contiguous");
+    }
+    const SequenceId seq = b.sequences[b.token_seq[i]];
+    const int32_t capacity = static_cast<int32_t>(cache.BlockTable(seq).size()) * cache.block_size();
+    if (b.positions[i] < 0 || b.positions[i] >= capacity) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "position %d of sequence %d is outside its reserved cache (%d tokens)", b.positions[i], seq, capacity));
+    }
+  }
+  for (int32_t row : b.logit_rows) {
+    if (row < 0 || row >= static_cast<int32_t>(n)) return absl::InvalidArgumentError("logit row out of range");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ForwardResult> DsaModel::Forward(const ForwardBatch& b, PagedKvCache& cache) {
+  RETURN_IF_ERROR(Validate(b, cache));
+  const ModelConfig& c = config_;
+  Backend& be = *backend_;
+  const int64_t n = static_cast<int64_t>(b.token_ids.size());
+  const int64_t num_seqs = static_cast<int64_t>(b.sequences.size());
+
+  // Host-side batch metadata: block tables, cache slots, context length.
+  int64_t max_blocks = 1;
+  for (SequenceId s : b.sequences) max_blocks = std::max<int64_t>(max_blocks, cache.BlockTable(s).size());
+  std::vector<int32_t> tables(num_seqs * max_blocks, 0), slots(n);
+  for (int64_t s = 0; s < num_seqs; ++s) {
+    const auto& table = cache.BlockTable(b.sequences[s]);
+    std::copy(table.begin(), table.end(), tables.begin() + s * max_blocks);
+  }
+  int32_t max_context = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t pos = b.positions[i];
+    slots[i] = tables[b.token_seq[i] * max_blocks + pos / cache.block_size()] * cache.block_size() +
+               pos % cache.block_size();
+    max_context = std::max(max_context, pos + 1);
+  }
+  const int64_t topk_cols = std::min(c.index_topk, max_context);
+  const int64_t logit_rows = static_cast<int64_t>(b.logit_rows.size());
+
+  workspace_.BeginMeasure();
+  Carve(c, n, num_seqs, max_blocks, topk_cols, logit_rows, workspace_);
+  RETURN_IF_ERROR(workspace_.Commit());
+  Activations a = Carve(c, n, num_seqs, max_blocks, topk_cols, logit_rows, workspace_);
+
+  be.Upload(b.token_ids.data(), a.ids);
+  be.Upload(b.positions.data(), a.pos);
+  be.Upload(b.token_seq.data(), a.seq);
+  be.Upload(slots.data(), a.slots);
+  be.Upload(tables.data(), a.tables);
+  if (logit_rows > 0) be.Upload(b.logit_rows.data(), a.logit_rows);
+  BatchLayout layout{a.seq, a.pos, a.slots, a.tables, cache.block_size(), max_context};
+
+  ForwardResult result;
+  result.topk_cols = static_cast<int32_t>(topk_cols);
+  const int64_t heads = c.num_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
+  const float theta = static_cast<float>(c.rope_theta);
+  const float index_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.index_head_dim)));
+  uint64_t visible_keys = 0;  // Σ (pos + 1): keys each indexer run scores
+  for (int32_t pos : b.positions) visible_keys += pos + 1;
+
+  be.Embedding(weights_->embed_tokens, a.ids, a.x);
+  for (int32_t l = 0; l < c.num_layers; ++l) {
+    const LayerWeights& w = weights_->layers[l];
+    const bool full = c.indexer_types[l] == IndexerType::kFull;
+
+    // --- MLA projections; the latent row [normed kv latent | roped shared key] goes to the cache.
+    be.RmsNorm(a.x, w.input_norm, c.rms_norm_eps, a.h);
+    be.Linear(a.h, w.q_a_proj, a.qa);
+    be.RmsNorm(a.qa, w.q_a_norm, kLoraNormEps, a.qa);
+    be.Linear(a.qa, w.q_b_proj, a.q);
+    Tensor q_nope = a.q.Cols(0, heads * nope);
+    Tensor q_rope = a.q.Cols(heads * nope, heads * rope);
+    be.RopeInterleaved(q_rope, c.num_heads, c.qk_rope_head_dim, 0, c.qk_rope_head_dim, theta, a.pos);
+    be.Linear(a.h, w.kv_a_proj, a.latent);
+    Tensor kv_latent = a.latent.Cols(0, c.kv_lora_rank);
+    be.RmsNorm(kv_latent, w.kv_a_norm, kLoraNormEps, kv_latent);
+    be.RopeInterleaved(a.latent, 1, c.latent_cache_dim(), c.kv_lora_rank, c.qk_rope_head_dim, theta, a.pos);
+    be.WriteCacheRows(a.latent, a.slots, cache.latent_pool(l));
+
+    // --- DSA indexer (Full layers); Shared layers keep the previous Full layer's a.topk.
+    if (full) {
+      be.BeginRegion(TimedRegion::kIndexer);
+      be.Linear(a.qa, w.index_wq_b, a.index_q);
+      be.RopeInterleaved(a.index_q, c.index_n_heads, c.index_head_dim, 0, c.qk_rope_head_dim, theta, a.pos);
+      be.Linear(a.h, w.index_wk, a.index_k);
+      be.LayerNorm(a.index_k, w.index_k_norm_w, w.index_k_norm_b, kIndexKeyNormEps, a.index_k);
+      be.RopeInterleaved(a.index_k, 1, c.index_head_dim, 0, c.qk_rope_head_dim, theta, a.pos);
+      be.WriteCacheRows(a.index_k, a.slots, cache.index_key_pool(l));
+      be.Linear(a.h, w.index_head_proj, a.index_w);
+      be.IndexerTopK(a.index_q, a.index_w, c.index_n_heads, cache.index_key_pool(l), layout, index_scale, a.topk);
+      be.EndRegion(TimedRegion::kIndexer);
+      const double ih = c.index_n_heads, id = c.index_head_dim;
+      stats_.indexer_runs += n;
+      stats_.indexer_flops += 2.0 * n * (c.q_lora_rank * ih * id + c.hidden_size * (id + ih)) +
+                              visible_keys * (2.0 * ih * id + 3.0 * ih);
+    } else {
+      stats_.indexer_skips += n;
+      stats_.index_key_bytes_not_stored += n * c.index_head_dim * sizeof(float);
+    }
+    if (b.capture_topk) {
+      result.topk.emplace_back(n * topk_cols);
+      RETURN_IF_ERROR(be.Download(a.topk, result.topk.back().data()));
+    }
+
+    // --- sparse MLA in latent form: q_nope → latent space, attend over the selected keys, → values.
+    be.BeginRegion(TimedRegion::kAttention);
+    be.HeadwiseLinear(q_nope, w.w_uk_t, c.num_heads, a.q_latent);
+    be.SparseMlaAttention(a.q_latent, q_rope, c.num_heads, cache.latent_pool(l), layout, a.topk,
+                          c.attention_scale, a.o_latent);
+    be.HeadwiseLinear(a.o_latent, w.w_uv, c.num_heads, a.o_heads);
+    be.EndRegion(TimedRegion::kAttention);
+    be.Linear(a.o_heads, w.o_proj, a.y);
+    be.Add(a.x, a.y);
+
+    // --- feed-forward
+    be.RmsNorm(a.x, w.post_attn_norm, c.rms_norm_eps, a.h);
+    if (!w.is_moe) {
+      RunMlp(be, w.dense, a.h, a, a.y);
+      be.Add(a.x, a.y);
+      continue;
+    }
+    be.BeginRegion(TimedRegion::kMoe);
+    MoeRouting routing{c.n_routed_experts, c.num_experts_per_tok, c.n_group, c.topk_group, c.norm_topk_prob,
+                       c.routed_scaling_factor};
+    be.MoeRoute(a.h, w.router, w.router_bias, routing, a.route_ids, a.route_weights);
+    be.Fill(a.y, 0.0f);
+    be.MoeExperts(a.h, w.experts_gate_up, w.experts_down, c.n_routed_experts, a.route_ids, a.route_weights, a.y);
+    be.EndRegion(TimedRegion::kMoe);
+    be.Add(a.x, a.y);
+    if (!w.shared.gate_up.empty()) {
+      RunMlp(be, w.shared, a.h, a, a.shared_y);
+      be.Add(a.x, a.shared_y);
+    }
+  }
+
+  if (logit_rows > 0) {
+    be.GatherRows(a.x, a.logit_rows, a.final_x);
+    be.RmsNorm(a.final_x, weights_->final_norm, c.rms_norm_eps, a.final_x);
+    be.Linear(a.final_x, weights_->lm_head, a.logits);
+    result.logits.resize(logit_rows * c.vocab_size);
+    RETURN_IF_ERROR(be.Download(a.logits, result.logits.data()));
+  } else {
+    RETURN_IF_ERROR(be.Synchronize());
+  }
+  return result;
+}
+
+}  // namespace indexcache

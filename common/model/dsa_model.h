@@ -1,0 +1,66 @@
+// The glm_moe_dsa forward pass (transformers 5.17's GlmMoeDsaForCausalLM) over a batch of tokens from
+// any mix of sequences — a prefill chunk, decode tokens, or both. Every token's latent KV and (Full
+// layers) index key are written to the paged cache first; each token then attends over its own
+// sequence's cache positions 0..pos, restricted to the top-k its layer's indexer picked (Full) or the
+// previous Full layer picked (Shared). So chunked prefill, decode and mixed batches are one code path.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/backend/backend.h"
+#include "common/backend/workspace.h"
+#include "common/kv/paged_kv_cache.h"
+#include "common/model/indexcache_stats.h"
+#include "common/model/model_config.h"
+#include "common/model/model_weights.h"
+
+namespace indexcache {
+
+struct ForwardBatch {
+  std::vector<int32_t> token_ids;   // [n]
+  std::vector<int32_t> positions;   // [n] absolute position of each token in its sequence
+  std::vector<int32_t> token_seq;   // [n] index into `sequences`; a sequence's tokens are contiguous
+  std::vector<SequenceId> sequences;
+  std::vector<int32_t> logit_rows;  // tokens whose next-token logits are wanted
+  bool capture_topk = false;        // also return every layer's selection (for `score`)
+};
+
+struct ForwardResult {
+  std::vector<float> logits;  // [logit_rows.size(), vocab]
+  // When captured: per layer, [n, topk_cols] key positions (-1 padded).
+  std::vector<std::vector<int32_t>> topk;
+  int32_t topk_cols = 0;
+};
+
+class DsaModel {
+ public:
+  // `config.indexer_types` is the pattern the model runs with (already overridden by the caller).
+  static absl::StatusOr<std::unique_ptr<DsaModel>> Load(const std::string& model_dir, ModelConfig config,
+                                                        Backend* backend);
+
+  const ModelConfig& config() const { return config_; }
+  const ModelWeights& weights() const { return *weights_; }
+  Backend* backend() const { return backend_; }
+  KvCacheSpec CacheSpec(int32_t block_size) const;
+
+  // Runs the batch. The caller has reserved cache room for every position in it.
+  absl::StatusOr<ForwardResult> Forward(const ForwardBatch& batch, PagedKvCache& cache);
+
+  // Counters since the last call.
+  IndexCacheStats TakeStats();
+
+ private:
+  DsaModel(ModelConfig config, Backend* backend) : config_(std::move(config)), backend_(backend), workspace_(backend) {}
+  absl::Status Validate(const ForwardBatch& batch, const PagedKvCache& cache) const;
+
+  ModelConfig config_;
+  Backend* backend_;
+  std::unique_ptr<ModelWeights> weights_;
+  Workspace workspace_;
+  IndexCacheStats stats_;
+};
+
+}  // namespace indexcache

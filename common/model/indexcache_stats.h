@@ -1,0 +1,26 @@
+// What IndexCache saves, counted by the forward pass. "Runs" and "skips" count (layer, token) pairs:
+// a Full layer runs its indexer once per token, a Shared layer skips it.
+#pragma once
+
+#include <cstdint>
+
+namespace indexcache {
+
+struct IndexCacheStats {
+  uint64_t indexer_runs = 0;
+  uint64_t indexer_skips = 0;
+  double indexer_flops = 0.0;    // projections + scores of the runs, counted analytically
+  double indexer_seconds = 0.0;  // measured by the backend
+  uint64_t index_key_bytes_not_stored = 0;  // Shared layers' index keys that were never written
+
+  IndexCacheStats& operator+=(const IndexCacheStats& other) {
+    indexer_runs += other.indexer_runs;
+    indexer_skips += other.indexer_skips;
+    indexer_flops += other.indexer_flops;
+    indexer_seconds += other.indexer_seconds;
+    index_key_bytes_not_stored += other.index_key_bytes_not_stored;
+    return *this;
+  }
+};
+
+}  // namespace indexcache

@@ -1,0 +1,188 @@
+#include "common/model/model_weights.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/safetensors/weight_store.h"
+#include "common/util/status_macros.h"
+
+namespace indexcache {
+namespace {
+
+// Loads tensors into backend buffers, keeping ownership in ModelWeights::storage.
+class Loader {
+ public:
+  Loader(const WeightStore& store, Backend* backend, ModelWeights* weights)
+      : store_(store), backend_(backend), weights_(weights) {}
+
+  absl::StatusOr<std::vector<float>> Read(const std::string& name, std::vector<int64_t> shape) {
+    return store_.ReadF32(name, shape);
+  }
+
+  // Uploads `host` as a [rows, cols] tensor.
+  absl::StatusOr<Tensor> Upload(const std::vector<float>& host, int64_t rows, int64_t cols) {
+    ASSIGN_OR_RETURN(Buffer buffer, backend_->Allocate(rows * cols * DTypeSize(backend_->weight_dtype())));
+    Tensor t = buffer.View(backend_->weight_dtype(), rows, cols);
+    backend_->Upload(host.data(), t);
+    weights_->storage.push_back(std::move(buffer));
+    weights_->num_parameters += rows * cols;
+    return t;
+  }
+
+  // A tensor as stored: matrices keep their [out, in] shape, vectors become [1, n].
+  absl::StatusOr<Tensor> Load(const std::string& name, std::vector<int64_t> shape) {
+    ASSIGN_OR_RETURN(std::vector<float> host, Read(name, shape));
+    const int64_t rows = shape.size() == 1 ? 1 : shape[0];
+    return Upload(host, rows, shape.back());
+  }
+
+  // gate [I, hidden] and up [I, hidden] stacked into [2I, hidden].
+  absl::StatusOr<std::vector<float>> ReadGateUp(const std::string& prefix, int64_t inter, int64_t hidden) {
+    ASSIGN_OR_RETURN(std::vector<float> gate, Read(prefix + "gate_proj.weight", {inter, hidden}));
+    ASSIGN_OR_RETURN(std::vector<float> up, Read(prefix + "up_proj.weight", {inter, hidden}));
+    gate.insert(gate.end(), up.begin(), up.end());
+    return gate;
+  }
+
+  absl::StatusOr<FeedForwardWeights> LoadMlp(const std::string& prefix, int64_t inter, int64_t hidden) {
+    FeedForwardWeights mlp;
+    ASSIGN_OR_RETURN(std::vector<float> gate_up, ReadGateUp(prefix, inter, hidden));
+    ASSIGN_OR_RETURN(mlp.gate_up, Upload(gate_up, 2 * inter, hidden));
+    ASSIGN_OR_RETURN(mlp.down, Load(prefix + "down_proj.weight", {hidden, inter}));
+    return mlp;
+  }
+
+  const WeightStore& store() const { return store_; }
+
+ private:
+  const WeightStore& store_;
+  Backend* backend_;
+  ModelWeights* weights_;
+};
+
+absl::Status LoadAttention(const ModelConfig& c, const std::string& p, bool full, Loader& loader, LayerWeights& w) {
+  const int64_t hidden = c.hidden_size, heads = c.num_heads, nope = c.qk_nope_head_dim;
+  const int64_t rope = c.qk_rope_head_dim, v = c.v_head_dim, kvl = c.kv_lora_rank, qkd = c.qk_head_dim();
+  ASSIGN_OR_RETURN(w.q_a_proj, loader.Load(p + "q_a_proj.weight", {c.q_lora_rank, hidden}));
+  ASSIGN_OR_RETURN(w.q_a_norm, loader.Load(p + "q_a_layernorm.weight", {c.q_lora_rank}));
+  ASSIGN_OR_RETURN(w.kv_a_proj, loader.Load(p + "kv_a_proj_with_mqa.weight", {kvl + rope, hidden}));
+  ASSIGN_OR_RETURN(w.kv_a_norm, loader.Load(p + "kv_a_layernorm.weight", {kvl}));
+  ASSIGN_OR_RETURN(w.o_proj, loader.Load(p + "o_proj.weight", {hidden, heads * v}));
+
+  ASSIGN_OR_RETURN(std::vector<float> q_b, loader.Read(p + "q_b_proj.weight", {heads * qkd, c.q_lora_rank}));
+  std::vector<float> q_b_grouped(q_b.size());
+  const int64_t row = c.q_lora_rank;
+  for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t d = 0; d < qkd; ++d) {
+      const int64_t dst = d < nope ? h * nope + d : heads * nope + h * rope + (d - nope);
+      std::copy_n(&q_b[(h * qkd + d) * row], row, &q_b_grouped[dst * row]);
+    }
+  }
+  ASSIGN_OR_RETURN(w.q_b_proj, loader.Upload(q_b_grouped, heads * qkd, row));
+
+  // kv_b_proj: [H·(nope + v), kv_lora]; per head the first `nope` rows are W_UK, the next `v` W_UV.
+  ASSIGN_OR_RETURN(std::vector<float> kv_b, loader.Read(p + "kv_b_proj.weight", {heads * (nope + v), kvl}));
+  std::vector<float> uk_t(heads * kvl * nope), uv(heads * v * kvl);
+  for (int64_t h = 0; h < heads; ++h) {
+    const float* head = &kv_b[h * (nope + v) * kvl];
+    for (int64_t d = 0; d < nope; ++d) {
+      for (int64_t l = 0; l < kvl; ++l) uk_t[(h * kvl + l) * nope + d] = head[d * kvl + l];
+    }
+    std::copy_n(head + nope * kvl, v * kvl, &uv[h * v * kvl]);
+  }
+  ASSIGN_OR_RETURN(w.w_uk_t, loader.Upload(uk_t, heads * kvl, nope));
+  ASSIGN_OR_RETURN(w.w_uv, loader.Upload(uv, heads * v, kvl));
+
+  if (!full) return absl::OkStatus();
+  const std::string ip = p + "indexer.";
+  if (!loader.store().Contains(ip + "wk.weight")) {
+    return absl::NotFoundError(
+        "this layer is Full but the checkpoint has no indexer weights for it (it was saved as a Shared "
+        "layer; choose a pattern that keeps it Shared)");
+  }
+  const int64_t ih = c.index_n_heads, id = c.index_head_dim;
+  ASSIGN_OR_RETURN(w.index_wq_b, loader.Load(ip + "wq_b.weight", {ih * id, c.q_lora_rank}));
+  ASSIGN_OR_RETURN(w.index_wk, loader.Load(ip + "wk.weight", {id, hidden}));
+  ASSIGN_OR_RETURN(w.index_k_norm_w, loader.Load(ip + "k_norm.weight", {id}));
+  ASSIGN_OR_RETURN(w.index_k_norm_b, loader.Load(ip + "k_norm.bias", {id}));
+  ASSIGN_OR_RETURN(std::vector<float> head_proj, loader.Read(ip + "weights_proj.weight", {ih, hidden}));
+  const float head_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(ih)));
+  for (float& x : head_proj) x *= head_scale;
+  ASSIGN_OR_RETURN(w.index_head_proj, loader.Upload(head_proj, ih, hidden));
+  return absl::OkStatus();
+}
+
+// Routed experts come either fused (transformers' in-memory layout: experts.gate_up_proj [E, 2I, H],
+// experts.down_proj [E, H, I]) or per expert (the hub layout: experts.{e}.{gate,up,down}_proj.weight).
+absl::Status LoadExperts(const ModelConfig& c, const std::string& p, Loader& loader, LayerWeights& w) {
+  const int64_t experts = c.n_routed_experts, inter = c.moe_intermediate_size, hidden = c.hidden_size;
+  if (loader.store().Contains(p + "experts.gate_up_proj")) {
+    ASSIGN_OR_RETURN(std::vector<float> gate_up, loader.Read(p + "experts.gate_up_proj", {experts, 2 * inter, hidden}));
+    ASSIGN_OR_RETURN(w.experts_gate_up, loader.Upload(gate_up, experts * 2 * inter, hidden));
+    ASSIGN_OR_RETURN(std::vector<float> down, loader.Read(p + "experts.down_proj", {experts, hidden, inter}));
+    ASSIGN_OR_RETURN(w.experts_down, loader.Upload(down, experts * hidden, inter));
+    return absl::OkStatus();
+  }
+  std::vector<float> gate_up, down;
+  gate_up.reserve(experts * 2 * inter * hidden);
+  down.reserve(experts * hidden * inter);
+  for (int64_t e = 0; e < experts; ++e) {
+    const std::string ep = absl::StrCat(p, "experts.", e, ".");
+    ASSIGN_OR_RETURN(std::vector<float> gu, loader.ReadGateUp(ep, inter, hidden));
+    gate_up.insert(gate_up.end(), gu.begin(), gu.end());
+    ASSIGN_OR_RETURN(std::vector<float> d, loader.Read(ep + "down_proj.weight", {hidden, inter}));
+    down.insert(down.end(), d.begin(), d.end());
+  }
+  ASSIGN_OR_RETURN(w.experts_gate_up, loader.Upload(gate_up, experts * 2 * inter, hidden));
+  ASSIGN_OR_RETURN(w.experts_down, loader.Upload(down, experts * hidden, inter));
+  return absl::OkStatus();
+}
+
+absl::Status LoadFeedForward(const ModelConfig& c, const std::string& p, MlpType type, Loader& loader,
+                             LayerWeights& w) {
+  const int64_t hidden = c.hidden_size;
+  if (type == MlpType::kDense) {
+    ASSIGN_OR_RETURN(w.dense, loader.LoadMlp(p, c.intermediate_size, hidden));
+    return absl::OkStatus();
+  }
+  w.is_moe = true;
+  ASSIGN_OR_RETURN(w.router, loader.Load(p + "gate.weight", {c.n_routed_experts, hidden}));
+  ASSIGN_OR_RETURN(w.router_bias, loader.Load(p + "gate.e_score_correction_bias", {c.n_routed_experts}));
+  RETURN_IF_ERROR(LoadExperts(c, p, loader, w));
+  if (c.n_shared_experts > 0) {
+    ASSIGN_OR_RETURN(w.shared, loader.LoadMlp(p + "shared_experts.", int64_t{c.moe_intermediate_size} * c.n_shared_experts, hidden));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(const ModelConfig& c, const WeightStore& store,
+                                                                Backend* backend) {
+  auto weights = std::make_unique<ModelWeights>();
+  Loader loader(store, backend, weights.get());
+  const int64_t hidden = c.hidden_size;
+  ASSIGN_OR_RETURN(weights->embed_tokens, loader.Load("model.embed_tokens.weight", {c.vocab_size, hidden}));
+  ASSIGN_OR_RETURN(weights->final_norm, loader.Load("model.norm.weight", {hidden}));
+  if (c.tie_word_embeddings) {
+    weights->lm_head = weights->embed_tokens;
+  } else {
+    ASSIGN_OR_RETURN(weights->lm_head, loader.Load("lm_head.weight", {c.vocab_size, hidden}));
+  }
+  weights->layers.resize(c.num_layers);
+  for (int32_t i = 0; i < c.num_layers; ++i) {
+    const std::string p = absl::StrCat("model.layers.", i, ".");
+    LayerWeights& w = weights->layers[i];
+    absl::Status status = [&]() -> absl::Status {
+      ASSIGN_OR_RETURN(w.input_norm, loader.Load(p + "input_layernorm.weight", {hidden}));
+      ASSIGN_OR_RETURN(w.post_attn_norm, loader.Load(p + "post_attention_layernorm.weight", {hidden}));
+      RETURN_IF_ERROR(LoadAttention(c, p + "self_attn.", c.indexer_types[i] == IndexerType::kFull, loader, w));
+      return LoadFeedForward(c, p + "mlp.", c.mlp_types[i], loader, w);
+    }();
+    if (!status.ok()) return Annotate(status, absl::StrCat("loading layer ", i));
+  }
+  return weights;
+}
+
+}  // namespace indexcache

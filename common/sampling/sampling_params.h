@@ -1,0 +1,41 @@
+// Per-request generation settings: how the next token is drawn (temperature, top-k, top-p, min-p,
+// seed) and when generation ends (token budget, stop tokens, stop strings). Backend-neutral plain
+// data: the CPU Sampler reads it today, a GPU sampler will read the same struct.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace indexcache {
+
+struct SamplingParams {
+  // Logits are divided by it before the softmax; 0 means greedy (argmax, lowest id on ties).
+  float temperature = 1.0f;
+  // Keep only the top_k most likely tokens; 0 turns the filter off.
+  int32_t top_k = 0;
+  // Nucleus: keep the smallest set of most likely tokens whose mass is >= top_p; 1 turns it off.
+  float top_p = 1.0f;
+  // Drop tokens whose probability is < min_p x the largest probability; 0 turns it off.
+  float min_p = 0.0f;
+  // Reproducible draws; unset means the engine supplies a fresh seed.
+  std::optional<uint64_t> seed;
+  // Generated tokens (the prompt excluded) after which generation ends with FinishReason::kLength.
+  int32_t max_new_tokens = 128;
+  // Tokens that end generation (their text is not emitted), in addition to the model's EOS ids.
+  std::vector<int32_t> stop_token_ids;
+  // Strings that end generation; the emitted text stops just before the first one that appears.
+  std::vector<std::string> stop_strings;
+  // Keep generating past the model's EOS ids (stop_token_ids still apply).
+  bool ignore_eos = false;
+};
+
+// Refuses values no sampler can honour, naming the field: temperature < 0 or non-finite, top_k < 0,
+// top_p outside (0, 1], min_p outside [0, 1], max_new_tokens < 1, a stop token id outside
+// [0, vocab_size), an empty stop string. Called at the front door, before a request is queued.
+[[nodiscard]] absl::Status Validate(const SamplingParams& params, int32_t vocab_size);
+
+}  // namespace indexcache

@@ -1,0 +1,100 @@
+// `indexcache generate`: one request through the engine's step loop, text streamed as it is decoded.
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+
+#include "absl/strings/str_join.h"
+#include "common/util/status_macros.h"
+#include "nlohmann/json.hpp"
+#include "tools/indexcache/commands.h"
+#include "tools/indexcache/engine_flags.h"
+
+namespace indexcache::cli {
+namespace {
+
+constexpr char kGenerateUsage[] =
+    "usage: indexcache generate --model DIR (--prompt TEXT | --input-ids FILE.json) [--json] [flags]\n";
+
+struct Generation {
+  std::vector<int32_t> prompt;
+  std::vector<int32_t> output_ids;
+  std::string text;
+  bool has_tokenizer = false;  // `text` is meaningful only with a tokenizer
+  RequestFinish finish = RequestFinish::kNone;
+  double first_token_seconds = 0.0;
+  double total_seconds = 0.0;
+};
+
+absl::StatusOr<Generation> Generate(const Args& args, bool stream) {
+  ASSIGN_OR_RETURN(EngineOptions options, EngineOptionsFromArgs(args));
+  ASSIGN_OR_RETURN(SamplingParams params, SamplingParamsFromArgs(args));
+  ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(options));
+  Generation g;
+  ASSIGN_OR_RETURN(g.prompt, PromptFromArgs(args, *engine));
+  const auto start = std::chrono::steady_clock::now();
+  ASSIGN_OR_RETURN(RequestId id, engine->Submit(g.prompt, params));
+  while (g.finish == RequestFinish::kNone) {
+    ASSIGN_OR_RETURN(std::vector<TokenEvent> events, engine->Step());
+    for (TokenEvent& e : events) {
+      if (e.request != id) continue;
+      if (e.finish == RequestFinish::kError) return e.error;
+      if (e.token >= 0) {
+        if (g.output_ids.empty()) {
+          g.first_token_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        }
+        g.output_ids.push_back(e.token);
+      }
+      g.text += e.text;
+      if (stream) {
+        if (engine->tokenizer() != nullptr) {
+          std::fwrite(e.text.data(), 1, e.text.size(), stdout);
+        } else if (e.token >= 0) {
+          std::printf("%d ", e.token);
+        }
+        std::fflush(stdout);
+      }
+      g.finish = e.finish;
+    }
+  }
+  g.total_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  g.has_tokenizer = engine->tokenizer() != nullptr;
+  return g;
+}
+
+}  // namespace
+
+int RunGenerate(const std::vector<std::string>& argv) {
+  std::set<std::string> valued = EngineFlagNames();
+  valued.merge(SamplingFlagNames());
+  valued.insert({"prompt", "input-ids"});
+  std::set<std::string> switches = SamplingSwitchNames();
+  switches.insert({"json", "help"});
+  auto args = Args::Parse(argv, valued, switches);
+  if (!args.ok()) return Fail("generate", std::string(args.status().message()) + "\n" + kGenerateUsage);
+  if (args->Has("help")) {
+    std::cout << kGenerateUsage << kEngineFlagsUsage << kSamplingFlagsUsage;
+    return 0;
+  }
+  const bool json = args->Has("json");
+  auto g = Generate(*args, /*stream=*/!json);
+  if (!g.ok()) return Fail("generate", std::string(g.status().message()));
+  if (json) {
+    nlohmann::json out = {{"output_ids", g->output_ids},
+                          {"prompt_tokens", g->prompt.size()},
+                          {"finish_reason", RequestFinishName(g->finish)},
+                          {"time_to_first_token_s", g->first_token_seconds},
+                          {"total_s", g->total_seconds}};
+    if (g->has_tokenizer) out["text"] = g->text;
+    std::cout << out.dump() << std::endl;
+  } else {
+    std::cout << std::endl;
+  }
+  return 0;
+}
+
+int Fail(const std::string& command, const std::string& message) {
+  std::cerr << "indexcache " << command << ": " << message << std::endl;
+  return 1;
+}
+
+}  // namespace indexcache::cli

@@ -1,0 +1,35 @@
+// indexcache: the command-line entry point. Subcommands: generate, score, perplexity.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "tools/indexcache/commands.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "usage: indexcache <command> [flags]\n"
+    "  generate    stream a completion for a prompt\n"
+    "  score       write a prompt's logits and every layer's top-k selection to safetensors\n"
+    "  perplexity  mean negative log-likelihood and perplexity of a text file\n"
+    "Run `indexcache <command> --help` for its flags.\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  const std::string command = argv[1];
+  const std::vector<std::string> rest(argv + 2, argv + argc);
+  if (command == "generate") return indexcache::cli::RunGenerate(rest);
+  if (command == "score") return indexcache::cli::RunScore(rest);
+  if (command == "perplexity") return indexcache::cli::RunPerplexity(rest);
+  if (command == "--help" || command == "help") {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  std::fprintf(stderr, "indexcache: unknown command '%s'\n%s", command.c_str(), kUsage);
+  return 2;
+}
