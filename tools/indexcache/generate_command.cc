@@ -3,7 +3,7 @@
 #include <cstdio>
 #include <iostream>
 
-#include "absl/strings/str_join.h"
+#include "absl/strings/str_format.h"
 #include "common/util/status_macros.h"
 #include "nlohmann/json.hpp"
 #include "tools/indexcache/commands.h"
@@ -23,7 +23,18 @@ struct Generation {
   RequestFinish finish = RequestFinish::kNone;
   double first_token_seconds = 0.0;
   double total_seconds = 0.0;
+  IndexCacheStats stats;
+  std::string pattern;
 };
+
+nlohmann::json StatsJson(const Generation& g) {
+  return {{"index_pattern", g.pattern},
+          {"indexer_runs", g.stats.indexer_runs},
+          {"indexer_skips", g.stats.indexer_skips},
+          {"indexer_flops", g.stats.indexer_flops},
+          {"indexer_seconds", g.stats.indexer_seconds},
+          {"index_key_bytes_not_stored", g.stats.index_key_bytes_not_stored}};
+}
 
 absl::StatusOr<Generation> Generate(const Args& args, bool stream) {
   ASSIGN_OR_RETURN(EngineOptions options, EngineOptionsFromArgs(args));
@@ -58,6 +69,8 @@ absl::StatusOr<Generation> Generate(const Args& args, bool stream) {
   }
   g.total_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   g.has_tokenizer = engine->tokenizer() != nullptr;
+  g.stats = engine->TakeStats();
+  g.pattern = FormatIndexPattern(engine->config().indexer_types);
   return g;
 }
 
@@ -83,11 +96,15 @@ int RunGenerate(const std::vector<std::string>& argv) {
                           {"prompt_tokens", g->prompt.size()},
                           {"finish_reason", RequestFinishName(g->finish)},
                           {"time_to_first_token_s", g->first_token_seconds},
-                          {"total_s", g->total_seconds}};
+                          {"total_s", g->total_seconds},
+                          {"indexcache", StatsJson(*g)}};
     if (g->has_tokenizer) out["text"] = g->text;
     std::cout << out.dump() << std::endl;
   } else {
     std::cout << std::endl;
+    std::cerr << absl::StrFormat("%d prompt + %d generated tokens in %.3f s (first token %.3f s); IndexCache %s\n",
+                                 g->prompt.size(), g->output_ids.size(), g->total_seconds, g->first_token_seconds,
+                                 StatsJson(*g).dump());
   }
   return 0;
 }
