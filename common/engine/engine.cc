@@ -4,6 +4,8 @@
 #include <filesystem>
 
 #include "absl/strings/str_format.h"
+#include "common/model/model_fingerprint.h"
+#include "common/safetensors/weight_store.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
 
@@ -49,6 +51,8 @@ const char* RequestFinishName(RequestFinish finish) {
       return "abort";
     case RequestFinish::kError:
       return "error";
+    case RequestFinish::kPrefillDone:
+      return "prefill_done";
   }
   return "?";
 }
@@ -64,6 +68,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& o) {
   IC_LOG(Info) << "loading " << o.model_dir << " on " << o.device << " with index pattern "
                << FormatIndexPattern(config.indexer_types);
   ASSIGN_OR_RETURN(engine->model_, DsaModel::Load(o.model_dir, std::move(config), engine->backend_.get()));
+  {
+    ASSIGN_OR_RETURN(WeightStore store, WeightStore::Open(o.model_dir));
+    ASSIGN_OR_RETURN(engine->fingerprint_, ModelFingerprint(o.model_dir, store));
+  }
   ASSIGN_OR_RETURN(engine->cache_, PagedKvCache::Create(engine->backend_.get(), engine->model_->CacheSpec(o.block_size),
                                                         o.kv_cache_bytes));
   const std::string tokenizer_path = o.model_dir + "/tokenizer.json";
@@ -79,7 +87,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& o) {
   return engine;
 }
 
-absl::StatusOr<RequestId> Engine::Submit(std::vector<int32_t> prompt, const SamplingParams& params) {
+absl::Status Engine::ValidateRequest(const std::vector<int32_t>& prompt, const SamplingParams& params) const {
   const ModelConfig& c = config();
   if (prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
   for (int32_t id : prompt) {
@@ -100,18 +108,129 @@ absl::StatusOr<RequestId> Engine::Submit(std::vector<int32_t> prompt, const Samp
         "prompt + max_new_tokens (%d tokens) does not fit the KV cache (%d tokens in all)", total,
         int64_t{cache_->num_blocks()} * cache_->block_size()));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Engine::Request> Engine::MakeRequest(std::vector<int32_t> prompt, const SamplingParams& params) {
+  RETURN_IF_ERROR(ValidateRequest(prompt, params));
   Request r;
   r.id = next_id_++;
   r.prompt_len = static_cast<int32_t>(prompt.size());
   r.tokens = std::move(prompt);
-  ASSIGN_OR_RETURN(Sampler sampler, Sampler::Create(params, c.vocab_size, Sampler::RandomSeed()));
+  ASSIGN_OR_RETURN(Sampler sampler, Sampler::Create(params, config().vocab_size, Sampler::RandomSeed()));
   r.sampler.emplace(std::move(sampler));
-  r.stop.emplace(params, c.eos_token_ids);
+  r.stop.emplace(params, config().eos_token_ids);
   if (tokenizer_) r.detok.emplace(tokenizer_.get(), /*skip_special_tokens=*/true);
+  return r;
+}
+
+absl::StatusOr<RequestId> Engine::Submit(std::vector<int32_t> prompt, const SamplingParams& params) {
+  ASSIGN_OR_RETURN(Request r, MakeRequest(std::move(prompt), params));
   const RequestId id = r.id;
   order_.push_back(id);
   requests_.emplace(id, std::move(r));
   return id;
+}
+
+absl::StatusOr<RequestId> Engine::SubmitPrefill(std::vector<int32_t> prompt, const SamplingParams& params) {
+  ASSIGN_OR_RETURN(Request r, MakeRequest(std::move(prompt), params));
+  r.prefill_only = true;
+  const RequestId id = r.id;
+  order_.push_back(id);
+  requests_.emplace(id, std::move(r));
+  return id;
+}
+
+absl::StatusOr<Engine::Request*> Engine::Find(RequestId id) {
+  auto it = requests_.find(id);
+  if (it == requests_.end()) return absl::NotFoundError(absl::StrFormat("no request %d", id));
+  return &it->second;
+}
+
+absl::StatusOr<int32_t> Engine::CachedTokens(RequestId id) const {
+  auto it = requests_.find(id);
+  if (it == requests_.end()) return absl::NotFoundError(absl::StrFormat("no request %d", id));
+  return it->second.num_cached;
+}
+
+absl::StatusOr<std::vector<float>> Engine::ExportRows(RequestId id, int32_t layer, KvRowKind kind, int32_t begin,
+                                                      int32_t count) {
+  ASSIGN_OR_RETURN(Request * r, Find(id));
+  if (begin + static_cast<int64_t>(count) > r->num_cached) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "request %d: positions [%d, %d) are not computed yet (%d cached)", id, begin, begin + count, r->num_cached));
+  }
+  return ExportKvRows(*backend_, *cache_, id, layer, kind, begin, count);
+}
+
+absl::StatusOr<std::vector<IndexerProbe>> Engine::TakeProbes(RequestId id) {
+  ASSIGN_OR_RETURN(Request * r, Find(id));
+  if (!r->held) return absl::FailedPreconditionError(absl::StrFormat("request %d has not finished prefill", id));
+  return std::move(r->probes);
+}
+
+void Engine::Release(RequestId id) {
+  if (requests_.contains(id)) Finish(id);
+}
+
+absl::StatusOr<RequestId> Engine::AdmitImport(std::vector<int32_t> prompt, const SamplingParams& params) {
+  ASSIGN_OR_RETURN(Request r, MakeRequest(std::move(prompt), params));
+  // Room for the prompt and the first decode step, all or nothing.
+  RETURN_IF_ERROR(cache_->Reserve(r.id, r.prompt_len + 1));
+  r.awaiting_import = true;
+  const RequestId id = r.id;
+  order_.push_back(id);
+  requests_.emplace(id, std::move(r));
+  return id;
+}
+
+absl::Status Engine::ImportRows(RequestId id, int32_t layer, KvRowKind kind, int32_t begin, int32_t count,
+                                const float* rows) {
+  ASSIGN_OR_RETURN(Request * r, Find(id));
+  if (!r->awaiting_import) return absl::FailedPreconditionError(absl::StrFormat("request %d takes no rows now", id));
+  if (begin < 0 || begin + static_cast<int64_t>(count) > r->prompt_len) {
+    return absl::OutOfRangeError(absl::StrFormat("rows [%d, %d) lie outside the %d-token prompt of request %d", begin,
+                                                 begin + count, r->prompt_len, id));
+  }
+  return ImportKvRows(*backend_, *cache_, id, layer, kind, begin, count, rows);
+}
+
+absl::Status Engine::VerifyProbe(RequestId id, const IndexerProbe& probe) {
+  ASSIGN_OR_RETURN(Request * r, Find(id));
+  ASSIGN_OR_RETURN(std::vector<int32_t> selected,
+                   model_->SelectKeys(*cache_, id, probe.layer, r->prompt_len - 1, probe.query, probe.head_weights));
+  std::vector<int32_t> want = probe.topk, got = selected;
+  std::sort(want.begin(), want.end());
+  std::sort(got.begin(), got.end());
+  if (want != got) {
+    std::vector<int32_t> common;
+    std::set_intersection(want.begin(), want.end(), got.begin(), got.end(), std::back_inserter(common));
+    return absl::DataLossError(absl::StrFormat(
+        "handoff integrity check failed: layer %d's top-k recomputed from the received index keys shares %d of %d "
+        "keys with the prefill worker's",
+        probe.layer, common.size(), want.size()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TokenEvent> Engine::StartDecode(RequestId id, int32_t first_token) {
+  ASSIGN_OR_RETURN(Request * r, Find(id));
+  if (!r->awaiting_import) return absl::FailedPreconditionError(absl::StrFormat("request %d is not importing", id));
+  if (first_token < 0 || first_token >= config().vocab_size) {
+    return absl::InvalidArgumentError(absl::StrFormat("first token %d is outside the vocabulary", first_token));
+  }
+  r->awaiting_import = false;
+  r->num_cached = r->prompt_len;
+  TokenEvent event = Accept(*r, first_token);
+  if (event.finish != RequestFinish::kNone) Finish(id);
+  return event;
+}
+
+bool Engine::HasWork() const {
+  for (const auto& [id, r] : requests_) {
+    if (r.aborted || (!r.held && !r.awaiting_import)) return true;
+  }
+  return false;
 }
 
 void Engine::Abort(RequestId id) {
@@ -145,6 +264,7 @@ absl::StatusOr<ForwardBatch> Engine::Schedule(std::vector<Request*>& in_batch) {
     }
     if (r.num_cached + take == static_cast<int32_t>(r.tokens.size())) {
       batch.logit_rows.push_back(static_cast<int32_t>(batch.token_ids.size()) - 1);
+      if (r.prefill_only) batch.probe_rows.push_back(static_cast<int32_t>(batch.token_ids.size()) - 1);
     }
     in_batch.push_back(&r);
     budget -= take;
@@ -152,14 +272,16 @@ absl::StatusOr<ForwardBatch> Engine::Schedule(std::vector<Request*>& in_batch) {
   // Decoding requests first: one token each.
   for (size_t i = 0; i < order_.size() && budget > 0; ++i) {
     Request& r = requests_.at(order_[i]);
-    if (r.aborted || r.num_cached == 0 || r.tokens.size() - r.num_cached != 1) continue;
+    if (r.aborted || r.held || r.awaiting_import || r.num_cached == 0 || r.tokens.size() - r.num_cached != 1) continue;
     absl::Status reserved = cache_->Reserve(r.id, r.num_cached + 1);
     while (!reserved.ok()) {
       // Free the most recently admitted other request that holds cache, newest first.
       Request* victim = nullptr;
       for (size_t j = order_.size(); j-- > i + 1;) {
         Request& other = requests_.at(order_[j]);
-        if (cache_->Contains(other.id) && std::find(in_batch.begin(), in_batch.end(), &other) == in_batch.end()) {
+        // Held and importing requests are not preempted: their rows cannot be recomputed here.
+        if (cache_->Contains(other.id) && !other.held && !other.awaiting_import &&
+            std::find(in_batch.begin(), in_batch.end(), &other) == in_batch.end()) {
           victim = &other;
           break;
         }
@@ -175,7 +297,7 @@ absl::StatusOr<ForwardBatch> Engine::Schedule(std::vector<Request*>& in_batch) {
     if (budget <= 0) break;
     Request& r = requests_.at(id);
     const int32_t pending = static_cast<int32_t>(r.tokens.size()) - r.num_cached;
-    if (r.aborted || (r.num_cached > 0 && pending == 1)) continue;
+    if (r.aborted || r.held || r.awaiting_import || (r.num_cached > 0 && pending == 1)) continue;
     const int32_t take = std::min(pending, budget);
     if (!cache_->Reserve(r.id, r.num_cached + take).ok()) break;  // waits for memory
     add(r, take);
@@ -184,22 +306,28 @@ absl::StatusOr<ForwardBatch> Engine::Schedule(std::vector<Request*>& in_batch) {
 }
 
 TokenEvent Engine::Advance(Request& r, const float* logits) {
+  auto token = r.sampler->Sample(absl::MakeConstSpan(logits, config().vocab_size));
+  if (!token.ok()) return TokenEvent{r.id, -1, "", RequestFinish::kError, token.status()};
+  if (r.prefill_only) {
+    // The decode worker emits this token's text and applies the stop conditions.
+    r.tokens.push_back(*token);
+    r.held = true;
+    return TokenEvent{r.id, *token, "", RequestFinish::kPrefillDone, absl::OkStatus()};
+  }
+  return Accept(r, *token);
+}
+
+TokenEvent Engine::Accept(Request& r, int32_t token) {
   TokenEvent event;
   event.request = r.id;
-  auto token = r.sampler->Sample(absl::MakeConstSpan(logits, config().vocab_size));
-  if (!token.ok()) {
-    event.finish = RequestFinish::kError;
-    event.error = token.status();
-    return event;
-  }
-  event.token = *token;
-  r.tokens.push_back(*token);
+  event.token = token;
+  r.tokens.push_back(token);
   std::string delta;
   if (r.detok) {
-    auto text = r.detok->Push(*token);
+    auto text = r.detok->Push(token);
     if (text.ok()) delta = *std::move(text);
   }
-  auto update = r.stop->Append(*token, delta);
+  auto update = r.stop->Append(token, delta);
   if (!update.ok()) {
     event.finish = RequestFinish::kError;
     event.error = update.status();
@@ -228,15 +356,18 @@ absl::StatusOr<std::vector<TokenEvent>> Engine::Step() {
   }
   if (batch->token_ids.empty()) return events;
   ASSIGN_OR_RETURN(ForwardResult result, model_->Forward(*batch, *cache_));
-  size_t logit_index = 0;
+  size_t logit_index = 0, probe_index = 0;
   std::vector<RequestId> finished;
   for (size_t s = 0; s < in_batch.size(); ++s) {
     Request& r = *in_batch[s];
     const int32_t added = static_cast<int32_t>(std::count(batch->token_seq.begin(), batch->token_seq.end(), s));
     r.num_cached += added;
     if (r.num_cached != static_cast<int32_t>(r.tokens.size())) continue;  // prompt not done yet
+    if (r.prefill_only) r.probes = std::move(result.probes[probe_index++]);
     TokenEvent event = Advance(r, result.logits.data() + logit_index++ * config().vocab_size);
-    if (event.finish != RequestFinish::kNone) finished.push_back(r.id);
+    if (event.finish != RequestFinish::kNone && event.finish != RequestFinish::kPrefillDone) {
+      finished.push_back(r.id);
+    }
     events.push_back(std::move(event));
   }
   for (RequestId id : finished) Finish(id);

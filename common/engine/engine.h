@@ -18,6 +18,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "common/backend/backend.h"
+#include "common/kv/kv_transfer.h"
 #include "common/kv/paged_kv_cache.h"
 #include "common/model/dsa_model.h"
 #include "common/sampling/sampler.h"
@@ -41,7 +42,9 @@ struct EngineOptions {
 
 using RequestId = int64_t;
 
-enum class RequestFinish { kNone, kStop, kLength, kAbort, kError };
+// kPrefillDone ends a prefill-only request (disaggregated serving): its first token is sampled and
+// its cache is held for export until Release.
+enum class RequestFinish { kNone, kStop, kLength, kAbort, kError, kPrefillDone };
 const char* RequestFinishName(RequestFinish finish);
 
 // What one request produced in one step.
@@ -67,7 +70,8 @@ class Engine {
   absl::StatusOr<RequestId> Submit(std::vector<int32_t> prompt, const SamplingParams& params);
   // Ends a request now; its next Step reports kAbort and its cache blocks are freed. Unknown ids: no-op.
   void Abort(RequestId id);
-  bool HasWork() const { return !requests_.empty(); }
+  // True while some request can make progress in Step (held and importing requests wait outside).
+  bool HasWork() const;
   size_t num_requests() const { return requests_.size(); }
   // Runs one scheduling step.
   absl::StatusOr<std::vector<TokenEvent>> Step();
@@ -78,6 +82,32 @@ class Engine {
                            const std::function<absl::Status(int32_t, const ForwardResult&)>& on_chunk);
 
   IndexCacheStats TakeStats() { return model_->TakeStats(); }
+  const std::string& model_fingerprint() const { return fingerprint_; }
+
+  // --- disaggregated serving: the prefill side ----------------------------------------------
+  // Like Submit, but the request ends at its first sampled token (event kPrefillDone) and keeps its
+  // cache, so the prompt's rows can be exported as chunks complete, until Release.
+  absl::StatusOr<RequestId> SubmitPrefill(std::vector<int32_t> prompt, const SamplingParams& params);
+  // Prompt positions already in the cache (grows chunk by chunk during prefill).
+  absl::StatusOr<int32_t> CachedTokens(RequestId id) const;
+  absl::StatusOr<std::vector<float>> ExportRows(RequestId id, int32_t layer, KvRowKind kind, int32_t begin,
+                                                int32_t count);
+  // The last prompt position's indexer inputs and selection per Full layer (after kPrefillDone).
+  absl::StatusOr<std::vector<IndexerProbe>> TakeProbes(RequestId id);
+  // Frees a held (prefill-done) request. Unknown ids: no-op.
+  void Release(RequestId id);
+
+  // --- disaggregated serving: the decode side -------------------------------------------------
+  // Validates like Submit and reserves cache for the prompt; RESOURCE_EXHAUSTED when the cache is
+  // short now (retry later). The request waits for its rows until StartDecode.
+  absl::StatusOr<RequestId> AdmitImport(std::vector<int32_t> prompt, const SamplingParams& params);
+  absl::Status ImportRows(RequestId id, int32_t layer, KvRowKind kind, int32_t begin, int32_t count,
+                          const float* rows);
+  // Re-runs the probe's indexer over the imported index keys; DATA_LOSS when the selection differs.
+  absl::Status VerifyProbe(RequestId id, const IndexerProbe& probe);
+  // Appends the prefill worker's first token and starts decoding; returns that token's event
+  // (text, and a finish if it already ends the request).
+  absl::StatusOr<TokenEvent> StartDecode(RequestId id, int32_t first_token);
 
  private:
   struct Request {
@@ -86,12 +116,21 @@ class Engine {
     int32_t prompt_len = 0;
     int32_t num_cached = 0;       // positions already in the cache
     bool aborted = false;
+    bool prefill_only = false;     // ends at the first token and holds its cache
+    bool held = false;             // prefill done: cache kept for export, not scheduled
+    bool awaiting_import = false;  // decode side: rows arriving, not scheduled yet
+    std::vector<IndexerProbe> probes;
     std::optional<Sampler> sampler;
     std::optional<StopChecker> stop;
     std::optional<IncrementalDecoder> detok;
   };
 
   Engine() = default;
+  absl::Status ValidateRequest(const std::vector<int32_t>& prompt, const SamplingParams& params) const;
+  absl::StatusOr<Request> MakeRequest(std::vector<int32_t> prompt, const SamplingParams& params);
+  absl::StatusOr<Request*> Find(RequestId id);
+  // Records a sampled or imported token: detokenizes, checks stop conditions.
+  TokenEvent Accept(Request& r, int32_t token);
   // Picks this step's tokens; preempts when a decoding request cannot grow.
   absl::StatusOr<ForwardBatch> Schedule(std::vector<Request*>& in_batch);
   void Preempt(Request& r);
@@ -102,6 +141,7 @@ class Engine {
   std::unique_ptr<DsaModel> model_;
   std::unique_ptr<PagedKvCache> cache_;
   std::unique_ptr<BpeTokenizer> tokenizer_;
+  std::string fingerprint_;
   int32_t max_batch_tokens_ = 0;
   RequestId next_id_ = 1;
   std::deque<RequestId> order_;  // admission order

@@ -78,6 +78,20 @@ void RunMlp(Backend& be, const FeedForwardWeights& w, Tensor x, Activations& a, 
   be.Linear(act, w.down, out);
 }
 
+// Downloads row `row`'s indexer query, head weights and selection of Full layer `layer`.
+absl::StatusOr<IndexerProbe> ReadProbe(Backend& be, const Activations& a, int32_t row, int32_t layer) {
+  IndexerProbe probe;
+  probe.layer = layer;
+  probe.query.resize(a.index_q.cols);
+  probe.head_weights.resize(a.index_w.cols);
+  probe.topk.resize(a.topk.cols);
+  RETURN_IF_ERROR(be.Download(a.index_q.Rows(row, 1), probe.query.data()));
+  RETURN_IF_ERROR(be.Download(a.index_w.Rows(row, 1), probe.head_weights.data()));
+  RETURN_IF_ERROR(be.Download(a.topk.Rows(row, 1), probe.topk.data()));
+  probe.topk.erase(std::find(probe.topk.begin(), probe.topk.end(), -1), probe.topk.end());
+  return probe;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<DsaModel>> DsaModel::Load(const std::string& model_dir, ModelConfig config,
@@ -97,6 +111,51 @@ KvCacheSpec DsaModel::CacheSpec(int32_t block_size) const {
   spec.index_key_dim = config_.index_head_dim;
   spec.block_size = block_size;
   return spec;
+}
+
+absl::StatusOr<std::vector<int32_t>> DsaModel::SelectKeys(const PagedKvCache& cache, SequenceId seq, int32_t layer,
+                                                         int32_t position, const std::vector<float>& query,
+                                                         const std::vector<float>& head_weights) {
+  const ModelConfig& c = config_;
+  if (layer < 0 || layer >= c.num_layers || c.indexer_types[layer] != IndexerType::kFull) {
+    return absl::InvalidArgumentError(absl::StrFormat("layer %d is not a Full layer", layer));
+  }
+  const int64_t q_width = int64_t{c.index_n_heads} * c.index_head_dim;
+  if (static_cast<int64_t>(query.size()) != q_width || static_cast<int64_t>(head_weights.size()) != c.index_n_heads) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "indexer probe of layer %d has %d query and %d weight values, expected %d and %d", layer, query.size(),
+        head_weights.size(), q_width, c.index_n_heads));
+  }
+  const std::vector<int32_t>& table = cache.BlockTable(seq);
+  if (position < 0 || position >= static_cast<int64_t>(table.size()) * cache.block_size()) {
+    return absl::OutOfRangeError(absl::StrFormat("position %d is outside sequence %d's cache", position, seq));
+  }
+  const int64_t k = std::min(c.index_topk, position + 1);
+  const int32_t zero = 0;
+  workspace_.BeginMeasure();
+  auto carve = [&] {
+    struct {
+      Tensor q, w, seq, pos, tables, out;
+    } t{workspace_.Take(DType::kF32, 1, q_width), workspace_.Take(DType::kF32, 1, c.index_n_heads),
+        workspace_.Take(DType::kI32, 1, 1),        workspace_.Take(DType::kI32, 1, 1),
+        workspace_.Take(DType::kI32, 1, static_cast<int64_t>(table.size())), workspace_.Take(DType::kI32, 1, k)};
+    return t;
+  };
+  carve();
+  RETURN_IF_ERROR(workspace_.Commit());
+  auto t = carve();
+  Backend& be = *backend_;
+  be.Upload(query.data(), t.q);
+  be.Upload(head_weights.data(), t.w);
+  be.Upload(&zero, t.seq);
+  be.Upload(&position, t.pos);
+  be.Upload(table.data(), t.tables);
+  BatchLayout layout{t.seq, t.pos, Tensor{}, t.tables, cache.block_size(), position + 1};
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.index_head_dim)));
+  be.IndexerTopK(t.q, t.w, c.index_n_heads, cache.index_key_pool(layer), layout, scale, t.out);
+  std::vector<int32_t> selected(k);
+  RETURN_IF_ERROR(be.Download(t.out, selected.data()));
+  return selected;
 }
 
 IndexCacheStats DsaModel::TakeStats() {
@@ -177,6 +236,7 @@ absl::StatusOr<ForwardResult> DsaModel::Forward(const ForwardBatch& b, PagedKvCa
 
   ForwardResult result;
   result.topk_cols = static_cast<int32_t>(topk_cols);
+  result.probes.resize(b.probe_rows.size());
   const int64_t heads = c.num_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
   const float theta = static_cast<float>(c.rope_theta);
   const float index_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.index_head_dim)));
@@ -214,6 +274,10 @@ absl::StatusOr<ForwardResult> DsaModel::Forward(const ForwardBatch& b, PagedKvCa
       be.Linear(a.h, w.index_head_proj, a.index_w);
       be.IndexerTopK(a.index_q, a.index_w, c.index_n_heads, cache.index_key_pool(l), layout, index_scale, a.topk);
       be.EndRegion(TimedRegion::kIndexer);
+      for (size_t p = 0; p < b.probe_rows.size(); ++p) {
+        ASSIGN_OR_RETURN(IndexerProbe probe, ReadProbe(be, a, b.probe_rows[p], l));
+        result.probes[p].push_back(std::move(probe));
+      }
       const double ih = c.index_n_heads, id = c.index_head_dim;
       stats_.indexer_runs += n;
       stats_.indexer_flops += 2.0 * n * (c.q_lora_rank * ih * id + c.hidden_size * (id + ih)) +

@@ -26,6 +26,16 @@ struct ForwardBatch {
   std::vector<SequenceId> sequences;
   std::vector<int32_t> logit_rows;  // tokens whose next-token logits are wanted
   bool capture_topk = false;        // also return every layer's selection (for `score`)
+  std::vector<int32_t> probe_rows;  // tokens whose indexer inputs and selections are returned (handoff)
+};
+
+// One token's lightning-indexer inputs and result on one Full layer: enough for another worker to
+// re-run the selection over the same keys and check it.
+struct IndexerProbe {
+  int32_t layer = 0;
+  std::vector<float> query;         // [index_n_heads · index_head_dim], roped
+  std::vector<float> head_weights;  // [index_n_heads], scaled as IndexerTopK uses them
+  std::vector<int32_t> topk;        // selected key positions (no -1 padding), best first
 };
 
 struct ForwardResult {
@@ -33,6 +43,8 @@ struct ForwardResult {
   // When captured: per layer, [n, topk_cols] key positions (-1 padded).
   std::vector<std::vector<int32_t>> topk;
   int32_t topk_cols = 0;
+  // Per probe row, one entry per Full layer in layer order.
+  std::vector<std::vector<IndexerProbe>> probes;
 };
 
 class DsaModel {
@@ -48,6 +60,12 @@ class DsaModel {
 
   // Runs the batch. The caller has reserved cache room for every position in it.
   absl::StatusOr<ForwardResult> Forward(const ForwardBatch& batch, PagedKvCache& cache);
+
+  // Re-runs the indexer of Full `layer` for one query at `position` of `seq` over the index keys in
+  // the cache (the handoff integrity check). Returns the selected positions, best first.
+  absl::StatusOr<std::vector<int32_t>> SelectKeys(const PagedKvCache& cache, SequenceId seq, int32_t layer,
+                                                  int32_t position, const std::vector<float>& query,
+                                                  const std::vector<float>& head_weights);
 
   // Counters since the last call.
   IndexCacheStats TakeStats();
