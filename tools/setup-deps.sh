@@ -9,7 +9,7 @@ packages=(
   libabsl-dev libre2-dev prometheus-cpp-dev nlohmann-json3-dev
   libboost-dev libboost-system-dev
   libgtest-dev libgmock-dev libopenblas-openmp-dev
-  python3 python3-numpy
+  python3 python3-numpy python3-grpcio python3-protobuf
 )
 
 missing=()

@@ -251,7 +251,7 @@ void Engine::Preempt(Request& r) {
   r.num_cached = 0;
 }
 
-absl::StatusOr<ForwardBatch> Engine::Schedule(std::vector<Request*>& in_batch) {
+ForwardBatch Engine::Schedule(std::vector<Request*>& in_batch) {
   ForwardBatch batch;
   int32_t budget = max_batch_tokens_;
   auto add = [&](Request& r, int32_t take) {
@@ -275,7 +275,8 @@ absl::StatusOr<ForwardBatch> Engine::Schedule(std::vector<Request*>& in_batch) {
     if (r.aborted || r.held || r.awaiting_import || r.num_cached == 0 || r.tokens.size() - r.num_cached != 1) continue;
     absl::Status reserved = cache_->Reserve(r.id, r.num_cached + 1);
     while (!reserved.ok()) {
-      // Free the most recently admitted other request that holds cache, newest first.
+      // Free the most recently admitted other request that holds cache; with none newer, this one
+      // steps back itself (older requests keep priority, so the oldest always progresses).
       Request* victim = nullptr;
       for (size_t j = order_.size(); j-- > i + 1;) {
         Request& other = requests_.at(order_[j]);
@@ -286,10 +287,14 @@ absl::StatusOr<ForwardBatch> Engine::Schedule(std::vector<Request*>& in_batch) {
           break;
         }
       }
-      if (victim == nullptr) return reserved;
+      if (victim == nullptr) {
+        Preempt(r);
+        break;
+      }
       Preempt(*victim);
       reserved = cache_->Reserve(r.id, r.num_cached + 1);
     }
+    if (!reserved.ok()) continue;
     add(r, 1);
   }
   // Then prompt chunks, in arrival order, while the budget and the cache allow.
@@ -347,20 +352,25 @@ absl::StatusOr<std::vector<TokenEvent>> Engine::Step() {
     }
   }
   std::vector<Request*> in_batch;
-  auto batch = Schedule(in_batch);
-  if (!batch.ok()) {
-    // Only a lone request that cannot grow ends up here; Submit's size check makes it unreachable
-    // unless the cache is shared, but fail the request rather than the engine.
-    for (Request* r : in_batch) cache_->Release(r->id);
-    return batch.status();
+  ForwardBatch batch = Schedule(in_batch);
+  if (batch.token_ids.empty()) return events;
+  auto forward = model_->Forward(batch, *cache_);
+  if (!forward.ok()) {
+    // The batch's requests cannot continue (their cache rows are incomplete): fail them, free their
+    // blocks, and keep the engine serving the others.
+    IC_LOG(Error) << "forward pass failed for " << in_batch.size() << " requests: " << forward.status();
+    for (Request* r : in_batch) {
+      events.push_back(TokenEvent{r->id, -1, "", RequestFinish::kError, forward.status()});
+      Finish(r->id);
+    }
+    return events;
   }
-  if (batch->token_ids.empty()) return events;
-  ASSIGN_OR_RETURN(ForwardResult result, model_->Forward(*batch, *cache_));
+  ForwardResult& result = *forward;
   size_t logit_index = 0, probe_index = 0;
   std::vector<RequestId> finished;
   for (size_t s = 0; s < in_batch.size(); ++s) {
     Request& r = *in_batch[s];
-    const int32_t added = static_cast<int32_t>(std::count(batch->token_seq.begin(), batch->token_seq.end(), s));
+    const int32_t added = static_cast<int32_t>(std::count(batch.token_seq.begin(), batch.token_seq.end(), s));
     r.num_cached += added;
     if (r.num_cached != static_cast<int32_t>(r.tokens.size())) continue;  // prompt not done yet
     if (r.prefill_only) r.probes = std::move(result.probes[probe_index++]);

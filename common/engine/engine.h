@@ -73,7 +73,7 @@ class Engine {
   // True while some request can make progress in Step (held and importing requests wait outside).
   bool HasWork() const;
   size_t num_requests() const { return requests_.size(); }
-  // Runs one scheduling step.
+  // Runs one scheduling step. Requests that fail end with a kError event; the engine keeps serving.
   absl::StatusOr<std::vector<TokenEvent>> Step();
 
   // Runs `ids` as one prompt through chunked prefill, handing every chunk's result (logits of all its
@@ -132,7 +132,7 @@ class Engine {
   // Records a sampled or imported token: detokenizes, checks stop conditions.
   TokenEvent Accept(Request& r, int32_t token);
   // Picks this step's tokens; preempts when a decoding request cannot grow.
-  absl::StatusOr<ForwardBatch> Schedule(std::vector<Request*>& in_batch);
+  ForwardBatch Schedule(std::vector<Request*>& in_batch);
   void Preempt(Request& r);
   TokenEvent Advance(Request& r, const float* logits);
   void Finish(RequestId id);

@@ -22,10 +22,14 @@ absl::StatusOr<std::vector<int32_t>> BlockAllocator::Allocate(int32_t count) {
 }
 
 absl::Status BlockAllocator::Free(absl::Span<const int32_t> blocks) {
+  // Validate the whole list first (a block listed twice counts as freeing a free block), so a refused
+  // call changes nothing.
+  std::vector<bool> seen(allocated_.size(), false);
   for (int32_t id : blocks) {
-    if (id < 0 || id >= num_blocks() || !allocated_[id]) {
+    if (id < 0 || id >= num_blocks() || !allocated_[id] || seen[id]) {
       return absl::InternalError(absl::StrFormat("freeing KV block %d that is not allocated", id));
     }
+    seen[id] = true;
   }
   for (int32_t id : blocks) {
     allocated_[id] = false;

@@ -74,9 +74,8 @@ absl::Status ParseRope(const Json& j, ModelConfig& c) {
     return absl::UnimplementedError(absl::StrCat(
         "config.json: rope type '", type, "' is not supported yet (supported: default)"));
   }
-  if (rope.contains("partial_rotary_factor") && rope["partial_rotary_factor"].get<double>() != 1.0) {
-    return absl::UnimplementedError("config.json: partial_rotary_factor != 1 is not supported yet");
-  }
+  ASSIGN_OR_RETURN(double partial, GetNumber(rope, "partial_rotary_factor", 1.0));
+  if (partial != 1.0) return absl::UnimplementedError("config.json: partial_rotary_factor != 1 is not supported yet");
   ASSIGN_OR_RETURN(double top_theta, GetNumber(j, "rope_theta", 10000.0));
   ASSIGN_OR_RETURN(c.rope_theta, GetNumber(rope, "rope_theta", top_theta));
   if (c.rope_theta <= 0) return KeyError("rope_theta", "must be positive");

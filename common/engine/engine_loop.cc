@@ -1,0 +1,64 @@
+#include "common/engine/engine_loop.h"
+
+#include "common/util/logging.h"
+
+namespace indexcache {
+
+EngineLoop::EngineLoop(std::unique_ptr<Engine> engine) : engine_(std::move(engine)) {
+  thread_ = std::thread([this] { Run(); });
+}
+
+EngineLoop::~EngineLoop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
+}
+
+void EngineLoop::Post(std::function<void()> task) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    tasks_.push_back(std::move(task));
+  }
+  wake_.notify_all();
+}
+
+void EngineLoop::Dispatch(const TokenEvent& event) {
+  auto it = sinks_.find(event.request);
+  if (it == sinks_.end()) return;
+  it->second(event);
+  if (event.finish != RequestFinish::kNone) sinks_.erase(event.request);
+}
+
+void EngineLoop::Run() {
+  for (;;) {
+    std::deque<std::function<void()>> tasks;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      wake_.wait(lock, [&] { return stopping_ || !tasks_.empty() || engine_->HasWork(); });
+      if (stopping_) break;
+      tasks.swap(tasks_);
+    }
+    for (auto& task : tasks) task();
+    if (!engine_->HasWork()) continue;
+    auto events = engine_->Step();
+    if (!events.ok()) {
+      // A failed step leaves the batch's requests in an unknown state: end every request with the
+      // error rather than the process, and free their cache.
+      IC_LOG(Error) << "engine step failed: " << events.status();
+      std::vector<RequestId> ids;
+      for (const auto& [id, sink] : sinks_) ids.push_back(id);
+      for (RequestId id : ids) {
+        engine_->Release(id);
+        Dispatch(TokenEvent{id, -1, "", RequestFinish::kError, events.status()});
+      }
+      continue;
+    }
+    for (const TokenEvent& event : *events) Dispatch(event);
+  }
+  for (const auto& [id, sink] : sinks_) sink(TokenEvent{id, -1, "", RequestFinish::kAbort, absl::OkStatus()});
+}
+
+}  // namespace indexcache

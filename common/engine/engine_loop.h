@@ -1,0 +1,62 @@
+// Runs an Engine on a thread of its own, so services can serve many RPCs while one loop owns the
+// (single-threaded) engine: other threads send it closures (Call), and the loop steps the engine
+// whenever it has work, handing each request's TokenEvents to that request's sink.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <type_traits>
+
+#include "absl/container/flat_hash_map.h"
+#include "common/engine/engine.h"
+
+namespace indexcache {
+
+class EngineLoop {
+ public:
+  // Called on the loop thread for every event of the request; must not block.
+  using EventSink = std::function<void(const TokenEvent&)>;
+
+  explicit EngineLoop(std::unique_ptr<Engine> engine);
+  // Stops the thread; requests still running get an ABORT event first.
+  ~EngineLoop();
+  EngineLoop(const EngineLoop&) = delete;
+  EngineLoop& operator=(const EngineLoop&) = delete;
+
+  // Runs `fn(engine)` on the loop thread between steps and returns its result.
+  template <typename Fn>
+  auto Call(Fn&& fn) -> std::invoke_result_t<Fn, Engine&> {
+    using Result = std::invoke_result_t<Fn, Engine&>;
+    auto task = std::make_shared<std::packaged_task<Result()>>([&] { return fn(*engine_); });
+    std::future<Result> done = task->get_future();
+    Post([task] { (*task)(); });
+    return done.get();
+  }
+
+  // Routes `id`'s events to `sink` until one carries a finish. Only from inside Call (the loop
+  // thread), in the same call that created the request, so no event can be missed.
+  void Subscribe(RequestId id, EventSink sink) { sinks_[id] = std::move(sink); }
+
+  // The engine's immutable parts (config, tokenizer) may be read from any thread.
+  const Engine& engine() const { return *engine_; }
+
+ private:
+  void Post(std::function<void()> task);
+  void Run();
+  void Dispatch(const TokenEvent& event);
+
+  std::unique_ptr<Engine> engine_;
+  std::mutex mu_;
+  std::condition_variable wake_;
+  std::deque<std::function<void()>> tasks_;  // guarded by mu_
+  bool stopping_ = false;                    // guarded by mu_
+  absl::flat_hash_map<RequestId, EventSink> sinks_;  // loop thread only
+  std::thread thread_;
+};
+
+}  // namespace indexcache
