@@ -1,0 +1,172 @@
+#include "indexcache/client.h"
+
+#include <atomic>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "call_status.h"
+#include "common/util/status_macros.h"
+#include "indexcache/v1/generate.grpc.pb.h"
+#include "proto_convert.h"
+
+namespace indexcache::client {
+namespace {
+
+absl::Status CheckPositive(std::optional<absl::Duration> timeout, const char* what) {
+  if (timeout && *timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " must be positive, got ", absl::FormatDuration(*timeout)));
+  }
+  return absl::OkStatus();
+}
+
+void ApplyTimeout(grpc::ClientContext& context, std::optional<absl::Duration> timeout) {
+  if (timeout) context.set_deadline(absl::ToChronoTime(absl::Now() + *timeout));
+}
+
+}  // namespace
+
+struct Client::Impl {
+  std::string address;
+  ClientOptions options;
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<v1::IndexCache::Stub> stub;
+};
+
+struct GenerateStream::State {
+  std::shared_ptr<grpc::Channel> channel;  // the call must not outlive its channel
+  std::string address;
+  std::optional<absl::Duration> timeout;
+  grpc::ClientContext context;
+  std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader;  // null if the call never started
+  std::string request_id;
+  bool saw_final = false;
+  bool done = false;
+  absl::Status error;  // why the stream failed, once done
+  std::atomic<bool> cancelled{false};
+};
+
+GenerateStream::GenerateStream(std::unique_ptr<State> state) : state_(std::move(state)) {}
+GenerateStream::GenerateStream(GenerateStream&&) noexcept = default;
+GenerateStream& GenerateStream::operator=(GenerateStream&&) noexcept = default;
+
+GenerateStream::~GenerateStream() {
+  if (state_ == nullptr || state_->done) return;
+  // Finish() on a call the server is still streaming would wait for the server to end it.
+  state_->context.TryCancel();
+  state_->reader->Finish();
+}
+
+absl::StatusOr<std::optional<GenerateChunk>> GenerateStream::Next() {
+  if (state_ == nullptr) return absl::FailedPreconditionError("Next() on a moved-from GenerateStream");
+  State& s = *state_;
+  if (s.done) {
+    if (!s.error.ok()) return s.error;
+    return std::nullopt;
+  }
+  v1::GenerateResponse response;
+  if (s.reader->Read(&response)) {
+    GenerateChunk chunk = FromProto(response);
+    if (s.request_id.empty()) s.request_id = chunk.request_id;
+    if (chunk.final) s.saw_final = true;
+    return chunk;
+  }
+  const grpc::Status status = s.reader->Finish();
+  s.done = true;
+  if (s.cancelled && status.error_code() == grpc::StatusCode::CANCELLED) {
+    s.error = absl::CancelledError(absl::StrCat("Generate on ", s.address, ": cancelled by the client"));
+  } else if (!status.ok()) {
+    s.error = CallStatus(status, "Generate", s.address, s.timeout);
+  } else if (!s.saw_final) {
+    s.error = absl::InternalError(
+        absl::StrCat("Generate on ", s.address, ": the stream ended without a final message"));
+  }
+  if (!s.error.ok()) return s.error;
+  return std::nullopt;
+}
+
+void GenerateStream::Cancel() {
+  if (state_ == nullptr) return;
+  state_->cancelled = true;
+  state_->context.TryCancel();
+}
+
+const std::string& GenerateStream::request_id() const {
+  static const std::string kEmpty;
+  return state_ == nullptr ? kEmpty : state_->request_id;
+}
+
+Client::Client(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
+
+absl::StatusOr<Client> Client::Connect(std::string router_address, ClientOptions options) {
+  if (router_address.empty()) return absl::InvalidArgumentError("router address is empty");
+  RETURN_IF_ERROR(CheckPositive(options.default_timeout, "default_timeout"));
+  RETURN_IF_ERROR(CheckPositive(options.connect_timeout, "connect_timeout"));
+  auto impl = std::make_shared<Impl>();
+  impl->address = std::move(router_address);
+  impl->options = options;
+  impl->channel = grpc::CreateChannel(impl->address, grpc::InsecureChannelCredentials());
+  impl->stub = v1::IndexCache::NewStub(impl->channel);
+  if (options.connect_timeout &&
+      !impl->channel->WaitForConnected(absl::ToChronoTime(absl::Now() + *options.connect_timeout))) {
+    return absl::UnavailableError(absl::StrCat("router ", impl->address, " not reachable within ",
+                                               absl::FormatDuration(*options.connect_timeout)));
+  }
+  return Client(std::move(impl));
+}
+
+GenerateStream Client::Stream(const GenerateRequest& request) const {
+  auto state = std::make_unique<GenerateStream::State>();
+  state->channel = impl_->channel;
+  state->address = impl_->address;
+  state->timeout = request.timeout ? request.timeout : impl_->options.default_timeout;
+  state->request_id = request.request_id;
+  if (absl::Status valid = CheckPositive(request.timeout, "timeout"); !valid.ok()) {
+    state->done = true;
+    state->error = std::move(valid);
+    return GenerateStream(std::move(state));
+  }
+  ApplyTimeout(state->context, state->timeout);
+  state->reader = impl_->stub->Generate(&state->context, ToProto(request));
+  return GenerateStream(std::move(state));
+}
+
+absl::StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request) const {
+  GenerateStream stream = Stream(request);
+  GenerateResult result;
+  result.request_id = request.request_id;
+  while (true) {
+    ASSIGN_OR_RETURN(std::optional<GenerateChunk> chunk, stream.Next());
+    if (!chunk) break;
+    if (!chunk->request_id.empty()) result.request_id = chunk->request_id;
+    result.output_ids.insert(result.output_ids.end(), chunk->token_ids.begin(), chunk->token_ids.end());
+    result.text += chunk->text;
+    if (chunk->final) result.final = std::move(*chunk->final);
+  }
+  return result;
+}
+
+absl::StatusOr<bool> Client::Abort(const std::string& request_id) const {
+  grpc::ClientContext context;
+  ApplyTimeout(context, impl_->options.default_timeout);
+  v1::AbortRequest request;
+  request.set_request_id(request_id);
+  v1::AbortResponse response;
+  const grpc::Status status = impl_->stub->Abort(&context, request, &response);
+  if (!status.ok()) return CallStatus(status, "Abort", impl_->address, impl_->options.default_timeout);
+  return response.found();
+}
+
+absl::StatusOr<ModelInfo> Client::GetModelInfo() const {
+  grpc::ClientContext context;
+  ApplyTimeout(context, impl_->options.default_timeout);
+  v1::ModelInfoResponse response;
+  const grpc::Status status = impl_->stub->ModelInfo(&context, v1::ModelInfoRequest(), &response);
+  if (!status.ok()) return CallStatus(status, "ModelInfo", impl_->address, impl_->options.default_timeout);
+  return FromProto(response);
+}
+
+const std::string& Client::router_address() const { return impl_->address; }
+
+}  // namespace indexcache::client

@@ -1,0 +1,212 @@
+"""Python client of an indexcache cluster: one router address, the public indexcache.v1 API."""
+
+import threading
+from typing import Iterable, Optional
+
+import grpc
+
+try:
+    from . import generate_pb2, generate_pb2_grpc
+except ImportError as missing:  # the stubs are generated, never committed
+    raise ImportError(
+        "indexcache_client's gRPC stubs are missing: build the CMake target indexcache_client_python "
+        "and put <build>/sdk/python on PYTHONPATH, or run "
+        "sdk/python/generate_stubs.sh sdk/python/indexcache_client"
+    ) from missing
+
+from .results import Chunk, ModelInfo, Result
+
+# The optional SamplingParameters fields that take one value each; `stop` and `stop_token_ids` are
+# the repeated ones.
+_SCALAR_SAMPLING = ("temperature", "top_k", "top_p", "min_p", "seed", "max_new_tokens", "ignore_eos")
+_REPEATED_SAMPLING = ("stop", "stop_token_ids")
+
+# Marks "use the client's default timeout" apart from None, which means "no deadline".
+_DEFAULT = object()
+
+
+class ClientError(Exception):
+    """A failed call: the gRPC status code (grpc.StatusCode), and a message naming the call and router."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+def _call_error(error: grpc.RpcError, call: str, address: str, timeout: Optional[float]) -> ClientError:
+    details = error.details() or ""
+    if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and timeout is not None:
+        details = f"deadline of {timeout:g} s exceeded ({details})"
+    return ClientError(error.code(), f"{call} on {address}: {details}")
+
+
+def _build_request(prompt, input_ids, request_id, sampling) -> "generate_pb2.GenerateRequest":
+    if (prompt is None) == (input_ids is None):
+        raise ValueError("give exactly one of prompt= and input_ids=")
+    unknown = set(sampling) - set(_SCALAR_SAMPLING) - set(_REPEATED_SAMPLING)
+    if unknown:
+        raise TypeError(f"unknown sampling parameter(s): {', '.join(sorted(unknown))}")
+    request = generate_pb2.GenerateRequest(request_id=request_id or "")
+    if prompt is not None:
+        request.text = prompt
+    else:
+        request.token_ids.ids.extend(int(i) for i in input_ids)
+    params = request.sampling
+    for name in _SCALAR_SAMPLING:
+        # None leaves the field unset (the server's default), never proto3's zero.
+        if sampling.get(name) is not None:
+            setattr(params, name, sampling[name])
+    stop = sampling.get("stop")
+    if stop is not None:
+        params.stop.extend([stop] if isinstance(stop, str) else stop)
+    if sampling.get("stop_token_ids") is not None:
+        params.stop_token_ids.extend(int(i) for i in sampling["stop_token_ids"])
+    return request
+
+
+class GenerateStream:
+    """The chunks of one Generate call, as an iterator. cancel() (from any thread) ends the call on
+    the server and ends the iteration; leaving a `with` block cancels an unfinished stream."""
+
+    def __init__(self, call, address: str, timeout: Optional[float], request_id: str):
+        self._call = call
+        self._address = address
+        self._timeout = timeout
+        self._request_id = request_id or None
+        self._saw_final = False
+        self._done = False
+        self._cancelled = threading.Event()
+
+    @property
+    def request_id(self) -> Optional[str]:
+        """The request's id once the first chunk arrived (or the caller's own id); None before."""
+        return self._request_id
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        self._call.cancel()
+
+    def __iter__(self) -> "GenerateStream":
+        return self
+
+    def __next__(self) -> Chunk:
+        if self._done:
+            raise StopIteration
+        try:
+            response = next(self._call)
+        except StopIteration:
+            self._done = True
+            if not self._saw_final and not self._cancelled.is_set():
+                raise ClientError(
+                    grpc.StatusCode.INTERNAL,
+                    f"Generate on {self._address}: the stream ended without a final message",
+                ) from None
+            raise
+        except grpc.RpcError as error:
+            self._done = True
+            if self._cancelled.is_set() and error.code() == grpc.StatusCode.CANCELLED:
+                raise StopIteration from None
+            raise _call_error(error, "Generate", self._address, self._timeout) from None
+        chunk = Chunk.from_proto(response)
+        if self._request_id is None and chunk.request_id:
+            self._request_id = chunk.request_id
+        if chunk.final is not None:
+            self._saw_final = True
+        return chunk
+
+    def __enter__(self) -> "GenerateStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self._done:
+            self.cancel()
+
+
+class Client:
+    """Thread-safe: one gRPC channel shared by every call.
+
+    timeout: deadline in seconds of every call that does not pass its own; None: no deadline.
+    connect_timeout: wait this long for the router and raise ClientError(UNAVAILABLE) otherwise;
+    None: connect on the first call.
+    """
+
+    def __init__(self, router_address: str, timeout: Optional[float] = None,
+                 connect_timeout: Optional[float] = None):
+        if not router_address:
+            raise ValueError("router address is empty")
+        for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        self.router_address = router_address
+        self._timeout = timeout
+        self._channel = grpc.insecure_channel(router_address)
+        self._stub = generate_pb2_grpc.IndexCacheStub(self._channel)
+        if connect_timeout is not None:
+            try:
+                grpc.channel_ready_future(self._channel).result(timeout=connect_timeout)
+            except grpc.FutureTimeoutError:
+                self._channel.close()
+                raise ClientError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"router {router_address} not reachable within {connect_timeout:g} s",
+                ) from None
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _resolve_timeout(self, timeout) -> Optional[float]:
+        if timeout is _DEFAULT:
+            return self._timeout
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        return timeout
+
+    def stream(self, prompt: Optional[str] = None, input_ids: Optional[Iterable[int]] = None, *,
+               request_id: Optional[str] = None, timeout=_DEFAULT, **sampling) -> GenerateStream:
+        """Starts a request and returns its chunks as they come. Sampling keywords: temperature,
+        top_k, top_p, min_p, seed, max_new_tokens, stop (str or list), stop_token_ids, ignore_eos;
+        those left out or None take the server's defaults. Errors raise ClientError on iteration."""
+        request = _build_request(prompt, input_ids, request_id, sampling)
+        deadline = self._resolve_timeout(timeout)
+        call = self._stub.Generate(request, timeout=deadline)
+        return GenerateStream(call, self.router_address, deadline, request.request_id)
+
+    def generate(self, prompt: Optional[str] = None, input_ids: Optional[Iterable[int]] = None, *,
+                 request_id: Optional[str] = None, timeout=_DEFAULT, **sampling) -> Result:
+        """Runs a request to its end. A stream the server ends normally returns a Result whatever its
+        finish_reason ("stop", "length", "abort", "error"); a failed call raises ClientError."""
+        result = Result(request_id=request_id or "")
+        with self.stream(prompt, input_ids, request_id=request_id, timeout=timeout, **sampling) as chunks:
+            for chunk in chunks:
+                result.request_id = chunk.request_id or result.request_id
+                result.output_ids.extend(chunk.token_ids)
+                result.text += chunk.text
+                if chunk.final is not None:
+                    for name in ("finish_reason", "error", "prompt_tokens", "generated_tokens",
+                                 "timings", "index_pattern", "prefill_worker", "decode_worker"):
+                        setattr(result, name, getattr(chunk.final, name))
+        return result
+
+    def abort(self, request_id: str, *, timeout=_DEFAULT) -> bool:
+        """Aborts a request by id; returns whether the router knew it."""
+        deadline = self._resolve_timeout(timeout)
+        try:
+            response = self._stub.Abort(generate_pb2.AbortRequest(request_id=request_id), timeout=deadline)
+        except grpc.RpcError as error:
+            raise _call_error(error, "Abort", self.router_address, deadline) from None
+        return response.found
+
+    def model_info(self, *, timeout=_DEFAULT) -> ModelInfo:
+        deadline = self._resolve_timeout(timeout)
+        try:
+            response = self._stub.ModelInfo(generate_pb2.ModelInfoRequest(), timeout=deadline)
+        except grpc.RpcError as error:
+            raise _call_error(error, "ModelInfo", self.router_address, deadline) from None
+        return ModelInfo.from_proto(response)

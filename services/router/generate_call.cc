@@ -1,0 +1,270 @@
+#include "services/router/generate_call.h"
+
+#include <optional>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/util/logging.h"
+#include "common/util/status_macros.h"
+#include "services/router/status_conversion.h"
+
+namespace indexcache {
+namespace {
+
+// A worker call registered with its request for as long as it runs, so that Abort(request_id) can
+// cancel it.
+class AttachedCall {
+ public:
+  AttachedCall(RequestHandle& request, grpc::ClientContext* call)
+      : request_(request), call_(call), attached_(request.Attach(call)) {}
+  ~AttachedCall() {
+    if (attached_) request_.Detach(call_);
+  }
+  AttachedCall(const AttachedCall&) = delete;
+  AttachedCall& operator=(const AttachedCall&) = delete;
+  bool attached() const { return attached_; }
+
+ private:
+  RequestHandle& request_;
+  grpc::ClientContext* const call_;
+  const bool attached_;
+};
+
+// A worker's verdict that another worker would give too: the request itself is at fault.
+bool Retryable(absl::StatusCode code) {
+  return code != absl::StatusCode::kInvalidArgument && code != absl::StatusCode::kOutOfRange;
+}
+
+double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
+
+}  // namespace
+
+GenerateCall::GenerateCall(WorkerRegistry* registry, const DispatchOptions& options,
+                           std::shared_ptr<RequestHandle> request, grpc::ServerContext* server_context,
+                           grpc::ServerWriter<v1::GenerateResponse>* writer, const v1::GenerateRequest& client_request,
+                           std::vector<int32_t> prompt, absl::Time arrival, absl::Time deadline)
+    : registry_(registry),
+      options_(options),
+      request_(std::move(request)),
+      server_context_(server_context),
+      writer_(writer),
+      client_request_(client_request),
+      prompt_(std::move(prompt)),
+      arrival_(arrival),
+      deadline_(deadline) {}
+
+grpc::Status GenerateCall::Run() {
+  std::vector<std::string> failed_decode;
+  std::vector<std::string> failed_prefill;
+  absl::Status first_failure;
+  const int64_t prompt_tokens = static_cast<int64_t>(prompt_.size());
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    // After a failure, the first failure explains why no other worker is good enough.
+    auto explain = [&](const absl::Status& status) {
+      return attempt == 0 ? status : Annotate(status, absl::StrCat(first_failure.message(), "; no retry possible"));
+    };
+    absl::StatusOr<std::unique_ptr<WorkerLease>> decode = registry_->Pick(v1::DECODE, failed_decode, prompt_tokens);
+    if (!decode.ok()) return ToGrpcStatus(explain(decode.status()));
+    absl::StatusOr<std::unique_ptr<WorkerLease>> prefill =
+        registry_->Pick(v1::PREFILL, failed_prefill, prompt_tokens);
+    if (!prefill.ok()) return ToGrpcStatus(explain(prefill.status()));
+    // A retry is a fresh request on the workers: the failed attempt's id may still be held there.
+    const std::string worker_request_id =
+        attempt == 0 ? request_->id() : absl::StrCat(request_->id(), "#retry", attempt);
+    tokens_sent_ = 0;
+    const Outcome outcome = RunAttempt(**decode, **prefill, worker_request_id);
+    if (outcome.status.ok()) return grpc::Status::OK;
+
+    AbortOnWorkers(**decode, **prefill, worker_request_id);
+    if (request_->aborted()) {
+      SendAbortFinal();
+      return grpc::Status::OK;
+    }
+    if (absl::Now() >= deadline_ || outcome.status.code() == absl::StatusCode::kDeadlineExceeded) {
+      return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                          absl::StrFormat("request %s passed its deadline after %.3f s (%s, %s)", request_->id(),
+                                          Seconds(absl::Now() - arrival_), (*decode)->Describe(),
+                                          (*prefill)->Describe()));
+    }
+    if (ClientGone()) return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
+
+    const WorkerLease& blamed = outcome.blame == Blame::kDecode ? **decode : **prefill;
+    const absl::Status failure =
+        absl::Status(outcome.status.code(), absl::StrCat(blamed.Describe(), " failed: ", outcome.status.message()));
+    registry_->CheckAfterFailure(**decode, failure);
+    registry_->CheckAfterFailure(**prefill, failure);
+    if (tokens_sent_ > 0) {
+      IC_LOG(Info) << "request " << request_->id() << ": " << failure.message();
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                          absl::StrFormat("%s after %d tokens had been streamed; the request cannot be retried",
+                                          failure.message(), tokens_sent_));
+    }
+    if (!Retryable(failure.code())) return ToGrpcStatus(failure);
+    IC_LOG(Info) << "request " << request_->id() << ": " << failure.message()
+                 << (attempt == 0 ? "; retrying on other workers" : "");
+    (outcome.blame == Blame::kDecode ? failed_decode : failed_prefill).push_back(blamed.id());
+    if (attempt > 0) {
+      return ToGrpcStatus(Annotate(failure, absl::StrCat(first_failure.message(), "; then on retry")));
+    }
+    first_failure = failure;
+  }
+  return ToGrpcStatus(first_failure);  // not reached: the second attempt returns
+}
+
+GenerateCall::Outcome GenerateCall::RunAttempt(WorkerLease& decode, WorkerLease& prefill,
+                                               const std::string& worker_request_id) {
+  std::unique_ptr<grpc::ClientContext> decode_call = NewWorkerCall();
+  const AttachedCall decode_attached(*request_, decode_call.get());
+  if (!decode_attached.attached()) return {absl::CancelledError("aborted"), Blame::kDecode};
+  v1::DecodeRequest decode_request;
+  decode_request.set_request_id(worker_request_id);
+  decode_request.mutable_prompt_ids()->Add(prompt_.begin(), prompt_.end());
+  *decode_request.mutable_sampling() = client_request_.sampling();
+  decode_request.set_transport(options_.transport);
+  std::unique_ptr<grpc::ClientReader<v1::DecodeResponse>> stream =
+      decode.worker().decode->Decode(decode_call.get(), decode_request);
+
+  v1::DecodeResponse admitted;
+  if (!stream->Read(&admitted)) {
+    absl::Status status = FromGrpcStatus(stream->Finish());
+    if (status.ok()) status = absl::InternalError("ended its Decode stream without admitting the request");
+    return {Annotate(status, "before admitting the request"), Blame::kDecode};
+  }
+  if (!admitted.has_admitted()) {
+    decode_call->TryCancel();
+    stream->Finish();
+    return {absl::InternalError("its first Decode message was not `admitted`"), Blame::kDecode};
+  }
+  prefill_start_ = absl::Now();
+  request_->LeaveQueue();
+  IC_LOG(Debug) << "request " << worker_request_id << ": admitted by " << decode.Describe() << ", handoff to "
+                << admitted.admitted().handoff_address() << ", prefill on " << prefill.Describe();
+
+  std::unique_ptr<grpc::ClientContext> prefill_call = NewWorkerCall();
+  const AttachedCall prefill_attached(*request_, prefill_call.get());
+  v1::PrefillResponse prefill_result;
+  grpc::Status prefill_status(grpc::StatusCode::CANCELLED, "aborted");
+  if (prefill_attached.attached()) {
+    v1::PrefillRequest prefill_request;
+    prefill_request.set_request_id(worker_request_id);
+    *prefill_request.mutable_prompt_ids() = decode_request.prompt_ids();
+    *prefill_request.mutable_sampling() = client_request_.sampling();
+    prefill_request.set_transport(options_.transport);
+    prefill_request.set_handoff_address(admitted.admitted().handoff_address());
+    prefill_status = prefill.worker().prefill->Prefill(prefill_call.get(), prefill_request, &prefill_result);
+  }
+  prefill.ReleaseLoad();
+  if (!prefill_status.ok()) {
+    // A handoff the decode worker broke off (it rejected the cache, or died) fails the prefill too;
+    // then the decode worker's own status says what went wrong, and it is the one to blame.
+    decode_call->TryCancel();
+    const absl::Status decode_status = FromGrpcStatus(stream->Finish());
+    if (!decode_status.ok() && decode_status.code() != absl::StatusCode::kCancelled) {
+      return {Annotate(decode_status, "during the handoff"), Blame::kDecode};
+    }
+    return {Annotate(FromGrpcStatus(prefill_status), "Prefill"), Blame::kPrefill};
+  }
+  return RelayTokens(*stream, *decode_call, decode, prefill, prefill_result);
+}
+
+GenerateCall::Outcome GenerateCall::RelayTokens(grpc::ClientReaderInterface<v1::DecodeResponse>& stream,
+                                                grpc::ClientContext& decode_call, const WorkerLease& decode,
+                                                const WorkerLease& prefill,
+                                                const v1::PrefillResponse& prefill_result) {
+  v1::DecodeResponse message;
+  std::optional<v1::FinalInfo> final;
+  while (stream.Read(&message)) {
+    if (message.token_ids_size() > 0 || !message.text().empty()) {
+      v1::GenerateResponse chunk;
+      chunk.set_request_id(request_->id());
+      *chunk.mutable_token_ids() = message.token_ids();
+      chunk.set_text(message.text());
+      const absl::Time now = absl::Now();
+      if (!writer_->Write(chunk)) {
+        decode_call.TryCancel();
+        stream.Finish();
+        return {absl::CancelledError("the client stream closed"), Blame::kDecode};
+      }
+      if (tokens_sent_ == 0) first_token_ = now;
+      last_token_ = now;
+      tokens_sent_ += message.token_ids_size();
+    }
+    if (message.has_final()) final = message.final();
+  }
+  const absl::Status status = FromGrpcStatus(stream.Finish());
+  if (!status.ok()) return {Annotate(status, "its Decode stream broke"), Blame::kDecode};
+  if (!final.has_value()) {
+    return {absl::InternalError("it ended its Decode stream without a final message"), Blame::kDecode};
+  }
+
+  const absl::Time end = absl::Now();
+  v1::GenerateResponse last;
+  last.set_request_id(request_->id());
+  v1::FinalInfo& info = *last.mutable_final();
+  info.set_finish_reason(final->finish_reason());
+  info.set_error(final->error());
+  info.set_prompt_tokens(static_cast<int32_t>(prompt_.size()));
+  info.set_generated_tokens(tokens_sent_);
+  v1::Timings& timings = *info.mutable_timings();
+  timings.set_queue_seconds(Seconds(prefill_start_ - arrival_));
+  timings.set_prefill_seconds(prefill_result.prefill_seconds());
+  timings.set_handoff_seconds(prefill_result.handoff_seconds());
+  if (tokens_sent_ > 0) timings.set_first_token_seconds(Seconds(first_token_ - arrival_));
+  timings.set_total_seconds(Seconds(end - arrival_));
+  if (tokens_sent_ > 1) timings.set_mean_inter_token_seconds(Seconds(last_token_ - first_token_) / (tokens_sent_ - 1));
+  std::string pattern = final->index_pattern();
+  if (pattern.empty()) pattern = registry_->IndexPatternOf(decode.id());
+  if (pattern.empty()) pattern = registry_->PoolIndexPattern();
+  if (pattern.empty()) pattern = options_.index_pattern;
+  info.set_index_pattern(pattern);
+  info.set_prefill_worker(prefill.id());
+  info.set_decode_worker(decode.id());
+  writer_->Write(last);  // a client gone by now misses only the summary
+  IC_LOG(Info) << "request " << request_->id() << " finished (" << v1::FinishReason_Name(final->finish_reason())
+               << ", " << tokens_sent_ << " tokens, " << timings.total_seconds() << " s) on " << prefill.Describe()
+               << " → " << decode.Describe();
+  return {absl::OkStatus(), Blame::kDecode};
+}
+
+void GenerateCall::AbortOnWorkers(const WorkerLease& decode, const WorkerLease& prefill,
+                                  const std::string& worker_request_id) {
+  v1::WorkerAbortRequest request;
+  request.set_request_id(worker_request_id);
+  for (const WorkerLease* worker : {&decode, &prefill}) {
+    // Not derived from the client's call: that one may be cancelled already.
+    grpc::ClientContext call;
+    call.set_deadline(absl::ToChronoTime(absl::Now() + options_.abort_timeout));
+    v1::WorkerAbortResponse response;
+    const WorkerConnection& connection = worker->worker();
+    const grpc::Status status = connection.role == v1::DECODE
+                                    ? connection.decode->Abort(&call, request, &response)
+                                    : connection.prefill->Abort(&call, request, &response);
+    IC_LOG(Debug) << "request " << worker_request_id << ": Abort on " << worker->Describe() << ": "
+                  << (status.ok() ? (response.found() ? "freed" : "not held") : status.error_message());
+  }
+}
+
+std::unique_ptr<grpc::ClientContext> GenerateCall::NewWorkerCall() {
+  // Inherits the client's deadline and cancellation; the router's default deadline caps it further.
+  std::unique_ptr<grpc::ClientContext> call = grpc::ClientContext::FromServerContext(*server_context_);
+  if (deadline_ < absl::InfiniteFuture()) call->set_deadline(absl::ToChronoTime(deadline_));
+  return call;
+}
+
+bool GenerateCall::ClientGone() const { return server_context_->IsCancelled(); }
+
+void GenerateCall::SendAbortFinal() {
+  v1::GenerateResponse last;
+  last.set_request_id(request_->id());
+  v1::FinalInfo& info = *last.mutable_final();
+  info.set_finish_reason(v1::ABORT);
+  info.set_error("aborted by an Abort request");
+  info.set_prompt_tokens(static_cast<int32_t>(prompt_.size()));
+  info.set_generated_tokens(tokens_sent_);
+  info.mutable_timings()->set_total_seconds(Seconds(absl::Now() - arrival_));
+  writer_->Write(last);
+  IC_LOG(Info) << "request " << request_->id() << " aborted after " << tokens_sent_ << " tokens";
+}
+
+}  // namespace indexcache

@@ -1,0 +1,78 @@
+// The router's admission queue and its table of in-flight requests.
+//
+// A request is admitted when it passed the front door; it stays "queued" until a prefill worker starts
+// on it (its decode worker may hold it while KV blocks free up), and in flight until its stream ends.
+// The queue is bounded: past `max_queued` waiting requests, admission answers RESOURCE_EXHAUSTED, which
+// pushes back on clients instead of letting waits grow without bound. The table lets Abort(request_id)
+// reach a request from another RPC: it cancels the worker calls the request has attached.
+#pragma once
+
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "grpcpp/client_context.h"
+
+namespace indexcache {
+
+class RequestTable;
+
+// One admitted request, shared by its Generate handler and the Abort RPC.
+class RequestHandle {
+ public:
+  RequestHandle(RequestTable* table, std::string id) : table_(table), id_(std::move(id)) {}
+
+  const std::string& id() const { return id_; }
+  // Registers a worker call so that Abort cancels it. False once the request was aborted: the call
+  // must not start.
+  bool Attach(grpc::ClientContext* call);
+  void Detach(grpc::ClientContext* call);
+  // Marks the request aborted and cancels every attached call.
+  void Abort();
+  bool aborted() const;
+  // Leaves the admission queue; later calls do nothing.
+  void LeaveQueue();
+
+ private:
+  RequestTable* const table_;
+  const std::string id_;
+  mutable std::mutex mu_;
+  bool aborted_ = false;
+  bool queued_ = true;
+  std::vector<grpc::ClientContext*> calls_;
+};
+
+class RequestTable {
+ public:
+  explicit RequestTable(int max_queued) : max_queued_(max_queued) {}
+
+  // Admits `id` into the queue. RESOURCE_EXHAUSTED when `max_queued` requests are waiting already;
+  // ALREADY_EXISTS when a request with this id is in flight.
+  absl::StatusOr<std::shared_ptr<RequestHandle>> Admit(const std::string& id);
+  // Removes a finished request (and its queue slot, if it still holds one).
+  void Finish(const std::shared_ptr<RequestHandle>& request);
+  // Aborts the in-flight request `id`; false when there is none.
+  bool Abort(const std::string& id);
+
+  int queued() const;
+  int in_flight() const;
+  // Blocks until no request is in flight or `deadline` passes; true when the table emptied.
+  bool WaitUntilEmpty(absl::Time deadline);
+
+ private:
+  friend class RequestHandle;
+  void LeaveQueue();
+
+  const int max_queued_;
+  mutable std::mutex mu_;
+  std::condition_variable emptied_;
+  int queued_ = 0;
+  absl::flat_hash_map<std::string, std::shared_ptr<RequestHandle>> requests_;
+};
+
+}  // namespace indexcache

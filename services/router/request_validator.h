@@ -1,0 +1,44 @@
+// The router's front door: a GenerateRequest is checked and turned into prompt ids before it is queued,
+// so a malformed request costs no worker time and gets INVALID_ARGUMENT naming the field (the workers
+// validate again; the engine never trusts its callers). Knows the model from its directory:
+// config.json for the vocabulary and context limit, tokenizer.json (when present) for text prompts.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/model/model_config.h"
+#include "common/sampling/sampling_params.h"
+#include "common/tokenizer/bpe_tokenizer.h"
+#include "indexcache/v1/generate.pb.h"
+
+namespace indexcache {
+
+// Engine sampling settings from the optional proto fields; an unset field keeps SamplingParams' default.
+SamplingParams SamplingFromProto(const v1::SamplingParameters& proto);
+
+class RequestValidator {
+ public:
+  // Reads `model_dir`/config.json (required) and `model_dir`/tokenizer.json (optional).
+  static absl::StatusOr<std::unique_ptr<RequestValidator>> Load(const std::string& model_dir);
+
+  // The prompt ids of a valid request. INVALID_ARGUMENT, with a message naming the problem, for: no
+  // input; an empty prompt; text without a tokenizer; an id outside the vocabulary; sampling values no
+  // sampler can honour (see Validate(SamplingParams)); prompt + max_new_tokens past the context limit.
+  absl::StatusOr<std::vector<int32_t>> Validate(const v1::GenerateRequest& request) const;
+
+  const ModelConfig& config() const { return config_; }
+  bool has_tokenizer() const { return tokenizer_ != nullptr; }
+
+ private:
+  RequestValidator() = default;
+
+  std::string model_dir_;
+  ModelConfig config_;
+  std::unique_ptr<BpeTokenizer> tokenizer_;  // null when the model has no tokenizer.json
+};
+
+}  // namespace indexcache

@@ -1,0 +1,308 @@
+#include "services/router/router.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <random>
+
+#include "absl/strings/str_format.h"
+#include "common/model/model_config.h"
+#include "common/model/model_fingerprint.h"
+#include "common/safetensors/weight_store.h"
+#include "common/util/logging.h"
+#include "common/util/status_macros.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
+#include "indexcache/v1/generate.grpc.pb.h"
+#include "indexcache/v1/internal.grpc.pb.h"
+#include "services/router/generate_call.h"
+#include "services/router/request_table.h"
+#include "services/router/request_validator.h"
+#include "services/router/status_conversion.h"
+
+namespace indexcache {
+namespace {
+
+// The one architecture the engine runs (LoadModelConfig refuses any other model_type).
+constexpr char kArchitecture[] = "GlmMoeDsaForCausalLM";
+
+// "host:port" clients can dial: a wildcard host becomes loopback.
+std::string DialableAddress(const std::string& listen_address, int port) {
+  std::string host = listen_address.substr(0, listen_address.rfind(':'));
+  if (host.empty() || host == "0.0.0.0" || host == "[::]" || host == "::") host = "127.0.0.1";
+  return absl::StrFormat("%s:%d", host, port);
+}
+
+// The model fingerprint of `model_dir`'s weights, or "" when the directory holds none (the router
+// only needs config.json and tokenizer.json; the pool then learns the fingerprint from its workers).
+absl::StatusOr<std::string> FingerprintIfWeights(const std::string& model_dir) {
+  absl::StatusOr<WeightStore> store = WeightStore::Open(model_dir);
+  if (absl::IsNotFound(store.status())) return std::string();
+  if (!store.ok()) return store.status();
+  return ModelFingerprint(model_dir, *store);
+}
+
+absl::Status ValidateOptions(const RouterOptions& o) {
+  if (o.model_dir.empty()) return absl::InvalidArgumentError("the router needs the model directory (--model DIR)");
+  if (o.max_queued_requests < 1) {
+    return absl::InvalidArgumentError(absl::StrFormat("the queue limit must be >= 1, got %d", o.max_queued_requests));
+  }
+  if (o.heartbeat_timeout <= absl::ZeroDuration() || o.health_check_interval <= absl::ZeroDuration() ||
+      o.request_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("the heartbeat timeout, health-check interval and request timeout must be > 0");
+  }
+  if (o.transport != v1::HANDOFF_TRANSPORT_GRPC && o.transport != v1::HANDOFF_TRANSPORT_TCP) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("handoff transport %s is not available", v1::HandoffTransport_Name(o.transport)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+// The gRPC services, sharing the router's state.
+class Router::Services {
+ public:
+  Services(const RouterOptions& options, WorkerRegistry* registry, std::unique_ptr<RequestValidator> validator)
+      : options_(options),
+        registry_(registry),
+        validator_(std::move(validator)),
+        table_(options.max_queued_requests),
+        id_prefix_(absl::StrFormat("%08x", std::random_device{}())),
+        api_(this),
+        registration_(this) {
+    dispatch_.transport = options.transport;
+    dispatch_.index_pattern = FormatIndexPattern(validator_->config().indexer_types);
+  }
+
+  grpc::Service* api() { return &api_; }
+  grpc::Service* registration() { return &registration_; }
+  RequestTable& table() { return table_; }
+  void StopAdmitting() { draining_ = true; }
+
+ private:
+  class Api final : public v1::IndexCache::Service {
+   public:
+    explicit Api(Services* s) : s_(s) {}
+    grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
+                          grpc::ServerWriter<v1::GenerateResponse>* writer) override {
+      return s_->Generate(context, *request, writer);
+    }
+    grpc::Status Abort(grpc::ServerContext*, const v1::AbortRequest* request, v1::AbortResponse* response) override {
+      response->set_found(s_->table_.Abort(request->request_id()));
+      IC_LOG(Info) << "Abort " << request->request_id() << (response->found() ? "" : ": no such request in flight");
+      return grpc::Status::OK;
+    }
+    grpc::Status ModelInfo(grpc::ServerContext*, const v1::ModelInfoRequest*, v1::ModelInfoResponse* response) override {
+      s_->FillModelInfo(*response);
+      return grpc::Status::OK;
+    }
+
+   private:
+    Services* const s_;
+  };
+
+  class Registration final : public v1::Registry::Service {
+   public:
+    explicit Registration(Services* s) : s_(s) {}
+    grpc::Status Register(grpc::ServerContext*, const v1::RegisterRequest* request,
+                          v1::RegisterResponse* response) override {
+      const absl::Status status = s_->registry_->Register(*request);
+      if (!status.ok()) {
+        IC_LOG(Warning) << status.message();
+        return ToGrpcStatus(status);
+      }
+      response->set_heartbeat_interval_seconds(absl::ToDoubleSeconds(s_->options_.heartbeat_timeout) / 3);
+      return grpc::Status::OK;
+    }
+    grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* request,
+                           v1::HeartbeatResponse* response) override {
+      response->set_known(s_->registry_->Heartbeat(request->load()));
+      return grpc::Status::OK;
+    }
+
+   private:
+    Services* const s_;
+  };
+
+  grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest& request,
+                        grpc::ServerWriter<v1::GenerateResponse>* writer) {
+    const absl::Time arrival = absl::Now();
+    if (draining_) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the router is draining and admits no new requests");
+    }
+    absl::StatusOr<std::vector<int32_t>> prompt = validator_->Validate(request);
+    if (!prompt.ok()) return ToGrpcStatus(prompt.status());
+    const std::string id = request.request_id().empty()
+                               ? absl::StrFormat("%s-%d", id_prefix_, next_id_.fetch_add(1))
+                               : request.request_id();
+    absl::StatusOr<std::shared_ptr<RequestHandle>> handle = table_.Admit(id);
+    if (!handle.ok()) {
+      IC_LOG(Info) << "request " << id << " refused: " << handle.status().message();
+      return ToGrpcStatus(handle.status());
+    }
+    const absl::Time deadline =
+        std::min(absl::FromChrono(context->deadline()), arrival + options_.request_timeout);
+    IC_LOG(Info) << "request " << id << " admitted (" << prompt->size() << " prompt tokens, deadline in "
+                 << absl::FormatDuration(absl::Trunc(deadline - arrival, absl::Milliseconds(1))) << ")";
+    GenerateCall call(registry_, dispatch_, *handle, context, writer, request, std::move(*prompt), arrival, deadline);
+    const grpc::Status status = call.Run();
+    table_.Finish(*handle);
+    if (!status.ok()) {
+      IC_LOG(Info) << "request " << id << " failed: " << status.error_message();
+    }
+    return status;
+  }
+
+  void FillModelInfo(v1::ModelInfoResponse& info) const {
+    const ModelConfig& config = validator_->config();
+    std::string pattern = registry_->PoolIndexPattern();
+    if (pattern.empty()) pattern = dispatch_.index_pattern;
+    info.set_architecture(kArchitecture);
+    info.set_num_layers(config.num_layers);
+    info.set_hidden_size(config.hidden_size);
+    info.set_vocab_size(config.vocab_size);
+    info.set_index_topk(config.index_topk);
+    info.set_index_pattern(pattern);
+    info.set_num_full_layers(static_cast<int32_t>(std::count(pattern.begin(), pattern.end(), 'F')));
+    info.set_max_context(config.max_position_embeddings);
+    info.set_has_tokenizer(validator_->has_tokenizer());
+    info.set_model_fingerprint(registry_->PoolFingerprint());
+    for (const WorkerInfo& worker : registry_->Pool()) {
+      if (worker.role == v1::PREFILL) info.set_prefill_workers(info.prefill_workers() + 1);
+      if (worker.role == v1::DECODE) info.set_decode_workers(info.decode_workers() + 1);
+    }
+  }
+
+  const RouterOptions& options_;
+  WorkerRegistry* const registry_;
+  const std::unique_ptr<RequestValidator> validator_;
+  DispatchOptions dispatch_;
+  RequestTable table_;
+  std::atomic<bool> draining_{false};
+  const std::string id_prefix_;  // random per router, so ids stay unique across restarts
+  std::atomic<int64_t> next_id_{1};
+  Api api_;
+  Registration registration_;
+};
+
+Router::Router(RouterOptions options) : options_(std::move(options)) {}
+
+Router::~Router() {
+  bool running = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    running = server_ != nullptr && !stopped_;
+  }
+  if (running) Drain(absl::ZeroDuration());
+}
+
+absl::StatusOr<std::string> Router::Start() {
+  if (server_ != nullptr) return absl::FailedPreconditionError("the router is already started");
+  RETURN_IF_ERROR(ValidateOptions(options_));
+  absl::StatusOr<std::unique_ptr<RequestValidator>> validator = RequestValidator::Load(options_.model_dir);
+  if (!validator.ok()) return Annotate(validator.status(), "loading the router's model description");
+  RegistryOptions registry_options;
+  ASSIGN_OR_RETURN(registry_options.model_fingerprint, FingerprintIfWeights(options_.model_dir));
+  if (!options_.index_pattern.empty()) {
+    ASSIGN_OR_RETURN(const std::vector<IndexerType> pattern,
+                     ParseIndexPattern(options_.index_pattern, (*validator)->config().num_layers));
+    registry_options.index_pattern = FormatIndexPattern(pattern);
+  }
+  registry_options.heartbeat_timeout = options_.heartbeat_timeout;
+  registry_options.probe_timeout = std::clamp(options_.health_check_interval, absl::Milliseconds(500), absl::Seconds(2));
+  registry_ = std::make_unique<WorkerRegistry>(registry_options);
+  for (const std::string& address : options_.prefill_workers) registry_->AddStatic(v1::PREFILL, address);
+  for (const std::string& address : options_.decode_workers) registry_->AddStatic(v1::DECODE, address);
+  registry_->Probe();  // static workers that are up serve from the first request
+
+  services_ = std::make_unique<Services>(options_, registry_.get(), std::move(*validator));
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(options_.listen_address, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(services_->api());
+  builder.RegisterService(services_->registration());
+  server_ = builder.BuildAndStart();
+  if (server_ == nullptr || port == 0) {
+    server_.reset();
+    return absl::UnavailableError(absl::StrFormat("the router cannot listen on %s", options_.listen_address));
+  }
+  server_->GetHealthCheckService()->SetServingStatus(true);
+  prober_ = std::thread(&Router::ProbeLoop, this);
+  const std::string address = DialableAddress(options_.listen_address, port);
+  IC_LOG(Info) << "router listening on " << address << " (" << options_.prefill_workers.size()
+               << " static prefill and " << options_.decode_workers.size() << " static decode workers, "
+               << v1::HandoffTransport_Name(options_.transport) << " handoff)";
+  return address;
+}
+
+void Router::ProbeLoop() {
+  const auto interval = absl::ToChronoNanoseconds(options_.health_check_interval);
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!changed_.wait_for(lock, interval, [this] { return stopping_; })) {
+    lock.unlock();
+    registry_->Probe();
+    lock.lock();
+  }
+}
+
+void Router::Drain(absl::Duration grace) {
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (draining_) {  // another thread drains: wait for it
+      changed_.wait(lock, [this] { return stopped_; });
+      return;
+    }
+    draining_ = true;
+    if (server_ == nullptr) {
+      stopped_ = true;
+      changed_.notify_all();
+      return;
+    }
+  }
+  services_->StopAdmitting();
+  server_->GetHealthCheckService()->SetServingStatus(false);
+  IC_LOG(Info) << "router draining: " << services_->table().in_flight() << " requests in flight";
+  const bool emptied = services_->table().WaitUntilEmpty(absl::Now() + grace);
+  if (!emptied) {
+    IC_LOG(Info) << "router drain grace over: cancelling " << services_->table().in_flight() << " requests";
+  }
+  // Finished requests' handlers may still be returning their status: give them a moment, where
+  // cancelling them would turn a complete stream into CANCELLED.
+  server_->Shutdown(absl::ToChronoTime(absl::Now() + (emptied ? absl::Seconds(5) : absl::ZeroDuration())));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  changed_.notify_all();
+  prober_.join();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopped_ = true;
+  }
+  changed_.notify_all();
+  IC_LOG(Info) << "router stopped";
+}
+
+void Router::Wait() {
+  std::unique_lock<std::mutex> lock(mu_);
+  changed_.wait(lock, [this] { return stopped_; });
+}
+
+std::vector<WorkerInfo> Router::Pool() const { return registry_ ? registry_->Pool() : std::vector<WorkerInfo>(); }
+
+std::vector<WorkerInfo> Router::Workers() const {
+  return registry_ ? registry_->Workers() : std::vector<WorkerInfo>();
+}
+
+void Router::ProbeWorkers() {
+  if (registry_) registry_->Probe();
+}
+
+int Router::queued_requests() const { return services_ ? services_->table().queued() : 0; }
+
+int Router::in_flight_requests() const { return services_ ? services_->table().in_flight() : 0; }
+
+}  // namespace indexcache

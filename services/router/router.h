@@ -1,0 +1,92 @@
+// The cluster's front end: serves the public indexcache.v1.IndexCache API (Generate, Abort, ModelInfo),
+// the workers' Registry, and grpc.health.v1 on one port, and dispatches each request to a prefill and a
+// decode worker (see generate_call.h for a request's path, worker_registry.h for the pool).
+//
+//   Router router(options);
+//   ASSIGN_OR_RETURN(std::string address, router.Start());   // "127.0.0.1:41234"
+//   ...                                                       // SIGTERM:
+//   router.Drain(absl::Seconds(30));                          // refuse new requests, finish the others
+//   router.Wait();
+#pragma once
+
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "grpcpp/server.h"
+#include "indexcache/v1/internal.pb.h"
+#include "services/router/worker_registry.h"
+
+namespace indexcache {
+
+struct RouterOptions {
+  // "host:port"; port 0 lets the OS pick one (Start returns the address bound).
+  std::string listen_address = "127.0.0.1:0";
+  // The served model: config.json (vocabulary, context limit, ModelInfo), tokenizer.json when present
+  // (text prompts), and the weights when present (the model fingerprint workers must match; without
+  // them the pool takes its fingerprint from the first worker that registers).
+  std::string model_dir;
+  // Static workers ("host:port" of their gRPC services), probed rather than registered.
+  std::vector<std::string> prefill_workers;
+  std::vector<std::string> decode_workers;
+  v1::HandoffTransport transport = v1::HANDOFF_TRANSPORT_GRPC;
+  // The IndexCache pattern ("FSSF…") every worker must run; empty: the first registered worker's.
+  std::string index_pattern;
+  // Requests admitted and waiting for a prefill to start; more get RESOURCE_EXHAUSTED.
+  int max_queued_requests = 256;
+  // A registered worker silent for this long leaves the pool (workers heartbeat at a third of it).
+  absl::Duration heartbeat_timeout = absl::Seconds(5);
+  // How often every worker is health-checked (static ones also report their load then).
+  absl::Duration health_check_interval = absl::Seconds(1);
+  // The deadline of a request whose client set none (a client's own deadline is kept when shorter).
+  absl::Duration request_timeout = absl::Minutes(10);
+};
+
+class Router {
+ public:
+  explicit Router(RouterOptions options);
+  ~Router();  // drains with no grace if still running
+  Router(const Router&) = delete;
+  Router& operator=(const Router&) = delete;
+
+  // Loads the model's config and tokenizer, probes the static workers once, and starts serving.
+  // Returns the address clients reach it at ("0.0.0.0"/"[::]" become "127.0.0.1").
+  absl::StatusOr<std::string> Start();
+  // Stops admitting (new Generate calls get UNAVAILABLE and health turns NOT_SERVING), waits up to
+  // `grace` for the requests in flight, then cancels what is left and stops the server.
+  void Drain(absl::Duration grace = absl::InfiniteDuration());
+  // Blocks until the router has stopped (after Drain, from any thread).
+  void Wait();
+
+  // The workers in rotation; every known worker (for tests and ModelInfo).
+  std::vector<WorkerInfo> Pool() const;
+  std::vector<WorkerInfo> Workers() const;
+  // Runs one round of health checks now instead of waiting for the interval.
+  void ProbeWorkers();
+  // Requests admitted and not yet handed to a prefill worker / not yet finished.
+  int queued_requests() const;
+  int in_flight_requests() const;
+
+ private:
+  class Services;
+  void ProbeLoop();
+
+  const RouterOptions options_;
+  std::unique_ptr<WorkerRegistry> registry_;
+  std::unique_ptr<Services> services_;
+  std::unique_ptr<grpc::Server> server_;
+  std::thread prober_;
+
+  std::mutex mu_;
+  std::condition_variable changed_;
+  bool draining_ = false;  // Drain began
+  bool stopping_ = false;  // the prober exits
+  bool stopped_ = false;   // Drain finished
+};
+
+}  // namespace indexcache

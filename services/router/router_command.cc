@@ -1,0 +1,111 @@
+#include "services/router/router_command.h"
+
+#include <pthread.h>
+
+#include <csignal>
+#include <cstdio>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/util/status_macros.h"
+
+namespace indexcache {
+namespace {
+
+constexpr char kUsage[] =
+    "usage: indexcache-router --model DIR [flags]\n"
+    "  --listen ADDR             host:port to serve on (default 127.0.0.1:0, port 0 = any free port)\n"
+    "  --model DIR               the served model (config.json, tokenizer.json, weights for the fingerprint)\n"
+    "  --prefill ADDR[,ADDR…]    static prefill workers (repeatable); others register themselves\n"
+    "  --decode ADDR[,ADDR…]     static decode workers (repeatable)\n"
+    "  --transport grpc|tcp      KV handoff transport (default grpc)\n"
+    "  --index-pattern P         IndexCache pattern every worker must run (default: the first worker's)\n"
+    "  --queue-limit N           requests waiting for a prefill before RESOURCE_EXHAUSTED (default 256)\n"
+    "  --heartbeat-timeout S     seconds without heartbeat before a worker leaves the pool (default 5)\n"
+    "  --health-interval S       seconds between health checks (default 1)\n"
+    "  --request-timeout S       deadline of requests that set none (default 600)\n"
+    "  --drain-grace S           on SIGINT/SIGTERM, seconds to let requests finish (default 30)\n";
+
+absl::StatusOr<absl::Duration> SecondsFlag(const cli::Args& args, const std::string& name, absl::Duration fallback) {
+  ASSIGN_OR_RETURN(const std::optional<double> seconds, args.GetDouble(name));
+  if (!seconds.has_value()) return fallback;
+  if (!(*seconds > 0)) return absl::InvalidArgumentError(absl::StrCat("--", name, " must be > 0 seconds"));
+  return absl::Seconds(*seconds);
+}
+
+std::vector<std::string> Addresses(const cli::Args& args, const std::string& name) {
+  std::vector<std::string> addresses;
+  for (const std::string& value : args.GetAll(name)) {
+    for (absl::string_view address : absl::StrSplit(value, ',', absl::SkipWhitespace())) {
+      addresses.emplace_back(address);
+    }
+  }
+  return addresses;
+}
+
+}  // namespace
+
+absl::StatusOr<RouterOptions> RouterOptionsFromArgs(const cli::Args& args) {
+  RouterOptions o;
+  ASSIGN_OR_RETURN(o.model_dir, args.Require("model"));
+  if (auto listen = args.Get("listen")) o.listen_address = *listen;
+  o.prefill_workers = Addresses(args, "prefill");
+  o.decode_workers = Addresses(args, "decode");
+  const std::string transport = args.Get("transport").value_or("grpc");
+  if (transport == "grpc") {
+    o.transport = v1::HANDOFF_TRANSPORT_GRPC;
+  } else if (transport == "tcp") {
+    o.transport = v1::HANDOFF_TRANSPORT_TCP;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("--transport must be grpc or tcp, got '", transport, "'"));
+  }
+  o.index_pattern = args.Get("index-pattern").value_or("");
+  ASSIGN_OR_RETURN(const std::optional<int64_t> queue_limit, args.GetInt("queue-limit"));
+  if (queue_limit.has_value()) o.max_queued_requests = static_cast<int>(*queue_limit);
+  ASSIGN_OR_RETURN(o.heartbeat_timeout, SecondsFlag(args, "heartbeat-timeout", o.heartbeat_timeout));
+  ASSIGN_OR_RETURN(o.health_check_interval, SecondsFlag(args, "health-interval", o.health_check_interval));
+  ASSIGN_OR_RETURN(o.request_timeout, SecondsFlag(args, "request-timeout", o.request_timeout));
+  return o;
+}
+
+int RunRouterCommand(const std::vector<std::string>& argv) {
+  const std::set<std::string> valued = {"listen",      "model",           "prefill",         "decode",
+                                        "transport",   "index-pattern",   "queue-limit",     "heartbeat-timeout",
+                                        "health-interval", "request-timeout", "drain-grace"};
+  absl::StatusOr<cli::Args> args = cli::Args::Parse(argv, valued, {"help"});
+  if (args.ok() && args->Has("help")) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  absl::StatusOr<RouterOptions> options = args.ok() ? RouterOptionsFromArgs(*args) : args.status();
+  absl::StatusOr<absl::Duration> grace =
+      args.ok() ? SecondsFlag(*args, "drain-grace", absl::Seconds(30)) : args.status();
+  if (!options.ok() || !grace.ok()) {
+    std::fprintf(stderr, "indexcache router: %s\n%s",
+                 std::string((options.ok() ? grace.status() : options.status()).message()).c_str(), kUsage);
+    return 2;
+  }
+  // Signals are taken by sigwait below; blocked before gRPC starts its threads, which inherit the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  Router router(*options);
+  absl::StatusOr<std::string> address = router.Start();
+  if (!address.ok()) {
+    std::fprintf(stderr, "indexcache router: %s\n", std::string(address.status().message()).c_str());
+    return 1;
+  }
+  std::printf("listening %s\n", address->c_str());
+  std::fflush(stdout);
+  int signal = 0;
+  sigwait(&signals, &signal);
+  router.Drain(*grace);
+  router.Wait();
+  return 0;
+}
+
+}  // namespace indexcache

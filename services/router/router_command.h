@@ -1,0 +1,20 @@
+// `indexcache-router` / `indexcache router`: runs a router until SIGINT or SIGTERM, then drains it.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "services/router/router.h"
+#include "tools/indexcache/args.h"
+
+namespace indexcache {
+
+// RouterOptions from `--listen ADDR --model DIR [--prefill ADDR]… [--decode ADDR]… [--transport grpc|tcp]
+// [--index-pattern P] [--queue-limit N] [--heartbeat-timeout S] [--health-interval S] [--request-timeout S]`.
+absl::StatusOr<RouterOptions> RouterOptionsFromArgs(const cli::Args& args);
+
+// The subcommand: argv without the program (and subcommand) name. Prints "listening ADDR" once serving.
+int RunRouterCommand(const std::vector<std::string>& argv);
+
+}  // namespace indexcache

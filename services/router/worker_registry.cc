@@ -1,0 +1,358 @@
+#include "services/router/worker_registry.h"
+
+#include <algorithm>
+#include <tuple>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/util/logging.h"
+#include "common/util/status_macros.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "services/router/health_client.h"
+#include "services/router/load_balancer.h"
+#include "services/router/status_conversion.h"
+
+namespace indexcache {
+namespace {
+
+const char* RoleName(v1::WorkerRole role) {
+  switch (role) {
+    case v1::PREFILL:
+      return "prefill";
+    case v1::DECODE:
+      return "decode";
+    default:
+      return "unknown-role";
+  }
+}
+
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address) {
+  grpc::ChannelArguments args;
+  // gRPC's default reconnect backoff grows to 120 s; a worker that restarts should be reachable
+  // again by the next health check.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+}
+
+// GetLoad of a static worker.
+absl::StatusOr<v1::WorkerLoad> FetchLoad(const WorkerConnection& worker, absl::Duration timeout) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  v1::WorkerLoad load;
+  const grpc::Status status = worker.role == v1::PREFILL
+                                  ? worker.prefill->GetLoad(&context, v1::LoadRequest(), &load)
+                                  : worker.decode->GetLoad(&context, v1::LoadRequest(), &load);
+  if (!status.ok()) return Annotate(FromGrpcStatus(status), "GetLoad");
+  return load;
+}
+
+}  // namespace
+
+struct WorkerRegistry::Entry {
+  std::shared_ptr<WorkerConnection> connection;
+  WorkerInfo info;
+  absl::Time last_heartbeat;
+  // Requests this router routed there and has not finished: running sequences (decode) or prompt
+  // tokens (prefill). Fresher than the last report, which lags by up to one heartbeat.
+  int64_t local_sequences = 0;
+  int64_t local_prompt_tokens = 0;
+};
+
+WorkerConnection::WorkerConnection(v1::WorkerRole role_in, std::string address_in)
+    : role(role_in),
+      address(std::move(address_in)),
+      channel(MakeChannel(address)),
+      prefill(role == v1::PREFILL ? v1::PrefillWorker::NewStub(channel) : nullptr),
+      decode(role == v1::DECODE ? v1::DecodeWorker::NewStub(channel) : nullptr) {}
+
+WorkerLease::WorkerLease(WorkerRegistry* registry, std::shared_ptr<WorkerConnection> worker, std::string id,
+                         int64_t prompt_tokens)
+    : registry_(registry), worker_(std::move(worker)), id_(std::move(id)), prompt_tokens_(prompt_tokens) {}
+
+WorkerLease::~WorkerLease() { ReleaseLoad(); }
+
+std::string WorkerLease::Describe() const {
+  return absl::StrFormat("%s worker %s (%s)", RoleName(worker_->role), id_, worker_->address);
+}
+
+void WorkerLease::ReleaseLoad() {
+  if (!counted_) return;
+  counted_ = false;
+  registry_->ReturnLoad(worker_.get(), prompt_tokens_);
+}
+
+WorkerRegistry::WorkerRegistry(RegistryOptions options)
+    : options_(std::move(options)), rng_(std::random_device{}()) {}
+
+WorkerRegistry::~WorkerRegistry() = default;
+
+void WorkerRegistry::AddStatic(v1::WorkerRole role, const std::string& address) {
+  auto entry = std::make_unique<Entry>();
+  entry->connection = std::make_shared<WorkerConnection>(role, address);
+  entry->info.id = address;
+  entry->info.address = address;
+  entry->info.role = role;
+  entry->info.is_static = true;
+  std::lock_guard<std::mutex> lock(mu_);
+  entries_.push_back(std::move(entry));
+}
+
+std::pair<std::string, std::string> WorkerRegistry::PoolIdentityFor(const v1::RegisterRequest& request) const {
+  std::string fingerprint = options_.model_fingerprint;
+  std::string pattern = options_.index_pattern;
+  for (const auto& e : entries_) {
+    // The worker itself (re-registering, perhaps restarted with another model) does not count.
+    if (!e->info.registered || e->info.id == request.worker_id() || e->info.address == request.address()) {
+      continue;
+    }
+    if (fingerprint.empty()) fingerprint = e->info.model_fingerprint;
+    if (pattern.empty()) pattern = e->info.index_pattern;
+  }
+  return {fingerprint, pattern};
+}
+
+absl::Status WorkerRegistry::Register(const v1::RegisterRequest& request) {
+  if (request.worker_id().empty() || request.address().empty()) {
+    return absl::InvalidArgumentError("a worker must register with its worker_id and address");
+  }
+  if (request.role() != v1::PREFILL && request.role() != v1::DECODE) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("worker %s registered without a role (PREFILL or DECODE)", request.worker_id()));
+  }
+  if (request.model_fingerprint().empty() || request.index_pattern().empty()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "worker %s must register with its model fingerprint and index pattern", request.worker_id()));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  const auto [fingerprint, pattern] = PoolIdentityFor(request);
+  if (!fingerprint.empty() && fingerprint != request.model_fingerprint()) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "refusing %s worker %s (%s): it serves model fingerprint %s, but this router's pool serves %s; "
+        "every worker must load the same model",
+        RoleName(request.role()), request.worker_id(), request.address(), request.model_fingerprint(),
+        fingerprint));
+  }
+  if (!pattern.empty() && pattern != request.index_pattern()) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "refusing %s worker %s (%s): it runs index pattern %s, but this router's pool runs %s; start every "
+        "worker with the same --index-pattern / --index-freq",
+        RoleName(request.role()), request.worker_id(), request.address(), request.index_pattern(), pattern));
+  }
+  Entry* entry = nullptr;
+  for (auto it = entries_.begin(); it != entries_.end();) {
+    Entry& e = **it;
+    const bool same_address = e.info.address == request.address();
+    if (same_address && e.info.is_static) {
+      if (e.info.role != request.role()) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "worker %s registered as %s at %s, which the router's static list names as a %s worker",
+            request.worker_id(), RoleName(request.role()), request.address(), RoleName(e.info.role)));
+      }
+      entry = &e;
+      ++it;
+    } else if (!e.info.is_static && (same_address || e.info.id == request.worker_id())) {
+      // A registered worker coming back (restarted, maybe on another port) gets a fresh connection:
+      // the old channel may sit in reconnect backoff.
+      it = entries_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  if (entry == nullptr) {
+    entries_.push_back(std::make_unique<Entry>());
+    entry = entries_.back().get();
+    entry->connection = std::make_shared<WorkerConnection>(request.role(), request.address());
+    entry->info.address = request.address();
+    entry->info.role = request.role();
+  }
+  entry->info.id = request.worker_id();
+  entry->info.registered = true;
+  entry->info.healthy = true;
+  entry->info.model_fingerprint = request.model_fingerprint();
+  entry->info.index_pattern = request.index_pattern();
+  entry->info.load.set_worker_id(request.worker_id());
+  entry->info.load.set_role(request.role());
+  entry->last_heartbeat = absl::Now();
+  IC_LOG(Info) << "registered " << RoleName(request.role()) << " worker " << request.worker_id() << " at "
+               << request.address() << " (model " << request.model_fingerprint() << ", pattern "
+               << request.index_pattern() << ")";
+  return absl::OkStatus();
+}
+
+bool WorkerRegistry::Heartbeat(const v1::WorkerLoad& load) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& e : entries_) {
+    if (e->info.registered && e->info.id == load.worker_id()) {
+      e->info.load = load;
+      e->info.load.set_role(e->info.role);
+      e->last_heartbeat = absl::Now();
+      return true;
+    }
+  }
+  return false;
+}
+
+void WorkerRegistry::Evict(const std::shared_ptr<WorkerConnection>& worker, const std::string& why) {
+  for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+    Entry& e = **it;
+    if (e.connection != worker) continue;
+    if (e.info.healthy) {
+      IC_LOG(Info) << RoleName(e.info.role) << " worker " << e.info.id << " (" << e.info.address
+                   << ") left the pool: " << why;
+    }
+    if (e.info.is_static) {
+      // Probes go on; a passing one brings it back. A forgotten registration makes it register again.
+      e.info.healthy = false;
+      e.info.registered = false;
+    } else {
+      entries_.erase(it);
+    }
+    return;
+  }
+}
+
+void WorkerRegistry::Probe() {
+  struct Target {
+    std::shared_ptr<WorkerConnection> connection;
+    bool fetch_load = false;
+    absl::Status health;
+    absl::StatusOr<v1::WorkerLoad> load;
+  };
+  std::vector<Target> targets;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& e : entries_) {
+      targets.push_back({e->connection, e->info.is_static && !e->info.registered, {}, v1::WorkerLoad()});
+    }
+  }
+  // One worker after another: pools are small, and a dead worker's connection fails fast.
+  for (Target& t : targets) {
+    t.health = CheckHealth(t.connection->channel, options_.probe_timeout);
+    if (t.health.ok() && t.fetch_load) t.load = FetchLoad(*t.connection, options_.probe_timeout);
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  for (Target& t : targets) {
+    auto it = std::find_if(entries_.begin(), entries_.end(),
+                           [&](const auto& e) { return e->connection == t.connection; });
+    if (it == entries_.end()) continue;  // left while being probed
+    Entry& e = **it;
+    const absl::Status failure = !t.health.ok() ? t.health : t.load.status();
+    if (!failure.ok()) {
+      Evict(t.connection, std::string(failure.message()));
+      continue;
+    }
+    if (t.fetch_load) {
+      e.info.load = *t.load;
+      e.info.load.set_role(e.info.role);
+      if (!t.load->worker_id().empty()) e.info.id = t.load->worker_id();
+    }
+    if (!e.info.healthy) {
+      e.info.healthy = true;
+      IC_LOG(Info) << RoleName(e.info.role) << " worker " << e.info.id << " (" << e.info.address
+                   << ") joined the pool";
+    }
+  }
+  const absl::Time now = absl::Now();
+  std::vector<std::shared_ptr<WorkerConnection>> silent;
+  for (const auto& e : entries_) {
+    if (e->info.registered && now - e->last_heartbeat > options_.heartbeat_timeout) {
+      silent.push_back(e->connection);
+    }
+  }
+  for (const auto& connection : silent) {
+    Evict(connection, absl::StrCat("no heartbeat for more than ", absl::FormatDuration(options_.heartbeat_timeout)));
+  }
+}
+
+absl::StatusOr<std::unique_ptr<WorkerLease>> WorkerRegistry::Pick(v1::WorkerRole role,
+                                                                  absl::Span<const std::string> exclude,
+                                                                  int64_t prompt_tokens) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<Entry*> candidates;
+  std::vector<LoadKey> loads;
+  for (const auto& e : entries_) {
+    const WorkerInfo& info = e->info;
+    if (info.role != role || !info.healthy || info.load.draining()) continue;
+    if (std::find(exclude.begin(), exclude.end(), info.id) != exclude.end()) continue;
+    candidates.push_back(e.get());
+    if (role == v1::DECODE) {
+      loads.push_back({std::max<int64_t>(info.load.running_sequences(), e->local_sequences),
+                       -int64_t{info.load.free_kv_blocks()}});
+    } else {
+      loads.push_back({std::max<int64_t>(info.load.queued_prompt_tokens(), e->local_prompt_tokens), 0});
+    }
+  }
+  if (candidates.empty()) {
+    return absl::UnavailableError(absl::StrFormat("no %s worker is in the pool%s", RoleName(role),
+                                                  exclude.empty() ? "" : " besides the one that failed"));
+  }
+  Entry* chosen = candidates[PickPowerOfTwo(loads, rng_)];
+  if (role == v1::DECODE) {
+    ++chosen->local_sequences;
+  } else {
+    chosen->local_prompt_tokens += prompt_tokens;
+  }
+  return std::make_unique<WorkerLease>(this, chosen->connection, chosen->info.id, prompt_tokens);
+}
+
+void WorkerRegistry::ReturnLoad(const WorkerConnection* worker, int64_t prompt_tokens) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& e : entries_) {
+    if (e->connection.get() != worker) continue;
+    if (worker->role == v1::DECODE) {
+      --e->local_sequences;
+    } else {
+      e->local_prompt_tokens -= prompt_tokens;
+    }
+    return;
+  }
+}
+
+void WorkerRegistry::CheckAfterFailure(const WorkerLease& worker, const absl::Status& why) {
+  const absl::Status health = CheckHealth(worker.connection()->channel, options_.probe_timeout);
+  if (health.ok()) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  Evict(worker.connection(), absl::StrCat(why.message(), "; then ", health.message()));
+}
+
+std::vector<WorkerInfo> WorkerRegistry::Workers() const {
+  std::vector<WorkerInfo> workers;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& e : entries_) workers.push_back(e->info);
+  }
+  std::sort(workers.begin(), workers.end(), [](const WorkerInfo& a, const WorkerInfo& b) {
+    return std::tie(a.role, a.address) < std::tie(b.role, b.address);
+  });
+  return workers;
+}
+
+std::vector<WorkerInfo> WorkerRegistry::Pool() const {
+  std::vector<WorkerInfo> pool = Workers();
+  std::erase_if(pool, [](const WorkerInfo& w) { return !w.healthy || w.load.draining(); });
+  return pool;
+}
+
+std::string WorkerRegistry::PoolFingerprint() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return PoolIdentityFor(v1::RegisterRequest()).first;
+}
+
+std::string WorkerRegistry::PoolIndexPattern() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return PoolIdentityFor(v1::RegisterRequest()).second;
+}
+
+std::string WorkerRegistry::IndexPatternOf(const std::string& worker_id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& e : entries_) {
+    if (e->info.id == worker_id) return e->info.index_pattern;
+  }
+  return "";
+}
+
+}  // namespace indexcache

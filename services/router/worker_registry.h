@@ -1,0 +1,149 @@
+// The pool of prefill and decode workers the router dispatches to.
+//
+// Workers enter in two ways: a static list of addresses (from flags), probed every health-check
+// interval with grpc.health.v1 Check and GetLoad, and workers that call Registry.Register and then
+// Heartbeat with their load. A worker is in rotation while it is healthy and not draining. It leaves
+// the pool when a health check fails, when a registered worker misses heartbeats for the timeout, or
+// when a request's call to it fails and a health check confirms it is gone. A static worker comes back
+// when its health checks pass again; a registered one when it registers again (a heartbeat from a
+// forgotten worker answers known=false, which tells it to).
+//
+// Every registered worker must serve the pool's model (fingerprint) and IndexCache pattern, because a
+// decode worker can only import a prefill worker's cache of the same model and pattern. The pool's
+// identity is fixed by the router's options where given, else taken from the registered workers.
+// Static workers report no identity (GetLoad carries none) and are trusted as configured.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "grpcpp/channel.h"
+#include "indexcache/v1/internal.grpc.pb.h"
+
+namespace indexcache {
+
+namespace v1 = ::indexcache::v1;
+
+// A worker's connection. Shared with the requests using it, so a worker leaving the pool does not
+// pull its stubs from under a call in progress.
+struct WorkerConnection {
+  WorkerConnection(v1::WorkerRole role, std::string address);
+
+  const v1::WorkerRole role;
+  const std::string address;
+  const std::shared_ptr<grpc::Channel> channel;
+  const std::unique_ptr<v1::PrefillWorker::Stub> prefill;  // role PREFILL, else null
+  const std::unique_ptr<v1::DecodeWorker::Stub> decode;    // role DECODE, else null
+};
+
+// What the registry knows of one worker (a copy).
+struct WorkerInfo {
+  std::string id;       // the worker's own id; a static worker's address until it reports one
+  std::string address;
+  v1::WorkerRole role = v1::WORKER_ROLE_UNSPECIFIED;
+  bool is_static = false;
+  bool registered = false;
+  bool healthy = false;
+  v1::WorkerLoad load;  // the last reported load
+  std::string model_fingerprint;  // registered workers only
+  std::string index_pattern;      // registered workers only
+};
+
+class WorkerRegistry;
+
+// A worker chosen for one request. While it lives, the request counts toward the worker's load as the
+// router sees it (one running sequence on a decode worker; the prompt's tokens on a prefill worker),
+// so that requests routed between two load reports spread out.
+class WorkerLease {
+ public:
+  WorkerLease(WorkerRegistry* registry, std::shared_ptr<WorkerConnection> worker, std::string id,
+              int64_t prompt_tokens);
+  ~WorkerLease();
+  WorkerLease(const WorkerLease&) = delete;
+  WorkerLease& operator=(const WorkerLease&) = delete;
+
+  const std::string& id() const { return id_; }
+  const WorkerConnection& worker() const { return *worker_; }
+  const std::shared_ptr<WorkerConnection>& connection() const { return worker_; }
+  // "decode worker d0 (127.0.0.1:4001)", for messages.
+  std::string Describe() const;
+  // Stops counting toward the worker's load (a prefill worker, once its prefill returned).
+  void ReleaseLoad();
+
+ private:
+  WorkerRegistry* const registry_;
+  const std::shared_ptr<WorkerConnection> worker_;
+  const std::string id_;
+  const int64_t prompt_tokens_;
+  bool counted_ = true;
+};
+
+struct RegistryOptions {
+  std::string model_fingerprint;  // the pool's model; empty: taken from the registered workers
+  std::string index_pattern;      // the pool's pattern; empty: taken from the registered workers
+  absl::Duration heartbeat_timeout = absl::Seconds(5);
+  absl::Duration probe_timeout = absl::Seconds(1);
+};
+
+class WorkerRegistry {
+ public:
+  explicit WorkerRegistry(RegistryOptions options);
+  ~WorkerRegistry();
+
+  // A worker from the static list; it joins the rotation after its first passing probe.
+  void AddStatic(v1::WorkerRole role, const std::string& address);
+
+  // A worker announcing itself. FAILED_PRECONDITION when its model fingerprint or index pattern
+  // differs from the pool's; INVALID_ARGUMENT for a malformed request.
+  absl::Status Register(const v1::RegisterRequest& request);
+  // Records a registered worker's load; false when the worker is not (or no longer) registered.
+  bool Heartbeat(const v1::WorkerLoad& load);
+
+  // One round of upkeep: health-checks every worker (static ones also report their load through
+  // GetLoad) and drops registered workers whose last heartbeat is older than the timeout.
+  void Probe();
+
+  // A worker for a new request by power of two choices on least load, skipping `exclude` (worker ids).
+  // UNAVAILABLE when no worker of `role` is in rotation.
+  absl::StatusOr<std::unique_ptr<WorkerLease>> Pick(v1::WorkerRole role, absl::Span<const std::string> exclude,
+                                                    int64_t prompt_tokens);
+  // A call to `worker` failed with `why`: health-checks it now and takes it out of the pool when the
+  // check fails too (a live worker that refused one request stays).
+  void CheckAfterFailure(const WorkerLease& worker, const absl::Status& why);
+
+  // Workers in rotation, in a stable order (role, then address).
+  std::vector<WorkerInfo> Pool() const;
+  // Every known worker, in or out of rotation.
+  std::vector<WorkerInfo> Workers() const;
+  // The model fingerprint and IndexCache pattern the pool holds workers to ("" while unknown), and the
+  // pattern one worker registered with.
+  std::string PoolFingerprint() const;
+  std::string PoolIndexPattern() const;
+  std::string IndexPatternOf(const std::string& worker_id) const;
+
+ private:
+  friend class WorkerLease;
+  struct Entry;
+
+  // The fingerprint and pattern the pool holds `request`'s worker to: the options' values, else those
+  // of any other registered worker ("" when there is none). Locked.
+  std::pair<std::string, std::string> PoolIdentityFor(const v1::RegisterRequest& request) const;
+  // Takes an entry out of rotation (static) or forgets it (registered only). Locked.
+  void Evict(const std::shared_ptr<WorkerConnection>& worker, const std::string& why);
+  void ReturnLoad(const WorkerConnection* worker, int64_t prompt_tokens);
+
+  const RegistryOptions options_;
+  mutable std::mutex mu_;
+  std::vector<std::unique_ptr<Entry>> entries_;
+  std::mt19937_64 rng_;
+};
+
+}  // namespace indexcache

@@ -1,0 +1,246 @@
+// In-process stand-ins for the prefill and decode workers, for testing the router alone: each serves
+// its internal.proto service and grpc.health.v1 on a loopback port, answers from a script (load,
+// tokens, failures, delays) and records what the router asked of it (requests, deadlines, aborts).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "indexcache/v1/internal.grpc.pb.h"
+
+namespace indexcache::testing {
+
+namespace v1 = ::indexcache::v1;
+
+// What a fake was asked; guarded by `mu`.
+struct FakeLog {
+  mutable std::mutex mu;
+  std::vector<std::string> requests;            // request ids, in arrival order
+  std::vector<std::vector<int32_t>> prompts;    // their prompt ids
+  std::vector<absl::Time> deadlines;            // their calls' deadlines
+  std::vector<std::string> handoff_addresses;   // prefill: where it was told to push
+  std::vector<v1::HandoffTransport> transports;
+  std::vector<std::string> aborts;              // request ids of Abort calls
+
+  template <typename T>
+  std::vector<T> Copy(const std::vector<T> FakeLog::*field) const {
+    std::lock_guard<std::mutex> lock(mu);
+    return this->*field;
+  }
+  bool Aborted(const std::string& id) const {
+    std::lock_guard<std::mutex> lock(mu);
+    for (const std::string& a : aborts) {
+      if (a == id) return true;
+    }
+    return false;
+  }
+};
+
+// Waits (polling) until `condition` holds, for at most `timeout`.
+template <typename F>
+bool WaitFor(F condition, absl::Duration timeout = absl::Seconds(5)) {
+  const absl::Time end = absl::Now() + timeout;
+  while (!condition()) {
+    if (absl::Now() > end) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
+// Blocks a handler until Release() or until its call is cancelled.
+class Gate {
+ public:
+  explicit Gate(bool closed) : closed_(closed) {}
+  void Release() { closed_ = false; }
+  // False when the call was cancelled while waiting.
+  bool Pass(grpc::ServerContext* context) const {
+    while (closed_) {
+      if (context->IsCancelled()) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    return true;
+  }
+
+ private:
+  std::atomic<bool> closed_;
+};
+
+struct DecodeScript {
+  std::string worker_id = "d0";
+  int32_t running_sequences = 0;
+  int32_t free_kv_blocks = 100;
+  bool hold_admission = false;           // wait for admission_gate.Release() before `admitted`
+  grpc::Status fail_before_admitted = grpc::Status::OK;  // not OK: the Decode call ends with it before `admitted`
+  std::vector<int32_t> tokens = {11, 12, 13};
+  int fail_after_tokens = -1;            // >= 0: after that many tokens the call ends with `failure`
+  grpc::Status failure = grpc::Status(grpc::StatusCode::INTERNAL, "simulated decode failure");
+  bool endless = false;                  // tokens until cancelled
+  absl::Duration token_delay = absl::ZeroDuration();
+};
+
+struct PrefillScript {
+  std::string worker_id = "p0";
+  int64_t queued_prompt_tokens = 0;
+  grpc::Status failure = grpc::Status::OK;  // not OK: Prefill ends with it
+  double prefill_seconds = 0.25;
+  double handoff_seconds = 0.125;
+};
+
+template <typename Service>
+class FakeServer {
+ public:
+  // Serves `service` and health on 127.0.0.1:<any>.
+  void Serve(Service* service) {
+    grpc::EnableDefaultHealthCheckService(true);
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(service);
+    server_ = builder.BuildAndStart();
+    address_ = "127.0.0.1:" + std::to_string(port);
+  }
+  // A crash, as far as its clients can tell: the port closes and calls in progress are cancelled.
+  void Kill() {
+    if (server_) server_->Shutdown(std::chrono::system_clock::now());
+    server_.reset();
+  }
+  const std::string& address() const { return address_; }
+
+ private:
+  std::unique_ptr<grpc::Server> server_;
+  std::string address_;
+};
+
+class FakeDecodeWorker final : public v1::DecodeWorker::Service {
+ public:
+  explicit FakeDecodeWorker(DecodeScript script) : script_(std::move(script)), gate_(script_.hold_admission) {
+    server_.Serve(this);
+  }
+  ~FakeDecodeWorker() override { server_.Kill(); }
+
+  grpc::Status Decode(grpc::ServerContext* context, const v1::DecodeRequest* request,
+                      grpc::ServerWriter<v1::DecodeResponse>* writer) override {
+    {
+      std::lock_guard<std::mutex> lock(log.mu);
+      log.requests.push_back(request->request_id());
+      log.prompts.emplace_back(request->prompt_ids().begin(), request->prompt_ids().end());
+      log.deadlines.push_back(absl::FromChrono(context->deadline()));
+      log.transports.push_back(request->transport());
+    }
+    if (!gate_.Pass(context)) return grpc::Status::CANCELLED;
+    if (!script_.fail_before_admitted.ok()) return script_.fail_before_admitted;
+    v1::DecodeResponse admitted;
+    admitted.mutable_admitted()->set_handoff_address("handoff." + script_.worker_id);
+    admitted.mutable_admitted()->set_reserved_blocks(1);
+    writer->Write(admitted);
+    int sent = 0;
+    for (size_t i = 0; script_.endless || i < script_.tokens.size(); ++i) {
+      if (context->IsCancelled()) return grpc::Status::CANCELLED;
+      if (sent == script_.fail_after_tokens) return script_.failure;
+      std::this_thread::sleep_for(absl::ToChronoNanoseconds(script_.token_delay));
+      v1::DecodeResponse token;
+      token.add_token_ids(script_.endless ? 7 : script_.tokens[i]);
+      token.set_text("t");
+      if (!writer->Write(token)) return grpc::Status::CANCELLED;
+      ++sent;
+    }
+    v1::DecodeResponse last;
+    last.mutable_final()->set_finish_reason(v1::LENGTH);
+    last.mutable_final()->set_generated_tokens(sent);
+    writer->Write(last);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Abort(grpc::ServerContext*, const v1::WorkerAbortRequest* request,
+                     v1::WorkerAbortResponse* response) override {
+    std::lock_guard<std::mutex> lock(log.mu);
+    log.aborts.push_back(request->request_id());
+    response->set_found(true);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GetLoad(grpc::ServerContext*, const v1::LoadRequest*, v1::WorkerLoad* load) override {
+    *load = Load();
+    return grpc::Status::OK;
+  }
+
+  v1::WorkerLoad Load() const {
+    v1::WorkerLoad load;
+    load.set_worker_id(script_.worker_id);
+    load.set_role(v1::DECODE);
+    load.set_running_sequences(script_.running_sequences);
+    load.set_free_kv_blocks(script_.free_kv_blocks);
+    load.set_total_kv_blocks(100);
+    return load;
+  }
+  const std::string& address() const { return server_.address(); }
+  const std::string& id() const { return script_.worker_id; }
+  void ReleaseAdmission() { gate_.Release(); }
+  void Kill() { server_.Kill(); }
+
+  FakeLog log;
+
+ private:
+  const DecodeScript script_;
+  Gate gate_;
+  FakeServer<FakeDecodeWorker> server_;
+};
+
+class FakePrefillWorker final : public v1::PrefillWorker::Service {
+ public:
+  explicit FakePrefillWorker(PrefillScript script) : script_(std::move(script)) { server_.Serve(this); }
+  ~FakePrefillWorker() override { server_.Kill(); }
+
+  grpc::Status Prefill(grpc::ServerContext* context, const v1::PrefillRequest* request,
+                       v1::PrefillResponse* response) override {
+    {
+      std::lock_guard<std::mutex> lock(log.mu);
+      log.requests.push_back(request->request_id());
+      log.prompts.emplace_back(request->prompt_ids().begin(), request->prompt_ids().end());
+      log.deadlines.push_back(absl::FromChrono(context->deadline()));
+      log.handoff_addresses.push_back(request->handoff_address());
+      log.transports.push_back(request->transport());
+    }
+    if (!script_.failure.ok()) return script_.failure;
+    response->set_first_token(11);
+    response->set_prefill_seconds(script_.prefill_seconds);
+    response->set_handoff_seconds(script_.handoff_seconds);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Abort(grpc::ServerContext*, const v1::WorkerAbortRequest* request,
+                     v1::WorkerAbortResponse* response) override {
+    std::lock_guard<std::mutex> lock(log.mu);
+    log.aborts.push_back(request->request_id());
+    response->set_found(false);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GetLoad(grpc::ServerContext*, const v1::LoadRequest*, v1::WorkerLoad* load) override {
+    load->set_worker_id(script_.worker_id);
+    load->set_role(v1::PREFILL);
+    load->set_queued_prompt_tokens(script_.queued_prompt_tokens);
+    return grpc::Status::OK;
+  }
+
+  const std::string& address() const { return server_.address(); }
+  const std::string& id() const { return script_.worker_id; }
+  void Kill() { server_.Kill(); }
+
+  FakeLog log;
+
+ private:
+  const PrefillScript script_;
+  FakeServer<FakePrefillWorker> server_;
+};
+
+}  // namespace indexcache::testing

@@ -1,0 +1,79 @@
+// The router's front door on its own: proto sampling fields and a model without a tokenizer.
+#include "services/router/request_validator.h"
+
+#include <filesystem>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace indexcache {
+namespace {
+
+using ::testing::HasSubstr;
+
+const std::string kModelDir = std::string(INDEXCACHE_MODELS_DIR) + "/glm-dsa-tiny-random";
+
+TEST(RequestValidatorTest, UnsetSamplingFieldsKeepTheDefaultsAndSetZerosAreKept) {
+  // Unset: the documented defaults of generate.proto (temperature 1, top_p 1, 128 new tokens, …).
+  const SamplingParams defaults = SamplingFromProto(v1::SamplingParameters());
+  EXPECT_EQ(defaults.temperature, 1.0f);
+  EXPECT_EQ(defaults.top_k, 0);
+  EXPECT_EQ(defaults.top_p, 1.0f);
+  EXPECT_EQ(defaults.min_p, 0.0f);
+  EXPECT_FALSE(defaults.seed.has_value());
+  EXPECT_EQ(defaults.max_new_tokens, 128);
+  EXPECT_FALSE(defaults.ignore_eos);
+
+  // An explicit 0 temperature means greedy, not "unset".
+  v1::SamplingParameters proto;
+  proto.set_temperature(0.0f);
+  proto.set_top_k(5);
+  proto.set_top_p(0.5f);
+  proto.set_min_p(0.1f);
+  proto.set_seed(0);
+  proto.set_max_new_tokens(7);
+  proto.set_ignore_eos(true);
+  proto.add_stop("\n\n");
+  proto.add_stop_token_ids(3);
+  const SamplingParams set = SamplingFromProto(proto);
+  EXPECT_EQ(set.temperature, 0.0f);
+  EXPECT_EQ(set.top_k, 5);
+  EXPECT_EQ(set.top_p, 0.5f);
+  EXPECT_EQ(set.min_p, 0.1f);
+  ASSERT_TRUE(set.seed.has_value());
+  EXPECT_EQ(*set.seed, 0u);
+  EXPECT_EQ(set.max_new_tokens, 7);
+  EXPECT_TRUE(set.ignore_eos);
+  EXPECT_EQ(set.stop_strings, std::vector<std::string>{"\n\n"});
+  EXPECT_EQ(set.stop_token_ids, std::vector<int32_t>{3});
+}
+
+TEST(RequestValidatorTest, TextNeedsATokenizer) {
+  const std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) / "router_no_tokenizer";
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(kModelDir + "/config.json", dir / "config.json",
+                             std::filesystem::copy_options::overwrite_existing);
+  auto validator = RequestValidator::Load(dir.string());
+  ASSERT_TRUE(validator.ok()) << validator.status();
+  EXPECT_FALSE((*validator)->has_tokenizer());
+
+  v1::GenerateRequest text;
+  text.set_text("hello");
+  const auto refused = (*validator)->Validate(text);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.status().message(), HasSubstr("tokenizer"));
+
+  v1::GenerateRequest ids;
+  ids.mutable_token_ids()->add_ids(5);
+  ids.mutable_token_ids()->add_ids(6);
+  const auto prompt = (*validator)->Validate(ids);
+  ASSERT_TRUE(prompt.ok()) << prompt.status();
+  EXPECT_EQ(*prompt, (std::vector<int32_t>{5, 6}));
+}
+
+TEST(RequestValidatorTest, AMissingModelDirectoryIsAnError) {
+  EXPECT_FALSE(RequestValidator::Load("/nonexistent/model").ok());
+}
+
+}  // namespace
+}  // namespace indexcache

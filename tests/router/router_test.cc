@@ -1,0 +1,457 @@
+// The router against fake workers (tests/router/fake_workers.h): routing, backpressure, validation,
+// deadlines, cancellation, retries and failures, as the client sees them.
+#include "services/router/router.h"
+
+#include <cmath>
+#include <limits>
+#include <map>
+#include <thread>
+
+#include "common/tokenizer/bpe_tokenizer.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "indexcache/v1/generate.grpc.pb.h"
+#include "services/router/health_client.h"
+#include "tests/router/fake_workers.h"
+
+namespace indexcache {
+namespace {
+
+using ::indexcache::testing::DecodeScript;
+using ::indexcache::testing::FakeDecodeWorker;
+using ::indexcache::testing::FakeLog;
+using ::indexcache::testing::FakePrefillWorker;
+using ::indexcache::testing::PrefillScript;
+using ::indexcache::testing::WaitFor;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+const std::string kModelDir = std::string(INDEXCACHE_MODELS_DIR) + "/glm-dsa-tiny-random";
+
+RouterOptions OptionsFor(const std::vector<const FakePrefillWorker*>& prefill,
+                         const std::vector<const FakeDecodeWorker*>& decode) {
+  RouterOptions o;
+  o.model_dir = kModelDir;
+  for (const auto* p : prefill) o.prefill_workers.push_back(p->address());
+  for (const auto* d : decode) o.decode_workers.push_back(d->address());
+  o.health_check_interval = absl::Milliseconds(100);
+  return o;
+}
+
+// Everything a client saw of one Generate stream.
+struct Result {
+  grpc::Status status;
+  std::vector<v1::GenerateResponse> messages;
+  std::vector<int32_t> tokens;
+  std::optional<v1::FinalInfo> final;
+};
+
+class Client {
+ public:
+  explicit Client(const std::string& address)
+      : channel_(grpc::CreateChannel(address, grpc::InsecureChannelCredentials())),
+        stub_(v1::IndexCache::NewStub(channel_)) {}
+
+  // Reads the whole stream. `after_tokens(n, context)` runs after each chunk, with the tokens so far.
+  Result Generate(const v1::GenerateRequest& request, std::optional<absl::Duration> timeout = std::nullopt,
+                  const std::function<void(int, grpc::ClientContext&)>& after_tokens = nullptr) {
+    grpc::ClientContext context;
+    if (timeout) context.set_deadline(absl::ToChronoTime(absl::Now() + *timeout));
+    Result result;
+    auto reader = stub_->Generate(&context, request);
+    v1::GenerateResponse message;
+    while (reader->Read(&message)) {
+      result.messages.push_back(message);
+      result.tokens.insert(result.tokens.end(), message.token_ids().begin(), message.token_ids().end());
+      if (message.has_final()) result.final = message.final();
+      if (after_tokens && message.token_ids_size() > 0) after_tokens(static_cast<int>(result.tokens.size()), context);
+    }
+    result.status = reader->Finish();
+    return result;
+  }
+
+  v1::IndexCache::Stub& stub() { return *stub_; }
+  const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
+
+ private:
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::IndexCache::Stub> stub_;
+};
+
+v1::GenerateRequest IdsRequest(std::vector<int32_t> ids, const std::string& request_id = "") {
+  v1::GenerateRequest request;
+  request.mutable_token_ids()->mutable_ids()->Add(ids.begin(), ids.end());
+  request.set_request_id(request_id);
+  return request;
+}
+
+TEST(RouterTest, RelaysTheDecodeStreamWithTimingsAndWorkers) {
+  FakePrefillWorker prefill({});
+  FakeDecodeWorker decode({.tokens = {21, 22, 23, 24}, .token_delay = absl::Milliseconds(20)});
+  Router router(OptionsFor({&prefill}, {&decode}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+  Client client(*address);
+
+  const Result r = client.Generate(IdsRequest({1, 2, 3}, "relay-1"));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_THAT(r.tokens, ElementsAre(21, 22, 23, 24));
+  EXPECT_EQ(r.messages.front().request_id(), "relay-1");
+  ASSERT_TRUE(r.final.has_value());
+  EXPECT_TRUE(r.messages.back().has_final());
+  EXPECT_EQ(r.final->finish_reason(), v1::LENGTH);
+  EXPECT_EQ(r.final->prompt_tokens(), 3);
+  EXPECT_EQ(r.final->generated_tokens(), 4);
+  EXPECT_EQ(r.final->prefill_worker(), "p0");
+  EXPECT_EQ(r.final->decode_worker(), "d0");
+  EXPECT_EQ(r.final->timings().prefill_seconds(), 0.25);  // the prefill worker's own numbers
+  EXPECT_EQ(r.final->timings().handoff_seconds(), 0.125);
+  EXPECT_GT(r.final->timings().first_token_seconds(), 0.0);
+  EXPECT_GE(r.final->timings().total_seconds(), r.final->timings().first_token_seconds());
+  EXPECT_GE(r.final->timings().queue_seconds(), 0.0);
+  // The fake sleeps 20 ms before each token.
+  EXPECT_GE(r.final->timings().mean_inter_token_seconds(), 0.018);
+  EXPECT_GE(r.final->timings().first_token_seconds(), 0.018);
+  EXPECT_EQ(r.final->index_pattern().size(), 8u);  // the bundled model has 8 layers
+  // The prefill worker pushed to the handoff address the decode worker admitted the request with,
+  // over the configured transport, and both saw the same request and prompt.
+  EXPECT_THAT(prefill.log.Copy(&FakeLog::handoff_addresses), ElementsAre("handoff.d0"));
+  EXPECT_THAT(prefill.log.Copy(&FakeLog::transports), ElementsAre(v1::HANDOFF_TRANSPORT_GRPC));
+  EXPECT_THAT(decode.log.Copy(&FakeLog::requests), ElementsAre("relay-1"));
+  EXPECT_THAT(prefill.log.Copy(&FakeLog::prompts), ElementsAre(ElementsAre(1, 2, 3)));
+}
+
+TEST(RouterTest, EncodesTextWithTheModelsTokenizer) {
+  FakePrefillWorker prefill({});
+  FakeDecodeWorker decode({});
+  Router router(OptionsFor({&prefill}, {&decode}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+  v1::GenerateRequest request;
+  request.set_text("The quick brown fox");
+  const Result r = Client(*address).Generate(request);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  auto tokenizer = BpeTokenizer::FromFile(kModelDir + "/tokenizer.json");
+  ASSERT_TRUE(tokenizer.ok());
+  EXPECT_THAT(decode.log.Copy(&FakeLog::prompts), ElementsAre((*tokenizer)->Encode("The quick brown fox")));
+}
+
+TEST(RouterTest, PicksWorkersByPowerOfTwoChoicesOnLoad) {
+  FakeDecodeWorker idle({.worker_id = "idle", .running_sequences = 0});
+  FakeDecodeWorker busy({.worker_id = "busy", .running_sequences = 4});
+  FakeDecodeWorker busiest({.worker_id = "busiest", .running_sequences = 8});
+  FakePrefillWorker short_queue({.worker_id = "short", .queued_prompt_tokens = 0});
+  FakePrefillWorker long_queue({.worker_id = "long", .queued_prompt_tokens = 5000});
+  Router router(OptionsFor({&short_queue, &long_queue}, {&idle, &busy, &busiest}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+  Client client(*address);
+
+  constexpr int kRequests = 90;
+  std::map<std::string, int> decode_picks, prefill_picks;
+  for (int i = 0; i < kRequests; ++i) {
+    const Result r = client.Generate(IdsRequest({5, 6}));
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    ++decode_picks[r.final->decode_worker()];
+    ++prefill_picks[r.final->prefill_worker()];
+  }
+  // Two distinct draws out of three: the least loaded wins whenever drawn (2/3), the middle one when
+  // paired with the busiest (1/3), the busiest never. Round robin would give 30 each; least-loaded
+  // would give 90 to "idle". Bounds are about 3 standard deviations.
+  EXPECT_EQ(decode_picks["busiest"], 0);
+  EXPECT_GT(decode_picks["idle"], 45);
+  EXPECT_LT(decode_picks["idle"], 75);
+  EXPECT_GT(decode_picks["busy"], 15);
+  // With two prefill workers both are always drawn: the shorter queue always wins.
+  EXPECT_EQ(prefill_picks["short"], kRequests);
+}
+
+TEST(RouterTest, FullQueueAnswersResourceExhausted) {
+  FakePrefillWorker prefill({});
+  FakeDecodeWorker decode({.hold_admission = true});
+  RouterOptions options = OptionsFor({&prefill}, {&decode});
+  options.max_queued_requests = 1;
+  Router router(options);
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+  Client client(*address);
+
+  Result held;
+  std::thread first([&] { held = client.Generate(IdsRequest({1}, "held")); });
+  ASSERT_TRUE(WaitFor([&] { return !decode.log.Copy(&FakeLog::requests).empty(); }));
+  EXPECT_EQ(router.queued_requests(), 1);
+  const Result refused = client.Generate(IdsRequest({1}, "refused"));
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(refused.status.error_message(), HasSubstr("queue is full"));
+  decode.ReleaseAdmission();
+  first.join();
+  EXPECT_TRUE(held.status.ok()) << held.status.error_message();
+  EXPECT_EQ(router.queued_requests(), 0);
+  // Once the queue has room again, requests are admitted.
+  EXPECT_TRUE(client.Generate(IdsRequest({1})).status.ok());
+}
+
+TEST(RouterTest, MalformedRequestsGetInvalidArgumentWithAMessage) {
+  FakePrefillWorker prefill({});
+  FakeDecodeWorker decode({});
+  Router router(OptionsFor({&prefill}, {&decode}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+  Client client(*address);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  auto with = [](std::function<void(v1::GenerateRequest&)> edit) {
+    v1::GenerateRequest request = IdsRequest({1, 2, 3});
+    edit(request);
+    return request;
+  };
+  // The bundled model: vocab_size 2048, max_position_embeddings 8192 (its config.json).
+  const std::vector<std::pair<v1::GenerateRequest, std::string>> cases = {
+      {v1::GenerateRequest(), "no input"},
+      {with([](auto& r) { r.set_text(""); }), "prompt is empty"},
+      {IdsRequest({}), "prompt is empty"},
+      {IdsRequest({1, 2048}), "outside the vocabulary"},
+      {IdsRequest({-1}), "outside the vocabulary"},
+      {with([](auto& r) { r.mutable_sampling()->set_max_new_tokens(0); }), "max_new_tokens"},
+      {with([](auto& r) { r.mutable_sampling()->set_max_new_tokens(-5); }), "max_new_tokens"},
+      {with([&](auto& r) { r.mutable_sampling()->set_temperature(nan); }), "temperature"},
+      {with([](auto& r) { r.mutable_sampling()->set_temperature(-0.5f); }), "temperature"},
+      {with([](auto& r) { r.mutable_sampling()->set_top_p(0.0f); }), "top_p"},
+      {with([](auto& r) { r.mutable_sampling()->set_top_p(1.5f); }), "top_p"},
+      {with([](auto& r) { r.mutable_sampling()->set_top_k(-1); }), "top_k"},
+      {with([](auto& r) { r.mutable_sampling()->set_min_p(1.5f); }), "min_p"},
+      {with([](auto& r) { r.mutable_sampling()->add_stop_token_ids(5000); }), "stop_token_ids"},
+      {IdsRequest(std::vector<int32_t>(8192 - 127, 1)), "context"},  // + the default 128 new tokens
+  };
+  for (const auto& [request, fragment] : cases) {
+    const Result r = client.Generate(request);
+    EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << fragment;
+    EXPECT_THAT(r.status.error_message(), HasSubstr(fragment));
+  }
+  EXPECT_TRUE(decode.log.Copy(&FakeLog::requests).empty());  // refused at the front door
+  // The limits themselves are accepted: 8192 - 128 prompt tokens + 128 new ones fill the context.
+  EXPECT_TRUE(client.Generate(IdsRequest(std::vector<int32_t>(8192 - 128, 2047))).status.ok());
+}
+
+TEST(RouterTest, ClientDeadlineReachesBothWorkers) {
+  FakePrefillWorker prefill({});
+  FakeDecodeWorker decode({});
+  RouterOptions options = OptionsFor({&prefill}, {&decode});
+  options.request_timeout = absl::Seconds(60);
+  Router router(options);
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+  Client client(*address);
+
+  const absl::Time client_deadline = absl::Now() + absl::Seconds(7);
+  ASSERT_TRUE(client.Generate(IdsRequest({1}), client_deadline - absl::Now()).status.ok());
+  // Without a client deadline, the router's default applies.
+  const absl::Time default_deadline = absl::Now() + absl::Seconds(60);
+  ASSERT_TRUE(client.Generate(IdsRequest({1})).status.ok());
+  for (const FakeLog* log : {&prefill.log, &decode.log}) {
+    const std::vector<absl::Time> deadlines = log->Copy(&FakeLog::deadlines);
+    ASSERT_EQ(deadlines.size(), 2u);
+    EXPECT_LT(absl::AbsDuration(deadlines[0] - client_deadline), absl::Milliseconds(500));
+    EXPECT_LT(absl::AbsDuration(deadlines[1] - default_deadline), absl::Milliseconds(500));
+  }
+}
+
+TEST(RouterTest, ADeadlinePassingWhileQueuedFreesTheDecodeWorker) {
+  FakePrefillWorker prefill({});
+  FakeDecodeWorker decode({.hold_admission = true});  // never admits: waits for KV blocks
+  Router router(OptionsFor({&prefill}, {&decode}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+
+  const Result r = Client(*address).Generate(IdsRequest({1}, "too-slow"), absl::Milliseconds(300));
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_TRUE(WaitFor([&] { return decode.log.Aborted("too-slow"); }));
+  EXPECT_TRUE(WaitFor([&] { return router.in_flight_requests() == 0 && router.queued_requests() == 0; }));
+  EXPECT_TRUE(prefill.log.Copy(&FakeLog::requests).empty());  // never got as far as the prefill
+}
+
+TEST(RouterTest, ClientCancelAbortsTheRequestOnBothWorkers) {
+  FakePrefillWorker prefill({});
+  FakeDecodeWorker decode({.endless = true, .token_delay = absl::Milliseconds(10)});
+  Router router(OptionsFor({&prefill}, {&decode}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+  Client client(*address);
+
+  const Result r = client.Generate(IdsRequest({1}, "cancel-me"), std::nullopt,
+                                   [](int tokens, grpc::ClientContext& context) {
+                                     if (tokens == 3) context.TryCancel();
+                                   });
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(WaitFor([&] { return decode.log.Aborted("cancel-me") && prefill.log.Aborted("cancel-me"); }));
+  EXPECT_TRUE(WaitFor([&] { return router.in_flight_requests() == 0; }));
+}
+
+TEST(RouterTest, AbortRpcEndsTheStreamWithAbortAndFreesBothWorkers) {
+  FakePrefillWorker prefill({});
+  FakeDecodeWorker decode({.endless = true, .token_delay = absl::Milliseconds(10)});
+  Router router(OptionsFor({&prefill}, {&decode}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+  Client client(*address);
+  Client aborter(*address);
+
+  bool found = false;
+  const Result r = client.Generate(IdsRequest({1}, "abort-me"), std::nullopt, [&](int tokens, grpc::ClientContext&) {
+    if (tokens != 2) return;
+    grpc::ClientContext context;
+    v1::AbortRequest request;
+    request.set_request_id("abort-me");
+    v1::AbortResponse response;
+    ASSERT_TRUE(aborter.stub().Abort(&context, request, &response).ok());
+    found = response.found();
+  });
+  EXPECT_TRUE(found);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  ASSERT_TRUE(r.final.has_value());
+  EXPECT_EQ(r.final->finish_reason(), v1::ABORT);
+  EXPECT_GE(r.final->generated_tokens(), 2);
+  EXPECT_TRUE(WaitFor([&] { return decode.log.Aborted("abort-me") && prefill.log.Aborted("abort-me"); }));
+
+  grpc::ClientContext context;
+  v1::AbortRequest unknown;
+  unknown.set_request_id("no-such-request");
+  v1::AbortResponse response;
+  ASSERT_TRUE(aborter.stub().Abort(&context, unknown, &response).ok());
+  EXPECT_FALSE(response.found());
+}
+
+TEST(RouterTest, DecodeFailureBeforeTheFirstTokenIsRetriedOnAnotherWorker) {
+  FakePrefillWorker prefill({});
+  // P2C over two workers always compares both: the failing, idle one is tried first.
+  FakeDecodeWorker failing({.worker_id = "failing",
+                            .running_sequences = 0,
+                            .fail_before_admitted = grpc::Status(grpc::StatusCode::INTERNAL, "simulated crash")});
+  FakeDecodeWorker good({.worker_id = "good", .running_sequences = 5, .tokens = {31, 32}});
+  Router router(OptionsFor({&prefill}, {&failing, &good}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+
+  const Result r = Client(*address).Generate(IdsRequest({1}, "retry-me"));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_THAT(r.tokens, ElementsAre(31, 32));
+  EXPECT_EQ(r.final->decode_worker(), "good");
+  EXPECT_THAT(failing.log.Copy(&FakeLog::requests), ElementsAre("retry-me"));
+  EXPECT_THAT(good.log.Copy(&FakeLog::requests), ElementsAre("retry-me#retry1"));  // a fresh request
+  EXPECT_TRUE(failing.log.Aborted("retry-me"));
+}
+
+TEST(RouterTest, PrefillFailureIsRetriedOnAnotherPrefillWorker) {
+  FakePrefillWorker failing(
+      {.worker_id = "failing", .queued_prompt_tokens = 0, .failure = grpc::Status(grpc::StatusCode::UNAVAILABLE, "oom")});
+  FakePrefillWorker good({.worker_id = "good", .queued_prompt_tokens = 100});
+  FakeDecodeWorker decode({});
+  Router router(OptionsFor({&failing, &good}, {&decode}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+
+  const Result r = Client(*address).Generate(IdsRequest({1}, "p-retry"));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.final->prefill_worker(), "good");
+  // The first attempt's decode reservation was given back.
+  EXPECT_TRUE(decode.log.Aborted("p-retry"));
+  EXPECT_THAT(decode.log.Copy(&FakeLog::requests), ElementsAre("p-retry", "p-retry#retry1"));
+  // The failing worker still answers its health checks, so it stays in the pool.
+  EXPECT_EQ(router.Pool().size(), 3u);
+}
+
+TEST(RouterTest, DecodeFailureAfterATokenEndsTheStreamUnavailableNamingTheWorker) {
+  FakePrefillWorker prefill({});
+  FakeDecodeWorker decode({.worker_id = "d-flaky", .tokens = {41, 42, 43, 44}, .fail_after_tokens = 2});
+  FakeDecodeWorker other({.worker_id = "d-other", .running_sequences = 9});
+  Router router(OptionsFor({&prefill}, {&decode, &other}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+
+  const Result r = Client(*address).Generate(IdsRequest({1}));
+  EXPECT_THAT(r.tokens, ElementsAre(41, 42));
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(r.status.error_message(), HasSubstr("d-flaky"));
+  EXPECT_THAT(r.status.error_message(), HasSubstr(decode.address()));
+  EXPECT_FALSE(r.final.has_value());
+  EXPECT_TRUE(other.log.Copy(&FakeLog::requests).empty());  // never retried after a token
+}
+
+TEST(RouterTest, DeadWorkerLeavesThePoolAndRequestsGoToTheSurvivor) {
+  FakePrefillWorker prefill({});
+  FakeDecodeWorker doomed({.worker_id = "doomed", .running_sequences = 0});
+  FakeDecodeWorker survivor({.worker_id = "survivor", .running_sequences = 3});
+  Router router(OptionsFor({&prefill}, {&doomed, &survivor}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+  EXPECT_EQ(router.Pool().size(), 3u);
+
+  doomed.Kill();
+  // The next request may pick the dead worker before a health check noticed: it is retried.
+  const Result r = Client(*address).Generate(IdsRequest({1}));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.final->decode_worker(), "survivor");
+  ASSERT_TRUE(WaitFor([&] { return router.Pool().size() == 2u; }));
+  for (const WorkerInfo& w : router.Pool()) EXPECT_NE(w.id, "doomed");
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(Client(*address).Generate(IdsRequest({1})).final->decode_worker(), "survivor");
+  }
+}
+
+TEST(RouterTest, NoWorkersMeansUnavailable) {
+  RouterOptions options;
+  options.model_dir = kModelDir;
+  Router router(options);
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+  const Result r = Client(*address).Generate(IdsRequest({1}));
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(r.status.error_message(), HasSubstr("no decode worker"));
+}
+
+TEST(RouterTest, ModelInfoDescribesTheModelAndThePool) {
+  FakePrefillWorker prefill({});
+  FakeDecodeWorker d0({.worker_id = "d0"});
+  FakeDecodeWorker d1({.worker_id = "d1"});
+  Router router(OptionsFor({&prefill}, {&d0, &d1}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+  grpc::ClientContext context;
+  v1::ModelInfoResponse info;
+  ASSERT_TRUE(Client(*address).stub().ModelInfo(&context, v1::ModelInfoRequest(), &info).ok());
+  // The bundled model's config.json.
+  EXPECT_EQ(info.architecture(), "GlmMoeDsaForCausalLM");
+  EXPECT_EQ(info.num_layers(), 8);
+  EXPECT_EQ(info.vocab_size(), 2048);
+  EXPECT_EQ(info.max_context(), 8192);
+  EXPECT_TRUE(info.has_tokenizer());
+  EXPECT_EQ(info.index_pattern().size(), 8u);
+  EXPECT_EQ(info.model_fingerprint().size(), 16u);
+  EXPECT_EQ(info.prefill_workers(), 1);
+  EXPECT_EQ(info.decode_workers(), 2);
+}
+
+TEST(RouterTest, DrainRefusesNewRequestsAndFinishesThoseInFlight) {
+  FakePrefillWorker prefill({});
+  FakeDecodeWorker decode({.hold_admission = true});
+  Router router(OptionsFor({&prefill}, {&decode}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+  Client client(*address);
+
+  Result held;
+  std::thread first([&] { held = client.Generate(IdsRequest({1})); });
+  ASSERT_TRUE(WaitFor([&] { return !decode.log.Copy(&FakeLog::requests).empty(); }));
+  std::thread drain([&] { router.Drain(absl::Seconds(30)); });
+  ASSERT_TRUE(WaitFor([&] { return !CheckHealth(client.channel(), absl::Seconds(1)).ok(); }));
+  const Result refused = client.Generate(IdsRequest({1}));
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(refused.status.error_message(), HasSubstr("draining"));
+  decode.ReleaseAdmission();
+  first.join();
+  EXPECT_TRUE(held.status.ok()) << held.status.error_message();
+  drain.join();
+  router.Wait();
+}
+
+}  // namespace
+}  // namespace indexcache
