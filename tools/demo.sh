@@ -1,10 +1,25 @@
 #!/usr/bin/env bash
-# Sets up, builds, and streams a completion from the bundled model: the README's run command.
-# Extra arguments go to `indexcache generate` (e.g. --index-freq 4, --temperature 0.8).
+# The README's run command: sets up (Debian 12 packages), builds, starts a local cluster (router, one
+# prefill and one decode worker on loopback) on the bundled model, streams one served answer through
+# `indexcache client generate`, and stops the cluster. Extra arguments go to the client (e.g.
+# --temperature 0.8, --max-new-tokens 64, --json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup-deps.sh
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release > /dev/null
 cmake --build build -j "$(nproc)" --target indexcache
-./build/tools/indexcache generate --model models/glm-dsa-tiny-random \
+
+log=$(mktemp -d)
+./build/tools/indexcache cluster up --model models/glm-dsa-tiny-random > "$log/cluster.out" 2> "$log/cluster.log" &
+cluster=$!
+trap 'kill -TERM $cluster 2>/dev/null; wait $cluster 2>/dev/null || true' EXIT
+for _ in $(seq 600); do
+  grep -q '^ready ' "$log/cluster.out" && break
+  kill -0 $cluster 2>/dev/null || { cat "$log/cluster.log"; echo "the cluster failed to start" >&2; exit 1; }
+  sleep 0.1
+done
+cat "$log/cluster.out"
+router=$(awk '/^ready /{print $2}' "$log/cluster.out")
+[[ -n $router ]] || { echo "the cluster did not become ready in 60 s; its log: $log/cluster.log" >&2; exit 1; }
+./build/tools/indexcache client generate --router "$router" \
   --prompt "The licenses for most software are designed to" --max-new-tokens 48 "$@"

@@ -7,7 +7,7 @@
 #include "absl/strings/str_format.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
-#include "services/router/status_conversion.h"
+#include "services/common/status_conversion.h"
 
 namespace indexcache {
 namespace {

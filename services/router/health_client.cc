@@ -11,7 +11,7 @@
 #include "grpcpp/client_context.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/support/byte_buffer.h"
-#include "services/router/status_conversion.h"
+#include "services/common/status_conversion.h"
 
 namespace indexcache {
 namespace {

@@ -1,25 +1,13 @@
 #include "services/router/request_validator.h"
 
+#include "services/common/sampling_from_proto.h"
+
 #include <filesystem>
 
 #include "absl/strings/str_format.h"
 #include "common/util/status_macros.h"
 
 namespace indexcache {
-
-SamplingParams SamplingFromProto(const v1::SamplingParameters& proto) {
-  SamplingParams params;
-  if (proto.has_temperature()) params.temperature = proto.temperature();
-  if (proto.has_top_k()) params.top_k = proto.top_k();
-  if (proto.has_top_p()) params.top_p = proto.top_p();
-  if (proto.has_min_p()) params.min_p = proto.min_p();
-  if (proto.has_seed()) params.seed = proto.seed();
-  if (proto.has_max_new_tokens()) params.max_new_tokens = proto.max_new_tokens();
-  if (proto.has_ignore_eos()) params.ignore_eos = proto.ignore_eos();
-  params.stop_token_ids.assign(proto.stop_token_ids().begin(), proto.stop_token_ids().end());
-  params.stop_strings.assign(proto.stop().begin(), proto.stop().end());
-  return params;
-}
 
 absl::StatusOr<std::unique_ptr<RequestValidator>> RequestValidator::Load(const std::string& model_dir) {
   std::unique_ptr<RequestValidator> validator(new RequestValidator());
@@ -59,7 +47,7 @@ absl::StatusOr<std::vector<int32_t>> RequestValidator::Validate(const v1::Genera
       }
       break;
   }
-  const SamplingParams params = SamplingFromProto(request.sampling());
+  const SamplingParams params = SamplingParamsFromProto(request.sampling());
   RETURN_IF_ERROR(indexcache::Validate(params, config_.vocab_size));
   const int64_t total = static_cast<int64_t>(prompt.size()) + params.max_new_tokens;
   if (total > config_.max_position_embeddings) {

@@ -18,7 +18,6 @@
 namespace indexcache {
 
 // Engine sampling settings from the optional proto fields; an unset field keeps SamplingParams' default.
-SamplingParams SamplingFromProto(const v1::SamplingParameters& proto);
 
 class RequestValidator {
  public:

@@ -19,7 +19,7 @@
 #include "services/router/generate_call.h"
 #include "services/router/request_table.h"
 #include "services/router/request_validator.h"
-#include "services/router/status_conversion.h"
+#include "services/common/status_conversion.h"
 
 namespace indexcache {
 namespace {

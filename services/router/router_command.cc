@@ -1,5 +1,7 @@
 #include "services/router/router_command.h"
 
+#include "common/util/stop_signals.h"
+
 #include <pthread.h>
 
 #include <csignal>
@@ -87,11 +89,7 @@ int RunRouterCommand(const std::vector<std::string>& argv) {
     return 2;
   }
   // Signals are taken by sigwait below; blocked before gRPC starts its threads, which inherit the mask.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  const sigset_t signals = BlockStopSignals();
 
   Router router(*options);
   absl::StatusOr<std::string> address = router.Start();
@@ -101,8 +99,7 @@ int RunRouterCommand(const std::vector<std::string>& argv) {
   }
   std::printf("listening %s\n", address->c_str());
   std::fflush(stdout);
-  int signal = 0;
-  sigwait(&signals, &signal);
+  WaitForStopSignal(signals);
   router.Drain(*grace);
   router.Wait();
   return 0;

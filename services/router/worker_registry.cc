@@ -12,7 +12,7 @@
 #include "grpcpp/security/credentials.h"
 #include "services/router/health_client.h"
 #include "services/router/load_balancer.h"
-#include "services/router/status_conversion.h"
+#include "services/common/status_conversion.h"
 
 namespace indexcache {
 namespace {

@@ -1,5 +1,6 @@
 // The router's front door on its own: proto sampling fields and a model without a tokenizer.
 #include "services/router/request_validator.h"
+#include "services/common/sampling_from_proto.h"
 
 #include <filesystem>
 
@@ -15,7 +16,7 @@ const std::string kModelDir = std::string(INDEXCACHE_MODELS_DIR) + "/glm-dsa-tin
 
 TEST(RequestValidatorTest, UnsetSamplingFieldsKeepTheDefaultsAndSetZerosAreKept) {
   // Unset: the documented defaults of generate.proto (temperature 1, top_p 1, 128 new tokens, …).
-  const SamplingParams defaults = SamplingFromProto(v1::SamplingParameters());
+  const SamplingParams defaults = SamplingParamsFromProto(v1::SamplingParameters());
   EXPECT_EQ(defaults.temperature, 1.0f);
   EXPECT_EQ(defaults.top_k, 0);
   EXPECT_EQ(defaults.top_p, 1.0f);
@@ -35,7 +36,7 @@ TEST(RequestValidatorTest, UnsetSamplingFieldsKeepTheDefaultsAndSetZerosAreKept)
   proto.set_ignore_eos(true);
   proto.add_stop("\n\n");
   proto.add_stop_token_ids(3);
-  const SamplingParams set = SamplingFromProto(proto);
+  const SamplingParams set = SamplingParamsFromProto(proto);
   EXPECT_EQ(set.temperature, 0.0f);
   EXPECT_EQ(set.top_k, 5);
   EXPECT_EQ(set.top_p, 0.5f);

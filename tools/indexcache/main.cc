@@ -1,8 +1,12 @@
-// indexcache: the command-line entry point. Subcommands: generate, score, perplexity.
+// indexcache: the command-line entry point. Engine subcommands (generate, score, perplexity), the
+// cluster's services (router, prefill-worker, decode-worker), `cluster up` and `client generate`.
 #include <cstdio>
 #include <string>
 #include <vector>
 
+#include "services/decode_worker/decode_worker_command.h"
+#include "services/prefill_worker/prefill_worker_command.h"
+#include "services/router/router_command.h"
 #include "tools/indexcache/commands.h"
 
 namespace {
@@ -12,6 +16,9 @@ constexpr char kUsage[] =
     "  generate    stream a completion for a prompt\n"
     "  score       write a prompt's logits and every layer's top-k selection to safetensors\n"
     "  perplexity  mean negative log-likelihood and perplexity of a text file\n"
+    "  cluster up  a local router + prefill + decode cluster on loopback\n"
+    "  client generate  one request to a running cluster's router\n"
+    "  router | prefill-worker | decode-worker  one service of the cluster\n"
     "Run `indexcache <command> --help` for its flags.\n";
 
 }  // namespace
@@ -26,6 +33,11 @@ int main(int argc, char** argv) {
   if (command == "generate") return indexcache::cli::RunGenerate(rest);
   if (command == "score") return indexcache::cli::RunScore(rest);
   if (command == "perplexity") return indexcache::cli::RunPerplexity(rest);
+  if (command == "cluster") return indexcache::cli::RunCluster(rest);
+  if (command == "client") return indexcache::cli::RunClient(rest);
+  if (command == "router") return indexcache::RunRouterCommand(rest);
+  if (command == "prefill-worker") return indexcache::RunPrefillWorkerCommand(rest);
+  if (command == "decode-worker") return indexcache::RunDecodeWorkerCommand(rest);
   if (command == "--help" || command == "help") {
     std::fputs(kUsage, stdout);
     return 0;

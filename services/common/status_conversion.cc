@@ -1,4 +1,4 @@
-#include "services/router/status_conversion.h"
+#include "services/common/status_conversion.h"
 
 #include <string>
 

@@ -1,0 +1,65 @@
+#include "common/handoff/handoff_transport.h"
+
+#include "absl/strings/string_view.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/handoff/grpc_handoff.h"
+#include "common/handoff/tcp_handoff.h"
+
+namespace indexcache {
+
+void CountChunkBytes(const v1::HandoffChunk& chunk, uint64_t wire_bytes, HandoffByteCounts& counts) {
+  uint64_t rows_bytes = 0;
+  if (chunk.has_rows()) {
+    rows_bytes = chunk.rows().data().size();
+    if (chunk.rows().kind() == v1::INDEX_KEY) {
+      counts.index_key_bytes += rows_bytes;
+    } else {
+      counts.latent_bytes += rows_bytes;
+    }
+  }
+  counts.metadata_bytes += wire_bytes - rows_bytes;
+  ++counts.chunks;
+}
+
+v1::HandoffAck MakeAck(const absl::Status& status) {
+  v1::HandoffAck ack;
+  ack.set_accepted(status.ok());
+  if (!status.ok()) ack.set_error(status.ToString());
+  return ack;
+}
+
+absl::Status AckStatus(const v1::HandoffAck& ack) {
+  if (ack.accepted()) return absl::OkStatus();
+  const absl::string_view error = ack.error();
+  // absl::Status::ToString writes "CODE_NAME: message"; the codes are 1..16.
+  for (int code = 1; code <= 16; ++code) {
+    const auto status_code = static_cast<absl::StatusCode>(code);
+    const std::string prefix = absl::StrCat(absl::StatusCodeToString(status_code), ": ");
+    if (error.substr(0, prefix.size()) == prefix) {
+      return absl::Status(status_code,
+                          absl::StrCat("the decode worker rejected the handoff: ", error.substr(prefix.size())));
+    }
+  }
+  return absl::UnknownError(absl::StrCat("the decode worker rejected the handoff: ", error));
+}
+
+absl::StatusOr<std::unique_ptr<HandoffSender>> ConnectHandoff(v1::HandoffTransport transport,
+                                                              const std::string& address,
+                                                              absl::Duration connect_timeout) {
+  switch (transport) {
+    case v1::HANDOFF_TRANSPORT_GRPC:
+      return GrpcHandoffSender::Connect(address, connect_timeout);
+    case v1::HANDOFF_TRANSPORT_TCP:
+      return TcpHandoffSender::Connect(address, connect_timeout);
+    case v1::HANDOFF_TRANSPORT_NCCL:
+      return absl::UnimplementedError(
+          "the NCCL handoff transport needs the CUDA backend, which this build does not serve yet; use the gRPC or "
+          "TCP transport");
+    default:
+      break;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown handoff transport ", static_cast<int>(transport)));
+}
+
+}  // namespace indexcache

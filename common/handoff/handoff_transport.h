@@ -1,0 +1,86 @@
+// The prefill → decode handoff, independent of how bytes travel. A handoff is the ordered stream of
+// HandoffChunk messages of one request (proto/indexcache/v1/internal.proto): header, cache rows as
+// prefill chunks complete, trailer. The prefill worker pushes it through a HandoffSender; on the decode
+// worker a transport server hands each received chunk to the worker's HandoffSink, whose verdict
+// travels back as the HandoffAck. Transports: gRPC client streaming (KvHandoff.Push) and a raw TCP data
+// plane (Boost.Asio, length-prefixed frames); NCCL joins with the CUDA backend.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "indexcache/v1/internal.pb.h"
+
+namespace indexcache {
+
+namespace v1 = ::indexcache::v1;
+
+// Largest serialized chunk either transport accepts; a prefill worker splits its rows to stay below.
+inline constexpr size_t kMaxHandoffChunkBytes = size_t{64} << 20;
+
+// Bytes a handoff put on the wire, by payload kind (what IndexCache's Shared layers never send shows
+// up as index-key bytes that are not there).
+struct HandoffByteCounts {
+  uint64_t latent_bytes = 0;
+  uint64_t index_key_bytes = 0;
+  uint64_t metadata_bytes = 0;  // everything else: header, trailer, framing, protobuf overhead
+  uint32_t chunks = 0;
+};
+
+// Adds one chunk that took `wire_bytes` on the wire: its rows bytes to their kind, the rest
+// (fields, framing) to metadata.
+void CountChunkBytes(const v1::HandoffChunk& chunk, uint64_t wire_bytes, HandoffByteCounts& counts);
+
+// Client side of one handoff.
+class HandoffSender {
+ public:
+  virtual ~HandoffSender() = default;
+  // Sends one chunk (its checksum already sealed). Blocks while the transport is backed up; fails
+  // once the peer has rejected the handoff or the connection broke.
+  virtual absl::Status Send(const v1::HandoffChunk& chunk) = 0;
+  // After the trailer: closes the stream and waits for the decode worker's verdict, an ack accepted or
+  // not (AckStatus turns a rejection back into its status); an error only when no verdict came
+  // (connection broke, cancelled). After a Send that failed on a rejection, returns that ack.
+  virtual absl::StatusOr<v1::HandoffAck> Finish() = 0;
+  // Abandons the handoff; the decode worker sees a broken stream and frees what it holds. Safe from
+  // any thread, also while Send or Finish block (they then fail with CANCELLED).
+  virtual void Cancel() = 0;
+  virtual const HandoffByteCounts& bytes() const = 0;
+};
+
+// Opens a handoff to `address` over `transport`, failing after `connect_timeout`.
+absl::StatusOr<std::unique_ptr<HandoffSender>> ConnectHandoff(v1::HandoffTransport transport,
+                                                              const std::string& address,
+                                                              absl::Duration connect_timeout);
+
+// Decode-worker side: receives the chunks of every incoming handoff, one stream at a time per request.
+class HandoffSink {
+ public:
+  virtual ~HandoffSink() = default;
+  // Each chunk of a stream, in arrival order. A non-OK status rejects the handoff: the transport
+  // stops reading, answers the sender with the error, and calls nothing else for this stream.
+  virtual absl::Status OnChunk(const v1::HandoffChunk& chunk) = 0;
+  // The sender finished the stream after the chunk naming `request_id`'s trailer was accepted.
+  virtual v1::HandoffAck OnComplete(const std::string& request_id) = 0;
+  // The stream broke (peer gone, cancelled, malformed frame) before completing. `request_id` may be
+  // empty when nothing identifying arrived.
+  virtual void OnBroken(const std::string& request_id, const absl::Status& why) = 0;
+};
+
+// The decode worker's verdict as a HandoffAck: accepted when OK, else the status as "CODE: message".
+v1::HandoffAck MakeAck(const absl::Status& status);
+// The reverse, for senders: OK when accepted, else the rejection with its code restored
+// (UNKNOWN when the text names no code).
+absl::Status AckStatus(const v1::HandoffAck& ack);
+
+// CRC-32 (zlib) of the chunk's body (header, rows or trailer, serialized); SealChunk stores it.
+uint32_t ChunkChecksum(const v1::HandoffChunk& chunk);
+void SealChunk(v1::HandoffChunk& chunk);
+// DATA_LOSS when the stored checksum does not match the body.
+absl::Status VerifyChunkChecksum(const v1::HandoffChunk& chunk);
+
+}  // namespace indexcache

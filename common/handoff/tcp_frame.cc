@@ -1,0 +1,195 @@
+#include "common/handoff/tcp_frame.h"
+
+#include <sys/socket.h>
+
+#include <bit>
+#include <chrono>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "boost/asio/connect.hpp"
+#include "boost/asio/read.hpp"
+#include "boost/asio/write.hpp"
+
+namespace indexcache {
+namespace {
+
+namespace asio = boost::asio;
+using boost::system::error_code;
+
+static_assert(std::endian::native == std::endian::little, "the frame prefix is written in host order");
+
+constexpr uint8_t kMagic0 = 'I';
+constexpr uint8_t kMagic1 = 'C';
+
+template <typename T>
+void Put(uint8_t* dest, T value) {
+  std::memcpy(dest, &value, sizeof(T));
+}
+
+template <typename T>
+T Get(const uint8_t* src) {
+  T value;
+  std::memcpy(&value, src, sizeof(T));
+  return value;
+}
+
+absl::Status FromAsio(const error_code& ec, absl::string_view what) {
+  if (ec == asio::error::eof) return absl::UnavailableError(absl::StrCat(what, ": the peer closed the connection"));
+  if (ec == asio::error::operation_aborted) return absl::CancelledError(absl::StrCat(what, ": interrupted"));
+  return absl::UnavailableError(absl::StrCat(what, ": ", ec.message()));
+}
+
+}  // namespace
+
+std::array<uint8_t, kFramePrefixBytes> EncodeFramePrefix(const FramePrefix& prefix) {
+  std::array<uint8_t, kFramePrefixBytes> bytes{};
+  bytes[0] = kMagic0;
+  bytes[1] = kMagic1;
+  bytes[2] = kFrameVersion;
+  bytes[3] = static_cast<uint8_t>(prefix.kind);
+  Put<uint32_t>(&bytes[4], prefix.metadata_bytes);
+  Put<uint64_t>(&bytes[8], prefix.payload_bytes);
+  return bytes;
+}
+
+absl::StatusOr<FramePrefix> DecodeFramePrefix(const std::array<uint8_t, kFramePrefixBytes>& bytes) {
+  if (bytes[0] != kMagic0 || bytes[1] != kMagic1) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("not a handoff frame: magic 0x%02x%02x, want 'IC'", bytes[0], bytes[1]));
+  }
+  if (bytes[2] != kFrameVersion) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("handoff frame version %d is not supported (this build speaks %d)", bytes[2], kFrameVersion));
+  }
+  FramePrefix prefix;
+  const uint8_t kind = bytes[3];
+  if (kind < static_cast<uint8_t>(FrameKind::kChunk) || kind > static_cast<uint8_t>(FrameKind::kAck)) {
+    return absl::InvalidArgumentError(absl::StrFormat("unknown handoff frame kind %d", kind));
+  }
+  prefix.kind = static_cast<FrameKind>(kind);
+  prefix.metadata_bytes = Get<uint32_t>(&bytes[4]);
+  prefix.payload_bytes = Get<uint64_t>(&bytes[8]);
+  if (prefix.metadata_bytes > kMaxFrameMetadataBytes) {
+    return absl::InvalidArgumentError(absl::StrFormat("handoff frame metadata of %d bytes exceeds the %d-byte limit",
+                                                      prefix.metadata_bytes, kMaxFrameMetadataBytes));
+  }
+  if (prefix.payload_bytes > kMaxFramePayloadBytes) {
+    return absl::InvalidArgumentError(absl::StrFormat("handoff frame payload of %d bytes exceeds the %d-byte limit",
+                                                      prefix.payload_bytes, kMaxFramePayloadBytes));
+  }
+  return prefix;
+}
+
+FramedConnection::FramedConnection(absl::Duration io_timeout) : io_timeout_(io_timeout), socket_(io_) {}
+
+FramedConnection::~FramedConnection() { Close(); }
+
+void FramedConnection::Opened() {
+  std::lock_guard<std::mutex> lock(fd_mu_);
+  fd_ = socket_.native_handle();
+}
+
+template <typename Start>
+absl::Status FramedConnection::RunFor(Start start, absl::Duration timeout, absl::string_view what) {
+  bool done = false;
+  error_code result;
+  start([&](const error_code& ec, auto&&...) {
+    done = true;
+    result = ec;
+  });
+  io_.restart();
+  io_.run_for(absl::ToChronoNanoseconds(timeout));
+  if (!done) {
+    // Abandon the operation: its handler runs now with operation_aborted.
+    error_code ignored;
+    socket_.cancel(ignored);
+    io_.restart();
+    io_.run();
+    if (!result) return absl::OkStatus();  // it completed just as the time ran out
+    if (result != asio::error::operation_aborted) return FromAsio(result, what);
+    return absl::DeadlineExceededError(absl::StrCat(what, ": no progress within ", absl::FormatDuration(timeout)));
+  }
+  if (result) return FromAsio(result, what);
+  return absl::OkStatus();
+}
+
+absl::Status FramedConnection::Connect(const std::string& host, uint16_t port, absl::Duration timeout) {
+  error_code ec;
+  const asio::ip::address ip = asio::ip::make_address(host, ec);
+  if (ec) return absl::InvalidArgumentError(absl::StrCat("'", host, "' is not an IP address: ", ec.message()));
+  const asio::ip::tcp::endpoint endpoint(ip, port);
+  absl::Status status = RunFor([&](auto handler) { socket_.async_connect(endpoint, handler); }, timeout,
+                               absl::StrCat("connecting to the TCP handoff endpoint ", host, ":", port));
+  if (!status.ok()) return status;
+  socket_.set_option(asio::ip::tcp::no_delay(true), ec);
+  Opened();
+  return absl::OkStatus();
+}
+
+absl::Status FramedConnection::WriteFrame(FrameKind kind, std::string_view metadata, std::string_view payload) {
+  const std::array<uint8_t, kFramePrefixBytes> prefix =
+      EncodeFramePrefix({kind, static_cast<uint32_t>(metadata.size()), payload.size()});
+  const std::array<asio::const_buffer, 3> buffers = {asio::buffer(prefix),
+                                                     asio::buffer(metadata.data(), metadata.size()),
+                                                     asio::buffer(payload.data(), payload.size())};
+  return RunFor([&](auto handler) { asio::async_write(socket_, buffers, handler); }, io_timeout_,
+                "writing a handoff frame");
+}
+
+absl::StatusOr<FramePrefix> FramedConnection::ReadPrefix() {
+  std::array<uint8_t, kFramePrefixBytes> bytes;
+  absl::Status status = ReadExactly(bytes.data(), bytes.size());
+  if (!status.ok()) return status;
+  return DecodeFramePrefix(bytes);
+}
+
+absl::Status FramedConnection::ReadExactly(void* dest, size_t size) {
+  if (size == 0) return absl::OkStatus();
+  return RunFor([&](auto handler) { asio::async_read(socket_, asio::buffer(dest, size), handler); }, io_timeout_,
+                "reading a handoff frame");
+}
+
+size_t FramedConnection::Available() {
+  error_code ec;
+  const size_t n = socket_.available(ec);
+  return ec ? 0 : n;
+}
+
+void FramedConnection::DrainAndClose(absl::Duration limit) {
+  error_code ec;
+  socket_.shutdown(asio::ip::tcp::socket::shutdown_send, ec);
+  const absl::Time deadline = absl::Now() + limit;
+  std::array<char, 64 * 1024> scratch;
+  while (!ec && absl::Now() < deadline) {
+    bool done = false;
+    socket_.async_read_some(asio::buffer(scratch), [&](const error_code& e, size_t) {
+      done = true;
+      ec = e;
+    });
+    io_.restart();
+    io_.run_for(absl::ToChronoNanoseconds(deadline - absl::Now()));
+    if (!done) {
+      socket_.cancel(ec);
+      io_.restart();
+      io_.run();
+      break;
+    }
+  }
+  Close();
+}
+
+void FramedConnection::Interrupt() {
+  std::lock_guard<std::mutex> lock(fd_mu_);
+  if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
+}
+
+void FramedConnection::Close() {
+  std::lock_guard<std::mutex> lock(fd_mu_);
+  fd_ = -1;
+  error_code ignored;
+  socket_.close(ignored);
+}
+
+}  // namespace indexcache

@@ -1,0 +1,355 @@
+#include "common/handoff/tcp_handoff.h"
+
+#include <chrono>
+#include <list>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "boost/asio/executor_work_guard.hpp"
+#include "boost/asio/post.hpp"
+#include "boost/asio/steady_timer.hpp"
+#include "common/handoff/tcp_frame.h"
+#include "common/util/logging.h"
+#include "common/util/status_macros.h"
+
+namespace indexcache {
+namespace {
+
+namespace asio = boost::asio;
+using boost::system::error_code;
+
+// How long a server keeps reading (and discarding) after its final ack, so the ack is not lost to a
+// reset while the sender is still writing.
+constexpr absl::Duration kDrainAfterAck = absl::Seconds(2);
+
+}  // namespace
+
+absl::StatusOr<HostPort> SplitHostPort(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  uint32_t port = 0;
+  if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port) || port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("'", address, "' is not an ip:port address"));
+  }
+  HostPort result;
+  result.host = address.substr(0, colon);
+  if (result.host.size() >= 2 && result.host.front() == '[' && result.host.back() == ']') {
+    result.host = result.host.substr(1, result.host.size() - 2);
+  }
+  result.port = static_cast<uint16_t>(port);
+  return result;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server
+
+class TcpHandoffServer::Impl {
+ public:
+  Impl(HandoffSink* sink, const TcpHandoffOptions& options)
+      : sink_(sink),
+        options_(options),
+        acceptor_(accept_io_),
+        retry_timer_(accept_io_),
+        work_(asio::make_work_guard(accept_io_)) {}
+
+  absl::Status Listen(const std::string& host, int port);
+  void Shutdown();
+  const std::string& address() const { return address_; }
+
+ private:
+  struct Live {
+    std::shared_ptr<FramedConnection> connection;
+    std::thread thread;
+    std::atomic<bool> done{false};
+  };
+
+  void AcceptNext();
+  void Spawn(std::shared_ptr<FramedConnection> connection);
+  void Serve(FramedConnection& connection);
+  // Sends the final ack and closes.
+  void Reply(FramedConnection& connection, const v1::HandoffAck& ack);
+
+  HandoffSink* sink_;
+  TcpHandoffOptions options_;
+  std::string address_;
+  asio::io_context accept_io_;
+  asio::ip::tcp::acceptor acceptor_;
+  asio::steady_timer retry_timer_;
+  asio::executor_work_guard<asio::io_context::executor_type> work_;
+  std::thread accept_thread_;
+  std::mutex mu_;
+  bool stopping_ = false;  // guarded by mu_
+  std::list<Live> live_;   // guarded by mu_
+};
+
+absl::Status TcpHandoffServer::Impl::Listen(const std::string& host, int port) {
+  if (port < 0 || port > 65535) return absl::InvalidArgumentError(absl::StrCat("bad TCP handoff port ", port));
+  error_code ec;
+  const asio::ip::address ip = asio::ip::make_address(host, ec);
+  if (ec) return absl::InvalidArgumentError(absl::StrCat("'", host, "' is not an IP address: ", ec.message()));
+  const asio::ip::tcp::endpoint endpoint(ip, static_cast<uint16_t>(port));
+  acceptor_.open(endpoint.protocol(), ec);
+  if (!ec) acceptor_.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) acceptor_.bind(endpoint, ec);
+  if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    return absl::UnavailableError(absl::StrCat("cannot listen for TCP handoffs on ", host, ":", port, ": ",
+                                               ec.message()));
+  }
+  const uint16_t bound = acceptor_.local_endpoint(ec).port();
+  address_ = ip.is_v6() ? absl::StrCat("[", host, "]:", bound) : absl::StrCat(host, ":", bound);
+  AcceptNext();
+  accept_thread_ = std::thread([this] { accept_io_.run(); });
+  return absl::OkStatus();
+}
+
+void TcpHandoffServer::Impl::AcceptNext() {
+  auto connection = std::make_shared<FramedConnection>(options_.io_timeout);
+  acceptor_.async_accept(connection->socket(), [this, connection](const error_code& ec) {
+    if (ec == asio::error::operation_aborted || !acceptor_.is_open()) return;
+    if (ec) {
+      // Out of descriptors, typically: pause instead of spinning on the error.
+      IC_LOG(Warning) << "TCP handoff accept failed: " << ec.message();
+      retry_timer_.expires_after(std::chrono::milliseconds(100));
+      retry_timer_.async_wait([this](const error_code& wait) {
+        if (!wait) AcceptNext();
+      });
+      return;
+    }
+    connection->Opened();
+    Spawn(connection);
+    AcceptNext();
+  });
+}
+
+void TcpHandoffServer::Impl::Spawn(std::shared_ptr<FramedConnection> connection) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stopping_) return;
+  // Join the threads of finished connections.
+  for (auto it = live_.begin(); it != live_.end();) {
+    if (it->done) {
+      it->thread.join();
+      it = live_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  Live& live = live_.emplace_back();
+  live.connection = std::move(connection);
+  live.thread = std::thread([this, &live] {
+    Serve(*live.connection);
+    live.connection->Close();
+    live.done = true;
+  });
+}
+
+void TcpHandoffServer::Impl::Reply(FramedConnection& connection, const v1::HandoffAck& ack) {
+  absl::Status sent = connection.WriteFrame(FrameKind::kAck, ack.SerializeAsString(), {});
+  if (!sent.ok()) {
+    IC_LOG(Debug) << "could not send the handoff ack: " << sent;
+  }
+  connection.DrainAndClose(kDrainAfterAck);
+}
+
+void TcpHandoffServer::Impl::Serve(FramedConnection& connection) {
+  std::string request_id;
+  bool trailer_accepted = false;
+  std::string metadata;
+  v1::HandoffChunk chunk;
+  auto broken = [&](const absl::Status& why) {
+    sink_->OnBroken(request_id, why);
+    Reply(connection, MakeAck(why));
+  };
+  for (;;) {
+    absl::StatusOr<FramePrefix> prefix = connection.ReadPrefix();
+    if (!prefix.ok()) return broken(prefix.status());
+    if (prefix->kind == FrameKind::kAck) {
+      return broken(absl::InvalidArgumentError("a handoff sender sent an ack frame"));
+    }
+    if (prefix->kind == FrameKind::kEnd) {
+      if (prefix->metadata_bytes != 0 || prefix->payload_bytes != 0) {
+        return broken(absl::InvalidArgumentError("a handoff end frame must be empty"));
+      }
+      if (!trailer_accepted) {
+        return broken(absl::AbortedError(
+            absl::StrFormat("the handoff stream of request '%s' ended before its trailer", request_id)));
+      }
+      return Reply(connection, sink_->OnComplete(request_id));
+    }
+    metadata.resize(prefix->metadata_bytes);
+    if (absl::Status read = connection.ReadExactly(metadata.data(), metadata.size()); !read.ok()) return broken(read);
+    chunk.Clear();
+    if (!chunk.ParseFromString(metadata)) {
+      return broken(absl::InvalidArgumentError("a handoff chunk frame's metadata is not a HandoffChunk"));
+    }
+    if (prefix->payload_bytes > 0) {
+      if (!chunk.has_rows() || !chunk.rows().data().empty()) {
+        return broken(absl::InvalidArgumentError("a handoff frame's payload must be the rows of a rows chunk"));
+      }
+      std::string* data = chunk.mutable_rows()->mutable_data();
+      data->resize(prefix->payload_bytes);
+      if (absl::Status read = connection.ReadExactly(data->data(), data->size()); !read.ok()) return broken(read);
+    }
+    if (request_id.empty()) request_id = chunk.request_id();
+    if (chunk.request_id() != request_id) {
+      return broken(absl::InvalidArgumentError(absl::StrFormat(
+          "a handoff connection carries one request: chunk %d names '%s' after '%s'", chunk.sequence(),
+          chunk.request_id(), request_id)));
+    }
+    if (trailer_accepted) {
+      return broken(absl::InvalidArgumentError(
+          absl::StrFormat("request '%s': chunk %d arrived after the trailer", request_id, chunk.sequence())));
+    }
+    if (absl::Status verdict = sink_->OnChunk(chunk); !verdict.ok()) {
+      IC_LOG(Debug) << "handoff of request '" << request_id << "' rejected: " << verdict;
+      return Reply(connection, MakeAck(verdict));
+    }
+    trailer_accepted = chunk.has_trailer();
+  }
+}
+
+void TcpHandoffServer::Impl::Shutdown() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  asio::post(accept_io_, [this] {
+    error_code ignored;
+    acceptor_.close(ignored);
+    retry_timer_.cancel();
+  });
+  work_.reset();
+  if (accept_thread_.joinable()) accept_thread_.join();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (Live& l : live_) l.connection->Interrupt();
+  }
+  // No thread adds to live_ any more (stopping_), so it can be walked without the lock.
+  for (Live& l : live_) l.thread.join();
+  live_.clear();
+}
+
+TcpHandoffServer::TcpHandoffServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+TcpHandoffServer::~TcpHandoffServer() { Shutdown(); }
+
+absl::StatusOr<std::unique_ptr<TcpHandoffServer>> TcpHandoffServer::Start(const std::string& host, int port,
+                                                                          HandoffSink* sink,
+                                                                          const TcpHandoffOptions& options) {
+  auto impl = std::make_unique<Impl>(sink, options);
+  RETURN_IF_ERROR(impl->Listen(host, port));
+  IC_LOG(Info) << "TCP handoff data plane listening on " << impl->address();
+  return std::unique_ptr<TcpHandoffServer>(new TcpHandoffServer(std::move(impl)));
+}
+
+const std::string& TcpHandoffServer::address() const { return impl_->address(); }
+
+void TcpHandoffServer::Shutdown() { impl_->Shutdown(); }
+
+// ---------------------------------------------------------------------------------------------
+// Sender
+
+TcpHandoffSender::TcpHandoffSender(std::unique_ptr<FramedConnection> connection)
+    : connection_(std::move(connection)) {}
+
+TcpHandoffSender::~TcpHandoffSender() = default;
+
+absl::StatusOr<std::unique_ptr<TcpHandoffSender>> TcpHandoffSender::Connect(const std::string& address,
+                                                                            absl::Duration connect_timeout,
+                                                                            const TcpHandoffOptions& options) {
+  ASSIGN_OR_RETURN(HostPort target, SplitHostPort(address));
+  auto connection = std::make_unique<FramedConnection>(options.io_timeout);
+  RETURN_IF_ERROR(connection->Connect(target.host, target.port, connect_timeout));
+  return std::unique_ptr<TcpHandoffSender>(new TcpHandoffSender(std::move(connection)));
+}
+
+void TcpHandoffSender::ReadVerdict() {
+  absl::StatusOr<FramePrefix> prefix = connection_->ReadPrefix();
+  std::string metadata;
+  absl::Status status = prefix.status();
+  if (status.ok() && (prefix->kind != FrameKind::kAck || prefix->payload_bytes != 0)) {
+    status = absl::InternalError("the decode worker answered with something other than an ack frame");
+  }
+  if (status.ok()) {
+    metadata.resize(prefix->metadata_bytes);
+    status = connection_->ReadExactly(metadata.data(), metadata.size());
+  }
+  if (status.ok() && !ack_.ParseFromString(metadata)) {
+    status = absl::InternalError("the decode worker's ack frame does not parse");
+  }
+  if (!status.ok()) {
+    outcome_ = Annotate(status, "reading the decode worker's handoff verdict");
+    return;
+  }
+  have_ack_ = true;
+  outcome_ = ack_.accepted() ? absl::OkStatus() : AckStatus(ack_);
+}
+
+absl::Status TcpHandoffSender::Send(const v1::HandoffChunk& chunk) {
+  if (cancelled_) return absl::CancelledError("the handoff was cancelled");
+  if (!outcome_.ok()) return outcome_;
+  if (have_ack_) return absl::FailedPreconditionError("the handoff already ended; no more chunks can be sent");
+  // An early ack is a rejection: stop before pushing more rows the decode worker will discard.
+  if (connection_->Available() > 0) {
+    ReadVerdict();
+    if (outcome_.ok()) outcome_ = absl::InternalError("the decode worker accepted the handoff before its end");
+    return outcome_;
+  }
+  std::string metadata;
+  std::string_view payload;
+  if (chunk.has_rows()) {
+    // Everything but the rows bytes, which go out as the payload straight from `chunk`.
+    v1::HandoffChunk meta;
+    meta.set_request_id(chunk.request_id());
+    meta.set_sequence(chunk.sequence());
+    meta.set_checksum(chunk.checksum());
+    v1::KvRows* rows = meta.mutable_rows();
+    rows->set_layer(chunk.rows().layer());
+    rows->set_kind(chunk.rows().kind());
+    rows->set_begin_position(chunk.rows().begin_position());
+    rows->set_num_tokens(chunk.rows().num_tokens());
+    metadata = meta.SerializeAsString();
+    payload = chunk.rows().data();
+  } else {
+    metadata = chunk.SerializeAsString();
+  }
+  if (metadata.size() > kMaxFrameMetadataBytes || payload.size() > kMaxFramePayloadBytes) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "handoff chunk %d is too large for a frame (%d metadata bytes, %d rows bytes)", chunk.sequence(),
+        metadata.size(), payload.size()));
+  }
+  absl::Status sent = connection_->WriteFrame(FrameKind::kChunk, metadata, payload);
+  if (!sent.ok()) {
+    if (cancelled_) return absl::CancelledError("the handoff was cancelled");
+    // The decode worker may have rejected the handoff and closed: its ack says why.
+    ReadVerdict();
+    if (!have_ack_) outcome_ = sent;
+    return outcome_.ok() ? absl::InternalError("the decode worker accepted the handoff before its end") : outcome_;
+  }
+  CountChunkBytes(chunk, kFramePrefixBytes + metadata.size() + payload.size(), bytes_);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::HandoffAck> TcpHandoffSender::Finish() {
+  if (cancelled_) return absl::CancelledError("the handoff was cancelled");
+  if (!have_ack_) {
+    if (!outcome_.ok()) return outcome_;
+    absl::Status sent = connection_->WriteFrame(FrameKind::kEnd, {}, {});
+    bytes_.metadata_bytes += kFramePrefixBytes;
+    ReadVerdict();
+    if (!have_ack_) return sent.ok() ? outcome_ : sent;
+  }
+  connection_->Close();
+  return ack_;
+}
+
+void TcpHandoffSender::Cancel() {
+  cancelled_ = true;
+  connection_->Interrupt();
+}
+
+}  // namespace indexcache

@@ -1,0 +1,82 @@
+// The raw TCP handoff data plane (Boost.Asio): one connection per handoff, HandoffChunks in
+// length-prefixed frames whose rows bytes travel as raw payload (tcp_frame.h has the format), then an
+// end frame; the server answers with one ack frame. Blocking I/O on a thread per connection: the
+// sink's calls block on the engine anyway, and a handoff is long-lived and few per worker.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/handoff/handoff_transport.h"
+
+namespace indexcache {
+
+class FramedConnection;
+
+struct TcpHandoffOptions {
+  // Bound on every read and write, the wait for the next chunk included: a peer silent that long is
+  // treated as gone.
+  absl::Duration io_timeout = absl::Seconds(60);
+};
+
+class TcpHandoffServer {
+ public:
+  // Listens on `host`:`port` (an IP address; port 0 picks a free one) and hands every connection's
+  // chunks to `sink`, which must outlive the server.
+  static absl::StatusOr<std::unique_ptr<TcpHandoffServer>> Start(const std::string& host, int port,
+                                                                 HandoffSink* sink,
+                                                                 const TcpHandoffOptions& options = {});
+  ~TcpHandoffServer();  // Shutdown()
+  TcpHandoffServer(const TcpHandoffServer&) = delete;
+  TcpHandoffServer& operator=(const TcpHandoffServer&) = delete;
+
+  // "host:port" as bound, e.g. "127.0.0.1:40123".
+  const std::string& address() const;
+  // Stops accepting, breaks the open connections (the sink sees each handoff broken) and joins
+  // their threads. Idempotent.
+  void Shutdown();
+
+ private:
+  class Impl;
+  explicit TcpHandoffServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+class TcpHandoffSender final : public HandoffSender {
+ public:
+  // `address` is "ip:port".
+  static absl::StatusOr<std::unique_ptr<TcpHandoffSender>> Connect(const std::string& address,
+                                                                   absl::Duration connect_timeout,
+                                                                   const TcpHandoffOptions& options = {});
+  ~TcpHandoffSender() override;
+
+  absl::Status Send(const v1::HandoffChunk& chunk) override;
+  absl::StatusOr<v1::HandoffAck> Finish() override;
+  void Cancel() override;
+  const HandoffByteCounts& bytes() const override { return bytes_; }
+
+ private:
+  explicit TcpHandoffSender(std::unique_ptr<FramedConnection> connection);
+  // Reads the server's ack frame into ack_ and sets outcome_ from it.
+  void ReadVerdict();
+
+  std::unique_ptr<FramedConnection> connection_;
+  std::atomic<bool> cancelled_{false};
+  bool have_ack_ = false;
+  v1::HandoffAck ack_;
+  absl::Status outcome_;  // the first failure or rejection; later calls return it
+  HandoffByteCounts bytes_;
+};
+
+struct HostPort {
+  std::string host;
+  uint16_t port = 0;
+};
+// Splits "ip:port" (IPv6 in brackets: "[::1]:port").
+absl::StatusOr<HostPort> SplitHostPort(const std::string& address);
+
+}  // namespace indexcache

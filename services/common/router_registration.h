@@ -1,0 +1,54 @@
+// A worker's membership in the router's registry: Register once, then Heartbeat with the worker's
+// load every interval; register again when the router answers known=false (it restarted or dropped
+// the worker). An unreachable router is logged and retried, never fatal: the worker keeps serving
+// whoever calls it directly. Role-neutral: the caller fills the RegisterRequest.
+#pragma once
+
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "absl/time/time.h"
+#include "indexcache/v1/internal.grpc.pb.h"
+
+namespace indexcache {
+
+class RouterRegistration {
+ public:
+  // `load` runs on the registration thread before every heartbeat. `interval` is used until the
+  // router's RegisterResponse names its own.
+  RouterRegistration(std::string router_address, ::indexcache::v1::RegisterRequest self, absl::Duration interval,
+                     std::function<::indexcache::v1::WorkerLoad()> load);
+  // Stops the thread (an RPC in flight ends within its short deadline).
+  ~RouterRegistration();
+  RouterRegistration(const RouterRegistration&) = delete;
+  RouterRegistration& operator=(const RouterRegistration&) = delete;
+
+  // Sends the next heartbeat now (e.g. when draining starts, so the router stops sending work).
+  void Poke();
+
+ private:
+  void Run();
+  // One Register or Heartbeat; returns whether the router knows this worker afterwards.
+  bool Contact(bool registered);
+  // Logs when the router becomes unreachable or reachable again; returns `known`.
+  bool Reached(const grpc::Status& status, bool known);
+
+  const std::string router_address_;
+  const ::indexcache::v1::RegisterRequest self_;
+  const std::function<::indexcache::v1::WorkerLoad()> load_;
+  std::unique_ptr<::indexcache::v1::Registry::Stub> stub_;
+  absl::Duration interval_;  // registration thread only
+  bool reachable_ = true;    // registration thread only: logs each change once
+
+  std::mutex mu_;
+  std::condition_variable wake_;
+  bool poked_ = false;     // guarded by mu_
+  bool stopping_ = false;  // guarded by mu_
+  std::thread thread_;
+};
+
+}  // namespace indexcache

@@ -1,0 +1,300 @@
+#include "services/decode_worker/decode_service.h"
+
+#include <algorithm>
+#include <memory>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "common/model/model_config.h"
+#include "common/util/logging.h"
+#include "services/common/sampling_from_proto.h"
+#include "services/common/status_conversion.h"
+
+namespace indexcache {
+namespace {
+
+// How often a waiting Decode call looks at its caller (cancel, deadline) and the handoff timeout.
+constexpr absl::Duration kPollInterval = absl::Milliseconds(50);
+
+v1::FinishReason ToProto(RequestFinish finish) {
+  switch (finish) {
+    case RequestFinish::kStop:
+      return v1::STOP;
+    case RequestFinish::kLength:
+      return v1::LENGTH;
+    case RequestFinish::kAbort:
+      return v1::ABORT;
+    case RequestFinish::kError:
+    case RequestFinish::kNone:
+    case RequestFinish::kPrefillDone:
+      break;
+  }
+  return v1::ERROR;
+}
+
+double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
+
+// Why a call's context was cancelled: its deadline passed, or the caller went away.
+absl::Status CancelReason(grpc::ServerContext* context, absl::string_view what) {
+  if (absl::FromChrono(context->deadline()) <= absl::Now()) {
+    return absl::DeadlineExceededError(absl::StrCat("the deadline passed ", what));
+  }
+  return absl::CancelledError(absl::StrCat("the caller cancelled ", what));
+}
+
+}  // namespace
+
+class DecodeService::InFlight {
+ public:
+  explicit InFlight(DecodeService& service) : service_(service) {
+    std::lock_guard<std::mutex> lock(service_.mu_);
+    ++service_.in_flight_;
+  }
+  ~InFlight() {
+    {
+      std::lock_guard<std::mutex> lock(service_.mu_);
+      --service_.in_flight_;
+    }
+    service_.idle_.notify_all();
+  }
+
+ private:
+  DecodeService& service_;
+};
+
+DecodeService::DecodeService(EngineLoop& loop, HandoffImporter& importer, const DecodeServiceOptions& options)
+    : loop_(loop),
+      importer_(importer),
+      options_(options),
+      pattern_(FormatIndexPattern(loop.engine().config().indexer_types)) {}
+
+absl::StatusOr<RequestId> DecodeService::Admit(grpc::ServerContext* context, const v1::DecodeRequest& request,
+                                               const SamplingParams& params) {
+  const std::vector<int32_t> prompt(request.prompt_ids().begin(), request.prompt_ids().end());
+  ++admitting_;
+  struct Done {
+    std::atomic<int32_t>& count;
+    ~Done() { --count; }
+  } done{admitting_};
+  absl::Duration backoff = absl::Milliseconds(1);
+  for (;;) {
+    struct Attempt {
+      absl::StatusOr<RequestId> id;
+      bool could_fit = true;  // false: the request exceeds the whole cache, waiting cannot help
+    };
+    Attempt attempt = loop_.Call([&](Engine& engine) {
+      Attempt a{engine.AdmitImport(prompt, params)};
+      if (a.id.status().code() == absl::StatusCode::kResourceExhausted) {
+        const int64_t tokens = static_cast<int64_t>(prompt.size()) + params.max_new_tokens;
+        const int64_t block = engine.cache().block_size();
+        a.could_fit = (tokens + block - 1) / block <= engine.cache().num_blocks();
+      }
+      return a;
+    });
+    if (attempt.id.ok() || attempt.id.status().code() != absl::StatusCode::kResourceExhausted || !attempt.could_fit) {
+      return attempt.id;
+    }
+    if (draining_) {
+      return absl::UnavailableError("the decode worker began draining while the request waited for KV blocks");
+    }
+    if (context->IsCancelled()) return CancelReason(context, "while the request waited for KV blocks");
+    std::this_thread::sleep_for(absl::ToChronoNanoseconds(backoff));
+    backoff = std::min(backoff * 2, options_.max_admission_backoff);
+  }
+}
+
+grpc::Status DecodeService::Decode(grpc::ServerContext* context, const v1::DecodeRequest* request,
+                                   grpc::ServerWriter<v1::DecodeResponse>* writer) {
+  const absl::Time arrived = absl::Now();
+  InFlight in_flight(*this);
+  if (!ready_.load(std::memory_order_acquire)) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the decode worker is starting");
+  }
+  if (draining_) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, absl::StrCat("decode worker ", worker_id_, " is draining"));
+  }
+  const std::string& id = request->request_id();
+  if (id.empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "a Decode request needs a request_id");
+  std::string handoff_address;
+  switch (request->transport()) {
+    case v1::HANDOFF_TRANSPORT_GRPC:
+      handoff_address = grpc_handoff_address_;
+      break;
+    case v1::HANDOFF_TRANSPORT_TCP:
+      if (options_.tcp_handoff_address.empty()) {
+        return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "this decode worker runs no TCP data plane");
+      }
+      handoff_address = options_.tcp_handoff_address;
+      break;
+    case v1::HANDOFF_TRANSPORT_NCCL:
+      return grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
+                          "the NCCL handoff transport needs the CUDA backend; use the gRPC or TCP transport");
+    default:
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "unknown handoff transport");
+  }
+  if (importer_.Find(id) != nullptr) {
+    return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, absl::StrCat("request '", id, "' is already decoding here"));
+  }
+  absl::StatusOr<RequestId> engine_id = Admit(context, *request, SamplingParamsFromProto(request->sampling()));
+  if (!engine_id.ok()) return ToGrpcStatus(engine_id.status());
+  auto session = std::make_shared<DecodeSession>(id, *engine_id, request->prompt_ids_size(), absl::Now());
+  if (absl::Status added = importer_.Add(session); !added.ok()) {
+    loop_.Call([&](Engine& engine) { engine.Release(*engine_id); });
+    return ToGrpcStatus(added);
+  }
+  IC_LOG(Info) << "request '" << id << "' admitted: " << request->prompt_ids_size() << " prompt tokens, handoff via "
+               << v1::HandoffTransport_Name(request->transport()) << " at " << handoff_address;
+  v1::DecodeResponse admitted;
+  admitted.mutable_admitted()->set_handoff_address(handoff_address);
+  admitted.mutable_admitted()->set_reserved_blocks(loop_.engine().cache().BlocksFor(request->prompt_ids_size() + 1));
+  grpc::Status status;
+  if (writer->Write(admitted)) {
+    status = Stream(context, *session, arrived, writer);
+  } else {
+    session->Fail(loop_, absl::CancelledError("the Decode caller went away"));
+    status = grpc::Status(grpc::StatusCode::CANCELLED, "the Decode caller went away");
+  }
+  importer_.Remove(id);
+  return status;
+}
+
+grpc::Status DecodeService::Stream(grpc::ServerContext* context, DecodeSession& session, absl::Time arrived,
+                                   grpc::ServerWriter<v1::DecodeResponse>* writer) {
+  int32_t generated = 0;
+  absl::Time first_token_at, last_token_at, first_sent_at;
+  bool started = false;
+  for (;;) {
+    DecodeSession::Output out = session.Take(kPollInterval);
+    v1::DecodeResponse message;
+    const TokenEvent* finish = nullptr;
+    for (const TokenEvent& event : out.events) {
+      started = true;
+      if (event.token >= 0) {
+        message.add_token_ids(event.token);
+        last_token_at = absl::Now();
+        if (generated++ == 0) first_token_at = last_token_at;
+      }
+      message.mutable_text()->append(event.text);
+      if (event.finish != RequestFinish::kNone) {
+        finish = &event;
+        break;
+      }
+    }
+    if (finish != nullptr) {
+      session.Finished();
+      absl::Time decode_started_at;
+      {
+        std::lock_guard<std::mutex> lock(session.import_mu);
+        decode_started_at = session.import.decode_started_at;
+      }
+      const absl::Time now = absl::Now();
+      v1::FinalInfo* final = message.mutable_final();
+      final->set_finish_reason(ToProto(finish->finish));
+      if (finish->finish == RequestFinish::kError) final->set_error(finish->error.ToString());
+      final->set_prompt_tokens(session.prompt_tokens());
+      final->set_generated_tokens(generated);
+      v1::Timings* timings = final->mutable_timings();
+      timings->set_queue_seconds(Seconds(session.admitted_at() - arrived));
+      if (decode_started_at != absl::Time()) {
+        timings->set_handoff_seconds(Seconds(decode_started_at - session.admitted_at()));
+      }
+      if (first_sent_at == absl::Time() && generated > 0) first_sent_at = now;  // sent with this message
+      if (generated > 0) timings->set_first_token_seconds(Seconds(first_sent_at - arrived));
+      timings->set_total_seconds(Seconds(now - arrived));
+      if (generated > 1) {
+        timings->set_mean_inter_token_seconds(Seconds(last_token_at - first_token_at) / (generated - 1));
+      }
+      final->set_index_pattern(pattern_);
+      final->set_decode_worker(worker_id_);
+      writer->Write(message);
+      IC_LOG(Info) << "request '" << session.request_id() << "' finished: " << RequestFinishName(finish->finish)
+                   << ", " << generated << " tokens";
+      return grpc::Status::OK;
+    }
+    if (message.token_ids_size() > 0 || !message.text().empty()) {
+      if (!writer->Write(message)) {
+        session.Fail(loop_, absl::CancelledError("the Decode caller went away"));
+        return grpc::Status(grpc::StatusCode::CANCELLED, "the Decode caller went away");
+      }
+      if (first_sent_at == absl::Time()) first_sent_at = absl::Now();
+    }
+    if (!out.failure.ok()) {
+      IC_LOG(Info) << "request '" << session.request_id() << "' failed: " << out.failure;
+      return ToGrpcStatus(out.failure);
+    }
+    if (context->IsCancelled()) {
+      const absl::Status why = CancelReason(context, "the Decode call");
+      session.Fail(loop_, why);
+      IC_LOG(Info) << "request '" << session.request_id() << "' ended: " << why;
+      return ToGrpcStatus(why);
+    }
+    if (!started && absl::Now() - session.admitted_at() > options_.handoff_timeout) {
+      const absl::Status why = absl::DeadlineExceededError(absl::StrCat(
+          "no complete handoff arrived within ", absl::FormatDuration(options_.handoff_timeout), " of admission"));
+      session.Fail(loop_, why);
+      return ToGrpcStatus(why);
+    }
+  }
+}
+
+grpc::Status DecodeService::Abort(grpc::ServerContext*, const v1::WorkerAbortRequest* request,
+                                  v1::WorkerAbortResponse* response) {
+  std::shared_ptr<DecodeSession> session = importer_.Find(request->request_id());
+  response->set_found(session != nullptr);
+  if (session != nullptr) {
+    IC_LOG(Info) << "request '" << request->request_id() << "' aborted";
+    session->Abort(loop_);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status DecodeService::GetLoad(grpc::ServerContext*, const v1::LoadRequest*, v1::WorkerLoad* response) {
+  *response = Load();
+  return grpc::Status::OK;
+}
+
+v1::WorkerLoad DecodeService::Load() {
+  struct Snapshot {
+    int32_t free_blocks, total_blocks;
+    IndexCacheStats stats;
+  };
+  const Snapshot snapshot = loop_.Call([](Engine& engine) {
+    return Snapshot{engine.cache().num_free_blocks(), engine.cache().num_blocks(), engine.TakeStats()};
+  });
+  v1::WorkerLoad load;
+  if (ready_.load(std::memory_order_acquire)) load.set_worker_id(worker_id_);
+  load.set_role(v1::DECODE);
+  load.set_queued_requests(admitting_);
+  load.set_running_sequences(static_cast<int32_t>(importer_.size()));
+  load.set_free_kv_blocks(snapshot.free_blocks);
+  load.set_total_kv_blocks(snapshot.total_blocks);
+  load.set_draining(draining_);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_ += snapshot.stats;
+    load.set_indexer_runs(stats_.indexer_runs);
+    load.set_indexer_skips(stats_.indexer_skips);
+    load.set_index_key_bytes_not_stored(stats_.index_key_bytes_not_stored);
+  }
+  load.set_handoffs_rejected(importer_.rejected());
+  return load;
+}
+
+void DecodeService::Ready(const std::string& worker_id, const std::string& grpc_address) {
+  worker_id_ = worker_id;
+  grpc_handoff_address_ = grpc_address;
+  ready_.store(true, std::memory_order_release);
+}
+
+void DecodeService::StartDraining() { draining_ = true; }
+
+void DecodeService::WaitIdle() {
+  std::unique_lock<std::mutex> lock(mu_);
+  idle_.wait(lock, [&] { return in_flight_ == 0; });
+}
+
+void DecodeService::StopAll(const absl::Status& why) {
+  for (const std::shared_ptr<DecodeSession>& session : importer_.All()) session->Fail(loop_, why);
+}
+
+}  // namespace indexcache

@@ -1,0 +1,79 @@
+// The DecodeWorker gRPC service over one EngineLoop. Decode admits a request (retrying while the KV
+// cache is short, within the call's deadline), answers `admitted` with the handoff endpoint of the
+// requested transport, then streams the request's tokens once its handoff completes, ending with a
+// `final` message. A failed handoff, a client cancel or a passed deadline ends the call with that
+// status and frees the request's KV blocks; Abort ends it with finish_reason ABORT.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <string>
+
+#include "absl/time/time.h"
+#include "common/engine/engine_loop.h"
+#include "common/model/indexcache_stats.h"
+#include "indexcache/v1/internal.grpc.pb.h"
+#include "services/decode_worker/handoff_importer.h"
+
+namespace indexcache {
+
+struct DecodeServiceOptions {
+  std::string tcp_handoff_address;   // empty: the TCP data plane is off
+  // A request whose handoff has not completed this long after admission is dropped (a backstop for
+  // a prefill worker that vanished without its stream ever reaching here).
+  absl::Duration handoff_timeout = absl::Minutes(10);
+  // Longest wait between two admission attempts while the cache is short.
+  absl::Duration max_admission_backoff = absl::Milliseconds(100);
+};
+
+class DecodeService final : public ::indexcache::v1::DecodeWorker::Service {
+ public:
+  DecodeService(EngineLoop& loop, HandoffImporter& importer, const DecodeServiceOptions& options);
+
+  grpc::Status Decode(grpc::ServerContext* context, const ::indexcache::v1::DecodeRequest* request,
+                      grpc::ServerWriter<::indexcache::v1::DecodeResponse>* writer) override;
+  grpc::Status Abort(grpc::ServerContext* context, const ::indexcache::v1::WorkerAbortRequest* request,
+                     ::indexcache::v1::WorkerAbortResponse* response) override;
+  grpc::Status GetLoad(grpc::ServerContext* context, const ::indexcache::v1::LoadRequest* request,
+                       ::indexcache::v1::WorkerLoad* response) override;
+
+  // Starts admitting (before this, Decode answers UNAVAILABLE): the worker's id, and its gRPC address,
+  // where KvHandoff is served, known once the server is bound.
+  void Ready(const std::string& worker_id, const std::string& grpc_address);
+  ::indexcache::v1::WorkerLoad Load();
+  // New Decode calls get UNAVAILABLE from now on; calls in flight go on.
+  void StartDraining();
+  // Blocks until no Decode call is in flight.
+  void WaitIdle();
+  // Ends every admitted request with `why` (their calls return it) and frees its KV.
+  void StopAll(const absl::Status& why);
+
+ private:
+  class InFlight;  // counts a Decode call for WaitIdle
+
+  // Retries AdmitImport while the cache is short; the engine request id, or why not.
+  absl::StatusOr<RequestId> Admit(grpc::ServerContext* context, const ::indexcache::v1::DecodeRequest& request,
+                                  const SamplingParams& params);
+  // Streams the session's events until its final message; the call's status.
+  grpc::Status Stream(grpc::ServerContext* context, DecodeSession& session, absl::Time arrived,
+                      grpc::ServerWriter<::indexcache::v1::DecodeResponse>* writer);
+
+  EngineLoop& loop_;
+  HandoffImporter& importer_;
+  const DecodeServiceOptions options_;
+  std::string pattern_;
+  std::string worker_id_;             // written once before ready_
+  std::string grpc_handoff_address_;  // written once before ready_
+
+  std::atomic<bool> ready_{false};
+  std::atomic<bool> draining_{false};
+  std::atomic<int32_t> admitting_{0};  // Decode calls waiting for KV blocks
+  std::mutex mu_;
+  std::condition_variable idle_;
+  int32_t in_flight_ = 0;   // guarded by mu_
+  IndexCacheStats stats_;   // guarded by mu_: the engine's counters since start
+};
+
+}  // namespace indexcache

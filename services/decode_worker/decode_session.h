@@ -1,0 +1,96 @@
+// One admitted request on the decode worker, shared by three threads: the Decode call that admitted it
+// (waits for its output and streams it), the handoff transport (feeds it chunks through the
+// HandoffImporter) and the engine loop (posts its token events). Its engine request exists from
+// AdmitImport until it ends; every way of ending frees the request's KV blocks exactly once.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "common/engine/engine_loop.h"
+#include "common/kv/kv_transfer.h"
+
+namespace indexcache {
+
+class DecodeSession {
+ public:
+  // Where the request stands. The handoff moves it from kAwaitingHeader to kDecoding.
+  enum class Phase {
+    kAwaitingHeader,   // admitted: KV reserved, no chunk yet
+    kRows,             // header accepted: rows arriving
+    kTrailerVerified,  // rows complete, probes verified: waiting for the stream's end
+    kDecoding,         // StartDecode done: the engine streams its events
+    kEnded,            // failed, aborted or finished; the engine request is gone or going
+  };
+
+  DecodeSession(std::string request_id, RequestId engine_id, int32_t prompt_tokens, absl::Time admitted_at);
+
+  const std::string& request_id() const { return request_id_; }
+  RequestId engine_id() const { return engine_id_; }
+  int32_t prompt_tokens() const { return prompt_tokens_; }
+  absl::Time admitted_at() const { return admitted_at_; }
+
+  // Received rows not in the cache yet: imported in batches, so a handoff costs the engine loop a few
+  // turns rather than one per chunk (each turn may wait for a whole decode step).
+  struct PendingRows {
+    int32_t layer = 0;
+    KvRowKind kind = KvRowKind::kLatent;
+    int32_t begin = 0;
+    int32_t count = 0;
+    std::vector<float> rows;  // [count, width]
+  };
+  // The handoff's state, owned by whoever holds import_mu (the importer, chunk by chunk).
+  struct Import {
+    Phase phase = Phase::kAwaitingHeader;
+    uint32_t next_sequence = 0;
+    std::vector<int32_t> latent_rows;     // per layer: positions [0, n) received
+    std::vector<int32_t> index_key_rows;  // per layer (Full layers only)
+    std::vector<PendingRows> pending;
+    size_t pending_bytes = 0;
+    int32_t first_token = -1;
+    absl::Time decode_started_at;
+  };
+  std::mutex import_mu;
+  Import import;  // guarded by import_mu
+
+  // Ends the request with `why` (the Decode call returns it as its status) and frees its KV:
+  // Release before decoding, Abort once decoding. No-op once ended. Takes import_mu.
+  void Fail(EngineLoop& loop, const absl::Status& why);
+  // Ends the request as aborted (the Decode call sends finish_reason ABORT). Takes import_mu.
+  void Abort(EngineLoop& loop);
+  // Frees the KV of a request whose import_mu the caller holds; sets kEnded.
+  void EndLocked(EngineLoop& loop);
+  // The engine finished the request on its own (its finish event arrived): nothing left to free.
+  void Finished();
+
+  // --- output, in order, for the Decode call ---------------------------------------------------
+  // From the engine loop (must not block) or the importer: one event of the request.
+  void Push(const TokenEvent& event);
+  struct Output {
+    std::vector<TokenEvent> events;
+    absl::Status failure;  // set once the request failed; events before it still count
+  };
+  // Takes what arrived, waiting up to `timeout` for something.
+  Output Take(absl::Duration timeout);
+
+ private:
+  void PushFailure(const absl::Status& why);
+
+  const std::string request_id_;
+  const RequestId engine_id_;
+  const int32_t prompt_tokens_;
+  const absl::Time admitted_at_;
+
+  std::mutex out_mu_;
+  std::condition_variable out_cv_;
+  std::deque<TokenEvent> events_;  // guarded by out_mu_
+  absl::Status failure_;           // guarded by out_mu_
+};
+
+}  // namespace indexcache

@@ -1,0 +1,95 @@
+// The decode worker: an Engine on its own EngineLoop behind a gRPC server serving DecodeWorker,
+// KvHandoff (the gRPC handoff transport) and grpc.health.v1 (SERVING once started, NOT_SERVING while
+// draining), plus the TCP handoff data plane; both transports feed one HandoffImporter. When a router
+// is named it registers and heartbeats its load. Lifecycle: Create (loads the model) → Start (binds,
+// serves, registers) → Drain on SIGTERM (the caller wires signals) → Wait.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/engine/engine.h"
+#include "indexcache/v1/internal.pb.h"
+
+namespace grpc {
+class Server;
+}  // namespace grpc
+
+namespace indexcache {
+
+class DecodeService;
+class EngineLoop;
+class HandoffImporter;
+class KvHandoffService;
+class RouterRegistration;
+class TcpHandoffServer;
+
+struct DecodeWorkerOptions {
+  EngineOptions engine;
+  std::string listen_address = "127.0.0.1:0";  // gRPC; port 0: the system picks a free port
+  // The TCP handoff data plane, "ip:port" (port 0 picks); empty: no TCP data plane.
+  std::string tcp_listen_address = "127.0.0.1:0";
+  // The address the router is told (and address() returns); empty: the bound address, with a
+  // wildcard host (0.0.0.0, [::]) replaced by 127.0.0.1.
+  std::string advertise_address;
+  std::string worker_id;       // empty: "decode@<address>"
+  std::string router_address;  // empty: no registration
+  absl::Duration heartbeat_interval = absl::Seconds(1);  // until the router names its own
+  // A request whose handoff has not completed this long after admission is dropped.
+  absl::Duration handoff_timeout = absl::Minutes(10);
+  // TCP data plane: bound on each read or write, the wait for the next chunk included.
+  absl::Duration tcp_io_timeout = absl::Seconds(60);
+};
+
+class DecodeWorker {
+ public:
+  // Loads the model; serves nothing yet.
+  static absl::StatusOr<std::unique_ptr<DecodeWorker>> Create(const DecodeWorkerOptions& options);
+  // Stops at once if not drained: requests in flight end with ABORTED and their KV is freed.
+  ~DecodeWorker();
+  DecodeWorker(const DecodeWorker&) = delete;
+  DecodeWorker& operator=(const DecodeWorker&) = delete;
+
+  // Binds and serves; returns the advertised gRPC "host:port". Once only.
+  absl::StatusOr<std::string> Start();
+  // Graceful stop: health NOT_SERVING, new Decode calls get UNAVAILABLE, admitted requests finish
+  // (their handoffs complete, their sequences generate to the end), then the servers stop. Blocks
+  // until stopped; idempotent; callable from any thread but an RPC handler.
+  void Drain();
+  // Blocks until the server has stopped (after Drain, or at once if never started).
+  void Wait();
+
+  const std::string& address() const { return address_; }
+  // The TCP data plane's "ip:port" (empty when off).
+  const std::string& tcp_address() const { return tcp_address_; }
+  const std::string& worker_id() const { return worker_id_; }
+  // What GetLoad answers (the router's view of this worker); empty before Start.
+  ::indexcache::v1::WorkerLoad Load();
+
+ private:
+  explicit DecodeWorker(const DecodeWorkerOptions& options);
+  // Shuts the servers down (in-flight calls cancelled after `grace`) and stops registration.
+  void Stop(absl::Duration grace);
+
+  const DecodeWorkerOptions options_;
+  std::string address_;
+  std::string tcp_address_;
+  std::string worker_id_;
+  // Destroyed in reverse: registration, servers, services, importer, then the engine loop they use.
+  std::unique_ptr<EngineLoop> loop_;
+  std::unique_ptr<HandoffImporter> importer_;
+  std::unique_ptr<KvHandoffService> handoff_service_;
+  std::unique_ptr<DecodeService> service_;
+  std::unique_ptr<TcpHandoffServer> tcp_server_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<RouterRegistration> registration_;
+
+  std::mutex mu_;         // serializes Start, Drain and Stop
+  bool started_ = false;  // guarded by mu_
+  bool stopped_ = false;  // guarded by mu_
+};
+
+}  // namespace indexcache

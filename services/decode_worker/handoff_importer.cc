@@ -1,0 +1,318 @@
+#include "services/decode_worker/handoff_importer.h"
+
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/kv/kv_transfer.h"
+#include "common/model/model_config.h"
+#include "common/util/logging.h"
+#include "common/util/status_macros.h"
+
+namespace indexcache {
+namespace {
+
+using Phase = DecodeSession::Phase;
+
+// Queued rows are imported once they reach this size (and at the trailer).
+constexpr size_t kImportBatchBytes = size_t{8} << 20;
+
+std::vector<bool> FullLayers(const ModelConfig& config) {
+  std::vector<bool> full(config.indexer_types.size());
+  for (size_t i = 0; i < full.size(); ++i) full[i] = config.indexer_types[i] == IndexerType::kFull;
+  return full;
+}
+
+absl::Status Mismatch(const std::string& what, const std::string& theirs, const std::string& ours) {
+  return absl::FailedPreconditionError(absl::StrFormat(
+      "the handoff's %s: '%s', but this decode worker serves '%s'; route it to a matching worker", what, theirs,
+      ours));
+}
+
+}  // namespace
+
+HandoffImporter::HandoffImporter(EngineLoop& loop)
+    : loop_(loop),
+      fingerprint_(loop.engine().model_fingerprint()),
+      pattern_(FormatIndexPattern(loop.engine().config().indexer_types)),
+      full_layers_(FullLayers(loop.engine().config())),
+      latent_dim_(KvRowWidth(loop.engine().cache().spec(), KvRowKind::kLatent)),
+      index_key_dim_(KvRowWidth(loop.engine().cache().spec(), KvRowKind::kIndexKey)),
+      probe_query_size_(loop.engine().config().index_n_heads * loop.engine().config().index_head_dim),
+      probe_heads_(loop.engine().config().index_n_heads),
+      vocab_size_(loop.engine().config().vocab_size) {}
+
+absl::Status HandoffImporter::Add(std::shared_ptr<DecodeSession> session) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string id = session->request_id();
+  if (!sessions_.try_emplace(id, std::move(session)).second) {
+    return absl::AlreadyExistsError(absl::StrCat("request '", id, "' is already on this decode worker"));
+  }
+  return absl::OkStatus();
+}
+
+void HandoffImporter::Remove(const std::string& request_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  sessions_.erase(request_id);
+}
+
+std::shared_ptr<DecodeSession> HandoffImporter::Find(const std::string& request_id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = sessions_.find(request_id);
+  return it == sessions_.end() ? nullptr : it->second;
+}
+
+std::vector<std::shared_ptr<DecodeSession>> HandoffImporter::All() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::shared_ptr<DecodeSession>> all;
+  for (const auto& [id, session] : sessions_) all.push_back(session);
+  return all;
+}
+
+size_t HandoffImporter::size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return sessions_.size();
+}
+
+void HandoffImporter::Reject(DecodeSession& session, const absl::Status& why) {
+  ++rejected_;
+  IC_LOG(Debug) << "handoff of request '" << session.request_id() << "' refused: " << why;
+  session.Fail(loop_, why);
+}
+
+absl::Status HandoffImporter::OnChunk(const v1::HandoffChunk& chunk) {
+  std::shared_ptr<DecodeSession> session = Find(chunk.request_id());
+  if (session == nullptr) {
+    ++rejected_;
+    return absl::NotFoundError(absl::StrCat("request '", chunk.request_id(),
+                                            "' is not admitted on this decode worker (never, or no longer)"));
+  }
+  absl::Status status;
+  {
+    std::lock_guard<std::mutex> lock(session->import_mu);
+    status = Apply(*session, chunk);
+  }
+  if (!status.ok()) Reject(*session, Annotate(status, "the handoff from the prefill worker was refused"));
+  return status;
+}
+
+absl::Status HandoffImporter::Apply(DecodeSession& session, const v1::HandoffChunk& chunk) {
+  DecodeSession::Import& state = session.import;
+  if (state.phase == Phase::kEnded) {
+    return absl::FailedPreconditionError(absl::StrCat("request '", session.request_id(), "' has already ended"));
+  }
+  if (state.phase != Phase::kAwaitingHeader && state.phase != Phase::kRows) {
+    return absl::InvalidArgumentError(absl::StrFormat("chunk %d arrived after the trailer", chunk.sequence()));
+  }
+  RETURN_IF_ERROR(VerifyChunkChecksum(chunk));
+  if (chunk.sequence() != state.next_sequence) {
+    return absl::DataLossError(absl::StrFormat("chunk %d arrived where chunk %d was due (a gap or a repeat)",
+                                               chunk.sequence(), state.next_sequence));
+  }
+  ++state.next_sequence;
+  switch (chunk.body_case()) {
+    case v1::HandoffChunk::kHeader:
+      if (state.phase != Phase::kAwaitingHeader) return absl::InvalidArgumentError("a second handoff header");
+      RETURN_IF_ERROR(CheckHeader(chunk.header(), session));
+      state.latent_rows.assign(full_layers_.size(), 0);
+      state.index_key_rows.assign(full_layers_.size(), 0);
+      state.phase = Phase::kRows;
+      return absl::OkStatus();
+    case v1::HandoffChunk::kRows:
+      if (state.phase != Phase::kRows) return absl::InvalidArgumentError("cache rows arrived before the header");
+      return AcceptRows(session, chunk.rows());
+    case v1::HandoffChunk::kTrailer:
+      if (state.phase != Phase::kRows) return absl::InvalidArgumentError("the trailer arrived before the header");
+      RETURN_IF_ERROR(VerifyTrailer(session, chunk.trailer()));
+      state.phase = Phase::kTrailerVerified;
+      return absl::OkStatus();
+    case v1::HandoffChunk::BODY_NOT_SET:
+      break;
+  }
+  return absl::InvalidArgumentError(absl::StrFormat("chunk %d carries no header, rows or trailer", chunk.sequence()));
+}
+
+absl::Status HandoffImporter::CheckHeader(const v1::HandoffHeader& header, const DecodeSession& session) const {
+  if (header.model_fingerprint() != fingerprint_) {
+    return Mismatch("model fingerprint", header.model_fingerprint(), fingerprint_);
+  }
+  if (header.index_pattern() != pattern_) return Mismatch("IndexCache layer pattern", header.index_pattern(), pattern_);
+  if (header.prompt_tokens() != session.prompt_tokens()) {
+    return absl::InvalidArgumentError(absl::StrFormat("the handoff carries a %d-token prompt, the request has %d",
+                                                      header.prompt_tokens(), session.prompt_tokens()));
+  }
+  if (header.latent_dim() != latent_dim_ || header.index_key_dim() != index_key_dim_) {
+    return Mismatch("row widths (latent, index key)",
+                    absl::StrCat(header.latent_dim(), ", ", header.index_key_dim()),
+                    absl::StrCat(latent_dim_, ", ", index_key_dim_));
+  }
+  if (header.dtype() != "f32") return Mismatch("row dtype", header.dtype(), "f32");
+  return absl::OkStatus();
+}
+
+absl::Status HandoffImporter::AcceptRows(DecodeSession& session, const v1::KvRows& rows) {
+  const int32_t layer = rows.layer();
+  if (layer < 0 || layer >= static_cast<int32_t>(full_layers_.size())) {
+    return absl::InvalidArgumentError(absl::StrFormat("rows of layer %d: the model has %d layers", layer,
+                                                      full_layers_.size()));
+  }
+  KvRowKind kind;
+  std::vector<int32_t>* received;
+  int32_t width;
+  if (rows.kind() == v1::LATENT) {
+    kind = KvRowKind::kLatent;
+    received = &session.import.latent_rows;
+    width = latent_dim_;
+  } else if (rows.kind() == v1::INDEX_KEY) {
+    if (!full_layers_[layer]) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "index-key rows of layer %d, a Shared layer: Shared layers reuse a Full layer's indices and have none",
+          layer));
+    }
+    kind = KvRowKind::kIndexKey;
+    received = &session.import.index_key_rows;
+    width = index_key_dim_;
+  } else {
+    return absl::InvalidArgumentError(absl::StrFormat("rows of layer %d have no payload kind", layer));
+  }
+  const int32_t begin = rows.begin_position(), count = rows.num_tokens();
+  int32_t& have = (*received)[layer];
+  if (begin != have || count < 1 || begin + static_cast<int64_t>(count) > session.prompt_tokens()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s rows [%d, %d) of layer %d do not continue the %d received of the %d-token prompt",
+        v1::KvPayloadKind_Name(rows.kind()), begin, int64_t{begin} + count, layer, have, session.prompt_tokens()));
+  }
+  const size_t bytes = static_cast<size_t>(count) * width * sizeof(float);
+  if (rows.data().size() != bytes) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s rows of layer %d: %d bytes for %d rows of %d floats",
+                                                      v1::KvPayloadKind_Name(rows.kind()), layer, rows.data().size(),
+                                                      count, width));
+  }
+  // Little-endian f32 rows are the host's layout.
+  DecodeSession::PendingRows& pending = session.import.pending.emplace_back();
+  pending.layer = layer;
+  pending.kind = kind;
+  pending.begin = begin;
+  pending.count = count;
+  pending.rows.resize(static_cast<size_t>(count) * width);
+  std::memcpy(pending.rows.data(), rows.data().data(), bytes);
+  session.import.pending_bytes += bytes;
+  have += count;
+  if (session.import.pending_bytes < kImportBatchBytes) return absl::OkStatus();
+  return loop_.Call([&](Engine& engine) { return ImportPending(engine, session); });
+}
+
+absl::Status HandoffImporter::ImportPending(Engine& engine, DecodeSession& session) {
+  DecodeSession::Import& state = session.import;
+  for (const DecodeSession::PendingRows& p : state.pending) {
+    RETURN_IF_ERROR(engine.ImportRows(session.engine_id(), p.layer, p.kind, p.begin, p.count, p.rows.data()));
+  }
+  IC_LOG(Debug) << "request '" << session.request_id() << "': imported " << state.pending.size() << " row blocks ("
+                << state.pending_bytes << " bytes)";
+  state.pending.clear();
+  state.pending_bytes = 0;
+  return absl::OkStatus();
+}
+
+absl::Status HandoffImporter::VerifyTrailer(DecodeSession& session, const v1::HandoffTrailer& trailer) {
+  const int32_t prompt = session.prompt_tokens();
+  const int32_t num_layers = static_cast<int32_t>(full_layers_.size());
+  for (int32_t layer = 0; layer < num_layers; ++layer) {
+    const int32_t latent = session.import.latent_rows[layer];
+    const int32_t keys = session.import.index_key_rows[layer];
+    if (latent != prompt || (full_layers_[layer] && keys != prompt)) {
+      return absl::DataLossError(absl::StrFormat(
+          "the trailer arrived before all rows: layer %d has %d of %d latent rows%s", layer, latent, prompt,
+          full_layers_[layer] ? absl::StrFormat(" and %d index-key rows", keys) : ""));
+    }
+  }
+  if (trailer.first_token() < 0 || trailer.first_token() >= vocab_size_) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("first token %d is outside the vocabulary [0, %d)", trailer.first_token(), vocab_size_));
+  }
+  std::vector<IndexerProbe> probes;
+  std::vector<bool> seen(num_layers, false);
+  for (const v1::LayerSelection& s : trailer.selections()) {
+    if (s.layer() < 0 || s.layer() >= num_layers || !full_layers_[s.layer()] || seen[s.layer()]) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("the trailer's selection for layer %d is not one per Full layer", s.layer()));
+    }
+    if (s.query_size() != probe_query_size_ || s.head_weights_size() != probe_heads_) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "layer %d's probe has %d query values and %d head weights; the indexer takes %d and %d", s.layer(),
+          s.query_size(), s.head_weights_size(), probe_query_size_, probe_heads_));
+    }
+    seen[s.layer()] = true;
+    IndexerProbe& probe = probes.emplace_back();
+    probe.layer = s.layer();
+    probe.query.assign(s.query().begin(), s.query().end());
+    probe.head_weights.assign(s.head_weights().begin(), s.head_weights().end());
+    probe.topk.assign(s.topk().begin(), s.topk().end());
+  }
+  for (int32_t layer = 0; layer < num_layers; ++layer) {
+    if (full_layers_[layer] && !seen[layer]) {
+      return absl::InvalidArgumentError(absl::StrFormat("the trailer lacks Full layer %d's selection", layer));
+    }
+  }
+  const RequestId id = session.engine_id();
+  RETURN_IF_ERROR(loop_.Call([&](Engine& engine) -> absl::Status {
+    RETURN_IF_ERROR(ImportPending(engine, session));
+    for (const IndexerProbe& probe : probes) RETURN_IF_ERROR(engine.VerifyProbe(id, probe));
+    return absl::OkStatus();
+  }));
+  session.import.first_token = trailer.first_token();
+  return absl::OkStatus();
+}
+
+v1::HandoffAck HandoffImporter::OnComplete(const std::string& request_id) {
+  std::shared_ptr<DecodeSession> session = Find(request_id);
+  if (session == nullptr) {
+    return MakeAck(absl::NotFoundError(absl::StrCat("request '", request_id, "' ended before its handoff completed")));
+  }
+  absl::Status status;
+  {
+    std::lock_guard<std::mutex> lock(session->import_mu);
+    DecodeSession::Import& state = session->import;
+    if (state.phase != Phase::kTrailerVerified) {
+      status = absl::FailedPreconditionError(
+          absl::StrCat("request '", request_id, "' cannot start decoding: its handoff is incomplete or it ended"));
+    } else {
+      const RequestId id = session->engine_id();
+      const int32_t first_token = state.first_token;
+      absl::StatusOr<TokenEvent> first = loop_.Call([&](Engine& engine) -> absl::StatusOr<TokenEvent> {
+        ASSIGN_OR_RETURN(TokenEvent event, engine.StartDecode(id, first_token));
+        // Same loop turn as StartDecode, so no event of the request can be missed.
+        if (event.finish == RequestFinish::kNone) {
+          loop_.Subscribe(id, [session](const TokenEvent& e) { session->Push(e); });
+        }
+        return event;
+      });
+      status = first.status();
+      if (first.ok()) {
+        state.phase = Phase::kDecoding;
+        state.decode_started_at = absl::Now();
+        session->Push(*first);
+      }
+    }
+  }
+  if (!status.ok()) {
+    Reject(*session, Annotate(status, "the handoff from the prefill worker was refused"));
+    return MakeAck(status);
+  }
+  IC_LOG(Debug) << "request '" << request_id << "': handoff complete, decoding";
+  return MakeAck(absl::OkStatus());
+}
+
+void HandoffImporter::OnBroken(const std::string& request_id, const absl::Status& why) {
+  std::shared_ptr<DecodeSession> session = Find(request_id);
+  if (session == nullptr) return;
+  {
+    std::lock_guard<std::mutex> lock(session->import_mu);
+    // A stream that breaks after decoding started lost nothing: the request has all it needs.
+    if (session->import.phase == Phase::kDecoding || session->import.phase == Phase::kEnded) return;
+  }
+  Reject(*session, Annotate(why, "the handoff stream broke"));
+}
+
+}  // namespace indexcache

@@ -1,0 +1,69 @@
+// The decode worker's HandoffSink: checks every incoming chunk against the admitted request it names
+// and this worker's engine, and imports the rows. Per request, in order: the header (model
+// fingerprint, IndexCache pattern, prompt length, row widths and dtype must match this engine — a
+// worker serving another model or pattern refuses), rows (each (layer, kind) contiguous from position
+// 0; index keys of Full layers only), the trailer (all rows present; each Full layer's probe
+// re-selects the same top-k from the received index keys), then the stream's end starts decoding
+// with the prefill worker's first token. Any failure ends the request and frees its KV blocks.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "common/engine/engine_loop.h"
+#include "common/handoff/handoff_transport.h"
+#include "services/decode_worker/decode_session.h"
+
+namespace indexcache {
+
+class HandoffImporter final : public HandoffSink {
+ public:
+  explicit HandoffImporter(EngineLoop& loop);
+
+  // Makes the request's handoff acceptable; ALREADY_EXISTS when its id is in use.
+  absl::Status Add(std::shared_ptr<DecodeSession> session);
+  void Remove(const std::string& request_id);
+  std::shared_ptr<DecodeSession> Find(const std::string& request_id) const;
+  std::vector<std::shared_ptr<DecodeSession>> All() const;
+  size_t size() const;
+  // Handoffs refused or broken since start.
+  uint64_t rejected() const { return rejected_; }
+
+  absl::Status OnChunk(const v1::HandoffChunk& chunk) override;
+  v1::HandoffAck OnComplete(const std::string& request_id) override;
+  void OnBroken(const std::string& request_id, const absl::Status& why) override;
+
+ private:
+  // The state machine; the caller holds the session's import_mu.
+  absl::Status Apply(DecodeSession& session, const v1::HandoffChunk& chunk);
+  absl::Status CheckHeader(const v1::HandoffHeader& header, const DecodeSession& session) const;
+  // Validates the rows and queues them; imports the queue once it holds kImportBatchBytes.
+  absl::Status AcceptRows(DecodeSession& session, const v1::KvRows& rows);
+  // Imports the queued rows into the engine's cache; on the loop thread.
+  static absl::Status ImportPending(Engine& engine, DecodeSession& session);
+  absl::Status VerifyTrailer(DecodeSession& session, const v1::HandoffTrailer& trailer);
+  // Ends the session with the handoff's failure.
+  void Reject(DecodeSession& session, const absl::Status& why);
+
+  EngineLoop& loop_;
+  // This engine's side of the header, read once.
+  const std::string fingerprint_;
+  const std::string pattern_;
+  const std::vector<bool> full_layers_;
+  const int32_t latent_dim_;
+  const int32_t index_key_dim_;
+  const int32_t probe_query_size_;  // index_n_heads · index_head_dim
+  const int32_t probe_heads_;       // index_n_heads
+  const int32_t vocab_size_;
+
+  mutable std::mutex mu_;
+  absl::flat_hash_map<std::string, std::shared_ptr<DecodeSession>> sessions_;  // guarded by mu_
+  std::atomic<uint64_t> rejected_{0};
+};
+
+}  // namespace indexcache

@@ -1,0 +1,53 @@
+#include "services/decode_worker/worker_flags.h"
+
+#include "common/util/status_macros.h"
+#include "tools/indexcache/engine_flags.h"
+
+namespace indexcache {
+
+const char kDecodeWorkerFlagsUsage[] =
+    "  --listen HOST:PORT        gRPC listen address (default 127.0.0.1:0, port 0 picks one)\n"
+    "  --tcp-listen IP:PORT      TCP handoff data plane (default 127.0.0.1:0; 'off' disables it)\n"
+    "  --advertise HOST:PORT     address told to the router (default: the bound address)\n"
+    "  --worker-id ID            (default decode@<address>)\n"
+    "  --router HOST:PORT        register with this router and send heartbeats\n"
+    "  --heartbeat-ms N          heartbeat interval until the router names one (default 1000)\n"
+    "  --handoff-timeout-ms N    drop an admitted request whose handoff has not completed (default 600000)\n"
+    "  --tcp-io-timeout-ms N     TCP data plane: longest wait on one read or write (default 60000)\n";
+
+std::set<std::string> DecodeWorkerFlagNames() {
+  std::set<std::string> names = cli::EngineFlagNames();
+  names.insert({"listen", "tcp-listen", "advertise", "worker-id", "router", "heartbeat-ms", "handoff-timeout-ms",
+                "tcp-io-timeout-ms"});
+  return names;
+}
+
+namespace {
+
+// A positive millisecond flag, when given.
+absl::Status MillisecondsFlag(const cli::Args& args, const std::string& name, absl::Duration& out) {
+  ASSIGN_OR_RETURN(auto ms, args.GetInt(name));
+  if (!ms) return absl::OkStatus();
+  if (*ms < 1) return absl::InvalidArgumentError("--" + name + " must be >= 1");
+  out = absl::Milliseconds(*ms);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<DecodeWorkerOptions> DecodeWorkerOptionsFromArgs(const cli::Args& args) {
+  DecodeWorkerOptions o;
+  ASSIGN_OR_RETURN(o.engine, cli::EngineOptionsFromArgs(args));
+  o.listen_address = args.Get("listen").value_or(o.listen_address);
+  o.tcp_listen_address = args.Get("tcp-listen").value_or(o.tcp_listen_address);
+  if (o.tcp_listen_address == "off") o.tcp_listen_address.clear();
+  o.advertise_address = args.Get("advertise").value_or("");
+  o.worker_id = args.Get("worker-id").value_or("");
+  o.router_address = args.Get("router").value_or("");
+  RETURN_IF_ERROR(MillisecondsFlag(args, "heartbeat-ms", o.heartbeat_interval));
+  RETURN_IF_ERROR(MillisecondsFlag(args, "handoff-timeout-ms", o.handoff_timeout));
+  RETURN_IF_ERROR(MillisecondsFlag(args, "tcp-io-timeout-ms", o.tcp_io_timeout));
+  return o;
+}
+
+}  // namespace indexcache

@@ -1,0 +1,313 @@
+#include "services/prefill_worker/prefill_job.h"
+
+#include <algorithm>
+#include <bit>
+#include <chrono>
+#include <condition_variable>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "common/kv/kv_transfer.h"
+#include "common/model/model_config.h"
+#include "common/util/logging.h"
+#include "common/util/status_macros.h"
+
+namespace indexcache {
+
+// KvRows.data is little-endian f32; the rows are copied as they lie in memory.
+static_assert(std::endian::native == std::endian::little, "the handoff's f32 rows assume a little-endian host");
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+v1::KvPayloadKind ToProto(KvRowKind kind) {
+  return kind == KvRowKind::kLatent ? v1::LATENT : v1::INDEX_KEY;
+}
+
+// A failed handoff as the router should read it, whatever code the decode worker or the transport
+// chose: DATA_LOSS (corrupt or mismatching rows) and UNAVAILABLE (no connection) keep their code;
+// anything else (a refusal: another model or pattern, no room) becomes ABORTED, so that no handoff
+// failure reads as the client's INVALID_ARGUMENT. The message is kept.
+absl::Status HandoffFailure(const absl::Status& status, absl::string_view context) {
+  const absl::StatusCode code = status.code();
+  const bool keep = code == absl::StatusCode::kDataLoss || code == absl::StatusCode::kUnavailable;
+  return absl::Status(keep ? code : absl::StatusCode::kAborted, absl::StrCat(context, ": ", status.message()));
+}
+
+}  // namespace
+
+// ---- JobControl ------------------------------------------------------------------------------
+
+void JobControl::Stop(const absl::Status& why) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!stop_.ok()) return;
+  stop_ = why;
+  if (sender_ != nullptr && !cancelled_) {
+    sender_->Cancel();
+    cancelled_ = true;
+  }
+}
+
+absl::Status JobControl::stopped() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stop_;
+}
+
+void JobControl::Attach(HandoffSender* sender) {
+  std::lock_guard<std::mutex> lock(mu_);
+  sender_ = sender;
+  cancelled_ = false;
+  if (!stop_.ok()) {
+    sender_->Cancel();
+    cancelled_ = true;
+  }
+}
+
+bool JobControl::Detach() {
+  std::lock_guard<std::mutex> lock(mu_);
+  sender_ = nullptr;
+  return std::exchange(cancelled_, false);
+}
+
+// ---- PrefillJob ------------------------------------------------------------------------------
+
+// What the engine reported to the request's sink (on the loop thread); the job reads it inside
+// EngineLoop::Call, or waits on `done` for the end of an aborted request.
+struct PrefillJob::SinkState {
+  std::mutex mu;
+  std::condition_variable done;
+  bool finished = false;
+  TokenEvent event;
+  Clock::time_point submitted_at;
+  Clock::time_point finished_at;
+};
+
+// Rows exported in one visit to the loop thread: positions [begin, end) of every (layer, kind).
+struct PrefillJob::Progress {
+  struct Block {
+    int32_t layer = 0;
+    KvRowKind kind = KvRowKind::kLatent;
+    std::vector<float> rows;  // [end - begin, width]
+  };
+  int32_t begin = 0;
+  int32_t end = 0;
+  std::vector<Block> blocks;
+  bool done = false;  // prefill finished: first_token and probes are set
+  int32_t first_token = -1;
+  std::vector<IndexerProbe> probes;
+};
+
+PrefillJob::PrefillJob(EngineLoop& loop, const PrefillJobOptions& options, JobControl& control)
+    : loop_(loop), options_(options), control_(control), state_(std::make_shared<SinkState>()) {}
+
+PrefillJob::~PrefillJob() = default;
+
+bool PrefillJob::handoff_rejected() const { return transport_failed_ && control_.stopped().ok(); }
+
+absl::StatusOr<v1::PrefillResponse> PrefillJob::Run(const v1::PrefillRequest& request, const SamplingParams& params) {
+  request_id_ = request.request_id();
+  RETURN_IF_ERROR(Submit(request, params));
+  absl::StatusOr<v1::PrefillResponse> response = Transfer(request);
+  if (response.ok()) return response;
+  Discard();
+  // A stop makes the transport fail with a generic error; the stop's reason is the one to report.
+  absl::Status why = control_.stopped();
+  return why.ok() ? response.status() : why;
+}
+
+absl::Status PrefillJob::Submit(const v1::PrefillRequest& request, const SamplingParams& params) {
+  std::vector<int32_t> prompt(request.prompt_ids().begin(), request.prompt_ids().end());
+  state_->submitted_at = Clock::now();
+  absl::StatusOr<RequestId> id = loop_.Call([&](Engine& engine) -> absl::StatusOr<RequestId> {
+    ASSIGN_OR_RETURN(RequestId id, engine.SubmitPrefill(std::move(prompt), params));
+    loop_.Subscribe(id, [state = state_](const TokenEvent& event) {
+      if (event.finish == RequestFinish::kNone) return;
+      std::lock_guard<std::mutex> lock(state->mu);
+      state->finished = true;
+      state->event = event;
+      state->finished_at = Clock::now();
+      state->done.notify_all();
+    });
+    return id;
+  });
+  if (!id.ok()) return id.status();
+  id_ = *id;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::PrefillResponse> PrefillJob::Transfer(const v1::PrefillRequest& request) {
+  RETURN_IF_ERROR(control_.stopped());
+  const absl::Duration left = control_.deadline() - absl::Now();
+  if (left <= absl::ZeroDuration()) return absl::DeadlineExceededError("the deadline passed before the handoff began");
+  auto sender =
+      ConnectHandoff(request.transport(), request.handoff_address(), std::min(options_.connect_timeout, left));
+  if (!sender.ok()) {
+    transport_failed_ = true;
+    return HandoffFailure(sender.status(), absl::StrCat("connecting the handoff to ", request.handoff_address()));
+  }
+  sender_ = *std::move(sender);
+  control_.Attach(sender_.get());
+  RETURN_IF_ERROR(control_.stopped());
+
+  const Engine& engine = loop_.engine();
+  const KvCacheSpec& spec = engine.cache().spec();
+  const Clock::time_point handoff_start = Clock::now();
+  v1::HandoffChunk header;
+  v1::HandoffHeader* h = header.mutable_header();
+  h->set_model_fingerprint(engine.model_fingerprint());
+  h->set_index_pattern(FormatIndexPattern(engine.config().indexer_types));
+  h->set_prompt_tokens(request.prompt_ids_size());
+  h->set_latent_dim(KvRowWidth(spec, KvRowKind::kLatent));
+  h->set_index_key_dim(KvRowWidth(spec, KvRowKind::kIndexKey));
+  h->set_dtype("f32");
+  RETURN_IF_ERROR(Send(header));
+
+  Progress progress;
+  while (!progress.done) {
+    RETURN_IF_ERROR(control_.stopped());
+    ASSIGN_OR_RETURN(progress, Poll());
+    RETURN_IF_ERROR(SendRows(progress));
+  }
+  RETURN_IF_ERROR(SendTrailer(progress));
+  absl::StatusOr<v1::HandoffAck> ack = sender_->Finish();
+  absl::Status verdict = ack.ok() ? AckStatus(*ack) : ack.status();
+  if (!verdict.ok()) {
+    transport_failed_ = true;
+    return HandoffFailure(verdict, absl::StrCat("handoff to ", request.handoff_address()));
+  }
+  const Clock::time_point acked = Clock::now();
+  control_.Detach();
+  loop_.Call([&](Engine& e) { e.Release(id_); });
+
+  v1::PrefillResponse response;
+  response.set_first_token(progress.first_token);
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    response.set_prefill_seconds(Seconds(state_->finished_at - state_->submitted_at));
+  }
+  response.set_handoff_seconds(Seconds(acked - handoff_start));
+  const HandoffByteCounts& bytes = sender_->bytes();
+  v1::HandoffStats* stats = response.mutable_handoff();
+  stats->set_latent_bytes(bytes.latent_bytes);
+  stats->set_index_key_bytes(bytes.index_key_bytes);
+  stats->set_metadata_bytes(bytes.metadata_bytes);
+  stats->set_chunks(bytes.chunks);
+  return response;
+}
+
+absl::StatusOr<PrefillJob::Progress> PrefillJob::Poll() {
+  // Blocks until the loop runs between two steps: one visit per step at most, no busy polling while a
+  // forward pass runs.
+  return loop_.Call([&](Engine& engine) -> absl::StatusOr<Progress> {
+    Progress p;
+    {
+      std::lock_guard<std::mutex> lock(state_->mu);
+      if (state_->finished) {
+        const TokenEvent& event = state_->event;
+        if (event.finish == RequestFinish::kError) return Annotate(event.error, "prefill failed");
+        if (event.finish != RequestFinish::kPrefillDone) {
+          return absl::AbortedError(
+              absl::StrCat("the engine ended the request during prefill (", RequestFinishName(event.finish), ")"));
+        }
+        p.done = true;
+        p.first_token = event.token;
+      }
+    }
+    ASSIGN_OR_RETURN(int32_t cached, engine.CachedTokens(id_));
+    // A preempted request recomputes from position 0; what was sent stays sent.
+    p.begin = exported_;
+    p.end = std::max(cached, exported_);
+    if (p.end > p.begin) {
+      const std::vector<IndexerType>& pattern = engine.config().indexer_types;
+      for (int32_t layer = 0; layer < static_cast<int32_t>(pattern.size()); ++layer) {
+        for (KvRowKind kind : {KvRowKind::kLatent, KvRowKind::kIndexKey}) {
+          if (kind == KvRowKind::kIndexKey && pattern[layer] != IndexerType::kFull) continue;
+          ASSIGN_OR_RETURN(std::vector<float> rows, engine.ExportRows(id_, layer, kind, p.begin, p.end - p.begin));
+          p.blocks.push_back({layer, kind, std::move(rows)});
+        }
+      }
+    }
+    if (p.done) {
+      ASSIGN_OR_RETURN(p.probes, engine.TakeProbes(id_));
+    }
+    exported_ = p.end;
+    return p;
+  });
+}
+
+absl::Status PrefillJob::SendRows(const Progress& progress) {
+  const int32_t count = progress.end - progress.begin;
+  if (count <= 0) return absl::OkStatus();
+  const KvCacheSpec& spec = loop_.engine().cache().spec();
+  for (const Progress::Block& block : progress.blocks) {
+    const int64_t width = KvRowWidth(spec, block.kind);
+    const int64_t row_bytes = width * static_cast<int64_t>(sizeof(float));
+    const int32_t rows_per_chunk = static_cast<int32_t>(std::max<int64_t>(1, options_.max_chunk_bytes / row_bytes));
+    for (int32_t first = 0; first < count; first += rows_per_chunk) {
+      const int32_t n = std::min(rows_per_chunk, count - first);
+      v1::HandoffChunk chunk;
+      v1::KvRows* rows = chunk.mutable_rows();
+      rows->set_layer(block.layer);
+      rows->set_kind(ToProto(block.kind));
+      rows->set_begin_position(progress.begin + first);
+      rows->set_num_tokens(n);
+      rows->set_data(reinterpret_cast<const char*>(block.rows.data() + first * width), n * row_bytes);
+      RETURN_IF_ERROR(Send(chunk));
+    }
+  }
+  IC_LOG(Debug) << "prefill " << request_id_ << ": sent positions [" << progress.begin << ", " << progress.end
+                << ")";
+  return absl::OkStatus();
+}
+
+absl::Status PrefillJob::SendTrailer(const Progress& progress) {
+  v1::HandoffChunk chunk;
+  v1::HandoffTrailer* trailer = chunk.mutable_trailer();
+  trailer->set_first_token(progress.first_token);
+  for (const IndexerProbe& probe : progress.probes) {
+    v1::LayerSelection* s = trailer->add_selections();
+    s->set_layer(probe.layer);
+    s->mutable_query()->Add(probe.query.begin(), probe.query.end());
+    s->mutable_head_weights()->Add(probe.head_weights.begin(), probe.head_weights.end());
+    s->mutable_topk()->Add(probe.topk.begin(), probe.topk.end());
+  }
+  return Send(chunk);
+}
+
+absl::Status PrefillJob::Send(v1::HandoffChunk& chunk) {
+  chunk.set_request_id(request_id_);
+  chunk.set_sequence(sequence_++);
+  SealChunk(chunk);
+  absl::Status sent = sender_->Send(chunk);
+  if (!sent.ok()) {
+    transport_failed_ = true;
+    return HandoffFailure(sent, "handoff");
+  }
+  return absl::OkStatus();
+}
+
+void PrefillJob::Discard() {
+  if (sender_ != nullptr) {
+    if (!control_.Detach()) sender_->Cancel();
+  }
+  if (id_ < 0) return;
+  const bool finished = loop_.Call([&](Engine& engine) {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (state_->finished) {
+      engine.Release(id_);  // held after kPrefillDone (a no-op when the engine already dropped it)
+    } else {
+      engine.Abort(id_);  // the next step frees its blocks and reports kAbort to the sink
+    }
+    return state_->finished;
+  });
+  if (finished) return;
+  std::unique_lock<std::mutex> lock(state_->mu);
+  state_->done.wait(lock, [&] { return state_->finished; });
+}
+
+}  // namespace indexcache

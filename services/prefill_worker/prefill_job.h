@@ -1,0 +1,100 @@
+// One Prefill request from submission to the decode worker's ack. The prompt runs on the shared
+// EngineLoop in chunks of max_batch_tokens; after every engine step that grew the request's cached
+// positions, the new rows (LATENT of every layer, INDEX_KEY of Full layers only) are exported on the
+// loop thread and pushed to the decode worker from the RPC's own thread, so transfer overlaps the
+// next chunk's compute and a slow peer stalls only its own request. Rows wait in the KV cache, not in
+// memory queues, while the peer is slow. On any failure the sender is cancelled and the request's KV
+// blocks are freed before Run returns.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/engine/engine_loop.h"
+#include "common/handoff/handoff_transport.h"
+#include "indexcache/v1/internal.pb.h"
+
+namespace indexcache {
+
+// Why a job must end early, set from other threads (the Abort RPC; the watchdog that sees the caller
+// cancel or the deadline pass). Stopping also cancels the attached sender, which unblocks a Send or
+// Finish waiting on a slow or silent peer.
+class JobControl {
+ public:
+  explicit JobControl(absl::Time deadline) : deadline_(deadline) {}
+
+  // The first reason wins; later calls are ignored.
+  void Stop(const absl::Status& why);
+  // OK while the job may go on.
+  absl::Status stopped() const;
+  absl::Time deadline() const { return deadline_; }
+
+  // While attached, Stop cancels `sender`. Attaching to a stopped control cancels at once.
+  void Attach(HandoffSender* sender);
+  // Returns whether Stop cancelled the sender; it is detached either way.
+  bool Detach();
+
+ private:
+  const absl::Time deadline_;
+  mutable std::mutex mu_;
+  absl::Status stop_;                 // guarded by mu_
+  HandoffSender* sender_ = nullptr;   // guarded by mu_
+  bool cancelled_ = false;            // guarded by mu_
+};
+
+struct PrefillJobOptions {
+  absl::Duration connect_timeout = absl::Seconds(5);
+  // Upper bound on one KvRows payload: a step's rows of one (layer, kind) are split to stay below it
+  // (far under kMaxHandoffChunkBytes), so a long prompt still flows in pieces the peer can pipeline.
+  int64_t max_chunk_bytes = int64_t{1} << 20;
+};
+
+class PrefillJob {
+ public:
+  PrefillJob(EngineLoop& loop, const PrefillJobOptions& options, JobControl& control);
+  ~PrefillJob();
+  PrefillJob(const PrefillJob&) = delete;
+  PrefillJob& operator=(const PrefillJob&) = delete;
+
+  // Validation errors come from Engine::SubmitPrefill (INVALID_ARGUMENT, RESOURCE_EXHAUSTED). A failed
+  // handoff keeps the decode worker's or transport's message, with code DATA_LOSS (corrupt or
+  // mismatching rows), UNAVAILABLE (no connection) or else ABORTED (refused). A stop returns the
+  // reason given to Stop.
+  absl::StatusOr<::indexcache::v1::PrefillResponse> Run(const ::indexcache::v1::PrefillRequest& request,
+                                                        const SamplingParams& params);
+
+  // After Run failed: the decode worker refused the handoff or the transfer broke (not a stop).
+  bool handoff_rejected() const;
+
+ private:
+  struct SinkState;
+  struct Progress;
+
+  absl::Status Submit(const ::indexcache::v1::PrefillRequest& request, const SamplingParams& params);
+  absl::StatusOr<::indexcache::v1::PrefillResponse> Transfer(const ::indexcache::v1::PrefillRequest& request);
+  // On the loop thread: exports the rows cached since the last visit; at the end, the probes.
+  absl::StatusOr<Progress> Poll();
+  absl::Status SendRows(const Progress& progress);
+  absl::Status SendTrailer(const Progress& progress);
+  absl::Status Send(::indexcache::v1::HandoffChunk& chunk);
+  // Cancels the sender and frees the engine request (waiting for the engine to drop an unfinished one).
+  void Discard();
+
+  EngineLoop& loop_;
+  const PrefillJobOptions options_;
+  JobControl& control_;
+  std::shared_ptr<SinkState> state_;  // shared with the request's event sink
+  RequestId id_ = -1;                 // -1 until submitted
+  std::string request_id_;
+  int32_t exported_ = 0;              // positions [0, exported_) sent
+  uint32_t sequence_ = 0;
+  std::unique_ptr<HandoffSender> sender_;
+  bool transport_failed_ = false;
+};
+
+}  // namespace indexcache

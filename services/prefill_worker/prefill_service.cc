@@ -1,0 +1,169 @@
+#include "services/prefill_worker/prefill_service.h"
+
+#include <chrono>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/util/logging.h"
+#include "services/common/sampling_from_proto.h"
+#include "services/common/status_conversion.h"
+
+namespace indexcache {
+namespace {
+
+// How often the watchdog looks for cancelled callers and passed deadlines.
+constexpr auto kWatchPeriod = std::chrono::milliseconds(20);
+
+}  // namespace
+
+PrefillService::PrefillService(EngineLoop& loop, const PrefillServiceOptions& options)
+    : loop_(loop), options_(options) {
+  watchdog_ = std::thread([this] { Watch(); });
+}
+
+PrefillService::~PrefillService() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  watch_.notify_all();
+  watchdog_.join();
+}
+
+absl::StatusOr<std::shared_ptr<PrefillService::InFlight>> PrefillService::Admit(grpc::ServerContext* context,
+                                                                                const v1::PrefillRequest& request) {
+  if (request.request_id().empty()) return absl::InvalidArgumentError("request_id is empty");
+  if (request.handoff_address().empty()) return absl::InvalidArgumentError("handoff_address is empty");
+  const int64_t tokens = request.prompt_ids_size();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (draining_) return absl::UnavailableError(absl::StrCat("prefill worker ", worker_id_, " is draining"));
+  if (in_flight_.contains(request.request_id())) {
+    return absl::AlreadyExistsError(absl::StrCat("request ", request.request_id(), " is already in prefill here"));
+  }
+  if (options_.max_queued_prompt_tokens > 0 && !in_flight_.empty() &&
+      queued_prompt_tokens_ + tokens > options_.max_queued_prompt_tokens) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "prefill worker %s is full: %d prompt tokens queued, %d more would pass the bound of %d", worker_id_,
+        queued_prompt_tokens_, tokens, options_.max_queued_prompt_tokens));
+  }
+  auto entry = std::make_shared<InFlight>(context, tokens, absl::FromChrono(context->deadline()));
+  in_flight_.emplace(request.request_id(), entry);
+  queued_prompt_tokens_ += tokens;
+  return entry;
+}
+
+void PrefillService::Finish(const std::string& request_id, bool handoff_rejected) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = in_flight_.find(request_id);
+    queued_prompt_tokens_ -= it->second->prompt_tokens;
+    in_flight_.erase(it);
+    if (handoff_rejected) ++handoffs_rejected_;
+  }
+  idle_.notify_all();
+}
+
+grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const v1::PrefillRequest* request,
+                                     v1::PrefillResponse* response) {
+  absl::StatusOr<std::shared_ptr<InFlight>> entry = Admit(context, *request);
+  if (!entry.ok()) {
+    IC_LOG(Info) << "prefill " << request->request_id() << " refused: " << entry.status();
+    return ToGrpcStatus(entry.status());
+  }
+  IC_LOG(Info) << "prefill " << request->request_id() << ": " << request->prompt_ids_size() << " prompt tokens → "
+               << request->handoff_address() << " (" << v1::HandoffTransport_Name(request->transport()) << ")";
+  PrefillJob job(loop_, options_.job, (*entry)->control);
+  absl::StatusOr<v1::PrefillResponse> result = job.Run(*request, SamplingParamsFromProto(request->sampling()));
+  Finish(request->request_id(), job.handoff_rejected());
+  if (!result.ok()) {
+    IC_LOG(Info) << "prefill " << request->request_id() << " failed: " << result.status();
+    return ToGrpcStatus(result.status());
+  }
+  *response = *std::move(result);
+  IC_LOG(Info) << "prefill " << request->request_id() << " done: first token " << response->first_token()
+               << ", prefill " << response->prefill_seconds() << " s, handoff " << response->handoff_seconds()
+               << " s, " << response->handoff().latent_bytes() << " latent + " << response->handoff().index_key_bytes()
+               << " index-key bytes in " << response->handoff().chunks() << " chunks";
+  return grpc::Status::OK;
+}
+
+grpc::Status PrefillService::Abort(grpc::ServerContext*, const v1::WorkerAbortRequest* request,
+                                   v1::WorkerAbortResponse* response) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = in_flight_.find(request->request_id());
+  response->set_found(it != in_flight_.end());
+  if (it != in_flight_.end()) {
+    it->second->control.Stop(absl::AbortedError(absl::StrCat("request ", request->request_id(), " was aborted")));
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status PrefillService::GetLoad(grpc::ServerContext*, const v1::LoadRequest*, v1::WorkerLoad* response) {
+  *response = Load();
+  return grpc::Status::OK;
+}
+
+v1::WorkerLoad PrefillService::Load() {
+  struct EngineLoad {
+    int32_t free_blocks;
+    int32_t total_blocks;
+    IndexCacheStats stats;
+  };
+  const EngineLoad engine = loop_.Call([](Engine& e) {
+    return EngineLoad{e.cache().num_free_blocks(), e.cache().num_blocks(), e.TakeStats()};
+  });
+  v1::WorkerLoad load;
+  load.set_role(v1::PREFILL);
+  load.set_free_kv_blocks(engine.free_blocks);
+  load.set_total_kv_blocks(engine.total_blocks);
+  std::lock_guard<std::mutex> lock(mu_);
+  load.set_worker_id(worker_id_);
+  stats_ += engine.stats;
+  load.set_queued_requests(static_cast<int32_t>(in_flight_.size()));
+  load.set_queued_prompt_tokens(queued_prompt_tokens_);
+  load.set_draining(draining_);
+  load.set_indexer_runs(stats_.indexer_runs);
+  load.set_indexer_skips(stats_.indexer_skips);
+  load.set_index_key_bytes_not_stored(stats_.index_key_bytes_not_stored);
+  load.set_handoffs_rejected(handoffs_rejected_);
+  return load;
+}
+
+void PrefillService::set_worker_id(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  worker_id_ = id;
+}
+
+void PrefillService::StartDraining() {
+  std::lock_guard<std::mutex> lock(mu_);
+  draining_ = true;
+}
+
+void PrefillService::WaitIdle() {
+  std::unique_lock<std::mutex> lock(mu_);
+  idle_.wait(lock, [&] { return in_flight_.empty(); });
+}
+
+void PrefillService::StopAll(const absl::Status& why) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& [id, entry] : in_flight_) entry->control.Stop(why);
+}
+
+void PrefillService::Watch() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stopping_) {
+    watch_.wait_for(lock, kWatchPeriod);
+    const absl::Time now = absl::Now();
+    for (auto& [id, entry] : in_flight_) {
+      if (entry->context->IsCancelled()) {
+        entry->control.Stop(absl::CancelledError(absl::StrCat("the caller cancelled prefill ", id)));
+      } else if (now > entry->control.deadline()) {
+        entry->control.Stop(absl::DeadlineExceededError(absl::StrCat("prefill ", id, " passed its deadline")));
+      }
+    }
+  }
+}
+
+}  // namespace indexcache

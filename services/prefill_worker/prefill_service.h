@@ -1,0 +1,84 @@
+// The PrefillWorker gRPC service (proto/indexcache/v1/internal.proto): admits Prefill calls under a
+// bound on queued prompt tokens, runs each as a PrefillJob on the RPC's thread, aborts them on
+// request, and reports load. A watchdog thread turns a caller's cancel or a passed deadline into a
+// stop of the job, which also unblocks a handoff waiting on a slow peer.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "absl/container/flat_hash_map.h"
+#include "common/engine/engine_loop.h"
+#include "common/model/indexcache_stats.h"
+#include "indexcache/v1/internal.grpc.pb.h"
+#include "services/prefill_worker/prefill_job.h"
+
+namespace indexcache {
+
+struct PrefillServiceOptions {
+  // Prompt tokens of the admitted, unfinished Prefill calls may not exceed this (0: no bound); a
+  // prompt longer than the bound is still admitted when nothing else is queued.
+  int64_t max_queued_prompt_tokens = 0;
+  PrefillJobOptions job;
+};
+
+class PrefillService final : public ::indexcache::v1::PrefillWorker::Service {
+ public:
+  PrefillService(EngineLoop& loop, const PrefillServiceOptions& options);
+  // Stops the watchdog. Every Prefill call must have returned (the server is shut down).
+  ~PrefillService() override;
+
+  grpc::Status Prefill(grpc::ServerContext* context, const ::indexcache::v1::PrefillRequest* request,
+                       ::indexcache::v1::PrefillResponse* response) override;
+  grpc::Status Abort(grpc::ServerContext* context, const ::indexcache::v1::WorkerAbortRequest* request,
+                     ::indexcache::v1::WorkerAbortResponse* response) override;
+  grpc::Status GetLoad(grpc::ServerContext* context, const ::indexcache::v1::LoadRequest* request,
+                       ::indexcache::v1::WorkerLoad* response) override;
+
+  // Named in WorkerLoad; set once the bound address is known, before the first call.
+  void set_worker_id(const std::string& id);
+  // What GetLoad answers (also sent with heartbeats). IndexCache counters accumulate since start.
+  ::indexcache::v1::WorkerLoad Load();
+  // From now on Prefill answers UNAVAILABLE; calls in flight go on.
+  void StartDraining();
+  // Blocks until no Prefill call is in flight.
+  void WaitIdle();
+  // Stops every call in flight with `why`.
+  void StopAll(const absl::Status& why);
+
+ private:
+  struct InFlight {
+    InFlight(grpc::ServerContext* context, int64_t prompt_tokens, absl::Time deadline)
+        : context(context), prompt_tokens(prompt_tokens), control(deadline) {}
+    grpc::ServerContext* context;
+    int64_t prompt_tokens;
+    JobControl control;
+  };
+
+  // Admission under the queue bound; UNAVAILABLE while draining, ALREADY_EXISTS for a duplicate id.
+  absl::StatusOr<std::shared_ptr<InFlight>> Admit(grpc::ServerContext* context,
+                                                  const ::indexcache::v1::PrefillRequest& request);
+  void Finish(const std::string& request_id, bool handoff_rejected);
+  void Watch();
+
+  EngineLoop& loop_;
+  const PrefillServiceOptions options_;
+
+  std::mutex mu_;
+  std::string worker_id_;             // guarded by mu_
+  std::condition_variable idle_;     // signalled when a call leaves `in_flight_`
+  std::condition_variable watch_;    // wakes the watchdog early on shutdown
+  absl::flat_hash_map<std::string, std::shared_ptr<InFlight>> in_flight_;  // guarded by mu_
+  int64_t queued_prompt_tokens_ = 0;  // guarded by mu_
+  bool draining_ = false;             // guarded by mu_
+  bool stopping_ = false;             // guarded by mu_
+  uint64_t handoffs_rejected_ = 0;    // guarded by mu_
+  IndexCacheStats stats_;             // guarded by mu_
+  std::thread watchdog_;
+};
+
+}  // namespace indexcache

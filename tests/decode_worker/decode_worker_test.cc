@@ -1,0 +1,589 @@
+// The decode worker in-process on the tiny moe_freq2 checkpoint (F F S F S), with the test playing the
+// prefill worker on its own Engine: SubmitPrefill, export each step's new rows, probes, trailer.
+// Truths: transformers' greedy continuation of the golden prompt (expected.json), an in-process
+// Engine's greedy continuation of other prompts, the KV block counts of GetLoad (all free once a
+// request ended, however it ended).
+#include <chrono>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "common/engine/engine.h"
+#include "common/handoff/handoff_transport.h"
+#include "common/model/model_config.h"
+#include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "indexcache/v1/internal.grpc.pb.h"
+#include "nlohmann/json.hpp"
+#include "services/decode_worker/decode_worker.h"
+
+namespace indexcache {
+namespace {
+
+using ::testing::HasSubstr;
+
+const std::string kModel = std::string(INDEXCACHE_TEST_DATA) + "/goldens/moe_freq2";
+
+EngineOptions TestEngineOptions() {
+  EngineOptions options;
+  options.model_dir = kModel;
+  options.num_threads = 2;
+  options.block_size = 16;
+  options.max_batch_tokens = 8;  // prompts prefill in several chunks: rows ship in several pieces
+  options.kv_cache_bytes = size_t{8} << 20;
+  return options;
+}
+
+v1::SamplingParameters Greedy(int32_t max_new_tokens) {
+  v1::SamplingParameters s;
+  s.set_temperature(0);
+  s.set_max_new_tokens(max_new_tokens);
+  s.set_ignore_eos(true);
+  return s;
+}
+
+SamplingParams GreedyParams(int32_t max_new_tokens) {
+  SamplingParams p;
+  p.temperature = 0;
+  p.max_new_tokens = max_new_tokens;
+  p.ignore_eos = true;
+  return p;
+}
+
+std::vector<int32_t> Prompt(int32_t n, int32_t seed) {
+  std::vector<int32_t> ids(n);
+  for (int32_t i = 0; i < n; ++i) ids[i] = (seed * 31 + i * 17 + i * i) % 256;
+  return ids;
+}
+
+// The prefill side of a handoff, run on `engine`: every chunk, sealed, in order.
+std::vector<v1::HandoffChunk> PrefillHandoff(Engine& engine, const std::string& request_id,
+                                             const std::vector<int32_t>& prompt, int32_t max_new_tokens) {
+  std::vector<v1::HandoffChunk> chunks;
+  auto next = [&]() -> v1::HandoffChunk& {
+    v1::HandoffChunk& chunk = chunks.emplace_back();
+    chunk.set_request_id(request_id);
+    chunk.set_sequence(static_cast<uint32_t>(chunks.size() - 1));
+    return chunk;
+  };
+  const ModelConfig& config = engine.config();
+  v1::HandoffHeader* header = next().mutable_header();
+  header->set_model_fingerprint(engine.model_fingerprint());
+  header->set_index_pattern(FormatIndexPattern(config.indexer_types));
+  header->set_prompt_tokens(static_cast<int32_t>(prompt.size()));
+  header->set_latent_dim(config.kv_lora_rank + config.qk_rope_head_dim);
+  header->set_index_key_dim(config.index_head_dim);
+  header->set_dtype("f32");
+
+  absl::StatusOr<RequestId> id = engine.SubmitPrefill(prompt, GreedyParams(max_new_tokens));
+  EXPECT_TRUE(id.ok()) << id.status();
+  int32_t exported = 0, first_token = -1;
+  while (first_token < 0) {
+    absl::StatusOr<std::vector<TokenEvent>> events = engine.Step();
+    EXPECT_TRUE(events.ok()) << events.status();
+    if (!events.ok()) return {};
+    const int32_t cached = *engine.CachedTokens(*id);
+    for (int32_t layer = 0; layer < config.num_layers && cached > exported; ++layer) {
+      for (KvRowKind kind : {KvRowKind::kLatent, KvRowKind::kIndexKey}) {
+        if (kind == KvRowKind::kIndexKey && config.indexer_types[layer] != IndexerType::kFull) continue;
+        absl::StatusOr<std::vector<float>> rows = engine.ExportRows(*id, layer, kind, exported, cached - exported);
+        EXPECT_TRUE(rows.ok()) << rows.status();
+        v1::KvRows* r = next().mutable_rows();
+        r->set_layer(layer);
+        r->set_kind(kind == KvRowKind::kLatent ? v1::LATENT : v1::INDEX_KEY);
+        r->set_begin_position(exported);
+        r->set_num_tokens(cached - exported);
+        r->set_data(reinterpret_cast<const char*>(rows->data()), rows->size() * sizeof(float));
+      }
+    }
+    exported = cached;
+    for (const TokenEvent& e : *events) {
+      if (e.request == *id && e.finish == RequestFinish::kPrefillDone) first_token = e.token;
+    }
+  }
+  v1::HandoffTrailer* trailer = next().mutable_trailer();
+  trailer->set_first_token(first_token);
+  absl::StatusOr<std::vector<IndexerProbe>> probes = engine.TakeProbes(*id);
+  EXPECT_TRUE(probes.ok()) << probes.status();
+  for (const IndexerProbe& probe : *probes) {
+    v1::LayerSelection* s = trailer->add_selections();
+    s->set_layer(probe.layer);
+    s->mutable_query()->Add(probe.query.begin(), probe.query.end());
+    s->mutable_head_weights()->Add(probe.head_weights.begin(), probe.head_weights.end());
+    s->mutable_topk()->Add(probe.topk.begin(), probe.topk.end());
+  }
+  engine.Release(*id);
+  for (v1::HandoffChunk& chunk : chunks) SealChunk(chunk);
+  return chunks;
+}
+
+// Greedy continuation by one in-process Engine.
+std::vector<int32_t> LocalGreedy(Engine& engine, const std::vector<int32_t>& prompt, int32_t max_new_tokens) {
+  absl::StatusOr<RequestId> id = engine.Submit(prompt, GreedyParams(max_new_tokens));
+  EXPECT_TRUE(id.ok()) << id.status();
+  std::vector<int32_t> tokens;
+  for (bool done = false; !done;) {
+    absl::StatusOr<std::vector<TokenEvent>> events = engine.Step();
+    EXPECT_TRUE(events.ok()) << events.status();
+    if (!events.ok()) break;
+    for (const TokenEvent& e : *events) {
+      if (e.request != *id) continue;
+      if (e.token >= 0) tokens.push_back(e.token);
+      done = e.finish != RequestFinish::kNone;
+    }
+  }
+  return tokens;
+}
+
+// One Decode call, read message by message.
+struct DecodeCall {
+  grpc::ClientContext context;
+  std::unique_ptr<grpc::ClientReader<v1::DecodeResponse>> reader;
+  v1::DecodeAdmitted admitted;
+  std::vector<int32_t> tokens;
+  std::optional<v1::FinalInfo> final;
+
+  // Reads the `admitted` message; false when the stream ended instead.
+  bool ReadAdmitted() {
+    v1::DecodeResponse message;
+    if (!reader->Read(&message)) return false;
+    EXPECT_TRUE(message.has_admitted());
+    admitted = message.admitted();
+    return true;
+  }
+  // Reads up to `n` more tokens (all, by default) and returns the call's status once it ended.
+  std::optional<grpc::Status> Read(size_t n = SIZE_MAX) {
+    v1::DecodeResponse message;
+    while (tokens.size() < n && reader->Read(&message)) {
+      tokens.insert(tokens.end(), message.token_ids().begin(), message.token_ids().end());
+      if (message.has_final()) final = message.final();
+    }
+    if (tokens.size() >= n && !final) return std::nullopt;
+    return reader->Finish();
+  }
+};
+
+class DecodeWorkerTest : public ::testing::TestWithParam<v1::HandoffTransport> {
+ protected:
+  static void SetUpTestSuite() {
+    auto engine = Engine::Create(TestEngineOptions());
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    prefill_ = engine->release();
+  }
+  static void TearDownTestSuite() {
+    delete prefill_;
+    prefill_ = nullptr;
+  }
+
+  void SetUp() override { StartWorker(WorkerOptions()); }
+
+  static DecodeWorkerOptions WorkerOptions() {
+    DecodeWorkerOptions options;
+    options.engine = TestEngineOptions();
+    return options;
+  }
+
+  void StartWorker(const DecodeWorkerOptions& options) {
+    auto worker = DecodeWorker::Create(options);
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    worker_ = *std::move(worker);
+    auto address = worker_->Start();
+    ASSERT_TRUE(address.ok()) << address.status();
+    stub_ = v1::DecodeWorker::NewStub(grpc::CreateChannel(*address, grpc::InsecureChannelCredentials()));
+  }
+
+  std::unique_ptr<DecodeCall> StartDecode(const std::string& id, const std::vector<int32_t>& prompt,
+                                          const v1::SamplingParameters& sampling,
+                                          absl::Duration deadline = absl::Seconds(60)) {
+    auto call = std::make_unique<DecodeCall>();
+    call->context.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+    v1::DecodeRequest request;
+    request.set_request_id(id);
+    request.mutable_prompt_ids()->Add(prompt.begin(), prompt.end());
+    *request.mutable_sampling() = sampling;
+    request.set_transport(GetParam());
+    call->reader = stub_->Decode(&call->context, request);
+    return call;
+  }
+
+  // Pushes `chunks`; the decode worker's verdict (a failed Send's status, or Finish's ack).
+  absl::Status Push(const std::string& address, const std::vector<v1::HandoffChunk>& chunks) {
+    auto sender = ConnectHandoff(GetParam(), address, absl::Seconds(5));
+    if (!sender.ok()) return sender.status();
+    for (const v1::HandoffChunk& chunk : chunks) {
+      if (absl::Status sent = (*sender)->Send(chunk); !sent.ok()) return sent;
+    }
+    absl::StatusOr<v1::HandoffAck> ack = (*sender)->Finish();
+    return ack.ok() ? AckStatus(*ack) : ack.status();
+  }
+
+  v1::WorkerLoad Load() {
+    grpc::ClientContext context;
+    v1::WorkerLoad load;
+    EXPECT_TRUE(stub_->GetLoad(&context, v1::LoadRequest(), &load).ok());
+    return load;
+  }
+
+  // Waits (up to 10 s) until no request holds KV blocks on the worker.
+  void ExpectAllBlocksFree() {
+    v1::WorkerLoad load;
+    for (int i = 0; i < 200; ++i) {
+      load = Load();
+      if (load.free_kv_blocks() == load.total_kv_blocks() && load.running_sequences() == 0) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    EXPECT_EQ(load.free_kv_blocks(), load.total_kv_blocks());
+    EXPECT_EQ(load.running_sequences(), 0);
+  }
+
+  static Engine* prefill_;
+  std::unique_ptr<DecodeWorker> worker_;
+  std::unique_ptr<v1::DecodeWorker::Stub> stub_;
+};
+
+Engine* DecodeWorkerTest::prefill_ = nullptr;
+
+TEST_P(DecodeWorkerTest, GoldenPromptDecodesToTransformersGreedyOutput) {
+  std::ifstream in(kModel + "/expected.json");
+  std::stringstream text;
+  text << in.rdbuf();
+  const nlohmann::json golden = nlohmann::json::parse(text.str())["greedy"];
+  const auto prompt = golden["prompt_ids"].get<std::vector<int32_t>>();
+  const auto want = golden["output_ids"].get<std::vector<int32_t>>();
+  const int32_t n = static_cast<int32_t>(want.size());
+
+  std::unique_ptr<DecodeCall> call = StartDecode("golden", prompt, Greedy(n));
+  ASSERT_TRUE(call->ReadAdmitted());
+  ASSERT_TRUE(Push(call->admitted.handoff_address(), PrefillHandoff(*prefill_, "golden", prompt, n)).ok());
+  std::optional<grpc::Status> status = call->Read();
+  ASSERT_TRUE(status && status->ok()) << (status ? status->error_message() : "");
+  EXPECT_EQ(call->tokens, want);
+  ASSERT_TRUE(call->final.has_value());
+  EXPECT_EQ(call->final->finish_reason(), v1::LENGTH);
+  EXPECT_EQ(call->final->generated_tokens(), n);
+  EXPECT_EQ(call->final->prompt_tokens(), static_cast<int32_t>(prompt.size()));
+  EXPECT_EQ(call->final->index_pattern(), "FFSFS");
+  EXPECT_GT(call->final->timings().handoff_seconds(), 0.0);
+  ExpectAllBlocksFree();
+}
+
+TEST_P(DecodeWorkerTest, LongerPromptsMatchTheInProcessEngine) {
+  for (int32_t length : {1, 37, 70}) {  // one token; several prefill chunks and cache blocks
+    const std::vector<int32_t> prompt = Prompt(length, length);
+    const std::string id = "long-" + std::to_string(length);
+    const std::vector<int32_t> want = LocalGreedy(*prefill_, prompt, 12);
+    std::unique_ptr<DecodeCall> call = StartDecode(id, prompt, Greedy(12));
+    ASSERT_TRUE(call->ReadAdmitted());
+    ASSERT_TRUE(Push(call->admitted.handoff_address(), PrefillHandoff(*prefill_, id, prompt, 12)).ok());
+    std::optional<grpc::Status> status = call->Read();
+    ASSERT_TRUE(status && status->ok()) << (status ? status->error_message() : "");
+    EXPECT_EQ(call->tokens, want) << "prompt of " << length;
+  }
+  ExpectAllBlocksFree();
+}
+
+TEST_P(DecodeWorkerTest, OneTokenRequestEndsWithThePrefillWorkersToken) {
+  const std::vector<int32_t> prompt = Prompt(10, 2);
+  const std::vector<int32_t> want = LocalGreedy(*prefill_, prompt, 1);
+  std::unique_ptr<DecodeCall> call = StartDecode("one", prompt, Greedy(1));
+  ASSERT_TRUE(call->ReadAdmitted());
+  ASSERT_TRUE(Push(call->admitted.handoff_address(), PrefillHandoff(*prefill_, "one", prompt, 1)).ok());
+  std::optional<grpc::Status> status = call->Read();
+  ASSERT_TRUE(status && status->ok()) << (status ? status->error_message() : "");
+  EXPECT_EQ(call->tokens, want);
+  ASSERT_TRUE(call->final.has_value());
+  EXPECT_EQ(call->final->finish_reason(), v1::LENGTH);
+  ExpectAllBlocksFree();
+}
+
+TEST_P(DecodeWorkerTest, CorruptedChunkIsRejectedAndItsBlocksFreed) {
+  const std::vector<int32_t> prompt = Prompt(20, 3);
+  std::unique_ptr<DecodeCall> call = StartDecode("corrupt", prompt, Greedy(4));
+  ASSERT_TRUE(call->ReadAdmitted());
+  EXPECT_LT(Load().free_kv_blocks(), Load().total_kv_blocks());  // reserved for the prompt
+  std::vector<v1::HandoffChunk> chunks = PrefillHandoff(*prefill_, "corrupt", prompt, 4);
+  (*chunks[3].mutable_rows()->mutable_data())[5] ^= 0x40;  // after sealing
+  absl::Status verdict = Push(call->admitted.handoff_address(), chunks);
+  EXPECT_EQ(verdict.code(), absl::StatusCode::kDataLoss) << verdict;
+  std::optional<grpc::Status> status = call->Read();
+  ASSERT_TRUE(status.has_value());
+  EXPECT_EQ(status->error_code(), grpc::StatusCode::DATA_LOSS);
+  EXPECT_THAT(status->error_message(), HasSubstr("corrupt"));
+  EXPECT_TRUE(call->tokens.empty());
+  ExpectAllBlocksFree();
+  EXPECT_EQ(Load().handoffs_rejected(), 1u);
+}
+
+TEST_P(DecodeWorkerTest, HeaderOfAnotherModelOrPatternIsRefused) {
+  const std::vector<int32_t> prompt = Prompt(9, 4);
+  struct Case {
+    std::string field;
+    std::function<void(v1::HandoffHeader&)> edit;
+  };
+  const std::vector<Case> cases = {
+      {"fingerprint", [](v1::HandoffHeader& h) { h.set_model_fingerprint("another-model"); }},
+      {"pattern", [](v1::HandoffHeader& h) { h.set_index_pattern("FSSSS"); }},
+      {"row widths", [](v1::HandoffHeader& h) { h.set_latent_dim(h.latent_dim() + 1); }},
+  };
+  for (const Case& c : cases) {
+    const std::string id = "header-" + c.field;
+    std::unique_ptr<DecodeCall> call = StartDecode(id, prompt, Greedy(4));
+    ASSERT_TRUE(call->ReadAdmitted());
+    std::vector<v1::HandoffChunk> chunks = PrefillHandoff(*prefill_, id, prompt, 4);
+    c.edit(*chunks[0].mutable_header());
+    SealChunk(chunks[0]);
+    absl::Status verdict = Push(call->admitted.handoff_address(), chunks);
+    EXPECT_EQ(verdict.code(), absl::StatusCode::kFailedPrecondition) << verdict;
+    EXPECT_THAT(verdict.message(), HasSubstr(c.field));
+    std::optional<grpc::Status> status = call->Read();
+    ASSERT_TRUE(status.has_value());
+    EXPECT_EQ(status->error_code(), grpc::StatusCode::FAILED_PRECONDITION) << c.field;
+    ExpectAllBlocksFree();
+  }
+}
+
+TEST_P(DecodeWorkerTest, WrongProbeSelectionIsRefused) {
+  const std::vector<int32_t> prompt = Prompt(40, 5);  // > index_topk, so the top-k is a real choice
+  std::unique_ptr<DecodeCall> call = StartDecode("probe", prompt, Greedy(4));
+  ASSERT_TRUE(call->ReadAdmitted());
+  std::vector<v1::HandoffChunk> chunks = PrefillHandoff(*prefill_, "probe", prompt, 4);
+  v1::LayerSelection* s = chunks.back().mutable_trailer()->mutable_selections(0);
+  std::set<int32_t> selected(s->topk().begin(), s->topk().end());
+  for (int32_t pos = 0; pos < 40; ++pos) {
+    if (!selected.contains(pos)) {
+      s->set_topk(0, pos);  // swap one selected key for an unselected one
+      break;
+    }
+  }
+  SealChunk(chunks.back());
+  absl::Status verdict = Push(call->admitted.handoff_address(), chunks);
+  EXPECT_EQ(verdict.code(), absl::StatusCode::kDataLoss) << verdict;
+  EXPECT_THAT(verdict.message(), HasSubstr("top-k"));
+  ASSERT_TRUE(call->Read().has_value());
+  ExpectAllBlocksFree();
+}
+
+TEST_P(DecodeWorkerTest, AbortBeforeTheHandoffEndsWithAbortAndFreesBlocks) {
+  std::unique_ptr<DecodeCall> call = StartDecode("abort-early", Prompt(30, 6), Greedy(8));
+  ASSERT_TRUE(call->ReadAdmitted());
+  grpc::ClientContext context;
+  v1::WorkerAbortRequest request;
+  request.set_request_id("abort-early");
+  v1::WorkerAbortResponse response;
+  ASSERT_TRUE(stub_->Abort(&context, request, &response).ok());
+  EXPECT_TRUE(response.found());
+  std::optional<grpc::Status> status = call->Read();
+  ASSERT_TRUE(status && status->ok()) << (status ? status->error_message() : "");
+  ASSERT_TRUE(call->final.has_value());
+  EXPECT_EQ(call->final->finish_reason(), v1::ABORT);
+  ExpectAllBlocksFree();
+}
+
+TEST_P(DecodeWorkerTest, CancelledDecodeMidStreamFreesBlocks) {
+  const std::vector<int32_t> prompt = Prompt(25, 7);
+  std::unique_ptr<DecodeCall> call = StartDecode("cancel", prompt, Greedy(400));
+  ASSERT_TRUE(call->ReadAdmitted());
+  ASSERT_TRUE(Push(call->admitted.handoff_address(), PrefillHandoff(*prefill_, "cancel", prompt, 400)).ok());
+  ASSERT_FALSE(call->Read(3).has_value());  // three tokens in, still generating
+  call->context.TryCancel();
+  call->Read();
+  ExpectAllBlocksFree();
+}
+
+TEST_P(DecodeWorkerTest, MalformedRequestsAreRefused) {
+  std::unique_ptr<DecodeCall> no_id = StartDecode("", Prompt(4, 1), Greedy(4));
+  EXPECT_EQ(no_id->Read()->error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  std::unique_ptr<DecodeCall> empty = StartDecode("empty", {}, Greedy(4));
+  EXPECT_EQ(empty->Read()->error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  v1::SamplingParameters bad = Greedy(4);
+  bad.set_temperature(-1);
+  std::unique_ptr<DecodeCall> negative = StartDecode("negative", Prompt(4, 1), bad);
+  EXPECT_EQ(negative->Read()->error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  ExpectAllBlocksFree();
+}
+
+TEST_P(DecodeWorkerTest, AdmissionWaitsForBlocksWithinTheDeadline) {
+  // A cache of 6 blocks of 16 tokens: A holds 3 (41 tokens), B needs 4 (61) and waits.
+  DecodeWorkerOptions small = WorkerOptions();
+  small.engine.kv_cache_bytes = 6 * prefill_->cache().bytes_per_block();
+  worker_.reset();
+  StartWorker(small);
+  ASSERT_EQ(Load().total_kv_blocks(), 6);
+
+  std::unique_ptr<DecodeCall> a = StartDecode("A", Prompt(40, 8), Greedy(40));
+  ASSERT_TRUE(a->ReadAdmitted());
+  // Past its deadline, a waiting request gives up with DEADLINE_EXCEEDED.
+  std::unique_ptr<DecodeCall> late = StartDecode("late", Prompt(60, 9), Greedy(4), absl::Milliseconds(300));
+  EXPECT_EQ(late->Read()->error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  // One that never fits the cache fails at once.
+  std::unique_ptr<DecodeCall> huge = StartDecode("huge", Prompt(60, 9), Greedy(60));
+  EXPECT_EQ(huge->Read()->error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+
+  for (int i = 0; i < 100 && Load().queued_requests() > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_EQ(Load().queued_requests(), 0);  // "late" noticed its deadline
+  std::unique_ptr<DecodeCall> b = StartDecode("B", Prompt(60, 9), Greedy(4));
+  for (int i = 0; i < 100 && Load().queued_requests() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(Load().queued_requests(), 1);
+  a->context.TryCancel();  // A's blocks go back; B gets in
+  a->Read();
+  ASSERT_TRUE(b->ReadAdmitted());
+  ASSERT_TRUE(Push(b->admitted.handoff_address(), PrefillHandoff(*prefill_, "B", Prompt(60, 9), 4)).ok());
+  std::optional<grpc::Status> status = b->Read();
+  ASSERT_TRUE(status && status->ok()) << (status ? status->error_message() : "");
+  EXPECT_EQ(b->tokens.size(), 4u);
+  ExpectAllBlocksFree();
+}
+
+TEST_P(DecodeWorkerTest, DrainFinishesAdmittedRequestsAndRefusesNewOnes) {
+  const std::vector<int32_t> prompt = Prompt(12, 10);
+  std::unique_ptr<DecodeCall> call = StartDecode("drain", prompt, Greedy(6));
+  ASSERT_TRUE(call->ReadAdmitted());
+  std::thread drainer([&] { worker_->Drain(); });
+  for (int i = 0; i < 100 && !Load().draining(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  std::unique_ptr<DecodeCall> refused = StartDecode("refused", prompt, Greedy(6));
+  EXPECT_EQ(refused->Read()->error_code(), grpc::StatusCode::UNAVAILABLE);
+  ASSERT_TRUE(Push(call->admitted.handoff_address(), PrefillHandoff(*prefill_, "drain", prompt, 6)).ok());
+  std::optional<grpc::Status> status = call->Read();
+  ASSERT_TRUE(status && status->ok()) << (status ? status->error_message() : "");
+  EXPECT_EQ(call->tokens.size(), 6u);
+  drainer.join();
+}
+
+TEST_P(DecodeWorkerTest, HandoffBrokenMidStreamFreesBlocks) {
+  const std::vector<int32_t> prompt = Prompt(30, 11);
+  std::unique_ptr<DecodeCall> call = StartDecode("broken", prompt, Greedy(4), absl::Seconds(20));
+  ASSERT_TRUE(call->ReadAdmitted());
+  const std::vector<v1::HandoffChunk> chunks = PrefillHandoff(*prefill_, "broken", prompt, 4);
+  auto sender = ConnectHandoff(GetParam(), call->admitted.handoff_address(), absl::Seconds(5));
+  ASSERT_TRUE(sender.ok()) << sender.status();
+  for (size_t i = 0; i < 4; ++i) ASSERT_TRUE((*sender)->Send(chunks[i]).ok());
+  // Let the worker read them: a gRPC cancel discards unread messages, and a stream that dies before
+  // naming its request can only be dropped by the router's cancel or the handoff timeout.
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  (*sender)->Cancel();  // the prefill worker died mid-transfer
+  std::optional<grpc::Status> status = call->Read();
+  ASSERT_TRUE(status.has_value());
+  EXPECT_FALSE(status->ok());
+  EXPECT_THAT(status->error_message(), HasSubstr("handoff"));
+  ExpectAllBlocksFree();
+  EXPECT_EQ(Load().handoffs_rejected(), 1u);
+}
+
+TEST_P(DecodeWorkerTest, HandoffThatNeverArrivesTimesOut) {
+  DecodeWorkerOptions options = WorkerOptions();
+  options.handoff_timeout = absl::Milliseconds(300);
+  worker_.reset();
+  StartWorker(options);
+  std::unique_ptr<DecodeCall> call = StartDecode("never", Prompt(10, 12), Greedy(4));
+  ASSERT_TRUE(call->ReadAdmitted());
+  std::optional<grpc::Status> status = call->Read();
+  ASSERT_TRUE(status.has_value());
+  EXPECT_EQ(status->error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_THAT(status->error_message(), HasSubstr("no complete handoff"));
+  ExpectAllBlocksFree();
+}
+
+INSTANTIATE_TEST_SUITE_P(BothTransports, DecodeWorkerTest,
+                         ::testing::Values(v1::HANDOFF_TRANSPORT_GRPC, v1::HANDOFF_TRANSPORT_TCP),
+                         [](const auto& info) { return info.param == v1::HANDOFF_TRANSPORT_GRPC ? "Grpc" : "Tcp"; });
+
+// A router's registry that records what workers tell it.
+class FakeRegistry final : public v1::Registry::Service {
+ public:
+  grpc::Status Register(grpc::ServerContext*, const v1::RegisterRequest* request,
+                        v1::RegisterResponse* response) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    registers_.push_back(*request);
+    known_ = true;
+    response->set_heartbeat_interval_seconds(0.02);
+    return grpc::Status::OK;
+  }
+  grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* request,
+                         v1::HeartbeatResponse* response) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    heartbeats_.push_back(request->load());
+    response->set_known(known_);
+    return grpc::Status::OK;
+  }
+  void Forget() {
+    std::lock_guard<std::mutex> lock(mu_);
+    known_ = false;
+  }
+  // Waits (up to 10 s) for `registers` registrations and `heartbeats` heartbeats in all.
+  bool WaitFor(size_t registers, size_t heartbeats) {
+    for (int i = 0; i < 500; ++i) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (registers_.size() >= registers && heartbeats_.size() >= heartbeats) return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return false;
+  }
+  std::vector<v1::RegisterRequest> registers() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return registers_;
+  }
+  v1::WorkerLoad last_heartbeat() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return heartbeats_.back();
+  }
+
+ private:
+  std::mutex mu_;
+  bool known_ = false;
+  std::vector<v1::RegisterRequest> registers_;
+  std::vector<v1::WorkerLoad> heartbeats_;
+};
+
+TEST(DecodeWorkerRegistration, RegistersHeartbeatsAndRegistersAgainWhenForgotten) {
+  FakeRegistry registry;
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&registry);
+  std::unique_ptr<grpc::Server> router = builder.BuildAndStart();
+  ASSERT_NE(router, nullptr);
+
+  DecodeWorkerOptions options;
+  options.engine = TestEngineOptions();
+  options.router_address = "127.0.0.1:" + std::to_string(port);
+  options.worker_id = "decode-under-test";
+  auto worker = DecodeWorker::Create(options);
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  auto address = (*worker)->Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+
+  ASSERT_TRUE(registry.WaitFor(1, 2));
+  const v1::RegisterRequest self = registry.registers()[0];
+  EXPECT_EQ(self.worker_id(), "decode-under-test");
+  EXPECT_EQ(self.role(), v1::DECODE);
+  EXPECT_EQ(self.address(), *address);
+  EXPECT_EQ(self.handoff_tcp_address(), (*worker)->tcp_address());
+  EXPECT_EQ(self.index_pattern(), "FFSFS");
+  auto engine = Engine::Create(TestEngineOptions());
+  ASSERT_TRUE(engine.ok());
+  EXPECT_EQ(self.model_fingerprint(), (*engine)->model_fingerprint());
+  const v1::WorkerLoad load = registry.last_heartbeat();
+  EXPECT_EQ(load.worker_id(), "decode-under-test");
+  EXPECT_EQ(load.role(), v1::DECODE);
+  EXPECT_EQ(load.total_kv_blocks(), (*engine)->cache().num_blocks());
+  EXPECT_EQ(load.free_kv_blocks(), load.total_kv_blocks());
+
+  registry.Forget();  // the router restarted
+  EXPECT_TRUE(registry.WaitFor(2, 0));
+  worker->reset();
+  router->Shutdown();
+}
+
+}  // namespace
+}  // namespace indexcache

@@ -1,0 +1,266 @@
+// The cluster end to end, with the real `indexcache` binary's services as separate processes on
+// loopback (router, one prefill worker, two decode workers) and the C++ SDK as the client:
+// disaggregated greedy output equals the in-process engine's token for token (both transports, two
+// IndexCache patterns); 32 concurrent streams complete; a cancel frees the decode workers' KV; a killed
+// decode worker ends its streams with a clear status before their deadline and new requests go to the
+// survivor; malformed requests get INVALID_ARGUMENT.
+#include <signal.h>
+
+#include <atomic>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "common/engine/engine.h"
+#include "gtest/gtest.h"
+#include "indexcache/client.h"
+#include "indexcache/v1/internal.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "nlohmann/json.hpp"
+#include "tools/indexcache/child_process.h"
+
+namespace indexcache {
+namespace {
+
+const std::string kModel = std::string(INDEXCACHE_TEST_DATA) + "/goldens/moe_freq2";
+const std::string kBinary = std::string(INDEXCACHE_BINARY_DIR) + "/tools/indexcache";
+
+std::vector<int32_t> GoldenInput() {
+  std::ifstream in(kModel + "/expected.json");
+  std::stringstream text;
+  text << in.rdbuf();
+  return nlohmann::json::parse(text.str())["input_ids"].get<std::vector<int32_t>>();
+}
+
+struct ClusterParam {
+  std::string transport;
+  std::string pattern;  // "" = the checkpoint's own (FFSFS)
+};
+
+std::string ParamName(const testing::TestParamInfo<ClusterParam>& info) {
+  return info.param.transport + (info.param.pattern.empty() ? "_own" : "_" + info.param.pattern);
+}
+
+class ClusterTest : public testing::TestWithParam<ClusterParam> {
+ protected:
+  void SetUp() override {
+    const ClusterParam& p = GetParam();
+    std::vector<std::string> pattern_flag;
+    if (!p.pattern.empty()) pattern_flag = {"--index-pattern", p.pattern};
+    std::vector<std::string> router_argv = {kBinary, "router", "--listen", "127.0.0.1:0", "--model", kModel,
+                                            "--transport", p.transport, "--heartbeat-timeout", "2"};
+    router_argv.insert(router_argv.end(), pattern_flag.begin(), pattern_flag.end());
+    router_ = Start("router", router_argv, &router_address_);
+    ASSERT_NE(router_, nullptr);
+    for (const std::string role : {"prefill", "decode", "decode"}) {
+      const std::string name = role + std::to_string(workers_.size());
+      std::vector<std::string> argv = {kBinary, role + "-worker", "--listen", "127.0.0.1:0", "--router",
+                                       router_address_, "--worker-id", name, "--model", kModel, "--threads", "1",
+                                       "--kv-cache-mb", "8", "--block-size", "16", "--max-batch-tokens", "16"};
+      argv.insert(argv.end(), pattern_flag.begin(), pattern_flag.end());
+      std::string address;
+      workers_.push_back(Start(name, argv, &address));
+      ASSERT_NE(workers_.back(), nullptr);
+      worker_addresses_.push_back(address);
+    }
+    client::ClientOptions options;
+    options.default_timeout = absl::Seconds(60);
+    options.connect_timeout = absl::Seconds(10);
+    auto c = client::Client::Connect(router_address_, options);
+    ASSERT_TRUE(c.ok()) << c.status();
+    client_.emplace(*c);
+    // Ready once the router's pool holds all three workers.
+    for (int i = 0; i < 200; ++i) {
+      auto info = client_->GetModelInfo();
+      if (info.ok() && info->prefill_workers == 1 && info->decode_workers == 2) return;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    FAIL() << "the router's pool never held every worker";
+  }
+
+  std::unique_ptr<cli::ChildProcess> Start(const std::string& name, const std::vector<std::string>& argv,
+                                           std::string* address) {
+    auto child = cli::ChildProcess::Spawn(name, argv);
+    EXPECT_TRUE(child.ok()) << child.status();
+    if (!child.ok()) return nullptr;
+    auto listening = (*child)->WaitListening(absl::Seconds(60));
+    EXPECT_TRUE(listening.ok()) << listening.status();
+    if (!listening.ok()) return nullptr;
+    *address = *listening;
+    return std::move(*child);
+  }
+
+  // Greedy tokens of the in-process engine for the same prompt and pattern.
+  std::vector<int32_t> EngineGreedy(const std::vector<int32_t>& prompt, int32_t max_new) {
+    EngineOptions options;
+    options.model_dir = kModel;
+    options.index_pattern = GetParam().pattern;
+    auto engine = Engine::Create(options);
+    EXPECT_TRUE(engine.ok()) << engine.status();
+    SamplingParams params;
+    params.temperature = 0.0f;
+    params.max_new_tokens = max_new;
+    params.ignore_eos = true;
+    EXPECT_TRUE((*engine)->Submit(prompt, params).ok());
+    std::vector<int32_t> tokens;
+    while ((*engine)->HasWork()) {
+      auto events = (*engine)->Step();
+      EXPECT_TRUE(events.ok());
+      for (const TokenEvent& e : *events) {
+        if (e.token >= 0) tokens.push_back(e.token);
+      }
+    }
+    return tokens;
+  }
+
+  client::GenerateRequest Greedy(std::vector<int32_t> prompt, int32_t max_new) {
+    client::GenerateRequest request = client::GenerateRequest::FromIds(std::move(prompt));
+    request.sampling.temperature = 0.0f;
+    request.sampling.max_new_tokens = max_new;
+    request.sampling.ignore_eos = true;
+    return request;
+  }
+
+  // free_kv_blocks == total_kv_blocks on every decode worker, within `timeout`.
+  bool DecodeKvAllFree(absl::Duration timeout) {
+    const absl::Time deadline = absl::Now() + timeout;
+    while (absl::Now() < deadline) {
+      bool all_free = true;
+      for (size_t i = 1; i < worker_addresses_.size(); ++i) {
+        if (workers_[i]->Exited()) continue;
+        auto stub = v1::DecodeWorker::NewStub(
+            grpc::CreateChannel(worker_addresses_[i], grpc::InsecureChannelCredentials()));
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+        v1::WorkerLoad load;
+        if (!stub->GetLoad(&ctx, v1::LoadRequest(), &load).ok() || load.free_kv_blocks() != load.total_kv_blocks()) {
+          all_free = false;
+        }
+      }
+      if (all_free) return true;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    return false;
+  }
+
+  std::unique_ptr<cli::ChildProcess> router_;
+  std::string router_address_;
+  std::vector<std::unique_ptr<cli::ChildProcess>> workers_;  // prefill, decode, decode
+  std::vector<std::string> worker_addresses_;
+  std::optional<client::Client> client_;
+};
+
+TEST_P(ClusterTest, DisaggregatedGreedyEqualsInProcessEngine) {
+  const std::vector<int32_t> input = GoldenInput();
+  for (size_t length : {size_t{5}, size_t{17}, input.size()}) {
+    const std::vector<int32_t> prompt(input.begin(), input.begin() + length);
+    auto result = client_->Generate(Greedy(prompt, 12));
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_EQ(result->final.finish_reason, client::FinishReason::kLength) << result->final.error;
+    EXPECT_EQ(result->output_ids, EngineGreedy(prompt, 12)) << "prompt length " << length;
+    EXPECT_EQ(result->final.prompt_tokens, static_cast<int32_t>(length));
+    EXPECT_EQ(result->final.index_pattern, GetParam().pattern.empty() ? "FFSFS" : GetParam().pattern);
+  }
+  EXPECT_TRUE(DecodeKvAllFree(absl::Seconds(10))) << "finished requests must free the decode workers' KV";
+}
+
+TEST_P(ClusterTest, ThirtyTwoConcurrentStreamsComplete) {
+  const std::vector<int32_t> input = GoldenInput();
+  std::atomic<int> completed{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 32; ++i) {
+    threads.emplace_back([&, i] {
+      const std::vector<int32_t> prompt(input.begin(), input.begin() + 4 + i % 20);
+      auto result = client_->Generate(Greedy(prompt, 8));
+      if (result.ok() && result->final.finish_reason == client::FinishReason::kLength &&
+          result->output_ids.size() == 8) {
+        ++completed;
+      } else {
+        ADD_FAILURE() << "stream " << i << ": " << (result.ok() ? result->final.error : result.status().ToString());
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(completed.load(), 32);
+  EXPECT_TRUE(DecodeKvAllFree(absl::Seconds(10)));
+}
+
+TEST_P(ClusterTest, CancelMidStreamFreesDecodeKv) {
+  client::GenerateStream stream = client_->Stream(Greedy(GoldenInput(), 400));
+  int chunks = 0;
+  while (chunks < 3) {
+    auto chunk = stream.Next();
+    ASSERT_TRUE(chunk.ok()) << chunk.status();
+    ASSERT_TRUE(chunk->has_value());
+    ++chunks;
+  }
+  stream.Cancel();
+  EXPECT_TRUE(DecodeKvAllFree(absl::Seconds(10))) << "a cancelled request must free its KV blocks";
+}
+
+TEST_P(ClusterTest, KilledDecodeWorkerEndsItsStreamsAndTheSurvivorServes) {
+  const std::vector<int32_t> input = GoldenInput();
+  std::vector<client::GenerateStream> streams;
+  for (int i = 0; i < 4; ++i) {
+    client::GenerateRequest request = Greedy(input, 400);  // the model has 512 positions
+    request.timeout = absl::Seconds(60);
+    streams.push_back(client_->Stream(request));
+  }
+  for (auto& s : streams) {
+    auto first = s.Next();
+    ASSERT_TRUE(first.ok()) << first.status();
+  }
+  const absl::Time killed_at = absl::Now();
+  workers_[1]->Signal(SIGKILL);
+  int failed = 0;
+  for (auto& s : streams) {
+    for (;;) {
+      auto chunk = s.Next();
+      if (!chunk.ok()) {
+        ++failed;
+        EXPECT_EQ(chunk.status().code(), absl::StatusCode::kUnavailable) << chunk.status();
+        break;
+      }
+      if (!chunk->has_value()) break;
+      if ((*chunk)->final) {
+        if ((*chunk)->final->finish_reason == client::FinishReason::kError) ++failed;
+      }
+    }
+  }
+  EXPECT_GT(failed, 0) << "the killed worker served none of the four streams";
+  EXPECT_LT(absl::Now() - killed_at, absl::Seconds(30)) << "streams must end well before their deadline";
+  for (int i = 0; i < 4; ++i) {
+    auto result = client_->Generate(Greedy(std::vector<int32_t>(input.begin(), input.begin() + 9), 6));
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_EQ(result->final.finish_reason, client::FinishReason::kLength);
+    EXPECT_EQ(result->final.decode_worker.find("decode1"), std::string::npos) << "routed to the dead worker";
+  }
+}
+
+TEST_P(ClusterTest, MalformedRequestsAreInvalidArgument) {
+  std::vector<client::GenerateRequest> bad;
+  bad.push_back(Greedy({}, 4));                                        // empty prompt
+  bad.push_back(Greedy({1, 2, 100000}, 4));                            // out of vocabulary
+  bad.push_back(Greedy({1, 2, 3}, 0));                                 // max_new_tokens 0
+  bad.push_back(Greedy(std::vector<int32_t>(9000, 1), 4));             // past the context limit
+  client::GenerateRequest nan = Greedy({1, 2, 3}, 4);
+  nan.sampling.temperature = std::nanf("");
+  bad.push_back(nan);
+  client::GenerateRequest negative = Greedy({1, 2, 3}, 4);
+  negative.sampling.temperature = -1.0f;
+  bad.push_back(negative);
+  for (size_t i = 0; i < bad.size(); ++i) {
+    auto result = client_->Generate(bad[i]);
+    ASSERT_FALSE(result.ok()) << "request " << i << " was accepted";
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument) << i << ": " << result.status();
+    EXPECT_FALSE(result.status().message().empty());
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Loopback, ClusterTest,
+                         testing::Values(ClusterParam{"grpc", ""}, ClusterParam{"tcp", ""},
+                                         ClusterParam{"grpc", "FSSSS"}),
+                         ParamName);
+
+}  // namespace
+}  // namespace indexcache

@@ -1,0 +1,118 @@
+// A HandoffSink for transport tests: checks each chunk's checksum and sequence like a decode worker
+// would, records everything, and lets a test wait for the stream's end.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "common/handoff/handoff_transport.h"
+
+namespace indexcache::testing {
+
+class FakeSink : public HandoffSink {
+ public:
+  absl::Status OnChunk(const v1::HandoffChunk& chunk) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    absl::Status verdict = VerifyChunkChecksum(chunk);
+    if (verdict.ok() && chunk.sequence() != chunks_.size()) {
+      verdict = absl::DataLossError(absl::StrFormat("sequence %d, want %d", chunk.sequence(), chunks_.size()));
+    }
+    if (!verdict.ok()) {
+      rejected_ = verdict;
+      ended_.notify_all();
+      return verdict;
+    }
+    chunks_.push_back(chunk);
+    accepted_.notify_all();
+    return absl::OkStatus();
+  }
+  v1::HandoffAck OnComplete(const std::string& request_id) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    completed_.push_back(request_id);
+    ended_.notify_all();
+    return MakeAck(absl::OkStatus());
+  }
+  void OnBroken(const std::string& request_id, const absl::Status& why) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    broken_.emplace_back(request_id, why);
+    ended_.notify_all();
+  }
+
+  // Waits until the stream completed, was rejected or broke; false after 10 s.
+  bool WaitForEnd() {
+    std::unique_lock<std::mutex> lock(mu_);
+    return ended_.wait_for(lock, std::chrono::seconds(10),
+                           [&] { return !completed_.empty() || !rejected_.ok() || !broken_.empty(); });
+  }
+
+  // Waits (up to 10 s) until `n` chunks were accepted.
+  bool WaitForChunks(size_t n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return accepted_.wait_for(lock, std::chrono::seconds(10), [&] { return chunks_.size() >= n; });
+  }
+
+  std::vector<v1::HandoffChunk> chunks() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return chunks_;
+  }
+  std::vector<std::string> completed() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return completed_;
+  }
+  std::vector<std::pair<std::string, absl::Status>> broken() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return broken_;
+  }
+  absl::Status rejected() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return rejected_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable ended_;
+  std::condition_variable accepted_;
+  std::vector<v1::HandoffChunk> chunks_;
+  std::vector<std::string> completed_;
+  std::vector<std::pair<std::string, absl::Status>> broken_;
+  absl::Status rejected_;
+};
+
+// A sealed handoff of `request_id`: header, rows chunks of the given byte sizes (alternating LATENT
+// and INDEX_KEY, random bytes), trailer.
+inline std::vector<v1::HandoffChunk> MakeHandoff(const std::string& request_id, const std::vector<size_t>& row_bytes) {
+  std::mt19937 rng(7);
+  std::vector<v1::HandoffChunk> chunks;
+  auto next = [&]() -> v1::HandoffChunk& {
+    v1::HandoffChunk& chunk = chunks.emplace_back();
+    chunk.set_request_id(request_id);
+    chunk.set_sequence(static_cast<uint32_t>(chunks.size() - 1));
+    return chunk;
+  };
+  v1::HandoffHeader* header = next().mutable_header();
+  header->set_model_fingerprint("fp");
+  header->set_index_pattern("FFSFS");
+  header->set_prompt_tokens(7);
+  header->set_dtype("f32");
+  for (size_t i = 0; i < row_bytes.size(); ++i) {
+    v1::KvRows* rows = next().mutable_rows();
+    rows->set_layer(static_cast<int32_t>(i));
+    rows->set_kind(i % 2 == 0 ? v1::LATENT : v1::INDEX_KEY);
+    rows->set_num_tokens(7);
+    std::string data(row_bytes[i], '\0');
+    for (char& c : data) c = static_cast<char>(rng());
+    rows->set_data(std::move(data));
+  }
+  v1::HandoffTrailer* trailer = next().mutable_trailer();
+  trailer->set_first_token(42);
+  trailer->add_selections()->add_topk(3);
+  for (v1::HandoffChunk& chunk : chunks) SealChunk(chunk);
+  return chunks;
+}
+
+}  // namespace indexcache::testing

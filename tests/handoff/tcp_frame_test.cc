@@ -1,0 +1,171 @@
+// The TCP data plane's frame prefix codec, and a server fed malformed or stalled connections: each
+// is refused with an ack naming the problem and reported broken, without allocating absurd sizes or
+// crashing.
+#include "common/handoff/tcp_frame.h"
+
+#include <chrono>
+#include <thread>
+
+#include "boost/asio/write.hpp"
+#include "common/handoff/tcp_handoff.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/handoff/fake_sink.h"
+
+namespace indexcache {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::FakeSink;
+using testing::MakeHandoff;
+
+std::array<uint8_t, kFramePrefixBytes> Prefix(uint8_t kind, uint32_t metadata, uint64_t payload) {
+  std::array<uint8_t, kFramePrefixBytes> bytes = {'I', 'C', 1, kind};
+  std::memcpy(&bytes[4], &metadata, 4);
+  std::memcpy(&bytes[8], &payload, 8);
+  return bytes;
+}
+
+TEST(FramePrefix, RoundTripsAndMatchesTheDocumentedLayout) {
+  const auto bytes = EncodeFramePrefix({FrameKind::kChunk, 300, 70000});
+  EXPECT_EQ(bytes, Prefix(1, 300, 70000));
+  absl::StatusOr<FramePrefix> back = DecodeFramePrefix(bytes);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->kind, FrameKind::kChunk);
+  EXPECT_EQ(back->metadata_bytes, 300u);
+  EXPECT_EQ(back->payload_bytes, 70000u);
+}
+
+TEST(FramePrefix, RefusesBadMagicVersionKindAndSizes) {
+  auto bad_magic = Prefix(1, 0, 0);
+  bad_magic[0] = 'X';
+  EXPECT_THAT(DecodeFramePrefix(bad_magic).status().message(), HasSubstr("magic"));
+  auto bad_version = Prefix(1, 0, 0);
+  bad_version[2] = 9;
+  EXPECT_THAT(DecodeFramePrefix(bad_version).status().message(), HasSubstr("version 9"));
+  EXPECT_THAT(DecodeFramePrefix(Prefix(7, 0, 0)).status().message(), HasSubstr("kind 7"));
+  EXPECT_THAT(DecodeFramePrefix(Prefix(1, 0xffffffffu, 0)).status().message(), HasSubstr("metadata"));
+  EXPECT_THAT(DecodeFramePrefix(Prefix(1, 0, uint64_t{1} << 62)).status().message(), HasSubstr("payload"));
+  EXPECT_TRUE(DecodeFramePrefix(Prefix(1, kMaxFrameMetadataBytes, kMaxFramePayloadBytes)).ok());
+}
+
+class TcpServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto server = TcpHandoffServer::Start("127.0.0.1", 0, &sink_, {.io_timeout = absl::Milliseconds(500)});
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+  }
+
+  // Opens a raw connection to the server.
+  std::unique_ptr<FramedConnection> Open() {
+    auto connection = std::make_unique<FramedConnection>(absl::Seconds(5));
+    absl::StatusOr<HostPort> target = SplitHostPort(server_->address());
+    EXPECT_TRUE(target.ok());
+    EXPECT_TRUE(connection->Connect(target->host, target->port, absl::Seconds(5)).ok());
+    return connection;
+  }
+
+  // Writes raw bytes, then reads the server's ack.
+  v1::HandoffAck SendRawAndReadAck(FramedConnection& connection, const std::string& bytes) {
+    boost::system::error_code ec;
+    boost::asio::write(connection.socket(), boost::asio::buffer(bytes), ec);
+    EXPECT_FALSE(ec) << ec.message();
+    return ReadAck(connection);
+  }
+
+  v1::HandoffAck ReadAck(FramedConnection& connection) {
+    v1::HandoffAck ack;
+    absl::StatusOr<FramePrefix> prefix = connection.ReadPrefix();
+    EXPECT_TRUE(prefix.ok()) << prefix.status();
+    if (!prefix.ok()) return ack;
+    EXPECT_EQ(prefix->kind, FrameKind::kAck);
+    std::string metadata(prefix->metadata_bytes, '\0');
+    EXPECT_TRUE(connection.ReadExactly(metadata.data(), metadata.size()).ok());
+    EXPECT_TRUE(ack.ParseFromString(metadata));
+    return ack;
+  }
+
+  static std::string Bytes(const std::array<uint8_t, kFramePrefixBytes>& prefix) {
+    return std::string(prefix.begin(), prefix.end());
+  }
+
+  void ExpectRefused(const std::string& bytes, const std::string& why) {
+    std::unique_ptr<FramedConnection> connection = Open();
+    v1::HandoffAck ack = SendRawAndReadAck(*connection, bytes);
+    EXPECT_FALSE(ack.accepted());
+    EXPECT_THAT(ack.error(), HasSubstr(why));
+    ASSERT_TRUE(sink_.WaitForEnd());
+    ASSERT_EQ(sink_.broken().size(), 1u);
+    EXPECT_THAT(sink_.broken()[0].second.message(), HasSubstr(why));
+    EXPECT_TRUE(sink_.completed().empty());
+  }
+
+  FakeSink sink_;
+  std::unique_ptr<TcpHandoffServer> server_;
+};
+
+TEST_F(TcpServerTest, BadMagicIsRefused) {
+  std::string bytes = Bytes(Prefix(1, 0, 0));
+  bytes[1] = 'Z';
+  ExpectRefused(bytes, "magic");
+}
+
+TEST_F(TcpServerTest, HugeMetadataLengthIsRefusedWithoutAllocating) {
+  ExpectRefused(Bytes(Prefix(1, 0xfffffff0u, 0)), "exceeds");
+}
+
+TEST_F(TcpServerTest, HugePayloadLengthIsRefused) { ExpectRefused(Bytes(Prefix(1, 10, uint64_t{1} << 60)), "exceeds"); }
+
+TEST_F(TcpServerTest, MetadataThatIsNotAChunkIsRefused) {
+  ExpectRefused(Bytes(Prefix(1, 4, 0)) + std::string("\xff\xff\xff\xff", 4), "not a HandoffChunk");
+}
+
+TEST_F(TcpServerTest, PayloadOnAHeaderChunkIsRefused) {
+  const std::string header = MakeHandoff("r", {})[0].SerializeAsString();
+  ExpectRefused(Bytes(Prefix(1, static_cast<uint32_t>(header.size()), 3)) + header + "abc", "payload");
+}
+
+TEST_F(TcpServerTest, AckFromTheSenderIsRefused) { ExpectRefused(Bytes(Prefix(3, 0, 0)), "ack frame"); }
+
+TEST_F(TcpServerTest, SecondRequestOnOneConnectionIsRefused) {
+  std::unique_ptr<FramedConnection> connection = Open();
+  const v1::HandoffChunk first = MakeHandoff("one", {})[0];
+  v1::HandoffChunk second = MakeHandoff("two", {8})[1];
+  second.set_sequence(1);
+  SealChunk(second);
+  ASSERT_TRUE(connection->WriteFrame(FrameKind::kChunk, first.SerializeAsString(), {}).ok());
+  ASSERT_TRUE(connection->WriteFrame(FrameKind::kChunk, second.SerializeAsString(), {}).ok());
+  v1::HandoffAck ack = ReadAck(*connection);
+  EXPECT_FALSE(ack.accepted());
+  EXPECT_THAT(ack.error(), HasSubstr("one request"));
+  ASSERT_TRUE(sink_.WaitForEnd());
+  ASSERT_EQ(sink_.broken().size(), 1u);
+  EXPECT_EQ(sink_.broken()[0].first, "one");
+}
+
+TEST_F(TcpServerTest, SilentSenderTimesOut) {
+  std::unique_ptr<FramedConnection> connection = Open();
+  const v1::HandoffChunk header = MakeHandoff("quiet", {})[0];
+  ASSERT_TRUE(connection->WriteFrame(FrameKind::kChunk, header.SerializeAsString(), {}).ok());
+  ASSERT_TRUE(sink_.WaitForEnd());  // the server's 500 ms I/O timeout
+  ASSERT_EQ(sink_.broken().size(), 1u);
+  EXPECT_EQ(sink_.broken()[0].first, "quiet");
+  EXPECT_EQ(sink_.broken()[0].second.code(), absl::StatusCode::kDeadlineExceeded);
+}
+
+TEST_F(TcpServerTest, ShutdownBreaksOpenHandoffsPromptly) {
+  auto sender = TcpHandoffSender::Connect(server_->address(), absl::Seconds(5), {.io_timeout = absl::Seconds(30)});
+  ASSERT_TRUE(sender.ok()) << sender.status();
+  ASSERT_TRUE((*sender)->Send(MakeHandoff("open", {})[0]).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // let the server read the header
+  const absl::Time start = absl::Now();
+  server_->Shutdown();
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(400));  // not the I/O timeout
+  ASSERT_EQ(sink_.broken().size(), 1u);
+  EXPECT_EQ(sink_.broken()[0].first, "open");
+  EXPECT_FALSE((*sender)->Finish().ok());  // no verdict from a server that is gone
+}
+
+}  // namespace
+}  // namespace indexcache

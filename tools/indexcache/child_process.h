@@ -1,0 +1,46 @@
+// A service process started by `cluster up`: its stdout is a pipe the parent reads for the
+// "listening ADDR" line the services print once they accept requests; after that, a thread copies
+// whatever else the child prints to the parent's stderr. stderr (the logs) is inherited.
+#pragma once
+
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace indexcache::cli {
+
+class ChildProcess {
+ public:
+  static absl::StatusOr<std::unique_ptr<ChildProcess>> Spawn(const std::string& name,
+                                                             const std::vector<std::string>& argv);
+  ~ChildProcess();
+
+  // Waits for the line "listening ADDR" and returns ADDR; fails if the child exits or `timeout` passes.
+  absl::StatusOr<std::string> WaitListening(absl::Duration timeout);
+  // Sends `signal` if the child still runs.
+  void Signal(int signal);
+  // Waits up to `timeout` for the child to exit, then kills it. Returns its exit status text.
+  std::string Stop(absl::Duration timeout);
+  bool Exited();
+  const std::string& name() const { return name_; }
+  pid_t pid() const { return pid_; }
+
+ private:
+  ChildProcess(std::string name, pid_t pid, int stdout_fd) : name_(std::move(name)), pid_(pid), stdout_fd_(stdout_fd) {}
+
+  std::string name_;
+  pid_t pid_;
+  int stdout_fd_;
+  bool reaped_ = false;
+  int wait_status_ = 0;
+  std::string buffered_;  // stdout read past the listening line
+  std::thread forwarder_;
+};
+
+}  // namespace indexcache::cli

@@ -1,0 +1,126 @@
+// `indexcache client generate`: one request to a running cluster's router through the C++ SDK,
+// streamed to stdout, or printed as one JSON object with --json.
+#include <iostream>
+
+#include "absl/strings/str_format.h"
+#include "common/util/status_macros.h"
+#include "indexcache/client.h"
+#include "nlohmann/json.hpp"
+#include "tools/indexcache/commands.h"
+#include "tools/indexcache/engine_flags.h"
+
+namespace indexcache::cli {
+namespace {
+
+constexpr char kClientUsage[] =
+    "usage: indexcache client generate --router ADDR (--prompt TEXT | --input-ids FILE.json) [--json]\n"
+    "       [--timeout SECONDS] [sampling flags]\n";
+
+absl::StatusOr<client::GenerateRequest> RequestFromArgs(const Args& args) {
+  if (args.Has("prompt") == args.Has("input-ids")) {
+    return absl::InvalidArgumentError("give exactly one of --prompt TEXT and --input-ids FILE.json");
+  }
+  client::GenerateRequest request;
+  if (args.Has("prompt")) {
+    request = client::GenerateRequest::FromText(*args.Get("prompt"));
+  } else {
+    ASSIGN_OR_RETURN(std::vector<int32_t> ids, ReadTokenIdsFile(*args.Get("input-ids")));
+    request = client::GenerateRequest::FromIds(std::move(ids));
+  }
+  // Only flags the user gave are sent: the server applies its defaults to the rest.
+  client::SamplingParams& s = request.sampling;
+  ASSIGN_OR_RETURN(auto max_new, args.GetInt("max-new-tokens"));
+  ASSIGN_OR_RETURN(auto temperature, args.GetDouble("temperature"));
+  ASSIGN_OR_RETURN(auto top_k, args.GetInt("top-k"));
+  ASSIGN_OR_RETURN(auto top_p, args.GetDouble("top-p"));
+  ASSIGN_OR_RETURN(auto min_p, args.GetDouble("min-p"));
+  ASSIGN_OR_RETURN(auto seed, args.GetInt("seed"));
+  ASSIGN_OR_RETURN(auto timeout, args.GetDouble("timeout"));
+  if (max_new) s.max_new_tokens = static_cast<int32_t>(*max_new);
+  if (temperature) s.temperature = static_cast<float>(*temperature);
+  if (top_k) s.top_k = static_cast<int32_t>(*top_k);
+  if (top_p) s.top_p = static_cast<float>(*top_p);
+  if (min_p) s.min_p = static_cast<float>(*min_p);
+  if (seed) s.seed = static_cast<uint64_t>(*seed);
+  if (args.Has("ignore-eos")) s.ignore_eos = true;
+  s.stop = args.GetAll("stop");
+  ASSIGN_OR_RETURN(SamplingParams parsed, SamplingParamsFromArgs(args));  // parses --stop-id
+  s.stop_token_ids = parsed.stop_token_ids;
+  if (timeout) request.timeout = absl::Seconds(*timeout);
+  return request;
+}
+
+nlohmann::json ResultJson(const client::GenerateResult& r) {
+  const client::Timings& t = r.final.timings;
+  return {{"request_id", r.request_id},
+          {"output_ids", r.output_ids},
+          {"text", r.text},
+          {"finish_reason", std::string(client::FinishReasonName(r.final.finish_reason))},
+          {"error", r.final.error},
+          {"prompt_tokens", r.final.prompt_tokens},
+          {"generated_tokens", r.final.generated_tokens},
+          {"index_pattern", r.final.index_pattern},
+          {"prefill_worker", r.final.prefill_worker},
+          {"decode_worker", r.final.decode_worker},
+          {"timings",
+           {{"queue_s", t.queue_seconds},
+            {"prefill_s", t.prefill_seconds},
+            {"handoff_s", t.handoff_seconds},
+            {"first_token_s", t.first_token_seconds},
+            {"total_s", t.total_seconds},
+            {"mean_inter_token_s", t.mean_inter_token_seconds}}}};
+}
+
+absl::Status ClientGenerate(const Args& args) {
+  ASSIGN_OR_RETURN(std::string router, args.Require("router"));
+  ASSIGN_OR_RETURN(client::GenerateRequest request, RequestFromArgs(args));
+  client::ClientOptions options;
+  options.connect_timeout = absl::Seconds(10);
+  ASSIGN_OR_RETURN(client::Client client, client::Client::Connect(router, options));
+  if (args.Has("json")) {
+    ASSIGN_OR_RETURN(client::GenerateResult result, client.Generate(request));
+    std::cout << ResultJson(result).dump() << std::endl;
+    if (result.final.finish_reason == client::FinishReason::kError) return absl::InternalError(result.final.error);
+    return absl::OkStatus();
+  }
+  client::GenerateStream stream = client.Stream(request);
+  for (;;) {
+    ASSIGN_OR_RETURN(std::optional<client::GenerateChunk> chunk, stream.Next());
+    if (!chunk) break;
+    if (!chunk->text.empty()) {
+      std::cout << chunk->text << std::flush;
+    } else {
+      for (int32_t id : chunk->token_ids) std::cout << id << ' ' << std::flush;
+    }
+    if (chunk->final) {
+      std::cout << std::endl;
+      const client::FinalInfo& f = *chunk->final;
+      std::cerr << absl::StrFormat("finish %s, %d prompt + %d generated tokens, first token %.3f s, total %.3f s\n",
+                                   std::string(client::FinishReasonName(f.finish_reason)), f.prompt_tokens,
+                                   f.generated_tokens, f.timings.first_token_seconds, f.timings.total_seconds);
+      if (f.finish_reason == client::FinishReason::kError) return absl::InternalError(f.error);
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int RunClient(const std::vector<std::string>& argv) {
+  if (argv.empty() || argv[0] != "generate") return Fail("client", std::string("expected `generate`\n") + kClientUsage);
+  std::set<std::string> valued = SamplingFlagNames();
+  valued.insert({"router", "prompt", "input-ids", "timeout"});
+  std::set<std::string> switches = SamplingSwitchNames();
+  switches.insert({"json", "help"});
+  auto args = Args::Parse(std::vector<std::string>(argv.begin() + 1, argv.end()), valued, switches);
+  if (!args.ok()) return Fail("client", std::string(args.status().message()) + "\n" + kClientUsage);
+  if (args->Has("help")) {
+    std::cout << kClientUsage << kSamplingFlagsUsage;
+    return 0;
+  }
+  absl::Status status = ClientGenerate(*args);
+  if (!status.ok()) return Fail("client", status.ToString());
+  return 0;
+}
+
+}  // namespace indexcache::cli

@@ -1,0 +1,162 @@
+// `indexcache cluster up`: a router and N prefill + M decode workers on loopback, each a child process
+// running this same binary's service subcommand. Prints every service's address, then
+// `ready <router address>` once the router's pool holds every worker; SIGINT/SIGTERM drain and stop
+// all of them (workers first, then the router).
+#include <signal.h>
+#include <unistd.h>
+
+#include <iostream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "common/model/model_config.h"
+#include "common/util/status_macros.h"
+#include "common/util/stop_signals.h"
+#include "indexcache/client.h"
+#include "tools/indexcache/child_process.h"
+#include "tools/indexcache/args.h"
+#include "tools/indexcache/commands.h"
+
+namespace indexcache::cli {
+namespace {
+
+constexpr char kClusterUsage[] =
+    "usage: indexcache cluster up --model DIR [--prefill N] [--decode M] [--port P]\n"
+    "       [--index-pattern P | --index-freq N] [--transport grpc|tcp] [--threads T] [--kv-cache-mb MB]\n"
+    "       [--max-batch-tokens N] [--device cpu]\n";
+
+struct ClusterSpec {
+  std::string model_dir;
+  int prefill = 1;
+  int decode = 1;
+  int port = 0;
+  std::string pattern;  // resolved, passed to every service
+  std::string transport = "grpc";
+  std::vector<std::string> worker_flags;  // engine flags every worker gets
+};
+
+absl::StatusOr<ClusterSpec> SpecFromArgs(const Args& args) {
+  ClusterSpec spec;
+  ASSIGN_OR_RETURN(spec.model_dir, args.Require("model"));
+  ASSIGN_OR_RETURN(auto prefill, args.GetInt("prefill"));
+  ASSIGN_OR_RETURN(auto decode, args.GetInt("decode"));
+  ASSIGN_OR_RETURN(auto port, args.GetInt("port"));
+  ASSIGN_OR_RETURN(auto freq, args.GetInt("index-freq"));
+  ASSIGN_OR_RETURN(auto threads, args.GetInt("threads"));
+  if (prefill) spec.prefill = static_cast<int>(*prefill);
+  if (decode) spec.decode = static_cast<int>(*decode);
+  if (port) spec.port = static_cast<int>(*port);
+  if (spec.prefill < 1 || spec.decode < 1) return absl::InvalidArgumentError("--prefill and --decode must be >= 1");
+  if (spec.port < 0 || spec.port > 65535) return absl::InvalidArgumentError("--port must be in [0, 65535]");
+  spec.transport = args.Get("transport").value_or("grpc");
+  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(spec.model_dir));
+  if (args.Has("index-pattern") && freq) return absl::InvalidArgumentError("give --index-pattern or --index-freq, not both");
+  std::vector<IndexerType> types = config.indexer_types;
+  if (args.Has("index-pattern")) {
+    ASSIGN_OR_RETURN(types, ParseIndexPattern(*args.Get("index-pattern"), config.num_layers));
+  } else if (freq) {
+    ASSIGN_OR_RETURN(types, IndexPatternFromFreq(static_cast<int32_t>(*freq), config.index_skip_topk_offset,
+                                                 config.num_layers));
+  }
+  spec.pattern = FormatIndexPattern(types);
+  // Share the cores among the workers unless told otherwise.
+  const long cores = std::max(1L, sysconf(_SC_NPROCESSORS_ONLN));
+  const int worker_threads = threads ? static_cast<int>(*threads)
+                                     : static_cast<int>(std::max(1L, cores / (spec.prefill + spec.decode)));
+  spec.worker_flags = {"--model", spec.model_dir, "--index-pattern", spec.pattern, "--threads",
+                       std::to_string(worker_threads)};
+  for (const char* flag : {"kv-cache-mb", "max-batch-tokens", "device", "block-size"}) {
+    if (auto v = args.Get(flag)) {
+      spec.worker_flags.push_back(absl::StrCat("--", flag));
+      spec.worker_flags.push_back(*v);
+    }
+  }
+  return spec;
+}
+
+std::string SelfPath() {
+  char path[4096];
+  const ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
+  return n > 0 ? std::string(path, n) : "indexcache";
+}
+
+// Polls the router until its pool holds every worker.
+absl::Status WaitForPool(const std::string& router, const ClusterSpec& spec, absl::Duration timeout) {
+  client::ClientOptions options;
+  options.default_timeout = absl::Seconds(2);
+  ASSIGN_OR_RETURN(client::Client client, client::Client::Connect(router, options));
+  const absl::Time deadline = absl::Now() + timeout;
+  std::string last = "no answer yet";
+  while (absl::Now() < deadline) {
+    auto info = client.GetModelInfo();
+    if (info.ok()) {
+      if (info->prefill_workers >= spec.prefill && info->decode_workers >= spec.decode) return absl::OkStatus();
+      last = absl::StrCat(info->prefill_workers, " prefill and ", info->decode_workers, " decode workers in the pool");
+    } else {
+      last = info.status().ToString();
+    }
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  return absl::DeadlineExceededError(absl::StrCat("the cluster did not become ready: ", last));
+}
+
+absl::Status ClusterUp(const Args& args) {
+  ASSIGN_OR_RETURN(ClusterSpec spec, SpecFromArgs(args));
+  // Block the stop signals before starting children, so none is lost before the wait below.
+  const sigset_t stop_signals = BlockStopSignals();
+
+  const std::string self = SelfPath();
+  std::vector<std::unique_ptr<ChildProcess>> workers;
+  ASSIGN_OR_RETURN(std::unique_ptr<ChildProcess> router,
+                   ChildProcess::Spawn("router", {self, "router", "--listen", absl::StrCat("127.0.0.1:", spec.port),
+                                                  "--model", spec.model_dir, "--transport", spec.transport,
+                                                  "--index-pattern", spec.pattern}));
+  ASSIGN_OR_RETURN(std::string router_address, router->WaitListening(absl::Seconds(60)));
+  std::cout << "router " << router_address << std::endl;
+  auto start_workers = [&](const char* role, int count) -> absl::Status {
+    for (int i = 0; i < count; ++i) {
+      std::vector<std::string> argv = {self, absl::StrCat(role, "-worker"), "--listen", "127.0.0.1:0",
+                                       "--router", router_address, "--worker-id", absl::StrCat(role, "-", i)};
+      argv.insert(argv.end(), spec.worker_flags.begin(), spec.worker_flags.end());
+      ASSIGN_OR_RETURN(std::unique_ptr<ChildProcess> child, ChildProcess::Spawn(absl::StrCat(role, "-", i), argv));
+      workers.push_back(std::move(child));
+    }
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(start_workers("prefill", spec.prefill));
+  RETURN_IF_ERROR(start_workers("decode", spec.decode));
+  for (auto& w : workers) {
+    ASSIGN_OR_RETURN(std::string address, w->WaitListening(absl::Seconds(120)));
+    std::cout << w->name() << " " << address << std::endl;
+  }
+  RETURN_IF_ERROR(WaitForPool(router_address, spec, absl::Seconds(60)));
+  std::cout << "ready " << router_address << std::endl;
+
+  const int signal = WaitForStopSignal(stop_signals);
+  std::cerr << "cluster: signal " << signal << ", draining workers, then the router" << std::endl;
+  for (auto& w : workers) w->Signal(SIGTERM);
+  for (auto& w : workers) std::cerr << "cluster: " << w->name() << " stopped: " << w->Stop(absl::Seconds(30)) << std::endl;
+  router->Signal(SIGTERM);
+  std::cerr << "cluster: router stopped: " << router->Stop(absl::Seconds(30)) << std::endl;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int RunCluster(const std::vector<std::string>& argv) {
+  if (argv.empty() || argv[0] != "up") return Fail("cluster", std::string("expected `up`\n") + kClusterUsage);
+  auto args = Args::Parse(std::vector<std::string>(argv.begin() + 1, argv.end()),
+                          {"model", "prefill", "decode", "port", "index-pattern", "index-freq", "transport", "threads",
+                           "kv-cache-mb", "max-batch-tokens", "device", "block-size"},
+                          {"help"});
+  if (!args.ok()) return Fail("cluster", std::string(args.status().message()) + "\n" + kClusterUsage);
+  if (args->Has("help")) {
+    std::cout << kClusterUsage;
+    return 0;
+  }
+  absl::Status status = ClusterUp(*args);
+  if (!status.ok()) return Fail("cluster", status.ToString());
+  return 0;
+}
+
+}  // namespace indexcache::cli
