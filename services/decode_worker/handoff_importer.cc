@@ -280,19 +280,20 @@ v1::HandoffAck HandoffImporter::OnComplete(const std::string& request_id) {
     } else {
       const RequestId id = session->engine_id();
       const int32_t first_token = state.first_token;
-      absl::StatusOr<TokenEvent> first = loop_.Call([&](Engine& engine) -> absl::StatusOr<TokenEvent> {
+      const absl::Time started = absl::Now();
+      status = loop_.Call([&](Engine& engine) -> absl::Status {
         ASSIGN_OR_RETURN(TokenEvent event, engine.StartDecode(id, first_token));
-        // Same loop turn as StartDecode, so no event of the request can be missed.
+        // The first token reaches the session, and the later tokens' sink is installed, in the same
+        // loop turn as StartDecode: the loop's next step cannot overtake the first token.
+        session->Push(event);
         if (event.finish == RequestFinish::kNone) {
           loop_.Subscribe(id, [session](const TokenEvent& e) { session->Push(e); });
         }
-        return event;
+        return absl::OkStatus();
       });
-      status = first.status();
-      if (first.ok()) {
+      if (status.ok()) {
         state.phase = Phase::kDecoding;
-        state.decode_started_at = absl::Now();
-        session->Push(*first);
+        state.decode_started_at = started;
       }
     }
   }
