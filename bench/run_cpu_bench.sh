@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds indexcache_bench if needed and runs it on the bundled model, writing
 # bench/results/cpu-<UTC date>.{json,md}. Extra arguments go to the benchmark (see --help).
-# Environment: BUILD_DIR (default build-bench), NO_BUILD=1 (run the binary already built), OMP_WAIT_POLICY (default active; use passive on a busy
-# machine: see bench/README.md).
+# Environment: BUILD_DIR (default build-bench); NO_BUILD=1 runs the binary already built;
+# OMP_WAIT_POLICY (default active; use passive on a busy machine: see bench/README.md).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
