@@ -3,6 +3,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "common/backend/cpu/cpu_backend.h"
+#ifdef INDEXCACHE_HAVE_CUDA
+#include "common/backend/cuda/cuda_backend.h"
+#endif
 
 namespace indexcache {
 
@@ -29,8 +32,13 @@ void Buffer::Reset() {
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(std::string_view device, int num_threads) {
   if (device == "cpu") return std::unique_ptr<Backend>(new CpuBackend(num_threads));
   if (device == "cuda") {
-    return absl::UnimplementedError(
-        "device 'cuda': the CUDA backend is not built yet (this build runs on --device cpu)");
+#ifdef INDEXCACHE_HAVE_CUDA
+    auto backend = CudaBackend::Create();
+    if (!backend.ok()) return backend.status();
+    return std::unique_ptr<Backend>(std::move(*backend));
+#else
+    return absl::UnimplementedError("device 'cuda': this build has no CUDA backend (nvcc was not found)");
+#endif
   }
   return absl::InvalidArgumentError(absl::StrCat("unknown device '", std::string(device), "' (expected cpu or cuda)"));
 }

@@ -1,0 +1,336 @@
+#include "common/backend/cuda/cuda_backend.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/backend/cuda/cuda_kernels.h"
+
+namespace indexcache {
+namespace {
+
+// Round to nearest even, as torch's float → bfloat16 conversion.
+uint16_t ToBf16(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;  // NaN stays NaN
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+// The logits of one IndexerTopK pass are [tokens, context] f32; queries are cut into chunks so that
+// this area stays under 1 GiB at long context.
+constexpr size_t kIndexerLogitsBudget = size_t{1} << 30;
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device_index) {
+  int count = 0;
+  cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess || count == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "device 'cuda': no CUDA device is usable (", e == cudaSuccess ? "none found" : cudaGetErrorString(e), ")"));
+  }
+  if (device_index < 0 || device_index >= count) {
+    return absl::InvalidArgumentError(absl::StrFormat("device 'cuda': GPU %d does not exist (%d found)", device_index, count));
+  }
+  std::unique_ptr<CudaBackend> backend(new CudaBackend());
+  backend->device_ = device_index;
+  if ((e = cudaSetDevice(device_index)) != cudaSuccess ||
+      (e = cudaStreamCreateWithFlags(&backend->stream_, cudaStreamNonBlocking)) != cudaSuccess) {
+    return absl::InternalError(absl::StrCat("device 'cuda': ", cudaGetErrorString(e)));
+  }
+  if (cublasCreate(&backend->cublas_) != CUBLAS_STATUS_SUCCESS ||
+      cublasSetStream(backend->cublas_, backend->stream_) != CUBLAS_STATUS_SUCCESS) {
+    return absl::InternalError("device 'cuda': cuBLAS did not start");
+  }
+  return backend;
+}
+
+CudaBackend::~CudaBackend() {
+  if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+  for (void* p : scratch_) {
+    if (p != nullptr) cudaFree(p);
+  }
+  for (auto& events : region_events_) {
+    for (cudaEvent_t ev : events) cudaEventDestroy(ev);
+  }
+  for (cudaEvent_t ev : free_events_) cudaEventDestroy(ev);
+  if (cublas_ != nullptr) cublasDestroy(cublas_);
+  if (stream_ != nullptr) cudaStreamDestroy(stream_);
+}
+
+bool CudaBackend::Check(const absl::Status& status) {
+  if (status.ok()) return true;
+  std::lock_guard<std::mutex> lock(status_mu_);
+  if (status_.ok()) status_ = status;
+  return false;
+}
+
+bool CudaBackend::CheckCuda(int cuda_error, const char* what) {
+  if (cuda_error == cudaSuccess) return true;
+  return Check(absl::InternalError(
+      absl::StrCat("cuda backend: ", what, ": ", cudaGetErrorString(static_cast<cudaError_t>(cuda_error)))));
+}
+
+absl::Status CudaBackend::sticky_status() const {
+  std::lock_guard<std::mutex> lock(status_mu_);
+  return status_;
+}
+
+void* CudaBackend::ScratchSpace(Scratch which, size_t bytes) {
+  const size_t i = static_cast<size_t>(which);
+  if (scratch_bytes_[i] >= bytes && scratch_[i] != nullptr) return scratch_[i];
+  if (scratch_[i] != nullptr) cudaFree(scratch_[i]);  // waits for the kernels still using it
+  scratch_[i] = nullptr;
+  scratch_bytes_[i] = 0;
+  const size_t grown = std::max<size_t>(bytes + bytes / 4, 256);
+  if (!CheckCuda(cudaMalloc(&scratch_[i], grown), "scratch allocation")) return nullptr;
+  scratch_bytes_[i] = grown;
+  return scratch_[i];
+}
+
+void* CudaBackend::CastToBf16(Tensor x) {
+  void* out = ScratchSpace(Scratch::kCastA, static_cast<size_t>(x.numel()) * 2);
+  if (out == nullptr) return nullptr;
+  const std::string error = cuda::CastToBf16(x, out, stream_);
+  return Check(error.empty() ? absl::OkStatus() : absl::InvalidArgumentError(error)) ? out : nullptr;
+}
+
+absl::StatusOr<Buffer> CudaBackend::Allocate(size_t bytes) {
+  void* data = nullptr;
+  const cudaError_t e = cudaMalloc(&data, std::max<size_t>(bytes, 256));
+  if (e != cudaSuccess) {
+    cudaGetLastError();  // an out-of-memory error is not sticky: clear it
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("cuda backend: cannot allocate %d bytes of GPU memory (%s)", bytes, cudaGetErrorString(e)));
+  }
+  return Buffer(this, data, bytes);
+}
+
+void CudaBackend::Free(void* data) { cudaFree(data); }
+
+void CudaBackend::Upload(const void* host, Tensor dst) {
+  if (dst.empty()) return;
+  const size_t elem = DTypeSize(dst.dtype);
+  const size_t row_bytes = static_cast<size_t>(dst.cols) * elem;
+  std::vector<uint16_t> converted;
+  const void* src = host;
+  if (dst.dtype == DType::kBF16) {
+    converted.resize(static_cast<size_t>(dst.numel()));
+    const float* f = static_cast<const float*>(host);
+    for (size_t i = 0; i < converted.size(); ++i) converted[i] = ToBf16(f[i]);
+    src = converted.data();
+  }
+  // Synchronous: the host array may be gone once this returns.
+  if (CheckCuda(cudaMemcpy2DAsync(dst.data, dst.stride * elem, src, row_bytes, row_bytes, dst.rows,
+                                  cudaMemcpyHostToDevice, stream_),
+                "upload")) {
+    CheckCuda(cudaStreamSynchronize(stream_), "upload");
+  }
+}
+
+absl::Status CudaBackend::Download(Tensor src, void* host) {
+  if (src.dtype == DType::kBF16) return absl::InvalidArgumentError("cuda backend: Download takes f32 or i32 tensors");
+  if (src.empty()) return sticky_status();
+  const size_t elem = DTypeSize(src.dtype);
+  const size_t row_bytes = static_cast<size_t>(src.cols) * elem;
+  CheckCuda(cudaMemcpy2DAsync(host, row_bytes, src.data, src.stride * elem, row_bytes, src.rows,
+                              cudaMemcpyDeviceToHost, stream_),
+            "download");
+  CheckCuda(cudaStreamSynchronize(stream_), "download");
+  return sticky_status();
+}
+
+absl::Status CudaBackend::Synchronize() {
+  CheckCuda(cudaStreamSynchronize(stream_), "synchronize");
+  return sticky_status();
+}
+
+namespace {
+absl::Status AsStatus(const std::string& error) {
+  return error.empty() ? absl::OkStatus() : absl::InvalidArgumentError("cuda backend: " + error);
+}
+}  // namespace
+
+void CudaBackend::Fill(Tensor dst, float value) { Check(AsStatus(cuda::Fill(dst, value, stream_))); }
+
+void CudaBackend::Embedding(Tensor table, Tensor ids, Tensor out) {
+  Check(AsStatus(cuda::Embedding(table, ids, out, stream_)));
+}
+
+void CudaBackend::Linear(Tensor x, Tensor w, Tensor out) {
+  if (x.dtype != DType::kF32 || out.dtype != DType::kF32 || x.cols != w.cols || out.cols != w.rows ||
+      out.rows != x.rows || w.dtype == DType::kI32) {
+    Check(absl::InvalidArgumentError(absl::StrCat("cuda backend: linear ", x.DebugString(), " · ", w.DebugString(),
+                                                  "ᵀ → ", out.DebugString())));
+    return;
+  }
+  if (x.rows == 0 || w.rows == 0) return;
+  const float alpha = 1.0f, beta = 0.0f;
+  const int m = static_cast<int>(w.rows), n = static_cast<int>(x.rows), k = static_cast<int>(x.cols);
+  cublasStatus_t s;
+  if (w.dtype == DType::kBF16) {
+    void* xb = CastToBf16(x);
+    if (xb == nullptr) return;
+    s = cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, w.data, CUDA_R_16BF, static_cast<int>(w.stride),
+                     xb, CUDA_R_16BF, k, &beta, out.data, CUDA_R_32F, static_cast<int>(out.stride), CUBLAS_COMPUTE_32F,
+                     CUBLAS_GEMM_DEFAULT);
+  } else {
+    s = cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, w.data, CUDA_R_32F, static_cast<int>(w.stride),
+                     x.data, CUDA_R_32F, static_cast<int>(x.stride), &beta, out.data, CUDA_R_32F,
+                     static_cast<int>(out.stride), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  }
+  if (s != CUBLAS_STATUS_SUCCESS) Check(absl::InternalError(absl::StrCat("cuda backend: cuBLAS GEMM failed (", s, ")")));
+}
+
+void CudaBackend::HeadwiseLinear(Tensor x, Tensor w, int32_t heads, Tensor out) {
+  if (heads <= 0 || x.cols % heads != 0 || out.cols % heads != 0 || w.cols != x.cols / heads ||
+      w.rows != out.cols || x.dtype != DType::kF32 || out.dtype != DType::kF32 || w.dtype != DType::kBF16 ||
+      out.rows != x.rows) {
+    Check(absl::InvalidArgumentError(absl::StrCat("cuda backend: headwise linear over ", heads, " heads: ",
+                                                  x.DebugString(), " · ", w.DebugString(), " → ", out.DebugString())));
+    return;
+  }
+  if (x.rows == 0) return;
+  void* xb = CastToBf16(x);
+  if (xb == nullptr) return;
+  const int64_t in = x.cols / heads, o = out.cols / heads;
+  const float alpha = 1.0f, beta = 0.0f;
+  const cublasStatus_t s = cublasGemmStridedBatchedEx(
+      cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(o), static_cast<int>(x.rows), static_cast<int>(in), &alpha,
+      w.data, CUDA_R_16BF, static_cast<int>(w.stride), o * w.stride, xb, CUDA_R_16BF, static_cast<int>(x.cols), in,
+      &beta, out.data, CUDA_R_32F, static_cast<int>(out.stride), o, heads, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  if (s != CUBLAS_STATUS_SUCCESS) {
+    Check(absl::InternalError(absl::StrCat("cuda backend: cuBLAS batched GEMM failed (", s, ")")));
+  }
+}
+
+void CudaBackend::RmsNorm(Tensor x, Tensor weight, float eps, Tensor out) {
+  Check(AsStatus(cuda::RmsNorm(x, weight, eps, out, stream_)));
+}
+
+void CudaBackend::LayerNorm(Tensor x, Tensor weight, Tensor bias, float eps, Tensor out) {
+  Check(AsStatus(cuda::LayerNorm(x, weight, bias, eps, out, stream_)));
+}
+
+void CudaBackend::RopeInterleaved(Tensor x, int32_t heads, int32_t head_stride, int32_t rope_offset, int32_t rope_dim,
+                                  float theta, Tensor token_pos) {
+  Check(AsStatus(cuda::RopeInterleaved(x, heads, head_stride, rope_offset, rope_dim, theta, token_pos, stream_)));
+}
+
+void CudaBackend::SiluMul(Tensor gate_up, Tensor out) { Check(AsStatus(cuda::SiluMul(gate_up, out, stream_))); }
+
+void CudaBackend::Add(Tensor x, Tensor y) { Check(AsStatus(cuda::Add(x, y, stream_))); }
+
+void CudaBackend::GatherRows(Tensor src, Tensor row_ids, Tensor dst) {
+  Check(AsStatus(cuda::GatherRows(src, row_ids, dst, stream_)));
+}
+
+void CudaBackend::WriteCacheRows(Tensor src, Tensor slot_mapping, Tensor pool) {
+  Check(AsStatus(cuda::WriteCacheRows(src, slot_mapping, pool, stream_)));
+}
+
+namespace {
+// The kernels index the batch's per-token columns densely.
+bool DenseLayout(const BatchLayout& batch, int64_t n) {
+  return batch.token_seq.dtype == DType::kI32 && batch.token_pos.dtype == DType::kI32 &&
+         batch.block_tables.dtype == DType::kI32 && batch.token_seq.rows == n && batch.token_pos.rows == n &&
+         (n <= 1 || (batch.token_seq.stride == 1 && batch.token_pos.stride == 1)) && batch.block_size > 0;
+}
+}  // namespace
+
+void CudaBackend::IndexerTopK(Tensor q, Tensor head_weights, int32_t heads, Tensor key_pool, const BatchLayout& batch,
+                              float scale, Tensor out) {
+  const int64_t n = q.rows;
+  if (!DenseLayout(batch, n) || out.rows != n || batch.max_context <= 0) {
+    Check(absl::InvalidArgumentError("cuda backend: indexer batch layout is not one dense i32 column per token"));
+    return;
+  }
+  if (n == 0) return;
+  const int64_t context = batch.max_context;
+  const int64_t chunk = std::clamp<int64_t>(static_cast<int64_t>(kIndexerLogitsBudget / (context * sizeof(float))), 1, n);
+  void* area = ScratchSpace(Scratch::kIndexerLogits, static_cast<size_t>(chunk * context) * sizeof(float));
+  if (area == nullptr) return;
+  cuda::PagedRows rows = cuda::PagedRowsOf(batch);
+  for (int64_t t0 = 0; t0 < n; t0 += chunk) {
+    const int64_t count = std::min(chunk, n - t0);
+    Tensor logits = Tensor::Matrix(area, DType::kF32, count, context);
+    cuda::PagedRows part = rows;
+    part.token_seq += t0;
+    part.token_pos += t0;
+    if (!Check(AsStatus(cuda::IndexerLogits(q.Rows(t0, count), head_weights.Rows(t0, count), heads, key_pool, part,
+                                            static_cast<int32_t>(context), scale, logits, stream_)))) {
+      return;
+    }
+    if (!Check(AsStatus(cuda::RowTopK(logits, part.token_pos, out.Rows(t0, count), stream_)))) return;
+  }
+}
+
+void CudaBackend::SparseMlaAttention(Tensor q_latent, Tensor q_rope, int32_t heads, Tensor latent_pool,
+                                     const BatchLayout& batch, Tensor indices, float scale, Tensor out) {
+  if (!DenseLayout(batch, q_latent.rows) || heads <= 0) {
+    Check(absl::InvalidArgumentError("cuda backend: attention batch layout is not one dense i32 column per token"));
+    return;
+  }
+  if (q_latent.rows == 0) return;
+  const size_t bytes = cuda::SparseMlaScratchBytes(q_latent.rows, heads, q_latent.cols / heads, indices.cols);
+  void* scratch = bytes == 0 ? nullptr : ScratchSpace(Scratch::kAttention, bytes);
+  if (bytes != 0 && scratch == nullptr) return;
+  Check(AsStatus(cuda::SparseMlaAttention(q_latent, q_rope, heads, latent_pool, cuda::PagedRowsOf(batch), indices,
+                                          scale, out, scratch, stream_)));
+}
+
+void CudaBackend::MoeRoute(Tensor x, Tensor gate_w, Tensor correction_bias, const MoeRouting& routing,
+                           Tensor topk_ids, Tensor topk_weights) {
+  if (x.rows == 0) return;
+  void* area = ScratchSpace(Scratch::kRouterLogits, static_cast<size_t>(x.rows) * gate_w.rows * sizeof(float));
+  if (area == nullptr) return;
+  Tensor logits = Tensor::Matrix(area, DType::kF32, x.rows, gate_w.rows);
+  Linear(x, gate_w, logits);
+  Check(AsStatus(cuda::MoeRouteFromLogits(logits, correction_bias, routing, topk_ids, topk_weights, stream_)));
+}
+
+void CudaBackend::MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_experts, Tensor topk_ids,
+                             Tensor topk_weights, Tensor out) {
+  if (x.rows == 0) return;
+  void* scratch =
+      ScratchSpace(Scratch::kMoe, cuda::MoeScratchBytes(x.rows, topk_ids.cols, x.cols, down.cols, num_experts));
+  if (scratch == nullptr) return;
+  Check(AsStatus(cuda::MoeExperts(x, gate_up, down, num_experts, topk_ids, topk_weights, out, scratch, stream_)));
+}
+
+void CudaBackend::BeginRegion(TimedRegion region) {
+  cudaEvent_t ev = nullptr;
+  if (!free_events_.empty()) {
+    ev = free_events_.back();
+    free_events_.pop_back();
+  } else if (!CheckCuda(cudaEventCreate(&ev), "event")) {
+    return;
+  }
+  CheckCuda(cudaEventRecord(ev, stream_), "event record");
+  region_events_[static_cast<size_t>(region)].push_back(ev);
+}
+
+void CudaBackend::EndRegion(TimedRegion region) { BeginRegion(region); }  // the pair's closing event
+
+double CudaBackend::TakeRegionSeconds(TimedRegion region) {
+  auto& events = region_events_[static_cast<size_t>(region)];
+  double seconds = 0.0;
+  for (size_t i = 0; i + 1 < events.size(); i += 2) {
+    float ms = 0.0f;
+    if (CheckCuda(cudaEventSynchronize(events[i + 1]), "event sync") &&
+        CheckCuda(cudaEventElapsedTime(&ms, events[i], events[i + 1]), "event time")) {
+      seconds += ms * 1e-3;
+    }
+  }
+  free_events_.insert(free_events_.end(), events.begin(), events.end());
+  events.clear();
+  return seconds;
+}
+
+}  // namespace indexcache

@@ -1,0 +1,41 @@
+// Device helpers shared by the CUDA backend's kernels.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "common/backend/tensor.h"
+
+namespace indexcache::cuda {
+
+// A read-only matrix whose element type (F32 or BF16) is known only at run time: norms, embeddings
+// and biases arrive as weights in the backend's weight dtype, or as F32 activations.
+struct AnyRows {
+  const void* data;
+  int64_t stride;
+  bool bf16;
+  __device__ float at(int64_t row, int64_t col) const {
+    const int64_t i = row * stride + col;
+    return bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(data)[i]) : static_cast<const float*>(data)[i];
+  }
+};
+
+inline AnyRows AnyRowsOf(const Tensor& t) {
+  return AnyRows{t.data, t.stride, t.dtype == DType::kBF16};
+}
+
+inline bool IsFloat(const Tensor& t) { return t.dtype == DType::kF32 || t.dtype == DType::kBF16; }
+inline bool IsColumn(const Tensor& t) { return t.dtype == DType::kI32 && t.cols >= 1 && t.stride >= 1; }
+
+inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// An empty string when the last launch was accepted, else its error.
+inline std::string LaunchError() {
+  const cudaError_t e = cudaGetLastError();
+  return e == cudaSuccess ? std::string() : std::string("kernel launch: ") + cudaGetErrorString(e);
+}
+
+}  // namespace indexcache::cuda

@@ -1,0 +1,282 @@
+// Mixture of experts on the GPU without host round trips. Routing: one thread per token runs the
+// group-limited sigmoid router over the router logits. Experts: tokens are counted and bucketed by
+// expert on the device (counts → offsets → scatter), their rows are gathered as bf16, and two grouped
+// GEMMs (tensor cores, one launch each for all experts) run gate·up and down over each expert's
+// bucket; a last kernel sums each token's K expert outputs in a fixed order (deterministic).
+#include <mma.h>
+
+#include <cfloat>
+
+#include "common/backend/cuda/cuda_common.cuh"
+#include "common/backend/cuda/cuda_kernels.h"
+
+namespace indexcache::cuda {
+namespace {
+
+using namespace nvcuda;
+
+constexpr int kMaxExperts = 256;
+
+__global__ void RouteKernel(const float* logits, int64_t logits_stride, AnyRows bias, MoeRouting routing, int64_t n,
+                            int32_t* ids, int64_t ids_stride, float* weights, int64_t weights_stride) {
+  const int64_t r = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (r >= n) return;
+  const int experts = routing.num_experts;
+  const int per_group = experts / routing.n_group;
+  float score[kMaxExperts], choice[kMaxExperts];
+  for (int e = 0; e < experts; ++e) {
+    score[e] = 1.0f / (1.0f + expf(-logits[r * logits_stride + e]));
+    choice[e] = score[e] + bias.at(0, e);
+  }
+  // A group's score is the sum of its two best biased scores; only the best topk_group groups stay.
+  if (routing.n_group > 1) {
+    float group_score[kMaxExperts];
+    for (int g = 0; g < routing.n_group; ++g) {
+      float best = -FLT_MAX, second = -FLT_MAX;
+      for (int e = g * per_group; e < (g + 1) * per_group; ++e) {
+        if (choice[e] > best) {
+          second = best;
+          best = choice[e];
+        } else if (choice[e] > second) {
+          second = choice[e];
+        }
+      }
+      group_score[g] = best + (per_group > 1 ? second : 0.0f);
+    }
+    for (int g = 0; g < routing.n_group; ++g) {
+      int better = 0;  // groups ranked above g (ties: the lower index ranks higher)
+      for (int o = 0; o < routing.n_group; ++o) {
+        better += group_score[o] > group_score[g] || (group_score[o] == group_score[g] && o < g);
+      }
+      if (better >= routing.topk_group) {
+        for (int e = g * per_group; e < (g + 1) * per_group; ++e) choice[e] = -INFINITY;
+      }
+    }
+  }
+  // Top-k by biased score, ties to the lower expert id.
+  bool taken[kMaxExperts] = {};
+  float sum = 0.0f;
+  for (int k = 0; k < routing.top_k; ++k) {
+    int best = -1;
+    for (int e = 0; e < experts; ++e) {
+      if (!taken[e] && (best < 0 || choice[e] > choice[best])) best = e;
+    }
+    taken[best] = true;
+    ids[r * ids_stride + k] = best;
+    weights[r * weights_stride + k] = score[best];
+    sum += score[best];
+  }
+  const float norm = routing.norm_topk_prob ? 1.0f / (sum + 1e-20f) : 1.0f;
+  for (int k = 0; k < routing.top_k; ++k) weights[r * weights_stride + k] *= norm * routing.routed_scaling_factor;
+}
+
+// Scratch layout of MoeExperts.
+struct MoeScratch {
+  int32_t* counts;        // [E]
+  int32_t* offsets;       // [E + 1]
+  int32_t* cursor;        // [E]
+  int32_t* slot_token;    // [n·K] token of each expert-sorted slot
+  int32_t* slot_of;       // [n·K] sorted slot of (token, k)
+  __nv_bfloat16* xs;      // [n·K, hidden]
+  float* gate_up;         // [n·K, 2I]
+  __nv_bfloat16* act;     // [n·K, I]
+  float* ys;              // [n·K, hidden]
+};
+
+size_t Align(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+MoeScratch Carve(void* base, int64_t rows, int64_t hidden, int64_t inter, int32_t experts) {
+  char* p = static_cast<char*>(base);
+  auto take = [&p](size_t bytes) {
+    char* at = p;
+    p += Align(bytes);
+    return at;
+  };
+  MoeScratch s;
+  s.counts = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * experts));
+  s.offsets = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * (experts + 1)));
+  s.cursor = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * experts));
+  s.slot_token = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * rows));
+  s.slot_of = reinterpret_cast<int32_t*>(take(sizeof(int32_t) * rows));
+  s.xs = reinterpret_cast<__nv_bfloat16*>(take(sizeof(__nv_bfloat16) * rows * hidden));
+  s.gate_up = reinterpret_cast<float*>(take(sizeof(float) * rows * 2 * inter));
+  s.act = reinterpret_cast<__nv_bfloat16*>(take(sizeof(__nv_bfloat16) * rows * inter));
+  s.ys = reinterpret_cast<float*>(take(sizeof(float) * rows * hidden));
+  return s;
+}
+
+__global__ void CountKernel(const int32_t* ids, int64_t ids_stride, int64_t n, int32_t k, int32_t* counts) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i < n * k) atomicAdd(&counts[ids[(i / k) * ids_stride + i % k]], 1);
+}
+
+__global__ void OffsetsKernel(const int32_t* counts, int32_t experts, int32_t* offsets, int32_t* cursor) {
+  if (threadIdx.x != 0) return;
+  int32_t total = 0;
+  for (int e = 0; e < experts; ++e) {
+    offsets[e] = total;
+    cursor[e] = 0;
+    total += counts[e];
+  }
+  offsets[experts] = total;
+}
+
+__global__ void ScatterKernel(const int32_t* ids, int64_t ids_stride, int64_t n, int32_t k, const int32_t* offsets,
+                              int32_t* cursor, int32_t* slot_token, int32_t* slot_of) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= n * k) return;
+  const int32_t e = ids[(i / k) * ids_stride + i % k];
+  const int32_t slot = offsets[e] + atomicAdd(&cursor[e], 1);
+  slot_token[slot] = static_cast<int32_t>(i / k);
+  slot_of[i] = slot;
+}
+
+__global__ void GatherCastKernel(const float* x, int64_t x_stride, const int32_t* slot_token, int64_t hidden,
+                                 __nv_bfloat16* xs) {
+  const int64_t slot = blockIdx.x;
+  const float* src = x + slot_token[slot] * x_stride;
+  for (int64_t c = threadIdx.x; c < hidden; c += blockDim.x) xs[slot * hidden + c] = __float2bfloat16(src[c]);
+}
+
+__global__ void SiluMulCastKernel(const float* gate_up, int64_t rows_total, int64_t inter, const int32_t* total_rows,
+                                  __nv_bfloat16* act) {
+  const int64_t rows = *total_rows;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < rows * inter;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t r = i / inter, c = i % inter;
+    const float g = gate_up[r * 2 * inter + c], u = gate_up[r * 2 * inter + inter + c];
+    act[i] = __float2bfloat16(g / (1.0f + expf(-g)) * u);
+  }
+}
+
+// C[rows_e, N] = A[rows_e, K] · W_eᵀ for every expert e at once: A's rows of expert e are
+// offsets[e]..offsets[e+1]; W_e = rows e·N..(e+1)·N of w (row-major [E·N, K], bf16). Tiles of 64 × 64,
+// K in steps of 32; 4 warps of 32 × 32. grid: (N tiles, E, row tiles of the largest possible bucket).
+constexpr int kTile = 64, kStep = 32, kGemmPad = 8;
+__global__ void __launch_bounds__(128) GroupedGemmKernel(const __nv_bfloat16* a, const __nv_bfloat16* w,
+                                                         int64_t w_stride, const int32_t* offsets, int32_t n_cols,
+                                                         int32_t k_dim, float* c) {
+  __shared__ __align__(128) __nv_bfloat16 a_tile[kTile][kStep + kGemmPad];
+  __shared__ __align__(128) __nv_bfloat16 w_tile[kTile][kStep + kGemmPad];
+  __shared__ __align__(128) float c_tile[kTile][kTile + 4];
+  const int e = blockIdx.y;
+  const int32_t row_begin = offsets[e], rows = offsets[e + 1] - row_begin;
+  const int m0 = blockIdx.z * kTile, n0 = blockIdx.x * kTile;
+  if (m0 >= rows) return;
+  const int tid = threadIdx.x, warp = tid / 32;
+  const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+  const __nv_bfloat16 zero = __float2bfloat16(0.0f);
+  for (int k0 = 0; k0 < k_dim; k0 += kStep) {
+    for (int i = tid; i < kTile * kStep; i += blockDim.x) {
+      const int row = i / kStep, col = i % kStep;
+      a_tile[row][col] = m0 + row < rows ? a[int64_t{row_begin + m0 + row} * k_dim + k0 + col] : zero;
+      w_tile[row][col] =
+          n0 + row < n_cols ? w[(int64_t{e} * n_cols + n0 + row) * w_stride + k0 + col] : zero;
+    }
+    __syncthreads();
+    for (int kk = 0; kk < kStep; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb[2];
+      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], &a_tile[wm + 16 * i][kk], kStep + kGemmPad);
+      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], &w_tile[wn + 16 * j][kk], kStep + kGemmPad);
+      for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j)
+      wmma::store_matrix_sync(&c_tile[wm + 16 * i][wn + 16 * j], acc[i][j], kTile + 4, wmma::mem_row_major);
+  __syncthreads();
+  for (int i = tid; i < kTile * kTile; i += blockDim.x) {
+    const int row = i / kTile, col = i % kTile;
+    if (m0 + row < rows && n0 + col < n_cols) c[int64_t{row_begin + m0 + row} * n_cols + n0 + col] = c_tile[row][col];
+  }
+}
+
+// out[r] += Σ_k weight[r, k] · ys[slot_of[r, k]], k in order.
+__global__ void CombineKernel(const float* ys, const int32_t* slot_of, const float* weights, int64_t weights_stride,
+                              int32_t top_k, int64_t hidden, float* out, int64_t out_stride) {
+  const int64_t r = blockIdx.x;
+  for (int64_t c = threadIdx.x; c < hidden; c += blockDim.x) {
+    float total = 0.0f;
+    for (int k = 0; k < top_k; ++k) total += weights[r * weights_stride + k] * ys[int64_t{slot_of[r * top_k + k]} * hidden + c];
+    out[r * out_stride + c] += total;
+  }
+}
+
+}  // namespace
+
+std::string MoeRouteFromLogits(Tensor logits, Tensor correction_bias, const MoeRouting& routing, Tensor topk_ids,
+                               Tensor topk_weights, cudaStream_t stream) {
+  if (routing.num_experts <= 0 || routing.num_experts > kMaxExperts || routing.n_group <= 0 ||
+      routing.num_experts % routing.n_group != 0 || routing.top_k <= 0 || routing.top_k > routing.num_experts ||
+      routing.topk_group <= 0 || routing.topk_group > routing.n_group) {
+    return "moe route: " + std::to_string(routing.num_experts) + " experts in " + std::to_string(routing.n_group) +
+           " groups, top " + std::to_string(routing.top_k) + " (at most 256 experts)";
+  }
+  if (logits.cols != routing.num_experts || topk_ids.cols < routing.top_k || topk_weights.cols < routing.top_k ||
+      topk_ids.dtype != DType::kI32 || topk_weights.dtype != DType::kF32 || !IsFloat(correction_bias) ||
+      correction_bias.cols != routing.num_experts) {
+    return "moe route: logits " + logits.DebugString() + " / outputs " + topk_ids.DebugString() + " disagree";
+  }
+  if (logits.rows == 0) return {};
+  RouteKernel<<<static_cast<unsigned>(CeilDiv(logits.rows, 64)), 64, 0, stream>>>(
+      logits.ptr<float>(), logits.stride, AnyRowsOf(correction_bias), routing, logits.rows, topk_ids.ptr<int32_t>(),
+      topk_ids.stride, topk_weights.ptr<float>(), topk_weights.stride);
+  return LaunchError();
+}
+
+size_t MoeScratchBytes(int64_t tokens, int64_t top_k, int64_t hidden, int64_t inter, int32_t num_experts) {
+  const int64_t rows = tokens * top_k;
+  return Align(sizeof(int32_t) * num_experts) * 2 + Align(sizeof(int32_t) * (num_experts + 1)) +
+         2 * Align(sizeof(int32_t) * rows) + Align(sizeof(__nv_bfloat16) * rows * hidden) +
+         Align(sizeof(float) * rows * 2 * inter) + Align(sizeof(__nv_bfloat16) * rows * inter) +
+         Align(sizeof(float) * rows * hidden);
+}
+
+std::string MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_experts, Tensor topk_ids,
+                       Tensor topk_weights, Tensor out, void* scratch, cudaStream_t stream) {
+  const int64_t n = x.rows, hidden = x.cols, inter = down.cols, k = topk_ids.cols;
+  if (x.dtype != DType::kF32 || out.dtype != DType::kF32 || gate_up.dtype != DType::kBF16 ||
+      down.dtype != DType::kBF16 || topk_ids.dtype != DType::kI32 || topk_weights.dtype != DType::kF32) {
+    return "moe experts: x and out must be f32, expert weights bf16";
+  }
+  if (num_experts <= 0 || gate_up.rows != int64_t{num_experts} * 2 * inter || gate_up.cols != hidden ||
+      down.rows != int64_t{num_experts} * hidden || out.rows != n || out.cols != hidden || topk_weights.rows != n ||
+      topk_ids.rows != n || topk_weights.cols < k) {
+    return "moe experts: weights " + gate_up.DebugString() + " / " + down.DebugString() + " disagree with x " +
+           x.DebugString();
+  }
+  if (hidden % kStep != 0 || inter % kStep != 0) return "moe experts: hidden and intermediate sizes must be multiples of 32";
+  if (n == 0) return {};
+  const int64_t rows = n * k;
+  MoeScratch s = Carve(scratch, rows, hidden, inter, num_experts);
+  cudaMemsetAsync(s.counts, 0, sizeof(int32_t) * num_experts, stream);
+  const unsigned grid = static_cast<unsigned>(CeilDiv(rows, 256));
+  CountKernel<<<grid, 256, 0, stream>>>(topk_ids.ptr<int32_t>(), topk_ids.stride, n, static_cast<int32_t>(k), s.counts);
+  OffsetsKernel<<<1, 32, 0, stream>>>(s.counts, num_experts, s.offsets, s.cursor);
+  ScatterKernel<<<grid, 256, 0, stream>>>(topk_ids.ptr<int32_t>(), topk_ids.stride, n, static_cast<int32_t>(k),
+                                          s.offsets, s.cursor, s.slot_token, s.slot_of);
+  GatherCastKernel<<<static_cast<unsigned>(rows), 128, 0, stream>>>(x.ptr<float>(), x.stride, s.slot_token, hidden,
+                                                                    s.xs);
+  // A bucket holds at most n rows (a token picks an expert once).
+  const unsigned row_tiles = static_cast<unsigned>(CeilDiv(n, kTile));
+  GroupedGemmKernel<<<dim3(static_cast<unsigned>(CeilDiv(2 * inter, kTile)), num_experts, row_tiles), 128, 0, stream>>>(
+      s.xs, gate_up.ptr<__nv_bfloat16>(), gate_up.stride, s.offsets, static_cast<int32_t>(2 * inter),
+      static_cast<int32_t>(hidden), s.gate_up);
+  SiluMulCastKernel<<<static_cast<unsigned>(std::min<int64_t>(CeilDiv(rows * inter, 256), 65535)), 256, 0, stream>>>(
+      s.gate_up, rows, inter, s.offsets + num_experts, s.act);
+  GroupedGemmKernel<<<dim3(static_cast<unsigned>(CeilDiv(hidden, kTile)), num_experts, row_tiles), 128, 0, stream>>>(
+      s.act, down.ptr<__nv_bfloat16>(), down.stride, s.offsets, static_cast<int32_t>(hidden),
+      static_cast<int32_t>(inter), s.ys);
+  CombineKernel<<<static_cast<unsigned>(n), 128, 0, stream>>>(s.ys, s.slot_of, topk_weights.ptr<float>(),
+                                                              topk_weights.stride, static_cast<int32_t>(k), hidden,
+                                                              out.ptr<float>(), out.stride);
+  return LaunchError();
+}
+
+}  // namespace indexcache::cuda
