@@ -209,15 +209,18 @@ def train_bpe(words, n_tokens_wanted, vocab):
     return merges
 
 
-def build_tokenizer():
+def build_tokenizer(texts, vocab_size):
+    """tokenizer.json (as a dict) of a byte-level BPE with vocab_size tokens trained on `texts`.
+
+    The last two ids are the special tokens <|endoftext|> (eos, vocab_size-2) and <|begin|> (bos).
+    """
     byte_chars = bytes_to_unicode()
-    names, texts = read_corpus()
     words = count_words(texts, byte_chars)
     vocab = {c: i for i, c in enumerate(byte_chars)}  # id == byte value
-    merges = train_bpe(words, VOCAB_SIZE - len(SPECIAL_TOKENS), vocab)
+    merges = train_bpe(words, vocab_size - len(SPECIAL_TOKENS), vocab)
     for tok in SPECIAL_TOKENS:  # also in the model vocab, as GPT-2's <|endoftext|> is
         vocab[tok] = len(vocab)
-    assert len(vocab) == VOCAB_SIZE and vocab["<|endoftext|>"] == EOS_ID and vocab["<|begin|>"] == BOS_ID
+    assert len(vocab) == vocab_size and vocab["<|endoftext|>"] == vocab_size - 2 and vocab["<|begin|>"] == vocab_size - 1
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
     tokenizer = {
         "version": "1.0",
@@ -252,8 +255,7 @@ def build_tokenizer():
             "merges": [[a, b] for a, b in merges],
         },
     }
-    print(f"tokenizer: {len(names)} corpus files ({', '.join(names)}), {len(words)} distinct words, "
-          f"{len(merges)} merges, vocab {len(vocab)}")
+    print(f"tokenizer: {len(words)} distinct words, {len(merges)} merges, vocab {len(vocab)}")
     return tokenizer
 
 
@@ -431,7 +433,9 @@ def main():
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
-    tokenizer = build_tokenizer()
+    names, texts = read_corpus()
+    print(f"tokenizer corpus: {len(names)} files ({', '.join(names)})")
+    tokenizer = build_tokenizer(texts, VOCAB_SIZE)
     with open(os.path.join(args.out, "tokenizer.json"), "w", encoding="utf-8") as f:
         json.dump(tokenizer, f, ensure_ascii=False, indent=2)
         f.write("\n")
