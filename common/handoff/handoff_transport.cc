@@ -53,9 +53,9 @@ absl::StatusOr<std::unique_ptr<HandoffSender>> ConnectHandoff(v1::HandoffTranspo
     case v1::HANDOFF_TRANSPORT_TCP:
       return TcpHandoffSender::Connect(address, connect_timeout);
     case v1::HANDOFF_TRANSPORT_NCCL:
-      return absl::UnimplementedError(
-          "the NCCL handoff transport needs the CUDA backend, which this build does not serve yet; use the gRPC or "
-          "TCP transport");
+      // Its communicators belong to a worker: NcclHandoffClient::Connect (nccl_handoff.h).
+      return absl::FailedPreconditionError(
+          "an NCCL handoff is opened through the prefill worker's NCCL client (start it with --nccl-gpu N)");
     default:
       break;
   }

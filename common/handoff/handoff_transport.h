@@ -2,8 +2,8 @@
 // HandoffChunk messages of one request (proto/indexcache/v1/internal.proto): header, cache rows as
 // prefill chunks complete, trailer. The prefill worker pushes it through a HandoffSender; on the decode
 // worker a transport server hands each received chunk to the worker's HandoffSink, whose verdict
-// travels back as the HandoffAck. Transports: gRPC client streaming (KvHandoff.Push) and a raw TCP data
-// plane (Boost.Asio, length-prefixed frames); NCCL joins with the CUDA backend.
+// travels back as the HandoffAck. Transports: gRPC client streaming (KvHandoff.Push), a raw TCP data
+// plane (Boost.Asio, length-prefixed frames), and NCCL between GPUs of one host (nccl_handoff.h).
 #pragma once
 
 #include <cstddef>
@@ -52,7 +52,8 @@ class HandoffSender {
   virtual const HandoffByteCounts& bytes() const = 0;
 };
 
-// Opens a handoff to `address` over `transport`, failing after `connect_timeout`.
+// Opens a handoff to `address` over `transport` (gRPC or TCP), failing after `connect_timeout`. NCCL
+// handoffs need the worker's communicators: NcclHandoffClient::Connect.
 absl::StatusOr<std::unique_ptr<HandoffSender>> ConnectHandoff(v1::HandoffTransport transport,
                                                               const std::string& address,
                                                               absl::Duration connect_timeout);

@@ -11,6 +11,7 @@
 #include "boost/asio/connect.hpp"
 #include "boost/asio/read.hpp"
 #include "boost/asio/write.hpp"
+#include "common/util/logging.h"
 
 namespace indexcache {
 namespace {
@@ -34,6 +35,10 @@ T Get(const uint8_t* src) {
   std::memcpy(&value, src, sizeof(T));
   return value;
 }
+
+// How long a server keeps reading (and discarding) after its final ack, so the ack is not lost to a
+// reset while the sender is still writing.
+constexpr absl::Duration kDrainAfterAck = absl::Seconds(2);
 
 absl::Status FromAsio(const error_code& ec, absl::string_view what) {
   if (ec == asio::error::eof) return absl::UnavailableError(absl::StrCat(what, ": the peer closed the connection"));
@@ -190,6 +195,40 @@ void FramedConnection::Close() {
   fd_ = -1;
   error_code ignored;
   socket_.close(ignored);
+}
+
+v1::HandoffChunk WithoutRowsData(const v1::HandoffChunk& chunk) {
+  v1::HandoffChunk meta;
+  meta.set_request_id(chunk.request_id());
+  meta.set_sequence(chunk.sequence());
+  meta.set_checksum(chunk.checksum());
+  v1::KvRows* rows = meta.mutable_rows();
+  rows->set_layer(chunk.rows().layer());
+  rows->set_kind(chunk.rows().kind());
+  rows->set_begin_position(chunk.rows().begin_position());
+  rows->set_num_tokens(chunk.rows().num_tokens());
+  return meta;
+}
+
+void ReplyAndClose(FramedConnection& connection, const v1::HandoffAck& ack) {
+  absl::Status sent = connection.WriteFrame(FrameKind::kAck, ack.SerializeAsString(), {});
+  if (!sent.ok()) {
+    IC_LOG(Debug) << "could not send the handoff ack: " << sent;
+  }
+  connection.DrainAndClose(kDrainAfterAck);
+}
+
+absl::StatusOr<v1::HandoffAck> ReadAckFrame(FramedConnection& connection) {
+  absl::StatusOr<FramePrefix> prefix = connection.ReadPrefix();
+  if (!prefix.ok()) return prefix.status();
+  if (prefix->kind != FrameKind::kAck || prefix->payload_bytes != 0) {
+    return absl::InternalError("the decode worker answered with something other than an ack frame");
+  }
+  std::string metadata(prefix->metadata_bytes, '\0');
+  if (absl::Status read = connection.ReadExactly(metadata.data(), metadata.size()); !read.ok()) return read;
+  v1::HandoffAck ack;
+  if (!ack.ParseFromString(metadata)) return absl::InternalError("the decode worker's ack frame does not parse");
+  return ack;
 }
 
 }  // namespace indexcache

@@ -87,4 +87,13 @@ class FramedConnection {
   int fd_ = -1;  // guarded by fd_mu_: the descriptor Interrupt shuts down, -1 once closed
 };
 
+// A rows chunk with everything but rows.data (which travels apart from the metadata, as a frame's
+// payload or over NCCL), without copying the rows.
+v1::HandoffChunk WithoutRowsData(const v1::HandoffChunk& chunk);
+
+// The server's last word on a connection (TCP and NCCL handoffs): the ack frame, then DrainAndClose.
+void ReplyAndClose(FramedConnection& connection, const v1::HandoffAck& ack);
+// The sender's side of it: reads one ack frame.
+absl::StatusOr<v1::HandoffAck> ReadAckFrame(FramedConnection& connection);
+
 }  // namespace indexcache

@@ -22,9 +22,7 @@ namespace {
 namespace asio = boost::asio;
 using boost::system::error_code;
 
-// How long a server keeps reading (and discarding) after its final ack, so the ack is not lost to a
-// reset while the sender is still writing.
-constexpr absl::Duration kDrainAfterAck = absl::Seconds(2);
+absl::StatusOr<bool> ReadTcpChunk(FramedConnection& connection, v1::HandoffChunk& chunk);
 
 }  // namespace
 
@@ -48,8 +46,8 @@ absl::StatusOr<HostPort> SplitHostPort(const std::string& address) {
 
 class TcpHandoffServer::Impl {
  public:
-  Impl(HandoffSink* sink, const TcpHandoffOptions& options)
-      : sink_(sink),
+  Impl(ConnectionHandler serve, const TcpHandoffOptions& options)
+      : serve_(std::move(serve)),
         options_(options),
         acceptor_(accept_io_),
         retry_timer_(accept_io_),
@@ -68,11 +66,8 @@ class TcpHandoffServer::Impl {
 
   void AcceptNext();
   void Spawn(std::shared_ptr<FramedConnection> connection);
-  void Serve(FramedConnection& connection);
-  // Sends the final ack and closes.
-  void Reply(FramedConnection& connection, const v1::HandoffAck& ack);
 
-  HandoffSink* sink_;
+  ConnectionHandler serve_;
   TcpHandoffOptions options_;
   std::string address_;
   asio::io_context accept_io_;
@@ -140,58 +135,30 @@ void TcpHandoffServer::Impl::Spawn(std::shared_ptr<FramedConnection> connection)
   Live& live = live_.emplace_back();
   live.connection = std::move(connection);
   live.thread = std::thread([this, &live] {
-    Serve(*live.connection);
+    serve_(*live.connection);
     live.connection->Close();
     live.done = true;
   });
 }
 
-void TcpHandoffServer::Impl::Reply(FramedConnection& connection, const v1::HandoffAck& ack) {
-  absl::Status sent = connection.WriteFrame(FrameKind::kAck, ack.SerializeAsString(), {});
-  if (!sent.ok()) {
-    IC_LOG(Debug) << "could not send the handoff ack: " << sent;
-  }
-  connection.DrainAndClose(kDrainAfterAck);
-}
-
-void TcpHandoffServer::Impl::Serve(FramedConnection& connection) {
+v1::HandoffAck ServeHandoffStream(HandoffSink& sink, const ChunkReader& read_next) {
   std::string request_id;
   bool trailer_accepted = false;
-  std::string metadata;
   v1::HandoffChunk chunk;
   auto broken = [&](const absl::Status& why) {
-    sink_->OnBroken(request_id, why);
-    Reply(connection, MakeAck(why));
+    sink.OnBroken(request_id, why);
+    return MakeAck(why);
   };
   for (;;) {
-    absl::StatusOr<FramePrefix> prefix = connection.ReadPrefix();
-    if (!prefix.ok()) return broken(prefix.status());
-    if (prefix->kind == FrameKind::kAck) {
-      return broken(absl::InvalidArgumentError("a handoff sender sent an ack frame"));
-    }
-    if (prefix->kind == FrameKind::kEnd) {
-      if (prefix->metadata_bytes != 0 || prefix->payload_bytes != 0) {
-        return broken(absl::InvalidArgumentError("a handoff end frame must be empty"));
-      }
+    chunk.Clear();
+    absl::StatusOr<bool> more = read_next(chunk);
+    if (!more.ok()) return broken(more.status());
+    if (!*more) {
       if (!trailer_accepted) {
         return broken(absl::AbortedError(
             absl::StrFormat("the handoff stream of request '%s' ended before its trailer", request_id)));
       }
-      return Reply(connection, sink_->OnComplete(request_id));
-    }
-    metadata.resize(prefix->metadata_bytes);
-    if (absl::Status read = connection.ReadExactly(metadata.data(), metadata.size()); !read.ok()) return broken(read);
-    chunk.Clear();
-    if (!chunk.ParseFromString(metadata)) {
-      return broken(absl::InvalidArgumentError("a handoff chunk frame's metadata is not a HandoffChunk"));
-    }
-    if (prefix->payload_bytes > 0) {
-      if (!chunk.has_rows() || !chunk.rows().data().empty()) {
-        return broken(absl::InvalidArgumentError("a handoff frame's payload must be the rows of a rows chunk"));
-      }
-      std::string* data = chunk.mutable_rows()->mutable_data();
-      data->resize(prefix->payload_bytes);
-      if (absl::Status read = connection.ReadExactly(data->data(), data->size()); !read.ok()) return broken(read);
+      return sink.OnComplete(request_id);
     }
     if (request_id.empty()) request_id = chunk.request_id();
     if (chunk.request_id() != request_id) {
@@ -203,13 +170,43 @@ void TcpHandoffServer::Impl::Serve(FramedConnection& connection) {
       return broken(absl::InvalidArgumentError(
           absl::StrFormat("request '%s': chunk %d arrived after the trailer", request_id, chunk.sequence())));
     }
-    if (absl::Status verdict = sink_->OnChunk(chunk); !verdict.ok()) {
+    if (absl::Status verdict = sink.OnChunk(chunk); !verdict.ok()) {
       IC_LOG(Debug) << "handoff of request '" << request_id << "' rejected: " << verdict;
-      return Reply(connection, MakeAck(verdict));
+      return MakeAck(verdict);
     }
     trailer_accepted = chunk.has_trailer();
   }
 }
+
+namespace {
+
+// The TCP data plane's frames: a chunk's metadata, then its rows bytes as the payload.
+absl::StatusOr<bool> ReadTcpChunk(FramedConnection& connection, v1::HandoffChunk& chunk) {
+  ASSIGN_OR_RETURN(FramePrefix prefix, connection.ReadPrefix());
+  if (prefix.kind == FrameKind::kAck) return absl::InvalidArgumentError("a handoff sender sent an ack frame");
+  if (prefix.kind == FrameKind::kEnd) {
+    if (prefix.metadata_bytes != 0 || prefix.payload_bytes != 0) {
+      return absl::InvalidArgumentError("a handoff end frame must be empty");
+    }
+    return false;
+  }
+  std::string metadata(prefix.metadata_bytes, '\0');
+  RETURN_IF_ERROR(connection.ReadExactly(metadata.data(), metadata.size()));
+  if (!chunk.ParseFromString(metadata)) {
+    return absl::InvalidArgumentError("a handoff chunk frame's metadata is not a HandoffChunk");
+  }
+  if (prefix.payload_bytes > 0) {
+    if (!chunk.has_rows() || !chunk.rows().data().empty()) {
+      return absl::InvalidArgumentError("a handoff frame's payload must be the rows of a rows chunk");
+    }
+    std::string* data = chunk.mutable_rows()->mutable_data();
+    data->resize(prefix.payload_bytes);
+    RETURN_IF_ERROR(connection.ReadExactly(data->data(), data->size()));
+  }
+  return true;
+}
+
+}  // namespace
 
 void TcpHandoffServer::Impl::Shutdown() {
   {
@@ -240,9 +237,24 @@ TcpHandoffServer::~TcpHandoffServer() { Shutdown(); }
 absl::StatusOr<std::unique_ptr<TcpHandoffServer>> TcpHandoffServer::Start(const std::string& host, int port,
                                                                           HandoffSink* sink,
                                                                           const TcpHandoffOptions& options) {
-  auto impl = std::make_unique<Impl>(sink, options);
+  ASSIGN_OR_RETURN(std::unique_ptr<TcpHandoffServer> server,
+                   StartWithHandler(
+                       host, port, [sink](FramedConnection& connection) {
+                         const v1::HandoffAck verdict = ServeHandoffStream(
+                             *sink, [&](v1::HandoffChunk& chunk) { return ReadTcpChunk(connection, chunk); });
+                         ReplyAndClose(connection, verdict);
+                       },
+                       options));
+  IC_LOG(Info) << "TCP handoff data plane listening on " << server->address();
+  return server;
+}
+
+absl::StatusOr<std::unique_ptr<TcpHandoffServer>> TcpHandoffServer::StartWithHandler(const std::string& host,
+                                                                                     int port,
+                                                                                     ConnectionHandler serve,
+                                                                                     const TcpHandoffOptions& options) {
+  auto impl = std::make_unique<Impl>(std::move(serve), options);
   RETURN_IF_ERROR(impl->Listen(host, port));
-  IC_LOG(Info) << "TCP handoff data plane listening on " << impl->address();
   return std::unique_ptr<TcpHandoffServer>(new TcpHandoffServer(std::move(impl)));
 }
 
@@ -268,23 +280,12 @@ absl::StatusOr<std::unique_ptr<TcpHandoffSender>> TcpHandoffSender::Connect(cons
 }
 
 void TcpHandoffSender::ReadVerdict() {
-  absl::StatusOr<FramePrefix> prefix = connection_->ReadPrefix();
-  std::string metadata;
-  absl::Status status = prefix.status();
-  if (status.ok() && (prefix->kind != FrameKind::kAck || prefix->payload_bytes != 0)) {
-    status = absl::InternalError("the decode worker answered with something other than an ack frame");
-  }
-  if (status.ok()) {
-    metadata.resize(prefix->metadata_bytes);
-    status = connection_->ReadExactly(metadata.data(), metadata.size());
-  }
-  if (status.ok() && !ack_.ParseFromString(metadata)) {
-    status = absl::InternalError("the decode worker's ack frame does not parse");
-  }
-  if (!status.ok()) {
-    outcome_ = Annotate(status, "reading the decode worker's handoff verdict");
+  absl::StatusOr<v1::HandoffAck> ack = ReadAckFrame(*connection_);
+  if (!ack.ok()) {
+    outcome_ = Annotate(ack.status(), "reading the decode worker's handoff verdict");
     return;
   }
+  ack_ = *std::move(ack);
   have_ack_ = true;
   outcome_ = ack_.accepted() ? absl::OkStatus() : AckStatus(ack_);
 }
@@ -303,16 +304,7 @@ absl::Status TcpHandoffSender::Send(const v1::HandoffChunk& chunk) {
   std::string_view payload;
   if (chunk.has_rows()) {
     // Everything but the rows bytes, which go out as the payload straight from `chunk`.
-    v1::HandoffChunk meta;
-    meta.set_request_id(chunk.request_id());
-    meta.set_sequence(chunk.sequence());
-    meta.set_checksum(chunk.checksum());
-    v1::KvRows* rows = meta.mutable_rows();
-    rows->set_layer(chunk.rows().layer());
-    rows->set_kind(chunk.rows().kind());
-    rows->set_begin_position(chunk.rows().begin_position());
-    rows->set_num_tokens(chunk.rows().num_tokens());
-    metadata = meta.SerializeAsString();
+    metadata = WithoutRowsData(chunk).SerializeAsString();
     payload = chunk.rows().data();
   } else {
     metadata = chunk.SerializeAsString();

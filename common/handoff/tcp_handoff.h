@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -23,6 +24,14 @@ struct TcpHandoffOptions {
   absl::Duration io_timeout = absl::Seconds(60);
 };
 
+// Reads a connection's next frame into `chunk` (cleared): true for a chunk, false at the end frame.
+using ChunkReader = std::function<absl::StatusOr<bool>(v1::HandoffChunk& chunk)>;
+// The server side of one handoff stream, whatever carries the bytes (the TCP data plane, the NCCL
+// control channel): chunks from `read_next` go to `sink` in order, with the checks every stream gets
+// (one request per stream, nothing after the trailer, no end before it). Returns the verdict to send
+// back; the sink has seen OnComplete, OnBroken, or rejected a chunk.
+v1::HandoffAck ServeHandoffStream(HandoffSink& sink, const ChunkReader& read_next);
+
 class TcpHandoffServer {
  public:
   // Listens on `host`:`port` (an IP address; port 0 picks a free one) and hands every connection's
@@ -30,6 +39,12 @@ class TcpHandoffServer {
   static absl::StatusOr<std::unique_ptr<TcpHandoffServer>> Start(const std::string& host, int port,
                                                                  HandoffSink* sink,
                                                                  const TcpHandoffOptions& options = {});
+  // Serves each connection with `serve` instead (on the connection's own thread; the connection is
+  // closed when it returns): the NCCL handoff's control channel speaks its own messages in these frames.
+  using ConnectionHandler = std::function<void(FramedConnection&)>;
+  static absl::StatusOr<std::unique_ptr<TcpHandoffServer>> StartWithHandler(const std::string& host, int port,
+                                                                            ConnectionHandler serve,
+                                                                            const TcpHandoffOptions& options = {});
   ~TcpHandoffServer();  // Shutdown()
   TcpHandoffServer(const TcpHandoffServer&) = delete;
   TcpHandoffServer& operator=(const TcpHandoffServer&) = delete;

@@ -51,9 +51,9 @@ TEST(HandoffAck, CarriesTheRejectionCode) {
   EXPECT_EQ(AckStatus(odd).code(), absl::StatusCode::kUnknown);
 }
 
-TEST(ConnectHandoff, NcclIsUnimplemented) {
+TEST(ConnectHandoff, NcclNeedsTheWorkersClient) {
   auto sender = ConnectHandoff(v1::HANDOFF_TRANSPORT_NCCL, "127.0.0.1:1", absl::Seconds(1));
-  EXPECT_EQ(sender.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(sender.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(sender.status().message(), HasSubstr("NCCL"));
 }
 
