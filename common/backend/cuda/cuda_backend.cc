@@ -304,7 +304,8 @@ void CudaBackend::MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_
   Check(AsStatus(cuda::MoeExperts(x, gate_up, down, num_experts, topk_ids, topk_weights, out, scratch, stream_)));
 }
 
-void CudaBackend::BeginRegion(TimedRegion region) {
+// A region is a pair of events on the stream (begin, end); both are recorded the same way.
+void CudaBackend::RecordRegionEvent(TimedRegion region) {
   cudaEvent_t ev = nullptr;
   if (!free_events_.empty()) {
     ev = free_events_.back();
@@ -316,7 +317,9 @@ void CudaBackend::BeginRegion(TimedRegion region) {
   region_events_[static_cast<size_t>(region)].push_back(ev);
 }
 
-void CudaBackend::EndRegion(TimedRegion region) { BeginRegion(region); }  // the pair's closing event
+void CudaBackend::BeginRegion(TimedRegion region) { RecordRegionEvent(region); }
+
+void CudaBackend::EndRegion(TimedRegion region) { RecordRegionEvent(region); }
 
 double CudaBackend::TakeRegionSeconds(TimedRegion region) {
   auto& events = region_events_[static_cast<size_t>(region)];

@@ -82,6 +82,7 @@ class CudaBackend final : public Backend {
   void* ScratchSpace(Scratch which, size_t bytes);
   // Rounds the F32 rows of `x` to bf16 in the kCastA scratch (dense, `x.cols` apart).
   void* CastToBf16(Tensor x);
+  void RecordRegionEvent(TimedRegion region);
 
   int device_ = 0;
   cudaStream_t stream_ = nullptr;

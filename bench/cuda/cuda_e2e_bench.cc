@@ -1,0 +1,123 @@
+// End-to-end timing of the engine on --device cuda: prefill (prompt → first token, one chunk) at the
+// given lengths and decode ms/token at one context, for one IndexCache pattern. Prints JSON on stdout.
+// bench/cuda/run_cuda_bench.sh runs it beside transformers eager on the same GPU and model.
+//   cuda_e2e_bench --model DIR [--index-freq F] [--prefill 2048,8192,16384] [--decode-context 16384]
+//                  [--decode-steps 32] [--reps 3]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "common/engine/engine.h"
+#include "nlohmann/json.hpp"
+
+namespace indexcache::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+void Die(const std::string& what) {
+  std::fprintf(stderr, "cuda_e2e_bench: %s\n", what.c_str());
+  std::exit(1);
+}
+
+std::vector<int32_t> ParseList(const std::string& text) {
+  std::vector<int32_t> out;
+  size_t start = 0;
+  while (start < text.size()) {
+    const size_t comma = text.find(',', start);
+    out.push_back(std::stoi(text.substr(start, comma - start)));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+std::vector<int32_t> Prompt(int32_t length, int32_t vocab) {
+  std::vector<int32_t> ids(length);
+  for (int32_t i = 0; i < length; ++i) ids[i] = static_cast<int32_t>((i * 7919 + 13) % (vocab - 2));
+  return ids;
+}
+
+// Runs the engine until it has no work; returns the wall time of each step in ms.
+std::vector<double> RunToEnd(Engine& engine) {
+  std::vector<double> steps;
+  while (engine.HasWork()) {
+    const auto start = Clock::now();
+    auto events = engine.Step();
+    if (!events.ok()) Die(events.status().ToString());
+    for (const TokenEvent& e : *events) {
+      if (e.finish == RequestFinish::kError) Die(e.error.ToString());
+    }
+    steps.push_back(std::chrono::duration<double, std::milli>(Clock::now() - start).count());
+  }
+  return steps;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+}  // namespace indexcache::bench
+
+int main(int argc, char** argv) {
+  using namespace indexcache;
+  using namespace indexcache::bench;
+  std::map<std::string, std::string> flags = {{"index-freq", "0"}, {"prefill", "2048,8192,16384"},
+                                              {"decode-context", "16384"}, {"decode-steps", "32"}, {"reps", "3"}};
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string key = argv[i];
+    if (key.rfind("--", 0) != 0) Die("unexpected argument " + key);
+    flags[key.substr(2)] = argv[i + 1];
+  }
+  if (!flags.count("model")) Die("--model DIR is required");
+  const std::vector<int32_t> prefill = ParseList(flags["prefill"]);
+  const int32_t decode_context = std::stoi(flags["decode-context"]), steps = std::stoi(flags["decode-steps"]);
+  const int32_t reps = std::stoi(flags["reps"]);
+  EngineOptions options;
+  options.model_dir = flags["model"];
+  options.device = "cuda";
+  options.index_freq = std::stoi(flags["index-freq"]);
+  options.kv_cache_bytes = size_t{4} << 30;
+  options.max_batch_tokens = std::max(*std::max_element(prefill.begin(), prefill.end()), decode_context);
+  auto engine = Engine::Create(options);
+  if (!engine.ok()) Die(engine.status().ToString());
+  Engine& e = **engine;
+  const int32_t vocab = e.config().vocab_size;
+  nlohmann::json out;
+  out["model"] = options.model_dir;
+  out["index_freq"] = options.index_freq;
+  SamplingParams one;
+  one.temperature = 0.0f;
+  one.max_new_tokens = 1;
+  one.ignore_eos = true;
+  out["prefill"] = nlohmann::json::array();
+  for (int32_t length : prefill) {
+    std::vector<double> times;
+    for (int32_t r = 0; r < reps + 1; ++r) {  // the first run warms up (workspace, cuBLAS heuristics)
+      auto id = e.Submit(Prompt(length, vocab), one);
+      if (!id.ok()) Die(id.status().ToString());
+      const auto start = Clock::now();
+      RunToEnd(e);
+      if (r > 0) times.push_back(std::chrono::duration<double, std::milli>(Clock::now() - start).count());
+    }
+    const IndexCacheStats stats = e.TakeStats();
+    out["prefill"].push_back({{"tokens", length}, {"ms", Median(times)}, {"indexer_s_total", stats.indexer_seconds}});
+    std::fprintf(stderr, "prefill %d: %.1f ms\n", length, Median(times));
+  }
+  SamplingParams decode = one;
+  decode.max_new_tokens = steps + 1;
+  auto id = e.Submit(Prompt(decode_context, vocab), decode);
+  if (!id.ok()) Die(id.status().ToString());
+  std::vector<double> step_ms = RunToEnd(e);
+  // The first step is the prefill; the next two warm the decode path up.
+  std::vector<double> decode_ms(step_ms.begin() + std::min<size_t>(3, step_ms.size() - 1), step_ms.end());
+  out["decode"] = {{"context", decode_context}, {"steps", decode_ms.size()}, {"ms_per_token", Median(decode_ms)}};
+  std::fprintf(stderr, "decode at %d: %.2f ms/token\n", decode_context, Median(decode_ms));
+  std::printf("%s\n", out.dump(1).c_str());
+  return 0;
+}

@@ -1,0 +1,297 @@
+// The CUDA kernel benchmark at GLM-5's DSA dimensions (indexer 32 heads × 128, index_topk 2048; MLA
+// kv_lora 512, rope 64, 64 heads) over 8K–128K context. In one process it first measures the card's
+// ceilings — cuBLAS bf16 GEMM (8192³) and a device-to-device copy — then times, with CUDA events,
+// the backend's own kernels exactly as the engine calls them: the indexer logits (prefill chunk and
+// decode), the radix top-k, and sparse MLA for prefill and decode. Prints one JSON object on stdout;
+// bench/cuda/run_cuda_bench.sh adds torch's baselines from the same run and writes the report.
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <functional>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/backend/cuda/cuda_backend.h"
+#include "common/backend/cuda/cuda_kernels.h"
+#include "nlohmann/json.hpp"
+
+namespace indexcache::bench {
+namespace {
+
+constexpr int kIndexHeads = 32, kIndexDim = 128, kTopK = 2048;
+constexpr int kHeads = 64, kLatent = 512, kRope = 64;
+constexpr int kBlock = 64;  // cache block size of the paged layouts
+
+void Die(const std::string& what) {
+  std::fprintf(stderr, "cuda_kernel_bench: %s\n", what.c_str());
+  std::exit(1);
+}
+
+void CheckCuda(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) Die(std::string(what) + ": " + cudaGetErrorString(e));
+}
+
+// Median milliseconds of `reps` runs of `fn` after `warmup` untimed ones.
+double TimeMs(cudaStream_t stream, int warmup, int reps, const std::function<void()>& fn) {
+  for (int i = 0; i < warmup; ++i) fn();
+  std::vector<double> ms;
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  for (int i = 0; i < reps; ++i) {
+    cudaEventRecord(start, stream);
+    fn();
+    cudaEventRecord(stop, stream);
+    CheckCuda(cudaEventSynchronize(stop), "timed run");
+    float t = 0;
+    cudaEventElapsedTime(&t, start, stop);
+    ms.push_back(t);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+// A device array of `count` elements of T filled with N(0, 1) floats converted to T.
+template <typename T>
+T* DeviceRandom(size_t count, uint32_t seed) {
+  std::vector<float> host(count);
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist;
+  for (float& v : host) v = dist(rng);
+  T* d = nullptr;
+  CheckCuda(cudaMalloc(&d, count * sizeof(T)), "alloc");
+  if constexpr (std::is_same_v<T, float>) {
+    CheckCuda(cudaMemcpy(d, host.data(), count * sizeof(float), cudaMemcpyHostToDevice), "upload");
+  } else {
+    std::vector<T> conv(count);
+    for (size_t i = 0; i < count; ++i) conv[i] = static_cast<T>(host[i]);
+    CheckCuda(cudaMemcpy(d, conv.data(), count * sizeof(T), cudaMemcpyHostToDevice), "upload");
+  }
+  return d;
+}
+
+int32_t* DeviceInts(const std::vector<int32_t>& host) {
+  int32_t* d = nullptr;
+  CheckCuda(cudaMalloc(&d, host.size() * sizeof(int32_t)), "alloc");
+  CheckCuda(cudaMemcpy(d, host.data(), host.size() * sizeof(int32_t), cudaMemcpyHostToDevice), "upload");
+  return d;
+}
+
+// One sequence of `context` tokens whose blocks are laid out in a shuffled order (as a long-running
+// pool would be), and `queries` query tokens at its last positions.
+struct Layout {
+  int32_t* seq;
+  int32_t* pos;
+  int32_t* table;
+  int32_t max_blocks;
+  cuda::PagedRows rows;
+  BatchLayout batch;
+};
+
+Layout MakeLayout(int32_t context, int32_t queries, int32_t sequences = 1) {
+  Layout l{};
+  l.max_blocks = (context + kBlock - 1) / kBlock;
+  std::vector<int32_t> table(static_cast<size_t>(sequences) * l.max_blocks);
+  std::iota(table.begin(), table.end(), 0);
+  std::shuffle(table.begin(), table.end(), std::mt19937(5));
+  std::vector<int32_t> seq, pos;
+  for (int32_t s = 0; s < sequences; ++s) {
+    for (int32_t q = 0; q < queries; ++q) {
+      seq.push_back(s);
+      pos.push_back(context - queries + q);
+    }
+  }
+  l.seq = DeviceInts(seq);
+  l.pos = DeviceInts(pos);
+  l.table = DeviceInts(table);
+  l.rows = cuda::PagedRows{l.seq, l.pos, l.table, l.max_blocks, kBlock};
+  const int64_t n = static_cast<int64_t>(seq.size());
+  l.batch = BatchLayout{Tensor::Matrix(l.seq, DType::kI32, n, 1), Tensor::Matrix(l.pos, DType::kI32, n, 1), Tensor{},
+                        Tensor::Matrix(l.table, DType::kI32, sequences, l.max_blocks), kBlock, context};
+  return l;
+}
+
+void FreeLayout(Layout& l) {
+  cudaFree(l.seq);
+  cudaFree(l.pos);
+  cudaFree(l.table);
+}
+
+nlohmann::json Ceilings(cudaStream_t stream, cublasHandle_t cublas) {
+  nlohmann::json out;
+  const int n = 8192;
+  auto* a = DeviceRandom<__nv_bfloat16>(size_t{n} * n, 1);
+  auto* b = DeviceRandom<__nv_bfloat16>(size_t{n} * n, 2);
+  float* c = nullptr;
+  CheckCuda(cudaMalloc(&c, sizeof(float) * n * n), "alloc");
+  const float alpha = 1, beta = 0;
+  auto gemm = [&] {
+    cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, a, CUDA_R_16BF, n, b, CUDA_R_16BF, n, &beta, c,
+                 CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  };
+  const double gemm_ms = TimeMs(stream, 3, 10, gemm);
+  out["gemm_bf16_8192_tflops"] = 2.0 * n * n * double(n) / (gemm_ms * 1e-3) / 1e12;
+  cudaFree(a);
+  cudaFree(b);
+  cudaFree(c);
+  const size_t bytes = size_t{2} << 30;
+  void *src = nullptr, *dst = nullptr;
+  CheckCuda(cudaMalloc(&src, bytes), "alloc");
+  CheckCuda(cudaMalloc(&dst, bytes), "alloc");
+  cudaMemsetAsync(src, 1, bytes, stream);
+  const double copy_ms = TimeMs(stream, 2, 10, [&] { cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream); });
+  out["copy_gbps_read_plus_write"] = 2.0 * bytes / (copy_ms * 1e-3) / 1e9;
+  cudaFree(src);
+  cudaFree(dst);
+  return out;
+}
+
+// Indexer logits + top-k for a prefill chunk of `queries` tokens ending at `context`, and for one
+// decode token; FLOPs count the q·k products (2·H·D per visible key) as the brief's baseline does.
+nlohmann::json IndexerAndTopK(cudaStream_t stream, int32_t context, int32_t queries) {
+  nlohmann::json out;
+  out["context"] = context;
+  out["queries"] = queries;
+  Layout l = MakeLayout(context, queries);
+  const int64_t slots = int64_t{l.max_blocks} * kBlock;
+  float* keys = DeviceRandom<float>(slots * kIndexDim, 3);
+  float* q = DeviceRandom<float>(int64_t{queries} * kIndexHeads * kIndexDim, 4);
+  float* w = DeviceRandom<float>(int64_t{queries} * kIndexHeads, 5);
+  float* logits = nullptr;
+  int32_t* topk = nullptr;
+  CheckCuda(cudaMalloc(&logits, sizeof(float) * queries * int64_t{context}), "alloc");
+  CheckCuda(cudaMalloc(&topk, sizeof(int32_t) * queries * int64_t{kTopK}), "alloc");
+  const Tensor tq = Tensor::Matrix(q, DType::kF32, queries, kIndexHeads * kIndexDim);
+  const Tensor tw = Tensor::Matrix(w, DType::kF32, queries, kIndexHeads);
+  const Tensor tk = Tensor::Matrix(keys, DType::kF32, slots, kIndexDim);
+  const Tensor tl = Tensor::Matrix(logits, DType::kF32, queries, context);
+  const Tensor tt = Tensor::Matrix(topk, DType::kI32, queries, kTopK);
+  auto run_logits = [&] {
+    const std::string e = cuda::IndexerLogits(tq, tw, kIndexHeads, tk, l.rows, context, 0.088f, tl, stream);
+    if (!e.empty()) Die(e);
+  };
+  auto run_topk = [&] {
+    const std::string e = cuda::RowTopK(tl, l.pos, tt, stream);
+    if (!e.empty()) Die(e);
+  };
+  const double logits_ms = TimeMs(stream, 2, 5, run_logits);
+  const double topk_ms = TimeMs(stream, 2, 5, run_topk);
+  double visible = 0;
+  for (int32_t i = 0; i < queries; ++i) visible += context - queries + i + 1;
+  out["indexer_ms"] = logits_ms;
+  out["indexer_tflops"] = 2.0 * kIndexHeads * kIndexDim * visible / (logits_ms * 1e-3) / 1e12;
+  out["topk_ms"] = topk_ms;
+  out["topk_rows"] = queries;
+  // Decode: one query over the whole context (memory-bound: every key is read once, f32).
+  const Tensor dq = tq.Rows(queries - 1, 1), dw = tw.Rows(queries - 1, 1);
+  cuda::PagedRows last = l.rows;
+  last.token_seq += queries - 1;
+  last.token_pos += queries - 1;
+  const double decode_ms = TimeMs(stream, 3, 10, [&] {
+    const std::string e = cuda::IndexerLogits(dq, dw, kIndexHeads, tk, last, context, 0.088f, tl.Rows(0, 1), stream);
+    if (!e.empty()) Die(e);
+    const std::string e2 = cuda::RowTopK(tl.Rows(0, 1), last.token_pos, tt.Rows(0, 1), stream);
+    if (!e2.empty()) Die(e2);
+  });
+  out["decode_indexer_topk_ms"] = decode_ms;
+  out["decode_index_key_gbps"] = double(context) * kIndexDim * sizeof(float) / (decode_ms * 1e-3) / 1e9;
+  cudaFree(keys);
+  cudaFree(q);
+  cudaFree(w);
+  cudaFree(logits);
+  cudaFree(topk);
+  FreeLayout(l);
+  return out;
+}
+
+// Sparse MLA over 2048 selected keys per token: a prefill chunk (TFLOP/s) and decode batches (GB/s of
+// latent rows read, f32 cache).
+nlohmann::json SparseMla(CudaBackend& be, int32_t context, int32_t prefill_tokens, const std::vector<int32_t>& batches) {
+  nlohmann::json out;
+  out["context"] = context;
+  const int32_t width = kLatent + kRope;
+  const int32_t max_batch = *std::max_element(batches.begin(), batches.end());
+  const int32_t sequences = std::max(1, max_batch);
+  Layout big = MakeLayout(context, 1, sequences);  // decode: one token per sequence
+  const int64_t slots = int64_t{big.max_blocks} * kBlock * sequences;
+  float* pool = DeviceRandom<float>(slots * width, 6);
+  const int32_t n_max = std::max(prefill_tokens, max_batch);
+  float* ql = DeviceRandom<float>(int64_t{n_max} * kHeads * kLatent, 7);
+  float* qr = DeviceRandom<float>(int64_t{n_max} * kHeads * kRope, 8);
+  float* o = nullptr;
+  CheckCuda(cudaMalloc(&o, sizeof(float) * n_max * kHeads * kLatent), "alloc");
+  // Each token attends to 2048 random earlier positions (repeats allowed: the cost is the same).
+  std::vector<int32_t> idx(static_cast<size_t>(n_max) * kTopK);
+  std::mt19937 rng(9);
+  for (int32_t r = 0; r < n_max; ++r) {
+    for (int32_t j = 0; j < kTopK; ++j) idx[static_cast<size_t>(r) * kTopK + j] = static_cast<int32_t>(rng() % (context - prefill_tokens));
+  }
+  int32_t* didx = DeviceInts(idx);
+  const Tensor tpool = Tensor::Matrix(pool, DType::kF32, slots, width);
+  auto run = [&](int32_t n, const BatchLayout& batch) {
+    be.SparseMlaAttention(Tensor::Matrix(ql, DType::kF32, n, kHeads * kLatent),
+                          Tensor::Matrix(qr, DType::kF32, n, kHeads * kRope), kHeads, tpool, batch,
+                          Tensor::Matrix(didx, DType::kI32, n, kTopK), 0.04f,
+                          Tensor::Matrix(o, DType::kF32, n, kHeads * kLatent));
+  };
+  Layout prefill = MakeLayout(context, prefill_tokens);
+  const double prefill_ms = TimeMs(be.stream(), 2, 5, [&] { run(prefill_tokens, prefill.batch); });
+  const double flops = 2.0 * prefill_tokens * kHeads * kTopK * double(width + kLatent);
+  out["prefill_tokens"] = prefill_tokens;
+  out["prefill_ms"] = prefill_ms;
+  out["prefill_tflops"] = flops / (prefill_ms * 1e-3) / 1e12;
+  nlohmann::json decode = nlohmann::json::array();
+  for (int32_t b : batches) {
+    BatchLayout batch = big.batch;
+    batch.token_seq = batch.token_seq.Rows(0, b);
+    batch.token_pos = batch.token_pos.Rows(0, b);
+    const double ms = TimeMs(be.stream(), 3, 10, [&] { run(b, batch); });
+    const double bytes = double(b) * kTopK * width * sizeof(float);
+    decode.push_back({{"batch", b}, {"ms", ms}, {"latent_gbps", bytes / (ms * 1e-3) / 1e9},
+                      {"tflops", 2.0 * b * kHeads * kTopK * double(width + kLatent) / (ms * 1e-3) / 1e12}});
+  }
+  out["decode"] = decode;
+  if (!be.Synchronize().ok()) Die(be.Synchronize().ToString());
+  cudaFree(pool);
+  cudaFree(ql);
+  cudaFree(qr);
+  cudaFree(o);
+  cudaFree(didx);
+  FreeLayout(big);
+  FreeLayout(prefill);
+  return out;
+}
+
+}  // namespace
+}  // namespace indexcache::bench
+
+int main(int argc, char** argv) {
+  using namespace indexcache;
+  auto be = CudaBackend::Create();
+  if (!be.ok()) bench::Die(be.status().ToString());
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  nlohmann::json report;
+  report["device"] = prop.name;
+  report["sms"] = prop.multiProcessorCount;
+  report["ceilings"] = bench::Ceilings((*be)->stream(), (*be)->cublas());
+  report["indexer"] = nlohmann::json::array();
+  for (int32_t context : {8192, 32768, 65536, 131072}) {
+    report["indexer"].push_back(bench::IndexerAndTopK((*be)->stream(), context, 2048));
+    std::fprintf(stderr, "indexer %d done\n", context);
+  }
+  report["sparse_mla"] = nlohmann::json::array();
+  for (int32_t context : {8192, 32768, 131072}) {
+    report["sparse_mla"].push_back(bench::SparseMla(**be, context, 1024, {1, 8, 32, 128}));
+    std::fprintf(stderr, "sparse mla %d done\n", context);
+  }
+  std::printf("%s\n", report.dump(1).c_str());
+  return 0;
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The CUDA backend's correctness checks, run on the GPU machine from the repository root:
+#   tools/gpu/check_cuda.sh BUNDLE OUT
+# BUNDLE holds bin/{cuda_op_check,cuda_engine_check,indexcache} and lib/ (made here by
+# /work/shared/tools/device-bundle from a CUDA build); logs and GoogleTest JSON go to OUT.
+# 1. cuda_op_check: every backend op against the CPU backend / float64 at bf16 bounds, near-ties detected.
+# 2. cuda_engine_check: --device cuda against the transformers goldens (patterns, chunked prefill,
+#    batched decode).
+# 3. indexcache generate --device cuda against --device cpu on the bundled model (greedy).
+# Exits non-zero when any check fails.
+set -uo pipefail
+bundle=${1:?usage: check_cuda.sh BUNDLE OUT}
+out=${2:?usage: check_cuda.sh BUNDLE OUT}
+mkdir -p "$out"
+export LD_LIBRARY_PATH="$bundle/lib:/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+failed=0
+"$bundle/bin/cuda_op_check" --gtest_output="json:$out/cuda_op_check.json" 2>&1 | tee "$out/cuda_op_check.log" || failed=1
+"$bundle/bin/cuda_engine_check" --gtest_output="json:$out/cuda_engine_check.json" 2>&1 | tee "$out/cuda_engine_check.log" || failed=1
+
+# The bundled golden's prompt: its transformers continuation has no step closer than 0.077 logits.
+ids=$(python3 -c "import json; print(json.dumps(json.load(open('tests/data/goldens/bundled/expected.json'))['greedy']['prompt_ids']))")
+echo "$ids" > "$out/generate_prompt.json"
+for device in cpu cuda; do
+  "$bundle/bin/indexcache" generate --model models/glm-dsa-tiny-random --input-ids "$out/generate_prompt.json" \
+    --max-new-tokens 12 --temperature 0 --ignore-eos --device "$device" --json > "$out/generate_$device.json" || failed=1
+done
+python3 - "$out" <<'PY' || failed=1
+import json, sys
+out = sys.argv[1]
+cpu = json.load(open(f"{out}/generate_cpu.json"))["output_ids"]
+cuda = json.load(open(f"{out}/generate_cuda.json"))["output_ids"]
+want = json.load(open("tests/data/goldens/bundled/expected.json"))["greedy"]["output_ids"]
+print(f"generate: cpu {cpu}\n          cuda {cuda}\n   transformers {want}")
+sys.exit(0 if cpu == cuda == want else 1)
+PY
+echo "check_cuda: $([[ $failed == 0 ]] && echo PASSED || echo FAILED)"
+exit $failed

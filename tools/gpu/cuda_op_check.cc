@@ -1,0 +1,450 @@
+// GPU check (not a ctest test: it needs a GPU; tools/gpu/check_cuda.sh runs it on the device): every
+// op of the CUDA backend against an independent truth on the same inputs — the CPU backend given the
+// same bf16-rounded weights, or a float64 reference — at tolerances derived from where bf16 rounding
+// enters (unit roundoff u = 2⁻⁸ per rounded operand), and the top-k selections exactly, except where the
+// float64 scores show a near-tie within that bound at the k-th boundary, which the check detects
+// and counts.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <set>
+#include <vector>
+
+#include "common/backend/backend.h"
+#include "common/backend/cpu/cpu_backend.h"
+#include "common/backend/cuda/cuda_backend.h"
+#include "common/backend/cuda/cuda_kernels.h"
+#include "gtest/gtest.h"
+
+namespace indexcache {
+namespace {
+
+constexpr double kUnitRoundoff = 1.0 / 256.0;  // bf16: 8 significant bits, round to nearest
+
+float RoundBf16(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  bits &= 0xffff0000u;
+  float out;
+  std::memcpy(&out, &bits, 4);
+  return out;
+}
+
+std::vector<float> Random(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+std::vector<float> RoundedBf16(std::vector<float> v) {
+  for (float& x : v) x = RoundBf16(x);
+  return v;
+}
+
+// A tensor on one backend with the buffer that owns it.
+struct Held {
+  Buffer buffer;
+  Tensor t;
+};
+
+Held Put(Backend& be, const void* host, DType dtype, int64_t rows, int64_t cols) {
+  auto buffer = be.Allocate(static_cast<size_t>(rows * cols) * DTypeSize(dtype));
+  EXPECT_TRUE(buffer.ok()) << buffer.status();
+  Held h{std::move(*buffer), {}};
+  h.t = h.buffer.View(dtype, rows, cols);
+  if (host != nullptr) be.Upload(host, h.t);
+  return h;
+}
+
+// An empty `v` leaves the tensor unwritten (an output).
+Held PutF(Backend& be, const std::vector<float>& v, int64_t rows, int64_t cols, DType dtype = DType::kF32) {
+  return Put(be, v.empty() ? nullptr : v.data(), dtype, rows, cols);
+}
+
+Held PutI(Backend& be, const std::vector<int32_t>& v, int64_t rows, int64_t cols) {
+  return Put(be, v.empty() ? nullptr : v.data(), DType::kI32, rows, cols);
+}
+
+template <typename T>
+std::vector<T> Get(Backend& be, Tensor t) {
+  std::vector<T> v(static_cast<size_t>(t.numel()));
+  const absl::Status s = be.Download(t, v.data());
+  EXPECT_TRUE(s.ok()) << s;
+  return v;
+}
+
+class CudaOpCheck : public testing::Test {
+ protected:
+  void SetUp() override {
+    auto gpu = CudaBackend::Create();
+    ASSERT_TRUE(gpu.ok()) << gpu.status();
+    gpu_ = std::move(*gpu);
+  }
+  std::unique_ptr<CudaBackend> gpu_;
+  CpuBackend cpu_{0};
+};
+
+// |gpu - cpu| <= bound elementwise, with a floor for values that cancel to ~0.
+void ExpectWithin(const std::vector<float>& got, const std::vector<float>& want, const std::vector<float>& bound,
+                  const char* what) {
+  ASSERT_EQ(got.size(), want.size());
+  double worst = 0.0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double err = std::abs(static_cast<double>(got[i]) - want[i]);
+    const double tol = bound[i] + 1e-5;
+    worst = std::max(worst, err / tol);
+    ASSERT_LE(err, tol) << what << " element " << i << ": " << got[i] << " vs " << want[i];
+  }
+  std::printf("  %-28s worst error / bound = %.3f\n", what, worst);
+}
+
+TEST_F(CudaOpCheck, LinearAndHeadwiseWithinBf16RoundingOfTheInput) {
+  const int64_t m = 37, k = 256, n = 300, heads = 4;
+  const std::vector<float> x = Random(m * k, 1), w = RoundedBf16(Random(n * k, 2, 0.0625f));
+  std::vector<float> ax(x.size()), aw(w.size());
+  std::transform(x.begin(), x.end(), ax.begin(), [](float v) { return std::abs(v); });
+  std::transform(w.begin(), w.end(), aw.begin(), [](float v) { return std::abs(v); });
+  // The bound: rounding x to bf16 moves each product by at most u·|x·w|.
+  for (bool headwise : {false, true}) {
+    const int64_t in = headwise ? k / heads : k, out_cols = headwise ? n / heads * heads : n;
+    const int64_t w_rows = out_cols;
+    Held gx = PutF(*gpu_, x, m, k), gw = PutF(*gpu_, w, w_rows, in, DType::kBF16), go = PutF(*gpu_, {}, m, out_cols);
+    Held cx = PutF(cpu_, x, m, k), cw = PutF(cpu_, w, w_rows, in), co = PutF(cpu_, {}, m, out_cols);
+    Held bx = PutF(cpu_, ax, m, k), bw = PutF(cpu_, aw, w_rows, in), bo = PutF(cpu_, {}, m, out_cols);
+    if (headwise) {
+      gpu_->HeadwiseLinear(gx.t, gw.t, heads, go.t);
+      cpu_.HeadwiseLinear(cx.t, cw.t, heads, co.t);
+      cpu_.HeadwiseLinear(bx.t, bw.t, heads, bo.t);
+    } else {
+      gpu_->Linear(gx.t, gw.t, go.t);
+      cpu_.Linear(cx.t, cw.t, co.t);
+      cpu_.Linear(bx.t, bw.t, bo.t);
+    }
+    std::vector<float> bound = Get<float>(cpu_, bo.t);
+    for (float& b : bound) b = static_cast<float>(1.05 * kUnitRoundoff * b);
+    ExpectWithin(Get<float>(*gpu_, go.t), Get<float>(cpu_, co.t), bound, headwise ? "headwise linear" : "linear");
+  }
+}
+
+TEST_F(CudaOpCheck, RowOpsMatchTheCpuBackend) {
+  const int64_t rows = 19, cols = 192;
+  const std::vector<float> x = Random(rows * cols, 3), y = Random(rows * cols, 4);
+  const std::vector<float> w = RoundedBf16(Random(cols, 5, 0.1f)), b = RoundedBf16(Random(cols, 6, 0.1f));
+  std::vector<int32_t> pos(rows);
+  for (int64_t r = 0; r < rows; ++r) pos[r] = static_cast<int32_t>(r * 977 % 70000);
+  auto compare = [&](const char* what, auto&& op) {
+    Held gx = PutF(*gpu_, x, rows, cols), cx = PutF(cpu_, x, rows, cols);
+    op(static_cast<Backend&>(*gpu_), gx.t, DType::kBF16);
+    op(static_cast<Backend&>(cpu_), cx.t, DType::kF32);
+    const std::vector<float> want = Get<float>(cpu_, cx.t);
+    std::vector<float> bound(want.size());
+    // fp32 on both sides; transcendental functions differ by a few ulp (RoPE angles grow with position).
+    for (size_t i = 0; i < want.size(); ++i) bound[i] = 2e-5f * (1.0f + std::abs(want[i]));
+    ExpectWithin(Get<float>(*gpu_, gx.t), want, bound, what);
+  };
+  compare("rms norm (in place)", [&](Backend& be, Tensor t, DType wd) {
+    Held hw = PutF(be, w, 1, cols, wd);
+    be.RmsNorm(t, hw.t, 1e-5f, t);
+    EXPECT_TRUE(be.Synchronize().ok());
+  });
+  compare("layer norm", [&](Backend& be, Tensor t, DType wd) {
+    Held hw = PutF(be, w, 1, cols, wd), hb = PutF(be, b, 1, cols, wd);
+    be.LayerNorm(t, hw.t, hb.t, 1e-6f, t);
+    EXPECT_TRUE(be.Synchronize().ok());
+  });
+  compare("rope (3 heads, offset 8)", [&](Backend& be, Tensor t, DType) {
+    Held hp = PutI(be, pos, rows, 1);
+    be.RopeInterleaved(t, 3, 64, 8, 32, 10000.0f, hp.t);
+    EXPECT_TRUE(be.Synchronize().ok());
+  });
+  compare("silu·mul + add", [&](Backend& be, Tensor t, DType) {
+    Held hy = PutF(be, y, rows, cols), act = PutF(be, {}, rows, cols / 2);
+    be.SiluMul(hy.t, act.t);
+    be.Add(t.Cols(0, cols / 2), act.t);
+    EXPECT_TRUE(be.Synchronize().ok());
+  });
+  compare("gather/scatter/embedding", [&](Backend& be, Tensor t, DType wd) {
+    std::vector<int32_t> ids(rows);
+    for (int64_t r = 0; r < rows; ++r) ids[r] = static_cast<int32_t>((r * 7 + 3) % rows);
+    Held hid = PutI(be, ids, rows, 1), table = PutF(be, RoundedBf16(y), rows, cols, wd), tmp = PutF(be, {}, rows, cols);
+    be.Embedding(table.t, hid.t, tmp.t);
+    be.Add(t, tmp.t);
+    be.GatherRows(t, hid.t, tmp.t);
+    be.WriteCacheRows(tmp.t, hid.t, t);
+    EXPECT_TRUE(be.Synchronize().ok());
+  });
+}
+
+// The exact top-k: best first, ties to the lower column.
+std::vector<int32_t> ExactTopK(const float* scores, int32_t length, int32_t k_cols) {
+  std::vector<int32_t> order(length);
+  std::iota(order.begin(), order.end(), 0);
+  const int32_t k = std::min(k_cols, length);
+  std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
+    return scores[a] > scores[b] || (scores[a] == scores[b] && a < b);
+  });
+  order.resize(k);
+  order.resize(k_cols, -1);
+  return order;
+}
+
+TEST_F(CudaOpCheck, RadixTopKIsExactIncludingTiesAndLongRows) {
+  struct Case {
+    const char* name;
+    int32_t length, k, levels;  // levels > 0: scores drawn from that many values (many ties)
+    int32_t rows;
+  };
+  for (const Case& c : {Case{"random 4096, k 64", 4096, 64, 0, 8}, Case{"k >= length", 50, 64, 0, 3},
+                        Case{"16 levels, k 2048", 20000, 2048, 16, 4}, Case{"all equal 131072", 131072, 2048, 1, 2},
+                        Case{"random 131072, k 2048", 131072, 2048, 0, 4}, Case{"3 levels, k 7", 1000, 7, 3, 5}}) {
+    std::vector<float> logits = Random(static_cast<size_t>(c.rows) * c.length, 11 + c.length);
+    if (c.levels > 0) {
+      for (float& v : logits) v = std::floor((v + 3.0f) / 6.0f * c.levels) - 1.0f;
+    }
+    std::vector<int32_t> pos(c.rows);
+    for (int32_t r = 0; r < c.rows; ++r) pos[r] = c.length - 1 - r * 3;  // rows of different lengths
+    Held gl = PutF(*gpu_, logits, c.rows, c.length), gp = PutI(*gpu_, pos, c.rows, 1), go = PutI(*gpu_, {}, c.rows, c.k);
+    const std::string error = cuda::RowTopK(gl.t, gp.t.ptr<int32_t>(), go.t, gpu_->stream());
+    ASSERT_TRUE(error.empty()) << error;
+    const std::vector<int32_t> got = Get<int32_t>(*gpu_, go.t);
+    for (int32_t r = 0; r < c.rows; ++r) {
+      const std::vector<int32_t> want = ExactTopK(&logits[static_cast<size_t>(r) * c.length], pos[r] + 1, c.k);
+      ASSERT_EQ(std::vector<int32_t>(got.begin() + r * c.k, got.begin() + (r + 1) * c.k), want) << c.name << " row " << r;
+    }
+    std::printf("  top-k %-24s exact\n", c.name);
+  }
+}
+
+// A paged batch over several sequences: a prefill chunk of sequence 0 then one decode token of each
+// other sequence; block tables are shuffled so a sequence's blocks are scattered through the pool.
+struct PagedBatch {
+  std::vector<int32_t> seq, pos, tables;
+  int32_t block_size = 16, max_blocks = 0, slots = 0, max_context = 0;
+  int32_t SlotOf(int32_t s, int32_t p) const { return tables[s * max_blocks + p / block_size] * block_size + p % block_size; }
+};
+
+PagedBatch MakeBatch(const std::vector<int32_t>& lengths, int32_t chunk, uint32_t seed) {
+  PagedBatch b;
+  const int32_t longest = *std::max_element(lengths.begin(), lengths.end());
+  b.max_blocks = (longest + b.block_size - 1) / b.block_size;
+  std::vector<int32_t> blocks(lengths.size() * b.max_blocks);
+  std::iota(blocks.begin(), blocks.end(), 0);
+  std::shuffle(blocks.begin(), blocks.end(), std::mt19937(seed));
+  b.tables = blocks;
+  b.slots = static_cast<int32_t>(blocks.size()) * b.block_size;
+  for (int32_t p = lengths[0] - chunk; p < lengths[0]; ++p) {
+    b.seq.push_back(0);
+    b.pos.push_back(p);
+  }
+  for (size_t s = 1; s < lengths.size(); ++s) {
+    b.seq.push_back(static_cast<int32_t>(s));
+    b.pos.push_back(lengths[s] - 1);
+  }
+  b.max_context = longest;
+  return b;
+}
+
+struct DeviceLayout {
+  Held seq, pos, tables;
+  BatchLayout layout;
+};
+
+DeviceLayout Upload(Backend& be, const PagedBatch& b) {
+  DeviceLayout d;
+  const int64_t n = static_cast<int64_t>(b.seq.size());
+  d.seq = PutI(be, b.seq, n, 1);
+  d.pos = PutI(be, b.pos, n, 1);
+  d.tables = PutI(be, b.tables, static_cast<int64_t>(b.tables.size()) / b.max_blocks, b.max_blocks);
+  d.layout = BatchLayout{d.seq.t, d.pos.t, Tensor{}, d.tables.t, b.block_size, b.max_context};
+  return d;
+}
+
+TEST_F(CudaOpCheck, IndexerSelectionsAgreeExceptAtDetectedNearTies) {
+  struct Case {
+    int32_t heads, dim, k;
+    std::vector<int32_t> lengths;
+    int32_t chunk;
+  };
+  for (const Case& c : {Case{16, 32, 64, {300, 77, 64, 1}, 40}, Case{32, 128, 2048, {5000, 2100, 9000}, 24},
+                        Case{8, 64, 256, {1000, 256, 257}, 130}}) {
+    const PagedBatch b = MakeBatch(c.lengths, c.chunk, 7);
+    const int64_t n = static_cast<int64_t>(b.seq.size());
+    const std::vector<float> q = Random(n * c.heads * c.dim, 21), keys = Random(static_cast<size_t>(b.slots) * c.dim, 22);
+    std::vector<float> w = Random(n * c.heads, 23);
+    Held gq = PutF(*gpu_, q, n, c.heads * c.dim), gw = PutF(*gpu_, w, n, c.heads);
+    Held gk = PutF(*gpu_, keys, b.slots, c.dim), go = PutI(*gpu_, {}, n, c.k);
+    DeviceLayout dl = Upload(*gpu_, b);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(c.dim));
+    gpu_->IndexerTopK(gq.t, gw.t, c.heads, gk.t, dl.layout, scale, go.t);
+    const std::vector<int32_t> got = Get<int32_t>(*gpu_, go.t);
+    int64_t near_tie_rows = 0;
+    for (int64_t r = 0; r < n; ++r) {
+      const int32_t length = b.pos[r] + 1;
+      // float64 scores and their bf16 error bound: q and k are rounded, so each q·k moves by at most
+      // 2.01·u·Σ|q_d k_d|, and the head-weighted ReLU sum by Σ_h |w_h|·scale·that.
+      std::vector<double> score(length), bound(length);
+      for (int32_t s = 0; s < length; ++s) {
+        const float* key = &keys[static_cast<size_t>(b.SlotOf(b.seq[r], s)) * c.dim];
+        double total = 0.0, err = 0.0;
+        for (int32_t h = 0; h < c.heads; ++h) {
+          const float* qh = &q[(r * c.heads + h) * c.dim];
+          double dot = 0.0, abs_dot = 0.0;
+          for (int32_t d = 0; d < c.dim; ++d) {
+            dot += static_cast<double>(qh[d]) * key[d];
+            abs_dot += std::abs(static_cast<double>(qh[d]) * key[d]);
+          }
+          total += w[r * c.heads + h] * std::max(dot * scale, 0.0);
+          err += std::abs(w[r * c.heads + h]) * scale * 2.01 * kUnitRoundoff * abs_dot;
+        }
+        score[s] = total;
+        bound[s] = err;
+      }
+      const int32_t k = std::min(c.k, length);
+      std::vector<int32_t> want = ExactTopK(std::vector<float>(score.begin(), score.end()).data(), length, c.k);
+      const std::vector<int32_t> row(got.begin() + r * c.k, got.begin() + (r + 1) * c.k);
+      for (int32_t i = k; i < c.k; ++i) ASSERT_EQ(row[i], -1) << "padding, row " << r;
+      std::set<int32_t> got_set(row.begin(), row.begin() + k), want_set(want.begin(), want.begin() + k);
+      ASSERT_EQ(static_cast<int32_t>(got_set.size()), k) << "duplicate or missing picks, row " << r;
+      if (got_set == want_set) continue;
+      // A legitimate difference is a near-tie: some perturbation of the scores within their bounds
+      // makes the GPU's set the top-k, i.e. every pick's upper bound reaches every non-pick's lower one.
+      double worst_pick = INFINITY, best_left = -INFINITY;
+      for (int32_t s = 0; s < length; ++s) {
+        if (got_set.count(s)) {
+          worst_pick = std::min(worst_pick, score[s] + bound[s]);
+        } else {
+          best_left = std::max(best_left, score[s] - bound[s]);
+        }
+      }
+      ASSERT_GE(worst_pick, best_left) << "row " << r << ": the GPU's selection differs beyond the bf16 bound";
+      ++near_tie_rows;
+    }
+    std::printf("  indexer H%d D%d k%d: %ld rows, %ld differ only at detected near-ties\n", c.heads, c.dim, c.k,
+                static_cast<long>(n), static_cast<long>(near_tie_rows));
+  }
+}
+
+TEST_F(CudaOpCheck, SparseMlaMatchesFloat64WithinTheBf16Bound) {
+  struct Case {
+    int32_t heads, latent, rope, k;
+    std::vector<int32_t> lengths;
+    int32_t chunk;
+  };
+  for (const Case& c : {Case{4, 64, 16, 64, {200, 30, 90}, 17}, Case{64, 512, 64, 2048, {3000, 2500}, 5},
+                        Case{20, 512, 64, 2048, {2048, 600}, 3}}) {
+    const PagedBatch b = MakeBatch(c.lengths, c.chunk, 9);
+    const int64_t n = static_cast<int64_t>(b.seq.size()), width = c.latent + c.rope;
+    const std::vector<float> ql = Random(n * c.heads * c.latent, 31), qr = Random(n * c.heads * c.rope, 32);
+    const std::vector<float> pool = Random(static_cast<size_t>(b.slots) * width, 33);
+    // Each row picks up to k random visible positions, -1 padded.
+    std::vector<int32_t> idx(n * c.k, -1);
+    std::mt19937 rng(34);
+    for (int64_t r = 0; r < n; ++r) {
+      std::vector<int32_t> visible(b.pos[r] + 1);
+      std::iota(visible.begin(), visible.end(), 0);
+      std::shuffle(visible.begin(), visible.end(), rng);
+      const int32_t k = std::min<int32_t>(c.k, static_cast<int32_t>(visible.size()));
+      std::copy_n(visible.begin(), k, idx.begin() + r * c.k);
+    }
+    const float scale = 1.0f / std::sqrt(static_cast<float>(width));
+    Held gql = PutF(*gpu_, ql, n, c.heads * c.latent), gqr = PutF(*gpu_, qr, n, c.heads * c.rope);
+    Held gp = PutF(*gpu_, pool, b.slots, width), gi = PutI(*gpu_, idx, n, c.k), go = PutF(*gpu_, {}, n, c.heads * c.latent);
+    DeviceLayout dl = Upload(*gpu_, b);
+    gpu_->SparseMlaAttention(gql.t, gqr.t, c.heads, gp.t, dl.layout, gi.t, scale, go.t);
+    const std::vector<float> got = Get<float>(*gpu_, go.t);
+    std::vector<float> want(got.size()), bound(got.size());
+    for (int64_t r = 0; r < n; ++r) {
+      std::vector<const float*> rows;
+      for (int32_t j = 0; j < c.k && idx[r * c.k + j] >= 0; ++j) rows.push_back(&pool[static_cast<size_t>(b.SlotOf(b.seq[r], idx[r * c.k + j])) * width]);
+      for (int32_t h = 0; h < c.heads; ++h) {
+        std::vector<double> s(rows.size());
+        double max_s = -INFINITY, max_err = 0.0, max_c = 0.0;
+        for (size_t j = 0; j < rows.size(); ++j) {
+          double dot = 0.0, abs_dot = 0.0;
+          for (int32_t d = 0; d < width; ++d) {
+            const double qd = d < c.latent ? ql[(r * c.heads + h) * c.latent + d] : qr[(r * c.heads + h) * c.rope + d - c.latent];
+            dot += qd * rows[j][d];
+            abs_dot += std::abs(qd * rows[j][d]);
+          }
+          s[j] = dot * scale;
+          max_s = std::max(max_s, s[j]);
+          max_err = std::max(max_err, 2.01 * kUnitRoundoff * abs_dot * scale);
+          for (int32_t d = 0; d < c.latent; ++d) max_c = std::max(max_c, std::abs(static_cast<double>(rows[j][d])));
+        }
+        double total = 0.0;
+        for (double& v : s) total += (v = std::exp(v - max_s));
+        for (int32_t d = 0; d < c.latent; ++d) {
+          double acc = 0.0;
+          for (size_t j = 0; j < rows.size(); ++j) acc += s[j] / total * rows[j][d];
+          want[(r * c.heads + h) * c.latent + d] = static_cast<float>(acc);
+          // Scores off by at most max_err move each probability by a factor within e^{±2·max_err};
+          // rounding the probabilities and C to bf16 adds about 2u of max|C|.
+          bound[(r * c.heads + h) * c.latent + d] = static_cast<float>((std::expm1(2 * max_err) + 3 * kUnitRoundoff) * max_c);
+        }
+      }
+    }
+    ExpectWithin(got, want, bound, ("sparse MLA H" + std::to_string(c.heads) + " C" + std::to_string(c.latent)).c_str());
+  }
+}
+
+TEST_F(CudaOpCheck, MoeRoutingAndExpertsMatchTheCpuBackend) {
+  const int64_t n = 45, hidden = 256, inter = 128;
+  const int32_t experts = 16;
+  MoeRouting routing{experts, 4, 4, 2, true, 2.5f};
+  const std::vector<float> x = RoundedBf16(Random(n * hidden, 41));
+  const std::vector<float> gate = RoundedBf16(Random(experts * hidden, 42, 0.0625f));
+  const std::vector<float> bias = RoundedBf16(Random(experts, 43, 0.05f));
+  const std::vector<float> gu = RoundedBf16(Random(experts * 2 * inter * hidden, 44, 0.0625f));
+  const std::vector<float> down = RoundedBf16(Random(experts * hidden * inter, 45, 0.088f));
+  auto run = [&](Backend& be, DType wd, std::vector<int32_t>* ids, std::vector<float>* wts, std::vector<float>* out,
+                 const std::vector<int32_t>* forced_ids, const std::vector<float>* forced_wts) {
+    Held hx = PutF(be, x, n, hidden), hg = PutF(be, gate, experts, hidden, wd), hb = PutF(be, bias, 1, experts, wd);
+    Held hgu = PutF(be, gu, experts * 2 * inter, hidden, wd), hd = PutF(be, down, experts * hidden, inter, wd);
+    Held hid = PutI(be, {}, n, routing.top_k), hw = PutF(be, {}, n, routing.top_k), ho = PutF(be, {}, n, hidden);
+    be.MoeRoute(hx.t, hg.t, hb.t, routing, hid.t, hw.t);
+    *ids = Get<int32_t>(be, hid.t);
+    *wts = Get<float>(be, hw.t);
+    if (forced_ids != nullptr) {
+      be.Upload(forced_ids->data(), hid.t);
+      be.Upload(forced_wts->data(), hw.t);
+    }
+    be.Fill(ho.t, 0.0f);
+    be.MoeExperts(hx.t, hgu.t, hd.t, experts, hid.t, hw.t, ho.t);
+    *out = Get<float>(be, ho.t);
+  };
+  std::vector<int32_t> cpu_ids, gpu_ids;
+  std::vector<float> cpu_w, gpu_w, cpu_out, gpu_out;
+  run(cpu_, DType::kF32, &cpu_ids, &cpu_w, &cpu_out, nullptr, nullptr);
+  // The experts are checked on the CPU's routing (x is bf16-exact, so the router logits agree to
+  // fp32 rounding and the picks should too).
+  run(*gpu_, DType::kBF16, &gpu_ids, &gpu_w, &gpu_out, &cpu_ids, &cpu_w);
+  int64_t differing = 0;
+  for (size_t i = 0; i < cpu_ids.size(); ++i) differing += cpu_ids[i] != gpu_ids[i];
+  EXPECT_EQ(differing, 0) << "router picks differ";
+  std::vector<float> bound(cpu_w.size(), 1e-5f);
+  ExpectWithin(gpu_w, cpu_w, bound, "moe route weights");
+  // Experts: the activation between the two GEMMs is rounded to bf16 (u relative), the rest is exact
+  // products of bf16 values with fp32 sums: bound 2u of the largest contribution per row.
+  bound.assign(cpu_out.size(), 0.0f);
+  for (int64_t r = 0; r < n; ++r) {
+    float row_max = 0.0f;
+    for (int64_t c = 0; c < hidden; ++c) row_max = std::max(row_max, std::abs(cpu_out[r * hidden + c]));
+    for (int64_t c = 0; c < hidden; ++c) bound[r * hidden + c] = static_cast<float>(4 * kUnitRoundoff * row_max);
+  }
+  ExpectWithin(gpu_out, cpu_out, bound, "moe experts");
+}
+
+TEST_F(CudaOpCheck, BadInputIsAnErrorNotACrash) {
+  Held a = PutF(*gpu_, Random(64, 1), 4, 16), w = PutF(*gpu_, Random(48, 2), 3, 16, DType::kBF16), o = PutF(*gpu_, {}, 4, 5);
+  gpu_->Linear(a.t, w.t, o.t);  // out has 5 columns, w 3 rows
+  const absl::Status s = gpu_->Synchronize();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+}
+
+}  // namespace
+}  // namespace indexcache
