@@ -127,8 +127,12 @@ grpc::Status DecodeService::Decode(grpc::ServerContext* context, const v1::Decod
       handoff_address = options_.tcp_handoff_address;
       break;
     case v1::HANDOFF_TRANSPORT_NCCL:
-      return grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
-                          "the NCCL handoff transport needs the CUDA backend; use the gRPC or TCP transport");
+      if (options_.nccl_handoff_address.empty()) {
+        return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                            "this decode worker runs no NCCL handoff (start it with --nccl-gpu N)");
+      }
+      handoff_address = options_.nccl_handoff_address;
+      break;
     default:
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "unknown handoff transport");
   }

@@ -21,6 +21,7 @@ namespace indexcache {
 
 struct DecodeServiceOptions {
   std::string tcp_handoff_address;   // empty: the TCP data plane is off
+  std::string nccl_handoff_address;  // the NCCL handoff's control endpoint; empty: no NCCL handoff
   // A request whose handoff has not completed this long after admission is dropped (a backstop for
   // a prefill worker that vanished without its stream ever reaching here).
   absl::Duration handoff_timeout = absl::Minutes(10);

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/engine/engine_loop.h"
 #include "common/handoff/grpc_handoff.h"
+#include "common/handoff/nccl_handoff.h"
 #include "common/handoff/tcp_handoff.h"
 #include "common/model/model_config.h"
 #include "common/util/logging.h"
@@ -75,6 +76,18 @@ absl::StatusOr<std::string> DecodeWorker::Start() {
                                                           {.io_timeout = options_.tcp_io_timeout}));
     tcp_address_ = tcp_server_->address();
   }
+  if (options_.nccl_gpu >= 0) {
+    ASSIGN_OR_RETURN(HostPort control, SplitHostPort(options_.nccl_listen_address));
+    ASSIGN_OR_RETURN(std::unique_ptr<PeerChannelFactory> channels, MakeNcclChannelFactory(options_.nccl_gpu));
+    absl::StatusOr<std::unique_ptr<NcclHandoffServer>> nccl = NcclHandoffServer::Start(
+        control.host, control.port, importer_.get(), std::move(channels), {.io_timeout = options_.tcp_io_timeout});
+    if (!nccl.ok()) {
+      if (tcp_server_ != nullptr) tcp_server_->Shutdown();
+      return nccl.status();
+    }
+    nccl_server_ = *std::move(nccl);
+    nccl_address_ = nccl_server_->address();
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
@@ -82,6 +95,7 @@ absl::StatusOr<std::string> DecodeWorker::Start() {
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   DecodeServiceOptions service_options;
   service_options.tcp_handoff_address = tcp_address_;
+  service_options.nccl_handoff_address = nccl_address_;
   service_options.handoff_timeout = options_.handoff_timeout;
   service_ = std::make_unique<DecodeService>(*loop_, *importer_, service_options);
   builder.RegisterService(service_.get());
@@ -90,6 +104,7 @@ absl::StatusOr<std::string> DecodeWorker::Start() {
   if (server_ == nullptr || port == 0) {
     server_.reset();
     if (tcp_server_ != nullptr) tcp_server_->Shutdown();
+    if (nccl_server_ != nullptr) nccl_server_->Shutdown();
     return absl::UnavailableError(absl::StrCat("decode worker cannot listen on ", options_.listen_address));
   }
   started_ = true;
@@ -100,7 +115,10 @@ absl::StatusOr<std::string> DecodeWorker::Start() {
   service_->Ready(worker_id_, address_);
   SetServing(*server_, true);
   IC_LOG(Info) << "decode worker " << worker_id_ << " listening on " << address_
-               << (tcp_address_.empty() ? "" : absl::StrCat(" (TCP handoff data plane on ", tcp_address_, ")"));
+               << (tcp_address_.empty() ? "" : absl::StrCat(" (TCP handoff data plane on ", tcp_address_, ")"))
+               << (nccl_address_.empty() ? ""
+                                         : absl::StrCat(" (NCCL handoff on GPU ", options_.nccl_gpu, ", control on ",
+                                                        nccl_address_, ")"));
   if (!options_.router_address.empty()) {
     const Engine& engine = loop_->engine();
     v1::RegisterRequest self;
@@ -133,6 +151,7 @@ void DecodeWorker::Stop(absl::Duration grace) {
   registration_.reset();
   server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   if (tcp_server_ != nullptr) tcp_server_->Shutdown();
+  if (nccl_server_ != nullptr) nccl_server_->Shutdown();
   stopped_ = true;
 }
 

@@ -24,6 +24,7 @@ class DecodeService;
 class EngineLoop;
 class HandoffImporter;
 class KvHandoffService;
+class NcclHandoffServer;
 class RouterRegistration;
 class TcpHandoffServer;
 
@@ -40,8 +41,12 @@ struct DecodeWorkerOptions {
   absl::Duration heartbeat_interval = absl::Seconds(1);  // until the router names its own
   // A request whose handoff has not completed this long after admission is dropped.
   absl::Duration handoff_timeout = absl::Minutes(10);
-  // TCP data plane: bound on each read or write, the wait for the next chunk included.
+  // TCP data plane: bound on each read or write, the wait for the next chunk included. The NCCL
+  // handoff uses it too: control I/O, joining a communicator, each GPU transfer.
   absl::Duration tcp_io_timeout = absl::Seconds(60);
+  // The NCCL handoff: this worker's GPU (a CUDA ordinal; -1: no NCCL handoff) and its control endpoint.
+  int nccl_gpu = -1;
+  std::string nccl_listen_address = "127.0.0.1:0";
 };
 
 class DecodeWorker {
@@ -65,6 +70,8 @@ class DecodeWorker {
   const std::string& address() const { return address_; }
   // The TCP data plane's "ip:port" (empty when off).
   const std::string& tcp_address() const { return tcp_address_; }
+  // The NCCL handoff's control endpoint "ip:port" (empty when off).
+  const std::string& nccl_address() const { return nccl_address_; }
   const std::string& worker_id() const { return worker_id_; }
   // What GetLoad answers (the router's view of this worker); empty before Start.
   ::indexcache::v1::WorkerLoad Load();
@@ -77,6 +84,7 @@ class DecodeWorker {
   const DecodeWorkerOptions options_;
   std::string address_;
   std::string tcp_address_;
+  std::string nccl_address_;
   std::string worker_id_;
   // Destroyed in reverse: registration, servers, services, importer, then the engine loop they use.
   std::unique_ptr<EngineLoop> loop_;
@@ -84,6 +92,7 @@ class DecodeWorker {
   std::unique_ptr<KvHandoffService> handoff_service_;
   std::unique_ptr<DecodeService> service_;
   std::unique_ptr<TcpHandoffServer> tcp_server_;
+  std::unique_ptr<NcclHandoffServer> nccl_server_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<RouterRegistration> registration_;
 

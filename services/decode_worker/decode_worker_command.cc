@@ -1,6 +1,6 @@
 // `indexcache decode-worker` and the standalone indexcache-decode-worker: one decode worker process.
-// Prints "listening <address>" (and "tcp-handoff <address>" when the TCP data plane is on) once it
-// serves; SIGTERM or SIGINT drains it (admitted requests finish, new ones are refused) and exits 0.
+// Prints "listening <address>" (and "tcp-handoff <address>", "nccl-handoff <address>" for the data
+// planes that are on) once it serves; SIGTERM or SIGINT drains it (admitted requests finish, new ones are refused) and exits 0.
 #include "services/decode_worker/decode_worker_command.h"
 
 #include "services/common/worker_command.h"
@@ -10,8 +10,11 @@
 namespace indexcache {
 namespace {
 
-std::string TcpHandoffLine(const DecodeWorker& worker) {
-  return worker.tcp_address().empty() ? "" : "tcp-handoff " + worker.tcp_address() + "\n";
+std::string HandoffLines(const DecodeWorker& worker) {
+  std::string lines;
+  if (!worker.tcp_address().empty()) lines += "tcp-handoff " + worker.tcp_address() + "\n";
+  if (!worker.nccl_address().empty()) lines += "nccl-handoff " + worker.nccl_address() + "\n";
+  return lines;
 }
 
 }  // namespace
@@ -19,7 +22,7 @@ std::string TcpHandoffLine(const DecodeWorker& worker) {
 int RunDecodeWorkerCommand(const std::vector<std::string>& argv) {
   return RunWorkerCommand<DecodeWorker, DecodeWorkerOptions>("indexcache-decode-worker", argv, DecodeWorkerFlagNames(),
                                                             kDecodeWorkerFlagsUsage, &DecodeWorkerOptionsFromArgs,
-                                                            &TcpHandoffLine);
+                                                            &HandoffLines);
 }
 
 }  // namespace indexcache

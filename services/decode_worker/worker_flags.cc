@@ -13,12 +13,15 @@ const char kDecodeWorkerFlagsUsage[] =
     "  --router HOST:PORT        register with this router and send heartbeats\n"
     "  --heartbeat-ms N          heartbeat interval until the router names one (default 1000)\n"
     "  --handoff-timeout-ms N    drop an admitted request whose handoff has not completed (default 600000)\n"
-    "  --tcp-io-timeout-ms N     TCP data plane: longest wait on one read or write (default 60000)\n";
+    "  --tcp-io-timeout-ms N     TCP data plane and NCCL handoff: longest wait on one read, write or GPU\n"
+    "                            transfer (default 60000)\n"
+    "  --nccl-gpu N              serve NCCL handoffs on CUDA GPU N (default: no NCCL handoff)\n"
+    "  --nccl-listen IP:PORT     the NCCL handoff's control endpoint (default 127.0.0.1:0)\n";
 
 std::set<std::string> DecodeWorkerFlagNames() {
   std::set<std::string> names = cli::EngineFlagNames();
   names.insert({"listen", "tcp-listen", "advertise", "worker-id", "router", "heartbeat-ms", "handoff-timeout-ms",
-                "tcp-io-timeout-ms"});
+                "tcp-io-timeout-ms", "nccl-gpu", "nccl-listen"});
   return names;
 }
 
@@ -47,6 +50,12 @@ absl::StatusOr<DecodeWorkerOptions> DecodeWorkerOptionsFromArgs(const cli::Args&
   RETURN_IF_ERROR(MillisecondsFlag(args, "heartbeat-ms", o.heartbeat_interval));
   RETURN_IF_ERROR(MillisecondsFlag(args, "handoff-timeout-ms", o.handoff_timeout));
   RETURN_IF_ERROR(MillisecondsFlag(args, "tcp-io-timeout-ms", o.tcp_io_timeout));
+  ASSIGN_OR_RETURN(auto nccl_gpu, args.GetInt("nccl-gpu"));
+  if (nccl_gpu) {
+    if (*nccl_gpu < 0) return absl::InvalidArgumentError("--nccl-gpu must be a CUDA device ordinal >= 0");
+    o.nccl_gpu = static_cast<int>(*nccl_gpu);
+  }
+  o.nccl_listen_address = args.Get("nccl-listen").value_or(o.nccl_listen_address);
   return o;
 }
 

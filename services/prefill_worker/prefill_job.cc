@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "common/handoff/nccl_handoff.h"
 #include "common/kv/kv_transfer.h"
 #include "common/model/model_config.h"
 #include "common/util/logging.h"
@@ -144,8 +145,11 @@ absl::StatusOr<v1::PrefillResponse> PrefillJob::Transfer(const v1::PrefillReques
   RETURN_IF_ERROR(control_.stopped());
   const absl::Duration left = control_.deadline() - absl::Now();
   if (left <= absl::ZeroDuration()) return absl::DeadlineExceededError("the deadline passed before the handoff began");
-  auto sender =
-      ConnectHandoff(request.transport(), request.handoff_address(), std::min(options_.connect_timeout, left));
+  const absl::Duration connect_timeout = std::min(options_.connect_timeout, left);
+  absl::StatusOr<std::unique_ptr<HandoffSender>> sender =
+      request.transport() == v1::HANDOFF_TRANSPORT_NCCL && options_.nccl != nullptr
+          ? options_.nccl->Connect(request.handoff_address(), connect_timeout)
+          : ConnectHandoff(request.transport(), request.handoff_address(), connect_timeout);
   if (!sender.ok()) {
     transport_failed_ = true;
     return HandoffFailure(sender.status(), absl::StrCat("connecting the handoff to ", request.handoff_address()));

@@ -21,6 +21,8 @@
 
 namespace indexcache {
 
+class NcclHandoffClient;
+
 // Why a job must end early, set from other threads (the Abort RPC; the watchdog that sees the caller
 // cancel or the deadline pass). Stopping also cancels the attached sender, which unblocks a Send or
 // Finish waiting on a slow or silent peer.
@@ -52,6 +54,8 @@ struct PrefillJobOptions {
   // Upper bound on one KvRows payload: a step's rows of one (layer, kind) are split to stay below it
   // (far under kMaxHandoffChunkBytes), so a long prompt still flows in pieces the peer can pipeline.
   int64_t max_chunk_bytes = int64_t{1} << 20;
+  // The worker's NCCL communicators, for requests whose transport is NCCL; null: such requests fail.
+  NcclHandoffClient* nccl = nullptr;
 };
 
 class PrefillJob {

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/engine/engine_loop.h"
+#include "common/handoff/nccl_handoff.h"
 #include "common/model/model_config.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
@@ -57,6 +58,11 @@ absl::StatusOr<std::unique_ptr<PrefillWorker>> PrefillWorker::Create(const Prefi
   PrefillServiceOptions service;
   service.max_queued_prompt_tokens = options.max_queued_prompt_tokens;
   service.job.connect_timeout = options.handoff_connect_timeout;
+  if (options.nccl_gpu >= 0) {
+    ASSIGN_OR_RETURN(std::unique_ptr<PeerChannelFactory> channels, MakeNcclChannelFactory(options.nccl_gpu));
+    worker->nccl_ = std::make_unique<NcclHandoffClient>(std::move(channels));
+    service.job.nccl = worker->nccl_.get();
+  }
   worker->service_ = std::make_unique<PrefillService>(*worker->loop_, service);
   return worker;
 }

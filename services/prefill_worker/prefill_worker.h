@@ -20,6 +20,7 @@ class Server;
 namespace indexcache {
 
 class EngineLoop;
+class NcclHandoffClient;
 class PrefillService;
 class RouterRegistration;
 
@@ -36,6 +37,8 @@ struct PrefillWorkerOptions {
   // (0: no bound).
   int64_t max_queued_prompt_tokens = 65536;
   absl::Duration handoff_connect_timeout = absl::Seconds(5);
+  // The NCCL handoff: this worker's GPU (a CUDA ordinal; -1: requests asking for NCCL are refused).
+  int nccl_gpu = -1;
 };
 
 class PrefillWorker {
@@ -66,8 +69,10 @@ class PrefillWorker {
   const PrefillWorkerOptions options_;
   std::string address_;
   std::string worker_id_;
-  // Destroyed in reverse: registration, server, service, then the engine loop they all use.
+  // Destroyed in reverse: registration, server, service, then the NCCL communicators and the engine
+  // loop they all use.
   std::unique_ptr<EngineLoop> loop_;
+  std::unique_ptr<NcclHandoffClient> nccl_;
   std::unique_ptr<PrefillService> service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<RouterRegistration> registration_;

@@ -12,12 +12,13 @@ const char kPrefillWorkerFlagsUsage[] =
     "  --router HOST:PORT        register with this router and send heartbeats\n"
     "  --heartbeat-ms N          heartbeat interval until the router names one (default 1000)\n"
     "  --max-queued-tokens N     prompt tokens in flight before RESOURCE_EXHAUSTED (default 65536, 0: no bound)\n"
-    "  --connect-timeout-ms N    handoff connection timeout (default 5000)\n";
+    "  --connect-timeout-ms N    handoff connection timeout (default 5000)\n"
+    "  --nccl-gpu N              send NCCL handoffs from CUDA GPU N (default: NCCL handoffs refused)\n";
 
 std::set<std::string> PrefillWorkerFlagNames() {
   std::set<std::string> names = cli::EngineFlagNames();
   names.insert({"listen", "advertise", "worker-id", "router", "heartbeat-ms", "max-queued-tokens",
-                "connect-timeout-ms"});
+                "connect-timeout-ms", "nccl-gpu"});
   return names;
 }
 
@@ -31,6 +32,7 @@ absl::StatusOr<PrefillWorkerOptions> PrefillWorkerOptionsFromArgs(const cli::Arg
   ASSIGN_OR_RETURN(auto heartbeat_ms, args.GetInt("heartbeat-ms"));
   ASSIGN_OR_RETURN(auto max_queued, args.GetInt("max-queued-tokens"));
   ASSIGN_OR_RETURN(auto connect_ms, args.GetInt("connect-timeout-ms"));
+  ASSIGN_OR_RETURN(auto nccl_gpu, args.GetInt("nccl-gpu"));
   if (heartbeat_ms) {
     if (*heartbeat_ms < 1) return absl::InvalidArgumentError("--heartbeat-ms must be >= 1");
     o.heartbeat_interval = absl::Milliseconds(*heartbeat_ms);
@@ -42,6 +44,10 @@ absl::StatusOr<PrefillWorkerOptions> PrefillWorkerOptionsFromArgs(const cli::Arg
   if (connect_ms) {
     if (*connect_ms < 1) return absl::InvalidArgumentError("--connect-timeout-ms must be >= 1");
     o.handoff_connect_timeout = absl::Milliseconds(*connect_ms);
+  }
+  if (nccl_gpu) {
+    if (*nccl_gpu < 0) return absl::InvalidArgumentError("--nccl-gpu must be a CUDA device ordinal >= 0");
+    o.nccl_gpu = static_cast<int>(*nccl_gpu);
   }
   return o;
 }

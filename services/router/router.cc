@@ -52,7 +52,8 @@ absl::Status ValidateOptions(const RouterOptions& o) {
       o.request_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("the heartbeat timeout, health-check interval and request timeout must be > 0");
   }
-  if (o.transport != v1::HANDOFF_TRANSPORT_GRPC && o.transport != v1::HANDOFF_TRANSPORT_TCP) {
+  if (o.transport != v1::HANDOFF_TRANSPORT_GRPC && o.transport != v1::HANDOFF_TRANSPORT_TCP &&
+      o.transport != v1::HANDOFF_TRANSPORT_NCCL) {
     return absl::InvalidArgumentError(
         absl::StrFormat("handoff transport %s is not available", v1::HandoffTransport_Name(o.transport)));
   }

@@ -21,7 +21,7 @@ constexpr char kUsage[] =
     "  --model DIR               the served model (config.json, tokenizer.json, weights for the fingerprint)\n"
     "  --prefill ADDR[,ADDR…]    static prefill workers (repeatable); others register themselves\n"
     "  --decode ADDR[,ADDR…]     static decode workers (repeatable)\n"
-    "  --transport grpc|tcp      KV handoff transport (default grpc)\n"
+    "  --transport grpc|tcp|nccl KV handoff transport (default grpc; nccl: workers started with --nccl-gpu)\n"
     "  --index-pattern P         IndexCache pattern every worker must run (default: the first worker's)\n"
     "  --queue-limit N           requests waiting for a prefill before RESOURCE_EXHAUSTED (default 256)\n"
     "  --heartbeat-timeout S     seconds without heartbeat before a worker leaves the pool (default 5)\n"
@@ -59,8 +59,10 @@ absl::StatusOr<RouterOptions> RouterOptionsFromArgs(const cli::Args& args) {
     o.transport = v1::HANDOFF_TRANSPORT_GRPC;
   } else if (transport == "tcp") {
     o.transport = v1::HANDOFF_TRANSPORT_TCP;
+  } else if (transport == "nccl") {
+    o.transport = v1::HANDOFF_TRANSPORT_NCCL;
   } else {
-    return absl::InvalidArgumentError(absl::StrCat("--transport must be grpc or tcp, got '", transport, "'"));
+    return absl::InvalidArgumentError(absl::StrCat("--transport must be grpc, tcp or nccl, got '", transport, "'"));
   }
   o.index_pattern = args.Get("index-pattern").value_or("");
   ASSIGN_OR_RETURN(const std::optional<int64_t> queue_limit, args.GetInt("queue-limit"));

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <iostream>
 #include <thread>
 
@@ -22,8 +23,10 @@ namespace {
 
 constexpr char kClusterUsage[] =
     "usage: indexcache cluster up --model DIR [--prefill N] [--decode M] [--port P]\n"
-    "       [--index-pattern P | --index-freq N] [--transport grpc|tcp] [--threads T] [--kv-cache-mb MB]\n"
-    "       [--max-batch-tokens N] [--device cpu]\n";
+    "       [--index-pattern P | --index-freq N] [--transport grpc|tcp|nccl] [--threads T] [--kv-cache-mb MB]\n"
+    "       [--max-batch-tokens N] [--device cpu] [--prefill-gpu G] [--decode-gpu G]\n"
+    "  --transport nccl moves the KV rows GPU to GPU: prefill workers on CUDA GPU --prefill-gpu (default 0),\n"
+    "  decode workers on --decode-gpu (default 1).\n";
 
 struct ClusterSpec {
   std::string model_dir;
@@ -33,6 +36,9 @@ struct ClusterSpec {
   std::string pattern;  // resolved, passed to every service
   std::string transport = "grpc";
   std::vector<std::string> worker_flags;  // engine flags every worker gets
+  // Per role, for --transport nccl: {"--nccl-gpu", G}; empty otherwise.
+  std::vector<std::string> prefill_flags;
+  std::vector<std::string> decode_flags;
 };
 
 absl::StatusOr<ClusterSpec> SpecFromArgs(const Args& args) {
@@ -49,6 +55,22 @@ absl::StatusOr<ClusterSpec> SpecFromArgs(const Args& args) {
   if (spec.prefill < 1 || spec.decode < 1) return absl::InvalidArgumentError("--prefill and --decode must be >= 1");
   if (spec.port < 0 || spec.port > 65535) return absl::InvalidArgumentError("--port must be in [0, 65535]");
   spec.transport = args.Get("transport").value_or("grpc");
+  if (spec.transport != "grpc" && spec.transport != "tcp" && spec.transport != "nccl") {
+    return absl::InvalidArgumentError(absl::StrCat("--transport must be grpc, tcp or nccl, got '", spec.transport, "'"));
+  }
+  ASSIGN_OR_RETURN(auto prefill_gpu, args.GetInt("prefill-gpu"));
+  ASSIGN_OR_RETURN(auto decode_gpu, args.GetInt("decode-gpu"));
+  if ((prefill_gpu || decode_gpu) && spec.transport != "nccl") {
+    return absl::InvalidArgumentError("--prefill-gpu and --decode-gpu go with --transport nccl");
+  }
+  if (spec.transport == "nccl") {
+    const int64_t prefill_ordinal = prefill_gpu.value_or(0), decode_ordinal = decode_gpu.value_or(1);
+    if (prefill_ordinal < 0 || decode_ordinal < 0) {
+      return absl::InvalidArgumentError("--prefill-gpu and --decode-gpu are CUDA device ordinals >= 0");
+    }
+    spec.prefill_flags = {"--nccl-gpu", std::to_string(prefill_ordinal)};
+    spec.decode_flags = {"--nccl-gpu", std::to_string(decode_ordinal)};
+  }
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(spec.model_dir));
   if (args.Has("index-pattern") && freq) return absl::InvalidArgumentError("give --index-pattern or --index-freq, not both");
   std::vector<IndexerType> types = config.indexer_types;
@@ -105,6 +127,8 @@ absl::Status ClusterUp(const Args& args) {
   // Block the stop signals before starting children, so none is lost before the wait below.
   const sigset_t stop_signals = BlockStopSignals();
 
+  // The workers inherit it: NVLink multicast stays off for any NCCL they run (shared GPU hosts).
+  setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/1);
   const std::string self = SelfPath();
   std::vector<std::unique_ptr<ChildProcess>> workers;
   ASSIGN_OR_RETURN(std::unique_ptr<ChildProcess> router,
@@ -113,18 +137,19 @@ absl::Status ClusterUp(const Args& args) {
                                                   "--index-pattern", spec.pattern}));
   ASSIGN_OR_RETURN(std::string router_address, router->WaitListening(absl::Seconds(60)));
   std::cout << "router " << router_address << std::endl;
-  auto start_workers = [&](const char* role, int count) -> absl::Status {
+  auto start_workers = [&](const char* role, int count, const std::vector<std::string>& role_flags) -> absl::Status {
     for (int i = 0; i < count; ++i) {
       std::vector<std::string> argv = {self, absl::StrCat(role, "-worker"), "--listen", "127.0.0.1:0",
                                        "--router", router_address, "--worker-id", absl::StrCat(role, "-", i)};
       argv.insert(argv.end(), spec.worker_flags.begin(), spec.worker_flags.end());
+      argv.insert(argv.end(), role_flags.begin(), role_flags.end());
       ASSIGN_OR_RETURN(std::unique_ptr<ChildProcess> child, ChildProcess::Spawn(absl::StrCat(role, "-", i), argv));
       workers.push_back(std::move(child));
     }
     return absl::OkStatus();
   };
-  RETURN_IF_ERROR(start_workers("prefill", spec.prefill));
-  RETURN_IF_ERROR(start_workers("decode", spec.decode));
+  RETURN_IF_ERROR(start_workers("prefill", spec.prefill, spec.prefill_flags));
+  RETURN_IF_ERROR(start_workers("decode", spec.decode, spec.decode_flags));
   for (auto& w : workers) {
     ASSIGN_OR_RETURN(std::string address, w->WaitListening(absl::Seconds(120)));
     std::cout << w->name() << " " << address << std::endl;
@@ -147,7 +172,7 @@ int RunCluster(const std::vector<std::string>& argv) {
   if (argv.empty() || argv[0] != "up") return Fail("cluster", std::string("expected `up`\n") + kClusterUsage);
   auto args = Args::Parse(std::vector<std::string>(argv.begin() + 1, argv.end()),
                           {"model", "prefill", "decode", "port", "index-pattern", "index-freq", "transport", "threads",
-                           "kv-cache-mb", "max-batch-tokens", "device", "block-size"},
+                           "kv-cache-mb", "max-batch-tokens", "device", "block-size", "prefill-gpu", "decode-gpu"},
                           {"help"});
   if (!args.ok()) return Fail("cluster", std::string(args.status().message()) + "\n" + kClusterUsage);
   if (args->Has("help")) {
