@@ -70,6 +70,7 @@ class NcclChannel final : public PeerChannel {
       status = CudaStatus(cudaMemcpyAsync(staging_, host, bytes, cudaMemcpyHostToDevice, stream_),
                           "staging handoff rows on the GPU");
     }
+    const absl::string_view what = send ? "sending handoff rows" : "receiving handoff rows";
     if (status.ok()) {
       const ncclResult_t issued = send ? ncclSend(staging_, bytes, ncclUint8, peer_, comm_, stream_)
                                        : ncclRecv(staging_, bytes, ncclUint8, peer_, comm_, stream_);
@@ -77,11 +78,13 @@ class NcclChannel final : public PeerChannel {
         status = NcclStatus(issued, comm_, send ? "ncclSend" : "ncclRecv");
       }
     }
+    // The copy back may only be queued once NCCL has put the receive on the stream.
+    if (status.ok() && !send) status = Wait(deadline, cancelled, what, /*until_stream_done=*/false);
     if (status.ok() && !send) {
       status = CudaStatus(cudaMemcpyAsync(host, staging_, bytes, cudaMemcpyDeviceToHost, stream_),
                           "copying received handoff rows to the host");
     }
-    if (status.ok()) status = Wait(deadline, cancelled, send ? "sending handoff rows" : "receiving handoff rows");
+    if (status.ok()) status = Wait(deadline, cancelled, what, /*until_stream_done=*/true);
     if (!status.ok()) {
       AbortComm();
       dead_ = true;
@@ -102,14 +105,16 @@ class NcclChannel final : public PeerChannel {
     return absl::OkStatus();
   }
 
-  // Until NCCL has enqueued the operation (non-blocking communicators report ncclInProgress while
-  // they do) and the stream has run it to the end.
-  absl::Status Wait(absl::Time deadline, const std::atomic<bool>* cancelled, absl::string_view what) {
+  // Until NCCL has put the operation on the stream (non-blocking communicators report ncclInProgress
+  // while they do), and with `until_stream_done` until the stream has run everything queued.
+  absl::Status Wait(absl::Time deadline, const std::atomic<bool>* cancelled, absl::string_view what,
+                    bool until_stream_done) {
     for (;;) {
       ncclResult_t async = ncclSuccess;
       const ncclResult_t queried = ncclCommGetAsyncError(comm_, &async);
       if (queried != ncclSuccess) return NcclStatus(queried, comm_, what);
       if (async != ncclSuccess && async != ncclInProgress) return NcclStatus(async, comm_, what);
+      if (async == ncclSuccess && !until_stream_done) return absl::OkStatus();
       if (async == ncclSuccess) {
         const cudaError_t done = cudaStreamQuery(stream_);
         if (done == cudaSuccess) return absl::OkStatus();
