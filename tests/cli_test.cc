@@ -1,12 +1,14 @@
 // The `indexcache` binary, run as a user runs it (fork/exec, stdout and stderr captured apart):
 // generate (--prompt and --input-ids, --json), score (logits and per-layer top-k in safetensors),
-// perplexity (its NLL recomputed from score's logits), and the error paths of the flag parser.
+// perplexity (its NLL recomputed from score's logits), search (its losses are perplexity's), and the
+// error paths of the flag parser.
 // Truths: transformers' goldens (tests/data/goldens) and the tokenizer library.
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -14,6 +16,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <set>
 #include <sstream>
 #include <string>
@@ -305,6 +308,62 @@ TEST_F(CliTest, PerplexityEqualsNllFromScoreLogits) {
   }
 }
 
+// search: every step's printed loss is `perplexity`'s mean NLL under that step's pattern for the same
+// file and --context (two code paths: the search's resumed one-batch passes, perplexity's chunked
+// engine scoring). The pattern is the last stdout line and the --out file; a .jsonl of the same token
+// ids searches the same way.
+TEST_F(CliTest, SearchStepLossesEqualPerplexity) {
+  std::mt19937 rng(7);
+  const std::vector<std::string> words = {"the", "river", "ran", "past", "old", "stone", "houses", "and", "quiet",
+                                          "fields", "where", "children", "played", "until", "evening", "light"};
+  std::string text;
+  for (int i = 0; i < 420; ++i) text += words[rng() % words.size()] + (i % 13 == 12 ? ".\n" : " ");
+  const std::string text_path = dir_ + "/calibration.txt", out_path = dir_ + "/pattern.txt";
+  std::ofstream(text_path) << text;
+  auto tokenizer = BundledTokenizer();
+  ASSERT_NE(tokenizer, nullptr);
+  const std::vector<int32_t> ids = tokenizer->Encode(text);
+  ASSERT_GT(ids.size(), 300u);
+  const std::string context = "150";  // above index_topk (64): Shared layers change the selections
+
+  ProcessResult run = Exec({"search", "--model", kBundled, "--calibration", text_path, "--keep", "6", "--context", context,
+                            "--out", out_path});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_THAT(run.err, HasSubstr("candidates evaluated"));
+  std::vector<std::string> lines = absl::StrSplit(run.out, '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 4u) << run.out;  // steps 0, 1, 2 and the pattern
+  std::string last_pattern;
+  for (int step = 0; step < 3; ++step) {
+    SCOPED_TRACE(lines[step]);
+    int printed_step = -1;
+    char shared[16] = {0}, pattern[64] = {0};
+    double loss = 0.0, delta = 0.0;
+    ASSERT_EQ(std::sscanf(lines[step].c_str(), "step %d shared %15s loss %lf delta %lf pattern %63s", &printed_step, shared,
+                          &loss, &delta, pattern),
+              5);
+    EXPECT_EQ(printed_step, step);
+    EXPECT_EQ(std::count(pattern, pattern + std::strlen(pattern), 'F'), 8 - step);
+    EXPECT_EQ(pattern[0], 'F');
+    ProcessResult ppl = Exec({"perplexity", "--model", kBundled, "--text", text_path, "--context", context, "--index-pattern",
+                              pattern});
+    ASSERT_EQ(ppl.exit_code, 0) << ppl.err;
+    long long tokens = 0;
+    double nll = 0.0, perplexity = 0.0;
+    ASSERT_EQ(std::sscanf(ppl.out.c_str(), "tokens %lld mean_nll %lf perplexity %lf", &tokens, &nll, &perplexity), 3);
+    EXPECT_NEAR(loss, nll, 2e-5);
+    last_pattern = pattern;
+  }
+  EXPECT_EQ(lines[3], last_pattern);
+  EXPECT_EQ(ReadFile(out_path), last_pattern + "\n");
+
+  // The same ids as a one-document .jsonl: the same windows, the same search.
+  const std::string jsonl_path = dir_ + "/calibration.jsonl";
+  std::ofstream(jsonl_path) << nlohmann::json(ids).dump() << "\n";
+  ProcessResult from_ids = Exec({"search", "--model", kBundled, "--calibration", jsonl_path, "--keep", "6", "--context", context});
+  ASSERT_EQ(from_ids.exit_code, 0) << from_ids.err;
+  EXPECT_EQ(from_ids.out, run.out);
+}
+
 struct BadInvocation {
   std::vector<std::string> args;
   std::string says;
@@ -316,6 +375,9 @@ TEST_F(CliTest, BadInvocationsFailWithAMessage) {
   std::ofstream(not_array) << R"({"ids": [1, 2]})";
   std::ofstream(negative) << "[1, -2, 3]";
   const std::string out_of_vocab = WriteIds("oov.json", {1, 2048});
+  const std::string empty = dir_ + "/empty.txt", ids_jsonl = dir_ + "/ids.jsonl";
+  std::ofstream(empty) << "";
+  std::ofstream(ids_jsonl) << "[1, 2, 3, 4]\n";
   const std::vector<BadInvocation> cases = {
       {{}, "usage"},
       {{"frobnicate"}, "unknown command 'frobnicate'"},
@@ -354,6 +416,19 @@ TEST_F(CliTest, BadInvocationsFailWithAMessage) {
       {{"perplexity", "--model", kBundled}, "--text is required"},
       {{"perplexity", "--model", kBundled, "--text", ids, "--context", "1"}, "--context"},
       {{"perplexity", "--text", ids}, "--model is required"},
+      {{"search", "--model", kBundled, "--calibration", ids}, "--keep is required"},
+      {{"search", "--model", kBundled, "--keep", "2"}, "--calibration is required"},
+      {{"search", "--model", kBundled, "--calibration", ids, "--keep", "0"}, "--keep must be at least 1"},
+      {{"search", "--model", kBundled, "--calibration", ids, "--keep", "9"}, "exceeds the model's 8 layers"},
+      {{"search", "--model", kBundled, "--calibration", ids, "--keep", "two"}, "--keep expects an integer"},
+      {{"search", "--model", kBundled, "--calibration", dir_ + "/missing.txt", "--keep", "2"}, "missing.txt"},
+      {{"search", "--model", kBundled, "--calibration", empty, "--keep", "2"}, "nothing to score"},
+      {{"search", "--model", kBundled, "--calibration", ids, "--keep", "2", "--context", "1"}, "--context"},
+      {{"search", "--model", kBundled, "--calibration", ids, "--keep", "2", "--out", "/nonexistent/dir/p.txt"},
+       "cannot write --out"},
+      {{"search", "--model", kGoldens + "moe_freq2", "--calibration", ids_jsonl, "--keep", "2"}, "indexer weights"},
+      {{"search", "--model", kBundled, "--calibration", ids, "--keep", "2", "--index-pattern", "FFFFFFFF"},
+       "unknown flag --index-pattern"},
   };
   for (const BadInvocation& bad : cases) {
     std::string line;
@@ -367,7 +442,7 @@ TEST_F(CliTest, BadInvocationsFailWithAMessage) {
 }
 
 TEST_F(CliTest, HelpSucceeds) {
-  for (const std::string command : {"generate", "score", "perplexity"}) {
+  for (const std::string command : {"generate", "score", "perplexity", "search"}) {
     ProcessResult run = Exec({command, "--help"});
     EXPECT_EQ(run.exit_code, 0) << command;
     EXPECT_THAT(run.out, HasSubstr("usage: indexcache " + command));

@@ -193,6 +193,34 @@ absl::Status DsaModel::Validate(const ForwardBatch& b, const PagedKvCache& cache
   for (int32_t row : b.logit_rows) {
     if (row < 0 || row >= static_cast<int32_t>(n)) return absl::InvalidArgumentError("logit row out of range");
   }
+  if (!b.indexer_types.empty()) {
+    RETURN_IF_ERROR(ValidateIndexPattern(b.indexer_types, config_.num_layers));
+    for (int32_t l = 0; l < config_.num_layers; ++l) {
+      if (b.indexer_types[l] != IndexerType::kFull) continue;
+      if (config_.indexer_types[l] != IndexerType::kFull || cache.index_key_pool(l).empty()) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "forward batch: layer %d cannot run Full: it was loaded Shared (no indexer weights or index-key pool)",
+            l));
+      }
+    }
+  }
+  if (b.first_layer < 0 || b.first_layer >= config_.num_layers) {
+    return absl::InvalidArgumentError(absl::StrFormat("forward batch: first layer %d is outside [0, %d)",
+                                                      b.first_layer, config_.num_layers));
+  }
+  if (b.first_layer > 0) {
+    if (b.resume == nullptr) return absl::InvalidArgumentError("forward batch: a later first layer needs its input");
+    const int32_t max_context = *std::max_element(b.positions.begin(), b.positions.end()) + 1;
+    const size_t topk_cols = std::min(config_.index_topk, max_context);
+    const auto& types = b.indexer_types.empty() ? config_.indexer_types : b.indexer_types;
+    // A Shared first layer reuses the selection in force; a Full one makes its own (any given is uploaded).
+    const bool needs_topk = types[b.first_layer] == IndexerType::kShared || !b.resume->topk.empty();
+    if (b.resume->hidden.size() != n * config_.hidden_size || (needs_topk && b.resume->topk.size() != n * topk_cols)) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "forward batch: layer %d's input has %d hidden and %d top-k values, expected %d and %d", b.first_layer,
+          b.resume->hidden.size(), b.resume->topk.size(), n * config_.hidden_size, needs_topk ? n * topk_cols : 0));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -243,10 +271,26 @@ absl::StatusOr<ForwardResult> DsaModel::Forward(const ForwardBatch& b, PagedKvCa
   uint64_t visible_keys = 0;  // Σ (pos + 1): keys each indexer run scores
   for (int32_t pos : b.positions) visible_keys += pos + 1;
 
-  be.Embedding(weights_->embed_tokens, a.ids, a.x);
-  for (int32_t l = 0; l < c.num_layers; ++l) {
+  const std::vector<IndexerType>& types = b.indexer_types.empty() ? c.indexer_types : b.indexer_types;
+  if (b.first_layer == 0) {
+    be.Embedding(weights_->embed_tokens, a.ids, a.x);
+  } else {
+    be.Upload(b.resume->hidden.data(), a.x);
+    if (!b.resume->topk.empty()) be.Upload(b.resume->topk.data(), a.topk);
+  }
+  if (b.capture_layer_inputs) result.layer_inputs.resize(c.num_layers);
+  for (int32_t l = b.first_layer; l < c.num_layers; ++l) {
     const LayerWeights& w = weights_->layers[l];
-    const bool full = c.indexer_types[l] == IndexerType::kFull;
+    const bool full = types[l] == IndexerType::kFull;
+    if (b.capture_layer_inputs) {
+      LayerInput& in = result.layer_inputs[l];
+      in.hidden.resize(n * c.hidden_size);
+      RETURN_IF_ERROR(be.Download(a.x, in.hidden.data()));
+      if (l > 0) {
+        in.topk.resize(n * topk_cols);
+        RETURN_IF_ERROR(be.Download(a.topk, in.topk.data()));
+      }
+    }
 
     // --- MLA projections; the latent row [normed kv latent | roped shared key] goes to the cache.
     be.RmsNorm(a.x, w.input_norm, c.rms_norm_eps, a.h);

@@ -19,6 +19,13 @@
 
 namespace indexcache {
 
+// What enters layer l of a forward pass: the residual stream and the selection in force there (the
+// top-k of the last Full layer before l, which a Shared l reuses). Enough to resume the pass at l.
+struct LayerInput {
+  std::vector<float> hidden;  // [n, hidden]
+  std::vector<int32_t> topk;  // [n, topk_cols]; empty for layer 0 (no selection yet)
+};
+
 struct ForwardBatch {
   std::vector<int32_t> token_ids;   // [n]
   std::vector<int32_t> positions;   // [n] absolute position of each token in its sequence
@@ -27,6 +34,15 @@ struct ForwardBatch {
   std::vector<int32_t> logit_rows;  // tokens whose next-token logits are wanted
   bool capture_topk = false;        // also return every layer's selection (for `score`)
   std::vector<int32_t> probe_rows;  // tokens whose indexer inputs and selections are returned (handoff)
+
+  // For the layer search (common/search), which scores many patterns on the same tokens:
+  // the pattern this batch runs with (empty: the model's); only layers loaded Full can run Full.
+  std::vector<IndexerType> indexer_types;
+  // > 0: start at this layer from `resume` (captured by an earlier pass over the same tokens whose
+  // pattern agrees before first_layer); earlier layers are neither run nor read.
+  int32_t first_layer = 0;
+  const LayerInput* resume = nullptr;
+  bool capture_layer_inputs = false;  // return what entered every layer that ran
 };
 
 // One token's lightning-indexer inputs and result on one Full layer: enough for another worker to
@@ -45,6 +61,8 @@ struct ForwardResult {
   int32_t topk_cols = 0;
   // Per probe row, one entry per Full layer in layer order.
   std::vector<std::vector<IndexerProbe>> probes;
+  // When captured: per layer (empty for layers before first_layer).
+  std::vector<LayerInput> layer_inputs;
 };
 
 class DsaModel {

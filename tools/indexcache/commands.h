@@ -9,6 +9,7 @@ namespace indexcache::cli {
 int RunGenerate(const std::vector<std::string>& argv);
 int RunScore(const std::vector<std::string>& argv);
 int RunPerplexity(const std::vector<std::string>& argv);
+int RunSearch(const std::vector<std::string>& argv);
 int RunCluster(const std::vector<std::string>& argv);
 int RunClient(const std::vector<std::string>& argv);
 

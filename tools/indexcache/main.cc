@@ -1,5 +1,6 @@
-// indexcache: the command-line entry point. Engine subcommands (generate, score, perplexity), the
-// cluster's services (router, prefill-worker, decode-worker), `cluster up` and `client generate`.
+// indexcache: the command-line entry point. Engine subcommands (generate, score, perplexity,
+// search), the cluster's services (router, prefill-worker, decode-worker), `cluster up` and
+// `client generate`.
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -16,6 +17,7 @@ constexpr char kUsage[] =
     "  generate    stream a completion for a prompt\n"
     "  score       write a prompt's logits and every layer's top-k selection to safetensors\n"
     "  perplexity  mean negative log-likelihood and perplexity of a text file\n"
+    "  search      pick the layers that keep their indexer (IndexCache greedy search on a calibration file)\n"
     "  cluster up  a local router + prefill + decode cluster on loopback\n"
     "  client generate  one request to a running cluster's router\n"
     "  router | prefill-worker | decode-worker  one service of the cluster\n"
@@ -33,6 +35,7 @@ int main(int argc, char** argv) {
   if (command == "generate") return indexcache::cli::RunGenerate(rest);
   if (command == "score") return indexcache::cli::RunScore(rest);
   if (command == "perplexity") return indexcache::cli::RunPerplexity(rest);
+  if (command == "search") return indexcache::cli::RunSearch(rest);
   if (command == "cluster") return indexcache::cli::RunCluster(rest);
   if (command == "client") return indexcache::cli::RunClient(rest);
   if (command == "router") return indexcache::RunRouterCommand(rest);

@@ -1,0 +1,111 @@
+#include "common/search/pattern_scorer.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/util/status_macros.h"
+
+namespace indexcache {
+namespace {
+
+// The one cache sequence every window runs in.
+constexpr SequenceId kWindowSequence = 0;
+constexpr int32_t kBlockSize = 64;
+
+// −log softmax(logits)[target] in double: log Σ exp(logit − max) + max − logit[target].
+double NextTokenNll(const float* logits, int32_t vocab, int32_t target) {
+  const double max_logit = *std::max_element(logits, logits + vocab);
+  double sum = 0.0;
+  for (int32_t v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(logits[v]) - max_logit);
+  return std::log(sum) + max_logit - static_cast<double>(logits[target]);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<PatternScorer>> PatternScorer::Create(const PatternScorerOptions& o) {
+  if (o.longest_window < 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a calibration window needs at least 2 tokens, got ", o.longest_window));
+  }
+  std::unique_ptr<PatternScorer> scorer(new PatternScorer());
+  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(o.model_dir));
+  if (o.longest_window > config.max_position_embeddings) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("calibration windows of %d tokens exceed the model's %d positions", o.longest_window,
+                        config.max_position_embeddings));
+  }
+  config.indexer_types.assign(config.num_layers, IndexerType::kFull);
+  ASSIGN_OR_RETURN(scorer->backend_, CreateBackend(o.device, o.num_threads));
+  auto model = DsaModel::Load(o.model_dir, std::move(config), scorer->backend_.get());
+  if (!model.ok()) {
+    return Annotate(model.status(), "the layer search starts from all-Full, so every layer needs its indexer weights");
+  }
+  scorer->model_ = std::move(*model);
+  // Room for the longest window: every layer's latent row and index key per token (F32 cache rows).
+  const ModelConfig& c = scorer->model_->config();
+  const int64_t blocks = (o.longest_window + kBlockSize - 1) / kBlockSize;
+  const size_t bytes = static_cast<size_t>(blocks) * kBlockSize * c.num_layers *
+                       (c.latent_cache_dim() + c.index_head_dim) * sizeof(float);
+  ASSIGN_OR_RETURN(scorer->cache_,
+                   PagedKvCache::Create(scorer->backend_.get(), scorer->model_->CacheSpec(kBlockSize), bytes));
+  RETURN_IF_ERROR(scorer->cache_->Reserve(kWindowSequence, o.longest_window));
+  scorer->longest_window_ = o.longest_window;
+  return scorer;
+}
+
+absl::StatusOr<WindowNll> PatternScorer::Run(const std::vector<int32_t>& window, ForwardBatch batch,
+                                             std::vector<LayerInput>* layer_inputs) {
+  const int32_t n = static_cast<int32_t>(window.size());
+  if (n < 2 || n > longest_window_) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("a window of %d tokens: the scorer takes 2 to %d", window.size(), longest_window_));
+  }
+  batch.token_ids = window;
+  batch.sequences = {kWindowSequence};
+  batch.token_seq.assign(n, 0);
+  for (int32_t i = 0; i < n; ++i) batch.positions.push_back(i);
+  for (int32_t i = 0; i + 1 < n; ++i) batch.logit_rows.push_back(i);  // the last token predicts nothing here
+  batch.capture_layer_inputs = layer_inputs != nullptr;
+  ASSIGN_OR_RETURN(ForwardResult result, model_->Forward(batch, *cache_));
+  const int32_t vocab = config().vocab_size;
+  WindowNll nll;
+  for (int32_t i = 0; i + 1 < n; ++i) {
+    nll.sum += NextTokenNll(result.logits.data() + int64_t{i} * vocab, vocab, window[i + 1]);
+  }
+  nll.count = n - 1;
+  if (layer_inputs != nullptr) *layer_inputs = std::move(result.layer_inputs);
+  return nll;
+}
+
+absl::StatusOr<WindowNll> PatternScorer::Score(const std::vector<int32_t>& window,
+                                               const std::vector<IndexerType>& pattern,
+                                               std::vector<LayerInput>* layer_inputs) {
+  ForwardBatch batch;
+  batch.indexer_types = pattern;
+  return Run(window, std::move(batch), layer_inputs);
+}
+
+absl::StatusOr<WindowNll> PatternScorer::ScoreFrom(const std::vector<int32_t>& window,
+                                                   const std::vector<IndexerType>& pattern, int32_t first_layer,
+                                                   const LayerInput& input) {
+  ForwardBatch batch;
+  batch.indexer_types = pattern;
+  batch.first_layer = first_layer;
+  batch.resume = &input;
+  return Run(window, std::move(batch), nullptr);
+}
+
+absl::StatusOr<double> PatternScorer::MeanLoss(const CalibrationSet& set, const std::vector<IndexerType>& pattern) {
+  WindowNll total;
+  for (const std::vector<int32_t>& window : set.windows) {
+    ASSIGN_OR_RETURN(WindowNll nll, Score(window, pattern));
+    total.sum += nll.sum;
+    total.count += nll.count;
+  }
+  if (total.count == 0) return absl::InvalidArgumentError("the calibration set is empty");
+  return total.sum / static_cast<double>(total.count);
+}
+
+}  // namespace indexcache

@@ -1,0 +1,131 @@
+// `indexcache search`: IndexCache's training-free layer selection (common/search) on a calibration
+// file. Each step's loss goes to stdout as it completes, progress to stderr; the resulting pattern —
+// the index_topk_pattern string --index-pattern, config.json and `cluster up` take — is the last stdout
+// line and, with --out, the content of a file.
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/search/greedy_layer_search.h"
+#include "common/util/status_macros.h"
+#include "tools/indexcache/args.h"
+#include "tools/indexcache/commands.h"
+
+namespace indexcache::cli {
+namespace {
+
+constexpr char kSearchUsage[] =
+    "usage: indexcache search --model DIR --calibration FILE --keep N [--out FILE] [--context N] [flags]\n"
+    "  --calibration FILE   UTF-8 text (tokenized with the model's tokenizer), or FILE.jsonl: one JSON\n"
+    "                       array of token ids per line; cut into windows of --context tokens\n"
+    "  --keep N             layers that keep their indexer at the end (1..layers; layer 0 is one)\n"
+    "  --out FILE           also write the resulting pattern to FILE\n"
+    "  --context N          tokens per calibration window (default 1024)\n"
+    "  --model DIR          model directory; every layer needs its indexer weights\n"
+    "  --device cpu|cuda    backend (default cpu)\n"
+    "  --threads N          CPU threads (default: all cores)\n"
+    "Prints `step S shared L loss X delta D pattern P` per step (stdout), progress (stderr), and the\n"
+    "final pattern alone as the last stdout line.\n";
+
+std::string Duration(double seconds) {
+  if (seconds < 60) return absl::StrFormat("%.1fs", seconds);
+  const int64_t s = static_cast<int64_t>(seconds + 0.5);
+  return s < 3600 ? absl::StrFormat("%dm%02ds", s / 60, s % 60) : absl::StrFormat("%dh%02dm", s / 3600, s / 60 % 60);
+}
+
+absl::Status Search(const Args& args) {
+  ASSIGN_OR_RETURN(std::string model_dir, args.Require("model"));
+  ASSIGN_OR_RETURN(std::string calibration_path, args.Require("calibration"));
+  ASSIGN_OR_RETURN(auto keep, args.GetInt("keep"));
+  ASSIGN_OR_RETURN(auto context, args.GetInt("context"));
+  ASSIGN_OR_RETURN(auto threads, args.GetInt("threads"));
+  if (!keep) return absl::InvalidArgumentError("--keep is required");
+  if (*keep < 1)
+    return absl::InvalidArgumentError(
+        absl::StrCat("--keep must be at least 1 (layer 0 always keeps its indexer), got ", *keep));
+  if (context && (*context < 2 || *context > INT32_MAX))
+    return absl::InvalidArgumentError("--context must be at least 2");
+
+  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
+  if (*keep > config.num_layers) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--keep %d exceeds the model's %d layers", *keep, config.num_layers));
+  }
+  // Open --out now: a bad path should fail before the search, not after it.
+  std::ofstream out;
+  if (args.Has("out")) {
+    out.open(*args.Get("out"));
+    if (!out) return absl::InvalidArgumentError(absl::StrCat("cannot write --out ", *args.Get("out")));
+  }
+  std::unique_ptr<BpeTokenizer> tokenizer;
+  if (std::filesystem::exists(model_dir + "/tokenizer.json")) {
+    ASSIGN_OR_RETURN(tokenizer, BpeTokenizer::FromFile(model_dir + "/tokenizer.json"));
+  }
+  ASSIGN_OR_RETURN(CalibrationSet calibration,
+                   LoadCalibrationSet(calibration_path, static_cast<int32_t>(context.value_or(1024)), tokenizer.get(),
+                                      config.vocab_size));
+
+  PatternScorerOptions scorer_options;
+  scorer_options.model_dir = model_dir;
+  scorer_options.device = args.Get("device").value_or("cpu");
+  scorer_options.num_threads = static_cast<int>(threads.value_or(0));
+  scorer_options.longest_window = calibration.longest_window();
+  ASSIGN_OR_RETURN(std::unique_ptr<PatternScorer> scorer, PatternScorer::Create(scorer_options));
+  std::fprintf(stderr, "calibration: %zu windows, %lld predicted tokens; %d layers, keeping %lld: %lld steps\n",
+               calibration.windows.size(), static_cast<long long>(calibration.predicted_tokens()), config.num_layers,
+               static_cast<long long>(*keep), static_cast<long long>(config.num_layers - *keep));
+
+  LayerSearchOptions options;
+  options.keep = static_cast<int32_t>(*keep);
+  double full_loss = 0.0;
+  bool progress_shown = false;
+  auto last_progress = std::chrono::steady_clock::time_point{};
+  options.on_step = [&](const SearchStep& s) {
+    if (s.step == 0) full_loss = s.loss;
+    if (progress_shown) std::fputc('\n', stderr);
+    progress_shown = false;
+    std::printf("step %d shared %s loss %.6f delta %+.6f pattern %s\n", s.step,
+                s.layer < 0 ? "-" : std::to_string(s.layer).c_str(), s.loss, s.loss - full_loss,
+                FormatIndexPattern(s.pattern).c_str());
+    std::fflush(stdout);
+  };
+  options.on_progress = [&](const SearchProgress& p) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_progress < std::chrono::milliseconds(500) && p.candidates_done < p.candidates_total) return;
+    last_progress = now;
+    progress_shown = true;
+    std::fprintf(stderr, "\rstep %d/%d  window %d/%d  candidates evaluated %lld/%lld  elapsed %s  ETA %s   ", p.step,
+                 p.num_steps, p.window, p.num_windows, static_cast<long long>(p.candidates_done),
+                 static_cast<long long>(p.candidates_total), Duration(p.elapsed_seconds).c_str(),
+                 Duration(p.eta_seconds).c_str());
+  };
+  ASSIGN_OR_RETURN(std::vector<SearchStep> path, GreedyLayerSearch(*scorer, calibration, options));
+  const std::string pattern = FormatIndexPattern(path.back().pattern);
+  if (out.is_open()) {
+    out << pattern << "\n";
+    out.close();
+    if (!out) return absl::DataLossError(absl::StrCat("writing --out ", *args.Get("out"), " failed"));
+  }
+  std::printf("%s\n", pattern.c_str());
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int RunSearch(const std::vector<std::string>& argv) {
+  auto args = Args::Parse(argv, {"model", "calibration", "keep", "out", "context", "device", "threads"}, {"help"});
+  if (!args.ok()) return Fail("search", std::string(args.status().message()) + "\n" + kSearchUsage);
+  if (args->Has("help")) {
+    std::cout << kSearchUsage;
+    return 0;
+  }
+  absl::Status status = Search(*args);
+  if (!status.ok()) return Fail("search", std::string(status.message()));
+  return 0;
+}
+
+}  // namespace indexcache::cli
