@@ -35,7 +35,7 @@ from transformers import GlmMoeDsaConfig, GlmMoeDsaForCausalLM  # noqa: E402
 from transformers.models.glm_moe_dsa import modeling_glm_moe_dsa as reference  # noqa: E402
 
 T0 = time.time()
-SIZE_BUDGET = 6 * 1024 * 1024  # bytes committed under goldens/ + the tokenizer golden
+SIZE_BUDGET = 9 * 1024 * 1024  # bytes committed under goldens/ + the tokenizer golden
 
 # Shared by the tiny cases; each case overrides some of these.
 # index_n_heads is mostly 16: with few heads an indexer score is often exactly 0 (every head's ReLU
@@ -77,6 +77,9 @@ MIN_MARGIN = 0.05
 BUNDLED_DIR = "models/glm-dsa-tiny-random"
 BUNDLED_T = 96  # > index_topk (64), so the top-k selection is really sparse for the last 32 rows
 BUNDLED_TAIL = 8
+# The trained default model (tools/train/): T > its index_topk (128), so the last 32 rows are sparse.
+TRAINED_DIR = "models/glm-dsa-trained"
+TRAINED_T = 160
 GREEDY_NEW_BUNDLED = 12
 
 TOKENIZER_CASES = [
@@ -460,25 +463,26 @@ def make_tiny_case(name, out_root, seed):
     log(f"  logits std {float(logits.std()):.3f}, near-tie rows {near_ties}, greedy {greedy['output_ids']}")
 
 
-def make_bundled(bundled_dir, out_root, seed):
-    log(f"bundled model {bundled_dir}: T={BUNDLED_T}")
+def make_bundled(bundled_dir, out_root, seed, case="bundled", t_len=BUNDLED_T):
+    """Goldens of a shipped all-Full checkpoint (random token ids below the special tokens)."""
+    log(f"{case} model {bundled_dir}: T={t_len}")
     model = load_checked(bundled_dir)
     check_file_matches_model(bundled_dir, model)
     cfg = model.config
     if any(t != "full" for t in cfg.indexer_types):
         fail(f"bundled model should be all-Full, config resolved {cfg.indexer_types}")
     attempt, ambiguities, input_ids, prefill, greedy = pick_input(  # ids below the special tokens
-        model, BUNDLED_T, 0, cfg.vocab_size - 2, seed, GREEDY_NEW_BUNDLED)
+        model, t_len, 0, cfg.vocab_size - 2, seed, GREEDY_NEW_BUNDLED)
     logits, tensors, near_ties, sources = prefill
-    tail_start = BUNDLED_T - BUNDLED_TAIL
+    tail_start = t_len - BUNDLED_TAIL
     tensors = {k: v for k, v in tensors.items() if not k.startswith("index_scores.")}  # size
     tensors["logits_tail"] = logits[tail_start:].contiguous()
-    case_dir = os.path.join(out_root, "bundled")
+    case_dir = os.path.join(out_root, case)
     os.makedirs(case_dir, exist_ok=True)
-    meta = {"case": "bundled", "model_dir": bundled_dir, "versions": versions(), "seq_len": BUNDLED_T,
+    meta = {"case": case, "model_dir": bundled_dir, "versions": versions(), "seq_len": t_len,
             "input_seed": seed + attempt, "ambiguities": ambiguities, "input_ids": [int(x) for x in input_ids], "tail_start": tail_start,
             "indexer_types": list(cfg.indexer_types), "topk_source_layer": sources,
-            "topk_k": min(cfg.index_topk, BUNDLED_T), "topk_order": TOPK_ORDER, "near_tie_rows": near_ties,
+            "topk_k": min(cfg.index_topk, t_len), "topk_order": TOPK_ORDER, "near_tie_rows": near_ties,
             "greedy": greedy, "config_summary": config_summary(cfg)}
     write_expected(case_dir, tensors, meta)
     log(f"  logits std {float(logits.std()):.3f}, near-tie rows {near_ties}, greedy {greedy['output_ids']}")
@@ -515,7 +519,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="tests/data/goldens", help="goldens folder")
     parser.add_argument("--bundled", default=BUNDLED_DIR, help="bundled model folder")
+    parser.add_argument("--trained", default=TRAINED_DIR, help="trained model folder (skipped when absent)")
     parser.add_argument("--tokenizer-golden", default="tests/data/tokenizer_golden.json")
+    parser.add_argument("--trained-tokenizer-golden", default="tests/data/tokenizer_golden_trained.json")
     parser.add_argument("--selfcheck", action="store_true",
                         help="do everything, but write into a temporary folder and leave the repo untouched")
     parser.add_argument("--seed", type=int, default=1234)
@@ -534,10 +540,15 @@ def main():
 
     make_tokenizer_golden(args.bundled, tok_path, os.path.join(args.bundled, "tokenizer.json"))
     make_bundled(args.bundled, out, args.seed)
+    trained_tok = None
+    if os.path.isfile(os.path.join(args.trained, "model.safetensors")):
+        trained_tok = os.path.join(tmp, "tokenizer_golden_trained.json") if tmp else args.trained_tokenizer_golden
+        make_tokenizer_golden(args.trained, trained_tok, os.path.join(args.trained, "tokenizer.json"))
+        make_bundled(args.trained, out, args.seed + 7, case="trained", t_len=TRAINED_T)
     for i, name in enumerate(TINY_CASES):
         make_tiny_case(name, out, args.seed + 100 * (i + 1))
 
-    size = folder_bytes([out, tok_path])
+    size = folder_bytes([out, tok_path] + ([trained_tok] if trained_tok else []))
     log(f"total size {size / 1e6:.2f} MB (budget {SIZE_BUDGET / 1e6:.2f} MB)")
     if size > SIZE_BUDGET:
         fail("goldens exceed the size budget: shrink the tiny cases")
