@@ -407,6 +407,23 @@ TEST_P(DecodeWorkerTest, MalformedRequestsAreRefused) {
   ExpectAllBlocksFree();
 }
 
+TEST_P(DecodeWorkerTest, NcclRequestToAWorkerWithoutAnNcclGpuIsFailedPrecondition) {
+  grpc::ClientContext context;
+  v1::DecodeRequest request;
+  request.set_request_id("nccl");
+  const std::vector<int32_t> prompt = Prompt(4, 1);
+  request.mutable_prompt_ids()->Add(prompt.begin(), prompt.end());
+  *request.mutable_sampling() = Greedy(4);
+  request.set_transport(v1::HANDOFF_TRANSPORT_NCCL);
+  auto reader = stub_->Decode(&context, request);
+  v1::DecodeResponse response;
+  EXPECT_FALSE(reader->Read(&response));
+  const grpc::Status status = reader->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(status.error_message(), ::testing::HasSubstr("--nccl-gpu"));
+  ExpectAllBlocksFree();
+}
+
 TEST_P(DecodeWorkerTest, AdmissionWaitsForBlocksWithinTheDeadline) {
   // A cache of 6 blocks of 16 tokens: A holds 3 (41 tokens), B needs 4 (61) and waits.
   DecodeWorkerOptions small = WorkerOptions();
