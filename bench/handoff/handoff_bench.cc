@@ -61,7 +61,9 @@ class BenchSink : public HandoffSink {
   absl::Status OnChunk(const v1::HandoffChunk& chunk) override {
     std::lock_guard<std::mutex> lock(mu_);
     if (verify_) RETURN_IF_ERROR(VerifyChunkChecksum(chunk));
-    if (chunk.sequence() != next_) return absl::DataLossError(absl::StrFormat("chunk %d, want %d", chunk.sequence(), next_));
+    if (chunk.sequence() != next_) {
+      return absl::DataLossError(absl::StrFormat("chunk %d, want %d", chunk.sequence(), next_));
+    }
     ++next_;
     rows_bytes_ += chunk.rows().data().size();
     return absl::OkStatus();
@@ -359,7 +361,8 @@ absl::Status Run(const cli::Args& args, const std::string& command_line) {
      << "), NCCL " << report["nccl_version"].get<std::string>() << "\n- command: `" << command_line << "`\n"
      << "- method: bench/handoff/handoff_bench.cc (one process; each transport's server and sender; median of " << reps
      << " after a warm-up; Connect → accepted ack; CRC-32 sealed beforehand, not re-verified in timed runs)\n\n"
-     << "| case | rows bytes | chunk | gRPC GB/s | TCP GB/s | NCCL GB/s |\n| --- | ---: | ---: | ---: | ---: | ---: |\n";
+     << "| case | rows bytes | chunk | gRPC GB/s | TCP GB/s | NCCL GB/s |\n"
+     << "| --- | ---: | ---: | ---: | ---: | ---: |\n";
   for (const auto& row : report["cases"]) {
     md << absl::StrFormat("| %s | %d | %d | %.2f | %.2f | %.2f |\n", row["case"].get<std::string>(),
                           row["rows_bytes"].get<uint64_t>(), row["chunk_bytes"].get<uint64_t>(),
@@ -387,7 +390,8 @@ int main(int argc, char** argv) {
   const std::vector<std::string> argv_list(argv + 1, argv + argc);
   auto args = indexcache::cli::Args::Parse(argv_list, {"out", "reps", "prefill-gpu", "decode-gpu"}, {});
   if (!args.ok()) {
-    std::fprintf(stderr, "handoff_bench: %s\nusage: handoff_bench --out DIR [--reps N] [--prefill-gpu G] [--decode-gpu G]\n",
+    std::fprintf(stderr,
+                 "handoff_bench: %s\nusage: handoff_bench --out DIR [--reps N] [--prefill-gpu G] [--decode-gpu G]\n",
                  std::string(args.status().message()).c_str());
     return 2;
   }

@@ -214,7 +214,8 @@ absl::StatusOr<std::unique_ptr<PeerChannelFactory>> MakeNcclChannelFactory(int d
   RETURN_IF_ERROR(CudaStatus(cudaGetDeviceCount(&count), "counting the GPUs"));
   if (device < 0 || device >= count) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("GPU %d for the NCCL handoff: this machine has %d GPU%s", device, count, count == 1 ? "" : "s"));
+        absl::StrFormat("GPU %d for the NCCL handoff: this machine has %d GPU%s", device, count,
+                        count == 1 ? "" : "s"));
   }
   return std::unique_ptr<PeerChannelFactory>(new NcclChannelFactory(device));
 }

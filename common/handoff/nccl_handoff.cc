@@ -362,7 +362,9 @@ class NcclHandoffSender final : public HandoffSender {
       // A control write that failed: the decode worker may have rejected and closed; its ack says why.
       if (control_failed) {
         ReadVerdict();
-        if (have_ack_) return outcome_.ok() ? absl::InternalError("the decode worker accepted the handoff early") : outcome_;
+        if (have_ack_) {
+          return outcome_.ok() ? absl::InternalError("the decode worker accepted the handoff early") : outcome_;
+        }
       }
       outcome_ = sent;
       return outcome_;
@@ -485,7 +487,8 @@ absl::StatusOr<std::unique_ptr<HandoffSender>> NcclHandoffClient::Connect(const 
       }
     }
     if (status.ok()) {
-      return std::unique_ptr<HandoffSender>(new NcclHandoffSender(*this, pair, std::move(connection), options_.io_timeout));
+      return std::unique_ptr<HandoffSender>(
+          new NcclHandoffSender(*this, pair, std::move(connection), options_.io_timeout));
     }
     const bool forgotten = pair->joined && absl::IsNotFound(status);
     Drop(*pair);

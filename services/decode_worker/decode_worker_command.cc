@@ -1,6 +1,7 @@
 // `indexcache decode-worker` and the standalone indexcache-decode-worker: one decode worker process.
 // Prints "listening <address>" (and "tcp-handoff <address>", "nccl-handoff <address>" for the data
-// planes that are on) once it serves; SIGTERM or SIGINT drains it (admitted requests finish, new ones are refused) and exits 0.
+// planes that are on) once it serves; SIGTERM or SIGINT drains it (admitted requests finish, new ones
+// are refused) and exits 0.
 #include "services/decode_worker/decode_worker_command.h"
 
 #include "services/common/worker_command.h"

@@ -61,7 +61,8 @@ class LoopbackChannel final : public PeerChannel {
     fabric_->changed.notify_all();
     if (message.size() != bytes) {
       dead_ = true;
-      return absl::InternalError(absl::StrCat("loopback receive of ", bytes, " bytes matched a send of ", message.size()));
+      return absl::InternalError(
+          absl::StrCat("loopback receive of ", bytes, " bytes matched a send of ", message.size()));
     }
     std::memcpy(host, message.data(), bytes);
     return absl::OkStatus();

@@ -56,7 +56,8 @@ absl::StatusOr<ClusterSpec> SpecFromArgs(const Args& args) {
   if (spec.port < 0 || spec.port > 65535) return absl::InvalidArgumentError("--port must be in [0, 65535]");
   spec.transport = args.Get("transport").value_or("grpc");
   if (spec.transport != "grpc" && spec.transport != "tcp" && spec.transport != "nccl") {
-    return absl::InvalidArgumentError(absl::StrCat("--transport must be grpc, tcp or nccl, got '", spec.transport, "'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--transport must be grpc, tcp or nccl, got '", spec.transport, "'"));
   }
   ASSIGN_OR_RETURN(auto prefill_gpu, args.GetInt("prefill-gpu"));
   ASSIGN_OR_RETURN(auto decode_gpu, args.GetInt("decode-gpu"));
