@@ -148,11 +148,19 @@ def bucket(name):
     return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big") / 2.0**64
 
 
+def english(name):
+    """The kernel's Documentation/translations/ (Chinese, Japanese, Korean, Italian, Spanish, ...) is not.
+
+    Those documents stay in the train split (as in the run that trained the bundled model); the
+    evaluation sets, which measure English, leave them out."""
+    return not name.startswith("linux-doc/translations/")
+
+
 def take(docs, budget):
-    """The first documents (ascending hash) whose total size stays within `budget` characters."""
+    """The first English documents (ascending hash) whose total size stays within `budget` characters."""
     out, size = [], 0
     for _, name, text in sorted(docs):
-        if size + len(text) > budget:
+        if not english(name) or size + len(text) > budget:
             continue
         out.append(text)
         size += len(text)
@@ -206,7 +214,9 @@ def main():
 
     # The retrieval filler comes from held-out documents that test.txt did not take, so neither the
     # training data nor the perplexity set contains it.
-    filler = retrieval.sentences("\n\n".join(text for _, _, text in sorted(test)[len(test_texts):]))
+    taken = set(test_texts)
+    filler = retrieval.sentences("\n\n".join(text for _, name, text in sorted(test)
+                                             if english(name) and text not in taken))
     cases = retrieval.make_cases(filler, RETRIEVAL_CONTEXTS, RETRIEVAL_CASES, SEED)
     with open(os.path.join(args.out, "retrieval_test.jsonl"), "w", encoding="utf-8") as f:
         for case in cases:
