@@ -84,8 +84,9 @@ int32_t* DeviceInts(const std::vector<int32_t>& host) {
   return d;
 }
 
-// One sequence of `context` tokens whose blocks are laid out in a shuffled order (as a long-running
-// pool would be), and `queries` query tokens at its last positions.
+// `sequences` sequences of `context` tokens with `queries` query tokens at the last positions of
+// each. Every sequence's block table is a different shuffle of the same pool blocks (as a long-running
+// pool would be scattered), so the pool holds one context's rows however many sequences there are.
 struct Layout {
   int32_t* seq;
   int32_t* pos;
@@ -98,9 +99,14 @@ struct Layout {
 Layout MakeLayout(int32_t context, int32_t queries, int32_t sequences = 1) {
   Layout l{};
   l.max_blocks = (context + kBlock - 1) / kBlock;
-  std::vector<int32_t> table(static_cast<size_t>(sequences) * l.max_blocks);
-  std::iota(table.begin(), table.end(), 0);
-  std::shuffle(table.begin(), table.end(), std::mt19937(5));
+  std::vector<int32_t> table;
+  std::mt19937 rng(5);
+  for (int32_t s = 0; s < sequences; ++s) {
+    std::vector<int32_t> blocks(l.max_blocks);
+    std::iota(blocks.begin(), blocks.end(), 0);
+    std::shuffle(blocks.begin(), blocks.end(), rng);
+    table.insert(table.end(), blocks.begin(), blocks.end());
+  }
   std::vector<int32_t> seq, pos;
   for (int32_t s = 0; s < sequences; ++s) {
     for (int32_t q = 0; q < queries; ++q) {
@@ -220,7 +226,7 @@ nlohmann::json SparseMla(CudaBackend& be, int32_t context, int32_t prefill_token
   const int32_t max_batch = *std::max_element(batches.begin(), batches.end());
   const int32_t sequences = std::max(1, max_batch);
   Layout big = MakeLayout(context, 1, sequences);  // decode: one token per sequence
-  const int64_t slots = int64_t{big.max_blocks} * kBlock * sequences;
+  const int64_t slots = int64_t{big.max_blocks} * kBlock;
   float* pool = DeviceRandom<float>(slots * width, 6);
   const int32_t n_max = std::max(prefill_tokens, max_batch);
   float* ql = DeviceRandom<float>(int64_t{n_max} * kHeads * kLatent, 7);

@@ -57,8 +57,9 @@ void AppendWindows(const std::vector<int32_t>& ids, int32_t context, Calibration
 
 absl::StatusOr<CalibrationSet> LoadCalibrationSet(const std::string& path, int32_t context,
                                                   const BpeTokenizer* tokenizer, int32_t vocab_size) {
-  if (context < 2)
+  if (context < 2) {
     return absl::InvalidArgumentError(absl::StrCat("the context must be at least 2 tokens, got ", context));
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open calibration file ", path));
   CalibrationSet set;

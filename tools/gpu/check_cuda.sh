@@ -4,9 +4,11 @@
 # BUNDLE holds bin/{cuda_op_check,cuda_engine_check,indexcache} and lib/ (made here by
 # /work/shared/tools/device-bundle from a CUDA build); logs and GoogleTest JSON go to OUT.
 # 1. cuda_op_check: every backend op against the CPU backend / float64 at bf16 bounds, near-ties detected.
-# 2. cuda_engine_check: --device cuda against the transformers goldens (patterns, chunked prefill,
+# 2. cuda_op_trace_check: whole forward passes of three models (chunked prefill, two sequences, batched
+#    decode), every op judged against the CPU backend on the inputs the GPU op read.
+# 3. cuda_engine_check: --device cuda against the transformers goldens (patterns, chunked prefill,
 #    batched decode).
-# 3. indexcache generate --device cuda against --device cpu on the bundled model (greedy).
+# 4. indexcache generate --device cuda against --device cpu on the bundled model (greedy).
 # Exits non-zero when any check fails.
 set -uo pipefail
 bundle=${1:?usage: check_cuda.sh BUNDLE OUT}
@@ -15,6 +17,7 @@ mkdir -p "$out"
 export LD_LIBRARY_PATH="$bundle/lib:/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 failed=0
 "$bundle/bin/cuda_op_check" --gtest_output="json:$out/cuda_op_check.json" 2>&1 | tee "$out/cuda_op_check.log" || failed=1
+"$bundle/bin/cuda_op_trace_check" --gtest_output="json:$out/cuda_op_trace_check.json" 2>&1 | tee "$out/cuda_op_trace_check.log" || failed=1
 "$bundle/bin/cuda_engine_check" --gtest_output="json:$out/cuda_engine_check.json" 2>&1 | tee "$out/cuda_engine_check.log" || failed=1
 
 # The bundled golden's prompt: its transformers continuation has no step closer than 0.077 logits.

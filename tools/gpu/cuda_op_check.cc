@@ -335,7 +335,8 @@ TEST_F(CudaOpCheck, SparseMlaMatchesFloat64WithinTheBf16Bound) {
     std::vector<int32_t> lengths;
     int32_t chunk;
   };
-  for (const Case& c : {Case{4, 64, 16, 64, {200, 30, 90}, 17}, Case{64, 512, 64, 2048, {3000, 2500}, 5},
+  for (const Case& c : {Case{4, 64, 16, 64, {200, 30, 90}, 17}, Case{4, 32, 8, 16, {60, 20, 9}, 9},
+                        Case{64, 512, 64, 2048, {3000, 2500}, 5},
                         Case{20, 512, 64, 2048, {2048, 600}, 3}}) {
     const PagedBatch b = MakeBatch(c.lengths, c.chunk, 9);
     const int64_t n = static_cast<int64_t>(b.seq.size()), width = c.latent + c.rope;

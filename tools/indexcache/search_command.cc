@@ -44,11 +44,13 @@ absl::Status Search(const Args& args) {
   ASSIGN_OR_RETURN(auto context, args.GetInt("context"));
   ASSIGN_OR_RETURN(auto threads, args.GetInt("threads"));
   if (!keep) return absl::InvalidArgumentError("--keep is required");
-  if (*keep < 1)
+  if (*keep < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("--keep must be at least 1 (layer 0 always keeps its indexer), got ", *keep));
-  if (context && (*context < 2 || *context > INT32_MAX))
-    return absl::InvalidArgumentError("--context must be at least 2");
+  }
+  if (context && (*context < 2 || *context > INT32_MAX)) {
+    return absl::InvalidArgumentError(absl::StrCat("--context must be between 2 and ", INT32_MAX, ", got ", *context));
+  }
 
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
   if (*keep > config.num_layers) {

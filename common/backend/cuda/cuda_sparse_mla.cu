@@ -43,8 +43,11 @@ struct MlaArgs {
   float* part_ml;  // [n, heads, splits, 2]: running max and sum
 };
 
+// Query and key rows are zero-padded to a multiple of 16 columns (the wmma k step).
+int PaddedWidth(int latent, int rope) { return (latent + rope + 15) / 16 * 16; }
+
 size_t SharedBytes(int latent, int rope) {
-  const int ld = latent + rope + kPad;
+  const int ld = PaddedWidth(latent, rope) + kPad;
   return sizeof(__nv_bfloat16) * (kHeads + kKeys) * ld + sizeof(float) * kHeads * (kKeys + 4) +
          sizeof(__nv_bfloat16) * kHeads * (kKeys + kPad) + sizeof(float) * kHeads * (latent + 4) +
          sizeof(float) * 3 * kHeads + sizeof(int64_t) * kKeys;
@@ -53,7 +56,8 @@ size_t SharedBytes(int latent, int rope) {
 __global__ void __launch_bounds__(kWarps * 32) SparseMlaKernel(MlaArgs a) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int width = a.latent + a.rope;
-  const int ld = width + kPad;
+  const int padded = (width + 15) / 16 * 16;
+  const int ld = padded + kPad;
   const int ld_s = kKeys + 4, ld_p = kKeys + kPad, ld_o = a.latent + 4;
   auto* q_tile = reinterpret_cast<__nv_bfloat16*>(smem);
   __nv_bfloat16* k_tile = q_tile + kHeads * ld;
@@ -71,10 +75,10 @@ __global__ void __launch_bounds__(kWarps * 32) SparseMlaKernel(MlaArgs a) {
   const int tid = threadIdx.x, warp = tid / 32;
   const int group_heads = min(kHeads, a.heads - h0);
 
-  for (int e = tid; e < kHeads * width; e += blockDim.x) {
-    const int h = e / width, d = e % width;
+  for (int e = tid; e < kHeads * padded; e += blockDim.x) {
+    const int h = e / padded, d = e % padded;
     float v = 0.0f;
-    if (h < group_heads) {
+    if (h < group_heads && d < width) {
       v = d < a.latent ? a.q_latent[r * a.ql_stride + int64_t{h0 + h} * a.latent + d]
                        : a.q_rope[r * a.qr_stride + int64_t{h0 + h} * a.rope + (d - a.latent)];
     }
@@ -110,11 +114,14 @@ __global__ void __launch_bounds__(kWarps * 32) SparseMlaKernel(MlaArgs a) {
       dst[2] = __float2bfloat16(v.z);
       dst[3] = __float2bfloat16(v.w);
     }
+    for (int e = tid; e < kKeys * (padded - width); e += blockDim.x) {
+      k_tile[(e / (padded - width)) * ld + width + e % (padded - width)] = __float2bfloat16(0.0f);
+    }
     __syncthreads();
     {  // scores [16 × 64]: warp w computes keys 16w..16w+15
       wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
       wmma::fill_fragment(acc, 0.0f);
-      for (int k = 0; k < width; k += 16) {
+      for (int k = 0; k < padded; k += 16) {
         wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> qa;
         wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> kb;
         wmma::load_matrix_sync(qa, q_tile + k, ld);
@@ -245,9 +252,10 @@ std::string SparseMlaAttention(Tensor q_latent, Tensor q_rope, int32_t heads, Te
     return "sparse MLA: " + q_latent.DebugString() + " / " + q_rope.DebugString() + " over pool " +
            latent_pool.DebugString() + " disagree for " + std::to_string(heads) + " heads";
   }
-  if (latent % 16 != 0 || (latent + rope) % 16 != 0 || latent_pool.stride % 4 != 0 ||
+  if (latent % 16 != 0 || (latent + rope) % 4 != 0 || latent_pool.stride % 4 != 0 ||
       reinterpret_cast<uintptr_t>(latent_pool.data) % 16 != 0 || latent + rope > 1024) {
-    return "sparse MLA: latent and latent+rope widths must be multiples of 16 (at most 1024), rows 16-byte aligned";
+    return "sparse MLA: the latent width must be a multiple of 16 and latent+rope of 4 (at most 1024), rows 16-byte "
+           "aligned";
   }
   if (q_latent.rows == 0 || indices.cols == 0) return {};
   MlaArgs a{};
