@@ -32,6 +32,6 @@ out="$root/bench/results/cpu-$stamp$suffix"
 mkdir -p "$root/bench/results"
 
 cd "$root"
-"$build_dir/bench/indexcache_bench" --model models/glm-dsa-tiny-random --git-commit "$commit" \
+"$build_dir/bench/indexcache_bench" --model models/glm-dsa-trained --git-commit "$commit" \
   --json "$out.json" --markdown "$out.md" "$@" >/dev/null
 [[ -f "$out.md" ]] && echo "wrote $out.json and $out.md"

@@ -10,7 +10,7 @@ cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release > /dev/null
 cmake --build build -j "$(nproc)" --target indexcache
 
 log=$(mktemp -d)
-./build/tools/indexcache cluster up --model models/glm-dsa-tiny-random > "$log/cluster.out" 2> "$log/cluster.log" &
+./build/tools/indexcache cluster up --model models/glm-dsa-trained > "$log/cluster.out" 2> "$log/cluster.log" &
 cluster=$!
 trap 'kill -TERM $cluster 2>/dev/null; wait $cluster 2>/dev/null || true' EXIT
 for _ in $(seq 600); do

@@ -25,6 +25,6 @@ out="$root/bench/results/serving-$stamp"
 mkdir -p "$root/bench/results"
 
 cd "$root"
-"$build_dir/bench/serving/indexcache_serving_bench" --model models/glm-dsa-tiny-random \
+"$build_dir/bench/serving/indexcache_serving_bench" --model models/glm-dsa-trained \
   --json "$out.json" --markdown "$out.md" "$@"
 echo "wrote $out.json and $out.md"

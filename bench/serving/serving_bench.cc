@@ -39,7 +39,7 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: indexcache_serving_bench [flags]\n"
-    "  --model DIR            model directory (default the bundled glm-dsa-tiny-random)\n"
+    "  --model DIR            model directory (default the bundled glm-dsa-trained)\n"
     "  --transports LIST      comma-separated handoff transports (default grpc,tcp)\n"
     "  --concurrency N        concurrent closed-loop clients (default 8)\n"
     "  --duration S           seconds of load per transport (default 10)\n"
@@ -330,7 +330,7 @@ absl::Status Main(const std::vector<std::string>& argv) {
     return absl::OkStatus();
   }
   Options o;
-  o.model = args.Get("model").value_or(std::string(INDEXCACHE_MODELS_DIR) + "/glm-dsa-tiny-random");
+  o.model = args.Get("model").value_or(std::string(INDEXCACHE_MODELS_DIR) + "/glm-dsa-trained");
   o.transports = absl::StrSplit(args.Get("transports").value_or("grpc,tcp"), ',', absl::SkipEmpty());
   ASSIGN_OR_RETURN(auto concurrency, args.GetInt("concurrency"));
   ASSIGN_OR_RETURN(auto duration, args.GetDouble("duration"));
