@@ -22,4 +22,4 @@ cat "$log/cluster.out"
 router=$(awk '/^ready /{print $2}' "$log/cluster.out")
 [[ -n $router ]] || { echo "the cluster did not become ready in 60 s; its log: $log/cluster.log" >&2; exit 1; }
 ./build/tools/indexcache client generate --router "$router" \
-  --prompt "The licenses for most software are designed to" --max-new-tokens 48 "$@"
+  --prompt "The President said that the Congress" --max-new-tokens 48 "$@"
