@@ -145,7 +145,7 @@ def main():
               "3.5 minutes); its step losses are in `tools/train/searched_patterns.json`.", ""]
     lines += ["## Training run", "",
               f"`bash tools/train/device_train.sh` on {summary['device']} (torch {summary['versions']['torch']}), "
-              f"{summary['seconds']:.0f} s in all; {summary['parameters'] / 1e6:.2f} M parameters; "
+              f"{summary['seconds']:.0f} s to the last export; {summary['parameters'] / 1e6:.2f} M parameters; "
               "details and the command in `tools/train/README.md`.", "",
               "| phase | steps | tokens | seconds | last logged losses |", "|---|---|---|---|---|"]
     for phase, p in summary["phases"].items():
@@ -157,7 +157,7 @@ def main():
         lines.append(f"- `{os.path.basename(c['model'])}` ({c['tokens']} tokens, "
                      f"{''.join('F' if t == 'full' else 'S' for t in c['indexer_types'])}): relative L2 difference "
                      f"of the logits {c['relative_l2_logits']:.2e}, argmax agreement {100 * c['argmax_agreement']:.1f}%")
-    lines += ["", "Loss curve (every logged step; `tools/train/train_log.json` has it all):", "",
+    lines += ["", "Loss curve (a sample of the logged steps; `tools/train/train_log.json` has every 25th step):", "",
               "| phase | step | tokens | seconds | losses |", "|---|---|---|---|---|"]
     for c in train["curve"][::max(1, len(train["curve"]) // 40)]:
         losses = ", ".join(f"{k} {v}" for k, v in c.items() if k not in ("phase", "step", "seconds", "tokens"))
