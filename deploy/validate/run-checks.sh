@@ -51,7 +51,7 @@ case "${1:-}" in
     done
     # One run for all (the type check dominates its time): the rendered overlays must pass, each
     # fixture must fail for its reason.
-    fixtures=("$here"/testdata/{misspelt-field,wrong-type,missing-required,bad-service-monitor,unknown-kind}.yaml)
+    fixtures=("$here"/testdata/{misspelt-field,wrong-type,missing-required,bad-service-monitor,unknown-kind,broken-references}.yaml)
     report=$(node "$here/validate-manifests.mjs" "$rendered"/*.yaml "${fixtures[@]}" 2>&1 || true)
     grep -F -- "$rendered/" <<<"$report" && fail "the rendered overlays are invalid"
     expect_line() {
@@ -63,6 +63,10 @@ case "${1:-}" in
     expect_line missing-required "must have required property scaleTargetRef"
     expect_line bad-service-monitor "endpoints/0/interval must be string"
     expect_line unknown-kind "no schema for kind Deploymnet"
+    expect_line broken-references "names Service decode, which is not headless"
+    expect_line broken-references "Service decode has no port 50099"
+    expect_line broken-references "Service decode has no port named metrics"
+    expect_line broken-references "serves the Pods metric indexcache_kv_blocks_utilisation"
     tail -n 1 <<<"$report"
     checked="${#overlays[@]} overlays"
     ;;

@@ -12,6 +12,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import ts from "typescript";
 import YAML from "yaml";
+import { checkConventions } from "./manifest-conventions.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
@@ -122,6 +123,10 @@ if (files.length === 0) {
 const { objects, problems } = await loadObjects(files);
 const typed = await validateSchemas(objects, problems);
 checkKnownFields(typed, problems);
+for (const file of files) {
+  const rendered = objects.filter((o) => o.file === file).map((o) => o.object);
+  for (const problem of checkConventions(rendered)) problems.push(`${file}: ${problem}`);
+}
 for (const problem of problems) console.error(problem);
 console.log(`${objects.length} objects checked, ${problems.length} problems`);
 process.exit(problems.length === 0 && objects.length > 0 ? 0 : 1);
