@@ -86,18 +86,22 @@ void DnsDiscovery::Refresh() {
       continue;
     }
     if (answer != answers_[i]) {
-      IC_LOG(Info) << target.host << " now resolves to " << answer.size() << " " << RoleName(target.role)
-                   << " worker" << (answer.size() == 1 ? "" : "s")
-                   << (!answer.empty() ? absl::StrCat(": ", absl::StrJoin(answer, ", "))
-                       : ips.ok()       ? std::string()
-                                        : absl::StrCat(" (", ips.status().message(), ")"));
+      // A name with no address is worth a warning: a Service scaled to zero, or a wrong name.
+      if (answer.empty()) {
+        IC_LOG(Warning) << target.host << " resolves to no " << RoleName(target.role) << " worker"
+                        << (ips.ok() ? std::string() : absl::StrCat(": ", ips.status().message()));
+      } else {
+        IC_LOG(Info) << target.host << " now resolves to " << answer.size() << " " << RoleName(target.role)
+                     << " worker" << (answer.size() == 1 ? "" : "s") << ": " << absl::StrJoin(answer, ", ");
+      }
       answers_[i] = std::move(answer);
     }
   }
   // The union over targets: two names may share an address, which stays while either names it.
   std::map<std::string, v1::WorkerRole> wanted;
   for (size_t i = 0; i < targets_.size(); ++i) {
-    for (const std::string& address : answers_[i]) wanted.emplace(address, targets_[i].role);
+    if (!answers_[i].has_value()) continue;
+    for (const std::string& address : *answers_[i]) wanted.emplace(address, targets_[i].role);
   }
   for (auto it = added_.begin(); it != added_.end();) {
     if (wanted.contains(it->first)) {

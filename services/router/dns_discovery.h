@@ -17,6 +17,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -66,8 +67,8 @@ class DnsDiscovery {
   const std::vector<DnsTarget> targets_;
   const HostResolver resolver_;
   std::mutex refresh_mu_;  // one Refresh at a time; guards answers_ and added_
-  // Per target, the worker addresses ("ip:port") of its last good answer.
-  std::vector<std::set<std::string>> answers_;
+  // Per target, the worker addresses ("ip:port") of its last good answer; nullopt before the first.
+  std::vector<std::optional<std::set<std::string>>> answers_;
   // Every address this discovery put in the registry, with its role.
   std::map<std::string, v1::WorkerRole> added_;
 
