@@ -49,8 +49,9 @@ absl::Status ValidateOptions(const RouterOptions& o) {
     return absl::InvalidArgumentError(absl::StrFormat("the queue limit must be >= 1, got %d", o.max_queued_requests));
   }
   if (o.heartbeat_timeout <= absl::ZeroDuration() || o.health_check_interval <= absl::ZeroDuration() ||
-      o.request_timeout <= absl::ZeroDuration()) {
-    return absl::InvalidArgumentError("the heartbeat timeout, health-check interval and request timeout must be > 0");
+      o.request_timeout <= absl::ZeroDuration() || o.dns_interval <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "the heartbeat timeout, health-check interval, request timeout and DNS interval must be > 0");
   }
   if (o.transport != v1::HANDOFF_TRANSPORT_GRPC && o.transport != v1::HANDOFF_TRANSPORT_TCP &&
       o.transport != v1::HANDOFF_TRANSPORT_NCCL) {
@@ -58,6 +59,18 @@ absl::Status ValidateOptions(const RouterOptions& o) {
         absl::StrFormat("handoff transport %s is not available", v1::HandoffTransport_Name(o.transport)));
   }
   return absl::OkStatus();
+}
+
+// The DNS names to watch, prefill ones first.
+absl::StatusOr<std::vector<DnsTarget>> DnsTargets(const RouterOptions& o) {
+  std::vector<DnsTarget> targets;
+  for (const auto& [role, names] : {std::pair{v1::PREFILL, &o.prefill_dns}, std::pair{v1::DECODE, &o.decode_dns}}) {
+    for (const std::string& name : *names) {
+      ASSIGN_OR_RETURN(DnsTarget target, ParseDnsTarget(role, name));
+      targets.push_back(std::move(target));
+    }
+  }
+  return targets;
 }
 
 }  // namespace
@@ -216,7 +229,12 @@ absl::StatusOr<std::string> Router::Start() {
   registry_ = std::make_unique<WorkerRegistry>(registry_options);
   for (const std::string& address : options_.prefill_workers) registry_->AddStatic(v1::PREFILL, address);
   for (const std::string& address : options_.decode_workers) registry_->AddStatic(v1::DECODE, address);
-  registry_->Probe();  // static workers that are up serve from the first request
+  ASSIGN_OR_RETURN(std::vector<DnsTarget> dns_targets, DnsTargets(options_));
+  if (!dns_targets.empty()) {
+    discovery_ = std::make_unique<DnsDiscovery>(registry_.get(), std::move(dns_targets));
+    discovery_->Refresh();
+  }
+  registry_->Probe();  // static and discovered workers that are up serve from the first request
 
   services_ = std::make_unique<Services>(options_, registry_.get(), std::move(*validator));
   grpc::EnableDefaultHealthCheckService(true);
@@ -232,9 +250,11 @@ absl::StatusOr<std::string> Router::Start() {
   }
   server_->GetHealthCheckService()->SetServingStatus(true);
   prober_ = std::thread(&Router::ProbeLoop, this);
+  if (discovery_ != nullptr) discovery_->Start(options_.dns_interval);
   const std::string address = DialableAddress(options_.listen_address, port);
   IC_LOG(Info) << "router listening on " << address << " (" << options_.prefill_workers.size()
                << " static prefill and " << options_.decode_workers.size() << " static decode workers, "
+               << options_.prefill_dns.size() + options_.decode_dns.size() << " DNS names, "
                << v1::HandoffTransport_Name(options_.transport) << " handoff)";
   return address;
 }
@@ -279,6 +299,7 @@ void Router::Drain(absl::Duration grace) {
   }
   changed_.notify_all();
   prober_.join();
+  if (discovery_ != nullptr) discovery_->Stop();
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopped_ = true;

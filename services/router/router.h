@@ -20,6 +20,7 @@
 #include "absl/time/time.h"
 #include "grpcpp/server.h"
 #include "indexcache/v1/internal.pb.h"
+#include "services/router/dns_discovery.h"
 #include "services/router/worker_registry.h"
 
 namespace indexcache {
@@ -34,6 +35,11 @@ struct RouterOptions {
   // Static workers ("host:port" of their gRPC services), probed rather than registered.
   std::vector<std::string> prefill_workers;
   std::vector<std::string> decode_workers;
+  // DNS names ("host:port") whose addresses are workers, re-resolved every `dns_interval`: a
+  // Kubernetes headless Service per role (dns_discovery.h).
+  std::vector<std::string> prefill_dns;
+  std::vector<std::string> decode_dns;
+  absl::Duration dns_interval = absl::Seconds(5);
   v1::HandoffTransport transport = v1::HANDOFF_TRANSPORT_GRPC;
   // The IndexCache pattern ("FSSF…") every worker must run; empty: the first registered worker's.
   std::string index_pattern;
@@ -78,6 +84,7 @@ class Router {
 
   const RouterOptions options_;
   std::unique_ptr<WorkerRegistry> registry_;
+  std::unique_ptr<DnsDiscovery> discovery_;  // null without DNS names
   std::unique_ptr<Services> services_;
   std::unique_ptr<grpc::Server> server_;
   std::thread prober_;

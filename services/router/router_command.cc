@@ -21,6 +21,10 @@ constexpr char kUsage[] =
     "  --model DIR               the served model (config.json, tokenizer.json, weights for the fingerprint)\n"
     "  --prefill ADDR[,ADDR…]    static prefill workers (repeatable); others register themselves\n"
     "  --decode ADDR[,ADDR…]     static decode workers (repeatable)\n"
+    "  --prefill-dns HOST:PORT   a DNS name whose A/AAAA addresses are prefill workers (a Kubernetes\n"
+    "                            headless Service), re-resolved every --dns-interval (repeatable)\n"
+    "  --decode-dns HOST:PORT    the same for decode workers\n"
+    "  --dns-interval S          seconds between DNS lookups (default 5)\n"
     "  --transport grpc|tcp|nccl KV handoff transport (default grpc; nccl: workers started with --nccl-gpu)\n"
     "  --index-pattern P         IndexCache pattern every worker must run (default: the first worker's)\n"
     "  --queue-limit N           requests waiting for a prefill before RESOURCE_EXHAUSTED (default 256)\n"
@@ -54,6 +58,8 @@ absl::StatusOr<RouterOptions> RouterOptionsFromArgs(const cli::Args& args) {
   if (auto listen = args.Get("listen")) o.listen_address = *listen;
   o.prefill_workers = Addresses(args, "prefill");
   o.decode_workers = Addresses(args, "decode");
+  o.prefill_dns = Addresses(args, "prefill-dns");
+  o.decode_dns = Addresses(args, "decode-dns");
   const std::string transport = args.Get("transport").value_or("grpc");
   if (transport == "grpc") {
     o.transport = v1::HANDOFF_TRANSPORT_GRPC;
@@ -70,12 +76,14 @@ absl::StatusOr<RouterOptions> RouterOptionsFromArgs(const cli::Args& args) {
   ASSIGN_OR_RETURN(o.heartbeat_timeout, SecondsFlag(args, "heartbeat-timeout", o.heartbeat_timeout));
   ASSIGN_OR_RETURN(o.health_check_interval, SecondsFlag(args, "health-interval", o.health_check_interval));
   ASSIGN_OR_RETURN(o.request_timeout, SecondsFlag(args, "request-timeout", o.request_timeout));
+  ASSIGN_OR_RETURN(o.dns_interval, SecondsFlag(args, "dns-interval", o.dns_interval));
   return o;
 }
 
 int RunRouterCommand(const std::vector<std::string>& argv) {
-  const std::set<std::string> valued = {"listen",      "model",           "prefill",         "decode",
-                                        "transport",   "index-pattern",   "queue-limit",     "heartbeat-timeout",
+  const std::set<std::string> valued = {"listen",          "model",           "prefill",       "decode",
+                                        "prefill-dns",     "decode-dns",      "dns-interval",  "transport",
+                                        "index-pattern",   "queue-limit",     "heartbeat-timeout",
                                         "health-interval", "request-timeout", "drain-grace"};
   absl::StatusOr<cli::Args> args = cli::Args::Parse(argv, valued, {"help"});
   if (args.ok() && args->Has("help")) {

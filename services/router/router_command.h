@@ -10,7 +10,8 @@
 
 namespace indexcache {
 
-// RouterOptions from `--listen ADDR --model DIR [--prefill ADDR]… [--decode ADDR]… [--transport grpc|tcp]
+// RouterOptions from `--listen ADDR --model DIR [--prefill ADDR]… [--decode ADDR]… [--prefill-dns HOST:PORT]…
+// [--decode-dns HOST:PORT]… [--dns-interval S] [--transport grpc|tcp]
 // [--index-pattern P] [--queue-limit N] [--heartbeat-timeout S] [--health-interval S] [--request-timeout S]`.
 absl::StatusOr<RouterOptions> RouterOptionsFromArgs(const cli::Args& args);
 

@@ -90,15 +90,47 @@ WorkerRegistry::WorkerRegistry(RegistryOptions options)
 
 WorkerRegistry::~WorkerRegistry() = default;
 
-void WorkerRegistry::AddStatic(v1::WorkerRole role, const std::string& address) {
+void WorkerRegistry::AddStatic(v1::WorkerRole role, const std::string& address) { AddProbed(role, address, false); }
+
+void WorkerRegistry::AddDiscovered(v1::WorkerRole role, const std::string& address) {
+  AddProbed(role, address, true);
+}
+
+void WorkerRegistry::AddProbed(v1::WorkerRole role, const std::string& address, bool discovered) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& e : entries_) {
+    if (e->info.address != address) continue;
+    if (e->info.role != role) {
+      IC_LOG(Warning) << "not adding " << RoleName(role) << " worker " << address << ": the router knows it as a "
+                      << RoleName(e->info.role) << " worker";
+    } else if (!e->info.is_static) {
+      e->info.is_static = true;  // registered: probed from now on too, as a registered static worker is
+      e->info.discovered = discovered;
+    }
+    return;
+  }
   auto entry = std::make_unique<Entry>();
   entry->connection = std::make_shared<WorkerConnection>(role, address);
   entry->info.id = address;
   entry->info.address = address;
   entry->info.role = role;
   entry->info.is_static = true;
-  std::lock_guard<std::mutex> lock(mu_);
+  entry->info.discovered = discovered;
+  if (discovered) {
+    IC_LOG(Info) << RoleName(role) << " worker " << address << " discovered through DNS";
+  }
   entries_.push_back(std::move(entry));
+}
+
+void WorkerRegistry::RemoveDiscovered(const std::string& address, const std::string& why) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+    const WorkerInfo& info = (*it)->info;
+    if (info.address != address || !info.discovered) continue;
+    IC_LOG(Info) << RoleName(info.role) << " worker " << info.id << " (" << address << ") left the registry: " << why;
+    entries_.erase(it);
+    return;
+  }
 }
 
 std::pair<std::string, std::string> WorkerRegistry::PoolIdentityFor(const v1::RegisterRequest& request) const {

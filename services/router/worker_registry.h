@@ -49,7 +49,8 @@ struct WorkerInfo {
   std::string id;       // the worker's own id; a static worker's address until it reports one
   std::string address;
   v1::WorkerRole role = v1::WORKER_ROLE_UNSPECIFIED;
-  bool is_static = false;
+  bool is_static = false;  // probed rather than heartbeating: from the static list or from DNS
+  bool discovered = false;  // found through DNS (dns_discovery.h), and forgotten when DNS drops it
   bool registered = false;
   bool healthy = false;
   v1::WorkerLoad load;  // the last reported load
@@ -100,6 +101,13 @@ class WorkerRegistry {
 
   // A worker from the static list; it joins the rotation after its first passing probe.
   void AddStatic(v1::WorkerRole role, const std::string& address);
+  // A worker whose address DNS named (dns_discovery.h): probed like a static one. An address the
+  // registry knows already is not added twice: a registered worker there becomes probed too, a static
+  // one stays as it is (and DNS never removes it).
+  void AddDiscovered(v1::WorkerRole role, const std::string& address);
+  // DNS no longer names `address`: a discovered worker there leaves the registry. Requests in flight
+  // keep their connection (WorkerLease) and end as they would had the worker died.
+  void RemoveDiscovered(const std::string& address, const std::string& why);
 
   // A worker announcing itself. FAILED_PRECONDITION when its model fingerprint or index pattern
   // differs from the pool's; INVALID_ARGUMENT for a malformed request.
@@ -136,6 +144,8 @@ class WorkerRegistry {
   // The fingerprint and pattern the pool holds `request`'s worker to: the options' values, else those
   // of any other registered worker ("" when there is none). Locked.
   std::pair<std::string, std::string> PoolIdentityFor(const v1::RegisterRequest& request) const;
+  // AddStatic and AddDiscovered: a new probed entry unless `address` is known.
+  void AddProbed(v1::WorkerRole role, const std::string& address, bool discovered);
   // Takes an entry out of rotation (static) or forgets it (registered only). Locked.
   void Evict(const std::shared_ptr<WorkerConnection>& worker, const std::string& why);
   void ReturnLoad(const WorkerConnection* worker, int64_t prompt_tokens);

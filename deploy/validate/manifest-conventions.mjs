@@ -1,0 +1,165 @@
+// Cross-object checks of one rendered overlay that no schema can make: what one object names, another
+// in the same render must provide. Every check starts from an object present and checks what it
+// refers to, so a file holding a single object raises nothing about the objects it lacks.
+//  - the router's --prefill-dns / --decode-dns names are headless Services with that port, selecting
+//    the pods of the matching worker Deployment;
+//  - every Deployment: startup, readiness and liveness probes are gRPC probes on a declared container
+//    port; the ports follow the ports contract (docs/operations.md); --metrics-listen's port is the
+//    `metrics` container port and the prometheus.io/port annotation; the termination grace period
+//    outlasts the router's --drain-grace; ConfigMaps read through envFrom exist;
+//  - Services, PodDisruptionBudgets and ServiceMonitors select pods or Services that exist, and a
+//    ServiceMonitor's port names are ports of the Services it selects;
+//  - each HorizontalPodAutoscaler scales a Deployment of the render, on Pods metrics that a Prometheus
+//    adapter rule of the render serves.
+import YAML from "yaml";
+
+// The ports contract, per component label.
+const PORTS = {
+  router: { grpc: 50051, metrics: 9400 },
+  "prefill-worker": { grpc: 50052, metrics: 9401 },
+  "decode-worker": { grpc: 50053, handoff: 50054, metrics: 9402 },
+};
+
+const ofKind = (objects, kind) => objects.filter((o) => o.kind === kind);
+const name = (o) => o.metadata?.name;
+const podLabels = (d) => d.spec?.template?.metadata?.labels ?? {};
+const selects = (selector, labels) =>
+  selector !== undefined && Object.entries(selector).every(([k, v]) => labels[k] === v);
+const matchLabels = (selector) => selector?.matchLabels ?? {};
+
+// `--flag=value` and `--flag value` arguments of a container.
+function flagValues(container, flag) {
+  const args = [...(container.command ?? []), ...(container.args ?? [])];
+  const values = [];
+  args.forEach((a, i) => {
+    if (a.startsWith(`--${flag}=`)) values.push(a.slice(flag.length + 3));
+    else if (a === `--${flag}` && i + 1 < args.length) values.push(args[i + 1]);
+  });
+  return values.flatMap((v) => v.split(","));
+}
+
+// Whether a prometheus-adapter rule serves the custom metric `candidate`.
+function adapterServes(rule, candidate) {
+  const query = rule.seriesQuery ?? "";
+  const regex = /__name__=~"([^"]+)"/.exec(query);
+  const plain = /^\s*([a-zA-Z_:][a-zA-Z0-9_:]*)/.exec(query);
+  const seriesNames = regex ? [] : plain ? [plain[1]] : [];
+  const matches = new RegExp(rule.name?.matches ?? "^(.*)$");
+  const rename = (series) => series.replace(matches, (rule.name?.as ?? "$1").replace(/\$\{(\d+)\}/g, "$$$1"));
+  if (regex) {
+    // The series the regex covers are unknown until scraped: a candidate is served when some series
+    // the regex matches would be renamed to it; with the identity rename that is the candidate itself.
+    return new RegExp(`^(?:${regex[1]})$`).test(candidate) && rename(candidate) === candidate;
+  }
+  return seriesNames.some((s) => matches.test(s) && rename(s) === candidate);
+}
+
+export function checkConventions(objects) {
+  const problems = [];
+  const where = (o) => `${o.kind} ${name(o)}`;
+  const deployments = ofKind(objects, "Deployment");
+  const services = ofKind(objects, "Service");
+  const configMaps = ofKind(objects, "ConfigMap");
+
+  for (const d of deployments) {
+    const spec = d.spec?.template?.spec ?? {};
+    const component = podLabels(d)["app.kubernetes.io/component"];
+    for (const c of spec.containers ?? []) {
+      const ports = Object.fromEntries((c.ports ?? []).map((p) => [p.name, p.containerPort]));
+      const declared = new Set((c.ports ?? []).flatMap((p) => [p.name, p.containerPort]));
+      for (const probe of ["startupProbe", "readinessProbe", "livenessProbe"]) {
+        const port = c[probe]?.grpc?.port;
+        if (port === undefined) problems.push(`${where(d)}: container ${c.name} has no gRPC ${probe}`);
+        else if (!declared.has(port)) problems.push(`${where(d)}: ${probe} on port ${port}, which the container does not declare`);
+      }
+      if (component in PORTS) {
+        for (const [portName, number] of Object.entries(PORTS[component])) {
+          if (ports[portName] !== number) {
+            problems.push(`${where(d)}: port ${portName} is ${ports[portName]}, the ports contract says ${number}`);
+          }
+        }
+      }
+      for (const listen of flagValues(c, "metrics-listen")) {
+        const port = Number(listen.slice(listen.lastIndexOf(":") + 1));
+        const annotation = Number(d.spec?.template?.metadata?.annotations?.["prometheus.io/port"]);
+        if (port !== ports.metrics) problems.push(`${where(d)}: --metrics-listen port ${port} is not the metrics port ${ports.metrics}`);
+        if (annotation !== port) problems.push(`${where(d)}: prometheus.io/port ${annotation} is not --metrics-listen's port ${port}`);
+      }
+      for (const grace of flagValues(c, "drain-grace")) {
+        if (!((spec.terminationGracePeriodSeconds ?? 30) > Number(grace))) {
+          problems.push(`${where(d)}: terminationGracePeriodSeconds must outlast --drain-grace ${grace}`);
+        }
+      }
+      for (const ref of (c.envFrom ?? []).map((e) => e.configMapRef?.name).filter(Boolean)) {
+        if (!configMaps.some((m) => name(m) === ref)) problems.push(`${where(d)}: envFrom names ConfigMap ${ref}, which the render lacks`);
+      }
+      for (const [flag, workerComponent] of [["prefill-dns", "prefill-worker"], ["decode-dns", "decode-worker"]]) {
+        for (const target of flagValues(c, flag)) {
+          const host = target.slice(0, target.lastIndexOf(":"));
+          const port = Number(target.slice(target.lastIndexOf(":") + 1));
+          const service = services.find((s) => name(s) === host.split(".")[0]);
+          if (service === undefined) {
+            problems.push(`${where(d)}: --${flag} ${target} names no Service of the render`);
+            continue;
+          }
+          if (service.spec?.clusterIP !== "None") {
+            problems.push(`${where(d)}: --${flag} ${target} names Service ${name(service)}, which is not headless (its DNS name would resolve to one virtual IP, not the pods)`);
+          }
+          if (!(service.spec?.ports ?? []).some((p) => p.port === port)) {
+            problems.push(`${where(d)}: --${flag} ${target}: Service ${name(service)} has no port ${port}`);
+          }
+          const workers = deployments.filter((w) => podLabels(w)["app.kubernetes.io/component"] === workerComponent);
+          if (!workers.some((w) => selects(service.spec?.selector, podLabels(w)))) {
+            problems.push(`${where(d)}: --${flag} ${target}: Service ${name(service)} selects no ${workerComponent} pods`);
+          }
+        }
+      }
+    }
+  }
+
+  const selectsSomePods = (selector) => deployments.some((d) => selects(selector, podLabels(d)));
+  for (const s of services) {
+    if (!selectsSomePods(s.spec?.selector)) problems.push(`${where(s)}: its selector matches no Deployment's pods`);
+  }
+  for (const p of ofKind(objects, "PodDisruptionBudget")) {
+    if (!selectsSomePods(matchLabels(p.spec?.selector))) problems.push(`${where(p)}: its selector matches no Deployment's pods`);
+  }
+  for (const m of ofKind(objects, "ServiceMonitor")) {
+    const expressions = m.spec?.selector?.matchExpressions ?? [];
+    const selected = services.filter(
+      (s) =>
+        selects(matchLabels(m.spec?.selector), s.metadata?.labels ?? {}) &&
+        expressions.every((e) => e.operator === "In" && e.values.includes(s.metadata?.labels?.[e.key])),
+    );
+    if (selected.length === 0) problems.push(`${where(m)}: selects no Service`);
+    for (const endpoint of m.spec?.endpoints ?? []) {
+      for (const s of selected) {
+        if (!(s.spec?.ports ?? []).some((p) => p.name === endpoint.port)) {
+          problems.push(`${where(m)}: Service ${name(s)} has no port named ${endpoint.port}`);
+        }
+      }
+    }
+  }
+  const adapterRules = configMaps.flatMap((m) =>
+    Object.values(m.data ?? {}).flatMap((text) => {
+      try {
+        return YAML.parse(text)?.rules ?? [];
+      } catch {
+        return [];
+      }
+    }),
+  );
+  for (const h of ofKind(objects, "HorizontalPodAutoscaler")) {
+    const target = h.spec?.scaleTargetRef;
+    if (target?.kind === "Deployment" && !deployments.some((d) => name(d) === target.name)) {
+      problems.push(`${where(h)}: scales Deployment ${target.name}, which the render lacks`);
+    }
+    for (const metric of (h.spec?.metrics ?? []).filter((m) => m.type === "Pods")) {
+      const metricName = metric.pods?.metric?.name;
+      if (!adapterRules.some((rule) => adapterServes(rule, metricName))) {
+        problems.push(`${where(h)}: no Prometheus adapter rule of the render serves the Pods metric ${metricName}`);
+      }
+    }
+  }
+  return problems;
+}
