@@ -13,12 +13,13 @@ const char kDecodeWorkerFlagsUsage[] =
     "  --router HOST:PORT        register with this router and send heartbeats\n"
     "  --heartbeat-ms N          heartbeat interval until the router names one (default 1000)\n"
     "  --handoff-timeout-ms N    drop an admitted request whose handoff has not completed (default 600000)\n"
-    "  --tcp-io-timeout-ms N     TCP data plane: longest wait on one read or write (default 60000)\n";
+    "  --tcp-io-timeout-ms N     TCP data plane: longest wait on one read or write (default 60000)\n"
+    "  --metrics-listen HOST:PORT  serve Prometheus metrics at GET /metrics there (default off)\n";
 
 std::set<std::string> DecodeWorkerFlagNames() {
   std::set<std::string> names = cli::EngineFlagNames();
   names.insert({"listen", "tcp-listen", "advertise", "worker-id", "router", "heartbeat-ms", "handoff-timeout-ms",
-                "tcp-io-timeout-ms"});
+                "tcp-io-timeout-ms", "metrics-listen"});
   return names;
 }
 
@@ -44,6 +45,7 @@ absl::StatusOr<DecodeWorkerOptions> DecodeWorkerOptionsFromArgs(const cli::Args&
   o.advertise_address = args.Get("advertise").value_or("");
   o.worker_id = args.Get("worker-id").value_or("");
   o.router_address = args.Get("router").value_or("");
+  o.metrics_listen_address = args.Get("metrics-listen").value_or("");
   RETURN_IF_ERROR(MillisecondsFlag(args, "heartbeat-ms", o.heartbeat_interval));
   RETURN_IF_ERROR(MillisecondsFlag(args, "handoff-timeout-ms", o.handoff_timeout));
   RETURN_IF_ERROR(MillisecondsFlag(args, "tcp-io-timeout-ms", o.tcp_io_timeout));
