@@ -5,7 +5,7 @@
    grid positions, the datasource variable on every query).
 2. A local cluster runs the bundled model with every layer Full; under load, each worker's /metrics
    shows indexer runs and no skips, no index-key bytes saved, and an estimated speedup of 1.
-3. A second cluster runs the 1/4 pattern (--index-freq 4); its counters must obey the pattern exactly:
+3. A second cluster runs the 1/4 pattern (--index-freq 4) over the TCP handoff; its counters must obey the pattern exactly:
    skips / runs = Shared / Full layers (every token passes every layer), index-key bytes not stored =
    skips x index_head_dim x 4, bytes not sent = index-key bytes sent x Shared / Full.
 4. A real Prometheus (/usr/bin/prometheus, loopback, 1 s scrapes) scrapes that cluster under load, then
@@ -203,16 +203,17 @@ def check_dashboard_structure(path):
     return board["uid"], queries
 
 
-def check_counters(cluster, full, shared, index_head_dim):
-    """The IndexCache counters of both workers against the pattern's layer counts."""
+def check_counters(cluster, transport, full, shared, index_head_dim):
+    """The IndexCache counters of both workers against the pattern's layer counts; the handoff bytes
+    under the transport the cluster used."""
     for role in ("prefill", "decode"):
         s = scrape(cluster.metrics[f"{role}-0"])
         runs = value(s, "indexcache_indexer_runs_total", role=role)
         skips = value(s, "indexcache_indexer_skips_total", role=role)
         not_stored = value(s, "indexcache_index_key_bytes_not_stored_total", role=role)
         not_sent = value(s, "indexcache_index_key_bytes_not_sent_total", role=role)
-        keys_moved = value(s, "indexcache_handoff_bytes_total", role=role, payload="index_keys")
-        kv_moved = value(s, "indexcache_handoff_bytes_total", role=role, payload="kv")
+        keys_moved = value(s, "indexcache_handoff_bytes_total", role=role, payload="index_keys", transport=transport)
+        kv_moved = value(s, "indexcache_handoff_bytes_total", role=role, payload="kv", transport=transport)
         speedup = value(s, "indexcache_estimated_speedup_vs_all_full", role=role)
         forward = value(s, "indexcache_forward_seconds_total", role=role)
         indexer = value(s, "indexcache_indexer_seconds_total", role=role)
@@ -318,18 +319,20 @@ def main():
             full = Cluster(args.indexcache, args.model, ["--index-pattern", "F" * layers], work, "cluster-all-full")
             processes.append(full)
             full.load(args.indexcache, 4)
-            check_counters(full, layers, 0, index_head_dim)
+            check_counters(full, "grpc", layers, 0, index_head_dim)
             full.stop(30)
 
             print("1/4 cluster (--index-freq 4)")
-            quarter = Cluster(args.indexcache, args.model, ["--index-freq", "4"], work, "cluster-freq4")
+            # The TCP data plane here, gRPC above: both transports' metering runs.
+            quarter = Cluster(args.indexcache, args.model, ["--index-freq", "4", "--transport", "tcp"], work,
+                              "cluster-freq4")
             processes.append(quarter)
             server, base = start_prometheus(args.prometheus, quarter, work)
             processes.append(server)
             quarter.load(args.indexcache, 6)
             # transformers' rule: layer i is Full iff max(i - offset + 1, 0) % freq == 0.
             shared = sum(1 for i in range(layers) if max(i - config.get("index_skip_topk_offset", 2) + 1, 0) % 4)
-            check_counters(quarter, layers - shared, shared, index_head_dim)
+            check_counters(quarter, "tcp", layers - shared, shared, index_head_dim)
             wait_for_scrapes(base, 6)
 
             failed = []
