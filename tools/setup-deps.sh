@@ -13,6 +13,7 @@ packages=(
   libboost-dev libboost-system-dev
   libgtest-dev libgmock-dev libopenblas-openmp-dev
   python3 python3-numpy python3-grpcio python3-protobuf
+  prometheus
 )
 
 sudo_cmd=()

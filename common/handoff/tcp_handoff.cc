@@ -6,7 +6,6 @@
 #include <optional>
 #include <thread>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "boost/asio/executor_work_guard.hpp"
@@ -25,21 +24,6 @@ using boost::system::error_code;
 absl::StatusOr<bool> ReadTcpChunk(FramedConnection& connection, v1::HandoffChunk& chunk);
 
 }  // namespace
-
-absl::StatusOr<HostPort> SplitHostPort(const std::string& address) {
-  const size_t colon = address.rfind(':');
-  uint32_t port = 0;
-  if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port) || port > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat("'", address, "' is not an ip:port address"));
-  }
-  HostPort result;
-  result.host = address.substr(0, colon);
-  if (result.host.size() >= 2 && result.host.front() == '[' && result.host.back() == ']') {
-    result.host = result.host.substr(1, result.host.size() - 2);
-  }
-  result.port = static_cast<uint16_t>(port);
-  return result;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Server

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/handoff/handoff_transport.h"
+#include "common/util/host_port.h"
 
 namespace indexcache {
 
@@ -86,12 +87,5 @@ class TcpHandoffSender final : public HandoffSender {
   absl::Status outcome_;  // the first failure or rejection; later calls return it
   HandoffByteCounts bytes_;
 };
-
-struct HostPort {
-  std::string host;
-  uint16_t port = 0;
-};
-// Splits "ip:port" (IPv6 in brackets: "[::1]:port").
-absl::StatusOr<HostPort> SplitHostPort(const std::string& address);
 
 }  // namespace indexcache

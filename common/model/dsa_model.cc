@@ -1,6 +1,7 @@
 #include "common/model/dsa_model.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "absl/strings/str_format.h"
@@ -224,8 +225,17 @@ absl::Status DsaModel::Validate(const ForwardBatch& b, const PagedKvCache& cache
   return absl::OkStatus();
 }
 
-absl::StatusOr<ForwardResult> DsaModel::Forward(const ForwardBatch& b, PagedKvCache& cache) {
-  RETURN_IF_ERROR(Validate(b, cache));
+absl::StatusOr<ForwardResult> DsaModel::Forward(const ForwardBatch& batch, PagedKvCache& cache) {
+  RETURN_IF_ERROR(Validate(batch, cache));
+  // The whole pass up to the logits' download (where any backend has finished): the denominator of
+  // the IndexCache speedup estimate.
+  const auto started = std::chrono::steady_clock::now();
+  absl::StatusOr<ForwardResult> result = RunForward(batch, cache);
+  stats_.forward_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  return result;
+}
+
+absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedKvCache& cache) {
   const ModelConfig& c = config_;
   Backend& be = *backend_;
   const int64_t n = static_cast<int64_t>(b.token_ids.size());

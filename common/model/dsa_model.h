@@ -91,6 +91,8 @@ class DsaModel {
  private:
   DsaModel(ModelConfig config, Backend* backend) : config_(std::move(config)), backend_(backend), workspace_(backend) {}
   absl::Status Validate(const ForwardBatch& batch, const PagedKvCache& cache) const;
+  // Forward after validation, untimed.
+  absl::StatusOr<ForwardResult> RunForward(const ForwardBatch& batch, PagedKvCache& cache);
 
   ModelConfig config_;
   Backend* backend_;

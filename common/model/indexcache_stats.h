@@ -12,6 +12,7 @@ struct IndexCacheStats {
   double indexer_flops = 0.0;    // projections + scores of the runs, counted analytically
   double indexer_seconds = 0.0;  // measured by the backend
   uint64_t index_key_bytes_not_stored = 0;  // Shared layers' index keys that were never written
+  double forward_seconds = 0.0;  // whole forward passes, wall clock (the speedup estimate's denominator)
 
   IndexCacheStats& operator+=(const IndexCacheStats& other) {
     indexer_runs += other.indexer_runs;
@@ -19,6 +20,7 @@ struct IndexCacheStats {
     indexer_flops += other.indexer_flops;
     indexer_seconds += other.indexer_seconds;
     index_key_bytes_not_stored += other.index_key_bytes_not_stored;
+    forward_seconds += other.forward_seconds;
     return *this;
   }
 };

@@ -1,7 +1,8 @@
 // The command line both workers share (`indexcache prefill-worker|decode-worker` and the standalone
 // binaries): parse the flags, block the stop signals before any thread starts, create and start the
 // worker, print "listening ADDR" (the line `cluster up` waits for) and any extra address lines, then
-// drain on SIGINT/SIGTERM and exit 0.
+// drain on SIGINT/SIGTERM and exit 0. With a metrics endpoint, "metrics ADDR" comes just before
+// "listening", so that `cluster up` reads both before it stops reading the child's stdout.
 #pragma once
 
 #include <cstdio>
@@ -41,6 +42,9 @@ int RunWorkerCommand(const char* program, const std::vector<std::string>& argv, 
   if (!worker.ok()) return fail(worker.status());
   absl::StatusOr<std::string> address = (*worker)->Start();
   if (!address.ok()) return fail(address.status());
+  if (const std::string metrics = (*worker)->metrics_address(); !metrics.empty()) {
+    std::printf("metrics %s\n", metrics.c_str());
+  }
   std::printf("listening %s\n", address->c_str());
   if (extra_lines != nullptr) std::fputs(extra_lines(**worker).c_str(), stdout);
   std::fflush(stdout);

@@ -62,10 +62,12 @@ class DecodeService::InFlight {
   DecodeService& service_;
 };
 
-DecodeService::DecodeService(EngineLoop& loop, HandoffImporter& importer, const DecodeServiceOptions& options)
+DecodeService::DecodeService(EngineLoop& loop, HandoffImporter& importer, const DecodeServiceOptions& options,
+                             WorkerMetrics& metrics)
     : loop_(loop),
       importer_(importer),
       options_(options),
+      metrics_(metrics),
       pattern_(FormatIndexPattern(loop.engine().config().indexer_types)) {}
 
 absl::StatusOr<RequestId> DecodeService::Admit(grpc::ServerContext* context, const v1::DecodeRequest& request,
@@ -265,6 +267,7 @@ v1::WorkerLoad DecodeService::Load() {
   const Snapshot snapshot = loop_.Call([](Engine& engine) {
     return Snapshot{engine.cache().num_free_blocks(), engine.cache().num_blocks(), engine.TakeStats()};
   });
+  metrics_.AddEngineStats(snapshot.stats);
   v1::WorkerLoad load;
   if (ready_.load(std::memory_order_acquire)) load.set_worker_id(worker_id_);
   load.set_role(v1::DECODE);
@@ -281,6 +284,7 @@ v1::WorkerLoad DecodeService::Load() {
     load.set_index_key_bytes_not_stored(stats_.index_key_bytes_not_stored);
   }
   load.set_handoffs_rejected(importer_.rejected());
+  metrics_.SetLoad(load);
   return load;
 }
 

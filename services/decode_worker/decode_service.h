@@ -15,6 +15,7 @@
 #include "common/engine/engine_loop.h"
 #include "common/model/indexcache_stats.h"
 #include "indexcache/v1/internal.grpc.pb.h"
+#include "services/common/worker_metrics.h"
 #include "services/decode_worker/handoff_importer.h"
 
 namespace indexcache {
@@ -31,7 +32,9 @@ struct DecodeServiceOptions {
 
 class DecodeService final : public ::indexcache::v1::DecodeWorker::Service {
  public:
-  DecodeService(EngineLoop& loop, HandoffImporter& importer, const DecodeServiceOptions& options);
+  // Every Load updates `metrics` (KV blocks, queues, the engine's IndexCache counters).
+  DecodeService(EngineLoop& loop, HandoffImporter& importer, const DecodeServiceOptions& options,
+                WorkerMetrics& metrics);
 
   grpc::Status Decode(grpc::ServerContext* context, const ::indexcache::v1::DecodeRequest* request,
                       grpc::ServerWriter<::indexcache::v1::DecodeResponse>* writer) override;
@@ -64,6 +67,7 @@ class DecodeService final : public ::indexcache::v1::DecodeWorker::Service {
   EngineLoop& loop_;
   HandoffImporter& importer_;
   const DecodeServiceOptions options_;
+  WorkerMetrics& metrics_;
   std::string pattern_;
   std::string worker_id_;             // written once before ready_
   std::string grpc_handoff_address_;  // written once before ready_

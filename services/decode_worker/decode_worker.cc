@@ -1,6 +1,8 @@
 #include "services/decode_worker/decode_worker.h"
 
+#include <algorithm>
 #include <utility>
+#include <vector>
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -10,11 +12,13 @@
 #include "common/handoff/grpc_handoff.h"
 #include "common/handoff/nccl_handoff.h"
 #include "common/handoff/tcp_handoff.h"
+#include "common/metrics/metrics_server.h"
 #include "common/model/model_config.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
 #include "services/decode_worker/decode_service.h"
 #include "services/decode_worker/handoff_importer.h"
+#include "services/decode_worker/metered_handoff_sink.h"
 #include "services/common/router_registration.h"
 
 namespace indexcache {
@@ -53,9 +57,16 @@ absl::StatusOr<std::unique_ptr<DecodeWorker>> DecodeWorker::Create(const DecodeW
   }
   std::unique_ptr<DecodeWorker> worker(new DecodeWorker(options));
   ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(options.engine));
+  const std::vector<IndexerType>& pattern = engine->config().indexer_types;
+  const auto full = static_cast<int32_t>(std::count(pattern.begin(), pattern.end(), IndexerType::kFull));
+  worker->metrics_ = std::make_unique<WorkerMetrics>(v1::DECODE, full, static_cast<int32_t>(pattern.size()) - full);
   worker->loop_ = std::make_unique<EngineLoop>(std::move(engine));
   worker->importer_ = std::make_unique<HandoffImporter>(*worker->loop_);
-  worker->handoff_service_ = std::make_unique<KvHandoffService>(worker->importer_.get());
+  worker->grpc_sink_ =
+      std::make_unique<MeteredHandoffSink>(*worker->importer_, *worker->metrics_, v1::HANDOFF_TRANSPORT_GRPC);
+  worker->tcp_sink_ =
+      std::make_unique<MeteredHandoffSink>(*worker->importer_, *worker->metrics_, v1::HANDOFF_TRANSPORT_TCP);
+  worker->handoff_service_ = std::make_unique<KvHandoffService>(worker->grpc_sink_.get());
   return worker;
 }
 
@@ -72,7 +83,7 @@ absl::StatusOr<std::string> DecodeWorker::Start() {
   if (started_) return absl::FailedPreconditionError("the decode worker is already started");
   if (!options_.tcp_listen_address.empty()) {
     ASSIGN_OR_RETURN(HostPort tcp, SplitHostPort(options_.tcp_listen_address));
-    ASSIGN_OR_RETURN(tcp_server_, TcpHandoffServer::Start(tcp.host, tcp.port, importer_.get(),
+    ASSIGN_OR_RETURN(tcp_server_, TcpHandoffServer::Start(tcp.host, tcp.port, tcp_sink_.get(),
                                                           {.io_timeout = options_.tcp_io_timeout}));
     tcp_address_ = tcp_server_->address();
   }
@@ -97,12 +108,23 @@ absl::StatusOr<std::string> DecodeWorker::Start() {
   service_options.tcp_handoff_address = tcp_address_;
   service_options.nccl_handoff_address = nccl_address_;
   service_options.handoff_timeout = options_.handoff_timeout;
-  service_ = std::make_unique<DecodeService>(*loop_, *importer_, service_options);
+  service_ = std::make_unique<DecodeService>(*loop_, *importer_, service_options, *metrics_);
+  if (!options_.metrics_listen_address.empty()) {
+    // Every scrape reads the load first, which brings the engine's counters up to date.
+    absl::StatusOr<std::unique_ptr<MetricsServer>> metrics = MetricsServer::Start(
+        options_.metrics_listen_address, metrics_->registry(), [service = service_.get()] { service->Load(); });
+    if (!metrics.ok()) {
+      if (tcp_server_ != nullptr) tcp_server_->Shutdown();
+      return metrics.status();
+    }
+    metrics_server_ = *std::move(metrics);
+  }
   builder.RegisterService(service_.get());
   builder.RegisterService(handoff_service_.get());
   server_ = builder.BuildAndStart();
   if (server_ == nullptr || port == 0) {
     server_.reset();
+    metrics_server_.reset();
     if (tcp_server_ != nullptr) tcp_server_->Shutdown();
     if (nccl_server_ != nullptr) nccl_server_->Shutdown();
     return absl::UnavailableError(absl::StrCat("decode worker cannot listen on ", options_.listen_address));
@@ -153,6 +175,10 @@ void DecodeWorker::Stop(absl::Duration grace) {
   if (tcp_server_ != nullptr) tcp_server_->Shutdown();
   if (nccl_server_ != nullptr) nccl_server_->Shutdown();
   stopped_ = true;
+}
+
+std::string DecodeWorker::metrics_address() const {
+  return metrics_server_ != nullptr ? metrics_server_->address() : std::string();
 }
 
 void DecodeWorker::Wait() {

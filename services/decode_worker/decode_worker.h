@@ -1,7 +1,8 @@
 // The decode worker: an Engine on its own EngineLoop behind a gRPC server serving DecodeWorker,
 // KvHandoff (the gRPC handoff transport) and grpc.health.v1 (SERVING once started, NOT_SERVING while
 // draining), plus the TCP handoff data plane; both transports feed one HandoffImporter. When a router
-// is named it registers and heartbeats its load. Lifecycle: Create (loads the model) → Start (binds,
+// is named it registers and heartbeats its load; with a metrics address it serves Prometheus metrics
+// at GET /metrics. Lifecycle: Create (loads the model) → Start (binds,
 // serves, registers) → Drain on SIGTERM (the caller wires signals) → Wait.
 #pragma once
 
@@ -25,8 +26,11 @@ class EngineLoop;
 class HandoffImporter;
 class KvHandoffService;
 class NcclHandoffServer;
+class MeteredHandoffSink;
+class MetricsServer;
 class RouterRegistration;
 class TcpHandoffServer;
+class WorkerMetrics;
 
 struct DecodeWorkerOptions {
   EngineOptions engine;
@@ -47,6 +51,7 @@ struct DecodeWorkerOptions {
   // The NCCL handoff: this worker's GPU (a CUDA ordinal; -1: no NCCL handoff) and its control endpoint.
   int nccl_gpu = -1;
   std::string nccl_listen_address = "127.0.0.1:0";
+  std::string metrics_listen_address;  // "host:port" of GET /metrics; empty: not served
 };
 
 class DecodeWorker {
@@ -73,6 +78,8 @@ class DecodeWorker {
   // The NCCL handoff's control endpoint "ip:port" (empty when off).
   const std::string& nccl_address() const { return nccl_address_; }
   const std::string& worker_id() const { return worker_id_; }
+  // Where /metrics is served ("host:port"); empty when off or before Start.
+  std::string metrics_address() const;
   // What GetLoad answers (the router's view of this worker); empty before Start.
   ::indexcache::v1::WorkerLoad Load();
 
@@ -86,15 +93,20 @@ class DecodeWorker {
   std::string tcp_address_;
   std::string nccl_address_;
   std::string worker_id_;
-  // Destroyed in reverse: registration, servers, services, importer, then the engine loop they use.
+  // Destroyed in reverse: the metrics endpoint (it reads the service), registration, servers,
+  // services, the metered sinks, importer, metrics, then the engine loop they use.
   std::unique_ptr<EngineLoop> loop_;
+  std::unique_ptr<WorkerMetrics> metrics_;
   std::unique_ptr<HandoffImporter> importer_;
+  std::unique_ptr<MeteredHandoffSink> grpc_sink_;  // the importer, as each transport feeds it
+  std::unique_ptr<MeteredHandoffSink> tcp_sink_;
   std::unique_ptr<KvHandoffService> handoff_service_;
   std::unique_ptr<DecodeService> service_;
   std::unique_ptr<TcpHandoffServer> tcp_server_;
   std::unique_ptr<NcclHandoffServer> nccl_server_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<RouterRegistration> registration_;
+  std::unique_ptr<MetricsServer> metrics_server_;
 
   std::mutex mu_;         // serializes Start, Drain and Stop
   bool started_ = false;  // guarded by mu_

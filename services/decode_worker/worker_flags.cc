@@ -16,12 +16,13 @@ const char kDecodeWorkerFlagsUsage[] =
     "  --tcp-io-timeout-ms N     TCP data plane and NCCL handoff: longest wait on one read, write or GPU\n"
     "                            transfer (default 60000)\n"
     "  --nccl-gpu N              serve NCCL handoffs on CUDA GPU N (default: no NCCL handoff)\n"
-    "  --nccl-listen IP:PORT     the NCCL handoff's control endpoint (default 127.0.0.1:0)\n";
+    "  --nccl-listen IP:PORT     the NCCL handoff's control endpoint (default 127.0.0.1:0)\n"
+    "  --metrics-listen HOST:PORT  serve Prometheus metrics at GET /metrics there (default off)\n";
 
 std::set<std::string> DecodeWorkerFlagNames() {
   std::set<std::string> names = cli::EngineFlagNames();
   names.insert({"listen", "tcp-listen", "advertise", "worker-id", "router", "heartbeat-ms", "handoff-timeout-ms",
-                "tcp-io-timeout-ms", "nccl-gpu", "nccl-listen"});
+                "tcp-io-timeout-ms", "nccl-gpu", "nccl-listen", "metrics-listen"});
   return names;
 }
 
@@ -47,6 +48,7 @@ absl::StatusOr<DecodeWorkerOptions> DecodeWorkerOptionsFromArgs(const cli::Args&
   o.advertise_address = args.Get("advertise").value_or("");
   o.worker_id = args.Get("worker-id").value_or("");
   o.router_address = args.Get("router").value_or("");
+  o.metrics_listen_address = args.Get("metrics-listen").value_or("");
   RETURN_IF_ERROR(MillisecondsFlag(args, "heartbeat-ms", o.heartbeat_interval));
   RETURN_IF_ERROR(MillisecondsFlag(args, "handoff-timeout-ms", o.handoff_timeout));
   RETURN_IF_ERROR(MillisecondsFlag(args, "tcp-io-timeout-ms", o.tcp_io_timeout));

@@ -110,6 +110,8 @@ PrefillJob::~PrefillJob() = default;
 
 bool PrefillJob::handoff_rejected() const { return transport_failed_ && control_.stopped().ok(); }
 
+HandoffByteCounts PrefillJob::bytes() const { return sender_ != nullptr ? sender_->bytes() : HandoffByteCounts{}; }
+
 absl::StatusOr<v1::PrefillResponse> PrefillJob::Run(const v1::PrefillRequest& request, const SamplingParams& params) {
   request_id_ = request.request_id();
   RETURN_IF_ERROR(Submit(request, params));

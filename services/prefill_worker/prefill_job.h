@@ -74,6 +74,8 @@ class PrefillJob {
 
   // After Run failed: the decode worker refused the handoff or the transfer broke (not a stop).
   bool handoff_rejected() const;
+  // What the handoff put on the wire so far (all of it after Run; nothing before it connected).
+  HandoffByteCounts bytes() const;
 
  private:
   struct SinkState;

@@ -18,8 +18,8 @@ constexpr auto kWatchPeriod = std::chrono::milliseconds(20);
 
 }  // namespace
 
-PrefillService::PrefillService(EngineLoop& loop, const PrefillServiceOptions& options)
-    : loop_(loop), options_(options) {
+PrefillService::PrefillService(EngineLoop& loop, const PrefillServiceOptions& options, WorkerMetrics& metrics)
+    : loop_(loop), options_(options), metrics_(metrics) {
   watchdog_ = std::thread([this] { Watch(); });
 }
 
@@ -77,6 +77,13 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const v1::Pre
   PrefillJob job(loop_, options_.job, (*entry)->control);
   absl::StatusOr<v1::PrefillResponse> result = job.Run(*request, SamplingParamsFromProto(request->sampling()));
   Finish(request->request_id(), job.handoff_rejected());
+  const HandoffByteCounts bytes = job.bytes();
+  metrics_.AddHandoffBytes(request->transport(), bytes);
+  if (job.handoff_rejected()) metrics_.CountHandoffFailure(request->transport(), result.status());
+  if (result.ok()) {
+    metrics_.ObserveHandoff(request->transport(), absl::Seconds(result->handoff_seconds()),
+                            bytes.latent_bytes + bytes.index_key_bytes + bytes.metadata_bytes);
+  }
   if (!result.ok()) {
     IC_LOG(Info) << "prefill " << request->request_id() << " failed: " << result.status();
     return ToGrpcStatus(result.status());
@@ -109,15 +116,19 @@ v1::WorkerLoad PrefillService::Load() {
   struct EngineLoad {
     int32_t free_blocks;
     int32_t total_blocks;
+    int32_t sequences;
     IndexCacheStats stats;
   };
   const EngineLoad engine = loop_.Call([](Engine& e) {
-    return EngineLoad{e.cache().num_free_blocks(), e.cache().num_blocks(), e.TakeStats()};
+    return EngineLoad{e.cache().num_free_blocks(), e.cache().num_blocks(), static_cast<int32_t>(e.num_requests()),
+                      e.TakeStats()};
   });
+  metrics_.AddEngineStats(engine.stats);
   v1::WorkerLoad load;
   load.set_role(v1::PREFILL);
   load.set_free_kv_blocks(engine.free_blocks);
   load.set_total_kv_blocks(engine.total_blocks);
+  load.set_running_sequences(engine.sequences);
   std::lock_guard<std::mutex> lock(mu_);
   load.set_worker_id(worker_id_);
   stats_ += engine.stats;
@@ -128,6 +139,7 @@ v1::WorkerLoad PrefillService::Load() {
   load.set_indexer_skips(stats_.indexer_skips);
   load.set_index_key_bytes_not_stored(stats_.index_key_bytes_not_stored);
   load.set_handoffs_rejected(handoffs_rejected_);
+  metrics_.SetLoad(load);
   return load;
 }
 

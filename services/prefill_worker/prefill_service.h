@@ -15,6 +15,7 @@
 #include "common/engine/engine_loop.h"
 #include "common/model/indexcache_stats.h"
 #include "indexcache/v1/internal.grpc.pb.h"
+#include "services/common/worker_metrics.h"
 #include "services/prefill_worker/prefill_job.h"
 
 namespace indexcache {
@@ -28,7 +29,8 @@ struct PrefillServiceOptions {
 
 class PrefillService final : public ::indexcache::v1::PrefillWorker::Service {
  public:
-  PrefillService(EngineLoop& loop, const PrefillServiceOptions& options);
+  // `metrics` receives the handoffs' bytes, latencies and failures, and what every Load reads.
+  PrefillService(EngineLoop& loop, const PrefillServiceOptions& options, WorkerMetrics& metrics);
   // Stops the watchdog. Every Prefill call must have returned (the server is shut down).
   ~PrefillService() override;
 
@@ -41,7 +43,8 @@ class PrefillService final : public ::indexcache::v1::PrefillWorker::Service {
 
   // Named in WorkerLoad; set once the bound address is known, before the first call.
   void set_worker_id(const std::string& id);
-  // What GetLoad answers (also sent with heartbeats). IndexCache counters accumulate since start.
+  // What GetLoad answers (also sent with heartbeats, and read for every metrics scrape, which then
+  // shows the engine's counters up to now). IndexCache counters accumulate since start.
   ::indexcache::v1::WorkerLoad Load();
   // From now on Prefill answers UNAVAILABLE; calls in flight go on.
   void StartDraining();
@@ -67,6 +70,7 @@ class PrefillService final : public ::indexcache::v1::PrefillWorker::Service {
 
   EngineLoop& loop_;
   const PrefillServiceOptions options_;
+  WorkerMetrics& metrics_;
 
   std::mutex mu_;
   std::string worker_id_;             // guarded by mu_

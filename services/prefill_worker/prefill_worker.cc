@@ -1,6 +1,8 @@
 #include "services/prefill_worker/prefill_worker.h"
 
+#include <algorithm>
 #include <utility>
+#include <vector>
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -8,11 +10,13 @@
 #include "absl/strings/str_cat.h"
 #include "common/engine/engine_loop.h"
 #include "common/handoff/nccl_handoff.h"
+#include "common/metrics/metrics_server.h"
 #include "common/model/model_config.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
 #include "services/prefill_worker/prefill_service.h"
 #include "services/common/router_registration.h"
+#include "services/common/worker_metrics.h"
 
 namespace indexcache {
 namespace {
@@ -54,6 +58,9 @@ absl::StatusOr<std::unique_ptr<PrefillWorker>> PrefillWorker::Create(const Prefi
   }
   std::unique_ptr<PrefillWorker> worker(new PrefillWorker(options));
   ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(options.engine));
+  const std::vector<IndexerType>& pattern = engine->config().indexer_types;
+  const auto full = static_cast<int32_t>(std::count(pattern.begin(), pattern.end(), IndexerType::kFull));
+  worker->metrics_ = std::make_unique<WorkerMetrics>(v1::PREFILL, full, static_cast<int32_t>(pattern.size()) - full);
   worker->loop_ = std::make_unique<EngineLoop>(std::move(engine));
   PrefillServiceOptions service;
   service.max_queued_prompt_tokens = options.max_queued_prompt_tokens;
@@ -63,7 +70,7 @@ absl::StatusOr<std::unique_ptr<PrefillWorker>> PrefillWorker::Create(const Prefi
     worker->nccl_ = std::make_unique<NcclHandoffClient>(std::move(channels));
     service.job.nccl = worker->nccl_.get();
   }
-  worker->service_ = std::make_unique<PrefillService>(*worker->loop_, service);
+  worker->service_ = std::make_unique<PrefillService>(*worker->loop_, service, *worker->metrics_);
   return worker;
 }
 
@@ -78,6 +85,11 @@ PrefillWorker::~PrefillWorker() {
 absl::StatusOr<std::string> PrefillWorker::Start() {
   std::lock_guard<std::mutex> lock(mu_);
   if (started_) return absl::FailedPreconditionError("the prefill worker is already started");
+  if (!options_.metrics_listen_address.empty()) {
+    // Every scrape reads the load first, which brings the engine's counters up to date.
+    ASSIGN_OR_RETURN(metrics_server_, MetricsServer::Start(options_.metrics_listen_address, metrics_->registry(),
+                                                           [service = service_.get()] { service->Load(); }));
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
@@ -87,6 +99,7 @@ absl::StatusOr<std::string> PrefillWorker::Start() {
   server_ = builder.BuildAndStart();
   if (server_ == nullptr || port == 0) {
     server_.reset();
+    metrics_server_.reset();
     return absl::UnavailableError(absl::StrCat("prefill worker cannot listen on ", options_.listen_address));
   }
   started_ = true;
@@ -127,6 +140,10 @@ void PrefillWorker::Stop(absl::Duration grace) {
   registration_.reset();
   server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   stopped_ = true;
+}
+
+std::string PrefillWorker::metrics_address() const {
+  return metrics_server_ != nullptr ? metrics_server_->address() : std::string();
 }
 
 void PrefillWorker::Wait() {

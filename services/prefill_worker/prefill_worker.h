@@ -1,6 +1,7 @@
 // The prefill worker: an Engine on its own EngineLoop behind a gRPC server that serves the
 // PrefillWorker service and grpc.health.v1 (SERVING once started, NOT_SERVING while draining), and,
-// when a router is named, registers with it and heartbeats its load. Lifecycle: Create (loads the
+// when a router is named, registers with it and heartbeats its load; with a metrics address it serves
+// Prometheus metrics at GET /metrics. Lifecycle: Create (loads the
 // model) → Start (binds, serves, registers) → Drain on SIGTERM (the caller wires signals) → Wait.
 #pragma once
 
@@ -21,8 +22,10 @@ namespace indexcache {
 
 class EngineLoop;
 class NcclHandoffClient;
+class MetricsServer;
 class PrefillService;
 class RouterRegistration;
+class WorkerMetrics;
 
 struct PrefillWorkerOptions {
   EngineOptions engine;  // engine.max_batch_tokens is the prefill chunk: rows ship chunk by chunk
@@ -39,6 +42,7 @@ struct PrefillWorkerOptions {
   absl::Duration handoff_connect_timeout = absl::Seconds(5);
   // The NCCL handoff: this worker's GPU (a CUDA ordinal; -1: requests asking for NCCL are refused).
   int nccl_gpu = -1;
+  std::string metrics_listen_address;  // "host:port" of GET /metrics; empty: not served
 };
 
 class PrefillWorker {
@@ -60,6 +64,8 @@ class PrefillWorker {
 
   const std::string& address() const { return address_; }
   const std::string& worker_id() const { return worker_id_; }
+  // Where /metrics is served ("host:port"); empty when off or before Start.
+  std::string metrics_address() const;
 
  private:
   explicit PrefillWorker(const PrefillWorkerOptions& options);
@@ -69,13 +75,15 @@ class PrefillWorker {
   const PrefillWorkerOptions options_;
   std::string address_;
   std::string worker_id_;
-  // Destroyed in reverse: registration, server, service, then the NCCL communicators and the engine
-  // loop they all use.
+  // Destroyed in reverse: the metrics endpoint (it reads the service), registration, server, service,
+  // metrics, then the NCCL communicators and the engine loop they all use.
   std::unique_ptr<EngineLoop> loop_;
   std::unique_ptr<NcclHandoffClient> nccl_;
+  std::unique_ptr<WorkerMetrics> metrics_;
   std::unique_ptr<PrefillService> service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<RouterRegistration> registration_;
+  std::unique_ptr<MetricsServer> metrics_server_;
 
   std::mutex mu_;        // serializes Start, Drain and Stop
   bool started_ = false; // guarded by mu_

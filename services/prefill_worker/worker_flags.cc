@@ -13,12 +13,13 @@ const char kPrefillWorkerFlagsUsage[] =
     "  --heartbeat-ms N          heartbeat interval until the router names one (default 1000)\n"
     "  --max-queued-tokens N     prompt tokens in flight before RESOURCE_EXHAUSTED (default 65536, 0: no bound)\n"
     "  --connect-timeout-ms N    handoff connection timeout (default 5000)\n"
-    "  --nccl-gpu N              send NCCL handoffs from CUDA GPU N (default: NCCL handoffs refused)\n";
+    "  --nccl-gpu N              send NCCL handoffs from CUDA GPU N (default: NCCL handoffs refused)\n"
+    "  --metrics-listen HOST:PORT  serve Prometheus metrics at GET /metrics there (default off)\n";
 
 std::set<std::string> PrefillWorkerFlagNames() {
   std::set<std::string> names = cli::EngineFlagNames();
   names.insert({"listen", "advertise", "worker-id", "router", "heartbeat-ms", "max-queued-tokens",
-                "connect-timeout-ms", "nccl-gpu"});
+                "connect-timeout-ms", "nccl-gpu", "metrics-listen"});
   return names;
 }
 
@@ -29,6 +30,7 @@ absl::StatusOr<PrefillWorkerOptions> PrefillWorkerOptionsFromArgs(const cli::Arg
   o.advertise_address = args.Get("advertise").value_or("");
   o.worker_id = args.Get("worker-id").value_or("");
   o.router_address = args.Get("router").value_or("");
+  o.metrics_listen_address = args.Get("metrics-listen").value_or("");
   ASSIGN_OR_RETURN(auto heartbeat_ms, args.GetInt("heartbeat-ms"));
   ASSIGN_OR_RETURN(auto max_queued, args.GetInt("max-queued-tokens"));
   ASSIGN_OR_RETURN(auto connect_ms, args.GetInt("connect-timeout-ms"));

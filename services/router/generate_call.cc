@@ -40,12 +40,13 @@ double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
 
 }  // namespace
 
-GenerateCall::GenerateCall(WorkerRegistry* registry, const DispatchOptions& options,
+GenerateCall::GenerateCall(WorkerRegistry* registry, const DispatchOptions& options, RouterMetrics& metrics,
                            std::shared_ptr<RequestHandle> request, grpc::ServerContext* server_context,
                            grpc::ServerWriter<v1::GenerateResponse>* writer, const v1::GenerateRequest& client_request,
                            std::vector<int32_t> prompt, absl::Time arrival, absl::Time deadline)
     : registry_(registry),
       options_(options),
+      metrics_(metrics),
       request_(std::move(request)),
       server_context_(server_context),
       writer_(writer),
@@ -138,6 +139,7 @@ GenerateCall::Outcome GenerateCall::RunAttempt(WorkerLease& decode, WorkerLease&
   }
   prefill_start_ = absl::Now();
   request_->LeaveQueue();
+  if (!std::exchange(queue_observed_, true)) metrics_.ObserveQueueTime(prefill_start_ - arrival_);
   IC_LOG(Debug) << "request " << worker_request_id << ": admitted by " << decode.Describe() << ", handoff to "
                 << admitted.admitted().handoff_address() << ", prefill on " << prefill.Describe();
 
@@ -186,7 +188,9 @@ GenerateCall::Outcome GenerateCall::RelayTokens(grpc::ClientReaderInterface<v1::
         stream.Finish();
         return {absl::CancelledError("the client stream closed"), Blame::kDecode};
       }
-      if (tokens_sent_ == 0) first_token_ = now;
+      const bool first = tokens_sent_ == 0;
+      metrics_.ObserveTokens(message.token_ids_size(), now - (first ? arrival_ : last_token_), first);
+      if (first) first_token_ = now;
       last_token_ = now;
       tokens_sent_ += message.token_ids_size();
     }

@@ -20,6 +20,7 @@
 #include "indexcache/v1/generate.pb.h"
 #include "indexcache/v1/internal.pb.h"
 #include "services/router/request_table.h"
+#include "services/router/router_metrics.h"
 #include "services/router/worker_registry.h"
 
 namespace indexcache {
@@ -32,8 +33,10 @@ struct DispatchOptions {
 
 class GenerateCall {
  public:
-  // `prompt` passed the front door; `deadline` is the client's, or the router's default.
-  GenerateCall(WorkerRegistry* registry, const DispatchOptions& options, std::shared_ptr<RequestHandle> request,
+  // `prompt` passed the front door; `deadline` is the client's, or the router's default. `metrics`
+  // receives the queue time and every relayed token's latency.
+  GenerateCall(WorkerRegistry* registry, const DispatchOptions& options, RouterMetrics& metrics,
+               std::shared_ptr<RequestHandle> request,
                grpc::ServerContext* server_context, grpc::ServerWriter<v1::GenerateResponse>* writer,
                const v1::GenerateRequest& client_request, std::vector<int32_t> prompt, absl::Time arrival,
                absl::Time deadline);
@@ -60,6 +63,7 @@ class GenerateCall {
 
   WorkerRegistry* const registry_;
   const DispatchOptions& options_;
+  RouterMetrics& metrics_;
   const std::shared_ptr<RequestHandle> request_;
   grpc::ServerContext* const server_context_;
   grpc::ServerWriter<v1::GenerateResponse>* const writer_;
@@ -71,6 +75,7 @@ class GenerateCall {
   // Progress of the current attempt, for the final message.
   int32_t tokens_sent_ = 0;
   absl::Time prefill_start_;
+  bool queue_observed_ = false;  // the queue time counts once, at the first attempt's admission
   absl::Time first_token_;
   absl::Time last_token_;
 };

@@ -6,6 +6,7 @@
 #include <random>
 
 #include "absl/strings/str_format.h"
+#include "common/metrics/metrics_server.h"
 #include "common/model/model_config.h"
 #include "common/model/model_fingerprint.h"
 #include "common/safetensors/weight_store.h"
@@ -78,9 +79,11 @@ absl::StatusOr<std::vector<DnsTarget>> DnsTargets(const RouterOptions& o) {
 // The gRPC services, sharing the router's state.
 class Router::Services {
  public:
-  Services(const RouterOptions& options, WorkerRegistry* registry, std::unique_ptr<RequestValidator> validator)
+  Services(const RouterOptions& options, WorkerRegistry* registry, std::unique_ptr<RequestValidator> validator,
+           RouterMetrics& metrics)
       : options_(options),
         registry_(registry),
+        metrics_(metrics),
         validator_(std::move(validator)),
         table_(options.max_queued_requests),
         id_prefix_(absl::StrFormat("%08x", std::random_device{}())),
@@ -140,9 +143,18 @@ class Router::Services {
     Services* const s_;
   };
 
+  // Every Generate call counts once by outcome, refusals at the front door included.
   grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest& request,
                         grpc::ServerWriter<v1::GenerateResponse>* writer) {
     const absl::Time arrival = absl::Now();
+    bool aborted = false;
+    const grpc::Status status = Serve(context, request, writer, arrival, aborted);
+    metrics_.CountRequest(status, aborted, absl::Now() - arrival);
+    return status;
+  }
+
+  grpc::Status Serve(grpc::ServerContext* context, const v1::GenerateRequest& request,
+                     grpc::ServerWriter<v1::GenerateResponse>* writer, absl::Time arrival, bool& aborted) {
     if (draining_) {
       return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the router is draining and admits no new requests");
     }
@@ -160,8 +172,11 @@ class Router::Services {
         std::min(absl::FromChrono(context->deadline()), arrival + options_.request_timeout);
     IC_LOG(Info) << "request " << id << " admitted (" << prompt->size() << " prompt tokens, deadline in "
                  << absl::FormatDuration(absl::Trunc(deadline - arrival, absl::Milliseconds(1))) << ")";
-    GenerateCall call(registry_, dispatch_, *handle, context, writer, request, std::move(*prompt), arrival, deadline);
+    metrics_.CountPromptTokens(static_cast<int64_t>(prompt->size()));
+    GenerateCall call(registry_, dispatch_, metrics_, *handle, context, writer, request, std::move(*prompt), arrival,
+                      deadline);
     const grpc::Status status = call.Run();
+    aborted = (*handle)->aborted();
     table_.Finish(*handle);
     if (!status.ok()) {
       IC_LOG(Info) << "request " << id << " failed: " << status.error_message();
@@ -191,6 +206,7 @@ class Router::Services {
 
   const RouterOptions& options_;
   WorkerRegistry* const registry_;
+  RouterMetrics& metrics_;
   const std::unique_ptr<RequestValidator> validator_;
   DispatchOptions dispatch_;
   RequestTable table_;
@@ -236,7 +252,15 @@ absl::StatusOr<std::string> Router::Start() {
   }
   registry_->Probe();  // static and discovered workers that are up serve from the first request
 
-  services_ = std::make_unique<Services>(options_, registry_.get(), std::move(*validator));
+  services_ = std::make_unique<Services>(options_, registry_.get(), std::move(*validator), metrics_);
+  if (!options_.metrics_listen_address.empty()) {
+    // Gauges of the queue and the pool are read at each scrape.
+    ASSIGN_OR_RETURN(metrics_server_,
+                     MetricsServer::Start(options_.metrics_listen_address, metrics_.registry(), [this] {
+                       metrics_.SetRequests(services_->table().queued(), services_->table().in_flight());
+                       metrics_.SetWorkers(registry_->Workers());
+                     }));
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
@@ -246,6 +270,7 @@ absl::StatusOr<std::string> Router::Start() {
   server_ = builder.BuildAndStart();
   if (server_ == nullptr || port == 0) {
     server_.reset();
+    metrics_server_.reset();
     return absl::UnavailableError(absl::StrFormat("the router cannot listen on %s", options_.listen_address));
   }
   server_->GetHealthCheckService()->SetServingStatus(true);
@@ -326,5 +351,7 @@ void Router::ProbeWorkers() {
 int Router::queued_requests() const { return services_ ? services_->table().queued() : 0; }
 
 int Router::in_flight_requests() const { return services_ ? services_->table().in_flight() : 0; }
+
+std::string Router::metrics_address() const { return metrics_server_ ? metrics_server_->address() : std::string(); }
 
 }  // namespace indexcache

@@ -21,9 +21,12 @@
 #include "grpcpp/server.h"
 #include "indexcache/v1/internal.pb.h"
 #include "services/router/dns_discovery.h"
+#include "services/router/router_metrics.h"
 #include "services/router/worker_registry.h"
 
 namespace indexcache {
+
+class MetricsServer;
 
 struct RouterOptions {
   // "host:port"; port 0 lets the OS pick one (Start returns the address bound).
@@ -51,6 +54,7 @@ struct RouterOptions {
   absl::Duration health_check_interval = absl::Seconds(1);
   // The deadline of a request whose client set none (a client's own deadline is kept when shorter).
   absl::Duration request_timeout = absl::Minutes(10);
+  std::string metrics_listen_address;  // "host:port" of GET /metrics; empty: not served
 };
 
 class Router {
@@ -77,16 +81,20 @@ class Router {
   // Requests admitted and not yet handed to a prefill worker / not yet finished.
   int queued_requests() const;
   int in_flight_requests() const;
+  // Where /metrics is served ("host:port"); empty when off or before Start.
+  std::string metrics_address() const;
 
  private:
   class Services;
   void ProbeLoop();
 
   const RouterOptions options_;
+  RouterMetrics metrics_;
   std::unique_ptr<WorkerRegistry> registry_;
   std::unique_ptr<DnsDiscovery> discovery_;  // null without DNS names
   std::unique_ptr<Services> services_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<MetricsServer> metrics_server_;  // reads services_ and registry_: destroyed before them
   std::thread prober_;
 
   std::mutex mu_;

@@ -31,7 +31,8 @@ constexpr char kUsage[] =
     "  --heartbeat-timeout S     seconds without heartbeat before a worker leaves the pool (default 5)\n"
     "  --health-interval S       seconds between health checks (default 1)\n"
     "  --request-timeout S       deadline of requests that set none (default 600)\n"
-    "  --drain-grace S           on SIGINT/SIGTERM, seconds to let requests finish (default 30)\n";
+    "  --drain-grace S           on SIGINT/SIGTERM, seconds to let requests finish (default 30)\n"
+    "  --metrics-listen HOST:PORT  serve Prometheus metrics at GET /metrics there (default off)\n";
 
 absl::StatusOr<absl::Duration> SecondsFlag(const cli::Args& args, const std::string& name, absl::Duration fallback) {
   ASSIGN_OR_RETURN(const std::optional<double> seconds, args.GetDouble(name));
@@ -71,6 +72,7 @@ absl::StatusOr<RouterOptions> RouterOptionsFromArgs(const cli::Args& args) {
     return absl::InvalidArgumentError(absl::StrCat("--transport must be grpc, tcp or nccl, got '", transport, "'"));
   }
   o.index_pattern = args.Get("index-pattern").value_or("");
+  o.metrics_listen_address = args.Get("metrics-listen").value_or("");
   ASSIGN_OR_RETURN(const std::optional<int64_t> queue_limit, args.GetInt("queue-limit"));
   if (queue_limit.has_value()) o.max_queued_requests = static_cast<int>(*queue_limit);
   ASSIGN_OR_RETURN(o.heartbeat_timeout, SecondsFlag(args, "heartbeat-timeout", o.heartbeat_timeout));
@@ -84,7 +86,7 @@ int RunRouterCommand(const std::vector<std::string>& argv) {
   const std::set<std::string> valued = {"listen",          "model",           "prefill",       "decode",
                                         "prefill-dns",     "decode-dns",      "dns-interval",  "transport",
                                         "index-pattern",   "queue-limit",     "heartbeat-timeout",
-                                        "health-interval", "request-timeout", "drain-grace"};
+                                        "health-interval", "request-timeout", "drain-grace",   "metrics-listen"};
   absl::StatusOr<cli::Args> args = cli::Args::Parse(argv, valued, {"help"});
   if (args.ok() && args->Has("help")) {
     std::fputs(kUsage, stdout);
@@ -106,6 +108,10 @@ int RunRouterCommand(const std::vector<std::string>& argv) {
   if (!address.ok()) {
     std::fprintf(stderr, "indexcache router: %s\n", std::string(address.status().message()).c_str());
     return 1;
+  }
+  // Before "listening": `cluster up` reads the child's stdout up to that line.
+  if (const std::string metrics = router.metrics_address(); !metrics.empty()) {
+    std::printf("metrics %s\n", metrics.c_str());
   }
   std::printf("listening %s\n", address->c_str());
   std::fflush(stdout);

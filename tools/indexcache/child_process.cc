@@ -71,6 +71,9 @@ absl::StatusOr<std::string> ChildProcess::WaitListening(absl::Duration timeout) 
         });
         return line.substr(std::strlen("listening "));
       }
+      if (const size_t space = line.find(' '); space != std::string::npos) {
+        announced_[line.substr(0, space)] = line.substr(space + 1);
+      }
       continue;
     }
     const int64_t left_ms = absl::ToInt64Milliseconds(deadline - absl::Now());
@@ -82,6 +85,11 @@ absl::StatusOr<std::string> ChildProcess::WaitListening(absl::Duration timeout) 
     if (n <= 0) return absl::UnavailableError(absl::StrCat(name_, " exited before listening (", Stop(absl::Seconds(1)), ")"));
     buffered_.append(buf, n);
   }
+}
+
+std::string ChildProcess::Announced(const std::string& key) const {
+  auto it = announced_.find(key);
+  return it == announced_.end() ? std::string() : it->second;
 }
 
 void ChildProcess::Signal(int signal) {

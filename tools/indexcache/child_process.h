@@ -5,6 +5,7 @@
 
 #include <sys/types.h>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -23,6 +24,9 @@ class ChildProcess {
 
   // Waits for the line "listening ADDR" and returns ADDR; fails if the child exits or `timeout` passes.
   absl::StatusOr<std::string> WaitListening(absl::Duration timeout);
+  // After WaitListening: the value of a "KEY VALUE" line printed before "listening" (for instance
+  // "metrics ADDR"); empty when there was none.
+  std::string Announced(const std::string& key) const;
   // Sends `signal` if the child still runs.
   void Signal(int signal);
   // Waits up to `timeout` for the child to exit, then kills it. Returns its exit status text.
@@ -40,6 +44,7 @@ class ChildProcess {
   bool reaped_ = false;
   int wait_status_ = 0;
   std::string buffered_;  // stdout read past the listening line
+  std::map<std::string, std::string> announced_;  // "KEY VALUE" lines before it
   std::thread forwarder_;
 };
 

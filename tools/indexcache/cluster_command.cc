@@ -1,6 +1,7 @@
 // `indexcache cluster up`: a router and N prefill + M decode workers on loopback, each a child process
 // running this same binary's service subcommand. Prints every service's address, then
-// `ready <router address>` once the router's pool holds every worker; SIGINT/SIGTERM drain and stop
+// `ready <router address>` once the router's pool holds every worker (with --metrics-port-base, a
+// `metrics NAME ADDR` line per service first); SIGINT/SIGTERM drain and stop
 // all of them (workers first, then the router).
 #include <signal.h>
 #include <unistd.h>
@@ -24,15 +25,18 @@ namespace {
 constexpr char kClusterUsage[] =
     "usage: indexcache cluster up --model DIR [--prefill N] [--decode M] [--port P]\n"
     "       [--index-pattern P | --index-freq N] [--transport grpc|tcp|nccl] [--threads T] [--kv-cache-mb MB]\n"
-    "       [--max-batch-tokens N] [--device cpu] [--prefill-gpu G] [--decode-gpu G]\n"
+    "       [--max-batch-tokens N] [--device cpu] [--prefill-gpu G] [--decode-gpu G] [--metrics-port-base P]\n"
     "  --transport nccl moves the KV rows GPU to GPU: prefill workers on CUDA GPU --prefill-gpu (default 0),\n"
-    "  decode workers on --decode-gpu (default 1).\n";
+    "  decode workers on --decode-gpu (default 1).\n"
+    "  --metrics-port-base P     serve /metrics: the router on port P, the workers on P+1, P+2, … (prefill\n"
+    "                            workers first); P = 0 gives each service a free port\n";
 
 struct ClusterSpec {
   std::string model_dir;
   int prefill = 1;
   int decode = 1;
   int port = 0;
+  int metrics_port_base = -1;  // -1: no metrics endpoints
   std::string pattern;  // resolved, passed to every service
   std::string transport = "grpc";
   std::vector<std::string> worker_flags;  // engine flags every worker gets
@@ -49,11 +53,18 @@ absl::StatusOr<ClusterSpec> SpecFromArgs(const Args& args) {
   ASSIGN_OR_RETURN(auto port, args.GetInt("port"));
   ASSIGN_OR_RETURN(auto freq, args.GetInt("index-freq"));
   ASSIGN_OR_RETURN(auto threads, args.GetInt("threads"));
+  ASSIGN_OR_RETURN(auto metrics_port_base, args.GetInt("metrics-port-base"));
   if (prefill) spec.prefill = static_cast<int>(*prefill);
   if (decode) spec.decode = static_cast<int>(*decode);
   if (port) spec.port = static_cast<int>(*port);
   if (spec.prefill < 1 || spec.decode < 1) return absl::InvalidArgumentError("--prefill and --decode must be >= 1");
   if (spec.port < 0 || spec.port > 65535) return absl::InvalidArgumentError("--port must be in [0, 65535]");
+  if (metrics_port_base) {
+    if (*metrics_port_base < 0 || *metrics_port_base + spec.prefill + spec.decode > 65535) {
+      return absl::InvalidArgumentError("--metrics-port-base leaves no room for every service's port below 65536");
+    }
+    spec.metrics_port_base = static_cast<int>(*metrics_port_base);
+  }
   spec.transport = args.Get("transport").value_or("grpc");
   if (spec.transport != "grpc" && spec.transport != "tcp" && spec.transport != "nccl") {
     return absl::InvalidArgumentError(
@@ -123,6 +134,12 @@ absl::Status WaitForPool(const std::string& router, const ClusterSpec& spec, abs
   return absl::DeadlineExceededError(absl::StrCat("the cluster did not become ready: ", last));
 }
 
+// The --metrics-listen flag of the service with index `i` (router 0, then prefill, then decode workers).
+std::vector<std::string> MetricsFlag(const ClusterSpec& spec, int i) {
+  if (spec.metrics_port_base < 0) return {};
+  return {"--metrics-listen", absl::StrCat("127.0.0.1:", spec.metrics_port_base == 0 ? 0 : spec.metrics_port_base + i)};
+}
+
 absl::Status ClusterUp(const Args& args) {
   ASSIGN_OR_RETURN(ClusterSpec spec, SpecFromArgs(args));
   // Block the stop signals before starting children, so none is lost before the wait below.
@@ -132,18 +149,23 @@ absl::Status ClusterUp(const Args& args) {
   setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/1);
   const std::string self = SelfPath();
   std::vector<std::unique_ptr<ChildProcess>> workers;
-  ASSIGN_OR_RETURN(std::unique_ptr<ChildProcess> router,
-                   ChildProcess::Spawn("router", {self, "router", "--listen", absl::StrCat("127.0.0.1:", spec.port),
-                                                  "--model", spec.model_dir, "--transport", spec.transport,
-                                                  "--index-pattern", spec.pattern}));
+  std::vector<std::string> router_argv = {self,        "router",       "--listen",        absl::StrCat("127.0.0.1:", spec.port),
+                                          "--model",   spec.model_dir, "--transport",     spec.transport,
+                                          "--index-pattern", spec.pattern};
+  const std::vector<std::string> router_metrics = MetricsFlag(spec, 0);
+  router_argv.insert(router_argv.end(), router_metrics.begin(), router_metrics.end());
+  ASSIGN_OR_RETURN(std::unique_ptr<ChildProcess> router, ChildProcess::Spawn("router", router_argv));
   ASSIGN_OR_RETURN(std::string router_address, router->WaitListening(absl::Seconds(60)));
   std::cout << "router " << router_address << std::endl;
+  int service_index = 1;
   auto start_workers = [&](const char* role, int count, const std::vector<std::string>& role_flags) -> absl::Status {
     for (int i = 0; i < count; ++i) {
       std::vector<std::string> argv = {self, absl::StrCat(role, "-worker"), "--listen", "127.0.0.1:0",
                                        "--router", router_address, "--worker-id", absl::StrCat(role, "-", i)};
       argv.insert(argv.end(), spec.worker_flags.begin(), spec.worker_flags.end());
       argv.insert(argv.end(), role_flags.begin(), role_flags.end());
+      const std::vector<std::string> metrics = MetricsFlag(spec, service_index++);
+      argv.insert(argv.end(), metrics.begin(), metrics.end());
       ASSIGN_OR_RETURN(std::unique_ptr<ChildProcess> child, ChildProcess::Spawn(absl::StrCat(role, "-", i), argv));
       workers.push_back(std::move(child));
     }
@@ -154,6 +176,10 @@ absl::Status ClusterUp(const Args& args) {
   for (auto& w : workers) {
     ASSIGN_OR_RETURN(std::string address, w->WaitListening(absl::Seconds(120)));
     std::cout << w->name() << " " << address << std::endl;
+  }
+  if (spec.metrics_port_base >= 0) {
+    std::cout << "metrics router " << router->Announced("metrics") << std::endl;
+    for (auto& w : workers) std::cout << "metrics " << w->name() << " " << w->Announced("metrics") << std::endl;
   }
   RETURN_IF_ERROR(WaitForPool(router_address, spec, absl::Seconds(60)));
   std::cout << "ready " << router_address << std::endl;
@@ -173,7 +199,8 @@ int RunCluster(const std::vector<std::string>& argv) {
   if (argv.empty() || argv[0] != "up") return Fail("cluster", std::string("expected `up`\n") + kClusterUsage);
   auto args = Args::Parse(std::vector<std::string>(argv.begin() + 1, argv.end()),
                           {"model", "prefill", "decode", "port", "index-pattern", "index-freq", "transport", "threads",
-                           "kv-cache-mb", "max-batch-tokens", "device", "block-size", "prefill-gpu", "decode-gpu"},
+                           "kv-cache-mb", "max-batch-tokens", "device", "block-size", "prefill-gpu", "decode-gpu",
+                           "metrics-port-base"},
                           {"help"});
   if (!args.ok()) return Fail("cluster", std::string(args.status().message()) + "\n" + kClusterUsage);
   if (args->Has("help")) {

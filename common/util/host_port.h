@@ -1,0 +1,18 @@
+// "host:port" addresses as the services' flags take them.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace indexcache {
+
+struct HostPort {
+  std::string host;
+  uint16_t port = 0;
+};
+// Splits "ip:port" (IPv6 in brackets: "[::1]:port").
+absl::StatusOr<HostPort> SplitHostPort(const std::string& address);
+
+}  // namespace indexcache

@@ -1,0 +1,42 @@
+// A HandoffSink that counts what one transport delivers to the sink it wraps (the HandoffImporter):
+// bytes by payload kind as chunks arrive (a chunk's serialized size; framing is not counted), the
+// duration and bandwidth of each handoff from its first chunk to the verdict, and failures — a chunk
+// refused, a stream that broke, a verdict that rejects. The decode worker puts one in front of the
+// importer per transport, so the transport label is known without the transports knowing metrics.
+#pragma once
+
+#include <mutex>
+#include <string>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/time/time.h"
+#include "common/handoff/handoff_transport.h"
+#include "services/common/worker_metrics.h"
+
+namespace indexcache {
+
+class MeteredHandoffSink final : public HandoffSink {
+ public:
+  MeteredHandoffSink(HandoffSink& inner, WorkerMetrics& metrics, v1::HandoffTransport transport)
+      : inner_(inner), metrics_(metrics), transport_(transport) {}
+
+  absl::Status OnChunk(const v1::HandoffChunk& chunk) override;
+  v1::HandoffAck OnComplete(const std::string& request_id) override;
+  void OnBroken(const std::string& request_id, const absl::Status& why) override;
+
+ private:
+  struct Stream {
+    absl::Time started;
+    uint64_t bytes = 0;
+  };
+  // Forgets `request_id`'s stream; false when none was seen (a stray connection, not a handoff).
+  bool Forget(const std::string& request_id, Stream* stream);
+
+  HandoffSink& inner_;
+  WorkerMetrics& metrics_;
+  const v1::HandoffTransport transport_;
+  std::mutex mu_;
+  absl::flat_hash_map<std::string, Stream> streams_;  // guarded by mu_: handoffs in progress
+};
+
+}  // namespace indexcache

@@ -1,0 +1,98 @@
+// RouterMetrics: outcomes from the client's status, token latencies, and the scrape-time gauges.
+#include "services/router/router_metrics.h"
+
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace indexcache {
+namespace {
+
+// The family `name`'s series whose labels include `labels`: a counter's or gauge's value, or a
+// histogram's sample count (`sum` set to its sum).
+double Sample(const prometheus::Registry& registry, const std::string& name, const prometheus::Labels& labels = {},
+              double* sum = nullptr) {
+  for (const prometheus::MetricFamily& family : registry.Collect()) {
+    if (family.name != name) continue;
+    for (const prometheus::ClientMetric& metric : family.metric) {
+      bool match = true;
+      for (const auto& [key, value] : labels) {
+        bool has = false;
+        for (const auto& label : metric.label) has |= label.name == key && label.value == value;
+        match &= has;
+      }
+      if (!match) continue;
+      if (family.type == prometheus::MetricType::Counter) return metric.counter.value;
+      if (family.type == prometheus::MetricType::Gauge) return metric.gauge.value;
+      if (sum != nullptr) *sum = metric.histogram.sample_sum;
+      return static_cast<double>(metric.histogram.sample_count);
+    }
+  }
+  ADD_FAILURE() << "no series " << name;
+  return -1;
+}
+
+TEST(RouterMetricsTest, CountsOutcomesByTheClientsStatus) {
+  RouterMetrics metrics;
+  metrics.CountRequest(grpc::Status::OK, false, absl::Seconds(2));
+  metrics.CountRequest(grpc::Status::OK, /*aborted=*/true, absl::Seconds(1));
+  metrics.CountRequest(grpc::Status(grpc::StatusCode::CANCELLED, ""), false, absl::Seconds(1));
+  metrics.CountRequest(grpc::Status(grpc::StatusCode::OUT_OF_RANGE, ""), false, absl::ZeroDuration());
+  metrics.CountRequest(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, ""), false, absl::ZeroDuration());
+  metrics.CountRequest(grpc::Status(grpc::StatusCode::UNAVAILABLE, ""), false, absl::ZeroDuration());
+  metrics.CountRequest(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, ""), false, absl::ZeroDuration());
+  metrics.CountRequest(grpc::Status(grpc::StatusCode::DATA_LOSS, ""), false, absl::ZeroDuration());
+  const prometheus::Registry& r = *metrics.registry();
+  EXPECT_EQ(Sample(r, "indexcache_requests_total", {{"outcome", "ok"}}), 1);
+  EXPECT_EQ(Sample(r, "indexcache_requests_total", {{"outcome", "cancelled"}}), 2);
+  EXPECT_EQ(Sample(r, "indexcache_requests_total", {{"outcome", "invalid_argument"}}), 1);
+  EXPECT_EQ(Sample(r, "indexcache_requests_total", {{"outcome", "resource_exhausted"}}), 1);
+  EXPECT_EQ(Sample(r, "indexcache_requests_total", {{"outcome", "unavailable"}}), 1);
+  EXPECT_EQ(Sample(r, "indexcache_requests_total", {{"outcome", "deadline_exceeded"}}), 1);
+  EXPECT_EQ(Sample(r, "indexcache_requests_total", {{"outcome", "error"}}), 1);
+  double sum = 0;
+  EXPECT_EQ(Sample(r, "indexcache_request_duration_seconds", {}, &sum), 1) << "only finished requests";
+  EXPECT_EQ(sum, 2.0);
+}
+
+TEST(RouterMetricsTest, ObservesFirstTokenAndEachLaterTokensGap) {
+  RouterMetrics metrics;
+  metrics.ObserveTokens(2, absl::Milliseconds(300), /*first=*/true);   // TTFT 0.3 s; the second came along
+  metrics.ObserveTokens(1, absl::Milliseconds(40), false);
+  metrics.ObserveTokens(3, absl::Milliseconds(90), false);  // three tokens in one message: 30 ms each
+  metrics.ObserveTokens(0, absl::Milliseconds(10), false);  // text only: no token, no observation
+  const prometheus::Registry& r = *metrics.registry();
+  double sum = 0;
+  EXPECT_EQ(Sample(r, "indexcache_time_to_first_token_seconds", {}, &sum), 1);
+  EXPECT_DOUBLE_EQ(sum, 0.3);
+  EXPECT_EQ(Sample(r, "indexcache_inter_token_latency_seconds", {}, &sum), 5);  // tokens after the first
+  EXPECT_DOUBLE_EQ(sum, 0.0 + 0.04 + 3 * 0.03);
+  EXPECT_EQ(Sample(r, "indexcache_generation_tokens_total"), 6);
+}
+
+TEST(RouterMetricsTest, ReadsQueueAndPoolGauges) {
+  RouterMetrics metrics;
+  metrics.SetRequests(/*queued=*/3, /*in_flight=*/10);
+  const auto worker = [](v1::WorkerRole role, bool healthy) {
+    WorkerInfo info;
+    info.role = role;
+    info.healthy = healthy;
+    return info;
+  };
+  const WorkerInfo healthy_decode = worker(v1::DECODE, true);
+  const WorkerInfo sick_decode = worker(v1::DECODE, false);
+  const WorkerInfo healthy_prefill = worker(v1::PREFILL, true);
+  metrics.SetWorkers({healthy_decode, sick_decode, healthy_decode, healthy_prefill});
+  const prometheus::Registry& r = *metrics.registry();
+  EXPECT_EQ(Sample(r, "indexcache_queued_requests"), 3);
+  EXPECT_EQ(Sample(r, "indexcache_running_requests"), 7);
+  EXPECT_EQ(Sample(r, "indexcache_workers", {{"role", "decode"}, {"state", "healthy"}}), 2);
+  EXPECT_EQ(Sample(r, "indexcache_workers", {{"role", "decode"}, {"state", "unhealthy"}}), 1);
+  EXPECT_EQ(Sample(r, "indexcache_workers", {{"role", "prefill"}, {"state", "healthy"}}), 1);
+  EXPECT_EQ(Sample(r, "indexcache_workers", {{"role", "prefill"}, {"state", "unhealthy"}}), 0);
+  metrics.SetWorkers({});
+  EXPECT_EQ(Sample(r, "indexcache_workers", {{"role", "decode"}, {"state", "healthy"}}), 0) << "a worker left";
+}
+
+}  // namespace
+}  // namespace indexcache

@@ -1,0 +1,113 @@
+// WorkerMetrics: the speedup estimate and the derived byte counters, worked out by hand.
+#include "services/common/worker_metrics.h"
+
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace indexcache {
+namespace {
+
+// The value of the series `name` whose labels include every one of `labels`.
+double Sample(const prometheus::Registry& registry, const std::string& name, const prometheus::Labels& labels) {
+  for (const prometheus::MetricFamily& family : registry.Collect()) {
+    if (family.name != name) continue;
+    for (const prometheus::ClientMetric& metric : family.metric) {
+      bool match = true;
+      for (const auto& [key, value] : labels) {
+        bool has = false;
+        for (const prometheus::ClientMetric::Label& label : metric.label) has |= label.name == key && label.value == value;
+        match &= has;
+      }
+      if (!match) continue;
+      switch (family.type) {
+        case prometheus::MetricType::Counter:
+          return metric.counter.value;
+        case prometheus::MetricType::Gauge:
+          return metric.gauge.value;
+        case prometheus::MetricType::Histogram:
+          return static_cast<double>(metric.histogram.sample_count);
+        default:
+          break;
+      }
+    }
+  }
+  ADD_FAILURE() << "no series " << name;
+  return -1;
+}
+
+TEST(WorkerMetricsTest, EstimatesTheSpeedupFromMeasuredIndexerCost) {
+  WorkerMetrics metrics(v1::DECODE, /*full_layers=*/2, /*shared_layers=*/6);
+  EXPECT_EQ(metrics.estimated_speedup(), 1.0) << "no claim before any forward pass";
+  IndexCacheStats step;
+  step.indexer_runs = 200;  // 100 tokens × 2 Full layers
+  step.indexer_skips = 600;
+  step.indexer_seconds = 1.0;  // 5 ms a run
+  step.forward_seconds = 4.0;
+  step.index_key_bytes_not_stored = 600 * 32 * 4;
+  metrics.AddEngineStats(step);
+  // Had the 600 skipped runs run at 5 ms: 4 + 3 seconds instead of 4.
+  EXPECT_DOUBLE_EQ(metrics.estimated_speedup(), 7.0 / 4.0);
+  step.indexer_seconds = 3.0;  // the next 200 runs cost 15 ms each: the mean becomes 10 ms
+  step.forward_seconds = 8.0;
+  metrics.AddEngineStats(step);
+  EXPECT_DOUBLE_EQ(metrics.estimated_speedup(), (12.0 + 1200 * 0.01) / 12.0);
+
+  const prometheus::Registry& r = *metrics.registry();
+  EXPECT_EQ(Sample(r, "indexcache_indexer_runs_total", {{"role", "decode"}}), 400);
+  EXPECT_EQ(Sample(r, "indexcache_indexer_skips_total", {{"role", "decode"}}), 1200);
+  EXPECT_EQ(Sample(r, "indexcache_indexer_seconds_total", {{"role", "decode"}}), 4.0);
+  EXPECT_EQ(Sample(r, "indexcache_forward_seconds_total", {{"role", "decode"}}), 12.0);
+  EXPECT_EQ(Sample(r, "indexcache_index_key_bytes_not_stored_total", {{"role", "decode"}}), 2 * 600 * 32 * 4);
+  EXPECT_EQ(Sample(r, "indexcache_estimated_speedup_vs_all_full", {{"role", "decode"}}), 2.0);
+  EXPECT_EQ(Sample(r, "indexcache_layers", {{"role", "decode"}, {"kind", "shared"}}), 6);
+}
+
+TEST(WorkerMetricsTest, CountsHandoffBytesAndTheIndexKeysNotSent) {
+  WorkerMetrics metrics(v1::PREFILL, /*full_layers=*/2, /*shared_layers=*/6);
+  HandoffByteCounts bytes;
+  bytes.latent_bytes = 10000;
+  bytes.index_key_bytes = 2000;  // 1000 per Full layer: the 6 Shared layers would have sent 6000
+  bytes.metadata_bytes = 300;
+  metrics.AddHandoffBytes(v1::HANDOFF_TRANSPORT_TCP, bytes);
+  metrics.ObserveHandoff(v1::HANDOFF_TRANSPORT_TCP, absl::Milliseconds(2), 12300);
+  metrics.CountHandoffFailure(v1::HANDOFF_TRANSPORT_GRPC, absl::DataLossError("checksum"));
+  metrics.CountHandoffFailure(v1::HANDOFF_TRANSPORT_GRPC, absl::FailedPreconditionError("other pattern"));
+  metrics.CountHandoffFailure(v1::HANDOFF_TRANSPORT_GRPC, absl::CancelledError("peer gone"));
+
+  const prometheus::Registry& r = *metrics.registry();
+  const auto tcp = [](const char* payload) {
+    return prometheus::Labels{{"role", "prefill"}, {"payload", payload}, {"transport", "tcp"}};
+  };
+  EXPECT_EQ(Sample(r, "indexcache_handoff_bytes_total", tcp("kv")), 10000);
+  EXPECT_EQ(Sample(r, "indexcache_handoff_bytes_total", tcp("index_keys")), 2000);
+  EXPECT_EQ(Sample(r, "indexcache_handoff_bytes_total", tcp("metadata")), 300);
+  EXPECT_EQ(Sample(r, "indexcache_handoff_bytes_total",
+                   {{"role", "prefill"}, {"payload", "kv"}, {"transport", "grpc"}}), 0)
+      << "series of the other transport exist at zero";
+  EXPECT_EQ(Sample(r, "indexcache_index_key_bytes_not_sent_total", {{"role", "prefill"}}), 6000);
+  EXPECT_EQ(Sample(r, "indexcache_handoff_duration_seconds", {{"transport", "tcp"}}), 1);
+  EXPECT_EQ(Sample(r, "indexcache_handoff_bandwidth_bytes_per_second", {{"transport", "tcp"}}), 1);
+  for (const char* reason : {"data_loss", "rejected", "unavailable"}) {
+    EXPECT_EQ(Sample(r, "indexcache_handoff_failures_total", {{"transport", "grpc"}, {"reason", reason}}), 1) << reason;
+    EXPECT_EQ(Sample(r, "indexcache_handoff_failures_total", {{"transport", "tcp"}, {"reason", reason}}), 0) << reason;
+  }
+}
+
+TEST(WorkerMetricsTest, KvBlocksAndQueuesFollowTheLoadReport) {
+  WorkerMetrics metrics(v1::DECODE, 8, 0);
+  v1::WorkerLoad load;
+  load.set_total_kv_blocks(100);
+  load.set_free_kv_blocks(30);
+  load.set_queued_requests(2);
+  load.set_running_sequences(5);
+  metrics.SetLoad(load);
+  const prometheus::Registry& r = *metrics.registry();
+  EXPECT_EQ(Sample(r, "indexcache_kv_blocks_used", {{"role", "decode"}}), 70);
+  EXPECT_EQ(Sample(r, "indexcache_kv_blocks_free", {{"role", "decode"}}), 30);
+  EXPECT_EQ(Sample(r, "indexcache_worker_queued_requests", {{"role", "decode"}}), 2);
+  EXPECT_EQ(Sample(r, "indexcache_worker_running_sequences", {{"role", "decode"}}), 5);
+}
+
+}  // namespace
+}  // namespace indexcache
