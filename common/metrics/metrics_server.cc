@@ -160,7 +160,9 @@ class MetricsServer::Impl {
   }
 
   absl::Status Listen(const std::string& listen_address) {
-    ASSIGN_OR_RETURN(const HostPort where, SplitHostPort(listen_address));
+    absl::StatusOr<HostPort> parsed = SplitHostPort(listen_address);
+    if (!parsed.ok()) return Annotate(parsed.status(), "the metrics listen address");
+    const HostPort& where = *parsed;
     const auto fail = [&](const error_code& ec) {
       return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", listen_address, ": ", ec.message()));
     };

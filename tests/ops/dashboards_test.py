@@ -142,14 +142,25 @@ class Cluster(Process):
         super().__init__(name, argv, log_dir, stdout=subprocess.PIPE)
         self.metrics = {}
         self.router = None
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop(30)
+            raise
+
+    def _wait_ready(self):
         lines = queue.Queue()
         threading.Thread(target=lambda: [lines.put(line) for line in self.proc.stdout], daemon=True).start()
         deadline = time.monotonic() + 90
         while self.router is None:
             try:
-                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+                line = lines.get(timeout=0.5)
             except queue.Empty:
-                raise Failure(f"{name} not ready in 90 s:\n{self.tail()}")
+                if self.proc.poll() is not None:
+                    raise Failure(f"{self.name} exited ({self.proc.returncode}) before it was ready:\n{self.tail()}")
+                if time.monotonic() > deadline:
+                    raise Failure(f"{self.name} not ready in 90 s:\n{self.tail()}")
+                continue
             words = line.split()
             if words[:1] == ["metrics"] and len(words) == 3:
                 self.metrics[words[1]] = words[2]
@@ -157,7 +168,7 @@ class Cluster(Process):
                 self.router = words[1]
         for service in ("router", "prefill-0", "decode-0"):
             if not self.metrics.get(service):
-                raise Failure(f"{name} printed no metrics address for {service}: {self.metrics}")
+                raise Failure(f"{self.name} printed no metrics address for {service}: {self.metrics}")
 
     def load(self, indexcache, requests):
         """Generates for `requests` prompts, two at a time; every request must finish."""
@@ -268,6 +279,7 @@ def start_prometheus(prometheus, cluster, work):
         except (urllib.error.URLError, ConnectionError, OSError):
             pass
         if server.proc.poll() is not None or time.monotonic() > deadline:
+            server.stop(10)
             raise Failure(f"prometheus did not become ready:\n{server.tail()}")
         time.sleep(0.2)
 

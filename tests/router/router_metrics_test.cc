@@ -4,33 +4,12 @@
 #include <string>
 
 #include "gtest/gtest.h"
+#include "tests/metrics/registry_sample.h"
 
 namespace indexcache {
 namespace {
 
-// The family `name`'s series whose labels include `labels`: a counter's or gauge's value, or a
-// histogram's sample count (`sum` set to its sum).
-double Sample(const prometheus::Registry& registry, const std::string& name, const prometheus::Labels& labels = {},
-              double* sum = nullptr) {
-  for (const prometheus::MetricFamily& family : registry.Collect()) {
-    if (family.name != name) continue;
-    for (const prometheus::ClientMetric& metric : family.metric) {
-      bool match = true;
-      for (const auto& [key, value] : labels) {
-        bool has = false;
-        for (const auto& label : metric.label) has |= label.name == key && label.value == value;
-        match &= has;
-      }
-      if (!match) continue;
-      if (family.type == prometheus::MetricType::Counter) return metric.counter.value;
-      if (family.type == prometheus::MetricType::Gauge) return metric.gauge.value;
-      if (sum != nullptr) *sum = metric.histogram.sample_sum;
-      return static_cast<double>(metric.histogram.sample_count);
-    }
-  }
-  ADD_FAILURE() << "no series " << name;
-  return -1;
-}
+using ::indexcache::testing::Sample;
 
 TEST(RouterMetricsTest, CountsOutcomesByTheClientsStatus) {
   RouterMetrics metrics;

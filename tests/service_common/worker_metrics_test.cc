@@ -4,37 +4,12 @@
 #include <string>
 
 #include "gtest/gtest.h"
+#include "tests/metrics/registry_sample.h"
 
 namespace indexcache {
 namespace {
 
-// The value of the series `name` whose labels include every one of `labels`.
-double Sample(const prometheus::Registry& registry, const std::string& name, const prometheus::Labels& labels) {
-  for (const prometheus::MetricFamily& family : registry.Collect()) {
-    if (family.name != name) continue;
-    for (const prometheus::ClientMetric& metric : family.metric) {
-      bool match = true;
-      for (const auto& [key, value] : labels) {
-        bool has = false;
-        for (const prometheus::ClientMetric::Label& label : metric.label) has |= label.name == key && label.value == value;
-        match &= has;
-      }
-      if (!match) continue;
-      switch (family.type) {
-        case prometheus::MetricType::Counter:
-          return metric.counter.value;
-        case prometheus::MetricType::Gauge:
-          return metric.gauge.value;
-        case prometheus::MetricType::Histogram:
-          return static_cast<double>(metric.histogram.sample_count);
-        default:
-          break;
-      }
-    }
-  }
-  ADD_FAILURE() << "no series " << name;
-  return -1;
-}
+using ::indexcache::testing::Sample;
 
 TEST(WorkerMetricsTest, EstimatesTheSpeedupFromMeasuredIndexerCost) {
   WorkerMetrics metrics(v1::DECODE, /*full_layers=*/2, /*shared_layers=*/6);
