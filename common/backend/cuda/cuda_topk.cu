@@ -33,6 +33,14 @@ __device__ __forceinline__ int32_t ColumnOf(uint64_t key) {
   return static_cast<int32_t>(~static_cast<uint32_t>(key));
 }
 
+// hist[bin] += 1 for every lane of the warp with bin >= 0, one atomic per distinct bin: scores
+// cluster in few bins of the top digit (the float exponent), and lane-by-lane atomics on them would
+// serialize. Called by all 32 lanes together (warp-uniform loops).
+__device__ __forceinline__ void AddToHistogram(int* hist, int bin) {
+  const unsigned peers = __match_any_sync(0xffffffffu, bin);
+  if (bin >= 0 && (threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
+}
+
 struct TopKShared {
   int hist[kBins];
   int threshold_bin, above, at_bin;
@@ -71,12 +79,22 @@ __global__ void __launch_bounds__(kThreads) RowTopKKernel(const float* logits, i
       const uint64_t digit_mask = (uint64_t{1} << kBits[pass]) - 1;
       for (int b = tid; b < kBins; b += kThreads) sh.hist[b] = 0;
       __syncthreads();
+      // Warp-uniform loops (each warp walks whole 32-element spans) so AddToHistogram sees all lanes.
+      const int lane = tid & 31;
       if (in_shared) {
-        for (int i = tid; i < count; i += kThreads) atomicAdd(&sh.hist[(cand[buf][i] >> shift) & digit_mask], 1);
+        for (int i0 = tid - lane; i0 < count; i0 += kThreads) {
+          const int i = i0 + lane;
+          AddToHistogram(sh.hist, i < count ? static_cast<int>((cand[buf][i] >> shift) & digit_mask) : -1);
+        }
       } else {
-        for (int32_t s = tid; s < length; s += kThreads) {
-          const uint64_t key = KeyOf(row[s], s);
-          if ((key & prefix_mask) == prefix) atomicAdd(&sh.hist[(key >> shift) & digit_mask], 1);
+        for (int32_t s0 = tid - lane; s0 < length; s0 += kThreads) {
+          const int32_t s = s0 + lane;
+          int bin = -1;
+          if (s < length) {
+            const uint64_t key = KeyOf(row[s], s);
+            if ((key & prefix_mask) == prefix) bin = static_cast<int>((key >> shift) & digit_mask);
+          }
+          AddToHistogram(sh.hist, bin);
         }
       }
       __syncthreads();
