@@ -21,7 +21,7 @@ using namespace nvcuda;
 
 constexpr int kHeads = 16;  // heads per block (one wmma row tile)
 constexpr int kKeys = 64;   // keys per tile
-constexpr int kWarps = 4;
+constexpr int kWarps = 8;  // 4 compute the scores; all 8 load keys and accumulate P · C
 constexpr int kPad = 8;
 constexpr int kLoadBatch = 8;  // global loads each thread keeps in flight when filling a key tile
 
@@ -126,7 +126,7 @@ __global__ void __launch_bounds__(kWarps * 32) SparseMlaKernel(MlaArgs a) {
       k_tile[(e / (padded - width)) * ld + width + e % (padded - width)] = __float2bfloat16(0.0f);
     }
     __syncthreads();
-    {  // scores [16 × 64]: warp w computes keys 16w..16w+15
+    if (warp < kKeys / 16) {  // scores [16 × 64]: warp w computes keys 16w..16w+15
       wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
       wmma::fill_fragment(acc, 0.0f);
       for (int k = 0; k < padded; k += 16) {
@@ -139,8 +139,8 @@ __global__ void __launch_bounds__(kWarps * 32) SparseMlaKernel(MlaArgs a) {
       wmma::store_matrix_sync(scores + warp * 16, acc, ld_s, wmma::mem_row_major);
     }
     __syncthreads();
-    // Online softmax: 8 threads per head row, 8 keys each.
-    {
+    // Online softmax: 8 threads per head row, 8 keys each (the first 128 threads, whole warps).
+    if (tid < kHeads * 8) {
       const int h = tid / 8, part = tid % 8;
       float local_max = -FLT_MAX;
       for (int j = part * 8; j < part * 8 + 8; ++j) {

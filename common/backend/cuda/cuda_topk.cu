@@ -33,12 +33,24 @@ __device__ __forceinline__ int32_t ColumnOf(uint64_t key) {
   return static_cast<int32_t>(~static_cast<uint32_t>(key));
 }
 
-// hist[bin] += 1 for every lane of the warp with bin >= 0, one atomic per distinct bin: scores
-// cluster in few bins of the top digit (the float exponent), and lane-by-lane atomics on them would
-// serialize. Called by all 32 lanes together (warp-uniform loops).
-__device__ __forceinline__ void AddToHistogram(int* hist, int bin) {
-  const unsigned peers = __match_any_sync(0xffffffffu, bin);
-  if (bin >= 0 && (threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
+// Calls fn(score, column) for every column of the row, reading four scores per load when the row
+// is 16-byte aligned (the common case: logits rows of a multiple-of-4 width).
+template <typename Fn>
+__device__ __forceinline__ void ForEachScore(const float* row, int32_t length, Fn&& fn) {
+  int32_t start = 0;
+  if ((reinterpret_cast<uintptr_t>(row) & 15) == 0) {
+    const int32_t quads = length / 4;
+    const float4* row4 = reinterpret_cast<const float4*>(row);
+    for (int32_t i = threadIdx.x; i < quads; i += kThreads) {
+      const float4 v = row4[i];
+      fn(v.x, 4 * i);
+      fn(v.y, 4 * i + 1);
+      fn(v.z, 4 * i + 2);
+      fn(v.w, 4 * i + 3);
+    }
+    start = quads * 4;
+  }
+  for (int32_t s = start + threadIdx.x; s < length; s += kThreads) fn(row[s], s);
 }
 
 struct TopKShared {
@@ -79,23 +91,13 @@ __global__ void __launch_bounds__(kThreads) RowTopKKernel(const float* logits, i
       const uint64_t digit_mask = (uint64_t{1} << kBits[pass]) - 1;
       for (int b = tid; b < kBins; b += kThreads) sh.hist[b] = 0;
       __syncthreads();
-      // Warp-uniform loops (each warp walks whole 32-element spans) so AddToHistogram sees all lanes.
-      const int lane = tid & 31;
       if (in_shared) {
-        for (int i0 = tid - lane; i0 < count; i0 += kThreads) {
-          const int i = i0 + lane;
-          AddToHistogram(sh.hist, i < count ? static_cast<int>((cand[buf][i] >> shift) & digit_mask) : -1);
-        }
+        for (int i = tid; i < count; i += kThreads) atomicAdd(&sh.hist[(cand[buf][i] >> shift) & digit_mask], 1);
       } else {
-        for (int32_t s0 = tid - lane; s0 < length; s0 += kThreads) {
-          const int32_t s = s0 + lane;
-          int bin = -1;
-          if (s < length) {
-            const uint64_t key = KeyOf(row[s], s);
-            if ((key & prefix_mask) == prefix) bin = static_cast<int>((key >> shift) & digit_mask);
-          }
-          AddToHistogram(sh.hist, bin);
-        }
+        ForEachScore(row, length, [&](float score, int32_t s) {
+          const uint64_t key = KeyOf(score, s);
+          if ((key & prefix_mask) == prefix) atomicAdd(&sh.hist[(key >> shift) & digit_mask], 1);
+        });
       }
       __syncthreads();
       // Keys in bins above each bin: an exclusive scan over the bins from the top.
@@ -127,10 +129,10 @@ __global__ void __launch_bounds__(kThreads) RowTopKKernel(const float* logits, i
       if (in_shared) {
         for (int i = tid; i < count; i += kThreads) route(cand[buf][i]);
       } else {
-        for (int32_t s = tid; s < length; s += kThreads) {
-          const uint64_t key = KeyOf(row[s], s);
+        ForEachScore(row, length, [&](float score, int32_t s) {
+          const uint64_t key = KeyOf(score, s);
           if ((key & prefix_mask) == prefix) route(key);
-        }
+        });
       }
       __syncthreads();
       needed = take_bin ? 0 : needed - above_count;
