@@ -5,7 +5,8 @@
 //   - brute force over every pattern keeping N layers: greedy's first step picks the argmin layer, its
 //     reported losses are those of its patterns, and it never beats the best pattern of its size;
 //   - the result parses back through the config's pattern parser with layer 0 Full and `keep` Full layers;
-//   - bad input (keep out of range, empty calibration, a checkpoint without every indexer) is refused.
+//   - bad input (keep out of range, empty calibration, a checkpoint without every indexer, a batch
+//     asking a layer loaded Shared to run Full, a resume without its input) is refused.
 #include <algorithm>
 #include <cmath>
 #include <fstream>
@@ -343,6 +344,68 @@ TEST(PatternScorer, RefusesCheckpointsWithoutEveryIndexerAndOverlongWindows) {
   scorer = PatternScorer::Create(o);
   ASSERT_FALSE(scorer.ok());
   EXPECT_THAT(std::string(scorer.status().message()), HasSubstr("positions"));
+}
+
+// The ForwardBatch fields the search relies on refuse what they cannot do.
+TEST(ForwardBatchForSearch, RefusesFullOnLayersLoadedSharedAndBadResumes) {
+  const std::string dir = kGoldens + "moe_freq2";  // loaded as its config says: F F S F S
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(dir);
+  ASSERT_TRUE(config.ok()) << config.status();
+  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend("cpu", 1);
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  absl::StatusOr<std::unique_ptr<DsaModel>> model = DsaModel::Load(dir, *config, backend->get());
+  ASSERT_TRUE(model.ok()) << model.status();
+  absl::StatusOr<std::unique_ptr<PagedKvCache>> cache =
+      PagedKvCache::Create(backend->get(), (*model)->CacheSpec(16), size_t{4} << 20);
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  ASSERT_TRUE((*cache)->Reserve(0, 8).ok());
+  auto batch = [] {
+    ForwardBatch b;
+    b.token_ids = {3, 4, 5, 6};
+    b.positions = {0, 1, 2, 3};
+    b.token_seq = {0, 0, 0, 0};
+    b.sequences = {0};
+    b.logit_rows = {3};
+    return b;
+  };
+  auto refused = [&](const ForwardBatch& b, const std::string& says) {
+    absl::StatusOr<ForwardResult> r = (*model)->Forward(b, **cache);
+    ASSERT_FALSE(r.ok()) << says;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr(says));
+  };
+  ForwardBatch all_full = batch();
+  all_full.indexer_types = Pattern("FFFFF");
+  refused(all_full, "layer 2 cannot run Full");
+  ForwardBatch short_pattern = batch();
+  short_pattern.indexer_types = Pattern("FFS");
+  refused(short_pattern, "has 3 layers but the model has 5");
+  ForwardBatch past_end = batch();
+  past_end.first_layer = 5;
+  refused(past_end, "first layer 5 is outside [0, 5)");
+  ForwardBatch no_input = batch();
+  no_input.first_layer = 2;
+  refused(no_input, "needs its input");
+  LayerInput no_topk;
+  no_topk.hidden.resize(4 * config->hidden_size);
+  ForwardBatch shared_without_selection = batch();
+  shared_without_selection.first_layer = 2;  // Shared: needs the selection in force
+  shared_without_selection.resume = &no_topk;
+  refused(shared_without_selection, "layer 2's input");
+
+  // A pattern that only turns Full layers Shared runs, and equals the model loaded with it.
+  ForwardBatch fewer = batch();
+  fewer.indexer_types = Pattern("FSSFS");
+  absl::StatusOr<ForwardResult> got = (*model)->Forward(fewer, **cache);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ModelConfig reloaded = *config;
+  reloaded.indexer_types = Pattern("FSSFS");
+  absl::StatusOr<std::unique_ptr<DsaModel>> other = DsaModel::Load(dir, reloaded, backend->get());
+  ASSERT_TRUE(other.ok()) << other.status();
+  absl::StatusOr<ForwardResult> want = (*other)->Forward(batch(), **cache);
+  ASSERT_TRUE(want.ok()) << want.status();
+  ASSERT_EQ(got->logits.size(), want->logits.size());
+  for (size_t i = 0; i < want->logits.size(); ++i) EXPECT_FLOAT_EQ(got->logits[i], want->logits[i]) << i;
 }
 
 }  // namespace

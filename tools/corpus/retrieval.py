@@ -10,14 +10,18 @@ space), so a model retrieves correctly when it predicts every answer token after
   multikey  four records "The code for amber-512 is 90311." at different depths, one of them asked
             for: "What is the code for amber-512? The code for amber-512 is" -> " 90311"
 
-Lengths are in characters, sized from a token budget with CHARS_PER_TOKEN (an estimate for the
-4K-token tokenizer on English filler; the evaluation reports the real token counts).
+Lengths are in tokens of the model's tokenizer: a test case is grown or shrunk until prompt + answer
+fit its context length (a `count_tokens` function measures; tools/corpus/bpe_count.py here, HF
+`tokenizers` on the GPU machine). Sized from characters alone (CHARS_PER_TOKEN), the first test set's
+"2048-token" cases were 2,600 tokens, past the training context, and a fifth of the training documents
+lost their question and answer to truncation.
 """
 
 import random
 import re
 
-CHARS_PER_TOKEN = 3.0
+CHARS_PER_TOKEN = 2.3  # the trained tokenizer on the held-out filler, for the first guess
+MIN_FILL = 0.9  # a test case holds at least this share of its context length
 DEPTHS = [0.05, 0.25, 0.5, 0.75, 0.95]  # where the asked-for needle sits, as a share of the filler
 WORDS = ["amber", "basil", "cedar", "delta", "ember", "fable", "garnet", "harbor", "indigo", "juniper",
          "kestrel", "lagoon", "meadow", "nectar", "orchid", "pepper", "quartz", "raven", "saffron",
@@ -72,22 +76,39 @@ def multikey(rng, filler, n_chars, depth):
 TASKS = {"passkey": passkey, "multikey": multikey}
 
 
-def make_cases(filler, contexts, per_context, seed):
-    """Test cases: for each task and context length, per_context cases cycling through DEPTHS."""
+def sized(make, seed, filler, n_tokens, depth, count_tokens):
+    """make(...) at the largest filler size whose prompt + answer holds between MIN_FILL·n_tokens and n_tokens
+    tokens; the same seed at every try, so only the filler length changes."""
+    n_chars = n_tokens * CHARS_PER_TOKEN
+    best = None
+    for _ in range(12):
+        prompt, answer = make(random.Random(seed), filler, int(n_chars), depth)
+        n = count_tokens(prompt + answer)
+        if n <= n_tokens:
+            best = (prompt, answer)
+            if n >= MIN_FILL * n_tokens:
+                break
+        n_chars *= (0.5 + 0.5 * MIN_FILL) * n_tokens / n
+    if best is None:
+        raise ValueError(f"no {make.__name__} case fits {n_tokens} tokens")
+    return best
+
+
+def make_cases(filler, contexts, per_context, seed, count_tokens):
+    """Test cases: for each task and context length (tokens, prompt + answer), per_context cases cycling
+    through DEPTHS."""
     cases = []
     for task, make in TASKS.items():
         for context in contexts:
-            rng = random.Random(f"{seed}/{task}/{context}")
             for i in range(per_context):
                 depth = DEPTHS[i % len(DEPTHS)]
-                prompt, answer = make(rng, filler, int(context * CHARS_PER_TOKEN), depth)
+                prompt, answer = sized(make, f"{seed}/{task}/{context}/{i}", filler, context, depth, count_tokens)
                 cases.append({"task": task, "context": context, "depth": depth, "prompt": prompt, "answer": answer})
     return cases
 
 
-def make_training_document(rng, filler, max_tokens):
-    """One training document of a random task, length (up to max_tokens) and depth."""
+def make_training_document(rng, filler, n_tokens):
+    """(prompt, answer) of a random task and depth, about n_tokens long (sized from characters: the
+    trainer measures the real length and drops what does not fit its rows)."""
     task = rng.choice(sorted(TASKS))
-    n_chars = int(rng.uniform(0.1, 0.9) * max_tokens * CHARS_PER_TOKEN)
-    prompt, answer = TASKS[task](rng, filler, n_chars, rng.random())
-    return prompt + answer + "."
+    return TASKS[task](rng, filler, int(n_tokens * CHARS_PER_TOKEN), rng.random())

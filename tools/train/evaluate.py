@@ -6,7 +6,9 @@ tools/train/dsa_model.py in float32 (checked against transformers by train.py), 
 there is one:
   perplexity  data/test.txt (held out), non-overlapping windows of each --contexts length
   retrieval   data/retrieval_test.jsonl: a case is right when every answer token is the argmax after
-              the prompt (what greedy decoding would produce), per task and nominal context length
+              the prompt (exactly what greedy decoding would produce), per task and context length
+              (prompt + answer at most that many tokens); cases run in batches, right-padded, which
+              changes nothing before the padding in a causal model
 and once, on the first configuration (all-Full): the cross-layer top-k overlap, the share of the
 selected keys two layers have in common (rows t >= index_topk, where the selection is really sparse),
 averaged over held-out windows of the training context, as JSON and a heatmap PNG.
@@ -44,32 +46,42 @@ def load(model_dir, device):
     return model.float().to(device).eval()
 
 
+BATCH = 8
+
+
 def perplexity(model, ids, pattern, context, max_windows, device):
     n = min(max_windows, (len(ids) - 1) // context)
     total, count = 0.0, 0
-    for w in range(n):
-        x = torch.tensor(ids[w * context:(w + 1) * context + 1], device=device)
-        logits = model(x[None, :-1], mode="sparse", pattern=pattern)[0]
-        total += float(F.cross_entropy(logits, x[1:], reduction="sum"))
-        count += context
+    for w in range(0, n, BATCH):
+        x = torch.stack([torch.tensor(ids[v * context:(v + 1) * context + 1]) for v in range(w, min(n, w + BATCH))])
+        x = x.to(device)
+        logits = model(x[:, :-1], mode="sparse", pattern=pattern)
+        total += float(F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="sum"))
+        count += context * x.shape[0]
     return {"context": context, "windows": n, "tokens": count, "ppl": float(torch.tensor(total / count).exp())}
 
 
 def retrieval(model, tok, cases, pattern, device):
+    pad = tok.token_to_id("<|endoftext|>")
     by_key = {}
     for case in cases:
-        prompt, answer = tok.encode(case["prompt"]).ids, tok.encode(case["answer"]).ids
-        x = torch.tensor(prompt + answer, device=device)
-        logits = model(x[None], mode="sparse", pattern=pattern)[0]
-        predicted = logits[len(prompt) - 1:len(prompt) + len(answer) - 1].argmax(-1)
-        right = bool((predicted == x[len(prompt):]).all())
         key = f"{case['task']}/{case['context']}"
         entry = by_key.setdefault(key, {"task": case["task"], "context": case["context"], "cases": 0, "right": 0,
-                                        "max_tokens": 0})
-        entry["cases"] += 1
-        entry["right"] += right
-        entry["max_tokens"] = max(entry["max_tokens"], len(prompt) + len(answer))
+                                        "max_tokens": 0, "pending": []})
+        entry["pending"].append((tok.encode(case["prompt"]).ids, tok.encode(case["answer"]).ids))
     for entry in by_key.values():
+        pending = entry.pop("pending")
+        for b in range(0, len(pending), BATCH):
+            group = pending[b:b + BATCH]
+            width = max(len(p) + len(a) for p, a in group)
+            x = torch.full((len(group), width), pad, dtype=torch.int64)
+            for r, (p, a) in enumerate(group):
+                x[r, :len(p) + len(a)] = torch.tensor(p + a)
+            predicted = model(x.to(device), mode="sparse", pattern=pattern).argmax(-1).cpu()
+            for r, (p, a) in enumerate(group):
+                entry["right"] += bool((predicted[r, len(p) - 1:len(p) + len(a) - 1] == x[r, len(p):len(p) + len(a)]).all())
+                entry["max_tokens"] = max(entry["max_tokens"], len(p) + len(a))
+            entry["cases"] += len(group)
         entry["accuracy"] = entry["right"] / entry["cases"]
     return sorted(by_key.values(), key=lambda e: (e["task"], e["context"]))
 

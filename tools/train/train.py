@@ -18,11 +18,14 @@ one (indexer weights only for its Full layers, the pattern in its config), and a
 transformers 5.17 loads each and gives this model's logits.
 
 Data: data/train/train.txt.xz (tools/corpus/build_corpus.py) and data/train/tokenizer.json
-(tools/train/train_tokenizer.py); synthetic retrieval documents (tools/corpus/retrieval.py) make up
---retrieval-share of the training sequences.
+(tools/train/train_tokenizer.py). The retrieval curriculum, in every phase: --retrieval-share of the rows
+are packed with synthetic retrieval documents (tools/corpus/retrieval.py; filler from training text,
+fresh keys) of 48 tokens up to the whole row, log-uniform, the answer at a uniform depth, and the answer
+tokens weigh --answer-weight in the LM loss; the curve records the answer tokens' argmax accuracy.
 """
 
 import argparse
+import bisect
 import json
 import lzma
 import math
@@ -96,6 +99,31 @@ def log(msg):
 # ---------------------------------------------------------------------------------------------
 
 
+MIN_DOC_TOKENS = 48
+
+
+class RetrievalDoc:
+    """Token ids of prompt + answer + "." + eos, and where the answer's tokens are."""
+
+    def __init__(self, prompt_ids, answer_ids, tail_ids):
+        self.ids = np.array(prompt_ids + answer_ids + tail_ids, dtype=np.int64)
+        self.answer = (len(prompt_ids), len(prompt_ids) + len(answer_ids))
+
+
+def retrieval_docs(tok, filler, seq_len, n, rng):
+    """n documents drawn at log-uniform lengths from MIN_DOC_TOKENS to 1.3 rows (sized from characters,
+    which overestimates tokens on training text), those longer than a row dropped; sorted by length."""
+    eos = tok.token_to_id(DOC_SEPARATOR)
+    top = math.log(1.3 * (seq_len + 1))
+    texts = [retrieval.make_training_document(rng, filler, math.exp(rng.uniform(math.log(MIN_DOC_TOKENS), top)))
+             for _ in range(n)]
+    prompts = tok.encode_batch([p for p, _ in texts])
+    answers = tok.encode_batch([a for _, a in texts])
+    period = tok.encode(".").ids + [eos]
+    docs = [RetrievalDoc(p.ids, a.ids, period) for p, a in zip(prompts, answers)]
+    return sorted((d for d in docs if len(d.ids) <= seq_len + 1), key=lambda d: len(d.ids))
+
+
 def load_data(data_dir, seq_len, n_retrieval_docs, seed):
     import tokenizers
     tok = tokenizers.Tokenizer.from_file(os.path.join(data_dir, "tokenizer.json"))
@@ -109,31 +137,49 @@ def load_data(data_dir, seq_len, n_retrieval_docs, seed):
         f"({chars / len(stream):.2f} characters/token)")
     rng = random.Random(seed)
     filler = retrieval.sentences("\n".join(docs[i] for i in rng.sample(range(len(docs)), 400)))
-    synthetic = [retrieval.make_training_document(rng, filler, seq_len) for _ in range(n_retrieval_docs)]
-    synthetic = [np.array(e.ids + [eos], dtype=np.uint16) for e in tok.encode_batch(synthetic)]
-    log(f"{len(synthetic)} synthetic retrieval documents, mean {np.mean([len(s) for s in synthetic]):.0f} tokens")
+    synthetic = retrieval_docs(tok, filler, seq_len, n_retrieval_docs, rng)
+    lengths = np.array([len(d.ids) for d in synthetic])
+    log(f"{len(synthetic)} synthetic retrieval documents of {n_retrieval_docs} fit a row: tokens min {lengths.min()} "
+        f"median {np.median(lengths):.0f} mean {lengths.mean():.0f} max {lengths.max()}; "
+        f"answers of {np.mean([d.answer[1] - d.answer[0] for d in synthetic]):.2f} tokens")
     return torch.from_numpy(stream.astype(np.int64)), synthetic
 
 
 class Batches:
-    """Random windows of seq_len+1 tokens; a share of the rows starts with a retrieval document."""
+    """Rows of seq_len+1 tokens: a share of them packed with retrieval documents (then text), the rest
+    random windows of the text. Also per-target loss weights (answer_weight on answer tokens) and
+    the answer mask (None when the batch has no answer)."""
 
-    def __init__(self, stream, synthetic, seq_len, retrieval_share, seed):
+    def __init__(self, stream, synthetic, seq_len, retrieval_share, answer_weight, seed):
         self.stream, self.synthetic, self.seq_len, self.share = stream, synthetic, seq_len, retrieval_share
+        self.answer_weight = answer_weight
+        self.lengths = [len(d.ids) for d in synthetic]
         self.rng = random.Random(seed)
 
+    def _retrieval_row(self, row, answer):
+        pos = 0
+        while self.seq_len + 1 - pos >= MIN_DOC_TOKENS:
+            fits = bisect.bisect_right(self.lengths, self.seq_len + 1 - pos)
+            if fits == 0:
+                break
+            doc = self.synthetic[self.rng.randrange(fits)]
+            row[pos:pos + len(doc.ids)] = torch.from_numpy(doc.ids)
+            answer[pos + doc.answer[0]:pos + doc.answer[1]] = True
+            pos += len(doc.ids)
+        return pos
+
     def next(self, batch, device):
-        rows = []
-        for _ in range(batch):
+        rows = torch.empty(batch, self.seq_len + 1, dtype=torch.int64)
+        answer = torch.zeros(batch, self.seq_len + 1, dtype=torch.bool)
+        for r in range(batch):
+            pos = self._retrieval_row(rows[r], answer[r]) if self.rng.random() < self.share else 0
             start = self.rng.randrange(len(self.stream) - self.seq_len - 1)
-            row = self.stream[start:start + self.seq_len + 1]
-            if self.rng.random() < self.share:
-                doc = torch.from_numpy(self.synthetic[self.rng.randrange(len(self.synthetic))].astype(np.int64))
-                doc = doc[:self.seq_len + 1]
-                row = torch.cat([doc, row[:self.seq_len + 1 - len(doc)]])
-            rows.append(row)
-        x = torch.stack(rows).to(device, non_blocking=True)
-        return x[:, :-1], x[:, 1:]
+            rows[r, pos:] = self.stream[start:start + self.seq_len + 1 - pos]
+        answer = answer[:, 1:]  # over the targets
+        weight = (1.0 + (self.answer_weight - 1.0) * answer.float()).to(device, non_blocking=True)
+        answer = answer.to(device, non_blocking=True) if answer.any() else None  # tested here: no device sync
+        rows = rows.to(device, non_blocking=True)
+        return rows[:, :-1], rows[:, 1:], weight, answer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,9 +248,9 @@ def run_phase(name, model, batches, args, budget_s, step_fn, params, peak_lr, ba
             break
         for group in opt.param_groups:
             group["lr"] = lr_at(elapsed / budget_s, peak_lr)
-        x, y = batches.next(batch, args.device)
+        x, y, weight, answer = batches.next(batch, args.device)
         with torch.autocast(args.device, dtype=torch.bfloat16, enabled=cuda):
-            loss, parts = step_fn(x, y)
+            loss, parts = step_fn(x, y, weight, answer)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -222,8 +268,14 @@ def run_phase(name, model, batches, args, budget_s, step_fn, params, peak_lr, ba
     return {"steps": step, "tokens": tokens, "seconds": round(time.time() - start, 1)}
 
 
-def lm_loss(logits, y):
-    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+def lm_loss(logits, y, weight, answer):
+    """(weighted next-token loss, its parts: plain LM loss, answer tokens' loss and argmax accuracy)."""
+    ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view_as(weight)
+    parts = {"lm": ce.mean()}
+    if answer is not None:
+        parts["answer_ce"] = ce[answer].mean()
+        parts["answer_acc"] = (logits.detach().argmax(-1) == y)[answer].float().mean()
+    return (ce * weight).sum() / weight.sum(), parts
 
 
 def dense_phase(model, batches, args, curve):
@@ -232,9 +284,8 @@ def dense_phase(model, batches, args, curve):
         layer.self_attn.indexer.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
 
-    def step(x, y):
-        loss = lm_loss(model(x, mode="dense"), y)
-        return loss, {"lm": loss}
+    def step(x, y, weight, answer):
+        return lm_loss(model(x, mode="dense"), y, weight, answer)
     return run_phase("dense", model, batches, args, args.dense_s, step, params, args.lr, args.batch, curve,
                      balance=True)
 
@@ -245,11 +296,11 @@ def warmup_phase(model, batches, args, curve):
         layer.self_attn.indexer.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
 
-    def step(x, y):
+    def step(x, y, weight, answer):
         probes = dsa_model.Probes(want_attention=True, want_scores=True)
         logits = model(x, mode="dense", probes=probes)
         kl = sum(kl_to_indexer(probes.attention[i], probes.scores[i]) for i in probes.scores) / len(probes.scores)
-        return kl, {"kl": kl, "lm": lm_loss(logits.detach(), y)}
+        return kl, {"kl": kl, **lm_loss(logits.detach(), y, weight, answer)[1]}
     return run_phase("warmup", model, batches, args, args.warmup_s, step, params, args.indexer_lr,
                      args.indexer_batch, curve)
 
@@ -259,12 +310,12 @@ def sparse_phase(model, batches, args, curve):
     params = [p for p in model.parameters() if p.requires_grad]
     pattern = "F" * len(model.layers)
 
-    def step(x, y):
+    def step(x, y, weight, answer):
         probes = dsa_model.Probes(want_attention=True, want_scores=True)
-        lm = lm_loss(model(x, mode="sparse", pattern=pattern, probes=probes), y)
+        lm, parts = lm_loss(model(x, mode="sparse", pattern=pattern, probes=probes), y, weight, answer)
         kl = sum(kl_to_indexer(probes.attention[i], probes.scores[i], probes.selection[i])
                  for i in probes.scores) / len(probes.scores)
-        return lm + kl, {"lm": lm, "kl_selected": kl}
+        return lm + kl, {**parts, "kl_selected": kl}
     return run_phase("sparse", model, batches, args, args.sparse_s, step, params, args.sparse_lr,
                      args.indexer_batch, curve, balance=True)
 
@@ -276,7 +327,7 @@ def distill_phase(model, batches, args, curve, pattern):
         model.layers[f].self_attn.indexer.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
 
-    def step(x, y):
+    def step(x, y, weight, answer):
         probes = dsa_model.Probes(want_attention=True, want_scores=True)
         logits = model(x, mode="sparse", pattern=pattern, probes=probes)
         kl = 0
@@ -284,7 +335,7 @@ def distill_phase(model, batches, args, curve, pattern):
             target = sum(probes.attention[i] for i in served) / len(served)
             kl = kl + kl_to_indexer(target, probes.scores[f])
         kl = kl / len(groups)
-        return kl, {"kl_group": kl, "lm": lm_loss(logits.detach(), y)}
+        return kl, {"kl_group": kl, **lm_loss(logits.detach(), y, weight, answer)[1]}
     return run_phase("distill", model, batches, args, args.distill_s, step, params, args.indexer_lr,
                      args.indexer_batch, curve)
 
@@ -355,11 +406,13 @@ def main():
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--sparse-lr", type=float, default=6e-4)
     parser.add_argument("--indexer-lr", type=float, default=2e-3)
-    parser.add_argument("--retrieval-share", type=float, default=0.3)
-    parser.add_argument("--dense-s", type=float, default=210)
-    parser.add_argument("--warmup-s", type=float, default=40)
-    parser.add_argument("--sparse-s", type=float, default=110)
-    parser.add_argument("--distill-s", type=float, default=45)
+    parser.add_argument("--retrieval-share", type=float, default=0.35, help="share of rows packed with retrieval documents")
+    parser.add_argument("--retrieval-docs", type=int, default=16000, help="synthetic documents drawn (before the fit)")
+    parser.add_argument("--answer-weight", type=float, default=5.0, help="LM-loss weight of an answer token")
+    parser.add_argument("--dense-s", type=float, default=180)
+    parser.add_argument("--warmup-s", type=float, default=25)
+    parser.add_argument("--sparse-s", type=float, default=70)
+    parser.add_argument("--distill-s", type=float, default=25)
     parser.add_argument("--distill-pattern", default="FSSS" * 4)
     parser.add_argument("--seed", type=int, default=20261122)
     parser.add_argument("--device", default="cuda")
@@ -368,8 +421,8 @@ def main():
     torch.manual_seed(args.seed)
     torch.backends.cuda.matmul.allow_tf32 = True
     os.makedirs(args.out, exist_ok=True)
-    stream, synthetic = load_data(args.data, args.seq_len, 4000, args.seed)
-    batches = Batches(stream, synthetic, args.seq_len, args.retrieval_share, args.seed)
+    stream, synthetic = load_data(args.data, args.seq_len, args.retrieval_docs, args.seed)
+    batches = Batches(stream, synthetic, args.seq_len, args.retrieval_share, args.answer_weight, args.seed)
     model = dsa_model.DsaModel(CONFIG).cuda()
     model.init_weights()
     n_params = sum(p.numel() for p in model.parameters())
@@ -381,6 +434,7 @@ def main():
     summary["phases"]["sparse"] = sparse_phase(model, batches, args, curve)
     main_dir = os.path.join(args.out, "glm-dsa-trained")
     summary["bytes"] = export(model, main_dir, args.data)
+    open(os.path.join(args.out, "main-exported"), "w").close()  # the device script starts the CPU work on it
     summary["phases"]["distill"] = distill_phase(model, batches, args, curve, args.distill_pattern)
     distill_dir = os.path.join(args.out, "glm-dsa-trained-distill-1of4")
     export(model, distill_dir, args.data, args.distill_pattern)

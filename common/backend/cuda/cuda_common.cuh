@@ -30,6 +30,13 @@ inline AnyRows AnyRowsOf(const Tensor& t) {
 inline bool IsFloat(const Tensor& t) { return t.dtype == DType::kF32 || t.dtype == DType::kBF16; }
 inline bool IsColumn(const Tensor& t) { return t.dtype == DType::kI32 && t.cols >= 1 && t.stride >= 1; }
 
+// Four floats rounded to bf16 and stored as two 4-byte words (dst 8-byte aligned).
+__device__ __forceinline__ void StoreBf16x4(__nv_bfloat16* dst, float4 v) {
+  auto* out = reinterpret_cast<__nv_bfloat162*>(dst);
+  out[0] = __floats2bfloat162_rn(v.x, v.y);
+  out[1] = __floats2bfloat162_rn(v.z, v.w);
+}
+
 inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // An empty string when the last launch was accepted, else its error.

@@ -20,6 +20,7 @@ constexpr int kKeys = 64;    // keys per tile
 constexpr int kWarps = 8;    // each warp owns 16 query rows × 64 keys
 constexpr int kPad = 8;      // bf16 row padding against shared-memory bank conflicts
 constexpr int kScorePad = 4;
+constexpr int kLoadBatch = 4;  // global loads each thread keeps in flight when filling a key tile
 
 struct IndexerArgs {
   const float* q;
@@ -95,21 +96,25 @@ __global__ void __launch_bounds__(kWarps * 32) IndexerLogitsKernel(IndexerArgs a
     const int32_t* table = a.rows.block_tables + int64_t{seq} * a.rows.tables_stride;
     for (int tile = tile_begin; tile < tile_end; ++tile) {
       const int key0 = tile * kKeys;
-      // Keys (f32 in the paged pool) → bf16, four values per load.
+      // Keys (f32 in the paged pool) → bf16, four values per load, kLoadBatch loads in flight per
+      // thread before any is stored.
       const int quads = a.dim / 4;
-      for (int e = tid; e < kKeys * quads; e += blockDim.x) {
-        const int j = e / quads, d = (e % quads) * 4;
-        const int s = key0 + j;
-        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (s <= max_pos) {
-          const int64_t slot = int64_t{table[s / a.rows.block_size]} * a.rows.block_size + s % a.rows.block_size;
-          v = *reinterpret_cast<const float4*>(a.keys + slot * a.key_stride + d);
+      for (int e0 = tid; e0 < kKeys * quads; e0 += blockDim.x * kLoadBatch) {
+        float4 v[kLoadBatch];
+#pragma unroll
+        for (int b = 0; b < kLoadBatch; ++b) {
+          const int e = e0 + b * blockDim.x, j = e / quads, s = key0 + j;
+          v[b] = make_float4(0.f, 0.f, 0.f, 0.f);
+          if (e < kKeys * quads && s <= max_pos) {
+            const int64_t slot = int64_t{table[s / a.rows.block_size]} * a.rows.block_size + s % a.rows.block_size;
+            v[b] = *reinterpret_cast<const float4*>(a.keys + slot * a.key_stride + (e % quads) * 4);
+          }
         }
-        __nv_bfloat16* dst = k_tile + j * ld + d;
-        dst[0] = __float2bfloat16(v.x);
-        dst[1] = __float2bfloat16(v.y);
-        dst[2] = __float2bfloat16(v.z);
-        dst[3] = __float2bfloat16(v.w);
+#pragma unroll
+        for (int b = 0; b < kLoadBatch; ++b) {
+          const int e = e0 + b * blockDim.x;
+          if (e < kKeys * quads) StoreBf16x4(k_tile + (e / quads) * ld + (e % quads) * 4, v[b]);
+        }
       }
       __syncthreads();
       if (warp * 16 < used_rows) {

@@ -172,9 +172,10 @@ __global__ void __launch_bounds__(128) GroupedGemmKernel(const __nv_bfloat16* a,
   for (int k0 = 0; k0 < k_dim; k0 += kStep) {
     for (int i = tid; i < kTile * kStep; i += blockDim.x) {
       const int row = i / kStep, col = i % kStep;
-      a_tile[row][col] = m0 + row < rows ? a[int64_t{row_begin + m0 + row} * k_dim + k0 + col] : zero;
+      const bool k_in = k0 + col < k_dim;  // the last step may run past K (K a multiple of 16, not 32)
+      a_tile[row][col] = k_in && m0 + row < rows ? a[int64_t{row_begin + m0 + row} * k_dim + k0 + col] : zero;
       w_tile[row][col] =
-          n0 + row < n_cols ? w[(int64_t{e} * n_cols + n0 + row) * w_stride + k0 + col] : zero;
+          k_in && n0 + row < n_cols ? w[(int64_t{e} * n_cols + n0 + row) * w_stride + k0 + col] : zero;
     }
     __syncthreads();
     for (int kk = 0; kk < kStep; kk += 16) {
@@ -251,7 +252,7 @@ std::string MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_expert
     return "moe experts: weights " + gate_up.DebugString() + " / " + down.DebugString() + " disagree with x " +
            x.DebugString();
   }
-  if (hidden % kStep != 0 || inter % kStep != 0) return "moe experts: hidden and intermediate sizes must be multiples of 32";
+  if (hidden % 16 != 0 || inter % 16 != 0) return "moe experts: hidden and intermediate sizes must be multiples of 16";
   if (n == 0) return {};
   const int64_t rows = n * k;
   MoeScratch s = Carve(scratch, rows, hidden, inter, num_experts);

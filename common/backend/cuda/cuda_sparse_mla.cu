@@ -21,8 +21,9 @@ using namespace nvcuda;
 
 constexpr int kHeads = 16;  // heads per block (one wmma row tile)
 constexpr int kKeys = 64;   // keys per tile
-constexpr int kWarps = 4;
+constexpr int kWarps = 8;  // 4 compute the scores; all 8 load keys and accumulate P · C
 constexpr int kPad = 8;
+constexpr int kLoadBatch = 8;  // global loads each thread keeps in flight when filling a key tile
 
 struct MlaArgs {
   const float* q_latent;
@@ -103,22 +104,29 @@ __global__ void __launch_bounds__(kWarps * 32) SparseMlaKernel(MlaArgs a) {
       slots[tid] = pos < 0 ? -1 : int64_t{table[pos / a.rows.block_size]} * a.rows.block_size + pos % a.rows.block_size;
     }
     __syncthreads();
+    // Latent rows (f32) → bf16, kLoadBatch float4 loads in flight per thread before any is stored.
     const int quads = width / 4;
-    for (int e = tid; e < kKeys * quads; e += blockDim.x) {
-      const int j = e / quads, d = (e % quads) * 4;
-      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (slots[j] >= 0) v = *reinterpret_cast<const float4*>(a.pool + slots[j] * a.pool_stride + d);
-      __nv_bfloat16* dst = k_tile + j * ld + d;
-      dst[0] = __float2bfloat16(v.x);
-      dst[1] = __float2bfloat16(v.y);
-      dst[2] = __float2bfloat16(v.z);
-      dst[3] = __float2bfloat16(v.w);
+    for (int e0 = tid; e0 < kKeys * quads; e0 += blockDim.x * kLoadBatch) {
+      float4 v[kLoadBatch];
+#pragma unroll
+      for (int b = 0; b < kLoadBatch; ++b) {
+        const int e = e0 + b * blockDim.x;
+        v[b] = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (e < kKeys * quads && slots[e / quads] >= 0) {
+          v[b] = *reinterpret_cast<const float4*>(a.pool + slots[e / quads] * a.pool_stride + (e % quads) * 4);
+        }
+      }
+#pragma unroll
+      for (int b = 0; b < kLoadBatch; ++b) {
+        const int e = e0 + b * blockDim.x;
+        if (e < kKeys * quads) StoreBf16x4(k_tile + (e / quads) * ld + (e % quads) * 4, v[b]);
+      }
     }
     for (int e = tid; e < kKeys * (padded - width); e += blockDim.x) {
       k_tile[(e / (padded - width)) * ld + width + e % (padded - width)] = __float2bfloat16(0.0f);
     }
     __syncthreads();
-    {  // scores [16 × 64]: warp w computes keys 16w..16w+15
+    if (warp < kKeys / 16) {  // scores [16 × 64]: warp w computes keys 16w..16w+15
       wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
       wmma::fill_fragment(acc, 0.0f);
       for (int k = 0; k < padded; k += 16) {
@@ -131,8 +139,8 @@ __global__ void __launch_bounds__(kWarps * 32) SparseMlaKernel(MlaArgs a) {
       wmma::store_matrix_sync(scores + warp * 16, acc, ld_s, wmma::mem_row_major);
     }
     __syncthreads();
-    // Online softmax: 8 threads per head row, 8 keys each.
-    {
+    // Online softmax: 8 threads per head row, 8 keys each (the first 128 threads, whole warps).
+    if (tid < kHeads * 8) {
       const int h = tid / 8, part = tid % 8;
       float local_max = -FLT_MAX;
       for (int j = part * 8; j < part * 8 + 8; ++j) {
