@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/handoff/sender_verdict.h"
 #include "common/handoff/tcp_frame.h"
 #include "common/handoff/tcp_handoff.h"
 #include "common/util/logging.h"
@@ -322,14 +323,17 @@ class NcclHandoffSender final : public HandoffSender {
  public:
   NcclHandoffSender(NcclHandoffClient& client, std::shared_ptr<NcclHandoffClient::Pair> pair,
                     std::unique_ptr<FramedConnection> connection, absl::Duration io_timeout)
-      : client_(client), pair_(std::move(pair)), connection_(std::move(connection)), io_timeout_(io_timeout) {}
+      : client_(client),
+        pair_(std::move(pair)),
+        connection_(std::move(connection)),
+        verdict_(*connection_),
+        io_timeout_(io_timeout) {}
 
   absl::Status Send(const v1::HandoffChunk& chunk) override {
     if (cancelled_) return absl::CancelledError("the handoff was cancelled");
-    if (!outcome_.ok()) return outcome_;
-    if (have_ack_) return absl::FailedPreconditionError("the handoff already ended; no more chunks can be sent");
+    RETURN_IF_ERROR(verdict_.CheckCanSend());
     // An early verdict is a rejection: stop before pushing rows the decode worker will discard.
-    if (connection_->Available() > 0) return EarlyVerdict();
+    if (verdict_.AckWaiting()) return verdict_.TakeEarlyAck();
     const std::string& data = chunk.rows().data();
     const bool on_gpu = chunk.has_rows() && !data.empty();
     v1::NcclControl control;
@@ -360,14 +364,7 @@ class NcclHandoffSender final : public HandoffSender {
     if (!sent.ok()) {
       if (cancelled_) return absl::CancelledError("the handoff was cancelled");
       // A control write that failed: the decode worker may have rejected and closed; its ack says why.
-      if (control_failed) {
-        ReadVerdict();
-        if (have_ack_) {
-          return outcome_.ok() ? absl::InternalError("the decode worker accepted the handoff early") : outcome_;
-        }
-      }
-      outcome_ = sent;
-      return outcome_;
+      return control_failed ? verdict_.AfterFailedWrite(sent) : verdict_.Fail(sent);
     }
     const size_t rows_bytes = on_gpu ? data.size() : 0;
     CountChunkBytes(chunk, kFramePrefixBytes + control.ByteSizeLong() + rows_bytes, bytes_);
@@ -376,15 +373,7 @@ class NcclHandoffSender final : public HandoffSender {
 
   absl::StatusOr<v1::HandoffAck> Finish() override {
     if (cancelled_) return absl::CancelledError("the handoff was cancelled");
-    if (!have_ack_) {
-      if (!outcome_.ok()) return outcome_;
-      absl::Status sent = connection_->WriteFrame(FrameKind::kEnd, {}, {});
-      bytes_.metadata_bytes += kFramePrefixBytes;
-      ReadVerdict();
-      if (!have_ack_) return sent.ok() ? outcome_ : sent;
-    }
-    connection_->Close();
-    return ack_;
+    return verdict_.Finish(bytes_);
   }
 
   void Cancel() override {
@@ -395,32 +384,12 @@ class NcclHandoffSender final : public HandoffSender {
   const HandoffByteCounts& bytes() const override { return bytes_; }
 
  private:
-  absl::Status EarlyVerdict() {
-    ReadVerdict();
-    if (outcome_.ok()) outcome_ = absl::InternalError("the decode worker accepted the handoff before its end");
-    return outcome_;
-  }
-
-  // Reads the decode worker's ack frame into ack_ and sets outcome_ from it.
-  void ReadVerdict() {
-    absl::StatusOr<v1::HandoffAck> ack = ReadAckFrame(*connection_);
-    if (!ack.ok()) {
-      outcome_ = Annotate(ack.status(), "reading the decode worker's handoff verdict");
-      return;
-    }
-    ack_ = *std::move(ack);
-    have_ack_ = true;
-    outcome_ = AckStatus(ack_);
-  }
-
   NcclHandoffClient& client_;
   const std::shared_ptr<NcclHandoffClient::Pair> pair_;
   const std::unique_ptr<FramedConnection> connection_;
+  SenderVerdict verdict_;
   const absl::Duration io_timeout_;
   std::atomic<bool> cancelled_{false};
-  bool have_ack_ = false;
-  v1::HandoffAck ack_;
-  absl::Status outcome_;  // the first failure or rejection; later calls return it
   HandoffByteCounts bytes_;
 };
 

@@ -250,7 +250,7 @@ void TcpHandoffServer::Shutdown() { impl_->Shutdown(); }
 // Sender
 
 TcpHandoffSender::TcpHandoffSender(std::unique_ptr<FramedConnection> connection)
-    : connection_(std::move(connection)) {}
+    : connection_(std::move(connection)), verdict_(*connection_) {}
 
 TcpHandoffSender::~TcpHandoffSender() = default;
 
@@ -263,27 +263,10 @@ absl::StatusOr<std::unique_ptr<TcpHandoffSender>> TcpHandoffSender::Connect(cons
   return std::unique_ptr<TcpHandoffSender>(new TcpHandoffSender(std::move(connection)));
 }
 
-void TcpHandoffSender::ReadVerdict() {
-  absl::StatusOr<v1::HandoffAck> ack = ReadAckFrame(*connection_);
-  if (!ack.ok()) {
-    outcome_ = Annotate(ack.status(), "reading the decode worker's handoff verdict");
-    return;
-  }
-  ack_ = *std::move(ack);
-  have_ack_ = true;
-  outcome_ = ack_.accepted() ? absl::OkStatus() : AckStatus(ack_);
-}
-
 absl::Status TcpHandoffSender::Send(const v1::HandoffChunk& chunk) {
   if (cancelled_) return absl::CancelledError("the handoff was cancelled");
-  if (!outcome_.ok()) return outcome_;
-  if (have_ack_) return absl::FailedPreconditionError("the handoff already ended; no more chunks can be sent");
-  // An early ack is a rejection: stop before pushing more rows the decode worker will discard.
-  if (connection_->Available() > 0) {
-    ReadVerdict();
-    if (outcome_.ok()) outcome_ = absl::InternalError("the decode worker accepted the handoff before its end");
-    return outcome_;
-  }
+  RETURN_IF_ERROR(verdict_.CheckCanSend());
+  if (verdict_.AckWaiting()) return verdict_.TakeEarlyAck();
   std::string metadata;
   std::string_view payload;
   if (chunk.has_rows()) {
@@ -301,10 +284,7 @@ absl::Status TcpHandoffSender::Send(const v1::HandoffChunk& chunk) {
   absl::Status sent = connection_->WriteFrame(FrameKind::kChunk, metadata, payload);
   if (!sent.ok()) {
     if (cancelled_) return absl::CancelledError("the handoff was cancelled");
-    // The decode worker may have rejected the handoff and closed: its ack says why.
-    ReadVerdict();
-    if (!have_ack_) outcome_ = sent;
-    return outcome_.ok() ? absl::InternalError("the decode worker accepted the handoff before its end") : outcome_;
+    return verdict_.AfterFailedWrite(sent);
   }
   CountChunkBytes(chunk, kFramePrefixBytes + metadata.size() + payload.size(), bytes_);
   return absl::OkStatus();
@@ -312,15 +292,7 @@ absl::Status TcpHandoffSender::Send(const v1::HandoffChunk& chunk) {
 
 absl::StatusOr<v1::HandoffAck> TcpHandoffSender::Finish() {
   if (cancelled_) return absl::CancelledError("the handoff was cancelled");
-  if (!have_ack_) {
-    if (!outcome_.ok()) return outcome_;
-    absl::Status sent = connection_->WriteFrame(FrameKind::kEnd, {}, {});
-    bytes_.metadata_bytes += kFramePrefixBytes;
-    ReadVerdict();
-    if (!have_ack_) return sent.ok() ? outcome_ : sent;
-  }
-  connection_->Close();
-  return ack_;
+  return verdict_.Finish(bytes_);
 }
 
 void TcpHandoffSender::Cancel() {

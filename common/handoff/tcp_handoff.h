@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/handoff/handoff_transport.h"
+#include "common/handoff/sender_verdict.h"
 #include "common/util/host_port.h"
 
 namespace indexcache {
@@ -77,14 +78,10 @@ class TcpHandoffSender final : public HandoffSender {
 
  private:
   explicit TcpHandoffSender(std::unique_ptr<FramedConnection> connection);
-  // Reads the server's ack frame into ack_ and sets outcome_ from it.
-  void ReadVerdict();
 
-  std::unique_ptr<FramedConnection> connection_;
+  const std::unique_ptr<FramedConnection> connection_;
+  SenderVerdict verdict_;
   std::atomic<bool> cancelled_{false};
-  bool have_ack_ = false;
-  v1::HandoffAck ack_;
-  absl::Status outcome_;  // the first failure or rejection; later calls return it
   HandoffByteCounts bytes_;
 };
 
