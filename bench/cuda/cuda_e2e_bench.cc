@@ -118,8 +118,9 @@ int main(int argc, char** argv) {
   auto id = e.Submit(Prompt(decode_context, vocab), decode);
   if (!id.ok()) Die(id.status().ToString());
   std::vector<double> step_ms = RunToEnd(e);
-  // The first step is the prefill; the next two warm the decode path up.
-  std::vector<double> decode_ms(step_ms.begin() + std::min<size_t>(3, step_ms.size() - 1), step_ms.end());
+  // The first steps are the prompt's prefill chunks; the next two warm the decode path up.
+  const size_t prefill_steps = static_cast<size_t>((decode_context + options.max_batch_tokens - 1) / options.max_batch_tokens);
+  std::vector<double> decode_ms(step_ms.begin() + std::min(prefill_steps + 2, step_ms.size() - 1), step_ms.end());
   out["decode"] = {{"context", decode_context}, {"steps", decode_ms.size()}, {"ms_per_token", Median(decode_ms)}};
   std::fprintf(stderr, "decode at %d: %.2f ms/token\n", decode_context, Median(decode_ms));
   std::printf("%s\n", out.dump(1).c_str());
