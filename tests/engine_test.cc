@@ -216,6 +216,33 @@ TEST(EngineCacheLimitTest, RefusesMoreThanTheWholeCache) {
   EXPECT_EQ(engine->cache().num_used_blocks(), 0);
 }
 
+// A prefill worker's request caches its prompt alone (the decode worker holds what is generated):
+// on the same 4-block cache it is admitted whenever the prompt fits, whatever max_new_tokens says.
+TEST(EngineCacheLimitTest, PrefillOnlyNeedsRoomForThePromptAlone) {
+  EngineOptions options;
+  options.model_dir = kFreq2;
+  options.block_size = 16;
+  auto probe = MakeEngine(options);
+  ASSERT_NE(probe, nullptr);
+  options.kv_cache_bytes = 4 * probe->cache().bytes_per_block();
+  auto engine = MakeEngine(options);
+  ASSERT_NE(engine, nullptr);
+  ASSERT_EQ(engine->cache().num_blocks(), 4);
+
+  const std::vector<int32_t> prompt(60, 3);
+  EXPECT_EQ(engine->Submit(prompt, GreedyParams(20)).status().code(), absl::StatusCode::kResourceExhausted);
+  absl::StatusOr<RequestId> id = engine->SubmitPrefill(prompt, GreedyParams(20));
+  ASSERT_TRUE(id.ok()) << id.status();
+  while (engine->HasWork()) ASSERT_TRUE(engine->Step().ok());
+  EXPECT_EQ(engine->CachedTokens(*id).value_or(-1), 60);
+  engine->Release(*id);
+  EXPECT_EQ(engine->cache().num_used_blocks(), 0);
+  // A prompt that itself exceeds the cache is still refused up front.
+  absl::StatusOr<RequestId> too_long = engine->SubmitPrefill(std::vector<int32_t>(65, 3), GreedyParams(1));
+  EXPECT_EQ(too_long.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(too_long.status().message(), HasSubstr("the prompt (65 tokens)"));
+}
+
 // Three requests of 2 blocks each on a 4-block cache: one waits or is preempted and re-prefilled,
 // and every one still produces transformers' greedy continuation.
 TEST(EngineCacheLimitTest, RequestsBeyondTheCacheWaitAndFinish) {

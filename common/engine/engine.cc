@@ -87,7 +87,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& o) {
   return engine;
 }
 
-absl::Status Engine::ValidateRequest(const std::vector<int32_t>& prompt, const SamplingParams& params) const {
+absl::Status Engine::ValidateRequest(const std::vector<int32_t>& prompt, const SamplingParams& params,
+                                     bool prefill_only) const {
   const ModelConfig& c = config();
   if (prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
   for (int32_t id : prompt) {
@@ -103,18 +104,22 @@ absl::Status Engine::ValidateRequest(const std::vector<int32_t>& prompt, const S
         "prompt (%d tokens) + max_new_tokens (%d) exceeds the model's %d positions", prompt.size(),
         params.max_new_tokens, c.max_position_embeddings));
   }
-  if (cache_->BlocksFor(static_cast<int32_t>(total)) > cache_->num_blocks()) {
+  const int64_t cached = prefill_only ? static_cast<int64_t>(prompt.size()) : total;
+  if (cache_->BlocksFor(static_cast<int32_t>(cached)) > cache_->num_blocks()) {
     return absl::ResourceExhaustedError(absl::StrFormat(
-        "prompt + max_new_tokens (%d tokens) does not fit the KV cache (%d tokens in all)", total,
+        "%s (%d tokens) does not fit the KV cache (%d tokens in all)",
+        prefill_only ? "the prompt" : "prompt + max_new_tokens", cached,
         int64_t{cache_->num_blocks()} * cache_->block_size()));
   }
   return absl::OkStatus();
 }
 
-absl::StatusOr<Engine::Request> Engine::MakeRequest(std::vector<int32_t> prompt, const SamplingParams& params) {
-  RETURN_IF_ERROR(ValidateRequest(prompt, params));
+absl::StatusOr<Engine::Request> Engine::MakeRequest(std::vector<int32_t> prompt, const SamplingParams& params,
+                                                    bool prefill_only) {
+  RETURN_IF_ERROR(ValidateRequest(prompt, params, prefill_only));
   Request r;
   r.id = next_id_++;
+  r.prefill_only = prefill_only;
   r.prompt_len = static_cast<int32_t>(prompt.size());
   r.tokens = std::move(prompt);
   ASSIGN_OR_RETURN(Sampler sampler, Sampler::Create(params, config().vocab_size, Sampler::RandomSeed()));
@@ -125,7 +130,7 @@ absl::StatusOr<Engine::Request> Engine::MakeRequest(std::vector<int32_t> prompt,
 }
 
 absl::StatusOr<RequestId> Engine::Submit(std::vector<int32_t> prompt, const SamplingParams& params) {
-  ASSIGN_OR_RETURN(Request r, MakeRequest(std::move(prompt), params));
+  ASSIGN_OR_RETURN(Request r, MakeRequest(std::move(prompt), params, /*prefill_only=*/false));
   const RequestId id = r.id;
   order_.push_back(id);
   requests_.emplace(id, std::move(r));
@@ -133,8 +138,7 @@ absl::StatusOr<RequestId> Engine::Submit(std::vector<int32_t> prompt, const Samp
 }
 
 absl::StatusOr<RequestId> Engine::SubmitPrefill(std::vector<int32_t> prompt, const SamplingParams& params) {
-  ASSIGN_OR_RETURN(Request r, MakeRequest(std::move(prompt), params));
-  r.prefill_only = true;
+  ASSIGN_OR_RETURN(Request r, MakeRequest(std::move(prompt), params, /*prefill_only=*/true));
   const RequestId id = r.id;
   order_.push_back(id);
   requests_.emplace(id, std::move(r));
@@ -174,7 +178,7 @@ void Engine::Release(RequestId id) {
 }
 
 absl::StatusOr<RequestId> Engine::AdmitImport(std::vector<int32_t> prompt, const SamplingParams& params) {
-  ASSIGN_OR_RETURN(Request r, MakeRequest(std::move(prompt), params));
+  ASSIGN_OR_RETURN(Request r, MakeRequest(std::move(prompt), params, /*prefill_only=*/false));
   // Room for the prompt and the first decode step, all or nothing.
   RETURN_IF_ERROR(cache_->Reserve(r.id, r.prompt_len + 1));
   r.awaiting_import = true;

@@ -126,8 +126,11 @@ class Engine {
   };
 
   Engine() = default;
-  absl::Status ValidateRequest(const std::vector<int32_t>& prompt, const SamplingParams& params) const;
-  absl::StatusOr<Request> MakeRequest(std::vector<int32_t> prompt, const SamplingParams& params);
+  // `prefill_only`: the request caches its prompt alone (the decode worker holds the generated tokens),
+  // so only the prompt has to fit this engine's cache.
+  absl::Status ValidateRequest(const std::vector<int32_t>& prompt, const SamplingParams& params,
+                               bool prefill_only) const;
+  absl::StatusOr<Request> MakeRequest(std::vector<int32_t> prompt, const SamplingParams& params, bool prefill_only);
   absl::StatusOr<Request*> Find(RequestId id);
   // Records a sampled or imported token: detokenizes, checks stop conditions.
   TokenEvent Accept(Request& r, int32_t token);
