@@ -17,20 +17,16 @@
 #include "indexcache/v1/internal.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "nlohmann/json.hpp"
+#include "tests/e2e/e2e_common.h"
 #include "tools/indexcache/child_process.h"
 
 namespace indexcache {
 namespace {
 
-const std::string kModel = std::string(INDEXCACHE_TEST_DATA) + "/goldens/moe_freq2";
-const std::string kBinary = std::string(INDEXCACHE_BINARY_DIR) + "/tools/indexcache";
-
-std::vector<int32_t> GoldenInput() {
-  std::ifstream in(kModel + "/expected.json");
-  std::stringstream text;
-  text << in.rdbuf();
-  return nlohmann::json::parse(text.str())["input_ids"].get<std::vector<int32_t>>();
-}
+using e2e::GoldenInput;
+using e2e::Greedy;
+using e2e::kBinary;
+using e2e::kModel;
 
 struct ClusterParam {
   std::string transport;
@@ -111,14 +107,6 @@ class ClusterTest : public testing::TestWithParam<ClusterParam> {
       }
     }
     return tokens;
-  }
-
-  client::GenerateRequest Greedy(std::vector<int32_t> prompt, int32_t max_new) {
-    client::GenerateRequest request = client::GenerateRequest::FromIds(std::move(prompt));
-    request.sampling.temperature = 0.0f;
-    request.sampling.max_new_tokens = max_new;
-    request.sampling.ignore_eos = true;
-    return request;
   }
 
   // free_kv_blocks == total_kv_blocks on every decode worker, within `timeout`.

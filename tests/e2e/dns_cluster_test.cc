@@ -11,28 +11,22 @@
 #include "gtest/gtest.h"
 #include "indexcache/client.h"
 #include "nlohmann/json.hpp"
+#include "tests/e2e/e2e_common.h"
 #include "tools/indexcache/child_process.h"
 
 namespace indexcache {
 namespace {
 
-const std::string kModel = std::string(INDEXCACHE_TEST_DATA) + "/goldens/moe_freq2";
-const std::string kBinary = std::string(INDEXCACHE_BINARY_DIR) + "/tools/indexcache";
-
-std::vector<int32_t> GoldenInput() {
-  std::ifstream in(kModel + "/expected.json");
-  std::stringstream text;
-  text << in.rdbuf();
-  return nlohmann::json::parse(text.str())["input_ids"].get<std::vector<int32_t>>();
-}
+using e2e::GoldenInput;
+using e2e::Greedy;
+using e2e::kBinary;
+using e2e::kModel;
 
 std::string Port(const std::string& address) { return address.substr(address.rfind(':') + 1); }
 
-client::GenerateRequest Greedy(std::vector<int32_t> prompt, int32_t max_new) {
-  client::GenerateRequest request = client::GenerateRequest::FromIds(std::move(prompt));
-  request.sampling.temperature = 0.0f;
-  request.sampling.max_new_tokens = max_new;
-  request.sampling.ignore_eos = true;
+// Greedy with room for a loaded machine.
+client::GenerateRequest GreedyWithTimeout(std::vector<int32_t> prompt, int32_t max_new) {
+  client::GenerateRequest request = Greedy(std::move(prompt), max_new);
   request.timeout = absl::Seconds(120);
   return request;
 }
@@ -109,7 +103,7 @@ class DnsClusterTest : public testing::Test {
 
 TEST_F(DnsClusterTest, DiscoveredWorkersServeTheEnginesGreedyOutput) {
   const std::vector<int32_t> input = GoldenInput();
-  auto result = client_->Generate(Greedy(input, 12));
+  auto result = client_->Generate(GreedyWithTimeout(input, 12));
   ASSERT_TRUE(result.ok()) << result.status();
   ASSERT_EQ(result->final.finish_reason, client::FinishReason::kLength) << result->final.error;
 
@@ -134,7 +128,7 @@ TEST_F(DnsClusterTest, DiscoveredWorkersServeTheEnginesGreedyOutput) {
 }
 
 TEST_F(DnsClusterTest, ADecodeWorkerGivenSigtermFinishesItsStreamExitsAndLeavesThePool) {
-  client::GenerateStream stream = client_->Stream(Greedy(GoldenInput(), 400));
+  client::GenerateStream stream = client_->Stream(GreedyWithTimeout(GoldenInput(), 400));
   auto first = stream.Next();
   ASSERT_TRUE(first.ok()) << first.status();
   ASSERT_TRUE(first->has_value());
