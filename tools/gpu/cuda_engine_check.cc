@@ -228,6 +228,8 @@ std::vector<Case> AllCases() {
     for (int32_t chunk : {512, 7}) cases.push_back({name, kGoldens + name, chunk});
   }
   for (int32_t chunk : {512, 13}) cases.push_back({"bundled", std::string(INDEXCACHE_MODELS_DIR) + "/glm-dsa-tiny-random", chunk});
+  // The trained default model: reported like the others; check_cuda.sh asserts its perplexity.
+  for (int32_t chunk : {512, 13}) cases.push_back({"trained", std::string(INDEXCACHE_MODELS_DIR) + "/glm-dsa-trained", chunk});
   return cases;
 }
 
