@@ -393,51 +393,55 @@ TEST_F(CudaOpCheck, SparseMlaMatchesFloat64WithinTheBf16Bound) {
   }
 }
 
+// 45 tokens run the grouped expert kernel; 600 (>= 256) the per-expert cuBLAS path of large batches.
 TEST_F(CudaOpCheck, MoeRoutingAndExpertsMatchTheCpuBackend) {
-  const int64_t n = 45, hidden = 256, inter = 128;
-  const int32_t experts = 16;
-  MoeRouting routing{experts, 4, 4, 2, true, 2.5f};
-  const std::vector<float> x = RoundedBf16(Random(n * hidden, 41));
-  const std::vector<float> gate = RoundedBf16(Random(experts * hidden, 42, 0.0625f));
-  const std::vector<float> bias = RoundedBf16(Random(experts, 43, 0.05f));
-  const std::vector<float> gu = RoundedBf16(Random(experts * 2 * inter * hidden, 44, 0.0625f));
-  const std::vector<float> down = RoundedBf16(Random(experts * hidden * inter, 45, 0.088f));
-  auto run = [&](Backend& be, DType wd, std::vector<int32_t>* ids, std::vector<float>* wts, std::vector<float>* out,
-                 const std::vector<int32_t>* forced_ids, const std::vector<float>* forced_wts) {
-    Held hx = PutF(be, x, n, hidden), hg = PutF(be, gate, experts, hidden, wd), hb = PutF(be, bias, 1, experts, wd);
-    Held hgu = PutF(be, gu, experts * 2 * inter, hidden, wd), hd = PutF(be, down, experts * hidden, inter, wd);
-    Held hid = PutI(be, {}, n, routing.top_k), hw = PutF(be, {}, n, routing.top_k), ho = PutF(be, {}, n, hidden);
-    be.MoeRoute(hx.t, hg.t, hb.t, routing, hid.t, hw.t);
-    *ids = Get<int32_t>(be, hid.t);
-    *wts = Get<float>(be, hw.t);
-    if (forced_ids != nullptr) {
-      be.Upload(forced_ids->data(), hid.t);
-      be.Upload(forced_wts->data(), hw.t);
+  for (const int64_t n : {45, 600}) {
+    SCOPED_TRACE(testing::Message() << n << " tokens");
+    const int64_t hidden = 256, inter = 128;
+    const int32_t experts = 16;
+    MoeRouting routing{experts, 4, 4, 2, true, 2.5f};
+    const std::vector<float> x = RoundedBf16(Random(n * hidden, 41));
+    const std::vector<float> gate = RoundedBf16(Random(experts * hidden, 42, 0.0625f));
+    const std::vector<float> bias = RoundedBf16(Random(experts, 43, 0.05f));
+    const std::vector<float> gu = RoundedBf16(Random(experts * 2 * inter * hidden, 44, 0.0625f));
+    const std::vector<float> down = RoundedBf16(Random(experts * hidden * inter, 45, 0.088f));
+    auto run = [&](Backend& be, DType wd, std::vector<int32_t>* ids, std::vector<float>* wts, std::vector<float>* out,
+                   const std::vector<int32_t>* forced_ids, const std::vector<float>* forced_wts) {
+      Held hx = PutF(be, x, n, hidden), hg = PutF(be, gate, experts, hidden, wd), hb = PutF(be, bias, 1, experts, wd);
+      Held hgu = PutF(be, gu, experts * 2 * inter, hidden, wd), hd = PutF(be, down, experts * hidden, inter, wd);
+      Held hid = PutI(be, {}, n, routing.top_k), hw = PutF(be, {}, n, routing.top_k), ho = PutF(be, {}, n, hidden);
+      be.MoeRoute(hx.t, hg.t, hb.t, routing, hid.t, hw.t);
+      *ids = Get<int32_t>(be, hid.t);
+      *wts = Get<float>(be, hw.t);
+      if (forced_ids != nullptr) {
+        be.Upload(forced_ids->data(), hid.t);
+        be.Upload(forced_wts->data(), hw.t);
+      }
+      be.Fill(ho.t, 0.0f);
+      be.MoeExperts(hx.t, hgu.t, hd.t, experts, hid.t, hw.t, ho.t);
+      *out = Get<float>(be, ho.t);
+    };
+    std::vector<int32_t> cpu_ids, gpu_ids;
+    std::vector<float> cpu_w, gpu_w, cpu_out, gpu_out;
+    run(cpu_, DType::kF32, &cpu_ids, &cpu_w, &cpu_out, nullptr, nullptr);
+    // The experts are checked on the CPU's routing (x is bf16-exact, so the router logits agree to
+    // fp32 rounding and the picks should too).
+    run(*gpu_, DType::kBF16, &gpu_ids, &gpu_w, &gpu_out, &cpu_ids, &cpu_w);
+    int64_t differing = 0;
+    for (size_t i = 0; i < cpu_ids.size(); ++i) differing += cpu_ids[i] != gpu_ids[i];
+    EXPECT_EQ(differing, 0) << "router picks differ";
+    std::vector<float> bound(cpu_w.size(), 1e-5f);
+    ExpectWithin(gpu_w, cpu_w, bound, "moe route weights");
+    // Experts: the activation between the two GEMMs is rounded to bf16 (u relative), the rest is exact
+    // products of bf16 values with fp32 sums: bound 2u of the largest contribution per row.
+    bound.assign(cpu_out.size(), 0.0f);
+    for (int64_t r = 0; r < n; ++r) {
+      float row_max = 0.0f;
+      for (int64_t c = 0; c < hidden; ++c) row_max = std::max(row_max, std::abs(cpu_out[r * hidden + c]));
+      for (int64_t c = 0; c < hidden; ++c) bound[r * hidden + c] = static_cast<float>(4 * kUnitRoundoff * row_max);
     }
-    be.Fill(ho.t, 0.0f);
-    be.MoeExperts(hx.t, hgu.t, hd.t, experts, hid.t, hw.t, ho.t);
-    *out = Get<float>(be, ho.t);
-  };
-  std::vector<int32_t> cpu_ids, gpu_ids;
-  std::vector<float> cpu_w, gpu_w, cpu_out, gpu_out;
-  run(cpu_, DType::kF32, &cpu_ids, &cpu_w, &cpu_out, nullptr, nullptr);
-  // The experts are checked on the CPU's routing (x is bf16-exact, so the router logits agree to
-  // fp32 rounding and the picks should too).
-  run(*gpu_, DType::kBF16, &gpu_ids, &gpu_w, &gpu_out, &cpu_ids, &cpu_w);
-  int64_t differing = 0;
-  for (size_t i = 0; i < cpu_ids.size(); ++i) differing += cpu_ids[i] != gpu_ids[i];
-  EXPECT_EQ(differing, 0) << "router picks differ";
-  std::vector<float> bound(cpu_w.size(), 1e-5f);
-  ExpectWithin(gpu_w, cpu_w, bound, "moe route weights");
-  // Experts: the activation between the two GEMMs is rounded to bf16 (u relative), the rest is exact
-  // products of bf16 values with fp32 sums: bound 2u of the largest contribution per row.
-  bound.assign(cpu_out.size(), 0.0f);
-  for (int64_t r = 0; r < n; ++r) {
-    float row_max = 0.0f;
-    for (int64_t c = 0; c < hidden; ++c) row_max = std::max(row_max, std::abs(cpu_out[r * hidden + c]));
-    for (int64_t c = 0; c < hidden; ++c) bound[r * hidden + c] = static_cast<float>(4 * kUnitRoundoff * row_max);
+    ExpectWithin(gpu_out, cpu_out, bound, "moe experts");
   }
-  ExpectWithin(gpu_out, cpu_out, bound, "moe experts");
 }
 
 TEST_F(CudaOpCheck, BadInputIsAnErrorNotACrash) {

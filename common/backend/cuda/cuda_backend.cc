@@ -48,6 +48,9 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device_inde
       cublasSetStream(backend->cublas_, backend->stream_) != CUBLAS_STATUS_SUCCESS) {
     return absl::InternalError("device 'cuda': cuBLAS did not start");
   }
+  if ((e = cudaMallocHost(&backend->moe_offsets_host_, sizeof(int32_t) * (cuda::kMaxMoeExperts + 1))) != cudaSuccess) {
+    return absl::InternalError(absl::StrCat("device 'cuda': pinned host memory: ", cudaGetErrorString(e)));
+  }
   return backend;
 }
 
@@ -62,6 +65,7 @@ CudaBackend::~CudaBackend() {
   for (cudaEvent_t ev : free_events_) cudaEventDestroy(ev);
   if (cublas_ != nullptr) cublasDestroy(cublas_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  if (moe_offsets_host_ != nullptr) cudaFreeHost(moe_offsets_host_);
 }
 
 bool CudaBackend::Check(const absl::Status& status) {
@@ -301,7 +305,8 @@ void CudaBackend::MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_
   void* scratch =
       ScratchSpace(Scratch::kMoe, cuda::MoeScratchBytes(x.rows, topk_ids.cols, x.cols, down.cols, num_experts));
   if (scratch == nullptr) return;
-  Check(AsStatus(cuda::MoeExperts(x, gate_up, down, num_experts, topk_ids, topk_weights, out, scratch, stream_)));
+  Check(AsStatus(cuda::MoeExperts(x, gate_up, down, num_experts, topk_ids, topk_weights, out, scratch, cublas_,
+                                  moe_offsets_host_, stream_)));
 }
 
 // A region is a pair of events on the stream (begin, end); both are recorded the same way.

@@ -87,6 +87,7 @@ class CudaBackend final : public Backend {
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
+  int32_t* moe_offsets_host_ = nullptr;  // pinned: MoE bucket offsets of large batches (cuda_moe.cu)
   std::array<void*, static_cast<size_t>(Scratch::kCount)> scratch_{};
   std::array<size_t, static_cast<size_t>(Scratch::kCount)> scratch_bytes_{};
 

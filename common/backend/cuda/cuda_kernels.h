@@ -9,6 +9,7 @@
 #include "common/backend/backend.h"
 
 typedef struct CUstream_st* cudaStream_t;
+typedef struct cublasContext* cublasHandle_t;
 
 namespace indexcache::cuda {
 
@@ -54,11 +55,15 @@ std::string SparseMlaAttention(Tensor q_latent, Tensor q_rope, int32_t heads, Te
                                cudaStream_t stream);
 
 // --- mixture of experts (cuda_moe.cu) ---
+constexpr int32_t kMaxMoeExperts = 256;
 // Routing from the router logits [n, E] (x · gate_wᵀ, computed by the caller).
 std::string MoeRouteFromLogits(Tensor logits, Tensor correction_bias, const MoeRouting& routing, Tensor topk_ids,
                                Tensor topk_weights, cudaStream_t stream);
 size_t MoeScratchBytes(int64_t tokens, int64_t top_k, int64_t hidden, int64_t inter, int32_t num_experts);
+// Large batches run the expert GEMMs through `cublas` (on `stream`) after downloading the bucket offsets
+// into `host_offsets` (pinned, >= num_experts + 1 ints); null handles or small batches use our grouped kernel.
 std::string MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_experts, Tensor topk_ids,
-                       Tensor topk_weights, Tensor out, void* scratch, cudaStream_t stream);
+                       Tensor topk_weights, Tensor out, void* scratch, cublasHandle_t cublas, int32_t* host_offsets,
+                       cudaStream_t stream);
 
 }  // namespace indexcache::cuda

@@ -3,6 +3,12 @@
 // expert on the device (counts → offsets → scatter), their rows are gathered as bf16, and two grouped
 // GEMMs (tensor cores, one launch each for all experts) run gate·up and down over each expert's
 // bucket; a last kernel sums each token's K expert outputs in a fixed order (deterministic).
+// Large batches (prefill chunks) run the experts' products through cuBLAS instead, one GEMM per
+// expert, after one small download of the bucket offsets: the library's Hopper kernels are several
+// times faster than the grouped kernel at those sizes, and one host round trip per MoE layer is
+// negligible against a chunk's work. Small batches (decode) and CUDA-graph capture keep the grouped
+// kernel, which never waits for the host.
+#include <cublas_v2.h>
 #include <mma.h>
 
 #include <cfloat>
@@ -15,7 +21,8 @@ namespace {
 
 using namespace nvcuda;
 
-constexpr int kMaxExperts = 256;
+// From this many tokens on (and outside graph capture) the expert GEMMs go through cuBLAS.
+constexpr int64_t kLibraryMinTokens = 256;
 
 __global__ void RouteKernel(const float* logits, int64_t logits_stride, AnyRows bias, MoeRouting routing, int64_t n,
                             int32_t* ids, int64_t ids_stride, float* weights, int64_t weights_stride) {
@@ -23,14 +30,14 @@ __global__ void RouteKernel(const float* logits, int64_t logits_stride, AnyRows 
   if (r >= n) return;
   const int experts = routing.num_experts;
   const int per_group = experts / routing.n_group;
-  float score[kMaxExperts], choice[kMaxExperts];
+  float score[kMaxMoeExperts], choice[kMaxMoeExperts];
   for (int e = 0; e < experts; ++e) {
     score[e] = 1.0f / (1.0f + expf(-logits[r * logits_stride + e]));
     choice[e] = score[e] + bias.at(0, e);
   }
   // A group's score is the sum of its two best biased scores; only the best topk_group groups stay.
   if (routing.n_group > 1) {
-    float group_score[kMaxExperts];
+    float group_score[kMaxMoeExperts];
     for (int g = 0; g < routing.n_group; ++g) {
       float best = -FLT_MAX, second = -FLT_MAX;
       for (int e = g * per_group; e < (g + 1) * per_group; ++e) {
@@ -54,7 +61,7 @@ __global__ void RouteKernel(const float* logits, int64_t logits_stride, AnyRows 
     }
   }
   // Top-k by biased score, ties to the lower expert id.
-  bool taken[kMaxExperts] = {};
+  bool taken[kMaxMoeExperts] = {};
   float sum = 0.0f;
   for (int k = 0; k < routing.top_k; ++k) {
     int best = -1;
@@ -198,6 +205,25 @@ __global__ void __launch_bounds__(128) GroupedGemmKernel(const __nv_bfloat16* a,
   }
 }
 
+// The same products as GroupedGemmKernel, one cuBLAS GEMM per non-empty expert; `offsets` are the
+// bucket offsets on the host.
+std::string ExpertGemmsByLibrary(cublasHandle_t cublas, const __nv_bfloat16* a, const __nv_bfloat16* w,
+                                 int64_t w_stride, const int32_t* offsets, int32_t experts, int32_t n_cols,
+                                 int32_t k_dim, float* c) {
+  const float alpha = 1.0f, beta = 0.0f;
+  for (int e = 0; e < experts; ++e) {
+    const int32_t row_begin = offsets[e], rows = offsets[e + 1] - row_begin;
+    if (rows == 0) continue;
+    // Row-major C[rows, N] = A[rows, K] · W_eᵀ is column-major Cᵀ = W_e · Aᵀ with W_e read transposed.
+    const cublasStatus_t status = cublasGemmEx(
+        cublas, CUBLAS_OP_T, CUBLAS_OP_N, n_cols, rows, k_dim, &alpha, w + int64_t{e} * n_cols * w_stride, CUDA_R_16BF,
+        static_cast<int>(w_stride), a + int64_t{row_begin} * k_dim, CUDA_R_16BF, k_dim, &beta,
+        c + int64_t{row_begin} * n_cols, CUDA_R_32F, n_cols, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (status != CUBLAS_STATUS_SUCCESS) return "moe experts: cuBLAS GEMM of expert " + std::to_string(e) + " failed";
+  }
+  return {};
+}
+
 // out[r] += Σ_k weight[r, k] · ys[slot_of[r, k]], k in order.
 __global__ void CombineKernel(const float* ys, const int32_t* slot_of, const float* weights, int64_t weights_stride,
                               int32_t top_k, int64_t hidden, float* out, int64_t out_stride) {
@@ -213,7 +239,7 @@ __global__ void CombineKernel(const float* ys, const int32_t* slot_of, const flo
 
 std::string MoeRouteFromLogits(Tensor logits, Tensor correction_bias, const MoeRouting& routing, Tensor topk_ids,
                                Tensor topk_weights, cudaStream_t stream) {
-  if (routing.num_experts <= 0 || routing.num_experts > kMaxExperts || routing.n_group <= 0 ||
+  if (routing.num_experts <= 0 || routing.num_experts > kMaxMoeExperts || routing.n_group <= 0 ||
       routing.num_experts % routing.n_group != 0 || routing.top_k <= 0 || routing.top_k > routing.num_experts ||
       routing.topk_group <= 0 || routing.topk_group > routing.n_group) {
     return "moe route: " + std::to_string(routing.num_experts) + " experts in " + std::to_string(routing.n_group) +
@@ -240,13 +266,14 @@ size_t MoeScratchBytes(int64_t tokens, int64_t top_k, int64_t hidden, int64_t in
 }
 
 std::string MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_experts, Tensor topk_ids,
-                       Tensor topk_weights, Tensor out, void* scratch, cudaStream_t stream) {
+                       Tensor topk_weights, Tensor out, void* scratch, cublasHandle_t cublas, int32_t* host_offsets,
+                       cudaStream_t stream) {
   const int64_t n = x.rows, hidden = x.cols, inter = down.cols, k = topk_ids.cols;
   if (x.dtype != DType::kF32 || out.dtype != DType::kF32 || gate_up.dtype != DType::kBF16 ||
       down.dtype != DType::kBF16 || topk_ids.dtype != DType::kI32 || topk_weights.dtype != DType::kF32) {
     return "moe experts: x and out must be f32, expert weights bf16";
   }
-  if (num_experts <= 0 || gate_up.rows != int64_t{num_experts} * 2 * inter || gate_up.cols != hidden ||
+  if (num_experts <= 0 || num_experts > kMaxMoeExperts || gate_up.rows != int64_t{num_experts} * 2 * inter || gate_up.cols != hidden ||
       down.rows != int64_t{num_experts} * hidden || out.rows != n || out.cols != hidden || topk_weights.rows != n ||
       topk_ids.rows != n || topk_weights.cols < k) {
     return "moe experts: weights " + gate_up.DebugString() + " / " + down.DebugString() + " disagree with x " +
@@ -264,16 +291,34 @@ std::string MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_expert
                                           s.offsets, s.cursor, s.slot_token, s.slot_of);
   GatherCastKernel<<<static_cast<unsigned>(rows), 128, 0, stream>>>(x.ptr<float>(), x.stride, s.slot_token, hidden,
                                                                     s.xs);
-  // A bucket holds at most n rows (a token picks an expert once).
-  const unsigned row_tiles = static_cast<unsigned>(CeilDiv(n, kTile));
-  GroupedGemmKernel<<<dim3(static_cast<unsigned>(CeilDiv(2 * inter, kTile)), num_experts, row_tiles), 128, 0, stream>>>(
-      s.xs, gate_up.ptr<__nv_bfloat16>(), gate_up.stride, s.offsets, static_cast<int32_t>(2 * inter),
-      static_cast<int32_t>(hidden), s.gate_up);
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess) return "moe experts: " + LaunchError();
+  const bool by_library =
+      cublas != nullptr && host_offsets != nullptr && n >= kLibraryMinTokens && capture == cudaStreamCaptureStatusNone;
+  if (by_library) {
+    cudaMemcpyAsync(host_offsets, s.offsets, sizeof(int32_t) * (num_experts + 1), cudaMemcpyDeviceToHost, stream);
+    const cudaError_t e = cudaStreamSynchronize(stream);
+    if (e != cudaSuccess) return std::string("moe experts: ") + cudaGetErrorString(e);
+  }
+  // gate·up of every expert's rows (bf16 → f32), SiLU·up back to bf16, then down.
+  auto expert_gemms = [&](const __nv_bfloat16* a, const Tensor& w, int64_t n_cols, int64_t k_dim, float* c) {
+    if (by_library) {
+      return ExpertGemmsByLibrary(cublas, a, w.ptr<__nv_bfloat16>(), w.stride, host_offsets, num_experts,
+                                  static_cast<int32_t>(n_cols), static_cast<int32_t>(k_dim), c);
+    }
+    // A bucket holds at most n rows (a token picks an expert once).
+    GroupedGemmKernel<<<dim3(static_cast<unsigned>(CeilDiv(n_cols, kTile)), num_experts,
+                             static_cast<unsigned>(CeilDiv(n, kTile))),
+                        128, 0, stream>>>(a, w.ptr<__nv_bfloat16>(), w.stride, s.offsets, static_cast<int32_t>(n_cols),
+                                          static_cast<int32_t>(k_dim), c);
+    return LaunchError();
+  };
+  std::string error = expert_gemms(s.xs, gate_up, 2 * inter, hidden, s.gate_up);
+  if (!error.empty()) return error;
   SiluMulCastKernel<<<static_cast<unsigned>(std::min<int64_t>(CeilDiv(rows * inter, 256), 65535)), 256, 0, stream>>>(
       s.gate_up, rows, inter, s.offsets + num_experts, s.act);
-  GroupedGemmKernel<<<dim3(static_cast<unsigned>(CeilDiv(hidden, kTile)), num_experts, row_tiles), 128, 0, stream>>>(
-      s.act, down.ptr<__nv_bfloat16>(), down.stride, s.offsets, static_cast<int32_t>(hidden),
-      static_cast<int32_t>(inter), s.ys);
+  error = expert_gemms(s.act, down, hidden, inter, s.ys);
+  if (!error.empty()) return error;
   CombineKernel<<<static_cast<unsigned>(n), 128, 0, stream>>>(s.ys, s.slot_of, topk_weights.ptr<float>(),
                                                               topk_weights.stride, static_cast<int32_t>(k), hidden,
                                                               out.ptr<float>(), out.stride);
