@@ -3,66 +3,32 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <limits>
-#include <numeric>
+#include <memory>
 #include <vector>
 
 #include "common/backend/cpu/cpu_backend.h"
+#include "common/backend/moe_expert_choice.h"
 
 namespace indexcache {
 
 void CpuBackend::MoeRoute(Tensor x, Tensor gate_w, Tensor correction_bias, const MoeRouting& routing,
                           Tensor topk_ids, Tensor topk_weights) {
   const int32_t experts = routing.num_experts;
-  const int32_t per_group = experts / routing.n_group;
   std::vector<float> logits(static_cast<size_t>(x.rows) * experts);
   Linear(x, gate_w, Tensor::Matrix(logits.data(), DType::kF32, x.rows, experts));
   const float* bias = correction_bias.ptr<float>();
 #pragma omp parallel
   {
     std::vector<float> score(experts), choice(experts), group_score(routing.n_group);
-    std::vector<int32_t> order(std::max(experts, routing.n_group));
+    std::unique_ptr<bool[]> taken(new bool[experts]);
 #pragma omp for
     for (int64_t r = 0; r < x.rows; ++r) {
       for (int32_t e = 0; e < experts; ++e) {
         score[e] = 1.0f / (1.0f + std::exp(-logits[r * experts + e]));
         choice[e] = score[e] + bias[e];
       }
-      // A group's score is the sum of its two best biased scores; only the best topk_group groups
-      // stay eligible.
-      for (int32_t g = 0; g < routing.n_group; ++g) {
-        float best = -INFINITY, second = -INFINITY;
-        for (int32_t e = g * per_group; e < (g + 1) * per_group; ++e) {
-          if (choice[e] > best) {
-            second = best;
-            best = choice[e];
-          } else if (choice[e] > second) {
-            second = choice[e];
-          }
-        }
-        group_score[g] = best + (per_group > 1 ? second : 0.0f);
-      }
-      std::iota(order.begin(), order.begin() + routing.n_group, 0);
-      std::partial_sort(order.begin(), order.begin() + routing.topk_group, order.begin() + routing.n_group,
-                        [&](int32_t a, int32_t b) { return group_score[a] > group_score[b]; });
-      std::vector<bool> eligible(routing.n_group, false);
-      for (int32_t i = 0; i < routing.topk_group; ++i) eligible[order[i]] = true;
-      for (int32_t e = 0; e < experts; ++e) {
-        if (!eligible[e / per_group]) choice[e] = -INFINITY;
-      }
-      std::iota(order.begin(), order.begin() + experts, 0);
-      std::partial_sort(order.begin(), order.begin() + routing.top_k, order.begin() + experts,
-                        [&](int32_t a, int32_t b) { return choice[a] > choice[b] || (choice[a] == choice[b] && a < b); });
-      int32_t* ids = topk_ids.row<int32_t>(r);
-      float* weights = topk_weights.row<float>(r);
-      float sum = 0.0f;
-      for (int32_t k = 0; k < routing.top_k; ++k) {
-        ids[k] = order[k];
-        weights[k] = score[order[k]];
-        sum += weights[k];
-      }
-      const float norm = routing.norm_topk_prob ? 1.0f / (sum + 1e-20f) : 1.0f;
-      for (int32_t k = 0; k < routing.top_k; ++k) weights[k] *= norm * routing.routed_scaling_factor;
+      ChooseExperts(score.data(), choice.data(), routing, group_score.data(), taken.get(), topk_ids.row<int32_t>(r),
+                    topk_weights.row<float>(r));
     }
   }
 }

@@ -11,9 +11,10 @@
 #include <cublas_v2.h>
 #include <mma.h>
 
-#include <cfloat>
+#include <algorithm>
 
 #include "common/backend/cuda/cuda_common.cuh"
+#include "common/backend/moe_expert_choice.h"
 #include "common/backend/cuda/cuda_kernels.h"
 
 namespace indexcache::cuda {
@@ -28,53 +29,13 @@ __global__ void RouteKernel(const float* logits, int64_t logits_stride, AnyRows 
                             int32_t* ids, int64_t ids_stride, float* weights, int64_t weights_stride) {
   const int64_t r = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (r >= n) return;
-  const int experts = routing.num_experts;
-  const int per_group = experts / routing.n_group;
-  float score[kMaxMoeExperts], choice[kMaxMoeExperts];
-  for (int e = 0; e < experts; ++e) {
+  float score[kMaxMoeExperts], choice[kMaxMoeExperts], group_score[kMaxMoeExperts];
+  bool taken[kMaxMoeExperts];
+  for (int e = 0; e < routing.num_experts; ++e) {
     score[e] = 1.0f / (1.0f + expf(-logits[r * logits_stride + e]));
     choice[e] = score[e] + bias.at(0, e);
   }
-  // A group's score is the sum of its two best biased scores; only the best topk_group groups stay.
-  if (routing.n_group > 1) {
-    float group_score[kMaxMoeExperts];
-    for (int g = 0; g < routing.n_group; ++g) {
-      float best = -FLT_MAX, second = -FLT_MAX;
-      for (int e = g * per_group; e < (g + 1) * per_group; ++e) {
-        if (choice[e] > best) {
-          second = best;
-          best = choice[e];
-        } else if (choice[e] > second) {
-          second = choice[e];
-        }
-      }
-      group_score[g] = best + (per_group > 1 ? second : 0.0f);
-    }
-    for (int g = 0; g < routing.n_group; ++g) {
-      int better = 0;  // groups ranked above g (ties: the lower index ranks higher)
-      for (int o = 0; o < routing.n_group; ++o) {
-        better += group_score[o] > group_score[g] || (group_score[o] == group_score[g] && o < g);
-      }
-      if (better >= routing.topk_group) {
-        for (int e = g * per_group; e < (g + 1) * per_group; ++e) choice[e] = -INFINITY;
-      }
-    }
-  }
-  // Top-k by biased score, ties to the lower expert id.
-  bool taken[kMaxMoeExperts] = {};
-  float sum = 0.0f;
-  for (int k = 0; k < routing.top_k; ++k) {
-    int best = -1;
-    for (int e = 0; e < experts; ++e) {
-      if (!taken[e] && (best < 0 || choice[e] > choice[best])) best = e;
-    }
-    taken[best] = true;
-    ids[r * ids_stride + k] = best;
-    weights[r * weights_stride + k] = score[best];
-    sum += score[best];
-  }
-  const float norm = routing.norm_topk_prob ? 1.0f / (sum + 1e-20f) : 1.0f;
-  for (int k = 0; k < routing.top_k; ++k) weights[r * weights_stride + k] *= norm * routing.routed_scaling_factor;
+  ChooseExperts(score, choice, routing, group_score, taken, ids + r * ids_stride, weights + r * weights_stride);
 }
 
 // Scratch layout of MoeExperts.
