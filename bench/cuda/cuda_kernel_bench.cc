@@ -4,6 +4,7 @@
 // the backend's own kernels exactly as the engine calls them: the indexer logits (prefill chunk and
 // decode), the radix top-k, and sparse MLA for prefill and decode. Prints one JSON object on stdout;
 // bench/cuda/run_cuda_bench.sh adds torch's baselines from the same run and writes the report.
+// With --topk-only it times the top-k alone on torch.topk's shapes instead (bench/cuda/run_topk_bench.sh).
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -217,6 +218,44 @@ nlohmann::json IndexerAndTopK(cudaStream_t stream, int32_t context, int32_t quer
   return out;
 }
 
+// The top-k alone on torch's shapes: `rows` rows of N(0, 1) scores (the first `context` columns of
+// `scores`, rows `stride` apart), every row of full length (the rows torch.topk sees in
+// torch_baselines.py), the same scores with the causal lengths of a prefill chunk at the end of the
+// context, and one decode row. Each shape is timed twice, so the spread between the two medians shows
+// the noise; bytes count each visible score read once.
+nlohmann::json TopKAlone(cudaStream_t stream, float* scores, int64_t stride, int32_t context, int32_t rows) {
+  nlohmann::json out;
+  out["context"] = context;
+  out["rows"] = rows;
+  out["k"] = kTopK;
+  int32_t* picks = nullptr;
+  CheckCuda(cudaMalloc(&picks, sizeof(int32_t) * rows * int64_t{kTopK}), "alloc");
+  std::vector<int32_t> full(rows, context - 1), causal(rows);
+  for (int32_t q = 0; q < rows; ++q) causal[q] = context - rows + q;
+  int32_t* full_pos = DeviceInts(full);
+  int32_t* causal_pos = DeviceInts(causal);
+  const Tensor tl = Tensor::Matrix(scores, DType::kF32, rows, stride).Cols(0, context);
+  const Tensor tt = Tensor::Matrix(picks, DType::kI32, rows, kTopK);
+  auto time = [&](const int32_t* pos, int64_t n, double visible) {
+    auto run = [&] {
+      const std::string e = cuda::RowTopK(tl.Rows(0, n), pos, tt.Rows(0, n), stream);
+      if (!e.empty()) Die(e);
+    };
+    const double first = TimeMs(stream, 3, 20, run), second = TimeMs(stream, 3, 20, run);
+    return nlohmann::json{{"ms", {first, second}},
+                          {"read_gbps", visible * sizeof(float) / (std::min(first, second) * 1e-3) / 1e9}};
+  };
+  double causal_visible = 0;
+  for (int32_t p : causal) causal_visible += p + 1;
+  out["full"] = time(full_pos, rows, double(rows) * context);
+  out["causal"] = time(causal_pos, rows, causal_visible);
+  out["decode"] = time(full_pos, 1, context);
+  cudaFree(picks);
+  cudaFree(full_pos);
+  cudaFree(causal_pos);
+  return out;
+}
+
 // Sparse MLA over 2048 selected keys per token: a prefill chunk (TFLOP/s) and decode batches (GB/s of
 // latent rows read, f32 cache).
 nlohmann::json SparseMla(CudaBackend& be, int32_t context, int32_t prefill_tokens, const std::vector<int32_t>& batches) {
@@ -288,6 +327,20 @@ int main(int argc, char** argv) {
   report["device"] = prop.name;
   report["sms"] = prop.multiProcessorCount;
   report["ceilings"] = bench::Ceilings((*be)->stream(), (*be)->cublas());
+  // --topk-only: the top-k alone on torch.topk's shapes (bench/cuda/run_topk_bench.sh).
+  if (argc > 1 && std::string(argv[1]) == "--topk-only") {
+    const int32_t rows = 2048, widest = 131072;
+    float* scores = bench::DeviceRandom<float>(size_t{rows} * widest, 10);  // shared by every context
+    report["topk"] = nlohmann::json::array();
+    for (int32_t context : {8192, 32768, 65536, widest}) {
+      report["topk"].push_back(bench::TopKAlone((*be)->stream(), scores, widest, context, rows));
+      std::fprintf(stderr, "top-k %d done\n", context);
+    }
+    cudaFree(scores);
+    std::printf("%s\n", report.dump(1).c_str());
+    return 0;
+  }
+  if (argc > 1) bench::Die(std::string("unknown argument ") + argv[1] + " (the only one is --topk-only)");
   report["indexer"] = nlohmann::json::array();
   for (int32_t context : {8192, 32768, 65536, 131072}) {
     report["indexer"].push_back(bench::IndexerAndTopK((*be)->stream(), context, 2048));

@@ -1,7 +1,7 @@
 """PyTorch baselines for the CUDA kernel benchmark, run in the same session on the same GPU:
 torch.topk (k=2048, sorted, as the engine needs) on the same [2048 x context] f32 score shapes, a
 matmul-based PyTorch lightning indexer (2048 queries x context keys x 32 heads x 128, bf16), and the
-card's bf16 GEMM rate and copy bandwidth as PyTorch sees them. Prints one JSON object."""
+card's bf16 GEMM rate, copy bandwidth and read bandwidth as PyTorch sees them. Prints one JSON object."""
 import json
 import sys
 
@@ -24,6 +24,7 @@ def time_ms(fn, warmup=2, reps=5):
 
 
 def main():
+    topk_only = sys.argv[1:] == ["--topk-only"]  # skip the matmul indexer (bench/cuda/run_topk_bench.sh)
     dev = torch.device("cuda")
     out = {"torch": torch.__version__, "device": torch.cuda.get_device_name(0)}
     n = 8192
@@ -37,6 +38,11 @@ def main():
     ms = time_ms(lambda: dst.copy_(src), 2, 10)
     out["copy_gbps_read_plus_write"] = 2 * src.numel() / (ms * 1e-3) / 1e9
     del src, dst
+    # Read-only bandwidth (a sum over 1 GiB of f32): the ceiling for kernels that read and write little.
+    x = torch.randn(1 << 28, device=dev)
+    ms = time_ms(lambda: x.sum(), 2, 10)
+    out["read_gbps"] = x.numel() * 4 / (ms * 1e-3) / 1e9
+    del x
     out["topk"] = []
     out["indexer"] = []
     queries, heads, dim, k = 2048, 32, 128, 2048
@@ -45,6 +51,8 @@ def main():
         ms = time_ms(lambda: torch.topk(scores, k, dim=1, sorted=True))
         out["topk"].append({"rows": queries, "context": context, "ms": ms})
         del scores
+        if topk_only:
+            continue
         q = torch.randn(queries, heads, dim, device=dev, dtype=torch.bfloat16)
         keys = torch.randn(context, dim, device=dev, dtype=torch.bfloat16)
         w = torch.randn(queries, heads, device=dev, dtype=torch.bfloat16)

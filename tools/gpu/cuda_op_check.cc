@@ -194,29 +194,74 @@ std::vector<int32_t> ExactTopK(const float* scores, int32_t length, int32_t k_co
 }
 
 TEST_F(CudaOpCheck, RadixTopKIsExactIncludingTiesAndLongRows) {
+  enum class Scores { kNormal, kLevels, kDescending, kSignedZeros };
   struct Case {
     const char* name;
-    int32_t length, k, levels;  // levels > 0: scores drawn from that many values (many ties)
+    int32_t width, k;
+    Scores scores;
+    int32_t levels;  // kLevels: scores drawn from that many values (many ties)
     int32_t rows;
+    int32_t step;  // row r sees columns 0 .. width - 1 - r·step
   };
-  for (const Case& c : {Case{"random 4096, k 64", 4096, 64, 0, 8}, Case{"k >= length", 50, 64, 0, 3},
-                        Case{"16 levels, k 2048", 20000, 2048, 16, 4}, Case{"all equal 131072", 131072, 2048, 1, 2},
-                        Case{"random 131072, k 2048", 131072, 2048, 0, 4}, Case{"3 levels, k 7", 1000, 7, 3, 5}}) {
-    std::vector<float> logits = Random(static_cast<size_t>(c.rows) * c.length, 11 + c.length);
-    if (c.levels > 0) {
-      for (float& v : logits) v = std::floor((v + 3.0f) / 6.0f * c.levels) - 1.0f;
+  // The kernel keeps k + 8192 keys in shared memory: rows up to that length are read into it whole,
+  // longer ones stream through a floor in rounds of 8192 columns (a round that overflows the buffer
+  // is read again after a cut). The cases cover both sides of that length, rounds that overflow
+  // (descending scores; all equal), unaligned rows, k at its 4096 limit and k > length.
+  const Case cases[] = {
+      {"random 4096, k 64", 4096, 64, Scores::kNormal, 0, 8, 3},
+      {"k >= length", 50, 64, Scores::kNormal, 0, 3, 3},
+      {"16 levels, k 2048", 20000, 2048, Scores::kLevels, 16, 4, 3},
+      {"all equal 131072", 131072, 2048, Scores::kLevels, 1, 2, 3},
+      {"random 131072, k 2048", 131072, 2048, Scores::kNormal, 0, 4, 3},
+      {"3 levels, k 7", 1000, 7, Scores::kLevels, 3, 5, 3},
+      {"8192 and shorter, k 2048", 8192, 2048, Scores::kNormal, 0, 16, 511},
+      {"around the buffer, k 2048", 10250, 2048, Scores::kNormal, 0, 6, 3},
+      {"descending 65536, k 2048", 65536, 2048, Scores::kDescending, 0, 2, 3},
+      {"odd width 12001, k 2048", 12001, 2048, Scores::kNormal, 0, 4, 1},
+      {"k 4096 of 131072", 131072, 4096, Scores::kNormal, 0, 2, 5},
+      {"k 1001 > most lengths", 1200, 1001, Scores::kNormal, 0, 4, 233},
+      {"+0 ties -0, k 300", 5000, 300, Scores::kSignedZeros, 0, 3, 7},
+  };
+  for (const Case& c : cases) {
+    std::vector<float> logits = Random(static_cast<size_t>(c.rows) * c.width, 11 + c.width + c.k);
+    for (size_t i = 0; i < logits.size(); ++i) {
+      float& v = logits[i];
+      const auto column = static_cast<float>(i % c.width);
+      if (c.scores == Scores::kLevels) v = std::floor((v + 3.0f) / 6.0f * c.levels) - 1.0f;
+      if (c.scores == Scores::kDescending) v = -column;
+      if (c.scores == Scores::kSignedZeros) v = v < -0.5f ? -1.0f : (v < 0.4f ? -0.0f : 0.0f);
     }
     std::vector<int32_t> pos(c.rows);
-    for (int32_t r = 0; r < c.rows; ++r) pos[r] = c.length - 1 - r * 3;  // rows of different lengths
-    Held gl = PutF(*gpu_, logits, c.rows, c.length), gp = PutI(*gpu_, pos, c.rows, 1), go = PutI(*gpu_, {}, c.rows, c.k);
+    for (int32_t r = 0; r < c.rows; ++r) pos[r] = c.width - 1 - r * c.step;
+    // Poisoned output: an entry the kernel leaves unwritten cannot pass for a column or -1.
+    const std::vector<int32_t> poison(static_cast<size_t>(c.rows) * c.k, -7);
+    Held gl = PutF(*gpu_, logits, c.rows, c.width), gp = PutI(*gpu_, pos, c.rows, 1), go = PutI(*gpu_, poison, c.rows, c.k);
     const std::string error = cuda::RowTopK(gl.t, gp.t.ptr<int32_t>(), go.t, gpu_->stream());
     ASSERT_TRUE(error.empty()) << error;
     const std::vector<int32_t> got = Get<int32_t>(*gpu_, go.t);
     for (int32_t r = 0; r < c.rows; ++r) {
-      const std::vector<int32_t> want = ExactTopK(&logits[static_cast<size_t>(r) * c.length], pos[r] + 1, c.k);
+      const std::vector<int32_t> want = ExactTopK(&logits[static_cast<size_t>(r) * c.width], pos[r] + 1, c.k);
       ASSERT_EQ(std::vector<int32_t>(got.begin() + r * c.k, got.begin() + (r + 1) * c.k), want) << c.name << " row " << r;
     }
-    std::printf("  top-k %-24s exact\n", c.name);
+    std::printf("  top-k %-28s exact\n", c.name);
+  }
+}
+
+// token_pos is trusted to lie inside the row; one beyond it reads only the row's width, a negative
+// one selects nothing (all -1).
+TEST_F(CudaOpCheck, RadixTopKCutsTokenPositionsToTheRow) {
+  const int32_t width = 30000, k = 100;  // long enough to stream through the floor
+  const std::vector<float> logits = Random(size_t{4} * width, 77);
+  const std::vector<int32_t> pos = {width + 500, -1, 0, width - 1};
+  const std::vector<int32_t> poison(size_t{4} * k, -7);
+  Held gl = PutF(*gpu_, logits, 4, width), gp = PutI(*gpu_, pos, 4, 1), go = PutI(*gpu_, poison, 4, k);
+  const std::string error = cuda::RowTopK(gl.t, gp.t.ptr<int32_t>(), go.t, gpu_->stream());
+  ASSERT_TRUE(error.empty()) << error;
+  const std::vector<int32_t> got = Get<int32_t>(*gpu_, go.t);
+  for (int32_t r = 0; r < 4; ++r) {
+    const int32_t length = std::clamp(pos[r] + 1, 0, width);
+    const std::vector<int32_t> want = ExactTopK(&logits[static_cast<size_t>(r) * width], length, k);
+    ASSERT_EQ(std::vector<int32_t>(got.begin() + r * k, got.begin() + (r + 1) * k), want) << "row " << r;
   }
 }
 
