@@ -573,8 +573,8 @@ TEST(DecodeWorkerRegistration, RegistersHeartbeatsAndRegistersAgainWhenForgotten
 
   DecodeWorkerOptions options;
   options.engine = TestEngineOptions();
-  options.router_address = "127.0.0.1:" + std::to_string(port);
-  options.worker_id = "decode-under-test";
+  options.server.router_address = "127.0.0.1:" + std::to_string(port);
+  options.server.worker_id = "decode-under-test";
   auto worker = DecodeWorker::Create(options);
   ASSERT_TRUE(worker.ok()) << worker.status();
   auto address = (*worker)->Start();

@@ -473,9 +473,9 @@ TEST_F(PrefillWorkerTest, RegistersWithTheRouterAndHeartbeats) {
   std::string router_address;
   std::unique_ptr<grpc::Server> router_server = ServeOnLoopback(&router, &router_address);
   PrefillWorkerOptions options = Options();
-  options.router_address = router_address;
-  options.worker_id = "prefill-test";
-  options.heartbeat_interval = absl::Milliseconds(20);
+  options.server.router_address = router_address;
+  options.server.worker_id = "prefill-test";
+  options.server.heartbeat_interval = absl::Milliseconds(20);
   StartWorker(options);
   ASSERT_TRUE(router.WaitFor(1, 2));
   const v1::RegisterRequest self = router.registrations()[0];
@@ -495,8 +495,8 @@ TEST_F(PrefillWorkerTest, RegistersWithTheRouterAndHeartbeats) {
 
 TEST_F(PrefillWorkerTest, ServesWhileTheRouterIsUnreachable) {
   PrefillWorkerOptions options = Options();
-  options.router_address = "127.0.0.1:1";  // nothing listens on port 1
-  options.heartbeat_interval = absl::Milliseconds(20);
+  options.server.router_address = "127.0.0.1:1";  // nothing listens on port 1
+  options.server.heartbeat_interval = absl::Milliseconds(20);
   StartWorker(options);
   v1::PrefillResponse response;
   const grpc::Status status = Prefill(Request("alone", Prompt(20)), &response);
