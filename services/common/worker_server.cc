@@ -47,9 +47,11 @@ WorkerServer::~WorkerServer() {
 
 absl::StatusOr<std::string> WorkerServer::Start(Served served) {
   std::lock_guard<std::mutex> lock(mu_);
-  // Whatever fails from here on, the worker's own listeners (already serving) stop.
-  const auto fail = [&served](absl::Status status) {
-    if (served.stop_listeners) served.stop_listeners();
+  // Whatever fails from here on, the worker's own listeners (already serving) stop. A copy: `served`
+  // moves into served_ on the way.
+  const std::function<void()> stop_listeners = served.stop_listeners;
+  const auto fail = [&stop_listeners](absl::Status status) {
+    if (stop_listeners) stop_listeners();
     return status;
   };
   if (started_) return fail(absl::FailedPreconditionError("the worker server is already started"));
