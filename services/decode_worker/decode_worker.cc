@@ -1,5 +1,7 @@
 #include "services/decode_worker/decode_worker.h"
 
+#include <arpa/inet.h>
+
 #include <algorithm>
 #include <utility>
 #include <vector>
@@ -11,6 +13,7 @@
 #include "common/handoff/tcp_handoff.h"
 #include "common/model/model_config.h"
 #include "common/util/host_port.h"
+#include "common/util/logging.h"
 #include "common/util/status_macros.h"
 #include "services/decode_worker/decode_service.h"
 #include "services/decode_worker/handoff_importer.h"
@@ -22,6 +25,21 @@ namespace {
 // A handoff chunk at its largest, plus room for the message's other fields.
 constexpr int kMaxMessageBytes = static_cast<int>(kMaxHandoffChunkBytes) + (1 << 20);
 
+// --tcp-advertise must be what a prefill worker can dial as it is: an IP (the TCP sender resolves no
+// names) and a real port.
+absl::Status CheckTcpAdvertise(const std::string& address) {
+  absl::StatusOr<HostPort> split = SplitHostPort(address);
+  in6_addr ip;
+  if (!split.ok() || split->port == 0 ||
+      (inet_pton(AF_INET, split->host.c_str(), &ip) != 1 && inet_pton(AF_INET6, split->host.c_str(), &ip) != 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--tcp-advertise '", address, "' is not IP:PORT with a nonzero port (prefill workers dial it as given)"));
+  }
+  return absl::OkStatus();
+}
+
+bool IsWildcard(const std::string& host) { return host == "0.0.0.0" || host == "::"; }
+
 }  // namespace
 
 DecodeWorker::DecodeWorker(const DecodeWorkerOptions& options) : options_(options), server_(options.server) {}
@@ -30,6 +48,12 @@ absl::StatusOr<std::unique_ptr<DecodeWorker>> DecodeWorker::Create(const DecodeW
   RETURN_IF_ERROR(ValidateWorkerServerOptions(options.server));
   if (options.handoff_timeout <= absl::ZeroDuration() || options.tcp_io_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("the handoff timeout and TCP I/O timeout must be positive");
+  }
+  if (!options.tcp_advertise_address.empty()) {
+    if (options.tcp_listen_address.empty()) {
+      return absl::InvalidArgumentError("--tcp-advertise needs the TCP data plane, which --tcp-listen turned off");
+    }
+    RETURN_IF_ERROR(CheckTcpAdvertise(options.tcp_advertise_address));
   }
   std::unique_ptr<DecodeWorker> worker(new DecodeWorker(options));
   ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(options.engine));
@@ -55,7 +79,11 @@ absl::Status DecodeWorker::StartDataPlanes() {
       ASSIGN_OR_RETURN(HostPort tcp, SplitHostPort(options_.tcp_listen_address));
       ASSIGN_OR_RETURN(tcp_server_, TcpHandoffServer::Start(tcp.host, tcp.port, tcp_sink_.get(),
                                                             {.io_timeout = options_.tcp_io_timeout}));
-      tcp_address_ = tcp_server_->address();
+      tcp_address_ = options_.tcp_advertise_address.empty() ? tcp_server_->address() : options_.tcp_advertise_address;
+      if (options_.tcp_advertise_address.empty() && IsWildcard(tcp.host)) {
+        IC_LOG(Warning) << "the TCP handoff data plane hands out its bound address " << tcp_address_
+                        << ", which prefill workers on other hosts cannot dial: pass --tcp-advertise IP:PORT";
+      }
     }
     if (options_.nccl_gpu >= 0) {
       ASSIGN_OR_RETURN(HostPort control, SplitHostPort(options_.nccl_listen_address));

@@ -30,6 +30,10 @@ struct DecodeWorkerOptions {
   WorkerServerOptions server;  // gRPC address, advertised address, worker id, router, metrics
   // The TCP handoff data plane, "ip:port" (port 0 picks); empty: no TCP data plane.
   std::string tcp_listen_address = "127.0.0.1:0";
+  // The TCP data plane's "ip:port" handed to prefill workers (in `admitted` and the registration);
+  // empty: the bound address. Needed behind NAT or when bound to a wildcard: prefill workers cannot
+  // dial 0.0.0.0. An IP, not a name: the TCP sender does not resolve names.
+  std::string tcp_advertise_address;
   // A request whose handoff has not completed this long after admission is dropped.
   absl::Duration handoff_timeout = absl::Minutes(10);
   // TCP data plane: bound on each read or write, the wait for the next chunk included. The NCCL
@@ -59,7 +63,8 @@ class DecodeWorker {
   void Wait();
 
   const std::string& address() const { return server_.address(); }
-  // The TCP data plane's "ip:port" (empty when off).
+  // The TCP data plane's address as prefill workers are told it: --tcp-advertise, else the bound
+  // "ip:port" (empty when off).
   const std::string& tcp_address() const { return tcp_address_; }
   // The NCCL handoff's control endpoint "ip:port" (empty when off).
   const std::string& nccl_address() const { return nccl_address_; }

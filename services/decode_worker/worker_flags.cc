@@ -8,6 +8,7 @@ namespace indexcache {
 
 const char kDecodeWorkerFlagsUsage[] =
     "  --tcp-listen IP:PORT      TCP handoff data plane (default 127.0.0.1:0; 'off' disables it)\n"
+    "  --tcp-advertise IP:PORT   TCP handoff address handed to prefill workers (default: the bound one)\n"
     "  --handoff-timeout-ms N    drop an admitted request whose handoff has not completed (default 600000)\n"
     "  --tcp-io-timeout-ms N     TCP data plane and NCCL handoff: longest wait on one read, write or GPU\n"
     "                            transfer (default 60000)\n"
@@ -17,7 +18,7 @@ const char kDecodeWorkerFlagsUsage[] =
 std::set<std::string> DecodeWorkerFlagNames() {
   std::set<std::string> names = cli::EngineFlagNames();
   names.merge(WorkerServerFlagNames());
-  names.insert({"tcp-listen", "handoff-timeout-ms", "tcp-io-timeout-ms", "nccl-gpu", "nccl-listen"});
+  names.insert({"tcp-listen", "tcp-advertise", "handoff-timeout-ms", "tcp-io-timeout-ms", "nccl-gpu", "nccl-listen"});
   return names;
 }
 
@@ -40,6 +41,7 @@ absl::StatusOr<DecodeWorkerOptions> DecodeWorkerOptionsFromArgs(const cli::Args&
   ASSIGN_OR_RETURN(o.server, WorkerServerOptionsFromArgs(args));
   o.tcp_listen_address = args.Get("tcp-listen").value_or(o.tcp_listen_address);
   if (o.tcp_listen_address == "off") o.tcp_listen_address.clear();
+  o.tcp_advertise_address = args.Get("tcp-advertise").value_or("");
   RETURN_IF_ERROR(MillisecondsFlag(args, "handoff-timeout-ms", o.handoff_timeout));
   RETURN_IF_ERROR(MillisecondsFlag(args, "tcp-io-timeout-ms", o.tcp_io_timeout));
   ASSIGN_OR_RETURN(auto nccl_gpu, args.GetInt("nccl-gpu"));

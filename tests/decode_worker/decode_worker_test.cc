@@ -553,5 +553,63 @@ TEST(DecodeWorkerRegistration, RegistersHeartbeatsAndRegistersAgainWhenForgotten
   router->Shutdown();
 }
 
+TEST(DecodeWorkerTcpAdvertise, PrefillWorkersAndTheRouterAreToldTheAdvertisedAddress) {
+  FakeRouter registry;
+  std::string router_address;
+  std::unique_ptr<grpc::Server> router = ServeOnLoopback(&registry, &router_address);
+  DecodeWorkerOptions options;
+  options.engine = TestEngineOptions();
+  options.server.router_address = router_address;
+  options.tcp_listen_address = "0.0.0.0:0";
+  options.tcp_advertise_address = "192.0.2.10:50054";  // as a pod IP behind NAT would be
+  auto worker = DecodeWorker::Create(options);
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  auto address = (*worker)->Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+  EXPECT_EQ((*worker)->tcp_address(), "192.0.2.10:50054");
+
+  auto stub = v1::DecodeWorker::NewStub(grpc::CreateChannel(*address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  v1::DecodeRequest request;
+  request.set_request_id("advertised");
+  const std::vector<int32_t> prompt = Prompt(8, 13);
+  request.mutable_prompt_ids()->Add(prompt.begin(), prompt.end());
+  *request.mutable_sampling() = Greedy(2);
+  request.set_transport(v1::HANDOFF_TRANSPORT_TCP);
+  auto reader = stub->Decode(&context, request);
+  v1::DecodeResponse admitted;
+  ASSERT_TRUE(reader->Read(&admitted));
+  EXPECT_EQ(admitted.admitted().handoff_address(), "192.0.2.10:50054");
+  context.TryCancel();
+  reader->Finish();
+
+  ASSERT_TRUE(registry.WaitFor(1, 0));
+  EXPECT_EQ(registry.registrations()[0].handoff_tcp_address(), "192.0.2.10:50054");
+  worker->reset();
+  router->Shutdown();
+}
+
+TEST(DecodeWorkerTcpAdvertise, AnAddressPrefillWorkersCannotDialIsRefused) {
+  for (const std::string bad : {"decode-0.example:50054", "10.0.0.5", "10.0.0.5:0", "[fd00::5:50054"}) {
+    DecodeWorkerOptions options;
+    options.engine = TestEngineOptions();
+    options.tcp_advertise_address = bad;
+    auto worker = DecodeWorker::Create(options);
+    EXPECT_EQ(worker.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(worker.status().message(), HasSubstr("--tcp-advertise")) << bad;
+  }
+  DecodeWorkerOptions ipv6;
+  ipv6.engine = TestEngineOptions();
+  ipv6.tcp_advertise_address = "[fd00::5]:50054";
+  EXPECT_TRUE(DecodeWorker::Create(ipv6).ok());
+  DecodeWorkerOptions no_data_plane;
+  no_data_plane.engine = TestEngineOptions();
+  no_data_plane.tcp_listen_address.clear();
+  no_data_plane.tcp_advertise_address = "10.0.0.5:50054";
+  auto worker = DecodeWorker::Create(no_data_plane);
+  EXPECT_EQ(worker.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(worker.status().message(), HasSubstr("--tcp-listen"));
+}
+
 }  // namespace
 }  // namespace indexcache
