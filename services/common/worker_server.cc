@@ -54,7 +54,9 @@ absl::StatusOr<std::string> WorkerServer::Start(Served served) {
     if (stop_listeners) stop_listeners();
     return status;
   };
-  if (started_) return fail(absl::FailedPreconditionError("the worker server is already started"));
+  if (started_) {
+    return fail(absl::FailedPreconditionError(absl::StrCat("the ", role_name_, " worker is already started")));
+  }
   if (served.service == nullptr || served.lifecycle == nullptr ||
       (served.role != v1::PREFILL && served.role != v1::DECODE)) {
     return fail(absl::InvalidArgumentError("a worker server serves a PREFILL or DECODE service"));

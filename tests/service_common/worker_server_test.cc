@@ -169,6 +169,7 @@ TEST_F(WorkerServerTest, StartsServingUnderAnAddressOthersCanDial) {
   // Once only; the second caller's listeners are stopped, the first's keep serving.
   absl::StatusOr<std::string> again = server.Start(Serve());
   EXPECT_EQ(again.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(again.status().message(), "the prefill worker is already started");
   EXPECT_EQ(listeners_stopped_, 1);
   EXPECT_EQ(HealthStatus(*address), kServing);
 }
