@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/util/stop_signals.h"
+#include "services/common/worker_server_flags.h"
 #include "tools/indexcache/args.h"
 #include "tools/indexcache/engine_flags.h"
 
@@ -28,7 +29,8 @@ int RunWorkerCommand(const char* program, const std::vector<std::string>& argv, 
     return 1;
   };
   if (!argv.empty() && (argv[0] == "--help" || argv[0] == "-h")) {
-    std::printf("usage: %s --model DIR [flags]\n%s%s", program, cli::kEngineFlagsUsage, flags_usage);
+    std::printf("usage: %s --model DIR [flags]\n%s%s%s", program, cli::kEngineFlagsUsage, kWorkerServerFlagsUsage,
+                flags_usage);
     return 0;
   }
   absl::StatusOr<cli::Args> args = cli::Args::Parse(argv, flag_names, {});

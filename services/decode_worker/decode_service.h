@@ -16,6 +16,7 @@
 #include "common/model/indexcache_stats.h"
 #include "indexcache/v1/internal.grpc.pb.h"
 #include "services/common/worker_metrics.h"
+#include "services/common/worker_server.h"
 #include "services/decode_worker/handoff_importer.h"
 
 namespace indexcache {
@@ -30,7 +31,7 @@ struct DecodeServiceOptions {
   absl::Duration max_admission_backoff = absl::Milliseconds(100);
 };
 
-class DecodeService final : public ::indexcache::v1::DecodeWorker::Service {
+class DecodeService final : public ::indexcache::v1::DecodeWorker::Service, public DrainableService {
  public:
   // Every Load updates `metrics` (KV blocks, queues, the engine's IndexCache counters).
   DecodeService(EngineLoop& loop, HandoffImporter& importer, const DecodeServiceOptions& options,
@@ -45,14 +46,14 @@ class DecodeService final : public ::indexcache::v1::DecodeWorker::Service {
 
   // Starts admitting (before this, Decode answers UNAVAILABLE): the worker's id, and its gRPC address,
   // where KvHandoff is served, known once the server is bound.
-  void Ready(const std::string& worker_id, const std::string& grpc_address);
-  ::indexcache::v1::WorkerLoad Load();
+  void Ready(const std::string& worker_id, const std::string& grpc_address) override;
+  ::indexcache::v1::WorkerLoad Load() override;
   // New Decode calls get UNAVAILABLE from now on; calls in flight go on.
-  void StartDraining();
+  void StartDraining() override;
   // Blocks until no Decode call is in flight.
-  void WaitIdle();
+  void WaitIdle() override;
   // Ends every admitted request with `why` (their calls return it) and frees its KV.
-  void StopAll(const absl::Status& why);
+  void StopAll(const absl::Status& why) override;
 
  private:
   class InFlight;  // counts a Decode call for WaitIdle

@@ -1,23 +1,18 @@
-// The decode worker: an Engine on its own EngineLoop behind a gRPC server serving DecodeWorker,
-// KvHandoff (the gRPC handoff transport) and grpc.health.v1 (SERVING once started, NOT_SERVING while
-// draining), plus the TCP handoff data plane; both transports feed one HandoffImporter. When a router
-// is named it registers and heartbeats its load; with a metrics address it serves Prometheus metrics
-// at GET /metrics. Lifecycle: Create (loads the model) → Start (binds,
-// serves, registers) → Drain on SIGTERM (the caller wires signals) → Wait.
+// The decode worker: an Engine on its own EngineLoop behind a WorkerServer (services/common) that
+// serves DecodeWorker and KvHandoff (the gRPC handoff transport), registers with the router and
+// drains; beside it the TCP and NCCL handoff data planes. Every transport feeds one HandoffImporter.
+// Lifecycle: Create (loads the model) → Start (binds, serves, registers) → Drain on SIGTERM (the
+// caller wires signals) → Wait.
 #pragma once
 
 #include <memory>
-#include <mutex>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/engine/engine.h"
 #include "indexcache/v1/internal.pb.h"
-
-namespace grpc {
-class Server;
-}  // namespace grpc
+#include "services/common/worker_server.h"
 
 namespace indexcache {
 
@@ -27,22 +22,18 @@ class HandoffImporter;
 class KvHandoffService;
 class NcclHandoffServer;
 class MeteredHandoffSink;
-class MetricsServer;
-class RouterRegistration;
 class TcpHandoffServer;
 class WorkerMetrics;
 
 struct DecodeWorkerOptions {
   EngineOptions engine;
-  std::string listen_address = "127.0.0.1:0";  // gRPC; port 0: the system picks a free port
+  WorkerServerOptions server;  // gRPC address, advertised address, worker id, router, metrics
   // The TCP handoff data plane, "ip:port" (port 0 picks); empty: no TCP data plane.
   std::string tcp_listen_address = "127.0.0.1:0";
-  // The address the router is told (and address() returns); empty: the bound address, with a
-  // wildcard host (0.0.0.0, [::]) replaced by 127.0.0.1.
-  std::string advertise_address;
-  std::string worker_id;       // empty: "decode@<address>"
-  std::string router_address;  // empty: no registration
-  absl::Duration heartbeat_interval = absl::Seconds(1);  // until the router names its own
+  // The TCP data plane's "ip:port" handed to prefill workers (in `admitted` and the registration);
+  // empty: the bound address. Needed behind NAT or when bound to a wildcard: prefill workers cannot
+  // dial 0.0.0.0. An IP, not a name: the TCP sender does not resolve names.
+  std::string tcp_advertise_address;
   // A request whose handoff has not completed this long after admission is dropped.
   absl::Duration handoff_timeout = absl::Minutes(10);
   // TCP data plane: bound on each read or write, the wait for the next chunk included. The NCCL
@@ -51,7 +42,6 @@ struct DecodeWorkerOptions {
   // The NCCL handoff: this worker's GPU (a CUDA ordinal; -1: no NCCL handoff) and its control endpoint.
   int nccl_gpu = -1;
   std::string nccl_listen_address = "127.0.0.1:0";
-  std::string metrics_listen_address;  // "host:port" of GET /metrics; empty: not served
 };
 
 class DecodeWorker {
@@ -72,29 +62,29 @@ class DecodeWorker {
   // Blocks until the server has stopped (after Drain, or at once if never started).
   void Wait();
 
-  const std::string& address() const { return address_; }
-  // The TCP data plane's "ip:port" (empty when off).
+  const std::string& address() const { return server_.address(); }
+  // The TCP data plane's address as prefill workers are told it: --tcp-advertise, else the bound
+  // "ip:port" (empty when off).
   const std::string& tcp_address() const { return tcp_address_; }
   // The NCCL handoff's control endpoint "ip:port" (empty when off).
   const std::string& nccl_address() const { return nccl_address_; }
-  const std::string& worker_id() const { return worker_id_; }
+  const std::string& worker_id() const { return server_.worker_id(); }
   // Where /metrics is served ("host:port"); empty when off or before Start.
-  std::string metrics_address() const;
+  std::string metrics_address() const { return server_.metrics_address(); }
   // What GetLoad answers (the router's view of this worker); empty before Start.
-  ::indexcache::v1::WorkerLoad Load();
+  ::indexcache::v1::WorkerLoad Load() { return server_.Load(); }
 
  private:
   explicit DecodeWorker(const DecodeWorkerOptions& options);
-  // Shuts the servers down (in-flight calls cancelled after `grace`) and stops registration.
-  void Stop(absl::Duration grace);
+  // Starts the TCP and NCCL data planes (those that are on); stopped by StopDataPlanes.
+  absl::Status StartDataPlanes();
+  void StopDataPlanes();
 
   const DecodeWorkerOptions options_;
-  std::string address_;
   std::string tcp_address_;
   std::string nccl_address_;
-  std::string worker_id_;
-  // Destroyed in reverse: the metrics endpoint (it reads the service), registration, servers,
-  // services, the metered sinks, importer, metrics, then the engine loop they use.
+  // Destroyed in reverse: the server (it stops the data planes), the data planes, services, the
+  // metered sinks, importer, metrics, then the engine loop they use.
   std::unique_ptr<EngineLoop> loop_;
   std::unique_ptr<WorkerMetrics> metrics_;
   std::unique_ptr<HandoffImporter> importer_;
@@ -104,13 +94,7 @@ class DecodeWorker {
   std::unique_ptr<DecodeService> service_;
   std::unique_ptr<TcpHandoffServer> tcp_server_;
   std::unique_ptr<NcclHandoffServer> nccl_server_;
-  std::unique_ptr<grpc::Server> server_;
-  std::unique_ptr<RouterRegistration> registration_;
-  std::unique_ptr<MetricsServer> metrics_server_;
-
-  std::mutex mu_;         // serializes Start, Drain and Stop
-  bool started_ = false;  // guarded by mu_
-  bool stopped_ = false;  // guarded by mu_
+  WorkerServer server_;
 };
 
 }  // namespace indexcache

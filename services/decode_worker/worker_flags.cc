@@ -1,28 +1,24 @@
 #include "services/decode_worker/worker_flags.h"
 
 #include "common/util/status_macros.h"
+#include "services/common/worker_server_flags.h"
 #include "tools/indexcache/engine_flags.h"
 
 namespace indexcache {
 
 const char kDecodeWorkerFlagsUsage[] =
-    "  --listen HOST:PORT        gRPC listen address (default 127.0.0.1:0, port 0 picks one)\n"
     "  --tcp-listen IP:PORT      TCP handoff data plane (default 127.0.0.1:0; 'off' disables it)\n"
-    "  --advertise HOST:PORT     address told to the router (default: the bound address)\n"
-    "  --worker-id ID            (default decode@<address>)\n"
-    "  --router HOST:PORT        register with this router and send heartbeats\n"
-    "  --heartbeat-ms N          heartbeat interval until the router names one (default 1000)\n"
+    "  --tcp-advertise IP:PORT   TCP handoff address handed to prefill workers (default: the bound one)\n"
     "  --handoff-timeout-ms N    drop an admitted request whose handoff has not completed (default 600000)\n"
     "  --tcp-io-timeout-ms N     TCP data plane and NCCL handoff: longest wait on one read, write or GPU\n"
     "                            transfer (default 60000)\n"
     "  --nccl-gpu N              serve NCCL handoffs on CUDA GPU N (default: no NCCL handoff)\n"
-    "  --nccl-listen IP:PORT     the NCCL handoff's control endpoint (default 127.0.0.1:0)\n"
-    "  --metrics-listen HOST:PORT  serve Prometheus metrics at GET /metrics there (default off)\n";
+    "  --nccl-listen IP:PORT     the NCCL handoff's control endpoint (default 127.0.0.1:0)\n";
 
 std::set<std::string> DecodeWorkerFlagNames() {
   std::set<std::string> names = cli::EngineFlagNames();
-  names.insert({"listen", "tcp-listen", "advertise", "worker-id", "router", "heartbeat-ms", "handoff-timeout-ms",
-                "tcp-io-timeout-ms", "nccl-gpu", "nccl-listen", "metrics-listen"});
+  names.merge(WorkerServerFlagNames());
+  names.insert({"tcp-listen", "tcp-advertise", "handoff-timeout-ms", "tcp-io-timeout-ms", "nccl-gpu", "nccl-listen"});
   return names;
 }
 
@@ -42,14 +38,10 @@ absl::Status MillisecondsFlag(const cli::Args& args, const std::string& name, ab
 absl::StatusOr<DecodeWorkerOptions> DecodeWorkerOptionsFromArgs(const cli::Args& args) {
   DecodeWorkerOptions o;
   ASSIGN_OR_RETURN(o.engine, cli::EngineOptionsFromArgs(args));
-  o.listen_address = args.Get("listen").value_or(o.listen_address);
+  ASSIGN_OR_RETURN(o.server, WorkerServerOptionsFromArgs(args));
   o.tcp_listen_address = args.Get("tcp-listen").value_or(o.tcp_listen_address);
   if (o.tcp_listen_address == "off") o.tcp_listen_address.clear();
-  o.advertise_address = args.Get("advertise").value_or("");
-  o.worker_id = args.Get("worker-id").value_or("");
-  o.router_address = args.Get("router").value_or("");
-  o.metrics_listen_address = args.Get("metrics-listen").value_or("");
-  RETURN_IF_ERROR(MillisecondsFlag(args, "heartbeat-ms", o.heartbeat_interval));
+  o.tcp_advertise_address = args.Get("tcp-advertise").value_or("");
   RETURN_IF_ERROR(MillisecondsFlag(args, "handoff-timeout-ms", o.handoff_timeout));
   RETURN_IF_ERROR(MillisecondsFlag(args, "tcp-io-timeout-ms", o.tcp_io_timeout));
   ASSIGN_OR_RETURN(auto nccl_gpu, args.GetInt("nccl-gpu"));

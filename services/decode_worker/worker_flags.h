@@ -1,5 +1,6 @@
 // Command-line flags of a decode worker (the standalone `indexcache-decode-worker` and
-// `indexcache decode-worker`): the engine flags of tools/indexcache/engine_flags.h plus the service's.
+// `indexcache decode-worker`): the engine flags of tools/indexcache/engine_flags.h, the serving flags
+// of services/common/worker_server_flags.h, and the decode worker's own.
 #pragma once
 
 #include <set>
@@ -15,7 +16,7 @@ namespace indexcache {
 std::set<std::string> DecodeWorkerFlagNames();
 absl::StatusOr<DecodeWorkerOptions> DecodeWorkerOptionsFromArgs(const cli::Args& args);
 
-// "  --listen ADDR …" lines for usage text (the engine flags' lines are kEngineFlagsUsage).
+// The decode worker's own lines of usage text (beside kEngineFlagsUsage and kWorkerServerFlagsUsage).
 extern const char kDecodeWorkerFlagsUsage[];
 
 }  // namespace indexcache

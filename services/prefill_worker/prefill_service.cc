@@ -143,9 +143,9 @@ v1::WorkerLoad PrefillService::Load() {
   return load;
 }
 
-void PrefillService::set_worker_id(const std::string& id) {
+void PrefillService::Ready(const std::string& worker_id, const std::string& /*address*/) {
   std::lock_guard<std::mutex> lock(mu_);
-  worker_id_ = id;
+  worker_id_ = worker_id;
 }
 
 void PrefillService::StartDraining() {

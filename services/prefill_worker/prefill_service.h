@@ -16,6 +16,7 @@
 #include "common/model/indexcache_stats.h"
 #include "indexcache/v1/internal.grpc.pb.h"
 #include "services/common/worker_metrics.h"
+#include "services/common/worker_server.h"
 #include "services/prefill_worker/prefill_job.h"
 
 namespace indexcache {
@@ -27,7 +28,7 @@ struct PrefillServiceOptions {
   PrefillJobOptions job;
 };
 
-class PrefillService final : public ::indexcache::v1::PrefillWorker::Service {
+class PrefillService final : public ::indexcache::v1::PrefillWorker::Service, public DrainableService {
  public:
   // `metrics` receives the handoffs' bytes, latencies and failures, and what every Load reads.
   PrefillService(EngineLoop& loop, const PrefillServiceOptions& options, WorkerMetrics& metrics);
@@ -41,17 +42,18 @@ class PrefillService final : public ::indexcache::v1::PrefillWorker::Service {
   grpc::Status GetLoad(grpc::ServerContext* context, const ::indexcache::v1::LoadRequest* request,
                        ::indexcache::v1::WorkerLoad* response) override;
 
-  // Named in WorkerLoad; set once the bound address is known, before the first call.
-  void set_worker_id(const std::string& id);
+  // The worker id named in WorkerLoad, known once the server is bound. The address is not needed:
+  // handoffs go to the decode worker's endpoints.
+  void Ready(const std::string& worker_id, const std::string& address) override;
   // What GetLoad answers (also sent with heartbeats, and read for every metrics scrape, which then
   // shows the engine's counters up to now). IndexCache counters accumulate since start.
-  ::indexcache::v1::WorkerLoad Load();
+  ::indexcache::v1::WorkerLoad Load() override;
   // From now on Prefill answers UNAVAILABLE; calls in flight go on.
-  void StartDraining();
+  void StartDraining() override;
   // Blocks until no Prefill call is in flight.
-  void WaitIdle();
+  void WaitIdle() override;
   // Stops every call in flight with `why`.
-  void StopAll(const absl::Status& why);
+  void StopAll(const absl::Status& why) override;
 
  private:
   struct InFlight {

@@ -4,52 +4,25 @@
 #include <utility>
 #include <vector>
 
-#include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
-
-#include "absl/strings/str_cat.h"
 #include "common/engine/engine_loop.h"
 #include "common/handoff/nccl_handoff.h"
-#include "common/metrics/metrics_server.h"
 #include "common/model/model_config.h"
-#include "common/util/logging.h"
 #include "common/util/status_macros.h"
-#include "services/prefill_worker/prefill_service.h"
-#include "services/common/router_registration.h"
 #include "services/common/worker_metrics.h"
+#include "services/prefill_worker/prefill_service.h"
 
 namespace indexcache {
 namespace {
 
 // Prompts arrive as repeated int32 (up to 5 bytes a token): room for very long contexts.
 constexpr int kMaxMessageBytes = 64 << 20;
-// How long calls other than Prefill (GetLoad, Abort, health) may take to end once draining is done.
-constexpr absl::Duration kDrainGrace = absl::Seconds(5);
-constexpr char kServiceName[] = "indexcache.v1.PrefillWorker";
-
-// "0.0.0.0:0" bound to port 41234 → "127.0.0.1:41234": a wildcard host is not an address to call.
-std::string AdvertisedAddress(const std::string& listen, int port) {
-  const size_t colon = listen.rfind(':');
-  std::string host = colon == std::string::npos ? "" : listen.substr(0, colon);
-  if (host.empty() || host == "0.0.0.0" || host == "[::]" || host == "::" || host == "*") host = "127.0.0.1";
-  return absl::StrCat(host, ":", port);
-}
-
-void SetServing(grpc::Server& server, bool serving) {
-  grpc::HealthCheckServiceInterface* health = server.GetHealthCheckService();
-  if (health == nullptr) return;
-  health->SetServingStatus(serving);  // the overall status ("")
-  health->SetServingStatus(kServiceName, serving);
-}
 
 }  // namespace
 
-PrefillWorker::PrefillWorker(const PrefillWorkerOptions& options) : options_(options) {}
+PrefillWorker::PrefillWorker(const PrefillWorkerOptions& options) : server_(options.server) {}
 
 absl::StatusOr<std::unique_ptr<PrefillWorker>> PrefillWorker::Create(const PrefillWorkerOptions& options) {
-  if (options.heartbeat_interval <= absl::ZeroDuration()) {
-    return absl::InvalidArgumentError("the heartbeat interval must be positive");
-  }
+  RETURN_IF_ERROR(ValidateWorkerServerOptions(options.server));
   if (options.max_queued_prompt_tokens < 0) {
     return absl::InvalidArgumentError("max_queued_prompt_tokens must be >= 0 (0: no bound)");
   }
@@ -74,84 +47,25 @@ absl::StatusOr<std::unique_ptr<PrefillWorker>> PrefillWorker::Create(const Prefi
   return worker;
 }
 
-PrefillWorker::~PrefillWorker() {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (!started_ || stopped_) return;
-  service_->StartDraining();
-  service_->StopAll(absl::AbortedError("the prefill worker is shutting down"));
-  Stop(absl::ZeroDuration());
-}
+// The server member aborts the calls in flight if Drain did not end them.
+PrefillWorker::~PrefillWorker() = default;
 
 absl::StatusOr<std::string> PrefillWorker::Start() {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (started_) return absl::FailedPreconditionError("the prefill worker is already started");
-  if (!options_.metrics_listen_address.empty()) {
-    // Every scrape reads the load first, which brings the engine's counters up to date.
-    ASSIGN_OR_RETURN(metrics_server_, MetricsServer::Start(options_.metrics_listen_address, metrics_->registry(),
-                                                           [service = service_.get()] { service->Load(); }));
-  }
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort(options_.listen_address, grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(service_.get());
-  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
-  server_ = builder.BuildAndStart();
-  if (server_ == nullptr || port == 0) {
-    server_.reset();
-    metrics_server_.reset();
-    return absl::UnavailableError(absl::StrCat("prefill worker cannot listen on ", options_.listen_address));
-  }
-  started_ = true;
-  address_ = options_.advertise_address.empty() ? AdvertisedAddress(options_.listen_address, port)
-                                                : options_.advertise_address;
-  worker_id_ = options_.worker_id.empty() ? absl::StrCat("prefill@", address_) : options_.worker_id;
-  service_->set_worker_id(worker_id_);
-  SetServing(*server_, true);
-  IC_LOG(Info) << "prefill worker " << worker_id_ << " listening on " << address_;
-  if (!options_.router_address.empty()) {
-    const Engine& engine = loop_->engine();
-    v1::RegisterRequest self;
-    self.set_worker_id(worker_id_);
-    self.set_role(v1::PREFILL);
-    self.set_address(address_);
-    self.set_model_fingerprint(engine.model_fingerprint());
-    self.set_index_pattern(FormatIndexPattern(engine.config().indexer_types));
-    registration_ = std::make_unique<RouterRegistration>(options_.router_address, std::move(self),
-                                                         options_.heartbeat_interval,
-                                                         [service = service_.get()] { return service->Load(); });
-  }
-  return address_;
+  WorkerServer::Served served;
+  served.role = v1::PREFILL;
+  served.service = service_.get();
+  served.lifecycle = service_.get();
+  served.service_name = v1::PrefillWorker::service_full_name();
+  served.max_receive_message_bytes = kMaxMessageBytes;
+  const Engine& engine = loop_->engine();
+  served.registration.set_model_fingerprint(engine.model_fingerprint());
+  served.registration.set_index_pattern(FormatIndexPattern(engine.config().indexer_types));
+  served.metrics = metrics_->registry();
+  return server_.Start(std::move(served));
 }
 
-void PrefillWorker::Drain() {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (!started_ || stopped_) return;
-  IC_LOG(Info) << "prefill worker " << worker_id_ << " draining";
-  SetServing(*server_, false);
-  service_->StartDraining();
-  if (registration_ != nullptr) registration_->Poke();  // the router learns at once
-  service_->WaitIdle();
-  Stop(kDrainGrace);
-  IC_LOG(Info) << "prefill worker " << worker_id_ << " drained and stopped";
-}
+void PrefillWorker::Drain() { server_.Drain(); }
 
-void PrefillWorker::Stop(absl::Duration grace) {
-  registration_.reset();
-  server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
-  stopped_ = true;
-}
-
-std::string PrefillWorker::metrics_address() const {
-  return metrics_server_ != nullptr ? metrics_server_->address() : std::string();
-}
-
-void PrefillWorker::Wait() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!started_) return;
-  }
-  server_->Wait();
-}
+void PrefillWorker::Wait() { server_.Wait(); }
 
 }  // namespace indexcache

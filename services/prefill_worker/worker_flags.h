@@ -1,5 +1,6 @@
 // Command-line flags of a prefill worker (the standalone `indexcache-prefill-worker` and
-// `indexcache prefill-worker`): the engine flags of tools/indexcache/engine_flags.h plus the service's.
+// `indexcache prefill-worker`): the engine flags of tools/indexcache/engine_flags.h, the serving flags
+// of services/common/worker_server_flags.h, and the prefill worker's own.
 #pragma once
 
 #include <set>
@@ -15,7 +16,7 @@ namespace indexcache {
 std::set<std::string> PrefillWorkerFlagNames();
 absl::StatusOr<PrefillWorkerOptions> PrefillWorkerOptionsFromArgs(const cli::Args& args);
 
-// "  --listen ADDR …" lines for usage text (the engine flags' lines are kEngineFlagsUsage).
+// The prefill worker's own lines of usage text (beside kEngineFlagsUsage and kWorkerServerFlagsUsage).
 extern const char kPrefillWorkerFlagsUsage[];
 
 }  // namespace indexcache

@@ -22,6 +22,21 @@ std::string WorkerAddress(const std::string& ip, int port) {
   return ip.find(':') == std::string::npos ? absl::StrCat(ip, ":", port) : absl::StrCat("[", ip, "]:", port);
 }
 
+bool IsIpv6(const std::string& ip) { return ip.find(':') != std::string::npos; }
+
+// A dual-stack worker answers under an A and an AAAA record: two addresses, one process. As two pool
+// entries it would be probed twice and picked twice as often as its load says. One name's answer
+// therefore keeps one family, IPv4 whenever it has any address of it (the family of the services'
+// default addresses), else IPv6: the same choice at every refresh, whatever order the records come in.
+// Returns how many addresses of the other family were left out.
+size_t KeepOneFamily(std::vector<std::string>& ips) {
+  const bool any_ipv4 = std::any_of(ips.begin(), ips.end(), [](const std::string& ip) { return !IsIpv6(ip); });
+  if (!any_ipv4) return 0;
+  const size_t before = ips.size();
+  std::erase_if(ips, IsIpv6);
+  return before - ips.size();
+}
+
 }  // namespace
 
 absl::StatusOr<DnsTarget> ParseDnsTarget(v1::WorkerRole role, const std::string& host_port) {
@@ -78,7 +93,9 @@ void DnsDiscovery::Refresh() {
     const DnsTarget& target = targets_[i];
     absl::StatusOr<std::vector<std::string>> ips = resolver_(target.host);
     std::set<std::string> answer;
+    size_t ipv6_left_out = 0;
     if (ips.ok()) {
+      ipv6_left_out = KeepOneFamily(*ips);
       for (const std::string& ip : *ips) answer.insert(WorkerAddress(ip, target.port));
     } else if (!absl::IsNotFound(ips.status())) {
       IC_LOG(Warning) << "keeping the last " << RoleName(target.role) << " workers of " << target.host
@@ -92,7 +109,15 @@ void DnsDiscovery::Refresh() {
                         << (ips.ok() ? std::string() : absl::StrCat(": ", ips.status().message()));
       } else {
         IC_LOG(Info) << target.host << " now resolves to " << answer.size() << " " << RoleName(target.role)
-                     << " worker" << (answer.size() == 1 ? "" : "s") << ": " << absl::StrJoin(answer, ", ");
+                     << " worker" << (answer.size() == 1 ? "" : "s") << ": " << absl::StrJoin(answer, ", ")
+                     << (ipv6_left_out == 0
+                             ? ""
+                             : absl::StrCat(" (", ipv6_left_out, " IPv6 address", ipv6_left_out == 1 ? "" : "es",
+                                            " of the same name left out: one entry per dual-stack worker)"));
+        if (ipv6_left_out > answer.size()) {
+          IC_LOG(Warning) << target.host << " has more IPv6 than IPv4 addresses: workers with only an IPv6 "
+                          << "address are left out of the pool (one family per name)";
+        }
       }
       answers_[i] = std::move(answer);
     }

@@ -1,7 +1,9 @@
 // Workers found through DNS: each `--prefill-dns` / `--decode-dns` name (a Kubernetes headless Service,
 // whose name resolves to the addresses of its ready pods) is resolved every interval, A and AAAA
-// records alike. An address that appears joins the registry as a probed worker (it enters rotation at
-// its first passing health check); one that disappears leaves it. A request in flight on a worker that
+// records alike. A name's answer keeps one address family — IPv4 when it has any, else IPv6 — so that
+// a dual-stack worker, under both records, is one worker and not two. An address that appears joins
+// the registry as a probed worker (it enters rotation at its first passing health check); one that
+// disappears leaves it. A request in flight on a worker that
 // left keeps its connection and ends as it would had the worker died.
 //
 // A lookup that fails for a transient reason (no answer, server failure) changes nothing: the last

@@ -5,7 +5,6 @@
 // request ended, however it ended).
 #include <chrono>
 #include <functional>
-#include <mutex>
 #include <optional>
 #include <set>
 #include <fstream>
@@ -21,10 +20,13 @@
 #include "indexcache/v1/internal.grpc.pb.h"
 #include "nlohmann/json.hpp"
 #include "services/decode_worker/decode_worker.h"
+#include "tests/service_common/worker_peers.h"
 
 namespace indexcache {
 namespace {
 
+using ::indexcache::testing::FakeRouter;
+using ::indexcache::testing::ServeOnLoopback;
 using ::testing::HasSubstr;
 
 const std::string kModel = std::string(INDEXCACHE_TEST_DATA) + "/goldens/moe_freq2";
@@ -513,75 +515,24 @@ INSTANTIATE_TEST_SUITE_P(BothTransports, DecodeWorkerTest,
                          ::testing::Values(v1::HANDOFF_TRANSPORT_GRPC, v1::HANDOFF_TRANSPORT_TCP),
                          [](const auto& info) { return info.param == v1::HANDOFF_TRANSPORT_GRPC ? "Grpc" : "Tcp"; });
 
-// A router's registry that records what workers tell it.
-class FakeRegistry final : public v1::Registry::Service {
- public:
-  grpc::Status Register(grpc::ServerContext*, const v1::RegisterRequest* request,
-                        v1::RegisterResponse* response) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    registers_.push_back(*request);
-    known_ = true;
-    response->set_heartbeat_interval_seconds(0.02);
-    return grpc::Status::OK;
-  }
-  grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* request,
-                         v1::HeartbeatResponse* response) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    heartbeats_.push_back(request->load());
-    response->set_known(known_);
-    return grpc::Status::OK;
-  }
-  void Forget() {
-    std::lock_guard<std::mutex> lock(mu_);
-    known_ = false;
-  }
-  // Waits (up to 10 s) for `registers` registrations and `heartbeats` heartbeats in all.
-  bool WaitFor(size_t registers, size_t heartbeats) {
-    for (int i = 0; i < 500; ++i) {
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        if (registers_.size() >= registers && heartbeats_.size() >= heartbeats) return true;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    return false;
-  }
-  std::vector<v1::RegisterRequest> registers() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return registers_;
-  }
-  v1::WorkerLoad last_heartbeat() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return heartbeats_.back();
-  }
-
- private:
-  std::mutex mu_;
-  bool known_ = false;
-  std::vector<v1::RegisterRequest> registers_;
-  std::vector<v1::WorkerLoad> heartbeats_;
-};
-
 TEST(DecodeWorkerRegistration, RegistersHeartbeatsAndRegistersAgainWhenForgotten) {
-  FakeRegistry registry;
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&registry);
-  std::unique_ptr<grpc::Server> router = builder.BuildAndStart();
+  FakeRouter registry;
+  std::string router_address;
+  std::unique_ptr<grpc::Server> router = ServeOnLoopback(&registry, &router_address);
   ASSERT_NE(router, nullptr);
 
   DecodeWorkerOptions options;
   options.engine = TestEngineOptions();
-  options.router_address = "127.0.0.1:" + std::to_string(port);
-  options.worker_id = "decode-under-test";
+  options.server.router_address = router_address;
+  options.server.worker_id = "decode-under-test";
+  options.server.heartbeat_interval = absl::Milliseconds(20);
   auto worker = DecodeWorker::Create(options);
   ASSERT_TRUE(worker.ok()) << worker.status();
   auto address = (*worker)->Start();
   ASSERT_TRUE(address.ok()) << address.status();
 
   ASSERT_TRUE(registry.WaitFor(1, 2));
-  const v1::RegisterRequest self = registry.registers()[0];
+  const v1::RegisterRequest self = registry.registrations()[0];
   EXPECT_EQ(self.worker_id(), "decode-under-test");
   EXPECT_EQ(self.role(), v1::DECODE);
   EXPECT_EQ(self.address(), *address);
@@ -590,7 +541,7 @@ TEST(DecodeWorkerRegistration, RegistersHeartbeatsAndRegistersAgainWhenForgotten
   auto engine = Engine::Create(TestEngineOptions());
   ASSERT_TRUE(engine.ok());
   EXPECT_EQ(self.model_fingerprint(), (*engine)->model_fingerprint());
-  const v1::WorkerLoad load = registry.last_heartbeat();
+  const v1::WorkerLoad load = registry.heartbeats().back();
   EXPECT_EQ(load.worker_id(), "decode-under-test");
   EXPECT_EQ(load.role(), v1::DECODE);
   EXPECT_EQ(load.total_kv_blocks(), (*engine)->cache().num_blocks());
@@ -600,6 +551,64 @@ TEST(DecodeWorkerRegistration, RegistersHeartbeatsAndRegistersAgainWhenForgotten
   EXPECT_TRUE(registry.WaitFor(2, 0));
   worker->reset();
   router->Shutdown();
+}
+
+TEST(DecodeWorkerTcpAdvertise, PrefillWorkersAndTheRouterAreToldTheAdvertisedAddress) {
+  FakeRouter registry;
+  std::string router_address;
+  std::unique_ptr<grpc::Server> router = ServeOnLoopback(&registry, &router_address);
+  DecodeWorkerOptions options;
+  options.engine = TestEngineOptions();
+  options.server.router_address = router_address;
+  options.tcp_listen_address = "0.0.0.0:0";
+  options.tcp_advertise_address = "192.0.2.10:50054";  // as a pod IP behind NAT would be
+  auto worker = DecodeWorker::Create(options);
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  auto address = (*worker)->Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+  EXPECT_EQ((*worker)->tcp_address(), "192.0.2.10:50054");
+
+  auto stub = v1::DecodeWorker::NewStub(grpc::CreateChannel(*address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  v1::DecodeRequest request;
+  request.set_request_id("advertised");
+  const std::vector<int32_t> prompt = Prompt(8, 13);
+  request.mutable_prompt_ids()->Add(prompt.begin(), prompt.end());
+  *request.mutable_sampling() = Greedy(2);
+  request.set_transport(v1::HANDOFF_TRANSPORT_TCP);
+  auto reader = stub->Decode(&context, request);
+  v1::DecodeResponse admitted;
+  ASSERT_TRUE(reader->Read(&admitted));
+  EXPECT_EQ(admitted.admitted().handoff_address(), "192.0.2.10:50054");
+  context.TryCancel();
+  reader->Finish();
+
+  ASSERT_TRUE(registry.WaitFor(1, 0));
+  EXPECT_EQ(registry.registrations()[0].handoff_tcp_address(), "192.0.2.10:50054");
+  worker->reset();
+  router->Shutdown();
+}
+
+TEST(DecodeWorkerTcpAdvertise, AnAddressPrefillWorkersCannotDialIsRefused) {
+  for (const std::string bad : {"decode-0.example:50054", "10.0.0.5", "10.0.0.5:0", "[fd00::5:50054"}) {
+    DecodeWorkerOptions options;
+    options.engine = TestEngineOptions();
+    options.tcp_advertise_address = bad;
+    auto worker = DecodeWorker::Create(options);
+    EXPECT_EQ(worker.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(worker.status().message(), HasSubstr("--tcp-advertise")) << bad;
+  }
+  DecodeWorkerOptions ipv6;
+  ipv6.engine = TestEngineOptions();
+  ipv6.tcp_advertise_address = "[fd00::5]:50054";
+  EXPECT_TRUE(DecodeWorker::Create(ipv6).ok());
+  DecodeWorkerOptions no_data_plane;
+  no_data_plane.engine = TestEngineOptions();
+  no_data_plane.tcp_listen_address.clear();
+  no_data_plane.tcp_advertise_address = "10.0.0.5:50054";
+  auto worker = DecodeWorker::Create(no_data_plane);
+  EXPECT_EQ(worker.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(worker.status().message(), HasSubstr("--tcp-listen"));
 }
 
 }  // namespace

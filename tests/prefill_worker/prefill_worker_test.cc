@@ -12,7 +12,6 @@
 #include <utility>
 #include <vector>
 
-#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
 #include "common/engine/engine.h"
@@ -27,6 +26,7 @@ namespace {
 
 using ::indexcache::testing::FakeDecode;
 using ::indexcache::testing::FakeRouter;
+using ::indexcache::testing::HealthStatus;
 using ::indexcache::testing::RecordingSink;
 using ::indexcache::testing::ServeOnLoopback;
 using ::testing::HasSubstr;
@@ -93,25 +93,6 @@ Reference RunInProcess(const std::vector<int32_t>& prompt) {
   ref.probes = *(*engine)->TakeProbes(*id);
   ref.fingerprint = (*engine)->model_fingerprint();
   return ref;
-}
-
-// grpc.health.v1.Health/Check of the whole server, through a generic stub (the health proto is not
-// compiled here): HealthCheckResponse is field 1, a varint: 1 SERVING, 2 NOT_SERVING.
-int HealthStatus(const std::string& address) {
-  grpc::GenericStub stub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  grpc::Slice empty("");  // HealthCheckRequest{service: ""}
-  grpc::ByteBuffer request(&empty, 1), response;
-  std::promise<grpc::Status> done;
-  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
-                 [&](grpc::Status s) { done.set_value(std::move(s)); });
-  if (!done.get_future().get().ok()) return -1;
-  std::vector<grpc::Slice> slices;
-  if (!response.Dump(&slices).ok()) return -1;
-  std::string bytes;
-  for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : -1;
 }
 
 // Checks one recorded handoff against the in-process engine on the same prompt: sequence numbers and
@@ -473,9 +454,9 @@ TEST_F(PrefillWorkerTest, RegistersWithTheRouterAndHeartbeats) {
   std::string router_address;
   std::unique_ptr<grpc::Server> router_server = ServeOnLoopback(&router, &router_address);
   PrefillWorkerOptions options = Options();
-  options.router_address = router_address;
-  options.worker_id = "prefill-test";
-  options.heartbeat_interval = absl::Milliseconds(20);
+  options.server.router_address = router_address;
+  options.server.worker_id = "prefill-test";
+  options.server.heartbeat_interval = absl::Milliseconds(20);
   StartWorker(options);
   ASSERT_TRUE(router.WaitFor(1, 2));
   const v1::RegisterRequest self = router.registrations()[0];
@@ -495,8 +476,8 @@ TEST_F(PrefillWorkerTest, RegistersWithTheRouterAndHeartbeats) {
 
 TEST_F(PrefillWorkerTest, ServesWhileTheRouterIsUnreachable) {
   PrefillWorkerOptions options = Options();
-  options.router_address = "127.0.0.1:1";  // nothing listens on port 1
-  options.heartbeat_interval = absl::Milliseconds(20);
+  options.server.router_address = "127.0.0.1:1";  // nothing listens on port 1
+  options.server.heartbeat_interval = absl::Milliseconds(20);
   StartWorker(options);
   v1::PrefillResponse response;
   const grpc::Status status = Prefill(Request("alone", Prompt(20)), &response);

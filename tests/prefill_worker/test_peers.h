@@ -1,6 +1,6 @@
 // In-test stand-ins for the prefill worker's peers: a decode worker's KvHandoff endpoint that records
-// every chunk (and can refuse or stall), a HandoffSink recording what the TCP data plane delivers, and
-// a router's Registry that records registrations and heartbeats.
+// every chunk (and can refuse or stall) and a HandoffSink recording what the TCP data plane delivers.
+// The router's stand-in is tests/service_common/worker_peers.h.
 #pragma once
 
 #include <chrono>
@@ -15,21 +15,11 @@
 #include "absl/strings/str_cat.h"
 #include "common/handoff/handoff_transport.h"
 #include "indexcache/v1/internal.grpc.pb.h"
+#include "tests/service_common/worker_peers.h"
 
 namespace indexcache::testing {
 
 namespace v1 = ::indexcache::v1;
-
-// Builds and starts a server for `service` on a free loopback port.
-inline std::unique_ptr<grpc::Server> ServeOnLoopback(grpc::Service* service, std::string* address) {
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  *address = absl::StrCat("127.0.0.1:", port);
-  return server;
-}
 
 class FakeDecode final : public v1::KvHandoff::Service {
  public:
@@ -136,53 +126,6 @@ class RecordingSink final : public HandoffSink {
   std::mutex mu_;
   std::vector<v1::HandoffChunk> chunks_;  // guarded by mu_
   int completed_ = 0;                     // guarded by mu_
-};
-
-class FakeRouter final : public v1::Registry::Service {
- public:
-  // The next heartbeat is answered known=false (the router "forgot" the worker).
-  void Forget() {
-    std::lock_guard<std::mutex> lock(mu_);
-    forget_ = true;
-  }
-  // Waits until at least `registrations` Register and `heartbeats` Heartbeat calls arrived.
-  bool WaitFor(size_t registrations, size_t heartbeats) {
-    std::unique_lock<std::mutex> lock(mu_);
-    return changed_.wait_for(lock, std::chrono::seconds(30), [&] {
-      return registrations_.size() >= registrations && heartbeats_.size() >= heartbeats;
-    });
-  }
-  std::vector<v1::RegisterRequest> registrations() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return registrations_;
-  }
-  std::vector<v1::WorkerLoad> heartbeats() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return heartbeats_;
-  }
-
-  grpc::Status Register(grpc::ServerContext*, const v1::RegisterRequest* request, v1::RegisterResponse*) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    registrations_.push_back(*request);
-    changed_.notify_all();
-    return grpc::Status::OK;
-  }
-  grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* request,
-                         v1::HeartbeatResponse* response) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    heartbeats_.push_back(request->load());
-    response->set_known(!forget_);
-    forget_ = false;
-    changed_.notify_all();
-    return grpc::Status::OK;
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable changed_;
-  bool forget_ = false;                         // guarded by mu_
-  std::vector<v1::RegisterRequest> registrations_;  // guarded by mu_
-  std::vector<v1::WorkerLoad> heartbeats_;          // guarded by mu_
 };
 
 }  // namespace indexcache::testing

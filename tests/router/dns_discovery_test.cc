@@ -82,16 +82,16 @@ TEST(DnsDiscoveryTest, FollowsTheAnswersAddingNewAddressesAndRemovingVanishedOne
                          {{v1::PREFILL, "prefill.svc", 50052}, {v1::DECODE, "decode.svc", 50053}},
                          dns.Resolver());
   dns.Answer("prefill.svc", std::vector<std::string>{"10.0.0.1"});
-  dns.Answer("decode.svc", std::vector<std::string>{"10.0.0.2", "fd00::3"});
+  dns.Answer("decode.svc", std::vector<std::string>{"10.0.0.2", "10.0.0.3"});
   discovery.Refresh();
   EXPECT_THAT(Known(registry), ElementsAre("prefill 10.0.0.1:50052 dns", "decode 10.0.0.2:50053 dns",
-                                           "decode [fd00::3]:50053 dns"));
+                                           "decode 10.0.0.3:50053 dns"));
 
   // A pod replaced: one address goes, another comes; the one that stays is not touched.
-  dns.Answer("decode.svc", std::vector<std::string>{"10.0.0.4", "fd00::3"});
+  dns.Answer("decode.svc", std::vector<std::string>{"10.0.0.3", "10.0.0.4"});
   discovery.Refresh();
-  EXPECT_THAT(Known(registry), ElementsAre("prefill 10.0.0.1:50052 dns", "decode 10.0.0.4:50053 dns",
-                                           "decode [fd00::3]:50053 dns"));
+  EXPECT_THAT(Known(registry), ElementsAre("prefill 10.0.0.1:50052 dns", "decode 10.0.0.3:50053 dns",
+                                           "decode 10.0.0.4:50053 dns"));
 
   // A transient failure keeps the last answer; the name ceasing to exist (scaled to zero) empties it.
   dns.Answer("decode.svc", absl::UnavailableError("SERVFAIL"));
@@ -100,6 +100,30 @@ TEST(DnsDiscoveryTest, FollowsTheAnswersAddingNewAddressesAndRemovingVanishedOne
   dns.Answer("decode.svc", absl::NotFoundError("NXDOMAIN"));
   discovery.Refresh();
   EXPECT_THAT(Known(registry), ElementsAre("prefill 10.0.0.1:50052 dns"));
+}
+
+TEST(DnsDiscoveryTest, ADualStackWorkerIsOneWorkerUnderItsIpv4Address) {
+  ScriptedDns dns;
+  WorkerRegistry registry({});
+  DnsDiscovery discovery(&registry,
+                         {{v1::PREFILL, "prefill.svc", 50052}, {v1::DECODE, "decode.svc", 50053}},
+                         dns.Resolver());
+  // Two dual-stack decode pods (an A and an AAAA record each, AAAA first as RFC 6724 sorts them) and
+  // an IPv6-only prefill Service.
+  dns.Answer("decode.svc", std::vector<std::string>{"fd00::2", "fd00::3", "10.0.0.2", "10.0.0.3"});
+  dns.Answer("prefill.svc", std::vector<std::string>{"fd00::1"});
+  discovery.Refresh();
+  EXPECT_THAT(Known(registry), ElementsAre("prefill [fd00::1]:50052 dns", "decode 10.0.0.2:50053 dns",
+                                           "decode 10.0.0.3:50053 dns"));
+  // The same records in another order choose the same family: nothing changes.
+  dns.Answer("decode.svc", std::vector<std::string>{"10.0.0.3", "fd00::2", "10.0.0.2", "fd00::3"});
+  discovery.Refresh();
+  EXPECT_THAT(Known(registry), ElementsAre("prefill [fd00::1]:50052 dns", "decode 10.0.0.2:50053 dns",
+                                           "decode 10.0.0.3:50053 dns"));
+  // A pod leaves: both its records go, and with them its one entry.
+  dns.Answer("decode.svc", std::vector<std::string>{"fd00::3", "10.0.0.3"});
+  discovery.Refresh();
+  EXPECT_THAT(Known(registry), ElementsAre("prefill [fd00::1]:50052 dns", "decode 10.0.0.3:50053 dns"));
 }
 
 TEST(DnsDiscoveryTest, LeavesStaticWorkersAlone) {

@@ -1,0 +1,151 @@
+#include "services/common/worker_server.h"
+
+#include <utility>
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/metrics/metrics_server.h"
+#include "common/util/logging.h"
+#include "prometheus/registry.h"
+#include "services/common/router_registration.h"
+
+namespace indexcache {
+namespace {
+
+// How long calls other than the worker's main one (GetLoad, Abort, health, stray handoffs) may take
+// to end once draining is done.
+constexpr absl::Duration kDrainGrace = absl::Seconds(5);
+
+// "0.0.0.0:0" bound to port 41234 → "127.0.0.1:41234": a wildcard host is not an address to call.
+std::string AdvertisedAddress(const std::string& listen, int port) {
+  const size_t colon = listen.rfind(':');
+  std::string host = colon == std::string::npos ? "" : listen.substr(0, colon);
+  if (host.empty() || host == "0.0.0.0" || host == "[::]" || host == "::" || host == "*") host = "127.0.0.1";
+  return absl::StrCat(host, ":", port);
+}
+
+}  // namespace
+
+absl::Status ValidateWorkerServerOptions(const WorkerServerOptions& options) {
+  if (options.heartbeat_interval <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("the heartbeat interval must be positive");
+  }
+  return absl::OkStatus();
+}
+
+WorkerServer::WorkerServer(WorkerServerOptions options) : options_(std::move(options)) {}
+
+WorkerServer::~WorkerServer() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!started_ || stopped_) return;
+  served_.lifecycle->StartDraining();
+  served_.lifecycle->StopAll(absl::AbortedError(absl::StrCat("the ", role_name_, " worker is shutting down")));
+  Stop(absl::ZeroDuration());
+}
+
+absl::StatusOr<std::string> WorkerServer::Start(Served served) {
+  std::lock_guard<std::mutex> lock(mu_);
+  // Whatever fails from here on, the worker's own listeners (already serving) stop. A copy: `served`
+  // moves into served_ on the way.
+  const std::function<void()> stop_listeners = served.stop_listeners;
+  const auto fail = [&stop_listeners](absl::Status status) {
+    if (stop_listeners) stop_listeners();
+    return status;
+  };
+  if (started_) {
+    return fail(absl::FailedPreconditionError(absl::StrCat("the ", role_name_, " worker is already started")));
+  }
+  if (served.service == nullptr || served.lifecycle == nullptr ||
+      (served.role != v1::PREFILL && served.role != v1::DECODE)) {
+    return fail(absl::InvalidArgumentError("a worker server serves a PREFILL or DECODE service"));
+  }
+  if (!options_.metrics_listen_address.empty() && served.metrics == nullptr) {
+    return fail(absl::InvalidArgumentError("a metrics address needs the worker's metrics registry"));
+  }
+  served_ = std::move(served);
+  role_name_ = served_.role == v1::PREFILL ? "prefill" : "decode";
+  if (!options_.metrics_listen_address.empty()) {
+    absl::StatusOr<std::unique_ptr<MetricsServer>> metrics = MetricsServer::Start(
+        options_.metrics_listen_address, served_.metrics, [service = served_.lifecycle] { service->Load(); });
+    if (!metrics.ok()) return fail(metrics.status());
+    metrics_server_ = *std::move(metrics);
+  }
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(options_.listen_address, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(served_.max_receive_message_bytes);
+  builder.RegisterService(served_.service);
+  for (grpc::Service* service : served_.more_services) builder.RegisterService(service);
+  server_ = builder.BuildAndStart();
+  if (server_ == nullptr || port == 0) {
+    server_.reset();
+    metrics_server_.reset();
+    return fail(absl::UnavailableError(
+        absl::StrCat(role_name_, " worker cannot listen on ", options_.listen_address)));
+  }
+  started_ = true;
+  address_ = options_.advertise_address.empty() ? AdvertisedAddress(options_.listen_address, port)
+                                                : options_.advertise_address;
+  worker_id_ = options_.worker_id.empty() ? absl::StrCat(role_name_, "@", address_) : options_.worker_id;
+  served_.lifecycle->Ready(worker_id_, address_);
+  SetServing(true);
+  IC_LOG(Info) << role_name_ << " worker " << worker_id_ << " listening on " << address_ << served_.listening_detail;
+  if (!options_.router_address.empty()) {
+    v1::RegisterRequest self = served_.registration;
+    self.set_worker_id(worker_id_);
+    self.set_role(served_.role);
+    self.set_address(address_);
+    registration_ = std::make_unique<RouterRegistration>(options_.router_address, std::move(self),
+                                                         options_.heartbeat_interval,
+                                                         [service = served_.lifecycle] { return service->Load(); });
+  }
+  return address_;
+}
+
+void WorkerServer::Drain() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!started_ || stopped_) return;
+  IC_LOG(Info) << role_name_ << " worker " << worker_id_ << " draining";
+  SetServing(false);
+  served_.lifecycle->StartDraining();
+  if (registration_ != nullptr) registration_->Poke();  // the router learns at once
+  served_.lifecycle->WaitIdle();
+  Stop(kDrainGrace);
+  IC_LOG(Info) << role_name_ << " worker " << worker_id_ << " drained and stopped";
+}
+
+void WorkerServer::Stop(absl::Duration grace) {
+  registration_.reset();
+  server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  if (served_.stop_listeners) served_.stop_listeners();
+  stopped_ = true;
+}
+
+void WorkerServer::SetServing(bool serving) {
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  if (health == nullptr) return;
+  health->SetServingStatus(serving);  // the overall status ("")
+  health->SetServingStatus(served_.service_name, serving);
+}
+
+void WorkerServer::Wait() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!started_) return;
+  }
+  server_->Wait();
+}
+
+std::string WorkerServer::metrics_address() const {
+  return metrics_server_ != nullptr ? metrics_server_->address() : std::string();
+}
+
+v1::WorkerLoad WorkerServer::Load() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return started_ ? served_.lifecycle->Load() : v1::WorkerLoad();
+}
+
+}  // namespace indexcache

@@ -1,0 +1,34 @@
+#include "services/common/worker_server_flags.h"
+
+#include "common/util/status_macros.h"
+
+namespace indexcache {
+
+const char kWorkerServerFlagsUsage[] =
+    "  --listen HOST:PORT        gRPC listen address (default 127.0.0.1:0, port 0 picks one)\n"
+    "  --advertise HOST:PORT     address told to the router (default: the bound address)\n"
+    "  --worker-id ID            (default prefill@<address> or decode@<address>)\n"
+    "  --router HOST:PORT        register with this router and send heartbeats\n"
+    "  --heartbeat-ms N          heartbeat interval until the router names one (default 1000)\n"
+    "  --metrics-listen HOST:PORT  serve Prometheus metrics at GET /metrics there (default off)\n";
+
+std::set<std::string> WorkerServerFlagNames() {
+  return {"listen", "advertise", "worker-id", "router", "heartbeat-ms", "metrics-listen"};
+}
+
+absl::StatusOr<WorkerServerOptions> WorkerServerOptionsFromArgs(const cli::Args& args) {
+  WorkerServerOptions o;
+  o.listen_address = args.Get("listen").value_or(o.listen_address);
+  o.advertise_address = args.Get("advertise").value_or("");
+  o.worker_id = args.Get("worker-id").value_or("");
+  o.router_address = args.Get("router").value_or("");
+  o.metrics_listen_address = args.Get("metrics-listen").value_or("");
+  ASSIGN_OR_RETURN(auto heartbeat_ms, args.GetInt("heartbeat-ms"));
+  if (heartbeat_ms) {
+    if (*heartbeat_ms < 1) return absl::InvalidArgumentError("--heartbeat-ms must be >= 1");
+    o.heartbeat_interval = absl::Milliseconds(*heartbeat_ms);
+  }
+  return o;
+}
+
+}  // namespace indexcache
