@@ -2,9 +2,10 @@
 // kv_lora 512, rope 64, 64 heads) over 8K–128K context. In one process it first measures the card's
 // ceilings — cuBLAS bf16 GEMM (8192³) and a device-to-device copy — then times, with CUDA events,
 // the backend's own kernels exactly as the engine calls them: the indexer logits (prefill chunk and
-// decode), the radix top-k, and sparse MLA for prefill and decode. Prints one JSON object on stdout;
-// bench/cuda/run_cuda_bench.sh adds torch's baselines from the same run and writes the report.
-// With --topk-only it times the top-k alone on torch.topk's shapes instead (bench/cuda/run_topk_bench.sh).
+// decode), the radix top-k, and sparse MLA for prefill and decode (also at the paper's 20 heads). Prints
+// one JSON object on stdout; bench/cuda/run_cuda_bench.sh adds torch's baselines from the same run and
+// writes the report. `--sparse-mla-only` skips the indexer and top-k; `--topk-only` times the top-k
+// alone on torch.topk's shapes instead (bench/cuda/run_topk_bench.sh).
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -256,10 +257,13 @@ nlohmann::json TopKAlone(cudaStream_t stream, float* scores, int64_t stride, int
   return out;
 }
 
-// Sparse MLA over 2048 selected keys per token: a prefill chunk (TFLOP/s) and decode batches (GB/s of
-// latent rows read, f32 cache).
-nlohmann::json SparseMla(CudaBackend& be, int32_t context, int32_t prefill_tokens, const std::vector<int32_t>& batches) {
+// Sparse MLA over 2048 selected keys per token with `heads` heads (64: GLM-5; 20: the paper's
+// GLM-4.7-Flash shape): a prefill chunk (TFLOP/s) and decode batches (GB/s of latent rows read, f32
+// cache).
+nlohmann::json SparseMla(CudaBackend& be, int32_t heads, int32_t context, int32_t prefill_tokens,
+                         const std::vector<int32_t>& batches) {
   nlohmann::json out;
+  out["heads"] = heads;
   out["context"] = context;
   const int32_t width = kLatent + kRope;
   const int32_t max_batch = *std::max_element(batches.begin(), batches.end());
@@ -268,10 +272,10 @@ nlohmann::json SparseMla(CudaBackend& be, int32_t context, int32_t prefill_token
   const int64_t slots = int64_t{big.max_blocks} * kBlock;
   float* pool = DeviceRandom<float>(slots * width, 6);
   const int32_t n_max = std::max(prefill_tokens, max_batch);
-  float* ql = DeviceRandom<float>(int64_t{n_max} * kHeads * kLatent, 7);
-  float* qr = DeviceRandom<float>(int64_t{n_max} * kHeads * kRope, 8);
+  float* ql = DeviceRandom<float>(int64_t{n_max} * heads * kLatent, 7);
+  float* qr = DeviceRandom<float>(int64_t{n_max} * heads * kRope, 8);
   float* o = nullptr;
-  CheckCuda(cudaMalloc(&o, sizeof(float) * n_max * kHeads * kLatent), "alloc");
+  CheckCuda(cudaMalloc(&o, sizeof(float) * n_max * heads * kLatent), "alloc");
   // Each token attends to 2048 random earlier positions (repeats allowed: the cost is the same).
   std::vector<int32_t> idx(static_cast<size_t>(n_max) * kTopK);
   std::mt19937 rng(9);
@@ -281,14 +285,14 @@ nlohmann::json SparseMla(CudaBackend& be, int32_t context, int32_t prefill_token
   int32_t* didx = DeviceInts(idx);
   const Tensor tpool = Tensor::Matrix(pool, DType::kF32, slots, width);
   auto run = [&](int32_t n, const BatchLayout& batch) {
-    be.SparseMlaAttention(Tensor::Matrix(ql, DType::kF32, n, kHeads * kLatent),
-                          Tensor::Matrix(qr, DType::kF32, n, kHeads * kRope), kHeads, tpool, batch,
+    be.SparseMlaAttention(Tensor::Matrix(ql, DType::kF32, n, heads * kLatent),
+                          Tensor::Matrix(qr, DType::kF32, n, heads * kRope), heads, tpool, batch,
                           Tensor::Matrix(didx, DType::kI32, n, kTopK), 0.04f,
-                          Tensor::Matrix(o, DType::kF32, n, kHeads * kLatent));
+                          Tensor::Matrix(o, DType::kF32, n, heads * kLatent));
   };
   Layout prefill = MakeLayout(context, prefill_tokens);
   const double prefill_ms = TimeMs(be.stream(), 2, 5, [&] { run(prefill_tokens, prefill.batch); });
-  const double flops = 2.0 * prefill_tokens * kHeads * kTopK * double(width + kLatent);
+  const double flops = 2.0 * prefill_tokens * heads * kTopK * double(width + kLatent);
   out["prefill_tokens"] = prefill_tokens;
   out["prefill_ms"] = prefill_ms;
   out["prefill_tflops"] = flops / (prefill_ms * 1e-3) / 1e12;
@@ -300,7 +304,7 @@ nlohmann::json SparseMla(CudaBackend& be, int32_t context, int32_t prefill_token
     const double ms = TimeMs(be.stream(), 3, 10, [&] { run(b, batch); });
     const double bytes = double(b) * kTopK * width * sizeof(float);
     decode.push_back({{"batch", b}, {"ms", ms}, {"latent_gbps", bytes / (ms * 1e-3) / 1e9},
-                      {"tflops", 2.0 * b * kHeads * kTopK * double(width + kLatent) / (ms * 1e-3) / 1e12}});
+                      {"tflops", 2.0 * b * heads * kTopK * double(width + kLatent) / (ms * 1e-3) / 1e12}});
   }
   out["decode"] = decode;
   if (!be.Synchronize().ok()) Die(be.Synchronize().ToString());
@@ -340,17 +344,24 @@ int main(int argc, char** argv) {
     std::printf("%s\n", report.dump(1).c_str());
     return 0;
   }
-  if (argc > 1) bench::Die(std::string("unknown argument ") + argv[1] + " (the only one is --topk-only)");
+  // --sparse-mla-only: the ceilings and sparse MLA alone (a kernel's own iteration runs).
+  const bool mla_only = argc > 1 && std::string(argv[1]) == "--sparse-mla-only";
+  if (argc > 1 && !mla_only) {
+    bench::Die(std::string("unknown argument ") + argv[1] + " (known: --topk-only, --sparse-mla-only)");
+  }
   report["indexer"] = nlohmann::json::array();
   for (int32_t context : {8192, 32768, 65536, 131072}) {
+    if (mla_only) break;
     report["indexer"].push_back(bench::IndexerAndTopK((*be)->stream(), context, 2048));
     std::fprintf(stderr, "indexer %d done\n", context);
   }
   report["sparse_mla"] = nlohmann::json::array();
   for (int32_t context : {8192, 32768, 131072}) {
-    report["sparse_mla"].push_back(bench::SparseMla(**be, context, 1024, {1, 8, 32, 128}));
+    report["sparse_mla"].push_back(bench::SparseMla(**be, bench::kHeads, context, 1024, {1, 8, 32, 128}));
     std::fprintf(stderr, "sparse mla %d done\n", context);
   }
+  report["sparse_mla"].push_back(bench::SparseMla(**be, 20, 131072, 1024, {1, 8, 32, 128}));
+  std::fprintf(stderr, "sparse mla 20 heads done\n");
   std::printf("%s\n", report.dump(1).c_str());
   return 0;
 }

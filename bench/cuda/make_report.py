@@ -43,15 +43,15 @@ def main():
                       f"{t / row['topk_ms']:.2f}× | {row['decode_indexer_topk_ms']:.3f} | {row['decode_index_key_gbps']:.0f} |")
         md += ["", "Indexer FLOPs count 2·H·D per visible (causal) key; the PyTorch baseline scores all keys. "
                "Keys are f32 in the paged cache and rounded to bf16 in shared memory.", "",
-               "## Sparse MLA (64 heads, kv_lora 512 + rope 64, 2048 selected keys per token)", "",
-               "| context | prefill tokens | prefill ms | prefill TFLOP/s | % of GEMM | decode batch | decode ms | "
-               "latent GB/s | % of copy |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+               "## Sparse MLA (kv_lora 512 + rope 64, 2048 selected keys per token)", "",
+               "| heads | context | prefill tokens | prefill ms | prefill TFLOP/s | % of GEMM | decode batch | decode ms | "
+               "latent GB/s | % of copy |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for row in kernels["sparse_mla"]:
             for j, d in enumerate(row["decode"]):
                 first = j == 0
-                md.append(f"| {row['context'] if first else ''} | {row['prefill_tokens'] if first else ''} | "
+                md.append(f"| {row.get('heads', 64)} | {row['context']} | {row['prefill_tokens']} | "
                           f"{row['prefill_ms']:.2f} | {row['prefill_tflops']:.1f} | {100 * row['prefill_tflops'] / gemm:.0f}% | "
-                          if first else "| | | | | | ")
+                          if first else "| | | | | | | ")
                 md[-1] += f"{d['batch']} | {d['ms']:.3f} | {d['latent_gbps']:.0f} | {100 * d['latent_gbps'] / copy:.0f}% |"
         md += ["", "Decode GB/s counts the f32 latent rows read (2048 × 576 × 4 bytes per token); the copy "
                "ceiling counts bytes read plus written.", ""]

@@ -380,9 +380,14 @@ TEST_F(CudaOpCheck, SparseMlaMatchesFloat64WithinTheBf16Bound) {
     std::vector<int32_t> lengths;
     int32_t chunk;
   };
+  // The bundled models (4 heads, latent 64 + 16 and 32 + 8), the e2e model (8 heads, 128 + 32), one
+  // head, 16/20/64 heads at 512 + 64 (GLM-4.7-Flash / GLM-5) and 72 heads (two head groups per token);
+  // few tokens take the split-key path with its merge, 140 tokens one block per token.
   for (const Case& c : {Case{4, 64, 16, 64, {200, 30, 90}, 17}, Case{4, 32, 8, 16, {60, 20, 9}, 9},
-                        Case{64, 512, 64, 2048, {3000, 2500}, 5},
-                        Case{20, 512, 64, 2048, {2048, 600}, 3}}) {
+                        Case{1, 32, 8, 16, {60}, 20}, Case{8, 128, 32, 256, {700, 300}, 40},
+                        Case{16, 512, 64, 512, {900, 300}, 4}, Case{64, 512, 64, 2048, {3000, 2500}, 5},
+                        Case{20, 512, 64, 2048, {2048, 600}, 3}, Case{20, 512, 64, 256, {1200}, 140},
+                        Case{64, 512, 64, 128, {400}, 140}, Case{72, 64, 16, 64, {200, 90}, 9}}) {
     const PagedBatch b = MakeBatch(c.lengths, c.chunk, 9);
     const int64_t n = static_cast<int64_t>(b.seq.size()), width = c.latent + c.rope;
     const std::vector<float> ql = Random(n * c.heads * c.latent, 31), qr = Random(n * c.heads * c.rope, 32);
@@ -397,6 +402,7 @@ TEST_F(CudaOpCheck, SparseMlaMatchesFloat64WithinTheBf16Bound) {
       const int32_t k = std::min<int32_t>(c.k, static_cast<int32_t>(visible.size()));
       std::copy_n(visible.begin(), k, idx.begin() + r * c.k);
     }
+    std::fill_n(idx.begin(), c.k, -1);  // a token with no keys at all: its output is zero
     const float scale = 1.0f / std::sqrt(static_cast<float>(width));
     Held gql = PutF(*gpu_, ql, n, c.heads * c.latent), gqr = PutF(*gpu_, qr, n, c.heads * c.rope);
     Held gp = PutF(*gpu_, pool, b.slots, width), gi = PutI(*gpu_, idx, n, c.k), go = PutF(*gpu_, {}, n, c.heads * c.latent);
@@ -434,7 +440,7 @@ TEST_F(CudaOpCheck, SparseMlaMatchesFloat64WithinTheBf16Bound) {
         }
       }
     }
-    ExpectWithin(got, want, bound, ("sparse MLA H" + std::to_string(c.heads) + " C" + std::to_string(c.latent)).c_str());
+    ExpectWithin(got, want, bound, ("sparse MLA H" + std::to_string(c.heads) + " C" + std::to_string(c.latent) + " n" + std::to_string(n)).c_str());
   }
 }
 

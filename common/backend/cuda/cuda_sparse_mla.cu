@@ -1,15 +1,31 @@
 // Sparse MLA attention in the absorbed (latent) form, FlashAttention-style over the selected keys.
-// A block owns one token and a group of 16 heads: their queries [q_latent | q_rope] sit in shared
-// memory as bf16; it walks its range of the token's selected keys in tiles of 64, gathering each
-// key's latent row from the paged pool (bf16 in shared memory), computes the 16 × 64 scores on tensor
-// cores, updates the running softmax, and accumulates P · C (C = the latent part of the rows) into an
-// fp32 output tile. All heads of the group share every key row they load (MLA's single latent KV).
-// When a token's keys are few compared with the GPU (decode), the key range is split over grid.z and
+//
+// A block owns one token and ALL its heads (up to 64; the heads are the M dimension of the matrix
+// products, padded to 16, 32 or 64 rows), so every selected key row is gathered from the paged pool
+// exactly once per token. The block walks its range of the token's selected keys in tiles of 32:
+//   S = Q · Kᵀ  [M × 32]       (Q = [q_latent | q_rope] rows as bf16 in shared memory)
+//   online softmax over S (running max and sum per head, exp2 domain)
+//   O += P · C  [M × latent]   (C = the latent part of the same key rows; O in registers)
+// on tensor cores (mma.sync m16n8k16, bf16 inputs, f32 accumulation, fragments via ldmatrix).
+//
+// The pool holds f32 rows, so tiles cannot be copied as they are: each warp loads its rows of the NEXT
+// tile into registers (two phases of two rows, 16 bytes per lane, coalesced 512-byte runs) while the
+// current tile is multiplied, and rounds them to bf16 into the other half of a double-buffered tile
+// after each phase. The loads of a whole tile are thus in flight behind the tensor-core work instead
+// of in front of it. Two tiles ahead, the rows are prefetched into L2 (cp.async.bulk.prefetch, no
+// registers), so the register loads mostly hit L2 and the DRAM latency hides behind two tiles of work.
+// (A flat element → row/column mapping costs an integer division per 16 bytes; it tripled the
+// instructions per tile, and the kernel is issue-latency bound at 2 warps per scheduler: ncu, H100.)
+//
+// Warp roles in one tile (8 warps): for S, warp w computes one 16-head row tile against a slice of the
+// 32 keys; partial row maxima and sums meet in shared memory. For P · C, warp w owns a column slice of
+// the output for every head (P is read from shared memory), so its accumulators stay in registers from
+// the first tile to the last and each key row is read from shared memory once per column slice.
+//
+// Decode (few tokens): the token's key range is split over grid.z so that the whole GPU streams keys;
 // a second kernel merges the partial softmax results.
-#include <mma.h>
-
 #include <algorithm>
-#include <cfloat>
+#include <cmath>
 
 #include "common/backend/cuda/cuda_common.cuh"
 #include "common/backend/cuda/cuda_kernels.h"
@@ -17,13 +33,15 @@
 namespace indexcache::cuda {
 namespace {
 
-using namespace nvcuda;
-
-constexpr int kHeads = 16;  // heads per block (one wmma row tile)
-constexpr int kKeys = 64;   // keys per tile
-constexpr int kWarps = 8;  // 4 compute the scores; all 8 load keys and accumulate P · C
-constexpr int kPad = 8;
-constexpr int kLoadBatch = 8;  // global loads each thread keeps in flight when filling a key tile
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kKeys = 32;             // keys per tile
+constexpr int kPad = 8;               // bf16 row padding: row strides of 16·odd bytes keep ldmatrix conflict-free
+constexpr int kLdP = kKeys + kPad;    // row stride of the probability tile
+constexpr int kMaxRope = 64;          // bounds the loads per key row (below) at compile time
+constexpr int kRowsPerPhase = kKeys / kWarps / 2;  // key rows each warp loads per phase (two phases a tile)
+constexpr int kMaxKeysPerBlock = 2048;  // slot table in shared memory; longer rows are split
+constexpr float kLog2e = 1.4426950408889634f;
 
 struct MlaArgs {
   const float* q_latent;
@@ -36,214 +54,518 @@ struct MlaArgs {
   int64_t idx_stride;
   int32_t topk_cols;
   PagedRows rows;
-  int32_t heads, latent, rope, keys_per_split, splits;
-  float scale;
-  float* out;  // final output (splits == 1)
+  int32_t heads, rope, keys_per_split, splits;
+  bool q_vec4;       // query rows 16-byte aligned: float4 loads
+  float scale_log2;  // softmax scale × log2(e): scores live in the exp2 domain
+  float* out;        // final output (splits == 1)
   int64_t out_stride;
-  float* part_o;  // [n, heads, splits, latent]
-  float* part_ml;  // [n, heads, splits, 2]: running max and sum
+  float* part_o;   // [n, heads, splits, latent], unnormalised
+  float* part_ml;  // [n, heads, splits, 2]: running max (exp2 domain) and sum
 };
 
-// Query and key rows are zero-padded to a multiple of 16 columns (the wmma k step).
-int PaddedWidth(int latent, int rope) { return (latent + rope + 15) / 16 * 16; }
-
-size_t SharedBytes(int latent, int rope) {
-  const int ld = PaddedWidth(latent, rope) + kPad;
-  return sizeof(__nv_bfloat16) * (kHeads + kKeys) * ld + sizeof(float) * kHeads * (kKeys + 4) +
-         sizeof(__nv_bfloat16) * kHeads * (kKeys + kPad) + sizeof(float) * kHeads * (latent + 4) +
-         sizeof(float) * 3 * kHeads + sizeof(int64_t) * kKeys;
+__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-__global__ void __launch_bounds__(kWarps * 32) SparseMlaKernel(MlaArgs a) {
+__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(SharedAddress(p))
+               : "memory");
+}
+
+__device__ __forceinline__ void LdMatrixX2(uint32_t (&r)[2], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(SharedAddress(p))
+               : "memory");
+}
+
+__device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(SharedAddress(p))
+               : "memory");
+}
+
+__device__ __forceinline__ void LdMatrixX2Trans(uint32_t (&r)[2], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(SharedAddress(p))
+               : "memory");
+}
+
+// Asks the memory system to bring `bytes` (a multiple of 16) at `p` into L2; no registers, no wait.
+__device__ __forceinline__ void PrefetchL2(const void* p, uint32_t bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
+}
+
+// The key rows of one tile (missing keys skipped) into L2, one row per thread of the first warp.
+__device__ __forceinline__ void PrefetchTile(const MlaArgs& a, const int32_t* tile_slots, int width) {
+  if (threadIdx.x < kKeys && tile_slots[threadIdx.x] >= 0) {
+    PrefetchL2(a.pool + int64_t{tile_slots[threadIdx.x]} * a.pool_stride, static_cast<uint32_t>(width) * 4);
+  }
+}
+
+// d[16 × 8] += a[16 × 16] · b[16 × 8], bf16 inputs, f32 accumulators.
+__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Query and key rows are zero-padded to a multiple of 32 columns: the score loop takes two 16-wide
+// steps per iteration (the fragments of one step load while the other multiplies).
+__host__ __device__ constexpr int PaddedWidth(int width) { return (width + 31) / 32 * 32; }
+
+// Shared-memory layout of one block; the same arithmetic sizes the launch.
+struct Layout {
+  int ld;  // bf16 row stride of the query and key tiles
+  size_t q, k, p, red_max, red_sum, run_max, row_sum, slots, bytes;
+};
+
+__host__ __device__ inline Layout LayoutFor(int m_rows, int width, int keys_per_split) {
+  Layout l{};
+  l.ld = PaddedWidth(width) + kPad;
+  l.q = 0;
+  l.k = l.q + sizeof(__nv_bfloat16) * m_rows * l.ld;
+  l.p = l.k + sizeof(__nv_bfloat16) * 2 * kKeys * l.ld;
+  l.red_max = l.p + sizeof(__nv_bfloat16) * m_rows * kLdP;
+  l.red_sum = l.red_max + sizeof(float) * m_rows * 4;
+  l.run_max = l.red_sum + sizeof(float) * m_rows * 4;
+  l.row_sum = l.run_max + sizeof(float) * 2 * m_rows;
+  l.slots = l.row_sum + sizeof(float) * m_rows;
+  l.bytes = l.slots + sizeof(int32_t) * keys_per_split;
+  return l;
+}
+
+// One phase's share of a key tile: warp w loads rows w + 8·(2·phase + j), j < kRowsPerPhase, each as
+// kSteps steps of 32 lanes × 16 bytes (one coalesced 512-byte run per step; a missing key reads zeros) ...
+template <int kSteps>
+__device__ __forceinline__ void LoadRows(const MlaArgs& a, const int32_t* tile_slots, int quads, int phase,
+                                         float4 (&v)[kRowsPerPhase][kSteps]) {
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+#pragma unroll
+  for (int j = 0; j < kRowsPerPhase; ++j) {
+    const int32_t slot = tile_slots[warp + kWarps * (phase * kRowsPerPhase + j)];
+    const float4* src = reinterpret_cast<const float4*>(a.pool + int64_t{max(slot, 0)} * a.pool_stride) + lane;
+#pragma unroll
+    for (int k = 0; k < kSteps; ++k) {
+      v[j][k] = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (slot >= 0 && lane + 32 * k < quads) v[j][k] = __ldg(src + 32 * k);
+    }
+  }
+}
+
+// ... and stored, rounded to bf16 (one 8-byte store per 16 bytes loaded), into the key tile.
+template <int kSteps>
+__device__ __forceinline__ void StoreRows(__nv_bfloat16* tile, int ld, int quads, int phase,
+                                          const float4 (&v)[kRowsPerPhase][kSteps]) {
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+#pragma unroll
+  for (int j = 0; j < kRowsPerPhase; ++j) {
+    __nv_bfloat16* dst = tile + (warp + kWarps * (phase * kRowsPerPhase + j)) * ld + lane * 4;
+#pragma unroll
+    for (int k = 0; k < kSteps; ++k) {
+      if (lane + 32 * k < quads) {
+        const __nv_bfloat162 lo = __floats2bfloat162_rn(v[j][k].x, v[j][k].y);
+        const __nv_bfloat162 hi = __floats2bfloat162_rn(v[j][k].z, v[j][k].w);
+        *reinterpret_cast<uint2*>(dst + 128 * k) =
+            make_uint2(*reinterpret_cast<const uint32_t*>(&lo), *reinterpret_cast<const uint32_t*>(&hi));
+      }
+    }
+  }
+}
+
+template <int kMTiles, int kLatent>
+__global__ void __launch_bounds__(kThreads, kMTiles == 1 ? 2 : 1) SparseMlaKernel(const MlaArgs a) {
+  constexpr int kM = 16 * kMTiles;
+  // Scores: kMTiles row tiles × 4 key tiles of 8, spread over the warps; kSN key tiles per warp.
+  constexpr int kSN = kMTiles >= 4 ? 2 : 1;
+  constexpr int kSSplits = 4 / kSN;  // warps that share one row tile (each a slice of the keys)
+  constexpr int kSWarps = kMTiles * kSSplits;
+  static_assert(kSWarps <= kWarps);
+  // P · C: warp w owns latent columns [w·kCols, (w+1)·kCols) of every head.
+  constexpr int kPvWarps = kLatent / 8 < kWarps ? kLatent / 8 : kWarps;
+  constexpr int kCols = kLatent / kPvWarps;
+  constexpr int kNT = kCols / 8;
+  static_assert(kCols % 8 == 0 && (kNT == 1 || kNT % 2 == 0));
+  constexpr int kSteps = (kLatent + kMaxRope + 127) / 128;  // 512-byte steps per key row
+
   extern __shared__ __align__(128) unsigned char smem[];
-  const int width = a.latent + a.rope;
-  const int padded = (width + 15) / 16 * 16;
-  const int ld = padded + kPad;
-  const int ld_s = kKeys + 4, ld_p = kKeys + kPad, ld_o = a.latent + 4;
-  auto* q_tile = reinterpret_cast<__nv_bfloat16*>(smem);
-  __nv_bfloat16* k_tile = q_tile + kHeads * ld;
-  auto* scores = reinterpret_cast<float*>(k_tile + kKeys * ld);
-  auto* probs = reinterpret_cast<__nv_bfloat16*>(scores + kHeads * ld_s);
-  auto* o_tile = reinterpret_cast<float*>(probs + kHeads * ld_p);
-  float* row_max = o_tile + kHeads * ld_o;
-  float* row_sum = row_max + kHeads;
-  float* row_alpha = row_sum + kHeads;
-  auto* slots = reinterpret_cast<int64_t*>(row_alpha + kHeads);
+  const int width = kLatent + a.rope, padded = PaddedWidth(width), quads = width / 4;
+  const int key_begin = static_cast<int>(blockIdx.z) * a.keys_per_split;
+  const int key_end = min(a.topk_cols, key_begin + a.keys_per_split);
+  const int tiles = (key_end - key_begin + kKeys - 1) / kKeys;
+  const Layout lay = LayoutFor(kM, width, tiles * kKeys);
+  const int ld = lay.ld;
+  auto* q_s = reinterpret_cast<__nv_bfloat16*>(smem + lay.q);        // [kM][ld]
+  auto* k_s = reinterpret_cast<__nv_bfloat16*>(smem + lay.k);        // [2][kKeys][ld]
+  auto* p_s = reinterpret_cast<__nv_bfloat16*>(smem + lay.p);        // [kM][kLdP]
+  auto* red_max = reinterpret_cast<float*>(smem + lay.red_max);      // [kM][kSSplits]
+  auto* red_sum = reinterpret_cast<float*>(smem + lay.red_sum);      // [kM][kSSplits]
+  auto* run_max = reinterpret_cast<float*>(smem + lay.run_max);      // [2][kM], double-buffered by tile
+  auto* row_sum = reinterpret_cast<float*>(smem + lay.row_sum);      // [kM], final sums
+  auto* slots = reinterpret_cast<int32_t*>(smem + lay.slots);        // pool row of each key, -1 if none
 
   const int64_t r = blockIdx.x;
-  const int h0 = blockIdx.y * kHeads;
-  const int split = blockIdx.z;
-  const int tid = threadIdx.x, warp = tid / 32;
-  const int group_heads = min(kHeads, a.heads - h0);
+  const int h0 = static_cast<int>(blockIdx.y) * kM;
+  const int group_heads = min(kM, a.heads - h0);
+  const int tid = static_cast<int>(threadIdx.x), warp = tid / 32, lane = tid % 32;
 
-  for (int e = tid; e < kHeads * padded; e += blockDim.x) {
-    const int h = e / padded, d = e % padded;
-    float v = 0.0f;
-    if (h < group_heads && d < width) {
-      v = d < a.latent ? a.q_latent[r * a.ql_stride + int64_t{h0 + h} * a.latent + d]
-                       : a.q_rope[r * a.qr_stride + int64_t{h0 + h} * a.rope + (d - a.latent)];
+  // Prologue, arranged so that its global reads overlap: the queries (one batch of registers: nothing
+  // else is live yet), the pool rows of the block's keys (one index and one block-table read per key),
+  // then both halves of the first tile.
+  {
+    // Queries as bf16, four columns at a time (a group never straddles latent and rope: both are
+    // multiples of 4); rows past the group's heads and columns past the width are zero.
+    constexpr int kQLoads = (kM * PaddedWidth(kLatent + kMaxRope) / 4 + kThreads - 1) / kThreads;
+    const int row_quads = padded / 4;
+    float4 qv[kQLoads];
+#pragma unroll
+    for (int i = 0; i < kQLoads; ++i) {
+      const int e = i * kThreads + tid, h = e / row_quads, d = (e - h * row_quads) * 4;
+      qv[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (e < kM * row_quads && h < group_heads && d < width) {
+        const float* src = d < kLatent ? a.q_latent + r * a.ql_stride + int64_t{h0 + h} * kLatent + d
+                                       : a.q_rope + r * a.qr_stride + int64_t{h0 + h} * a.rope + (d - kLatent);
+        qv[i] = a.q_vec4 ? *reinterpret_cast<const float4*>(src) : make_float4(src[0], src[1], src[2], src[3]);
+      }
     }
-    q_tile[h * ld + d] = __float2bfloat16(v);
+    const int32_t seq = a.rows.token_seq[r];
+    const int32_t* table = a.rows.block_tables + int64_t{seq} * a.rows.tables_stride;
+    const int32_t* selected = a.indices + r * a.idx_stride;
+    constexpr int kBatch = 8;  // keys per thread in flight
+    for (int j0 = 0; j0 < tiles * kKeys; j0 += kThreads * kBatch) {
+      int32_t pos[kBatch];
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        const int key = key_begin + j0 + i * kThreads + tid;
+        pos[i] = key < key_end ? selected[key] : -1;
+      }
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        const int j = j0 + i * kThreads + tid;
+        if (j < tiles * kKeys) {
+          slots[j] = pos[i] < 0 ? -1 : table[pos[i] / a.rows.block_size] * a.rows.block_size + pos[i] % a.rows.block_size;
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kQLoads; ++i) {
+      const int e = i * kThreads + tid, h = e / row_quads;
+      if (e < kM * row_quads) StoreBf16x4(q_s + h * ld + (e - h * row_quads) * 4, qv[i]);
+    }
+    // Key columns past the width stay zero in both tiles (the loads never write them).
+    for (int e = tid; e < 2 * kKeys * (padded - width); e += kThreads) {
+      k_s[(e / (padded - width)) * ld + width + e % (padded - width)] = __float2bfloat16(0.0f);
+    }
+    if (tid < kM) run_max[tid] = -INFINITY;
   }
-  for (int e = tid; e < kHeads * a.latent; e += blockDim.x) o_tile[(e / a.latent) * ld_o + e % a.latent] = 0.0f;
-  if (tid < kHeads) {
-    row_max[tid] = -FLT_MAX;
-    row_sum[tid] = 0.0f;
+  __syncthreads();
+  {
+    if (tiles > 1) PrefetchTile(a, slots + kKeys, width);
+    float4 first[kRowsPerPhase][kSteps], second[kRowsPerPhase][kSteps];
+    LoadRows(a, slots, quads, 0, first);
+    LoadRows(a, slots, quads, 1, second);
+    StoreRows(k_s, ld, quads, 0, first);
+    StoreRows(k_s, ld, quads, 1, second);
   }
-  const int32_t seq = a.rows.token_seq[r];
-  const int32_t* table = a.rows.block_tables + int64_t{seq} * a.rows.tables_stride;
-  const int32_t* selected = a.indices + r * a.idx_stride;
-  const int key_begin = split * a.keys_per_split;
-  const int key_end = min(a.topk_cols, key_begin + a.keys_per_split);
   __syncthreads();
 
-  for (int key0 = key_begin; key0 < key_end; key0 += kKeys) {
-    if (tid < kKeys) {
-      const int j = key0 + tid;
-      const int32_t pos = j < key_end ? selected[j] : -1;
-      slots[tid] = pos < 0 ? -1 : int64_t{table[pos / a.rows.block_size]} * a.rows.block_size + pos % a.rows.block_size;
-    }
-    __syncthreads();
-    // Latent rows (f32) → bf16, kLoadBatch float4 loads in flight per thread before any is stored.
-    const int quads = width / 4;
-    for (int e0 = tid; e0 < kKeys * quads; e0 += blockDim.x * kLoadBatch) {
-      float4 v[kLoadBatch];
+  float o[kMTiles][kNT][4] = {};
+  float sum = 0.0f;  // thread tid < kM: the running softmax sum of row tid
+  const int s_tile = warp / kSSplits, s_split = warp % kSSplits, s_key0 = s_split * kSN * 8;
+  const int g = lane / 4, c2 = (lane % 4) * 2;  // accumulator fragment: rows g, g+8; columns c2, c2+1
+
+  for (int t = 0; t < tiles; ++t) {
+    const __nv_bfloat16* k_cur = k_s + (t & 1) * kKeys * ld;
+    __nv_bfloat16* k_next = k_s + ((t + 1) & 1) * kKeys * ld;
+    const int32_t* tile_slots = slots + t * kKeys;
+    const int32_t* next_slots = tile_slots + kKeys;
+    const float* m_cur = run_max + (t & 1) * kM;
+    float* m_next = run_max + ((t + 1) & 1) * kM;
+    const bool more = t + 1 < tiles;
+    // Tile t+2 heads for L2 while tile t+1 comes into registers: the register loads then mostly hit
+    // L2, and the DRAM latency hides behind two tiles of work instead of one phase.
+    if (t + 2 < tiles) PrefetchTile(a, next_slots + kKeys, width);
+    float4 stage[kRowsPerPhase][kSteps];
+    if (more) LoadRows(a, next_slots, quads, 0, stage);
+
+    // S for row tile s_tile and keys s_key0 .. s_key0 + 8·kSN, scaled into the exp2 domain; missing keys -∞.
+    float s[kSN][4] = {};
+    if (warp < kSWarps) {
+      // Two 16-wide steps per iteration: the fragments of one step load while the other multiplies;
+      // with one key tile per warp, the two steps accumulate separately (two independent chains).
+      const __nv_bfloat16* q_at = q_s + (s_tile * 16 + lane % 16) * ld + (lane / 16) * 8;
+      const __nv_bfloat16* k_at = kSN == 2 ? k_cur + (s_key0 + (lane / 16) * 8 + lane % 8) * ld + ((lane / 8) % 2) * 8
+                                           : k_cur + (s_key0 + lane % 8) * ld + ((lane / 8) % 2) * 8;
+      [[maybe_unused]] float s_odd[4] = {};
+      uint32_t qa[2][4], kb[2][2 * kSN];
+      auto load = [&](int buf, int d0) {
+        LdMatrixX4(qa[buf], q_at + d0);
+        if constexpr (kSN == 2) {
+          LdMatrixX4(kb[buf], k_at + d0);
+        } else {
+          LdMatrixX2(kb[buf], k_at + d0);
+        }
+      };
+      load(0, 0);
+      for (int d0 = 0; d0 < padded; d0 += 32) {
+        load(1, d0 + 16);
+        Mma(s[0], qa[0], kb[0][0], kb[0][1]);
+        if constexpr (kSN == 2) Mma(s[1], qa[0], kb[0][2], kb[0][3]);
+        if (d0 + 32 < padded) load(0, d0 + 32);
+        if constexpr (kSN == 2) {
+          Mma(s[0], qa[1], kb[1][0], kb[1][1]);
+          Mma(s[1], qa[1], kb[1][2], kb[1][3]);
+        } else {
+          Mma(s_odd, qa[1], kb[1][0], kb[1][1]);
+        }
+      }
+      if constexpr (kSN == 1) {
 #pragma unroll
-      for (int b = 0; b < kLoadBatch; ++b) {
-        const int e = e0 + b * blockDim.x;
-        v[b] = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (e < kKeys * quads && slots[e / quads] >= 0) {
-          v[b] = *reinterpret_cast<const float4*>(a.pool + slots[e / quads] * a.pool_stride + (e % quads) * 4);
+        for (int c = 0; c < 4; ++c) s[0][c] += s_odd[c];
+      }
+      float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int n = 0; n < kSN; ++n) {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const bool present = tile_slots[s_key0 + n * 8 + c2 + (c & 1)] >= 0;
+          s[n][c] = present ? s[n][c] * a.scale_log2 : -INFINITY;
+          mx[c / 2] = fmaxf(mx[c / 2], s[n][c]);
         }
       }
 #pragma unroll
-      for (int b = 0; b < kLoadBatch; ++b) {
-        const int e = e0 + b * blockDim.x;
-        if (e < kKeys * quads) StoreBf16x4(k_tile + (e / quads) * ld + (e % quads) * 4, v[b]);
+      for (int half = 0; half < 2; ++half) {
+        mx[half] = fmaxf(mx[half], __shfl_xor_sync(0xffffffffu, mx[half], 1));
+        mx[half] = fmaxf(mx[half], __shfl_xor_sync(0xffffffffu, mx[half], 2));
+        if (lane % 4 == 0) red_max[(s_tile * 16 + g + half * 8) * kSSplits + s_split] = mx[half];
       }
     }
-    for (int e = tid; e < kKeys * (padded - width); e += blockDim.x) {
-      k_tile[(e / (padded - width)) * ld + width + e % (padded - width)] = __float2bfloat16(0.0f);
-    }
-    __syncthreads();
-    if (warp < kKeys / 16) {  // scores [16 × 64]: warp w computes keys 16w..16w+15
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      wmma::fill_fragment(acc, 0.0f);
-      for (int k = 0; k < padded; k += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> qa;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> kb;
-        wmma::load_matrix_sync(qa, q_tile + k, ld);
-        wmma::load_matrix_sync(kb, k_tile + warp * 16 * ld + k, ld);
-        wmma::mma_sync(acc, qa, kb, acc);
-      }
-      wmma::store_matrix_sync(scores + warp * 16, acc, ld_s, wmma::mem_row_major);
+    if (more) {
+      StoreRows(k_next, ld, quads, 0, stage);
+      LoadRows(a, next_slots, quads, 1, stage);
     }
     __syncthreads();
-    // Online softmax: 8 threads per head row, 8 keys each (the first 128 threads, whole warps).
-    if (tid < kHeads * 8) {
-      const int h = tid / 8, part = tid % 8;
-      float local_max = -FLT_MAX;
-      for (int j = part * 8; j < part * 8 + 8; ++j) {
-        if (slots[j] >= 0) local_max = fmaxf(local_max, scores[h * ld_s + j] * a.scale);
+
+    // New row maxima; P = exp2(S − max) as bf16, partial row sums. Row owners carry the running sum.
+    if (warp < kSWarps) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int row = s_tile * 16 + g + half * 8;
+        float m = m_cur[row];
+#pragma unroll
+        for (int j = 0; j < kSSplits; ++j) m = fmaxf(m, red_max[row * kSSplits + j]);
+        float part = 0.0f;
+#pragma unroll
+        for (int n = 0; n < kSN; ++n) {
+          const float p0 = s[n][half * 2] == -INFINITY ? 0.0f : exp2f(s[n][half * 2] - m);
+          const float p1 = s[n][half * 2 + 1] == -INFINITY ? 0.0f : exp2f(s[n][half * 2 + 1] - m);
+          part += p0 + p1;
+          *reinterpret_cast<__nv_bfloat162*>(p_s + row * kLdP + s_key0 + n * 8 + c2) = __floats2bfloat162_rn(p0, p1);
+        }
+        part += __shfl_xor_sync(0xffffffffu, part, 1);
+        part += __shfl_xor_sync(0xffffffffu, part, 2);
+        if (lane % 4 == 0) red_sum[row * kSSplits + s_split] = part;
       }
-      for (int o = 4; o > 0; o >>= 1) local_max = fmaxf(local_max, __shfl_xor_sync(0xffffffffu, local_max, o));
-      const float old_max = row_max[h];
-      const float new_max = fmaxf(old_max, local_max);
-      float local_sum = 0.0f;
-      for (int j = part * 8; j < part * 8 + 8; ++j) {
-        const float p = slots[j] >= 0 ? __expf(scores[h * ld_s + j] * a.scale - new_max) : 0.0f;
-        probs[h * ld_p + j] = __float2bfloat16(p);
-        local_sum += p;
-      }
-      for (int o = 4; o > 0; o >>= 1) local_sum += __shfl_xor_sync(0xffffffffu, local_sum, o);
-      __syncwarp();
-      if (part == 0) {
-        const float alpha = old_max == -FLT_MAX ? 0.0f : __expf(old_max - new_max);
-        row_alpha[h] = alpha;
-        row_sum[h] = row_sum[h] * alpha + local_sum;
-        row_max[h] = new_max;
-      }
+    }
+    if (tid < kM) {
+      const float old = m_cur[tid];
+      float m = old;
+#pragma unroll
+      for (int j = 0; j < kSSplits; ++j) m = fmaxf(m, red_max[tid * kSSplits + j]);
+      m_next[tid] = m;
+      sum *= old == -INFINITY ? 0.0f : exp2f(old - m);
     }
     __syncthreads();
-    for (int e = tid; e < kHeads * a.latent; e += blockDim.x) {
-      const int h = e / a.latent;
-      o_tile[h * ld_o + e % a.latent] *= row_alpha[h];
+
+    if (tid < kM) {
+#pragma unroll
+      for (int j = 0; j < kSSplits; ++j) sum += red_sum[tid * kSSplits + j];
     }
-    __syncthreads();
-    // O[16 × latent] += P[16 × 64] · C[64 × latent]: warps take column tiles in turn.
-    for (int c0 = warp * 16; c0 < a.latent; c0 += kWarps * 16) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      wmma::load_matrix_sync(acc, o_tile + c0, ld_o, wmma::mem_row_major);
-      for (int k = 0; k < kKeys; k += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> pa;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> vb;
-        wmma::load_matrix_sync(pa, probs + k, ld_p);
-        wmma::load_matrix_sync(vb, k_tile + k * ld + c0, ld);
-        wmma::mma_sync(acc, pa, vb, acc);
+    // O = O · e^{old max − new max} + P · C for this warp's columns.
+    if (warp < kPvWarps) {
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int row = mt * 16 + g + half * 8;
+          const float old = m_cur[row];
+          const float alpha = old == -INFINITY ? 0.0f : exp2f(old - m_next[row]);
+#pragma unroll
+          for (int nt = 0; nt < kNT; ++nt) {
+            o[mt][nt][half * 2] *= alpha;
+            o[mt][nt][half * 2 + 1] *= alpha;
+          }
+        }
       }
-      wmma::store_matrix_sync(o_tile + c0, acc, ld_o, wmma::mem_row_major);
+      const int col0 = warp * kCols;
+#pragma unroll
+      for (int k0 = 0; k0 < kKeys; k0 += 16) {
+        uint32_t pa[kMTiles][4];
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) LdMatrixX4(pa[mt], p_s + (mt * 16 + lane % 16) * kLdP + k0 + (lane / 16) * 8);
+        const __nv_bfloat16* v_rows = k_cur + (k0 + ((lane / 8) % 2) * 8 + lane % 8) * ld + col0;
+        if constexpr (kNT == 1) {
+          uint32_t vb[2];
+          LdMatrixX2Trans(vb, v_rows);
+#pragma unroll
+          for (int mt = 0; mt < kMTiles; ++mt) Mma(o[mt][0], pa[mt], vb[0], vb[1]);
+        } else {
+          // The next column pair's fragment loads while this pair multiplies.
+          uint32_t vb[2][4];
+          LdMatrixX4Trans(vb[0], v_rows + (lane / 16) * 8);
+#pragma unroll
+          for (int np = 0; np < kNT / 2; ++np) {
+            if (np + 1 < kNT / 2) LdMatrixX4Trans(vb[(np + 1) % 2], v_rows + (np + 1) * 16 + (lane / 16) * 8);
+#pragma unroll
+            for (int mt = 0; mt < kMTiles; ++mt) {
+              Mma(o[mt][2 * np], pa[mt], vb[np % 2][0], vb[np % 2][1]);
+              Mma(o[mt][2 * np + 1], pa[mt], vb[np % 2][2], vb[np % 2][3]);
+            }
+          }
+        }
+      }
     }
+    if (more) StoreRows(k_next, ld, quads, 1, stage);
     __syncthreads();
   }
 
-  if (a.splits == 1) {
-    for (int e = tid; e < group_heads * a.latent; e += blockDim.x) {
-      const int h = e / a.latent, c = e % a.latent;
-      const float sum = row_sum[h];
-      a.out[r * a.out_stride + int64_t{h0 + h} * a.latent + c] = sum > 0.0f ? o_tile[h * ld_o + c] / sum : 0.0f;
+  if (tid < kM) row_sum[tid] = sum;
+  __syncthreads();
+  const float* m_final = run_max + (tiles & 1) * kM;
+  if (warp < kPvWarps) {
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int row = mt * 16 + g + half * 8;
+        if (row >= group_heads) continue;
+        const int64_t h = h0 + row;
+        const float l = row_sum[row];
+        float* dst = a.splits == 1 ? a.out + r * a.out_stride + h * kLatent
+                                   : a.part_o + ((r * a.heads + h) * a.splits + blockIdx.z) * kLatent;
+        const float norm = a.splits == 1 ? (l > 0.0f ? 1.0f / l : 0.0f) : 1.0f;
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+          const int col = warp * kCols + nt * 8 + c2;
+          dst[col] = o[mt][nt][half * 2] * norm;
+          dst[col + 1] = o[mt][nt][half * 2 + 1] * norm;
+        }
+      }
     }
-    return;
   }
-  for (int e = tid; e < group_heads * a.latent; e += blockDim.x) {
-    const int h = e / a.latent, c = e % a.latent;
-    const int64_t at = ((r * a.heads + h0 + h) * a.splits + split);
-    a.part_o[at * a.latent + c] = o_tile[h * ld_o + c];
-  }
-  if (tid < group_heads) {
-    const int64_t at = ((r * a.heads + h0 + tid) * a.splits + split);
-    a.part_ml[at * 2] = row_max[tid];
+  if (a.splits > 1 && tid < group_heads) {
+    const int64_t at = (r * a.heads + h0 + tid) * a.splits + blockIdx.z;
+    a.part_ml[at * 2] = m_final[tid];
     a.part_ml[at * 2 + 1] = row_sum[tid];
   }
 }
 
-// out[r, h] = Σ_split e^{m_split - M} O_split / Σ_split e^{m_split - M} l_split. One block per (r, h).
+// out[r, h] = Σ_split 2^{m_split − M} O_split / Σ_split 2^{m_split − M} l_split. One block per (r, h).
 __global__ void MergeSplitsKernel(const float* part_o, const float* part_ml, int32_t heads, int32_t splits,
                                   int32_t latent, float* out, int64_t out_stride) {
   const int64_t r = blockIdx.x / heads;
-  const int h = blockIdx.x % heads;
+  const int h = static_cast<int>(blockIdx.x % heads);
   const int64_t base = (r * heads + h) * splits;
-  float m = -FLT_MAX;
+  float m = -INFINITY;
   for (int s = 0; s < splits; ++s) {
     if (part_ml[(base + s) * 2 + 1] > 0.0f) m = fmaxf(m, part_ml[(base + s) * 2]);
   }
   float total = 0.0f;
   for (int s = 0; s < splits; ++s) {
     const float l = part_ml[(base + s) * 2 + 1];
-    if (l > 0.0f) total += __expf(part_ml[(base + s) * 2] - m) * l;
+    if (l > 0.0f) total += exp2f(part_ml[(base + s) * 2] - m) * l;
   }
   for (int c = threadIdx.x; c < latent; c += blockDim.x) {
     float acc = 0.0f;
     for (int s = 0; s < splits; ++s) {
       const float l = part_ml[(base + s) * 2 + 1];
-      if (l > 0.0f) acc += __expf(part_ml[(base + s) * 2] - m) * part_o[(base + s) * latent + c];
+      if (l > 0.0f) acc += exp2f(part_ml[(base + s) * 2] - m) * part_o[(base + s) * latent + c];
     }
     out[r * out_stride + int64_t{h} * latent + c] = total > 0.0f ? acc / total : 0.0f;
   }
 }
 
-// Splits per token so that tokens × head groups × splits fills the GPU a few times over.
-int SplitsFor(int64_t tokens, int32_t heads, int64_t topk_cols) {
-  const int64_t blocks = tokens * CeilDiv(heads, kHeads);
-  const int64_t max_splits = CeilDiv(topk_cols, kKeys);
-  return static_cast<int>(std::clamp<int64_t>(CeilDiv(2 * 132, blocks), 1, max_splits));
+int SmCount() {
+  static const int count = [] {
+    int device = 0, sms = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms <= 0) {
+      return 132;  // H100 SXM; only the split heuristic depends on it
+    }
+    return sms;
+  }();
+  return count;
+}
+
+// How a launch covers the work; a function of the shapes alone (and the GPU's SM count).
+struct Plan {
+  int m_tiles;  // 16-row tiles of heads per block: 1, 2 or 4
+  int groups;   // head groups per token (grid.y), more than one only past 64 heads
+  int splits;   // key ranges per token (grid.z)
+  int keys_per_split;
+};
+
+Plan PlanFor(int64_t tokens, int32_t heads, int64_t topk_cols) {
+  Plan p{};
+  p.m_tiles = heads <= 16 ? 1 : heads <= 32 ? 2 : 4;
+  p.groups = static_cast<int>(CeilDiv(heads, 16 * p.m_tiles));
+  // Blocks resident per SM: two for one row tile (registers and shared memory allow it), else one.
+  const int64_t resident = int64_t{SmCount()} * (p.m_tiles == 1 ? 2 : 1);
+  const int64_t tiles = CeilDiv(topk_cols, kKeys);
+  const int64_t min_splits = CeilDiv(topk_cols, kMaxKeysPerBlock);
+  // Split a token's keys only while the blocks do not yet fill the GPU once; at least two tiles each.
+  const int64_t want = std::max<int64_t>(1, resident / std::max<int64_t>(1, tokens * p.groups));
+  const int64_t splits = std::clamp<int64_t>(want, min_splits, std::max(min_splits, CeilDiv(tiles, 2)));
+  p.keys_per_split = static_cast<int>(CeilDiv(CeilDiv(topk_cols, splits), kKeys) * kKeys);
+  p.splits = static_cast<int>(CeilDiv(topk_cols, p.keys_per_split));
+  return p;
+}
+
+using KernelFn = void (*)(MlaArgs);
+
+// The kernel for (row tiles, latent width), its shared-memory limit raised once to the largest layout
+// (a failure there surfaces as the launch's error).
+template <int kMTiles, int kLatent>
+KernelFn Configured() {
+  static const cudaError_t raised = cudaFuncSetAttribute(
+      SparseMlaKernel<kMTiles, kLatent>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      static_cast<int>(LayoutFor(16 * kMTiles, kLatent + kMaxRope, kMaxKeysPerBlock).bytes));
+  static_cast<void>(raised);
+  return SparseMlaKernel<kMTiles, kLatent>;
+}
+
+template <int kMTiles>
+KernelFn ForLatent(int64_t latent) {
+  switch (latent) {
+    case 32: return Configured<kMTiles, 32>();
+    case 64: return Configured<kMTiles, 64>();
+    case 128: return Configured<kMTiles, 128>();
+    case 512: return Configured<kMTiles, 512>();
+    default: return nullptr;
+  }
+}
+
+KernelFn KernelFor(int m_tiles, int64_t latent) {
+  switch (m_tiles) {
+    case 1: return ForLatent<1>(latent);
+    case 2: return ForLatent<2>(latent);
+    default: return ForLatent<4>(latent);
+  }
 }
 
 }  // namespace
 
 size_t SparseMlaScratchBytes(int64_t tokens, int32_t heads, int64_t latent_dim, int64_t topk_cols) {
-  const int splits = SplitsFor(tokens, heads, topk_cols);
-  if (splits == 1) return 0;
-  return sizeof(float) * static_cast<size_t>(tokens * heads * splits) * (latent_dim + 2);
+  if (tokens <= 0 || heads <= 0 || topk_cols <= 0) return 0;
+  const Plan p = PlanFor(tokens, heads, topk_cols);
+  if (p.splits == 1) return 0;
+  return sizeof(float) * static_cast<size_t>(tokens * heads * p.splits) * (latent_dim + 2);
 }
 
 std::string SparseMlaAttention(Tensor q_latent, Tensor q_rope, int32_t heads, Tensor latent_pool,
@@ -260,12 +582,17 @@ std::string SparseMlaAttention(Tensor q_latent, Tensor q_rope, int32_t heads, Te
     return "sparse MLA: " + q_latent.DebugString() + " / " + q_rope.DebugString() + " over pool " +
            latent_pool.DebugString() + " disagree for " + std::to_string(heads) + " heads";
   }
-  if (latent % 16 != 0 || (latent + rope) % 4 != 0 || latent_pool.stride % 4 != 0 ||
-      reinterpret_cast<uintptr_t>(latent_pool.data) % 16 != 0 || latent + rope > 1024) {
-    return "sparse MLA: the latent width must be a multiple of 16 and latent+rope of 4 (at most 1024), rows 16-byte "
-           "aligned";
+  if ((latent + rope) % 4 != 0 || rope > kMaxRope || latent_pool.stride % 4 != 0 ||
+      reinterpret_cast<uintptr_t>(latent_pool.data) % 16 != 0 || latent_pool.rows > INT32_MAX) {
+    return "sparse MLA: latent+rope must be a multiple of 4 and rope at most " + std::to_string(kMaxRope) +
+           ", pool rows 16-byte aligned (latent " + std::to_string(latent) + ", rope " + std::to_string(rope) + ")";
   }
   if (q_latent.rows == 0 || indices.cols == 0) return {};
+  const Plan plan = PlanFor(q_latent.rows, heads, indices.cols);
+  const KernelFn kernel = KernelFor(plan.m_tiles, latent);
+  if (kernel == nullptr) {
+    return "sparse MLA: unsupported latent width " + std::to_string(latent) + " (32, 64, 128 or 512)";
+  }
   MlaArgs a{};
   a.q_latent = q_latent.ptr<float>();
   a.ql_stride = q_latent.stride;
@@ -278,12 +605,12 @@ std::string SparseMlaAttention(Tensor q_latent, Tensor q_rope, int32_t heads, Te
   a.topk_cols = static_cast<int32_t>(indices.cols);
   a.rows = rows;
   a.heads = heads;
-  a.latent = static_cast<int32_t>(latent);
   a.rope = static_cast<int32_t>(rope);
-  a.splits = SplitsFor(q_latent.rows, heads, indices.cols);
-  a.keys_per_split = static_cast<int32_t>(CeilDiv(CeilDiv(indices.cols, a.splits), kKeys) * kKeys);
-  a.splits = static_cast<int32_t>(CeilDiv(indices.cols, a.keys_per_split));
-  a.scale = scale;
+  a.keys_per_split = plan.keys_per_split;
+  a.splits = plan.splits;
+  a.q_vec4 = q_latent.stride % 4 == 0 && q_rope.stride % 4 == 0 &&
+             reinterpret_cast<uintptr_t>(q_latent.data) % 16 == 0 && reinterpret_cast<uintptr_t>(q_rope.data) % 16 == 0;
+  a.scale_log2 = scale * kLog2e;
   a.out = out.ptr<float>();
   a.out_stride = out.stride;
   if (a.splits > 1) {
@@ -291,13 +618,13 @@ std::string SparseMlaAttention(Tensor q_latent, Tensor q_rope, int32_t heads, Te
     a.part_o = static_cast<float*>(scratch);
     a.part_ml = a.part_o + q_latent.rows * heads * a.splits * latent;
   }
-  const size_t shared = SharedBytes(a.latent, a.rope);
-  cudaFuncSetAttribute(SparseMlaKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
-  const dim3 grid(static_cast<unsigned>(q_latent.rows), static_cast<unsigned>(CeilDiv(heads, kHeads)), a.splits);
-  SparseMlaKernel<<<grid, kWarps * 32, shared, stream>>>(a);
+  const size_t shared = LayoutFor(16 * plan.m_tiles, static_cast<int>(latent + rope), plan.keys_per_split).bytes;
+  const dim3 grid(static_cast<unsigned>(q_latent.rows), static_cast<unsigned>(plan.groups),
+                  static_cast<unsigned>(plan.splits));
+  kernel<<<grid, kThreads, shared, stream>>>(a);
   if (a.splits > 1) {
     MergeSplitsKernel<<<static_cast<unsigned>(q_latent.rows * heads), 128, 0, stream>>>(
-        a.part_o, a.part_ml, heads, a.splits, a.latent, a.out, a.out_stride);
+        a.part_o, a.part_ml, heads, a.splits, static_cast<int32_t>(latent), a.out, a.out_stride);
   }
   return LaunchError();
 }
