@@ -161,26 +161,29 @@ nlohmann::json Ceilings(cudaStream_t stream, cublasHandle_t cublas) {
 
 // Indexer logits + top-k for a prefill chunk of `queries` tokens ending at `context`, and for one
 // decode token; FLOPs count the q·k products (2·H·D per visible key) as the brief's baseline does.
-nlohmann::json IndexerAndTopK(cudaStream_t stream, int32_t context, int32_t queries) {
+nlohmann::json IndexerAndTopK(cudaStream_t stream, int32_t context, int32_t queries, int32_t heads = kIndexHeads,
+                              int32_t dim = kIndexDim) {
   nlohmann::json out;
   out["context"] = context;
   out["queries"] = queries;
+  out["heads"] = heads;
+  out["dim"] = dim;
   Layout l = MakeLayout(context, queries);
   const int64_t slots = int64_t{l.max_blocks} * kBlock;
-  float* keys = DeviceRandom<float>(slots * kIndexDim, 3);
-  float* q = DeviceRandom<float>(int64_t{queries} * kIndexHeads * kIndexDim, 4);
-  float* w = DeviceRandom<float>(int64_t{queries} * kIndexHeads, 5);
+  float* keys = DeviceRandom<float>(slots * dim, 3);
+  float* q = DeviceRandom<float>(int64_t{queries} * heads * dim, 4);
+  float* w = DeviceRandom<float>(int64_t{queries} * heads, 5);
   float* logits = nullptr;
   int32_t* topk = nullptr;
   CheckCuda(cudaMalloc(&logits, sizeof(float) * queries * int64_t{context}), "alloc");
   CheckCuda(cudaMalloc(&topk, sizeof(int32_t) * queries * int64_t{kTopK}), "alloc");
-  const Tensor tq = Tensor::Matrix(q, DType::kF32, queries, kIndexHeads * kIndexDim);
-  const Tensor tw = Tensor::Matrix(w, DType::kF32, queries, kIndexHeads);
-  const Tensor tk = Tensor::Matrix(keys, DType::kF32, slots, kIndexDim);
+  const Tensor tq = Tensor::Matrix(q, DType::kF32, queries, heads * dim);
+  const Tensor tw = Tensor::Matrix(w, DType::kF32, queries, heads);
+  const Tensor tk = Tensor::Matrix(keys, DType::kF32, slots, dim);
   const Tensor tl = Tensor::Matrix(logits, DType::kF32, queries, context);
   const Tensor tt = Tensor::Matrix(topk, DType::kI32, queries, kTopK);
   auto run_logits = [&] {
-    const std::string e = cuda::IndexerLogits(tq, tw, kIndexHeads, tk, l.rows, context, 0.088f, tl, stream);
+    const std::string e = cuda::IndexerLogits(tq, tw, heads, tk, l.rows, context, 0.088f, tl, stream);
     if (!e.empty()) Die(e);
   };
   auto run_topk = [&] {
@@ -192,7 +195,7 @@ nlohmann::json IndexerAndTopK(cudaStream_t stream, int32_t context, int32_t quer
   double visible = 0;
   for (int32_t i = 0; i < queries; ++i) visible += context - queries + i + 1;
   out["indexer_ms"] = logits_ms;
-  out["indexer_tflops"] = 2.0 * kIndexHeads * kIndexDim * visible / (logits_ms * 1e-3) / 1e12;
+  out["indexer_tflops"] = 2.0 * heads * dim * visible / (logits_ms * 1e-3) / 1e12;
   out["topk_ms"] = topk_ms;
   out["topk_rows"] = queries;
   // Decode: one query over the whole context (memory-bound: every key is read once, f32).
@@ -200,14 +203,18 @@ nlohmann::json IndexerAndTopK(cudaStream_t stream, int32_t context, int32_t quer
   cuda::PagedRows last = l.rows;
   last.token_seq += queries - 1;
   last.token_pos += queries - 1;
-  const double decode_ms = TimeMs(stream, 3, 10, [&] {
-    const std::string e = cuda::IndexerLogits(dq, dw, kIndexHeads, tk, last, context, 0.088f, tl.Rows(0, 1), stream);
+  auto decode_logits = [&] {
+    const std::string e = cuda::IndexerLogits(dq, dw, heads, tk, last, context, 0.088f, tl.Rows(0, 1), stream);
     if (!e.empty()) Die(e);
-    const std::string e2 = cuda::RowTopK(tl.Rows(0, 1), last.token_pos, tt.Rows(0, 1), stream);
-    if (!e2.empty()) Die(e2);
+  };
+  const double decode_ms = TimeMs(stream, 3, 10, [&] {
+    decode_logits();
+    const std::string e = cuda::RowTopK(tl.Rows(0, 1), last.token_pos, tt.Rows(0, 1), stream);
+    if (!e.empty()) Die(e);
   });
+  out["decode_indexer_ms"] = TimeMs(stream, 3, 10, decode_logits);
   out["decode_indexer_topk_ms"] = decode_ms;
-  out["decode_index_key_gbps"] = double(context) * kIndexDim * sizeof(float) / (decode_ms * 1e-3) / 1e9;
+  out["decode_index_key_gbps"] = double(context) * dim * sizeof(float) / (decode_ms * 1e-3) / 1e9;
   cudaFree(keys);
   cudaFree(q);
   cudaFree(w);
@@ -278,8 +285,17 @@ nlohmann::json SparseMla(CudaBackend& be, int32_t context, int32_t prefill_token
 }  // namespace
 }  // namespace indexcache::bench
 
+// Flags: --indexer-only skips sparse MLA (the indexer's own tuning runs).
 int main(int argc, char** argv) {
   using namespace indexcache;
+  bool indexer_only = false;
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--indexer-only") {
+      indexer_only = true;
+    } else {
+      bench::Die(std::string("unknown flag ") + argv[i] + " (flags: --indexer-only)");
+    }
+  }
   auto be = CudaBackend::Create();
   if (!be.ok()) bench::Die(be.status().ToString());
   cudaDeviceProp prop{};
@@ -292,6 +308,12 @@ int main(int argc, char** argv) {
   for (int32_t context : {8192, 32768, 65536, 131072}) {
     report["indexer"].push_back(bench::IndexerAndTopK((*be)->stream(), context, 2048));
     std::fprintf(stderr, "indexer %d done\n", context);
+  }
+  // The brief's 16-layer model's indexer (8 heads × 64) over its 16K prefill.
+  report["indexer_8x64"] = bench::IndexerAndTopK((*be)->stream(), 16384, 2048, 8, 64);
+  if (indexer_only) {
+    std::printf("%s\n", report.dump(1).c_str());
+    return 0;
   }
   report["sparse_mla"] = nlohmann::json::array();
   for (int32_t context : {8192, 32768, 131072}) {
