@@ -163,26 +163,29 @@ nlohmann::json Ceilings(cudaStream_t stream, cublasHandle_t cublas) {
 
 // Indexer logits + top-k for a prefill chunk of `queries` tokens ending at `context`, and for one
 // decode token; FLOPs count the q·k products (2·H·D per visible key) as the brief's baseline does.
-nlohmann::json IndexerAndTopK(cudaStream_t stream, int32_t context, int32_t queries) {
+nlohmann::json IndexerAndTopK(cudaStream_t stream, int32_t context, int32_t queries, int32_t heads = kIndexHeads,
+                              int32_t dim = kIndexDim) {
   nlohmann::json out;
   out["context"] = context;
   out["queries"] = queries;
+  out["heads"] = heads;
+  out["dim"] = dim;
   Layout l = MakeLayout(context, queries);
   const int64_t slots = int64_t{l.max_blocks} * kBlock;
-  float* keys = DeviceRandom<float>(slots * kIndexDim, 3);
-  float* q = DeviceRandom<float>(int64_t{queries} * kIndexHeads * kIndexDim, 4);
-  float* w = DeviceRandom<float>(int64_t{queries} * kIndexHeads, 5);
+  float* keys = DeviceRandom<float>(slots * dim, 3);
+  float* q = DeviceRandom<float>(int64_t{queries} * heads * dim, 4);
+  float* w = DeviceRandom<float>(int64_t{queries} * heads, 5);
   float* logits = nullptr;
   int32_t* topk = nullptr;
   CheckCuda(cudaMalloc(&logits, sizeof(float) * queries * int64_t{context}), "alloc");
   CheckCuda(cudaMalloc(&topk, sizeof(int32_t) * queries * int64_t{kTopK}), "alloc");
-  const Tensor tq = Tensor::Matrix(q, DType::kF32, queries, kIndexHeads * kIndexDim);
-  const Tensor tw = Tensor::Matrix(w, DType::kF32, queries, kIndexHeads);
-  const Tensor tk = Tensor::Matrix(keys, DType::kF32, slots, kIndexDim);
+  const Tensor tq = Tensor::Matrix(q, DType::kF32, queries, heads * dim);
+  const Tensor tw = Tensor::Matrix(w, DType::kF32, queries, heads);
+  const Tensor tk = Tensor::Matrix(keys, DType::kF32, slots, dim);
   const Tensor tl = Tensor::Matrix(logits, DType::kF32, queries, context);
   const Tensor tt = Tensor::Matrix(topk, DType::kI32, queries, kTopK);
   auto run_logits = [&] {
-    const std::string e = cuda::IndexerLogits(tq, tw, kIndexHeads, tk, l.rows, context, 0.088f, tl, stream);
+    const std::string e = cuda::IndexerLogits(tq, tw, heads, tk, l.rows, context, 0.088f, tl, stream);
     if (!e.empty()) Die(e);
   };
   auto run_topk = [&] {
@@ -194,7 +197,7 @@ nlohmann::json IndexerAndTopK(cudaStream_t stream, int32_t context, int32_t quer
   double visible = 0;
   for (int32_t i = 0; i < queries; ++i) visible += context - queries + i + 1;
   out["indexer_ms"] = logits_ms;
-  out["indexer_tflops"] = 2.0 * kIndexHeads * kIndexDim * visible / (logits_ms * 1e-3) / 1e12;
+  out["indexer_tflops"] = 2.0 * heads * dim * visible / (logits_ms * 1e-3) / 1e12;
   out["topk_ms"] = topk_ms;
   out["topk_rows"] = queries;
   // Decode: one query over the whole context (memory-bound: every key is read once, f32).
@@ -202,14 +205,18 @@ nlohmann::json IndexerAndTopK(cudaStream_t stream, int32_t context, int32_t quer
   cuda::PagedRows last = l.rows;
   last.token_seq += queries - 1;
   last.token_pos += queries - 1;
-  const double decode_ms = TimeMs(stream, 3, 10, [&] {
-    const std::string e = cuda::IndexerLogits(dq, dw, kIndexHeads, tk, last, context, 0.088f, tl.Rows(0, 1), stream);
+  auto decode_logits = [&] {
+    const std::string e = cuda::IndexerLogits(dq, dw, heads, tk, last, context, 0.088f, tl.Rows(0, 1), stream);
     if (!e.empty()) Die(e);
-    const std::string e2 = cuda::RowTopK(tl.Rows(0, 1), last.token_pos, tt.Rows(0, 1), stream);
-    if (!e2.empty()) Die(e2);
+  };
+  const double decode_ms = TimeMs(stream, 3, 10, [&] {
+    decode_logits();
+    const std::string e = cuda::RowTopK(tl.Rows(0, 1), last.token_pos, tt.Rows(0, 1), stream);
+    if (!e.empty()) Die(e);
   });
+  out["decode_indexer_ms"] = TimeMs(stream, 3, 10, decode_logits);
   out["decode_indexer_topk_ms"] = decode_ms;
-  out["decode_index_key_gbps"] = double(context) * kIndexDim * sizeof(float) / (decode_ms * 1e-3) / 1e9;
+  out["decode_index_key_gbps"] = double(context) * dim * sizeof(float) / (decode_ms * 1e-3) / 1e9;
   cudaFree(keys);
   cudaFree(q);
   cudaFree(w);
@@ -321,8 +328,14 @@ nlohmann::json SparseMla(CudaBackend& be, int32_t heads, int32_t context, int32_
 }  // namespace
 }  // namespace indexcache::bench
 
+// One optional flag, for a kernel's own tuning runs: --indexer-only (no sparse MLA), --sparse-mla-only
+// (no indexer or top-k), --topk-only (the top-k alone on torch.topk's shapes, bench/cuda/run_topk_bench.sh).
 int main(int argc, char** argv) {
   using namespace indexcache;
+  const std::string mode = argc > 1 ? argv[1] : "";
+  if (argc > 2 || (!mode.empty() && mode != "--indexer-only" && mode != "--sparse-mla-only" && mode != "--topk-only")) {
+    bench::Die("usage: cuda_kernel_bench [--indexer-only | --sparse-mla-only | --topk-only]");
+  }
   auto be = CudaBackend::Create();
   if (!be.ok()) bench::Die(be.status().ToString());
   cudaDeviceProp prop{};
@@ -331,8 +344,7 @@ int main(int argc, char** argv) {
   report["device"] = prop.name;
   report["sms"] = prop.multiProcessorCount;
   report["ceilings"] = bench::Ceilings((*be)->stream(), (*be)->cublas());
-  // --topk-only: the top-k alone on torch.topk's shapes (bench/cuda/run_topk_bench.sh).
-  if (argc > 1 && std::string(argv[1]) == "--topk-only") {
+  if (mode == "--topk-only") {
     const int32_t rows = 2048, widest = 131072;
     float* scores = bench::DeviceRandom<float>(size_t{rows} * widest, 10);  // shared by every context
     report["topk"] = nlohmann::json::array();
@@ -344,16 +356,18 @@ int main(int argc, char** argv) {
     std::printf("%s\n", report.dump(1).c_str());
     return 0;
   }
-  // --sparse-mla-only: the ceilings and sparse MLA alone (a kernel's own iteration runs).
-  const bool mla_only = argc > 1 && std::string(argv[1]) == "--sparse-mla-only";
-  if (argc > 1 && !mla_only) {
-    bench::Die(std::string("unknown argument ") + argv[1] + " (known: --topk-only, --sparse-mla-only)");
+  if (mode != "--sparse-mla-only") {
+    report["indexer"] = nlohmann::json::array();
+    for (int32_t context : {8192, 32768, 65536, 131072}) {
+      report["indexer"].push_back(bench::IndexerAndTopK((*be)->stream(), context, 2048));
+      std::fprintf(stderr, "indexer %d done\n", context);
+    }
+    // The brief's 16-layer model's indexer (8 heads × 64) over its 16K prefill.
+    report["indexer_8x64"] = bench::IndexerAndTopK((*be)->stream(), 16384, 2048, 8, 64);
   }
-  report["indexer"] = nlohmann::json::array();
-  for (int32_t context : {8192, 32768, 65536, 131072}) {
-    if (mla_only) break;
-    report["indexer"].push_back(bench::IndexerAndTopK((*be)->stream(), context, 2048));
-    std::fprintf(stderr, "indexer %d done\n", context);
+  if (mode == "--indexer-only") {
+    std::printf("%s\n", report.dump(1).c_str());
+    return 0;
   }
   report["sparse_mla"] = nlohmann::json::array();
   for (int32_t context : {8192, 32768, 131072}) {

@@ -374,6 +374,65 @@ TEST_F(CudaOpCheck, IndexerSelectionsAgreeExceptAtDetectedNearTies) {
   }
 }
 
+// The logits themselves, before top-k: every visible column within the bf16 bound of the float64
+// scores, every later column left as the NaN poison written before the launch. The cases cover the
+// kernel's paths: heads padded to a power of two (5, 20) or not (8, 16, 32, 64), dims padded to a
+// whole 64-wide atom (16, 48) or not (64, 128), query counts that are not a multiple of the block's
+// tokens, chunked prefill starting mid-sequence, several sequences in one block (batched decode),
+// and a key range split over several blocks.
+TEST_F(CudaOpCheck, IndexerLogitsMatchFloat64AndLeaveLaterColumnsUnwritten) {
+  struct Case {
+    int32_t heads, dim;
+    std::vector<int32_t> lengths;
+    int32_t chunk;
+  };
+  for (const Case& c : {Case{32, 128, {3000, 700, 1, 2500}, 37}, Case{8, 64, {1000, 64, 65, 129}, 200},
+                        Case{20, 48, {513, 17}, 70}, Case{64, 128, {4100}, 100}, Case{5, 16, {90, 3, 300}, 90},
+                        Case{16, 64, {20000}, 8}}) {
+    const PagedBatch b = MakeBatch(c.lengths, c.chunk, 11);
+    const int64_t n = static_cast<int64_t>(b.seq.size());
+    const std::vector<float> q = Random(n * c.heads * c.dim, 31), keys = Random(static_cast<size_t>(b.slots) * c.dim, 32);
+    const std::vector<float> w = Random(n * c.heads, 33);
+    Held gq = PutF(*gpu_, q, n, c.heads * c.dim), gw = PutF(*gpu_, w, n, c.heads);
+    Held gk = PutF(*gpu_, keys, b.slots, c.dim), gl = PutF(*gpu_, {}, n, b.max_context);
+    DeviceLayout dl = Upload(*gpu_, b);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(c.dim));
+    ASSERT_TRUE(cuda::Fill(gl.t, NAN, gpu_->stream()).empty());
+    const std::string error = cuda::IndexerLogits(gq.t, gw.t, c.heads, gk.t, cuda::PagedRowsOf(dl.layout),
+                                                  b.max_context, scale, gl.t, gpu_->stream());
+    ASSERT_TRUE(error.empty()) << error;
+    const std::vector<float> got = Get<float>(*gpu_, gl.t);
+    double worst = 0.0;
+    for (int64_t r = 0; r < n; ++r) {
+      for (int32_t s = 0; s < b.max_context; ++s) {
+        const float value = got[static_cast<size_t>(r) * b.max_context + s];
+        if (s > b.pos[r]) {
+          ASSERT_TRUE(std::isnan(value)) << "row " << r << " column " << s << " past the token was written";
+          continue;
+        }
+        const float* key = &keys[static_cast<size_t>(b.SlotOf(b.seq[r], s)) * c.dim];
+        double total = 0.0, bound = 0.0;
+        for (int32_t h = 0; h < c.heads; ++h) {
+          const float* qh = &q[(r * c.heads + h) * c.dim];
+          double dot = 0.0, abs_dot = 0.0;
+          for (int32_t d = 0; d < c.dim; ++d) {
+            dot += static_cast<double>(qh[d]) * key[d];
+            abs_dot += std::abs(static_cast<double>(qh[d]) * key[d]);
+          }
+          total += w[r * c.heads + h] * std::max(dot * scale, 0.0);
+          bound += std::abs(w[r * c.heads + h]) * scale * 2.01 * kUnitRoundoff * abs_dot;
+        }
+        const double err = std::abs(value - total), tol = bound + 1e-5 * (1.0 + std::abs(total));
+        ASSERT_LE(err, tol) << "H" << c.heads << " D" << c.dim << " row " << r << " (pos " << b.pos[r]
+                            << ") column " << s << ": " << value << " vs " << total;
+        worst = std::max(worst, err / tol);
+      }
+    }
+    std::printf("  indexer logits H%-2d D%-3d %3ld rows: worst error / bound = %.3f, later columns untouched\n",
+                c.heads, c.dim, static_cast<long>(n), worst);
+  }
+}
+
 TEST_F(CudaOpCheck, SparseMlaMatchesFloat64WithinTheBf16Bound) {
   struct Case {
     int32_t heads, latent, rope, k;

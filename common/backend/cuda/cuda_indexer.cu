@@ -1,10 +1,20 @@
-// The lightning indexer's scores on tensor cores. A block owns a tile of 128 query rows — the
-// (token, head) pairs of 128 / H consecutive tokens — kept in shared memory as bf16, and walks a range
-// of 64-key tiles of their sequence: per tile one [128 × D] · [D × 64] product (wmma, fp32
-// accumulation), then ReLU and the head-weighted sum per (token, key). The key range of a launch is
-// split over grid.y so that short query batches (decode) still fill the GPU.
-#include <mma.h>
-
+// The lightning indexer's scores on Hopper's warpgroup tensor cores (wgmma, sm_90a).
+//
+// Orientation (as DeepGEMM's mqa_logits): keys are the M side of the product and (token, head) pairs
+// the N side, so that one key tile is multiplied against 256 query rows at once and the sum over
+// heads is a sum over accumulator columns, which a thread holds in registers except for a reduction
+// over the 4 lanes of a quad. A block owns 2·T tokens (T = 256 / padded heads) and three warpgroups:
+//   - a producer that gathers 64-key tiles from the paged f32 pool, rounds them to bf16 and stores
+//     them, 128-byte swizzled, into a ring of kStages shared-memory stages (mbarrier full/empty),
+//     with the next tile's loads in flight while it stores one;
+//   - two consumers, each owning T tokens: per tile one 64 × 256 × D product (D / 16 wgmma
+//     m64n256k16, A = keys, B = its queries, both from shared memory), then ReLU, the head weights
+//     and the head sum in registers, and the logits stored straight from registers.
+// Both consumers read the same key tile, so each key byte loaded serves 512 query rows. The queries
+// (× scale, rounded to bf16) stay in shared memory for the block's life. Tiles past a consumer's
+// last causal position are skipped; the key range is split over grid.y when query blocks are few
+// (decode), and a block whose tokens span several sequences (batched decode) makes one pass per
+// sequence.
 #include <algorithm>
 
 #include "common/backend/cuda/cuda_common.cuh"
@@ -13,14 +23,27 @@
 namespace indexcache::cuda {
 namespace {
 
-using namespace nvcuda;
-
-constexpr int kRows = 128;   // query rows (token × head) per block
-constexpr int kKeys = 64;    // keys per tile
-constexpr int kWarps = 8;    // each warp owns 16 query rows × 64 keys
-constexpr int kPad = 8;      // bf16 row padding against shared-memory bank conflicts
-constexpr int kScorePad = 4;
-constexpr int kLoadBatch = 4;  // global loads each thread keeps in flight when filling a key tile
+constexpr int kKeyTile = 64;     // keys per stage: the M of one wgmma
+constexpr int kCols = 256;       // (token, head) columns per consumer: the N of one wgmma
+constexpr int kConsumers = 2;    // consumer warpgroups sharing each key tile
+constexpr int kStages = 4;       // key tiles in flight
+constexpr int kThreads = 128 * (1 + kConsumers);
+constexpr int kAtomBytes = 128;  // one swizzle row: 64 bf16 of K
+constexpr int kMaxHeads = 128;   // padded heads ≤ 128 keeps T ≥ 2 (the quad reduction below needs it)
+// The key range is split over about this many blocks when query blocks are few (1 block per SM: its
+// shared memory), each split at least kMinTilesPerSplit tiles so the block's prologue (its queries)
+// stays small beside its key loop.
+constexpr int kSms = 132;
+constexpr int kMinTilesPerSplit = 4;
+// Register split between roles (setmaxnreg): the block starts with 65536 / 384 → 168 per thread; the
+// producer holds two tiles of loads (2 × D / 2 registers), a consumer 128 accumulators plus the
+// epilogue (up to 32 token sums with 8 heads).
+template <int kDimP>
+struct RegisterSplit {
+  static constexpr int kProducer = kDimP == 128 ? 160 : 88;
+  static constexpr int kConsumer = kDimP == 128 ? 168 : 208;
+  static_assert(128 * kProducer + 128 * kConsumers * kConsumer <= kThreads * 168);
+};
 
 struct IndexerArgs {
   const float* q;
@@ -30,128 +53,408 @@ struct IndexerArgs {
   const float* keys;
   int64_t key_stride;
   PagedRows rows;
-  int32_t n, heads, dim, tokens_per_block, tiles_per_split;
+  int32_t n, heads, dim, tiles_per_split;
   float scale;
   float* logits;
   int64_t logits_stride;
 };
 
-size_t SharedBytes(int dim, int tokens_per_block, int heads) {
-  return sizeof(__nv_bfloat16) * (kRows + kKeys) * (dim + kPad) + sizeof(float) * kRows * (kKeys + kScorePad) +
-         sizeof(float) * tokens_per_block * heads + 3 * sizeof(int32_t) * tokens_per_block;
+// Shared memory of one block, offsets from a 1024-byte aligned base (the 128-byte swizzle repeats
+// every 8 rows = 1024 bytes, and wgmma computes it from the absolute address).
+template <int kDimP>
+struct Smem {
+  static constexpr int kAtoms = kDimP / 64;
+  static constexpr int kQBytes = kAtoms * kCols * kAtomBytes;         // one consumer's [256 × D] bf16
+  static constexpr int kStageBytes = kAtoms * kKeyTile * kAtomBytes;  // one [64 × D] bf16 key tile
+  static constexpr int kQ = 0;
+  static constexpr int kKeys = kQ + kConsumers * kQBytes;
+  static constexpr int kWeights = kKeys + kStages * kStageBytes;  // f32 [consumer][256]
+  static constexpr int kTokSeq = kWeights + kConsumers * kCols * 4;
+  static constexpr int kTokPos = kTokSeq + kConsumers * kCols * 4;  // 2·T ≤ 512 tokens (8 heads)
+  static constexpr int kPasses = kTokPos + kConsumers * kCols * 4;  // [0] = count, then sequences
+  static constexpr int kBarriers = kPasses + (kConsumers * kCols + 1) * 4 + 4;  // 8-byte aligned
+  static constexpr int kBytes = kBarriers + 2 * kStages * 8;
+  static constexpr int kAlloc = kBytes + 1024;  // room to align the base
+  static_assert(kBarriers % 8 == 0);
+};
+
+// Byte offset of the 16-byte chunk `chunk` (8 bf16 of K) of row `row` in a K-major operand of
+// `rows` rows, laid out as 64-element K atoms with the 128-byte swizzle (chunk index ^= row % 8).
+__device__ __forceinline__ uint32_t SwizzledOffset(int row, int chunk, int rows) {
+  return (chunk >> 3) * rows * kAtomBytes + row * kAtomBytes + (((chunk & 7) ^ (row & 7)) << 4);
 }
 
-__global__ void __launch_bounds__(kWarps * 32) IndexerLogitsKernel(IndexerArgs a) {
-  extern __shared__ __align__(128) unsigned char smem[];
-  const int ld = a.dim + kPad;
-  auto* q_tile = reinterpret_cast<__nv_bfloat16*>(smem);
-  auto* k_tile = q_tile + kRows * ld;
-  auto* scores = reinterpret_cast<float*>(k_tile + kKeys * ld);
-  float* weights = scores + kRows * (kKeys + kScorePad);
-  auto* tok_seq = reinterpret_cast<int32_t*>(weights + a.tokens_per_block * a.heads);
-  int32_t* tok_pos = tok_seq + a.tokens_per_block;
-  int32_t* tok_done = tok_pos + a.tokens_per_block;
+// wgmma shared-memory descriptor: start address, leading offset 16 B (unused with this swizzle),
+// stride 1024 B between 8-row groups, 128-byte swizzle.
+__device__ __forceinline__ uint64_t Descriptor(uint32_t address) {
+  return uint64_t{(address & 0x3FFFF) >> 4} | (uint64_t{1} << 16) | (uint64_t{1024 >> 4} << 32) | (uint64_t{1} << 62);
+}
 
-  const int t0 = blockIdx.x * a.tokens_per_block;
-  const int tid = threadIdx.x, warp = tid / 32;
-  const int used_rows = a.tokens_per_block * a.heads;
-  for (int i = tid; i < a.tokens_per_block; i += blockDim.x) {
+__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void BarrierInit(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void BarrierArrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+
+__device__ __forceinline__ void BarrierWait(uint32_t bar, uint32_t parity) {
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+
+// Named barriers 1 and 2 (0 is __syncthreads) pass the turn to issue wgmma between the two consumers.
+__device__ __forceinline__ void NamedSync(int id) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "n"(128 * kConsumers) : "memory");
+}
+__device__ __forceinline__ void NamedArrive(int id) {
+  asm volatile("bar.arrive %0, %1;" ::"r"(id), "n"(128 * kConsumers) : "memory");
+}
+
+// Keeps the compiler from moving accumulator reads or writes across the asynchronous wgmma window.
+__device__ __forceinline__ void FenceAccumulators(float (&d)[128]) {
+#pragma unroll
+  for (int i = 0; i < 128; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+#define IC_ACC8(c, i)                                                                                      \
+  c(d[i]), c(d[i + 1]), c(d[i + 2]), c(d[i + 3]), c(d[i + 4]), c(d[i + 5]), c(d[i + 6]), c(d[i + 7])
+#define IC_ACC128(c)                                                                                          \
+  IC_ACC8(c, 0), IC_ACC8(c, 8), IC_ACC8(c, 16), IC_ACC8(c, 24), IC_ACC8(c, 32), IC_ACC8(c, 40), IC_ACC8(c, 48), \
+      IC_ACC8(c, 56), IC_ACC8(c, 64), IC_ACC8(c, 72), IC_ACC8(c, 80), IC_ACC8(c, 88), IC_ACC8(c, 96),          \
+      IC_ACC8(c, 104), IC_ACC8(c, 112), IC_ACC8(c, 120)
+#define IC_WGMMA_64X256X16(scale_d)                                                                    \
+  "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "                                            \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                           \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "                  \
+  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "                  \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "                  \
+  "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "                  \
+  "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "                  \
+  "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "      \
+  "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, " \
+  "%128, %129, " scale_d ", 1, 1, 0, 0;"
+
+// d (+)= A · Bᵀ for A [64 × 16] and B [256 × 16], bf16 K-major in shared memory, f32 accumulators in
+// the wgmma layout: d[4j + e] is row lane/4 + 8·(e / 2) of this warp's 16, column 8j + 2·(lane % 4) + e % 2.
+// The first step of a product writes d without reading it ("=f"), so the previous tile's
+// accumulators are dead during its epilogue and need no registers beside the partial sums.
+template <bool kAccumulate>
+__device__ __forceinline__ void Wgmma64x256x16(float (&d)[128], uint64_t a, uint64_t b) {
+  if constexpr (kAccumulate) {
+    asm volatile("{ .reg .pred p; setp.eq.b32 p, 1, 1;\n" IC_WGMMA_64X256X16("p") " }"
+                 : IC_ACC128("+f")
+                 : "l"(a), "l"(b));
+  } else {
+    asm volatile("{ .reg .pred p; setp.eq.b32 p, 1, 0;\n" IC_WGMMA_64X256X16("p") " }"
+                 : IC_ACC128("=f")
+                 : "l"(a), "l"(b));
+  }
+}
+#undef IC_WGMMA_64X256X16
+#undef IC_ACC128
+#undef IC_ACC8
+
+__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+__device__ __forceinline__ void StoreShared16(uint32_t address, float4 lo, float4 hi) {
+  asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(address), "r"(PackBf16(lo.x, lo.y)),
+               "r"(PackBf16(lo.z, lo.w)), "r"(PackBf16(hi.x, hi.y)), "r"(PackBf16(hi.z, hi.w))
+               : "memory");
+}
+
+// The last key position any token of `seq` in [first, first + count) needs, or -1.
+__device__ __forceinline__ int LastPosition(const int32_t* tok_seq, const int32_t* tok_pos, int first, int count,
+                                            int seq) {
+  int last = -1;
+  for (int i = first; i < first + count; ++i) {
+    if (tok_seq[i] == seq) last = max(last, tok_pos[i]);
+  }
+  return last;
+}
+
+__host__ __device__ constexpr int KeyChunksPerThread(int dim_p) { return kKeyTile * dim_p / 8 / 128; }
+
+// One producer thread's share of a key tile: 16-byte bf16 chunks e = tid + 128·b of the tile, each
+// loaded as 8 floats (zeros past `last` or the key dim).
+template <int kDimP>
+__device__ __forceinline__ void LoadKeyChunks(const IndexerArgs& a, const int32_t* table, int tile, int last,
+                                              float4 (&v)[KeyChunksPerThread(kDimP)][2]) {
+  constexpr int kChunksPerRow = kDimP / 8;
+  const int tid = threadIdx.x % 128;
+#pragma unroll
+  for (int b = 0; b < KeyChunksPerThread(kDimP); ++b) {
+    const int e = tid + 128 * b, row = e / kChunksPerRow, d0 = (e % kChunksPerRow) * 8;
+    const int s = tile * kKeyTile + row;
+    v[b][0] = v[b][1] = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (s <= last && d0 < a.dim) {
+      const int64_t slot = int64_t{table[s / a.rows.block_size]} * a.rows.block_size + s % a.rows.block_size;
+      const float4* src = reinterpret_cast<const float4*>(a.keys + slot * a.key_stride + d0);
+      v[b][0] = src[0];
+      v[b][1] = src[1];
+    }
+  }
+}
+
+// Waits until the consumers released the stage of ring position `it`, stores the chunks as bf16
+// and marks the stage full.
+template <int kDimP>
+__device__ __forceinline__ void StoreKeyChunks(uint32_t keys_smem, uint32_t bars, int it,
+                                               const float4 (&v)[KeyChunksPerThread(kDimP)][2]) {
+  constexpr int kChunksPerRow = kDimP / 8;
+  const int tid = threadIdx.x % 128, stage = it % kStages;
+  BarrierWait(bars + 8 * (kStages + stage), ((it / kStages) & 1) ^ 1);
+  const uint32_t base = keys_smem + stage * Smem<kDimP>::kStageBytes;
+#pragma unroll
+  for (int b = 0; b < KeyChunksPerThread(kDimP); ++b) {
+    const int e = tid + 128 * b;
+    StoreShared16(base + SwizzledOffset(e / kChunksPerRow, e % kChunksPerRow, kKeyTile), v[b][0], v[b][1]);
+  }
+  // The consumers read this stage through the async proxy (wgmma).
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+  BarrierArrive(bars + 8 * stage);
+}
+
+// Producer: gathers key tiles [tile_begin, tile_end) of `seq` (positions past `last` as zeros) into
+// the stage ring, continuing the ring position `it`. Two register buffers alternate so that one
+// tile's loads are in flight while the other is stored: with one, every tile paid the full load
+// latency and the kernel ran at 336 TFLOP/s at 128K instead of 420 (H100, 2026-11-22).
+template <int kDimP>
+__device__ void ProduceKeys(const IndexerArgs& a, uint32_t keys_smem, uint32_t bars, int seq, int last,
+                            int tile_begin, int tile_end, int& it) {
+  if (tile_begin >= tile_end) return;
+  const int32_t* table = a.rows.block_tables + int64_t{seq} * a.rows.tables_stride;
+  float4 even[KeyChunksPerThread(kDimP)][2], odd[KeyChunksPerThread(kDimP)][2];
+  LoadKeyChunks<kDimP>(a, table, tile_begin, last, even);
+  for (int tile = tile_begin; tile < tile_end; tile += 2) {
+    const bool has_odd = tile + 1 < tile_end;
+    if (has_odd) LoadKeyChunks<kDimP>(a, table, tile + 1, last, odd);
+    StoreKeyChunks<kDimP>(keys_smem, bars, it++, even);
+    if (!has_odd) break;
+    if (tile + 2 < tile_end) LoadKeyChunks<kDimP>(a, table, tile + 2, last, even);
+    StoreKeyChunks<kDimP>(keys_smem, bars, it++, odd);
+  }
+}
+
+// Consumer `c`: per key tile its 64 × 256 product, then for each of its T tokens the head-weighted
+// ReLU sum, stored to logits for keys up to the token's position.
+template <int kHeadsP, int kDimP>
+__device__ void ConsumeKeys(const IndexerArgs& a, const unsigned char* smem, uint32_t smem_base, int c, int t0,
+                            int seq, int tile_begin, int tile_end, int& it) {
+  using S = Smem<kDimP>;
+  constexpr int kT = kCols / kHeadsP;  // tokens of this consumer
+  constexpr int kJPerToken = kHeadsP / 8;
+  const int tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32;
+  const auto* tok_seq = reinterpret_cast<const int32_t*>(smem + S::kTokSeq);
+  const auto* tok_pos = reinterpret_cast<const int32_t*>(smem + S::kTokPos);
+  const auto* weights = reinterpret_cast<const float*>(smem + S::kWeights) + c * kCols;
+  const uint32_t bars = smem_base + S::kBarriers;
+  const int my_last = LastPosition(tok_seq, tok_pos, c * kT, kT, seq);
+  // After the quad reduction this lane holds tokens hi1·T/2 + i of key row `row`.
+  const int hi1 = lane & 1, hi2 = (lane >> 1) & 1;
+  const int row = warp * 16 + lane / 4 + 8 * hi2;
+  const uint32_t q_smem = smem_base + S::kQ + c * S::kQBytes;
+  float d[128];
+  for (int tile = tile_begin; tile < tile_end; ++tile, ++it) {
+    const int stage = it % kStages, key0 = tile * kKeyTile;
+    BarrierWait(bars + 8 * stage, (it / kStages) & 1);
+    const bool active = key0 <= my_last;
+    // Ping-pong: the consumers issue their products in turn, so the tensor cores run one consumer's
+    // product while the other works through its epilogue (issued together, both would finish
+    // together and leave the tensor cores idle during both epilogues; measured 3% faster at 128K).
+    NamedSync(1 + c);
+    if (active) {
+      const uint32_t k_smem = smem_base + S::kKeys + stage * S::kStageBytes;
+      asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+      Wgmma64x256x16<false>(d, Descriptor(k_smem), Descriptor(q_smem));
+#pragma unroll
+      for (int k = 1; k < kDimP / 16; ++k) {
+        const uint32_t atom = (k / 4) * kAtomBytes, step = (k % 4) * 32;
+        Wgmma64x256x16<true>(d, Descriptor(k_smem + atom * kKeyTile + step), Descriptor(q_smem + atom * kCols + step));
+      }
+      asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+      NamedArrive(1 + (c ^ 1));
+      asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+      FenceAccumulators(d);
+    } else {
+      NamedArrive(1 + (c ^ 1));
+    }
+    __syncwarp();
+    if (lane == 0) BarrierArrive(bars + 8 * (kStages + stage));  // the stage may be refilled
+    if (!active) continue;
+    // Per token: Σ over this thread's heads of w·ReLU(q·k) for rows r (s0) and r + 8 (s1), then the
+    // sum over the quad's 4 lanes by halving exchanges: the first (lanes ^ 2) keeps row half hi2, the
+    // second (lanes ^ 1) token half hi1, leaving this lane's full sums in v[0 .. T/2).
+    float v[kT];
+#pragma unroll
+    for (int tok = 0; tok < kT; ++tok) {
+      float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+      for (int jj = 0; jj < kJPerToken; ++jj) {
+        const int j = tok * kJPerToken + jj;
+        const float2 w = *reinterpret_cast<const float2*>(weights + 8 * j + 2 * (lane % 4));
+        s0 += w.x * fmaxf(d[4 * j], 0.f) + w.y * fmaxf(d[4 * j + 1], 0.f);
+        s1 += w.x * fmaxf(d[4 * j + 2], 0.f) + w.y * fmaxf(d[4 * j + 3], 0.f);
+      }
+      v[tok] = (hi2 ? s1 : s0) + __shfl_xor_sync(0xffffffffu, hi2 ? s0 : s1, 2);
+    }
+#pragma unroll
+    for (int i = 0; i < kT / 2; ++i) {
+      const float send = hi1 ? v[i] : v[kT / 2 + i], keep = hi1 ? v[kT / 2 + i] : v[i];
+      v[i] = keep + __shfl_xor_sync(0xffffffffu, send, 1);
+    }
+    const int key = key0 + row;
+#pragma unroll
+    for (int i = 0; i < kT / 2; ++i) {
+      const int tok = c * kT + hi1 * (kT / 2) + i;
+      if (tok_seq[tok] == seq && key <= tok_pos[tok]) a.logits[int64_t{t0 + tok} * a.logits_stride + key] = v[i];
+    }
+  }
+}
+
+template <int kHeadsP, int kDimP>
+__global__ void __launch_bounds__(kThreads, 1) IndexerLogitsKernel(IndexerArgs a) {
+  using S = Smem<kDimP>;
+  constexpr int kT = kCols / kHeadsP, kTokens = kConsumers * kT;
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t raw = SharedAddress(smem_raw);
+  unsigned char* smem = smem_raw + (((raw + 1023) & ~1023u) - raw);
+  const uint32_t base = SharedAddress(smem);
+  auto* tok_seq = reinterpret_cast<int32_t*>(smem + S::kTokSeq);
+  auto* tok_pos = reinterpret_cast<int32_t*>(smem + S::kTokPos);
+  auto* passes = reinterpret_cast<int32_t*>(smem + S::kPasses);
+  auto* weights = reinterpret_cast<float*>(smem + S::kWeights);
+  const int tid = threadIdx.x;
+  // Long causal rows first: the last query blocks see the most keys.
+  const int t0 = (gridDim.x - 1 - blockIdx.x) * kTokens;
+
+  for (int i = tid; i < kTokens; i += kThreads) {
     const bool valid = t0 + i < a.n;
     tok_seq[i] = valid ? a.rows.token_seq[t0 + i] : -1;
     tok_pos[i] = valid ? a.rows.token_pos[t0 + i] : -1;
-    tok_done[i] = valid ? 0 : 1;
   }
-  // Query rows (token i, head h) = row i·H + h; rows past the block's tokens are zero.
-  for (int e = tid; e < kRows * a.dim; e += blockDim.x) {
-    const int row = e / a.dim, d = e % a.dim;
-    const int i = row / a.heads, h = row % a.heads;
-    float v = 0.0f;
-    if (row < used_rows && t0 + i < a.n) v = a.q[(t0 + i) * a.q_stride + int64_t{h} * a.dim + d];
-    q_tile[row * ld + d] = __float2bfloat16(v);
+  // Queries × scale as bf16 (so ReLU(scale·q·k) is ReLU of the product); column n = token·Hp + head
+  // of its consumer; padded heads and dims are zero. Rows of absent tokens are left unwritten: a
+  // product column depends only on its own query row, and absent tokens' columns are never stored.
+  // kQBatch chunks per thread are loaded before any is stored, to keep loads in flight.
+  constexpr int kChunksPerRow = kDimP / 8, kQChunks = kTokens * kHeadsP * kChunksPerRow, kQBatch = 8;
+  for (int e0 = tid; e0 < kQChunks; e0 += kThreads * kQBatch) {
+    float4 v[kQBatch][2];
+#pragma unroll
+    for (int b = 0; b < kQBatch; ++b) {
+      const int e = e0 + b * kThreads, chunk = e % kChunksPerRow, col = e / kChunksPerRow;
+      const int tok = col / kHeadsP, h = col % kHeadsP, d0 = chunk * 8;
+      v[b][0] = v[b][1] = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (e < kQChunks && t0 + tok < a.n && h < a.heads && d0 < a.dim) {
+        const float4* src = reinterpret_cast<const float4*>(a.q + int64_t{t0 + tok} * a.q_stride + h * a.dim + d0);
+        v[b][0] = src[0];
+        v[b][1] = src[1];
+      }
+    }
+#pragma unroll
+    for (int b = 0; b < kQBatch; ++b) {
+      const int e = e0 + b * kThreads, chunk = e % kChunksPerRow, col = e / kChunksPerRow;
+      const int tok = col / kHeadsP, h = col % kHeadsP;
+      if (e >= kQChunks || t0 + tok >= a.n) continue;
+      const float4 lo = v[b][0], hi = v[b][1], s = make_float4(a.scale, a.scale, a.scale, a.scale);
+      const int c = tok / kT, n = (tok % kT) * kHeadsP + h;
+      StoreShared16(base + S::kQ + c * S::kQBytes + SwizzledOffset(n, chunk, kCols),
+                    make_float4(lo.x * s.x, lo.y * s.y, lo.z * s.z, lo.w * s.w),
+                    make_float4(hi.x * s.x, hi.y * s.y, hi.z * s.z, hi.w * s.w));
+    }
   }
-  for (int e = tid; e < used_rows; e += blockDim.x) {
-    const int i = e / a.heads, h = e % a.heads;
-    weights[e] = t0 + i < a.n ? a.w[(t0 + i) * a.w_stride + h] * a.scale : 0.0f;
+  for (int e = tid; e < kTokens * kHeadsP; e += kThreads) {
+    const int tok = e / kHeadsP, h = e % kHeadsP;
+    weights[e] = t0 + tok < a.n && h < a.heads ? a.w[int64_t{t0 + tok} * a.w_stride + h] : 0.f;
+  }
+  const uint32_t bars = base + S::kBarriers;
+  if (tid == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      BarrierInit(bars + 8 * s, 128);                      // full: every producer thread stored
+      BarrierInit(bars + 8 * (kStages + s), kConsumers * 4);  // empty: every consumer warp is done
+    }
   }
   __syncthreads();
-
-  // Tokens of one sequence share key tiles; a block whose tokens span several sequences (batched
-  // decode) runs one pass per sequence.
-  while (true) {
-    int seq = -1;
-    for (int i = 0; i < a.tokens_per_block; ++i) {
-      if (!tok_done[i]) {
-        seq = tok_seq[i];
-        break;
-      }
+  // The distinct sequences of the block's tokens in order of first appearance: one pass each.
+  if (tid == 0) {
+    int count = 0;
+    for (int i = 0; i < kTokens; ++i) {
+      bool seen = tok_seq[i] < 0;
+      for (int j = 0; j < count && !seen; ++j) seen = passes[1 + j] == tok_seq[i];
+      if (!seen) passes[1 + count++] = tok_seq[i];
     }
-    if (seq < 0) break;
-    int max_pos = 0;
-    for (int i = 0; i < a.tokens_per_block; ++i) {
-      if (!tok_done[i] && tok_seq[i] == seq) max_pos = max(max_pos, tok_pos[i]);
-    }
-    const int tiles = (max_pos + kKeys) / kKeys;
-    const int tile_begin = blockIdx.y * a.tiles_per_split;
-    const int tile_end = min(tiles, tile_begin + a.tiles_per_split);
-    const int32_t* table = a.rows.block_tables + int64_t{seq} * a.rows.tables_stride;
-    for (int tile = tile_begin; tile < tile_end; ++tile) {
-      const int key0 = tile * kKeys;
-      // Keys (f32 in the paged pool) → bf16, four values per load, kLoadBatch loads in flight per
-      // thread before any is stored.
-      const int quads = a.dim / 4;
-      for (int e0 = tid; e0 < kKeys * quads; e0 += blockDim.x * kLoadBatch) {
-        float4 v[kLoadBatch];
-#pragma unroll
-        for (int b = 0; b < kLoadBatch; ++b) {
-          const int e = e0 + b * blockDim.x, j = e / quads, s = key0 + j;
-          v[b] = make_float4(0.f, 0.f, 0.f, 0.f);
-          if (e < kKeys * quads && s <= max_pos) {
-            const int64_t slot = int64_t{table[s / a.rows.block_size]} * a.rows.block_size + s % a.rows.block_size;
-            v[b] = *reinterpret_cast<const float4*>(a.keys + slot * a.key_stride + (e % quads) * 4);
-          }
-        }
-#pragma unroll
-        for (int b = 0; b < kLoadBatch; ++b) {
-          const int e = e0 + b * blockDim.x;
-          if (e < kKeys * quads) StoreBf16x4(k_tile + (e / quads) * ld + (e % quads) * 4, v[b]);
-        }
-      }
-      __syncthreads();
-      if (warp * 16 < used_rows) {
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kKeys / 16];
-        for (int f = 0; f < kKeys / 16; ++f) wmma::fill_fragment(acc[f], 0.0f);
-        for (int k = 0; k < a.dim; k += 16) {
-          wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> qa;
-          wmma::load_matrix_sync(qa, q_tile + warp * 16 * ld + k, ld);
-          for (int f = 0; f < kKeys / 16; ++f) {
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> kb;
-            wmma::load_matrix_sync(kb, k_tile + f * 16 * ld + k, ld);
-            wmma::mma_sync(acc[f], qa, kb, acc[f]);
-          }
-        }
-        for (int f = 0; f < kKeys / 16; ++f) {
-          wmma::store_matrix_sync(scores + warp * 16 * (kKeys + kScorePad) + f * 16, acc[f], kKeys + kScorePad,
-                                  wmma::mem_row_major);
-        }
-      }
-      __syncthreads();
-      for (int e = tid; e < a.tokens_per_block * kKeys; e += blockDim.x) {
-        const int i = e / kKeys, j = e % kKeys;
-        const int s = key0 + j;
-        if (tok_done[i] || tok_seq[i] != seq || s > tok_pos[i]) continue;
-        float total = 0.0f;
-        const float* col = scores + i * a.heads * (kKeys + kScorePad) + j;
-        const float* wi = weights + i * a.heads;
-        for (int h = 0; h < a.heads; ++h) total += wi[h] * fmaxf(col[h * (kKeys + kScorePad)], 0.0f);
-        a.logits[(t0 + i) * a.logits_stride + s] = total;
-      }
-      __syncthreads();
-    }
-    for (int i = tid; i < a.tokens_per_block; i += blockDim.x) {
-      if (tok_seq[i] == seq) tok_done[i] = 1;
-    }
-    __syncthreads();
+    passes[0] = count;
   }
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // the queries are read by wgmma
+  __syncthreads();
+
+  // Each role is one branch, the pass loop inside it, so that setmaxnreg applies to it.
+  const int wg = tid / 128;
+  int it = 0;  // position in the stage ring, advanced identically by every role
+  if (wg == 0) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(RegisterSplit<kDimP>::kProducer));
+    for (int p = 0; p < passes[0]; ++p) {
+      const int seq = passes[1 + p];
+      const int last = LastPosition(tok_seq, tok_pos, 0, kTokens, seq);
+      const int tile_begin = blockIdx.y * a.tiles_per_split;
+      const int tile_end = min(last / kKeyTile + 1, tile_begin + a.tiles_per_split);
+      ProduceKeys<kDimP>(a, base + S::kKeys, bars, seq, last, tile_begin, tile_end, it);
+    }
+  } else {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(RegisterSplit<kDimP>::kConsumer));
+    const int c = wg - 1;
+    if (c == 1) NamedArrive(1);  // consumer 0 issues first
+    for (int p = 0; p < passes[0]; ++p) {
+      const int seq = passes[1 + p];
+      const int last = LastPosition(tok_seq, tok_pos, 0, kTokens, seq);
+      const int tile_begin = blockIdx.y * a.tiles_per_split;
+      const int tile_end = min(last / kKeyTile + 1, tile_begin + a.tiles_per_split);
+      ConsumeKeys<kHeadsP, kDimP>(a, smem, base, c, t0, seq, tile_begin, tile_end, it);
+    }
+    if (c == 0) NamedSync(1);  // takes consumer 1's last hand-over, leaving the barrier clean
+  }
+}
+
+template <int kHeadsP, int kDimP>
+std::string Launch(const IndexerArgs& a, int32_t max_context, cudaStream_t stream) {
+  constexpr int kTokens = kConsumers * kCols / kHeadsP;
+  const int query_blocks = static_cast<int>(CeilDiv(a.n, kTokens));
+  const int tiles = static_cast<int>(CeilDiv(max_context, kKeyTile));
+  // About one wave of blocks: split the key range when the query blocks are fewer than the SMs (decode,
+  // short chunks); more splits would only repeat the prologue, as one block fills an SM.
+  const int splits = std::clamp((kSms + query_blocks / 2) / query_blocks, 1, tiles);
+  IndexerArgs args = a;
+  args.tiles_per_split = static_cast<int32_t>(std::max<int64_t>(CeilDiv(tiles, splits), kMinTilesPerSplit));
+  const int grid_y = static_cast<int>(CeilDiv(tiles, args.tiles_per_split));
+  constexpr int kShared = Smem<kDimP>::kAlloc;
+  static const cudaError_t attribute =
+      cudaFuncSetAttribute(IndexerLogitsKernel<kHeadsP, kDimP>, cudaFuncAttributeMaxDynamicSharedMemorySize, kShared);
+  if (attribute != cudaSuccess) return std::string("indexer: ") + cudaGetErrorString(attribute);
+  IndexerLogitsKernel<kHeadsP, kDimP><<<dim3(query_blocks, grid_y), kThreads, kShared, stream>>>(args);
+  return LaunchError();
+}
+
+template <int kDimP>
+std::string LaunchForHeads(const IndexerArgs& a, int32_t max_context, cudaStream_t stream) {
+  // Heads padded to a power of two ≥ 8 (zero weights and queries), so tokens tile the 256 columns.
+  if (a.heads <= 8) return Launch<8, kDimP>(a, max_context, stream);
+  if (a.heads <= 16) return Launch<16, kDimP>(a, max_context, stream);
+  if (a.heads <= 32) return Launch<32, kDimP>(a, max_context, stream);
+  if (a.heads <= 64) return Launch<64, kDimP>(a, max_context, stream);
+  return Launch<kMaxHeads, kDimP>(a, max_context, stream);
 }
 
 }  // namespace
@@ -163,14 +466,19 @@ std::string IndexerLogits(Tensor q, Tensor head_weights, int32_t heads, Tensor k
       logits.dtype != DType::kF32) {
     return "indexer: query, weights, keys and logits must be f32";
   }
-  if (heads <= 0 || heads > kRows || q.cols != int64_t{heads} * dim || head_weights.cols < heads ||
+  if (heads <= 0 || heads > kMaxHeads || q.cols != int64_t{heads} * dim || head_weights.cols < heads ||
       head_weights.rows != q.rows || logits.rows != q.rows || logits.cols < max_context) {
     return "indexer: " + std::to_string(heads) + " heads of " + q.DebugString() + " over keys " +
            key_pool.DebugString() + " (at most 128 heads)";
   }
-  if (dim % 16 != 0 || dim > 512 || key_pool.stride % 4 != 0 ||
-      reinterpret_cast<uintptr_t>(key_pool.data) % 16 != 0) {
-    return "indexer: key dim " + std::to_string(dim) + " must be a multiple of 16 (at most 512), keys 16-byte aligned";
+  if (dim % 16 != 0 || dim > 128) {
+    return "indexer: key dim " + std::to_string(dim) + " must be a multiple of 16, at most 128";
+  }
+  // Queries and keys are read 16 bytes at a time.
+  if (key_pool.stride % 4 != 0 || q.stride % 4 != 0 || reinterpret_cast<uintptr_t>(key_pool.data) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(q.data) % 16 != 0) {
+    return "indexer: queries " + q.DebugString() + " and keys " + key_pool.DebugString() +
+           " must be 16-byte aligned with row strides a multiple of 4";
   }
   if (q.rows == 0 || max_context <= 0) return {};
   IndexerArgs a{};
@@ -184,20 +492,10 @@ std::string IndexerLogits(Tensor q, Tensor head_weights, int32_t heads, Tensor k
   a.n = static_cast<int32_t>(q.rows);
   a.heads = heads;
   a.dim = static_cast<int32_t>(dim);
-  a.tokens_per_block = kRows / heads;
   a.scale = scale;
   a.logits = logits.ptr<float>();
   a.logits_stride = logits.stride;
-  const int query_blocks = static_cast<int>(CeilDiv(a.n, a.tokens_per_block));
-  const int tiles = static_cast<int>(CeilDiv(max_context, kKeys));
-  // Enough blocks for every SM a few times over: split the key range when the query tiles are few.
-  const int splits = std::clamp(static_cast<int>(CeilDiv(4 * 132, query_blocks)), 1, tiles);
-  a.tiles_per_split = static_cast<int32_t>(CeilDiv(tiles, splits));
-  const int grid_y = static_cast<int>(CeilDiv(tiles, a.tiles_per_split));
-  const size_t shared = SharedBytes(a.dim, a.tokens_per_block, heads);
-  cudaFuncSetAttribute(IndexerLogitsKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
-  IndexerLogitsKernel<<<dim3(query_blocks, grid_y), kWarps * 32, shared, stream>>>(a);
-  return LaunchError();
+  return dim <= 64 ? LaunchForHeads<64>(a, max_context, stream) : LaunchForHeads<128>(a, max_context, stream);
 }
 
 }  // namespace indexcache::cuda
