@@ -102,6 +102,9 @@ int main(int argc, char** argv) {
   const std::vector<int32_t> prefill = ParseList(flags["prefill"]);
   const int32_t decode_context = std::stoi(flags["decode-context"]), steps = std::stoi(flags["decode-steps"]);
   const int32_t reps = std::stoi(flags["reps"]), decode_batch = std::stoi(flags["decode-batch"]);
+  if (prefill.empty() || reps < 1 || steps < 3 || decode_batch < 1 || decode_context < 1) {
+    Die("--prefill needs a length, --reps >= 1, --decode-steps >= 3, --decode-batch >= 1, --decode-context >= 1");
+  }
   EngineOptions options;
   options.model_dir = flags["model"];
   options.device = "cuda";
