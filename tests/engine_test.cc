@@ -186,6 +186,58 @@ TEST_F(SubmitTest, RefusesMoreThanTheModelsPositions) {
 
 // The KV budget holds exactly 4 blocks of 16 tokens (sized from the config, independently of the
 // cache's own arithmetic): a request that could never fit is refused up front.
+// Greedy decode steps take their token from Backend::ArgMax instead of the sampler: on the CPU
+// backend it must pick what Sampler picks at temperature 0, ties (lowest id), NaN, ±inf and rows
+// with nothing usable (the sampler refuses them; ArgMax says -1) included.
+TEST(GreedyArgMaxTest, CpuArgMaxPicksWhatTheGreedySamplerPicks) {
+  constexpr int32_t kVocab = 37;
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  std::vector<std::vector<float>> rows;
+  for (int32_t r = 0; r < 6; ++r) {
+    std::vector<float> row(kVocab);
+    for (int32_t j = 0; j < kVocab; ++j) row[j] = std::sin(0.7f * j + 1.3f * r) * 3.0f;
+    rows.push_back(row);
+  }
+  rows[1][5] = rows[1][30] = 9.0f;             // a tie: the lower id wins
+  rows[2][0] = nan;
+  rows[2][11] = 50.0f;                         // NaN never wins
+  rows[3][20] = inf;
+  rows[3][25] = inf;                           // +inf ties: the lower id
+  rows[4].assign(kVocab, -inf);
+  rows[4][36] = -1e30f;                        // the only usable value is the last
+  rows[5].assign(kVocab, nan);
+  rows[5][3] = -inf;                           // nothing usable
+  auto backend = CreateBackend("cpu", 1);
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  Backend& be = **backend;
+  auto logits = be.Allocate(rows.size() * kVocab * sizeof(float));
+  auto ids = be.Allocate(rows.size() * sizeof(int32_t));
+  ASSERT_TRUE(logits.ok() && ids.ok());
+  Tensor t = logits->View(DType::kF32, static_cast<int64_t>(rows.size()), kVocab);
+  for (size_t r = 0; r < rows.size(); ++r) be.Upload(rows[r].data(), t.Rows(static_cast<int64_t>(r), 1));
+  Tensor out = ids->View(DType::kI32, static_cast<int64_t>(rows.size()), 1);
+  be.ArgMax(t, out);
+  std::vector<int32_t> got(rows.size());
+  ASSERT_TRUE(be.Download(out, got.data()).ok());
+  SamplingParams greedy;
+  greedy.temperature = 0.0f;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    auto sampler = Sampler::Create(greedy, kVocab, 1);
+    ASSERT_TRUE(sampler.ok());
+    auto want = sampler->Sample(rows[r]);
+    if (want.ok()) {
+      EXPECT_EQ(got[r], *want) << "row " << r;
+    } else {
+      EXPECT_EQ(got[r], -1) << "row " << r << ": the sampler refuses it (" << want.status() << ")";
+    }
+  }
+  EXPECT_EQ(got[1], 5);
+  EXPECT_EQ(got[2], 11);
+  EXPECT_EQ(got[3], 20);
+  EXPECT_EQ(got[4], 36);
+  EXPECT_EQ(got[5], -1);
+}
+
 TEST(EngineCacheLimitTest, RefusesMoreThanTheWholeCache) {
   const nlohmann::json config = ReadJson(kFreq2 + "/config.json");
   int32_t full = 0;

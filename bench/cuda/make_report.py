@@ -21,8 +21,11 @@ def main():
     raw, prefix, command = sys.argv[1], sys.argv[2], sys.argv[3]
     kernels, torch_b = load(raw, "kernels.json"), load(raw, "torch.json")
     hf, full, freq4 = load(raw, "transformers.json"), load(raw, "engine_full.json"), load(raw, "engine_freq4.json")
+    # Optional: the same benchmark built from an earlier commit (run_cuda_bench.sh: bin/cuda_e2e_bench_base).
+    base = {"all_full": load(raw, "engine_base_full.json"), "freq4": load(raw, "engine_base_freq4.json")}
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "command": command,
-              "kernels": kernels, "torch": torch_b, "transformers": hf, "engine": {"all_full": full, "freq4": freq4}}
+              "kernels": kernels, "torch": torch_b, "transformers": hf, "engine": {"all_full": full, "freq4": freq4},
+              "engine_base": base}
     md = [f"# CUDA benchmark — {report['date']}", "", f"Command: `{command}`", ""]
     if kernels:
         gemm = kernels["ceilings"]["gemm_bf16_8192_tflops"]
@@ -73,9 +76,16 @@ def main():
             theirs = hf["runs"][name]
             for a, b in zip(theirs["prefill"], ours["prefill"]):
                 md.append(f"| {name} | prefill {a['tokens']} | {a['ms']:.1f} | {b['ms']:.1f} | {a['ms'] / b['ms']:.1f}× |")
-            a, b = theirs["decode"], ours["decode"]
-            md.append(f"| {name} | decode ms/token at {a['context']} | {a['ms_per_token']:.2f} | "
-                      f"{b['ms_per_token']:.2f} | {a['ms_per_token'] / b['ms_per_token']:.1f}× |")
+            a = theirs["decode"]
+            rows = [("decode ms/token at {}", ours["decode"])]
+            if "decode_eager" in ours:  # the same binary and process, graphs off
+                rows = [("decode ms/token at {}, op by op", ours["decode_eager"]),
+                        ("decode ms/token at {}, CUDA graphs", ours["decode"])]
+            if base[name] is not None:
+                rows.insert(0, ("decode ms/token at {}, earlier build (sync uploads)", base[name]["decode"]))
+            for what, b in rows:
+                md.append(f"| {name} | {what.format(a['context'])} | {a['ms_per_token']:.2f} | "
+                          f"{b['ms_per_token']:.3f} | {a['ms_per_token'] / b['ms_per_token']:.1f}× |")
         md.append("")
     with open(prefix + ".json", "w", encoding="utf-8") as f:
         json.dump(report, f, indent=1)

@@ -29,6 +29,14 @@ void Buffer::Reset() {
   bytes_ = 0;
 }
 
+absl::Status Backend::BeginCapture() {
+  return absl::UnimplementedError(absl::StrCat("backend '", std::string(name()), "' cannot capture ops"));
+}
+
+absl::StatusOr<std::unique_ptr<CapturedOps>> Backend::EndCapture() {
+  return absl::UnimplementedError(absl::StrCat("backend '", std::string(name()), "' cannot capture ops"));
+}
+
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(std::string_view device, int num_threads) {
   if (device == "cpu") return std::unique_ptr<Backend>(new CpuBackend(num_threads));
   if (device == "cuda") {

@@ -21,6 +21,16 @@ namespace indexcache {
 
 class Backend;
 
+// Ops recorded once by Backend::BeginCapture/EndCapture (a CUDA graph) and enqueued again by Replay,
+// reading and writing the same device memory as when they were recorded.
+class CapturedOps {
+ public:
+  virtual ~CapturedOps() = default;
+  virtual absl::Status Replay() = 0;
+  // How many ops (kernels, copies, memsets) were recorded.
+  virtual size_t size() const = 0;
+};
+
 // Owns one device allocation; freed through the backend that made it.
 class Buffer {
  public:
@@ -80,7 +90,8 @@ class Backend {
   // --- memory and transfers ---------------------------------------------------------------
   virtual absl::StatusOr<Buffer> Allocate(size_t bytes) = 0;
   virtual void Free(void* data) = 0;
-  // Copies `host` (float32 when dst is F32/BF16 — converted to dst's dtype —, int32 when I32) into dst.
+  // Copies `host` (float32 when dst is F32/BF16 — converted to dst's dtype —, int32 when I32) into dst,
+  // in order with the ops around it. `host` may be reused or freed as soon as Upload returns.
   virtual void Upload(const void* host, Tensor dst) = 0;
   // Waits for every enqueued op, then copies src (F32 or I32, any stride) to dense host memory.
   virtual absl::Status Download(Tensor src, void* host) = 0;
@@ -109,9 +120,14 @@ class Backend {
   virtual void Add(Tensor x, Tensor y) = 0;
   // dst[r] = src[row_ids[r]]                                   row_ids: I32 [n, 1]
   virtual void GatherRows(Tensor src, Tensor row_ids, Tensor dst) = 0;
+  // out[r] = the lowest column holding row r's largest value, NaN counting as -inf; -1 when the row
+  // has no value above -inf. Greedy sampling's choice (common/sampling/sampler.h), made where the
+  // logits are.                                                out: I32 [n, 1]
+  virtual void ArgMax(Tensor x, Tensor out) = 0;
 
   // --- paged cache and DeepSeek Sparse Attention ------------------------------------------
-  // pool[slot_mapping[r]] = src[r] for every row r.
+  // pool[slot_mapping[r]] = src[r] for every row r whose slot is >= 0; a negative slot writes nothing
+  // (the padding rows of a captured decode batch).
   virtual void WriteCacheRows(Tensor src, Tensor slot_mapping, Tensor pool) = 0;
   // The lightning indexer's selection for every token r of the batch, over the keys of its own
   // sequence at positions 0..token_pos[r]:
@@ -141,8 +157,21 @@ class Backend {
   // --- timing -------------------------------------------------------------------------------
   virtual void BeginRegion(TimedRegion region) = 0;
   virtual void EndRegion(TimedRegion region) = 0;
-  // Seconds spent in `region` since the last call for it (synchronizes).
+  // Seconds spent in `region` since the last call for it (synchronizes). Regions enqueued while
+  // capturing are not measured.
   virtual double TakeRegionSeconds(TimedRegion region) = 0;
+
+  // --- capture (optional: CUDA graphs) --------------------------------------------------------
+  // Between BeginCapture and EndCapture, ops are recorded, not run. A recording keeps the device
+  // addresses it was given and the op-internal scratch areas as they were, so a caller runs the same
+  // ops once beforehand (which sizes that scratch: nothing may be allocated while recording) and
+  // replays only while scratch_epoch() is unchanged. Upload, Download and Synchronize may not be
+  // called while capturing.
+  virtual bool SupportsCapture() const { return false; }
+  virtual absl::Status BeginCapture();
+  virtual absl::StatusOr<std::unique_ptr<CapturedOps>> EndCapture();
+  // Changes whenever an op-internal scratch area moves (earlier recordings then point at freed memory).
+  virtual uint64_t scratch_epoch() const { return 0; }
 };
 
 // Makes the backend named by `device` ("cpu"; "cuda" once that backend exists).

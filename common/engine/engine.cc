@@ -37,6 +37,14 @@ absl::StatusOr<std::vector<IndexerType>> ResolvePattern(const EngineOptions& o, 
   return c.indexer_types;
 }
 
+// A greedy request's token from the device's argmax (Backend::ArgMax), refused as the sampler refuses
+// a row without a usable logit.
+absl::StatusOr<int32_t> GreedyToken(int32_t argmax, int32_t vocab_size) {
+  if (argmax >= 0) return argmax;
+  return absl::InvalidArgumentError(
+      absl::StrFormat("logits row has no usable value: all %d entries are NaN or -inf", vocab_size));
+}
+
 }  // namespace
 
 const char* RequestFinishName(RequestFinish finish) {
@@ -68,6 +76,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& o) {
   IC_LOG(Info) << "loading " << o.model_dir << " on " << o.device << " with index pattern "
                << FormatIndexPattern(config.indexer_types);
   ASSIGN_OR_RETURN(engine->model_, DsaModel::Load(o.model_dir, std::move(config), engine->backend_.get()));
+  engine->model_->set_decode_graphs(o.cuda_graphs);
   {
     ASSIGN_OR_RETURN(WeightStore store, WeightStore::Open(o.model_dir));
     ASSIGN_OR_RETURN(engine->fingerprint_, ModelFingerprint(o.model_dir, store));
@@ -121,6 +130,7 @@ absl::StatusOr<Engine::Request> Engine::MakeRequest(std::vector<int32_t> prompt,
   r.id = next_id_++;
   r.prefill_only = prefill_only;
   r.prompt_len = static_cast<int32_t>(prompt.size());
+  r.greedy = params.temperature == 0.0f;
   r.tokens = std::move(prompt);
   ASSIGN_OR_RETURN(Sampler sampler, Sampler::Create(params, config().vocab_size, Sampler::RandomSeed()));
   r.sampler.emplace(std::move(sampler));
@@ -268,6 +278,8 @@ ForwardBatch Engine::Schedule(std::vector<Request*>& in_batch) {
     }
     if (r.num_cached + take == static_cast<int32_t>(r.tokens.size())) {
       batch.logit_rows.push_back(static_cast<int32_t>(batch.token_ids.size()) - 1);
+      // Greedy rows need only their argmax; one sampled row needs every row's logits downloaded.
+      batch.argmax_only = (batch.logit_rows.size() == 1 || batch.argmax_only) && r.greedy;
       if (r.prefill_only) batch.probe_rows.push_back(static_cast<int32_t>(batch.token_ids.size()) - 1);
     }
     in_batch.push_back(&r);
@@ -314,8 +326,7 @@ ForwardBatch Engine::Schedule(std::vector<Request*>& in_batch) {
   return batch;
 }
 
-TokenEvent Engine::Advance(Request& r, const float* logits) {
-  auto token = r.sampler->Sample(absl::MakeConstSpan(logits, config().vocab_size));
+TokenEvent Engine::Advance(Request& r, const absl::StatusOr<int32_t>& token) {
   if (!token.ok()) return TokenEvent{r.id, -1, "", RequestFinish::kError, token.status()};
   if (r.prefill_only) {
     // The decode worker emits this token's text and applies the stop conditions.
@@ -378,7 +389,12 @@ absl::StatusOr<std::vector<TokenEvent>> Engine::Step() {
     r.num_cached += added;
     if (r.num_cached != static_cast<int32_t>(r.tokens.size())) continue;  // prompt not done yet
     if (r.prefill_only) r.probes = std::move(result.probes[probe_index++]);
-    TokenEvent event = Advance(r, result.logits.data() + logit_index++ * config().vocab_size);
+    const size_t row = logit_index++;
+    absl::StatusOr<int32_t> token =
+        batch.argmax_only ? GreedyToken(result.argmax[row], config().vocab_size)
+                          : r.sampler->Sample(absl::MakeConstSpan(result.logits.data() + row * config().vocab_size,
+                                                                  config().vocab_size));
+    TokenEvent event = Advance(r, token);
     if (event.finish != RequestFinish::kNone && event.finish != RequestFinish::kPrefillDone) {
       finished.push_back(r.id);
     }

@@ -38,6 +38,7 @@ struct EngineOptions {
   size_t kv_cache_bytes = size_t{1} << 30;
   int32_t block_size = 64;
   int32_t max_batch_tokens = 512;   // tokens per forward pass (the prefill chunk size)
+  bool cuda_graphs = true;          // replay decode steps as CUDA graphs (--device cuda only)
 };
 
 using RequestId = int64_t;
@@ -119,6 +120,7 @@ class Engine {
     bool prefill_only = false;     // ends at the first token and holds its cache
     bool held = false;             // prefill done: cache kept for export, not scheduled
     bool awaiting_import = false;  // decode side: rows arriving, not scheduled yet
+    bool greedy = false;           // temperature 0: the device's argmax is its token
     std::vector<IndexerProbe> probes;
     std::optional<Sampler> sampler;
     std::optional<StopChecker> stop;
@@ -137,7 +139,8 @@ class Engine {
   // Picks this step's tokens; preempts when a decoding request cannot grow.
   ForwardBatch Schedule(std::vector<Request*>& in_batch);
   void Preempt(Request& r);
-  TokenEvent Advance(Request& r, const float* logits);
+  // Takes the request's next token: `token` is its sampled token, or why none could be drawn.
+  TokenEvent Advance(Request& r, const absl::StatusOr<int32_t>& token);
   void Finish(RequestId id);
 
   std::unique_ptr<Backend> backend_;

@@ -16,57 +16,6 @@ constexpr float kLoraNormEps = 1e-6f;
 // The indexer's k_norm is an nn.LayerNorm(eps=1e-6).
 constexpr float kIndexKeyNormEps = 1e-6f;
 
-// Every activation of one forward pass, carved from the workspace.
-struct Activations {
-  Tensor ids, pos, seq, slots, tables, logit_rows;  // I32 batch metadata
-  Tensor x, h;                                      // [n, hidden] residual stream, normed input
-  Tensor qa;                                        // [n, q_lora]
-  Tensor q;                                         // [n, H·(nope + rope)] grouped: nope block | rope block
-  Tensor latent;                                    // [n, kv_lora + rope] (becomes the cache row)
-  Tensor index_q, index_k, index_w;                 // [n, IH·ID], [n, ID], [n, IH]
-  Tensor topk;                                      // I32 [n, k]
-  Tensor q_latent, o_latent;                        // [n, H·kv_lora]
-  Tensor o_heads;                                   // [n, H·v]
-  Tensor y;                                         // [n, hidden] sublayer output
-  Tensor gate_up, act;                              // [n, 2I], [n, I] (widest MLP)
-  Tensor shared_y;                                  // [n, hidden]
-  Tensor route_ids, route_weights;                  // [n, experts_per_tok]
-  Tensor final_x, logits;                           // [r, hidden], [r, vocab]
-};
-
-Activations Carve(const ModelConfig& c, int64_t n, int64_t num_seqs, int64_t max_blocks, int64_t topk_cols,
-                  int64_t logit_rows, Workspace& ws) {
-  const int64_t widest_mlp = std::max<int64_t>(c.intermediate_size, int64_t{c.moe_intermediate_size} * std::max(c.n_shared_experts, 1));
-  Activations a;
-  a.ids = ws.Take(DType::kI32, n, 1);
-  a.pos = ws.Take(DType::kI32, n, 1);
-  a.seq = ws.Take(DType::kI32, n, 1);
-  a.slots = ws.Take(DType::kI32, n, 1);
-  a.tables = ws.Take(DType::kI32, num_seqs, max_blocks);
-  a.logit_rows = ws.Take(DType::kI32, logit_rows, 1);
-  a.x = ws.Take(DType::kF32, n, c.hidden_size);
-  a.h = ws.Take(DType::kF32, n, c.hidden_size);
-  a.qa = ws.Take(DType::kF32, n, c.q_lora_rank);
-  a.q = ws.Take(DType::kF32, n, int64_t{c.num_heads} * c.qk_head_dim());
-  a.latent = ws.Take(DType::kF32, n, c.latent_cache_dim());
-  a.index_q = ws.Take(DType::kF32, n, int64_t{c.index_n_heads} * c.index_head_dim);
-  a.index_k = ws.Take(DType::kF32, n, c.index_head_dim);
-  a.index_w = ws.Take(DType::kF32, n, c.index_n_heads);
-  a.topk = ws.Take(DType::kI32, n, topk_cols);
-  a.q_latent = ws.Take(DType::kF32, n, int64_t{c.num_heads} * c.kv_lora_rank);
-  a.o_latent = ws.Take(DType::kF32, n, int64_t{c.num_heads} * c.kv_lora_rank);
-  a.o_heads = ws.Take(DType::kF32, n, int64_t{c.num_heads} * c.v_head_dim);
-  a.y = ws.Take(DType::kF32, n, c.hidden_size);
-  a.gate_up = ws.Take(DType::kF32, n, 2 * widest_mlp);
-  a.act = ws.Take(DType::kF32, n, widest_mlp);
-  a.shared_y = ws.Take(DType::kF32, n, c.hidden_size);
-  a.route_ids = ws.Take(DType::kI32, n, c.num_experts_per_tok);
-  a.route_weights = ws.Take(DType::kF32, n, c.num_experts_per_tok);
-  a.final_x = ws.Take(DType::kF32, logit_rows, c.hidden_size);
-  a.logits = ws.Take(DType::kF32, logit_rows, c.vocab_size);
-  return a;
-}
-
 // SwiGLU MLP: out = down(silu(gate(x)) · up(x)).
 void RunMlp(Backend& be, const FeedForwardWeights& w, Tensor x, Activations& a, Tensor out) {
   const int64_t inter = w.down.cols;
@@ -101,6 +50,7 @@ absl::StatusOr<std::unique_ptr<DsaModel>> DsaModel::Load(const std::string& mode
   ASSIGN_OR_RETURN(WeightStore store, WeightStore::Open(model_dir));
   std::unique_ptr<DsaModel> model(new DsaModel(std::move(config), backend));
   ASSIGN_OR_RETURN(model->weights_, LoadModelWeights(model->config_, store, backend));
+  model->set_decode_graphs(true);
   return model;
 }
 
@@ -230,9 +180,151 @@ absl::StatusOr<ForwardResult> DsaModel::Forward(const ForwardBatch& batch, Paged
   // The whole pass up to the logits' download (where any backend has finished): the denominator of
   // the IndexCache speedup estimate.
   const auto started = std::chrono::steady_clock::now();
-  absl::StatusOr<ForwardResult> result = RunForward(batch, cache);
+  absl::StatusOr<ForwardResult> result =
+      DecodeGraphFits(batch) ? RunDecodeGraph(batch, cache) : RunForward(batch, cache);
   stats_.forward_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   return result;
+}
+
+namespace {
+
+// Cache slots and block tables of a batch, on the host.
+struct HostLayout {
+  int64_t max_blocks = 1;
+  std::vector<int32_t> tables;  // [num_seqs, max_blocks], zero past each sequence's blocks
+  std::vector<int32_t> slots;   // [n]
+  int32_t max_context = 0;      // max over tokens of position + 1
+};
+
+HostLayout LayoutOnHost(const ForwardBatch& b, const PagedKvCache& cache) {
+  HostLayout h;
+  for (SequenceId s : b.sequences) h.max_blocks = std::max<int64_t>(h.max_blocks, cache.BlockTable(s).size());
+  const int64_t num_seqs = static_cast<int64_t>(b.sequences.size());
+  h.tables.assign(num_seqs * h.max_blocks, 0);
+  for (int64_t s = 0; s < num_seqs; ++s) {
+    const auto& table = cache.BlockTable(b.sequences[s]);
+    std::copy(table.begin(), table.end(), h.tables.begin() + s * h.max_blocks);
+  }
+  h.slots.resize(b.token_ids.size());
+  for (size_t i = 0; i < b.token_ids.size(); ++i) {
+    const int32_t pos = b.positions[i];
+    h.slots[i] = h.tables[b.token_seq[i] * h.max_blocks + pos / cache.block_size()] * cache.block_size() +
+                 pos % cache.block_size();
+    h.max_context = std::max(h.max_context, pos + 1);
+  }
+  return h;
+}
+
+}  // namespace
+
+void DsaModel::CountIndexerWork(const std::vector<IndexerType>& types, int32_t first_layer,
+                                const std::vector<int32_t>& positions) {
+  const ModelConfig& c = config_;
+  const int64_t n = static_cast<int64_t>(positions.size());
+  uint64_t visible_keys = 0;  // Σ (pos + 1): keys each indexer run scores
+  for (int32_t pos : positions) visible_keys += pos + 1;
+  const double ih = c.index_n_heads, id = c.index_head_dim;
+  for (int32_t l = first_layer; l < c.num_layers; ++l) {
+    if (types[l] == IndexerType::kFull) {
+      stats_.indexer_runs += n;
+      stats_.indexer_flops += 2.0 * n * (c.q_lora_rank * ih * id + c.hidden_size * (id + ih)) +
+                              visible_keys * (2.0 * ih * id + 3.0 * ih);
+    } else {
+      stats_.indexer_skips += n;
+      stats_.index_key_bytes_not_stored += n * c.index_head_dim * sizeof(float);
+    }
+  }
+}
+
+void DsaModel::EnqueueProjections(int32_t l, bool full, const BatchLayout& layout, Activations& a,
+                                  PagedKvCache& cache) {
+  const ModelConfig& c = config_;
+  Backend& be = *backend_;
+  const LayerWeights& w = weights_->layers[l];
+  const int64_t heads = c.num_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
+  const float theta = static_cast<float>(c.rope_theta);
+  // --- MLA projections; the latent row [normed kv latent | roped shared key] goes to the cache.
+  be.RmsNorm(a.x, w.input_norm, c.rms_norm_eps, a.h);
+  be.Linear(a.h, w.q_a_proj, a.qa);
+  be.RmsNorm(a.qa, w.q_a_norm, kLoraNormEps, a.qa);
+  be.Linear(a.qa, w.q_b_proj, a.q);
+  Tensor q_rope = a.q.Cols(heads * nope, heads * rope);
+  be.RopeInterleaved(q_rope, c.num_heads, c.qk_rope_head_dim, 0, c.qk_rope_head_dim, theta, a.pos);
+  be.Linear(a.h, w.kv_a_proj, a.latent);
+  Tensor kv_latent = a.latent.Cols(0, c.kv_lora_rank);
+  be.RmsNorm(kv_latent, w.kv_a_norm, kLoraNormEps, kv_latent);
+  be.RopeInterleaved(a.latent, 1, c.latent_cache_dim(), c.kv_lora_rank, c.qk_rope_head_dim, theta, a.pos);
+  be.WriteCacheRows(a.latent, a.slots, cache.latent_pool(l));
+  if (!full) return;  // Shared layers keep the previous Full layer's a.topk.
+
+  // --- DSA indexer
+  const float index_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.index_head_dim)));
+  be.BeginRegion(TimedRegion::kIndexer);
+  be.Linear(a.qa, w.index_wq_b, a.index_q);
+  be.RopeInterleaved(a.index_q, c.index_n_heads, c.index_head_dim, 0, c.qk_rope_head_dim, theta, a.pos);
+  be.Linear(a.h, w.index_wk, a.index_k);
+  be.LayerNorm(a.index_k, w.index_k_norm_w, w.index_k_norm_b, kIndexKeyNormEps, a.index_k);
+  be.RopeInterleaved(a.index_k, 1, c.index_head_dim, 0, c.qk_rope_head_dim, theta, a.pos);
+  be.WriteCacheRows(a.index_k, a.slots, cache.index_key_pool(l));
+  be.Linear(a.h, w.index_head_proj, a.index_w);
+  be.IndexerTopK(a.index_q, a.index_w, c.index_n_heads, cache.index_key_pool(l), layout, index_scale, a.topk);
+  be.EndRegion(TimedRegion::kIndexer);
+}
+
+void DsaModel::EnqueueAttentionAndFeedForward(int32_t l, const BatchLayout& layout, Activations& a,
+                                              PagedKvCache& cache) {
+  const ModelConfig& c = config_;
+  Backend& be = *backend_;
+  const LayerWeights& w = weights_->layers[l];
+  const int64_t heads = c.num_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
+  Tensor q_nope = a.q.Cols(0, heads * nope);
+  Tensor q_rope = a.q.Cols(heads * nope, heads * rope);
+  // --- sparse MLA in latent form: q_nope → latent space, attend over the selected keys, → values.
+  be.BeginRegion(TimedRegion::kAttention);
+  be.HeadwiseLinear(q_nope, w.w_uk_t, c.num_heads, a.q_latent);
+  be.SparseMlaAttention(a.q_latent, q_rope, c.num_heads, cache.latent_pool(l), layout, a.topk, c.attention_scale,
+                        a.o_latent);
+  be.HeadwiseLinear(a.o_latent, w.w_uv, c.num_heads, a.o_heads);
+  be.EndRegion(TimedRegion::kAttention);
+  be.Linear(a.o_heads, w.o_proj, a.y);
+  be.Add(a.x, a.y);
+
+  // --- feed-forward
+  be.RmsNorm(a.x, w.post_attn_norm, c.rms_norm_eps, a.h);
+  if (!w.is_moe) {
+    RunMlp(be, w.dense, a.h, a, a.y);
+    be.Add(a.x, a.y);
+    return;
+  }
+  be.BeginRegion(TimedRegion::kMoe);
+  MoeRouting routing{c.n_routed_experts, c.num_experts_per_tok, c.n_group, c.topk_group, c.norm_topk_prob,
+                     c.routed_scaling_factor};
+  be.MoeRoute(a.h, w.router, w.router_bias, routing, a.route_ids, a.route_weights);
+  be.Fill(a.y, 0.0f);
+  be.MoeExperts(a.h, w.experts_gate_up, w.experts_down, c.n_routed_experts, a.route_ids, a.route_weights, a.y);
+  be.EndRegion(TimedRegion::kMoe);
+  be.Add(a.x, a.y);
+  if (!w.shared.gate_up.empty()) {
+    RunMlp(be, w.shared, a.h, a, a.shared_y);
+    be.Add(a.x, a.shared_y);
+  }
+}
+
+void DsaModel::EnqueueLogits(Activations& a) {
+  Backend& be = *backend_;
+  be.GatherRows(a.x, a.logit_rows, a.final_x);
+  be.RmsNorm(a.final_x, weights_->final_norm, config_.rms_norm_eps, a.final_x);
+  be.Linear(a.final_x, weights_->lm_head, a.logits);
+  be.ArgMax(a.logits, a.argmax);  // one small kernel: cheaper than a second recording per bucket
+}
+
+absl::Status DsaModel::DownloadLogits(const Activations& a, int64_t rows, bool argmax_only, ForwardResult& result) {
+  if (argmax_only) {
+    result.argmax.resize(rows);
+    return backend_->Download(a.argmax.Rows(0, rows), result.argmax.data());
+  }
+  result.logits.resize(rows * config_.vocab_size);
+  return backend_->Download(a.logits.Rows(0, rows), result.logits.data());
 }
 
 absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedKvCache& cache) {
@@ -240,48 +332,29 @@ absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedK
   Backend& be = *backend_;
   const int64_t n = static_cast<int64_t>(b.token_ids.size());
   const int64_t num_seqs = static_cast<int64_t>(b.sequences.size());
-
-  // Host-side batch metadata: block tables, cache slots, context length.
-  int64_t max_blocks = 1;
-  for (SequenceId s : b.sequences) max_blocks = std::max<int64_t>(max_blocks, cache.BlockTable(s).size());
-  std::vector<int32_t> tables(num_seqs * max_blocks, 0), slots(n);
-  for (int64_t s = 0; s < num_seqs; ++s) {
-    const auto& table = cache.BlockTable(b.sequences[s]);
-    std::copy(table.begin(), table.end(), tables.begin() + s * max_blocks);
-  }
-  int32_t max_context = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const int32_t pos = b.positions[i];
-    slots[i] = tables[b.token_seq[i] * max_blocks + pos / cache.block_size()] * cache.block_size() +
-               pos % cache.block_size();
-    max_context = std::max(max_context, pos + 1);
-  }
+  const HostLayout host = LayoutOnHost(b, cache);
+  const int32_t max_context = host.max_context;
   const int64_t topk_cols = std::min(c.index_topk, max_context);
   const int64_t logit_rows = static_cast<int64_t>(b.logit_rows.size());
 
   workspace_.BeginMeasure();
-  Carve(c, n, num_seqs, max_blocks, topk_cols, logit_rows, workspace_);
+  Carve(c, n, num_seqs, host.max_blocks, topk_cols, logit_rows, workspace_);
   RETURN_IF_ERROR(workspace_.Commit());
-  Activations a = Carve(c, n, num_seqs, max_blocks, topk_cols, logit_rows, workspace_);
+  Activations a = Carve(c, n, num_seqs, host.max_blocks, topk_cols, logit_rows, workspace_);
 
   be.Upload(b.token_ids.data(), a.ids);
   be.Upload(b.positions.data(), a.pos);
   be.Upload(b.token_seq.data(), a.seq);
-  be.Upload(slots.data(), a.slots);
-  be.Upload(tables.data(), a.tables);
+  be.Upload(host.slots.data(), a.slots);
+  be.Upload(host.tables.data(), a.tables);
   if (logit_rows > 0) be.Upload(b.logit_rows.data(), a.logit_rows);
   BatchLayout layout{a.seq, a.pos, a.slots, a.tables, cache.block_size(), max_context};
 
   ForwardResult result;
   result.topk_cols = static_cast<int32_t>(topk_cols);
   result.probes.resize(b.probe_rows.size());
-  const int64_t heads = c.num_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
-  const float theta = static_cast<float>(c.rope_theta);
-  const float index_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.index_head_dim)));
-  uint64_t visible_keys = 0;  // Σ (pos + 1): keys each indexer run scores
-  for (int32_t pos : b.positions) visible_keys += pos + 1;
-
   const std::vector<IndexerType>& types = b.indexer_types.empty() ? c.indexer_types : b.indexer_types;
+  CountIndexerWork(types, b.first_layer, b.positions);
   if (b.first_layer == 0) {
     be.Embedding(weights_->embed_tokens, a.ids, a.x);
   } else {
@@ -290,7 +363,6 @@ absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedK
   }
   if (b.capture_layer_inputs) result.layer_inputs.resize(c.num_layers);
   for (int32_t l = b.first_layer; l < c.num_layers; ++l) {
-    const LayerWeights& w = weights_->layers[l];
     const bool full = types[l] == IndexerType::kFull;
     if (b.capture_layer_inputs) {
       LayerInput& in = result.layer_inputs[l];
@@ -301,91 +373,93 @@ absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedK
         RETURN_IF_ERROR(be.Download(a.topk, in.topk.data()));
       }
     }
-
-    // --- MLA projections; the latent row [normed kv latent | roped shared key] goes to the cache.
-    be.RmsNorm(a.x, w.input_norm, c.rms_norm_eps, a.h);
-    be.Linear(a.h, w.q_a_proj, a.qa);
-    be.RmsNorm(a.qa, w.q_a_norm, kLoraNormEps, a.qa);
-    be.Linear(a.qa, w.q_b_proj, a.q);
-    Tensor q_nope = a.q.Cols(0, heads * nope);
-    Tensor q_rope = a.q.Cols(heads * nope, heads * rope);
-    be.RopeInterleaved(q_rope, c.num_heads, c.qk_rope_head_dim, 0, c.qk_rope_head_dim, theta, a.pos);
-    be.Linear(a.h, w.kv_a_proj, a.latent);
-    Tensor kv_latent = a.latent.Cols(0, c.kv_lora_rank);
-    be.RmsNorm(kv_latent, w.kv_a_norm, kLoraNormEps, kv_latent);
-    be.RopeInterleaved(a.latent, 1, c.latent_cache_dim(), c.kv_lora_rank, c.qk_rope_head_dim, theta, a.pos);
-    be.WriteCacheRows(a.latent, a.slots, cache.latent_pool(l));
-
-    // --- DSA indexer (Full layers); Shared layers keep the previous Full layer's a.topk.
+    EnqueueProjections(l, full, layout, a, cache);
     if (full) {
-      be.BeginRegion(TimedRegion::kIndexer);
-      be.Linear(a.qa, w.index_wq_b, a.index_q);
-      be.RopeInterleaved(a.index_q, c.index_n_heads, c.index_head_dim, 0, c.qk_rope_head_dim, theta, a.pos);
-      be.Linear(a.h, w.index_wk, a.index_k);
-      be.LayerNorm(a.index_k, w.index_k_norm_w, w.index_k_norm_b, kIndexKeyNormEps, a.index_k);
-      be.RopeInterleaved(a.index_k, 1, c.index_head_dim, 0, c.qk_rope_head_dim, theta, a.pos);
-      be.WriteCacheRows(a.index_k, a.slots, cache.index_key_pool(l));
-      be.Linear(a.h, w.index_head_proj, a.index_w);
-      be.IndexerTopK(a.index_q, a.index_w, c.index_n_heads, cache.index_key_pool(l), layout, index_scale, a.topk);
-      be.EndRegion(TimedRegion::kIndexer);
       for (size_t p = 0; p < b.probe_rows.size(); ++p) {
         ASSIGN_OR_RETURN(IndexerProbe probe, ReadProbe(be, a, b.probe_rows[p], l));
         result.probes[p].push_back(std::move(probe));
       }
-      const double ih = c.index_n_heads, id = c.index_head_dim;
-      stats_.indexer_runs += n;
-      stats_.indexer_flops += 2.0 * n * (c.q_lora_rank * ih * id + c.hidden_size * (id + ih)) +
-                              visible_keys * (2.0 * ih * id + 3.0 * ih);
-    } else {
-      stats_.indexer_skips += n;
-      stats_.index_key_bytes_not_stored += n * c.index_head_dim * sizeof(float);
     }
     if (b.capture_topk) {
       result.topk.emplace_back(n * topk_cols);
       RETURN_IF_ERROR(be.Download(a.topk, result.topk.back().data()));
     }
-
-    // --- sparse MLA in latent form: q_nope → latent space, attend over the selected keys, → values.
-    be.BeginRegion(TimedRegion::kAttention);
-    be.HeadwiseLinear(q_nope, w.w_uk_t, c.num_heads, a.q_latent);
-    be.SparseMlaAttention(a.q_latent, q_rope, c.num_heads, cache.latent_pool(l), layout, a.topk,
-                          c.attention_scale, a.o_latent);
-    be.HeadwiseLinear(a.o_latent, w.w_uv, c.num_heads, a.o_heads);
-    be.EndRegion(TimedRegion::kAttention);
-    be.Linear(a.o_heads, w.o_proj, a.y);
-    be.Add(a.x, a.y);
-
-    // --- feed-forward
-    be.RmsNorm(a.x, w.post_attn_norm, c.rms_norm_eps, a.h);
-    if (!w.is_moe) {
-      RunMlp(be, w.dense, a.h, a, a.y);
-      be.Add(a.x, a.y);
-      continue;
-    }
-    be.BeginRegion(TimedRegion::kMoe);
-    MoeRouting routing{c.n_routed_experts, c.num_experts_per_tok, c.n_group, c.topk_group, c.norm_topk_prob,
-                       c.routed_scaling_factor};
-    be.MoeRoute(a.h, w.router, w.router_bias, routing, a.route_ids, a.route_weights);
-    be.Fill(a.y, 0.0f);
-    be.MoeExperts(a.h, w.experts_gate_up, w.experts_down, c.n_routed_experts, a.route_ids, a.route_weights, a.y);
-    be.EndRegion(TimedRegion::kMoe);
-    be.Add(a.x, a.y);
-    if (!w.shared.gate_up.empty()) {
-      RunMlp(be, w.shared, a.h, a, a.shared_y);
-      be.Add(a.x, a.shared_y);
-    }
+    EnqueueAttentionAndFeedForward(l, layout, a, cache);
   }
 
   if (logit_rows > 0) {
-    be.GatherRows(a.x, a.logit_rows, a.final_x);
-    be.RmsNorm(a.final_x, weights_->final_norm, c.rms_norm_eps, a.final_x);
-    be.Linear(a.final_x, weights_->lm_head, a.logits);
-    result.logits.resize(logit_rows * c.vocab_size);
-    RETURN_IF_ERROR(be.Download(a.logits, result.logits.data()));
+    EnqueueLogits(a);
+    RETURN_IF_ERROR(DownloadLogits(a, logit_rows, b.argmax_only, result));
   } else {
     RETURN_IF_ERROR(be.Synchronize());
   }
   return result;
+}
+
+absl::StatusOr<ForwardResult> DsaModel::RunDecodeGraph(const ForwardBatch& b, PagedKvCache& cache) {
+  const ModelConfig& c = config_;
+  Backend& be = *backend_;
+  const int64_t n = static_cast<int64_t>(b.token_ids.size());
+  const HostLayout real = LayoutOnHost(b, cache);
+  DecodeGraphs::Shape shape{DecodeGraphs::RowsBucket(n), DecodeGraphs::ContextBucket(real.max_context)};
+  const int64_t max_blocks = (shape.context + cache.block_size() - 1) / cache.block_size();
+  const int64_t topk_cols = std::min(c.index_topk, shape.context);
+  ASSIGN_OR_RETURN(Activations * a, graphs_->ActivationsFor(c, shape, max_blocks, topk_cols));
+
+  // Padding rows: token 0 at position 0 of a sequence of their own (an all-zero block table row, so
+  // they read block 0, whoever holds it) with no cache slot (they write nothing); their logits are
+  // dropped. Every real row's result is computed exactly as without them (rows never interact).
+  std::vector<int32_t> ids(shape.rows, 0), pos(shape.rows, 0), seq(shape.rows), slots(shape.rows, -1),
+      logit_rows(shape.rows);
+  std::vector<int32_t> tables(shape.rows * max_blocks, 0);
+  for (int64_t i = 0; i < shape.rows; ++i) seq[i] = logit_rows[i] = static_cast<int32_t>(i);
+  for (int64_t i = 0; i < n; ++i) {
+    ids[i] = b.token_ids[i];
+    pos[i] = b.positions[i];
+    slots[i] = real.slots[i];
+    // Blocks reserved past the bucket's context are never read.
+    std::copy_n(real.tables.begin() + i * real.max_blocks, std::min(real.max_blocks, max_blocks),
+                tables.begin() + i * max_blocks);
+  }
+  be.Upload(ids.data(), a->ids);
+  be.Upload(pos.data(), a->pos);
+  be.Upload(seq.data(), a->seq);
+  be.Upload(slots.data(), a->slots);
+  be.Upload(tables.data(), a->tables);
+  be.Upload(logit_rows.data(), a->logit_rows);
+  const BatchLayout layout{a->seq, a->pos, a->slots, a->tables, cache.block_size(), shape.context};
+  CountIndexerWork(c.indexer_types, 0, b.positions);
+  RETURN_IF_ERROR(graphs_->Run(shape, [&] {
+    be.Embedding(weights_->embed_tokens, a->ids, a->x);
+    for (int32_t l = 0; l < c.num_layers; ++l) {
+      EnqueueProjections(l, c.indexer_types[l] == IndexerType::kFull, layout, *a, cache);
+      EnqueueAttentionAndFeedForward(l, layout, *a, cache);
+    }
+    EnqueueLogits(*a);
+  }));
+  ForwardResult result;
+  result.topk_cols = static_cast<int32_t>(std::min(c.index_topk, real.max_context));
+  RETURN_IF_ERROR(DownloadLogits(*a, n, b.argmax_only, result));
+  return result;
+}
+
+void DsaModel::set_decode_graphs(bool on) {
+  graphs_.reset();
+  if (on && backend_->SupportsCapture()) graphs_ = std::make_unique<DecodeGraphs>(backend_);
+}
+
+bool DsaModel::DecodeGraphFits(const ForwardBatch& b) const {
+  const size_t n = b.token_ids.size();
+  if (graphs_ == nullptr || b.first_layer != 0 || b.capture_topk || b.capture_layer_inputs || !b.probe_rows.empty() ||
+      !b.indexer_types.empty() || DecodeGraphs::RowsBucket(static_cast<int64_t>(n)) == 0 ||
+      b.sequences.size() != n || b.logit_rows.size() != n) {
+    return false;
+  }
+  // One token per sequence, each wanting its logits: a decode step.
+  for (size_t i = 0; i < n; ++i) {
+    if (b.token_seq[i] != static_cast<int32_t>(i) || b.logit_rows[i] != static_cast<int32_t>(i)) return false;
+  }
+  return true;
 }
 
 }  // namespace indexcache

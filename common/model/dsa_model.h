@@ -12,6 +12,8 @@
 #include "absl/status/statusor.h"
 #include "common/backend/backend.h"
 #include "common/backend/workspace.h"
+#include "common/model/activations.h"
+#include "common/model/decode_graphs.h"
 #include "common/kv/paged_kv_cache.h"
 #include "common/model/indexcache_stats.h"
 #include "common/model/model_config.h"
@@ -32,6 +34,9 @@ struct ForwardBatch {
   std::vector<int32_t> token_seq;   // [n] index into `sequences`; a sequence's tokens are contiguous
   std::vector<SequenceId> sequences;
   std::vector<int32_t> logit_rows;  // tokens whose next-token logits are wanted
+  // Return each logit row's greedy token (ForwardResult::argmax), chosen on the device, instead of the
+  // row: a greedy decode step then downloads n ids, not n × vocab logits.
+  bool argmax_only = false;
   bool capture_topk = false;        // also return every layer's selection (for `score`)
   std::vector<int32_t> probe_rows;  // tokens whose indexer inputs and selections are returned (handoff)
 
@@ -55,7 +60,10 @@ struct IndexerProbe {
 };
 
 struct ForwardResult {
-  std::vector<float> logits;  // [logit_rows.size(), vocab]
+  std::vector<float> logits;  // [logit_rows.size(), vocab]; empty when argmax_only
+  // When argmax_only: per logit row, the lowest id of its largest logit (NaN counting as -inf), -1
+  // when no logit is above -inf (Backend::ArgMax).
+  std::vector<int32_t> argmax;
   // When captured: per layer, [n, topk_cols] key positions (-1 padded).
   std::vector<std::vector<int32_t>> topk;
   int32_t topk_cols = 0;
@@ -85,20 +93,44 @@ class DsaModel {
                                                   int32_t position, const std::vector<float>& query,
                                                   const std::vector<float>& head_weights);
 
-  // Counters since the last call.
+  // Counters since the last call. Timed regions of decode steps replayed as graphs are not measured.
   IndexCacheStats TakeStats();
+
+  // Decode steps (one token per sequence, logits for each, nothing captured) run as a recorded graph
+  // per batch-size and context bucket on a backend that can capture (CUDA); on by default there.
+  // Turning them off (or on again) drops every recording.
+  void set_decode_graphs(bool on);
+  const DecodeGraphs* decode_graphs() const { return graphs_.get(); }
 
  private:
   DsaModel(ModelConfig config, Backend* backend) : config_(std::move(config)), backend_(backend), workspace_(backend) {}
   absl::Status Validate(const ForwardBatch& batch, const PagedKvCache& cache) const;
-  // Forward after validation, untimed.
+  // Forward after validation, untimed: any batch, op by op.
   absl::StatusOr<ForwardResult> RunForward(const ForwardBatch& batch, PagedKvCache& cache);
+  // Whether `batch` is a decode step that RunDecodeGraph can run.
+  bool DecodeGraphFits(const ForwardBatch& batch) const;
+  // A decode step padded to its bucket and replayed from the bucket's graph.
+  absl::StatusOr<ForwardResult> RunDecodeGraph(const ForwardBatch& batch, PagedKvCache& cache);
+
+  // The pass in pieces, enqueued without host round trips. Layer l: norms, projections and cache
+  // writes, then (Full layers) the indexer's selection into a.topk.
+  void EnqueueProjections(int32_t l, bool full, const BatchLayout& layout, Activations& a, PagedKvCache& cache);
+  // Layer l: sparse attention over a.topk, output projection, feed-forward, residual adds.
+  void EnqueueAttentionAndFeedForward(int32_t l, const BatchLayout& layout, Activations& a, PagedKvCache& cache);
+  // The final norm and LM head over a.logit_rows, and each row's argmax.
+  void EnqueueLogits(Activations& a);
+  // Downloads the first `rows` logit rows' logits, or their argmax when `argmax_only`.
+  absl::Status DownloadLogits(const Activations& a, int64_t rows, bool argmax_only, ForwardResult& result);
+  // Adds one pass's indexer runs, skips and FLOPs to stats_.
+  void CountIndexerWork(const std::vector<IndexerType>& types, int32_t first_layer,
+                        const std::vector<int32_t>& positions);
 
   ModelConfig config_;
   Backend* backend_;
   std::unique_ptr<ModelWeights> weights_;
   Workspace workspace_;
   IndexCacheStats stats_;
+  std::unique_ptr<DecodeGraphs> graphs_;  // null: every pass runs op by op
 };
 
 }  // namespace indexcache

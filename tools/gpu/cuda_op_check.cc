@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <set>
@@ -551,6 +552,40 @@ TEST_F(CudaOpCheck, MoeRoutingAndExpertsMatchTheCpuBackend) {
       for (int64_t c = 0; c < hidden; ++c) bound[r * hidden + c] = static_cast<float>(4 * kUnitRoundoff * row_max);
     }
     ExpectWithin(gpu_out, cpu_out, bound, "moe experts");
+  }
+}
+
+// Greedy decode takes its token from ArgMax on the device: it must pick exactly what the CPU backend
+// (and so the host sampler, tests/engine_test.cc) picks, at the bundled and the paper's vocabulary,
+// on ties, NaN, ±inf and rows without a usable value, from a strided view.
+TEST_F(CudaOpCheck, ArgMaxEqualsTheCpuBackend) {
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  for (const int64_t vocab : {int64_t{2048}, int64_t{151552}}) {
+    const int64_t rows = 9, stride = vocab + 7;
+    std::vector<float> v = Random(static_cast<size_t>(rows * stride), 77, 4.0f);
+    float* row = v.data();
+    row[stride * 1 + 10] = row[stride * 1 + vocab - 3] = 100.0f;  // tie: lower column
+    row[stride * 2 + 0] = nan;
+    row[stride * 2 + vocab / 2] = 200.0f;
+    row[stride * 3 + 17] = row[stride * 3 + 900] = inf;
+    std::fill(row + stride * 4, row + stride * 4 + vocab, -inf);
+    row[stride * 4 + vocab - 1] = -1e30f;
+    std::fill(row + stride * 5, row + stride * 5 + vocab, nan);
+    std::fill(row + stride * 6, row + stride * 6 + vocab, 1.5f);  // all tied: column 0
+    std::vector<int32_t> got, want;
+    for (Backend* be : {static_cast<Backend*>(gpu_.get()), static_cast<Backend*>(&cpu_)}) {
+      Held x = PutF(*be, v, rows, stride), out = PutI(*be, {}, rows, 1);
+      be->ArgMax(x.t.Cols(0, vocab), out.t);
+      (be == &cpu_ ? want : got) = Get<int32_t>(*be, out.t);
+    }
+    EXPECT_EQ(got, want) << "vocab " << vocab;
+    ASSERT_EQ(want.size(), static_cast<size_t>(rows));
+    EXPECT_EQ(want[1], 10);
+    EXPECT_EQ(want[2], vocab / 2);
+    EXPECT_EQ(want[3], 17);
+    EXPECT_EQ(want[4], vocab - 1);
+    EXPECT_EQ(want[5], -1);
+    EXPECT_EQ(want[6], 0);
   }
 }
 

@@ -116,6 +116,12 @@ class TracingBackend final : public Backend {
     cpu_.GatherRows(hs.t, hi.t, hd.t);
     Compare("gather rows", dst, hd, 0.0);
   }
+  void ArgMax(Tensor x, Tensor out) override {
+    HostCopy hx = Pull(x), ho = Pull(out);
+    gpu_->ArgMax(x, out);
+    cpu_.ArgMax(hx.t, ho.t);
+    EXPECT_EQ(Pull(out).i, ho.i) << where_ << ": argmax differs from the CPU backend on the same logits";
+  }
   void WriteCacheRows(Tensor src, Tensor slot_mapping, Tensor pool) override {
     HostCopy hs = Pull(src), hm = Pull(slot_mapping), hp = Pull(pool);
     gpu_->WriteCacheRows(src, slot_mapping, pool);

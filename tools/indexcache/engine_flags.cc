@@ -17,7 +17,8 @@ const char kEngineFlagsUsage[] =
     "  --index-freq N            keep every N-th indexer (transformers' schedule)\n"
     "  --kv-cache-mb N           KV cache budget in MiB (default 1024)\n"
     "  --block-size N            tokens per KV block (default 64)\n"
-    "  --max-batch-tokens N      tokens per forward pass / prefill chunk (default 512)\n";
+    "  --max-batch-tokens N      tokens per forward pass / prefill chunk (default 512)\n"
+    "  --cuda-graphs=true|false  replay decode steps as CUDA graphs on --device cuda (default true)\n";
 
 const char kSamplingFlagsUsage[] =
     "  --max-new-tokens N        (default 128)\n"
@@ -28,7 +29,8 @@ const char kSamplingFlagsUsage[] =
     "  --ignore-eos              keep generating past end-of-sequence tokens\n";
 
 std::set<std::string> EngineFlagNames() {
-  return {"model", "device", "threads", "index-pattern", "index-freq", "kv-cache-mb", "block-size", "max-batch-tokens"};
+  return {"model",      "device",     "threads",          "index-pattern", "index-freq",
+          "kv-cache-mb", "block-size", "max-batch-tokens", "cuda-graphs"};
 }
 
 std::set<std::string> SamplingFlagNames() {
@@ -57,6 +59,12 @@ absl::StatusOr<EngineOptions> EngineOptionsFromArgs(const Args& args) {
   if (kv_mb) o.kv_cache_bytes = static_cast<size_t>(*kv_mb) << 20;
   if (block) o.block_size = static_cast<int32_t>(*block);
   if (batch_tokens) o.max_batch_tokens = static_cast<int32_t>(*batch_tokens);
+  if (const auto graphs = args.Get("cuda-graphs")) {
+    if (*graphs != "true" && *graphs != "false") {
+      return absl::InvalidArgumentError(absl::StrCat("--cuda-graphs takes true or false, got '", *graphs, "'"));
+    }
+    o.cuda_graphs = *graphs == "true";
+  }
   return o;
 }
 

@@ -37,6 +37,7 @@ class CpuBackend final : public Backend {
   void SiluMul(Tensor gate_up, Tensor out) override;
   void Add(Tensor x, Tensor y) override;
   void GatherRows(Tensor src, Tensor row_ids, Tensor dst) override;
+  void ArgMax(Tensor x, Tensor out) override;
 
   void WriteCacheRows(Tensor src, Tensor slot_mapping, Tensor pool) override;
   void IndexerTopK(Tensor q, Tensor head_weights, int32_t heads, Tensor key_pool,

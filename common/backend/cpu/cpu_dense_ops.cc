@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "common/backend/cpu/cpu_backend.h"
@@ -121,6 +122,21 @@ void CpuBackend::GatherRows(Tensor src, Tensor row_ids, Tensor dst) {
     std::memcpy(dst.row<char>(0) + r * dst.stride * DTypeSize(dst.dtype),
                 src.row<char>(0) + id[r * row_ids.stride] * src.stride * DTypeSize(src.dtype),
                 dst.cols * DTypeSize(dst.dtype));
+  }
+}
+
+void CpuBackend::ArgMax(Tensor x, Tensor out) {
+  for (int64_t r = 0; r < x.rows; ++r) {
+    const float* row = x.row<float>(r);
+    int32_t best = -1;
+    float best_value = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < x.cols; ++j) {
+      if (row[j] > best_value) {  // false for NaN; strict, so ties keep the lower column
+        best_value = row[j];
+        best = static_cast<int32_t>(j);
+      }
+    }
+    out.row<int32_t>(r)[0] = best;
   }
 }
 

@@ -47,7 +47,8 @@ void SelectTopK(const float* scores, int32_t n, int32_t k, int32_t* out, std::ve
 void CpuBackend::WriteCacheRows(Tensor src, Tensor slot_mapping, Tensor pool) {
   const int32_t* slot = slot_mapping.ptr<int32_t>();
   for (int64_t r = 0; r < src.rows; ++r) {
-    std::memcpy(pool.row<float>(slot[r * slot_mapping.stride]), src.row<float>(r), src.cols * sizeof(float));
+    const int32_t s = slot[r * slot_mapping.stride];
+    if (s >= 0) std::memcpy(pool.row<float>(s), src.row<float>(r), src.cols * sizeof(float));
   }
 }
 

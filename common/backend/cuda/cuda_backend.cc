@@ -8,7 +8,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/backend/cuda/cuda_graph.h"
 #include "common/backend/cuda/cuda_kernels.h"
+#include "common/util/status_macros.h"
 
 namespace indexcache {
 namespace {
@@ -25,6 +27,10 @@ uint16_t ToBf16(float value) {
 // The logits of one IndexerTopK pass are [tokens, context] f32; queries are cut into chunks so that
 // this area stays under 1 GiB at long context.
 constexpr size_t kIndexerLogitsBudget = size_t{1} << 30;
+
+// cuBLAS's workspace, given explicitly so that a captured GEMM never has it allocate one (the size
+// cuBLAS itself defaults to on Hopper).
+constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
 
 }  // namespace
 
@@ -44,8 +50,13 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device_inde
       (e = cudaStreamCreateWithFlags(&backend->stream_, cudaStreamNonBlocking)) != cudaSuccess) {
     return absl::InternalError(absl::StrCat("device 'cuda': ", cudaGetErrorString(e)));
   }
+  if ((e = cudaMalloc(&backend->cublas_workspace_, kCublasWorkspaceBytes)) != cudaSuccess) {
+    return absl::ResourceExhaustedError(absl::StrCat("device 'cuda': cuBLAS workspace: ", cudaGetErrorString(e)));
+  }
   if (cublasCreate(&backend->cublas_) != CUBLAS_STATUS_SUCCESS ||
-      cublasSetStream(backend->cublas_, backend->stream_) != CUBLAS_STATUS_SUCCESS) {
+      cublasSetStream(backend->cublas_, backend->stream_) != CUBLAS_STATUS_SUCCESS ||
+      cublasSetWorkspace(backend->cublas_, backend->cublas_workspace_, kCublasWorkspaceBytes) !=
+          CUBLAS_STATUS_SUCCESS) {
     return absl::InternalError("device 'cuda': cuBLAS did not start");
   }
   if ((e = cudaMallocHost(&backend->moe_offsets_host_, sizeof(int32_t) * (cuda::kMaxMoeExperts + 1))) != cudaSuccess) {
@@ -64,6 +75,7 @@ CudaBackend::~CudaBackend() {
   }
   for (cudaEvent_t ev : free_events_) cudaEventDestroy(ev);
   if (cublas_ != nullptr) cublasDestroy(cublas_);
+  if (cublas_workspace_ != nullptr) cudaFree(cublas_workspace_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
   if (moe_offsets_host_ != nullptr) cudaFreeHost(moe_offsets_host_);
 }
@@ -89,6 +101,8 @@ absl::Status CudaBackend::sticky_status() const {
 void* CudaBackend::ScratchSpace(Scratch which, size_t bytes) {
   const size_t i = static_cast<size_t>(which);
   if (scratch_bytes_[i] >= bytes && scratch_[i] != nullptr) return scratch_[i];
+  if (!NotCapturing("scratch growth")) return nullptr;
+  ++scratch_epoch_;
   if (scratch_[i] != nullptr) cudaFree(scratch_[i]);  // waits for the kernels still using it
   scratch_[i] = nullptr;
   scratch_bytes_[i] = 0;
@@ -119,21 +133,39 @@ absl::StatusOr<Buffer> CudaBackend::Allocate(size_t bytes) {
 void CudaBackend::Free(void* data) { cudaFree(data); }
 
 void CudaBackend::Upload(const void* host, Tensor dst) {
-  if (dst.empty()) return;
+  if (dst.empty() || !NotCapturing("upload")) return;
   const size_t elem = DTypeSize(dst.dtype);
   const size_t row_bytes = static_cast<size_t>(dst.cols) * elem;
+  const size_t bytes = static_cast<size_t>(dst.rows) * row_bytes;
+  const bool staged = bytes <= cuda::HostStaging::kMaxStagedBytes;
   std::vector<uint16_t> converted;
-  const void* src = host;
-  if (dst.dtype == DType::kBF16) {
+  void* src = const_cast<void*>(host);
+  if (staged) {
+    // Copied to pinned memory now, so the device copy below need not finish before this returns.
+    auto area = staging_.Acquire(bytes);
+    if (!Check(area.status())) return;
+    src = *area;
+  } else if (dst.dtype == DType::kBF16) {
     converted.resize(static_cast<size_t>(dst.numel()));
-    const float* f = static_cast<const float*>(host);
-    for (size_t i = 0; i < converted.size(); ++i) converted[i] = ToBf16(f[i]);
     src = converted.data();
   }
-  // Synchronous: the host array may be gone once this returns.
-  if (CheckCuda(cudaMemcpy2DAsync(dst.data, dst.stride * elem, src, row_bytes, row_bytes, dst.rows,
-                                  cudaMemcpyHostToDevice, stream_),
-                "upload")) {
+  if (dst.dtype == DType::kBF16) {
+    const float* f = static_cast<const float*>(host);
+    uint16_t* out = static_cast<uint16_t*>(src);
+    for (int64_t i = 0; i < dst.numel(); ++i) out[i] = ToBf16(f[i]);
+  } else if (staged) {
+    std::memcpy(src, host, bytes);
+  }
+  if (!CheckCuda(cudaMemcpy2DAsync(dst.data, dst.stride * elem, src, row_bytes, row_bytes, dst.rows,
+                                   cudaMemcpyHostToDevice, stream_),
+                 "upload")) {
+    return;
+  }
+  // Staged: the slot stays reserved until the copy is done. Unstaged (large, rare: weights at load):
+  // from pageable memory, which the caller may free once this returns, so wait.
+  if (staged) {
+    Check(staging_.Release(stream_));
+  } else {
     CheckCuda(cudaStreamSynchronize(stream_), "upload");
   }
 }
@@ -141,6 +173,7 @@ void CudaBackend::Upload(const void* host, Tensor dst) {
 absl::Status CudaBackend::Download(Tensor src, void* host) {
   if (src.dtype == DType::kBF16) return absl::InvalidArgumentError("cuda backend: Download takes f32 or i32 tensors");
   if (src.empty()) return sticky_status();
+  if (!NotCapturing("download")) return capture_status_;
   const size_t elem = DTypeSize(src.dtype);
   const size_t row_bytes = static_cast<size_t>(src.cols) * elem;
   CheckCuda(cudaMemcpy2DAsync(host, row_bytes, src.data, src.stride * elem, row_bytes, src.rows,
@@ -151,6 +184,7 @@ absl::Status CudaBackend::Download(Tensor src, void* host) {
 }
 
 absl::Status CudaBackend::Synchronize() {
+  if (!NotCapturing("synchronize")) return capture_status_;
   CheckCuda(cudaStreamSynchronize(stream_), "synchronize");
   return sticky_status();
 }
@@ -234,6 +268,8 @@ void CudaBackend::Add(Tensor x, Tensor y) { Check(AsStatus(cuda::Add(x, y, strea
 void CudaBackend::GatherRows(Tensor src, Tensor row_ids, Tensor dst) {
   Check(AsStatus(cuda::GatherRows(src, row_ids, dst, stream_)));
 }
+
+void CudaBackend::ArgMax(Tensor x, Tensor out) { Check(AsStatus(cuda::ArgMax(x, out, stream_))); }
 
 void CudaBackend::WriteCacheRows(Tensor src, Tensor slot_mapping, Tensor pool) {
   Check(AsStatus(cuda::WriteCacheRows(src, slot_mapping, pool, stream_)));
@@ -322,9 +358,14 @@ void CudaBackend::RecordRegionEvent(TimedRegion region) {
   region_events_[static_cast<size_t>(region)].push_back(ev);
 }
 
-void CudaBackend::BeginRegion(TimedRegion region) { RecordRegionEvent(region); }
+// A captured region's events would be recorded only at capture time, not at each replay: unmeasured.
+void CudaBackend::BeginRegion(TimedRegion region) {
+  if (!capturing_) RecordRegionEvent(region);
+}
 
-void CudaBackend::EndRegion(TimedRegion region) { RecordRegionEvent(region); }
+void CudaBackend::EndRegion(TimedRegion region) {
+  if (!capturing_) RecordRegionEvent(region);
+}
 
 double CudaBackend::TakeRegionSeconds(TimedRegion region) {
   auto& events = region_events_[static_cast<size_t>(region)];
@@ -339,6 +380,33 @@ double CudaBackend::TakeRegionSeconds(TimedRegion region) {
   free_events_.insert(free_events_.end(), events.begin(), events.end());
   events.clear();
   return seconds;
+}
+
+bool CudaBackend::NotCapturing(const char* what) {
+  if (!capturing_) return true;
+  if (capture_status_.ok()) {
+    capture_status_ = absl::FailedPreconditionError(absl::StrCat("cuda backend: ", what, " while capturing a graph"));
+  }
+  return false;
+}
+
+absl::Status CudaBackend::BeginCapture() {
+  if (capturing_) return absl::FailedPreconditionError("cuda backend: a capture is already under way");
+  RETURN_IF_ERROR(sticky_status());
+  RETURN_IF_ERROR(cuda::CudaGraph::BeginCapture(stream_));
+  capturing_ = true;
+  capture_status_ = absl::OkStatus();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<CapturedOps>> CudaBackend::EndCapture() {
+  if (!capturing_) return absl::FailedPreconditionError("cuda backend: no capture is under way");
+  capturing_ = false;
+  auto graph = cuda::CudaGraph::EndCapture(stream_);
+  RETURN_IF_ERROR(capture_status_);
+  RETURN_IF_ERROR(sticky_status());  // an op that failed while recording
+  if (!graph.ok()) return graph.status();
+  return std::unique_ptr<CapturedOps>(std::move(*graph));
 }
 
 }  // namespace indexcache

@@ -5,7 +5,8 @@
 // MoE router and grouped experts (cuda_moe.cu) and the small row-wise ops (cuda_dense_ops.cu).
 //
 // Every op is enqueued on the backend's one stream and returns at once; only Download and
-// Synchronize wait. Ops return void (the Backend interface), so an op that meets input it cannot run
+// Synchronize wait. Uploads go through pinned staging memory (cuda_host_staging.h), so they do not
+// wait either. The stream can be captured into a CUDA graph (cuda_graph.h) and replayed. Ops return void (the Backend interface), so an op that meets input it cannot run
 // records the first such error and Download/Synchronize report it — no op ever crashes the process.
 #pragma once
 
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "common/backend/backend.h"
+#include "common/backend/cuda/cuda_host_staging.h"
 
 typedef struct CUstream_st* cudaStream_t;
 typedef struct CUevent_st* cudaEvent_t;
@@ -48,6 +50,7 @@ class CudaBackend final : public Backend {
   void SiluMul(Tensor gate_up, Tensor out) override;
   void Add(Tensor x, Tensor y) override;
   void GatherRows(Tensor src, Tensor row_ids, Tensor dst) override;
+  void ArgMax(Tensor x, Tensor out) override;
 
   void WriteCacheRows(Tensor src, Tensor slot_mapping, Tensor pool) override;
   void IndexerTopK(Tensor q, Tensor head_weights, int32_t heads, Tensor key_pool,
@@ -64,6 +67,11 @@ class CudaBackend final : public Backend {
   void BeginRegion(TimedRegion region) override;
   void EndRegion(TimedRegion region) override;
   double TakeRegionSeconds(TimedRegion region) override;
+
+  bool SupportsCapture() const override { return true; }
+  absl::Status BeginCapture() override;
+  absl::StatusOr<std::unique_ptr<CapturedOps>> EndCapture() override;
+  uint64_t scratch_epoch() const override { return scratch_epoch_; }
 
   cudaStream_t stream() const { return stream_; }
   cublasHandle_t cublas() const { return cublas_; }
@@ -83,6 +91,8 @@ class CudaBackend final : public Backend {
   // Rounds the F32 rows of `x` to bf16 in the kCastA scratch (dense, `x.cols` apart).
   void* CastToBf16(Tensor x);
   void RecordRegionEvent(TimedRegion region);
+  // Records why something that may not happen while capturing was asked for; false when capturing.
+  bool NotCapturing(const char* what);
 
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
@@ -90,6 +100,11 @@ class CudaBackend final : public Backend {
   int32_t* moe_offsets_host_ = nullptr;  // pinned: MoE bucket offsets of large batches (cuda_moe.cu)
   std::array<void*, static_cast<size_t>(Scratch::kCount)> scratch_{};
   std::array<size_t, static_cast<size_t>(Scratch::kCount)> scratch_bytes_{};
+  uint64_t scratch_epoch_ = 0;  // bumped whenever a scratch area is reallocated
+  void* cublas_workspace_ = nullptr;
+  cuda::HostStaging staging_;
+  bool capturing_ = false;
+  absl::Status capture_status_;  // what went wrong during the current capture (reported by EndCapture)
 
   mutable std::mutex status_mu_;
   absl::Status status_;

@@ -128,11 +128,13 @@ __global__ void AddKernel(float* x, int64_t x_stride, const float* y, int64_t y_
   }
 }
 
-// dst[r] = src[ids[r]] as raw bytes (any dtype), 4 bytes at a time when the row allows.
+// dst[r] = src[ids[r]] (gather) or dst[ids[r]] = src[r] (scatter) as raw bytes (any dtype), 4 bytes at a
+// time when the row allows. A scatter to a negative id writes nothing (padding rows of a decode graph).
 __global__ void GatherBytesKernel(const char* src, int64_t src_row_bytes, const int32_t* ids, int64_t id_stride,
                                   char* dst, int64_t dst_row_bytes, int64_t copy_bytes, bool scatter) {
   const int64_t r = blockIdx.x;
   const int64_t id = ids[r * id_stride];
+  if (scatter && id < 0) return;
   const char* from = scatter ? src + r * src_row_bytes : src + id * src_row_bytes;
   char* to = scatter ? dst + id * dst_row_bytes : dst + r * dst_row_bytes;
   if (copy_bytes % 4 == 0 && reinterpret_cast<uintptr_t>(from) % 4 == 0 && reinterpret_cast<uintptr_t>(to) % 4 == 0) {
@@ -142,6 +144,39 @@ __global__ void GatherBytesKernel(const char* src, int64_t src_row_bytes, const 
   } else {
     for (int64_t b = threadIdx.x; b < copy_bytes; b += blockDim.x) to[b] = from[b];
   }
+}
+
+// One block per row: each thread keeps the best (value, lowest column) of its strided columns, then
+// the block reduces pairs. `best > v` is false for NaN, so NaN never wins; -1 survives only when no
+// value exceeds -inf.
+__global__ void ArgMaxKernel(const float* x, int64_t stride, int64_t cols, int32_t* out, int64_t out_stride) {
+  const float* row = x + blockIdx.x * stride;
+  float best = -INFINITY;
+  int32_t at = -1;
+  for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
+    if (row[j] > best) {  // columns rise along a thread's scan: strict keeps its lowest
+      best = row[j];
+      at = static_cast<int32_t>(j);
+    }
+  }
+  __shared__ float values[kRowThreads];
+  __shared__ int32_t columns[kRowThreads];
+  values[threadIdx.x] = best;
+  columns[threadIdx.x] = at;
+  __syncthreads();
+  for (int half = blockDim.x / 2; half > 0; half >>= 1) {
+    if (threadIdx.x < half) {
+      const float v = values[threadIdx.x + half];
+      const int32_t c = columns[threadIdx.x + half];
+      const int32_t mine = columns[threadIdx.x];
+      if (c >= 0 && (mine < 0 || v > values[threadIdx.x] || (v == values[threadIdx.x] && c < mine))) {
+        values[threadIdx.x] = v;
+        columns[threadIdx.x] = c;
+      }
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[blockIdx.x * out_stride] = columns[0];
 }
 
 int GridFor(int64_t total) { return static_cast<int>(std::min<int64_t>(CeilDiv(total, 256), 65535)); }
@@ -259,6 +294,16 @@ std::string WriteCacheRows(Tensor src, Tensor slot_mapping, Tensor pool, cudaStr
   GatherBytesKernel<<<static_cast<unsigned>(src.rows), 128, 0, stream>>>(
       static_cast<const char*>(src.data), src.stride * elem, slot_mapping.ptr<int32_t>(), slot_mapping.stride,
       static_cast<char*>(pool.data), pool.stride * elem, src.cols * elem, /*scatter=*/true);
+  return LaunchError();
+}
+
+std::string ArgMax(Tensor x, Tensor out, cudaStream_t stream) {
+  if (x.dtype != DType::kF32 || !IsColumn(out) || out.rows != x.rows || x.cols > INT32_MAX) {
+    return ShapeError("argmax", x, out);
+  }
+  if (x.rows == 0) return {};
+  ArgMaxKernel<<<static_cast<unsigned>(x.rows), kRowThreads, 0, stream>>>(x.ptr<float>(), x.stride, x.cols,
+                                                                          out.ptr<int32_t>(), out.stride);
   return LaunchError();
 }
 

@@ -34,6 +34,7 @@ std::string RopeInterleaved(Tensor x, int32_t heads, int32_t head_stride, int32_
 std::string SiluMul(Tensor gate_up, Tensor out, cudaStream_t stream);
 std::string Add(Tensor x, Tensor y, cudaStream_t stream);
 std::string GatherRows(Tensor src, Tensor row_ids, Tensor dst, cudaStream_t stream);
+std::string ArgMax(Tensor x, Tensor out, cudaStream_t stream);
 std::string WriteCacheRows(Tensor src, Tensor slot_mapping, Tensor pool, cudaStream_t stream);
 
 // --- lightning indexer (cuda_indexer.cu) ---

@@ -1,0 +1,38 @@
+// Every activation of one forward pass of DsaModel, carved from a Workspace: the I32 batch metadata
+// the pass reads and the F32 intermediates it writes. The eager pass carves them per batch; a decode
+// graph (decode_graphs.h) carves them once per bucket and keeps them, since its recording holds their
+// addresses.
+#pragma once
+
+#include <cstdint>
+
+#include "common/backend/tensor.h"
+#include "common/backend/workspace.h"
+#include "common/model/model_config.h"
+
+namespace indexcache {
+
+struct Activations {
+  Tensor ids, pos, seq, slots, tables, logit_rows;  // I32 batch metadata
+  Tensor x, h;                                      // [n, hidden] residual stream, normed input
+  Tensor qa;                                        // [n, q_lora]
+  Tensor q;                                         // [n, H·(nope + rope)] grouped: nope block | rope block
+  Tensor latent;                                    // [n, kv_lora + rope] (becomes the cache row)
+  Tensor index_q, index_k, index_w;                 // [n, IH·ID], [n, ID], [n, IH]
+  Tensor topk;                                      // I32 [n, k]
+  Tensor q_latent, o_latent;                        // [n, H·kv_lora]
+  Tensor o_heads;                                   // [n, H·v]
+  Tensor y;                                         // [n, hidden] sublayer output
+  Tensor gate_up, act;                              // [n, 2I], [n, I] (widest MLP)
+  Tensor shared_y;                                  // [n, hidden]
+  Tensor route_ids, route_weights;                  // [n, experts_per_tok]
+  Tensor final_x, logits;                           // [r, hidden], [r, vocab]
+  Tensor argmax;                                    // I32 [r, 1] (ForwardBatch::argmax_only)
+};
+
+// Takes every activation of a pass over n tokens of num_seqs sequences from `ws` (in a measuring pass
+// or a real one: see Workspace).
+Activations Carve(const ModelConfig& c, int64_t n, int64_t num_seqs, int64_t max_blocks, int64_t topk_cols,
+                  int64_t logit_rows, Workspace& ws);
+
+}  // namespace indexcache
