@@ -6,8 +6,8 @@
 // Large batches (prefill chunks) run the experts' products through cuBLAS instead, one GEMM per
 // expert, after one small download of the bucket offsets: the library's Hopper kernels are several
 // times faster than the grouped kernel at those sizes, and one host round trip per MoE layer is
-// negligible against a chunk's work. Small batches (decode) and CUDA-graph capture keep the grouped
-// kernel, which never waits for the host.
+// negligible against a chunk's work. Medium batches and CUDA-graph capture keep the grouped kernel,
+// which never waits for the host; decode-sized batches use a matrix-vector kernel instead.
 #include <cublas_v2.h>
 #include <mma.h>
 
@@ -114,6 +114,50 @@ __global__ void SiluMulCastKernel(const float* gate_up, int64_t rows_total, int6
     const int64_t r = i / inter, c = i % inter;
     const float g = gate_up[r * 2 * inter + c], u = gate_up[r * 2 * inter + inter + c];
     act[i] = __float2bfloat16(g / (1.0f + expf(-g)) * u);
+  }
+}
+
+// Decode-sized batches (at most kGemvMaxTokens tokens, so at most that many rows per bucket): the
+// products are matrix-vector work, bound by reading each routed expert's weights once. One warp owns
+// one output column of one expert: it streams that weight row in 16-byte pieces and keeps one
+// accumulator per bucket row in registers (the loop over rows is unrolled to the maximum so the
+// accumulators never spill), then reduces across lanes. Empty experts' blocks return at once.
+// Needs K and the weight stride to be multiples of 8 (16-byte rows).
+constexpr int kGemvMaxTokens = 16, kGemvWarps = 8;
+__global__ void __launch_bounds__(kGemvWarps * 32) GroupedGemvKernel(const __nv_bfloat16* a, const __nv_bfloat16* w,
+                                                                     int64_t w_stride, const int32_t* offsets,
+                                                                     int32_t n_cols, int32_t k_dim, float* c) {
+  const int e = blockIdx.y;
+  const int32_t row_begin = offsets[e], rows = offsets[e + 1] - row_begin;
+  const int col = blockIdx.x * kGemvWarps + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (rows == 0 || col >= n_cols) return;
+  const __nv_bfloat16* w_row = w + (int64_t{e} * n_cols + col) * w_stride;
+  const __nv_bfloat16* a_rows = a + int64_t{row_begin} * k_dim;
+  float acc[kGemvMaxTokens] = {};
+  for (int k0 = lane * 8; k0 < k_dim; k0 += 32 * 8) {
+    const uint4 packed = *reinterpret_cast<const uint4*>(w_row + k0);
+    const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&packed);
+    float2 wf[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) wf[i] = __bfloat1622float2(w2[i]);
+#pragma unroll
+    for (int r = 0; r < kGemvMaxTokens; ++r) {
+      if (r >= rows) break;
+      const uint4 x_packed = *reinterpret_cast<const uint4*>(a_rows + int64_t{r} * k_dim + k0);
+      const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&x_packed);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 xf = __bfloat1622float2(x2[i]);
+        acc[r] += xf.x * wf[i].x + xf.y * wf[i].y;
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kGemvMaxTokens; ++r) {
+    if (r >= rows) break;
+    float v = acc[r];
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    if (lane == 0) c[int64_t{row_begin + r} * n_cols + col] = v;
   }
 }
 
@@ -266,6 +310,12 @@ std::string MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_expert
     if (by_library) {
       return ExpertGemmsByLibrary(cublas, a, w.ptr<__nv_bfloat16>(), w.stride, host_offsets, num_experts,
                                   static_cast<int32_t>(n_cols), static_cast<int32_t>(k_dim), c);
+    }
+    if (n <= kGemvMaxTokens && k_dim % 8 == 0 && w.stride % 8 == 0 && reinterpret_cast<uintptr_t>(w.data) % 16 == 0) {
+      GroupedGemvKernel<<<dim3(static_cast<unsigned>(CeilDiv(n_cols, kGemvWarps)), num_experts), kGemvWarps * 32, 0,
+                          stream>>>(a, w.ptr<__nv_bfloat16>(), w.stride, s.offsets, static_cast<int32_t>(n_cols),
+                                    static_cast<int32_t>(k_dim), c);
+      return LaunchError();
     }
     // A bucket holds at most n rows (a token picks an expert once).
     GroupedGemmKernel<<<dim3(static_cast<unsigned>(CeilDiv(n_cols, kTile)), num_experts,
