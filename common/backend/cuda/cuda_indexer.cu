@@ -40,7 +40,7 @@ constexpr int kMinTilesPerSplit = 4;
 // epilogue (up to 32 token sums with 8 heads).
 template <int kDimP>
 struct RegisterSplit {
-  static constexpr int kProducer = kDimP == 128 ? 168 : 88;
+  static constexpr int kProducer = kDimP == 128 ? 160 : 88;
   static constexpr int kConsumer = kDimP == 128 ? 168 : 208;
   static_assert(128 * kProducer + 128 * kConsumers * kConsumer <= kThreads * 168);
 };
@@ -189,31 +189,23 @@ __device__ __forceinline__ int LastPosition(const int32_t* tok_seq, const int32_
 __host__ __device__ constexpr int KeyChunksPerThread(int dim_p) { return kKeyTile * dim_p / 8 / 128; }
 
 // One producer thread's share of a key tile: 16-byte bf16 chunks e = tid + 128·b of the tile, each
-// loaded as 8 floats (zeros past `last` or the key dim). Every block-table entry is read before any
-// key, and the key loads are unconditional (clamped to a valid row, the result zeroed after), so that
-// the 8 table reads and the 16 key loads each go out back to back: guarded by a branch per chunk,
-// each chunk's table read waited for the previous one (8 dependent L2 round trips per tile).
+// loaded as 8 floats (zeros past `last` or the key dim).
 template <int kDimP>
 __device__ __forceinline__ void LoadKeyChunks(const IndexerArgs& a, const int32_t* table, int tile, int last,
                                               float4 (&v)[KeyChunksPerThread(kDimP)][2]) {
-  constexpr int kChunksPerRow = kDimP / 8, kPer = KeyChunksPerThread(kDimP);
-  const int tid = threadIdx.x % 128, bs = a.rows.block_size;
-  int32_t page[kPer];
+  constexpr int kChunksPerRow = kDimP / 8;
+  const int tid = threadIdx.x % 128;
 #pragma unroll
-  for (int b = 0; b < kPer; ++b) {
-    const int s = min(tile * kKeyTile + (tid + 128 * b) / kChunksPerRow, last);
-    page[b] = table[s / bs];
-  }
-#pragma unroll
-  for (int b = 0; b < kPer; ++b) {
-    const int e = tid + 128 * b, d0 = (e % kChunksPerRow) * 8;
-    const int s = tile * kKeyTile + e / kChunksPerRow, clamped = min(s, last);
-    const bool valid = s <= last && d0 < a.dim;
-    const int64_t slot = int64_t{page[b]} * bs + clamped % bs;
-    const float4* src = reinterpret_cast<const float4*>(a.keys + slot * a.key_stride + (valid ? d0 : 0));
-    const float4 lo = src[0], hi = src[1], zero = make_float4(0.f, 0.f, 0.f, 0.f);
-    v[b][0] = valid ? lo : zero;
-    v[b][1] = valid ? hi : zero;
+  for (int b = 0; b < KeyChunksPerThread(kDimP); ++b) {
+    const int e = tid + 128 * b, row = e / kChunksPerRow, d0 = (e % kChunksPerRow) * 8;
+    const int s = tile * kKeyTile + row;
+    v[b][0] = v[b][1] = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (s <= last && d0 < a.dim) {
+      const int64_t slot = int64_t{table[s / a.rows.block_size]} * a.rows.block_size + s % a.rows.block_size;
+      const float4* src = reinterpret_cast<const float4*>(a.keys + slot * a.key_stride + d0);
+      v[b][0] = src[0];
+      v[b][1] = src[1];
+    }
   }
 }
 
