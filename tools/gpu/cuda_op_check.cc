@@ -504,10 +504,9 @@ TEST_F(CudaOpCheck, SparseMlaMatchesFloat64WithinTheBf16Bound) {
   }
 }
 
-// 5 tokens run the decode-sized matrix-vector kernel, 45 the grouped expert kernel, 600 (>= 256) the
-// per-expert cuBLAS path of large batches.
+// 5 and 45 tokens run the decode-sized matrix-vector kernel, 100 and 600 the per-expert cuBLAS path.
 TEST_F(CudaOpCheck, MoeRoutingAndExpertsMatchTheCpuBackend) {
-  for (const int64_t n : {5, 45, 600}) {
+  for (const int64_t n : {5, 45, 100, 600}) {
     SCOPED_TRACE(testing::Message() << n << " tokens");
     const int64_t hidden = 256, inter = 128;
     const int32_t experts = 16;

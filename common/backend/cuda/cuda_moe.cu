@@ -1,15 +1,12 @@
-// Mixture of experts on the GPU without host round trips. Routing: one thread per token runs the
-// group-limited sigmoid router over the router logits. Experts: tokens are counted and bucketed by
-// expert on the device (counts → offsets → scatter), their rows are gathered as bf16, and two grouped
-// GEMMs (tensor cores, one launch each for all experts) run gate·up and down over each expert's
-// bucket; a last kernel sums each token's K expert outputs in a fixed order (deterministic).
-// Large batches (prefill chunks) run the experts' products through cuBLAS instead, one GEMM per
-// expert, after one small download of the bucket offsets: the library's Hopper kernels are several
-// times faster than the grouped kernel at those sizes, and one host round trip per MoE layer is
-// negligible against a chunk's work. Medium batches and CUDA-graph capture keep the grouped kernel,
-// which never waits for the host; decode-sized batches use a matrix-vector kernel instead.
+// Mixture of experts on the GPU. Routing: one thread per token runs the group-limited sigmoid router
+// (moe_expert_choice.h, shared with the CPU backend) over the router logits. Experts: tokens are counted
+// and bucketed by expert on the device (counts → offsets → scatter) and their rows gathered as bf16;
+// then gate·up and down run over each expert's bucket, and a last kernel sums each token's K expert
+// outputs in a fixed order (deterministic). Decode-sized batches run the products as matrix-vector work
+// on the device alone (no host round trip, so a decode step can be captured as a CUDA graph); larger
+// batches download the bucket offsets once and run one cuBLAS GEMM per expert, whose Hopper kernels
+// are what those sizes need — one host round trip per MoE layer is negligible against a chunk's work.
 #include <cublas_v2.h>
-#include <mma.h>
 
 #include <algorithm>
 
@@ -20,10 +17,6 @@
 namespace indexcache::cuda {
 namespace {
 
-using namespace nvcuda;
-
-// From this many tokens on (and outside graph capture) the expert GEMMs go through cuBLAS.
-constexpr int64_t kLibraryMinTokens = 256;
 
 __global__ void RouteKernel(const float* logits, int64_t logits_stride, AnyRows bias, MoeRouting routing, int64_t n,
                             int32_t* ids, int64_t ids_stride, float* weights, int64_t weights_stride) {
@@ -117,13 +110,13 @@ __global__ void SiluMulCastKernel(const float* gate_up, int64_t rows_total, int6
   }
 }
 
-// Decode-sized batches (at most kGemvMaxTokens tokens, so at most that many rows per bucket): the
-// products are matrix-vector work, bound by reading each routed expert's weights once. One warp owns
-// one output column of one expert: it streams that weight row in 16-byte pieces and keeps one
-// accumulator per bucket row in registers (the loop over rows is unrolled to the maximum so the
-// accumulators never spill), then reduces across lanes. Empty experts' blocks return at once.
-// Needs K and the weight stride to be multiples of 8 (16-byte rows).
-constexpr int kGemvMaxTokens = 16, kGemvWarps = 8;
+// Decode-sized batches (at most kGemvMaxTokens tokens, so at most that many rows per bucket, as a token
+// picks an expert once): the products are matrix-vector work, bound by reading each routed expert's
+// weights once. One warp owns one output column of one expert: it streams that weight row in 16-byte
+// pieces and keeps one accumulator per bucket row in registers (the loop over rows is unrolled to the
+// maximum so the accumulators never spill), then reduces across lanes. Empty experts' blocks return at
+// once. K and the weight stride must be multiples of 8 and the rows 16-byte aligned.
+constexpr int kGemvMaxTokens = 64, kGemvWarps = 8;
 __global__ void __launch_bounds__(kGemvWarps * 32) GroupedGemvKernel(const __nv_bfloat16* a, const __nv_bfloat16* w,
                                                                      int64_t w_stride, const int32_t* offsets,
                                                                      int32_t n_cols, int32_t k_dim, float* c) {
@@ -161,57 +154,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32) GroupedGemvKernel(const __nv_
   }
 }
 
-// C[rows_e, N] = A[rows_e, K] · W_eᵀ for every expert e at once: A's rows of expert e are
-// offsets[e]..offsets[e+1]; W_e = rows e·N..(e+1)·N of w (row-major [E·N, K], bf16). Tiles of 64 × 64,
-// K in steps of 32; 4 warps of 32 × 32. grid: (N tiles, E, row tiles of the largest possible bucket).
-constexpr int kTile = 64, kStep = 32, kGemmPad = 8;
-__global__ void __launch_bounds__(128) GroupedGemmKernel(const __nv_bfloat16* a, const __nv_bfloat16* w,
-                                                         int64_t w_stride, const int32_t* offsets, int32_t n_cols,
-                                                         int32_t k_dim, float* c) {
-  __shared__ __align__(128) __nv_bfloat16 a_tile[kTile][kStep + kGemmPad];
-  __shared__ __align__(128) __nv_bfloat16 w_tile[kTile][kStep + kGemmPad];
-  __shared__ __align__(128) float c_tile[kTile][kTile + 4];
-  const int e = blockIdx.y;
-  const int32_t row_begin = offsets[e], rows = offsets[e + 1] - row_begin;
-  const int m0 = blockIdx.z * kTile, n0 = blockIdx.x * kTile;
-  if (m0 >= rows) return;
-  const int tid = threadIdx.x, warp = tid / 32;
-  const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
-  for (int i = 0; i < 2; ++i)
-    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
-  const __nv_bfloat16 zero = __float2bfloat16(0.0f);
-  for (int k0 = 0; k0 < k_dim; k0 += kStep) {
-    for (int i = tid; i < kTile * kStep; i += blockDim.x) {
-      const int row = i / kStep, col = i % kStep;
-      const bool k_in = k0 + col < k_dim;  // the last step may run past K (K a multiple of 16, not 32)
-      a_tile[row][col] = k_in && m0 + row < rows ? a[int64_t{row_begin + m0 + row} * k_dim + k0 + col] : zero;
-      w_tile[row][col] =
-          k_in && n0 + row < n_cols ? w[(int64_t{e} * n_cols + n0 + row) * w_stride + k0 + col] : zero;
-    }
-    __syncthreads();
-    for (int kk = 0; kk < kStep; kk += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa[2];
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb[2];
-      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], &a_tile[wm + 16 * i][kk], kStep + kGemmPad);
-      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], &w_tile[wn + 16 * j][kk], kStep + kGemmPad);
-      for (int i = 0; i < 2; ++i)
-        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
-    }
-    __syncthreads();
-  }
-  for (int i = 0; i < 2; ++i)
-    for (int j = 0; j < 2; ++j)
-      wmma::store_matrix_sync(&c_tile[wm + 16 * i][wn + 16 * j], acc[i][j], kTile + 4, wmma::mem_row_major);
-  __syncthreads();
-  for (int i = tid; i < kTile * kTile; i += blockDim.x) {
-    const int row = i / kTile, col = i % kTile;
-    if (m0 + row < rows && n0 + col < n_cols) c[int64_t{row_begin + m0 + row} * n_cols + n0 + col] = c_tile[row][col];
-  }
-}
-
-// The same products as GroupedGemmKernel, one cuBLAS GEMM per non-empty expert; `offsets` are the
-// bucket offsets on the host.
+// C[rows_e, N] = A[rows_e, K] · W_eᵀ for every expert e (A's rows of expert e are offsets[e]..offsets[e+1];
+// W_e = rows e·N..(e+1)·N of w), one cuBLAS GEMM per non-empty expert; `offsets` are on the host.
 std::string ExpertGemmsByLibrary(cublasHandle_t cublas, const __nv_bfloat16* a, const __nv_bfloat16* w,
                                  int64_t w_stride, const int32_t* offsets, int32_t experts, int32_t n_cols,
                                  int32_t k_dim, float* c) {
@@ -285,6 +229,10 @@ std::string MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_expert
            x.DebugString();
   }
   if (hidden % 16 != 0 || inter % 16 != 0) return "moe experts: hidden and intermediate sizes must be multiples of 16";
+  if (gate_up.stride % 8 != 0 || down.stride % 8 != 0 || reinterpret_cast<uintptr_t>(gate_up.data) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(down.data) % 16 != 0) {
+    return "moe experts: expert weight rows must be 16-byte aligned";
+  }
   if (n == 0) return {};
   const int64_t rows = n * k;
   MoeScratch s = Carve(scratch, rows, hidden, inter, num_experts);
@@ -296,11 +244,16 @@ std::string MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_expert
                                           s.offsets, s.cursor, s.slot_token, s.slot_of);
   GatherCastKernel<<<static_cast<unsigned>(rows), 128, 0, stream>>>(x.ptr<float>(), x.stride, s.slot_token, hidden,
                                                                     s.xs);
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess) return "moe experts: " + LaunchError();
-  const bool by_library =
-      cublas != nullptr && host_offsets != nullptr && n >= kLibraryMinTokens && capture == cudaStreamCaptureStatusNone;
+  // Up to kGemvMaxTokens tokens (every decode step, graph-captured or not) the matrix-vector kernel
+  // runs on the device alone; larger batches download the bucket offsets and run cuBLAS per expert.
+  const bool by_library = n > kGemvMaxTokens;
   if (by_library) {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess || capture != cudaStreamCaptureStatusNone) {
+      return "moe experts: " + std::to_string(n) + " tokens cannot be captured in a CUDA graph (at most " +
+             std::to_string(kGemvMaxTokens) + ")";
+    }
+    if (cublas == nullptr || host_offsets == nullptr) return "moe experts: large batches need a cuBLAS handle";
     cudaMemcpyAsync(host_offsets, s.offsets, sizeof(int32_t) * (num_experts + 1), cudaMemcpyDeviceToHost, stream);
     const cudaError_t e = cudaStreamSynchronize(stream);
     if (e != cudaSuccess) return std::string("moe experts: ") + cudaGetErrorString(e);
@@ -311,17 +264,9 @@ std::string MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_expert
       return ExpertGemmsByLibrary(cublas, a, w.ptr<__nv_bfloat16>(), w.stride, host_offsets, num_experts,
                                   static_cast<int32_t>(n_cols), static_cast<int32_t>(k_dim), c);
     }
-    if (n <= kGemvMaxTokens && k_dim % 8 == 0 && w.stride % 8 == 0 && reinterpret_cast<uintptr_t>(w.data) % 16 == 0) {
-      GroupedGemvKernel<<<dim3(static_cast<unsigned>(CeilDiv(n_cols, kGemvWarps)), num_experts), kGemvWarps * 32, 0,
-                          stream>>>(a, w.ptr<__nv_bfloat16>(), w.stride, s.offsets, static_cast<int32_t>(n_cols),
-                                    static_cast<int32_t>(k_dim), c);
-      return LaunchError();
-    }
-    // A bucket holds at most n rows (a token picks an expert once).
-    GroupedGemmKernel<<<dim3(static_cast<unsigned>(CeilDiv(n_cols, kTile)), num_experts,
-                             static_cast<unsigned>(CeilDiv(n, kTile))),
-                        128, 0, stream>>>(a, w.ptr<__nv_bfloat16>(), w.stride, s.offsets, static_cast<int32_t>(n_cols),
-                                          static_cast<int32_t>(k_dim), c);
+    GroupedGemvKernel<<<dim3(static_cast<unsigned>(CeilDiv(n_cols, kGemvWarps)), num_experts), kGemvWarps * 32, 0,
+                        stream>>>(a, w.ptr<__nv_bfloat16>(), w.stride, s.offsets, static_cast<int32_t>(n_cols),
+                                  static_cast<int32_t>(k_dim), c);
     return LaunchError();
   };
   std::string error = expert_gemms(s.xs, gate_up, 2 * inter, hidden, s.gate_up);
