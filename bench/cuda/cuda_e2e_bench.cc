@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/cuda/engine_bench_util.h"
 #include "common/engine/engine.h"
 #include "nlohmann/json.hpp"
 
@@ -23,24 +24,6 @@ using Clock = std::chrono::steady_clock;
 void Die(const std::string& what) {
   std::fprintf(stderr, "cuda_e2e_bench: %s\n", what.c_str());
   std::exit(1);
-}
-
-std::vector<int32_t> ParseList(const std::string& text) {
-  std::vector<int32_t> out;
-  size_t start = 0;
-  while (start < text.size()) {
-    const size_t comma = text.find(',', start);
-    out.push_back(std::stoi(text.substr(start, comma - start)));
-    if (comma == std::string::npos) break;
-    start = comma + 1;
-  }
-  return out;
-}
-
-std::vector<int32_t> Prompt(int32_t length, int32_t vocab) {
-  std::vector<int32_t> ids(length);
-  for (int32_t i = 0; i < length; ++i) ids[i] = static_cast<int32_t>((i * 7919 + 13) % (vocab - 2));
-  return ids;
 }
 
 // Runs the engine until it has no work; returns the wall time of each step in ms.
@@ -56,11 +39,6 @@ std::vector<double> RunToEnd(Engine& engine) {
     steps.push_back(std::chrono::duration<double, std::milli>(Clock::now() - start).count());
   }
   return steps;
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
 }
 
 // Decodes `batch` copies of a `context`-token prompt for `steps` tokens each; returns the median wall

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/cuda/engine_bench_util.h"
 #include "common/engine/engine.h"
 #include "nlohmann/json.hpp"
 
@@ -37,29 +38,6 @@ T OrDie(absl::StatusOr<T> value) {
 
 void OrDie(const absl::Status& status) {
   if (!status.ok()) Die(status.ToString());
-}
-
-std::vector<int32_t> ParseList(const std::string& text) {
-  std::vector<int32_t> out;
-  size_t start = 0;
-  while (start < text.size()) {
-    const size_t comma = text.find(',', start);
-    out.push_back(std::stoi(text.substr(start, comma - start)));
-    if (comma == std::string::npos) break;
-    start = comma + 1;
-  }
-  return out;
-}
-
-std::vector<int32_t> Prompt(int32_t length, int32_t vocab) {
-  std::vector<int32_t> ids(length);
-  for (int32_t i = 0; i < length; ++i) ids[i] = static_cast<int32_t>((i * 7919 + 13) % (vocab - 2));
-  return ids;
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
 }
 
 // One step; dies on an engine error or a request that ended in error.

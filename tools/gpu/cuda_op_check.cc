@@ -310,6 +310,28 @@ DeviceLayout Upload(Backend& be, const PagedBatch& b) {
   return d;
 }
 
+// The float64 indexer score of query row r against `key`, and its bf16 error bound: q and k are
+// rounded, so each q·k moves by at most 2.01·u·Σ|q_d k_d|, and the head-weighted ReLU sum by
+// Σ_h |w_h|·scale·that.
+struct ScoreAndBound {
+  double score, bound;
+};
+ScoreAndBound IndexerScore64(const std::vector<float>& q, const std::vector<float>& w, const float* key, int64_t r,
+                             int32_t heads, int32_t dim, double scale) {
+  ScoreAndBound out{0.0, 0.0};
+  for (int32_t h = 0; h < heads; ++h) {
+    const float* qh = &q[(r * heads + h) * dim];
+    double dot = 0.0, abs_dot = 0.0;
+    for (int32_t d = 0; d < dim; ++d) {
+      dot += static_cast<double>(qh[d]) * key[d];
+      abs_dot += std::abs(static_cast<double>(qh[d]) * key[d]);
+    }
+    out.score += w[r * heads + h] * std::max(dot * scale, 0.0);
+    out.bound += std::abs(w[r * heads + h]) * scale * 2.01 * kUnitRoundoff * abs_dot;
+  }
+  return out;
+}
+
 TEST_F(CudaOpCheck, IndexerSelectionsAgreeExceptAtDetectedNearTies) {
   struct Case {
     int32_t heads, dim, k;
@@ -331,24 +353,12 @@ TEST_F(CudaOpCheck, IndexerSelectionsAgreeExceptAtDetectedNearTies) {
     int64_t near_tie_rows = 0;
     for (int64_t r = 0; r < n; ++r) {
       const int32_t length = b.pos[r] + 1;
-      // float64 scores and their bf16 error bound: q and k are rounded, so each q·k moves by at most
-      // 2.01·u·Σ|q_d k_d|, and the head-weighted ReLU sum by Σ_h |w_h|·scale·that.
       std::vector<double> score(length), bound(length);
       for (int32_t s = 0; s < length; ++s) {
-        const float* key = &keys[static_cast<size_t>(b.SlotOf(b.seq[r], s)) * c.dim];
-        double total = 0.0, err = 0.0;
-        for (int32_t h = 0; h < c.heads; ++h) {
-          const float* qh = &q[(r * c.heads + h) * c.dim];
-          double dot = 0.0, abs_dot = 0.0;
-          for (int32_t d = 0; d < c.dim; ++d) {
-            dot += static_cast<double>(qh[d]) * key[d];
-            abs_dot += std::abs(static_cast<double>(qh[d]) * key[d]);
-          }
-          total += w[r * c.heads + h] * std::max(dot * scale, 0.0);
-          err += std::abs(w[r * c.heads + h]) * scale * 2.01 * kUnitRoundoff * abs_dot;
-        }
-        score[s] = total;
-        bound[s] = err;
+        const ScoreAndBound sb = IndexerScore64(q, w, &keys[static_cast<size_t>(b.SlotOf(b.seq[r], s)) * c.dim], r,
+                                                c.heads, c.dim, scale);
+        score[s] = sb.score;
+        bound[s] = sb.bound;
       }
       const int32_t k = std::min(c.k, length);
       std::vector<int32_t> want = ExactTopK(std::vector<float>(score.begin(), score.end()).data(), length, c.k);
@@ -411,18 +421,8 @@ TEST_F(CudaOpCheck, IndexerLogitsMatchFloat64AndLeaveLaterColumnsUnwritten) {
           ASSERT_TRUE(std::isnan(value)) << "row " << r << " column " << s << " past the token was written";
           continue;
         }
-        const float* key = &keys[static_cast<size_t>(b.SlotOf(b.seq[r], s)) * c.dim];
-        double total = 0.0, bound = 0.0;
-        for (int32_t h = 0; h < c.heads; ++h) {
-          const float* qh = &q[(r * c.heads + h) * c.dim];
-          double dot = 0.0, abs_dot = 0.0;
-          for (int32_t d = 0; d < c.dim; ++d) {
-            dot += static_cast<double>(qh[d]) * key[d];
-            abs_dot += std::abs(static_cast<double>(qh[d]) * key[d]);
-          }
-          total += w[r * c.heads + h] * std::max(dot * scale, 0.0);
-          bound += std::abs(w[r * c.heads + h]) * scale * 2.01 * kUnitRoundoff * abs_dot;
-        }
+        const auto [total, bound] = IndexerScore64(q, w, &keys[static_cast<size_t>(b.SlotOf(b.seq[r], s)) * c.dim], r,
+                                                   c.heads, c.dim, scale);
         const double err = std::abs(value - total), tol = bound + 1e-5 * (1.0 + std::abs(total));
         ASSERT_LE(err, tol) << "H" << c.heads << " D" << c.dim << " row " << r << " (pos " << b.pos[r]
                             << ") column " << s << ": " << value << " vs " << total;
