@@ -22,7 +22,7 @@ CATEGORIES = [
     ("top-k", ("RowTopK",)),
     ("sparse MLA", ("SparseMla", "MergeSplits")),
     ("MoE route + bucketing", ("RouteKernel", "CountKernel", "OffsetsKernel", "ScatterKernel", "GatherCast")),
-    ("MoE expert GEMMs + combine", ("GroupedGemm", "SiluMulCast", "CombineKernel")),
+    ("MoE expert GEMMs + combine", ("GroupedGemv", "SiluMulCast", "CombineKernel")),
     ("cuBLAS GEMMs", ("nvjet", "gemm", "Gemm", "cutlass", "sm90_", "splitKreduce")),
     ("bf16 casts before GEMMs", ("CastKernel",)),
     ("norms", ("RmsNorm", "LayerNorm")),
