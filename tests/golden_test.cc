@@ -4,10 +4,7 @@
 // and an explicit IndexCache pattern, index_topk >= length, and the bundled BF16 model. Each case runs
 // one-shot and with small prefill chunks (chunked prefill must not change anything).
 #include <cmath>
-#include <cstring>
-#include <fstream>
 #include <set>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -15,44 +12,15 @@
 #include "common/safetensors/safetensors_file.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/golden_files.h"
 
 namespace indexcache {
 namespace {
 
-const std::string kGoldens = std::string(INDEXCACHE_TEST_DATA) + "/goldens/";
-
-nlohmann::json ReadJson(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return nlohmann::json::parse(text.str());
-}
-
-template <typename T>
-std::vector<T> ReadTensor(const SafetensorsFile& file, const std::string& name, std::vector<int64_t>* shape) {
-  const TensorView* view = file.Find(name);
-  EXPECT_NE(view, nullptr) << name;
-  if (view == nullptr) return {};
-  *shape = view->shape;
-  std::vector<T> values(view->nbytes / sizeof(T));
-  std::memcpy(values.data(), view->data, view->nbytes);
-  return values;
-}
-
-struct Case {
-  std::string name;
-  std::string model_dir;
-  int32_t chunk;  // max_batch_tokens: the prefill chunk
-};
-
-std::string CaseName(const testing::TestParamInfo<Case>& info) {
-  return info.param.name + "_chunk" + std::to_string(info.param.chunk);
-}
-
-class GoldenTest : public testing::TestWithParam<Case> {
+class GoldenTest : public testing::TestWithParam<GoldenCase> {
  protected:
   void SetUp() override {
-    const Case& c = GetParam();
+    const GoldenCase& c = GetParam();
     expected_ = ReadJson(kGoldens + c.name + "/expected.json");
     auto file = SafetensorsFile::Open(kGoldens + c.name + "/expected.safetensors");
     ASSERT_TRUE(file.ok()) << file.status();
@@ -152,18 +120,7 @@ TEST_P(GoldenTest, GreedyContinuationMatchesTransformersGenerate) {
   EXPECT_EQ(engine_->cache().num_used_blocks(), 0) << "a finished request must free its KV blocks";
 }
 
-std::vector<Case> AllCases() {
-  std::vector<Case> cases;
-  for (const std::string name : {"dense_allfull", "moe_freq2", "moe_pattern", "dense_topk_ge_len"}) {
-    for (int32_t chunk : {512, 7}) cases.push_back({name, kGoldens + name, chunk});
-  }
-  for (int32_t chunk : {512, 13}) cases.push_back({"bundled", std::string(INDEXCACHE_MODELS_DIR) + "/glm-dsa-tiny-random", chunk});
-  // The trained default model (tools/train/): 16 layers, sparse top-128 rows past position 128.
-  for (int32_t chunk : {512, 13}) cases.push_back({"trained", std::string(INDEXCACHE_MODELS_DIR) + "/glm-dsa-trained", chunk});
-  return cases;
-}
-
-INSTANTIATE_TEST_SUITE_P(Transformers, GoldenTest, testing::ValuesIn(AllCases()), CaseName);
+INSTANTIATE_TEST_SUITE_P(Transformers, GoldenTest, testing::ValuesIn(AllGoldenCases()), GoldenCaseName);
 
 }  // namespace
 }  // namespace indexcache

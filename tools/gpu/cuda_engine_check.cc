@@ -17,10 +17,7 @@
 // Not a ctest test (needs a GPU): tools/gpu/check_cuda.sh runs it on the device.
 #include <algorithm>
 #include <cmath>
-#include <cstring>
-#include <fstream>
 #include <set>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -28,42 +25,16 @@
 #include "common/safetensors/safetensors_file.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/golden_files.h"
 
 namespace indexcache {
 namespace {
 
-const std::string kGoldens = std::string(INDEXCACHE_TEST_DATA) + "/goldens/";
 // Where no discrete decision can flip, bf16 weights and matrix inputs leave about 1% relative noise
 // in the logits; 5% of the row's scale bounds it with room.
 constexpr double kLogitTolerance = 5e-2;
 // Keys whose transformers score is within 3% of the row's largest score of the k-th are near-ties.
 constexpr double kScoreTolerance = 3e-2;
-
-nlohmann::json ReadJson(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return nlohmann::json::parse(text.str());
-}
-
-template <typename T>
-std::vector<T> ReadTensor(const SafetensorsFile& file, const std::string& name) {
-  const TensorView* view = file.Find(name);
-  if (view == nullptr) return {};
-  std::vector<T> values(view->nbytes / sizeof(T));
-  std::memcpy(values.data(), view->data, view->nbytes);
-  return values;
-}
-
-struct Case {
-  std::string name;
-  std::string model_dir;
-  int32_t chunk;
-};
-
-std::string CaseName(const testing::TestParamInfo<Case>& info) {
-  return info.param.name + "_chunk" + std::to_string(info.param.chunk);
-}
 
 std::unique_ptr<Engine> MakeEngine(const std::string& model_dir, int32_t chunk) {
   EngineOptions options;
@@ -111,10 +82,10 @@ size_t AgreeingPrefix(const std::vector<int32_t>& got, const std::vector<int32_t
   return i;
 }
 
-class CudaGoldenCheck : public testing::TestWithParam<Case> {};
+class CudaGoldenCheck : public testing::TestWithParam<GoldenCase> {};
 
 TEST_P(CudaGoldenCheck, LogitsTopKAndGreedyMatchTransformers) {
-  const Case& c = GetParam();
+  const GoldenCase& c = GetParam();
   const nlohmann::json expected = ReadJson(kGoldens + c.name + "/expected.json");
   auto file = SafetensorsFile::Open(kGoldens + c.name + "/expected.safetensors");
   ASSERT_TRUE(file.ok()) << file.status();
@@ -222,18 +193,7 @@ TEST_P(CudaGoldenCheck, LogitsTopKAndGreedyMatchTransformers) {
   EXPECT_EQ(engine->cache().num_used_blocks(), 0) << "a finished request must free its KV blocks";
 }
 
-std::vector<Case> AllCases() {
-  std::vector<Case> cases;
-  for (const std::string name : {"dense_allfull", "moe_freq2", "moe_pattern", "dense_topk_ge_len"}) {
-    for (int32_t chunk : {512, 7}) cases.push_back({name, kGoldens + name, chunk});
-  }
-  for (int32_t chunk : {512, 13}) cases.push_back({"bundled", std::string(INDEXCACHE_MODELS_DIR) + "/glm-dsa-tiny-random", chunk});
-  // The trained default model: reported like the others; check_cuda.sh asserts its perplexity.
-  for (int32_t chunk : {512, 13}) cases.push_back({"trained", std::string(INDEXCACHE_MODELS_DIR) + "/glm-dsa-trained", chunk});
-  return cases;
-}
-
-INSTANTIATE_TEST_SUITE_P(Transformers, CudaGoldenCheck, testing::ValuesIn(AllCases()), CaseName);
+INSTANTIATE_TEST_SUITE_P(Transformers, CudaGoldenCheck, testing::ValuesIn(AllGoldenCases()), GoldenCaseName);
 
 // Batched decode: the golden prompt three times among other prompts of different lengths, all
 // decoded together; the copies must decode identically (rows of a batch never interact).

@@ -37,6 +37,11 @@ __device__ __forceinline__ void StoreBf16x4(__nv_bfloat16* dst, float4 v) {
   out[1] = __floats2bfloat162_rn(v.z, v.w);
 }
 
+// The 32-bit shared-memory address PTX instructions (ldmatrix, mbarrier, wgmma descriptors) take.
+__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
 inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // An empty string when the last launch was accepted, else its error.
