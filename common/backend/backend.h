@@ -4,8 +4,12 @@
 // round trips (and capture it as a graph). The CPU backend (cpu/) is the reference every other
 // backend is tested against.
 //
-// Conventions: activations are F32 on every backend today; weights are whatever `weight_dtype()` says
-// (the backend converts at upload). Index tensors are I32. Shapes are given as [rows, cols].
+// Conventions: weights are whatever `weight_dtype()` says (the backend converts at upload). Activations
+// and paged-cache rows are stored as `activation_dtype()` (F32 on the CPU, BF16 on CUDA), except the
+// residual stream, router weights and logits, which the model keeps F32. On a backend whose
+// activation_dtype is BF16 every float tensor an op takes may be F32 or BF16, each independently: the
+// op computes in f32 and rounds (to nearest even) when it stores. Index tensors are I32. Shapes are
+// given as [rows, cols].
 #pragma once
 
 #include <cstddef>
@@ -86,6 +90,7 @@ class Backend {
 
   virtual std::string_view name() const = 0;
   virtual DType weight_dtype() const = 0;
+  virtual DType activation_dtype() const { return DType::kF32; }
 
   // --- memory and transfers ---------------------------------------------------------------
   virtual absl::StatusOr<Buffer> Allocate(size_t bytes) = 0;
@@ -93,7 +98,8 @@ class Backend {
   // Copies `host` (float32 when dst is F32/BF16 — converted to dst's dtype —, int32 when I32) into dst,
   // in order with the ops around it. `host` may be reused or freed as soon as Upload returns.
   virtual void Upload(const void* host, Tensor dst) = 0;
-  // Waits for every enqueued op, then copies src (F32 or I32, any stride) to dense host memory.
+  // Waits for every enqueued op, then copies src (any stride) to dense host memory: float32 when src is
+  // F32 or BF16 (widened), int32 when I32.
   virtual absl::Status Download(Tensor src, void* host) = 0;
   virtual absl::Status Synchronize() = 0;
   virtual void Fill(Tensor dst, float value) = 0;

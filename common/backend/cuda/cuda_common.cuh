@@ -27,6 +27,29 @@ inline AnyRows AnyRowsOf(const Tensor& t) {
   return AnyRows{t.data, t.stride, t.dtype == DType::kBF16};
 }
 
+// Activations and cache rows are stored as F32 or BF16 (Backend::activation_dtype); kernels compute in
+// f32 and are instantiated once per storage type: ToFloat on load, FromFloat (round to nearest even)
+// on store.
+__device__ __forceinline__ float ToFloat(float v) { return v; }
+__device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T>
+__device__ __forceinline__ T FromFloat(float v);
+template <>
+__device__ __forceinline__ float FromFloat<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// Calls fn(T{}) with T the storage type of `dtype` (F32 → float, BF16 → __nv_bfloat16); the caller has
+// checked that dtype is one of the two.
+template <typename Fn>
+auto DispatchFloat(DType dtype, Fn&& fn) {
+  return dtype == DType::kBF16 ? fn(__nv_bfloat16{}) : fn(float{});
+}
+
 inline bool IsFloat(const Tensor& t) { return t.dtype == DType::kF32 || t.dtype == DType::kBF16; }
 inline bool IsColumn(const Tensor& t) { return t.dtype == DType::kI32 && t.cols >= 1 && t.stride >= 1; }
 
