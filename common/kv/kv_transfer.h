@@ -1,6 +1,8 @@
 // Moving a sequence's cache rows between a PagedKvCache and dense host arrays: what the prefill →
 // decode handoff ships. Rows are addressed by (layer, kind, positions); kind LATENT is the MLA latent
 // row of any layer, INDEX_KEY the indexer key of a Full layer (Shared layers have none to move).
+// The host side is always float32, whatever the pools store (BF16 on CUDA: widened on export — exact —
+// and rounded on import, which is exact for rows a BF16 cache exported).
 #pragma once
 
 #include <cstdint>

@@ -6,12 +6,12 @@
 namespace indexcache {
 namespace {
 
-size_t RowFloatsPerToken(const KvCacheSpec& spec) {
-  size_t floats = 0;
+size_t RowBytesPerToken(const KvCacheSpec& spec) {
+  size_t elements = 0;
   for (int32_t layer = 0; layer < spec.num_layers; ++layer) {
-    floats += spec.latent_dim + (spec.layer_has_index_keys[layer] ? spec.index_key_dim : 0);
+    elements += spec.latent_dim + (spec.layer_has_index_keys[layer] ? spec.index_key_dim : 0);
   }
-  return floats;
+  return elements * DTypeSize(spec.dtype);
 }
 
 }  // namespace
@@ -25,8 +25,8 @@ absl::StatusOr<std::unique_ptr<PagedKvCache>> PagedKvCache::Create(Backend* back
       static_cast<int32_t>(spec.layer_has_index_keys.size()) != spec.num_layers) {
     return absl::InvalidArgumentError("KV cache spec: block size, layer count and index-key layers disagree");
   }
-  // Cache entries are F32 today (activations are F32 on every backend).
-  const size_t bytes_per_block = RowFloatsPerToken(spec) * sizeof(float) * spec.block_size;
+  if (spec.dtype == DType::kI32) return absl::InvalidArgumentError("KV cache spec: rows are F32 or BF16, not I32");
+  const size_t bytes_per_block = RowBytesPerToken(spec) * spec.block_size;
   const size_t num_blocks = memory_budget_bytes / bytes_per_block;
   if (num_blocks == 0) {
     return absl::ResourceExhaustedError(absl::StrFormat(
@@ -39,13 +39,14 @@ absl::StatusOr<std::unique_ptr<PagedKvCache>> PagedKvCache::Create(Backend* back
   std::unique_ptr<PagedKvCache> cache(new PagedKvCache(spec, static_cast<int32_t>(num_blocks), bytes_per_block));
   ASSIGN_OR_RETURN(cache->storage_, backend->Allocate(num_blocks * bytes_per_block));
   const int64_t slots = static_cast<int64_t>(num_blocks) * spec.block_size;
-  float* next = static_cast<float*>(cache->storage_.data());
+  char* next = static_cast<char*>(cache->storage_.data());
+  const size_t elem = DTypeSize(spec.dtype);
   for (int32_t layer = 0; layer < spec.num_layers; ++layer) {
-    cache->latent_pools_.push_back(Tensor::Matrix(next, DType::kF32, slots, spec.latent_dim));
-    next += slots * spec.latent_dim;
+    cache->latent_pools_.push_back(Tensor::Matrix(next, spec.dtype, slots, spec.latent_dim));
+    next += slots * spec.latent_dim * elem;
     if (spec.layer_has_index_keys[layer]) {
-      cache->index_pools_.push_back(Tensor::Matrix(next, DType::kF32, slots, spec.index_key_dim));
-      next += slots * spec.index_key_dim;
+      cache->index_pools_.push_back(Tensor::Matrix(next, spec.dtype, slots, spec.index_key_dim));
+      next += slots * spec.index_key_dim * elem;
     } else {
       cache->index_pools_.push_back(Tensor{});
     }
@@ -83,7 +84,7 @@ const std::vector<int32_t>& PagedKvCache::BlockTable(SequenceId seq) const {
 size_t PagedKvCache::index_key_bytes_saved_per_token() const {
   size_t shared = 0;
   for (bool has_keys : spec_.layer_has_index_keys) shared += !has_keys;
-  return shared * spec_.index_key_dim * sizeof(float);
+  return shared * spec_.index_key_dim * DTypeSize(spec_.dtype);
 }
 
 }  // namespace indexcache

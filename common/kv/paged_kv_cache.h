@@ -25,6 +25,7 @@ struct KvCacheSpec {
   int32_t latent_dim = 0;                  // kv_lora_rank + qk_rope_head_dim
   int32_t index_key_dim = 0;               // index_head_dim
   int32_t block_size = 64;                 // tokens per block
+  DType dtype = DType::kF32;               // every row's storage: the backend's activation dtype
 };
 
 using SequenceId = int64_t;

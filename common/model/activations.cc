@@ -4,7 +4,7 @@
 
 namespace indexcache {
 
-Activations Carve(const ModelConfig& c, int64_t n, int64_t num_seqs, int64_t max_blocks, int64_t topk_cols,
+Activations Carve(const ModelConfig& c, DType act, int64_t n, int64_t num_seqs, int64_t max_blocks, int64_t topk_cols,
                   int64_t logit_rows, Workspace& ws) {
   const int64_t widest_mlp = std::max<int64_t>(c.intermediate_size, int64_t{c.moe_intermediate_size} * std::max(c.n_shared_experts, 1));
   Activations a;
@@ -15,20 +15,20 @@ Activations Carve(const ModelConfig& c, int64_t n, int64_t num_seqs, int64_t max
   a.tables = ws.Take(DType::kI32, num_seqs, max_blocks);
   a.logit_rows = ws.Take(DType::kI32, logit_rows, 1);
   a.x = ws.Take(DType::kF32, n, c.hidden_size);
-  a.h = ws.Take(DType::kF32, n, c.hidden_size);
-  a.qa = ws.Take(DType::kF32, n, c.q_lora_rank);
-  a.q = ws.Take(DType::kF32, n, int64_t{c.num_heads} * c.qk_head_dim());
-  a.latent = ws.Take(DType::kF32, n, c.latent_cache_dim());
-  a.index_q = ws.Take(DType::kF32, n, int64_t{c.index_n_heads} * c.index_head_dim);
-  a.index_k = ws.Take(DType::kF32, n, c.index_head_dim);
-  a.index_w = ws.Take(DType::kF32, n, c.index_n_heads);
+  a.h = ws.Take(act, n, c.hidden_size);
+  a.qa = ws.Take(act, n, c.q_lora_rank);
+  a.q = ws.Take(act, n, int64_t{c.num_heads} * c.qk_head_dim());
+  a.latent = ws.Take(act, n, c.latent_cache_dim());
+  a.index_q = ws.Take(act, n, int64_t{c.index_n_heads} * c.index_head_dim);
+  a.index_k = ws.Take(act, n, c.index_head_dim);
+  a.index_w = ws.Take(act, n, c.index_n_heads);
   a.topk = ws.Take(DType::kI32, n, topk_cols);
-  a.q_latent = ws.Take(DType::kF32, n, int64_t{c.num_heads} * c.kv_lora_rank);
-  a.o_latent = ws.Take(DType::kF32, n, int64_t{c.num_heads} * c.kv_lora_rank);
-  a.o_heads = ws.Take(DType::kF32, n, int64_t{c.num_heads} * c.v_head_dim);
+  a.q_latent = ws.Take(act, n, int64_t{c.num_heads} * c.kv_lora_rank);
+  a.o_latent = ws.Take(act, n, int64_t{c.num_heads} * c.kv_lora_rank);
+  a.o_heads = ws.Take(act, n, int64_t{c.num_heads} * c.v_head_dim);
   a.y = ws.Take(DType::kF32, n, c.hidden_size);
-  a.gate_up = ws.Take(DType::kF32, n, 2 * widest_mlp);
-  a.act = ws.Take(DType::kF32, n, widest_mlp);
+  a.gate_up = ws.Take(act, n, 2 * widest_mlp);
+  a.act = ws.Take(act, n, widest_mlp);
   a.shared_y = ws.Take(DType::kF32, n, c.hidden_size);
   a.route_ids = ws.Take(DType::kI32, n, c.num_experts_per_tok);
   a.route_weights = ws.Take(DType::kF32, n, c.num_experts_per_tok);

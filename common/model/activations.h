@@ -1,5 +1,8 @@
 // Every activation of one forward pass of DsaModel, carved from a Workspace: the I32 batch metadata
-// the pass reads and the F32 intermediates it writes. The eager pass carves them per batch; a decode
+// the pass reads and the intermediates it writes. Those are stored as the backend's activation dtype
+// (BF16 on CUDA: each is the input of a matrix product or of the paged cache), except what sums or
+// decides: the residual stream x, the sublayer outputs added to it (y, shared_y), the router weights,
+// and the final rows and logits, which stay F32. The eager pass carves them per batch; a decode
 // graph (decode_graphs.h) carves them once per bucket and keeps them, since its recording holds their
 // addresses.
 #pragma once
@@ -14,7 +17,7 @@ namespace indexcache {
 
 struct Activations {
   Tensor ids, pos, seq, slots, tables, logit_rows;  // I32 batch metadata
-  Tensor x, h;                                      // [n, hidden] residual stream, normed input
+  Tensor x, h;                                      // [n, hidden] residual stream (F32), normed input
   Tensor qa;                                        // [n, q_lora]
   Tensor q;                                         // [n, H·(nope + rope)] grouped: nope block | rope block
   Tensor latent;                                    // [n, kv_lora + rope] (becomes the cache row)
@@ -22,17 +25,17 @@ struct Activations {
   Tensor topk;                                      // I32 [n, k]
   Tensor q_latent, o_latent;                        // [n, H·kv_lora]
   Tensor o_heads;                                   // [n, H·v]
-  Tensor y;                                         // [n, hidden] sublayer output
+  Tensor y;                                         // [n, hidden] sublayer output (F32)
   Tensor gate_up, act;                              // [n, 2I], [n, I] (widest MLP)
-  Tensor shared_y;                                  // [n, hidden]
+  Tensor shared_y;                                  // [n, hidden] (F32)
   Tensor route_ids, route_weights;                  // [n, experts_per_tok]
   Tensor final_x, logits;                           // [r, hidden], [r, vocab]
   Tensor argmax;                                    // I32 [r, 1] (ForwardBatch::argmax_only)
 };
 
 // Takes every activation of a pass over n tokens of num_seqs sequences from `ws` (in a measuring pass
-// or a real one: see Workspace).
-Activations Carve(const ModelConfig& c, int64_t n, int64_t num_seqs, int64_t max_blocks, int64_t topk_cols,
+// or a real one: see Workspace); `act` is the backend's activation dtype.
+Activations Carve(const ModelConfig& c, DType act, int64_t n, int64_t num_seqs, int64_t max_blocks, int64_t topk_cols,
                   int64_t logit_rows, Workspace& ws);
 
 }  // namespace indexcache

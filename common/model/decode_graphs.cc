@@ -36,12 +36,12 @@ absl::StatusOr<Activations*> DecodeGraphs::ActivationsFor(const ModelConfig& c, 
   Bucket& b = buckets_.front();
   b.shape = shape;
   b.workspace.BeginMeasure();
-  Carve(c, shape.rows, shape.rows, max_blocks, topk_cols, shape.rows, b.workspace);
+  Carve(c, backend_->activation_dtype(), shape.rows, shape.rows, max_blocks, topk_cols, shape.rows, b.workspace);
   if (absl::Status s = b.workspace.Commit(); !s.ok()) {
     buckets_.pop_front();
     return s;
   }
-  b.activations = Carve(c, shape.rows, shape.rows, max_blocks, topk_cols, shape.rows, b.workspace);
+  b.activations = Carve(c, backend_->activation_dtype(), shape.rows, shape.rows, max_blocks, topk_cols, shape.rows, b.workspace);
   return &b.activations;
 }
 

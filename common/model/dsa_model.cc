@@ -61,6 +61,7 @@ KvCacheSpec DsaModel::CacheSpec(int32_t block_size) const {
   spec.latent_dim = config_.latent_cache_dim();
   spec.index_key_dim = config_.index_head_dim;
   spec.block_size = block_size;
+  spec.dtype = backend_->activation_dtype();
   return spec;
 }
 
@@ -231,7 +232,7 @@ void DsaModel::CountIndexerWork(const std::vector<IndexerType>& types, int32_t f
                               visible_keys * (2.0 * ih * id + 3.0 * ih);
     } else {
       stats_.indexer_skips += n;
-      stats_.index_key_bytes_not_stored += n * c.index_head_dim * sizeof(float);
+      stats_.index_key_bytes_not_stored += n * c.index_head_dim * DTypeSize(backend_->activation_dtype());
     }
   }
 }
@@ -338,9 +339,9 @@ absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedK
   const int64_t logit_rows = static_cast<int64_t>(b.logit_rows.size());
 
   workspace_.BeginMeasure();
-  Carve(c, n, num_seqs, host.max_blocks, topk_cols, logit_rows, workspace_);
+  Carve(c, be.activation_dtype(), n, num_seqs, host.max_blocks, topk_cols, logit_rows, workspace_);
   RETURN_IF_ERROR(workspace_.Commit());
-  Activations a = Carve(c, n, num_seqs, host.max_blocks, topk_cols, logit_rows, workspace_);
+  Activations a = Carve(c, be.activation_dtype(), n, num_seqs, host.max_blocks, topk_cols, logit_rows, workspace_);
 
   be.Upload(b.token_ids.data(), a.ids);
   be.Upload(b.positions.data(), a.pos);

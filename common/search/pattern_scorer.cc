@@ -43,13 +43,13 @@ absl::StatusOr<std::unique_ptr<PatternScorer>> PatternScorer::Create(const Patte
     return Annotate(model.status(), "the layer search starts from all-Full, so every layer needs its indexer weights");
   }
   scorer->model_ = std::move(*model);
-  // Room for the longest window: every layer's latent row and index key per token (F32 cache rows).
+  // Room for the longest window: every layer's latent row and index key per token.
   const ModelConfig& c = scorer->model_->config();
+  const KvCacheSpec spec = scorer->model_->CacheSpec(kBlockSize);
   const int64_t blocks = (o.longest_window + kBlockSize - 1) / kBlockSize;
   const size_t bytes = static_cast<size_t>(blocks) * kBlockSize * c.num_layers *
-                       (c.latent_cache_dim() + c.index_head_dim) * sizeof(float);
-  ASSIGN_OR_RETURN(scorer->cache_,
-                   PagedKvCache::Create(scorer->backend_.get(), scorer->model_->CacheSpec(kBlockSize), bytes));
+                       (c.latent_cache_dim() + c.index_head_dim) * DTypeSize(spec.dtype);
+  ASSIGN_OR_RETURN(scorer->cache_, PagedKvCache::Create(scorer->backend_.get(), spec, bytes));
   RETURN_IF_ERROR(scorer->cache_->Reserve(kWindowSequence, o.longest_window));
   scorer->longest_window_ = o.longest_window;
   return scorer;

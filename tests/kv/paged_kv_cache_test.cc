@@ -50,6 +50,26 @@ class PagedKvCacheTest : public testing::Test {
   std::unique_ptr<Backend> backend_;
 };
 
+// The pools never overlap and together cover the storage: every byte belongs to one pool.
+void ExpectPoolsTileTheStorage(const PagedKvCache& cache, int32_t layers, size_t storage_bytes) {
+  std::vector<std::pair<const char*, const char*>> ranges;
+  for (int32_t l = 0; l < layers; ++l) {
+    for (Tensor t : {cache.latent_pool(l), cache.index_key_pool(l)}) {
+      if (t.empty()) continue;
+      const char* begin = static_cast<const char*>(t.data);
+      ranges.emplace_back(begin, begin + t.bytes());
+    }
+  }
+  size_t total = 0;
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    total += ranges[i].second - ranges[i].first;
+    for (size_t j = i + 1; j < ranges.size(); ++j) {
+      EXPECT_TRUE(ranges[i].second <= ranges[j].first || ranges[j].second <= ranges[i].first) << i << " vs " << j;
+    }
+  }
+  EXPECT_EQ(total, storage_bytes);
+}
+
 TEST_F(PagedKvCacheTest, BudgetDecidesBlockCount) {
   for (size_t blocks : {1, 5, 17}) {
     for (size_t extra : {size_t{0}, size_t{1}, kBytesPerBlock - 1}) {
@@ -79,6 +99,9 @@ TEST_F(PagedKvCacheTest, InconsistentSpecIsRefused) {
   spec = SmallSpec(0);
   EXPECT_EQ(PagedKvCache::Create(backend_.get(), spec, 1 << 20).status().code(), absl::StatusCode::kInvalidArgument);
   spec = SmallSpec();
+  spec.dtype = DType::kI32;
+  EXPECT_EQ(PagedKvCache::Create(backend_.get(), spec, 1 << 20).status().code(), absl::StatusCode::kInvalidArgument);
+  spec = SmallSpec();
   spec.num_layers = 0;
   spec.layer_has_index_keys.clear();
   EXPECT_FALSE(PagedKvCache::Create(backend_.get(), spec, 1 << 20).ok());
@@ -101,23 +124,21 @@ TEST_F(PagedKvCacheTest, PoolsHaveTheirShapesAndSharedLayersHaveNoIndexPool) {
   // One Shared layer saves index_key_dim floats per token.
   EXPECT_EQ(cache->index_key_bytes_saved_per_token(), 4 * sizeof(float));
 
-  // The pools never overlap: every byte belongs to one pool.
-  std::vector<std::pair<const char*, const char*>> ranges;
-  for (int32_t l = 0; l < 3; ++l) {
-    for (Tensor t : {cache->latent_pool(l), cache->index_key_pool(l)}) {
-      if (t.empty()) continue;
-      const char* begin = static_cast<const char*>(t.data);
-      ranges.emplace_back(begin, begin + t.bytes());
-    }
-  }
-  size_t total = 0;
-  for (size_t i = 0; i < ranges.size(); ++i) {
-    total += ranges[i].second - ranges[i].first;
-    for (size_t j = i + 1; j < ranges.size(); ++j) {
-      EXPECT_TRUE(ranges[i].second <= ranges[j].first || ranges[j].second <= ranges[i].first) << i << " vs " << j;
-    }
-  }
-  EXPECT_EQ(total, 5 * kBytesPerBlock);
+  ExpectPoolsTileTheStorage(*cache, 3, 5 * kBytesPerBlock);
+}
+
+// A BF16 cache (the CUDA backend's) stores 2-byte rows: twice the blocks in the same budget.
+TEST_F(PagedKvCacheTest, Bf16RowsHalveTheBlock) {
+  KvCacheSpec spec = SmallSpec();
+  spec.dtype = DType::kBF16;
+  auto cache = Make(5 * kBytesPerBlock, spec);
+  ASSERT_NE(cache, nullptr);
+  EXPECT_EQ(cache->bytes_per_block(), kBytesPerBlock / 2);
+  EXPECT_EQ(cache->num_blocks(), 10);
+  for (int32_t l = 0; l < 3; ++l) EXPECT_EQ(cache->latent_pool(l).dtype, DType::kBF16);
+  EXPECT_EQ(cache->index_key_pool(2).dtype, DType::kBF16);
+  EXPECT_EQ(cache->index_key_bytes_saved_per_token(), 4 * 2u);
+  ExpectPoolsTileTheStorage(*cache, 3, 5 * kBytesPerBlock);
 }
 
 TEST_F(PagedKvCacheTest, AllFullSavesNothing) {

@@ -1,9 +1,12 @@
 // bf16_sensitivity: how far bf16 rounding alone moves a golden case's logits, measured on the CPU
 // backend (no GPU needed). It runs the model through a backend that is the CPU backend except that
-// it rounds to bf16 exactly where the CUDA backend does — the weights at upload and, with --inputs,
-// every matrix product's activation input (Linear, HeadwiseLinear, the indexer's queries and keys,
-// sparse MLA's queries and latent rows) — and prints the worst logit error against transformers'
-// float32 logits, relative to the row's largest logit. This is the yardstick for cuda_engine_check:
+// it rounds to bf16 where the CUDA backend's values become bf16 — the weights at upload and, with
+// --inputs, every matrix product's activation input (Linear, HeadwiseLinear, the indexer's queries
+// and keys, sparse MLA's queries and latent rows): each BF16 activation and cache row of the CUDA
+// model is consumed there. (The CUDA model also rounds a few values one step earlier — a projection's
+// output before its in-place norm or RoPE, SwiGLU's input, the indexer's head weights; those extra
+// roundings are not reproduced.) It prints the worst logit error against transformers' float32
+// logits, relative to the row's largest logit. This is the yardstick for cuda_engine_check:
 // on random-weight models with top-k and MoE routing, bf16 rounding flips discrete decisions and
 // moves logits far more than bf16 noise, in the reference arithmetic as on the GPU.
 //   bf16_sensitivity [--inputs] CASE_DIR...    (tests/data/goldens/<case>; run from the repo root)

@@ -2,7 +2,7 @@
 // same cases as tests/golden_test.cc), one-shot and in small prefill chunks, plus batched decode.
 //
 // What is asserted and what is only reported: the goldens are float32 runs, and the CUDA engine runs
-// bf16 weights and bf16 matrix inputs. On these random-weight models a relative perturbation of 2⁻⁹
+// bf16 weights, activations and paged caches (f32 residual stream and accumulation). On these random-weight models a relative perturbation of 2⁻⁹
 // flips discrete decisions — an indexer top-k boundary or an MoE routing choice — and a flip changes
 // the rest of the pass by far more than bf16 noise: bf16_sensitivity shows the CPU backend, rounded
 // where this backend rounds, moving these goldens' logits as far as the GPU does. So this check asserts what
@@ -30,7 +30,7 @@
 namespace indexcache {
 namespace {
 
-// Where no discrete decision can flip, bf16 weights and matrix inputs leave about 1% relative noise
+// Where no discrete decision can flip, bf16 weights and activations leave about 1% relative noise
 // in the logits; 5% of the row's scale bounds it with room.
 constexpr double kLogitTolerance = 5e-2;
 // Keys whose transformers score is within 3% of the row's largest score of the k-th are near-ties.
