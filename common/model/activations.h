@@ -18,10 +18,11 @@ namespace indexcache {
 struct Activations {
   Tensor ids, pos, seq, slots, tables, logit_rows;  // I32 batch metadata
   Tensor x, h;                                      // [n, hidden] residual stream (F32), normed input
-  Tensor qa;                                        // [n, q_lora]
-  Tensor q;                                         // [n, H·(nope + rope)] grouped: nope block | rope block
-  Tensor latent;                                    // [n, kv_lora + rope] (becomes the cache row)
-  Tensor index_q, index_k, index_w;                 // [n, IH·ID], [n, ID], [n, IH]
+  // The outputs of the stacked projections (model_weights.h), and column views of them:
+  Tensor hidden_proj;                               // [n, q_lora + kv_lora + rope + ID + IH] from h
+  Tensor qa, latent, index_k, index_w;              //   [n, q_lora], [n, kv_lora + rope] (the cache row), [n, ID], [n, IH]
+  Tensor q_latent_proj;                             // [n, H·(nope + rope) + IH·ID] from qa
+  Tensor q, index_q;                                //   [n, H·(nope + rope)] grouped: nope block | rope block; [n, IH·ID]
   Tensor topk;                                      // I32 [n, k]
   Tensor q_latent, o_latent;                        // [n, H·kv_lora]
   Tensor o_heads;                                   // [n, H·v]

@@ -244,30 +244,30 @@ void DsaModel::EnqueueProjections(int32_t l, bool full, const BatchLayout& layou
   const LayerWeights& w = weights_->layers[l];
   const int64_t heads = c.num_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
   const float theta = static_cast<float>(c.rope_theta);
-  // --- MLA projections; the latent row [normed kv latent | roped shared key] goes to the cache.
+  // --- MLA projections (with a Full layer's indexer projections stacked behind them: model_weights.h);
+  // the latent row [normed kv latent | roped shared key] goes to the cache.
+  // A layer run Shared takes only the MLA rows of its stacks, even when it was loaded Full.
+  const int64_t hidden_rows = full ? w.hidden_proj.rows : c.q_lora_rank + c.latent_cache_dim();
+  const int64_t q_rows = full ? w.q_latent_proj.rows : heads * c.qk_head_dim();
   be.RmsNorm(a.x, w.input_norm, c.rms_norm_eps, a.h);
-  be.Linear(a.h, w.q_a_proj, a.qa);
+  be.Linear(a.h, w.hidden_proj.Rows(0, hidden_rows), a.hidden_proj.Cols(0, hidden_rows));
   be.RmsNorm(a.qa, w.q_a_norm, kLoraNormEps, a.qa);
-  be.Linear(a.qa, w.q_b_proj, a.q);
+  be.Linear(a.qa, w.q_latent_proj.Rows(0, q_rows), a.q_latent_proj.Cols(0, q_rows));
   Tensor q_rope = a.q.Cols(heads * nope, heads * rope);
   be.RopeInterleaved(q_rope, c.num_heads, c.qk_rope_head_dim, 0, c.qk_rope_head_dim, theta, a.pos);
-  be.Linear(a.h, w.kv_a_proj, a.latent);
   Tensor kv_latent = a.latent.Cols(0, c.kv_lora_rank);
   be.RmsNorm(kv_latent, w.kv_a_norm, kLoraNormEps, kv_latent);
   be.RopeInterleaved(a.latent, 1, c.latent_cache_dim(), c.kv_lora_rank, c.qk_rope_head_dim, theta, a.pos);
   be.WriteCacheRows(a.latent, a.slots, cache.latent_pool(l));
   if (!full) return;  // Shared layers keep the previous Full layer's a.topk.
 
-  // --- DSA indexer
+  // --- DSA indexer (its projections ran in the stacked products above, outside the timed region)
   const float index_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.index_head_dim)));
   be.BeginRegion(TimedRegion::kIndexer);
-  be.Linear(a.qa, w.index_wq_b, a.index_q);
   be.RopeInterleaved(a.index_q, c.index_n_heads, c.index_head_dim, 0, c.qk_rope_head_dim, theta, a.pos);
-  be.Linear(a.h, w.index_wk, a.index_k);
   be.LayerNorm(a.index_k, w.index_k_norm_w, w.index_k_norm_b, kIndexKeyNormEps, a.index_k);
   be.RopeInterleaved(a.index_k, 1, c.index_head_dim, 0, c.qk_rope_head_dim, theta, a.pos);
   be.WriteCacheRows(a.index_k, a.slots, cache.index_key_pool(l));
-  be.Linear(a.h, w.index_head_proj, a.index_w);
   be.IndexerTopK(a.index_q, a.index_w, c.index_n_heads, cache.index_key_pool(l), layout, index_scale, a.topk);
   be.EndRegion(TimedRegion::kIndexer);
 }

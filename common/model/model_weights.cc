@@ -64,22 +64,22 @@ class Loader {
 absl::Status LoadAttention(const ModelConfig& c, const std::string& p, bool full, Loader& loader, LayerWeights& w) {
   const int64_t hidden = c.hidden_size, heads = c.num_heads, nope = c.qk_nope_head_dim;
   const int64_t rope = c.qk_rope_head_dim, v = c.v_head_dim, kvl = c.kv_lora_rank, qkd = c.qk_head_dim();
-  ASSIGN_OR_RETURN(w.q_a_proj, loader.Load(p + "q_a_proj.weight", {c.q_lora_rank, hidden}));
+  ASSIGN_OR_RETURN(std::vector<float> hidden_proj, loader.Read(p + "q_a_proj.weight", {c.q_lora_rank, hidden}));
+  ASSIGN_OR_RETURN(std::vector<float> kv_a, loader.Read(p + "kv_a_proj_with_mqa.weight", {kvl + rope, hidden}));
+  hidden_proj.insert(hidden_proj.end(), kv_a.begin(), kv_a.end());
   ASSIGN_OR_RETURN(w.q_a_norm, loader.Load(p + "q_a_layernorm.weight", {c.q_lora_rank}));
-  ASSIGN_OR_RETURN(w.kv_a_proj, loader.Load(p + "kv_a_proj_with_mqa.weight", {kvl + rope, hidden}));
   ASSIGN_OR_RETURN(w.kv_a_norm, loader.Load(p + "kv_a_layernorm.weight", {kvl}));
   ASSIGN_OR_RETURN(w.o_proj, loader.Load(p + "o_proj.weight", {hidden, heads * v}));
 
   ASSIGN_OR_RETURN(std::vector<float> q_b, loader.Read(p + "q_b_proj.weight", {heads * qkd, c.q_lora_rank}));
-  std::vector<float> q_b_grouped(q_b.size());
+  std::vector<float> q_latent_proj(q_b.size());
   const int64_t row = c.q_lora_rank;
   for (int64_t h = 0; h < heads; ++h) {
     for (int64_t d = 0; d < qkd; ++d) {
       const int64_t dst = d < nope ? h * nope + d : heads * nope + h * rope + (d - nope);
-      std::copy_n(&q_b[(h * qkd + d) * row], row, &q_b_grouped[dst * row]);
+      std::copy_n(&q_b[(h * qkd + d) * row], row, &q_latent_proj[dst * row]);
     }
   }
-  ASSIGN_OR_RETURN(w.q_b_proj, loader.Upload(q_b_grouped, heads * qkd, row));
 
   // kv_b_proj: [H·(nope + v), kv_lora]; per head the first `nope` rows are W_UK, the next `v` W_UV.
   ASSIGN_OR_RETURN(std::vector<float> kv_b, loader.Read(p + "kv_b_proj.weight", {heads * (nope + v), kvl}));
@@ -94,7 +94,13 @@ absl::Status LoadAttention(const ModelConfig& c, const std::string& p, bool full
   ASSIGN_OR_RETURN(w.w_uk_t, loader.Upload(uk_t, heads * kvl, nope));
   ASSIGN_OR_RETURN(w.w_uv, loader.Upload(uv, heads * v, kvl));
 
-  if (!full) return absl::OkStatus();
+  // The stacks end here on Shared layers; Full layers append the indexer's projections.
+  auto upload_stacks = [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(w.hidden_proj, loader.Upload(hidden_proj, hidden_proj.size() / hidden, hidden));
+    ASSIGN_OR_RETURN(w.q_latent_proj, loader.Upload(q_latent_proj, q_latent_proj.size() / row, row));
+    return absl::OkStatus();
+  };
+  if (!full) return upload_stacks();
   const std::string ip = p + "indexer.";
   if (!loader.store().Contains(ip + "wk.weight")) {
     return absl::NotFoundError(
@@ -102,15 +108,17 @@ absl::Status LoadAttention(const ModelConfig& c, const std::string& p, bool full
         "layer; choose a pattern that keeps it Shared)");
   }
   const int64_t ih = c.index_n_heads, id = c.index_head_dim;
-  ASSIGN_OR_RETURN(w.index_wq_b, loader.Load(ip + "wq_b.weight", {ih * id, c.q_lora_rank}));
-  ASSIGN_OR_RETURN(w.index_wk, loader.Load(ip + "wk.weight", {id, hidden}));
-  ASSIGN_OR_RETURN(w.index_k_norm_w, loader.Load(ip + "k_norm.weight", {id}));
-  ASSIGN_OR_RETURN(w.index_k_norm_b, loader.Load(ip + "k_norm.bias", {id}));
+  ASSIGN_OR_RETURN(std::vector<float> wq_b, loader.Read(ip + "wq_b.weight", {ih * id, c.q_lora_rank}));
+  q_latent_proj.insert(q_latent_proj.end(), wq_b.begin(), wq_b.end());
+  ASSIGN_OR_RETURN(std::vector<float> wk, loader.Read(ip + "wk.weight", {id, hidden}));
+  hidden_proj.insert(hidden_proj.end(), wk.begin(), wk.end());
   ASSIGN_OR_RETURN(std::vector<float> head_proj, loader.Read(ip + "weights_proj.weight", {ih, hidden}));
   const float head_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(ih)));
   for (float& x : head_proj) x *= head_scale;
-  ASSIGN_OR_RETURN(w.index_head_proj, loader.Upload(head_proj, ih, hidden));
-  return absl::OkStatus();
+  hidden_proj.insert(hidden_proj.end(), head_proj.begin(), head_proj.end());
+  ASSIGN_OR_RETURN(w.index_k_norm_w, loader.Load(ip + "k_norm.weight", {id}));
+  ASSIGN_OR_RETURN(w.index_k_norm_b, loader.Load(ip + "k_norm.bias", {id}));
+  return upload_stacks();
 }
 
 // Routed experts come either fused (transformers' in-memory layout: experts.gate_up_proj [E, 2I, H],

@@ -5,8 +5,13 @@
 //   kv_b_proj is split into the absorbed MLA factors: w_uk_t [H·kv_lora, nope] (W_UKᵀ per head, turns
 //     q_nope into latent space) and w_uv [H·v, kv_lora] (latent → value per head);
 //   gate/up projections are stacked into one [2I, hidden] matrix (gate rows first);
-//   the indexer's weights_proj is pre-multiplied by index_n_heads^-0.5, as transformers applies it.
-// Shared layers load no indexer weights (their checkpoints may not have them).
+//   the indexer's weights_proj is pre-multiplied by index_n_heads^-0.5, as transformers applies it;
+//   projections that read the same input are stacked into one matrix, so each input is read by one
+//   product (decode runs ~30 small kernels per layer: a product fewer is a launch and a pass fewer):
+//     from the normed hidden state: q_a_proj | kv_a_proj_with_mqa | indexer wk | indexer weights_proj,
+//     from the normed q latent:     q_b_proj (regrouped) | indexer wq_b.
+// Shared layers load no indexer weights (their checkpoints may not have them): their stacks stop
+// after the MLA rows.
 #pragma once
 
 #include <memory>
@@ -30,21 +35,20 @@ struct LayerWeights {
   Tensor input_norm;      // [1, hidden]
   Tensor post_attn_norm;  // [1, hidden]
 
-  Tensor q_a_proj;  // [q_lora, hidden]
+  // [q_lora + kv_lora + rope (+ ID + IH on Full layers), hidden]: q_a | kv_a | index wk | index
+  // weights_proj × IH^-0.5 — every projection of the normed hidden state.
+  Tensor hidden_proj;
+  // [H·(nope + rope) (+ IH·ID on Full layers), q_lora]: q_b regrouped | index wq_b.
+  Tensor q_latent_proj;
   Tensor q_a_norm;  // [1, q_lora]
-  Tensor q_b_proj;  // [H·(nope + rope), q_lora], regrouped (see above)
-  Tensor kv_a_proj; // [kv_lora + rope, hidden]
   Tensor kv_a_norm; // [1, kv_lora]
   Tensor w_uk_t;    // [H·kv_lora, nope]
   Tensor w_uv;      // [H·v, kv_lora]
   Tensor o_proj;    // [hidden, H·v]
 
-  // Lightning indexer; empty on Shared layers.
-  Tensor index_wq_b;        // [IH·ID, q_lora]
-  Tensor index_wk;          // [ID, hidden]
+  // Lightning indexer's key norm (its projections are in the stacks above); empty on Shared layers.
   Tensor index_k_norm_w;    // [1, ID]
   Tensor index_k_norm_b;    // [1, ID]
-  Tensor index_head_proj;   // [IH, hidden], × IH^-0.5
 
   bool is_moe = false;
   FeedForwardWeights dense;   // dense layers
