@@ -7,10 +7,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <numeric>
 #include <random>
 #include <set>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "common/backend/backend.h"
@@ -179,6 +182,355 @@ TEST_F(CudaOpCheck, RowOpsMatchTheCpuBackend) {
     be.WriteCacheRows(tmp.t, hid.t, t);
     EXPECT_TRUE(be.Synchronize().ok());
   });
+}
+
+// --- bf16 activations: every float tensor of an op may be F32 or BF16, each independently ---------------
+
+constexpr DType kFloatDtypes[] = {DType::kF32, DType::kBF16};
+
+// What a tensor of `dtype` holds after Upload of v: v itself, or v rounded to nearest even.
+std::vector<float> AsStored(const std::vector<float>& v, DType dtype) {
+  return dtype == DType::kBF16 ? RoundedBf16(v) : v;
+}
+
+// f32 results of the row ops agree with the CPU backend to 2e-5 relative (transcendentals differ by a
+// few ulp, as in RowOpsMatchTheCpuBackend); a bf16 output then adds its own rounding to nearest, at most
+// half a unit in its last place: u = 2⁻⁸ of the value (1.01·u covers the f32 difference it rounds too).
+std::vector<float> RowOpBound(const std::vector<float>& want, DType out) {
+  std::vector<float> bound(want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double w = std::abs(want[i]);
+    bound[i] = static_cast<float>(2e-5 * (1.0 + w) + (out == DType::kBF16 ? 1.01 * kUnitRoundoff * w : 0.0));
+  }
+  return bound;
+}
+
+// Like ExpectWithin, quietly: the worst error / bound, failing the test where one is exceeded.
+double WorstOverBound(const std::vector<float>& got, const std::vector<float>& want, const std::vector<float>& bound,
+                      const std::string& what) {
+  EXPECT_EQ(got.size(), want.size()) << what;
+  double worst = 0.0;
+  for (size_t i = 0; i < std::min(got.size(), want.size()); ++i) {
+    const double err = std::abs(static_cast<double>(got[i]) - want[i]), tol = bound[i] + 1e-5;
+    if (!(err <= tol)) {
+      ADD_FAILURE() << what << " element " << i << ": " << got[i] << " vs " << want[i] << " (bound " << tol << ")";
+      return INFINITY;
+    }
+    worst = std::max(worst, err / tol);
+  }
+  return worst;
+}
+
+// Every row op with its input and output tensors in each dtype combination, on two views of the same
+// rows: 192 columns from column 0 (16-byte vector access) and 190 columns from column 3 (element by
+// element, and a short last run). The CPU backend gets the values the GPU tensors hold (bf16-rounded
+// where bf16) as f32; in-place ops are judged on the tensor they update, every other column must come
+// back as it went in.
+TEST_F(CudaOpCheck, RowOpsTakeF32OrBf16ForEachTensor) {
+  const int64_t rows = 13, width = 200;
+  const std::vector<float> x = Random(rows * width, 51), y = Random(rows * width, 52);
+  const std::vector<float> w = RoundedBf16(Random(width, 53, 0.1f)), b = RoundedBf16(Random(width, 54, 0.1f));
+  const std::vector<float> table = RoundedBf16(Random(rows * width, 55));
+  std::vector<int32_t> pos(rows), ids(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    pos[r] = static_cast<int32_t>(r * 977 % 70000);
+    ids[r] = static_cast<int32_t>((r * 5 + 2) % rows);
+  }
+  // A tensor of `dtype` holding v: on the GPU stored as dtype, on the CPU as f32 of the stored values.
+  auto input = [&](Backend& be, const std::vector<float>& v, int64_t r, int64_t c, DType dtype) {
+    return &be == &cpu_ ? PutF(be, AsStored(v, dtype), r, c) : PutF(be, v, r, c, dtype);
+  };
+  struct View {
+    int64_t begin, cols;
+    // rope: heads, head stride, offset, dim — aligned quads in the first view, partial ones in the second
+    int32_t heads, head_stride, rope_offset, rope_dim;
+  };
+  using Op = std::function<void(Backend&, Tensor in, DType in_dtype, Tensor out, DType out_dtype, const View&)>;
+  const std::vector<std::pair<std::string, Op>> ops = {
+      {"rms norm",
+       [&](Backend& be, Tensor in, DType, Tensor out, DType, const View& v) {
+         Held hw = input(be, std::vector<float>(w.begin(), w.begin() + v.cols), 1, v.cols, DType::kBF16);
+         be.RmsNorm(in, hw.t, 1e-5f, out);
+         EXPECT_TRUE(be.Synchronize().ok());
+       }},
+      {"rms norm in place",
+       [&](Backend& be, Tensor in, DType, Tensor, DType, const View& v) {
+         Held hw = input(be, std::vector<float>(w.begin(), w.begin() + v.cols), 1, v.cols, DType::kBF16);
+         be.RmsNorm(in, hw.t, 1e-5f, in);
+         EXPECT_TRUE(be.Synchronize().ok());
+       }},
+      {"layer norm",
+       [&](Backend& be, Tensor in, DType, Tensor out, DType, const View& v) {
+         Held hw = input(be, std::vector<float>(w.begin(), w.begin() + v.cols), 1, v.cols, DType::kBF16);
+         Held hb = input(be, std::vector<float>(b.begin(), b.begin() + v.cols), 1, v.cols, DType::kF32);
+         be.LayerNorm(in, hw.t, hb.t, 1e-6f, out);
+         EXPECT_TRUE(be.Synchronize().ok());
+       }},
+      {"rope",
+       [&](Backend& be, Tensor in, DType, Tensor, DType, const View& v) {
+         Held hp = PutI(be, pos, rows, 1);
+         be.RopeInterleaved(in, v.heads, v.head_stride, v.rope_offset, v.rope_dim, 10000.0f, hp.t);
+         EXPECT_TRUE(be.Synchronize().ok());
+       }},
+      {"silu·mul",
+       [&](Backend& be, Tensor in, DType, Tensor out, DType, const View& v) {
+         be.SiluMul(in, out.Cols(0, v.cols / 2));
+         EXPECT_TRUE(be.Synchronize().ok());
+       }},
+      {"add (out += in)",
+       [&](Backend& be, Tensor in, DType, Tensor out, DType, const View&) {
+         be.Add(out, in);
+         EXPECT_TRUE(be.Synchronize().ok());
+       }},
+      {"embedding",
+       [&](Backend& be, Tensor, DType, Tensor out, DType, const View& v) {
+         Held ht = input(be, table, rows, width, DType::kBF16), hi = PutI(be, ids, rows, 1);
+         be.Embedding(ht.t.Cols(v.begin, v.cols), hi.t, out);
+         EXPECT_TRUE(be.Synchronize().ok());
+       }},
+  };
+  for (const auto& [name, op] : ops) {
+    double worst = 0.0;
+    for (const View& v : {View{0, 192, 3, 64, 8, 32}, View{3, 190, 2, 90, 5, 12}}) {
+      for (DType in_dtype : kFloatDtypes) {
+        for (DType out_dtype : kFloatDtypes) {
+          const std::string what = name + " (" + DTypeName(in_dtype) + " → " + DTypeName(out_dtype) + ", columns " +
+                                   std::to_string(v.begin) + "..)";
+          Held gi = input(*gpu_, x, rows, width, in_dtype), go = input(*gpu_, y, rows, width, out_dtype);
+          Held ci = input(cpu_, x, rows, width, in_dtype), co = input(cpu_, y, rows, width, out_dtype);
+          op(*gpu_, gi.t.Cols(v.begin, v.cols), in_dtype, go.t.Cols(v.begin, v.cols), out_dtype, v);
+          op(cpu_, ci.t.Cols(v.begin, v.cols), in_dtype, co.t.Cols(v.begin, v.cols), out_dtype, v);
+          for (const auto& [g, c, dtype] : {std::tuple{&gi, &ci, in_dtype}, std::tuple{&go, &co, out_dtype}}) {
+            const std::vector<float> want = Get<float>(cpu_, c->t);
+            worst = std::max(worst, WorstOverBound(Get<float>(*gpu_, g->t), want, RowOpBound(want, dtype), what));
+          }
+        }
+      }
+    }
+    std::printf("  %-28s f32/bf16 in × out, 2 views: worst error / bound = %.3f\n", name.c_str(), worst);
+  }
+}
+
+// Row copies between dtypes are exact: f32 → bf16 is the host's round to nearest even (ties included),
+// bf16 → f32 widens; equal dtypes copy. A negative slot writes nothing, rows not named keep the fill.
+TEST_F(CudaOpCheck, GatherAndCacheWritesConvertExactly) {
+  const int64_t rows = 11, width = 72, pool_rows = 2 * rows;
+  std::vector<float> src = Random(rows * width, 61, 3.0f);
+  // Exactly halfway between two bf16 values: 1 + 2⁻⁸ rounds down to 1 (even), 1 + 3·2⁻⁸ up to 1 + 2⁻⁶.
+  src[0] = 1.0f + 1.0f / 256.0f;
+  src[1] = 1.0f + 3.0f / 256.0f;
+  src[2] = -(1.0f + 3.0f / 256.0f);
+  std::vector<int32_t> ids(rows), slots(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    ids[r] = static_cast<int32_t>((r * 4 + 1) % rows);
+    slots[r] = r % 4 == 3 ? -1 : static_cast<int32_t>((r * 7 + 5) % pool_rows);
+  }
+  constexpr float kFill = 7.0f;  // exact in bf16
+  for (const auto& [begin, cols] : {std::pair<int64_t, int64_t>{0, 72}, std::pair<int64_t, int64_t>{1, 69}}) {
+    for (DType from : kFloatDtypes) {
+      for (DType to : kFloatDtypes) {
+        SCOPED_TRACE(testing::Message() << DTypeName(from) << " → " << DTypeName(to) << ", columns " << begin << "..");
+        const std::vector<float> stored = AsStored(src, from);
+        Held hs = PutF(*gpu_, src, rows, width, from), hi = PutI(*gpu_, ids, rows, 1), hm = PutI(*gpu_, slots, rows, 1);
+        Held gathered = PutF(*gpu_, {}, rows, width, to), pool = PutF(*gpu_, {}, pool_rows, width, to);
+        gpu_->Fill(gathered.t, kFill);
+        gpu_->Fill(pool.t, kFill);
+        gpu_->GatherRows(hs.t.Cols(begin, cols), hi.t, gathered.t.Cols(begin, cols));
+        gpu_->WriteCacheRows(hs.t.Cols(begin, cols), hm.t, pool.t.Cols(begin, cols));
+        ASSERT_TRUE(gpu_->Synchronize().ok()) << gpu_->Synchronize();
+        std::vector<float> want_gathered(rows * width, kFill), want_pool(pool_rows * width, kFill);
+        for (int64_t r = 0; r < rows; ++r) {
+          for (int64_t c = begin; c < begin + cols; ++c) {
+            const float g = stored[ids[r] * width + c], s = stored[r * width + c];
+            want_gathered[r * width + c] = to == DType::kBF16 ? RoundBf16(g) : g;
+            if (slots[r] >= 0) want_pool[slots[r] * width + c] = to == DType::kBF16 ? RoundBf16(s) : s;
+          }
+        }
+        EXPECT_EQ(Get<float>(*gpu_, gathered.t), want_gathered) << "gather rows";
+        EXPECT_EQ(Get<float>(*gpu_, pool.t), want_pool) << "write cache rows";
+      }
+    }
+  }
+  // i32 rows copy as they are.
+  std::vector<int32_t> table(rows * 3);
+  std::iota(table.begin(), table.end(), -5);
+  Held ht = PutI(*gpu_, table, rows, 3), hi = PutI(*gpu_, ids, rows, 1), out = PutI(*gpu_, {}, rows, 3);
+  gpu_->GatherRows(ht.t, hi.t, out.t);
+  std::vector<int32_t> want(rows * 3);
+  for (int64_t r = 0; r < rows; ++r) std::copy_n(&table[ids[r] * 3], 3, &want[r * 3]);
+  EXPECT_EQ(Get<int32_t>(*gpu_, out.t), want);
+  std::printf("  gather / cache writes f32 ↔ bf16 (aligned and not), i32: exact\n");
+}
+
+// ArgMax over bf16 logits picks what the CPU picks over the same (rounded) values, ties included —
+// rounding makes more of them.
+TEST_F(CudaOpCheck, ArgMaxOverBf16EqualsTheCpuBackend) {
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  for (const int64_t vocab : {int64_t{2048}, int64_t{151552}}) {
+    for (const int64_t pad : {int64_t{0}, int64_t{7}}) {  // aligned rows, then a stride that is not
+      const int64_t rows = 6, stride = vocab + pad;
+      std::vector<float> v = Random(static_cast<size_t>(rows * stride), 78, 4.0f);
+      v[stride * 1 + 10] = v[stride * 1 + vocab - 3] = 100.0f;
+      v[stride * 2 + 0] = nan;
+      v[stride * 3 + 17] = v[stride * 3 + 900] = inf;
+      std::fill(v.begin() + stride * 4, v.begin() + stride * 4 + vocab, -inf);
+      std::fill(v.begin() + stride * 5, v.begin() + stride * 5 + vocab, nan);
+      Held g = PutF(*gpu_, v, rows, stride, DType::kBF16), go = PutI(*gpu_, {}, rows, 1);
+      Held c = PutF(cpu_, RoundedBf16(v), rows, stride), co = PutI(cpu_, {}, rows, 1);
+      gpu_->ArgMax(g.t.Cols(0, vocab), go.t);
+      cpu_.ArgMax(c.t.Cols(0, vocab), co.t);
+      EXPECT_EQ(Get<int32_t>(*gpu_, go.t), Get<int32_t>(cpu_, co.t)) << "vocab " << vocab << " stride " << stride;
+    }
+  }
+}
+
+// bf16 x straight into cuBLAS: a column slice (row stride wider than the row, like q_nope inside q)
+// for Linear and per head; out written as f32 or bf16. The bound: x rounded to bf16 by the f32 path's
+// cast moves each product by at most u·|x·w| (1.05·u as in LinearAndHeadwise…); bf16 x is what the
+// CPU gets, leaving f32 summation (1e-4 of Σ|x·w| covers k = 256 terms); a bf16 out adds u of the value.
+TEST_F(CudaOpCheck, LinearAndHeadwiseTakeBf16StridedXAndWriteEitherDtype) {
+  const int64_t m = 37, k = 256, n = 300, heads = 4, width = k + 24, begin = 8;
+  const std::vector<float> x = Random(m * width, 71), w = RoundedBf16(Random(n * k, 72, 0.0625f));
+  for (bool headwise : {false, true}) {
+    const int64_t in = headwise ? k / heads : k, out_cols = headwise ? n / heads * heads : n;
+    for (DType xd : kFloatDtypes) {
+      for (DType od : kFloatDtypes) {
+        const std::vector<float> xs = AsStored(x, xd);
+        std::vector<float> ax(xs.size()), aw(w.begin(), w.begin() + out_cols * in);
+        std::transform(xs.begin(), xs.end(), ax.begin(), [](float v) { return std::abs(v); });
+        std::transform(aw.begin(), aw.end(), aw.begin(), [](float v) { return std::abs(v); });
+        Held gx = PutF(*gpu_, x, m, width, xd), gw = PutF(*gpu_, w, out_cols, in, DType::kBF16);
+        Held go = PutF(*gpu_, {}, m, out_cols, od);
+        Held cx = PutF(cpu_, xs, m, width), cw = PutF(cpu_, w, out_cols, in), co = PutF(cpu_, {}, m, out_cols);
+        Held bx = PutF(cpu_, ax, m, width), bw = PutF(cpu_, aw, out_cols, in), bo = PutF(cpu_, {}, m, out_cols);
+        if (headwise) {
+          gpu_->HeadwiseLinear(gx.t.Cols(begin, k), gw.t, heads, go.t);
+          cpu_.HeadwiseLinear(cx.t.Cols(begin, k), cw.t, heads, co.t);
+          cpu_.HeadwiseLinear(bx.t.Cols(begin, k), bw.t, heads, bo.t);
+        } else {
+          gpu_->Linear(gx.t.Cols(begin, k), gw.t, go.t);
+          cpu_.Linear(cx.t.Cols(begin, k), cw.t, co.t);
+          cpu_.Linear(bx.t.Cols(begin, k), bw.t, bo.t);
+        }
+        const std::vector<float> want = Get<float>(cpu_, co.t), sum_abs = Get<float>(cpu_, bo.t);
+        std::vector<float> bound(want.size());
+        for (size_t i = 0; i < want.size(); ++i) {
+          bound[i] = static_cast<float>((xd == DType::kF32 ? 1.05 * kUnitRoundoff : 1e-4) * sum_abs[i] +
+                                        (od == DType::kBF16 ? 1.01 * kUnitRoundoff * std::abs(want[i]) : 0.0));
+        }
+        const std::string what = std::string(headwise ? "headwise " : "") + "linear x " + DTypeName(xd) + " (strided) → " +
+                                 DTypeName(od);
+        ExpectWithin(Get<float>(*gpu_, go.t), want, bound, what.c_str());
+      }
+    }
+  }
+}
+
+// MoE with bf16 tokens and/or a bf16 output (out += experts' sum: the output starts from other values).
+// 5 tokens run the matrix-vector kernel, 100 the per-expert cuBLAS path. x is bf16-exact, so both x
+// dtypes feed the experts the same values; the routing must pick what the CPU picks.
+TEST_F(CudaOpCheck, MoeTakesBf16TokensAndWritesEitherDtype) {
+  const int64_t hidden = 256, inter = 128;
+  const int32_t experts = 16;
+  const MoeRouting routing{experts, 4, 4, 2, true, 2.5f};
+  const std::vector<float> gate = RoundedBf16(Random(experts * hidden, 82, 0.0625f));
+  const std::vector<float> bias = RoundedBf16(Random(experts, 83, 0.05f));
+  const std::vector<float> gu = RoundedBf16(Random(experts * 2 * inter * hidden, 84, 0.0625f));
+  const std::vector<float> down = RoundedBf16(Random(experts * hidden * inter, 85, 0.088f));
+  for (const int64_t n : {5, 100}) {
+    const std::vector<float> x = RoundedBf16(Random(n * hidden, 81)), base = Random(n * hidden, 86);
+    for (const auto& [xd, od] : {std::pair{DType::kBF16, DType::kBF16}, std::pair{DType::kF32, DType::kBF16},
+                                 std::pair{DType::kBF16, DType::kF32}}) {
+      SCOPED_TRACE(testing::Message() << n << " tokens, x " << DTypeName(xd) << ", out " << DTypeName(od));
+      // CPU: f32 everywhere, out starting from the values the GPU's out holds.
+      Held cx = PutF(cpu_, x, n, hidden), cg = PutF(cpu_, gate, experts, hidden), cb = PutF(cpu_, bias, 1, experts);
+      Held cgu = PutF(cpu_, gu, experts * 2 * inter, hidden), cd = PutF(cpu_, down, experts * hidden, inter);
+      Held cid = PutI(cpu_, {}, n, routing.top_k), cw = PutF(cpu_, {}, n, routing.top_k);
+      Held co = PutF(cpu_, AsStored(base, od), n, hidden);
+      cpu_.MoeRoute(cx.t, cg.t, cb.t, routing, cid.t, cw.t);
+      cpu_.MoeExperts(cx.t, cgu.t, cd.t, experts, cid.t, cw.t, co.t);
+      const std::vector<int32_t> cpu_ids = Get<int32_t>(cpu_, cid.t);
+      const std::vector<float> cpu_w = Get<float>(cpu_, cw.t), want = Get<float>(cpu_, co.t);
+      // GPU: routed on its own (compared), experts run on the CPU's routing.
+      Held gx = PutF(*gpu_, x, n, hidden, xd), gg = PutF(*gpu_, gate, experts, hidden, DType::kBF16);
+      Held gb = PutF(*gpu_, bias, 1, experts, DType::kBF16);
+      Held ggu = PutF(*gpu_, gu, experts * 2 * inter, hidden, DType::kBF16);
+      Held gd = PutF(*gpu_, down, experts * hidden, inter, DType::kBF16);
+      Held gid = PutI(*gpu_, {}, n, routing.top_k), gw = PutF(*gpu_, {}, n, routing.top_k);
+      Held go = PutF(*gpu_, base, n, hidden, od);
+      gpu_->MoeRoute(gx.t, gg.t, gb.t, routing, gid.t, gw.t);
+      EXPECT_EQ(Get<int32_t>(*gpu_, gid.t), cpu_ids) << "router picks differ";
+      ExpectWithin(Get<float>(*gpu_, gw.t), cpu_w, std::vector<float>(cpu_w.size(), 1e-5f), "moe route weights");
+      gpu_->Upload(cpu_ids.data(), gid.t);
+      gpu_->Upload(cpu_w.data(), gw.t);
+      gpu_->MoeExperts(gx.t, ggu.t, gd.t, experts, gid.t, gw.t, go.t);
+      // The experts' part as in MoeRoutingAndExpertsMatchTheCpuBackend (4u of the row's largest), then a
+      // bf16 out rounds the sum: u of it.
+      const std::vector<float> stored_base = AsStored(base, od);
+      std::vector<float> bound(want.size());
+      for (int64_t r = 0; r < n; ++r) {
+        float row_max = 0.0f;
+        for (int64_t c = 0; c < hidden; ++c) {
+          row_max = std::max(row_max, std::abs(want[r * hidden + c] - stored_base[r * hidden + c]));
+        }
+        for (int64_t c = 0; c < hidden; ++c) {
+          const size_t i = static_cast<size_t>(r * hidden + c);
+          bound[i] = static_cast<float>(4 * kUnitRoundoff * row_max +
+                                        (od == DType::kBF16 ? 1.01 * kUnitRoundoff * std::abs(want[i]) : 0.0));
+        }
+      }
+      ExpectWithin(Get<float>(*gpu_, go.t), want, bound,
+                   (std::string("moe experts x ") + DTypeName(xd) + " out " + DTypeName(od)).c_str());
+    }
+  }
+}
+
+// Dtypes the ops cannot take are errors (each on a fresh backend: the first error is sticky).
+TEST_F(CudaOpCheck, MismatchedDtypesAreErrors) {
+  const std::vector<std::pair<const char*, std::function<void(CudaBackend&)>>> cases = {
+      {"gather i32 into f32",
+       [](CudaBackend& be) {
+         Held src = PutI(be, std::vector<int32_t>(8, 1), 2, 4), ids = PutI(be, {0, 1}, 2, 1), dst = PutF(be, {}, 2, 4);
+         be.GatherRows(src.t, ids.t, dst.t);
+       }},
+      {"cache write of f32 into i32",
+       [](CudaBackend& be) {
+         Held src = PutF(be, Random(8, 1), 2, 4), slots = PutI(be, {0, 1}, 2, 1), pool = PutI(be, {}, 2, 4);
+         be.WriteCacheRows(src.t, slots.t, pool.t);
+       }},
+      {"rms norm of one memory as f32 in and bf16 out",
+       [](CudaBackend& be) {
+         Held x = PutF(be, Random(32, 2), 2, 16), w = PutF(be, Random(16, 3), 1, 16, DType::kBF16);
+         Tensor as_bf16 = x.t;
+         as_bf16.dtype = DType::kBF16;
+         be.RmsNorm(x.t, w.t, 1e-5f, as_bf16);
+       }},
+      {"linear with f32 weights and bf16 x",
+       [](CudaBackend& be) {
+         Held x = PutF(be, Random(32, 4), 2, 16, DType::kBF16), w = PutF(be, Random(48, 5), 3, 16);
+         Held out = PutF(be, {}, 2, 3);
+         be.Linear(x.t, w.t, out.t);
+       }},
+      {"add of i32",
+       [](CudaBackend& be) {
+         Held x = PutF(be, Random(8, 6), 2, 4), y = PutI(be, std::vector<int32_t>(8, 1), 2, 4);
+         be.Add(x.t, y.t);
+       }},
+      {"moe experts on i32 tokens",
+       [](CudaBackend& be) {
+         Held x = PutI(be, std::vector<int32_t>(32, 1), 2, 16), gu = PutF(be, Random(2 * 32 * 16, 7), 64, 16, DType::kBF16);
+         Held down = PutF(be, Random(2 * 16 * 16, 8), 32, 16, DType::kBF16), ids = PutI(be, {0, 1}, 2, 1);
+         Held wts = PutF(be, {1.0f, 1.0f}, 2, 1), out = PutF(be, {}, 2, 16);
+         be.MoeExperts(x.t, gu.t, down.t, 2, ids.t, wts.t, out.t);
+       }},
+  };
+  for (const auto& [what, op] : cases) {
+    auto be = CudaBackend::Create();
+    ASSERT_TRUE(be.ok()) << be.status();
+    op(**be);
+    const absl::Status s = (*be)->Synchronize();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << what << ": " << s;
+  }
 }
 
 // The exact top-k: best first, ties to the lower column.

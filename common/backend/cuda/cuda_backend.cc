@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -23,6 +24,19 @@ uint16_t ToBf16(float value) {
   bits += 0x7fffu + ((bits >> 16) & 1u);
   return static_cast<uint16_t>(bits >> 16);
 }
+
+// bf16 bits widened to float: exact.
+float FromBf16(uint16_t bits) {
+  const uint32_t wide = uint32_t{bits} << 16;
+  float value;
+  std::memcpy(&value, &wide, sizeof(value));
+  return value;
+}
+
+bool IsFloat(const Tensor& t) { return t.dtype == DType::kF32 || t.dtype == DType::kBF16; }
+
+// cuBLAS's name of a float tensor's storage type.
+cudaDataType_t CudaType(DType dtype) { return dtype == DType::kBF16 ? CUDA_R_16BF : CUDA_R_32F; }
 
 // The logits of one IndexerTopK pass are [tokens, context] f32; queries are cut into chunks so that
 // this area stays under 1 GiB at long context.
@@ -171,15 +185,22 @@ void CudaBackend::Upload(const void* host, Tensor dst) {
 }
 
 absl::Status CudaBackend::Download(Tensor src, void* host) {
-  if (src.dtype == DType::kBF16) return absl::InvalidArgumentError("cuda backend: Download takes f32 or i32 tensors");
   if (src.empty()) return sticky_status();
   if (!NotCapturing("download")) return capture_status_;
   const size_t elem = DTypeSize(src.dtype);
   const size_t row_bytes = static_cast<size_t>(src.cols) * elem;
-  CheckCuda(cudaMemcpy2DAsync(host, row_bytes, src.data, src.stride * elem, row_bytes, src.rows,
-                              cudaMemcpyDeviceToHost, stream_),
-            "download");
-  CheckCuda(cudaStreamSynchronize(stream_), "download");
+  // bf16 comes down as it is stored and is widened here: downloads are rare (probes, exports) and the
+  // widening is exact.
+  std::vector<uint16_t> bf16;
+  if (src.dtype == DType::kBF16) bf16.resize(static_cast<size_t>(src.numel()));
+  void* landing = src.dtype == DType::kBF16 ? static_cast<void*>(bf16.data()) : host;
+  if (CheckCuda(cudaMemcpy2DAsync(landing, row_bytes, src.data, src.stride * elem, row_bytes, src.rows,
+                                  cudaMemcpyDeviceToHost, stream_),
+                "download") &&
+      CheckCuda(cudaStreamSynchronize(stream_), "download")) {
+    float* out = static_cast<float*>(host);
+    for (size_t i = 0; i < bf16.size(); ++i) out[i] = FromBf16(bf16[i]);
+  }
   return sticky_status();
 }
 
@@ -201,9 +222,12 @@ void CudaBackend::Embedding(Tensor table, Tensor ids, Tensor out) {
   Check(AsStatus(cuda::Embedding(table, ids, out, stream_)));
 }
 
+// bf16 weights: x goes to cuBLAS as it is when bf16 (any row stride), else through one cast to a dense
+// bf16 copy; out is written as its own dtype, from f32 accumulators. f32 weights (none on this backend's
+// models; kept for f32 tests) multiply f32 x into f32 out: cuBLAS has no f32 · f32 → bf16 GEMM.
 void CudaBackend::Linear(Tensor x, Tensor w, Tensor out) {
-  if (x.dtype != DType::kF32 || out.dtype != DType::kF32 || x.cols != w.cols || out.cols != w.rows ||
-      out.rows != x.rows || w.dtype == DType::kI32) {
+  if (!IsFloat(x) || !IsFloat(out) || !IsFloat(w) || x.cols != w.cols || out.cols != w.rows || out.rows != x.rows ||
+      (w.dtype == DType::kF32 && (x.dtype != DType::kF32 || out.dtype != DType::kF32))) {
     Check(absl::InvalidArgumentError(absl::StrCat("cuda backend: linear ", x.DebugString(), " · ", w.DebugString(),
                                                   "ᵀ → ", out.DebugString())));
     return;
@@ -213,11 +237,16 @@ void CudaBackend::Linear(Tensor x, Tensor w, Tensor out) {
   const int m = static_cast<int>(w.rows), n = static_cast<int>(x.rows), k = static_cast<int>(x.cols);
   cublasStatus_t s;
   if (w.dtype == DType::kBF16) {
-    void* xb = CastToBf16(x);
-    if (xb == nullptr) return;
+    const void* xb = x.data;
+    int ldx = static_cast<int>(x.stride);
+    if (x.dtype == DType::kF32) {
+      xb = CastToBf16(x);
+      ldx = k;
+      if (xb == nullptr) return;
+    }
     s = cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, w.data, CUDA_R_16BF, static_cast<int>(w.stride),
-                     xb, CUDA_R_16BF, k, &beta, out.data, CUDA_R_32F, static_cast<int>(out.stride), CUBLAS_COMPUTE_32F,
-                     CUBLAS_GEMM_DEFAULT);
+                     xb, CUDA_R_16BF, ldx, &beta, out.data, CudaType(out.dtype), static_cast<int>(out.stride),
+                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   } else {
     s = cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, w.data, CUDA_R_32F, static_cast<int>(w.stride),
                      x.data, CUDA_R_32F, static_cast<int>(x.stride), &beta, out.data, CUDA_R_32F,
@@ -226,23 +255,29 @@ void CudaBackend::Linear(Tensor x, Tensor w, Tensor out) {
   if (s != CUBLAS_STATUS_SUCCESS) Check(absl::InternalError(absl::StrCat("cuda backend: cuBLAS GEMM failed (", s, ")")));
 }
 
+// Head h's input columns start h·in into each row of x: with bf16 x that is cuBLAS's batch stride over x
+// as it is (a column slice like q_nope keeps its row stride as ldb); f32 x is cast to a dense copy first.
 void CudaBackend::HeadwiseLinear(Tensor x, Tensor w, int32_t heads, Tensor out) {
   if (heads <= 0 || x.cols % heads != 0 || out.cols % heads != 0 || w.cols != x.cols / heads ||
-      w.rows != out.cols || x.dtype != DType::kF32 || out.dtype != DType::kF32 || w.dtype != DType::kBF16 ||
-      out.rows != x.rows) {
+      w.rows != out.cols || !IsFloat(x) || !IsFloat(out) || w.dtype != DType::kBF16 || out.rows != x.rows) {
     Check(absl::InvalidArgumentError(absl::StrCat("cuda backend: headwise linear over ", heads, " heads: ",
                                                   x.DebugString(), " · ", w.DebugString(), " → ", out.DebugString())));
     return;
   }
   if (x.rows == 0) return;
-  void* xb = CastToBf16(x);
-  if (xb == nullptr) return;
+  const void* xb = x.data;
+  int ldx = static_cast<int>(x.stride);
+  if (x.dtype == DType::kF32) {
+    xb = CastToBf16(x);
+    ldx = static_cast<int>(x.cols);
+    if (xb == nullptr) return;
+  }
   const int64_t in = x.cols / heads, o = out.cols / heads;
   const float alpha = 1.0f, beta = 0.0f;
   const cublasStatus_t s = cublasGemmStridedBatchedEx(
       cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(o), static_cast<int>(x.rows), static_cast<int>(in), &alpha,
-      w.data, CUDA_R_16BF, static_cast<int>(w.stride), o * w.stride, xb, CUDA_R_16BF, static_cast<int>(x.cols), in,
-      &beta, out.data, CUDA_R_32F, static_cast<int>(out.stride), o, heads, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+      w.data, CUDA_R_16BF, static_cast<int>(w.stride), o * w.stride, xb, CUDA_R_16BF, ldx, in, &beta, out.data,
+      CudaType(out.dtype), static_cast<int>(out.stride), o, heads, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   if (s != CUBLAS_STATUS_SUCCESS) {
     Check(absl::InternalError(absl::StrCat("cuda backend: cuBLAS batched GEMM failed (", s, ")")));
   }
@@ -330,6 +365,7 @@ void CudaBackend::MoeRoute(Tensor x, Tensor gate_w, Tensor correction_bias, cons
   if (x.rows == 0) return;
   void* area = ScratchSpace(Scratch::kRouterLogits, static_cast<size_t>(x.rows) * gate_w.rows * sizeof(float));
   if (area == nullptr) return;
+  // The router logits stay f32 (sigmoid scores near a pick are close); x is f32 or bf16, as Linear takes.
   Tensor logits = Tensor::Matrix(area, DType::kF32, x.rows, gate_w.rows);
   Linear(x, gate_w, logits);
   Check(AsStatus(cuda::MoeRouteFromLogits(logits, correction_bias, routing, topk_ids, topk_weights, stream_)));

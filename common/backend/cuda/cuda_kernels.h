@@ -24,7 +24,9 @@ struct PagedRows {
 PagedRows PagedRowsOf(const BatchLayout& batch);
 
 // --- dense ops (cuda_dense_ops.cu) ---
-std::string CastToBf16(Tensor x, void* out, cudaStream_t stream);  // out: dense [rows, cols] bf16
+// Float tensors may be F32 or BF16, each independently (Backend's contract); GatherRows and WriteCacheRows
+// convert between the two (exactly, or rounding to nearest even) and copy I32 only to I32.
+std::string CastToBf16(Tensor x, void* out, cudaStream_t stream);  // x: F32; out: dense [rows, cols] bf16
 std::string Fill(Tensor dst, float value, cudaStream_t stream);
 std::string Embedding(Tensor table, Tensor ids, Tensor out, cudaStream_t stream);
 std::string RmsNorm(Tensor x, Tensor weight, float eps, Tensor out, cudaStream_t stream);

@@ -1,6 +1,7 @@
 // Mixture of experts on the GPU. Routing: one thread per token runs the group-limited sigmoid router
 // (moe_expert_choice.h, shared with the CPU backend) over the router logits. Experts: tokens are counted
-// and bucketed by expert on the device (counts → offsets → scatter) and their rows gathered as bf16;
+// and bucketed by expert on the device (counts → offsets → scatter) and their rows gathered as bf16
+// (x may be F32 or BF16, and so may out);
 // then gate·up and down run over each expert's bucket, and a last kernel sums each token's K expert
 // outputs in a fixed order (deterministic). Decode-sized batches run the products as matrix-vector work
 // on the device alone (no host round trip, so a decode step can be captured as a CUDA graph); larger
@@ -11,12 +12,12 @@
 #include <algorithm>
 
 #include "common/backend/cuda/cuda_common.cuh"
-#include "common/backend/moe_expert_choice.h"
 #include "common/backend/cuda/cuda_kernels.h"
+#include "common/backend/cuda/cuda_packs.cuh"
+#include "common/backend/moe_expert_choice.h"
 
 namespace indexcache::cuda {
 namespace {
-
 
 __global__ void RouteKernel(const float* logits, int64_t logits_stride, AnyRows bias, MoeRouting routing, int64_t n,
                             int32_t* ids, int64_t ids_stride, float* weights, int64_t weights_stride) {
@@ -92,11 +93,18 @@ __global__ void ScatterKernel(const int32_t* ids, int64_t ids_stride, int64_t n,
   slot_of[i] = slot;
 }
 
-__global__ void GatherCastKernel(const float* x, int64_t x_stride, const int32_t* slot_token, int64_t hidden,
-                                 __nv_bfloat16* xs) {
+// xs[slot] = x[slot_token[slot]] as bf16 (a plain copy when x is bf16). hidden is a multiple of 16 and xs
+// dense, so only x's alignment decides between vector and scalar runs.
+template <typename T>
+__global__ void GatherRowsKernel(const T* x, int64_t x_stride, bool x_aligned, const int32_t* slot_token,
+                                 int64_t hidden, __nv_bfloat16* xs) {
   const int64_t slot = blockIdx.x;
-  const float* src = x + slot_token[slot] * x_stride;
-  for (int64_t c = threadIdx.x; c < hidden; c += blockDim.x) xs[slot * hidden + c] = __float2bfloat16(src[c]);
+  const T* src = x + slot_token[slot] * x_stride;
+  for (int64_t c = threadIdx.x * int64_t{kPack}; c < hidden; c += blockDim.x * int64_t{kPack}) {
+    float v[kPack];
+    LoadRun(src + c, kPack, x_aligned, v);
+    StoreRun(xs + slot * hidden + c, kPack, /*vector=*/true, v);
+  }
 }
 
 __global__ void SiluMulCastKernel(const float* gate_up, int64_t rows_total, int64_t inter, const int32_t* total_rows,
@@ -173,14 +181,25 @@ std::string ExpertGemmsByLibrary(cublasHandle_t cublas, const __nv_bfloat16* a, 
   return {};
 }
 
-// out[r] += Σ_k weight[r, k] · ys[slot_of[r, k]], k in order.
+// out[r] += Σ_k weight[r, k] · ys[slot_of[r, k]], k in order (ys dense f32, hidden a multiple of 16).
+template <typename TO>
 __global__ void CombineKernel(const float* ys, const int32_t* slot_of, const float* weights, int64_t weights_stride,
-                              int32_t top_k, int64_t hidden, float* out, int64_t out_stride) {
+                              int32_t top_k, int64_t hidden, TO* out, int64_t out_stride, bool out_aligned) {
   const int64_t r = blockIdx.x;
-  for (int64_t c = threadIdx.x; c < hidden; c += blockDim.x) {
-    float total = 0.0f;
-    for (int k = 0; k < top_k; ++k) total += weights[r * weights_stride + k] * ys[int64_t{slot_of[r * top_k + k]} * hidden + c];
-    out[r * out_stride + c] += total;
+  for (int64_t c = threadIdx.x * int64_t{kPack}; c < hidden; c += blockDim.x * int64_t{kPack}) {
+    float total[kPack] = {};
+    for (int k = 0; k < top_k; ++k) {
+      const float w = weights[r * weights_stride + k];
+      float y[kPack];
+      LoadRun(ys + int64_t{slot_of[r * top_k + k]} * hidden + c, kPack, /*vector=*/true, y);
+#pragma unroll
+      for (int j = 0; j < kPack; ++j) total[j] += w * y[j];
+    }
+    float o[kPack];
+    LoadRun(out + r * out_stride + c, kPack, out_aligned, o);
+#pragma unroll
+    for (int j = 0; j < kPack; ++j) o[j] += total[j];
+    StoreRun(out + r * out_stride + c, kPack, out_aligned, o);
   }
 }
 
@@ -218,9 +237,9 @@ std::string MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_expert
                        Tensor topk_weights, Tensor out, void* scratch, cublasHandle_t cublas, int32_t* host_offsets,
                        cudaStream_t stream) {
   const int64_t n = x.rows, hidden = x.cols, inter = down.cols, k = topk_ids.cols;
-  if (x.dtype != DType::kF32 || out.dtype != DType::kF32 || gate_up.dtype != DType::kBF16 ||
-      down.dtype != DType::kBF16 || topk_ids.dtype != DType::kI32 || topk_weights.dtype != DType::kF32) {
-    return "moe experts: x and out must be f32, expert weights bf16";
+  if (!IsFloat(x) || !IsFloat(out) || gate_up.dtype != DType::kBF16 || down.dtype != DType::kBF16 ||
+      topk_ids.dtype != DType::kI32 || topk_weights.dtype != DType::kF32) {
+    return "moe experts: x and out must be f32 or bf16, expert weights bf16, routing i32 ids and f32 weights";
   }
   if (num_experts <= 0 || num_experts > kMaxMoeExperts || gate_up.rows != int64_t{num_experts} * 2 * inter || gate_up.cols != hidden ||
       down.rows != int64_t{num_experts} * hidden || out.rows != n || out.cols != hidden || topk_weights.rows != n ||
@@ -242,8 +261,12 @@ std::string MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_expert
   OffsetsKernel<<<1, 32, 0, stream>>>(s.counts, num_experts, s.offsets, s.cursor);
   ScatterKernel<<<grid, 256, 0, stream>>>(topk_ids.ptr<int32_t>(), topk_ids.stride, n, static_cast<int32_t>(k),
                                           s.offsets, s.cursor, s.slot_token, s.slot_of);
-  GatherCastKernel<<<static_cast<unsigned>(rows), 128, 0, stream>>>(x.ptr<float>(), x.stride, s.slot_token, hidden,
-                                                                    s.xs);
+  DispatchFloat(x.dtype, [&](auto xt) {
+    using T = decltype(xt);
+    GatherRowsKernel<T><<<static_cast<unsigned>(rows), 64, 0, stream>>>(x.ptr<T>(), x.stride, RunsAligned(x),
+                                                                        s.slot_token, hidden, s.xs);
+    return 0;
+  });
   // Up to kGemvMaxTokens tokens (every decode step, graph-captured or not) the matrix-vector kernel
   // runs on the device alone; larger batches download the bucket offsets and run cuBLAS per expert.
   const bool by_library = n > kGemvMaxTokens;
@@ -275,10 +298,14 @@ std::string MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_expert
       s.gate_up, rows, inter, s.offsets + num_experts, s.act);
   error = expert_gemms(s.act, down, hidden, inter, s.ys);
   if (!error.empty()) return error;
-  CombineKernel<<<static_cast<unsigned>(n), 128, 0, stream>>>(s.ys, s.slot_of, topk_weights.ptr<float>(),
-                                                              topk_weights.stride, static_cast<int32_t>(k), hidden,
-                                                              out.ptr<float>(), out.stride);
-  return LaunchError();
+  return DispatchFloat(out.dtype, [&](auto ot) {
+    using TO = decltype(ot);
+    CombineKernel<TO><<<static_cast<unsigned>(n), 64, 0, stream>>>(s.ys, s.slot_of, topk_weights.ptr<float>(),
+                                                                   topk_weights.stride, static_cast<int32_t>(k),
+                                                                   hidden, out.ptr<TO>(), out.stride,
+                                                                   RunsAligned(out));
+    return LaunchError();
+  });
 }
 
 }  // namespace indexcache::cuda
