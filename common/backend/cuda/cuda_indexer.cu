@@ -6,19 +6,18 @@
 // over the 4 lanes of a quad. A block owns 2·T tokens (T = 256 / padded heads) and three warpgroups:
 //   - a producer that gathers 64-key tiles from the paged pool into a ring of kStages shared-memory
 //     stages (mbarrier full/empty), 128-byte swizzled. A bf16 pool is copied as it is: each 16-byte
-//     chunk goes straight to its swizzled place (cp.async), every stage of the ring in flight at once.
-//     An f32 pool is loaded into registers and rounded to bf16 on the way, with the next tile's loads
-//     in flight while it stores one;
+//     chunk goes straight to its swizzled place (cp.async), three tiles in flight. An f32 pool is
+//     loaded into registers and rounded to bf16 on the way, with the next tile's loads in flight
+//     while it stores one;
 //   - two consumers, each owning T tokens: per tile one 64 × 256 × D product (D / 16 wgmma
 //     m64n256k16, A = keys, B = its queries, both from shared memory), then ReLU, the head weights
 //     and the head sum in registers, and the logits stored straight from registers.
 // Both consumers read the same key tile, so each key byte loaded serves 512 query rows. The queries
-// (bf16, f32 ones rounded) stay in shared memory for the block's life; the scale is folded into the head
-// weights (ReLU(s·x) = |s|·ReLU(sign(s)·x): a negative scale flips the queries' signs, which is exact),
-// so bf16 queries are stored as they arrive. Tiles past a consumer's
-// last causal position are skipped; the key range is split over grid.y when query blocks are few
-// (decode), and a block whose tokens span several sequences (batched decode) makes one pass per
-// sequence.
+// (bf16; f32 ones rounded) stay in shared memory for the block's life. The scale is folded into the
+// head weights (ReLU(s·x) = |s|·ReLU(sign(s)·x); a negative scale flips the queries' signs, which is
+// exact), so bf16 queries are stored as they arrive. Tiles past a consumer's last causal position are
+// skipped; the key range is split over grid.y when query blocks are few (decode), and a block whose
+// tokens span several sequences (batched decode) makes one pass per sequence.
 #include <algorithm>
 #include <type_traits>
 

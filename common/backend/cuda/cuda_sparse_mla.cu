@@ -116,19 +116,26 @@ __device__ __forceinline__ void PrefetchTile(const MlaArgs& a, const int32_t* ti
 }
 
 // Four consecutive query elements at `i` of an f32 or bf16 row, with one load when aligned (`vec`).
+// Nothing is done with the values here, so that all of a thread's loads are in flight before the
+// first is used: a bf16 quad travels as its 8 bytes in .x and .y, and StoreQuad writes it as it is.
 __device__ __forceinline__ float4 LoadQuad(const void* base, int64_t i, bool bf16, bool vec) {
   if (bf16) {
-    const auto* p = static_cast<const __nv_bfloat16*>(base) + i;
-    if (vec) {
-      const uint2 bits = *reinterpret_cast<const uint2*>(p);
-      const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&bits.x));
-      const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&bits.y));
-      return make_float4(lo.x, lo.y, hi.x, hi.y);
-    }
-    return make_float4(__bfloat162float(p[0]), __bfloat162float(p[1]), __bfloat162float(p[2]), __bfloat162float(p[3]));
+    const auto* p = static_cast<const uint16_t*>(base) + i;
+    const uint2 bits = vec ? *reinterpret_cast<const uint2*>(p)
+                           : make_uint2(p[0] | uint32_t{p[1]} << 16, p[2] | uint32_t{p[3]} << 16);
+    return make_float4(__uint_as_float(bits.x), __uint_as_float(bits.y), 0.f, 0.f);
   }
   const auto* p = static_cast<const float*>(base) + i;
   return vec ? *reinterpret_cast<const float4*>(p) : make_float4(p[0], p[1], p[2], p[3]);
+}
+
+// A LoadQuad result into the bf16 query tile (dst 8-byte aligned): bf16 bits as they are, f32 rounded.
+__device__ __forceinline__ void StoreQuad(__nv_bfloat16* dst, float4 v, bool bf16) {
+  if (bf16) {
+    *reinterpret_cast<uint2*>(dst) = make_uint2(__float_as_uint(v.x), __float_as_uint(v.y));
+  } else {
+    StoreBf16x4(dst, v);
+  }
 }
 
 // Two adjacent outputs at `i` (even), as f32 or rounded to bf16.
@@ -319,8 +326,8 @@ __global__ void __launch_bounds__(kThreads, kMTiles == 1 ? 2 : 1) SparseMlaKerne
     }
 #pragma unroll
     for (int i = 0; i < kQLoads; ++i) {
-      const int e = i * kThreads + tid, h = e / row_quads;
-      if (e < kM * row_quads) StoreBf16x4(q_s + h * ld + (e - h * row_quads) * 4, qv[i]);
+      const int e = i * kThreads + tid, h = e / row_quads, d = (e - h * row_quads) * 4;
+      if (e < kM * row_quads) StoreQuad(q_s + h * ld + d, qv[i], d < kLatent ? a.ql_bf16 : a.qr_bf16);
     }
     // Key columns past the width stay zero in both tiles (the loads never write them).
     for (int e = tid; e < 2 * kKeys * (padded - width); e += kThreads) {
@@ -355,8 +362,8 @@ __global__ void __launch_bounds__(kThreads, kMTiles == 1 ? 2 : 1) SparseMlaKerne
     const float* m_cur = run_max + (t & 1) * kM;
     float* m_next = run_max + ((t + 1) & 1) * kM;
     const bool more = t + 1 < tiles;
-    // Tile t+2 heads for L2 while tile t+1 comes into registers: the register loads then mostly hit
-    // L2, and the DRAM latency hides behind two tiles of work instead of one phase.
+    // Tile t+2 heads for L2 while tile t+1 is loaded: the loads then mostly hit L2, and the DRAM
+    // latency hides behind two tiles of work instead of one phase.
     if (t + 2 < tiles) PrefetchTile<PoolT>(a, next_slots + kKeys, width);
     // k_next was last read by the previous tile's P · C, which the barrier ending that tile closed.
     [[maybe_unused]] float4 stage[kRowsPerPhase][kBf16Pool ? 1 : kSteps];
@@ -613,8 +620,8 @@ Plan PlanFor(int64_t tokens, int32_t heads, int64_t topk_cols) {
 
 using KernelFn = void (*)(MlaArgs);
 
-// The kernel for (row tiles, latent width), its shared-memory limit raised once to the largest layout
-// (a failure there surfaces as the launch's error).
+// The kernel for (row tiles, latent width, pool type), its shared-memory limit raised once to the
+// largest layout (a failure there surfaces as the launch's error).
 template <int kMTiles, int kLatent, typename PoolT>
 KernelFn Configured() {
   static const cudaError_t raised = cudaFuncSetAttribute(
