@@ -277,7 +277,10 @@ __device__ void ProduceBf16Keys(const IndexerArgs& a, uint32_t keys_smem, uint32
       const int s = tile * kKeyTile + row;
       const bool present = s <= last && d0 < a.dim;
       const __nv_bfloat16* src = keys;  // not read when absent (zero-filled), but a valid address
-      if (present) src += (int64_t{table[s / a.rows.block_size]} * a.rows.block_size + s % a.rows.block_size) * a.key_stride + d0;
+      if (present) {
+        const int64_t slot = int64_t{table[s / a.rows.block_size]} * a.rows.block_size + s % a.rows.block_size;
+        src += slot * a.key_stride + d0;
+      }
       asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(base + SwizzledOffset(row, chunk, kKeyTile)),
                    "l"(src), "r"(present ? 16 : 0)
                    : "memory");
@@ -511,8 +514,8 @@ std::string Launch(const IndexerArgs& a, int32_t max_context, cudaStream_t strea
   args.tiles_per_split = static_cast<int32_t>(std::max<int64_t>(CeilDiv(tiles, splits), kMinTilesPerSplit));
   const int grid_y = static_cast<int>(CeilDiv(tiles, args.tiles_per_split));
   constexpr int kShared = Smem<kDimP>::kAlloc;
-  static const cudaError_t attribute =
-      cudaFuncSetAttribute(IndexerLogitsKernel<kHeadsP, kDimP, KeyT>, cudaFuncAttributeMaxDynamicSharedMemorySize, kShared);
+  static const cudaError_t attribute = cudaFuncSetAttribute(IndexerLogitsKernel<kHeadsP, kDimP, KeyT>,
+                                                            cudaFuncAttributeMaxDynamicSharedMemorySize, kShared);
   if (attribute != cudaSuccess) return std::string("indexer: ") + cudaGetErrorString(attribute);
   IndexerLogitsKernel<kHeadsP, kDimP, KeyT><<<dim3(query_blocks, grid_y), kThreads, kShared, stream>>>(args);
   return LaunchError();
@@ -572,7 +575,8 @@ std::string IndexerLogits(Tensor q, Tensor head_weights, int32_t heads, Tensor k
   a.logits_stride = logits.stride;
   return DispatchFloat(key_pool.dtype, [&](auto key) {
     using KeyT = decltype(key);
-    return dim <= 64 ? LaunchForHeads<64, KeyT>(a, max_context, stream) : LaunchForHeads<128, KeyT>(a, max_context, stream);
+    return dim <= 64 ? LaunchForHeads<64, KeyT>(a, max_context, stream)
+                     : LaunchForHeads<128, KeyT>(a, max_context, stream);
   });
 }
 
