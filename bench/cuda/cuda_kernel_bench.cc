@@ -2,7 +2,9 @@
 // kv_lora 512, rope 64, 64 heads) over 8K–128K context. In one process it first measures the card's
 // ceilings — cuBLAS bf16 GEMM (8192³) and a device-to-device copy — then times, with CUDA events,
 // the backend's own kernels exactly as the engine calls them: the indexer logits (prefill chunk and
-// decode), the radix top-k, and sparse MLA for prefill and decode (also at the paper's 20 heads). Prints
+// decode), the radix top-k, and sparse MLA for prefill and decode (also at the paper's 20 heads), each
+// with bf16 queries and bf16 paged caches (the engine on CUDA) and with f32 ones (the earlier engine,
+// kept as the "before"). Prints
 // one JSON object on stdout; bench/cuda/run_cuda_bench.sh adds torch's baselines from the same run and
 // writes the report. `--sparse-mla-only` skips the indexer and top-k; `--topk-only` times the top-k
 // alone on torch.topk's shapes instead (bench/cuda/run_topk_bench.sh).
@@ -161,27 +163,38 @@ nlohmann::json Ceilings(cudaStream_t stream, cublasHandle_t cublas) {
   return out;
 }
 
+// N(0, 1) values as F32 or BF16 (`dtype`), freed by cudaFree.
+void* DeviceRandomAs(DType dtype, size_t count, uint32_t seed) {
+  return dtype == DType::kBF16 ? static_cast<void*>(DeviceRandom<__nv_bfloat16>(count, seed))
+                               : static_cast<void*>(DeviceRandom<float>(count, seed));
+}
+
+const char* NameOf(DType dtype) { return dtype == DType::kBF16 ? "bf16" : "f32"; }
+
 // Indexer logits + top-k for a prefill chunk of `queries` tokens ending at `context`, and for one
-// decode token; FLOPs count the q·k products (2·H·D per visible key) as the brief's baseline does.
-nlohmann::json IndexerAndTopK(cudaStream_t stream, int32_t context, int32_t queries, int32_t heads = kIndexHeads,
-                              int32_t dim = kIndexDim) {
+// decode token, with queries and head weights as `act` and the index-key pool as `cache`; FLOPs
+// count the q·k products (2·H·D per visible key) as the brief's baseline does.
+nlohmann::json IndexerAndTopK(cudaStream_t stream, DType act, DType cache, int32_t context, int32_t queries,
+                              int32_t heads = kIndexHeads, int32_t dim = kIndexDim) {
   nlohmann::json out;
   out["context"] = context;
   out["queries"] = queries;
   out["heads"] = heads;
   out["dim"] = dim;
+  out["q"] = NameOf(act);
+  out["keys"] = NameOf(cache);
   Layout l = MakeLayout(context, queries);
   const int64_t slots = int64_t{l.max_blocks} * kBlock;
-  float* keys = DeviceRandom<float>(slots * dim, 3);
-  float* q = DeviceRandom<float>(int64_t{queries} * heads * dim, 4);
-  float* w = DeviceRandom<float>(int64_t{queries} * heads, 5);
+  void* keys = DeviceRandomAs(cache, slots * dim, 3);
+  void* q = DeviceRandomAs(act, int64_t{queries} * heads * dim, 4);
+  void* w = DeviceRandomAs(act, int64_t{queries} * heads, 5);
   float* logits = nullptr;
   int32_t* topk = nullptr;
   CheckCuda(cudaMalloc(&logits, sizeof(float) * queries * int64_t{context}), "alloc");
   CheckCuda(cudaMalloc(&topk, sizeof(int32_t) * queries * int64_t{kTopK}), "alloc");
-  const Tensor tq = Tensor::Matrix(q, DType::kF32, queries, heads * dim);
-  const Tensor tw = Tensor::Matrix(w, DType::kF32, queries, heads);
-  const Tensor tk = Tensor::Matrix(keys, DType::kF32, slots, dim);
+  const Tensor tq = Tensor::Matrix(q, act, queries, heads * dim);
+  const Tensor tw = Tensor::Matrix(w, act, queries, heads);
+  const Tensor tk = Tensor::Matrix(keys, cache, slots, dim);
   const Tensor tl = Tensor::Matrix(logits, DType::kF32, queries, context);
   const Tensor tt = Tensor::Matrix(topk, DType::kI32, queries, kTopK);
   auto run_logits = [&] {
@@ -200,7 +213,7 @@ nlohmann::json IndexerAndTopK(cudaStream_t stream, int32_t context, int32_t quer
   out["indexer_tflops"] = 2.0 * heads * dim * visible / (logits_ms * 1e-3) / 1e12;
   out["topk_ms"] = topk_ms;
   out["topk_rows"] = queries;
-  // Decode: one query over the whole context (memory-bound: every key is read once, f32).
+  // Decode: one query over the whole context (memory-bound: every key is read once).
   const Tensor dq = tq.Rows(queries - 1, 1), dw = tw.Rows(queries - 1, 1);
   cuda::PagedRows last = l.rows;
   last.token_seq += queries - 1;
@@ -216,7 +229,7 @@ nlohmann::json IndexerAndTopK(cudaStream_t stream, int32_t context, int32_t quer
   });
   out["decode_indexer_ms"] = TimeMs(stream, 3, 10, decode_logits);
   out["decode_indexer_topk_ms"] = decode_ms;
-  out["decode_index_key_gbps"] = double(context) * dim * sizeof(float) / (decode_ms * 1e-3) / 1e9;
+  out["decode_index_key_gbps"] = double(context) * dim * DTypeSize(cache) / (decode_ms * 1e-3) / 1e9;
   cudaFree(keys);
   cudaFree(q);
   cudaFree(w);
@@ -265,24 +278,26 @@ nlohmann::json TopKAlone(cudaStream_t stream, float* scores, int64_t stride, int
 }
 
 // Sparse MLA over 2048 selected keys per token with `heads` heads (64: GLM-5; 20: the paper's
-// GLM-4.7-Flash shape): a prefill chunk (TFLOP/s) and decode batches (GB/s of latent rows read, f32
-// cache).
-nlohmann::json SparseMla(CudaBackend& be, int32_t heads, int32_t context, int32_t prefill_tokens,
-                         const std::vector<int32_t>& batches) {
+// GLM-4.7-Flash shape), queries and output as `act`, the latent pool as `cache`: a prefill chunk
+// (TFLOP/s) and decode batches (GB/s of latent rows read, at the cache's element size).
+nlohmann::json SparseMla(CudaBackend& be, DType act, DType cache, int32_t heads, int32_t context,
+                         int32_t prefill_tokens, const std::vector<int32_t>& batches) {
   nlohmann::json out;
   out["heads"] = heads;
   out["context"] = context;
+  out["q"] = NameOf(act);
+  out["pool"] = NameOf(cache);
   const int32_t width = kLatent + kRope;
   const int32_t max_batch = *std::max_element(batches.begin(), batches.end());
   const int32_t sequences = std::max(1, max_batch);
   Layout big = MakeLayout(context, 1, sequences);  // decode: one token per sequence
   const int64_t slots = int64_t{big.max_blocks} * kBlock;
-  float* pool = DeviceRandom<float>(slots * width, 6);
+  void* pool = DeviceRandomAs(cache, slots * width, 6);
   const int32_t n_max = std::max(prefill_tokens, max_batch);
-  float* ql = DeviceRandom<float>(int64_t{n_max} * heads * kLatent, 7);
-  float* qr = DeviceRandom<float>(int64_t{n_max} * heads * kRope, 8);
-  float* o = nullptr;
-  CheckCuda(cudaMalloc(&o, sizeof(float) * n_max * heads * kLatent), "alloc");
+  void* ql = DeviceRandomAs(act, int64_t{n_max} * heads * kLatent, 7);
+  void* qr = DeviceRandomAs(act, int64_t{n_max} * heads * kRope, 8);
+  void* o = nullptr;
+  CheckCuda(cudaMalloc(&o, DTypeSize(act) * n_max * heads * kLatent), "alloc");
   // Each token attends to 2048 random earlier positions (repeats allowed: the cost is the same).
   std::vector<int32_t> idx(static_cast<size_t>(n_max) * kTopK);
   std::mt19937 rng(9);
@@ -290,12 +305,11 @@ nlohmann::json SparseMla(CudaBackend& be, int32_t heads, int32_t context, int32_
     for (int32_t j = 0; j < kTopK; ++j) idx[static_cast<size_t>(r) * kTopK + j] = static_cast<int32_t>(rng() % (context - prefill_tokens));
   }
   int32_t* didx = DeviceInts(idx);
-  const Tensor tpool = Tensor::Matrix(pool, DType::kF32, slots, width);
+  const Tensor tpool = Tensor::Matrix(pool, cache, slots, width);
   auto run = [&](int32_t n, const BatchLayout& batch) {
-    be.SparseMlaAttention(Tensor::Matrix(ql, DType::kF32, n, heads * kLatent),
-                          Tensor::Matrix(qr, DType::kF32, n, heads * kRope), heads, tpool, batch,
-                          Tensor::Matrix(didx, DType::kI32, n, kTopK), 0.04f,
-                          Tensor::Matrix(o, DType::kF32, n, heads * kLatent));
+    be.SparseMlaAttention(Tensor::Matrix(ql, act, n, heads * kLatent), Tensor::Matrix(qr, act, n, heads * kRope),
+                          heads, tpool, batch, Tensor::Matrix(didx, DType::kI32, n, kTopK), 0.04f,
+                          Tensor::Matrix(o, act, n, heads * kLatent));
   };
   Layout prefill = MakeLayout(context, prefill_tokens);
   const double prefill_ms = TimeMs(be.stream(), 2, 5, [&] { run(prefill_tokens, prefill.batch); });
@@ -309,7 +323,7 @@ nlohmann::json SparseMla(CudaBackend& be, int32_t heads, int32_t context, int32_
     batch.token_seq = batch.token_seq.Rows(0, b);
     batch.token_pos = batch.token_pos.Rows(0, b);
     const double ms = TimeMs(be.stream(), 3, 10, [&] { run(b, batch); });
-    const double bytes = double(b) * kTopK * width * sizeof(float);
+    const double bytes = double(b) * kTopK * width * DTypeSize(cache);
     decode.push_back({{"batch", b}, {"ms", ms}, {"latent_gbps", bytes / (ms * 1e-3) / 1e9},
                       {"tflops", 2.0 * b * heads * kTopK * double(width + kLatent) / (ms * 1e-3) / 1e12}});
   }
@@ -356,26 +370,35 @@ int main(int argc, char** argv) {
     std::printf("%s\n", report.dump(1).c_str());
     return 0;
   }
+  // Each kernel with f32 queries and caches ("indexer", "sparse_mla": the earlier engine, as before)
+  // and with bf16 ones ("…_bf16": the engine on CUDA now), in the same process.
+  const DType kF = DType::kF32, kB = DType::kBF16;
   if (mode != "--sparse-mla-only") {
-    report["indexer"] = nlohmann::json::array();
-    for (int32_t context : {8192, 32768, 65536, 131072}) {
-      report["indexer"].push_back(bench::IndexerAndTopK((*be)->stream(), context, 2048));
-      std::fprintf(stderr, "indexer %d done\n", context);
+    for (const DType dtype : {kF, kB}) {
+      const std::string key = dtype == kB ? "indexer_bf16" : "indexer";
+      report[key] = nlohmann::json::array();
+      for (int32_t context : {8192, 32768, 65536, 131072}) {
+        report[key].push_back(bench::IndexerAndTopK((*be)->stream(), dtype, dtype, context, 2048));
+        std::fprintf(stderr, "%s %d done\n", key.c_str(), context);
+      }
+      // The brief's 16-layer model's indexer (8 heads × 64) over its 16K prefill.
+      report[key + "_8x64"] = bench::IndexerAndTopK((*be)->stream(), dtype, dtype, 16384, 2048, 8, 64);
     }
-    // The brief's 16-layer model's indexer (8 heads × 64) over its 16K prefill.
-    report["indexer_8x64"] = bench::IndexerAndTopK((*be)->stream(), 16384, 2048, 8, 64);
   }
   if (mode == "--indexer-only") {
     std::printf("%s\n", report.dump(1).c_str());
     return 0;
   }
-  report["sparse_mla"] = nlohmann::json::array();
-  for (int32_t context : {8192, 32768, 131072}) {
-    report["sparse_mla"].push_back(bench::SparseMla(**be, bench::kHeads, context, 1024, {1, 8, 32, 128}));
-    std::fprintf(stderr, "sparse mla %d done\n", context);
+  for (const DType dtype : {kF, kB}) {
+    const std::string key = dtype == kB ? "sparse_mla_bf16" : "sparse_mla";
+    report[key] = nlohmann::json::array();
+    for (int32_t context : {8192, 32768, 131072}) {
+      report[key].push_back(bench::SparseMla(**be, dtype, dtype, bench::kHeads, context, 1024, {1, 8, 32, 128}));
+      std::fprintf(stderr, "%s %d done\n", key.c_str(), context);
+    }
+    report[key].push_back(bench::SparseMla(**be, dtype, dtype, 20, 131072, 1024, {1, 8, 32, 128}));
+    std::fprintf(stderr, "%s 20 heads done\n", key.c_str());
   }
-  report["sparse_mla"].push_back(bench::SparseMla(**be, 20, 131072, 1024, {1, 8, 32, 128}));
-  std::fprintf(stderr, "sparse mla 20 heads done\n");
   std::printf("%s\n", report.dump(1).c_str());
   return 0;
 }

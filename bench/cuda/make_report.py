@@ -35,37 +35,45 @@ def main():
                + (f" PyTorch {torch_b['torch']} sees {torch_b['gemm_bf16_8192_tflops']:.0f} TFLOP/s and "
                   f"{torch_b['copy_gbps_read_plus_write']:.0f} GB/s." if torch_b else ""), ""]
         md += ["## Lightning indexer and top-k (2048 queries, 32 heads × 128, k = 2048)", "",
-               "| context | indexer ms | indexer TFLOP/s | % of GEMM | PyTorch matmul indexer TFLOP/s | top-k ms | "
-               "torch.topk ms | top-k speedup | decode indexer+top-k ms | decode key GB/s | decode indexer alone ms |",
-               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+               "| context | q, keys | indexer ms | indexer TFLOP/s | % of GEMM | PyTorch matmul indexer TFLOP/s | top-k ms | "
+               "torch.topk ms | top-k speedup | decode indexer+top-k ms | decode key GB/s | % of copy | "
+               "decode indexer alone ms |",
+               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        # f32 rows (the earlier engine) and, when present, bf16 rows (the engine on CUDA) per context.
         for i, row in enumerate(kernels["indexer"]):
             t = torch_b["topk"][i]["ms"] if torch_b else float("nan")
             ti = torch_b["indexer"][i]["tflops"] if torch_b else float("nan")
-            md.append(f"| {row['context']} | {row['indexer_ms']:.2f} | {row['indexer_tflops']:.1f} | "
-                      f"{100 * row['indexer_tflops'] / gemm:.0f}% | {ti:.1f} | {row['topk_ms']:.3f} | {t:.3f} | "
-                      f"{t / row['topk_ms']:.2f}× | {row['decode_indexer_topk_ms']:.3f} | {row['decode_index_key_gbps']:.0f} | "
-                      f"{row.get('decode_indexer_ms', float('nan')):.3f} |")
-        small = kernels.get("indexer_8x64")
-        if small:
-            md += ["", f"The 16-layer model's indexer ({small['heads']} heads × {small['dim']}, {small['queries']} queries "
-                   f"at {small['context']}): {small['indexer_ms']:.2f} ms, {small['indexer_tflops']:.1f} TFLOP/s "
-                   f"({100 * small['indexer_tflops'] / gemm:.0f}% of GEMM); decode indexer + top-k "
-                   f"{small['decode_indexer_topk_ms']:.3f} ms."]
+            for r in [row] + ([kernels["indexer_bf16"][i]] if "indexer_bf16" in kernels else []):
+                md.append(f"| {r['context']} | {r.get('q', 'f32')}, {r.get('keys', 'f32')} | {r['indexer_ms']:.2f} | "
+                          f"{r['indexer_tflops']:.1f} | {100 * r['indexer_tflops'] / gemm:.0f}% | {ti:.1f} | "
+                          f"{r['topk_ms']:.3f} | {t:.3f} | {t / r['topk_ms']:.2f}× | {r['decode_indexer_topk_ms']:.3f} | "
+                          f"{r['decode_index_key_gbps']:.0f} | {100 * r['decode_index_key_gbps'] / copy:.0f}% | "
+                          f"{r.get('decode_indexer_ms', float('nan')):.3f} |")
+        for key in ("indexer_8x64", "indexer_bf16_8x64"):
+            small = kernels.get(key)
+            if small:
+                md += ["", f"The 16-layer model's indexer ({small['heads']} heads × {small['dim']}, {small['queries']} "
+                       f"queries at {small['context']}, q and keys {small.get('q', 'f32')}): {small['indexer_ms']:.2f} ms, "
+                       f"{small['indexer_tflops']:.1f} TFLOP/s ({100 * small['indexer_tflops'] / gemm:.0f}% of GEMM); "
+                       f"decode indexer + top-k {small['decode_indexer_topk_ms']:.3f} ms."]
         md += ["", "Indexer FLOPs count 2·H·D per visible (causal) key; the PyTorch baseline scores all keys. "
-               "Keys are f32 in the paged cache and rounded to bf16 in shared memory.", ""]
+               "f32 keys are rounded to bf16 in shared memory, bf16 keys copied as they are. Decode key GB/s "
+               "counts the key bytes read at the pool's element size (decode indexer + top-k time).", ""]
     if kernels and "sparse_mla" in kernels:
         md += ["## Sparse MLA (kv_lora 512 + rope 64, 2048 selected keys per token)", "",
-               "| heads | context | prefill tokens | prefill ms | prefill TFLOP/s | % of GEMM | decode batch | decode ms | "
-               "latent GB/s | % of copy |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for row in kernels["sparse_mla"]:
-            for j, d in enumerate(row["decode"]):
-                first = j == 0
-                md.append(f"| {row.get('heads', 64)} | {row['context']} | {row['prefill_tokens']} | "
-                          f"{row['prefill_ms']:.2f} | {row['prefill_tflops']:.1f} | {100 * row['prefill_tflops'] / gemm:.0f}% | "
-                          if first else "| | | | | | | ")
-                md[-1] += f"{d['batch']} | {d['ms']:.3f} | {d['latent_gbps']:.0f} | {100 * d['latent_gbps'] / copy:.0f}% |"
-        md += ["", "Decode GB/s counts the f32 latent rows read (2048 × 576 × 4 bytes per token); the copy "
-               "ceiling counts bytes read plus written.", ""]
+               "| heads | context | q, pool | prefill tokens | prefill ms | prefill TFLOP/s | % of GEMM | decode batch | "
+               "decode ms | latent GB/s | % of copy |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for key in ("sparse_mla", "sparse_mla_bf16"):
+            for row in kernels.get(key, []):
+                for j, d in enumerate(row["decode"]):
+                    first = j == 0
+                    md.append(f"| {row.get('heads', 64)} | {row['context']} | {row.get('q', 'f32')}, "
+                              f"{row.get('pool', 'f32')} | {row['prefill_tokens']} | {row['prefill_ms']:.2f} | "
+                              f"{row['prefill_tflops']:.1f} | {100 * row['prefill_tflops'] / gemm:.0f}% | "
+                              if first else "| | | | | | | | ")
+                    md[-1] += f"{d['batch']} | {d['ms']:.3f} | {d['latent_gbps']:.0f} | {100 * d['latent_gbps'] / copy:.0f}% |"
+        md += ["", "Decode GB/s counts the latent rows read at the pool's element size (2048 × 576 × 4 bytes per "
+               "token for f32, × 2 for bf16); the copy ceiling counts bytes read plus written.", ""]
     if hf and full:
         md += ["## End to end: the engine (--device cuda) vs transformers 5.17 eager, same GPU, same weights", "",
                f"Model: the brief's 16-layer random glm_moe_dsa, {hf['params'] / 1e6:.0f}M parameters, bf16.", "",

@@ -4,6 +4,8 @@
 // enters (unit roundoff u = 2⁻⁸ per rounded operand), and the top-k selections exactly, except where the
 // float64 scores show a near-tie within that bound at the k-th boundary, which the check detects
 // and counts.
+#include <cuda_runtime.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -946,6 +948,262 @@ TEST_F(CudaOpCheck, BadInputIsAnErrorNotACrash) {
   gpu_->Linear(a.t, w.t, o.t);  // out has 5 columns, w 3 rows
   const absl::Status s = gpu_->Synchronize();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+}
+
+// --- The indexer and sparse MLA on bf16 queries, bf16 paged caches and bf16 outputs ---
+// The references are computed in float64 on the values exactly as stored (bf16-rounded where the
+// tensor is BF16), so a bound holds only the rounding the kernel itself adds: f32 queries or pool rows
+// it rounds to bf16 (u each), the probabilities it rounds before P · C (u), a bf16 output (u), and f32
+// accumulation, for which a sum of m terms is within m·2⁻²³ of the exact sum of their magnitudes (2⁻²³
+// rather than 2⁻²⁴ because the tensor cores may truncate), doubled for the order of the tensor cores'
+// internal additions, which the PTX manual leaves open.
+constexpr double kF32Sum = 2.0 / (1 << 23);
+
+std::vector<float> StoredAs(std::vector<float> v, DType dtype) {
+  return dtype == DType::kBF16 ? RoundedBf16(std::move(v)) : v;
+}
+
+// The kernel's own bf16 rounding of an operand held as `dtype`: none for a BF16 tensor.
+double RoundingOf(DType dtype) { return dtype == DType::kBF16 ? 0.0 : 1.01 * kUnitRoundoff; }
+
+const char* NameOf(DType dtype) { return dtype == DType::kBF16 ? "bf16" : "f32"; }
+
+// An F32 or BF16 device tensor on the host as floats (bf16 widened exactly).
+std::vector<float> GetFloats(CudaBackend& be, Tensor t) {
+  if (t.dtype != DType::kBF16) return Get<float>(be, t);
+  EXPECT_TRUE(be.Synchronize().ok());
+  std::vector<uint16_t> bits(static_cast<size_t>(t.numel()));
+  EXPECT_EQ(cudaMemcpy2D(bits.data(), t.cols * 2, t.data, t.stride * 2, t.cols * 2, t.rows, cudaMemcpyDeviceToHost),
+            cudaSuccess);
+  std::vector<float> out(bits.size());
+  for (size_t i = 0; i < bits.size(); ++i) {
+    const uint32_t word = uint32_t{bits[i]} << 16;
+    std::memcpy(&out[i], &word, 4);
+  }
+  return out;
+}
+
+// All bits set: NaN in f32 and in bf16, so an element the kernel leaves unwritten cannot pass.
+void Poison(CudaBackend& be, Tensor t) {
+  ASSERT_EQ(cudaMemsetAsync(t.data, 0xff, static_cast<size_t>(t.rows * t.stride) * DTypeSize(t.dtype), be.stream()),
+            cudaSuccess);
+}
+
+struct IndexerTypes {
+  DType q, w, keys;
+  float scale_sign;  // −1: a negative scale, which the kernel folds in by flipping the queries' signs
+};
+
+// The float64 score of row r against `key` and its bound for this kernel: IndexerScore64's bound is
+// 2.01·u·M with M = Σ_h |w_h·scale|·Σ_d |q_d·k_d|; here the rounding is only that of f32 operands,
+// plus the f32 sums (dim products per head, then heads weighted terms).
+ScoreAndBound IndexerScoreFor(const IndexerTypes& types, const std::vector<float>& q, const std::vector<float>& w,
+                              const float* key, int64_t r, int32_t heads, int32_t dim, double scale) {
+  const ScoreAndBound sb = IndexerScore64(q, w, key, r, heads, dim, scale);
+  const double magnitude = std::abs(sb.bound) / (2.01 * kUnitRoundoff);
+  return {sb.score, (RoundingOf(types.q) + RoundingOf(types.keys) + (dim + heads + 4) * kF32Sum) * magnitude};
+}
+
+TEST_F(CudaOpCheck, IndexerLogitsOnBf16QueriesAndPoolsMatchFloat64) {
+  struct Case {
+    int32_t heads, dim;
+    std::vector<int32_t> lengths;
+    int32_t chunk;
+    IndexerTypes types;
+  };
+  const DType kB = DType::kBF16, kF = DType::kF32;
+  // The engine's all-bf16 indexer at GLM-5's 32 × 128; DsaModel::SelectKeys' f32 probe queries on a
+  // bf16 pool; padded heads and dims with a negative scale; bf16 queries on an f32 pool; a key range
+  // split over several blocks; batched decode with several sequences per block throughout.
+  for (const Case& c : {Case{32, 128, {3000, 700, 1, 2500}, 37, {kB, kB, kB, 1.f}},
+                        Case{8, 64, {1000, 64, 65, 129}, 200, {kF, kF, kB, 1.f}},
+                        Case{20, 48, {513, 17}, 70, {kB, kF, kB, -1.f}}, Case{64, 128, {4100}, 100, {kB, kB, kF, 1.f}},
+                        Case{5, 16, {90, 3, 300}, 90, {kF, kB, kB, -1.f}}, Case{16, 64, {20000}, 8, {kB, kB, kB, 1.f}}}) {
+    const PagedBatch b = MakeBatch(c.lengths, c.chunk, 12);
+    const int64_t n = static_cast<int64_t>(b.seq.size());
+    const std::vector<float> q = StoredAs(Random(n * c.heads * c.dim, 51), c.types.q);
+    const std::vector<float> keys = StoredAs(Random(static_cast<size_t>(b.slots) * c.dim, 52), c.types.keys);
+    const std::vector<float> w = StoredAs(Random(n * c.heads, 53), c.types.w);
+    Held gq = PutF(*gpu_, q, n, c.heads * c.dim, c.types.q), gw = PutF(*gpu_, w, n, c.heads, c.types.w);
+    Held gk = PutF(*gpu_, keys, b.slots, c.dim, c.types.keys), gl = PutF(*gpu_, {}, n, b.max_context);
+    DeviceLayout dl = Upload(*gpu_, b);
+    const float scale = c.types.scale_sign / std::sqrt(static_cast<float>(c.dim));
+    Poison(*gpu_, gl.t);
+    const std::string error = cuda::IndexerLogits(gq.t, gw.t, c.heads, gk.t, cuda::PagedRowsOf(dl.layout),
+                                                  b.max_context, scale, gl.t, gpu_->stream());
+    ASSERT_TRUE(error.empty()) << error;
+    const std::vector<float> got = Get<float>(*gpu_, gl.t);
+    double worst = 0.0;
+    for (int64_t r = 0; r < n; ++r) {
+      for (int32_t s = 0; s < b.max_context; ++s) {
+        const float value = got[static_cast<size_t>(r) * b.max_context + s];
+        if (s > b.pos[r]) {
+          ASSERT_TRUE(std::isnan(value)) << "row " << r << " column " << s << " past the token was written";
+          continue;
+        }
+        const auto [total, bound] = IndexerScoreFor(
+            c.types, q, w, &keys[static_cast<size_t>(b.SlotOf(b.seq[r], s)) * c.dim], r, c.heads, c.dim, scale);
+        const double err = std::abs(value - total), tol = bound + 1e-6 * (1.0 + std::abs(total));
+        ASSERT_LE(err, tol) << "H" << c.heads << " D" << c.dim << " row " << r << " (pos " << b.pos[r] << ") column "
+                            << s << ": " << value << " vs " << total;
+        worst = std::max(worst, err / tol);
+      }
+    }
+    std::printf("  indexer logits q %-4s w %-4s keys %-4s scale %+.0f H%-2d D%-3d %3ld rows: worst error / bound = %.3f\n",
+                NameOf(c.types.q), NameOf(c.types.w), NameOf(c.types.keys), c.types.scale_sign, c.heads, c.dim,
+                static_cast<long>(n), worst);
+  }
+}
+
+// Selections through the backend's IndexerTopK: exact except where the float64 scores, within the
+// bound above, leave the k-th place open (a near-tie, detected and counted as in the f32 check).
+TEST_F(CudaOpCheck, IndexerSelectionsOnBf16PoolsAgreeExceptAtDetectedNearTies) {
+  struct Case {
+    int32_t heads, dim, k;
+    std::vector<int32_t> lengths;
+    int32_t chunk;
+    IndexerTypes types;
+  };
+  const DType kB = DType::kBF16, kF = DType::kF32;
+  for (const Case& c : {Case{32, 128, 2048, {5000, 2100, 9000}, 24, {kB, kB, kB, 1.f}},
+                        Case{16, 32, 64, {300, 77, 64, 1}, 40, {kF, kF, kB, 1.f}}}) {
+    const PagedBatch b = MakeBatch(c.lengths, c.chunk, 8);
+    const int64_t n = static_cast<int64_t>(b.seq.size());
+    const std::vector<float> q = StoredAs(Random(n * c.heads * c.dim, 61), c.types.q);
+    const std::vector<float> keys = StoredAs(Random(static_cast<size_t>(b.slots) * c.dim, 62), c.types.keys);
+    const std::vector<float> w = StoredAs(Random(n * c.heads, 63), c.types.w);
+    Held gq = PutF(*gpu_, q, n, c.heads * c.dim, c.types.q), gw = PutF(*gpu_, w, n, c.heads, c.types.w);
+    Held gk = PutF(*gpu_, keys, b.slots, c.dim, c.types.keys), go = PutI(*gpu_, {}, n, c.k);
+    DeviceLayout dl = Upload(*gpu_, b);
+    const float scale = c.types.scale_sign / std::sqrt(static_cast<float>(c.dim));
+    gpu_->IndexerTopK(gq.t, gw.t, c.heads, gk.t, dl.layout, scale, go.t);
+    const std::vector<int32_t> got = Get<int32_t>(*gpu_, go.t);
+    int64_t near_tie_rows = 0;
+    for (int64_t r = 0; r < n; ++r) {
+      const int32_t length = b.pos[r] + 1, k = std::min(c.k, length);
+      std::vector<double> score(length), bound(length);
+      for (int32_t s = 0; s < length; ++s) {
+        const ScoreAndBound sb = IndexerScoreFor(c.types, q, w, &keys[static_cast<size_t>(b.SlotOf(b.seq[r], s)) * c.dim],
+                                                 r, c.heads, c.dim, scale);
+        score[s] = sb.score;
+        bound[s] = sb.bound + 1e-6 * (1.0 + std::abs(sb.score));
+      }
+      const std::vector<int32_t> want = ExactTopK(std::vector<float>(score.begin(), score.end()).data(), length, c.k);
+      const std::vector<int32_t> row(got.begin() + r * c.k, got.begin() + (r + 1) * c.k);
+      for (int32_t i = k; i < c.k; ++i) ASSERT_EQ(row[i], -1) << "padding, row " << r;
+      std::set<int32_t> got_set(row.begin(), row.begin() + k), want_set(want.begin(), want.begin() + k);
+      ASSERT_EQ(static_cast<int32_t>(got_set.size()), k) << "duplicate or missing picks, row " << r;
+      if (got_set == want_set) continue;
+      double worst_pick = INFINITY, best_left = -INFINITY;
+      for (int32_t s = 0; s < length; ++s) {
+        if (got_set.count(s)) {
+          worst_pick = std::min(worst_pick, score[s] + bound[s]);
+        } else {
+          best_left = std::max(best_left, score[s] - bound[s]);
+        }
+      }
+      ASSERT_GE(worst_pick, best_left) << "row " << r << ": the GPU's selection differs beyond the bound";
+      ++near_tie_rows;
+    }
+    std::printf("  indexer top-k q %-4s keys %-4s H%d D%d k%d: %ld rows, %ld differ only at detected near-ties\n",
+                NameOf(c.types.q), NameOf(c.types.keys), c.heads, c.dim, c.k, static_cast<long>(n),
+                static_cast<long>(near_tie_rows));
+  }
+}
+
+// Sparse MLA with each of queries, pool and output f32 or bf16, over the f32 check's shapes (1 to 72
+// heads, prefill blocks and the split-key decode path with its merge). Bound per output element, on
+// the stored values: a score moves by at most e = (rounding of f32 q and pool + (width + 4) f32 sums)
+// · |scale|·Σ_d |q_d·k_d|, so each probability by a factor within e^{±2e}; rounding the probabilities
+// (and an f32 pool's C) to bf16 adds u of max|C| each; a bf16 output adds u of the value.
+TEST_F(CudaOpCheck, SparseMlaOnBf16QueriesPoolsAndOutputsMatchFloat64) {
+  struct Shape {
+    int32_t heads, latent, rope, k;
+    std::vector<int32_t> lengths;
+    int32_t chunk;
+  };
+  struct Types {
+    DType q, pool, out;
+  };
+  const DType kB = DType::kBF16, kF = DType::kF32;
+  const std::vector<Shape> shapes = {
+      Shape{4, 64, 16, 64, {200, 30, 90}, 17},     Shape{4, 32, 8, 16, {60, 20, 9}, 9},
+      Shape{1, 32, 8, 16, {60}, 20},               Shape{8, 128, 32, 256, {700, 300}, 40},
+      Shape{16, 512, 64, 512, {900, 300}, 4},      Shape{64, 512, 64, 2048, {3000, 2500}, 5},
+      Shape{20, 512, 64, 2048, {2048, 600}, 3},    Shape{20, 512, 64, 256, {1200}, 140},
+      Shape{64, 512, 64, 128, {400}, 140},         Shape{72, 64, 16, 64, {200, 90}, 9}};
+  // The engine's all-bf16 path on every shape; f32 queries on a bf16 pool (f32 out) and bf16 queries on
+  // an f32 pool (bf16 out) on a prefill and a decode shape of GLM-5's width.
+  std::vector<std::pair<Shape, Types>> cases;
+  for (const Shape& s : shapes) cases.push_back({s, Types{kB, kB, kB}});
+  for (int i : {5, 8}) {
+    cases.push_back({shapes[i], Types{kF, kB, kF}});
+    cases.push_back({shapes[i], Types{kB, kF, kB}});
+  }
+  for (const auto& [c, types] : cases) {
+    const PagedBatch b = MakeBatch(c.lengths, c.chunk, 10);
+    const int64_t n = static_cast<int64_t>(b.seq.size()), width = c.latent + c.rope;
+    const std::vector<float> ql = StoredAs(Random(n * c.heads * c.latent, 71), types.q);
+    const std::vector<float> qr = StoredAs(Random(n * c.heads * c.rope, 72), types.q);
+    const std::vector<float> pool = StoredAs(Random(static_cast<size_t>(b.slots) * width, 73), types.pool);
+    std::vector<int32_t> idx(n * c.k, -1);
+    std::mt19937 rng(74);
+    for (int64_t r = 0; r < n; ++r) {
+      std::vector<int32_t> visible(b.pos[r] + 1);
+      std::iota(visible.begin(), visible.end(), 0);
+      std::shuffle(visible.begin(), visible.end(), rng);
+      const int32_t k = std::min<int32_t>(c.k, static_cast<int32_t>(visible.size()));
+      std::copy_n(visible.begin(), k, idx.begin() + r * c.k);
+    }
+    std::fill_n(idx.begin(), c.k, -1);  // a token with no keys at all: its output is zero
+    const float scale = 1.0f / std::sqrt(static_cast<float>(width));
+    Held gql = PutF(*gpu_, ql, n, c.heads * c.latent, types.q), gqr = PutF(*gpu_, qr, n, c.heads * c.rope, types.q);
+    Held gp = PutF(*gpu_, pool, b.slots, width, types.pool), gi = PutI(*gpu_, idx, n, c.k);
+    Held go = PutF(*gpu_, {}, n, c.heads * c.latent, types.out);
+    DeviceLayout dl = Upload(*gpu_, b);
+    Poison(*gpu_, go.t);
+    gpu_->SparseMlaAttention(gql.t, gqr.t, c.heads, gp.t, dl.layout, gi.t, scale, go.t);
+    const std::vector<float> got = GetFloats(*gpu_, go.t);
+    const double score_rounding = RoundingOf(types.q) + RoundingOf(types.pool) + (width + 4) * kF32Sum;
+    const double prob_rounding = 1.01 * kUnitRoundoff + RoundingOf(types.pool) + 64 * kF32Sum;
+    const double out_rounding = types.out == DType::kBF16 ? 1.01 * kUnitRoundoff : 0.0;
+    std::vector<float> want(got.size()), bound(got.size());
+    for (int64_t r = 0; r < n; ++r) {
+      std::vector<const float*> rows;
+      for (int32_t j = 0; j < c.k && idx[r * c.k + j] >= 0; ++j) {
+        rows.push_back(&pool[static_cast<size_t>(b.SlotOf(b.seq[r], idx[r * c.k + j])) * width]);
+      }
+      for (int32_t h = 0; h < c.heads; ++h) {
+        std::vector<double> s(rows.size());
+        double max_s = -INFINITY, max_err = 0.0, max_c = 0.0;
+        for (size_t j = 0; j < rows.size(); ++j) {
+          double dot = 0.0, abs_dot = 0.0;
+          for (int32_t d = 0; d < width; ++d) {
+            const double qd = d < c.latent ? ql[(r * c.heads + h) * c.latent + d] : qr[(r * c.heads + h) * c.rope + d - c.latent];
+            dot += qd * rows[j][d];
+            abs_dot += std::abs(qd * rows[j][d]);
+          }
+          s[j] = dot * scale;
+          max_s = std::max(max_s, s[j]);
+          max_err = std::max(max_err, score_rounding * abs_dot * scale);
+          for (int32_t d = 0; d < c.latent; ++d) max_c = std::max(max_c, std::abs(static_cast<double>(rows[j][d])));
+        }
+        double total = 0.0;
+        for (double& v : s) total += (v = std::exp(v - max_s));
+        for (int32_t d = 0; d < c.latent; ++d) {
+          double acc = 0.0;
+          for (size_t j = 0; j < rows.size(); ++j) acc += s[j] / total * rows[j][d];
+          const size_t at = static_cast<size_t>((r * c.heads + h) * c.latent + d);
+          want[at] = static_cast<float>(acc);
+          bound[at] = static_cast<float>((std::expm1(2 * max_err) + prob_rounding) * max_c + out_rounding * std::abs(acc));
+        }
+      }
+    }
+    ExpectWithin(got, want, bound,
+                 ("MLA q " + std::string(NameOf(types.q)) + " pool " + NameOf(types.pool) + " out " + NameOf(types.out) +
+                  " H" + std::to_string(c.heads) + " C" + std::to_string(c.latent) + " n" + std::to_string(n))
+                     .c_str());
+  }
 }
 
 }  // namespace

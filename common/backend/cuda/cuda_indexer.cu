@@ -4,18 +4,22 @@
 // the N side, so that one key tile is multiplied against 256 query rows at once and the sum over
 // heads is a sum over accumulator columns, which a thread holds in registers except for a reduction
 // over the 4 lanes of a quad. A block owns 2·T tokens (T = 256 / padded heads) and three warpgroups:
-//   - a producer that gathers 64-key tiles from the paged f32 pool, rounds them to bf16 and stores
-//     them, 128-byte swizzled, into a ring of kStages shared-memory stages (mbarrier full/empty),
-//     with the next tile's loads in flight while it stores one;
+//   - a producer that gathers 64-key tiles from the paged pool into a ring of kStages shared-memory
+//     stages (mbarrier full/empty), 128-byte swizzled. A bf16 pool is copied as it is: each 16-byte
+//     chunk goes straight to its swizzled place (cp.async), three tiles in flight. An f32 pool is
+//     loaded into registers and rounded to bf16 on the way, with the next tile's loads in flight
+//     while it stores one;
 //   - two consumers, each owning T tokens: per tile one 64 × 256 × D product (D / 16 wgmma
 //     m64n256k16, A = keys, B = its queries, both from shared memory), then ReLU, the head weights
 //     and the head sum in registers, and the logits stored straight from registers.
 // Both consumers read the same key tile, so each key byte loaded serves 512 query rows. The queries
-// (× scale, rounded to bf16) stay in shared memory for the block's life. Tiles past a consumer's
-// last causal position are skipped; the key range is split over grid.y when query blocks are few
-// (decode), and a block whose tokens span several sequences (batched decode) makes one pass per
-// sequence.
+// (bf16; f32 ones rounded) stay in shared memory for the block's life. The scale is folded into the
+// head weights (ReLU(s·x) = |s|·ReLU(sign(s)·x); a negative scale flips the queries' signs, which is
+// exact), so bf16 queries are stored as they arrive. Tiles past a consumer's last causal position are
+// skipped; the key range is split over grid.y when query blocks are few (decode), and a block whose
+// tokens span several sequences (batched decode) makes one pass per sequence.
 #include <algorithm>
+#include <type_traits>
 
 #include "common/backend/cuda/cuda_common.cuh"
 #include "common/backend/cuda/cuda_kernels.h"
@@ -46,14 +50,15 @@ struct RegisterSplit {
 };
 
 struct IndexerArgs {
-  const float* q;
+  const void* q;  // F32 or BF16 (q_bf16)
   int64_t q_stride;
-  const float* w;
+  const void* w;  // F32 or BF16 (w_bf16)
   int64_t w_stride;
-  const float* keys;
+  const void* keys;  // the kernel's KeyT
   int64_t key_stride;
   PagedRows rows;
   int32_t n, heads, dim, tiles_per_split;
+  bool q_bf16, w_bf16;
   float scale;
   float* logits;
   int64_t logits_stride;
@@ -198,7 +203,7 @@ __device__ __forceinline__ void LoadKeyChunks(const IndexerArgs& a, const int32_
     v[b][0] = v[b][1] = make_float4(0.f, 0.f, 0.f, 0.f);
     if (s <= last && d0 < a.dim) {
       const int64_t slot = int64_t{table[s / a.rows.block_size]} * a.rows.block_size + s % a.rows.block_size;
-      const float4* src = reinterpret_cast<const float4*>(a.keys + slot * a.key_stride + d0);
+      const float4* src = reinterpret_cast<const float4*>(static_cast<const float*>(a.keys) + slot * a.key_stride + d0);
       v[b][0] = src[0];
       v[b][1] = src[1];
     }
@@ -224,13 +229,13 @@ __device__ __forceinline__ void StoreKeyChunks(uint32_t keys_smem, uint32_t bars
   BarrierArrive(bars + 8 * stage);
 }
 
-// Producer: gathers key tiles [tile_begin, tile_end) of `seq` (positions past `last` as zeros) into
-// the stage ring, continuing the ring position `it`. Two register buffers alternate so that one
-// tile's loads are in flight while the other is stored: with one, every tile paid the full load
-// latency and the kernel ran at 336 TFLOP/s at 128K instead of 420 (H100, 2026-11-22).
+// Producer of an f32 pool: gathers key tiles [tile_begin, tile_end) of `seq` (positions past `last`
+// as zeros) into the stage ring, continuing the ring position `it`. Two register buffers alternate so
+// that one tile's loads are in flight while the other is stored: with one, every tile paid the full
+// load latency and the kernel ran at 336 TFLOP/s at 128K instead of 420 (H100, 2026-11-22).
 template <int kDimP>
-__device__ void ProduceKeys(const IndexerArgs& a, uint32_t keys_smem, uint32_t bars, int seq, int last,
-                            int tile_begin, int tile_end, int& it) {
+__device__ void ProduceF32Keys(const IndexerArgs& a, uint32_t keys_smem, uint32_t bars, int seq, int last,
+                               int tile_begin, int tile_end, int& it) {
   if (tile_begin >= tile_end) return;
   const int32_t* table = a.rows.block_tables + int64_t{seq} * a.rows.tables_stride;
   float4 even[KeyChunksPerThread(kDimP)][2], odd[KeyChunksPerThread(kDimP)][2];
@@ -243,6 +248,54 @@ __device__ void ProduceKeys(const IndexerArgs& a, uint32_t keys_smem, uint32_t b
     if (tile + 2 < tile_end) LoadKeyChunks<kDimP>(a, table, tile + 2, last, even);
     StoreKeyChunks<kDimP>(keys_smem, bars, it++, odd);
   }
+}
+
+// Producer of a bf16 pool: the same tiles, each 16-byte chunk copied by cp.async straight into its
+// swizzled place (zero-filled past `last` or the key dim), so nothing passes through registers.
+// wgmma reads the stages through the async proxy, so a stage is marked full only after its copies
+// landed and this thread fenced them (fence.proxy.async, writer side as the PTX memory model asks):
+// after issuing tile t the thread waits for tile t − kLag's copies, fences and arrives. kLag =
+// kStages − 2: the consumers then work on tile t − kLag − 1 while the producer issues tile t, so
+// they never wait for a fresh issue's table reads (with kLag = kStages − 1 they did: 381 TFLOP/s
+// at 128K against 417 for the f32 pool, H100, 2026-11-22), and kLag + 1 tiles stay in flight.
+template <int kDimP>
+__device__ void ProduceBf16Keys(const IndexerArgs& a, uint32_t keys_smem, uint32_t bars, int seq, int last,
+                                int tile_begin, int tile_end, int& it) {
+  constexpr int kChunksPerRow = kDimP / 8;
+  if (tile_begin >= tile_end) return;
+  const int32_t* table = a.rows.block_tables + int64_t{seq} * a.rows.tables_stride;
+  const auto* keys = static_cast<const __nv_bfloat16*>(a.keys);
+  constexpr int kLag = kStages - 2;
+  const int tid = threadIdx.x % 128, first_it = it;
+  for (int tile = tile_begin; tile < tile_end; ++tile, ++it) {
+    const int stage = it % kStages;
+    BarrierWait(bars + 8 * (kStages + stage), ((it / kStages) & 1) ^ 1);
+    const uint32_t base = keys_smem + stage * Smem<kDimP>::kStageBytes;
+#pragma unroll
+    for (int b = 0; b < KeyChunksPerThread(kDimP); ++b) {
+      const int e = tid + 128 * b, row = e / kChunksPerRow, chunk = e % kChunksPerRow, d0 = chunk * 8;
+      const int s = tile * kKeyTile + row;
+      const bool present = s <= last && d0 < a.dim;
+      const __nv_bfloat16* src = keys;  // not read when absent (zero-filled), but a valid address
+      if (present) {
+        const int64_t slot = int64_t{table[s / a.rows.block_size]} * a.rows.block_size + s % a.rows.block_size;
+        src += slot * a.key_stride + d0;
+      }
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(base + SwizzledOffset(row, chunk, kKeyTile)),
+                   "l"(src), "r"(present ? 16 : 0)
+                   : "memory");
+    }
+    asm volatile("cp.async.commit_group;" ::: "memory");
+    if (it - first_it >= kLag) {
+      asm volatile("cp.async.wait_group %0;" ::"n"(kLag) : "memory");
+      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+      BarrierArrive(bars + 8 * ((it - kLag) % kStages));
+    }
+  }
+  // The tiles still in flight, oldest first.
+  asm volatile("cp.async.wait_group 0;" ::: "memory");
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+  for (int done = max(first_it, it - kLag); done < it; ++done) BarrierArrive(bars + 8 * (done % kStages));
 }
 
 // Consumer `c`: per key tile its 64 × 256 product, then for each of its T tokens the head-weighted
@@ -321,7 +374,7 @@ __device__ void ConsumeKeys(const IndexerArgs& a, const unsigned char* smem, uin
   }
 }
 
-template <int kHeadsP, int kDimP>
+template <int kHeadsP, int kDimP, typename KeyT>
 __global__ void __launch_bounds__(kThreads, 1) IndexerLogitsKernel(IndexerArgs a) {
   using S = Smem<kDimP>;
   constexpr int kT = kCols / kHeadsP, kTokens = kConsumers * kT;
@@ -342,11 +395,13 @@ __global__ void __launch_bounds__(kThreads, 1) IndexerLogitsKernel(IndexerArgs a
     tok_seq[i] = valid ? a.rows.token_seq[t0 + i] : -1;
     tok_pos[i] = valid ? a.rows.token_pos[t0 + i] : -1;
   }
-  // Queries × scale as bf16 (so ReLU(scale·q·k) is ReLU of the product); column n = token·Hp + head
-  // of its consumer; padded heads and dims are zero. Rows of absent tokens are left unwritten: a
+  // Queries as bf16, signs flipped for a negative scale (see the head comment); column n = token·Hp +
+  // head of its consumer; padded heads and dims are zero. Rows of absent tokens are left unwritten: a
   // product column depends only on its own query row, and absent tokens' columns are never stored.
-  // kQBatch chunks per thread are loaded before any is stored, to keep loads in flight.
+  // kQBatch 16-byte chunks of bf16 (8 elements: 16 bytes of bf16 queries, 32 of f32) per thread are
+  // loaded before any is stored, to keep loads in flight; a bf16 chunk travels as the bits of v[b][0].
   constexpr int kChunksPerRow = kDimP / 8, kQChunks = kTokens * kHeadsP * kChunksPerRow, kQBatch = 8;
+  const bool negate = a.scale < 0.f;
   for (int e0 = tid; e0 < kQChunks; e0 += kThreads * kQBatch) {
     float4 v[kQBatch][2];
 #pragma unroll
@@ -355,9 +410,14 @@ __global__ void __launch_bounds__(kThreads, 1) IndexerLogitsKernel(IndexerArgs a
       const int tok = col / kHeadsP, h = col % kHeadsP, d0 = chunk * 8;
       v[b][0] = v[b][1] = make_float4(0.f, 0.f, 0.f, 0.f);
       if (e < kQChunks && t0 + tok < a.n && h < a.heads && d0 < a.dim) {
-        const float4* src = reinterpret_cast<const float4*>(a.q + int64_t{t0 + tok} * a.q_stride + h * a.dim + d0);
-        v[b][0] = src[0];
-        v[b][1] = src[1];
+        const int64_t at = int64_t{t0 + tok} * a.q_stride + h * a.dim + d0;
+        if (a.q_bf16) {
+          v[b][0] = *reinterpret_cast<const float4*>(static_cast<const __nv_bfloat16*>(a.q) + at);
+        } else {
+          const float4* src = reinterpret_cast<const float4*>(static_cast<const float*>(a.q) + at);
+          v[b][0] = src[0];
+          v[b][1] = src[1];
+        }
       }
     }
 #pragma unroll
@@ -365,16 +425,30 @@ __global__ void __launch_bounds__(kThreads, 1) IndexerLogitsKernel(IndexerArgs a
       const int e = e0 + b * kThreads, chunk = e % kChunksPerRow, col = e / kChunksPerRow;
       const int tok = col / kHeadsP, h = col % kHeadsP;
       if (e >= kQChunks || t0 + tok >= a.n) continue;
-      const float4 lo = v[b][0], hi = v[b][1], s = make_float4(a.scale, a.scale, a.scale, a.scale);
       const int c = tok / kT, n = (tok % kT) * kHeadsP + h;
-      StoreShared16(base + S::kQ + c * S::kQBytes + SwizzledOffset(n, chunk, kCols),
-                    make_float4(lo.x * s.x, lo.y * s.y, lo.z * s.z, lo.w * s.w),
-                    make_float4(hi.x * s.x, hi.y * s.y, hi.z * s.z, hi.w * s.w));
+      const uint32_t address = base + S::kQ + c * S::kQBytes + SwizzledOffset(n, chunk, kCols);
+      if (a.q_bf16) {
+        const uint32_t sign = negate ? 0x80008000u : 0u;
+        const uint4 bits = *reinterpret_cast<const uint4*>(&v[b][0]);
+        asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(address), "r"(bits.x ^ sign), "r"(bits.y ^ sign),
+                     "r"(bits.z ^ sign), "r"(bits.w ^ sign)
+                     : "memory");
+      } else {
+        const float f = negate ? -1.f : 1.f;
+        const float4 lo = v[b][0], hi = v[b][1];
+        StoreShared16(address, make_float4(lo.x * f, lo.y * f, lo.z * f, lo.w * f),
+                      make_float4(hi.x * f, hi.y * f, hi.z * f, hi.w * f));
+      }
     }
   }
+  const float magnitude = fabsf(a.scale);
   for (int e = tid; e < kTokens * kHeadsP; e += kThreads) {
     const int tok = e / kHeadsP, h = e % kHeadsP;
-    weights[e] = t0 + tok < a.n && h < a.heads ? a.w[int64_t{t0 + tok} * a.w_stride + h] : 0.f;
+    const int64_t at = int64_t{t0 + tok} * a.w_stride + h;
+    const float w = !(t0 + tok < a.n && h < a.heads) ? 0.f
+                    : a.w_bf16                       ? __bfloat162float(static_cast<const __nv_bfloat16*>(a.w)[at])
+                                                     : static_cast<const float*>(a.w)[at];
+    weights[e] = w * magnitude;
   }
   const uint32_t bars = base + S::kBarriers;
   if (tid == 0) {
@@ -407,7 +481,11 @@ __global__ void __launch_bounds__(kThreads, 1) IndexerLogitsKernel(IndexerArgs a
       const int last = LastPosition(tok_seq, tok_pos, 0, kTokens, seq);
       const int tile_begin = blockIdx.y * a.tiles_per_split;
       const int tile_end = min(last / kKeyTile + 1, tile_begin + a.tiles_per_split);
-      ProduceKeys<kDimP>(a, base + S::kKeys, bars, seq, last, tile_begin, tile_end, it);
+      if constexpr (std::is_same_v<KeyT, __nv_bfloat16>) {
+        ProduceBf16Keys<kDimP>(a, base + S::kKeys, bars, seq, last, tile_begin, tile_end, it);
+      } else {
+        ProduceF32Keys<kDimP>(a, base + S::kKeys, bars, seq, last, tile_begin, tile_end, it);
+      }
     }
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(RegisterSplit<kDimP>::kConsumer));
@@ -424,7 +502,7 @@ __global__ void __launch_bounds__(kThreads, 1) IndexerLogitsKernel(IndexerArgs a
   }
 }
 
-template <int kHeadsP, int kDimP>
+template <int kHeadsP, int kDimP, typename KeyT>
 std::string Launch(const IndexerArgs& a, int32_t max_context, cudaStream_t stream) {
   constexpr int kTokens = kConsumers * kCols / kHeadsP;
   const int query_blocks = static_cast<int>(CeilDiv(a.n, kTokens));
@@ -436,21 +514,26 @@ std::string Launch(const IndexerArgs& a, int32_t max_context, cudaStream_t strea
   args.tiles_per_split = static_cast<int32_t>(std::max<int64_t>(CeilDiv(tiles, splits), kMinTilesPerSplit));
   const int grid_y = static_cast<int>(CeilDiv(tiles, args.tiles_per_split));
   constexpr int kShared = Smem<kDimP>::kAlloc;
-  static const cudaError_t attribute =
-      cudaFuncSetAttribute(IndexerLogitsKernel<kHeadsP, kDimP>, cudaFuncAttributeMaxDynamicSharedMemorySize, kShared);
+  static const cudaError_t attribute = cudaFuncSetAttribute(IndexerLogitsKernel<kHeadsP, kDimP, KeyT>,
+                                                            cudaFuncAttributeMaxDynamicSharedMemorySize, kShared);
   if (attribute != cudaSuccess) return std::string("indexer: ") + cudaGetErrorString(attribute);
-  IndexerLogitsKernel<kHeadsP, kDimP><<<dim3(query_blocks, grid_y), kThreads, kShared, stream>>>(args);
+  IndexerLogitsKernel<kHeadsP, kDimP, KeyT><<<dim3(query_blocks, grid_y), kThreads, kShared, stream>>>(args);
   return LaunchError();
 }
 
-template <int kDimP>
+template <int kDimP, typename KeyT>
 std::string LaunchForHeads(const IndexerArgs& a, int32_t max_context, cudaStream_t stream) {
   // Heads padded to a power of two ≥ 8 (zero weights and queries), so tokens tile the 256 columns.
-  if (a.heads <= 8) return Launch<8, kDimP>(a, max_context, stream);
-  if (a.heads <= 16) return Launch<16, kDimP>(a, max_context, stream);
-  if (a.heads <= 32) return Launch<32, kDimP>(a, max_context, stream);
-  if (a.heads <= 64) return Launch<64, kDimP>(a, max_context, stream);
-  return Launch<kMaxHeads, kDimP>(a, max_context, stream);
+  if (a.heads <= 8) return Launch<8, kDimP, KeyT>(a, max_context, stream);
+  if (a.heads <= 16) return Launch<16, kDimP, KeyT>(a, max_context, stream);
+  if (a.heads <= 32) return Launch<32, kDimP, KeyT>(a, max_context, stream);
+  if (a.heads <= 64) return Launch<64, kDimP, KeyT>(a, max_context, stream);
+  return Launch<kMaxHeads, kDimP, KeyT>(a, max_context, stream);
+}
+
+// 16-byte loads of queries and keys: aligned data, row strides a whole number of 16 bytes.
+bool Rows16(const Tensor& t) {
+  return reinterpret_cast<uintptr_t>(t.data) % 16 == 0 && t.stride * static_cast<int64_t>(DTypeSize(t.dtype)) % 16 == 0;
 }
 
 }  // namespace
@@ -458,9 +541,8 @@ std::string LaunchForHeads(const IndexerArgs& a, int32_t max_context, cudaStream
 std::string IndexerLogits(Tensor q, Tensor head_weights, int32_t heads, Tensor key_pool, const PagedRows& rows,
                           int32_t max_context, float scale, Tensor logits, cudaStream_t stream) {
   const int64_t dim = key_pool.cols;
-  if (q.dtype != DType::kF32 || head_weights.dtype != DType::kF32 || key_pool.dtype != DType::kF32 ||
-      logits.dtype != DType::kF32) {
-    return "indexer: query, weights, keys and logits must be f32";
+  if (!IsFloat(q) || !IsFloat(head_weights) || !IsFloat(key_pool) || logits.dtype != DType::kF32) {
+    return "indexer: query, weights and keys must be f32 or bf16, logits f32";
   }
   if (heads <= 0 || heads > kMaxHeads || q.cols != int64_t{heads} * dim || head_weights.cols < heads ||
       head_weights.rows != q.rows || logits.rows != q.rows || logits.cols < max_context) {
@@ -470,19 +552,19 @@ std::string IndexerLogits(Tensor q, Tensor head_weights, int32_t heads, Tensor k
   if (dim % 16 != 0 || dim > 128) {
     return "indexer: key dim " + std::to_string(dim) + " must be a multiple of 16, at most 128";
   }
-  // Queries and keys are read 16 bytes at a time.
-  if (key_pool.stride % 4 != 0 || q.stride % 4 != 0 || reinterpret_cast<uintptr_t>(key_pool.data) % 16 != 0 ||
-      reinterpret_cast<uintptr_t>(q.data) % 16 != 0) {
+  if (!Rows16(key_pool) || !Rows16(q)) {
     return "indexer: queries " + q.DebugString() + " and keys " + key_pool.DebugString() +
-           " must be 16-byte aligned with row strides a multiple of 4";
+           " must be 16-byte aligned with row strides a multiple of 16 bytes";
   }
   if (q.rows == 0 || max_context <= 0) return {};
   IndexerArgs a{};
-  a.q = q.ptr<float>();
+  a.q = q.data;
   a.q_stride = q.stride;
-  a.w = head_weights.ptr<float>();
+  a.q_bf16 = q.dtype == DType::kBF16;
+  a.w = head_weights.data;
   a.w_stride = head_weights.stride;
-  a.keys = key_pool.ptr<float>();
+  a.w_bf16 = head_weights.dtype == DType::kBF16;
+  a.keys = key_pool.data;
   a.key_stride = key_pool.stride;
   a.rows = rows;
   a.n = static_cast<int32_t>(q.rows);
@@ -491,7 +573,11 @@ std::string IndexerLogits(Tensor q, Tensor head_weights, int32_t heads, Tensor k
   a.scale = scale;
   a.logits = logits.ptr<float>();
   a.logits_stride = logits.stride;
-  return dim <= 64 ? LaunchForHeads<64>(a, max_context, stream) : LaunchForHeads<128>(a, max_context, stream);
+  return DispatchFloat(key_pool.dtype, [&](auto key) {
+    using KeyT = decltype(key);
+    return dim <= 64 ? LaunchForHeads<64, KeyT>(a, max_context, stream)
+                     : LaunchForHeads<128, KeyT>(a, max_context, stream);
+  });
 }
 
 }  // namespace indexcache::cuda

@@ -41,7 +41,8 @@ std::string WriteCacheRows(Tensor src, Tensor slot_mapping, Tensor pool, cudaStr
 
 // --- lightning indexer (cuda_indexer.cu) ---
 // logits[r, s] = Σ_h head_weights[r, h] · ReLU(scale · q[r, h]·key[s]) for s <= token_pos[r] (later
-// columns are left unwritten), on tensor cores with bf16 operands. logits: F32 [n, >= max_context].
+// columns are left unwritten), on tensor cores with bf16 operands. q, head_weights and key_pool each
+// F32 or BF16 (bf16 keys are copied into shared memory as they are); logits: F32 [n, >= max_context].
 std::string IndexerLogits(Tensor q, Tensor head_weights, int32_t heads, Tensor key_pool, const PagedRows& rows,
                           int32_t max_context, float scale, Tensor logits, cudaStream_t stream);
 
@@ -53,6 +54,7 @@ std::string RowTopK(Tensor logits, const int32_t* token_pos, Tensor out, cudaStr
 // --- sparse MLA (cuda_sparse_mla.cu) ---
 // Bytes of scratch SparseMlaAttention needs for this shape (partial results of split key ranges).
 size_t SparseMlaScratchBytes(int64_t tokens, int32_t heads, int64_t latent_dim, int64_t topk_cols);
+// q_latent, q_rope, latent_pool and out each F32 or BF16 (a bf16 pool's rows are copied as they are).
 std::string SparseMlaAttention(Tensor q_latent, Tensor q_rope, int32_t heads, Tensor latent_pool,
                                const PagedRows& rows, Tensor indices, float scale, Tensor out, void* scratch,
                                cudaStream_t stream);

@@ -8,10 +8,14 @@
 //   O += P · C  [M × latent]   (C = the latent part of the same key rows; O in registers)
 // on tensor cores (mma.sync m16n8k16, bf16 inputs, f32 accumulation, fragments via ldmatrix).
 //
-// The pool holds f32 rows, so tiles cannot be copied as they are: each warp loads its rows of the NEXT
-// tile into registers (two phases of two rows, 16 bytes per lane, coalesced 512-byte runs) while the
-// current tile is multiplied, and rounds them to bf16 into the other half of a double-buffered tile
-// after each phase. The loads of a whole tile are thus in flight behind the tensor-core work instead
+// A bf16 pool's rows are copied as they are: at the start of a tile every warp issues cp.async copies
+// of its rows of the NEXT tile straight into the other half of a double-buffered tile (16 bytes per
+// lane, coalesced runs; missing keys zero-filled), and waits for them only at the tile's end, so the
+// copies are in flight behind the tensor-core work without passing through registers.
+// An f32 pool's rows cannot be copied as they are: each warp loads its rows of the NEXT tile into
+// registers (two phases of two rows, 16 bytes per lane, coalesced 512-byte runs) while the current
+// tile is multiplied, and rounds them to bf16 into the other half of a double-buffered tile after
+// each phase. The loads of a whole tile are thus in flight behind the tensor-core work instead
 // of in front of it. Two tiles ahead, the rows are prefetched into L2 (cp.async.bulk.prefetch, no
 // registers), so the register loads mostly hit L2 and the DRAM latency hides behind two tiles of work.
 // (A flat element → row/column mapping costs an integer division per 16 bytes; it tripled the
@@ -24,8 +28,12 @@
 //
 // Decode (few tokens): the token's key range is split over grid.z so that the whole GPU streams keys;
 // a second kernel merges the partial softmax results.
+//
+// Queries and the output may each be f32 or bf16 (read once in the prologue, written once at the
+// end: a run-time flag); the pool's type is a template parameter, as it shapes the key loop.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "common/backend/cuda/cuda_common.cuh"
 #include "common/backend/cuda/cuda_kernels.h"
@@ -44,20 +52,22 @@ constexpr int kMaxKeysPerBlock = 2048;  // slot table in shared memory; longer r
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct MlaArgs {
-  const float* q_latent;
+  const void* q_latent;  // F32 or BF16 (ql_bf16)
   int64_t ql_stride;
-  const float* q_rope;
+  const void* q_rope;  // F32 or BF16 (qr_bf16)
   int64_t qr_stride;
-  const float* pool;
+  const void* pool;  // the kernel's PoolT
   int64_t pool_stride;
   const int32_t* indices;
   int64_t idx_stride;
   int32_t topk_cols;
   PagedRows rows;
   int32_t heads, rope, keys_per_split, splits;
-  bool q_vec4;       // query rows 16-byte aligned: float4 loads
+  bool ql_bf16, qr_bf16;
+  bool q_vec4;       // groups of 4 query elements aligned to their size: one load each
   float scale_log2;  // softmax scale × log2(e): scores live in the exp2 domain
-  float* out;        // final output (splits == 1)
+  void* out;         // final output (splits == 1), F32 or BF16 (out_bf16)
+  bool out_bf16;
   int64_t out_stride;
   float* part_o;   // [n, heads, splits, latent], unnormalised
   float* part_ml;  // [n, heads, splits, 2]: running max (exp2 domain) and sum
@@ -97,9 +107,44 @@ __device__ __forceinline__ void PrefetchL2(const void* p, uint32_t bytes) {
 }
 
 // The key rows of one tile (missing keys skipped) into L2, one row per thread of the first warp.
+template <typename PoolT>
 __device__ __forceinline__ void PrefetchTile(const MlaArgs& a, const int32_t* tile_slots, int width) {
   if (threadIdx.x < kKeys && tile_slots[threadIdx.x] >= 0) {
-    PrefetchL2(a.pool + int64_t{tile_slots[threadIdx.x]} * a.pool_stride, static_cast<uint32_t>(width) * 4);
+    PrefetchL2(static_cast<const PoolT*>(a.pool) + int64_t{tile_slots[threadIdx.x]} * a.pool_stride,
+               static_cast<uint32_t>(width * sizeof(PoolT)));
+  }
+}
+
+// Four consecutive query elements at `i` of an f32 or bf16 row, with one load when aligned (`vec`).
+// Nothing is done with the values here, so that all of a thread's loads are in flight before the
+// first is used: a bf16 quad travels as its 8 bytes in .x and .y, and StoreQuad writes it as it is.
+__device__ __forceinline__ float4 LoadQuad(const void* base, int64_t i, bool bf16, bool vec) {
+  if (bf16) {
+    const auto* p = static_cast<const uint16_t*>(base) + i;
+    const uint2 bits = vec ? *reinterpret_cast<const uint2*>(p)
+                           : make_uint2(p[0] | uint32_t{p[1]} << 16, p[2] | uint32_t{p[3]} << 16);
+    return make_float4(__uint_as_float(bits.x), __uint_as_float(bits.y), 0.f, 0.f);
+  }
+  const auto* p = static_cast<const float*>(base) + i;
+  return vec ? *reinterpret_cast<const float4*>(p) : make_float4(p[0], p[1], p[2], p[3]);
+}
+
+// A LoadQuad result into the bf16 query tile (dst 8-byte aligned): bf16 bits as they are, f32 rounded.
+__device__ __forceinline__ void StoreQuad(__nv_bfloat16* dst, float4 v, bool bf16) {
+  if (bf16) {
+    *reinterpret_cast<uint2*>(dst) = make_uint2(__float_as_uint(v.x), __float_as_uint(v.y));
+  } else {
+    StoreBf16x4(dst, v);
+  }
+}
+
+// Two adjacent outputs at `i` (even), as f32 or rounded to bf16.
+__device__ __forceinline__ void StorePair(void* base, int64_t i, bool bf16, float x, float y) {
+  if (bf16) {
+    *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(base) + i) = __floats2bfloat162_rn(x, y);
+  } else {
+    static_cast<float*>(base)[i] = x;
+    static_cast<float*>(base)[i + 1] = y;
   }
 }
 
@@ -146,7 +191,8 @@ __device__ __forceinline__ void LoadRows(const MlaArgs& a, const int32_t* tile_s
 #pragma unroll
   for (int j = 0; j < kRowsPerPhase; ++j) {
     const int32_t slot = tile_slots[warp + kWarps * (phase * kRowsPerPhase + j)];
-    const float4* src = reinterpret_cast<const float4*>(a.pool + int64_t{max(slot, 0)} * a.pool_stride) + lane;
+    const float4* src =
+        reinterpret_cast<const float4*>(static_cast<const float*>(a.pool) + int64_t{max(slot, 0)} * a.pool_stride) + lane;
 #pragma unroll
     for (int k = 0; k < kSteps; ++k) {
       v[j][k] = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -175,8 +221,35 @@ __device__ __forceinline__ void StoreRows(__nv_bfloat16* tile, int ld, int quads
   }
 }
 
-template <int kMTiles, int kLatent>
+// A bf16 pool: warp w copies rows w + 8·j (all kKeys / kWarps of its rows) of a tile, each as 16-byte
+// chunks lane + 32·k (kChunkSteps of them), straight into `tile`; a missing key's row is zero-filled
+// (its probability is 0, and 0 · garbage could be NaN). Completes at the next cp.async.wait_all.
+template <int kChunkSteps>
+__device__ __forceinline__ void CopyRows(const MlaArgs& a, const int32_t* tile_slots, __nv_bfloat16* tile, int ld,
+                                         int chunks) {
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+#pragma unroll
+  for (int j = 0; j < kKeys / kWarps; ++j) {
+    const int row = warp + kWarps * j;
+    const int32_t slot = tile_slots[row];
+    const auto* src = static_cast<const __nv_bfloat16*>(a.pool) + int64_t{max(slot, 0)} * a.pool_stride + lane * 8;
+    const uint32_t dst = SharedAddress(tile + row * ld + lane * 8);
+#pragma unroll
+    for (int k = 0; k < kChunkSteps; ++k) {
+      if (lane + 32 * k < chunks) {
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst + 512 * k), "l"(src + 256 * k),
+                     "r"(slot >= 0 ? 16 : 0)
+                     : "memory");
+      }
+    }
+  }
+}
+
+__device__ __forceinline__ void WaitCopies() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
+template <int kMTiles, int kLatent, typename PoolT>
 __global__ void __launch_bounds__(kThreads, kMTiles == 1 ? 2 : 1) SparseMlaKernel(const MlaArgs a) {
+  constexpr bool kBf16Pool = std::is_same_v<PoolT, __nv_bfloat16>;
   constexpr int kM = 16 * kMTiles;
   // Scores: kMTiles row tiles × 4 key tiles of 8, spread over the warps; kSN key tiles per warp.
   constexpr int kSN = kMTiles >= 4 ? 2 : 1;
@@ -188,10 +261,12 @@ __global__ void __launch_bounds__(kThreads, kMTiles == 1 ? 2 : 1) SparseMlaKerne
   constexpr int kCols = kLatent / kPvWarps;
   constexpr int kNT = kCols / 8;
   static_assert(kCols % 8 == 0 && (kNT == 1 || kNT % 2 == 0));
-  constexpr int kSteps = (kLatent + kMaxRope + 127) / 128;  // 512-byte steps per key row
+  constexpr int kSteps = (kLatent + kMaxRope + 127) / 128;  // 512-byte steps per f32 key row
+  constexpr int kChunkSteps = (kLatent + kMaxRope + 255) / 256;  // the same per bf16 key row
 
   extern __shared__ __align__(128) unsigned char smem[];
-  const int width = kLatent + a.rope, padded = PaddedWidth(width), quads = width / 4;
+  const int width = kLatent + a.rope, padded = PaddedWidth(width);
+  [[maybe_unused]] const int quads = width / 4, chunks = width / 8;  // 16-byte pieces of an f32 / bf16 row
   const int key_begin = static_cast<int>(blockIdx.z) * a.keys_per_split;
   const int key_end = min(a.topk_cols, key_begin + a.keys_per_split);
   const int tiles = (key_end - key_begin + kKeys - 1) / kKeys;
@@ -225,9 +300,9 @@ __global__ void __launch_bounds__(kThreads, kMTiles == 1 ? 2 : 1) SparseMlaKerne
       const int e = i * kThreads + tid, h = e / row_quads, d = (e - h * row_quads) * 4;
       qv[i] = make_float4(0.f, 0.f, 0.f, 0.f);
       if (e < kM * row_quads && h < group_heads && d < width) {
-        const float* src = d < kLatent ? a.q_latent + r * a.ql_stride + int64_t{h0 + h} * kLatent + d
-                                       : a.q_rope + r * a.qr_stride + int64_t{h0 + h} * a.rope + (d - kLatent);
-        qv[i] = a.q_vec4 ? *reinterpret_cast<const float4*>(src) : make_float4(src[0], src[1], src[2], src[3]);
+        qv[i] = d < kLatent ? LoadQuad(a.q_latent, r * a.ql_stride + int64_t{h0 + h} * kLatent + d, a.ql_bf16, a.q_vec4)
+                            : LoadQuad(a.q_rope, r * a.qr_stride + int64_t{h0 + h} * a.rope + (d - kLatent), a.qr_bf16,
+                                       a.q_vec4);
       }
     }
     const int32_t seq = a.rows.token_seq[r];
@@ -251,8 +326,8 @@ __global__ void __launch_bounds__(kThreads, kMTiles == 1 ? 2 : 1) SparseMlaKerne
     }
 #pragma unroll
     for (int i = 0; i < kQLoads; ++i) {
-      const int e = i * kThreads + tid, h = e / row_quads;
-      if (e < kM * row_quads) StoreBf16x4(q_s + h * ld + (e - h * row_quads) * 4, qv[i]);
+      const int e = i * kThreads + tid, h = e / row_quads, d = (e - h * row_quads) * 4;
+      if (e < kM * row_quads) StoreQuad(q_s + h * ld + d, qv[i], d < kLatent ? a.ql_bf16 : a.qr_bf16);
     }
     // Key columns past the width stay zero in both tiles (the loads never write them).
     for (int e = tid; e < 2 * kKeys * (padded - width); e += kThreads) {
@@ -261,8 +336,11 @@ __global__ void __launch_bounds__(kThreads, kMTiles == 1 ? 2 : 1) SparseMlaKerne
     if (tid < kM) run_max[tid] = -INFINITY;
   }
   __syncthreads();
-  {
-    if (tiles > 1) PrefetchTile(a, slots + kKeys, width);
+  if (tiles > 1) PrefetchTile<PoolT>(a, slots + kKeys, width);
+  if constexpr (kBf16Pool) {
+    CopyRows<kChunkSteps>(a, slots, k_s, ld, chunks);
+    WaitCopies();
+  } else {
     float4 first[kRowsPerPhase][kSteps], second[kRowsPerPhase][kSteps];
     LoadRows(a, slots, quads, 0, first);
     LoadRows(a, slots, quads, 1, second);
@@ -284,11 +362,16 @@ __global__ void __launch_bounds__(kThreads, kMTiles == 1 ? 2 : 1) SparseMlaKerne
     const float* m_cur = run_max + (t & 1) * kM;
     float* m_next = run_max + ((t + 1) & 1) * kM;
     const bool more = t + 1 < tiles;
-    // Tile t+2 heads for L2 while tile t+1 comes into registers: the register loads then mostly hit
-    // L2, and the DRAM latency hides behind two tiles of work instead of one phase.
-    if (t + 2 < tiles) PrefetchTile(a, next_slots + kKeys, width);
-    float4 stage[kRowsPerPhase][kSteps];
-    if (more) LoadRows(a, next_slots, quads, 0, stage);
+    // Tile t+2 heads for L2 while tile t+1 is loaded: the loads then mostly hit L2, and the DRAM
+    // latency hides behind two tiles of work instead of one phase.
+    if (t + 2 < tiles) PrefetchTile<PoolT>(a, next_slots + kKeys, width);
+    // k_next was last read by the previous tile's P · C, which the barrier ending that tile closed.
+    [[maybe_unused]] float4 stage[kRowsPerPhase][kBf16Pool ? 1 : kSteps];
+    if constexpr (kBf16Pool) {
+      if (more) CopyRows<kChunkSteps>(a, next_slots, k_next, ld, chunks);
+    } else {
+      if (more) LoadRows(a, next_slots, quads, 0, stage);
+    }
 
     // S for row tile s_tile and keys s_key0 .. s_key0 + 8·kSN, scaled into the exp2 domain; missing keys -∞.
     float s[kSN][4] = {};
@@ -342,9 +425,11 @@ __global__ void __launch_bounds__(kThreads, kMTiles == 1 ? 2 : 1) SparseMlaKerne
         if (lane % 4 == 0) red_max[(s_tile * 16 + g + half * 8) * kSSplits + s_split] = mx[half];
       }
     }
-    if (more) {
-      StoreRows(k_next, ld, quads, 0, stage);
-      LoadRows(a, next_slots, quads, 1, stage);
+    if constexpr (!kBf16Pool) {
+      if (more) {
+        StoreRows(k_next, ld, quads, 0, stage);
+        LoadRows(a, next_slots, quads, 1, stage);
+      }
     }
     __syncthreads();
 
@@ -427,7 +512,11 @@ __global__ void __launch_bounds__(kThreads, kMTiles == 1 ? 2 : 1) SparseMlaKerne
         }
       }
     }
-    if (more) StoreRows(k_next, ld, quads, 1, stage);
+    if constexpr (kBf16Pool) {
+      if (more) WaitCopies();
+    } else {
+      if (more) StoreRows(k_next, ld, quads, 1, stage);
+    }
     __syncthreads();
   }
 
@@ -443,14 +532,14 @@ __global__ void __launch_bounds__(kThreads, kMTiles == 1 ? 2 : 1) SparseMlaKerne
         if (row >= group_heads) continue;
         const int64_t h = h0 + row;
         const float l = row_sum[row];
-        float* dst = a.splits == 1 ? a.out + r * a.out_stride + h * kLatent
-                                   : a.part_o + ((r * a.heads + h) * a.splits + blockIdx.z) * kLatent;
-        const float norm = a.splits == 1 ? (l > 0.0f ? 1.0f / l : 0.0f) : 1.0f;
+        const bool whole = a.splits == 1;  // else a partial result for the merge
+        void* dst = whole ? a.out : a.part_o;
+        const int64_t at = whole ? r * a.out_stride + h * kLatent : ((r * a.heads + h) * a.splits + blockIdx.z) * kLatent;
+        const float norm = whole ? (l > 0.0f ? 1.0f / l : 0.0f) : 1.0f;
 #pragma unroll
         for (int nt = 0; nt < kNT; ++nt) {
           const int col = warp * kCols + nt * 8 + c2;
-          dst[col] = o[mt][nt][half * 2] * norm;
-          dst[col + 1] = o[mt][nt][half * 2 + 1] * norm;
+          StorePair(dst, at + col, whole && a.out_bf16, o[mt][nt][half * 2] * norm, o[mt][nt][half * 2 + 1] * norm);
         }
       }
     }
@@ -464,7 +553,7 @@ __global__ void __launch_bounds__(kThreads, kMTiles == 1 ? 2 : 1) SparseMlaKerne
 
 // out[r, h] = Σ_split 2^{m_split − M} O_split / Σ_split 2^{m_split − M} l_split. One block per (r, h).
 __global__ void MergeSplitsKernel(const float* part_o, const float* part_ml, int32_t heads, int32_t splits,
-                                  int32_t latent, float* out, int64_t out_stride) {
+                                  int32_t latent, void* out, bool out_bf16, int64_t out_stride) {
   const int64_t r = blockIdx.x / heads;
   const int h = static_cast<int>(blockIdx.x % heads);
   const int64_t base = (r * heads + h) * splits;
@@ -483,7 +572,13 @@ __global__ void MergeSplitsKernel(const float* part_o, const float* part_ml, int
       const float l = part_ml[(base + s) * 2 + 1];
       if (l > 0.0f) acc += exp2f(part_ml[(base + s) * 2] - m) * part_o[(base + s) * latent + c];
     }
-    out[r * out_stride + int64_t{h} * latent + c] = total > 0.0f ? acc / total : 0.0f;
+    const float v = total > 0.0f ? acc / total : 0.0f;
+    const int64_t at = r * out_stride + int64_t{h} * latent + c;
+    if (out_bf16) {
+      static_cast<__nv_bfloat16*>(out)[at] = __float2bfloat16_rn(v);
+    } else {
+      static_cast<float*>(out)[at] = v;
+    }
   }
 }
 
@@ -525,34 +620,41 @@ Plan PlanFor(int64_t tokens, int32_t heads, int64_t topk_cols) {
 
 using KernelFn = void (*)(MlaArgs);
 
-// The kernel for (row tiles, latent width), its shared-memory limit raised once to the largest layout
-// (a failure there surfaces as the launch's error).
-template <int kMTiles, int kLatent>
+// The kernel for (row tiles, latent width, pool type), its shared-memory limit raised once to the
+// largest layout (a failure there surfaces as the launch's error).
+template <int kMTiles, int kLatent, typename PoolT>
 KernelFn Configured() {
   static const cudaError_t raised = cudaFuncSetAttribute(
-      SparseMlaKernel<kMTiles, kLatent>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      SparseMlaKernel<kMTiles, kLatent, PoolT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
       static_cast<int>(LayoutFor(16 * kMTiles, kLatent + kMaxRope, kMaxKeysPerBlock).bytes));
   static_cast<void>(raised);
-  return SparseMlaKernel<kMTiles, kLatent>;
+  return SparseMlaKernel<kMTiles, kLatent, PoolT>;
 }
 
-template <int kMTiles>
+template <int kMTiles, typename PoolT>
 KernelFn ForLatent(int64_t latent) {
   switch (latent) {
-    case 32: return Configured<kMTiles, 32>();
-    case 64: return Configured<kMTiles, 64>();
-    case 128: return Configured<kMTiles, 128>();
-    case 512: return Configured<kMTiles, 512>();
+    case 32: return Configured<kMTiles, 32, PoolT>();
+    case 64: return Configured<kMTiles, 64, PoolT>();
+    case 128: return Configured<kMTiles, 128, PoolT>();
+    case 512: return Configured<kMTiles, 512, PoolT>();
     default: return nullptr;
   }
 }
 
+template <typename PoolT>
 KernelFn KernelFor(int m_tiles, int64_t latent) {
   switch (m_tiles) {
-    case 1: return ForLatent<1>(latent);
-    case 2: return ForLatent<2>(latent);
-    default: return ForLatent<4>(latent);
+    case 1: return ForLatent<1, PoolT>(latent);
+    case 2: return ForLatent<2, PoolT>(latent);
+    default: return ForLatent<4, PoolT>(latent);
   }
+}
+
+// Element i of a row is at data + i, and groups of `group` elements can be read with one aligned load.
+bool Aligned(const Tensor& t, int64_t group) {
+  const int64_t bytes = group * static_cast<int64_t>(DTypeSize(t.dtype));
+  return reinterpret_cast<uintptr_t>(t.data) % bytes == 0 && t.stride % group == 0;
 }
 
 }  // namespace
@@ -567,9 +669,9 @@ size_t SparseMlaScratchBytes(int64_t tokens, int32_t heads, int64_t latent_dim, 
 std::string SparseMlaAttention(Tensor q_latent, Tensor q_rope, int32_t heads, Tensor latent_pool,
                                const PagedRows& rows, Tensor indices, float scale, Tensor out, void* scratch,
                                cudaStream_t stream) {
-  if (q_latent.dtype != DType::kF32 || q_rope.dtype != DType::kF32 || latent_pool.dtype != DType::kF32 ||
-      out.dtype != DType::kF32 || indices.dtype != DType::kI32 || heads <= 0) {
-    return "sparse MLA: queries, pool and output must be f32, indices i32";
+  if (!IsFloat(q_latent) || !IsFloat(q_rope) || !IsFloat(latent_pool) || !IsFloat(out) ||
+      indices.dtype != DType::kI32 || heads <= 0) {
+    return "sparse MLA: queries, pool and output must be f32 or bf16, indices i32";
   }
   const int64_t latent = q_latent.cols / heads, rope = q_rope.cols / heads;
   if (latent * heads != q_latent.cols || rope * heads != q_rope.cols || latent + rope != latent_pool.cols ||
@@ -578,23 +680,32 @@ std::string SparseMlaAttention(Tensor q_latent, Tensor q_rope, int32_t heads, Te
     return "sparse MLA: " + q_latent.DebugString() + " / " + q_rope.DebugString() + " over pool " +
            latent_pool.DebugString() + " disagree for " + std::to_string(heads) + " heads";
   }
-  if ((latent + rope) % 4 != 0 || rope > kMaxRope || latent_pool.stride % 4 != 0 ||
-      reinterpret_cast<uintptr_t>(latent_pool.data) % 16 != 0 || latent_pool.rows > INT32_MAX) {
-    return "sparse MLA: latent+rope must be a multiple of 4 and rope at most " + std::to_string(kMaxRope) +
-           ", pool rows 16-byte aligned (latent " + std::to_string(latent) + ", rope " + std::to_string(rope) + ")";
+  // Pool rows move in 16-byte pieces: 4 f32 or 8 bf16 elements.
+  const int64_t piece = latent_pool.dtype == DType::kBF16 ? 8 : 4;
+  if ((latent + rope) % piece != 0 || rope > kMaxRope || !Aligned(latent_pool, piece) || latent_pool.rows > INT32_MAX) {
+    return "sparse MLA: latent+rope must be a multiple of " + std::to_string(piece) + " and rope at most " +
+           std::to_string(kMaxRope) + ", pool rows 16-byte aligned (latent " + std::to_string(latent) + ", rope " +
+           std::to_string(rope) + ", pool " + latent_pool.DebugString() + ")";
+  }
+  if (out.dtype == DType::kBF16 && !Aligned(out, 2)) {
+    return "sparse MLA: a bf16 output " + out.DebugString() + " is stored in pairs: 4-byte aligned, even stride";
   }
   if (q_latent.rows == 0 || indices.cols == 0) return {};
   const Plan plan = PlanFor(q_latent.rows, heads, indices.cols);
-  const KernelFn kernel = KernelFor(plan.m_tiles, latent);
+  const KernelFn kernel = DispatchFloat(latent_pool.dtype, [&](auto pool) {
+    return KernelFor<decltype(pool)>(plan.m_tiles, latent);
+  });
   if (kernel == nullptr) {
     return "sparse MLA: unsupported latent width " + std::to_string(latent) + " (32, 64, 128 or 512)";
   }
   MlaArgs a{};
-  a.q_latent = q_latent.ptr<float>();
+  a.q_latent = q_latent.data;
   a.ql_stride = q_latent.stride;
-  a.q_rope = q_rope.ptr<float>();
+  a.ql_bf16 = q_latent.dtype == DType::kBF16;
+  a.q_rope = q_rope.data;
   a.qr_stride = q_rope.stride;
-  a.pool = latent_pool.ptr<float>();
+  a.qr_bf16 = q_rope.dtype == DType::kBF16;
+  a.pool = latent_pool.data;
   a.pool_stride = latent_pool.stride;
   a.indices = indices.ptr<int32_t>();
   a.idx_stride = indices.stride;
@@ -604,10 +715,10 @@ std::string SparseMlaAttention(Tensor q_latent, Tensor q_rope, int32_t heads, Te
   a.rope = static_cast<int32_t>(rope);
   a.keys_per_split = plan.keys_per_split;
   a.splits = plan.splits;
-  a.q_vec4 = q_latent.stride % 4 == 0 && q_rope.stride % 4 == 0 &&
-             reinterpret_cast<uintptr_t>(q_latent.data) % 16 == 0 && reinterpret_cast<uintptr_t>(q_rope.data) % 16 == 0;
+  a.q_vec4 = Aligned(q_latent, 4) && Aligned(q_rope, 4);
   a.scale_log2 = scale * kLog2e;
-  a.out = out.ptr<float>();
+  a.out = out.data;
+  a.out_bf16 = out.dtype == DType::kBF16;
   a.out_stride = out.stride;
   if (a.splits > 1) {
     if (scratch == nullptr) return "sparse MLA: split-key scratch missing";
@@ -620,7 +731,7 @@ std::string SparseMlaAttention(Tensor q_latent, Tensor q_rope, int32_t heads, Te
   kernel<<<grid, kThreads, shared, stream>>>(a);
   if (a.splits > 1) {
     MergeSplitsKernel<<<static_cast<unsigned>(q_latent.rows * heads), 128, 0, stream>>>(
-        a.part_o, a.part_ml, heads, a.splits, static_cast<int32_t>(latent), a.out, a.out_stride);
+        a.part_o, a.part_ml, heads, a.splits, static_cast<int32_t>(latent), a.out, a.out_bf16, a.out_stride);
   }
   return LaunchError();
 }
