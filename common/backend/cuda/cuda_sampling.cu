@@ -1,6 +1,6 @@
 // Backend::SampleTokens on the GPU: the sampling pipeline of common/sampling/sampler.h (temperature →
 // top-k → top-p → min-p → inverse CDF) run where the logits are, with the uniform the host's Sampler
-// drew. One block of 1024 threads per row; the row stays in global memory (620 KB at vocab 154,880,
+// drew. One block of 512 threads per row; the row stays in global memory (620 KB at vocab 154,880,
 // more than shared memory holds) and is re-read from L2 by each pass.
 //
 // Every filter of the pipeline keeps a PREFIX of one canonical order of the usable tokens (logit
@@ -38,7 +38,7 @@
 namespace indexcache::cuda {
 namespace {
 
-constexpr int kThreads = 1024;
+constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kBins = 256;  // 8-bit digits
 constexpr int kBinsPerLane = kBins / 32;
@@ -87,6 +87,45 @@ struct Members {
   Cut cut;
   float floor;
 };
+
+// Calls fn(x, id) for every token of the row, x = -inf past its end. Every thread makes the same number
+// of calls (AddToBins needs whole warps) and sees its ids rising (pass 1 relies on it). A 16-byte
+// aligned row is read as float4, kUnroll loads in flight per thread: one block streams a 620 KB row
+// per pass, and scalar loads, one in flight per thread, left it latency-bound.
+constexpr int kUnroll = 4;
+template <typename Fn>
+__device__ __forceinline__ void ForEachToken(const Row& row, Fn&& fn) {
+  if (reinterpret_cast<uintptr_t>(row.x) % 16 != 0) {
+    for (int32_t base = 0; base < row.vocab; base += kThreads) {
+      const int32_t j = base + static_cast<int32_t>(threadIdx.x);
+      fn(j < row.vocab ? row.x[j] : -INFINITY, j);
+    }
+    return;
+  }
+  for (int32_t base = 0; base < row.vocab; base += kThreads * 4 * kUnroll) {
+    float4 v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int32_t j = base + (u * kThreads + static_cast<int32_t>(threadIdx.x)) * 4;
+      if (j + 3 < row.vocab) {
+        v[u] = *reinterpret_cast<const float4*>(row.x + j);
+      } else {
+        v[u].x = j < row.vocab ? row.x[j] : -INFINITY;
+        v[u].y = j + 1 < row.vocab ? row.x[j + 1] : -INFINITY;
+        v[u].z = j + 2 < row.vocab ? row.x[j + 2] : -INFINITY;
+        v[u].w = -INFINITY;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int32_t j = base + (u * kThreads + static_cast<int32_t>(threadIdx.x)) * 4;
+      fn(v[u].x, j);
+      fn(v[u].y, j + 1);
+      fn(v[u].z, j + 2);
+      fn(v[u].w, j + 3);
+    }
+  }
+}
 
 struct Shared {
   uint32_t count[kBins];
@@ -218,13 +257,11 @@ __device__ int32_t NthIdWithKey(const Row& row, Members m, uint32_t key, uint32_
   uint32_t prefix = 0, mask = 0;
   for (int shift = 16; shift >= 0; shift -= 8) {
     ClearBins(sh);
-    for (int32_t base = 0; base < row.vocab; base += kThreads) {  // every lane runs every step
-      const int32_t j = base + static_cast<int32_t>(threadIdx.x);
-      const float x = j < row.vocab ? row.x[j] : -INFINITY;
+    ForEachToken(row, [&](float x, int32_t j) {
       const bool member = Usable(x) && OrderKey(x) == key && Within(key, j, m.cut) &&
                           (static_cast<uint32_t>(j) & mask) == prefix;
       AddToBins(member ? (j >> shift) & 0xff : -1, 0.0, /*by_mass=*/false, sh);
-    }
+    });
     __syncthreads();
     ChooseBin(/*by_mass=*/false, /*descending=*/false, static_cast<double>(n), /*strict=*/false, /*clamp=*/true, sh);
     n -= static_cast<uint32_t>(sh.before);
@@ -237,10 +274,9 @@ __device__ int32_t NthIdWithKey(const Row& row, Members m, uint32_t key, uint32_
 // The largest id among the members whose key is `key`.
 __device__ int32_t LastIdWithKey(const Row& row, Members m, uint32_t key, Shared& sh) {
   int32_t last = -1;
-  for (int32_t j = threadIdx.x; j < row.vocab; j += kThreads) {
-    const float x = row.x[j];
+  ForEachToken(row, [&](float x, int32_t j) {
     if (Usable(x) && OrderKey(x) == key && Within(key, j, m.cut)) last = j;
-  }
+  });
   return BlockMax(last, sh);
 }
 
@@ -254,9 +290,7 @@ __device__ Cut Descend(const Row& row, Members m, bool by_mass, double target, b
   uint32_t group_count = 0;
   for (int shift = 24; shift >= 0; shift -= 8) {
     ClearBins(sh);
-    for (int32_t base = 0; base < row.vocab; base += kThreads) {  // every lane runs every step
-      const int32_t j = base + static_cast<int32_t>(threadIdx.x);
-      const float x = j < row.vocab ? row.x[j] : -INFINITY;
+    ForEachToken(row, [&](float x, int32_t j) {
       const uint32_t key = OrderKey(x);
       bool member = Usable(x) && (key & mask) == prefix && Within(key, j, m.cut);
       double w = 0.0;
@@ -265,7 +299,7 @@ __device__ Cut Descend(const Row& row, Members m, bool by_mass, double target, b
         member = w >= m.floor;
       }
       AddToBins(member ? static_cast<int>((key >> shift) & 0xff) : -1, w, by_mass, sh);
-    }
+    });
     __syncthreads();
     ChooseBin(by_mass, /*descending=*/true, target, strict, /*clamp=*/shift < 24, sh);
     if (sh.chosen_bin < 0) {
@@ -304,14 +338,13 @@ __device__ int32_t LastPositive(const Row& row, Members m, bool canonical, Share
   // Canonical order: the smallest key of positive weight, then its largest id.
   uint32_t smallest = UINT_MAX;
   int32_t last_id = -1;
-  for (int32_t j = threadIdx.x; j < row.vocab; j += kThreads) {
-    const float x = row.x[j];
-    if (!Usable(x) || !Within(OrderKey(x), j, m.cut)) continue;
+  ForEachToken(row, [&](float x, int32_t j) {
+    if (!Usable(x) || !Within(OrderKey(x), j, m.cut)) return;
     const double w = row.Weight(x);
-    if (w < m.floor || w <= 0.0) continue;
+    if (w < m.floor || w <= 0.0) return;
     last_id = j;
     smallest = min(smallest, OrderKey(x));
-  }
+  });
   if (!canonical) return BlockMax(last_id, sh);
   // Keys are < 2^32 but BlockMax takes int32: the complement of the smallest key, as an ordered int.
   const int32_t best = BlockMax(static_cast<int32_t>(~smallest ^ 0x80000000u), sh);
@@ -321,7 +354,8 @@ __device__ int32_t LastPositive(const Row& row, Members m, bool canonical, Share
 
 // The id-order inverse CDF: the first member (id order) whose running weight exceeds `u_mass`.
 __device__ int32_t DrawInIdOrder(const Row& row, Members m, double u_mass, Shared& sh) {
-  const int32_t chunk = (row.vocab + kThreads - 1) / kThreads;
+  // Chunks of a multiple of 4 tokens, so an aligned row's chunk sums read float4s.
+  const int32_t chunk = ((row.vocab + kThreads - 1) / kThreads + 3) / 4 * 4;
   const int32_t begin = min(row.vocab, static_cast<int32_t>(threadIdx.x) * chunk);
   const int32_t end = min(row.vocab, begin + chunk);
   auto weight_of = [&](int32_t j) {
@@ -331,7 +365,25 @@ __device__ int32_t DrawInIdOrder(const Row& row, Members m, double u_mass, Share
     return w < m.floor ? 0.0 : w;
   };
   double mine = 0.0;
-  for (int32_t j = begin; j < end; ++j) mine += weight_of(j);
+  if (reinterpret_cast<uintptr_t>(row.x) % 16 == 0) {
+    auto weight_at = [&](float x, int32_t j) {
+      if (!Usable(x) || !Within(OrderKey(x), j, m.cut)) return 0.0;
+      const double w = row.Weight(x);
+      return w < m.floor ? 0.0 : w;
+    };
+    int32_t j = begin;
+#pragma unroll 4
+    for (; j + 3 < end; j += 4) {  // in id order, as the walk below adds
+      const float4 v = *reinterpret_cast<const float4*>(row.x + j);
+      mine += weight_at(v.x, j);
+      mine += weight_at(v.y, j + 1);
+      mine += weight_at(v.z, j + 2);
+      mine += weight_at(v.w, j + 3);
+    }
+    for (; j < end; ++j) mine += weight_of(j);
+  } else {
+    for (int32_t j = begin; j < end; ++j) mine += weight_of(j);
+  }
   __syncthreads();
   double inclusive;
   cub::BlockScan<double, kThreads>(sh.cub.scan).InclusiveSum(mine, inclusive);
@@ -363,7 +415,7 @@ __device__ int32_t DrawInIdOrder(const Row& row, Members m, double u_mass, Share
   return token;
 }
 
-__global__ void __launch_bounds__(kThreads) SampleTokensKernel(const float* logits, int64_t stride, int32_t vocab,
+__global__ void __launch_bounds__(kThreads, 1) SampleTokensKernel(const float* logits, int64_t stride, int32_t vocab,
                                                                const int32_t* draws, int64_t draws_stride,
                                                                int32_t* out, int64_t out_stride) {
   __shared__ Shared sh;
@@ -379,15 +431,15 @@ __global__ void __launch_bounds__(kThreads) SampleTokensKernel(const float* logi
   // Pass 1: the max (lowest id on ties: greedy's answer) and the number of usable tokens.
   float best = -INFINITY;
   int32_t at = -1, usable = 0;
-  for (int32_t j = threadIdx.x; j < vocab; j += kThreads) {
-    const float v = x[j];
-    if (!Usable(v)) continue;
+  const Row scan{x, vocab, 0.0f, 0.0};
+  ForEachToken(scan, [&](float v, int32_t j) {
+    if (!Usable(v)) return;
     ++usable;
     if (v > best) {  // ids rise along a thread's scan: strict keeps its lowest
       best = v;
       at = j;
     }
-  }
+  });
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   for (int offset = 16; offset > 0; offset >>= 1) {
     const float v = __shfl_down_sync(0xffffffffu, best, offset);
@@ -439,10 +491,9 @@ __global__ void __launch_bounds__(kThreads) SampleTokensKernel(const float* logi
   // top-p: the shortest prefix whose mass reaches top_p of the top-k mass.
   if (top_p < 1.0f) {
     double total = 0.0;
-    for (int32_t j = threadIdx.x; j < vocab; j += kThreads) {
-      const float v = x[j];
+    ForEachToken(row, [&](float v, int32_t j) {
       if (Usable(v) && Within(OrderKey(v), j, kept)) total += row.Weight(v);
-    }
+    });
     total = BlockSum(total, sh);
     kept = Descend(row, Members{kept, 0.0f}, /*by_mass=*/true, static_cast<double>(top_p) * total, /*strict=*/false,
                    found, sh);
@@ -450,12 +501,11 @@ __global__ void __launch_bounds__(kThreads) SampleTokensKernel(const float* logi
   // min-p: weight >= min_p (p_i < min_p · p_max <=> weight_i < min_p: the max has weight 1).
   const Members members{kept, min_p};
   double kept_mass = 0.0;
-  for (int32_t j = threadIdx.x; j < vocab; j += kThreads) {
-    const float v = x[j];
-    if (!Usable(v) || !Within(OrderKey(v), j, kept)) continue;
+  ForEachToken(row, [&](float v, int32_t j) {
+    if (!Usable(v) || !Within(OrderKey(v), j, kept)) return;
     const double w = row.Weight(v);
     if (w >= min_p) kept_mass += w;
-  }
+  });
   kept_mass = BlockSum(kept_mass, sh);
   const double u_mass = static_cast<double>(uniform_bits) * 0x1.0p-53 * kept_mass;
 
