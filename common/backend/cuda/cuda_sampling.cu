@@ -24,8 +24,10 @@
 // only differences at the boundaries themselves, and the adds are a negligible part of a pass.
 //
 // Launch configuration depends only on the shape (one block per row); no host synchronization,
-// allocation or attribute setting, so it records into the decode graph. Passes per sampled row:
-// 1 (max) + 5 (top-k, when on) + 1 (total) + 5 (top-p, when on) + 1 (kept mass) + 5 or 2 (draw).
+// allocation or attribute setting, so it records into the decode graph. Passes over the row per
+// sampled row: 1 (max) + 5 (top-k, when on) + 1 (total) + 5 (top-p, when on) + 1 (kept mass) + 5 or 2
+// (draw). A top-k of at most kMaxGathered (1024) is gathered into shared memory after its 5 passes (+1
+// to gather), and every later pass walks those survivors instead of the row.
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 
@@ -42,6 +44,8 @@ constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kBins = 256;  // 8-bit digits
 constexpr int kBinsPerLane = kBins / 32;
+// A top-k up to this size is gathered into shared memory, and later passes walk it, not the row.
+constexpr int kMaxGathered = 1024;
 
 // Maps a float to an unsigned key ordered like the float (-0 folded onto +0, as == has it).
 __device__ __forceinline__ uint32_t OrderKey(float x) {
@@ -69,11 +73,15 @@ __device__ __forceinline__ bool Within(uint32_t key, int32_t id, Cut cut) {
   return key > cut.key || (key == cut.key && id <= cut.id);
 }
 
+// The tokens a pass walks: the whole row (ids = nullptr: position j is token j), or the survivors of
+// a small top-k gathered into shared memory in id order (ids[j] is position j's token).
 struct Row {
   const float* x;
-  int32_t vocab;
+  int32_t vocab;  // positions
   float max_logit;
   double inv_temperature;
+  const int32_t* ids = nullptr;
+  __device__ int32_t Id(int32_t j) const { return ids == nullptr ? j : ids[j]; }
   // sampler.cc's weight: the max has weight exactly 1; with a +inf max the +inf tokens share it.
   __device__ double Weight(float logit) const {
     if (isinf(max_logit)) return logit == max_logit ? 1.0 : 0.0;
@@ -95,10 +103,10 @@ struct Members {
 constexpr int kUnroll = 4;
 template <typename Fn>
 __device__ __forceinline__ void ForEachToken(const Row& row, Fn&& fn) {
-  if (reinterpret_cast<uintptr_t>(row.x) % 16 != 0) {
+  if (row.ids != nullptr || reinterpret_cast<uintptr_t>(row.x) % 16 != 0) {
     for (int32_t base = 0; base < row.vocab; base += kThreads) {
       const int32_t j = base + static_cast<int32_t>(threadIdx.x);
-      fn(j < row.vocab ? row.x[j] : -INFINITY, j);
+      fn(j < row.vocab ? row.x[j] : -INFINITY, j < row.vocab ? row.Id(j) : j);
     }
     return;
   }
@@ -131,6 +139,12 @@ struct Shared {
   uint32_t count[kBins];
   double mass[kBins];
   double chunk_end[kThreads];  // the id-order draw's inclusive chunk masses
+  // A top-k of at most kMaxGathered: its survivors, gathered (any order), then in id order.
+  float gathered_logit[kMaxGathered];
+  int32_t gathered_id[kMaxGathered];
+  float survivor_logit[kMaxGathered];
+  int32_t survivor_id[kMaxGathered];
+  int32_t gathered;
   // The warp's choice of bin, broadcast: bin, or -1 when the running total never reached the target.
   int chosen_bin;
   uint32_t chosen_count;
@@ -360,12 +374,12 @@ __device__ int32_t DrawInIdOrder(const Row& row, Members m, double u_mass, Share
   const int32_t end = min(row.vocab, begin + chunk);
   auto weight_of = [&](int32_t j) {
     const float x = row.x[j];
-    if (!Usable(x) || !Within(OrderKey(x), j, m.cut)) return 0.0;
+    if (!Usable(x) || !Within(OrderKey(x), row.Id(j), m.cut)) return 0.0;
     const double w = row.Weight(x);
     return w < m.floor ? 0.0 : w;
   };
   double mine = 0.0;
-  if (reinterpret_cast<uintptr_t>(row.x) % 16 == 0) {
+  if (row.ids == nullptr && reinterpret_cast<uintptr_t>(row.x) % 16 == 0) {
     auto weight_at = [&](float x, int32_t j) {
       if (!Usable(x) || !Within(OrderKey(x), j, m.cut)) return 0.0;
       const double w = row.Weight(x);
@@ -403,9 +417,9 @@ __device__ int32_t DrawInIdOrder(const Row& row, Members m, double u_mass, Share
       const double w = weight_of(j);
       if (w <= 0.0) continue;
       running += w;
-      last = j;
+      last = row.Id(j);
       if (u_mass < running) {
-        token = j;
+        token = last;
         break;
       }
     }
@@ -413,6 +427,40 @@ __device__ int32_t DrawInIdOrder(const Row& row, Members m, double u_mass, Share
   }
   __syncthreads();
   return token;
+}
+
+// The top-k survivors (exactly `k` <= kMaxGathered members of `kept`) gathered into shared memory in
+// id order: each lands at its rank among their ids (k² / kThreads comparisons, a few microseconds).
+__device__ Row GatherSurvivors(const Row& row, Cut kept, int32_t k, Shared& sh) {
+  if (threadIdx.x == 0) sh.gathered = 0;
+  __syncthreads();
+  const int lane = threadIdx.x % 32;
+  ForEachToken(row, [&](float x, int32_t j) {
+    const bool member = Usable(x) && Within(OrderKey(x), j, kept);
+    const unsigned members = __ballot_sync(0xffffffffu, member);
+    int32_t base = 0;
+    if (lane == 0 && members != 0) base = atomicAdd(&sh.gathered, __popc(members));
+    base = __shfl_sync(0xffffffffu, base, 0);
+    const int32_t slot = base + __popc(members & ((1u << lane) - 1u));
+    if (member && slot < kMaxGathered) {  // exactly k <= kMaxGathered are members: the test only guards memory
+      sh.gathered_logit[slot] = x;
+      sh.gathered_id[slot] = j;
+    }
+  });
+  __syncthreads();
+  for (int32_t i = threadIdx.x; i < k; i += kThreads) {
+    const int32_t id = sh.gathered_id[i];
+    int32_t rank = 0;
+    for (int32_t other = 0; other < k; ++other) rank += sh.gathered_id[other] < id ? 1 : 0;
+    sh.survivor_logit[rank] = sh.gathered_logit[i];
+    sh.survivor_id[rank] = id;
+  }
+  __syncthreads();
+  Row survivors = row;
+  survivors.x = sh.survivor_logit;
+  survivors.vocab = k;
+  survivors.ids = sh.survivor_id;
+  return survivors;
 }
 
 __global__ void __launch_bounds__(kThreads, 1) SampleTokensKernel(const float* logits, int64_t stride, int32_t vocab,
@@ -480,13 +528,14 @@ __global__ void __launch_bounds__(kThreads, 1) SampleTokensKernel(const float* l
     if (threadIdx.x == 0) *result = argmax;
     return;
   }
-  const Row row{x, vocab, max_logit, 1.0 / static_cast<double>(temperature)};
+  Row row{x, vocab, max_logit, 1.0 / static_cast<double>(temperature)};
 
   // top-k: the first k of the canonical order.
   bool found = true;
   Cut kept = kEverything;
   if (top_k > 0 && top_k < num_usable) {
     kept = Descend(row, Members{kEverything, 0.0f}, /*by_mass=*/false, top_k, /*strict=*/false, found, sh);
+    if (top_k <= kMaxGathered) row = GatherSurvivors(row, kept, top_k, sh);
   }
   // top-p: the shortest prefix whose mass reaches top_p of the top-k mass.
   if (top_p < 1.0f) {
