@@ -19,6 +19,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/sampling_replay.h"
 
 namespace indexcache {
 namespace {
@@ -472,6 +473,45 @@ TEST(EngineSamplingTest, SameSeedSameTokensAcrossEngines) {
     distinct.insert(first.tokens);
   }
   EXPECT_GT(distinct.size(), 1u) << "different seeds should draw different continuations";
+}
+
+// Sampled rows take their token from Backend::SampleTokens (no logits download), greedy rows from
+// ArgMax, in one batch: a host Sampler seeded like each request, replayed over the logits of its
+// prompt + generated tokens, draws every token the engine drew (last-bit differences between the
+// scoring pass and the decode steps may move a draw that sits at a boundary: detected, and rare).
+TEST(EngineSamplingTest, DeviceDrawsAreTheSamplersDrawsOnTheSameLogits) {
+  auto engine = MakeEngine(kFreq2);
+  ASSERT_NE(engine, nullptr);
+  const Greedy g = GoldenGreedy("moe_freq2");
+  std::vector<SamplingParams> mixes(5);
+  mixes[0].temperature = 0.0f;
+  mixes[1].top_p = 0.9f;
+  mixes[2].temperature = 0.7f;
+  mixes[2].top_k = 40;
+  mixes[3].temperature = 1.3f;
+  mixes[3].min_p = 0.05f;
+  mixes[4].top_k = 100;
+  mixes[4].top_p = 0.8f;
+  mixes[4].min_p = 0.01f;
+  std::map<RequestId, SamplingParams> submitted;
+  for (size_t m = 0; m < mixes.size(); ++m) {
+    mixes[m].max_new_tokens = 24;
+    mixes[m].ignore_eos = true;
+    mixes[m].seed = 100 + m;
+    auto id = engine->Submit(g.prompt, mixes[m]);
+    ASSERT_TRUE(id.ok()) << id.status();
+    submitted[*id] = mixes[m];
+  }
+  ReplayOutcome total;
+  for (const auto& [id, outcome] : RunAll(*engine)) {
+    ASSERT_EQ(outcome.tokens.size(), 24u);
+    const ReplayOutcome r = ReplaySampler(*engine, g.prompt, submitted.at(id), outcome.tokens);
+    total.exact += r.exact;
+    total.boundary += r.boundary;
+    total.wrong += r.wrong;
+  }
+  EXPECT_EQ(total.wrong, 0);
+  EXPECT_LE(total.boundary, 2) << "boundary draws should be rare";
 }
 
 // --- Abort -----------------------------------------------------------------------------------------

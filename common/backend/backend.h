@@ -130,6 +130,14 @@ class Backend {
   // has no value above -inf. Greedy sampling's choice (common/sampling/sampler.h), made where the
   // logits are.                                                out: I32 [n, 1]
   virtual void ArgMax(Tensor x, Tensor out) = 0;
+  // out[r] = the token the sampling pipeline (common/sampling/sampler.h: temperature, top-k, top-p,
+  // min-p, inverse CDF; SamplingPipeline::Run is the definition) draws from row r with draws[r], or -1
+  // when the row has no value above -inf. draws: I32 [n, kSamplingDrawWords], each row a SamplingDraw
+  // byte for byte (common/sampling/sampling_draw.h): the request's parameters and the uniform its
+  // Sampler drew on the host. Randomness stays on the host; the op does the O(vocab) work where the
+  // logits are, so a sampled row costs one id of download instead of its logits. Temperature-0 rows
+  // get ArgMax's answer.                                       out: I32 [n, 1]
+  virtual void SampleTokens(Tensor x, Tensor draws, Tensor out) = 0;
 
   // --- paged cache and DeepSeek Sparse Attention ------------------------------------------
   // pool[slot_mapping[r]] = src[r] for every row r whose slot is >= 0; a negative slot writes nothing

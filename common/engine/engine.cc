@@ -37,10 +37,10 @@ absl::StatusOr<std::vector<IndexerType>> ResolvePattern(const EngineOptions& o, 
   return c.indexer_types;
 }
 
-// A greedy request's token from the device's argmax (Backend::ArgMax), refused as the sampler refuses
-// a row without a usable logit.
-absl::StatusOr<int32_t> GreedyToken(int32_t argmax, int32_t vocab_size) {
-  if (argmax >= 0) return argmax;
+// A token chosen on the device (Backend::ArgMax for greedy rows, Backend::SampleTokens for sampled
+// ones), refused as the sampler refuses a row without a usable logit.
+absl::StatusOr<int32_t> DeviceToken(int32_t token, int32_t vocab_size) {
+  if (token >= 0) return token;
   return absl::InvalidArgumentError(
       absl::StrFormat("logits row has no usable value: all %d entries are NaN or -inf", vocab_size));
 }
@@ -278,8 +278,10 @@ ForwardBatch Engine::Schedule(std::vector<Request*>& in_batch) {
     }
     if (r.num_cached + take == static_cast<int32_t>(r.tokens.size())) {
       batch.logit_rows.push_back(static_cast<int32_t>(batch.token_ids.size()) - 1);
-      // Greedy rows need only their argmax; one sampled row needs every row's logits downloaded.
+      // Greedy rows need only their argmax; a sampled row's token is drawn on the device too, with the
+      // one uniform its Sampler draws here (a greedy request's NextDraw consumes nothing).
       batch.argmax_only = (batch.logit_rows.size() == 1 || batch.argmax_only) && r.greedy;
+      batch.draws.push_back(r.sampler->NextDraw());
       if (r.prefill_only) batch.probe_rows.push_back(static_cast<int32_t>(batch.token_ids.size()) - 1);
     }
     in_batch.push_back(&r);
@@ -323,6 +325,7 @@ ForwardBatch Engine::Schedule(std::vector<Request*>& in_batch) {
     if (!cache_->Reserve(r.id, r.num_cached + take).ok()) break;  // waits for memory
     add(r, take);
   }
+  if (batch.argmax_only) batch.draws.clear();  // every row greedy: ArgMax alone serves them
   return batch;
 }
 
@@ -390,10 +393,8 @@ absl::StatusOr<std::vector<TokenEvent>> Engine::Step() {
     if (r.num_cached != static_cast<int32_t>(r.tokens.size())) continue;  // prompt not done yet
     if (r.prefill_only) r.probes = std::move(result.probes[probe_index++]);
     const size_t row = logit_index++;
-    absl::StatusOr<int32_t> token =
-        batch.argmax_only ? GreedyToken(result.argmax[row], config().vocab_size)
-                          : r.sampler->Sample(absl::MakeConstSpan(result.logits.data() + row * config().vocab_size,
-                                                                  config().vocab_size));
+    const absl::StatusOr<int32_t> token =
+        DeviceToken(r.greedy ? result.argmax[row] : result.sampled[row], config().vocab_size);
     TokenEvent event = Advance(r, token);
     if (event.finish != RequestFinish::kNone && event.finish != RequestFinish::kPrefillDone) {
       finished.push_back(r.id);

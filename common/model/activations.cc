@@ -38,6 +38,8 @@ Activations Carve(const ModelConfig& c, DType act, int64_t n, int64_t num_seqs, 
   a.final_x = ws.Take(DType::kF32, logit_rows, c.hidden_size);
   a.logits = ws.Take(DType::kF32, logit_rows, c.vocab_size);
   a.argmax = ws.Take(DType::kI32, logit_rows, 1);
+  a.draws = ws.Take(DType::kI32, logit_rows, kSamplingDrawWords);
+  a.sampled = ws.Take(DType::kI32, logit_rows, 1);
   return a;
 }
 

@@ -12,6 +12,7 @@
 #include "common/backend/tensor.h"
 #include "common/backend/workspace.h"
 #include "common/model/model_config.h"
+#include "common/sampling/sampling_draw.h"
 
 namespace indexcache {
 
@@ -32,6 +33,8 @@ struct Activations {
   Tensor route_ids, route_weights;                  // [n, experts_per_tok]
   Tensor final_x, logits;                           // [r, hidden], [r, vocab]
   Tensor argmax;                                    // I32 [r, 1] (ForwardBatch::argmax_only)
+  Tensor draws;                                     // I32 [r, kSamplingDrawWords] (ForwardBatch::draws)
+  Tensor sampled;                                   // I32 [r, 1] Backend::SampleTokens' ids
 };
 
 // Takes every activation of a pass over n tokens of num_seqs sequences from `ws` (in a measuring pass

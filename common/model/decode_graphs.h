@@ -27,6 +27,7 @@ class DecodeGraphs {
   struct Shape {
     int64_t rows = 0;     // padded batch rows (= sequences)
     int32_t context = 0;  // padded max context
+    bool sampled = false;  // the step draws tokens on the device (ForwardBatch::draws)
     bool operator==(const Shape&) const = default;
   };
   // Larger decode batches run op by op (their launches are amortized over many rows anyway).

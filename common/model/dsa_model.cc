@@ -145,6 +145,10 @@ absl::Status DsaModel::Validate(const ForwardBatch& b, const PagedKvCache& cache
   for (int32_t row : b.logit_rows) {
     if (row < 0 || row >= static_cast<int32_t>(n)) return absl::InvalidArgumentError("logit row out of range");
   }
+  if (!b.draws.empty() && b.draws.size() != b.logit_rows.size()) {
+    return absl::InvalidArgumentError(absl::StrFormat("forward batch: %d sampling draws for %d logit rows",
+                                                      b.draws.size(), b.logit_rows.size()));
+  }
   if (!b.indexer_types.empty()) {
     RETURN_IF_ERROR(ValidateIndexPattern(b.indexer_types, config_.num_layers));
     for (int32_t l = 0; l < config_.num_layers; ++l) {
@@ -311,18 +315,22 @@ void DsaModel::EnqueueAttentionAndFeedForward(int32_t l, const BatchLayout& layo
   }
 }
 
-void DsaModel::EnqueueLogits(Activations& a) {
+void DsaModel::EnqueueLogits(Activations& a, bool sample) {
   Backend& be = *backend_;
   be.GatherRows(a.x, a.logit_rows, a.final_x);
   be.RmsNorm(a.final_x, weights_->final_norm, config_.rms_norm_eps, a.final_x);
   be.Linear(a.final_x, weights_->lm_head, a.logits);
   be.ArgMax(a.logits, a.argmax);  // one small kernel: cheaper than a second recording per bucket
+  if (sample) be.SampleTokens(a.logits, a.draws, a.sampled);
 }
 
-absl::Status DsaModel::DownloadLogits(const Activations& a, int64_t rows, bool argmax_only, ForwardResult& result) {
-  if (argmax_only) {
+absl::Status DsaModel::DownloadLogits(const Activations& a, int64_t rows, const ForwardBatch& b, ForwardResult& result) {
+  if (b.argmax_only || !b.draws.empty()) {
     result.argmax.resize(rows);
-    return backend_->Download(a.argmax.Rows(0, rows), result.argmax.data());
+    RETURN_IF_ERROR(backend_->Download(a.argmax.Rows(0, rows), result.argmax.data()));
+    if (b.draws.empty()) return absl::OkStatus();
+    result.sampled.resize(rows);
+    return backend_->Download(a.sampled.Rows(0, rows), result.sampled.data());
   }
   result.logits.resize(rows * config_.vocab_size);
   return backend_->Download(a.logits.Rows(0, rows), result.logits.data());
@@ -349,6 +357,7 @@ absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedK
   be.Upload(host.slots.data(), a.slots);
   be.Upload(host.tables.data(), a.tables);
   if (logit_rows > 0) be.Upload(b.logit_rows.data(), a.logit_rows);
+  if (!b.draws.empty()) be.Upload(b.draws.data(), a.draws);
   BatchLayout layout{a.seq, a.pos, a.slots, a.tables, cache.block_size(), max_context};
 
   ForwardResult result;
@@ -389,8 +398,8 @@ absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedK
   }
 
   if (logit_rows > 0) {
-    EnqueueLogits(a);
-    RETURN_IF_ERROR(DownloadLogits(a, logit_rows, b.argmax_only, result));
+    EnqueueLogits(a, !b.draws.empty());
+    RETURN_IF_ERROR(DownloadLogits(a, logit_rows, b, result));
   } else {
     RETURN_IF_ERROR(be.Synchronize());
   }
@@ -402,7 +411,8 @@ absl::StatusOr<ForwardResult> DsaModel::RunDecodeGraph(const ForwardBatch& b, Pa
   Backend& be = *backend_;
   const int64_t n = static_cast<int64_t>(b.token_ids.size());
   const HostLayout real = LayoutOnHost(b, cache);
-  DecodeGraphs::Shape shape{DecodeGraphs::RowsBucket(n), DecodeGraphs::ContextBucket(real.max_context)};
+  const bool sample = !b.draws.empty();
+  DecodeGraphs::Shape shape{DecodeGraphs::RowsBucket(n), DecodeGraphs::ContextBucket(real.max_context), sample};
   const int64_t max_blocks = (shape.context + cache.block_size() - 1) / cache.block_size();
   const int64_t topk_cols = std::min(c.index_topk, shape.context);
   ASSIGN_OR_RETURN(Activations * a, graphs_->ActivationsFor(c, shape, max_blocks, topk_cols));
@@ -428,6 +438,11 @@ absl::StatusOr<ForwardResult> DsaModel::RunDecodeGraph(const ForwardBatch& b, Pa
   be.Upload(slots.data(), a->slots);
   be.Upload(tables.data(), a->tables);
   be.Upload(logit_rows.data(), a->logit_rows);
+  if (sample) {
+    std::vector<SamplingDraw> draws(shape.rows);  // padding rows: greedy, the cheapest draw
+    std::copy(b.draws.begin(), b.draws.end(), draws.begin());
+    be.Upload(draws.data(), a->draws);
+  }
   const BatchLayout layout{a->seq, a->pos, a->slots, a->tables, cache.block_size(), shape.context};
   CountIndexerWork(c.indexer_types, 0, b.positions);
   RETURN_IF_ERROR(graphs_->Run(shape, [&] {
@@ -436,11 +451,11 @@ absl::StatusOr<ForwardResult> DsaModel::RunDecodeGraph(const ForwardBatch& b, Pa
       EnqueueProjections(l, c.indexer_types[l] == IndexerType::kFull, layout, *a, cache);
       EnqueueAttentionAndFeedForward(l, layout, *a, cache);
     }
-    EnqueueLogits(*a);
+    EnqueueLogits(*a, sample);
   }));
   ForwardResult result;
   result.topk_cols = static_cast<int32_t>(std::min(c.index_topk, real.max_context));
-  RETURN_IF_ERROR(DownloadLogits(*a, n, b.argmax_only, result));
+  RETURN_IF_ERROR(DownloadLogits(*a, n, b, result));
   return result;
 }
 

@@ -18,6 +18,7 @@
 #include "common/model/indexcache_stats.h"
 #include "common/model/model_config.h"
 #include "common/model/model_weights.h"
+#include "common/sampling/sampling_draw.h"
 
 namespace indexcache {
 
@@ -37,6 +38,10 @@ struct ForwardBatch {
   // Return each logit row's greedy token (ForwardResult::argmax), chosen on the device, instead of the
   // row: a greedy decode step then downloads n ids, not n × vocab logits.
   bool argmax_only = false;
+  // Non-empty: per logit row, the draw its request's Sampler made (Sampler::NextDraw), and each row's
+  // token is drawn on the device (Backend::SampleTokens → ForwardResult::sampled, beside argmax)
+  // instead of its logits being downloaded: a sampled decode step downloads 2n ids, not n × vocab.
+  std::vector<SamplingDraw> draws;
   bool capture_topk = false;        // also return every layer's selection (for `score`)
   std::vector<int32_t> probe_rows;  // tokens whose indexer inputs and selections are returned (handoff)
 
@@ -61,9 +66,11 @@ struct IndexerProbe {
 
 struct ForwardResult {
   std::vector<float> logits;  // [logit_rows.size(), vocab]; empty when argmax_only
-  // When argmax_only: per logit row, the lowest id of its largest logit (NaN counting as -inf), -1
+  // When argmax_only or draws were given: per logit row, the lowest id of its largest logit (NaN counting as -inf), -1
   // when no logit is above -inf (Backend::ArgMax).
   std::vector<int32_t> argmax;
+  // When draws were given: per logit row, Backend::SampleTokens' token (-1: no usable logit).
+  std::vector<int32_t> sampled;
   // When captured: per layer, [n, topk_cols] key positions (-1 padded).
   std::vector<std::vector<int32_t>> topk;
   int32_t topk_cols = 0;
@@ -117,10 +124,12 @@ class DsaModel {
   void EnqueueProjections(int32_t l, bool full, const BatchLayout& layout, Activations& a, PagedKvCache& cache);
   // Layer l: sparse attention over a.topk, output projection, feed-forward, residual adds.
   void EnqueueAttentionAndFeedForward(int32_t l, const BatchLayout& layout, Activations& a, PagedKvCache& cache);
-  // The final norm and LM head over a.logit_rows, and each row's argmax.
-  void EnqueueLogits(Activations& a);
-  // Downloads the first `rows` logit rows' logits, or their argmax when `argmax_only`.
-  absl::Status DownloadLogits(const Activations& a, int64_t rows, bool argmax_only, ForwardResult& result);
+  // The final norm and LM head over a.logit_rows, each row's argmax, and when `sample` each row's
+  // token drawn with a.draws.
+  void EnqueueLogits(Activations& a, bool sample);
+  // Downloads the first `rows` logit rows' argmax (and sampled tokens) when the batch asked for them
+  // (argmax_only, draws), else their logits.
+  absl::Status DownloadLogits(const Activations& a, int64_t rows, const ForwardBatch& batch, ForwardResult& result);
   // Adds one pass's indexer runs, skips and FLOPs to stats_.
   void CountIndexerWork(const std::vector<IndexerType>& types, int32_t first_layer,
                         const std::vector<int32_t>& positions);

@@ -36,26 +36,34 @@ uint64_t Sampler::RandomSeed() {
 }
 
 Sampler::Sampler(const SamplingParams& params, int32_t vocab_size, uint64_t seed)
-    : temperature_(params.temperature),
-      top_k_(params.top_k),
-      top_p_(params.top_p),
-      min_p_(params.min_p),
+    : params_{params.temperature, params.top_k, params.top_p, params.min_p, 0},
       vocab_size_(vocab_size),
       seed_(seed),
       rng_(seed) {}
 
-double Sampler::NextUniform() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
+SamplingDraw Sampler::NextDraw() {
+  SamplingDraw draw = params_;
+  // The top 53 bits of one engine output: exactly a double's mantissa, built without
+  // std::uniform_real_distribution (which differs between standard libraries).
+  if (draw.temperature != 0.0f) draw.uniform_bits = rng_() >> 11;
+  return draw;
+}
 
 absl::StatusOr<int32_t> Sampler::Sample(absl::Span<const float> logits) {
   if (logits.size() != static_cast<size_t>(vocab_size_)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "logits row has %d entries, expected vocab_size %d", logits.size(), vocab_size_));
   }
+  return pipeline_.Run(logits, NextDraw());
+}
+
+absl::StatusOr<int32_t> SamplingPipeline::Run(absl::Span<const float> logits, const SamplingDraw& draw) {
+  const int32_t vocab_size = static_cast<int32_t>(logits.size());
   // One pass for the max (first index on ties = greedy's answer) and the number of usable tokens.
   int32_t argmax = -1;
   float max_logit = kNegInf;
   int32_t num_usable = 0;
-  for (int32_t i = 0; i < vocab_size_; ++i) {
+  for (int32_t i = 0; i < vocab_size; ++i) {
     const float x = logits[i];
     if (!Usable(x)) continue;
     ++num_usable;
@@ -66,17 +74,17 @@ absl::StatusOr<int32_t> Sampler::Sample(absl::Span<const float> logits) {
   }
   if (num_usable == 0) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "logits row has no usable value: all %d entries are NaN or -inf", vocab_size_));
+        "logits row has no usable value: all %d entries are NaN or -inf", vocab_size));
   }
-  if (temperature_ == 0.0f) return argmax;
+  if (draw.temperature == 0.0f) return argmax;
 
-  CollectTopK(logits, num_usable);
+  CollectTopK(logits, num_usable, draw.top_k);
 
   // Softmax numerators relative to the max, so the max has weight exactly 1 and nothing overflows.
   // The product is formed in double (1/temperature can exceed float range), exp runs in float (the
   // weights need no more precision than the float logits they come from), sums are in double.
   const bool infinite_max = std::isinf(max_logit);
-  const double inv_temperature = 1.0 / static_cast<double>(temperature_);
+  const double inv_temperature = 1.0 / static_cast<double>(draw.temperature);
   double total_weight = 0.0;
   for (Candidate& c : candidates_) {
     if (infinite_max) {
@@ -88,18 +96,18 @@ absl::StatusOr<int32_t> Sampler::Sample(absl::Span<const float> logits) {
     total_weight += c.weight;
   }
 
-  if (top_p_ < 1.0f) {
-    ApplyTopPAndMinP(total_weight);
-  } else if (min_p_ > 0.0f) {
+  if (draw.top_p < 1.0f) {
+    ApplyTopPAndMinP(total_weight, draw.top_p, draw.min_p);
+  } else if (draw.min_p > 0.0f) {
     // p_i < min_p * p_max  <=>  weight_i < min_p, since the max has weight 1 in any normalisation.
-    std::erase_if(candidates_, [this](const Candidate& c) { return c.weight < min_p_; });
+    std::erase_if(candidates_, [&draw](const Candidate& c) { return c.weight < draw.min_p; });
   }
 
   // Inverse CDF over the kept tokens (canonical order, so the same u picks the same token
   // anywhere).
   double kept_weight = 0.0;
   for (const Candidate& c : candidates_) kept_weight += c.weight;
-  const double u = NextUniform() * kept_weight;
+  const double u = Uniform(draw.uniform_bits) * kept_weight;
   double cumulative = 0.0;
   int32_t last_positive = -1;
   for (const Candidate& c : candidates_) {
@@ -112,11 +120,12 @@ absl::StatusOr<int32_t> Sampler::Sample(absl::Span<const float> logits) {
   return last_positive;
 }
 
-void Sampler::CollectTopK(absl::Span<const float> logits, int32_t num_usable) {
+void SamplingPipeline::CollectTopK(absl::Span<const float> logits, int32_t num_usable, int32_t top_k) {
   candidates_.clear();
-  const int32_t k = (top_k_ > 0 && top_k_ < num_usable) ? top_k_ : num_usable;
+  const int32_t vocab_size = static_cast<int32_t>(logits.size());
+  const int32_t k = (top_k > 0 && top_k < num_usable) ? top_k : num_usable;
   if (k == num_usable) {
-    for (int32_t i = 0; i < vocab_size_; ++i) {
+    for (int32_t i = 0; i < vocab_size; ++i) {
       if (Usable(logits[i])) candidates_.push_back({i, logits[i], 0.0});
     }
     return;
@@ -126,7 +135,7 @@ void Sampler::CollectTopK(absl::Span<const float> logits, int32_t num_usable) {
   const float kth = KthLargest(logits, k);
   int32_t ties_left = k;
   for (const float x : logits) ties_left -= x > kth ? 1 : 0;
-  for (int32_t i = 0; i < vocab_size_; ++i) {
+  for (int32_t i = 0; i < vocab_size; ++i) {
     const float x = logits[i];
     if (x > kth) {
       candidates_.push_back({i, x, 0.0});
@@ -137,7 +146,7 @@ void Sampler::CollectTopK(absl::Span<const float> logits, int32_t num_usable) {
   }
 }
 
-float Sampler::KthLargest(absl::Span<const float> logits, int32_t k) {
+float SamplingPipeline::KthLargest(absl::Span<const float> logits, int32_t k) {
   std::vector<float>& scratch = kth_scratch_;
   scratch.clear();
   if (k <= kHeapTopKLimit) {
@@ -164,7 +173,7 @@ float Sampler::KthLargest(absl::Span<const float> logits, int32_t k) {
   return scratch[k - 1];
 }
 
-void Sampler::ApplyTopPAndMinP(double total_weight) {
+void SamplingPipeline::ApplyTopPAndMinP(double total_weight, float top_p, float min_p) {
   // Only the nucleus needs sorting. Bucket the weights by binary exponent (weight 1 -> bucket 0,
   // [1/2, 1) -> 1, ...), find the bucket where the mass from the top reaches top_p, and sort only
   // the tokens in or above it: the nucleus plus at most one factor-of-two band, not the whole row.
@@ -175,7 +184,7 @@ void Sampler::ApplyTopPAndMinP(double total_weight) {
     const int biased_exponent = static_cast<int>((std::bit_cast<uint64_t>(weight) >> 52) & 0x7ff);
     return std::min(kBuckets - 1, 1023 - biased_exponent);
   };
-  const double target_mass = static_cast<double>(top_p_) * total_weight;
+  const double target_mass = static_cast<double>(top_p) * total_weight;
   std::array<double, kBuckets> bucket_mass{};
   for (const Candidate& c : candidates_) bucket_mass[bucket_of(c.weight)] += c.weight;
   int last_bucket = 0;
@@ -194,7 +203,7 @@ void Sampler::ApplyTopPAndMinP(double total_weight) {
   double mass = 0.0;
   for (size_t i = 0; i < n; ++i) {
     // min-p drops a suffix of this order too; index 0 (weight 1) always survives both filters.
-    if (candidates_[i].weight < min_p_) {
+    if (candidates_[i].weight < min_p) {
       candidates_.resize(i);
       return;
     }

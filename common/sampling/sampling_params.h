@@ -1,6 +1,6 @@
 // Per-request generation settings: how the next token is drawn (temperature, top-k, top-p, min-p,
 // seed) and when generation ends (token budget, stop tokens, stop strings). Backend-neutral plain
-// data: the CPU Sampler reads it today, a GPU sampler will read the same struct.
+// data: Sampler reads it and hands each token's draw to the backend as a SamplingDraw.
 #pragma once
 
 #include <cstdint>

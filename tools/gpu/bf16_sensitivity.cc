@@ -97,6 +97,7 @@ class Bf16RoundingBackend final : public Backend {
   void Add(Tensor x, Tensor y) override { cpu_.Add(x, y); }
   void GatherRows(Tensor src, Tensor row_ids, Tensor dst) override { cpu_.GatherRows(src, row_ids, dst); }
   void ArgMax(Tensor x, Tensor out) override { cpu_.ArgMax(x, out); }
+  void SampleTokens(Tensor x, Tensor draws, Tensor out) override { cpu_.SampleTokens(x, draws, out); }
   void WriteCacheRows(Tensor src, Tensor slot_mapping, Tensor pool) override {
     cpu_.WriteCacheRows(src, slot_mapping, pool);
   }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA backend's correctness checks, run on the GPU machine from the repository root:
 #   tools/gpu/check_cuda.sh BUNDLE OUT
-# BUNDLE holds bin/{cuda_op_check,cuda_op_trace_check,cuda_engine_check,cuda_graph_check,indexcache} and lib/ (made here by
+# BUNDLE holds bin/{cuda_op_check,cuda_op_trace_check,cuda_engine_check,cuda_graph_check,cuda_sampling_check,indexcache} and lib/ (made here by
 # /work/shared/tools/device-bundle from a CUDA build); logs and GoogleTest JSON go to OUT.
 # 1. cuda_op_check: every backend op against the CPU backend / float64 at bf16 bounds, near-ties detected.
 # 2. cuda_op_trace_check: whole forward passes of three models (chunked prefill, two sequences, batched
@@ -10,6 +10,8 @@
 #    batched decode).
 # 3b. cuda_graph_check: decode steps replayed as CUDA graphs against the same steps op by op (logits,
 #    and greedy tokens through the engine with --cuda-graphs on and off).
+# 3c. cuda_sampling_check: Backend::SampleTokens against the host pipeline on random rows (boundary
+#    draws detected), captured against eager, and seeded sampled generation on the bundled model.
 # 4. indexcache generate --device cuda and --device cpu on the bundled model (greedy): both must run;
 #    their tokens are printed beside transformers' (bf16 flips the random model's decisions, see
 #    cuda_engine_check.cc, so equality is reported, not required).
@@ -25,6 +27,7 @@ failed=0
 "$bundle/bin/cuda_op_trace_check" --gtest_output="json:$out/cuda_op_trace_check.json" 2>&1 | tee "$out/cuda_op_trace_check.log" || failed=1
 "$bundle/bin/cuda_engine_check" --gtest_output="json:$out/cuda_engine_check.json" 2>&1 | tee "$out/cuda_engine_check.log" || failed=1
 "$bundle/bin/cuda_graph_check" --gtest_output="json:$out/cuda_graph_check.json" 2>&1 | tee "$out/cuda_graph_check.log" || failed=1
+"$bundle/bin/cuda_sampling_check" --gtest_output="json:$out/cuda_sampling_check.json" 2>&1 | tee "$out/cuda_sampling_check.log" || failed=1
 
 ids=$(python3 -c "import json; print(json.dumps(json.load(open('tests/data/goldens/bundled/expected.json'))['greedy']['prompt_ids']))")
 echo "$ids" > "$out/generate_prompt.json"

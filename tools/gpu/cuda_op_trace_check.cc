@@ -121,6 +121,14 @@ class TracingBackend final : public Backend {
     cpu_.ArgMax(hx.t, ho.t);
     EXPECT_EQ(Pull(out).i, ho.i) << where_ << ": argmax differs from the CPU backend on the same logits";
   }
+  // The sampling kernel has its own check with boundary detection (cuda_sampling_check.cc); on the
+  // logits a trace reaches it must draw what the CPU backend draws.
+  void SampleTokens(Tensor x, Tensor draws, Tensor out) override {
+    HostCopy hx = Pull(x), hd = Pull(draws), ho = Pull(out);
+    gpu_->SampleTokens(x, draws, out);
+    cpu_.SampleTokens(hx.t, hd.t, ho.t);
+    EXPECT_EQ(Pull(out).i, ho.i) << where_ << ": sampled tokens differ from the CPU backend on the same logits";
+  }
   void WriteCacheRows(Tensor src, Tensor slot_mapping, Tensor pool) override {
     HostCopy hs = Pull(src), hm = Pull(slot_mapping), hp = Pull(pool);
     gpu_->WriteCacheRows(src, slot_mapping, pool);

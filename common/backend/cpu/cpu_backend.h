@@ -9,6 +9,7 @@
 #include <chrono>
 
 #include "common/backend/backend.h"
+#include "common/sampling/sampler.h"
 
 namespace indexcache {
 
@@ -38,6 +39,7 @@ class CpuBackend final : public Backend {
   void Add(Tensor x, Tensor y) override;
   void GatherRows(Tensor src, Tensor row_ids, Tensor dst) override;
   void ArgMax(Tensor x, Tensor out) override;
+  void SampleTokens(Tensor x, Tensor draws, Tensor out) override;
 
   void WriteCacheRows(Tensor src, Tensor slot_mapping, Tensor pool) override;
   void IndexerTopK(Tensor q, Tensor head_weights, int32_t heads, Tensor key_pool,
@@ -60,6 +62,7 @@ class CpuBackend final : public Backend {
   static constexpr size_t kRegions = static_cast<size_t>(TimedRegion::kCount);
   std::array<Clock::time_point, kRegions> region_start_{};
   std::array<double, kRegions> region_seconds_{};
+  SamplingPipeline sampling_;  // SampleTokens' scratch, reused across steps
 };
 
 }  // namespace indexcache

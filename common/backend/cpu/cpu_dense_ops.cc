@@ -140,4 +140,14 @@ void CpuBackend::ArgMax(Tensor x, Tensor out) {
   }
 }
 
+void CpuBackend::SampleTokens(Tensor x, Tensor draws, Tensor out) {
+  for (int64_t r = 0; r < x.rows; ++r) {
+    SamplingDraw draw;
+    std::memcpy(static_cast<void*>(&draw), draws.row<int32_t>(r), sizeof(draw));  // the words, as uploaded
+    // The pipeline refuses only rows without a usable logit: -1, as ArgMax says for them.
+    const absl::StatusOr<int32_t> token = sampling_.Run(absl::MakeConstSpan(x.row<float>(r), x.cols), draw);
+    out.row<int32_t>(r)[0] = token.ok() ? *token : -1;
+  }
+}
+
 }  // namespace indexcache

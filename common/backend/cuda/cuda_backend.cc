@@ -305,6 +305,9 @@ void CudaBackend::GatherRows(Tensor src, Tensor row_ids, Tensor dst) {
 }
 
 void CudaBackend::ArgMax(Tensor x, Tensor out) { Check(AsStatus(cuda::ArgMax(x, out, stream_))); }
+void CudaBackend::SampleTokens(Tensor x, Tensor draws, Tensor out) {
+  Check(AsStatus(cuda::SampleTokens(x, draws, out, stream_)));
+}
 
 void CudaBackend::WriteCacheRows(Tensor src, Tensor slot_mapping, Tensor pool) {
   Check(AsStatus(cuda::WriteCacheRows(src, slot_mapping, pool, stream_)));

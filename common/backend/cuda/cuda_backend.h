@@ -52,6 +52,7 @@ class CudaBackend final : public Backend {
   void Add(Tensor x, Tensor y) override;
   void GatherRows(Tensor src, Tensor row_ids, Tensor dst) override;
   void ArgMax(Tensor x, Tensor out) override;
+  void SampleTokens(Tensor x, Tensor draws, Tensor out) override;
 
   void WriteCacheRows(Tensor src, Tensor slot_mapping, Tensor pool) override;
   void IndexerTopK(Tensor q, Tensor head_weights, int32_t heads, Tensor key_pool,

@@ -51,6 +51,10 @@ std::string IndexerLogits(Tensor q, Tensor head_weights, int32_t heads, Tensor k
 // logits, best first (ties to the lower column), then -1. Radix select, not a sort.
 std::string RowTopK(Tensor logits, const int32_t* token_pos, Tensor out, cudaStream_t stream);
 
+// --- sampling (cuda_sampling.cu) ---
+// Backend::SampleTokens: x F32 [n, vocab < 2^24], draws I32 [n, kSamplingDrawWords], out I32 [n, 1].
+std::string SampleTokens(Tensor x, Tensor draws, Tensor out, cudaStream_t stream);
+
 // --- sparse MLA (cuda_sparse_mla.cu) ---
 // Bytes of scratch SparseMlaAttention needs for this shape (partial results of split key ranges).
 size_t SparseMlaScratchBytes(int64_t tokens, int32_t heads, int64_t latent_dim, int64_t topk_cols);
