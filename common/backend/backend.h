@@ -109,6 +109,8 @@ class Backend {
   virtual void Embedding(Tensor table, Tensor ids, Tensor out) = 0;
   // out[m, n] = x[m, k] · w[n, k]ᵀ  (torch.nn.Linear without bias)
   virtual void Linear(Tensor x, Tensor w, Tensor out) = 0;
+  // out += x · wᵀ: a residual connection folded into the product's epilogue (no add, no intermediate).
+  virtual void LinearAdd(Tensor x, Tensor w, Tensor out) = 0;
   // Per head h: out[:, h·o:(h+1)·o] = x[:, h·i:(h+1)·i] · w_hᵀ with w = [heads·o, i] stacked by head.
   virtual void HeadwiseLinear(Tensor x, Tensor w, int32_t heads, Tensor out) = 0;
   // out = weight ⊙ x / sqrt(mean(x²) + eps), per row.

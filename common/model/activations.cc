@@ -29,10 +29,8 @@ Activations Carve(const ModelConfig& c, DType act, int64_t n, int64_t num_seqs, 
   a.q_latent = ws.Take(act, n, int64_t{c.num_heads} * c.kv_lora_rank);
   a.o_latent = ws.Take(act, n, int64_t{c.num_heads} * c.kv_lora_rank);
   a.o_heads = ws.Take(act, n, int64_t{c.num_heads} * c.v_head_dim);
-  a.y = ws.Take(DType::kF32, n, c.hidden_size);
   a.gate_up = ws.Take(act, n, 2 * widest_mlp);
   a.act = ws.Take(act, n, widest_mlp);
-  a.shared_y = ws.Take(DType::kF32, n, c.hidden_size);
   a.route_ids = ws.Take(DType::kI32, n, c.num_experts_per_tok);
   a.route_weights = ws.Take(DType::kF32, n, c.num_experts_per_tok);
   a.final_x = ws.Take(DType::kF32, logit_rows, c.hidden_size);

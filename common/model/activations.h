@@ -1,8 +1,8 @@
 // Every activation of one forward pass of DsaModel, carved from a Workspace: the I32 batch metadata
 // the pass reads and the intermediates it writes. Those are stored as the backend's activation dtype
 // (BF16 on CUDA: each is the input of a matrix product or of the paged cache), except what sums or
-// decides: the residual stream x, the sublayer outputs added to it (y, shared_y), the router weights,
-// and the final rows and logits, which stay F32. The eager pass carves them per batch; a decode
+// decides: the residual stream x (every sublayer adds its output into it inside its last product),
+// the router weights, and the final rows and logits, which stay F32. The eager pass carves them per batch; a decode
 // graph (decode_graphs.h) carves them once per bucket and keeps them, since its recording holds their
 // addresses.
 #pragma once
@@ -27,9 +27,7 @@ struct Activations {
   Tensor topk;                                      // I32 [n, k]
   Tensor q_latent, o_latent;                        // [n, H·kv_lora]
   Tensor o_heads;                                   // [n, H·v]
-  Tensor y;                                         // [n, hidden] sublayer output (F32)
   Tensor gate_up, act;                              // [n, 2I], [n, I] (widest MLP)
-  Tensor shared_y;                                  // [n, hidden] (F32)
   Tensor route_ids, route_weights;                  // [n, experts_per_tok]
   Tensor final_x, logits;                           // [r, hidden], [r, vocab]
   Tensor argmax;                                    // I32 [r, 1] (ForwardBatch::argmax_only)

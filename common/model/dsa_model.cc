@@ -16,8 +16,8 @@ constexpr float kLoraNormEps = 1e-6f;
 // The indexer's k_norm is an nn.LayerNorm(eps=1e-6).
 constexpr float kIndexKeyNormEps = 1e-6f;
 
-// SwiGLU MLP: out = down(silu(gate(x)) · up(x)).
-void RunMlp(Backend& be, const FeedForwardWeights& w, Tensor x, Activations& a, Tensor out) {
+// SwiGLU MLP added to the residual stream: residual += down(silu(gate(x)) · up(x)).
+void AddMlp(Backend& be, const FeedForwardWeights& w, Tensor x, Activations& a, Tensor residual) {
   const int64_t inter = w.down.cols;
   Tensor gate_up = a.gate_up.Cols(0, 2 * inter);
   gate_up.stride = 2 * inter;
@@ -25,7 +25,7 @@ void RunMlp(Backend& be, const FeedForwardWeights& w, Tensor x, Activations& a, 
   act.stride = inter;
   be.Linear(x, w.gate_up, gate_up);
   be.SiluMul(gate_up, act);
-  be.Linear(act, w.down, out);
+  be.LinearAdd(act, w.down, residual);
 }
 
 // Downloads row `row`'s indexer query, head weights and selection of Full layer `layer`.
@@ -291,28 +291,23 @@ void DsaModel::EnqueueAttentionAndFeedForward(int32_t l, const BatchLayout& layo
                         a.o_latent);
   be.HeadwiseLinear(a.o_latent, w.w_uv, c.num_heads, a.o_heads);
   be.EndRegion(TimedRegion::kAttention);
-  be.Linear(a.o_heads, w.o_proj, a.y);
-  be.Add(a.x, a.y);
+  // Each sublayer's output goes straight into the residual stream: x += o_proj(...), x += MLP(...),
+  // x += experts(...) — no intermediate, no separate add.
+  be.LinearAdd(a.o_heads, w.o_proj, a.x);
 
   // --- feed-forward
   be.RmsNorm(a.x, w.post_attn_norm, c.rms_norm_eps, a.h);
   if (!w.is_moe) {
-    RunMlp(be, w.dense, a.h, a, a.y);
-    be.Add(a.x, a.y);
+    AddMlp(be, w.dense, a.h, a, a.x);
     return;
   }
   be.BeginRegion(TimedRegion::kMoe);
   MoeRouting routing{c.n_routed_experts, c.num_experts_per_tok, c.n_group, c.topk_group, c.norm_topk_prob,
                      c.routed_scaling_factor};
   be.MoeRoute(a.h, w.router, w.router_bias, routing, a.route_ids, a.route_weights);
-  be.Fill(a.y, 0.0f);
-  be.MoeExperts(a.h, w.experts_gate_up, w.experts_down, c.n_routed_experts, a.route_ids, a.route_weights, a.y);
+  be.MoeExperts(a.h, w.experts_gate_up, w.experts_down, c.n_routed_experts, a.route_ids, a.route_weights, a.x);
   be.EndRegion(TimedRegion::kMoe);
-  be.Add(a.x, a.y);
-  if (!w.shared.gate_up.empty()) {
-    RunMlp(be, w.shared, a.h, a, a.shared_y);
-    be.Add(a.x, a.shared_y);
-  }
+  if (!w.shared.gate_up.empty()) AddMlp(be, w.shared, a.h, a, a.x);
 }
 
 void DsaModel::EnqueueLogits(Activations& a, bool sample) {

@@ -80,6 +80,11 @@ class Bf16RoundingBackend final : public Backend {
     Rounded rx = RoundCopy(x);
     cpu_.Linear(rx.view, w, out);
   }
+  void LinearAdd(Tensor x, Tensor w, Tensor out) override {
+    if (!round_inputs_) return cpu_.LinearAdd(x, w, out);
+    Rounded rx = RoundCopy(x);
+    cpu_.LinearAdd(rx.view, w, out);
+  }
   void HeadwiseLinear(Tensor x, Tensor w, int32_t heads, Tensor out) override {
     if (!round_inputs_) return cpu_.HeadwiseLinear(x, w, heads, out);
     Rounded rx = RoundCopy(x);

@@ -72,6 +72,12 @@ class TracingBackend final : public Backend {
     cpu_.Linear(hx.t, hw.t, ho.t);
     Compare("linear", out, ho, 2e-2);
   }
+  void LinearAdd(Tensor x, Tensor w, Tensor out) override {
+    HostCopy hx = Pull(x), hw = Pull(w), ho = Pull(out);
+    gpu_->LinearAdd(x, w, out);
+    cpu_.LinearAdd(hx.t, hw.t, ho.t);
+    Compare("linear add", out, ho, 2e-2);
+  }
   void HeadwiseLinear(Tensor x, Tensor w, int32_t heads, Tensor out) override {
     HostCopy hx = Pull(x), hw = Pull(w), ho = Pull(out);
     gpu_->HeadwiseLinear(x, w, heads, out);

@@ -30,6 +30,7 @@ class CpuBackend final : public Backend {
 
   void Embedding(Tensor table, Tensor ids, Tensor out) override;
   void Linear(Tensor x, Tensor w, Tensor out) override;
+  void LinearAdd(Tensor x, Tensor w, Tensor out) override;
   void HeadwiseLinear(Tensor x, Tensor w, int32_t heads, Tensor out) override;
   void RmsNorm(Tensor x, Tensor weight, float eps, Tensor out) override;
   void LayerNorm(Tensor x, Tensor weight, Tensor bias, float eps, Tensor out) override;

@@ -18,13 +18,20 @@ void CpuBackend::Embedding(Tensor table, Tensor ids, Tensor out) {
   }
 }
 
-void CpuBackend::Linear(Tensor x, Tensor w, Tensor out) {
+namespace {
+// out = x · wᵀ + beta · out
+void Gemm(Tensor x, Tensor w, Tensor out, float beta) {
   if (x.rows == 0) return;
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(x.rows),
               static_cast<int>(w.rows), static_cast<int>(x.cols), 1.0f, x.ptr<float>(),
-              static_cast<int>(x.stride), w.ptr<float>(), static_cast<int>(w.stride), 0.0f,
+              static_cast<int>(x.stride), w.ptr<float>(), static_cast<int>(w.stride), beta,
               out.ptr<float>(), static_cast<int>(out.stride));
 }
+}  // namespace
+
+void CpuBackend::Linear(Tensor x, Tensor w, Tensor out) { Gemm(x, w, out, 0.0f); }
+
+void CpuBackend::LinearAdd(Tensor x, Tensor w, Tensor out) { Gemm(x, w, out, 1.0f); }
 
 void CpuBackend::HeadwiseLinear(Tensor x, Tensor w, int32_t heads, Tensor out) {
   const int64_t in = x.cols / heads;

@@ -225,7 +225,7 @@ void CudaBackend::Embedding(Tensor table, Tensor ids, Tensor out) {
 // bf16 weights: x goes to cuBLAS as it is when bf16 (any row stride), else through one cast to a dense
 // bf16 copy; out is written as its own dtype, from f32 accumulators. f32 weights (none on this backend's
 // models; kept for f32 tests) multiply f32 x into f32 out: cuBLAS has no f32 · f32 → bf16 GEMM.
-void CudaBackend::Linear(Tensor x, Tensor w, Tensor out) {
+void CudaBackend::Gemm(Tensor x, Tensor w, Tensor out, float beta) {
   if (!IsFloat(x) || !IsFloat(out) || !IsFloat(w) || x.cols != w.cols || out.cols != w.rows || out.rows != x.rows ||
       (w.dtype == DType::kF32 && (x.dtype != DType::kF32 || out.dtype != DType::kF32))) {
     Check(absl::InvalidArgumentError(absl::StrCat("cuda backend: linear ", x.DebugString(), " · ", w.DebugString(),
@@ -233,7 +233,7 @@ void CudaBackend::Linear(Tensor x, Tensor w, Tensor out) {
     return;
   }
   if (x.rows == 0 || w.rows == 0) return;
-  const float alpha = 1.0f, beta = 0.0f;
+  const float alpha = 1.0f;
   const int m = static_cast<int>(w.rows), n = static_cast<int>(x.rows), k = static_cast<int>(x.cols);
   cublasStatus_t s;
   if (w.dtype == DType::kBF16) {

@@ -42,7 +42,8 @@ class CudaBackend final : public Backend {
   void Fill(Tensor dst, float value) override;
 
   void Embedding(Tensor table, Tensor ids, Tensor out) override;
-  void Linear(Tensor x, Tensor w, Tensor out) override;
+  void Linear(Tensor x, Tensor w, Tensor out) override { Gemm(x, w, out, 0.0f); }
+  void LinearAdd(Tensor x, Tensor w, Tensor out) override { Gemm(x, w, out, 1.0f); }
   void HeadwiseLinear(Tensor x, Tensor w, int32_t heads, Tensor out) override;
   void RmsNorm(Tensor x, Tensor weight, float eps, Tensor out) override;
   void LayerNorm(Tensor x, Tensor weight, Tensor bias, float eps, Tensor out) override;
@@ -85,6 +86,8 @@ class CudaBackend final : public Backend {
   enum class Scratch : uint8_t { kCastA = 0, kIndexerLogits, kAttention, kRouterLogits, kMoe, kCount };
 
   CudaBackend() = default;
+  // out = x · wᵀ + beta · out on cuBLAS (bf16 weights: x cast to bf16 first when it is f32).
+  void Gemm(Tensor x, Tensor w, Tensor out, float beta);
   // Records `status` as the sticky error if none is recorded yet; returns whether it was OK.
   bool Check(const absl::Status& status);
   bool CheckCuda(int cuda_error, const char* what);
