@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/cuda/cuda_timing.h"
 #include "common/backend/cuda/cuda_backend.h"
 #include "common/backend/cuda/cuda_kernels.h"
 #include "nlohmann/json.hpp"
@@ -30,37 +31,6 @@ namespace {
 constexpr int kIndexHeads = 32, kIndexDim = 128, kTopK = 2048;
 constexpr int kHeads = 64, kLatent = 512, kRope = 64;
 constexpr int kBlock = 64;  // cache block size of the paged layouts
-
-void Die(const std::string& what) {
-  std::fprintf(stderr, "cuda_kernel_bench: %s\n", what.c_str());
-  std::exit(1);
-}
-
-void CheckCuda(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) Die(std::string(what) + ": " + cudaGetErrorString(e));
-}
-
-// Median milliseconds of `reps` runs of `fn` after `warmup` untimed ones.
-double TimeMs(cudaStream_t stream, int warmup, int reps, const std::function<void()>& fn) {
-  for (int i = 0; i < warmup; ++i) fn();
-  std::vector<double> ms;
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  for (int i = 0; i < reps; ++i) {
-    cudaEventRecord(start, stream);
-    fn();
-    cudaEventRecord(stop, stream);
-    CheckCuda(cudaEventSynchronize(stop), "timed run");
-    float t = 0;
-    cudaEventElapsedTime(&t, start, stop);
-    ms.push_back(t);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
 
 // A device array of `count` elements of T filled with N(0, 1) floats converted to T.
 template <typename T>
@@ -146,20 +116,12 @@ nlohmann::json Ceilings(cudaStream_t stream, cublasHandle_t cublas) {
     cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, a, CUDA_R_16BF, n, b, CUDA_R_16BF, n, &beta, c,
                  CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   };
-  const double gemm_ms = TimeMs(stream, 3, 10, gemm);
+  const double gemm_ms = EventMs(stream, 3, 10, gemm);
   out["gemm_bf16_8192_tflops"] = 2.0 * n * n * double(n) / (gemm_ms * 1e-3) / 1e12;
   cudaFree(a);
   cudaFree(b);
   cudaFree(c);
-  const size_t bytes = size_t{2} << 30;
-  void *src = nullptr, *dst = nullptr;
-  CheckCuda(cudaMalloc(&src, bytes), "alloc");
-  CheckCuda(cudaMalloc(&dst, bytes), "alloc");
-  cudaMemsetAsync(src, 1, bytes, stream);
-  const double copy_ms = TimeMs(stream, 2, 10, [&] { cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream); });
-  out["copy_gbps_read_plus_write"] = 2.0 * bytes / (copy_ms * 1e-3) / 1e9;
-  cudaFree(src);
-  cudaFree(dst);
+  out["copy_gbps_read_plus_write"] = CopyGbPerS(stream, size_t{2} << 30);
   return out;
 }
 
@@ -205,8 +167,8 @@ nlohmann::json IndexerAndTopK(cudaStream_t stream, DType act, DType cache, int32
     const std::string e = cuda::RowTopK(tl, l.pos, tt, stream);
     if (!e.empty()) Die(e);
   };
-  const double logits_ms = TimeMs(stream, 2, 5, run_logits);
-  const double topk_ms = TimeMs(stream, 2, 5, run_topk);
+  const double logits_ms = EventMs(stream, 2, 5, run_logits);
+  const double topk_ms = EventMs(stream, 2, 5, run_topk);
   double visible = 0;
   for (int32_t i = 0; i < queries; ++i) visible += context - queries + i + 1;
   out["indexer_ms"] = logits_ms;
@@ -222,12 +184,12 @@ nlohmann::json IndexerAndTopK(cudaStream_t stream, DType act, DType cache, int32
     const std::string e = cuda::IndexerLogits(dq, dw, heads, tk, last, context, 0.088f, tl.Rows(0, 1), stream);
     if (!e.empty()) Die(e);
   };
-  const double decode_ms = TimeMs(stream, 3, 10, [&] {
+  const double decode_ms = EventMs(stream, 3, 10, [&] {
     decode_logits();
     const std::string e = cuda::RowTopK(tl.Rows(0, 1), last.token_pos, tt.Rows(0, 1), stream);
     if (!e.empty()) Die(e);
   });
-  out["decode_indexer_ms"] = TimeMs(stream, 3, 10, decode_logits);
+  out["decode_indexer_ms"] = EventMs(stream, 3, 10, decode_logits);
   out["decode_indexer_topk_ms"] = decode_ms;
   out["decode_index_key_gbps"] = double(context) * dim * DTypeSize(cache) / (decode_ms * 1e-3) / 1e9;
   cudaFree(keys);
@@ -262,7 +224,7 @@ nlohmann::json TopKAlone(cudaStream_t stream, float* scores, int64_t stride, int
       const std::string e = cuda::RowTopK(tl.Rows(0, n), pos, tt.Rows(0, n), stream);
       if (!e.empty()) Die(e);
     };
-    const double first = TimeMs(stream, 3, 20, run), second = TimeMs(stream, 3, 20, run);
+    const double first = EventMs(stream, 3, 20, run), second = EventMs(stream, 3, 20, run);
     return nlohmann::json{{"ms", {first, second}},
                           {"read_gbps", visible * sizeof(float) / (std::min(first, second) * 1e-3) / 1e9}};
   };
@@ -312,7 +274,7 @@ nlohmann::json SparseMla(CudaBackend& be, DType act, DType cache, int32_t heads,
                           Tensor::Matrix(o, act, n, heads * kLatent));
   };
   Layout prefill = MakeLayout(context, prefill_tokens);
-  const double prefill_ms = TimeMs(be.stream(), 2, 5, [&] { run(prefill_tokens, prefill.batch); });
+  const double prefill_ms = EventMs(be.stream(), 2, 5, [&] { run(prefill_tokens, prefill.batch); });
   const double flops = 2.0 * prefill_tokens * heads * kTopK * double(width + kLatent);
   out["prefill_tokens"] = prefill_tokens;
   out["prefill_ms"] = prefill_ms;
@@ -322,7 +284,7 @@ nlohmann::json SparseMla(CudaBackend& be, DType act, DType cache, int32_t heads,
     BatchLayout batch = big.batch;
     batch.token_seq = batch.token_seq.Rows(0, b);
     batch.token_pos = batch.token_pos.Rows(0, b);
-    const double ms = TimeMs(be.stream(), 3, 10, [&] { run(b, batch); });
+    const double ms = EventMs(be.stream(), 3, 10, [&] { run(b, batch); });
     const double bytes = double(b) * kTopK * width * DTypeSize(cache);
     decode.push_back({{"batch", b}, {"ms", ms}, {"latent_gbps", bytes / (ms * 1e-3) / 1e9},
                       {"tflops", 2.0 * b * heads * kTopK * double(width + kLatent) / (ms * 1e-3) / 1e12}});

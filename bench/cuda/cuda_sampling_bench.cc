@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/cuda/cuda_timing.h"
 #include "common/backend/cuda/cuda_backend.h"
 #include "common/backend/cuda/cuda_kernels.h"
 #include "common/sampling/sampler.h"
@@ -28,41 +29,6 @@ namespace indexcache::bench {
 namespace {
 
 constexpr int32_t kVocab = 154880;
-
-void Die(const std::string& what) {
-  std::fprintf(stderr, "cuda_sampling_bench: %s\n", what.c_str());
-  std::exit(1);
-}
-
-void CheckCuda(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) Die(std::string(what) + ": " + cudaGetErrorString(e));
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-// Median milliseconds of `fn` on the stream, CUDA events.
-double EventMs(cudaStream_t stream, int warmup, int reps, const std::function<void()>& fn) {
-  for (int i = 0; i < warmup; ++i) fn();
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  std::vector<double> ms;
-  for (int i = 0; i < reps; ++i) {
-    cudaEventRecord(start, stream);
-    fn();
-    cudaEventRecord(stop, stream);
-    CheckCuda(cudaEventSynchronize(stop), "timed run");
-    float t = 0;
-    cudaEventElapsedTime(&t, start, stop);
-    ms.push_back(t);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  return Median(ms);
-}
 
 // Median milliseconds of `fn` (which ends synchronized), host clock.
 double HostMs(int warmup, int reps, const std::function<void()>& fn) {
@@ -74,18 +40,6 @@ double HostMs(int warmup, int reps, const std::function<void()>& fn) {
     ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
   return Median(ms);
-}
-
-double CopyGbPerS(cudaStream_t stream) {
-  const size_t bytes = size_t{1} << 30;
-  void *src = nullptr, *dst = nullptr;
-  CheckCuda(cudaMalloc(&src, bytes), "copy source");
-  CheckCuda(cudaMalloc(&dst, bytes), "copy destination");
-  cudaMemsetAsync(src, 1, bytes, stream);
-  const double ms = EventMs(stream, 2, 10, [&] { cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream); });
-  cudaFree(src);
-  cudaFree(dst);
-  return 2.0 * bytes / (ms * 1e-3) / 1e9;  // read + write
 }
 
 struct Mix {
@@ -172,7 +126,7 @@ int main() {
   cudaGetDeviceProperties(&prop, 0);
   nlohmann::json report;
   report["device"] = prop.name;
-  const double copy_gbps = bench::CopyGbPerS((*be)->stream());
+  const double copy_gbps = bench::CopyGbPerS((*be)->stream(), size_t{1} << 30);
   report["copy_gb_per_s"] = copy_gbps;
   // Logits like an LM head's: a Gaussian bulk (scale 3) and a few tokens well above it.
   std::mt19937_64 rng(7);

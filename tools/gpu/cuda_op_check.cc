@@ -686,178 +686,6 @@ ScoreAndBound IndexerScore64(const std::vector<float>& q, const std::vector<floa
   return out;
 }
 
-TEST_F(CudaOpCheck, IndexerSelectionsAgreeExceptAtDetectedNearTies) {
-  struct Case {
-    int32_t heads, dim, k;
-    std::vector<int32_t> lengths;
-    int32_t chunk;
-  };
-  for (const Case& c : {Case{16, 32, 64, {300, 77, 64, 1}, 40}, Case{32, 128, 2048, {5000, 2100, 9000}, 24},
-                        Case{8, 64, 256, {1000, 256, 257}, 130}}) {
-    const PagedBatch b = MakeBatch(c.lengths, c.chunk, 7);
-    const int64_t n = static_cast<int64_t>(b.seq.size());
-    const std::vector<float> q = Random(n * c.heads * c.dim, 21), keys = Random(static_cast<size_t>(b.slots) * c.dim, 22);
-    std::vector<float> w = Random(n * c.heads, 23);
-    Held gq = PutF(*gpu_, q, n, c.heads * c.dim), gw = PutF(*gpu_, w, n, c.heads);
-    Held gk = PutF(*gpu_, keys, b.slots, c.dim), go = PutI(*gpu_, {}, n, c.k);
-    DeviceLayout dl = Upload(*gpu_, b);
-    const float scale = 1.0f / std::sqrt(static_cast<float>(c.dim));
-    gpu_->IndexerTopK(gq.t, gw.t, c.heads, gk.t, dl.layout, scale, go.t);
-    const std::vector<int32_t> got = Get<int32_t>(*gpu_, go.t);
-    int64_t near_tie_rows = 0;
-    for (int64_t r = 0; r < n; ++r) {
-      const int32_t length = b.pos[r] + 1;
-      std::vector<double> score(length), bound(length);
-      for (int32_t s = 0; s < length; ++s) {
-        const ScoreAndBound sb = IndexerScore64(q, w, &keys[static_cast<size_t>(b.SlotOf(b.seq[r], s)) * c.dim], r,
-                                                c.heads, c.dim, scale);
-        score[s] = sb.score;
-        bound[s] = sb.bound;
-      }
-      const int32_t k = std::min(c.k, length);
-      std::vector<int32_t> want = ExactTopK(std::vector<float>(score.begin(), score.end()).data(), length, c.k);
-      const std::vector<int32_t> row(got.begin() + r * c.k, got.begin() + (r + 1) * c.k);
-      for (int32_t i = k; i < c.k; ++i) ASSERT_EQ(row[i], -1) << "padding, row " << r;
-      std::set<int32_t> got_set(row.begin(), row.begin() + k), want_set(want.begin(), want.begin() + k);
-      ASSERT_EQ(static_cast<int32_t>(got_set.size()), k) << "duplicate or missing picks, row " << r;
-      if (got_set == want_set) continue;
-      // A legitimate difference is a near-tie: some perturbation of the scores within their bounds
-      // makes the GPU's set the top-k, i.e. every pick's upper bound reaches every non-pick's lower one.
-      double worst_pick = INFINITY, best_left = -INFINITY;
-      for (int32_t s = 0; s < length; ++s) {
-        if (got_set.count(s)) {
-          worst_pick = std::min(worst_pick, score[s] + bound[s]);
-        } else {
-          best_left = std::max(best_left, score[s] - bound[s]);
-        }
-      }
-      ASSERT_GE(worst_pick, best_left) << "row " << r << ": the GPU's selection differs beyond the bf16 bound";
-      ++near_tie_rows;
-    }
-    std::printf("  indexer H%d D%d k%d: %ld rows, %ld differ only at detected near-ties\n", c.heads, c.dim, c.k,
-                static_cast<long>(n), static_cast<long>(near_tie_rows));
-  }
-}
-
-// The logits themselves, before top-k: every visible column within the bf16 bound of the float64
-// scores, every later column left as the NaN poison written before the launch. The cases cover the
-// kernel's paths: heads padded to a power of two (5, 20) or not (8, 16, 32, 64), dims padded to a
-// whole 64-wide atom (16, 48) or not (64, 128), query counts that are not a multiple of the block's
-// tokens, chunked prefill starting mid-sequence, several sequences in one block (batched decode),
-// and a key range split over several blocks.
-TEST_F(CudaOpCheck, IndexerLogitsMatchFloat64AndLeaveLaterColumnsUnwritten) {
-  struct Case {
-    int32_t heads, dim;
-    std::vector<int32_t> lengths;
-    int32_t chunk;
-  };
-  for (const Case& c : {Case{32, 128, {3000, 700, 1, 2500}, 37}, Case{8, 64, {1000, 64, 65, 129}, 200},
-                        Case{20, 48, {513, 17}, 70}, Case{64, 128, {4100}, 100}, Case{5, 16, {90, 3, 300}, 90},
-                        Case{16, 64, {20000}, 8}}) {
-    const PagedBatch b = MakeBatch(c.lengths, c.chunk, 11);
-    const int64_t n = static_cast<int64_t>(b.seq.size());
-    const std::vector<float> q = Random(n * c.heads * c.dim, 31), keys = Random(static_cast<size_t>(b.slots) * c.dim, 32);
-    const std::vector<float> w = Random(n * c.heads, 33);
-    Held gq = PutF(*gpu_, q, n, c.heads * c.dim), gw = PutF(*gpu_, w, n, c.heads);
-    Held gk = PutF(*gpu_, keys, b.slots, c.dim), gl = PutF(*gpu_, {}, n, b.max_context);
-    DeviceLayout dl = Upload(*gpu_, b);
-    const float scale = 1.0f / std::sqrt(static_cast<float>(c.dim));
-    ASSERT_TRUE(cuda::Fill(gl.t, NAN, gpu_->stream()).empty());
-    const std::string error = cuda::IndexerLogits(gq.t, gw.t, c.heads, gk.t, cuda::PagedRowsOf(dl.layout),
-                                                  b.max_context, scale, gl.t, gpu_->stream());
-    ASSERT_TRUE(error.empty()) << error;
-    const std::vector<float> got = Get<float>(*gpu_, gl.t);
-    double worst = 0.0;
-    for (int64_t r = 0; r < n; ++r) {
-      for (int32_t s = 0; s < b.max_context; ++s) {
-        const float value = got[static_cast<size_t>(r) * b.max_context + s];
-        if (s > b.pos[r]) {
-          ASSERT_TRUE(std::isnan(value)) << "row " << r << " column " << s << " past the token was written";
-          continue;
-        }
-        const auto [total, bound] = IndexerScore64(q, w, &keys[static_cast<size_t>(b.SlotOf(b.seq[r], s)) * c.dim], r,
-                                                   c.heads, c.dim, scale);
-        const double err = std::abs(value - total), tol = bound + 1e-5 * (1.0 + std::abs(total));
-        ASSERT_LE(err, tol) << "H" << c.heads << " D" << c.dim << " row " << r << " (pos " << b.pos[r]
-                            << ") column " << s << ": " << value << " vs " << total;
-        worst = std::max(worst, err / tol);
-      }
-    }
-    std::printf("  indexer logits H%-2d D%-3d %3ld rows: worst error / bound = %.3f, later columns untouched\n",
-                c.heads, c.dim, static_cast<long>(n), worst);
-  }
-}
-
-TEST_F(CudaOpCheck, SparseMlaMatchesFloat64WithinTheBf16Bound) {
-  struct Case {
-    int32_t heads, latent, rope, k;
-    std::vector<int32_t> lengths;
-    int32_t chunk;
-  };
-  // The bundled models (4 heads, latent 64 + 16 and 32 + 8), the e2e model (8 heads, 128 + 32), one
-  // head, 16/20/64 heads at 512 + 64 (GLM-4.7-Flash / GLM-5) and 72 heads (two head groups per token);
-  // few tokens take the split-key path with its merge, 140 tokens one block per token.
-  for (const Case& c : {Case{4, 64, 16, 64, {200, 30, 90}, 17}, Case{4, 32, 8, 16, {60, 20, 9}, 9},
-                        Case{1, 32, 8, 16, {60}, 20}, Case{8, 128, 32, 256, {700, 300}, 40},
-                        Case{16, 512, 64, 512, {900, 300}, 4}, Case{64, 512, 64, 2048, {3000, 2500}, 5},
-                        Case{20, 512, 64, 2048, {2048, 600}, 3}, Case{20, 512, 64, 256, {1200}, 140},
-                        Case{64, 512, 64, 128, {400}, 140}, Case{72, 64, 16, 64, {200, 90}, 9}}) {
-    const PagedBatch b = MakeBatch(c.lengths, c.chunk, 9);
-    const int64_t n = static_cast<int64_t>(b.seq.size()), width = c.latent + c.rope;
-    const std::vector<float> ql = Random(n * c.heads * c.latent, 31), qr = Random(n * c.heads * c.rope, 32);
-    const std::vector<float> pool = Random(static_cast<size_t>(b.slots) * width, 33);
-    // Each row picks up to k random visible positions, -1 padded.
-    std::vector<int32_t> idx(n * c.k, -1);
-    std::mt19937 rng(34);
-    for (int64_t r = 0; r < n; ++r) {
-      std::vector<int32_t> visible(b.pos[r] + 1);
-      std::iota(visible.begin(), visible.end(), 0);
-      std::shuffle(visible.begin(), visible.end(), rng);
-      const int32_t k = std::min<int32_t>(c.k, static_cast<int32_t>(visible.size()));
-      std::copy_n(visible.begin(), k, idx.begin() + r * c.k);
-    }
-    std::fill_n(idx.begin(), c.k, -1);  // a token with no keys at all: its output is zero
-    const float scale = 1.0f / std::sqrt(static_cast<float>(width));
-    Held gql = PutF(*gpu_, ql, n, c.heads * c.latent), gqr = PutF(*gpu_, qr, n, c.heads * c.rope);
-    Held gp = PutF(*gpu_, pool, b.slots, width), gi = PutI(*gpu_, idx, n, c.k), go = PutF(*gpu_, {}, n, c.heads * c.latent);
-    DeviceLayout dl = Upload(*gpu_, b);
-    gpu_->SparseMlaAttention(gql.t, gqr.t, c.heads, gp.t, dl.layout, gi.t, scale, go.t);
-    const std::vector<float> got = Get<float>(*gpu_, go.t);
-    std::vector<float> want(got.size()), bound(got.size());
-    for (int64_t r = 0; r < n; ++r) {
-      std::vector<const float*> rows;
-      for (int32_t j = 0; j < c.k && idx[r * c.k + j] >= 0; ++j) rows.push_back(&pool[static_cast<size_t>(b.SlotOf(b.seq[r], idx[r * c.k + j])) * width]);
-      for (int32_t h = 0; h < c.heads; ++h) {
-        std::vector<double> s(rows.size());
-        double max_s = -INFINITY, max_err = 0.0, max_c = 0.0;
-        for (size_t j = 0; j < rows.size(); ++j) {
-          double dot = 0.0, abs_dot = 0.0;
-          for (int32_t d = 0; d < width; ++d) {
-            const double qd = d < c.latent ? ql[(r * c.heads + h) * c.latent + d] : qr[(r * c.heads + h) * c.rope + d - c.latent];
-            dot += qd * rows[j][d];
-            abs_dot += std::abs(qd * rows[j][d]);
-          }
-          s[j] = dot * scale;
-          max_s = std::max(max_s, s[j]);
-          max_err = std::max(max_err, 2.01 * kUnitRoundoff * abs_dot * scale);
-          for (int32_t d = 0; d < c.latent; ++d) max_c = std::max(max_c, std::abs(static_cast<double>(rows[j][d])));
-        }
-        double total = 0.0;
-        for (double& v : s) total += (v = std::exp(v - max_s));
-        for (int32_t d = 0; d < c.latent; ++d) {
-          double acc = 0.0;
-          for (size_t j = 0; j < rows.size(); ++j) acc += s[j] / total * rows[j][d];
-          want[(r * c.heads + h) * c.latent + d] = static_cast<float>(acc);
-          // Scores off by at most max_err move each probability by a factor within e^{±2·max_err};
-          // rounding the probabilities and C to bf16 adds about 2u of max|C|.
-          bound[(r * c.heads + h) * c.latent + d] = static_cast<float>((std::expm1(2 * max_err) + 3 * kUnitRoundoff) * max_c);
-        }
-      }
-    }
-    ExpectWithin(got, want, bound, ("sparse MLA H" + std::to_string(c.heads) + " C" + std::to_string(c.latent) + " n" + std::to_string(n)).c_str());
-  }
-}
-
 // 5 and 45 tokens run the decode-sized matrix-vector kernel, 100 and 600 the per-expert cuBLAS path.
 TEST_F(CudaOpCheck, MoeRoutingAndExpertsMatchTheCpuBackend) {
   for (const int64_t n : {5, 45, 100, 600}) {
@@ -959,29 +787,10 @@ TEST_F(CudaOpCheck, BadInputIsAnErrorNotACrash) {
 // internal additions, which the PTX manual leaves open.
 constexpr double kF32Sum = 2.0 / (1 << 23);
 
-std::vector<float> StoredAs(std::vector<float> v, DType dtype) {
-  return dtype == DType::kBF16 ? RoundedBf16(std::move(v)) : v;
-}
-
 // The kernel's own bf16 rounding of an operand held as `dtype`: none for a BF16 tensor.
 double RoundingOf(DType dtype) { return dtype == DType::kBF16 ? 0.0 : 1.01 * kUnitRoundoff; }
 
 const char* NameOf(DType dtype) { return dtype == DType::kBF16 ? "bf16" : "f32"; }
-
-// An F32 or BF16 device tensor on the host as floats (bf16 widened exactly).
-std::vector<float> GetFloats(CudaBackend& be, Tensor t) {
-  if (t.dtype != DType::kBF16) return Get<float>(be, t);
-  EXPECT_TRUE(be.Synchronize().ok());
-  std::vector<uint16_t> bits(static_cast<size_t>(t.numel()));
-  EXPECT_EQ(cudaMemcpy2D(bits.data(), t.cols * 2, t.data, t.stride * 2, t.cols * 2, t.rows, cudaMemcpyDeviceToHost),
-            cudaSuccess);
-  std::vector<float> out(bits.size());
-  for (size_t i = 0; i < bits.size(); ++i) {
-    const uint32_t word = uint32_t{bits[i]} << 16;
-    std::memcpy(&out[i], &word, 4);
-  }
-  return out;
-}
 
 // All bits set: NaN in f32 and in bf16, so an element the kernel leaves unwritten cannot pass.
 void Poison(CudaBackend& be, Tensor t) {
@@ -1004,7 +813,31 @@ ScoreAndBound IndexerScoreFor(const IndexerTypes& types, const std::vector<float
   return {sb.score, (RoundingOf(types.q) + RoundingOf(types.keys) + (dim + heads + 4) * kF32Sum) * magnitude};
 }
 
-TEST_F(CudaOpCheck, IndexerLogitsOnBf16QueriesAndPoolsMatchFloat64) {
+// Random indexer operands stored as `types` says (host copies hold exactly what the device holds).
+struct IndexerOperands {
+  std::vector<float> q, keys, w;
+  Held gq, gk, gw;
+};
+IndexerOperands MakeIndexerOperands(CudaBackend& be, const PagedBatch& b, int32_t heads, int32_t dim,
+                                    const IndexerTypes& types, uint32_t seed) {
+  const int64_t n = static_cast<int64_t>(b.seq.size());
+  IndexerOperands o;
+  o.q = AsStored(Random(n * heads * dim, seed), types.q);
+  o.keys = AsStored(Random(static_cast<size_t>(b.slots) * dim, seed + 1), types.keys);
+  o.w = AsStored(Random(n * heads, seed + 2), types.w);
+  o.gq = PutF(be, o.q, n, heads * dim, types.q);
+  o.gk = PutF(be, o.keys, b.slots, dim, types.keys);
+  o.gw = PutF(be, o.w, n, heads, types.w);
+  return o;
+}
+
+// The logits themselves, before top-k, with every operand F32 or BF16: every visible column within
+// the bound of the float64 scores, every later column left as the NaN poison written before the launch. The cases cover the
+// kernel's paths: heads padded to a power of two (5, 20) or not (8, 16, 32, 64), dims padded to a
+// whole 64-wide atom (16, 48) or not (64, 128), query counts that are not a multiple of the block's
+// tokens, chunked prefill starting mid-sequence, several sequences in one block (batched decode),
+// and a key range split over several blocks.
+TEST_F(CudaOpCheck, IndexerLogitsMatchFloat64AndLeaveLaterColumnsUnwritten) {
   struct Case {
     int32_t heads, dim;
     std::vector<int32_t> lengths;
@@ -1012,24 +845,30 @@ TEST_F(CudaOpCheck, IndexerLogitsOnBf16QueriesAndPoolsMatchFloat64) {
     IndexerTypes types;
   };
   const DType kB = DType::kBF16, kF = DType::kF32;
-  // The engine's all-bf16 indexer at GLM-5's 32 × 128; DsaModel::SelectKeys' f32 probe queries on a
-  // bf16 pool; padded heads and dims with a negative scale; bf16 queries on an f32 pool; a key range
-  // split over several blocks; batched decode with several sequences per block throughout.
+  // Every shape with all operands f32, and with: the engine's all-bf16 indexer at GLM-5's 32 × 128;
+  // DsaModel::SelectKeys' f32 probe queries on a bf16 pool; padded heads and dims with a negative
+  // scale; bf16 queries on an f32 pool.
+  std::vector<Case> cases;
   for (const Case& c : {Case{32, 128, {3000, 700, 1, 2500}, 37, {kB, kB, kB, 1.f}},
                         Case{8, 64, {1000, 64, 65, 129}, 200, {kF, kF, kB, 1.f}},
                         Case{20, 48, {513, 17}, 70, {kB, kF, kB, -1.f}}, Case{64, 128, {4100}, 100, {kB, kB, kF, 1.f}},
                         Case{5, 16, {90, 3, 300}, 90, {kF, kB, kB, -1.f}}, Case{16, 64, {20000}, 8, {kB, kB, kB, 1.f}}}) {
+    cases.push_back(c);
+    cases.push_back(c);
+    cases.back().types = {kF, kF, kF, 1.f};
+  }
+  for (const Case& c : cases) {
     const PagedBatch b = MakeBatch(c.lengths, c.chunk, 12);
     const int64_t n = static_cast<int64_t>(b.seq.size());
-    const std::vector<float> q = StoredAs(Random(n * c.heads * c.dim, 51), c.types.q);
-    const std::vector<float> keys = StoredAs(Random(static_cast<size_t>(b.slots) * c.dim, 52), c.types.keys);
-    const std::vector<float> w = StoredAs(Random(n * c.heads, 53), c.types.w);
-    Held gq = PutF(*gpu_, q, n, c.heads * c.dim, c.types.q), gw = PutF(*gpu_, w, n, c.heads, c.types.w);
-    Held gk = PutF(*gpu_, keys, b.slots, c.dim, c.types.keys), gl = PutF(*gpu_, {}, n, b.max_context);
+    const IndexerOperands o = MakeIndexerOperands(*gpu_, b, c.heads, c.dim, c.types, 51);
+    const std::vector<float>& q = o.q;
+    const std::vector<float>& keys = o.keys;
+    const std::vector<float>& w = o.w;
+    Held gl = PutF(*gpu_, {}, n, b.max_context);
     DeviceLayout dl = Upload(*gpu_, b);
     const float scale = c.types.scale_sign / std::sqrt(static_cast<float>(c.dim));
     Poison(*gpu_, gl.t);
-    const std::string error = cuda::IndexerLogits(gq.t, gw.t, c.heads, gk.t, cuda::PagedRowsOf(dl.layout),
+    const std::string error = cuda::IndexerLogits(o.gq.t, o.gw.t, c.heads, o.gk.t, cuda::PagedRowsOf(dl.layout),
                                                   b.max_context, scale, gl.t, gpu_->stream());
     ASSERT_TRUE(error.empty()) << error;
     const std::vector<float> got = Get<float>(*gpu_, gl.t);
@@ -1056,8 +895,10 @@ TEST_F(CudaOpCheck, IndexerLogitsOnBf16QueriesAndPoolsMatchFloat64) {
 }
 
 // Selections through the backend's IndexerTopK: exact except where the float64 scores, within the
-// bound above, leave the k-th place open (a near-tie, detected and counted as in the f32 check).
-TEST_F(CudaOpCheck, IndexerSelectionsOnBf16PoolsAgreeExceptAtDetectedNearTies) {
+// bound above, leave the k-th place open — a near-tie: some perturbation of the scores within their
+// bounds makes the GPU's set the top-k, i.e. every pick's upper bound reaches every non-pick's lower
+// one. Such rows are detected and counted, never excused beyond the bound.
+TEST_F(CudaOpCheck, IndexerSelectionsAgreeExceptAtDetectedNearTies) {
   struct Case {
     int32_t heads, dim, k;
     std::vector<int32_t> lengths;
@@ -1066,17 +907,20 @@ TEST_F(CudaOpCheck, IndexerSelectionsOnBf16PoolsAgreeExceptAtDetectedNearTies) {
   };
   const DType kB = DType::kBF16, kF = DType::kF32;
   for (const Case& c : {Case{32, 128, 2048, {5000, 2100, 9000}, 24, {kB, kB, kB, 1.f}},
-                        Case{16, 32, 64, {300, 77, 64, 1}, 40, {kF, kF, kB, 1.f}}}) {
+                        Case{16, 32, 64, {300, 77, 64, 1}, 40, {kF, kF, kB, 1.f}},
+                        Case{32, 128, 2048, {5000, 2100, 9000}, 24, {kF, kF, kF, 1.f}},
+                        Case{16, 32, 64, {300, 77, 64, 1}, 40, {kF, kF, kF, 1.f}},
+                        Case{8, 64, 256, {1000, 256, 257}, 130, {kF, kF, kF, 1.f}}}) {
     const PagedBatch b = MakeBatch(c.lengths, c.chunk, 8);
     const int64_t n = static_cast<int64_t>(b.seq.size());
-    const std::vector<float> q = StoredAs(Random(n * c.heads * c.dim, 61), c.types.q);
-    const std::vector<float> keys = StoredAs(Random(static_cast<size_t>(b.slots) * c.dim, 62), c.types.keys);
-    const std::vector<float> w = StoredAs(Random(n * c.heads, 63), c.types.w);
-    Held gq = PutF(*gpu_, q, n, c.heads * c.dim, c.types.q), gw = PutF(*gpu_, w, n, c.heads, c.types.w);
-    Held gk = PutF(*gpu_, keys, b.slots, c.dim, c.types.keys), go = PutI(*gpu_, {}, n, c.k);
+    const IndexerOperands o = MakeIndexerOperands(*gpu_, b, c.heads, c.dim, c.types, 61);
+    const std::vector<float>& q = o.q;
+    const std::vector<float>& keys = o.keys;
+    const std::vector<float>& w = o.w;
+    Held go = PutI(*gpu_, {}, n, c.k);
     DeviceLayout dl = Upload(*gpu_, b);
     const float scale = c.types.scale_sign / std::sqrt(static_cast<float>(c.dim));
-    gpu_->IndexerTopK(gq.t, gw.t, c.heads, gk.t, dl.layout, scale, go.t);
+    gpu_->IndexerTopK(o.gq.t, o.gw.t, c.heads, o.gk.t, dl.layout, scale, go.t);
     const std::vector<int32_t> got = Get<int32_t>(*gpu_, go.t);
     int64_t near_tie_rows = 0;
     for (int64_t r = 0; r < n; ++r) {
@@ -1116,7 +960,7 @@ TEST_F(CudaOpCheck, IndexerSelectionsOnBf16PoolsAgreeExceptAtDetectedNearTies) {
 // the stored values: a score moves by at most e = (rounding of f32 q and pool + (width + 4) f32 sums)
 // · |scale|·Σ_d |q_d·k_d|, so each probability by a factor within e^{±2e}; rounding the probabilities
 // (and an f32 pool's C) to bf16 adds u of max|C| each; a bf16 output adds u of the value.
-TEST_F(CudaOpCheck, SparseMlaOnBf16QueriesPoolsAndOutputsMatchFloat64) {
+TEST_F(CudaOpCheck, SparseMlaMatchesFloat64ForF32AndBf16Operands) {
   struct Shape {
     int32_t heads, latent, rope, k;
     std::vector<int32_t> lengths;
@@ -1132,10 +976,16 @@ TEST_F(CudaOpCheck, SparseMlaOnBf16QueriesPoolsAndOutputsMatchFloat64) {
       Shape{16, 512, 64, 512, {900, 300}, 4},      Shape{64, 512, 64, 2048, {3000, 2500}, 5},
       Shape{20, 512, 64, 2048, {2048, 600}, 3},    Shape{20, 512, 64, 256, {1200}, 140},
       Shape{64, 512, 64, 128, {400}, 140},         Shape{72, 64, 16, 64, {200, 90}, 9}};
-  // The engine's all-bf16 path on every shape; f32 queries on a bf16 pool (f32 out) and bf16 queries on
+  // The bundled models (4 heads, latent 64 + 16 and 32 + 8), the e2e model (8 heads, 128 + 32), one
+  // head, 16/20/64 heads at 512 + 64 (GLM-4.7-Flash / GLM-5) and 72 heads (two head groups per token);
+  // few tokens take the split-key path with its merge, 140 tokens one block per token. Every shape
+  // all-f32 and all-bf16 (the engine's path); f32 queries on a bf16 pool (f32 out) and bf16 queries on
   // an f32 pool (bf16 out) on a prefill and a decode shape of GLM-5's width.
   std::vector<std::pair<Shape, Types>> cases;
-  for (const Shape& s : shapes) cases.push_back({s, Types{kB, kB, kB}});
+  for (const Shape& s : shapes) {
+    cases.push_back({s, Types{kF, kF, kF}});
+    cases.push_back({s, Types{kB, kB, kB}});
+  }
   for (int i : {5, 8}) {
     cases.push_back({shapes[i], Types{kF, kB, kF}});
     cases.push_back({shapes[i], Types{kB, kF, kB}});
@@ -1143,9 +993,9 @@ TEST_F(CudaOpCheck, SparseMlaOnBf16QueriesPoolsAndOutputsMatchFloat64) {
   for (const auto& [c, types] : cases) {
     const PagedBatch b = MakeBatch(c.lengths, c.chunk, 10);
     const int64_t n = static_cast<int64_t>(b.seq.size()), width = c.latent + c.rope;
-    const std::vector<float> ql = StoredAs(Random(n * c.heads * c.latent, 71), types.q);
-    const std::vector<float> qr = StoredAs(Random(n * c.heads * c.rope, 72), types.q);
-    const std::vector<float> pool = StoredAs(Random(static_cast<size_t>(b.slots) * width, 73), types.pool);
+    const std::vector<float> ql = AsStored(Random(n * c.heads * c.latent, 71), types.q);
+    const std::vector<float> qr = AsStored(Random(n * c.heads * c.rope, 72), types.q);
+    const std::vector<float> pool = AsStored(Random(static_cast<size_t>(b.slots) * width, 73), types.pool);
     std::vector<int32_t> idx(n * c.k, -1);
     std::mt19937 rng(74);
     for (int64_t r = 0; r < n; ++r) {
@@ -1163,7 +1013,7 @@ TEST_F(CudaOpCheck, SparseMlaOnBf16QueriesPoolsAndOutputsMatchFloat64) {
     DeviceLayout dl = Upload(*gpu_, b);
     Poison(*gpu_, go.t);
     gpu_->SparseMlaAttention(gql.t, gqr.t, c.heads, gp.t, dl.layout, gi.t, scale, go.t);
-    const std::vector<float> got = GetFloats(*gpu_, go.t);
+    const std::vector<float> got = Get<float>(*gpu_, go.t);
     const double score_rounding = RoundingOf(types.q) + RoundingOf(types.pool) + (width + 4) * kF32Sum;
     const double prob_rounding = 1.01 * kUnitRoundoff + RoundingOf(types.pool) + 64 * kF32Sum;
     const double out_rounding = types.out == DType::kBF16 ? 1.01 * kUnitRoundoff : 0.0;
