@@ -12,7 +12,6 @@
 //   bf16_sensitivity [--inputs] CASE_DIR...    (tests/data/goldens/<case>; run from the repo root)
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -22,6 +21,7 @@
 #include "common/kv/paged_kv_cache.h"
 #include "common/model/dsa_model.h"
 #include "common/model/model_config.h"
+#include "common/safetensors/dtype.h"
 #include "common/safetensors/safetensors_file.h"
 #include "common/util/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -29,14 +29,7 @@
 namespace indexcache {
 namespace {
 
-float RoundToBf16(float v) {
-  uint32_t bits;
-  std::memcpy(&bits, &v, 4);
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  bits &= 0xffff0000u;
-  std::memcpy(&v, &bits, 4);
-  return v;
-}
+float RoundToBf16(float v) { return Bf16ToF32(F32ToBf16(v)); }
 
 // A dense bf16-rounded copy of an F32 tensor; `view` points into `values`.
 struct Rounded {

@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <functional>
 #include <limits>
 #include <numeric>
@@ -22,6 +21,7 @@
 #include "common/backend/cpu/cpu_backend.h"
 #include "common/backend/cuda/cuda_backend.h"
 #include "common/backend/cuda/cuda_kernels.h"
+#include "common/safetensors/dtype.h"
 #include "gtest/gtest.h"
 
 namespace indexcache {
@@ -29,15 +29,7 @@ namespace {
 
 constexpr double kUnitRoundoff = 1.0 / 256.0;  // bf16: 8 significant bits, round to nearest
 
-float RoundBf16(float v) {
-  uint32_t bits;
-  std::memcpy(&bits, &v, 4);
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  bits &= 0xffff0000u;
-  float out;
-  std::memcpy(&out, &bits, 4);
-  return out;
-}
+float RoundBf16(float v) { return Bf16ToF32(F32ToBf16(v)); }
 
 std::vector<float> Random(size_t n, uint32_t seed, float scale = 1.0f) {
   std::mt19937 rng(seed);

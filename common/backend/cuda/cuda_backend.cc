@@ -11,27 +11,11 @@
 #include "absl/strings/str_format.h"
 #include "common/backend/cuda/cuda_graph.h"
 #include "common/backend/cuda/cuda_kernels.h"
+#include "common/safetensors/dtype.h"
 #include "common/util/status_macros.h"
 
 namespace indexcache {
 namespace {
-
-// Round to nearest even, as torch's float → bfloat16 conversion.
-uint16_t ToBf16(float value) {
-  uint32_t bits;
-  std::memcpy(&bits, &value, sizeof(bits));
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;  // NaN stays NaN
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<uint16_t>(bits >> 16);
-}
-
-// bf16 bits widened to float: exact.
-float FromBf16(uint16_t bits) {
-  const uint32_t wide = uint32_t{bits} << 16;
-  float value;
-  std::memcpy(&value, &wide, sizeof(value));
-  return value;
-}
 
 bool IsFloat(const Tensor& t) { return t.dtype == DType::kF32 || t.dtype == DType::kBF16; }
 
@@ -166,7 +150,7 @@ void CudaBackend::Upload(const void* host, Tensor dst) {
   if (dst.dtype == DType::kBF16) {
     const float* f = static_cast<const float*>(host);
     uint16_t* out = static_cast<uint16_t*>(src);
-    for (int64_t i = 0; i < dst.numel(); ++i) out[i] = ToBf16(f[i]);
+    for (int64_t i = 0; i < dst.numel(); ++i) out[i] = F32ToBf16(f[i]);  // round to nearest even, as torch
   } else if (staged) {
     std::memcpy(src, host, bytes);
   }
@@ -199,7 +183,7 @@ absl::Status CudaBackend::Download(Tensor src, void* host) {
                 "download") &&
       CheckCuda(cudaStreamSynchronize(stream_), "download")) {
     float* out = static_cast<float*>(host);
-    for (size_t i = 0; i < bf16.size(); ++i) out[i] = FromBf16(bf16[i]);
+    for (size_t i = 0; i < bf16.size(); ++i) out[i] = Bf16ToF32(bf16[i]);
   }
   return sticky_status();
 }
