@@ -6,7 +6,7 @@
 //                           [--chunk 8192] [--kv-cache-gb 48] [--decode-steps 8] [--max-batch 64] [--device cuda]
 //
 // The decode batch is built the way a decode worker builds it: the prompt is prefilled once, its rows
-// are exported (ExportRows, as a prefill worker ships them) and imported into every sequence of the
+// are exported (ExportSegment, as a prefill worker ships them) and imported into every sequence of the
 // batch (AdmitImport/ImportRows/StartDecode). Prefilling each of a large batch's sequences separately
 // would cost minutes of GPU time per length and measure nothing the single prefill does not.
 #include <algorithm>
@@ -57,7 +57,7 @@ struct Prefilled {
   struct Rows {
     int32_t layer;
     KvRowKind kind;
-    std::vector<float> data;
+    std::string data;  // [length, width] in the cache's dtype
   };
   std::vector<Rows> rows;
 };
@@ -78,13 +78,10 @@ Prefilled PrefillAndExport(Engine& engine, const std::vector<int32_t>& prompt, c
   }
   out.ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
   out.stats = engine.TakeStats();
-  const std::vector<IndexerType>& pattern = engine.config().indexer_types;
-  const int32_t length = static_cast<int32_t>(prompt.size());
-  for (int32_t layer = 0; layer < static_cast<int32_t>(pattern.size()); ++layer) {
-    for (KvRowKind kind : {KvRowKind::kLatent, KvRowKind::kIndexKey}) {
-      if (kind == KvRowKind::kIndexKey && pattern[layer] != IndexerType::kFull) continue;
-      out.rows.push_back({layer, kind, OrDie(engine.ExportRows(id, layer, kind, 0, length))});
-    }
+  KvSegment segment = OrDie(engine.ExportSegment(id, 0, static_cast<int32_t>(prompt.size())));
+  OrDie(segment.Wait());
+  for (const KvSlice& slice : segment.slices()) {
+    out.rows.push_back({slice.layer, slice.kind, std::string(segment.bytes(slice))});
   }
   engine.Release(id);
   return out;
@@ -103,7 +100,7 @@ std::pair<int32_t, double> DecodeBatch(Engine& engine, const std::vector<int32_t
   if (ids.empty()) Die("the KV cache cannot hold one sequence of " + std::to_string(prompt.size()) + " tokens");
   for (RequestId id : ids) {
     for (const Prefilled::Rows& r : prefilled.rows) {
-      OrDie(engine.ImportRows(id, r.layer, r.kind, 0, static_cast<int32_t>(prompt.size()), r.data.data()));
+      OrDie(engine.ImportRows(id, r.layer, r.kind, 0, static_cast<int32_t>(prompt.size()), r.data));
     }
     OrDie(engine.StartDecode(id, prefilled.first_token).status());
   }

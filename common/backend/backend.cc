@@ -1,5 +1,9 @@
 #include "common/backend/backend.h"
 
+#include <algorithm>
+#include <new>
+#include <utility>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "common/backend/cpu/cpu_backend.h"
@@ -28,6 +32,34 @@ void Buffer::Reset() {
   data_ = nullptr;
   bytes_ = 0;
 }
+
+HostBuffer& HostBuffer::operator=(HostBuffer&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    backend_ = std::exchange(other.backend_, nullptr);
+    data_ = std::exchange(other.data_, nullptr);
+    bytes_ = std::exchange(other.bytes_, 0);
+  }
+  return *this;
+}
+
+void HostBuffer::Reset() {
+  if (backend_ != nullptr && data_ != nullptr) backend_->FreeHost(data_);
+  backend_ = nullptr;
+  data_ = nullptr;
+  bytes_ = 0;
+}
+
+// Plain host memory where the backend's memory is host memory too (the CPU backend).
+absl::StatusOr<HostBuffer> Backend::AllocateHost(size_t bytes) {
+  void* data = ::operator new(std::max<size_t>(bytes, 1), std::align_val_t{64}, std::nothrow);
+  if (data == nullptr) {
+    return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", bytes, " bytes of host memory"));
+  }
+  return HostBuffer(this, data, bytes);
+}
+
+void Backend::FreeHost(void* data) { ::operator delete(data, std::align_val_t{64}); }
 
 absl::Status Backend::BeginCapture() {
   return absl::UnimplementedError(absl::StrCat("backend '", std::string(name()), "' cannot capture ops"));

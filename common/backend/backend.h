@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <memory>
 #include <string_view>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -58,6 +59,36 @@ class Buffer {
   Backend* backend_ = nullptr;
   void* data_ = nullptr;
   size_t bytes_ = 0;
+};
+
+// Host memory a backend copies to and from without an intermediate copy (page-locked on CUDA, so a
+// device copy runs asynchronously at full bus speed). Owns its allocation; freed through its backend.
+class HostBuffer {
+ public:
+  HostBuffer() = default;
+  HostBuffer(Backend* backend, void* data, size_t bytes) : backend_(backend), data_(data), bytes_(bytes) {}
+  HostBuffer(HostBuffer&& other) noexcept { *this = std::move(other); }
+  HostBuffer& operator=(HostBuffer&& other) noexcept;
+  HostBuffer(const HostBuffer&) = delete;
+  HostBuffer& operator=(const HostBuffer&) = delete;
+  ~HostBuffer() { Reset(); }
+
+  void* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void Reset();
+  Backend* backend_ = nullptr;
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// A device → host copy in flight (Backend::CopyToHostAsync).
+class HostCopy {
+ public:
+  virtual ~HostCopy() = default;
+  // Blocks until the bytes are in host memory; the copy's error if it failed. Any thread may call it.
+  virtual absl::Status Wait() = 0;
 };
 
 // Where each token of a forward batch sits. All tensors are I32 on the device.
@@ -103,6 +134,18 @@ class Backend {
   virtual absl::Status Download(Tensor src, void* host) = 0;
   virtual absl::Status Synchronize() = 0;
   virtual void Fill(Tensor dst, float value) = 0;
+
+  // --- moving tensors as they are stored (the KV handoff: no widening, no rounding) ----------
+  virtual absl::StatusOr<HostBuffer> AllocateHost(size_t bytes);
+  virtual void FreeHost(void* data);
+  // Copies dense `src` byte for byte into `host` once every op enqueued so far has run, without
+  // holding back the ops enqueued after it (CUDA: on a copy stream of its own, so a prefill's next
+  // chunk computes while the last one's rows travel to the host). `host` (from AllocateHost) must
+  // stay valid, and `src` unwritten, until the returned copy's Wait has returned.
+  virtual absl::StatusOr<std::unique_ptr<HostCopy>> CopyToHostAsync(Tensor src, void* host) = 0;
+  // Copies `host`, dense rows already in dst's dtype, byte for byte into dst, in order with the ops
+  // around it. `host` may be reused as soon as it returns.
+  virtual void UploadAsStored(const void* host, Tensor dst) = 0;
 
   // --- dense ops --------------------------------------------------------------------------
   // out[r] = table[ids[r]]                                     ids: I32 [n, 1]

@@ -65,6 +65,8 @@ const char* RequestFinishName(RequestFinish finish) {
   return "?";
 }
 
+int32_t DefaultMaxBatchTokens(std::string_view device) { return device.starts_with("cuda") ? 8192 : 512; }
+
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& o) {
   if (o.block_size < 1 || o.max_batch_tokens < 1) {
     return absl::InvalidArgumentError("block size and max batch tokens must be positive");
@@ -83,6 +85,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& o) {
   }
   ASSIGN_OR_RETURN(engine->cache_, PagedKvCache::Create(engine->backend_.get(), engine->model_->CacheSpec(o.block_size),
                                                         o.kv_cache_bytes));
+  engine->exporter_ = std::make_unique<KvExporter>(*engine->backend_, *engine->cache_);
+  engine->importer_ = std::make_unique<KvImporter>(*engine->backend_, *engine->cache_);
   const std::string tokenizer_path = o.model_dir + "/tokenizer.json";
   if (std::filesystem::exists(tokenizer_path)) {
     ASSIGN_OR_RETURN(engine->tokenizer_, BpeTokenizer::FromFile(tokenizer_path));
@@ -147,8 +151,10 @@ absl::StatusOr<RequestId> Engine::Submit(std::vector<int32_t> prompt, const Samp
   return id;
 }
 
-absl::StatusOr<RequestId> Engine::SubmitPrefill(std::vector<int32_t> prompt, const SamplingParams& params) {
+absl::StatusOr<RequestId> Engine::SubmitPrefill(std::vector<int32_t> prompt, const SamplingParams& params,
+                                                std::shared_ptr<SegmentSink> export_to) {
   ASSIGN_OR_RETURN(Request r, MakeRequest(std::move(prompt), params, /*prefill_only=*/true));
+  r.export_to = std::move(export_to);
   const RequestId id = r.id;
   order_.push_back(id);
   requests_.emplace(id, std::move(r));
@@ -167,19 +173,18 @@ absl::StatusOr<int32_t> Engine::CachedTokens(RequestId id) const {
   return it->second.num_cached;
 }
 
-absl::StatusOr<std::vector<float>> Engine::ExportRows(RequestId id, int32_t layer, KvRowKind kind, int32_t begin,
-                                                      int32_t count) {
+absl::StatusOr<KvSegment> Engine::ExportSegment(RequestId id, int32_t begin, int32_t end) {
   ASSIGN_OR_RETURN(Request * r, Find(id));
-  if (begin + static_cast<int64_t>(count) > r->num_cached) {
+  if (begin < 0 || end < begin || end > r->num_cached) {
     return absl::FailedPreconditionError(absl::StrFormat(
-        "request %d: positions [%d, %d) are not computed yet (%d cached)", id, begin, begin + count, r->num_cached));
+        "request %d: positions [%d, %d) are not computed yet (%d cached)", id, begin, end, r->num_cached));
   }
-  return ExportKvRows(*backend_, *cache_, id, layer, kind, begin, count);
+  return exporter_->Export(id, begin, end);
 }
 
 absl::StatusOr<std::vector<IndexerProbe>> Engine::TakeProbes(RequestId id) {
   ASSIGN_OR_RETURN(Request * r, Find(id));
-  if (!r->held) return absl::FailedPreconditionError(absl::StrFormat("request %d has not finished prefill", id));
+  if (r->state != State::kHeldForExport) return absl::FailedPreconditionError(absl::StrFormat("request %d has not finished prefill", id));
   return std::move(r->probes);
 }
 
@@ -191,7 +196,7 @@ absl::StatusOr<RequestId> Engine::AdmitImport(std::vector<int32_t> prompt, const
   ASSIGN_OR_RETURN(Request r, MakeRequest(std::move(prompt), params, /*prefill_only=*/false));
   // Room for the prompt and the first decode step, all or nothing.
   RETURN_IF_ERROR(cache_->Reserve(r.id, r.prompt_len + 1));
-  r.awaiting_import = true;
+  r.state = State::kWaitingForRemoteKv;
   const RequestId id = r.id;
   order_.push_back(id);
   requests_.emplace(id, std::move(r));
@@ -199,14 +204,14 @@ absl::StatusOr<RequestId> Engine::AdmitImport(std::vector<int32_t> prompt, const
 }
 
 absl::Status Engine::ImportRows(RequestId id, int32_t layer, KvRowKind kind, int32_t begin, int32_t count,
-                                const float* rows) {
+                                std::string_view rows) {
   ASSIGN_OR_RETURN(Request * r, Find(id));
-  if (!r->awaiting_import) return absl::FailedPreconditionError(absl::StrFormat("request %d takes no rows now", id));
+  if (r->state != State::kWaitingForRemoteKv) return absl::FailedPreconditionError(absl::StrFormat("request %d takes no rows now", id));
   if (begin < 0 || begin + static_cast<int64_t>(count) > r->prompt_len) {
     return absl::OutOfRangeError(absl::StrFormat("rows [%d, %d) lie outside the %d-token prompt of request %d", begin,
                                                  begin + count, r->prompt_len, id));
   }
-  return ImportKvRows(*backend_, *cache_, id, layer, kind, begin, count, rows);
+  return importer_->Import(id, layer, kind, begin, count, rows);
 }
 
 absl::Status Engine::VerifyProbe(RequestId id, const IndexerProbe& probe) {
@@ -229,11 +234,13 @@ absl::Status Engine::VerifyProbe(RequestId id, const IndexerProbe& probe) {
 
 absl::StatusOr<TokenEvent> Engine::StartDecode(RequestId id, int32_t first_token) {
   ASSIGN_OR_RETURN(Request * r, Find(id));
-  if (!r->awaiting_import) return absl::FailedPreconditionError(absl::StrFormat("request %d is not importing", id));
+  if (r->state != State::kWaitingForRemoteKv) {
+    return absl::FailedPreconditionError(absl::StrFormat("request %d is not importing", id));
+  }
   if (first_token < 0 || first_token >= config().vocab_size) {
     return absl::InvalidArgumentError(absl::StrFormat("first token %d is outside the vocabulary", first_token));
   }
-  r->awaiting_import = false;
+  r->state = State::kRunning;
   r->num_cached = r->prompt_len;
   TokenEvent event = Accept(*r, first_token);
   if (event.finish != RequestFinish::kNone) Finish(id);
@@ -242,14 +249,14 @@ absl::StatusOr<TokenEvent> Engine::StartDecode(RequestId id, int32_t first_token
 
 bool Engine::HasWork() const {
   for (const auto& [id, r] : requests_) {
-    if (r.aborted || (!r.held && !r.awaiting_import)) return true;
+    if ((r.state == State::kRunning && !ExportBlocked(r)) || r.state == State::kAborted) return true;
   }
   return false;
 }
 
 void Engine::Abort(RequestId id) {
   auto it = requests_.find(id);
-  if (it != requests_.end()) it->second.aborted = true;
+  if (it != requests_.end()) it->second.state = State::kAborted;
 }
 
 void Engine::Finish(RequestId id) {
@@ -290,7 +297,7 @@ ForwardBatch Engine::Schedule(std::vector<Request*>& in_batch) {
   // Decoding requests first: one token each.
   for (size_t i = 0; i < order_.size() && budget > 0; ++i) {
     Request& r = requests_.at(order_[i]);
-    if (r.aborted || r.held || r.awaiting_import || r.num_cached == 0 || r.tokens.size() - r.num_cached != 1) continue;
+    if (r.state != State::kRunning || r.num_cached == 0 || r.tokens.size() - r.num_cached != 1) continue;
     absl::Status reserved = cache_->Reserve(r.id, r.num_cached + 1);
     while (!reserved.ok()) {
       // Free the most recently admitted other request that holds cache; with none newer, this one
@@ -299,7 +306,7 @@ ForwardBatch Engine::Schedule(std::vector<Request*>& in_batch) {
       for (size_t j = order_.size(); j-- > i + 1;) {
         Request& other = requests_.at(order_[j]);
         // Held and importing requests are not preempted: their rows cannot be recomputed here.
-        if (cache_->Contains(other.id) && !other.held && !other.awaiting_import &&
+        if (cache_->Contains(other.id) && other.state == State::kRunning &&
             std::find(in_batch.begin(), in_batch.end(), &other) == in_batch.end()) {
           victim = &other;
           break;
@@ -320,7 +327,7 @@ ForwardBatch Engine::Schedule(std::vector<Request*>& in_batch) {
     if (budget <= 0) break;
     Request& r = requests_.at(id);
     const int32_t pending = static_cast<int32_t>(r.tokens.size()) - r.num_cached;
-    if (r.aborted || r.held || r.awaiting_import || (r.num_cached > 0 && pending == 1)) continue;
+    if (r.state != State::kRunning || (r.num_cached > 0 && pending == 1) || ExportBlocked(r)) continue;
     const int32_t take = std::min(pending, budget);
     if (!cache_->Reserve(r.id, r.num_cached + take).ok()) break;  // waits for memory
     add(r, take);
@@ -334,7 +341,7 @@ TokenEvent Engine::Advance(Request& r, const absl::StatusOr<int32_t>& token) {
   if (r.prefill_only) {
     // The decode worker emits this token's text and applies the stop conditions.
     r.tokens.push_back(*token);
-    r.held = true;
+    r.state = State::kHeldForExport;
     return TokenEvent{r.id, *token, "", RequestFinish::kPrefillDone, absl::OkStatus()};
   }
   return Accept(r, *token);
@@ -364,7 +371,7 @@ TokenEvent Engine::Accept(Request& r, int32_t token) {
 absl::StatusOr<std::vector<TokenEvent>> Engine::Step() {
   std::vector<TokenEvent> events;
   for (RequestId id : std::vector<RequestId>(order_.begin(), order_.end())) {
-    if (requests_.at(id).aborted) {
+    if (requests_.at(id).state == State::kAborted) {
       events.push_back(TokenEvent{id, -1, "", RequestFinish::kAbort, absl::OkStatus()});
       Finish(id);
     }
@@ -372,7 +379,14 @@ absl::StatusOr<std::vector<TokenEvent>> Engine::Step() {
   std::vector<Request*> in_batch;
   ForwardBatch batch = Schedule(in_batch);
   if (batch.token_ids.empty()) return events;
+  const std::vector<KvSegment> exports = BeginExports(in_batch, batch);
+  if (!exports.empty()) {
+    batch.after_cache_write = [&](int32_t layer) {
+      for (const KvSegment& segment : exports) exporter_->ExportLayer(segment, layer);
+    };
+  }
   auto forward = model_->Forward(batch, *cache_);
+  for (const KvSegment& segment : exports) exporter_->End(segment, forward.status());
   if (!forward.ok()) {
     // The batch's requests cannot continue (their cache rows are incomplete): fail them, free their
     // blocks, and keep the engine serving the others.
@@ -403,6 +417,28 @@ absl::StatusOr<std::vector<TokenEvent>> Engine::Step() {
   }
   for (RequestId id : finished) Finish(id);
   return events;
+}
+
+std::vector<KvSegment> Engine::BeginExports(const std::vector<Request*>& in_batch, const ForwardBatch& batch) {
+  std::vector<KvSegment> exports;
+  for (size_t s = 0; s < in_batch.size(); ++s) {
+    Request& r = *in_batch[s];
+    if (!r.export_to) continue;
+    const int32_t added = static_cast<int32_t>(std::count(batch.token_seq.begin(), batch.token_seq.end(), s));
+    const int32_t begin = std::max(r.num_cached, r.exported);
+    const int32_t end = r.num_cached + added;
+    if (end <= begin) continue;  // recomputing what a preempted request already sent
+    r.exported = end;
+    absl::StatusOr<KvSegment> segment = exporter_->Begin(r.id, begin, end);
+    if (!segment.ok()) {
+      // The rows cannot leave: the receiver sees the failure where it waits for them.
+      r.export_to->Take(KvExporter::Failed(begin, end, Annotate(segment.status(), "exporting the prompt's cache rows")));
+      continue;
+    }
+    r.export_to->Take(*segment);
+    exports.push_back(*std::move(segment));
+  }
+  return exports;
 }
 
 absl::Status Engine::ScoreChunks(const std::vector<int32_t>& ids, bool capture_topk,

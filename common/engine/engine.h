@@ -13,12 +13,13 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "common/backend/backend.h"
-#include "common/kv/kv_transfer.h"
+#include "common/kv/kv_segment.h"
 #include "common/kv/paged_kv_cache.h"
 #include "common/model/dsa_model.h"
 #include "common/sampling/sampler.h"
@@ -37,11 +38,30 @@ struct EngineOptions {
   int32_t index_freq = 0;           // > 0: transformers' freq schedule (offset from the config)
   size_t kv_cache_bytes = size_t{1} << 30;
   int32_t block_size = 64;
-  int32_t max_batch_tokens = 512;   // tokens per forward pass (the prefill chunk size)
+  int32_t max_batch_tokens = 512;   // tokens per forward pass (the prefill chunk size): see below
   bool cuda_graphs = true;          // replay decode steps as CUDA graphs (--device cuda only)
 };
 
+// The prefill chunk a device runs well: 512 on the CPU (latency of a mixed batch), 8192 on CUDA, where
+// a 512-token chunk leaves the GPU idle between launches (16K prompt, 16-layer model, H100: 203 ms in
+// 512-token chunks, 63 ms in 8192-token ones) and the handoff ships fewer, larger segments.
+int32_t DefaultMaxBatchTokens(std::string_view device);
+
 using RequestId = int64_t;
+
+// Receives a prefill-only request's rows as the engine computes them (SubmitPrefill). Called on the
+// engine's thread; must not block.
+class SegmentSink {
+ public:
+  virtual ~SegmentSink() = default;
+  // The segment of the positions the step about to run computes; the pass fills it layer by layer
+  // (kv_segment.h).
+  virtual void Take(KvSegment segment) = 0;
+  // False while the receiver is behind: the request computes no further chunk until it is true
+  // again (backpressure: staging memory stays bounded however slow the peer). Whoever makes it true
+  // again wakes the engine's driver (EngineLoop::Wake).
+  virtual bool Ready() const = 0;
+};
 
 // kPrefillDone ends a prefill-only request (disaggregated serving): its first token is sampled and
 // its cache is held for export until Release.
@@ -71,7 +91,8 @@ class Engine {
   absl::StatusOr<RequestId> Submit(std::vector<int32_t> prompt, const SamplingParams& params);
   // Ends a request now; its next Step reports kAbort and its cache blocks are freed. Unknown ids: no-op.
   void Abort(RequestId id);
-  // True while some request can make progress in Step (held and importing requests wait outside).
+  // True while some request can make progress in Step (held and importing requests wait outside, and
+  // so does a request whose segment sink is not Ready).
   bool HasWork() const;
   size_t num_requests() const { return requests_.size(); }
   // Runs one scheduling step. Requests that fail end with a kError event; the engine keeps serving.
@@ -87,12 +108,17 @@ class Engine {
 
   // --- disaggregated serving: the prefill side ----------------------------------------------
   // Like Submit, but the request ends at its first sampled token (event kPrefillDone) and keeps its
-  // cache, so the prompt's rows can be exported as chunks complete, until Release.
-  absl::StatusOr<RequestId> SubmitPrefill(std::vector<int32_t> prompt, const SamplingParams& params);
+  // cache until Release. With `export_to`, every prompt position reaches it in one segment exactly
+  // once, in order (a preempted request's recomputed positions are not sent again).
+  absl::StatusOr<RequestId> SubmitPrefill(std::vector<int32_t> prompt, const SamplingParams& params,
+                                          std::shared_ptr<SegmentSink> export_to = nullptr);
   // Prompt positions already in the cache (grows chunk by chunk during prefill).
   absl::StatusOr<int32_t> CachedTokens(RequestId id) const;
-  absl::StatusOr<std::vector<float>> ExportRows(RequestId id, int32_t layer, KvRowKind kind, int32_t begin,
-                                                int32_t count);
+  // Enqueues the export of computed positions [begin, end): every layer's latent rows and the Full
+  // layers' index keys, in the cache's dtype (kv_segment.h). Returns at once; the copy runs beside
+  // the next steps and KvSegment::Wait (any thread) waits for it. (SubmitPrefill's sink is the
+  // streaming form.)
+  absl::StatusOr<KvSegment> ExportSegment(RequestId id, int32_t begin, int32_t end);
   // The last prompt position's indexer inputs and selection per Full layer (after kPrefillDone).
   absl::StatusOr<std::vector<IndexerProbe>> TakeProbes(RequestId id);
   // Frees a held (prefill-done) request. Unknown ids: no-op.
@@ -102,8 +128,10 @@ class Engine {
   // Validates like Submit and reserves cache for the prompt; RESOURCE_EXHAUSTED when the cache is
   // short now (retry later). The request waits for its rows until StartDecode.
   absl::StatusOr<RequestId> AdmitImport(std::vector<int32_t> prompt, const SamplingParams& params);
+  // `rows`: [count, width] of `kind` in the cache's dtype, as a prefill worker's ExportSegment made
+  // them. Enqueued; `rows` may be reused when this returns.
   absl::Status ImportRows(RequestId id, int32_t layer, KvRowKind kind, int32_t begin, int32_t count,
-                          const float* rows);
+                          std::string_view rows);
   // Re-runs the probe's indexer over the imported index keys; DATA_LOSS when the selection differs.
   absl::Status VerifyProbe(RequestId id, const IndexerProbe& probe);
   // Appends the prefill worker's first token and starts decoding; returns that token's event
@@ -111,16 +139,24 @@ class Engine {
   absl::StatusOr<TokenEvent> StartDecode(RequestId id, int32_t first_token);
 
  private:
+  // Where a request is in its life (vLLM's RequestStatus in spirit). Only kRunning requests are
+  // scheduled; every transition is one assignment in engine.cc.
+  enum class State : uint8_t {
+    kRunning,             // prefilling or decoding (a preempted request prefills again)
+    kHeldForExport,       // prefill-only, first token sampled: the cache is kept until Release
+    kWaitingForRemoteKv,  // decode side: blocks reserved, the rows arrive from a prefill worker
+    kAborted,             // the next step reports kAbort and frees it
+  };
   struct Request {
     RequestId id = 0;
+    State state = State::kRunning;
     std::vector<int32_t> tokens;  // prompt + generated
     int32_t prompt_len = 0;
     int32_t num_cached = 0;       // positions already in the cache
-    bool aborted = false;
-    bool prefill_only = false;     // ends at the first token and holds its cache
-    bool held = false;             // prefill done: cache kept for export, not scheduled
-    bool awaiting_import = false;  // decode side: rows arriving, not scheduled yet
-    bool greedy = false;           // temperature 0: the device's argmax is its token
+    bool prefill_only = false;    // ends at the first token and holds its cache
+    bool greedy = false;          // temperature 0: the device's argmax is its token
+    std::shared_ptr<SegmentSink> export_to;  // prefill-only: where its rows stream (may be null)
+    int32_t exported = 0;         // positions [0, exported) handed to export_to
     std::vector<IndexerProbe> probes;
     std::optional<Sampler> sampler;
     std::optional<StopChecker> stop;
@@ -130,6 +166,8 @@ class Engine {
   Engine() = default;
   // `prefill_only`: the request caches its prompt alone (the decode worker holds the generated tokens),
   // so only the prompt has to fit this engine's cache.
+  // A running request whose next chunk waits for its segment sink.
+  static bool ExportBlocked(const Request& r) { return r.export_to != nullptr && !r.export_to->Ready(); }
   absl::Status ValidateRequest(const std::vector<int32_t>& prompt, const SamplingParams& params,
                                bool prefill_only) const;
   absl::StatusOr<Request> MakeRequest(std::vector<int32_t> prompt, const SamplingParams& params, bool prefill_only);
@@ -138,6 +176,9 @@ class Engine {
   TokenEvent Accept(Request& r, int32_t token);
   // Picks this step's tokens; preempts when a decoding request cannot grow.
   ForwardBatch Schedule(std::vector<Request*>& in_batch);
+  // Starts, and hands to their sinks, the segments of the positions `batch` computes for requests
+  // that stream their rows; the pass then exports them layer by layer.
+  std::vector<KvSegment> BeginExports(const std::vector<Request*>& in_batch, const ForwardBatch& batch);
   void Preempt(Request& r);
   // Takes the request's next token: `token` is its sampled token, or why none could be drawn.
   TokenEvent Advance(Request& r, const absl::StatusOr<int32_t>& token);
@@ -146,6 +187,8 @@ class Engine {
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<DsaModel> model_;
   std::unique_ptr<PagedKvCache> cache_;
+  std::unique_ptr<KvExporter> exporter_;
+  std::unique_ptr<KvImporter> importer_;
   std::unique_ptr<BpeTokenizer> tokenizer_;
   std::string fingerprint_;
   int32_t max_batch_tokens_ = 0;

@@ -25,6 +25,12 @@ void EngineLoop::Post(std::function<void()> task) {
   wake_.notify_all();
 }
 
+void EngineLoop::Wake() {
+  // Under the lock: the loop is either before its check (and sees the change) or waiting (and wakes).
+  std::lock_guard<std::mutex> lock(mu_);
+  wake_.notify_all();
+}
+
 void EngineLoop::Dispatch(const TokenEvent& event) {
   auto it = sinks_.find(event.request);
   if (it == sinks_.end()) return;

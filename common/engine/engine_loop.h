@@ -42,6 +42,10 @@ class EngineLoop {
   // thread), in the same call that created the request, so no event can be missed.
   void Subscribe(RequestId id, EventSink sink) { sinks_[id] = std::move(sink); }
 
+  // Makes the loop look at the engine again: after something outside it changed whether a request
+  // can progress (a SegmentSink that became Ready).
+  void Wake();
+
   // The engine's immutable parts (config, tokenizer) may be read from any thread.
   const Engine& engine() const { return *engine_; }
 

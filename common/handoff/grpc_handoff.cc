@@ -89,11 +89,17 @@ void GrpcHandoffSender::EndCall() {
   final_ = FromGrpc(writer_->Finish(), "the gRPC handoff call failed");
 }
 
-absl::Status GrpcHandoffSender::Send(const v1::HandoffChunk& chunk) {
+absl::Status GrpcHandoffSender::Send(const v1::HandoffChunk& chunk, std::string_view rows_data) {
   if (!ended_) {
-    const uint64_t wire_bytes = chunk.ByteSizeLong() + kGrpcMessagePrefixBytes;
-    if (writer_->Write(chunk)) {
-      CountChunkBytes(chunk, wire_bytes, bytes_);
+    v1::HandoffChunk whole;
+    if (!rows_data.empty()) {
+      whole = chunk;
+      whole.mutable_rows()->set_data(rows_data.data(), rows_data.size());
+    }
+    const v1::HandoffChunk& message = rows_data.empty() ? chunk : whole;
+    const uint64_t wire_bytes = message.ByteSizeLong() + kGrpcMessagePrefixBytes;
+    if (writer_->Write(message)) {
+      CountChunkBytes(message, {}, wire_bytes, bytes_);
       return absl::OkStatus();
     }
     // The stream is gone: the decode worker answered early (a rejection), or the call broke.

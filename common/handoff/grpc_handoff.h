@@ -37,7 +37,9 @@ class GrpcHandoffSender final : public HandoffSender {
                                                                     absl::Duration connect_timeout);
   ~GrpcHandoffSender() override;
 
-  absl::Status Send(const v1::HandoffChunk& chunk) override;
+  using HandoffSender::Send;
+  // gRPC serializes whole messages: rows held outside `chunk` are copied into one first.
+  absl::Status Send(const v1::HandoffChunk& chunk, std::string_view rows_data) override;
   absl::StatusOr<v1::HandoffAck> Finish() override;
   void Cancel() override;
   const HandoffByteCounts& bytes() const override { return bytes_; }

@@ -8,10 +8,11 @@
 
 namespace indexcache {
 
-void CountChunkBytes(const v1::HandoffChunk& chunk, uint64_t wire_bytes, HandoffByteCounts& counts) {
+void CountChunkBytes(const v1::HandoffChunk& chunk, std::string_view rows_data, uint64_t wire_bytes,
+                     HandoffByteCounts& counts) {
   uint64_t rows_bytes = 0;
   if (chunk.has_rows()) {
-    rows_bytes = chunk.rows().data().size();
+    rows_bytes = RowsData(chunk, rows_data).size();
     if (chunk.rows().kind() == v1::INDEX_KEY) {
       counts.index_key_bytes += rows_bytes;
     } else {

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -31,17 +32,28 @@ struct HandoffByteCounts {
   uint32_t chunks = 0;
 };
 
-// Adds one chunk that took `wire_bytes` on the wire: its rows bytes to their kind, the rest
-// (fields, framing) to metadata.
-void CountChunkBytes(const v1::HandoffChunk& chunk, uint64_t wire_bytes, HandoffByteCounts& counts);
+// A rows chunk's bytes: `rows_data` when the caller holds them outside the message (the engine's
+// export staging, sent from where they lie), else the message's own `rows.data`.
+inline std::string_view RowsData(const v1::HandoffChunk& chunk, std::string_view rows_data) {
+  return rows_data.empty() ? std::string_view(chunk.rows().data()) : rows_data;
+}
+
+// Adds one chunk that took `wire_bytes` on the wire: its rows bytes (`rows_data` as in RowsData) to
+// their kind, the rest (fields, framing) to metadata.
+void CountChunkBytes(const v1::HandoffChunk& chunk, std::string_view rows_data, uint64_t wire_bytes,
+                     HandoffByteCounts& counts);
 
 // Client side of one handoff.
 class HandoffSender {
  public:
   virtual ~HandoffSender() = default;
-  // Sends one chunk (its checksum already sealed). Blocks while the transport is backed up; fails
-  // once the peer has rejected the handoff or the connection broke.
-  virtual absl::Status Send(const v1::HandoffChunk& chunk) = 0;
+  // Sends one chunk (its checksum already sealed). A rows chunk's bytes are `rows_data` when not
+  // empty (the message's rows.data is then empty): the transport writes them from there, never
+  // through a copy in the message, except gRPC, whose messages must hold them. Blocks while the
+  // transport is backed up; fails once the peer has rejected the handoff or the connection broke.
+  virtual absl::Status Send(const v1::HandoffChunk& chunk, std::string_view rows_data) = 0;
+  // A chunk that holds its own rows bytes (tests, tools).
+  absl::Status Send(const v1::HandoffChunk& chunk) { return Send(chunk, {}); }
   // After the trailer: closes the stream and waits for the decode worker's verdict, an ack accepted or
   // not (AckStatus turns a rejection back into its status); an error only when no verdict came
   // (connection broke, cancelled). After a Send that failed on a rejection, returns that ack.
@@ -62,9 +74,11 @@ absl::StatusOr<std::unique_ptr<HandoffSender>> ConnectHandoff(v1::HandoffTranspo
 class HandoffSink {
  public:
   virtual ~HandoffSink() = default;
-  // Each chunk of a stream, in arrival order. A non-OK status rejects the handoff: the transport
-  // stops reading, answers the sender with the error, and calls nothing else for this stream.
-  virtual absl::Status OnChunk(const v1::HandoffChunk& chunk) = 0;
+  // Each chunk of a stream, in arrival order. `chunk` is the transport's receive buffer, not read
+  // again: the sink may move the rows bytes out of it instead of copying them. A non-OK status
+  // rejects the handoff: the transport stops reading, answers the sender with the error, and calls
+  // nothing else for this stream.
+  virtual absl::Status OnChunk(v1::HandoffChunk& chunk) = 0;
   // The sender finished the stream after the chunk naming `request_id`'s trailer was accepted.
   virtual v1::HandoffAck OnComplete(const std::string& request_id) = 0;
   // The stream broke (peer gone, cancelled, malformed frame) before completing. `request_id` may be
@@ -78,9 +92,10 @@ v1::HandoffAck MakeAck(const absl::Status& status);
 // (UNKNOWN when the text names no code).
 absl::Status AckStatus(const v1::HandoffAck& ack);
 
-// CRC-32 (zlib) of the chunk's body (header, rows or trailer, serialized); SealChunk stores it.
-uint32_t ChunkChecksum(const v1::HandoffChunk& chunk);
-void SealChunk(v1::HandoffChunk& chunk);
+// CRC-32 (zlib) of the chunk's body (header, rows or trailer, serialized), the rows bytes taken as in
+// RowsData; SealChunk stores it.
+uint32_t ChunkChecksum(const v1::HandoffChunk& chunk, std::string_view rows_data = {});
+void SealChunk(v1::HandoffChunk& chunk, std::string_view rows_data = {});
 // DATA_LOSS when the stored checksum does not match the body.
 absl::Status VerifyChunkChecksum(const v1::HandoffChunk& chunk);
 

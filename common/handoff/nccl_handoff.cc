@@ -329,12 +329,13 @@ class NcclHandoffSender final : public HandoffSender {
         verdict_(*connection_),
         io_timeout_(io_timeout) {}
 
-  absl::Status Send(const v1::HandoffChunk& chunk) override {
+  using HandoffSender::Send;
+  absl::Status Send(const v1::HandoffChunk& chunk, std::string_view rows_data) override {
     if (cancelled_) return absl::CancelledError("the handoff was cancelled");
     RETURN_IF_ERROR(verdict_.CheckCanSend());
     // An early verdict is a rejection: stop before pushing rows the decode worker will discard.
     if (verdict_.AckWaiting()) return verdict_.TakeEarlyAck();
-    const std::string& data = chunk.rows().data();
+    const std::string_view data = RowsData(chunk, rows_data);
     const bool on_gpu = chunk.has_rows() && !data.empty();
     v1::NcclControl control;
     *control.mutable_chunk() = on_gpu ? WithoutRowsData(chunk) : chunk;
@@ -367,7 +368,7 @@ class NcclHandoffSender final : public HandoffSender {
       return control_failed ? verdict_.AfterFailedWrite(sent) : verdict_.Fail(sent);
     }
     const size_t rows_bytes = on_gpu ? data.size() : 0;
-    CountChunkBytes(chunk, kFramePrefixBytes + control.ByteSizeLong() + rows_bytes, bytes_);
+    CountChunkBytes(chunk, rows_data, kFramePrefixBytes + control.ByteSizeLong() + rows_bytes, bytes_);
     return absl::OkStatus();
   }
 

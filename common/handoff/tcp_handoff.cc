@@ -263,16 +263,16 @@ absl::StatusOr<std::unique_ptr<TcpHandoffSender>> TcpHandoffSender::Connect(cons
   return std::unique_ptr<TcpHandoffSender>(new TcpHandoffSender(std::move(connection)));
 }
 
-absl::Status TcpHandoffSender::Send(const v1::HandoffChunk& chunk) {
+absl::Status TcpHandoffSender::Send(const v1::HandoffChunk& chunk, std::string_view rows_data) {
   if (cancelled_) return absl::CancelledError("the handoff was cancelled");
   RETURN_IF_ERROR(verdict_.CheckCanSend());
   if (verdict_.AckWaiting()) return verdict_.TakeEarlyAck();
   std::string metadata;
   std::string_view payload;
   if (chunk.has_rows()) {
-    // Everything but the rows bytes, which go out as the payload straight from `chunk`.
+    // Everything but the rows bytes, which go out as the payload straight from where they lie.
     metadata = WithoutRowsData(chunk).SerializeAsString();
-    payload = chunk.rows().data();
+    payload = RowsData(chunk, rows_data);
   } else {
     metadata = chunk.SerializeAsString();
   }
@@ -286,7 +286,7 @@ absl::Status TcpHandoffSender::Send(const v1::HandoffChunk& chunk) {
     if (cancelled_) return absl::CancelledError("the handoff was cancelled");
     return verdict_.AfterFailedWrite(sent);
   }
-  CountChunkBytes(chunk, kFramePrefixBytes + metadata.size() + payload.size(), bytes_);
+  CountChunkBytes(chunk, rows_data, kFramePrefixBytes + metadata.size() + payload.size(), bytes_);
   return absl::OkStatus();
 }
 

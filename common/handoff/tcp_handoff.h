@@ -71,7 +71,8 @@ class TcpHandoffSender final : public HandoffSender {
                                                                    const TcpHandoffOptions& options = {});
   ~TcpHandoffSender() override;
 
-  absl::Status Send(const v1::HandoffChunk& chunk) override;
+  using HandoffSender::Send;
+  absl::Status Send(const v1::HandoffChunk& chunk, std::string_view rows_data) override;
   absl::StatusOr<v1::HandoffAck> Finish() override;
   void Cancel() override;
   const HandoffByteCounts& bytes() const override { return bytes_; }

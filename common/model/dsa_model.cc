@@ -379,6 +379,7 @@ absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedK
       }
     }
     EnqueueProjections(l, full, layout, a, cache);
+    if (b.after_cache_write) b.after_cache_write(l);
     if (full) {
       for (size_t p = 0; p < b.probe_rows.size(); ++p) {
         ASSIGN_OR_RETURN(IndexerProbe probe, ReadProbe(be, a, b.probe_rows[p], l));
@@ -462,6 +463,7 @@ void DsaModel::set_decode_graphs(bool on) {
 bool DsaModel::DecodeGraphFits(const ForwardBatch& b) const {
   const size_t n = b.token_ids.size();
   if (graphs_ == nullptr || b.first_layer != 0 || b.capture_topk || b.capture_layer_inputs || !b.probe_rows.empty() ||
+      b.after_cache_write ||
       !b.indexer_types.empty() || DecodeGraphs::RowsBucket(static_cast<int64_t>(n)) == 0 ||
       b.sequences.size() != n || b.logit_rows.size() != n) {
     return false;

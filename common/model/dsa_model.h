@@ -44,6 +44,9 @@ struct ForwardBatch {
   std::vector<SamplingDraw> draws;
   bool capture_topk = false;        // also return every layer's selection (for `score`)
   std::vector<int32_t> probe_rows;  // tokens whose indexer inputs and selections are returned (handoff)
+  // Called on the host once per layer, right after the layer's cache writes are enqueued: the
+  // handoff's export enqueues that layer's copy there, so rows leave while later layers compute.
+  std::function<void(int32_t layer)> after_cache_write;
 
   // For the layer search (common/search), which scores many patterns on the same tokens:
   // the pattern this batch runs with (empty: the model's); only layers loaded Full can run Full.

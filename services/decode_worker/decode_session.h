@@ -14,7 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "common/engine/engine_loop.h"
-#include "common/kv/kv_transfer.h"
+#include "common/kv/kv_segment.h"
 
 namespace indexcache {
 
@@ -43,7 +43,7 @@ class DecodeSession {
     KvRowKind kind = KvRowKind::kLatent;
     int32_t begin = 0;
     int32_t count = 0;
-    std::vector<float> rows;  // [count, width]
+    std::string rows;  // [count, width] in the cache's dtype, taken from the received chunk
   };
   // The handoff's state, owned by whoever holds import_mu (the importer, chunk by chunk).
   struct Import {

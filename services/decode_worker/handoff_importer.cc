@@ -5,7 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "common/kv/kv_transfer.h"
+#include "common/kv/kv_segment.h"
 #include "common/model/model_config.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
@@ -39,6 +39,7 @@ HandoffImporter::HandoffImporter(EngineLoop& loop)
       full_layers_(FullLayers(loop.engine().config())),
       latent_dim_(KvRowWidth(loop.engine().cache().spec(), KvRowKind::kLatent)),
       index_key_dim_(KvRowWidth(loop.engine().cache().spec(), KvRowKind::kIndexKey)),
+      dtype_(loop.engine().cache().spec().dtype),
       probe_query_size_(loop.engine().config().index_n_heads * loop.engine().config().index_head_dim),
       probe_heads_(loop.engine().config().index_n_heads),
       vocab_size_(loop.engine().config().vocab_size) {}
@@ -81,7 +82,7 @@ void HandoffImporter::Reject(DecodeSession& session, const absl::Status& why) {
   session.Fail(loop_, why);
 }
 
-absl::Status HandoffImporter::OnChunk(const v1::HandoffChunk& chunk) {
+absl::Status HandoffImporter::OnChunk(v1::HandoffChunk& chunk) {
   std::shared_ptr<DecodeSession> session = Find(chunk.request_id());
   if (session == nullptr) {
     ++rejected_;
@@ -97,7 +98,7 @@ absl::Status HandoffImporter::OnChunk(const v1::HandoffChunk& chunk) {
   return status;
 }
 
-absl::Status HandoffImporter::Apply(DecodeSession& session, const v1::HandoffChunk& chunk) {
+absl::Status HandoffImporter::Apply(DecodeSession& session, v1::HandoffChunk& chunk) {
   DecodeSession::Import& state = session.import;
   if (state.phase == Phase::kEnded) {
     return absl::FailedPreconditionError(absl::StrCat("request '", session.request_id(), "' has already ended"));
@@ -121,7 +122,7 @@ absl::Status HandoffImporter::Apply(DecodeSession& session, const v1::HandoffChu
       return absl::OkStatus();
     case v1::HandoffChunk::kRows:
       if (state.phase != Phase::kRows) return absl::InvalidArgumentError("cache rows arrived before the header");
-      return AcceptRows(session, chunk.rows());
+      return AcceptRows(session, *chunk.mutable_rows());
     case v1::HandoffChunk::kTrailer:
       if (state.phase != Phase::kRows) return absl::InvalidArgumentError("the trailer arrived before the header");
       RETURN_IF_ERROR(VerifyTrailer(session, chunk.trailer()));
@@ -147,11 +148,12 @@ absl::Status HandoffImporter::CheckHeader(const v1::HandoffHeader& header, const
                     absl::StrCat(header.latent_dim(), ", ", header.index_key_dim()),
                     absl::StrCat(latent_dim_, ", ", index_key_dim_));
   }
-  if (header.dtype() != "f32") return Mismatch("row dtype", header.dtype(), "f32");
+  // Rows travel as the pools store them; a worker on another device kind stores another dtype.
+  if (header.dtype() != DTypeName(dtype_)) return Mismatch("row dtype", header.dtype(), DTypeName(dtype_));
   return absl::OkStatus();
 }
 
-absl::Status HandoffImporter::AcceptRows(DecodeSession& session, const v1::KvRows& rows) {
+absl::Status HandoffImporter::AcceptRows(DecodeSession& session, v1::KvRows& rows) {
   const int32_t layer = rows.layer();
   if (layer < 0 || layer >= static_cast<int32_t>(full_layers_.size())) {
     return absl::InvalidArgumentError(absl::StrFormat("rows of layer %d: the model has %d layers", layer,
@@ -183,20 +185,19 @@ absl::Status HandoffImporter::AcceptRows(DecodeSession& session, const v1::KvRow
         "%s rows [%d, %d) of layer %d do not continue the %d received of the %d-token prompt",
         v1::KvPayloadKind_Name(rows.kind()), begin, int64_t{begin} + count, layer, have, session.prompt_tokens()));
   }
-  const size_t bytes = static_cast<size_t>(count) * width * sizeof(float);
+  const size_t bytes = static_cast<size_t>(count) * width * DTypeSize(dtype_);
   if (rows.data().size() != bytes) {
-    return absl::InvalidArgumentError(absl::StrFormat("%s rows of layer %d: %d bytes for %d rows of %d floats",
+    return absl::InvalidArgumentError(absl::StrFormat("%s rows of layer %d: %d bytes for %d rows of %d %s values",
                                                       v1::KvPayloadKind_Name(rows.kind()), layer, rows.data().size(),
-                                                      count, width));
+                                                      count, width, DTypeName(dtype_)));
   }
-  // Little-endian f32 rows are the host's layout.
+  // Little-endian rows are the host's layout; the bytes move out of the received chunk uncopied.
   DecodeSession::PendingRows& pending = session.import.pending.emplace_back();
   pending.layer = layer;
   pending.kind = kind;
   pending.begin = begin;
   pending.count = count;
-  pending.rows.resize(static_cast<size_t>(count) * width);
-  std::memcpy(pending.rows.data(), rows.data().data(), bytes);
+  pending.rows.swap(*rows.mutable_data());
   session.import.pending_bytes += bytes;
   have += count;
   if (session.import.pending_bytes < kImportBatchBytes) return absl::OkStatus();
@@ -206,7 +207,7 @@ absl::Status HandoffImporter::AcceptRows(DecodeSession& session, const v1::KvRow
 absl::Status HandoffImporter::ImportPending(Engine& engine, DecodeSession& session) {
   DecodeSession::Import& state = session.import;
   for (const DecodeSession::PendingRows& p : state.pending) {
-    RETURN_IF_ERROR(engine.ImportRows(session.engine_id(), p.layer, p.kind, p.begin, p.count, p.rows.data()));
+    RETURN_IF_ERROR(engine.ImportRows(session.engine_id(), p.layer, p.kind, p.begin, p.count, p.rows));
   }
   IC_LOG(Debug) << "request '" << session.request_id() << "': imported " << state.pending.size() << " row blocks ("
                 << state.pending_bytes << " bytes)";

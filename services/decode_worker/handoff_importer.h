@@ -1,5 +1,6 @@
 // The decode worker's HandoffSink: checks every incoming chunk against the admitted request it names
-// and this worker's engine, and imports the rows. Per request, in order: the header (model
+// and this worker's engine, and imports the rows (moved out of the received chunk, written into the
+// pools as they came: the cache's dtype on both ends). Per request, in order: the header (model
 // fingerprint, IndexCache pattern, prompt length, row widths and dtype must match this engine — a
 // worker serving another model or pattern refuses), rows (each (layer, kind) contiguous from position
 // 0; index keys of Full layers only), the trailer (all rows present; each Full layer's probe
@@ -34,16 +35,16 @@ class HandoffImporter final : public HandoffSink {
   // Handoffs refused or broken since start.
   uint64_t rejected() const { return rejected_; }
 
-  absl::Status OnChunk(const v1::HandoffChunk& chunk) override;
+  absl::Status OnChunk(v1::HandoffChunk& chunk) override;
   v1::HandoffAck OnComplete(const std::string& request_id) override;
   void OnBroken(const std::string& request_id, const absl::Status& why) override;
 
  private:
   // The state machine; the caller holds the session's import_mu.
-  absl::Status Apply(DecodeSession& session, const v1::HandoffChunk& chunk);
+  absl::Status Apply(DecodeSession& session, v1::HandoffChunk& chunk);
   absl::Status CheckHeader(const v1::HandoffHeader& header, const DecodeSession& session) const;
   // Validates the rows and queues them; imports the queue once it holds kImportBatchBytes.
-  absl::Status AcceptRows(DecodeSession& session, const v1::KvRows& rows);
+  absl::Status AcceptRows(DecodeSession& session, v1::KvRows& rows);
   // Imports the queued rows into the engine's cache; on the loop thread.
   static absl::Status ImportPending(Engine& engine, DecodeSession& session);
   absl::Status VerifyTrailer(DecodeSession& session, const v1::HandoffTrailer& trailer);
@@ -57,6 +58,7 @@ class HandoffImporter final : public HandoffSink {
   const std::vector<bool> full_layers_;
   const int32_t latent_dim_;
   const int32_t index_key_dim_;
+  const DType dtype_;  // the cache's: the rows' dtype on the wire
   const int32_t probe_query_size_;  // index_n_heads · index_head_dim
   const int32_t probe_heads_;       // index_n_heads
   const int32_t vocab_size_;

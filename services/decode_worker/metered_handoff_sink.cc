@@ -2,7 +2,7 @@
 
 namespace indexcache {
 
-absl::Status MeteredHandoffSink::OnChunk(const v1::HandoffChunk& chunk) {
+absl::Status MeteredHandoffSink::OnChunk(v1::HandoffChunk& chunk) {
   const uint64_t size = chunk.ByteSizeLong();
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -11,7 +11,7 @@ absl::Status MeteredHandoffSink::OnChunk(const v1::HandoffChunk& chunk) {
     it->second.bytes += size;
   }
   HandoffByteCounts bytes;
-  CountChunkBytes(chunk, size, bytes);
+  CountChunkBytes(chunk, {}, size, bytes);
   metrics_.AddHandoffBytes(transport_, bytes);
   absl::Status status = inner_.OnChunk(chunk);
   if (!status.ok() && Forget(chunk.request_id(), nullptr)) metrics_.CountHandoffFailure(transport_, status);

@@ -20,7 +20,7 @@ class MeteredHandoffSink final : public HandoffSink {
   MeteredHandoffSink(HandoffSink& inner, WorkerMetrics& metrics, v1::HandoffTransport transport)
       : inner_(inner), metrics_(metrics), transport_(transport) {}
 
-  absl::Status OnChunk(const v1::HandoffChunk& chunk) override;
+  absl::Status OnChunk(v1::HandoffChunk& chunk) override;
   v1::HandoffAck OnComplete(const std::string& request_id) override;
   void OnBroken(const std::string& request_id, const absl::Status& why) override;
 

@@ -4,21 +4,23 @@
 #include <bit>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
+#include <optional>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "common/handoff/nccl_handoff.h"
-#include "common/kv/kv_transfer.h"
+#include "common/kv/kv_segment.h"
 #include "common/model/model_config.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
 
 namespace indexcache {
 
-// KvRows.data is little-endian f32; the rows are copied as they lie in memory.
-static_assert(std::endian::native == std::endian::little, "the handoff's f32 rows assume a little-endian host");
+// KvRows.data is little-endian rows of the cache's dtype; they are sent as they lie in memory.
+static_assert(std::endian::native == std::endian::little, "the handoff's rows assume a little-endian host");
 
 namespace {
 
@@ -77,30 +79,30 @@ bool JobControl::Detach() {
 
 // ---- PrefillJob ------------------------------------------------------------------------------
 
-// What the engine reported to the request's sink (on the loop thread); the job reads it inside
-// EngineLoop::Call, or waits on `done` for the end of an aborted request.
-struct PrefillJob::SinkState {
-  std::mutex mu;
-  std::condition_variable done;
+// What the engine handed the request's sinks (on the loop thread): the segments of its rows as each
+// step starts computing them, then the finish. The job waits on `changed` for either.
+struct PrefillJob::SinkState final : SegmentSink {
+  // Segments queued beyond the one being sent: the engine computes the request's next chunk only
+  // while fewer wait, so a slow peer holds at most this many plus one in staging memory.
+  static constexpr size_t kMaxQueuedSegments = 2;
+
+  void Take(KvSegment segment) override {
+    std::lock_guard<std::mutex> lock(mu);
+    segments.push_back(std::move(segment));
+    changed.notify_all();
+  }
+  bool Ready() const override {
+    std::lock_guard<std::mutex> lock(mu);
+    return segments.size() < kMaxQueuedSegments;
+  }
+
+  mutable std::mutex mu;
+  std::condition_variable changed;
+  std::deque<KvSegment> segments;  // handed over, not sent yet
   bool finished = false;
   TokenEvent event;
   Clock::time_point submitted_at;
   Clock::time_point finished_at;
-};
-
-// Rows exported in one visit to the loop thread: positions [begin, end) of every (layer, kind).
-struct PrefillJob::Progress {
-  struct Block {
-    int32_t layer = 0;
-    KvRowKind kind = KvRowKind::kLatent;
-    std::vector<float> rows;  // [end - begin, width]
-  };
-  int32_t begin = 0;
-  int32_t end = 0;
-  std::vector<Block> blocks;
-  bool done = false;  // prefill finished: first_token and probes are set
-  int32_t first_token = -1;
-  std::vector<IndexerProbe> probes;
 };
 
 PrefillJob::PrefillJob(EngineLoop& loop, const PrefillJobOptions& options, JobControl& control)
@@ -127,14 +129,14 @@ absl::Status PrefillJob::Submit(const v1::PrefillRequest& request, const Samplin
   std::vector<int32_t> prompt(request.prompt_ids().begin(), request.prompt_ids().end());
   state_->submitted_at = Clock::now();
   absl::StatusOr<RequestId> id = loop_.Call([&](Engine& engine) -> absl::StatusOr<RequestId> {
-    ASSIGN_OR_RETURN(RequestId id, engine.SubmitPrefill(std::move(prompt), params));
+    ASSIGN_OR_RETURN(RequestId id, engine.SubmitPrefill(std::move(prompt), params, state_));
     loop_.Subscribe(id, [state = state_](const TokenEvent& event) {
       if (event.finish == RequestFinish::kNone) return;
       std::lock_guard<std::mutex> lock(state->mu);
       state->finished = true;
       state->event = event;
       state->finished_at = Clock::now();
-      state->done.notify_all();
+      state->changed.notify_all();
     });
     return id;
   });
@@ -170,16 +172,21 @@ absl::StatusOr<v1::PrefillResponse> PrefillJob::Transfer(const v1::PrefillReques
   h->set_prompt_tokens(request.prompt_ids_size());
   h->set_latent_dim(KvRowWidth(spec, KvRowKind::kLatent));
   h->set_index_key_dim(KvRowWidth(spec, KvRowKind::kIndexKey));
-  h->set_dtype("f32");
+  h->set_dtype(DTypeName(spec.dtype));
   RETURN_IF_ERROR(Send(header));
 
-  Progress progress;
-  while (!progress.done) {
+  // Segments in the order the engine computes them, each slice as soon as its layer has landed.
+  for (;;) {
     RETURN_IF_ERROR(control_.stopped());
-    ASSIGN_OR_RETURN(progress, Poll());
-    RETURN_IF_ERROR(SendRows(progress));
+    ASSIGN_OR_RETURN(std::optional<KvSegment> segment, NextSegment());
+    if (!segment.has_value()) break;
+    RETURN_IF_ERROR(SendSegment(*segment));
   }
-  RETURN_IF_ERROR(SendTrailer(progress));
+  ASSIGN_OR_RETURN(const int32_t first_token, FirstToken());
+  absl::StatusOr<std::vector<IndexerProbe>> probes =
+      loop_.Call([&](Engine& engine) { return engine.TakeProbes(id_); });
+  RETURN_IF_ERROR(probes.status());
+  RETURN_IF_ERROR(SendTrailer(first_token, *probes));
   absl::StatusOr<v1::HandoffAck> ack = sender_->Finish();
   absl::Status verdict = ack.ok() ? AckStatus(*ack) : ack.status();
   if (!verdict.ok()) {
@@ -191,7 +198,7 @@ absl::StatusOr<v1::PrefillResponse> PrefillJob::Transfer(const v1::PrefillReques
   loop_.Call([&](Engine& e) { e.Release(id_); });
 
   v1::PrefillResponse response;
-  response.set_first_token(progress.first_token);
+  response.set_first_token(first_token);
   {
     std::lock_guard<std::mutex> lock(state_->mu);
     response.set_prefill_seconds(Seconds(state_->finished_at - state_->submitted_at));
@@ -206,76 +213,71 @@ absl::StatusOr<v1::PrefillResponse> PrefillJob::Transfer(const v1::PrefillReques
   return response;
 }
 
-absl::StatusOr<PrefillJob::Progress> PrefillJob::Poll() {
-  // Blocks until the loop runs between two steps: one visit per step at most, no busy polling while a
-  // forward pass runs.
-  return loop_.Call([&](Engine& engine) -> absl::StatusOr<Progress> {
-    Progress p;
-    {
-      std::lock_guard<std::mutex> lock(state_->mu);
-      if (state_->finished) {
-        const TokenEvent& event = state_->event;
-        if (event.finish == RequestFinish::kError) return Annotate(event.error, "prefill failed");
-        if (event.finish != RequestFinish::kPrefillDone) {
-          return absl::AbortedError(
-              absl::StrCat("the engine ended the request during prefill (", RequestFinishName(event.finish), ")"));
-        }
-        p.done = true;
-        p.first_token = event.token;
-      }
+absl::StatusOr<std::optional<KvSegment>> PrefillJob::NextSegment() {
+  std::unique_lock<std::mutex> lock(state_->mu);
+  for (;;) {
+    if (!state_->segments.empty()) {
+      KvSegment segment = std::move(state_->segments.front());
+      state_->segments.pop_front();
+      lock.unlock();
+      loop_.Wake();  // the queue has room: the engine may compute the next chunk
+      return segment;
     }
-    ASSIGN_OR_RETURN(int32_t cached, engine.CachedTokens(id_));
-    // A preempted request recomputes from position 0; what was sent stays sent.
-    p.begin = exported_;
-    p.end = std::max(cached, exported_);
-    if (p.end > p.begin) {
-      const std::vector<IndexerType>& pattern = engine.config().indexer_types;
-      for (int32_t layer = 0; layer < static_cast<int32_t>(pattern.size()); ++layer) {
-        for (KvRowKind kind : {KvRowKind::kLatent, KvRowKind::kIndexKey}) {
-          if (kind == KvRowKind::kIndexKey && pattern[layer] != IndexerType::kFull) continue;
-          ASSIGN_OR_RETURN(std::vector<float> rows, engine.ExportRows(id_, layer, kind, p.begin, p.end - p.begin));
-          p.blocks.push_back({layer, kind, std::move(rows)});
-        }
-      }
-    }
-    if (p.done) {
-      ASSIGN_OR_RETURN(p.probes, engine.TakeProbes(id_));
-    }
-    exported_ = p.end;
-    return p;
-  });
+    // Every segment is handed over before the step whose event ends the request.
+    if (state_->finished) return std::nullopt;
+    // A stop (abort, deadline, the caller gone) is noticed within one wait.
+    state_->changed.wait_for(lock, std::chrono::milliseconds(50));
+    lock.unlock();
+    RETURN_IF_ERROR(control_.stopped());
+    lock.lock();
+  }
 }
 
-absl::Status PrefillJob::SendRows(const Progress& progress) {
-  const int32_t count = progress.end - progress.begin;
+absl::StatusOr<int32_t> PrefillJob::FirstToken() {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  const TokenEvent& event = state_->event;
+  if (event.finish == RequestFinish::kError) return Annotate(event.error, "prefill failed");
+  if (event.finish != RequestFinish::kPrefillDone) {
+    return absl::AbortedError(
+        absl::StrCat("the engine ended the request during prefill (", RequestFinishName(event.finish), ")"));
+  }
+  return event.token;
+}
+
+absl::Status PrefillJob::SendSegment(const KvSegment& segment) {
+  const int32_t count = segment.count();
   if (count <= 0) return absl::OkStatus();
-  const KvCacheSpec& spec = loop_.engine().cache().spec();
-  for (const Progress::Block& block : progress.blocks) {
-    const int64_t width = KvRowWidth(spec, block.kind);
-    const int64_t row_bytes = width * static_cast<int64_t>(sizeof(float));
-    const int32_t rows_per_chunk = static_cast<int32_t>(std::max<int64_t>(1, options_.max_chunk_bytes / row_bytes));
+  RETURN_IF_ERROR(Annotate(segment.Wait(), "exporting the prompt's cache rows"));
+  for (size_t i = 0; i < segment.slices().size(); ++i) {
+    // Layer by layer: a slice leaves as soon as the pass has computed and copied its layer.
+    RETURN_IF_ERROR(Annotate(segment.WaitFor(i), "exporting the prompt's cache rows"));
+    const KvSlice& slice = segment.slices()[i];
+    const std::string_view bytes = segment.bytes(slice);
+    const size_t row_bytes = bytes.size() / static_cast<size_t>(count);
+    const int32_t rows_per_chunk = static_cast<int32_t>(
+        std::max<int64_t>(1, options_.max_chunk_bytes / static_cast<int64_t>(row_bytes)));
     for (int32_t first = 0; first < count; first += rows_per_chunk) {
       const int32_t n = std::min(rows_per_chunk, count - first);
       v1::HandoffChunk chunk;
       v1::KvRows* rows = chunk.mutable_rows();
-      rows->set_layer(block.layer);
-      rows->set_kind(ToProto(block.kind));
-      rows->set_begin_position(progress.begin + first);
+      rows->set_layer(slice.layer);
+      rows->set_kind(ToProto(slice.kind));
+      rows->set_begin_position(segment.begin() + first);
       rows->set_num_tokens(n);
-      rows->set_data(reinterpret_cast<const char*>(block.rows.data() + first * width), n * row_bytes);
-      RETURN_IF_ERROR(Send(chunk));
+      // Sent from the staging memory where the export left them: no copy into the message.
+      RETURN_IF_ERROR(Send(chunk, bytes.substr(static_cast<size_t>(first) * row_bytes, n * row_bytes)));
     }
   }
-  IC_LOG(Debug) << "prefill " << request_id_ << ": sent positions [" << progress.begin << ", " << progress.end
+  IC_LOG(Debug) << "prefill " << request_id_ << ": sent positions [" << segment.begin() << ", " << segment.end()
                 << ")";
   return absl::OkStatus();
 }
 
-absl::Status PrefillJob::SendTrailer(const Progress& progress) {
+absl::Status PrefillJob::SendTrailer(int32_t first_token, const std::vector<IndexerProbe>& probes) {
   v1::HandoffChunk chunk;
   v1::HandoffTrailer* trailer = chunk.mutable_trailer();
-  trailer->set_first_token(progress.first_token);
-  for (const IndexerProbe& probe : progress.probes) {
+  trailer->set_first_token(first_token);
+  for (const IndexerProbe& probe : probes) {
     v1::LayerSelection* s = trailer->add_selections();
     s->set_layer(probe.layer);
     s->mutable_query()->Add(probe.query.begin(), probe.query.end());
@@ -285,11 +287,11 @@ absl::Status PrefillJob::SendTrailer(const Progress& progress) {
   return Send(chunk);
 }
 
-absl::Status PrefillJob::Send(v1::HandoffChunk& chunk) {
+absl::Status PrefillJob::Send(v1::HandoffChunk& chunk, std::string_view rows_data) {
   chunk.set_request_id(request_id_);
   chunk.set_sequence(sequence_++);
-  SealChunk(chunk);
-  absl::Status sent = sender_->Send(chunk);
+  SealChunk(chunk, rows_data);
+  absl::Status sent = sender_->Send(chunk, rows_data);
   if (!sent.ok()) {
     transport_failed_ = true;
     return HandoffFailure(sent, "handoff");
@@ -313,7 +315,7 @@ void PrefillJob::Discard() {
   });
   if (finished) return;
   std::unique_lock<std::mutex> lock(state_->mu);
-  state_->done.wait(lock, [&] { return state_->finished; });
+  state_->changed.wait(lock, [&] { return state_->finished; });
 }
 
 }  // namespace indexcache

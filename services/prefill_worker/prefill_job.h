@@ -1,22 +1,28 @@
 // One Prefill request from submission to the decode worker's ack. The prompt runs on the shared
-// EngineLoop in chunks of max_batch_tokens; after every engine step that grew the request's cached
-// positions, the new rows (LATENT of every layer, INDEX_KEY of Full layers only) are exported on the
-// loop thread and pushed to the decode worker from the RPC's own thread, so transfer overlaps the
-// next chunk's compute and a slow peer stalls only its own request. Rows wait in the KV cache, not in
-// memory queues, while the peer is slow. On any failure the sender is cancelled and the request's KV
-// blocks are freed before Run returns.
+// EngineLoop in chunks of max_batch_tokens, submitted with a segment sink: as each engine step starts
+// computing a chunk, the engine hands the job that chunk's KvSegment, which the forward pass fills
+// layer by layer (latent rows of every layer, index-key rows of Full layers only, in the cache's
+// dtype, copied off the compute stream). The RPC's own thread sends each slice as soon as its layer
+// has landed, straight from the staging memory, so the transfer runs beside the compute and what is
+// left after the last chunk is about one layer's rows; a slow peer stalls only its own request (the
+// rows wait in pinned staging and the KV cache, one segment per step). On any failure the sender is
+// cancelled and the request's KV blocks are freed before Run returns.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <optional>
+#include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/engine/engine_loop.h"
 #include "common/handoff/handoff_transport.h"
+#include "common/kv/kv_segment.h"
 #include "indexcache/v1/internal.pb.h"
 
 namespace indexcache {
@@ -51,9 +57,9 @@ class JobControl {
 
 struct PrefillJobOptions {
   absl::Duration connect_timeout = absl::Seconds(5);
-  // Upper bound on one KvRows payload: a step's rows of one (layer, kind) are split to stay below it
-  // (far under kMaxHandoffChunkBytes), so a long prompt still flows in pieces the peer can pipeline.
-  int64_t max_chunk_bytes = int64_t{1} << 20;
+  // Upper bound on one KvRows payload: a segment's rows of one (layer, kind) are split to stay below
+  // it (far under kMaxHandoffChunkBytes), so a long prompt still flows in pieces the peer can pipeline.
+  int64_t max_chunk_bytes = int64_t{4} << 20;
   // The worker's NCCL communicators, for requests whose transport is NCCL; null: such requests fail.
   NcclHandoffClient* nccl = nullptr;
 };
@@ -79,15 +85,17 @@ class PrefillJob {
 
  private:
   struct SinkState;
-  struct Progress;
 
   absl::Status Submit(const ::indexcache::v1::PrefillRequest& request, const SamplingParams& params);
   absl::StatusOr<::indexcache::v1::PrefillResponse> Transfer(const ::indexcache::v1::PrefillRequest& request);
-  // On the loop thread: exports the rows cached since the last visit; at the end, the probes.
-  absl::StatusOr<Progress> Poll();
-  absl::Status SendRows(const Progress& progress);
-  absl::Status SendTrailer(const Progress& progress);
-  absl::Status Send(::indexcache::v1::HandoffChunk& chunk);
+  // The next segment the engine handed over, or nullopt once the request finished and every segment
+  // was taken; the stop's reason when the job is stopped meanwhile.
+  absl::StatusOr<std::optional<KvSegment>> NextSegment();
+  // After the finish: the first token, or why the prefill ended without one.
+  absl::StatusOr<int32_t> FirstToken();
+  absl::Status SendSegment(const KvSegment& segment);
+  absl::Status SendTrailer(int32_t first_token, const std::vector<IndexerProbe>& probes);
+  absl::Status Send(::indexcache::v1::HandoffChunk& chunk, std::string_view rows_data = {});
   // Cancels the sender and frees the engine request (waiting for the engine to drop an unfinished one).
   void Discard();
 
@@ -97,7 +105,6 @@ class PrefillJob {
   std::shared_ptr<SinkState> state_;  // shared with the request's event sink
   RequestId id_ = -1;                 // -1 until submitted
   std::string request_id_;
-  int32_t exported_ = 0;              // positions [0, exported_) sent
   uint32_t sequence_ = 0;
   std::unique_ptr<HandoffSender> sender_;
   bool transport_failed_ = false;

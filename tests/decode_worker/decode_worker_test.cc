@@ -90,17 +90,18 @@ std::vector<v1::HandoffChunk> PrefillHandoff(Engine& engine, const std::string& 
     EXPECT_TRUE(events.ok()) << events.status();
     if (!events.ok()) return {};
     const int32_t cached = *engine.CachedTokens(*id);
-    for (int32_t layer = 0; layer < config.num_layers && cached > exported; ++layer) {
-      for (KvRowKind kind : {KvRowKind::kLatent, KvRowKind::kIndexKey}) {
-        if (kind == KvRowKind::kIndexKey && config.indexer_types[layer] != IndexerType::kFull) continue;
-        absl::StatusOr<std::vector<float>> rows = engine.ExportRows(*id, layer, kind, exported, cached - exported);
-        EXPECT_TRUE(rows.ok()) << rows.status();
+    if (cached > exported) {
+      absl::StatusOr<KvSegment> segment = engine.ExportSegment(*id, exported, cached);
+      EXPECT_TRUE(segment.ok()) << segment.status();
+      if (!segment.ok()) return {};
+      EXPECT_TRUE(segment->Wait().ok());
+      for (const KvSlice& slice : segment->slices()) {
         v1::KvRows* r = next().mutable_rows();
-        r->set_layer(layer);
-        r->set_kind(kind == KvRowKind::kLatent ? v1::LATENT : v1::INDEX_KEY);
+        r->set_layer(slice.layer);
+        r->set_kind(slice.kind == KvRowKind::kLatent ? v1::LATENT : v1::INDEX_KEY);
         r->set_begin_position(exported);
         r->set_num_tokens(cached - exported);
-        r->set_data(reinterpret_cast<const char*>(rows->data()), rows->size() * sizeof(float));
+        r->set_data(std::string(segment->bytes(slice)));
       }
     }
     exported = cached;

@@ -15,7 +15,7 @@ using ::indexcache::testing::Sample;
 // Accepts or refuses chunks and verdicts as told; records what it was called with.
 class ScriptedSink : public HandoffSink {
  public:
-  absl::Status OnChunk(const v1::HandoffChunk& chunk) override {
+  absl::Status OnChunk(v1::HandoffChunk& chunk) override {
     ++chunks;
     return chunk_verdict;
   }
@@ -54,15 +54,16 @@ TEST_F(MeteredHandoffSinkTest, CountsBytesOfEveryChunkAndTheCompletedHandoff) {
   v1::HandoffChunk header;
   header.set_request_id("r1");
   header.mutable_header()->set_prompt_tokens(4);
-  const v1::HandoffChunk latent = Rows("r1", v1::LATENT, 1000);
-  const v1::HandoffChunk keys = Rows("r1", v1::INDEX_KEY, 200);
-  const v1::HandoffChunk* stream[] = {&header, &latent, &keys};
-  for (const v1::HandoffChunk* chunk : stream) ASSERT_TRUE(sink_.OnChunk(*chunk).ok());
+  v1::HandoffChunk latent = Rows("r1", v1::LATENT, 1000);
+  v1::HandoffChunk keys = Rows("r1", v1::INDEX_KEY, 200);
+  // The serialized sizes before the sink sees the chunks (a sink may move the rows out).
+  const double serialized = header.ByteSizeLong() + latent.ByteSizeLong() + keys.ByteSizeLong();
+  v1::HandoffChunk* stream[] = {&header, &latent, &keys};
+  for (v1::HandoffChunk* chunk : stream) ASSERT_TRUE(sink_.OnChunk(*chunk).ok());
   EXPECT_TRUE(sink_.OnComplete("r1").accepted());
   EXPECT_EQ(inner_.chunks, 3);
 
   const prometheus::Registry& r = *metrics_.registry();
-  const double serialized = header.ByteSizeLong() + latent.ByteSizeLong() + keys.ByteSizeLong();
   EXPECT_EQ(Sample(r, "indexcache_handoff_bytes_total", Grpc({{"payload", "kv"}})), 1000);
   EXPECT_EQ(Sample(r, "indexcache_handoff_bytes_total", Grpc({{"payload", "index_keys"}})), 200);
   EXPECT_EQ(Sample(r, "indexcache_handoff_bytes_total", Grpc({{"payload", "metadata"}})), serialized - 1200);
@@ -77,13 +78,14 @@ TEST_F(MeteredHandoffSinkTest, CountsBytesOfEveryChunkAndTheCompletedHandoff) {
 }
 
 TEST_F(MeteredHandoffSinkTest, CountsEachWayAHandoffFails) {
+  v1::HandoffChunk r1 = Rows("r1", v1::LATENT, 10), r2 = Rows("r2", v1::LATENT, 10), r3 = Rows("r3", v1::LATENT, 10);
   inner_.chunk_verdict = absl::DataLossError("checksum mismatch");
-  EXPECT_FALSE(sink_.OnChunk(Rows("r1", v1::LATENT, 10)).ok());
+  EXPECT_FALSE(sink_.OnChunk(r1).ok());
   inner_.chunk_verdict = absl::OkStatus();
   inner_.final_verdict = absl::FailedPreconditionError("another pattern");
-  ASSERT_TRUE(sink_.OnChunk(Rows("r2", v1::LATENT, 10)).ok());
+  ASSERT_TRUE(sink_.OnChunk(r2).ok());
   EXPECT_FALSE(sink_.OnComplete("r2").accepted());
-  ASSERT_TRUE(sink_.OnChunk(Rows("r3", v1::LATENT, 10)).ok());
+  ASSERT_TRUE(sink_.OnChunk(r3).ok());
   sink_.OnBroken("r3", absl::CancelledError("peer went away"));
   // A connection that broke before any chunk named a request is no handoff.
   sink_.OnBroken("", absl::UnavailableError("closed"));

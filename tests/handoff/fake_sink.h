@@ -16,7 +16,7 @@ namespace indexcache::testing {
 
 class FakeSink : public HandoffSink {
  public:
-  absl::Status OnChunk(const v1::HandoffChunk& chunk) override {
+  absl::Status OnChunk(v1::HandoffChunk& chunk) override {
     std::lock_guard<std::mutex> lock(mu_);
     absl::Status verdict = VerifyChunkChecksum(chunk);
     if (verdict.ok() && chunk.sequence() != chunks_.size()) {

@@ -62,7 +62,7 @@ struct Reference {
   std::string fingerprint;
   int32_t first_token = -1;
   std::vector<IndexerProbe> probes;
-  std::map<std::pair<int32_t, KvRowKind>, std::vector<float>> rows;  // [prompt, width]
+  std::map<std::pair<int32_t, KvRowKind>, std::vector<float>> rows;  // [prompt, width] (f32: the CPU's cache)
 };
 
 Reference RunInProcess(const std::vector<int32_t>& prompt) {
@@ -84,11 +84,16 @@ Reference RunInProcess(const std::vector<int32_t>& prompt) {
     }
   }
   const int32_t n = static_cast<int32_t>(prompt.size());
-  for (int32_t layer = 0; layer < kLayers; ++layer) {
-    ref.rows[{layer, KvRowKind::kLatent}] = *(*engine)->ExportRows(*id, layer, KvRowKind::kLatent, 0, n);
-    if (kFull[layer]) {
-      ref.rows[{layer, KvRowKind::kIndexKey}] = *(*engine)->ExportRows(*id, layer, KvRowKind::kIndexKey, 0, n);
-    }
+  absl::StatusOr<KvSegment> segment = (*engine)->ExportSegment(*id, 0, n);
+  EXPECT_TRUE(segment.ok()) << segment.status();
+  if (!segment.ok()) return ref;
+  EXPECT_TRUE(segment->Wait().ok());
+  EXPECT_EQ(segment->slices().size(), size_t(kLayers + kFullLayers));
+  for (const KvSlice& slice : segment->slices()) {
+    const std::string_view bytes = segment->bytes(slice);
+    std::vector<float>& rows = ref.rows[{slice.layer, slice.kind}];
+    rows.resize(bytes.size() / sizeof(float));
+    std::memcpy(rows.data(), bytes.data(), bytes.size());
   }
   ref.probes = *(*engine)->TakeProbes(*id);
   ref.fingerprint = (*engine)->model_fingerprint();

@@ -16,6 +16,8 @@
 #    their tokens are printed beside transformers' (bf16 flips the random model's decisions, see
 #    cuda_engine_check.cc, so equality is reported, not required).
 # 5. Perplexity of the trained model on held-out text, --device cuda against --device cpu (below).
+# 6. check_cluster.sh: cluster output (prefill worker → handoff → decode worker) against the in-process
+#    engine, both on CUDA, over gRPC and TCP.
 # Exits non-zero when any check fails.
 set -uo pipefail
 bundle=${1:?usage: check_cuda.sh BUNDLE OUT}
@@ -64,5 +66,8 @@ print(f"perplexity (trained, index-freq {freq}): cpu {ppl['cpu']:.4f} cuda {ppl[
 sys.exit(0 if abs(ratio - 1) <= 0.01 else 1)
 PY
 done
+# 6. Disaggregated serving on the GPU: a cluster's greedy tokens (bf16 rows handed off as the pools
+#    store them, over gRPC and TCP) equal the in-process engine's on the same device.
+tools/gpu/check_cluster.sh "$bundle" "$out" cuda "grpc tcp" || failed=1
 echo "check_cuda: $([[ $failed == 0 ]] && echo PASSED || echo FAILED)"
 exit $failed

@@ -17,7 +17,7 @@ const char kEngineFlagsUsage[] =
     "  --index-freq N            keep every N-th indexer (transformers' schedule)\n"
     "  --kv-cache-mb N           KV cache budget in MiB (default 1024)\n"
     "  --block-size N            tokens per KV block (default 64)\n"
-    "  --max-batch-tokens N      tokens per forward pass / prefill chunk (default 512)\n"
+    "  --max-batch-tokens N      tokens per forward pass / prefill chunk (default 512 on cpu, 8192 on cuda)\n"
     "  --cuda-graphs=true|false  replay decode steps as CUDA graphs on --device cuda (default true)\n";
 
 const char kSamplingFlagsUsage[] =
@@ -58,7 +58,7 @@ absl::StatusOr<EngineOptions> EngineOptionsFromArgs(const Args& args) {
   if (freq) o.index_freq = static_cast<int32_t>(*freq);
   if (kv_mb) o.kv_cache_bytes = static_cast<size_t>(*kv_mb) << 20;
   if (block) o.block_size = static_cast<int32_t>(*block);
-  if (batch_tokens) o.max_batch_tokens = static_cast<int32_t>(*batch_tokens);
+  o.max_batch_tokens = batch_tokens ? static_cast<int32_t>(*batch_tokens) : DefaultMaxBatchTokens(o.device);
   if (const auto graphs = args.Get("cuda-graphs")) {
     if (*graphs != "true" && *graphs != "false") {
       return absl::InvalidArgumentError(absl::StrCat("--cuda-graphs takes true or false, got '", *graphs, "'"));

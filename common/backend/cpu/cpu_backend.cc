@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "absl/strings/str_format.h"
+#include "common/util/status_macros.h"
 
 namespace indexcache {
 
@@ -43,6 +44,18 @@ absl::Status CpuBackend::Download(Tensor src, void* host) {
                 row_bytes);
   }
   return absl::OkStatus();
+}
+
+namespace {
+class DoneCopy final : public HostCopy {
+ public:
+  absl::Status Wait() override { return absl::OkStatus(); }
+};
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<HostCopy>> CpuBackend::CopyToHostAsync(Tensor src, void* host) {
+  RETURN_IF_ERROR(Download(src, host));
+  return std::make_unique<DoneCopy>();
 }
 
 void CpuBackend::Fill(Tensor dst, float value) {

@@ -45,7 +45,8 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device_inde
   std::unique_ptr<CudaBackend> backend(new CudaBackend());
   backend->device_ = device_index;
   if ((e = cudaSetDevice(device_index)) != cudaSuccess ||
-      (e = cudaStreamCreateWithFlags(&backend->stream_, cudaStreamNonBlocking)) != cudaSuccess) {
+      (e = cudaStreamCreateWithFlags(&backend->stream_, cudaStreamNonBlocking)) != cudaSuccess ||
+      (e = cudaStreamCreateWithFlags(&backend->copy_stream_, cudaStreamNonBlocking)) != cudaSuccess) {
     return absl::InternalError(absl::StrCat("device 'cuda': ", cudaGetErrorString(e)));
   }
   if ((e = cudaMalloc(&backend->cublas_workspace_, kCublasWorkspaceBytes)) != cudaSuccess) {
@@ -75,6 +76,10 @@ CudaBackend::~CudaBackend() {
   if (cublas_ != nullptr) cublasDestroy(cublas_);
   if (cublas_workspace_ != nullptr) cudaFree(cublas_workspace_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  if (copy_stream_ != nullptr) {
+    cudaStreamSynchronize(copy_stream_);
+    cudaStreamDestroy(copy_stream_);
+  }
   if (moe_offsets_host_ != nullptr) cudaFreeHost(moe_offsets_host_);
 }
 
@@ -132,27 +137,30 @@ void CudaBackend::Free(void* data) { cudaFree(data); }
 
 void CudaBackend::Upload(const void* host, Tensor dst) {
   if (dst.empty() || !NotCapturing("upload")) return;
+  if (dst.dtype != DType::kBF16) return CopyIn(host, dst);
+  std::vector<uint16_t> rounded(static_cast<size_t>(dst.numel()));
+  const float* f = static_cast<const float*>(host);
+  for (size_t i = 0; i < rounded.size(); ++i) rounded[i] = F32ToBf16(f[i]);  // round to nearest even, as torch
+  CopyIn(rounded.data(), dst);
+}
+
+void CudaBackend::UploadAsStored(const void* host, Tensor dst) {
+  if (dst.empty() || !NotCapturing("upload")) return;
+  CopyIn(host, dst);
+}
+
+void CudaBackend::CopyIn(const void* host, Tensor dst) {
   const size_t elem = DTypeSize(dst.dtype);
   const size_t row_bytes = static_cast<size_t>(dst.cols) * elem;
   const size_t bytes = static_cast<size_t>(dst.rows) * row_bytes;
   const bool staged = bytes <= cuda::HostStaging::kMaxStagedBytes;
-  std::vector<uint16_t> converted;
-  void* src = const_cast<void*>(host);
+  const void* src = host;
   if (staged) {
     // Copied to pinned memory now, so the device copy below need not finish before this returns.
     auto area = staging_.Acquire(bytes);
     if (!Check(area.status())) return;
+    std::memcpy(*area, host, bytes);
     src = *area;
-  } else if (dst.dtype == DType::kBF16) {
-    converted.resize(static_cast<size_t>(dst.numel()));
-    src = converted.data();
-  }
-  if (dst.dtype == DType::kBF16) {
-    const float* f = static_cast<const float*>(host);
-    uint16_t* out = static_cast<uint16_t*>(src);
-    for (int64_t i = 0; i < dst.numel(); ++i) out[i] = F32ToBf16(f[i]);  // round to nearest even, as torch
-  } else if (staged) {
-    std::memcpy(src, host, bytes);
   }
   if (!CheckCuda(cudaMemcpy2DAsync(dst.data, dst.stride * elem, src, row_bytes, row_bytes, dst.rows,
                                    cudaMemcpyHostToDevice, stream_),
@@ -186,6 +194,68 @@ absl::Status CudaBackend::Download(Tensor src, void* host) {
     for (size_t i = 0; i < bf16.size(); ++i) out[i] = Bf16ToF32(bf16[i]);
   }
   return sticky_status();
+}
+
+absl::StatusOr<HostBuffer> CudaBackend::AllocateHost(size_t bytes) {
+  void* data = nullptr;
+  const cudaError_t e = cudaMallocHost(&data, std::max<size_t>(bytes, 1));
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("cuda backend: cannot allocate %d bytes of pinned host memory (%s)", bytes, cudaGetErrorString(e)));
+  }
+  return HostBuffer(this, data, bytes);
+}
+
+void CudaBackend::FreeHost(void* data) { cudaFreeHost(data); }
+
+namespace {
+
+// A copy on the copy stream, finished when `done` has fired.
+class StreamCopy final : public HostCopy {
+ public:
+  StreamCopy(int device, cudaEvent_t done) : device_(device), done_(done) {}
+  ~StreamCopy() override {
+    cudaEventSynchronize(done_);  // the host area may be reused once this is gone
+    cudaEventDestroy(done_);
+  }
+  absl::Status Wait() override {
+    cudaSetDevice(device_);  // the caller may be a thread that never used this GPU
+    const cudaError_t e = cudaEventSynchronize(done_);
+    if (e != cudaSuccess) return absl::InternalError(absl::StrCat("cuda backend: copy to host: ", cudaGetErrorString(e)));
+    return absl::OkStatus();
+  }
+
+ private:
+  const int device_;
+  const cudaEvent_t done_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<HostCopy>> CudaBackend::CopyToHostAsync(Tensor src, void* host) {
+  if (!NotCapturing("copy to host")) return capture_status_;
+  if (src.stride != src.cols) return absl::InvalidArgumentError("cuda backend: CopyToHostAsync takes a dense tensor");
+  RETURN_IF_ERROR(sticky_status());
+  cudaEvent_t ready = nullptr, done = nullptr;
+  if (!CheckCuda(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), "copy to host") ||
+      !CheckCuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "copy to host")) {
+    if (ready != nullptr) cudaEventDestroy(ready);
+    return sticky_status();
+  }
+  // The copy stream waits for what the compute stream has enqueued so far (the rows' writes), and
+  // nothing on the compute stream waits for the copy.
+  const bool enqueued = CheckCuda(cudaEventRecord(ready, stream_), "copy to host") &&
+                        CheckCuda(cudaStreamWaitEvent(copy_stream_, ready, 0), "copy to host") &&
+                        CheckCuda(cudaMemcpyAsync(host, src.data, src.bytes(), cudaMemcpyDeviceToHost, copy_stream_),
+                                  "copy to host") &&
+                        CheckCuda(cudaEventRecord(done, copy_stream_), "copy to host");
+  cudaEventDestroy(ready);  // released once the wait on it is satisfied
+  if (!enqueued) {
+    cudaEventDestroy(done);
+    return sticky_status();
+  }
+  return std::make_unique<StreamCopy>(device_, done);
 }
 
 absl::Status CudaBackend::Synchronize() {

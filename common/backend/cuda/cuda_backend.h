@@ -38,6 +38,10 @@ class CudaBackend final : public Backend {
   void Free(void* data) override;
   void Upload(const void* host, Tensor dst) override;
   absl::Status Download(Tensor src, void* host) override;
+  absl::StatusOr<HostBuffer> AllocateHost(size_t bytes) override;
+  void FreeHost(void* data) override;
+  absl::StatusOr<std::unique_ptr<HostCopy>> CopyToHostAsync(Tensor src, void* host) override;
+  void UploadAsStored(const void* host, Tensor dst) override;
   absl::Status Synchronize() override;
   void Fill(Tensor dst, float value) override;
 
@@ -88,6 +92,8 @@ class CudaBackend final : public Backend {
   CudaBackend() = default;
   // out = x · wᵀ + beta · out on cuBLAS (bf16 weights: x cast to bf16 first when it is f32).
   void Gemm(Tensor x, Tensor w, Tensor out, float beta);
+  // Upload's copy: `bytes` dense rows of dst's dtype at `host`, through the pinned ring when small.
+  void CopyIn(const void* host, Tensor dst);
   // Records `status` as the sticky error if none is recorded yet; returns whether it was OK.
   bool Check(const absl::Status& status);
   bool CheckCuda(int cuda_error, const char* what);
@@ -101,6 +107,8 @@ class CudaBackend final : public Backend {
 
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
+  // CopyToHostAsync's copies: they wait for the compute stream's work before them, never the reverse.
+  cudaStream_t copy_stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   int32_t* moe_offsets_host_ = nullptr;  // pinned: MoE bucket offsets of large batches (cuda_moe.cu)
   std::array<void*, static_cast<size_t>(Scratch::kCount)> scratch_{};

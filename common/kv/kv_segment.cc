@@ -1,0 +1,299 @@
+#include "common/kv/kv_segment.h"
+
+#include <algorithm>
+#include <condition_variable>
+#include <mutex>
+
+#include "absl/strings/str_format.h"
+#include "common/util/status_macros.h"
+
+namespace indexcache {
+namespace {
+
+// Slot ids go first in a staging area's device part, the rows after them at this alignment.
+constexpr size_t kRowsAlignment = 256;
+
+size_t AlignUp(size_t bytes) { return (bytes + kRowsAlignment - 1) / kRowsAlignment * kRowsAlignment; }
+
+// The cache slots of `seq`'s positions [begin, begin + count), after checking they are reserved.
+absl::StatusOr<std::vector<int32_t>> Slots(const PagedKvCache& cache, SequenceId seq, int32_t begin, int32_t count) {
+  const std::vector<int32_t>& table = cache.BlockTable(seq);
+  const int64_t capacity = static_cast<int64_t>(table.size()) * cache.block_size();
+  if (begin < 0 || count < 0 || begin + static_cast<int64_t>(count) > capacity) {
+    return absl::OutOfRangeError(absl::StrFormat("positions [%d, %d) of sequence %d exceed its %d reserved slots",
+                                                 begin, int64_t{begin} + count, seq, capacity));
+  }
+  std::vector<int32_t> slots(count);
+  for (int32_t i = 0; i < count; ++i) {
+    const int32_t pos = begin + i;
+    slots[i] = table[pos / cache.block_size()] * cache.block_size() + pos % cache.block_size();
+  }
+  return slots;
+}
+
+Tensor Pool(const PagedKvCache& cache, int32_t layer, KvRowKind kind) {
+  return kind == KvRowKind::kLatent ? cache.latent_pool(layer) : cache.index_key_pool(layer);
+}
+
+absl::Status CheckLayer(const KvCacheSpec& spec, int32_t layer, KvRowKind kind) {
+  if (layer < 0 || layer >= spec.num_layers) {
+    return absl::InvalidArgumentError(absl::StrFormat("layer %d out of range [0, %d)", layer, spec.num_layers));
+  }
+  if (kind == KvRowKind::kIndexKey && !spec.layer_has_index_keys[layer]) {
+    return absl::InvalidArgumentError(absl::StrFormat("layer %d is Shared: it has no index keys", layer));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int32_t KvRowWidth(const KvCacheSpec& spec, KvRowKind kind) {
+  return kind == KvRowKind::kLatent ? spec.latent_dim : spec.index_key_dim;
+}
+
+size_t KvRowBytes(const KvCacheSpec& spec, KvRowKind kind, int32_t count) {
+  return static_cast<size_t>(count) * KvRowWidth(spec, kind) * DTypeSize(spec.dtype);
+}
+
+// ---- staging --------------------------------------------------------------------------------
+
+// A device area (slot ids, then the gathered rows), the host area the rows are copied to, and the
+// copies out of the device area (one per layer) that must end before the area is reused.
+struct KvStaging {
+  Buffer device;
+  HostBuffer host;
+  std::vector<std::unique_ptr<HostCopy>> copies;
+};
+
+// Staging areas not in use. A segment's last handle returns its area from whichever thread drops it.
+class KvStagingPool {
+ public:
+  // An area of at least `device_bytes` / `host_bytes`: a free one that is large enough, else a new
+  // one (the free ones too small for this export are dropped: exports tend to one size).
+  absl::StatusOr<std::unique_ptr<KvStaging>> Take(Backend& backend, size_t device_bytes, size_t host_bytes) {
+    std::unique_ptr<KvStaging> staging;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto fits = std::find_if(free_.begin(), free_.end(), [&](const auto& s) {
+        return s->device.bytes() >= device_bytes && s->host.bytes() >= host_bytes;
+      });
+      if (fits != free_.end()) {
+        staging = std::move(*fits);
+        free_.erase(fits);
+      } else {
+        free_.clear();
+      }
+    }
+    if (staging != nullptr) {
+      // The area's last copies must be over before new rows are gathered into it.
+      for (const auto& copy : staging->copies) {
+        if (copy != nullptr) RETURN_IF_ERROR(copy->Wait());
+      }
+      staging->copies.clear();
+      return staging;
+    }
+    staging = std::make_unique<KvStaging>();
+    ASSIGN_OR_RETURN(staging->device, backend.Allocate(device_bytes));
+    ASSIGN_OR_RETURN(staging->host, backend.AllocateHost(host_bytes));
+    return staging;
+  }
+
+  void Give(std::unique_ptr<KvStaging> staging) {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.push_back(std::move(staging));
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::unique_ptr<KvStaging>> free_;
+};
+
+// ---- KvSegment ------------------------------------------------------------------------------
+
+// What the engine thread (ExportLayer, End) and the sender (WaitFor) share.
+struct KvSegment::State {
+  ~State() {
+    if (staging != nullptr) pool->Give(std::move(staging));
+  }
+
+  int32_t begin = 0;
+  int32_t end = 0;
+  DType dtype = DType::kF32;
+  std::vector<KvSlice> slices;
+  std::shared_ptr<KvStagingPool> pool;
+  std::unique_ptr<KvStaging> staging;  // null when the segment has no positions
+  Tensor slot_ids;                     // [count, 1] in the device area
+  char* device_rows = nullptr;         // the device area's rows, laid out as `slices`
+
+  std::mutex mu;
+  std::condition_variable landed;
+  std::vector<bool> exported;  // per layer: its copy is enqueued (staging->copies[layer])   guarded by mu
+  absl::Status failure;        // set by End for the layers never exported                  guarded by mu
+};
+
+int32_t KvSegment::begin() const { return state_ == nullptr ? 0 : state_->begin; }
+int32_t KvSegment::end() const { return state_ == nullptr ? 0 : state_->end; }
+DType KvSegment::dtype() const { return state_ == nullptr ? DType::kF32 : state_->dtype; }
+
+const std::vector<KvSlice>& KvSegment::slices() const {
+  static const std::vector<KvSlice> kNone;
+  return state_ == nullptr ? kNone : state_->slices;
+}
+
+size_t KvSegment::bytes() const {
+  size_t total = 0;
+  for (const KvSlice& s : slices()) total += s.bytes;
+  return total;
+}
+
+absl::Status KvSegment::WaitFor(size_t index) const {
+  if (state_ == nullptr || state_->staging == nullptr) return absl::OkStatus();
+  State& s = *state_;
+  const int32_t layer = s.slices.at(index).layer;
+  HostCopy* copy = nullptr;
+  {
+    std::unique_lock<std::mutex> lock(s.mu);
+    s.landed.wait(lock, [&] { return s.exported[layer] || !s.failure.ok(); });
+    if (!s.exported[layer]) return s.failure;
+    copy = s.staging->copies[layer].get();
+  }
+  return copy->Wait();
+}
+
+absl::Status KvSegment::Wait() const {
+  if (state_ != nullptr && state_->staging == nullptr) {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (!state_->failure.ok()) return state_->failure;
+  }
+  for (size_t i = 0; i < slices().size(); ++i) RETURN_IF_ERROR(WaitFor(i));
+  return absl::OkStatus();
+}
+
+std::string_view KvSegment::bytes(const KvSlice& slice) const {
+  return std::string_view(static_cast<const char*>(state_->staging->host.data()) + slice.offset, slice.bytes);
+}
+
+// ---- KvExporter -----------------------------------------------------------------------------
+
+KvExporter::KvExporter(Backend& backend, const PagedKvCache& cache)
+    : backend_(backend), cache_(cache), pool_(std::make_shared<KvStagingPool>()) {}
+
+KvExporter::~KvExporter() = default;
+
+absl::StatusOr<KvSegment> KvExporter::Begin(SequenceId seq, int32_t begin, int32_t end) {
+  const KvCacheSpec& spec = cache_.spec();
+  const int32_t count = end - begin;
+  ASSIGN_OR_RETURN(std::vector<int32_t> slots, Slots(cache_, seq, begin, count));
+  auto state = std::make_shared<KvSegment::State>();
+  state->begin = begin;
+  state->end = end;
+  state->dtype = spec.dtype;
+  state->pool = pool_;
+  size_t rows_bytes = 0;
+  for (int32_t layer = 0; layer < spec.num_layers; ++layer) {
+    for (KvRowKind kind : {KvRowKind::kLatent, KvRowKind::kIndexKey}) {
+      if (kind == KvRowKind::kIndexKey && !spec.layer_has_index_keys[layer]) continue;
+      const size_t bytes = KvRowBytes(spec, kind, count);
+      state->slices.push_back(KvSlice{layer, kind, rows_bytes, bytes});
+      rows_bytes += bytes;
+    }
+  }
+  KvSegment segment;
+  segment.state_ = state;
+  if (count == 0) return segment;
+
+  const size_t slots_bytes = AlignUp(slots.size() * sizeof(int32_t));
+  ASSIGN_OR_RETURN(state->staging, pool_->Take(backend_, slots_bytes + rows_bytes, rows_bytes));
+  state->staging->copies.resize(spec.num_layers);
+  state->exported.assign(spec.num_layers, false);
+  char* device = static_cast<char*>(state->staging->device.data());
+  state->slot_ids = Tensor::Matrix(device, DType::kI32, count, 1);
+  state->device_rows = device + slots_bytes;
+  backend_.Upload(slots.data(), state->slot_ids);
+  return segment;
+}
+
+void KvExporter::ExportLayer(const KvSegment& segment, int32_t layer) {
+  KvSegment::State& s = *segment.state_;
+  if (s.staging == nullptr) return;
+  // A layer's slices (latent, then index keys on a Full layer) are adjacent: one copy takes both.
+  size_t first = 0, last = 0;
+  bool found = false;
+  for (const KvSlice& slice : s.slices) {
+    if (slice.layer != layer) continue;
+    const Tensor pool = Pool(cache_, slice.layer, slice.kind);
+    backend_.GatherRows(pool, s.slot_ids,
+                        Tensor::Matrix(s.device_rows + slice.offset, s.dtype, s.end - s.begin, pool.cols));
+    if (!found) first = slice.offset;
+    last = slice.offset + slice.bytes;
+    found = true;
+  }
+  if (!found) return;
+  const int64_t elems = static_cast<int64_t>((last - first) / DTypeSize(s.dtype));
+  absl::StatusOr<std::unique_ptr<HostCopy>> copy = backend_.CopyToHostAsync(
+      Tensor::Matrix(s.device_rows + first, s.dtype, 1, elems), static_cast<char*>(s.staging->host.data()) + first);
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (!copy.ok()) {
+    if (s.failure.ok()) s.failure = Annotate(copy.status(), absl::StrFormat("exporting layer %d's cache rows", layer));
+  } else {
+    s.staging->copies[layer] = *std::move(copy);
+    s.exported[layer] = true;
+  }
+  s.landed.notify_all();
+}
+
+void KvExporter::End(const KvSegment& segment, const absl::Status& status) {
+  KvSegment::State& s = *segment.state_;
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (s.failure.ok()) {
+    s.failure = status.ok() ? absl::InternalError("the forward pass did not export every layer of the segment")
+                            : status;
+  }
+  s.landed.notify_all();
+}
+
+KvSegment KvExporter::Failed(int32_t begin, int32_t end, const absl::Status& why) {
+  KvSegment segment;
+  segment.state_ = std::make_shared<KvSegment::State>();
+  segment.state_->begin = begin;
+  segment.state_->end = end;
+  segment.state_->failure = why;
+  return segment;
+}
+
+absl::StatusOr<KvSegment> KvExporter::Export(SequenceId seq, int32_t begin, int32_t end) {
+  ASSIGN_OR_RETURN(KvSegment segment, Begin(seq, begin, end));
+  for (int32_t layer = 0; layer < cache_.spec().num_layers; ++layer) ExportLayer(segment, layer);
+  End(segment, absl::OkStatus());
+  return segment;
+}
+
+// ---- KvImporter -----------------------------------------------------------------------------
+
+absl::Status KvImporter::Import(SequenceId seq, int32_t layer, KvRowKind kind, int32_t begin, int32_t count,
+                                std::string_view rows) {
+  const KvCacheSpec& spec = cache_.spec();
+  RETURN_IF_ERROR(CheckLayer(spec, layer, kind));
+  if (rows.size() != KvRowBytes(spec, kind, count)) {
+    return absl::InvalidArgumentError(absl::StrFormat("%d rows of width %d in %s take %d bytes, not %d", count,
+                                                      KvRowWidth(spec, kind), DTypeName(spec.dtype),
+                                                      KvRowBytes(spec, kind, count), rows.size()));
+  }
+  ASSIGN_OR_RETURN(std::vector<int32_t> slots, Slots(cache_, seq, begin, count));
+  if (count == 0) return absl::OkStatus();
+  const size_t slots_bytes = AlignUp(slots.size() * sizeof(int32_t));
+  if (staging_.bytes() < slots_bytes + rows.size()) {
+    staging_ = Buffer();
+    ASSIGN_OR_RETURN(staging_, backend_.Allocate(slots_bytes + rows.size()));
+  }
+  char* device = static_cast<char*>(staging_.data());
+  const Tensor slot_ids = Tensor::Matrix(device, DType::kI32, count, 1);
+  const Tensor pool = Pool(cache_, layer, kind);
+  const Tensor staged = Tensor::Matrix(device + slots_bytes, spec.dtype, count, pool.cols);
+  backend_.Upload(slots.data(), slot_ids);
+  backend_.UploadAsStored(rows.data(), staged);
+  backend_.WriteCacheRows(staged, slot_ids, pool);
+  return absl::OkStatus();
+}
+
+}  // namespace indexcache
