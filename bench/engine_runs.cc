@@ -2,32 +2,16 @@
 
 #include <algorithm>
 #include <memory>
-#include <random>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_format.h"
+#include "bench/first_token.h"
+#include "bench/prompts.h"
 #include "common/engine/engine.h"
 #include "common/util/status_macros.h"
 
 namespace indexcache::bench {
 namespace {
-
-// Random ids below the special tokens: the bundled model's bos/eos sit at the top of the vocabulary.
-std::vector<int32_t> RandomPrompt(int32_t length, int32_t vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int32_t> dist(0, std::max(0, vocab - 3));
-  std::vector<int32_t> ids(length);
-  for (int32_t& id : ids) id = dist(rng);
-  return ids;
-}
-
-SamplingParams Greedy(int32_t max_new_tokens) {
-  SamplingParams p;
-  p.temperature = 0.0f;
-  p.max_new_tokens = max_new_tokens;
-  p.ignore_eos = true;
-  return p;
-}
 
 // Seconds the engine spent in each timed region since the last call (resets them).
 struct RegionSeconds {
@@ -77,23 +61,6 @@ struct CaseTimes {
     return {Summarize(indexer).median, Summarize(attention).median, Summarize(moe).median};
   }
 };
-
-// Submits one prompt and steps until its first token; returns the seconds from Submit to it.
-absl::StatusOr<double> PrefillOnce(Engine& engine, int32_t tokens, uint32_t seed) {
-  ASSIGN_OR_RETURN(RequestId id, engine.Submit(RandomPrompt(tokens, engine.config().vocab_size, seed), Greedy(1)));
-  const double start = NowSeconds();
-  for (bool done = false; !done;) {
-    ASSIGN_OR_RETURN(std::vector<TokenEvent> events, engine.Step());
-    for (const TokenEvent& e : events) {
-      if (e.request != id) continue;
-      if (e.finish == RequestFinish::kError) return e.error;
-      done = done || e.token >= 0;
-    }
-  }
-  const double seconds = NowSeconds() - start;
-  if (engine.HasWork()) return absl::InternalError("prefill: the request is still queued after its first token");
-  return seconds;
-}
 
 absl::Status MeasurePrefill(std::vector<Contender>& contenders, const EngineBenchOptions& o, int32_t length) {
   // Warm-up on one chunk: it runs every op once and grows the workspace to a chunk's size.

@@ -4,10 +4,10 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <cstring>
 #include <random>
 
 #include "absl/strings/str_format.h"
+#include "bench/memory_copy.h"
 
 namespace indexcache::bench {
 namespace {
@@ -37,21 +37,6 @@ GemmRate MeasureGemm(const GemmShape& s, double budget_seconds) {
   return rate;
 }
 
-// memcpy of `bytes`, each thread copying its slice; min_seconds > 0 batches short copies.
-Sample TimeCopy(size_t bytes, double min_seconds) {
-  std::vector<char> src(bytes, 1), dst(bytes, 0);
-  auto copy = [&] {
-#pragma omp parallel
-    {
-      const size_t part = bytes / omp_get_num_threads();
-      const size_t begin = part * omp_get_thread_num();
-      std::memcpy(dst.data() + begin, src.data() + begin, part);
-    }
-  };
-  return min_seconds > 0.0 ? TimeBatched(copy, /*warmup=*/2, /*reps=*/7, min_seconds)
-                           : TimeRepeated(copy, /*warmup=*/2, /*reps=*/7);
-}
-
 }  // namespace
 
 std::vector<GemmShape> ModelGemmShapes(int hidden, int wide, const std::vector<int>& token_counts, int index_rows,
@@ -77,9 +62,9 @@ MachineCeilings MeasureCeilings(const std::vector<GemmShape>& shapes, double bud
 
   // 256 MiB each way: far beyond any L3 this benchmark will meet. 8 MiB each way: what a small
   // model's weights look like when they stay in L3 between decode steps.
-  m.copy = TimeCopy(size_t{256} << 20, 0.0);
+  m.copy = TimeCopy(size_t{256} << 20, m.threads, 0.0);
   m.copy_gbps = 2.0 * (size_t{256} << 20) / m.copy.median * 1e-9;
-  m.cache_copy = TimeCopy(size_t{8} << 20, 0.05);
+  m.cache_copy = TimeCopy(size_t{8} << 20, m.threads, 0.05);
   m.cache_copy_gbps = 2.0 * (size_t{8} << 20) / m.cache_copy.median * 1e-9;
 
   auto fork_join = [] {

@@ -5,18 +5,10 @@
 // It reports throughput, client-side time to first token and inter-token latency percentiles, the
 // server's handoff time, and the handoff bandwidth implied by the analytic KV + index-key bytes per
 // request, beside this machine's memcpy bandwidth. It measures; it does not check.
-#include <signal.h>
-
-#include <algorithm>
-#include <atomic>
-#include <chrono>
-#include <cstring>
-#include <ctime>
 #include <fstream>
 #include <iostream>
 #include <mutex>
 #include <random>
-#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -26,15 +18,16 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "absl/time/time.h"
+#include "bench/memory_copy.h"
+#include "bench/run_info.h"
+#include "bench/serving/local_cluster.h"
+#include "bench/serving/timed_stream.h"
 #include "common/model/model_config.h"
 #include "common/util/status_macros.h"
-#include "indexcache/client.h"
 #include "nlohmann/json.hpp"
 #include "tools/indexcache/args.h"
-#include "tools/indexcache/child_process.h"
 
-namespace indexcache {
+namespace indexcache::bench {
 namespace {
 
 constexpr char kUsage[] =
@@ -48,8 +41,6 @@ constexpr char kUsage[] =
     "  --threads N            engine threads per worker (default 1)\n"
     "  --json PATH            write the results as JSON\n"
     "  --markdown PATH        write the results as a markdown table\n";
-
-double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 struct Options {
   std::string model;
@@ -80,14 +71,6 @@ struct LoadResult {
   int64_t prompt_tokens = 0;  // as the server reported it (FinalInfo)
 };
 
-// Nearest-rank percentile of an unsorted sample; 0 when empty.
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  size_t rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(v.size())));
-  return v[std::clamp<size_t>(rank, 1, v.size()) - 1];
-}
-
 // KV + index-key bytes the prefill worker ships per request: the MLA latent row of every layer and the
 // indexer key of every Full layer, f32.
 int64_t HandoffBytes(const ModelConfig& config, int64_t prompt_tokens) {
@@ -96,168 +79,56 @@ int64_t HandoffBytes(const ModelConfig& config, int64_t prompt_tokens) {
   return prompt_tokens * per_token * 4;
 }
 
-// Copy rate of a 64 MiB memcpy (bytes copied per second, best of several); the memory traffic is twice that.
-double MemcpyBytesPerSecond() {
-  const size_t bytes = size_t{64} << 20;
-  std::vector<char> src(bytes, 1), dst(bytes, 0);
-  double best = 1e30;
-  for (int i = 0; i < 6; ++i) {
-    src[static_cast<size_t>(i)] = static_cast<char>(i);  // keep each copy observable
-    const double start = Now();
-    std::memcpy(dst.data(), src.data(), bytes);
-    best = std::min(best, Now() - start);
-  }
-  if (dst[5] != 5) std::cerr << "memcpy check failed\n";
-  return static_cast<double>(bytes) / best;
-}
-
-std::string CpuModel() {
-  std::ifstream cpuinfo("/proc/cpuinfo");
-  for (std::string line; std::getline(cpuinfo, line);) {
-    if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos) return line.substr(line.find(':') + 2);
-  }
-  return "unknown";
-}
-
-// The router and its two workers; stopped (SIGTERM, then killed) on destruction.
-class Cluster {
- public:
-  static absl::StatusOr<std::unique_ptr<Cluster>> Start(const Options& o, const std::string& transport) {
-    auto cluster = std::unique_ptr<Cluster>(new Cluster());
-    const std::string binary = INDEXCACHE_CLI_BINARY;
-    ASSIGN_OR_RETURN(std::string router,
-                     cluster->Spawn("router", {binary, "router", "--listen", "127.0.0.1:0", "--model", o.model,
-                                               "--transport", transport}));
-    for (const std::string role : {"prefill", "decode"}) {
-      RETURN_IF_ERROR(cluster
-                          ->Spawn(role, {binary, role + "-worker", "--listen", "127.0.0.1:0", "--router", router,
-                                         "--worker-id", role + "0", "--model", o.model, "--threads",
-                                         std::to_string(o.threads), "--kv-cache-mb", "256"})
-                          .status());
-    }
-    client::ClientOptions options;
-    options.default_timeout = absl::Seconds(120);
-    options.connect_timeout = absl::Seconds(10);
-    ASSIGN_OR_RETURN(client::Client c, client::Client::Connect(router, options));
-    cluster->client_.emplace(c);
-    for (int i = 0; i < 400; ++i) {
-      auto info = c.GetModelInfo();
-      if (info.ok() && info->prefill_workers == 1 && info->decode_workers == 1) return cluster;
-      absl::SleepFor(absl::Milliseconds(50));
-    }
-    return absl::DeadlineExceededError("the router's pool never held the prefill and the decode worker");
-  }
-
-  ~Cluster() {
-    for (auto it = children_.rbegin(); it != children_.rend(); ++it) {
-      (*it)->Signal(SIGTERM);
-      (*it)->Stop(absl::Seconds(5));
-    }
-  }
-
-  const client::Client& client() const { return *client_; }
-
- private:
-  Cluster() = default;
-
-  absl::StatusOr<std::string> Spawn(const std::string& name, const std::vector<std::string>& argv) {
-    ASSIGN_OR_RETURN(auto child, cli::ChildProcess::Spawn(name, argv));
-    children_.push_back(std::move(child));
-    auto address = children_.back()->WaitListening(absl::Seconds(60));
-    if (!address.ok()) return Annotate(address.status(), "starting the " + name);
-    return *address;
-  }
-
-  std::vector<std::unique_ptr<cli::ChildProcess>> children_;
-  std::optional<client::Client> client_;
-};
-
-client::GenerateRequest RandomRequest(std::mt19937& rng, const Options& o, int32_t vocab) {
-  std::uniform_int_distribution<int32_t> id(0, vocab - 3);  // below the tiny model's bos/eos ids
-  std::vector<int32_t> prompt(static_cast<size_t>(o.prompt_len));
-  for (int32_t& t : prompt) t = id(rng);
-  client::GenerateRequest request = client::GenerateRequest::FromIds(std::move(prompt));
-  request.sampling.temperature = 0.0f;
-  request.sampling.max_new_tokens = o.max_new_tokens;
-  request.sampling.ignore_eos = true;
-  return request;
-}
-
-// One streaming request; records into `r` (under `mu`) on success.
-void RunOne(const client::Client& client, client::GenerateRequest request, std::mutex& mu, LoadResult& r) {
-  const double start = Now();
-  client::GenerateStream stream = client.Stream(request);
-  double first = -1, last = start;
-  int64_t tokens = 0, first_chunk_tokens = 0;
-  std::vector<double> itl;
-  std::optional<client::FinalInfo> final;
-  absl::Status status;
-  while (true) {
-    auto chunk = stream.Next();
-    if (!chunk.ok()) {
-      status = chunk.status();
-      break;
-    }
-    if (!chunk->has_value()) break;
-    const double now = Now();
-    const size_t n = (*chunk)->token_ids.size();
-    if (n > 0) {
-      if (first < 0) {
-        first = now;
-        first_chunk_tokens = static_cast<int64_t>(n);
-      } else {
-        for (size_t i = 0; i < n; ++i) itl.push_back((now - last) / static_cast<double>(n));
-      }
-      last = now;
-      tokens += static_cast<int64_t>(n);
-    }
-    if ((*chunk)->final) final = (*chunk)->final;
-  }
+// One streaming request; records into `r` (under `mu`).
+void RunOne(const client::Client& client, const client::GenerateRequest& request, std::mutex& mu, LoadResult& r) {
+  TimedStream t = TimeStream(client, request);
   std::lock_guard<std::mutex> lock(mu);
-  if (status.ok() && (!final || final->finish_reason != client::FinishReason::kLength)) {
-    status = absl::InternalError(final ? "finish reason " + std::string(client::FinishReasonName(final->finish_reason)) +
-                                             ": " + final->error
-                                       : "stream ended without a final message");
-  }
-  if (!status.ok()) {
-    if (r.failed++ == 0) r.first_error = status.ToString();
+  if (!t.status.ok()) {
+    if (r.failed++ == 0) r.first_error = t.status.ToString();
     return;
   }
   ++r.completed;
-  r.output_tokens += tokens;
-  r.ttft.push_back(first - start);
-  r.itl.insert(r.itl.end(), itl.begin(), itl.end());
-  r.total.push_back(Now() - start);
-  r.first_chunk_tokens += first_chunk_tokens;
-  r.handoff.push_back(final->timings.handoff_seconds);
-  r.handoff_beyond_prefill.push_back(final->timings.handoff_seconds - final->timings.prefill_seconds);
-  r.prompt_tokens = final->prompt_tokens;
+  r.output_tokens += t.tokens;
+  r.ttft.push_back(t.ttft);
+  r.itl.insert(r.itl.end(), t.itl.begin(), t.itl.end());
+  r.total.push_back(t.total);
+  r.first_chunk_tokens += t.first_chunk_tokens;
+  r.handoff.push_back(t.final->timings.handoff_seconds);
+  r.handoff_beyond_prefill.push_back(t.final->timings.handoff_seconds - t.final->timings.prefill_seconds);
+  r.prompt_tokens = t.final->prompt_tokens;
 }
 
 absl::StatusOr<LoadResult> RunTransport(const Options& o, const std::string& transport, int32_t vocab) {
   std::cerr << "starting the cluster (transport " << transport << ")\n";
-  ASSIGN_OR_RETURN(auto cluster, Cluster::Start(o, transport));
+  LocalClusterOptions cluster_options;
+  cluster_options.binary = INDEXCACHE_CLI_BINARY;
+  cluster_options.model = o.model;
+  cluster_options.transport = transport;
+  cluster_options.threads = o.threads;
+  ASSIGN_OR_RETURN(auto cluster, LocalCluster::Start(cluster_options));
   LoadResult r;
   r.transport = transport;
   std::mutex mu;
   {
     std::mt19937 rng(7);
     LoadResult warmup;
-    RunOne(cluster->client(), RandomRequest(rng, o, vocab), mu, warmup);
+    RunOne(cluster->client(), RandomRequest(static_cast<uint32_t>(rng()), o.prompt_len, o.max_new_tokens, vocab), mu, warmup);
     if (warmup.completed != 1) return absl::InternalError("warm-up request failed: " + warmup.first_error);
   }
   std::cerr << "running " << o.concurrency << " clients for " << o.duration << " s\n";
-  const double start = Now();
+  const double start = NowSeconds();
   const double stop = start + o.duration;
   std::vector<std::thread> threads;
   for (int i = 0; i < o.concurrency; ++i) {
     threads.emplace_back([&, i] {
       std::mt19937 rng(1000 + static_cast<uint32_t>(i));
-      while (Now() < stop) RunOne(cluster->client(), RandomRequest(rng, o, vocab), mu, r);
+      while (NowSeconds() < stop) {
+        RunOne(cluster->client(), RandomRequest(static_cast<uint32_t>(rng()), o.prompt_len, o.max_new_tokens, vocab), mu, r);
+      }
     });
   }
   for (auto& t : threads) t.join();
-  r.wall_seconds = Now() - start;
+  r.wall_seconds = NowSeconds() - start;
   return r;
 }
 
@@ -349,13 +220,12 @@ absl::Status Main(const std::vector<std::string>& argv) {
   }
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(o.model));
 
-  const double memcpy_bps = MemcpyBytesPerSecond();
-  char date[32];
-  const std::time_t t = std::time(nullptr);
-  std::strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
-  nlohmann::json report = {{"date", date},
-                           {"cpu_model", CpuModel()},
-                           {"logical_cores", std::thread::hardware_concurrency()},
+  // One thread's copy of 64 MiB: the rate one connection's copies can reach.
+  const double memcpy_bps = static_cast<double>(size_t{64} << 20) / TimeCopy(size_t{64} << 20, 1, 0.0).median;
+  const RunInfo machine = ProbeMachine();
+  nlohmann::json report = {{"date", machine.date},
+                           {"cpu_model", machine.cpu_model},
+                           {"logical_cores", machine.logical_cores},
                            {"command", absl::StrJoin(argv, " ")},
                            {"model", o.model},
                            {"concurrency", o.concurrency},
@@ -380,10 +250,10 @@ absl::Status Main(const std::vector<std::string>& argv) {
 }
 
 }  // namespace
-}  // namespace indexcache
+}  // namespace indexcache::bench
 
 int main(int argc, char** argv) {
-  const absl::Status status = indexcache::Main(std::vector<std::string>(argv, argv + argc));
+  const absl::Status status = indexcache::bench::Main(std::vector<std::string>(argv, argv + argc));
   if (!status.ok()) {
     std::cerr << "indexcache_serving_bench: " << status << "\n";
     return 1;

@@ -1,0 +1,21 @@
+// Reading a service's Prometheus /metrics from a benchmark: one HTTP/1.0 GET over a plain socket, and
+// the sum of a metric's samples that carry given labels. Enough for counters the services export
+// (indexcache_handoff_bytes_total{payload, role, transport}); not a general exposition parser.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace indexcache::bench {
+
+// The body of GET `path` from `host_port` ("127.0.0.1:9100").
+absl::StatusOr<std::string> HttpGet(const std::string& host_port, const std::string& path);
+
+// Sum of the samples of `metric` (the exact name before '{' or ' ') whose label set contains every
+// entry of `labels`, each written as in the exposition: `payload="kv"`.
+double SumSamples(std::string_view exposition, std::string_view metric, const std::vector<std::string>& labels);
+
+}  // namespace indexcache::bench

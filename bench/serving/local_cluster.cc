@@ -1,0 +1,61 @@
+#include "bench/serving/local_cluster.h"
+
+#include <signal.h>
+
+#include "absl/strings/str_join.h"
+#include "common/util/status_macros.h"
+
+namespace indexcache::bench {
+
+absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(const LocalClusterOptions& o) {
+  auto cluster = std::unique_ptr<LocalCluster>(new LocalCluster());
+  ASSIGN_OR_RETURN(const std::string router_address,
+                   cluster->Spawn("router",
+                                  {o.binary, "router", "--listen", "127.0.0.1:0", "--model", o.model, "--transport",
+                                   o.transport},
+                                  o.start_timeout));
+  for (const std::string role : {"prefill", "decode"}) {
+    std::vector<std::string> argv = {o.binary,  role + "-worker", "--listen",    "127.0.0.1:0",
+                                     "--router", router_address,  "--worker-id", role + "0",
+                                     "--model",  o.model,         "--threads",   std::to_string(o.threads),
+                                     "--kv-cache-mb", std::to_string(o.kv_cache_mb)};
+    if (!o.device.empty()) argv.insert(argv.end(), {"--device", o.device});
+    if (o.max_batch_tokens > 0) argv.insert(argv.end(), {"--max-batch-tokens", std::to_string(o.max_batch_tokens)});
+    if (o.worker_metrics) argv.insert(argv.end(), {"--metrics-listen", "127.0.0.1:0"});
+    RETURN_IF_ERROR(cluster->Spawn(role, argv, o.start_timeout).status());
+    (role == "prefill" ? cluster->prefill_metrics_ : cluster->decode_metrics_) =
+        cluster->children_.back()->Announced("metrics");
+  }
+  client::ClientOptions options;
+  options.default_timeout = o.request_timeout;
+  options.connect_timeout = absl::Seconds(10);
+  ASSIGN_OR_RETURN(client::Client c, client::Client::Connect(router_address, options));
+  cluster->client_.emplace(c);
+  const absl::Time deadline = absl::Now() + o.start_timeout;
+  while (absl::Now() < deadline) {
+    auto info = c.GetModelInfo();
+    if (info.ok() && info->prefill_workers == 1 && info->decode_workers == 1) return cluster;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return absl::DeadlineExceededError("the router's pool never held the prefill and the decode worker");
+}
+
+LocalCluster::~LocalCluster() {
+  client_.reset();
+  for (auto it = children_.rbegin(); it != children_.rend(); ++it) {
+    (*it)->Signal(SIGTERM);
+    (*it)->Stop(absl::Seconds(10));
+  }
+}
+
+absl::StatusOr<std::string> LocalCluster::Spawn(const std::string& name, const std::vector<std::string>& argv,
+                                                       absl::Duration timeout) {
+  ASSIGN_OR_RETURN(auto child, cli::ChildProcess::Spawn(name, argv));
+  children_.push_back(std::move(child));
+  command_lines_.push_back(absl::StrJoin(argv, " "));
+  auto address = children_.back()->WaitListening(timeout);
+  if (!address.ok()) return Annotate(address.status(), "starting the " + name);
+  return *address;
+}
+
+}  // namespace indexcache::bench
