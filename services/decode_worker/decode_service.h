@@ -1,7 +1,7 @@
 // The DecodeWorker gRPC service over one EngineLoop. Decode admits a request — RESOURCE_EXHAUSTED at
 // once when the KV cache is short (the router's admission queue is where requests wait) — answers
-// `admitted` with the handoff endpoint of the requested transport, then streams the request's tokens once its handoff completes, ending with a
-// `final` message. A failed handoff, a client cancel or a passed deadline ends the call with that
+// `admitted` with the handoff endpoint of the requested transport, then streams the request's tokens
+// once its handoff completes, ending with a `final` message. A failed handoff, a client cancel or a passed deadline ends the call with that
 // status and frees the request's KV blocks; Abort ends it with finish_reason ABORT.
 #pragma once
 

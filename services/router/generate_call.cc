@@ -42,8 +42,8 @@ double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
 }  // namespace
 
 GenerateCall::GenerateCall(WorkerRegistry* registry, AdmissionQueue& queue, const DispatchOptions& options,
-                           RouterMetrics& metrics, std::shared_ptr<RequestHandle> request, grpc::ServerContext* server_context,
-                           grpc::ServerWriter<v1::GenerateResponse>* writer, const v1::GenerateRequest& client_request,
+                           RouterMetrics& metrics, std::shared_ptr<RequestHandle> request,
+                           grpc::ServerContext* server_context, grpc::ServerWriter<v1::GenerateResponse>* writer, const v1::GenerateRequest& client_request,
                            std::vector<int32_t> prompt, absl::Time arrival, absl::Time deadline)
     : registry_(registry),
       queue_(queue),

@@ -175,8 +175,8 @@ class Router::Services {
     IC_LOG(Info) << "request " << id << " admitted (" << prompt->size() << " prompt tokens, deadline in "
                  << absl::FormatDuration(absl::Trunc(deadline - arrival, absl::Milliseconds(1))) << ")";
     metrics_.CountPromptTokens(static_cast<int64_t>(prompt->size()));
-    GenerateCall call(registry_, queue_, dispatch_, metrics_, *handle, context, writer, request, std::move(*prompt), arrival,
-                      deadline);
+    GenerateCall call(registry_, queue_, dispatch_, metrics_, *handle, context, writer, request, std::move(*prompt),
+                      arrival, deadline);
     const grpc::Status status = call.Run();
     aborted = (*handle)->aborted();
     table_.Finish(*handle);

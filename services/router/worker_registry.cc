@@ -372,7 +372,8 @@ absl::StatusOr<Placement> WorkerRegistry::TryPlace(const Demand& demand, absl::S
   const int64_t kv_blocks = KvBlocksToAdmit(decode.chosen->info.load, demand);
   decode.chosen->ledger.Enter(0, kv_blocks, 1);
   prefill.chosen->ledger.Enter(demand.prompt_tokens, 0, 0);
-  placement.decode = std::make_unique<WorkerLease>(this, decode.chosen->connection, decode.chosen->info.id, 0, kv_blocks);
+  placement.decode =
+      std::make_unique<WorkerLease>(this, decode.chosen->connection, decode.chosen->info.id, 0, kv_blocks);
   placement.prefill =
       std::make_unique<WorkerLease>(this, prefill.chosen->connection, prefill.chosen->info.id, demand.prompt_tokens, 0);
   return placement;

@@ -454,6 +454,7 @@ TEST_P(DecodeWorkerTest, AdmissionShortOfBlocksAnswersResourceExhaustedAtOnce) {
 
   a->context.TryCancel();  // A's blocks go back; B gets in
   a->Read();
+  ExpectAllBlocksFree();
   std::unique_ptr<DecodeCall> b = StartDecode("B", Prompt(60, 9), Greedy(4));
   ASSERT_TRUE(b->ReadAdmitted());
   ASSERT_TRUE(Push(b->admitted.handoff_address(), PrefillHandoff(*prefill_, "B", Prompt(60, 9), 4)).ok());

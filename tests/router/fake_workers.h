@@ -166,8 +166,8 @@ class FakeDecodeWorker final : public v1::DecodeWorker::Service {
     }
     if (!gate_.Pass(context)) return grpc::Status::CANCELLED;
     if (!script_.fail_before_admitted.ok()) return script_.fail_before_admitted;
-    const int32_t blocks =
-        script_.kv_block_size > 0 ? (request->prompt_ids_size() + 1 + script_.kv_block_size - 1) / script_.kv_block_size : 0;
+    const int32_t size = script_.kv_block_size;
+    const int32_t blocks = size > 0 ? (request->prompt_ids_size() + 1 + size - 1) / size : 0;
     {
       std::lock_guard<std::mutex> lock(log.mu);
       if (used_blocks_ + blocks > script_.total_kv_blocks) {
