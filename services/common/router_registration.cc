@@ -61,8 +61,10 @@ bool RouterRegistration::Contact(bool registered) {
   }
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  v1::RegisterRequest request = self_;
+  *request.mutable_load() = load_();  // the router admits by capacity from the first request on
   v1::RegisterResponse response;
-  status = stub_->Register(&context, self_, &response);
+  status = stub_->Register(&context, request, &response);
   if (status.ok()) {
     if (response.heartbeat_interval_seconds() > 0) interval_ = absl::Seconds(response.heartbeat_interval_seconds());
     IC_LOG(Info) << "registered with router " << router_address_ << " as " << self_.worker_id() << " ("

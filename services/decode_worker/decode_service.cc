@@ -1,12 +1,11 @@
 #include "services/decode_worker/decode_service.h"
 
-#include <algorithm>
 #include <memory>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "common/model/model_config.h"
 #include "common/util/logging.h"
+#include "common/util/status_macros.h"
 #include "services/common/sampling_from_proto.h"
 #include "services/common/status_conversion.h"
 
@@ -70,39 +69,14 @@ DecodeService::DecodeService(EngineLoop& loop, HandoffImporter& importer, const 
       metrics_(metrics),
       pattern_(FormatIndexPattern(loop.engine().config().indexer_types)) {}
 
-absl::StatusOr<RequestId> DecodeService::Admit(grpc::ServerContext* context, const v1::DecodeRequest& request,
-                                               const SamplingParams& params) {
-  const std::vector<int32_t> prompt(request.prompt_ids().begin(), request.prompt_ids().end());
-  ++admitting_;
-  struct Done {
-    std::atomic<int32_t>& count;
-    ~Done() { --count; }
-  } done{admitting_};
-  absl::Duration backoff = absl::Milliseconds(1);
-  for (;;) {
-    struct Attempt {
-      absl::StatusOr<RequestId> id;
-      bool could_fit = true;  // false: the request exceeds the whole cache, waiting cannot help
-    };
-    Attempt attempt = loop_.Call([&](Engine& engine) {
-      Attempt a{engine.AdmitImport(prompt, params)};
-      if (a.id.status().code() == absl::StatusCode::kResourceExhausted) {
-        const int64_t tokens = static_cast<int64_t>(prompt.size()) + params.max_new_tokens;
-        const int64_t block = engine.cache().block_size();
-        a.could_fit = (tokens + block - 1) / block <= engine.cache().num_blocks();
-      }
-      return a;
-    });
-    if (attempt.id.ok() || attempt.id.status().code() != absl::StatusCode::kResourceExhausted || !attempt.could_fit) {
-      return attempt.id;
-    }
-    if (draining_) {
-      return absl::UnavailableError("the decode worker began draining while the request waited for KV blocks");
-    }
-    if (context->IsCancelled()) return CancelReason(context, "while the request waited for KV blocks");
-    std::this_thread::sleep_for(absl::ToChronoNanoseconds(backoff));
-    backoff = std::min(backoff * 2, options_.max_admission_backoff);
-  }
+absl::StatusOr<RequestId> DecodeService::Admit(const v1::DecodeRequest& request, const SamplingParams& params) {
+  std::vector<int32_t> prompt(request.prompt_ids().begin(), request.prompt_ids().end());
+  absl::StatusOr<RequestId> id =
+      loop_.Call([&](Engine& engine) { return engine.AdmitImport(std::move(prompt), params); });
+  // Short of blocks now, or never enough (the engine's message says which): RESOURCE_EXHAUSTED at
+  // once. Waiting is the router's: it holds the request in its queue until a worker has room.
+  if (absl::IsResourceExhausted(id.status())) return Annotate(id.status(), absl::StrCat("decode worker ", worker_id_));
+  return id;
 }
 
 grpc::Status DecodeService::Decode(grpc::ServerContext* context, const v1::DecodeRequest* request,
@@ -141,7 +115,7 @@ grpc::Status DecodeService::Decode(grpc::ServerContext* context, const v1::Decod
   if (importer_.Find(id) != nullptr) {
     return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, absl::StrCat("request '", id, "' is already decoding here"));
   }
-  absl::StatusOr<RequestId> engine_id = Admit(context, *request, SamplingParamsFromProto(request->sampling()));
+  absl::StatusOr<RequestId> engine_id = Admit(*request, SamplingParamsFromProto(request->sampling()));
   if (!engine_id.ok()) return ToGrpcStatus(engine_id.status());
   auto session = std::make_shared<DecodeSession>(id, *engine_id, request->prompt_ids_size(), absl::Now());
   if (absl::Status added = importer_.Add(session); !added.ok()) {
@@ -271,10 +245,10 @@ v1::WorkerLoad DecodeService::Load() {
   v1::WorkerLoad load;
   if (ready_.load(std::memory_order_acquire)) load.set_worker_id(worker_id_);
   load.set_role(v1::DECODE);
-  load.set_queued_requests(admitting_);
   load.set_running_sequences(static_cast<int32_t>(importer_.size()));
   load.set_free_kv_blocks(snapshot.free_blocks);
   load.set_total_kv_blocks(snapshot.total_blocks);
+  load.set_kv_block_size(loop_.engine().cache().block_size());
   load.set_draining(draining_);
   {
     std::lock_guard<std::mutex> lock(mu_);

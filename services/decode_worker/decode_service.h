@@ -1,7 +1,7 @@
-// The DecodeWorker gRPC service over one EngineLoop. Decode admits a request (retrying while the KV
-// cache is short, within the call's deadline), answers `admitted` with the handoff endpoint of the
-// requested transport, then streams the request's tokens once its handoff completes, ending with a
-// `final` message. A failed handoff, a client cancel or a passed deadline ends the call with that
+// The DecodeWorker gRPC service over one EngineLoop. Decode admits a request — RESOURCE_EXHAUSTED at
+// once when the KV cache is short (the router's admission queue is where requests wait) — answers
+// `admitted` with the handoff endpoint of the requested transport, then streams the request's tokens
+// once its handoff completes, ending with a `final` message. A failed handoff, a client cancel or a passed deadline ends the call with that
 // status and frees the request's KV blocks; Abort ends it with finish_reason ABORT.
 #pragma once
 
@@ -27,8 +27,6 @@ struct DecodeServiceOptions {
   // A request whose handoff has not completed this long after admission is dropped (a backstop for
   // a prefill worker that vanished without its stream ever reaching here).
   absl::Duration handoff_timeout = absl::Minutes(10);
-  // Longest wait between two admission attempts while the cache is short.
-  absl::Duration max_admission_backoff = absl::Milliseconds(100);
 };
 
 class DecodeService final : public ::indexcache::v1::DecodeWorker::Service, public DrainableService {
@@ -58,9 +56,8 @@ class DecodeService final : public ::indexcache::v1::DecodeWorker::Service, publ
  private:
   class InFlight;  // counts a Decode call for WaitIdle
 
-  // Retries AdmitImport while the cache is short; the engine request id, or why not.
-  absl::StatusOr<RequestId> Admit(grpc::ServerContext* context, const ::indexcache::v1::DecodeRequest& request,
-                                  const SamplingParams& params);
+  // Reserves the prompt's KV blocks (Engine::AdmitImport); the engine request id, or why not.
+  absl::StatusOr<RequestId> Admit(const ::indexcache::v1::DecodeRequest& request, const SamplingParams& params);
   // Streams the session's events until its final message; the call's status.
   grpc::Status Stream(grpc::ServerContext* context, DecodeSession& session, absl::Time arrived,
                       grpc::ServerWriter<::indexcache::v1::DecodeResponse>* writer);
@@ -75,7 +72,6 @@ class DecodeService final : public ::indexcache::v1::DecodeWorker::Service, publ
 
   std::atomic<bool> ready_{false};
   std::atomic<bool> draining_{false};
-  std::atomic<int32_t> admitting_{0};  // Decode calls waiting for KV blocks
   std::mutex mu_;
   std::condition_variable idle_;
   int32_t in_flight_ = 0;   // guarded by mu_

@@ -116,24 +116,27 @@ v1::WorkerLoad PrefillService::Load() {
   struct EngineLoad {
     int32_t free_blocks;
     int32_t total_blocks;
+    int32_t block_size;
     int32_t sequences;
     IndexCacheStats stats;
   };
   const EngineLoad engine = loop_.Call([](Engine& e) {
-    return EngineLoad{e.cache().num_free_blocks(), e.cache().num_blocks(), static_cast<int32_t>(e.num_requests()),
-                      e.TakeStats()};
+    return EngineLoad{e.cache().num_free_blocks(), e.cache().num_blocks(), e.cache().block_size(),
+                      static_cast<int32_t>(e.num_requests()), e.TakeStats()};
   });
   metrics_.AddEngineStats(engine.stats);
   v1::WorkerLoad load;
   load.set_role(v1::PREFILL);
   load.set_free_kv_blocks(engine.free_blocks);
   load.set_total_kv_blocks(engine.total_blocks);
+  load.set_kv_block_size(engine.block_size);
   load.set_running_sequences(engine.sequences);
   std::lock_guard<std::mutex> lock(mu_);
   load.set_worker_id(worker_id_);
   stats_ += engine.stats;
   load.set_queued_requests(static_cast<int32_t>(in_flight_.size()));
   load.set_queued_prompt_tokens(queued_prompt_tokens_);
+  load.set_max_queued_prompt_tokens(options_.max_queued_prompt_tokens);
   load.set_draining(draining_);
   load.set_indexer_runs(stats_.indexer_runs);
   load.set_indexer_skips(stats_.indexer_skips);

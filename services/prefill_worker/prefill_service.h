@@ -1,5 +1,6 @@
 // The PrefillWorker gRPC service (proto/indexcache/v1/internal.proto): admits Prefill calls under a
-// bound on queued prompt tokens, runs each as a PrefillJob on the RPC's thread, aborts them on
+// bound on queued prompt tokens (RESOURCE_EXHAUSTED past it; the router, which reads the bound from
+// Load, queues the request until there is room), runs each as a PrefillJob on the RPC's thread, aborts them on
 // request, and reports load. A watchdog thread turns a caller's cancel or a passed deadline into a
 // stop of the job, which also unblocks a handoff waiting on a slow peer.
 #pragma once

@@ -7,6 +7,7 @@
 #include "absl/strings/str_format.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
+#include "services/common/sampling_from_proto.h"
 #include "services/common/status_conversion.h"
 
 namespace indexcache {
@@ -40,11 +41,12 @@ double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
 
 }  // namespace
 
-GenerateCall::GenerateCall(WorkerRegistry* registry, const DispatchOptions& options, RouterMetrics& metrics,
-                           std::shared_ptr<RequestHandle> request, grpc::ServerContext* server_context,
-                           grpc::ServerWriter<v1::GenerateResponse>* writer, const v1::GenerateRequest& client_request,
+GenerateCall::GenerateCall(WorkerRegistry* registry, AdmissionQueue& queue, const DispatchOptions& options,
+                           RouterMetrics& metrics, std::shared_ptr<RequestHandle> request,
+                           grpc::ServerContext* server_context, grpc::ServerWriter<v1::GenerateResponse>* writer, const v1::GenerateRequest& client_request,
                            std::vector<int32_t> prompt, absl::Time arrival, absl::Time deadline)
     : registry_(registry),
+      queue_(queue),
       options_(options),
       metrics_(metrics),
       request_(std::move(request)),
@@ -59,25 +61,34 @@ grpc::Status GenerateCall::Run() {
   std::vector<std::string> failed_decode;
   std::vector<std::string> failed_prefill;
   absl::Status first_failure;
-  const int64_t prompt_tokens = static_cast<int64_t>(prompt_.size());
-  for (int attempt = 0; attempt < 2; ++attempt) {
+  const Demand demand{static_cast<int64_t>(prompt_.size()),
+                      SamplingParamsFromProto(client_request_.sampling()).max_new_tokens};
+  const AdmissionQueue::Ticket ticket = queue_.NewTicket();
+  // Every dispatch is a fresh request on the workers: a failed or refused one's id may still be held.
+  for (int dispatch = 0;; ++dispatch) {
+    const bool retry = !first_failure.ok();
     // After a failure, the first failure explains why no other worker is good enough.
     auto explain = [&](const absl::Status& status) {
-      return attempt == 0 ? status : Annotate(status, absl::StrCat(first_failure.message(), "; no retry possible"));
+      return retry ? Annotate(status, absl::StrCat(first_failure.message(), "; no retry possible")) : status;
     };
-    absl::StatusOr<std::unique_ptr<WorkerLease>> decode = registry_->Pick(v1::DECODE, failed_decode, prompt_tokens);
-    if (!decode.ok()) return ToGrpcStatus(explain(decode.status()));
-    absl::StatusOr<std::unique_ptr<WorkerLease>> prefill =
-        registry_->Pick(v1::PREFILL, failed_prefill, prompt_tokens);
-    if (!prefill.ok()) return ToGrpcStatus(explain(prefill.status()));
-    // A retry is a fresh request on the workers: the failed attempt's id may still be held there.
+    absl::StatusOr<Placement> placement =
+        queue_.Wait(ticket, demand, failed_decode, failed_prefill, deadline_, [this] { return Interrupted(); });
+    if (!placement.ok()) {
+      if (request_->aborted()) {
+        SendAbortFinal();
+        return grpc::Status::OK;
+      }
+      return ToGrpcStatus(explain(Annotate(placement.status(), absl::StrCat("request ", request_->id()))));
+    }
+    WorkerLease& decode = *placement->decode;
+    WorkerLease& prefill = *placement->prefill;
     const std::string worker_request_id =
-        attempt == 0 ? request_->id() : absl::StrCat(request_->id(), "#retry", attempt);
+        dispatch == 0 ? request_->id() : absl::StrCat(request_->id(), "#retry", dispatch);
     tokens_sent_ = 0;
-    const Outcome outcome = RunAttempt(**decode, **prefill, worker_request_id);
+    const Outcome outcome = RunAttempt(decode, prefill, worker_request_id);
     if (outcome.status.ok()) return grpc::Status::OK;
 
-    AbortOnWorkers(**decode, **prefill, worker_request_id);
+    AbortOnWorkers(decode, prefill, worker_request_id);
     if (request_->aborted()) {
       SendAbortFinal();
       return grpc::Status::OK;
@@ -85,16 +96,23 @@ grpc::Status GenerateCall::Run() {
     if (absl::Now() >= deadline_ || outcome.status.code() == absl::StatusCode::kDeadlineExceeded) {
       return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
                           absl::StrFormat("request %s passed its deadline after %.3f s (%s, %s)", request_->id(),
-                                          Seconds(absl::Now() - arrival_), (*decode)->Describe(),
-                                          (*prefill)->Describe()));
+                                          Seconds(absl::Now() - arrival_), decode.Describe(), prefill.Describe()));
     }
     if (ClientGone()) return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
 
-    const WorkerLease& blamed = outcome.blame == Blame::kDecode ? **decode : **prefill;
+    const WorkerLease& blamed = outcome.blame == Blame::kDecode ? decode : prefill;
+    if (outcome.status.code() == absl::StatusCode::kResourceExhausted && tokens_sent_ == 0) {
+      // The worker filled up between two load reports: back to the request's place in line.
+      IC_LOG(Info) << "request " << request_->id() << ": " << blamed.Describe()
+                   << " has no room: " << outcome.status.message() << "; waiting in the queue again";
+      registry_->MarkFull(blamed);
+      request_->ReturnToQueue();
+      continue;
+    }
     const absl::Status failure =
         absl::Status(outcome.status.code(), absl::StrCat(blamed.Describe(), " failed: ", outcome.status.message()));
-    registry_->CheckAfterFailure(**decode, failure);
-    registry_->CheckAfterFailure(**prefill, failure);
+    registry_->CheckAfterFailure(decode, failure);
+    registry_->CheckAfterFailure(prefill, failure);
     if (tokens_sent_ > 0) {
       IC_LOG(Info) << "request " << request_->id() << ": " << failure.message();
       return grpc::Status(grpc::StatusCode::UNAVAILABLE,
@@ -102,15 +120,18 @@ grpc::Status GenerateCall::Run() {
                                           failure.message(), tokens_sent_));
     }
     if (!Retryable(failure.code())) return ToGrpcStatus(failure);
-    IC_LOG(Info) << "request " << request_->id() << ": " << failure.message()
-                 << (attempt == 0 ? "; retrying on other workers" : "");
+    if (retry) return ToGrpcStatus(Annotate(failure, absl::StrCat(first_failure.message(), "; then on retry")));
+    IC_LOG(Info) << "request " << request_->id() << ": " << failure.message() << "; retrying on other workers";
     (outcome.blame == Blame::kDecode ? failed_decode : failed_prefill).push_back(blamed.id());
-    if (attempt > 0) {
-      return ToGrpcStatus(Annotate(failure, absl::StrCat(first_failure.message(), "; then on retry")));
-    }
     first_failure = failure;
+    request_->ReturnToQueue();
   }
-  return ToGrpcStatus(first_failure);  // not reached: the second attempt returns
+}
+
+absl::Status GenerateCall::Interrupted() const {
+  if (request_->aborted()) return absl::CancelledError("aborted by an Abort request");
+  if (ClientGone()) return absl::CancelledError("the client cancelled the request while it waited in the queue");
+  return absl::OkStatus();
 }
 
 GenerateCall::Outcome GenerateCall::RunAttempt(WorkerLease& decode, WorkerLease& prefill,
@@ -139,7 +160,6 @@ GenerateCall::Outcome GenerateCall::RunAttempt(WorkerLease& decode, WorkerLease&
   }
   prefill_start_ = absl::Now();
   request_->LeaveQueue();
-  if (!std::exchange(queue_observed_, true)) metrics_.ObserveQueueTime(prefill_start_ - arrival_);
   IC_LOG(Debug) << "request " << worker_request_id << ": admitted by " << decode.Describe() << ", handoff to "
                 << admitted.admitted().handoff_address() << ", prefill on " << prefill.Describe();
 
@@ -157,6 +177,10 @@ GenerateCall::Outcome GenerateCall::RunAttempt(WorkerLease& decode, WorkerLease&
     prefill_status = prefill.worker().prefill->Prefill(prefill_call.get(), prefill_request, &prefill_result);
   }
   prefill.ReleaseLoad();
+  // The queue time counts once, for the dispatch whose prefill ran (a refused one goes back in line).
+  if (prefill_status.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED && !std::exchange(queue_observed_, true)) {
+    metrics_.ObserveQueueTime(prefill_start_ - arrival_);
+  }
   if (!prefill_status.ok()) {
     // A handoff the decode worker broke off (it rejected the cache, or died) fails the prefill too;
     // then the decode worker's own status says what went wrong, and it is the one to blame.

@@ -1,12 +1,15 @@
 // One client Generate request carried through the cluster:
-//   pick a decode worker D and a prefill worker P (power of two choices on load) →
+//   wait in the admission queue until a decode worker D has the KV blocks and a prefill worker P the
+//   room the request needs, each then picked by power of two choices on load (admission_queue.h) →
 //   open D.Decode and wait for `admitted` (D holds KV blocks for the prompt) →
 //   P.Prefill with D's handoff address (P pushes the cache to D while it computes) →
 //   relay D's token stream to the client → a final message with the timings and workers.
 // Both worker calls inherit the client's deadline and cancellation (ClientContext::FromServerContext).
 // When an attempt fails before any token reached the client, it is retried once as a fresh request on
-// other workers; after a token, the stream ends UNAVAILABLE naming the worker. A failed, cancelled or
-// aborted attempt sends Abort to both of its workers so that neither keeps the request's KV blocks.
+// other workers; after a token, the stream ends UNAVAILABLE naming the worker. A worker that answers
+// RESOURCE_EXHAUSTED (it filled up between two load reports) sends the request back to its place in the
+// queue. A failed, refused, cancelled or aborted attempt sends Abort to both of its workers so that
+// neither keeps the request's KV blocks.
 #pragma once
 
 #include <cstdint>
@@ -19,6 +22,7 @@
 #include "grpcpp/support/sync_stream.h"
 #include "indexcache/v1/generate.pb.h"
 #include "indexcache/v1/internal.pb.h"
+#include "services/router/admission_queue.h"
 #include "services/router/request_table.h"
 #include "services/router/router_metrics.h"
 #include "services/router/worker_registry.h"
@@ -35,8 +39,8 @@ class GenerateCall {
  public:
   // `prompt` passed the front door; `deadline` is the client's, or the router's default. `metrics`
   // receives the queue time and every relayed token's latency.
-  GenerateCall(WorkerRegistry* registry, const DispatchOptions& options, RouterMetrics& metrics,
-               std::shared_ptr<RequestHandle> request,
+  GenerateCall(WorkerRegistry* registry, AdmissionQueue& queue, const DispatchOptions& options,
+               RouterMetrics& metrics, std::shared_ptr<RequestHandle> request,
                grpc::ServerContext* server_context, grpc::ServerWriter<v1::GenerateResponse>* writer,
                const v1::GenerateRequest& client_request, std::vector<int32_t> prompt, absl::Time arrival,
                absl::Time deadline);
@@ -59,9 +63,12 @@ class GenerateCall {
   void AbortOnWorkers(const WorkerLease& decode, const WorkerLease& prefill, const std::string& worker_request_id);
   std::unique_ptr<grpc::ClientContext> NewWorkerCall();
   bool ClientGone() const;
+  // Why waiting in the queue must stop (CANCELLED: aborted, or the client went away); OK: wait on.
+  absl::Status Interrupted() const;
   void SendAbortFinal();
 
   WorkerRegistry* const registry_;
+  AdmissionQueue& queue_;
   const DispatchOptions& options_;
   RouterMetrics& metrics_;
   const std::shared_ptr<RequestHandle> request_;
@@ -75,7 +82,7 @@ class GenerateCall {
   // Progress of the current attempt, for the final message.
   int32_t tokens_sent_ = 0;
   absl::Time prefill_start_;
-  bool queue_observed_ = false;  // the queue time counts once, at the first attempt's admission
+  bool queue_observed_ = false;  // the queue time counts once, for the dispatch whose prefill ran
   absl::Time first_token_;
   absl::Time last_token_;
 };

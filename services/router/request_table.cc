@@ -38,6 +38,15 @@ void RequestHandle::LeaveQueue() {
   table_->LeaveQueue();
 }
 
+void RequestHandle::ReturnToQueue() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (queued_) return;
+    queued_ = true;
+  }
+  table_->ReturnToQueue();
+}
+
 absl::StatusOr<std::shared_ptr<RequestHandle>> RequestTable::Admit(const std::string& id) {
   std::lock_guard<std::mutex> lock(mu_);
   if (requests_.contains(id)) {
@@ -45,7 +54,7 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> RequestTable::Admit(const std::st
   }
   if (queued_ >= max_queued_) {
     return absl::ResourceExhaustedError(absl::StrFormat(
-        "the router's queue is full (%d requests waiting for a prefill worker); retry later", queued_));
+        "the router's queue is full (%d requests waiting for room on the workers); retry later", queued_));
   }
   ++queued_;
   auto handle = std::make_shared<RequestHandle>(this, id);
@@ -95,6 +104,11 @@ bool RequestTable::WaitUntilEmpty(absl::Time deadline) {
 void RequestTable::LeaveQueue() {
   std::lock_guard<std::mutex> lock(mu_);
   --queued_;
+}
+
+void RequestTable::ReturnToQueue() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++queued_;
 }
 
 }  // namespace indexcache

@@ -1,7 +1,8 @@
 // The router's admission queue and its table of in-flight requests.
 //
 // A request is admitted when it passed the front door; it stays "queued" until a prefill worker starts
-// on it (its decode worker may hold it while KV blocks free up), and in flight until its stream ends.
+// on it (it waits in the AdmissionQueue until workers have room), and in flight until its stream ends.
+// A request a worker refused, or whose first attempt failed, is queued again.
 // The queue is bounded: past `max_queued` waiting requests, admission answers RESOURCE_EXHAUSTED, which
 // pushes back on clients instead of letting waits grow without bound. The table lets Abort(request_id)
 // reach a request from another RPC: it cancels the worker calls the request has attached.
@@ -35,8 +36,10 @@ class RequestHandle {
   // Marks the request aborted and cancels every attached call.
   void Abort();
   bool aborted() const;
-  // Leaves the admission queue; later calls do nothing.
+  // Leaves the admission queue; later calls do nothing until ReturnToQueue.
   void LeaveQueue();
+  // Back in the queue after leaving it (admitted already, so never refused for a full queue).
+  void ReturnToQueue();
 
  private:
   RequestTable* const table_;
@@ -67,6 +70,7 @@ class RequestTable {
  private:
   friend class RequestHandle;
   void LeaveQueue();
+  void ReturnToQueue();
 
   const int max_queued_;
   mutable std::mutex mu_;

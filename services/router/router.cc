@@ -17,6 +17,7 @@
 #include "grpcpp/server_builder.h"
 #include "indexcache/v1/generate.grpc.pb.h"
 #include "indexcache/v1/internal.grpc.pb.h"
+#include "services/router/admission_queue.h"
 #include "services/router/generate_call.h"
 #include "services/router/request_table.h"
 #include "services/router/request_validator.h"
@@ -79,10 +80,11 @@ absl::StatusOr<std::vector<DnsTarget>> DnsTargets(const RouterOptions& o) {
 // The gRPC services, sharing the router's state.
 class Router::Services {
  public:
-  Services(const RouterOptions& options, WorkerRegistry* registry, std::unique_ptr<RequestValidator> validator,
-           RouterMetrics& metrics)
+  Services(const RouterOptions& options, WorkerRegistry* registry, AdmissionQueue& queue,
+           std::unique_ptr<RequestValidator> validator, RouterMetrics& metrics)
       : options_(options),
         registry_(registry),
+        queue_(queue),
         metrics_(metrics),
         validator_(std::move(validator)),
         table_(options.max_queued_requests),
@@ -173,8 +175,8 @@ class Router::Services {
     IC_LOG(Info) << "request " << id << " admitted (" << prompt->size() << " prompt tokens, deadline in "
                  << absl::FormatDuration(absl::Trunc(deadline - arrival, absl::Milliseconds(1))) << ")";
     metrics_.CountPromptTokens(static_cast<int64_t>(prompt->size()));
-    GenerateCall call(registry_, dispatch_, metrics_, *handle, context, writer, request, std::move(*prompt), arrival,
-                      deadline);
+    GenerateCall call(registry_, queue_, dispatch_, metrics_, *handle, context, writer, request, std::move(*prompt),
+                      arrival, deadline);
     const grpc::Status status = call.Run();
     aborted = (*handle)->aborted();
     table_.Finish(*handle);
@@ -206,6 +208,7 @@ class Router::Services {
 
   const RouterOptions& options_;
   WorkerRegistry* const registry_;
+  AdmissionQueue& queue_;
   RouterMetrics& metrics_;
   const std::unique_ptr<RequestValidator> validator_;
   DispatchOptions dispatch_;
@@ -242,7 +245,10 @@ absl::StatusOr<std::string> Router::Start() {
   }
   registry_options.heartbeat_timeout = options_.heartbeat_timeout;
   registry_options.probe_timeout = std::clamp(options_.health_check_interval, absl::Milliseconds(500), absl::Seconds(2));
+  // The queue is woken by the registry and places through it: both live as long as the router.
+  registry_options.capacity_changed = [this] { admission_->Notify(); };
   registry_ = std::make_unique<WorkerRegistry>(registry_options);
+  admission_ = std::make_unique<AdmissionQueue>(*registry_);
   for (const std::string& address : options_.prefill_workers) registry_->AddStatic(v1::PREFILL, address);
   for (const std::string& address : options_.decode_workers) registry_->AddStatic(v1::DECODE, address);
   ASSIGN_OR_RETURN(std::vector<DnsTarget> dns_targets, DnsTargets(options_));
@@ -252,7 +258,7 @@ absl::StatusOr<std::string> Router::Start() {
   }
   registry_->Probe();  // static and discovered workers that are up serve from the first request
 
-  services_ = std::make_unique<Services>(options_, registry_.get(), std::move(*validator), metrics_);
+  services_ = std::make_unique<Services>(options_, registry_.get(), *admission_, std::move(*validator), metrics_);
   if (!options_.metrics_listen_address.empty()) {
     // Gauges of the queue and the pool are read at each scrape.
     ASSIGN_OR_RETURN(metrics_server_,

@@ -26,6 +26,7 @@
 
 namespace indexcache {
 
+class AdmissionQueue;
 class MetricsServer;
 
 struct RouterOptions {
@@ -46,7 +47,8 @@ struct RouterOptions {
   v1::HandoffTransport transport = v1::HANDOFF_TRANSPORT_GRPC;
   // The IndexCache pattern ("FSSF…") every worker must run; empty: the first registered worker's.
   std::string index_pattern;
-  // Requests admitted and waiting for a prefill to start; more get RESOURCE_EXHAUSTED.
+  // Requests admitted and waiting for room on the workers (admission_queue.h) until their prefill
+  // starts; more get RESOURCE_EXHAUSTED.
   int max_queued_requests = 256;
   // A registered worker silent for this long leaves the pool (workers heartbeat at a third of it).
   absl::Duration heartbeat_timeout = absl::Seconds(5);
@@ -91,6 +93,7 @@ class Router {
   const RouterOptions options_;
   RouterMetrics metrics_;
   std::unique_ptr<WorkerRegistry> registry_;
+  std::unique_ptr<AdmissionQueue> admission_;  // wakes on registry_'s capacity_changed
   std::unique_ptr<DnsDiscovery> discovery_;  // null without DNS names
   std::unique_ptr<Services> services_;
   std::unique_ptr<grpc::Server> server_;

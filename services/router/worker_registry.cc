@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
 #include "grpcpp/client_context.h"
@@ -56,10 +57,7 @@ struct WorkerRegistry::Entry {
   std::shared_ptr<WorkerConnection> connection;
   WorkerInfo info;
   absl::Time last_heartbeat;
-  // Requests this router routed there and has not finished: running sequences (decode) or prompt
-  // tokens (prefill). Fresher than the last report, which lags by up to one heartbeat.
-  int64_t local_sequences = 0;
-  int64_t local_prompt_tokens = 0;
+  WorkerLedger ledger;
 };
 
 WorkerConnection::WorkerConnection(v1::WorkerRole role_in, std::string address_in)
@@ -70,8 +68,12 @@ WorkerConnection::WorkerConnection(v1::WorkerRole role_in, std::string address_i
       decode(role == v1::DECODE ? v1::DecodeWorker::NewStub(channel) : nullptr) {}
 
 WorkerLease::WorkerLease(WorkerRegistry* registry, std::shared_ptr<WorkerConnection> worker, std::string id,
-                         int64_t prompt_tokens)
-    : registry_(registry), worker_(std::move(worker)), id_(std::move(id)), prompt_tokens_(prompt_tokens) {}
+                         int64_t prompt_tokens, int64_t kv_blocks)
+    : registry_(registry),
+      worker_(std::move(worker)),
+      id_(std::move(id)),
+      prompt_tokens_(prompt_tokens),
+      kv_blocks_(kv_blocks) {}
 
 WorkerLease::~WorkerLease() { ReleaseLoad(); }
 
@@ -82,7 +84,7 @@ std::string WorkerLease::Describe() const {
 void WorkerLease::ReleaseLoad() {
   if (!counted_) return;
   counted_ = false;
-  registry_->ReturnLoad(worker_.get(), prompt_tokens_);
+  registry_->ReturnLoad(worker_.get(), prompt_tokens_, kv_blocks_);
 }
 
 WorkerRegistry::WorkerRegistry(RegistryOptions options)
@@ -148,6 +150,12 @@ std::pair<std::string, std::string> WorkerRegistry::PoolIdentityFor(const v1::Re
 }
 
 absl::Status WorkerRegistry::Register(const v1::RegisterRequest& request) {
+  RETURN_IF_ERROR(Enroll(request));
+  options_.capacity_changed();
+  return absl::OkStatus();
+}
+
+absl::Status WorkerRegistry::Enroll(const v1::RegisterRequest& request) {
   if (request.worker_id().empty() || request.address().empty()) {
     return absl::InvalidArgumentError("a worker must register with its worker_id and address");
   }
@@ -206,8 +214,8 @@ absl::Status WorkerRegistry::Register(const v1::RegisterRequest& request) {
   entry->info.healthy = true;
   entry->info.model_fingerprint = request.model_fingerprint();
   entry->info.index_pattern = request.index_pattern();
+  RecordLoad(*entry, request.load());
   entry->info.load.set_worker_id(request.worker_id());
-  entry->info.load.set_role(request.role());
   entry->last_heartbeat = absl::Now();
   IC_LOG(Info) << "registered " << RoleName(request.role()) << " worker " << request.worker_id() << " at "
                << request.address() << " (model " << request.model_fingerprint() << ", pattern "
@@ -216,16 +224,22 @@ absl::Status WorkerRegistry::Register(const v1::RegisterRequest& request) {
 }
 
 bool WorkerRegistry::Heartbeat(const v1::WorkerLoad& load) {
-  std::lock_guard<std::mutex> lock(mu_);
-  for (auto& e : entries_) {
-    if (e->info.registered && e->info.id == load.worker_id()) {
-      e->info.load = load;
-      e->info.load.set_role(e->info.role);
-      e->last_heartbeat = absl::Now();
-      return true;
-    }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = std::find_if(entries_.begin(), entries_.end(),
+                           [&](const auto& e) { return e->info.registered && e->info.id == load.worker_id(); });
+    if (it == entries_.end()) return false;
+    RecordLoad(**it, load);
+    (*it)->last_heartbeat = absl::Now();
   }
-  return false;
+  options_.capacity_changed();
+  return true;
+}
+
+void WorkerRegistry::RecordLoad(Entry& entry, const v1::WorkerLoad& load) {
+  entry.info.load = load;
+  entry.info.load.set_role(entry.info.role);
+  entry.ledger.Reported(entry.info.load);
 }
 
 void WorkerRegistry::Evict(const std::shared_ptr<WorkerConnection>& worker, const std::string& why) {
@@ -266,82 +280,122 @@ void WorkerRegistry::Probe() {
     t.health = CheckHealth(t.connection->channel, options_.probe_timeout);
     if (t.health.ok() && t.fetch_load) t.load = FetchLoad(*t.connection, options_.probe_timeout);
   }
-  std::lock_guard<std::mutex> lock(mu_);
-  for (Target& t : targets) {
-    auto it = std::find_if(entries_.begin(), entries_.end(),
-                           [&](const auto& e) { return e->connection == t.connection; });
-    if (it == entries_.end()) continue;  // left while being probed
-    Entry& e = **it;
-    const absl::Status failure = !t.health.ok() ? t.health : t.load.status();
-    if (!failure.ok()) {
-      Evict(t.connection, std::string(failure.message()));
-      continue;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (Target& t : targets) {
+      auto it = std::find_if(entries_.begin(), entries_.end(),
+                             [&](const auto& e) { return e->connection == t.connection; });
+      if (it == entries_.end()) continue;  // left while being probed
+      Entry& e = **it;
+      const absl::Status failure = !t.health.ok() ? t.health : t.load.status();
+      if (!failure.ok()) {
+        Evict(t.connection, std::string(failure.message()));
+        continue;
+      }
+      if (t.fetch_load) {
+        RecordLoad(e, *t.load);
+        if (!t.load->worker_id().empty()) e.info.id = t.load->worker_id();
+      }
+      if (!e.info.healthy) {
+        e.info.healthy = true;
+        IC_LOG(Info) << RoleName(e.info.role) << " worker " << e.info.id << " (" << e.info.address
+                     << ") joined the pool";
+      }
     }
-    if (t.fetch_load) {
-      e.info.load = *t.load;
-      e.info.load.set_role(e.info.role);
-      if (!t.load->worker_id().empty()) e.info.id = t.load->worker_id();
+    const absl::Time now = absl::Now();
+    std::vector<std::shared_ptr<WorkerConnection>> silent;
+    for (const auto& e : entries_) {
+      if (e->info.registered && now - e->last_heartbeat > options_.heartbeat_timeout) {
+        silent.push_back(e->connection);
+      }
     }
-    if (!e.info.healthy) {
-      e.info.healthy = true;
-      IC_LOG(Info) << RoleName(e.info.role) << " worker " << e.info.id << " (" << e.info.address
-                   << ") joined the pool";
+    for (const auto& connection : silent) {
+      Evict(connection, absl::StrCat("no heartbeat for more than ", absl::FormatDuration(options_.heartbeat_timeout)));
     }
   }
-  const absl::Time now = absl::Now();
-  std::vector<std::shared_ptr<WorkerConnection>> silent;
-  for (const auto& e : entries_) {
-    if (e->info.registered && now - e->last_heartbeat > options_.heartbeat_timeout) {
-      silent.push_back(e->connection);
-    }
-  }
-  for (const auto& connection : silent) {
-    Evict(connection, absl::StrCat("no heartbeat for more than ", absl::FormatDuration(options_.heartbeat_timeout)));
-  }
+  options_.capacity_changed();
 }
 
-absl::StatusOr<std::unique_ptr<WorkerLease>> WorkerRegistry::Pick(v1::WorkerRole role,
-                                                                  absl::Span<const std::string> exclude,
-                                                                  int64_t prompt_tokens) {
-  std::lock_guard<std::mutex> lock(mu_);
-  std::vector<Entry*> candidates;
-  std::vector<LoadKey> loads;
-  for (const auto& e : entries_) {
-    const WorkerInfo& info = e->info;
-    if (info.role != role || !info.healthy || info.load.draining()) continue;
-    if (std::find(exclude.begin(), exclude.end(), info.id) != exclude.end()) continue;
-    candidates.push_back(e.get());
-    if (role == v1::DECODE) {
-      loads.push_back({std::max<int64_t>(info.load.running_sequences(), e->local_sequences),
-                       -int64_t{info.load.free_kv_blocks()}});
+absl::StatusOr<Placement> WorkerRegistry::TryPlace(const Demand& demand, absl::Span<const std::string> exclude_decode,
+                                                   absl::Span<const std::string> exclude_prefill) {
+  // One role's choice: the worker drawn among those with room, or why there is none.
+  struct Choice {
+    Entry* chosen = nullptr;
+    absl::Status error;
+    std::string busy;
+  };
+  auto choose = [&](v1::WorkerRole role, absl::Span<const std::string> exclude) {
+    std::vector<Entry*> candidates;
+    std::vector<LoadKey> loads;
+    std::vector<std::string> later, never;
+    for (const auto& e : entries_) {
+      const WorkerInfo& info = e->info;
+      if (info.role != role || !info.healthy || info.load.draining()) continue;
+      if (std::find(exclude.begin(), exclude.end(), info.id) != exclude.end()) continue;
+      const FitVerdict verdict =
+          role == v1::DECODE ? DecodeFit(info.load, e->ledger, demand) : PrefillFit(info.load, e->ledger, demand);
+      const std::string why = absl::StrFormat("%s worker %s: %s", RoleName(role), info.id, verdict.why);
+      if (verdict.fit == Fit::kNever) {
+        never.push_back(why);
+      } else if (verdict.fit == Fit::kLater) {
+        later.push_back(why);
+      } else {
+        candidates.push_back(e.get());
+        loads.push_back(role == v1::DECODE ? DecodeLoadKey(info.load, e->ledger) : PrefillLoadKey(e->ledger));
+      }
+    }
+    Choice choice;
+    if (!candidates.empty()) {
+      choice.chosen = candidates[PickPowerOfTwo(loads, rng_)];
+    } else if (!later.empty()) {
+      choice.busy = absl::StrJoin(later, "; ");
+    } else if (!never.empty()) {
+      choice.error = absl::ResourceExhaustedError(absl::StrCat(
+          "the request can never fit: ", absl::StrJoin(never, "; "), " (prompt ", demand.prompt_tokens,
+          " tokens, max_new_tokens ", demand.max_new_tokens, ")"));
     } else {
-      loads.push_back({std::max<int64_t>(info.load.queued_prompt_tokens(), e->local_prompt_tokens), 0});
+      choice.error = absl::UnavailableError(absl::StrFormat("no %s worker is in the pool%s", RoleName(role),
+                                                            exclude.empty() ? "" : " besides the one that failed"));
     }
+    return choice;
+  };
+  std::lock_guard<std::mutex> lock(mu_);
+  const Choice decode = choose(v1::DECODE, exclude_decode);
+  RETURN_IF_ERROR(decode.error);
+  const Choice prefill = choose(v1::PREFILL, exclude_prefill);
+  RETURN_IF_ERROR(prefill.error);
+  Placement placement;
+  if (decode.chosen == nullptr || prefill.chosen == nullptr) {
+    placement.busy = decode.chosen == nullptr ? decode.busy : prefill.busy;
+    return placement;
   }
-  if (candidates.empty()) {
-    return absl::UnavailableError(absl::StrFormat("no %s worker is in the pool%s", RoleName(role),
-                                                  exclude.empty() ? "" : " besides the one that failed"));
-  }
-  Entry* chosen = candidates[PickPowerOfTwo(loads, rng_)];
-  if (role == v1::DECODE) {
-    ++chosen->local_sequences;
-  } else {
-    chosen->local_prompt_tokens += prompt_tokens;
-  }
-  return std::make_unique<WorkerLease>(this, chosen->connection, chosen->info.id, prompt_tokens);
+  const int64_t kv_blocks = KvBlocksToAdmit(decode.chosen->info.load, demand);
+  decode.chosen->ledger.Enter(0, kv_blocks, 1);
+  prefill.chosen->ledger.Enter(demand.prompt_tokens, 0, 0);
+  placement.decode =
+      std::make_unique<WorkerLease>(this, decode.chosen->connection, decode.chosen->info.id, 0, kv_blocks);
+  placement.prefill =
+      std::make_unique<WorkerLease>(this, prefill.chosen->connection, prefill.chosen->info.id, demand.prompt_tokens, 0);
+  return placement;
 }
 
-void WorkerRegistry::ReturnLoad(const WorkerConnection* worker, int64_t prompt_tokens) {
+void WorkerRegistry::MarkFull(const WorkerLease& worker) {
   std::lock_guard<std::mutex> lock(mu_);
   for (auto& e : entries_) {
-    if (e->connection.get() != worker) continue;
-    if (worker->role == v1::DECODE) {
-      --e->local_sequences;
-    } else {
-      e->local_prompt_tokens -= prompt_tokens;
-    }
-    return;
+    if (e->connection == worker.connection()) e->ledger.refused = true;
   }
+}
+
+void WorkerRegistry::ReturnLoad(const WorkerConnection* worker, int64_t prompt_tokens, int64_t kv_blocks) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& e : entries_) {
+      if (e->connection.get() != worker) continue;
+      e->ledger.Leave(prompt_tokens, kv_blocks, worker->role == v1::DECODE ? 1 : 0);
+      break;
+    }
+  }
+  options_.capacity_changed();
 }
 
 void WorkerRegistry::CheckAfterFailure(const WorkerLease& worker, const absl::Status& why) {

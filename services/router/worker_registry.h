@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -27,6 +28,7 @@
 #include "absl/types/span.h"
 #include "grpcpp/channel.h"
 #include "indexcache/v1/internal.grpc.pb.h"
+#include "services/router/worker_capacity.h"
 
 namespace indexcache {
 
@@ -60,13 +62,13 @@ struct WorkerInfo {
 
 class WorkerRegistry;
 
-// A worker chosen for one request. While it lives, the request counts toward the worker's load as the
-// router sees it (one running sequence on a decode worker; the prompt's tokens on a prefill worker),
-// so that requests routed between two load reports spread out.
+// A worker chosen for one request. While it lives, the request counts in the worker's ledger
+// (worker_capacity.h): one running sequence and the KV blocks its admission reserves on a decode
+// worker, the prompt's tokens on a prefill worker.
 class WorkerLease {
  public:
   WorkerLease(WorkerRegistry* registry, std::shared_ptr<WorkerConnection> worker, std::string id,
-              int64_t prompt_tokens);
+              int64_t prompt_tokens, int64_t kv_blocks);
   ~WorkerLease();
   WorkerLease(const WorkerLease&) = delete;
   WorkerLease& operator=(const WorkerLease&) = delete;
@@ -76,7 +78,7 @@ class WorkerLease {
   const std::shared_ptr<WorkerConnection>& connection() const { return worker_; }
   // "decode worker d0 (127.0.0.1:4001)", for messages.
   std::string Describe() const;
-  // Stops counting toward the worker's load (a prefill worker, once its prefill returned).
+  // Leaves the worker's ledger (a prefill worker, once its prefill returned).
   void ReleaseLoad();
 
  private:
@@ -84,7 +86,16 @@ class WorkerLease {
   const std::shared_ptr<WorkerConnection> worker_;
   const std::string id_;
   const int64_t prompt_tokens_;
+  const int64_t kv_blocks_;
   bool counted_ = true;
+};
+
+// A decode and a prefill worker with room for one request, or (both null) why none has room now.
+struct Placement {
+  std::unique_ptr<WorkerLease> decode;
+  std::unique_ptr<WorkerLease> prefill;
+  std::string busy;
+  bool placed() const { return decode != nullptr; }
 };
 
 struct RegistryOptions {
@@ -92,6 +103,9 @@ struct RegistryOptions {
   std::string index_pattern;      // the pool's pattern; empty: taken from the registered workers
   absl::Duration heartbeat_timeout = absl::Seconds(5);
   absl::Duration probe_timeout = absl::Seconds(1);
+  // Called (without the registry's lock) whenever a worker may have room it lacked: a load report, a
+  // request leaving a worker's ledger, a worker joining the pool. The admission queue's wake-up.
+  std::function<void()> capacity_changed = [] {};
 };
 
 class WorkerRegistry {
@@ -119,10 +133,15 @@ class WorkerRegistry {
   // GetLoad) and drops registered workers whose last heartbeat is older than the timeout.
   void Probe();
 
-  // A worker for a new request by power of two choices on least load, skipping `exclude` (worker ids).
-  // UNAVAILABLE when no worker of `role` is in rotation.
-  absl::StatusOr<std::unique_ptr<WorkerLease>> Pick(v1::WorkerRole role, absl::Span<const std::string> exclude,
-                                                    int64_t prompt_tokens);
+  // A decode and a prefill worker for `demand`, each chosen by power of two choices on load among the
+  // workers with room for it now (worker_capacity.h), skipping the ids in `exclude_*`; both leases
+  // are taken together. Not placed (Placement::busy says why) when every worker that could take the
+  // request is full now. UNAVAILABLE when no worker of a role is in rotation; RESOURCE_EXHAUSTED when
+  // the request fits no worker of a role even idle.
+  absl::StatusOr<Placement> TryPlace(const Demand& demand, absl::Span<const std::string> exclude_decode,
+                                     absl::Span<const std::string> exclude_prefill);
+  // `worker` answered RESOURCE_EXHAUSTED: it gets no request until its next load report.
+  void MarkFull(const WorkerLease& worker);
   // A call to `worker` failed with `why`: health-checks it now and takes it out of the pool when the
   // check fails too (a live worker that refused one request stays).
   void CheckAfterFailure(const WorkerLease& worker, const absl::Status& why);
@@ -144,11 +163,15 @@ class WorkerRegistry {
   // The fingerprint and pattern the pool holds `request`'s worker to: the options' values, else those
   // of any other registered worker ("" when there is none). Locked.
   std::pair<std::string, std::string> PoolIdentityFor(const v1::RegisterRequest& request) const;
+  // Register, under the lock.
+  absl::Status Enroll(const v1::RegisterRequest& request);
   // AddStatic and AddDiscovered: a new probed entry unless `address` is known.
   void AddProbed(v1::WorkerRole role, const std::string& address, bool discovered);
   // Takes an entry out of rotation (static) or forgets it (registered only). Locked.
   void Evict(const std::shared_ptr<WorkerConnection>& worker, const std::string& why);
-  void ReturnLoad(const WorkerConnection* worker, int64_t prompt_tokens);
+  void ReturnLoad(const WorkerConnection* worker, int64_t prompt_tokens, int64_t kv_blocks);
+  // Stores a report of `entry`'s load. Locked.
+  void RecordLoad(Entry& entry, const v1::WorkerLoad& load);
 
   const RegistryOptions options_;
   mutable std::mutex mu_;

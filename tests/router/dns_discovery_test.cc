@@ -13,6 +13,7 @@ namespace indexcache {
 namespace {
 
 using ::indexcache::testing::FakeDecodeWorker;
+using ::indexcache::testing::FakePrefillWorker;
 using ::indexcache::testing::WaitFor;
 using ::testing::AnyOf;
 using ::testing::Contains;
@@ -141,28 +142,32 @@ TEST(DnsDiscoveryTest, LeavesStaticWorkersAlone) {
 
 TEST(DnsDiscoveryTest, AWorkerDnsDropsKeepsServingTheRequestThatHoldsIt) {
   FakeDecodeWorker worker({.worker_id = "dns-d0", .running_sequences = 2});
+  FakePrefillWorker prefill({});  // a placement takes a prefill worker too
   const std::string port = worker.address().substr(worker.address().rfind(':') + 1);
   ScriptedDns dns;
   WorkerRegistry registry({});
+  registry.AddStatic(v1::PREFILL, prefill.address());
   DnsDiscovery discovery(&registry, {{v1::DECODE, "decode.svc", std::stoi(port)}}, dns.Resolver());
   dns.Answer("decode.svc", std::vector<std::string>{"127.0.0.1"});
   discovery.Refresh();
   registry.Probe();
-  auto lease = registry.Pick(v1::DECODE, {}, 0);
-  ASSERT_TRUE(lease.ok()) << lease.status();
-  EXPECT_EQ((*lease)->id(), "dns-d0");  // the probe's GetLoad named it
+  absl::StatusOr<Placement> placement = registry.TryPlace(Demand{1, 1}, {}, {});
+  ASSERT_TRUE(placement.ok()) << placement.status();
+  ASSERT_TRUE(placement->placed()) << placement->busy;
+  std::unique_ptr<WorkerLease>& lease = placement->decode;
+  EXPECT_EQ(lease->id(), "dns-d0");  // the probe's GetLoad named it
 
   dns.Answer("decode.svc", std::vector<std::string>{});
   discovery.Refresh();
-  EXPECT_THAT(registry.Workers(), IsEmpty());
-  EXPECT_EQ(registry.Pick(v1::DECODE, {}, 0).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(Known(registry), ElementsAre("prefill " + prefill.address()));
+  EXPECT_EQ(registry.TryPlace(Demand{1, 1}, {}, {}).status().code(), absl::StatusCode::kUnavailable);
   // The request that picked it still reaches it over its own connection, and lets go without harm.
   grpc::ClientContext context;
   v1::WorkerLoad load;
-  ASSERT_TRUE((*lease)->worker().decode->GetLoad(&context, v1::LoadRequest(), &load).ok());
+  ASSERT_TRUE(lease->worker().decode->GetLoad(&context, v1::LoadRequest(), &load).ok());
   EXPECT_EQ(load.running_sequences(), 2);
-  lease->reset();
-  EXPECT_THAT(registry.Workers(), IsEmpty());
+  lease.reset();
+  EXPECT_THAT(Known(registry), ElementsAre("prefill " + prefill.address()));
 }
 
 TEST(DnsDiscoveryTest, RefreshesOnItsOwnThreadUntilStopped) {

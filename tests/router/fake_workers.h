@@ -3,6 +3,7 @@
 // tokens, failures, delays) and records what the router asked of it (requests, deadlines, aborts).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -24,6 +25,9 @@ namespace v1 = ::indexcache::v1;
 // What a fake was asked; guarded by `mu`.
 struct FakeLog {
   mutable std::mutex mu;
+  int running = 0;                              // calls admitted and not finished
+  int max_running = 0;                          // the most at once
+  int refused = 0;                              // calls answered RESOURCE_EXHAUSTED
   std::vector<std::string> requests;            // request ids, in arrival order
   std::vector<std::vector<int32_t>> prompts;    // their prompt ids
   std::vector<absl::Time> deadlines;            // their calls' deadlines
@@ -33,6 +37,22 @@ struct FakeLog {
 
   template <typename T>
   std::vector<T> Copy(const std::vector<T> FakeLog::*field) const {
+    std::lock_guard<std::mutex> lock(mu);
+    return this->*field;
+  }
+  // Counts a call as running while the returned guard lives.
+  auto Run() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      max_running = std::max(max_running, ++running);
+    }
+    auto end = [this](FakeLog*) {
+      std::lock_guard<std::mutex> lock(mu);
+      --running;
+    };
+    return std::unique_ptr<FakeLog, decltype(end)>(this, end);
+  }
+  int Get(const int FakeLog::*field) const {
     std::lock_guard<std::mutex> lock(mu);
     return this->*field;
   }
@@ -78,6 +98,10 @@ struct DecodeScript {
   std::string worker_id = "d0";
   int32_t running_sequences = 0;
   int32_t free_kv_blocks = 100;
+  // > 0: the worker reports its block size and a cache of `total_kv_blocks`, and admits like the
+  // engine — prompt + 1 tokens' blocks reserved until the call ends, RESOURCE_EXHAUSTED when short.
+  int32_t kv_block_size = 0;
+  int32_t total_kv_blocks = 100;
   bool hold_admission = false;           // wait for admission_gate.Release() before `admitted`
   grpc::Status fail_before_admitted = grpc::Status::OK;  // not OK: the Decode call ends with it before `admitted`
   std::vector<int32_t> tokens = {11, 12, 13};
@@ -90,6 +114,10 @@ struct DecodeScript {
 struct PrefillScript {
   std::string worker_id = "p0";
   int64_t queued_prompt_tokens = 0;
+  // > 0: reported, and enforced like PrefillService::Admit (RESOURCE_EXHAUSTED past it unless idle).
+  int64_t max_queued_prompt_tokens = 0;
+  int refuse_first = 0;                     // the first N Prefill calls answer RESOURCE_EXHAUSTED
+  absl::Duration delay = absl::ZeroDuration();  // how long a prefill takes
   grpc::Status failure = grpc::Status::OK;  // not OK: Prefill ends with it
   double prefill_seconds = 0.25;
   double handoff_seconds = 0.125;
@@ -138,6 +166,25 @@ class FakeDecodeWorker final : public v1::DecodeWorker::Service {
     }
     if (!gate_.Pass(context)) return grpc::Status::CANCELLED;
     if (!script_.fail_before_admitted.ok()) return script_.fail_before_admitted;
+    const int32_t size = script_.kv_block_size;
+    const int32_t blocks = size > 0 ? (request->prompt_ids_size() + 1 + size - 1) / size : 0;
+    {
+      std::lock_guard<std::mutex> lock(log.mu);
+      if (used_blocks_ + blocks > script_.total_kv_blocks) {
+        ++log.refused;
+        return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "out of KV cache memory");
+      }
+      used_blocks_ += blocks;
+    }
+    auto running = log.Run();
+    struct Free {
+      FakeDecodeWorker* w;
+      int32_t blocks;
+      ~Free() {
+        std::lock_guard<std::mutex> lock(w->log.mu);
+        w->used_blocks_ -= blocks;
+      }
+    } free{this, blocks};
     v1::DecodeResponse admitted;
     admitted.mutable_admitted()->set_handoff_address("handoff." + script_.worker_id);
     admitted.mutable_admitted()->set_reserved_blocks(1);
@@ -178,8 +225,15 @@ class FakeDecodeWorker final : public v1::DecodeWorker::Service {
     load.set_worker_id(script_.worker_id);
     load.set_role(v1::DECODE);
     load.set_running_sequences(script_.running_sequences);
-    load.set_free_kv_blocks(script_.free_kv_blocks);
-    load.set_total_kv_blocks(100);
+    if (script_.kv_block_size > 0) {
+      std::lock_guard<std::mutex> lock(log.mu);
+      load.set_kv_block_size(script_.kv_block_size);
+      load.set_free_kv_blocks(script_.total_kv_blocks - used_blocks_);
+      load.set_total_kv_blocks(script_.total_kv_blocks);
+    } else {
+      load.set_free_kv_blocks(script_.free_kv_blocks);
+      load.set_total_kv_blocks(100);
+    }
     return load;
   }
   const std::string& address() const { return server_.address(); }
@@ -192,6 +246,7 @@ class FakeDecodeWorker final : public v1::DecodeWorker::Service {
  private:
   const DecodeScript script_;
   Gate gate_;
+  int32_t used_blocks_ = 0;  // guarded by log.mu
   FakeServer<FakeDecodeWorker> server_;
 };
 
@@ -209,6 +264,22 @@ class FakePrefillWorker final : public v1::PrefillWorker::Service {
       log.deadlines.push_back(absl::FromChrono(context->deadline()));
       log.handoff_addresses.push_back(request->handoff_address());
       log.transports.push_back(request->transport());
+    }
+    {
+      std::lock_guard<std::mutex> lock(log.mu);
+      const bool over_bound = script_.max_queued_prompt_tokens > 0 && queued_tokens_ > 0 &&
+                              queued_tokens_ + request->prompt_ids_size() > script_.max_queued_prompt_tokens;
+      if (static_cast<int>(log.requests.size()) <= script_.refuse_first || over_bound) {
+        ++log.refused;
+        return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "prefill worker is full");
+      }
+      queued_tokens_ += request->prompt_ids_size();
+    }
+    auto running = log.Run();
+    std::this_thread::sleep_for(absl::ToChronoNanoseconds(script_.delay));
+    {
+      std::lock_guard<std::mutex> lock(log.mu);
+      queued_tokens_ -= request->prompt_ids_size();
     }
     if (!script_.failure.ok()) return script_.failure;
     response->set_first_token(11);
@@ -228,7 +299,9 @@ class FakePrefillWorker final : public v1::PrefillWorker::Service {
   grpc::Status GetLoad(grpc::ServerContext*, const v1::LoadRequest*, v1::WorkerLoad* load) override {
     load->set_worker_id(script_.worker_id);
     load->set_role(v1::PREFILL);
-    load->set_queued_prompt_tokens(script_.queued_prompt_tokens);
+    std::lock_guard<std::mutex> lock(log.mu);
+    load->set_queued_prompt_tokens(script_.queued_prompt_tokens + queued_tokens_);
+    load->set_max_queued_prompt_tokens(script_.max_queued_prompt_tokens);
     return grpc::Status::OK;
   }
 
@@ -240,6 +313,7 @@ class FakePrefillWorker final : public v1::PrefillWorker::Service {
 
  private:
   const PrefillScript script_;
+  int64_t queued_tokens_ = 0;  // guarded by log.mu
   FakeServer<FakePrefillWorker> server_;
 };
 

@@ -2,6 +2,8 @@
 // deadlines, cancellation, retries and failures, as the client sees them.
 #include "services/router/router.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <map>
@@ -189,6 +191,217 @@ TEST(RouterTest, FullQueueAnswersResourceExhausted) {
   EXPECT_EQ(router.queued_requests(), 0);
   // Once the queue has room again, requests are admitted.
   EXPECT_TRUE(client.Generate(IdsRequest({1})).status.ok());
+}
+
+// `n` requests of `prompt_tokens` tokens and `max_new` new ones, all at once; their results.
+std::vector<Result> Burst(const std::string& address, int n, int prompt_tokens, int max_new) {
+  std::vector<Result> results(n);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < n; ++i) {
+    threads.emplace_back([&, i] {
+      v1::GenerateRequest request = IdsRequest(std::vector<int32_t>(prompt_tokens, 1 + i));
+      request.mutable_sampling()->set_max_new_tokens(max_new);
+      results[i] = Client(address).Generate(request, absl::Seconds(30));
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  return results;
+}
+
+TEST(RouterTest, ABurstPastThePrefillWorkersBoundWaitsInTheQueueAndCompletes) {
+  // The worker takes 20 prompt tokens at once (a 16-token prompt leaves no room for a second) and
+  // refuses more, as PrefillService does: unqueued, most of the burst would fail.
+  FakePrefillWorker prefill({.max_queued_prompt_tokens = 20, .delay = absl::Milliseconds(30)});
+  FakeDecodeWorker decode({});
+  Router router(OptionsFor({&prefill}, {&decode}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+
+  const std::vector<Result> results = Burst(*address, 8, 16, 3);
+  for (const Result& r : results) {
+    EXPECT_TRUE(r.status.ok()) << r.status.error_message();
+    EXPECT_EQ(r.tokens.size(), 3u);
+  }
+  EXPECT_EQ(prefill.log.Get(&FakeLog::max_running), 1);
+  EXPECT_EQ(prefill.log.Copy(&FakeLog::requests).size(), 8u);  // none dispatched only to be refused
+  // The later ones waited for the earlier prefills: some queue time shows.
+  double longest_queue = 0;
+  for (const Result& r : results) longest_queue = std::max(longest_queue, r.final->timings().queue_seconds());
+  EXPECT_GE(longest_queue, 0.030 * 4);
+  EXPECT_EQ(router.queued_requests(), 0);
+}
+
+TEST(RouterTest, ABurstPastTheDecodeWorkersKvBlocksWaitsInTheQueueAndCompletes) {
+  // 4 blocks of 16 tokens: a 40-token prompt reserves 3 at admission, so one request runs at a time.
+  FakePrefillWorker prefill({});
+  FakeDecodeWorker decode({.kv_block_size = 16, .total_kv_blocks = 4, .token_delay = absl::Milliseconds(10)});
+  Router router(OptionsFor({&prefill}, {&decode}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+
+  for (const Result& r : Burst(*address, 6, 40, 3)) {
+    EXPECT_TRUE(r.status.ok()) << r.status.error_message();
+    EXPECT_EQ(r.tokens.size(), 3u);
+  }
+  EXPECT_EQ(decode.log.Get(&FakeLog::max_running), 1);
+  EXPECT_EQ(decode.log.Get(&FakeLog::refused), 0);  // the router's ledger kept them from the full worker
+}
+
+TEST(RouterTest, AWorkerThatRefusesForLackOfRoomPutsTheRequestBackInTheQueue) {
+  // Its load says it has room, but it answers RESOURCE_EXHAUSTED twice (filled up by other routers).
+  FakePrefillWorker prefill({.refuse_first = 2});
+  FakeDecodeWorker decode({});
+  Router router(OptionsFor({&prefill}, {&decode}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+
+  const Result r = Client(*address).Generate(IdsRequest({1, 2}, "refused-twice"), absl::Seconds(10));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(prefill.log.Get(&FakeLog::refused), 2);
+  EXPECT_THAT(prefill.log.Copy(&FakeLog::requests),
+              ElementsAre("refused-twice", "refused-twice#retry1", "refused-twice#retry2"));
+  // Each refused dispatch gave its decode reservation back.
+  EXPECT_TRUE(decode.log.Aborted("refused-twice"));
+  EXPECT_TRUE(decode.log.Aborted("refused-twice#retry1"));
+}
+
+TEST(RouterTest, ARequestThatCanNeverFitFailsAtOnce) {
+  FakePrefillWorker prefill({});
+  FakeDecodeWorker decode({.kv_block_size = 16, .total_kv_blocks = 4});
+  Router router(OptionsFor({&prefill}, {&decode}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+
+  v1::GenerateRequest request = IdsRequest(std::vector<int32_t>(40, 1));
+  request.mutable_sampling()->set_max_new_tokens(25);  // 65 tokens: 5 blocks of a 4-block cache
+  const absl::Time start = absl::Now();
+  const Result r = Client(*address).Generate(request, absl::Seconds(30));
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(r.status.error_message(), HasSubstr("can never fit"));
+  EXPECT_THAT(r.status.error_message(), HasSubstr("65 tokens"));
+  EXPECT_THAT(r.status.error_message(), HasSubstr("64 tokens"));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_TRUE(decode.log.Copy(&FakeLog::requests).empty());
+  // One token fewer fits.
+  request.mutable_sampling()->set_max_new_tokens(24);
+  EXPECT_TRUE(Client(*address).Generate(request, absl::Seconds(30)).status.ok());
+}
+
+// A 40-token request with 8 new tokens: 3 of the 4 blocks of the held worker below.
+v1::GenerateRequest Queued(int32_t token, const std::string& request_id = "") {
+  v1::GenerateRequest request = IdsRequest(std::vector<int32_t>(40, token), request_id);
+  request.mutable_sampling()->set_max_new_tokens(8);
+  return request;
+}
+
+// A router whose one decode worker is held by an endless request, so that the next ones wait.
+class HeldDecodeWorker {
+ public:
+  explicit HeldDecodeWorker(int max_queued_requests = 256)
+      : decode_({.kv_block_size = 16, .total_kv_blocks = 4, .endless = true, .token_delay = absl::Milliseconds(5)}),
+        router_([&] {
+          RouterOptions options = OptionsFor({&prefill_}, {&decode_});
+          options.max_queued_requests = max_queued_requests;
+          return options;
+        }()) {}
+  ~HeldDecodeWorker() {
+    if (holder_.joinable()) {
+      holder_context_.TryCancel();
+      holder_.join();
+    }
+  }
+
+  // Starts the endless request (40 tokens: 3 of the 4 blocks) and waits until it streams.
+  std::string Start() {
+    auto address = router_.Start();
+    EXPECT_TRUE(address.ok()) << address.status();
+    holder_ = std::thread([this, a = *address] {
+      auto stub = v1::IndexCache::NewStub(grpc::CreateChannel(a, grpc::InsecureChannelCredentials()));
+      auto reader = stub->Generate(&holder_context_, Queued(1, "holder"));
+      v1::GenerateResponse message;
+      while (reader->Read(&message)) streaming_ = true;
+      reader->Finish();
+    });
+    EXPECT_TRUE(WaitFor([&] { return streaming_.load(); }));
+    return *address;
+  }
+  Router& router() { return router_; }
+  FakeDecodeWorker& decode() { return decode_; }
+
+ private:
+  FakePrefillWorker prefill_{{}};
+  FakeDecodeWorker decode_;
+  Router router_;
+  grpc::ClientContext holder_context_;
+  std::thread holder_;
+  std::atomic<bool> streaming_{false};
+};
+
+TEST(RouterTest, ADeadlinePassingWhileWaitingForKvBlocksIsDeadlineExceeded) {
+  HeldDecodeWorker held;
+  const std::string address = held.Start();
+  // (The router's message, which says what the request waited for, races the client's own timer.)
+  const Result r = Client(address).Generate(Queued(2, "waits"), absl::Milliseconds(300));
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_THAT(held.decode().log.Copy(&FakeLog::requests), ElementsAre("holder"));  // never dispatched
+  EXPECT_TRUE(WaitFor([&] { return held.router().queued_requests() == 0 && held.router().in_flight_requests() == 1; }));
+}
+
+TEST(RouterTest, CancelAndAbortWhileQueuedLeaveNothingBehind) {
+  HeldDecodeWorker held;
+  const std::string address = held.Start();
+  Client client(address);
+
+  Result cancelled;
+  grpc::ClientContext context;
+  std::thread waiter([&] {
+    auto reader = client.stub().Generate(&context, Queued(2, "cancel-queued"));
+    v1::GenerateResponse message;
+    while (reader->Read(&message)) {
+    }
+    cancelled.status = reader->Finish();
+  });
+  ASSERT_TRUE(WaitFor([&] { return held.router().queued_requests() == 1; }));
+  context.TryCancel();
+  waiter.join();
+  EXPECT_EQ(cancelled.status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(WaitFor([&] { return held.router().queued_requests() == 0 && held.router().in_flight_requests() == 1; }));
+
+  Result aborted;
+  std::thread abort_waiter([&] { aborted = client.Generate(Queued(3, "abort-queued")); });
+  ASSERT_TRUE(WaitFor([&] { return held.router().queued_requests() == 1; }));
+  grpc::ClientContext abort_context;
+  v1::AbortRequest abort;
+  abort.set_request_id("abort-queued");
+  v1::AbortResponse response;
+  ASSERT_TRUE(client.stub().Abort(&abort_context, abort, &response).ok());
+  EXPECT_TRUE(response.found());
+  abort_waiter.join();
+  ASSERT_TRUE(aborted.status.ok()) << aborted.status.error_message();
+  ASSERT_TRUE(aborted.final.has_value());
+  EXPECT_EQ(aborted.final->finish_reason(), v1::ABORT);
+  EXPECT_EQ(aborted.final->generated_tokens(), 0);
+  EXPECT_TRUE(WaitFor([&] { return held.router().queued_requests() == 0 && held.router().in_flight_requests() == 1; }));
+  EXPECT_THAT(held.decode().log.Copy(&FakeLog::requests), ElementsAre("holder"));  // neither was dispatched
+}
+
+TEST(RouterTest, AFullQueueOfRequestsWaitingForRoomAnswersResourceExhausted) {
+  HeldDecodeWorker held(/*max_queued_requests=*/2);
+  const std::string address = held.Start();
+  std::vector<std::thread> waiters;
+  std::atomic<int> deadline_exceeded{0};
+  for (int i = 0; i < 2; ++i) {
+    waiters.emplace_back([&, i] {
+      const Result r = Client(address).Generate(Queued(2 + i), absl::Seconds(2));
+      if (r.status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) ++deadline_exceeded;
+    });
+  }
+  ASSERT_TRUE(WaitFor([&] { return held.router().queued_requests() == 2; }));
+  const Result refused = Client(address).Generate(Queued(9));
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(refused.status.error_message(), HasSubstr("queue is full"));
+  for (std::thread& t : waiters) t.join();
+  EXPECT_EQ(deadline_exceeded.load(), 2);  // they waited, as long as their deadline allowed
 }
 
 TEST(RouterTest, MalformedRequestsGetInvalidArgumentWithAMessage) {

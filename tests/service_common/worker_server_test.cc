@@ -201,6 +201,7 @@ TEST_F(WorkerServerTest, DrainTellsTheRouterAtOnceFinishesCallsInFlightThenStops
   EXPECT_EQ(self.worker_id(), "w0");
   EXPECT_EQ(self.role(), v1::PREFILL);
   EXPECT_EQ(self.address(), *address);
+  EXPECT_TRUE(self.has_load());  // the router admits by capacity before the first heartbeat
   EXPECT_TRUE(router.heartbeats().empty());
 
   std::future<grpc::Status> held = CallAsync(*address);
