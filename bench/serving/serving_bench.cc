@@ -72,7 +72,7 @@ struct LoadResult {
 };
 
 // KV + index-key bytes the prefill worker ships per request: the MLA latent row of every layer and the
-// indexer key of every Full layer, f32.
+// indexer key of every Full layer, in the cache's dtype — f32 on the CPU workers this bench starts.
 int64_t HandoffBytes(const ModelConfig& config, int64_t prompt_tokens) {
   const int64_t per_token = static_cast<int64_t>(config.num_layers) * config.latent_cache_dim() +
                             static_cast<int64_t>(config.num_full_layers()) * config.index_head_dim;

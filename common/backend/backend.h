@@ -84,9 +84,9 @@ class HostBuffer {
 };
 
 // A device → host copy in flight (Backend::CopyToHostAsync).
-class HostCopy {
+class AsyncHostCopy {
  public:
-  virtual ~HostCopy() = default;
+  virtual ~AsyncHostCopy() = default;
   // Blocks until the bytes are in host memory; the copy's error if it failed. Any thread may call it.
   virtual absl::Status Wait() = 0;
 };
@@ -142,7 +142,7 @@ class Backend {
   // holding back the ops enqueued after it (CUDA: on a copy stream of its own, so a prefill's next
   // chunk computes while the last one's rows travel to the host). `host` (from AllocateHost) must
   // stay valid, and `src` unwritten, until the returned copy's Wait has returned.
-  virtual absl::StatusOr<std::unique_ptr<HostCopy>> CopyToHostAsync(Tensor src, void* host) = 0;
+  virtual absl::StatusOr<std::unique_ptr<AsyncHostCopy>> CopyToHostAsync(Tensor src, void* host) = 0;
   // Copies `host`, dense rows already in dst's dtype, byte for byte into dst, in order with the ops
   // around it. `host` may be reused as soon as it returns.
   virtual void UploadAsStored(const void* host, Tensor dst) = 0;

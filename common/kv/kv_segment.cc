@@ -62,7 +62,7 @@ size_t KvRowBytes(const KvCacheSpec& spec, KvRowKind kind, int32_t count) {
 struct KvStaging {
   Buffer device;
   HostBuffer host;
-  std::vector<std::unique_ptr<HostCopy>> copies;
+  std::vector<std::unique_ptr<AsyncHostCopy>> copies;
 };
 
 // Staging areas not in use. A segment's last handle returns its area from whichever thread drops it.
@@ -150,7 +150,7 @@ absl::Status KvSegment::WaitFor(size_t index) const {
   if (state_ == nullptr || state_->staging == nullptr) return absl::OkStatus();
   State& s = *state_;
   const int32_t layer = s.slices.at(index).layer;
-  HostCopy* copy = nullptr;
+  AsyncHostCopy* copy = nullptr;
   {
     std::unique_lock<std::mutex> lock(s.mu);
     s.landed.wait(lock, [&] { return s.exported[layer] || !s.failure.ok(); });
@@ -230,7 +230,7 @@ void KvExporter::ExportLayer(const KvSegment& segment, int32_t layer) {
   }
   if (!found) return;
   const int64_t elems = static_cast<int64_t>((last - first) / DTypeSize(s.dtype));
-  absl::StatusOr<std::unique_ptr<HostCopy>> copy = backend_.CopyToHostAsync(
+  absl::StatusOr<std::unique_ptr<AsyncHostCopy>> copy = backend_.CopyToHostAsync(
       Tensor::Matrix(s.device_rows + first, s.dtype, 1, elems), static_cast<char*>(s.staging->host.data()) + first);
   std::lock_guard<std::mutex> lock(s.mu);
   if (!copy.ok()) {

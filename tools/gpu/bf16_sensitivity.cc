@@ -65,6 +65,10 @@ class Bf16RoundingBackend final : public Backend {
     }
   }
   absl::Status Download(Tensor src, void* host) override { return cpu_.Download(src, host); }
+  absl::StatusOr<std::unique_ptr<AsyncHostCopy>> CopyToHostAsync(Tensor src, void* host) override {
+    return cpu_.CopyToHostAsync(src, host);
+  }
+  void UploadAsStored(const void* host, Tensor dst) override { cpu_.UploadAsStored(host, dst); }
   absl::Status Synchronize() override { return cpu_.Synchronize(); }
   void Fill(Tensor dst, float value) override { cpu_.Fill(dst, value); }
   void Embedding(Tensor table, Tensor ids, Tensor out) override { cpu_.Embedding(table, ids, out); }

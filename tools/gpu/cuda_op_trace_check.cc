@@ -57,6 +57,11 @@ class TracingBackend final : public Backend {
   }
   void Upload(const void* host, Tensor dst) override { gpu_->Upload(host, dst); }
   absl::Status Download(Tensor src, void* host) override { return gpu_->Download(src, host); }
+  absl::StatusOr<HostBuffer> AllocateHost(size_t bytes) override { return gpu_->AllocateHost(bytes); }
+  absl::StatusOr<std::unique_ptr<AsyncHostCopy>> CopyToHostAsync(Tensor src, void* host) override {
+    return gpu_->CopyToHostAsync(src, host);
+  }
+  void UploadAsStored(const void* host, Tensor dst) override { gpu_->UploadAsStored(host, dst); }
   absl::Status Synchronize() override { return gpu_->Synchronize(); }
   void Fill(Tensor dst, float value) override { gpu_->Fill(dst, value); }
 

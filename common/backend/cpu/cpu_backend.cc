@@ -47,13 +47,13 @@ absl::Status CpuBackend::Download(Tensor src, void* host) {
 }
 
 namespace {
-class DoneCopy final : public HostCopy {
+class DoneCopy final : public AsyncHostCopy {
  public:
   absl::Status Wait() override { return absl::OkStatus(); }
 };
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<HostCopy>> CpuBackend::CopyToHostAsync(Tensor src, void* host) {
+absl::StatusOr<std::unique_ptr<AsyncHostCopy>> CpuBackend::CopyToHostAsync(Tensor src, void* host) {
   RETURN_IF_ERROR(Download(src, host));
   return std::make_unique<DoneCopy>();
 }

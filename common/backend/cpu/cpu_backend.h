@@ -26,7 +26,7 @@ class CpuBackend final : public Backend {
   void Upload(const void* host, Tensor dst) override;
   absl::Status Download(Tensor src, void* host) override;
   // Host memory already: a copy now, complete when it returns.
-  absl::StatusOr<std::unique_ptr<HostCopy>> CopyToHostAsync(Tensor src, void* host) override;
+  absl::StatusOr<std::unique_ptr<AsyncHostCopy>> CopyToHostAsync(Tensor src, void* host) override;
   void UploadAsStored(const void* host, Tensor dst) override { Upload(host, dst); }
   absl::Status Synchronize() override { return absl::OkStatus(); }
   void Fill(Tensor dst, float value) override;

@@ -212,7 +212,7 @@ void CudaBackend::FreeHost(void* data) { cudaFreeHost(data); }
 namespace {
 
 // A copy on the copy stream, finished when `done` has fired.
-class StreamCopy final : public HostCopy {
+class StreamCopy final : public AsyncHostCopy {
  public:
   StreamCopy(int device, cudaEvent_t done) : device_(device), done_(done) {}
   ~StreamCopy() override {
@@ -233,7 +233,7 @@ class StreamCopy final : public HostCopy {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<HostCopy>> CudaBackend::CopyToHostAsync(Tensor src, void* host) {
+absl::StatusOr<std::unique_ptr<AsyncHostCopy>> CudaBackend::CopyToHostAsync(Tensor src, void* host) {
   if (!NotCapturing("copy to host")) return capture_status_;
   if (src.stride != src.cols) return absl::InvalidArgumentError("cuda backend: CopyToHostAsync takes a dense tensor");
   RETURN_IF_ERROR(sticky_status());

@@ -40,7 +40,7 @@ class CudaBackend final : public Backend {
   absl::Status Download(Tensor src, void* host) override;
   absl::StatusOr<HostBuffer> AllocateHost(size_t bytes) override;
   void FreeHost(void* data) override;
-  absl::StatusOr<std::unique_ptr<HostCopy>> CopyToHostAsync(Tensor src, void* host) override;
+  absl::StatusOr<std::unique_ptr<AsyncHostCopy>> CopyToHostAsync(Tensor src, void* host) override;
   void UploadAsStored(const void* host, Tensor dst) override;
   absl::Status Synchronize() override;
   void Fill(Tensor dst, float value) override;
