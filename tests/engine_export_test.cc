@@ -1,0 +1,125 @@
+// Engine::SubmitPrefill with a SegmentSink (the prefill worker's streaming export): every prompt
+// position reaches the sink exactly once, in order, one segment per prefill chunk, handed over before
+// the pass that computes it; once the pass is over the segment's rows equal what the cache holds at
+// the end (an export of the finished prompt, taken separately); and a sink that is not Ready holds
+// the request's next chunk back until it is.
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/engine/engine.h"
+#include "gtest/gtest.h"
+
+namespace indexcache {
+namespace {
+
+// Three chunks of 16 and one of 2.
+constexpr int32_t kPromptTokens = 50;
+
+EngineOptions Options() {
+  EngineOptions o;
+  o.model_dir = INDEXCACHE_TEST_DATA "/goldens/moe_freq2";
+  o.num_threads = 2;
+  o.kv_cache_bytes = size_t{4} << 20;
+  o.block_size = 16;
+  o.max_batch_tokens = 16;
+  return o;
+}
+
+std::vector<int32_t> Prompt() {
+  std::vector<int32_t> ids;
+  for (int32_t i = 0; i < kPromptTokens; ++i) ids.push_back(3 + (i * 37) % 200);
+  return ids;
+}
+
+SamplingParams Greedy() {
+  SamplingParams p;
+  p.temperature = 0.0f;
+  p.max_new_tokens = 4;
+  return p;
+}
+
+class CollectingSink final : public SegmentSink {
+ public:
+  void Take(KvSegment segment) override { segments.push_back(std::move(segment)); }
+  bool Ready() const override { return segments.size() - taken < max_waiting; }
+
+  std::vector<KvSegment> segments;
+  size_t taken = 0;  // segments the test has "sent"
+  size_t max_waiting = 1000;
+};
+
+// Steps until the request's kPrefillDone; the number of steps that ran a pass.
+int RunPrefill(Engine& engine, RequestId id) {
+  for (int steps = 1; steps < 100; ++steps) {
+    absl::StatusOr<std::vector<TokenEvent>> events = engine.Step();
+    EXPECT_TRUE(events.ok()) << events.status();
+    if (!events.ok()) return -1;
+    for (const TokenEvent& e : *events) {
+      if (e.request == id && e.finish == RequestFinish::kPrefillDone) return steps;
+      EXPECT_EQ(e.finish, RequestFinish::kNone) << RequestFinishName(e.finish);
+    }
+  }
+  ADD_FAILURE() << "prefill did not finish";
+  return -1;
+}
+
+TEST(EngineExport, StreamsEveryPositionOnceInOrderWithTheCachesRows) {
+  auto engine = Engine::Create(Options());
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  auto sink = std::make_shared<CollectingSink>();
+  absl::StatusOr<RequestId> id = (*engine)->SubmitPrefill(Prompt(), Greedy(), sink);
+  ASSERT_TRUE(id.ok()) << id.status();
+  ASSERT_EQ(RunPrefill(**engine, *id), 4);
+
+  ASSERT_EQ(sink->segments.size(), 4u);
+  const int32_t want_begin[] = {0, 16, 32, 48};
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(sink->segments[i].begin(), want_begin[i]);
+    EXPECT_EQ(sink->segments[i].end(), i == 3 ? kPromptTokens : want_begin[i] + 16);
+    ASSERT_TRUE(sink->segments[i].Wait().ok());
+  }
+
+  absl::StatusOr<KvSegment> whole = (*engine)->ExportSegment(*id, 0, kPromptTokens);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  ASSERT_TRUE(whole->Wait().ok());
+  // 5 layers, FFSFS: latent rows of all five, index keys of the three Full ones.
+  ASSERT_EQ(whole->slices().size(), 8u);
+  for (size_t s = 0; s < whole->slices().size(); ++s) {
+    std::string streamed;
+    for (const KvSegment& segment : sink->segments) {
+      ASSERT_EQ(segment.slices().size(), whole->slices().size());
+      EXPECT_EQ(segment.slices()[s].layer, whole->slices()[s].layer);
+      EXPECT_EQ(segment.slices()[s].kind, whole->slices()[s].kind);
+      streamed += segment.bytes(segment.slices()[s]);
+    }
+    EXPECT_TRUE(streamed == whole->bytes(whole->slices()[s]))
+        << "layer " << whole->slices()[s].layer << " kind " << static_cast<int>(whole->slices()[s].kind);
+  }
+}
+
+TEST(EngineExport, ASinkThatIsNotReadyHoldsTheNextChunkBack) {
+  auto engine = Engine::Create(Options());
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  auto sink = std::make_shared<CollectingSink>();
+  sink->max_waiting = 1;
+  absl::StatusOr<RequestId> id = (*engine)->SubmitPrefill(Prompt(), Greedy(), sink);
+  ASSERT_TRUE(id.ok()) << id.status();
+
+  ASSERT_TRUE((*engine)->Step().ok());
+  ASSERT_EQ(sink->segments.size(), 1u);
+  EXPECT_FALSE((*engine)->HasWork()) << "one segment waits: the request must not compute on";
+  ASSERT_TRUE((*engine)->Step().ok());
+  EXPECT_EQ(sink->segments.size(), 1u);
+  EXPECT_EQ(*(*engine)->CachedTokens(*id), 16);
+
+  sink->taken = 1;  // the first segment went out
+  EXPECT_TRUE((*engine)->HasWork());
+  ASSERT_TRUE((*engine)->Step().ok());
+  EXPECT_EQ(sink->segments.size(), 2u);
+  EXPECT_EQ(*(*engine)->CachedTokens(*id), 32);
+}
+
+}  // namespace
+}  // namespace indexcache
