@@ -17,7 +17,7 @@ EngineLoop::~EngineLoop() {
   thread_.join();
 }
 
-void EngineLoop::Post(std::function<void()> task) {
+void EngineLoop::Enqueue(std::function<void()> task) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     tasks_.push_back(std::move(task));

@@ -34,8 +34,15 @@ class EngineLoop {
     using Result = std::invoke_result_t<Fn, Engine&>;
     auto task = std::make_shared<std::packaged_task<Result()>>([&] { return fn(*engine_); });
     std::future<Result> done = task->get_future();
-    Post([task] { (*task)(); });
+    Enqueue([task] { (*task)(); });
     return done.get();
+  }
+
+  // Runs `fn(engine)` on the loop thread between steps, after everything posted or called before it,
+  // and returns at once (the caller learns nothing of the result: `fn` reports on its own).
+  template <typename Fn>
+  void Post(Fn&& fn) {
+    Enqueue([this, fn = std::forward<Fn>(fn)]() mutable { fn(*engine_); });
   }
 
   // Routes `id`'s events to `sink` until one carries a finish. Only from inside Call (the loop
@@ -50,7 +57,7 @@ class EngineLoop {
   const Engine& engine() const { return *engine_; }
 
  private:
-  void Post(std::function<void()> task);
+  void Enqueue(std::function<void()> task);
   void Run();
   void Dispatch(const TokenEvent& event);
 

@@ -44,6 +44,16 @@ void DecodeSession::Abort(EngineLoop& loop) {
   if (phase != Phase::kDecoding) Push(TokenEvent{engine_id_, -1, "", RequestFinish::kAbort, absl::OkStatus()});
 }
 
+void DecodeSession::RecordImportError(const absl::Status& status) {
+  std::lock_guard<std::mutex> lock(import_error_mu_);
+  if (import_error_.ok()) import_error_ = status;
+}
+
+absl::Status DecodeSession::import_error() const {
+  std::lock_guard<std::mutex> lock(import_error_mu_);
+  return import_error_;
+}
+
 void DecodeSession::Finished() {
   std::lock_guard<std::mutex> lock(import_mu);
   import.phase = Phase::kEnded;

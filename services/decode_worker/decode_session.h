@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -18,7 +19,7 @@
 
 namespace indexcache {
 
-class DecodeSession {
+class DecodeSession : public std::enable_shared_from_this<DecodeSession> {
  public:
   // Where the request stands. The handoff moves it from kAwaitingHeader to kDecoding.
   enum class Phase {
@@ -51,13 +52,18 @@ class DecodeSession {
     uint32_t next_sequence = 0;
     std::vector<int32_t> latent_rows;     // per layer: positions [0, n) received
     std::vector<int32_t> index_key_rows;  // per layer (Full layers only)
-    std::vector<PendingRows> pending;
+    std::vector<PendingRows> pending;  // not handed to the engine loop yet
     size_t pending_bytes = 0;
     int32_t first_token = -1;
     absl::Time decode_started_at;
   };
   std::mutex import_mu;
   Import import;  // guarded by import_mu
+
+  // Received rows are written into the cache on the engine loop without the importer waiting for it;
+  // the first such write that failed is kept here (any thread) for the trailer's check.
+  void RecordImportError(const absl::Status& status);
+  absl::Status import_error() const;
 
   // Ends the request with `why` (the Decode call returns it as its status) and frees its KV:
   // Release before decoding, Abort once decoding. No-op once ended. Takes import_mu.
@@ -91,6 +97,9 @@ class DecodeSession {
   std::condition_variable out_cv_;
   std::deque<TokenEvent> events_;  // guarded by out_mu_
   absl::Status failure_;           // guarded by out_mu_
+
+  mutable std::mutex import_error_mu_;
+  absl::Status import_error_;  // guarded by import_error_mu_
 };
 
 }  // namespace indexcache

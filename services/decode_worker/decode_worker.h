@@ -13,12 +13,12 @@
 #include "common/engine/engine.h"
 #include "indexcache/v1/internal.pb.h"
 #include "services/common/worker_server.h"
+#include "services/decode_worker/handoff_importer.h"
 
 namespace indexcache {
 
 class DecodeService;
 class EngineLoop;
-class HandoffImporter;
 class KvHandoffService;
 class NcclHandoffServer;
 class MeteredHandoffSink;
@@ -34,6 +34,8 @@ struct DecodeWorkerOptions {
   // empty: the bound address. Needed behind NAT or when bound to a wildcard: prefill workers cannot
   // dial 0.0.0.0. An IP, not a name: the TCP sender does not resolve names.
   std::string tcp_advertise_address;
+  // Received rows are imported in batches of this many bytes (HandoffImporter).
+  size_t import_batch_bytes = HandoffImporter::kDefaultImportBatchBytes;
   // A request whose handoff has not completed this long after admission is dropped.
   absl::Duration handoff_timeout = absl::Minutes(10);
   // TCP data plane: bound on each read or write, the wait for the next chunk included. The NCCL

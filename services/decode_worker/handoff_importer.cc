@@ -15,9 +15,6 @@ namespace {
 
 using Phase = DecodeSession::Phase;
 
-// Queued rows are imported once they reach this size (and at the trailer).
-constexpr size_t kImportBatchBytes = size_t{8} << 20;
-
 std::vector<bool> FullLayers(const ModelConfig& config) {
   std::vector<bool> full(config.indexer_types.size());
   for (size_t i = 0; i < full.size(); ++i) full[i] = config.indexer_types[i] == IndexerType::kFull;
@@ -32,8 +29,9 @@ absl::Status Mismatch(const std::string& what, const std::string& theirs, const 
 
 }  // namespace
 
-HandoffImporter::HandoffImporter(EngineLoop& loop)
+HandoffImporter::HandoffImporter(EngineLoop& loop, size_t import_batch_bytes)
     : loop_(loop),
+      import_batch_bytes_(import_batch_bytes),
       fingerprint_(loop.engine().model_fingerprint()),
       pattern_(FormatIndexPattern(loop.engine().config().indexer_types)),
       full_layers_(FullLayers(loop.engine().config())),
@@ -200,19 +198,32 @@ absl::Status HandoffImporter::AcceptRows(DecodeSession& session, v1::KvRows& row
   pending.rows.swap(*rows.mutable_data());
   session.import.pending_bytes += bytes;
   have += count;
-  if (session.import.pending_bytes < kImportBatchBytes) return absl::OkStatus();
-  return loop_.Call([&](Engine& engine) { return ImportPending(engine, session); });
+  if (session.import.pending_bytes < import_batch_bytes_) return absl::OkStatus();
+  // The transport thread goes on receiving while the loop writes this batch: the trailer's check,
+  // which runs on the loop after it, finds any failure (DecodeSession::import_error).
+  loop_.Post([session = session.shared_from_this(), batch = TakePending(session)](Engine& engine) {
+    absl::Status imported = ImportRows(engine, *session, batch);
+    if (!imported.ok()) session->RecordImportError(imported);
+  });
+  return absl::OkStatus();
 }
 
-absl::Status HandoffImporter::ImportPending(Engine& engine, DecodeSession& session) {
-  DecodeSession::Import& state = session.import;
-  for (const DecodeSession::PendingRows& p : state.pending) {
+std::vector<DecodeSession::PendingRows> HandoffImporter::TakePending(DecodeSession& session) {
+  std::vector<DecodeSession::PendingRows> batch;
+  batch.swap(session.import.pending);
+  session.import.pending_bytes = 0;
+  return batch;
+}
+
+absl::Status HandoffImporter::ImportRows(Engine& engine, const DecodeSession& session,
+                                         const std::vector<DecodeSession::PendingRows>& batch) {
+  size_t bytes = 0;
+  for (const DecodeSession::PendingRows& p : batch) {
     RETURN_IF_ERROR(engine.ImportRows(session.engine_id(), p.layer, p.kind, p.begin, p.count, p.rows));
+    bytes += p.rows.size();
   }
-  IC_LOG(Debug) << "request '" << session.request_id() << "': imported " << state.pending.size() << " row blocks ("
-                << state.pending_bytes << " bytes)";
-  state.pending.clear();
-  state.pending_bytes = 0;
+  IC_LOG(Debug) << "request '" << session.request_id() << "': imported " << batch.size() << " row blocks (" << bytes
+                << " bytes)";
   return absl::OkStatus();
 }
 
@@ -257,8 +268,11 @@ absl::Status HandoffImporter::VerifyTrailer(DecodeSession& session, const v1::Ha
     }
   }
   const RequestId id = session.engine_id();
+  const std::vector<DecodeSession::PendingRows> rest = TakePending(session);
   RETURN_IF_ERROR(loop_.Call([&](Engine& engine) -> absl::Status {
-    RETURN_IF_ERROR(ImportPending(engine, session));
+    // Every batch posted before runs before this call.
+    RETURN_IF_ERROR(session.import_error());
+    RETURN_IF_ERROR(ImportRows(engine, session, rest));
     for (const IndexerProbe& probe : probes) RETURN_IF_ERROR(engine.VerifyProbe(id, probe));
     return absl::OkStatus();
   }));

@@ -24,7 +24,11 @@ namespace indexcache {
 
 class HandoffImporter final : public HandoffSink {
  public:
-  explicit HandoffImporter(EngineLoop& loop);
+  // Received rows go to the engine loop in batches of `import_batch_bytes` (and the rest at the
+  // trailer): large enough that a handoff costs the loop — and, when both workers share a GPU, the
+  // prefill's context — few interruptions, small enough that the import keeps pace with the transfer.
+  static constexpr size_t kDefaultImportBatchBytes = size_t{32} << 20;
+  explicit HandoffImporter(EngineLoop& loop, size_t import_batch_bytes = kDefaultImportBatchBytes);
 
   // Makes the request's handoff acceptable; ALREADY_EXISTS when its id is in use.
   absl::Status Add(std::shared_ptr<DecodeSession> session);
@@ -43,15 +47,20 @@ class HandoffImporter final : public HandoffSink {
   // The state machine; the caller holds the session's import_mu.
   absl::Status Apply(DecodeSession& session, v1::HandoffChunk& chunk);
   absl::Status CheckHeader(const v1::HandoffHeader& header, const DecodeSession& session) const;
-  // Validates the rows and queues them; imports the queue once it holds kImportBatchBytes.
+  // Validates the rows and queues them; once the queue holds import_batch_bytes_, hands it to the
+  // engine loop to import (without waiting).
   absl::Status AcceptRows(DecodeSession& session, v1::KvRows& rows);
-  // Imports the queued rows into the engine's cache; on the loop thread.
-  static absl::Status ImportPending(Engine& engine, DecodeSession& session);
+  // The queued rows, taken out of the session (the caller holds its import_mu).
+  static std::vector<DecodeSession::PendingRows> TakePending(DecodeSession& session);
+  // Writes `batch` into the engine's cache; on the loop thread.
+  static absl::Status ImportRows(Engine& engine, const DecodeSession& session,
+                                 const std::vector<DecodeSession::PendingRows>& batch);
   absl::Status VerifyTrailer(DecodeSession& session, const v1::HandoffTrailer& trailer);
   // Ends the session with the handoff's failure.
   void Reject(DecodeSession& session, const absl::Status& why);
 
   EngineLoop& loop_;
+  const size_t import_batch_bytes_;
   // This engine's side of the header, read once.
   const std::string fingerprint_;
   const std::string pattern_;
