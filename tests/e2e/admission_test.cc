@@ -17,6 +17,8 @@ namespace {
 
 using e2e::Greedy;
 using e2e::kBinary;
+using e2e::StartService;
+using e2e::WaitForPool;
 
 const std::string kTinyModel = std::string(INDEXCACHE_MODELS_DIR) + "/glm-dsa-tiny-random";
 constexpr int kPromptTokens = 96;
@@ -26,7 +28,7 @@ constexpr int kPrefillBound = 128;  // one 96-token prompt at a time
 class AdmissionTest : public testing::Test {
  protected:
   void SetUp() override {
-    router_ = Start("router", {kBinary, "router", "--listen", "127.0.0.1:0", "--model", kTinyModel,
+    router_ = StartService("router", {kBinary, "router", "--listen", "127.0.0.1:0", "--model", kTinyModel,
                                "--heartbeat-timeout", "2"},
                     &router_address_);
     ASSERT_NE(router_, nullptr);
@@ -40,25 +42,10 @@ class AdmissionTest : public testing::Test {
     auto c = client::Client::Connect(router_address_, options);
     ASSERT_TRUE(c.ok()) << c.status();
     client_.emplace(*c);
-    for (int i = 0; i < 200; ++i) {
-      auto info = client_->GetModelInfo();
-      if (info.ok() && info->prefill_workers == 1 && info->decode_workers == 1) return;
-      absl::SleepFor(absl::Milliseconds(50));
-    }
-    FAIL() << "the router's pool never held both workers";
+    ASSERT_TRUE(WaitForPool(*client_, [](int prefill, int decode) { return prefill == 1 && decode == 1; }))
+        << "the router's pool never held both workers";
   }
 
-  std::unique_ptr<cli::ChildProcess> Start(const std::string& name, const std::vector<std::string>& argv,
-                                           std::string* address) {
-    auto child = cli::ChildProcess::Spawn(name, argv);
-    EXPECT_TRUE(child.ok()) << child.status();
-    if (!child.ok()) return nullptr;
-    auto listening = (*child)->WaitListening(absl::Seconds(60));
-    EXPECT_TRUE(listening.ok()) << listening.status();
-    if (!listening.ok()) return nullptr;
-    *address = *listening;
-    return std::move(*child);
-  }
 
   std::unique_ptr<cli::ChildProcess> StartWorker(const std::string& role, const std::vector<std::string>& flags,
                                                  std::string* address = nullptr) {
@@ -67,7 +54,7 @@ class AdmissionTest : public testing::Test {
                                      "16", "--max-batch-tokens", "64"};
     argv.insert(argv.end(), flags.begin(), flags.end());
     std::string ignored;
-    return Start(role, argv, address != nullptr ? address : &ignored);
+    return StartService(role, argv, address != nullptr ? address : &ignored);
   }
 
   v1::WorkerLoad DecodeLoad() {

@@ -26,6 +26,8 @@ namespace {
 using e2e::GoldenInput;
 using e2e::Greedy;
 using e2e::kBinary;
+using e2e::StartService;
+using e2e::WaitForPool;
 using e2e::kModel;
 
 struct ClusterParam {
@@ -46,7 +48,7 @@ class ClusterTest : public testing::TestWithParam<ClusterParam> {
     std::vector<std::string> router_argv = {kBinary, "router", "--listen", "127.0.0.1:0", "--model", kModel,
                                             "--transport", p.transport, "--heartbeat-timeout", "2"};
     router_argv.insert(router_argv.end(), pattern_flag.begin(), pattern_flag.end());
-    router_ = Start("router", router_argv, &router_address_);
+    router_ = StartService("router", router_argv, &router_address_);
     ASSERT_NE(router_, nullptr);
     for (const std::string role : {"prefill", "decode", "decode"}) {
       const std::string name = role + std::to_string(workers_.size());
@@ -55,7 +57,7 @@ class ClusterTest : public testing::TestWithParam<ClusterParam> {
                                        "--kv-cache-mb", "8", "--block-size", "16", "--max-batch-tokens", "16"};
       argv.insert(argv.end(), pattern_flag.begin(), pattern_flag.end());
       std::string address;
-      workers_.push_back(Start(name, argv, &address));
+      workers_.push_back(StartService(name, argv, &address));
       ASSERT_NE(workers_.back(), nullptr);
       worker_addresses_.push_back(address);
     }
@@ -66,25 +68,10 @@ class ClusterTest : public testing::TestWithParam<ClusterParam> {
     ASSERT_TRUE(c.ok()) << c.status();
     client_.emplace(*c);
     // Ready once the router's pool holds all three workers.
-    for (int i = 0; i < 200; ++i) {
-      auto info = client_->GetModelInfo();
-      if (info.ok() && info->prefill_workers == 1 && info->decode_workers == 2) return;
-      absl::SleepFor(absl::Milliseconds(50));
-    }
-    FAIL() << "the router's pool never held every worker";
+    ASSERT_TRUE(WaitForPool(*client_, [](int prefill, int decode) { return prefill == 1 && decode == 2; }))
+        << "the router's pool never held every worker";
   }
 
-  std::unique_ptr<cli::ChildProcess> Start(const std::string& name, const std::vector<std::string>& argv,
-                                           std::string* address) {
-    auto child = cli::ChildProcess::Spawn(name, argv);
-    EXPECT_TRUE(child.ok()) << child.status();
-    if (!child.ok()) return nullptr;
-    auto listening = (*child)->WaitListening(absl::Seconds(60));
-    EXPECT_TRUE(listening.ok()) << listening.status();
-    if (!listening.ok()) return nullptr;
-    *address = *listening;
-    return std::move(*child);
-  }
 
   // Greedy tokens of the in-process engine for the same prompt and pattern.
   std::vector<int32_t> EngineGreedy(const std::vector<int32_t>& prompt, int32_t max_new) {

@@ -20,6 +20,8 @@ namespace {
 using e2e::GoldenInput;
 using e2e::Greedy;
 using e2e::kBinary;
+using e2e::StartService;
+using e2e::WaitForPool;
 using e2e::kModel;
 
 std::string Port(const std::string& address) { return address.substr(address.rfind(':') + 1); }
@@ -39,11 +41,11 @@ class DnsClusterTest : public testing::Test {
                                        "--threads", "1", "--kv-cache-mb", "8", "--block-size", "16",
                                        "--max-batch-tokens", "16"};
       std::string address;
-      workers_.push_back(Start(role, argv, &address));
+      workers_.push_back(StartService(role, argv, &address));
       ASSERT_NE(workers_.back(), nullptr);
       ports_.push_back(Port(address));
     }
-    router_ = Start("router",
+    router_ = StartService("router",
                     {kBinary, "router", "--listen", "127.0.0.1:0", "--model", kModel, "--prefill-dns",
                      "localhost:" + ports_[0], "--decode-dns", "localhost:" + ports_[1], "--dns-interval", "0.2",
                      "--health-interval", "0.2", "--drain-grace", "30"},
@@ -56,7 +58,7 @@ class DnsClusterTest : public testing::Test {
     client_.emplace(*c);
     // Where /etc/hosts also maps localhost to ::1 and the wildcard listener takes IPv6 too, each worker
     // is in the pool twice, once per address.
-    ASSERT_TRUE(WaitForPool([](int prefill, int decode) { return prefill >= 1 && decode >= 1; }))
+    ASSERT_TRUE(WaitForPool(*client_, [](int prefill, int decode) { return prefill >= 1 && decode >= 1; }))
         << "the router never found both workers through DNS";
   }
 
@@ -71,28 +73,6 @@ class DnsClusterTest : public testing::Test {
     if (router_) router_->Stop(absl::Seconds(10));
   }
 
-  std::unique_ptr<cli::ChildProcess> Start(const std::string& name, const std::vector<std::string>& argv,
-                                           std::string* address) {
-    auto child = cli::ChildProcess::Spawn(name, argv);
-    EXPECT_TRUE(child.ok()) << child.status();
-    if (!child.ok()) return nullptr;
-    auto listening = (*child)->WaitListening(absl::Seconds(60));
-    EXPECT_TRUE(listening.ok()) << listening.status();
-    if (!listening.ok()) return nullptr;
-    *address = *listening;
-    return std::move(*child);
-  }
-
-  // Waits until the pool's worker counts satisfy `wanted(prefill, decode)`.
-  template <typename Wanted>
-  bool WaitForPool(Wanted wanted) {
-    for (int i = 0; i < 200; ++i) {
-      auto info = client_->GetModelInfo();
-      if (info.ok() && wanted(info->prefill_workers, info->decode_workers)) return true;
-      absl::SleepFor(absl::Milliseconds(50));
-    }
-    return false;
-  }
 
   std::vector<std::unique_ptr<cli::ChildProcess>> workers_;  // prefill, decode
   std::vector<std::string> ports_;
@@ -148,7 +128,7 @@ TEST_F(DnsClusterTest, ADecodeWorkerGivenSigtermFinishesItsStreamExitsAndLeavesT
   EXPECT_EQ(tokens, 400u);
   EXPECT_EQ(workers_[1]->Stop(absl::Seconds(30)), "exit status 0");
   // DNS still names the address (localhost), but its health checks fail: out of rotation.
-  EXPECT_TRUE(WaitForPool([](int prefill, int decode) { return prefill >= 1 && decode == 0; }));
+  EXPECT_TRUE(WaitForPool(*client_, [](int prefill, int decode) { return prefill >= 1 && decode == 0; }));
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // What the whole-cluster tests share: the model they serve (the moe_freq2 golden: MoE, Shared layers,
-// transformers' greedy continuation known), the `indexcache` binary whose services they start, and the
-// greedy request they send through the C++ SDK.
+// transformers' greedy continuation known), the `indexcache` binary whose services they start (as
+// child processes, StartService), the wait for the router's pool, and the greedy request they send
+// through the C++ SDK.
 #pragma once
 
 #include <fstream>
@@ -8,8 +9,13 @@
 #include <string>
 #include <vector>
 
+#include <memory>
+
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
 #include "indexcache/client.h"
 #include "nlohmann/json.hpp"
+#include "tools/indexcache/child_process.h"
 
 namespace indexcache::e2e {
 
@@ -31,6 +37,31 @@ inline client::GenerateRequest Greedy(std::vector<int32_t> prompt, int32_t max_n
   request.sampling.max_new_tokens = max_new;
   request.sampling.ignore_eos = true;
   return request;
+}
+
+// Starts one service of the `indexcache` binary and waits for its "listening" line; null (and a
+// failure recorded) when it does not come up. `address` receives where it listens.
+inline std::unique_ptr<cli::ChildProcess> StartService(const std::string& name, const std::vector<std::string>& argv,
+                                                       std::string* address) {
+  auto child = cli::ChildProcess::Spawn(name, argv);
+  EXPECT_TRUE(child.ok()) << child.status();
+  if (!child.ok()) return nullptr;
+  auto listening = (*child)->WaitListening(absl::Seconds(60));
+  EXPECT_TRUE(listening.ok()) << listening.status();
+  if (!listening.ok()) return nullptr;
+  *address = *listening;
+  return std::move(*child);
+}
+
+// Polls the router until its pool's worker counts satisfy `wanted(prefill, decode)`, up to 10 s.
+template <typename Wanted>
+bool WaitForPool(const client::Client& client, Wanted wanted) {
+  for (int i = 0; i < 200; ++i) {
+    auto info = client.GetModelInfo();
+    if (info.ok() && wanted(info->prefill_workers, info->decode_workers)) return true;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return false;
 }
 
 }  // namespace indexcache::e2e
