@@ -18,7 +18,7 @@
 #include "common/handoff/handoff_transport.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "common/handoff/tcp_handoff.h"
+#include "common/handoff/tcp/tcp_handoff.h"
 #include "tests/prefill_worker/test_peers.h"
 
 namespace indexcache {
