@@ -303,6 +303,18 @@ TEST_F(PrefillWorkerTest, HandsOffOverTheTcpDataPlane) {
   ExpectAllKvFree();
 }
 
+TEST_F(PrefillWorkerTest, AnNcclRequestToAWorkerWithoutNcclFailsAndFreesTheKv) {
+  StartWorker();  // no --nccl-gpu: its HandoffTransports has gRPC and TCP only
+  v1::PrefillRequest request = Request("nccl-1", Prompt(20));
+  request.set_transport(v1::HANDOFF_TRANSPORT_NCCL);
+  v1::PrefillResponse response;
+  const grpc::Status status = Prefill(request, &response);
+  // The set's FAILED_PRECONDITION, read as a refused handoff (ABORTED), with the hint kept.
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::ABORTED) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("--nccl-gpu"));
+  ExpectAllKvFree();
+}
+
 TEST_F(PrefillWorkerTest, ConcurrentPrefillsEachHandOffTheirOwnRows) {
   StartWorker();
   constexpr int kRequests = 6;
