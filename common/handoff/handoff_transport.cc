@@ -3,8 +3,6 @@
 #include "absl/strings/string_view.h"
 
 #include "absl/strings/str_cat.h"
-#include "common/handoff/grpc_handoff.h"
-#include "common/handoff/tcp_handoff.h"
 
 namespace indexcache {
 
@@ -43,24 +41,6 @@ absl::Status AckStatus(const v1::HandoffAck& ack) {
     }
   }
   return absl::UnknownError(absl::StrCat("the decode worker rejected the handoff: ", error));
-}
-
-absl::StatusOr<std::unique_ptr<HandoffSender>> ConnectHandoff(v1::HandoffTransport transport,
-                                                              const std::string& address,
-                                                              absl::Duration connect_timeout) {
-  switch (transport) {
-    case v1::HANDOFF_TRANSPORT_GRPC:
-      return GrpcHandoffSender::Connect(address, connect_timeout);
-    case v1::HANDOFF_TRANSPORT_TCP:
-      return TcpHandoffSender::Connect(address, connect_timeout);
-    case v1::HANDOFF_TRANSPORT_NCCL:
-      // Its communicators belong to a worker: NcclHandoffClient::Connect (nccl_handoff.h).
-      return absl::FailedPreconditionError(
-          "an NCCL handoff is opened through the prefill worker's NCCL client (start it with --nccl-gpu N)");
-    default:
-      break;
-  }
-  return absl::InvalidArgumentError(absl::StrCat("unknown handoff transport ", static_cast<int>(transport)));
 }
 
 }  // namespace indexcache

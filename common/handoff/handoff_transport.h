@@ -2,8 +2,9 @@
 // HandoffChunk messages of one request (proto/indexcache/v1/internal.proto): header, cache rows as
 // prefill chunks complete, trailer. The prefill worker pushes it through a HandoffSender; on the decode
 // worker a transport server hands each received chunk to the worker's HandoffSink, whose verdict
-// travels back as the HandoffAck. Transports: gRPC client streaming (KvHandoff.Push), a raw TCP data
-// plane (Boost.Asio, length-prefixed frames), and NCCL between GPUs of one host (nccl_handoff.h).
+// travels back as the HandoffAck. Each transport lives in its own folder (grpc/, tcp/, nccl/) and
+// opens senders through a HandoffConnector; a worker's set of them is a HandoffTransports
+// (handoff_transports.h).
 #pragma once
 
 #include <cstddef>
@@ -64,11 +65,31 @@ class HandoffSender {
   virtual const HandoffByteCounts& bytes() const = 0;
 };
 
-// Opens a handoff to `address` over `transport` (gRPC or TCP), failing after `connect_timeout`. NCCL
-// handoffs need the worker's communicators: NcclHandoffClient::Connect.
-absl::StatusOr<std::unique_ptr<HandoffSender>> ConnectHandoff(v1::HandoffTransport transport,
-                                                              const std::string& address,
-                                                              absl::Duration connect_timeout);
+// What a transport can do, as reported by its connector.
+struct HandoffCapabilities {
+  // Sends from and receives into device memory, so a CUDA pool's rows need no host staging. False
+  // for every transport today: senders take rows from the engine's pinned host staging, and NCCL
+  // stages them through a device buffer of its own (nccl/README.md).
+  bool device_memory = false;
+  // Sets up state per decode worker on the first handoff to it and keeps it for the next ones (NCCL:
+  // a communicator, about 0.7 s to make): the connector is long-lived and shared by the worker's jobs,
+  // and a first handoff is slower than the next.
+  bool needs_peer_setup = false;
+};
+
+// Prefill side of one transport: opens handoffs. Thread-safe; must outlive the senders it returns.
+class HandoffConnector {
+ public:
+  virtual ~HandoffConnector() = default;
+  virtual v1::HandoffTransport transport() const = 0;
+  // Short lower-case name ("grpc", "tcp", "nccl"), as in flags and logs.
+  virtual std::string_view name() const = 0;
+  virtual HandoffCapabilities capabilities() const = 0;
+  // A handoff to the decode worker's endpoint for this transport (`address`, "host:port"), failing
+  // after `connect_timeout`.
+  virtual absl::StatusOr<std::unique_ptr<HandoffSender>> Connect(const std::string& address,
+                                                                 absl::Duration connect_timeout) = 0;
+};
 
 // Decode-worker side: receives the chunks of every incoming handoff, one stream at a time per request.
 class HandoffSink {

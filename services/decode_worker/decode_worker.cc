@@ -8,9 +8,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/engine/engine_loop.h"
-#include "common/handoff/grpc_handoff.h"
-#include "common/handoff/nccl_handoff.h"
-#include "common/handoff/tcp_handoff.h"
+#include "common/handoff/grpc/grpc_handoff.h"
+#include "common/handoff/nccl/nccl_handoff.h"
+#include "common/handoff/tcp/tcp_handoff.h"
 #include "common/model/model_config.h"
 #include "common/util/host_port.h"
 #include "common/util/logging.h"

@@ -11,7 +11,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "common/handoff/nccl_handoff.h"
 #include "common/kv/kv_segment.h"
 #include "common/model/model_config.h"
 #include "common/util/logging.h"
@@ -150,10 +149,10 @@ absl::StatusOr<v1::PrefillResponse> PrefillJob::Transfer(const v1::PrefillReques
   const absl::Duration left = control_.deadline() - absl::Now();
   if (left <= absl::ZeroDuration()) return absl::DeadlineExceededError("the deadline passed before the handoff began");
   const absl::Duration connect_timeout = std::min(options_.connect_timeout, left);
+  const HandoffTransports& transports =
+      options_.transports != nullptr ? *options_.transports : HandoffTransports::Defaults();
   absl::StatusOr<std::unique_ptr<HandoffSender>> sender =
-      request.transport() == v1::HANDOFF_TRANSPORT_NCCL && options_.nccl != nullptr
-          ? options_.nccl->Connect(request.handoff_address(), connect_timeout)
-          : ConnectHandoff(request.transport(), request.handoff_address(), connect_timeout);
+      transports.Connect(request.transport(), request.handoff_address(), connect_timeout);
   if (!sender.ok()) {
     transport_failed_ = true;
     return HandoffFailure(sender.status(), absl::StrCat("connecting the handoff to ", request.handoff_address()));

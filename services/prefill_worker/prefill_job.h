@@ -22,12 +22,11 @@
 #include "absl/time/time.h"
 #include "common/engine/engine_loop.h"
 #include "common/handoff/handoff_transport.h"
+#include "common/handoff/handoff_transports.h"
 #include "common/kv/kv_segment.h"
 #include "indexcache/v1/internal.pb.h"
 
 namespace indexcache {
-
-class NcclHandoffClient;
 
 // Why a job must end early, set from other threads (the Abort RPC; the watchdog that sees the caller
 // cancel or the deadline pass). Stopping also cancels the attached sender, which unblocks a Send or
@@ -60,8 +59,9 @@ struct PrefillJobOptions {
   // Upper bound on one KvRows payload: a segment's rows of one (layer, kind) are split to stay below
   // it (far under kMaxHandoffChunkBytes), so a long prompt still flows in pieces the peer can pipeline.
   int64_t max_chunk_bytes = int64_t{4} << 20;
-  // The worker's NCCL communicators, for requests whose transport is NCCL; null: such requests fail.
-  NcclHandoffClient* nccl = nullptr;
+  // The transports the worker can open (its NCCL client among them when it has one), used for every
+  // request alike; null: HandoffTransports::Defaults() (gRPC and TCP). Outlives the job.
+  const HandoffTransports* transports = nullptr;
 };
 
 class PrefillJob {

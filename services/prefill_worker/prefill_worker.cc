@@ -4,8 +4,10 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/engine/engine_loop.h"
-#include "common/handoff/nccl_handoff.h"
+#include "common/handoff/handoff_transports.h"
+#include "common/handoff/nccl/nccl_handoff.h"
 #include "common/model/model_config.h"
 #include "common/util/status_macros.h"
 #include "services/common/worker_metrics.h"
@@ -38,11 +40,12 @@ absl::StatusOr<std::unique_ptr<PrefillWorker>> PrefillWorker::Create(const Prefi
   PrefillServiceOptions service;
   service.max_queued_prompt_tokens = options.max_queued_prompt_tokens;
   service.job.connect_timeout = options.handoff_connect_timeout;
+  worker->transports_ = HandoffTransports::WithDefaults();
   if (options.nccl_gpu >= 0) {
     ASSIGN_OR_RETURN(std::unique_ptr<PeerChannelFactory> channels, MakeNcclChannelFactory(options.nccl_gpu));
-    worker->nccl_ = std::make_unique<NcclHandoffClient>(std::move(channels));
-    service.job.nccl = worker->nccl_.get();
+    worker->transports_->Add(std::make_unique<NcclHandoffClient>(std::move(channels)));
   }
+  service.job.transports = worker->transports_.get();
   worker->service_ = std::make_unique<PrefillService>(*worker->loop_, service, *worker->metrics_);
   return worker;
 }
@@ -60,6 +63,7 @@ absl::StatusOr<std::string> PrefillWorker::Start() {
   const Engine& engine = loop_->engine();
   served.registration.set_model_fingerprint(engine.model_fingerprint());
   served.registration.set_index_pattern(FormatIndexPattern(engine.config().indexer_types));
+  served.listening_detail = absl::StrCat(" (handoff transports: ", transports_->Describe(), ")");
   served.metrics = metrics_->registry();
   return server_.Start(std::move(served));
 }

@@ -15,7 +15,7 @@
 namespace indexcache {
 
 class EngineLoop;
-class NcclHandoffClient;
+class HandoffTransports;
 class PrefillService;
 class WorkerMetrics;
 
@@ -56,9 +56,9 @@ class PrefillWorker {
   explicit PrefillWorker(const PrefillWorkerOptions& options);
 
   // Destroyed in reverse: the server (it aborts calls still in flight), service, metrics, then the
-  // NCCL communicators and the engine loop they all use.
+  // handoff transports (NCCL communicators among them) and the engine loop they all use.
   std::unique_ptr<EngineLoop> loop_;
-  std::unique_ptr<NcclHandoffClient> nccl_;
+  std::unique_ptr<HandoffTransports> transports_;
   std::unique_ptr<WorkerMetrics> metrics_;
   std::unique_ptr<PrefillService> service_;
   WorkerServer server_;

@@ -13,6 +13,7 @@
 
 #include "common/engine/engine.h"
 #include "common/handoff/handoff_transport.h"
+#include "common/handoff/handoff_transports.h"
 #include "common/model/model_config.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"

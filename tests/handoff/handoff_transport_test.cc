@@ -6,9 +6,10 @@
 #include <memory>
 #include <thread>
 
-#include "common/handoff/grpc_handoff.h"
+#include "common/handoff/grpc/grpc_handoff.h"
 #include "common/handoff/handoff_transport.h"
-#include "common/handoff/tcp_handoff.h"
+#include "common/handoff/handoff_transports.h"
+#include "common/handoff/tcp/tcp_handoff.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/handoff/fake_sink.h"

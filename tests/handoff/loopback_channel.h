@@ -15,7 +15,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "common/handoff/nccl_channel.h"
+#include "common/handoff/nccl/nccl_channel.h"
 #include "common/util/status_macros.h"
 
 namespace indexcache::testing {

@@ -5,13 +5,13 @@
 // not stranded; a cancel breaks the stream; a peer that never receives fails the send within the
 // timeout and its communicator is dropped; a restarted decode worker gets a new communicator; bad
 // control frames are refused. The same code runs over NCCL on two GPUs in tools/gpu/check_nccl.sh.
-#include "common/handoff/nccl_handoff.h"
+#include "common/handoff/nccl/nccl_handoff.h"
 
 #include <map>
 #include <thread>
 
-#include "common/handoff/tcp_frame.h"
-#include "common/handoff/tcp_handoff.h"
+#include "common/handoff/tcp/tcp_frame.h"
+#include "common/handoff/tcp/tcp_handoff.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/handoff/fake_sink.h"

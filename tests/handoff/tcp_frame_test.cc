@@ -1,13 +1,13 @@
 // The TCP data plane's frame prefix codec, and a server fed malformed or stalled connections: each
 // is refused with an ack naming the problem and reported broken, without allocating absurd sizes or
 // crashing.
-#include "common/handoff/tcp_frame.h"
+#include "common/handoff/tcp/tcp_frame.h"
 
 #include <chrono>
 #include <thread>
 
 #include "boost/asio/write.hpp"
-#include "common/handoff/tcp_handoff.h"
+#include "common/handoff/tcp/tcp_handoff.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/handoff/fake_sink.h"

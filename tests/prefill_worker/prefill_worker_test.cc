@@ -18,7 +18,7 @@
 #include "common/handoff/handoff_transport.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "common/handoff/tcp_handoff.h"
+#include "common/handoff/tcp/tcp_handoff.h"
 #include "tests/prefill_worker/test_peers.h"
 
 namespace indexcache {
@@ -300,6 +300,18 @@ TEST_F(PrefillWorkerTest, HandsOffOverTheTcpDataPlane) {
   ASSERT_TRUE(status.ok()) << status.error_message();
   EXPECT_EQ(sink.completed(), 1);
   ExpectHandoffOf(prompt, "tcp-1", sink.chunks(), response);
+  ExpectAllKvFree();
+}
+
+TEST_F(PrefillWorkerTest, AnNcclRequestToAWorkerWithoutNcclFailsAndFreesTheKv) {
+  StartWorker();  // no --nccl-gpu: its HandoffTransports has gRPC and TCP only
+  v1::PrefillRequest request = Request("nccl-1", Prompt(20));
+  request.set_transport(v1::HANDOFF_TRANSPORT_NCCL);
+  v1::PrefillResponse response;
+  const grpc::Status status = Prefill(request, &response);
+  // The set's FAILED_PRECONDITION, read as a refused handoff (ABORTED), with the hint kept.
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::ABORTED) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("--nccl-gpu"));
   ExpectAllKvFree();
 }
 

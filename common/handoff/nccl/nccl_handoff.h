@@ -2,7 +2,7 @@
 // on one host) through a two-rank NCCL communicator per (prefill, decode) pair; everything else —
 // which communicator, the chunks' metadata (request, sequence, CRC-32, layer, positions), header,
 // trailer and the verdict — travels on a control connection in the TCP data plane's frames
-// (tcp_frame.h), one connection per handoff, with NcclControl messages
+// (tcp/tcp_frame.h), one connection per handoff, with NcclControl messages
 // (proto/indexcache/v1/internal.proto).
 //
 // A control connection starts with NcclOpen naming the pair's communicator; the first handoff of a
@@ -31,7 +31,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/handoff/handoff_transport.h"
-#include "common/handoff/nccl_channel.h"
+#include "common/handoff/nccl/nccl_channel.h"
 
 namespace indexcache {
 
@@ -79,17 +79,23 @@ class NcclHandoffServer {
   std::unique_ptr<TcpHandoffServer> control_;
 };
 
-// Prefill-worker side: opens NCCL handoffs, making each decode worker's communicator on first use and
-// keeping it for the next handoffs. Must outlive the senders it returns.
-class NcclHandoffClient {
+// Prefill-worker side, the transport's entry in a worker's HandoffTransports: opens NCCL handoffs,
+// making each decode worker's communicator on first use and keeping it for the next handoffs
+// (needs_peer_setup). Must outlive the senders it returns.
+class NcclHandoffClient final : public HandoffConnector {
  public:
   NcclHandoffClient(std::unique_ptr<PeerChannelFactory> channels, const NcclHandoffOptions& options = {});
-  ~NcclHandoffClient();
+  ~NcclHandoffClient() override;
   NcclHandoffClient(const NcclHandoffClient&) = delete;
   NcclHandoffClient& operator=(const NcclHandoffClient&) = delete;
 
+  v1::HandoffTransport transport() const override { return v1::HANDOFF_TRANSPORT_NCCL; }
+  std::string_view name() const override { return "nccl"; }
+  // Rows are staged through a device buffer, not sent from device memory (yet): device_memory false.
+  HandoffCapabilities capabilities() const override { return {.device_memory = false, .needs_peer_setup = true}; }
   // A handoff to the decode worker whose NCCL control endpoint is `address` ("ip:port").
-  absl::StatusOr<std::unique_ptr<HandoffSender>> Connect(const std::string& address, absl::Duration connect_timeout);
+  absl::StatusOr<std::unique_ptr<HandoffSender>> Connect(const std::string& address,
+                                                         absl::Duration connect_timeout) override;
   // Communicators held now (one per decode worker reached, until a failure aborts one).
   size_t communicators() const;
 

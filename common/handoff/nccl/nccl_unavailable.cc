@@ -1,6 +1,6 @@
 // MakeNcclChannelFactory in a build without NCCL (no CUDA toolkit, or no libnccl in it): the NCCL
 // handoff is refused with a clear message; the gRPC and TCP transports work as ever.
-#include "common/handoff/nccl_channel.h"
+#include "common/handoff/nccl/nccl_channel.h"
 
 namespace indexcache {
 

@@ -1,4 +1,4 @@
-#include "common/handoff/nccl_handoff.h"
+#include "common/handoff/nccl/nccl_handoff.h"
 
 #include <unistd.h>
 
@@ -10,9 +10,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "common/handoff/sender_verdict.h"
-#include "common/handoff/tcp_frame.h"
-#include "common/handoff/tcp_handoff.h"
+#include "common/handoff/tcp/sender_verdict.h"
+#include "common/handoff/tcp/tcp_frame.h"
+#include "common/handoff/tcp/tcp_handoff.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
 

@@ -1,4 +1,4 @@
-#include "common/handoff/tcp_handoff.h"
+#include "common/handoff/tcp/tcp_handoff.h"
 
 #include <chrono>
 #include <list>
@@ -11,7 +11,7 @@
 #include "boost/asio/executor_work_guard.hpp"
 #include "boost/asio/post.hpp"
 #include "boost/asio/steady_timer.hpp"
-#include "common/handoff/tcp_frame.h"
+#include "common/handoff/tcp/tcp_frame.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
 
@@ -298,6 +298,11 @@ absl::StatusOr<v1::HandoffAck> TcpHandoffSender::Finish() {
 void TcpHandoffSender::Cancel() {
   cancelled_ = true;
   connection_->Interrupt();
+}
+
+absl::StatusOr<std::unique_ptr<HandoffSender>> TcpHandoffConnector::Connect(const std::string& address,
+                                                                            absl::Duration connect_timeout) {
+  return TcpHandoffSender::Connect(address, connect_timeout, options_);
 }
 
 }  // namespace indexcache

@@ -13,7 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/handoff/handoff_transport.h"
-#include "common/handoff/sender_verdict.h"
+#include "common/handoff/tcp/sender_verdict.h"
 #include "common/util/host_port.h"
 
 namespace indexcache {
@@ -84,6 +84,21 @@ class TcpHandoffSender final : public HandoffSender {
   SenderVerdict verdict_;
   std::atomic<bool> cancelled_{false};
   HandoffByteCounts bytes_;
+};
+
+// The transport's entry in a worker's HandoffTransports: TcpHandoffSender::Connect with `options`,
+// one connection per handoff, nothing kept between them.
+class TcpHandoffConnector final : public HandoffConnector {
+ public:
+  explicit TcpHandoffConnector(const TcpHandoffOptions& options = {}) : options_(options) {}
+  v1::HandoffTransport transport() const override { return v1::HANDOFF_TRANSPORT_TCP; }
+  std::string_view name() const override { return "tcp"; }
+  HandoffCapabilities capabilities() const override { return {}; }
+  absl::StatusOr<std::unique_ptr<HandoffSender>> Connect(const std::string& address,
+                                                         absl::Duration connect_timeout) override;
+
+ private:
+  const TcpHandoffOptions options_;
 };
 
 }  // namespace indexcache

@@ -11,7 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "common/handoff/nccl_channel.h"
+#include "common/handoff/nccl/nccl_channel.h"
 #include "common/util/status_macros.h"
 
 namespace indexcache {

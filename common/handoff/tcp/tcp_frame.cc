@@ -1,4 +1,4 @@
-#include "common/handoff/tcp_frame.h"
+#include "common/handoff/tcp/tcp_frame.h"
 
 #include <sys/socket.h>
 

@@ -1,4 +1,4 @@
-#include "common/handoff/sender_verdict.h"
+#include "common/handoff/tcp/sender_verdict.h"
 
 #include "common/util/status_macros.h"
 

@@ -59,4 +59,15 @@ class GrpcHandoffSender final : public HandoffSender {
   HandoffByteCounts bytes_;
 };
 
+// The transport's entry in a worker's HandoffTransports: GrpcHandoffSender::Connect, nothing kept
+// between handoffs (a fresh channel each).
+class GrpcHandoffConnector final : public HandoffConnector {
+ public:
+  v1::HandoffTransport transport() const override { return v1::HANDOFF_TRANSPORT_GRPC; }
+  std::string_view name() const override { return "grpc"; }
+  HandoffCapabilities capabilities() const override { return {}; }
+  absl::StatusOr<std::unique_ptr<HandoffSender>> Connect(const std::string& address,
+                                                         absl::Duration connect_timeout) override;
+};
+
 }  // namespace indexcache

@@ -1,4 +1,4 @@
-#include "common/handoff/grpc_handoff.h"
+#include "common/handoff/grpc/grpc_handoff.h"
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -117,5 +117,10 @@ absl::StatusOr<v1::HandoffAck> GrpcHandoffSender::Finish() {
 }
 
 void GrpcHandoffSender::Cancel() { context_.TryCancel(); }
+
+absl::StatusOr<std::unique_ptr<HandoffSender>> GrpcHandoffConnector::Connect(const std::string& address,
+                                                                             absl::Duration connect_timeout) {
+  return GrpcHandoffSender::Connect(address, connect_timeout);
+}
 
 }  // namespace indexcache

@@ -5,7 +5,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "common/handoff/tcp_frame.h"
+#include "common/handoff/tcp/tcp_frame.h"
 
 namespace indexcache {
 
