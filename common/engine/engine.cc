@@ -184,7 +184,9 @@ absl::StatusOr<KvSegment> Engine::ExportSegment(RequestId id, int32_t begin, int
 
 absl::StatusOr<std::vector<IndexerProbe>> Engine::TakeProbes(RequestId id) {
   ASSIGN_OR_RETURN(Request * r, Find(id));
-  if (r->state != State::kHeldForExport) return absl::FailedPreconditionError(absl::StrFormat("request %d has not finished prefill", id));
+  if (r->state != State::kHeldForExport) {
+    return absl::FailedPreconditionError(absl::StrFormat("request %d has not finished prefill", id));
+  }
   return std::move(r->probes);
 }
 
@@ -206,7 +208,9 @@ absl::StatusOr<RequestId> Engine::AdmitImport(std::vector<int32_t> prompt, const
 absl::Status Engine::ImportRows(RequestId id, int32_t layer, KvRowKind kind, int32_t begin, int32_t count,
                                 std::string_view rows) {
   ASSIGN_OR_RETURN(Request * r, Find(id));
-  if (r->state != State::kWaitingForRemoteKv) return absl::FailedPreconditionError(absl::StrFormat("request %d takes no rows now", id));
+  if (r->state != State::kWaitingForRemoteKv) {
+    return absl::FailedPreconditionError(absl::StrFormat("request %d takes no rows now", id));
+  }
   if (begin < 0 || begin + static_cast<int64_t>(count) > r->prompt_len) {
     return absl::OutOfRangeError(absl::StrFormat("rows [%d, %d) lie outside the %d-token prompt of request %d", begin,
                                                  begin + count, r->prompt_len, id));
@@ -432,7 +436,7 @@ std::vector<KvSegment> Engine::BeginExports(const std::vector<Request*>& in_batc
     absl::StatusOr<KvSegment> segment = exporter_->Begin(r.id, begin, end);
     if (!segment.ok()) {
       // The rows cannot leave: the receiver sees the failure where it waits for them.
-      r.export_to->Take(KvExporter::Failed(begin, end, Annotate(segment.status(), "exporting the prompt's cache rows")));
+      r.export_to->Take(exporter_->Failed(begin, end, Annotate(segment.status(), "exporting the prompt's cache rows")));
       continue;
     }
     r.export_to->Take(*segment);

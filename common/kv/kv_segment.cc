@@ -147,8 +147,13 @@ size_t KvSegment::bytes() const {
 }
 
 absl::Status KvSegment::WaitFor(size_t index) const {
-  if (state_ == nullptr || state_->staging == nullptr) return absl::OkStatus();
+  if (state_ == nullptr) return absl::OkStatus();
   State& s = *state_;
+  if (s.staging == nullptr) {
+    // No positions (nothing to wait for), or a segment that could not start (its failure).
+    std::lock_guard<std::mutex> lock(s.mu);
+    return s.failure;
+  }
   const int32_t layer = s.slices.at(index).layer;
   AsyncHostCopy* copy = nullptr;
   {
@@ -161,10 +166,6 @@ absl::Status KvSegment::WaitFor(size_t index) const {
 }
 
 absl::Status KvSegment::Wait() const {
-  if (state_ != nullptr && state_->staging == nullptr) {
-    std::lock_guard<std::mutex> lock(state_->mu);
-    if (!state_->failure.ok()) return state_->failure;
-  }
   for (size_t i = 0; i < slices().size(); ++i) RETURN_IF_ERROR(WaitFor(i));
   return absl::OkStatus();
 }
@@ -180,28 +181,36 @@ KvExporter::KvExporter(Backend& backend, const PagedKvCache& cache)
 
 KvExporter::~KvExporter() = default;
 
-absl::StatusOr<KvSegment> KvExporter::Begin(SequenceId seq, int32_t begin, int32_t end) {
+KvSegment KvExporter::Layout(int32_t begin, int32_t end) const {
   const KvCacheSpec& spec = cache_.spec();
-  const int32_t count = end - begin;
-  ASSIGN_OR_RETURN(std::vector<int32_t> slots, Slots(cache_, seq, begin, count));
   auto state = std::make_shared<KvSegment::State>();
   state->begin = begin;
   state->end = end;
   state->dtype = spec.dtype;
   state->pool = pool_;
-  size_t rows_bytes = 0;
+  size_t offset = 0;
   for (int32_t layer = 0; layer < spec.num_layers; ++layer) {
     for (KvRowKind kind : {KvRowKind::kLatent, KvRowKind::kIndexKey}) {
       if (kind == KvRowKind::kIndexKey && !spec.layer_has_index_keys[layer]) continue;
-      const size_t bytes = KvRowBytes(spec, kind, count);
-      state->slices.push_back(KvSlice{layer, kind, rows_bytes, bytes});
-      rows_bytes += bytes;
+      const size_t bytes = KvRowBytes(spec, kind, end - begin);
+      state->slices.push_back(KvSlice{layer, kind, offset, bytes});
+      offset += bytes;
     }
   }
   KvSegment segment;
-  segment.state_ = state;
+  segment.state_ = std::move(state);
+  return segment;
+}
+
+absl::StatusOr<KvSegment> KvExporter::Begin(SequenceId seq, int32_t begin, int32_t end) {
+  const KvCacheSpec& spec = cache_.spec();
+  const int32_t count = end - begin;
+  ASSIGN_OR_RETURN(std::vector<int32_t> slots, Slots(cache_, seq, begin, count));
+  KvSegment segment = Layout(begin, end);
   if (count == 0) return segment;
 
+  KvSegment::State* state = segment.state_.get();
+  const size_t rows_bytes = segment.bytes();
   const size_t slots_bytes = AlignUp(slots.size() * sizeof(int32_t));
   ASSIGN_OR_RETURN(state->staging, pool_->Take(backend_, slots_bytes + rows_bytes, rows_bytes));
   state->staging->copies.resize(spec.num_layers);
@@ -252,11 +261,8 @@ void KvExporter::End(const KvSegment& segment, const absl::Status& status) {
   s.landed.notify_all();
 }
 
-KvSegment KvExporter::Failed(int32_t begin, int32_t end, const absl::Status& why) {
-  KvSegment segment;
-  segment.state_ = std::make_shared<KvSegment::State>();
-  segment.state_->begin = begin;
-  segment.state_->end = end;
+KvSegment KvExporter::Failed(int32_t begin, int32_t end, const absl::Status& why) const {
+  KvSegment segment = Layout(begin, end);
   segment.state_->failure = why;
   return segment;
 }

@@ -90,10 +90,14 @@ class KvExporter {
   void End(const KvSegment& segment, const absl::Status& status);
   // Positions already computed: Begin, every layer, End.
   absl::StatusOr<KvSegment> Export(SequenceId seq, int32_t begin, int32_t end);
-  // A segment of positions [begin, end) that could not start: waiting on it returns `why`.
-  static KvSegment Failed(int32_t begin, int32_t end, const absl::Status& why);
+  // A segment of positions [begin, end) that could not start: waiting on any of its slices returns
+  // `why`.
+  KvSegment Failed(int32_t begin, int32_t end, const absl::Status& why) const;
 
  private:
+  // The segment's slices in layer order, no staging yet.
+  KvSegment Layout(int32_t begin, int32_t end) const;
+
   Backend& backend_;
   const PagedKvCache& cache_;
   std::shared_ptr<KvStagingPool> pool_;

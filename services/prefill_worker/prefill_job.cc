@@ -246,9 +246,9 @@ absl::StatusOr<int32_t> PrefillJob::FirstToken() {
 absl::Status PrefillJob::SendSegment(const KvSegment& segment) {
   const int32_t count = segment.count();
   if (count <= 0) return absl::OkStatus();
-  RETURN_IF_ERROR(Annotate(segment.Wait(), "exporting the prompt's cache rows"));
   for (size_t i = 0; i < segment.slices().size(); ++i) {
-    // Layer by layer: a slice leaves as soon as the pass has computed and copied its layer.
+    // Layer by layer: a slice leaves as soon as the pass has computed and copied its layer, while
+    // the later layers still compute.
     RETURN_IF_ERROR(Annotate(segment.WaitFor(i), "exporting the prompt's cache rows"));
     const KvSlice& slice = segment.slices()[i];
     const std::string_view bytes = segment.bytes(slice);

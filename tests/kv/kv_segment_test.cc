@@ -136,6 +136,34 @@ TEST_F(KvSegmentTest, StagingIsReusedWithoutMixingRows) {
   }
 }
 
+TEST_F(KvSegmentTest, LayersLandOneByOneAndAPassThatStopsFailsTheRest) {
+  ReserveInterleaved(8);
+  Fill(1, 8);
+  KvExporter exporter(*backend_, *cache_);
+  absl::StatusOr<KvSegment> segment = exporter.Begin(1, 0, 8);
+  ASSERT_TRUE(segment.ok()) << segment.status();
+  exporter.ExportLayer(*segment, 0);  // the pass reached layer 0's cache writes, then failed
+  exporter.End(*segment, absl::InternalError("the pass failed at layer 1"));
+  ASSERT_TRUE(segment->WaitFor(0).ok());  // layer 0's latent rows
+  ASSERT_TRUE(segment->WaitFor(1).ok());  // layer 0's index keys
+  float latent = 0;
+  std::memcpy(&latent, segment->bytes(segment->slices()[0]).data() + 6 * sizeof(float), sizeof(float));
+  EXPECT_EQ(latent, Value(0, KvRowKind::kLatent, 1, 0));
+  for (size_t i = 2; i < segment->slices().size(); ++i) {
+    EXPECT_THAT(segment->WaitFor(i).message(), HasSubstr("the pass failed at layer 1")) << "slice " << i;
+  }
+}
+
+TEST_F(KvSegmentTest, ASegmentThatCouldNotStartFailsEveryWait) {
+  KvExporter exporter(*backend_, *cache_);
+  const KvSegment segment = exporter.Failed(0, 8, absl::ResourceExhaustedError("no pinned memory"));
+  ASSERT_EQ(segment.slices().size(), 5u);
+  for (size_t i = 0; i < segment.slices().size(); ++i) {
+    EXPECT_EQ(segment.WaitFor(i).code(), absl::StatusCode::kResourceExhausted) << "slice " << i;
+  }
+  EXPECT_EQ(segment.Wait().code(), absl::StatusCode::kResourceExhausted);
+}
+
 TEST_F(KvSegmentTest, ExportPastTheReservationIsOutOfRange) {
   ASSERT_TRUE(cache_->Reserve(1, 5).ok());
   KvExporter exporter(*backend_, *cache_);
