@@ -44,6 +44,18 @@ void DecodeSession::Abort(EngineLoop& loop) {
   if (phase != Phase::kDecoding) Push(TokenEvent{engine_id_, -1, "", RequestFinish::kAbort, absl::OkStatus()});
 }
 
+bool DecodeSession::QueueRows(PendingRows rows) {
+  std::lock_guard<std::mutex> lock(rows_mu_);
+  rows_.push_back(std::move(rows));
+  return !std::exchange(import_queued_, true);
+}
+
+std::vector<DecodeSession::PendingRows> DecodeSession::TakeRows() {
+  std::lock_guard<std::mutex> lock(rows_mu_);
+  import_queued_ = false;
+  return std::exchange(rows_, {});
+}
+
 void DecodeSession::RecordImportError(const absl::Status& status) {
   std::lock_guard<std::mutex> lock(import_error_mu_);
   if (import_error_.ok()) import_error_ = status;

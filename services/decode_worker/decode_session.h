@@ -37,8 +37,7 @@ class DecodeSession : public std::enable_shared_from_this<DecodeSession> {
   int32_t prompt_tokens() const { return prompt_tokens_; }
   absl::Time admitted_at() const { return admitted_at_; }
 
-  // Received rows not in the cache yet: imported in batches, so a handoff costs the engine loop a few
-  // turns rather than one per chunk (each turn may wait for a whole decode step).
+  // Received rows not in the cache yet.
   struct PendingRows {
     int32_t layer = 0;
     KvRowKind kind = KvRowKind::kLatent;
@@ -52,16 +51,22 @@ class DecodeSession : public std::enable_shared_from_this<DecodeSession> {
     uint32_t next_sequence = 0;
     std::vector<int32_t> latent_rows;     // per layer: positions [0, n) received
     std::vector<int32_t> index_key_rows;  // per layer (Full layers only)
-    std::vector<PendingRows> pending;  // not handed to the engine loop yet
-    size_t pending_bytes = 0;
     int32_t first_token = -1;
     absl::Time decode_started_at;
   };
   std::mutex import_mu;
   Import import;  // guarded by import_mu
 
-  // Received rows are written into the cache on the engine loop without the importer waiting for it;
-  // the first such write that failed is kept here (any thread) for the trailer's check.
+  // Received rows wait here for the engine loop, which writes them into the cache without the
+  // transport thread waiting for it. At most one import is queued on the loop at a time and it takes
+  // everything that arrived by the time it runs: rows go in as fast as the loop gets to them (the
+  // tail at the trailer is what arrived during the last import), and what arrives while the loop is
+  // busy with a decode step goes in together, in one turn.
+  // Queues `rows`; true when no import is queued, and the caller must post one.
+  bool QueueRows(PendingRows rows);
+  // For the queued import, on the loop: every row queued so far (the next QueueRows posts again).
+  std::vector<PendingRows> TakeRows();
+  // The first write into the cache that failed is kept here (any thread) for the trailer's check.
   void RecordImportError(const absl::Status& status);
   absl::Status import_error() const;
 
@@ -97,6 +102,10 @@ class DecodeSession : public std::enable_shared_from_this<DecodeSession> {
   std::condition_variable out_cv_;
   std::deque<TokenEvent> events_;  // guarded by out_mu_
   absl::Status failure_;           // guarded by out_mu_
+
+  std::mutex rows_mu_;  // not import_mu: the loop takes rows while the trailer's check holds that
+  std::vector<PendingRows> rows_;  // guarded by rows_mu_
+  bool import_queued_ = false;     // guarded by rows_mu_
 
   mutable std::mutex import_error_mu_;
   absl::Status import_error_;  // guarded by import_error_mu_

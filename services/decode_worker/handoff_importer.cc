@@ -29,9 +29,8 @@ absl::Status Mismatch(const std::string& what, const std::string& theirs, const 
 
 }  // namespace
 
-HandoffImporter::HandoffImporter(EngineLoop& loop, size_t import_batch_bytes)
+HandoffImporter::HandoffImporter(EngineLoop& loop)
     : loop_(loop),
-      import_batch_bytes_(import_batch_bytes),
       fingerprint_(loop.engine().model_fingerprint()),
       pattern_(FormatIndexPattern(loop.engine().config().indexer_types)),
       full_layers_(FullLayers(loop.engine().config())),
@@ -190,29 +189,18 @@ absl::Status HandoffImporter::AcceptRows(DecodeSession& session, v1::KvRows& row
                                                       count, width, DTypeName(dtype_)));
   }
   // Little-endian rows are the host's layout; the bytes move out of the received chunk uncopied.
-  DecodeSession::PendingRows& pending = session.import.pending.emplace_back();
-  pending.layer = layer;
-  pending.kind = kind;
-  pending.begin = begin;
-  pending.count = count;
+  DecodeSession::PendingRows pending{layer, kind, begin, count, {}};
   pending.rows.swap(*rows.mutable_data());
-  session.import.pending_bytes += bytes;
   have += count;
-  if (session.import.pending_bytes < import_batch_bytes_) return absl::OkStatus();
-  // The transport thread goes on receiving while the loop writes this batch: the trailer's check,
-  // which runs on the loop after it, finds any failure (DecodeSession::import_error).
-  loop_.Post([session = session.shared_from_this(), batch = TakePending(session)](Engine& engine) {
-    absl::Status imported = ImportRows(engine, *session, batch);
-    if (!imported.ok()) session->RecordImportError(imported);
-  });
+  if (session.QueueRows(std::move(pending))) {
+    // The transport thread goes on receiving while the loop writes the rows: the trailer's check,
+    // which runs on the loop after this import, finds any failure (DecodeSession::import_error).
+    loop_.Post([session = session.shared_from_this()](Engine& engine) {
+      absl::Status imported = ImportRows(engine, *session, session->TakeRows());
+      if (!imported.ok()) session->RecordImportError(imported);
+    });
+  }
   return absl::OkStatus();
-}
-
-std::vector<DecodeSession::PendingRows> HandoffImporter::TakePending(DecodeSession& session) {
-  std::vector<DecodeSession::PendingRows> batch;
-  batch.swap(session.import.pending);
-  session.import.pending_bytes = 0;
-  return batch;
 }
 
 absl::Status HandoffImporter::ImportRows(Engine& engine, const DecodeSession& session,
@@ -268,11 +256,10 @@ absl::Status HandoffImporter::VerifyTrailer(DecodeSession& session, const v1::Ha
     }
   }
   const RequestId id = session.engine_id();
-  const std::vector<DecodeSession::PendingRows> rest = TakePending(session);
   RETURN_IF_ERROR(loop_.Call([&](Engine& engine) -> absl::Status {
-    // Every batch posted before runs before this call.
+    // The import posted before runs before this call; it may have left nothing, or the last rows.
     RETURN_IF_ERROR(session.import_error());
-    RETURN_IF_ERROR(ImportRows(engine, session, rest));
+    RETURN_IF_ERROR(ImportRows(engine, session, session.TakeRows()));
     for (const IndexerProbe& probe : probes) RETURN_IF_ERROR(engine.VerifyProbe(id, probe));
     return absl::OkStatus();
   }));

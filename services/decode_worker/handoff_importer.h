@@ -24,11 +24,7 @@ namespace indexcache {
 
 class HandoffImporter final : public HandoffSink {
  public:
-  // Received rows go to the engine loop in batches of `import_batch_bytes` (and the rest at the
-  // trailer): large enough that a handoff costs the loop — and, when both workers share a GPU, the
-  // prefill's context — few interruptions, small enough that the import keeps pace with the transfer.
-  static constexpr size_t kDefaultImportBatchBytes = size_t{32} << 20;
-  explicit HandoffImporter(EngineLoop& loop, size_t import_batch_bytes = kDefaultImportBatchBytes);
+  explicit HandoffImporter(EngineLoop& loop);
 
   // Makes the request's handoff acceptable; ALREADY_EXISTS when its id is in use.
   absl::Status Add(std::shared_ptr<DecodeSession> session);
@@ -47,11 +43,9 @@ class HandoffImporter final : public HandoffSink {
   // The state machine; the caller holds the session's import_mu.
   absl::Status Apply(DecodeSession& session, v1::HandoffChunk& chunk);
   absl::Status CheckHeader(const v1::HandoffHeader& header, const DecodeSession& session) const;
-  // Validates the rows and queues them; once the queue holds import_batch_bytes_, hands it to the
-  // engine loop to import (without waiting).
+  // Validates the rows and queues them for the engine loop to import (DecodeSession::QueueRows),
+  // without waiting for it.
   absl::Status AcceptRows(DecodeSession& session, v1::KvRows& rows);
-  // The queued rows, taken out of the session (the caller holds its import_mu).
-  static std::vector<DecodeSession::PendingRows> TakePending(DecodeSession& session);
   // Writes `batch` into the engine's cache; on the loop thread.
   static absl::Status ImportRows(Engine& engine, const DecodeSession& session,
                                  const std::vector<DecodeSession::PendingRows>& batch);
@@ -60,7 +54,6 @@ class HandoffImporter final : public HandoffSink {
   void Reject(DecodeSession& session, const absl::Status& why);
 
   EngineLoop& loop_;
-  const size_t import_batch_bytes_;
   // This engine's side of the header, read once.
   const std::string fingerprint_;
   const std::string pattern_;

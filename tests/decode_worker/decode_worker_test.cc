@@ -291,24 +291,6 @@ TEST_P(DecodeWorkerTest, LongerPromptsMatchTheInProcessEngine) {
   ExpectAllBlocksFree();
 }
 
-TEST_P(DecodeWorkerTest, RowsImportedBatchByBatchBesideTheTransferMatchTheInProcessEngine) {
-  // A one-byte batch: every rows chunk is written into the cache on the engine loop while the next
-  // ones arrive, none at the trailer.
-  DecodeWorkerOptions eager = WorkerOptions();
-  eager.import_batch_bytes = 1;
-  worker_.reset();
-  StartWorker(eager);
-  const std::vector<int32_t> prompt = Prompt(70, 5);
-  const std::vector<int32_t> want = LocalGreedy(*prefill_, prompt, 12);
-  std::unique_ptr<DecodeCall> call = StartDecode("eager", prompt, Greedy(12));
-  ASSERT_TRUE(call->ReadAdmitted());
-  ASSERT_TRUE(Push(call->admitted.handoff_address(), PrefillHandoff(*prefill_, "eager", prompt, 12)).ok());
-  std::optional<grpc::Status> status = call->Read();
-  ASSERT_TRUE(status && status->ok()) << (status ? status->error_message() : "");
-  EXPECT_EQ(call->tokens, want);
-  ExpectAllBlocksFree();
-}
-
 TEST_P(DecodeWorkerTest, OneTokenRequestEndsWithThePrefillWorkersToken) {
   const std::vector<int32_t> prompt = Prompt(10, 2);
   const std::vector<int32_t> want = LocalGreedy(*prefill_, prompt, 1);
