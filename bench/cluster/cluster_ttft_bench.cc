@@ -137,14 +137,18 @@ std::string SelfPath() {
 
 struct HandoffBytes {
   double kv = 0, index_keys = 0, metadata = 0;
+  double send_seconds = 0;  // the prefill worker's time sealing and writing chunks (0 on the decode side)
   double total() const { return kv + index_keys + metadata; }
-  HandoffBytes operator-(const HandoffBytes& o) const { return {kv - o.kv, index_keys - o.index_keys, metadata - o.metadata}; }
+  HandoffBytes operator-(const HandoffBytes& o) const {
+    return {kv - o.kv, index_keys - o.index_keys, metadata - o.metadata, send_seconds - o.send_seconds};
+  }
 };
 
 nlohmann::json BytesJson(const HandoffBytes& b) {
   return {{"kv", static_cast<int64_t>(b.kv)},
           {"index_keys", static_cast<int64_t>(b.index_keys)},
-          {"metadata", static_cast<int64_t>(b.metadata)}};
+          {"metadata", static_cast<int64_t>(b.metadata)},
+          {"send_seconds", b.send_seconds}};
 }
 
 // indexcache_handoff_bytes_total of one worker for `transport` (prefill: sent; decode: received).
@@ -155,7 +159,8 @@ absl::StatusOr<HandoffBytes> ScrapeHandoffBytes(const std::string& address, cons
   auto sum = [&](const char* payload) {
     return SumSamples(text, "indexcache_handoff_bytes_total", {absl::StrCat("payload=\"", payload, "\""), t});
   };
-  return HandoffBytes{sum("kv"), sum("index_keys"), sum("metadata")};
+  return HandoffBytes{sum("kv"), sum("index_keys"), sum("metadata"),
+                      SumSamples(text, "indexcache_handoff_send_seconds_total", {t})};
 }
 
 // Both workers' counters at one moment.

@@ -118,6 +118,11 @@ WorkerMetrics::WorkerMetrics(v1::WorkerRole role, int32_t full_layers, int32_t s
                          .Help("Handoff bytes by payload (kv, index_keys, metadata) and transport; prefill: sent, "
                                "decode: received")
                          .Register(*registry_)),
+      handoff_send_seconds_(BuildCounter()
+                                .Name("indexcache_handoff_send_seconds_total")
+                                .Help("Prefill: seconds spent sealing and writing handoff chunks, not waiting for "
+                                      "the compute; bytes_total / this is the transport's rate while it had data")
+                                .Register(*registry_)),
       handoff_duration_(BuildHistogram()
                             .Name("indexcache_handoff_duration_seconds")
                             .Help("Handoff time from the first chunk to the decode worker's verdict")
@@ -189,6 +194,10 @@ void WorkerMetrics::AddHandoffBytes(v1::HandoffTransport transport, const Handof
   if (full_layers_ > 0) {
     index_key_bytes_not_sent_.Increment(static_cast<double>(bytes.index_key_bytes) / full_layers_ * shared_layers_);
   }
+}
+
+void WorkerMetrics::AddHandoffSendTime(v1::HandoffTransport transport, absl::Duration duration) {
+  handoff_send_seconds_.Add(With({{"transport", TransportLabel(transport)}})).Increment(absl::ToDoubleSeconds(duration));
 }
 
 void WorkerMetrics::ObserveHandoff(v1::HandoffTransport transport, absl::Duration duration, uint64_t bytes) {

@@ -38,6 +38,8 @@ class WorkerMetrics {
   // sent, for the decode worker those it received. Also counts the index-key bytes that Shared
   // layers kept off the wire.
   void AddHandoffBytes(v1::HandoffTransport transport, const HandoffByteCounts& bytes);
+  // Prefill: the time a handoff spent sealing and writing chunks (not waiting for the compute).
+  void AddHandoffSendTime(v1::HandoffTransport transport, absl::Duration duration);
   // A completed handoff: from its first chunk to the decode worker's verdict.
   void ObserveHandoff(v1::HandoffTransport transport, absl::Duration duration, uint64_t bytes);
   // A handoff that failed: refused by the decode worker, corrupt, or its connection broke.
@@ -68,6 +70,7 @@ class WorkerMetrics {
   prometheus::Gauge& estimated_speedup_;
 
   prometheus::Family<prometheus::Counter>& handoff_bytes_;
+  prometheus::Family<prometheus::Counter>& handoff_send_seconds_;
   prometheus::Family<prometheus::Histogram>& handoff_duration_;
   prometheus::Family<prometheus::Histogram>& handoff_bandwidth_;
   prometheus::Family<prometheus::Counter>& handoff_failures_;

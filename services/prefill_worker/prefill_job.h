@@ -82,6 +82,9 @@ class PrefillJob {
   bool handoff_rejected() const;
   // What the handoff put on the wire so far (all of it after Run; nothing before it connected).
   HandoffByteCounts bytes() const;
+  // Time spent sealing and writing chunks, not waiting for the compute: bytes() / this is the rate
+  // the transport reached while it had rows to send.
+  absl::Duration send_time() const { return send_time_; }
 
  private:
   struct SinkState;
@@ -106,6 +109,7 @@ class PrefillJob {
   RequestId id_ = -1;                 // -1 until submitted
   std::string request_id_;
   uint32_t sequence_ = 0;
+  absl::Duration send_time_;
   std::unique_ptr<HandoffSender> sender_;
   bool transport_failed_ = false;
 };

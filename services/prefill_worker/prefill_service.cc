@@ -79,6 +79,7 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const v1::Pre
   Finish(request->request_id(), job.handoff_rejected());
   const HandoffByteCounts bytes = job.bytes();
   metrics_.AddHandoffBytes(request->transport(), bytes);
+  metrics_.AddHandoffSendTime(request->transport(), job.send_time());
   if (job.handoff_rejected()) metrics_.CountHandoffFailure(request->transport(), result.status());
   if (result.ok()) {
     metrics_.ObserveHandoff(request->transport(), absl::Seconds(result->handoff_seconds()),
@@ -92,7 +93,8 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const v1::Pre
   IC_LOG(Info) << "prefill " << request->request_id() << " done: first token " << response->first_token()
                << ", prefill " << response->prefill_seconds() << " s, handoff " << response->handoff_seconds()
                << " s, " << response->handoff().latent_bytes() << " latent + " << response->handoff().index_key_bytes()
-               << " index-key bytes in " << response->handoff().chunks() << " chunks";
+               << " index-key bytes in " << response->handoff().chunks() << " chunks, "
+               << absl::ToDoubleSeconds(job.send_time()) << " s of it sending";
   return grpc::Status::OK;
 }
 
