@@ -1,7 +1,9 @@
 // The engine's in-process prefill, the baseline the cluster's time to first token is read against:
 // one Engine (the same flags a worker gets), each prompt submitted alone and timed from Submit until
 // the Step that returns its first token (PrefillOnce, first_token.h) — what `indexcache generate
-// --json` reports as time_to_first_token_s, but warmed up and repeated in one process.
+// --json` reports as time_to_first_token_s, but warmed up and repeated in one process. Beside it, the
+// same prefill with its export on (SubmitPrefill with a sink, as a prefill worker runs it, whose
+// segments a consumer thread waits for and drops): export on / off without a peer process.
 #pragma once
 
 #include <cstdint>
@@ -21,7 +23,8 @@ struct PrefillCase {
 
 // Runs every case on one engine, each repetition on fresh random ids
 // (seeds 100, 101, …); a case that fails records its error and the next one still runs.
-// JSON: {"cases": [{"prompt_tokens", "warmups", "seconds": [...], "median_s", "error"?}], "kv_cache_blocks", ...}.
+// Repetitions alternate export off and on. JSON: {"cases": [{"prompt_tokens", "warmups", "seconds": [...],
+// "median_s", "export_seconds": [...], "export_median_s", "error"?}], "kv_cache_blocks", ...}.
 nlohmann::json MeasureEnginePrefill(const EngineOptions& options, const std::vector<PrefillCase>& cases);
 
 }  // namespace indexcache::bench

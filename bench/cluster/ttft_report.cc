@@ -70,6 +70,7 @@ void SummarizeCases(json& report) {
   for (json& row : report["cases"]) {
     json s;
     s["engine_s"] = Num(row["engine"], "median_s");
+    s["engine_export_s"] = Num(row["engine"], "export_median_s");
     const json reps = row["cluster"].value("reps", json::array());
     for (const char* key : {"ttft_s", "prefill_s", "handoff_s", "queue_s", "server_first_token_s"}) {
       s[key] = RepMedian(reps, key);
@@ -78,6 +79,10 @@ void SummarizeCases(json& report) {
     for (const json& r : reps) good += !r.value("warmup", false) && !r.contains("error");
     s["timed_reps_ok"] = good;
     s["ttft_over_engine"] = s["engine_s"].get<double>() > 0 ? s["ttft_s"].get<double>() / s["engine_s"].get<double>() : 0.0;
+    // Throughput with the export on as a share of it off: in process, and in the prefill worker.
+    auto share = [&](const char* on) { return Num(s, on) > 0 ? Num(s, "engine_s") / Num(s, on) : 0.0; };
+    s["export_on_over_off"] = share("engine_export_s");
+    s["worker_prefill_over_off"] = share("prefill_s");
     if (const json* first = FirstGoodRep(reps)) {
       s["sent_bytes"] = (*first)["sent_bytes"];
       s["received_bytes"] = (*first)["received_bytes"];
@@ -163,6 +168,21 @@ std::string TtftMarkdown(const json& report) {
   }
 
   md +=
+      "\n## Prefill throughput with the export on, as a share of it off (target ≥ 95%)\n\n"
+      "| model | prompt tokens | engine, export off (s) | engine, export on (s) | on / off, in process | "
+      "prefill worker's prefill_s (s) | on / off, in the cluster |\n| --- | --- | --- | --- | --- | --- | --- |\n";
+  for (const json& row : report["cases"]) {
+    const json& s = row["summary"];
+    auto percent = [&](const char* key) {
+      return Num(s, key) > 0 ? absl::StrFormat("**%.1f%%**", 100 * Num(s, key)) : std::string("—");
+    };
+    absl::StrAppendFormat(&md, "| %s | %d | %s | %s | %s | %s | %s |\n", row["model"].get<std::string>(),
+                          row["prompt_tokens"].get<int>(), Seconds(Num(s, "engine_s")),
+                          Seconds(Num(s, "engine_export_s")), percent("export_on_over_off"),
+                          Seconds(Num(s, "prefill_s")), percent("worker_prefill_over_off"));
+  }
+
+  md +=
       "\n## Handoff bytes per request vs the bf16 rows expected (target: exactly those; wire ≥ 50% of loopback TCP)\n\n"
       "| model | prompt tokens | latent bytes sent (expected) | index-key bytes sent (expected) | metadata bytes | "
       "exact? | decode received = sent? | wire rate while sending (GB/s) | of the TCP ceiling | bytes / handoff_s (GB/s) |\n"
@@ -223,6 +243,11 @@ std::string TtftMarkdown(const json& report) {
       "- **engine prefill**: one `Engine` in its own process with the workers' flags (device, chunk, KV cache), a "
       "prompt submitted alone, Submit → the Step that samples its first token; one warm-up prompt per length, "
       "then the median of the repetitions (fresh random ids each). No export, no network.\n"
+      "- **export on / off**: the same engine alternates each repetition with its export on (`SubmitPrefill` with "
+      "a sink whose consumer thread waits for every slice to land in pinned host memory and drops it, as the "
+      "prefill worker's sender does before writing; the time runs until the last slice landed): what the export "
+      "costs the prefill itself. In the cluster the prefill worker's `prefill_s` also carries what sharing the "
+      "GPU with the decode worker costs (its imports are another process's work the GPU time-slices in).\n"
       "- **cluster TTFT**: the client's time from the streaming call to the first chunk with a token; median of the "
       "repetitions after the warm-up(s). The server's `prefill_s` (prefill worker: submit → prefill done) and "
       "`handoff_s` (first chunk sent → the decode worker's ack) come back in the stream's final message; the "
