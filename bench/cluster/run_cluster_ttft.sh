@@ -23,7 +23,7 @@
 # Environment (defaults in brackets): DEVICE [cuda]; CHUNK [8192]; TRANSPORT [tcp];
 # MODEL_CACHE [/tmp/indexcache-cluster-ttft-models] where the generated models stay between calls;
 # SMALL_MODEL / PAPER_MODEL: use this model directory instead of generating it;
-# SMALL_CASES ["16384:3:1"] and PAPER_CASES ["65536:3:1 131072:1:1"]: TOKENS:REPS:WARMUPS each;
+# SMALL_CASES ["16384:5:3": three warm-ups, the GPU's clocks still rise over the first 16K prompts] and PAPER_CASES ["65536:3:1 131072:1:1"]: TOKENS:REPS:WARMUPS each;
 # BURSTS ["16:16384 64:4096"]: COUNT:TOKENS each, on the 16-layer model; SMALL_KV_MB [4096] and
 # PAPER_KV_MB [12288]: KV cache per engine / worker; TCP_GIB [4]; EXTRA: more driver flags.
 # A CPU check of the whole path (tiny model, short prompts), on the build machine:
@@ -40,7 +40,7 @@ device=${DEVICE:-cuda}
 chunk=${CHUNK:-8192}
 transport=${TRANSPORT:-tcp}
 cache=${MODEL_CACHE:-/tmp/indexcache-cluster-ttft-models}
-small_cases=${SMALL_CASES:-16384:3:1}
+small_cases=${SMALL_CASES:-16384:5:3}
 paper_cases=${PAPER_CASES:-65536:3:1 131072:1:1}
 bursts=${BURSTS:-16:16384 64:4096}
 small_kv=${SMALL_KV_MB:-4096}

@@ -44,15 +44,19 @@ void DecodeSession::Abort(EngineLoop& loop) {
   if (phase != Phase::kDecoding) Push(TokenEvent{engine_id_, -1, "", RequestFinish::kAbort, absl::OkStatus()});
 }
 
-bool DecodeSession::QueueRows(PendingRows rows) {
+bool DecodeSession::QueueRows(PendingRows rows, size_t batch_bytes) {
   std::lock_guard<std::mutex> lock(rows_mu_);
+  rows_bytes_ += rows.rows.size();
   rows_.push_back(std::move(rows));
-  return !std::exchange(import_queued_, true);
+  if (import_queued_ || rows_bytes_ < batch_bytes) return false;
+  import_queued_ = true;
+  return true;
 }
 
 std::vector<DecodeSession::PendingRows> DecodeSession::TakeRows() {
   std::lock_guard<std::mutex> lock(rows_mu_);
   import_queued_ = false;
+  rows_bytes_ = 0;
   return std::exchange(rows_, {});
 }
 

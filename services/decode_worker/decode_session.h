@@ -51,6 +51,7 @@ class DecodeSession : public std::enable_shared_from_this<DecodeSession> {
     uint32_t next_sequence = 0;
     std::vector<int32_t> latent_rows;     // per layer: positions [0, n) received
     std::vector<int32_t> index_key_rows;  // per layer (Full layers only)
+    size_t bytes_to_come = 0;             // rows of the prompt not received yet
     int32_t first_token = -1;
     absl::Time decode_started_at;
   };
@@ -59,11 +60,10 @@ class DecodeSession : public std::enable_shared_from_this<DecodeSession> {
 
   // Received rows wait here for the engine loop, which writes them into the cache without the
   // transport thread waiting for it. At most one import is queued on the loop at a time and it takes
-  // everything that arrived by the time it runs: rows go in as fast as the loop gets to them (the
-  // tail at the trailer is what arrived during the last import), and what arrives while the loop is
-  // busy with a decode step goes in together, in one turn.
-  // Queues `rows`; true when no import is queued, and the caller must post one.
-  bool QueueRows(PendingRows rows);
+  // everything that arrived by the time it runs.
+  // Queues `rows`; true when the caller must post an import: none is queued and the rows waiting
+  // weigh at least `batch_bytes`.
+  bool QueueRows(PendingRows rows, size_t batch_bytes);
   // For the queued import, on the loop: every row queued so far (the next QueueRows posts again).
   std::vector<PendingRows> TakeRows();
   // The first write into the cache that failed is kept here (any thread) for the trailer's check.
@@ -105,6 +105,7 @@ class DecodeSession : public std::enable_shared_from_this<DecodeSession> {
 
   std::mutex rows_mu_;  // not import_mu: the loop takes rows while the trailer's check holds that
   std::vector<PendingRows> rows_;  // guarded by rows_mu_
+  size_t rows_bytes_ = 0;          // guarded by rows_mu_
   bool import_queued_ = false;     // guarded by rows_mu_
 
   mutable std::mutex import_error_mu_;

@@ -115,6 +115,7 @@ absl::Status HandoffImporter::Apply(DecodeSession& session, v1::HandoffChunk& ch
       RETURN_IF_ERROR(CheckHeader(chunk.header(), session));
       state.latent_rows.assign(full_layers_.size(), 0);
       state.index_key_rows.assign(full_layers_.size(), 0);
+      state.bytes_to_come = PromptRowBytes(session.prompt_tokens());
       state.phase = Phase::kRows;
       return absl::OkStatus();
     case v1::HandoffChunk::kRows:
@@ -129,6 +130,12 @@ absl::Status HandoffImporter::Apply(DecodeSession& session, v1::HandoffChunk& ch
       break;
   }
   return absl::InvalidArgumentError(absl::StrFormat("chunk %d carries no header, rows or trailer", chunk.sequence()));
+}
+
+size_t HandoffImporter::PromptRowBytes(int32_t prompt_tokens) const {
+  size_t per_token = 0;
+  for (bool full : full_layers_) per_token += (latent_dim_ + (full ? index_key_dim_ : 0)) * DTypeSize(dtype_);
+  return per_token * static_cast<size_t>(prompt_tokens);
 }
 
 absl::Status HandoffImporter::CheckHeader(const v1::HandoffHeader& header, const DecodeSession& session) const {
@@ -192,7 +199,9 @@ absl::Status HandoffImporter::AcceptRows(DecodeSession& session, v1::KvRows& row
   DecodeSession::PendingRows pending{layer, kind, begin, count, {}};
   pending.rows.swap(*rows.mutable_data());
   have += count;
-  if (session.QueueRows(std::move(pending))) {
+  session.import.bytes_to_come -= bytes;  // the checks above bound it by what the header promised
+  const size_t batch = session.import.bytes_to_come <= kEagerTailBytes ? 0 : kImportBatchBytes;
+  if (session.QueueRows(std::move(pending), batch)) {
     // The transport thread goes on receiving while the loop writes the rows: the trailer's check,
     // which runs on the loop after this import, finds any failure (DecodeSession::import_error).
     loop_.Post([session = session.shared_from_this()](Engine& engine) {

@@ -24,6 +24,13 @@ namespace indexcache {
 
 class HandoffImporter final : public HandoffSink {
  public:
+  // While much of the prompt is still to come, rows go to the engine loop in batches of
+  // kImportBatchBytes: every import is work the GPU runs for this process, and when a prefill worker
+  // shares the GPU each one interrupts its prefill (the GPU time-slices between the processes), so
+  // few large ones cost it less. Over the last kEagerTailBytes each chunk goes in as it arrives, so
+  // what is left to import at the trailer is about one chunk.
+  static constexpr size_t kImportBatchBytes = size_t{32} << 20;
+  static constexpr size_t kEagerTailBytes = size_t{64} << 20;
   explicit HandoffImporter(EngineLoop& loop);
 
   // Makes the request's handoff acceptable; ALREADY_EXISTS when its id is in use.
@@ -43,8 +50,10 @@ class HandoffImporter final : public HandoffSink {
   // The state machine; the caller holds the session's import_mu.
   absl::Status Apply(DecodeSession& session, v1::HandoffChunk& chunk);
   absl::Status CheckHeader(const v1::HandoffHeader& header, const DecodeSession& session) const;
+  // Every row a prompt of this length ships: each layer's latent rows, the Full layers' index keys.
+  size_t PromptRowBytes(int32_t prompt_tokens) const;
   // Validates the rows and queues them for the engine loop to import (DecodeSession::QueueRows),
-  // without waiting for it.
+  // without waiting for it: in batches, or at once near the end (kEagerTailBytes).
   absl::Status AcceptRows(DecodeSession& session, v1::KvRows& rows);
   // Writes `batch` into the engine's cache; on the loop thread.
   static absl::Status ImportRows(Engine& engine, const DecodeSession& session,
