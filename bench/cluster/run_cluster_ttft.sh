@@ -23,7 +23,7 @@
 # Environment (defaults in brackets): DEVICE [cuda]; CHUNK [8192]; TRANSPORT [tcp];
 # MODEL_CACHE [/tmp/indexcache-cluster-ttft-models] where the generated models stay between calls;
 # SMALL_MODEL / PAPER_MODEL: use this model directory instead of generating it;
-# SMALL_CASES ["16384:5:3": three warm-ups, the GPU's clocks still rise over the first 16K prompts] and PAPER_CASES ["65536:3:1 131072:1:1"]: TOKENS:REPS:WARMUPS each;
+# SMALL_CASES ["16384:5:3": three warm-ups: the first 16K prompts still speed up, 0.115, 0.100, 0.087 s in one run] and PAPER_CASES ["65536:3:1 131072:1:1"]: TOKENS:REPS:WARMUPS each;
 # BURSTS ["16:16384 64:4096"]: COUNT:TOKENS each, on the 16-layer model; SMALL_KV_MB [4096] and
 # PAPER_KV_MB [12288]: KV cache per engine / worker; TCP_GIB [4]; EXTRA: more driver flags.
 # A CPU check of the whole path (tiny model, short prompts), on the build machine:
