@@ -61,7 +61,7 @@ absl::StatusOr<std::unique_ptr<DecodeWorker>> DecodeWorker::Create(const DecodeW
   const auto full = static_cast<int32_t>(std::count(pattern.begin(), pattern.end(), IndexerType::kFull));
   worker->metrics_ = std::make_unique<WorkerMetrics>(v1::DECODE, full, static_cast<int32_t>(pattern.size()) - full);
   worker->loop_ = std::make_unique<EngineLoop>(std::move(engine));
-  worker->importer_ = std::make_unique<HandoffImporter>(*worker->loop_);
+  worker->importer_ = std::make_unique<HandoffImporter>(*worker->loop_, options.import_batching);
   worker->grpc_sink_ =
       std::make_unique<MeteredHandoffSink>(*worker->importer_, *worker->metrics_, v1::HANDOFF_TRANSPORT_GRPC);
   worker->tcp_sink_ =

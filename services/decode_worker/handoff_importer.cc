@@ -29,8 +29,9 @@ absl::Status Mismatch(const std::string& what, const std::string& theirs, const 
 
 }  // namespace
 
-HandoffImporter::HandoffImporter(EngineLoop& loop)
+HandoffImporter::HandoffImporter(EngineLoop& loop, ImportBatching batching)
     : loop_(loop),
+      batching_(batching),
       fingerprint_(loop.engine().model_fingerprint()),
       pattern_(FormatIndexPattern(loop.engine().config().indexer_types)),
       full_layers_(FullLayers(loop.engine().config())),
@@ -200,7 +201,7 @@ absl::Status HandoffImporter::AcceptRows(DecodeSession& session, v1::KvRows& row
   pending.rows.swap(*rows.mutable_data());
   have += count;
   session.import.bytes_to_come -= bytes;  // the checks above bound it by what the header promised
-  const size_t batch = session.import.bytes_to_come <= kEagerTailBytes ? 0 : kImportBatchBytes;
+  const size_t batch = session.import.bytes_to_come <= batching_.eager_tail_bytes ? 0 : batching_.batch_bytes;
   if (session.QueueRows(std::move(pending), batch)) {
     // The transport thread goes on receiving while the loop writes the rows: the trailer's check,
     // which runs on the loop after this import, finds any failure (DecodeSession::import_error).

@@ -22,16 +22,19 @@
 
 namespace indexcache {
 
+// While much of the prompt is still to come, received rows go to the engine loop in batches of
+// `batch_bytes`: every import is work the GPU runs for the decode worker, and when a prefill worker
+// shares the GPU each one interrupts its prefill (the GPU time-slices between the processes), so few
+// large ones cost it less. Over the last `eager_tail_bytes` each chunk goes in as it arrives, so what
+// is left to import at the trailer is about one chunk.
+struct ImportBatching {
+  size_t batch_bytes = size_t{32} << 20;
+  size_t eager_tail_bytes = size_t{64} << 20;
+};
+
 class HandoffImporter final : public HandoffSink {
  public:
-  // While much of the prompt is still to come, rows go to the engine loop in batches of
-  // kImportBatchBytes: every import is work the GPU runs for this process, and when a prefill worker
-  // shares the GPU each one interrupts its prefill (the GPU time-slices between the processes), so
-  // few large ones cost it less. Over the last kEagerTailBytes each chunk goes in as it arrives, so
-  // what is left to import at the trailer is about one chunk.
-  static constexpr size_t kImportBatchBytes = size_t{32} << 20;
-  static constexpr size_t kEagerTailBytes = size_t{64} << 20;
-  explicit HandoffImporter(EngineLoop& loop);
+  explicit HandoffImporter(EngineLoop& loop, ImportBatching batching = {});
 
   // Makes the request's handoff acceptable; ALREADY_EXISTS when its id is in use.
   absl::Status Add(std::shared_ptr<DecodeSession> session);
@@ -53,7 +56,7 @@ class HandoffImporter final : public HandoffSink {
   // Every row a prompt of this length ships: each layer's latent rows, the Full layers' index keys.
   size_t PromptRowBytes(int32_t prompt_tokens) const;
   // Validates the rows and queues them for the engine loop to import (DecodeSession::QueueRows),
-  // without waiting for it: in batches, or at once near the end (kEagerTailBytes).
+  // without waiting for it: in batches, or at once near the end (ImportBatching).
   absl::Status AcceptRows(DecodeSession& session, v1::KvRows& rows);
   // Writes `batch` into the engine's cache; on the loop thread.
   static absl::Status ImportRows(Engine& engine, const DecodeSession& session,
@@ -63,6 +66,7 @@ class HandoffImporter final : public HandoffSink {
   void Reject(DecodeSession& session, const absl::Status& why);
 
   EngineLoop& loop_;
+  const ImportBatching batching_;
   // This engine's side of the header, read once.
   const std::string fingerprint_;
   const std::string pattern_;

@@ -291,6 +291,30 @@ TEST_P(DecodeWorkerTest, LongerPromptsMatchTheInProcessEngine) {
   ExpectAllBlocksFree();
 }
 
+TEST_P(DecodeWorkerTest, RowsImportedInBatchesThenChunkByChunkMatchTheInProcessEngine) {
+  // Batches of an eighth of the prompt's rows until the last quarter, then chunk by chunk: both ways
+  // of importing, beside the transfer and at the trailer, on one request.
+  const std::vector<int32_t> prompt = Prompt(70, 5);
+  const ModelConfig& c = prefill_->config();
+  size_t row_bytes_per_token = 0;  // f32 rows on the CPU
+  for (IndexerType t : c.indexer_types) {
+    row_bytes_per_token += (c.latent_cache_dim() + (t == IndexerType::kFull ? c.index_head_dim : 0)) * sizeof(float);
+  }
+  const size_t rows_bytes = row_bytes_per_token * prompt.size();
+  DecodeWorkerOptions batched = WorkerOptions();
+  batched.import_batching = {.batch_bytes = rows_bytes / 8, .eager_tail_bytes = rows_bytes / 4};
+  worker_.reset();
+  StartWorker(batched);
+  const std::vector<int32_t> want = LocalGreedy(*prefill_, prompt, 12);
+  std::unique_ptr<DecodeCall> call = StartDecode("batched", prompt, Greedy(12));
+  ASSERT_TRUE(call->ReadAdmitted());
+  ASSERT_TRUE(Push(call->admitted.handoff_address(), PrefillHandoff(*prefill_, "batched", prompt, 12)).ok());
+  std::optional<grpc::Status> status = call->Read();
+  ASSERT_TRUE(status && status->ok()) << (status ? status->error_message() : "");
+  EXPECT_EQ(call->tokens, want);
+  ExpectAllBlocksFree();
+}
+
 TEST_P(DecodeWorkerTest, OneTokenRequestEndsWithThePrefillWorkersToken) {
   const std::vector<int32_t> prompt = Prompt(10, 2);
   const std::vector<int32_t> want = LocalGreedy(*prefill_, prompt, 1);
