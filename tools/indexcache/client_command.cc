@@ -83,11 +83,14 @@ absl::Status ClientGenerate(const Args& args) {
     if (result.final.finish_reason == client::FinishReason::kError) return absl::InternalError(result.final.error);
     return absl::OkStatus();
   }
+  // Token ids are printed only for a model without a tokenizer: with one, a chunk without text holds
+  // a stop token or part of a character whose text comes with a later chunk, and its id is no text.
+  ASSIGN_OR_RETURN(const client::ModelInfo info, client.GetModelInfo());
   client::GenerateStream stream = client.Stream(request);
   for (;;) {
     ASSIGN_OR_RETURN(std::optional<client::GenerateChunk> chunk, stream.Next());
     if (!chunk) break;
-    if (!chunk->text.empty()) {
+    if (info.has_tokenizer) {
       std::cout << chunk->text << std::flush;
     } else {
       for (int32_t id : chunk->token_ids) std::cout << id << ' ' << std::flush;
