@@ -7,12 +7,13 @@
 //   node --test grpc_reflection_test.mjs   (env INDEXCACHE = the indexcache binary, MODEL = a model dir)
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import grpc from '@grpc/grpc-js';
 import protoLoader from '@grpc/proto-loader';
+import { startCluster } from './cluster.mjs';
 
 const require = createRequire(import.meta.url);
 const indexcache = process.env.INDEXCACHE;
@@ -28,29 +29,13 @@ const { ServerReflection } = load(reflectionProto).grpc.reflection.v1alpha;
 const { Health } = load(healthProto).grpc.health.v1;
 
 let cluster;
-const addresses = {};  // service name → address, "metrics router" → its /metrics address
+let addresses;  // service name → address, "metrics router" → its /metrics address
 
 before(() => {
-  cluster = spawn(indexcache, ['cluster', 'up', '--model', model, '--threads', '1', '--metrics-port-base', '0'],
-    { stdio: ['ignore', 'pipe', 'inherit'] });
-  return new Promise((resolve, reject) => {
-    let buffered = '';
-    const timer = setTimeout(() => reject(new Error('the cluster was not ready within 120 s')), 120_000);
-    cluster.on('exit', (code) => reject(new Error(`cluster up exited with ${code}`)));
-    cluster.stdout.on('data', (data) => {
-      buffered += data;
-      let newline;
-      while ((newline = buffered.indexOf('\n')) >= 0) {
-        const words = buffered.slice(0, newline).trim().split(/\s+/);
-        buffered = buffered.slice(newline + 1);
-        if (words[0] === 'metrics') addresses[`metrics ${words[1]}`] = words[2];
-        else if (words[0] === 'ready') {
-          clearTimeout(timer);
-          resolve();
-        } else if (words.length === 2) addresses[words[0]] = words[1];
-      }
-    });
-  });
+  const started = startCluster(indexcache, ['--model', model, '--threads', '1', '--metrics-port-base', '0']);
+  cluster = started.child;
+  addresses = started.addresses;
+  return started.ready;
 });
 after(() => cluster?.kill('SIGTERM'));
 
