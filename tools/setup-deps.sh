@@ -13,7 +13,7 @@ packages=(
   libabsl-dev libre2-dev prometheus-cpp-dev nlohmann-json3-dev libisal-dev zlib1g-dev
   libboost-dev libboost-system-dev
   libgtest-dev libgmock-dev libopenblas-openmp-dev
-  python3 python3-numpy python3-grpcio python3-protobuf
+  python3 python3-numpy python3-grpcio python3-protobuf python3-venv python3-pip python3-setuptools
   prometheus
 )
 
