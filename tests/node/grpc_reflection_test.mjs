@@ -106,8 +106,9 @@ test('grpc.health.v1 answers for the server and for each service name', async ()
 
 test('--version and indexcache_build_info name the commit the binaries were built from', async () => {
   const head = execFileSync('git', ['-C', sourceDir, 'rev-parse', '--short=12', 'HEAD']).toString().trim();
+  // A tree edited since the build may have been clean or not when built; a clean one was clean.
   const dirty = execFileSync('git', ['-C', sourceDir, 'status', '--porcelain', '--untracked-files=no']).toString() !== '';
-  const commit = dirty ? `${head}-dirty` : head;
+  const commit = dirty ? `${head}(-dirty)?` : head;
   for (const [args, program] of [[['--version'], 'indexcache'], [['router', '--version'], 'indexcache-router'],
     [['prefill-worker', '--version'], 'indexcache-prefill-worker'], [['decode-worker', '--version'], 'indexcache-decode-worker']]) {
     const line = execFileSync(indexcache, args).toString().trim();
