@@ -6,13 +6,7 @@
 set -euo pipefail
 build=$1
 src=$2
-work=$(mktemp -d)
-cluster=
-cleanup() {
-  [[ -n $cluster ]] && kill -TERM "$cluster" 2>/dev/null && wait "$cluster" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source "$(dirname "$0")/local_cluster.sh"
 
 cmake --install "$build" --prefix "$work/prefix" >/dev/null
 if grep -rlF -e "$build" -e "$src" "$work/prefix"; then
@@ -26,14 +20,7 @@ if ! { cmake -S "$src/sdk/cpp/examples" -B "$work/examples" -G Ninja -DCMAKE_BUI
   exit 1
 fi
 
-"$build/tools/indexcache" cluster up --model "$src/models/glm-dsa-tiny-random" --threads 1 >"$work/cluster.out" 2>/dev/null &
-cluster=$!
-for _ in $(seq 1200); do
-  grep -q '^ready ' "$work/cluster.out" && break
-  sleep 0.1
-done
-router=$(awk '/^ready /{print $2}' "$work/cluster.out")
-[[ -n $router ]] || { echo "FAIL: the cluster did not start" >&2; exit 1; }
+start_cluster "$build" "$src"
 prompt="The river ran past the old mill"
 example=$("$work/examples/blocking_generate" --router "$router" --prompt "$prompt" --max-new-tokens 12 --temperature 0)
 expected=$("$build/tools/indexcache" client generate --router "$router" --prompt "$prompt" --max-new-tokens 12 \

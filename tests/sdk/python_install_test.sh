@@ -6,13 +6,7 @@
 set -euo pipefail
 build=$1
 src=$2
-work=$(mktemp -d)
-cluster=
-cleanup() {
-  [[ -n $cluster ]] && kill -TERM "$cluster" 2>/dev/null && wait "$cluster" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source "$(dirname "$0")/local_cluster.sh"
 
 # A copy, so that the in-tree build leaves nothing in the checkout; proto/ beside it as in the tree.
 mkdir -p "$work/tree/sdk"
@@ -23,14 +17,7 @@ rm -f "$work/tree/sdk/python/indexcache_client/generate_pb2"*.py
 "$work/venv/bin/pip" install --quiet --no-build-isolation --no-index "$work/tree/sdk/python"
 rm -rf "$work/tree"
 
-"$build/tools/indexcache" cluster up --model "$src/models/glm-dsa-tiny-random" --threads 1 >"$work/cluster.out" 2>/dev/null &
-cluster=$!
-for _ in $(seq 1200); do
-  grep -q '^ready ' "$work/cluster.out" && break
-  sleep 0.1
-done
-router=$(awk '/^ready /{print $2}' "$work/cluster.out")
-[[ -n $router ]] || { echo "FAIL: the cluster did not start" >&2; exit 1; }
+start_cluster "$build" "$src"
 
 ids='[5, 17, 300, 42, 9, 1000, 77, 8, 640, 3]'
 echo "$ids" >"$work/ids.json"
