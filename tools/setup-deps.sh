@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs every build and test dependency from Debian 12's packages, and the pinned npm packages of
-# the deployment checks (deploy/validate). Idempotent: what is present is skipped, and nothing is
-# fetched when everything is there. `--build-only` installs the build's packages alone (the Docker
+# the deployment checks (deploy/validate) and of the tests that drive the services with outside
+# clients (tests/node). Idempotent: what is present is skipped, and nothing is fetched when
+# everything is there. `--build-only` installs the build's packages alone (the Docker
 # build stage uses it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +13,7 @@ packages=(
   libabsl-dev libre2-dev prometheus-cpp-dev nlohmann-json3-dev libisal-dev zlib1g-dev
   libboost-dev libboost-system-dev
   libgtest-dev libgmock-dev libopenblas-openmp-dev
-  python3 python3-numpy python3-grpcio python3-protobuf
+  python3 python3-numpy python3-grpcio python3-protobuf python3-venv python3-pip python3-setuptools
   prometheus
 )
 
@@ -55,12 +56,16 @@ if ! command -v kubectl >/dev/null; then
 fi
 [[ ${#tools[@]} -eq 0 ]] || apt_install "${tools[@]}"
 
-# npm ci only when the lock file changed since the last install.
-stamp=deploy/validate/node_modules/.installed-package-lock.json
-if ! cmp -s deploy/validate/package-lock.json "$stamp"; then
-  echo "setup-deps: npm ci in deploy/validate"
-  npm ci --prefix deploy/validate --no-audit --no-fund --loglevel=error
-  cp deploy/validate/package-lock.json "$stamp"
-else
-  echo "setup-deps: deploy/validate's npm packages present"
-fi
+# npm ci only when the lock file changed since the last install: the deployment validators, and the
+# clients tests/node drives the services with (the official `openai` package, gRPC's own Node.js
+# client with the reflection and health protos).
+for dir in deploy/validate tests/node; do
+  stamp=$dir/node_modules/.installed-package-lock.json
+  if ! cmp -s "$dir/package-lock.json" "$stamp"; then
+    echo "setup-deps: npm ci in $dir"
+    npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error
+    cp "$dir/package-lock.json" "$stamp"
+  else
+    echo "setup-deps: $dir's npm packages present"
+  fi
+done

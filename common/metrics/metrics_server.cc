@@ -11,9 +11,9 @@
 #include "boost/asio/ip/tcp.hpp"
 #include "boost/beast/core.hpp"
 #include "boost/beast/http.hpp"
-#include "common/util/host_port.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
+#include "common/util/tcp_listen.h"
 #include "prometheus/text_serializer.h"
 
 namespace indexcache {
@@ -160,27 +160,7 @@ class MetricsServer::Impl {
   }
 
   absl::Status Listen(const std::string& listen_address) {
-    absl::StatusOr<HostPort> parsed = SplitHostPort(listen_address);
-    if (!parsed.ok()) return Annotate(parsed.status(), "the metrics listen address");
-    const HostPort& where = *parsed;
-    const auto fail = [&](const error_code& ec) {
-      return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", listen_address, ": ", ec.message()));
-    };
-    error_code ec;
-    tcp::resolver resolver(io_);
-    const auto endpoints = resolver.resolve(where.host.empty() ? "0.0.0.0" : where.host, std::to_string(where.port),
-                                            tcp::resolver::passive | tcp::resolver::numeric_service, ec);
-    if (ec) return fail(ec);
-    const tcp::endpoint endpoint = endpoints.begin()->endpoint();
-    if (acceptor_.open(endpoint.protocol(), ec); ec) return fail(ec);
-    if (acceptor_.set_option(asio::socket_base::reuse_address(true), ec); ec) return fail(ec);
-    if (acceptor_.bind(endpoint, ec); ec) return fail(ec);
-    if (acceptor_.listen(asio::socket_base::max_listen_connections, ec); ec) return fail(ec);
-    const tcp::endpoint bound = acceptor_.local_endpoint(ec);
-    if (ec) return fail(ec);
-    const asio::ip::address host = bound.address().is_unspecified() ? asio::ip::address_v4::loopback() : bound.address();
-    address_ = host.is_v6() ? absl::StrCat("[", host.to_string(), "]:", bound.port())
-                            : absl::StrCat(host.to_string(), ":", bound.port());
+    ASSIGN_OR_RETURN(address_, ListenTcp(acceptor_, listen_address, "metrics"));
     Accept();
     thread_ = std::thread([this] { io_.run(); });
     return absl::OkStatus();

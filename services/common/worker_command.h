@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/util/build_info.h"
 #include "common/util/stop_signals.h"
 #include "services/common/worker_server_flags.h"
 #include "tools/indexcache/args.h"
@@ -31,6 +32,10 @@ int RunWorkerCommand(const char* program, const std::vector<std::string>& argv, 
   if (!argv.empty() && (argv[0] == "--help" || argv[0] == "-h")) {
     std::printf("usage: %s --model DIR [flags]\n%s%s%s", program, cli::kEngineFlagsUsage, kWorkerServerFlagsUsage,
                 flags_usage);
+    return 0;
+  }
+  if (!argv.empty() && argv[0] == "--version") {
+    std::printf("%s\n", VersionLine(program).c_str());
     return 0;
   }
   absl::StatusOr<cli::Args> args = cli::Args::Parse(argv, flag_names, {});

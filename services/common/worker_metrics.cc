@@ -1,5 +1,7 @@
 #include "services/common/worker_metrics.h"
 
+#include "common/metrics/build_info_metric.h"
+
 namespace indexcache {
 namespace {
 
@@ -150,6 +152,7 @@ WorkerMetrics::WorkerMetrics(v1::WorkerRole role, int32_t full_layers, int32_t s
     handoff_bandwidth_.Add(With({{"transport", t}}), kBandwidthBuckets);
     for (const char* reason : kFailureReasons) handoff_failures_.Add(With({{"reason", reason}, {"transport", t}}));
   }
+  RegisterBuildInfo(*registry_);
 }
 
 prometheus::Labels WorkerMetrics::With(std::initializer_list<std::pair<const std::string, std::string>> labels) const {

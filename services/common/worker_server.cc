@@ -1,5 +1,7 @@
 #include "services/common/worker_server.h"
 
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+
 #include <utility>
 
 #include <grpcpp/grpcpp.h>
@@ -73,12 +75,14 @@ absl::StatusOr<std::string> WorkerServer::Start(Served served) {
     metrics_server_ = *std::move(metrics);
   }
   grpc::EnableDefaultHealthCheckService(true);
+  // Server reflection: grpcurl and other generic clients list and call the services without the protos.
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(options_.listen_address, grpc::InsecureServerCredentials(), &port);
   builder.SetMaxReceiveMessageSize(served_.max_receive_message_bytes);
   builder.RegisterService(served_.service);
-  for (grpc::Service* service : served_.more_services) builder.RegisterService(service);
+  for (const auto& [name, service] : served_.more_services) builder.RegisterService(service);
   server_ = builder.BuildAndStart();
   if (server_ == nullptr || port == 0) {
     server_.reset();
@@ -129,6 +133,7 @@ void WorkerServer::SetServing(bool serving) {
   if (health == nullptr) return;
   health->SetServingStatus(serving);  // the overall status ("")
   health->SetServingStatus(served_.service_name, serving);
+  for (const auto& [name, service] : served_.more_services) health->SetServingStatus(name, serving);
 }
 
 void WorkerServer::Wait() {

@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -81,7 +82,8 @@ class WorkerServer {
     DrainableService* lifecycle = nullptr;  // the same object, as the lifecycle drives it
     // Its full name ("indexcache.v1.DecodeWorker"), under which health reports it as well as "".
     std::string service_name;
-    std::vector<grpc::Service*> more_services;  // also served (the decode worker's KvHandoff)
+    // Also served, by full name (the decode worker's KvHandoff); health reports each name too.
+    std::vector<std::pair<std::string, grpc::Service*>> more_services;
     int max_receive_message_bytes = 4 << 20;
     // The role's part of the registration (model fingerprint, index pattern, TCP handoff address);
     // the worker id, role and address are filled in.

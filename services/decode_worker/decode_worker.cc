@@ -120,7 +120,7 @@ absl::StatusOr<std::string> DecodeWorker::Start() {
   served.service = service_.get();
   served.lifecycle = service_.get();
   served.service_name = v1::DecodeWorker::service_full_name();
-  served.more_services = {handoff_service_.get()};
+  served.more_services = {{v1::KvHandoff::service_full_name(), handoff_service_.get()}};
   served.max_receive_message_bytes = kMaxMessageBytes;
   const Engine& engine = loop_->engine();
   served.registration.set_handoff_tcp_address(tcp_address_);

@@ -12,6 +12,7 @@
 #include "common/safetensors/weight_store.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
@@ -22,6 +23,7 @@
 #include "services/router/request_table.h"
 #include "services/router/request_validator.h"
 #include "services/common/status_conversion.h"
+#include "services/openai/openai_server.h"
 
 namespace indexcache {
 namespace {
@@ -268,6 +270,8 @@ absl::StatusOr<std::string> Router::Start() {
                      }));
   }
   grpc::EnableDefaultHealthCheckService(true);
+  // Server reflection: grpcurl and other generic clients list and call the services without the protos.
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(options_.listen_address, grpc::InsecureServerCredentials(), &port);
@@ -279,7 +283,27 @@ absl::StatusOr<std::string> Router::Start() {
     metrics_server_.reset();
     return absl::UnavailableError(absl::StrFormat("the router cannot listen on %s", options_.listen_address));
   }
+  // Health per service name as well as the whole server's (""); Drain's SetServingStatus(false) turns
+  // every name NOT_SERVING.
   server_->GetHealthCheckService()->SetServingStatus(true);
+  for (const char* name : {v1::IndexCache::service_full_name(), v1::Registry::service_full_name()}) {
+    server_->GetHealthCheckService()->SetServingStatus(name, true);
+  }
+  if (!options_.http_listen_address.empty()) {
+    // HTTP requests become calls on this server's own services, so they take the gRPC clients' path.
+    openai::OpenAiOptions api_options{options_.model_dir, options_.http_api_key};
+    absl::StatusOr<std::unique_ptr<openai::OpenAiApi>> api =
+        openai::OpenAiApi::Create(std::move(api_options), server_->InProcessChannel(grpc::ChannelArguments()));
+    absl::StatusOr<std::unique_ptr<openai::OpenAiServer>> http =
+        api.ok() ? openai::OpenAiServer::Start(options_.http_listen_address, std::move(*api)) : api.status();
+    if (!http.ok()) {
+      server_->Shutdown();
+      server_.reset();
+      metrics_server_.reset();
+      return http.status();
+    }
+    http_server_ = std::move(*http);
+  }
   prober_ = std::thread(&Router::ProbeLoop, this);
   if (discovery_ != nullptr) discovery_->Start(options_.dns_interval);
   const std::string address = DialableAddress(options_.listen_address, port);
@@ -321,6 +345,8 @@ void Router::Drain(absl::Duration grace) {
   if (!emptied) {
     IC_LOG(Info) << "router drain grace over: cancelling " << services_->table().in_flight() << " requests";
   }
+  // HTTP connections first: they are clients of server_ (idle keep-alive ones would otherwise stay).
+  http_server_.reset();
   // Finished requests' handlers may still be returning their status: give them a moment, where
   // cancelling them would turn a complete stream into CANCELLED.
   server_->Shutdown(absl::ToChronoTime(absl::Now() + (emptied ? absl::Seconds(5) : absl::ZeroDuration())));
@@ -359,5 +385,7 @@ int Router::queued_requests() const { return services_ ? services_->table().queu
 int Router::in_flight_requests() const { return services_ ? services_->table().in_flight() : 0; }
 
 std::string Router::metrics_address() const { return metrics_server_ ? metrics_server_->address() : std::string(); }
+
+std::string Router::http_address() const { return http_server_ ? http_server_->address() : std::string(); }
 
 }  // namespace indexcache

@@ -1,5 +1,6 @@
 // The cluster's front end: serves the public indexcache.v1.IndexCache API (Generate, Abort, ModelInfo),
-// the workers' Registry, and grpc.health.v1 on one port, and dispatches each request to a prefill and a
+// the workers' Registry, and grpc.health.v1 on one port (and, with `http_listen_address`, the
+// OpenAI-compatible HTTP API, which calls those services in process), and dispatches each request to a prefill and a
 // decode worker (see generate_call.h for a request's path, worker_registry.h for the pool).
 //
 //   Router router(options);
@@ -28,6 +29,9 @@ namespace indexcache {
 
 class AdmissionQueue;
 class MetricsServer;
+namespace openai {
+class OpenAiServer;
+}
 
 struct RouterOptions {
   // "host:port"; port 0 lets the OS pick one (Start returns the address bound).
@@ -57,6 +61,10 @@ struct RouterOptions {
   // The deadline of a request whose client set none (a client's own deadline is kept when shorter).
   absl::Duration request_timeout = absl::Minutes(10);
   std::string metrics_listen_address;  // "host:port" of GET /metrics; empty: not served
+  // "host:port" of the OpenAI-compatible HTTP API (services/openai); empty: not served.
+  std::string http_listen_address;
+  // The key HTTP clients must send as `Authorization: Bearer <key>`; empty: none needed.
+  std::string http_api_key;
 };
 
 class Router {
@@ -85,6 +93,8 @@ class Router {
   int in_flight_requests() const;
   // Where /metrics is served ("host:port"); empty when off or before Start.
   std::string metrics_address() const;
+  // Where the OpenAI-compatible API is served ("host:port"); empty when off or before Start.
+  std::string http_address() const;
 
  private:
   class Services;
@@ -98,6 +108,7 @@ class Router {
   std::unique_ptr<Services> services_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<MetricsServer> metrics_server_;  // reads services_ and registry_: destroyed before them
+  std::unique_ptr<openai::OpenAiServer> http_server_;  // calls server_ in process: destroyed before it
   std::thread prober_;
 
   std::mutex mu_;

@@ -1,15 +1,18 @@
 #include "services/router/router_command.h"
 
+#include "common/util/build_info.h"
 #include "common/util/stop_signals.h"
 
 #include <pthread.h>
 
 #include <csignal>
 #include <cstdio>
+#include <fstream>
 #include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/ascii.h"
 #include "common/util/status_macros.h"
 
 namespace indexcache {
@@ -32,7 +35,11 @@ constexpr char kUsage[] =
     "  --health-interval S       seconds between health checks (default 1)\n"
     "  --request-timeout S       deadline of requests that set none (default 600)\n"
     "  --drain-grace S           on SIGINT/SIGTERM, seconds to let requests finish (default 30)\n"
-    "  --metrics-listen HOST:PORT  serve Prometheus metrics at GET /metrics there (default off)\n";
+    "  --metrics-listen HOST:PORT  serve Prometheus metrics at GET /metrics there (default off)\n"
+    "  --http-listen HOST:PORT   serve the OpenAI-compatible HTTP API there (/v1/completions,\n"
+    "                            /v1/chat/completions, /v1/models, /health; default off; port 0 = any)\n"
+    "  --api-key-file FILE       HTTP clients must send `Authorization: Bearer <the file's first line>`\n"
+    "  --version                 print the version, commit and backends, then exit\n";
 
 absl::StatusOr<absl::Duration> SecondsFlag(const cli::Args& args, const std::string& name, absl::Duration fallback) {
   ASSIGN_OR_RETURN(const std::optional<double> seconds, args.GetDouble(name));
@@ -49,6 +56,16 @@ std::vector<std::string> Addresses(const cli::Args& args, const std::string& nam
     }
   }
   return addresses;
+}
+
+// The key is read from a file rather than taken as a flag, so that it shows in no process listing.
+absl::StatusOr<std::string> ReadApiKey(const std::string& path) {
+  std::ifstream in(path);
+  std::string key;
+  if (!in || !std::getline(in, key)) return absl::InvalidArgumentError(absl::StrCat("cannot read the API key from ", path));
+  key = std::string(absl::StripAsciiWhitespace(key));
+  if (key.empty()) return absl::InvalidArgumentError(absl::StrCat("the API key file ", path, " starts with an empty line"));
+  return key;
 }
 
 }  // namespace
@@ -73,6 +90,10 @@ absl::StatusOr<RouterOptions> RouterOptionsFromArgs(const cli::Args& args) {
   }
   o.index_pattern = args.Get("index-pattern").value_or("");
   o.metrics_listen_address = args.Get("metrics-listen").value_or("");
+  o.http_listen_address = args.Get("http-listen").value_or("");
+  if (auto key_file = args.Get("api-key-file")) {
+    ASSIGN_OR_RETURN(o.http_api_key, ReadApiKey(*key_file));
+  }
   ASSIGN_OR_RETURN(const std::optional<int64_t> queue_limit, args.GetInt("queue-limit"));
   if (queue_limit.has_value()) o.max_queued_requests = static_cast<int>(*queue_limit);
   ASSIGN_OR_RETURN(o.heartbeat_timeout, SecondsFlag(args, "heartbeat-timeout", o.heartbeat_timeout));
@@ -86,10 +107,15 @@ int RunRouterCommand(const std::vector<std::string>& argv) {
   const std::set<std::string> valued = {"listen",          "model",           "prefill",       "decode",
                                         "prefill-dns",     "decode-dns",      "dns-interval",  "transport",
                                         "index-pattern",   "queue-limit",     "heartbeat-timeout",
-                                        "health-interval", "request-timeout", "drain-grace",   "metrics-listen"};
-  absl::StatusOr<cli::Args> args = cli::Args::Parse(argv, valued, {"help"});
+                                        "health-interval", "request-timeout", "drain-grace",   "metrics-listen",
+                                        "http-listen",     "api-key-file"};
+  absl::StatusOr<cli::Args> args = cli::Args::Parse(argv, valued, {"help", "version"});
   if (args.ok() && args->Has("help")) {
     std::fputs(kUsage, stdout);
+    return 0;
+  }
+  if (args.ok() && args->Has("version")) {
+    std::printf("%s\n", VersionLine("indexcache-router").c_str());
     return 0;
   }
   absl::StatusOr<RouterOptions> options = args.ok() ? RouterOptionsFromArgs(*args) : args.status();
@@ -113,6 +139,7 @@ int RunRouterCommand(const std::vector<std::string>& argv) {
   if (const std::string metrics = router.metrics_address(); !metrics.empty()) {
     std::printf("metrics %s\n", metrics.c_str());
   }
+  if (const std::string http = router.http_address(); !http.empty()) std::printf("http %s\n", http.c_str());
   std::printf("listening %s\n", address->c_str());
   std::fflush(stdout);
   WaitForStopSignal(signals);

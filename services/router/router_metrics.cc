@@ -1,5 +1,7 @@
 #include "services/router/router_metrics.h"
 
+#include "common/metrics/build_info_metric.h"
+
 #include <string>
 
 namespace indexcache {
@@ -100,6 +102,7 @@ RouterMetrics::RouterMetrics()
                    .Register(*registry_)) {
   for (const char* outcome : kOutcomes) requests_.Add({{"outcome", outcome}});
   SetWorkers({});
+  RegisterBuildInfo(*registry_);
 }
 
 void RouterMetrics::CountRequest(const grpc::Status& status, bool aborted, absl::Duration since_arrival) {

@@ -11,7 +11,7 @@
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
-#include "services/router/health_client.h"
+#include "services/common/health_client.h"
 #include "services/router/load_balancer.h"
 #include "services/common/status_conversion.h"
 

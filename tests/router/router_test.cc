@@ -13,7 +13,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "indexcache/v1/generate.grpc.pb.h"
-#include "services/router/health_client.h"
+#include "services/common/health_client.h"
 #include "tests/router/fake_workers.h"
 
 namespace indexcache {

@@ -1,5 +1,6 @@
 // `indexcache client generate`: one request to a running cluster's router through the C++ SDK,
 // streamed to stdout, or printed as one JSON object with --json.
+#include <algorithm>
 #include <iostream>
 
 #include "absl/strings/str_format.h"
@@ -83,11 +84,14 @@ absl::Status ClientGenerate(const Args& args) {
     if (result.final.finish_reason == client::FinishReason::kError) return absl::InternalError(result.final.error);
     return absl::OkStatus();
   }
+  // Token ids are printed only for a model without a tokenizer: with one, a chunk without text holds
+  // a stop token or part of a character whose text comes with a later chunk, and its id is no text.
+  ASSIGN_OR_RETURN(const client::ModelInfo info, client.GetModelInfo());
   client::GenerateStream stream = client.Stream(request);
   for (;;) {
     ASSIGN_OR_RETURN(std::optional<client::GenerateChunk> chunk, stream.Next());
     if (!chunk) break;
-    if (!chunk->text.empty()) {
+    if (info.has_tokenizer) {
       std::cout << chunk->text << std::flush;
     } else {
       for (int32_t id : chunk->token_ids) std::cout << id << ' ' << std::flush;
@@ -98,6 +102,14 @@ absl::Status ClientGenerate(const Args& args) {
       std::cerr << absl::StrFormat("finish %s, %d prompt + %d generated tokens, first token %.3f s, total %.3f s\n",
                                    std::string(client::FinishReasonName(f.finish_reason)), f.prompt_tokens,
                                    f.generated_tokens, f.timings.first_token_seconds, f.timings.total_seconds);
+      if (!f.index_pattern.empty()) {
+        const int64_t full = std::count(f.index_pattern.begin(), f.index_pattern.end(), 'F');
+        const int64_t layers = static_cast<int64_t>(f.index_pattern.size());
+        std::cerr << absl::StrFormat(
+            "IndexCache pattern %s: %d of %d layers run the indexer; the other %d reuse the top-k of the Full "
+            "layer before them and store no index keys (%.0f%% of the indexer work and index-key cache saved)\n",
+            f.index_pattern, full, layers, layers - full, 100.0 * static_cast<double>(layers - full) / layers);
+      }
       if (f.finish_reason == client::FinishReason::kError) return absl::InternalError(f.error);
     }
   }

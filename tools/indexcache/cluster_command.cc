@@ -1,7 +1,8 @@
 // `indexcache cluster up`: a router and N prefill + M decode workers on loopback, each a child process
 // running this same binary's service subcommand. Prints every service's address, then
 // `ready <router address>` once the router's pool holds every worker (with --metrics-port-base, a
-// `metrics NAME ADDR` line per service first); SIGINT/SIGTERM drain and stop
+// `metrics NAME ADDR` line per service first; with --http-port, `http ADDR` after the router's line,
+// the OpenAI-compatible API's address); SIGINT/SIGTERM drain and stop
 // all of them (workers first, then the router).
 #include <signal.h>
 #include <unistd.h>
@@ -29,7 +30,9 @@ constexpr char kClusterUsage[] =
     "  --transport nccl moves the KV rows GPU to GPU: prefill workers on CUDA GPU --prefill-gpu (default 0),\n"
     "  decode workers on --decode-gpu (default 1).\n"
     "  --metrics-port-base P     serve /metrics: the router on port P, the workers on P+1, P+2, … (prefill\n"
-    "                            workers first); P = 0 gives each service a free port\n";
+    "                            workers first); P = 0 gives each service a free port\n"
+    "  --http-port P             the router serves the OpenAI-compatible HTTP API on 127.0.0.1:P (0: a free\n"
+    "                            port; printed as `http ADDR`); --api-key-file FILE makes it require that key\n";
 
 struct ClusterSpec {
   std::string model_dir;
@@ -37,6 +40,8 @@ struct ClusterSpec {
   int decode = 1;
   int port = 0;
   int metrics_port_base = -1;  // -1: no metrics endpoints
+  int http_port = -1;          // -1: no HTTP API
+  std::string api_key_file;
   std::string pattern;  // resolved, passed to every service
   std::string transport = "grpc";
   std::vector<std::string> worker_flags;  // engine flags every worker gets
@@ -57,6 +62,15 @@ absl::StatusOr<ClusterSpec> SpecFromArgs(const Args& args) {
   if (prefill) spec.prefill = static_cast<int>(*prefill);
   if (decode) spec.decode = static_cast<int>(*decode);
   if (port) spec.port = static_cast<int>(*port);
+  ASSIGN_OR_RETURN(auto http_port, args.GetInt("http-port"));
+  if (http_port) {
+    if (*http_port < 0 || *http_port > 65535) return absl::InvalidArgumentError("--http-port must be in [0, 65535]");
+    spec.http_port = static_cast<int>(*http_port);
+  }
+  spec.api_key_file = args.Get("api-key-file").value_or("");
+  if (!spec.api_key_file.empty() && spec.http_port < 0) {
+    return absl::InvalidArgumentError("--api-key-file goes with --http-port");
+  }
   if (spec.prefill < 1 || spec.decode < 1) return absl::InvalidArgumentError("--prefill and --decode must be >= 1");
   if (spec.port < 0 || spec.port > 65535) return absl::InvalidArgumentError("--port must be in [0, 65535]");
   if (metrics_port_base) {
@@ -154,9 +168,14 @@ absl::Status ClusterUp(const Args& args) {
                                           "--index-pattern", spec.pattern};
   const std::vector<std::string> router_metrics = MetricsFlag(spec, 0);
   router_argv.insert(router_argv.end(), router_metrics.begin(), router_metrics.end());
+  if (spec.http_port >= 0) {
+    router_argv.insert(router_argv.end(), {"--http-listen", absl::StrCat("127.0.0.1:", spec.http_port)});
+    if (!spec.api_key_file.empty()) router_argv.insert(router_argv.end(), {"--api-key-file", spec.api_key_file});
+  }
   ASSIGN_OR_RETURN(std::unique_ptr<ChildProcess> router, ChildProcess::Spawn("router", router_argv));
   ASSIGN_OR_RETURN(std::string router_address, router->WaitListening(absl::Seconds(60)));
   std::cout << "router " << router_address << std::endl;
+  if (spec.http_port >= 0) std::cout << "http " << router->Announced("http") << std::endl;
   int service_index = 1;
   auto start_workers = [&](const char* role, int count, const std::vector<std::string>& role_flags) -> absl::Status {
     for (int i = 0; i < count; ++i) {
@@ -200,7 +219,7 @@ int RunCluster(const std::vector<std::string>& argv) {
   auto args = Args::Parse(std::vector<std::string>(argv.begin() + 1, argv.end()),
                           {"model", "prefill", "decode", "port", "index-pattern", "index-freq", "transport", "threads",
                            "kv-cache-mb", "max-batch-tokens", "device", "block-size", "prefill-gpu", "decode-gpu",
-                           "metrics-port-base"},
+                           "metrics-port-base", "http-port", "api-key-file"},
                           {"help"});
   if (!args.ok()) return Fail("cluster", std::string(args.status().message()) + "\n" + kClusterUsage);
   if (args->Has("help")) {

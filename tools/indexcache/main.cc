@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "common/util/build_info.h"
 #include "services/decode_worker/decode_worker_command.h"
 #include "services/prefill_worker/prefill_worker_command.h"
 #include "services/router/router_command.h"
@@ -21,7 +22,7 @@ constexpr char kUsage[] =
     "  cluster up  a local router + prefill + decode cluster on loopback\n"
     "  client generate  one request to a running cluster's router\n"
     "  router | prefill-worker | decode-worker  one service of the cluster\n"
-    "Run `indexcache <command> --help` for its flags.\n";
+    "Run `indexcache <command> --help` for its flags; `indexcache --version` prints the build.\n";
 
 }  // namespace
 
@@ -41,6 +42,10 @@ int main(int argc, char** argv) {
   if (command == "router") return indexcache::RunRouterCommand(rest);
   if (command == "prefill-worker") return indexcache::RunPrefillWorkerCommand(rest);
   if (command == "decode-worker") return indexcache::RunDecodeWorkerCommand(rest);
+  if (command == "--version") {
+    std::printf("%s\n", indexcache::VersionLine("indexcache").c_str());
+    return 0;
+  }
   if (command == "--help" || command == "help") {
     std::fputs(kUsage, stdout);
     return 0;

@@ -9,6 +9,9 @@ distilled indexers of the Full layers, no indexer for Shared layers — which tr
 `indexcache` load. Standard library only (safetensors is a JSON header and raw bytes):
 
     /usr/bin/python3 tools/train/assemble_distilled.py --out /tmp/glm-dsa-trained-distill-1of4
+    # or in place, as the repository ships it: a sharded checkpoint whose index takes the distilled
+    # indexers from indexers.safetensors and everything else from the base model through a symlink
+    /usr/bin/python3 tools/train/assemble_distilled.py --index
     # the other direction, after training (tools/train/train.py wrote a full distilled checkpoint):
     /usr/bin/python3 tools/train/assemble_distilled.py --extract-from RUN/glm-dsa-trained-distill-1of4
 """
@@ -58,12 +61,40 @@ def layer_of(name):
     return int(name.split(".")[2])
 
 
+# The names of a safetensors file's tensors, from its header alone.
+def tensor_names(path):
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        return [k for k in json.loads(f.read(size)) if k != "__metadata__"]
+
+
+# The checkpoint the --out mode writes, as a Hugging Face sharded checkpoint in `distilled` itself: its
+# weight_map lists the same tensors, the indexers in indexers.safetensors and the rest in the base
+# model's file, reached through a symlink inside the folder (loaders refuse shard paths that leave
+# it). The base file's own indexers are not listed, so no loader reads them.
+def write_index(base, distilled):
+    shard = "base-model.safetensors"
+    for name, target in ((shard, "model.safetensors"), ("tokenizer.json", "tokenizer.json")):
+        link = os.path.join(distilled, name)
+        if os.path.lexists(link):
+            os.remove(link)
+        os.symlink(os.path.relpath(os.path.join(base, target), distilled), link)
+    weight_map = {k: shard for k in tensor_names(os.path.join(base, "model.safetensors")) if ".self_attn.indexer." not in k}
+    weight_map.update({k: "indexers.safetensors" for k in tensor_names(os.path.join(distilled, "indexers.safetensors"))})
+    with open(os.path.join(distilled, "model.safetensors.index.json"), "w", encoding="utf-8") as f:
+        json.dump({"metadata": {}, "weight_map": dict(sorted(weight_map.items()))}, f, indent=1)
+        f.write("\n")
+    print(f"{distilled}: index of {len(weight_map)} tensors over {shard} and indexers.safetensors")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default=BASE)
     parser.add_argument("--distilled", default=DISTILLED)
     parser.add_argument("--out", help="folder for the complete checkpoint")
     parser.add_argument("--extract-from", help="a complete distilled checkpoint: keep only its indexers")
+    parser.add_argument("--index", action="store_true",
+                        help="make --distilled loadable as it is: model.safetensors.index.json + symlinks to --base")
     args = parser.parse_args()
 
     if args.extract_from:
@@ -74,8 +105,11 @@ def main():
         shutil.copy(os.path.join(args.extract_from, "config.json"), os.path.join(args.distilled, "config.json"))
         print(f"{args.distilled}: {len(indexers)} indexer tensors of layers {sorted({layer_of(k) for k in indexers})}")
         return
+    if args.index:
+        write_index(args.base, args.distilled)
+        return
     if not args.out:
-        parser.error("--out or --extract-from is required")
+        parser.error("--out, --index or --extract-from is required")
 
     with open(os.path.join(args.distilled, "config.json"), encoding="utf-8") as f:
         pattern = json.load(f)["index_topk_pattern"]

@@ -6,7 +6,10 @@
         print(result.text, result.finish_reason, result.timings.first_token_seconds)
 
 Runs on Debian's python3-grpcio and python3-protobuf; the stubs come from generate_stubs.sh.
+Installable with pip (pyproject.toml); `__version__` is the project's (CMakeLists.txt's project VERSION).
 """
+
+__version__ = "0.1.0"
 
 from .client import Client, ClientError, GenerateStream
 from .results import Chunk, FinalInfo, ModelInfo, Result, Timings

@@ -1,4 +1,4 @@
-#include "services/router/health_client.h"
+#include "services/common/health_client.h"
 
 #include <future>
 #include <vector>

@@ -1,0 +1,18 @@
+// Binds a Boost.Asio acceptor to "host:port" (port 0: any free port; an empty host: every IPv4
+// interface) and starts listening: what each of our small HTTP servers (/metrics, the OpenAI API)
+// does before accepting.
+#pragma once
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "boost/asio/ip/tcp.hpp"
+
+namespace indexcache {
+
+// Returns the address bound, as clients dial it ("127.0.0.1:41234"; a wildcard host reads as
+// 127.0.0.1, IPv6 in brackets). UNAVAILABLE naming `what` ("metrics") when it cannot listen.
+absl::StatusOr<std::string> ListenTcp(boost::asio::ip::tcp::acceptor& acceptor, const std::string& listen_address,
+                                      const std::string& what);
+
+}  // namespace indexcache

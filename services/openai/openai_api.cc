@@ -1,0 +1,200 @@
+#include "services/openai/openai_api.h"
+
+#include <filesystem>
+#include <optional>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/util/logging.h"
+#include "common/util/status_macros.h"
+#include "services/common/health_client.h"
+#include "services/common/status_conversion.h"
+#include "services/openai/hangup_watch.h"
+#include "services/openai/openai_error.h"
+#include "services/openai/openai_response.h"
+
+namespace indexcache::openai {
+namespace {
+
+using nlohmann::json;
+
+constexpr char kBearer[] = "Bearer ";
+
+bool SendError(HttpExchange& exchange, const absl::Status& status, const char* code = nullptr) {
+  return exchange.SendJson(HttpStatusOf(status.code()), ErrorBody(status, code));
+}
+
+// Compares in time independent of where the strings differ, so response times reveal nothing of the key.
+bool ConstantTimeEquals(const std::string& a, const std::string& b) {
+  if (a.size() != b.size()) return false;
+  unsigned char difference = 0;
+  for (size_t i = 0; i < a.size(); ++i) difference |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return difference == 0;
+}
+
+std::string ModelId(const std::string& model_dir) {
+  std::filesystem::path path(model_dir);
+  if (!path.has_filename()) path = path.parent_path();  // "models/x/" names x
+  return path.filename().string();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<OpenAiApi>> OpenAiApi::Create(OpenAiOptions options, std::shared_ptr<grpc::Channel> router) {
+  if (router == nullptr) return absl::InvalidArgumentError("the OpenAI API needs a channel to the router");
+  ASSIGN_OR_RETURN(ChatTemplate chat_template, ChatTemplate::Load(options.model_dir));
+  return std::unique_ptr<OpenAiApi>(new OpenAiApi(std::move(options), std::move(router), std::move(chat_template)));
+}
+
+OpenAiApi::OpenAiApi(OpenAiOptions options, std::shared_ptr<grpc::Channel> router, ChatTemplate chat_template)
+    : options_(std::move(options)),
+      router_(std::move(router)),
+      stub_(v1::IndexCache::NewStub(router_)),
+      chat_template_(std::move(chat_template)),
+      model_id_(ModelId(options_.model_dir)),
+      created_(absl::ToUnixSeconds(absl::Now())) {}
+
+bool OpenAiApi::Authorized(const std::string& authorization) const {
+  if (options_.api_key.empty()) return true;
+  return absl::StartsWith(authorization, kBearer) &&
+         ConstantTimeEquals(authorization.substr(sizeof(kBearer) - 1), options_.api_key);
+}
+
+void OpenAiApi::Handle(const HttpRequest& request, HttpExchange& exchange) const {
+  const std::string path = request.target.substr(0, request.target.find('?'));
+  const auto method_is = [&](const char* method) {
+    if (request.method == method) return true;
+    SendError(exchange, absl::InvalidArgumentError(absl::StrCat(path, " takes ", method, ", not ", request.method)),
+              "method_not_allowed");
+    return false;
+  };
+  std::optional<Endpoint> endpoint;
+  if (path == "/v1/completions") endpoint = Endpoint::kCompletions;
+  if (path == "/v1/chat/completions") endpoint = Endpoint::kChat;
+  if (path == "/health") {
+    if (method_is("GET")) Health(exchange);
+    return;
+  }
+  if (!endpoint.has_value() && path != "/v1/models") {
+    SendError(exchange, absl::NotFoundError(absl::StrCat("no route ", path, ": this server serves /v1/completions, "
+                                                         "/v1/chat/completions, /v1/models and /health")),
+              "unknown_url");
+    return;
+  }
+  if (!Authorized(request.authorization)) {
+    SendError(exchange, absl::UnauthenticatedError("a valid API key is required: `Authorization: Bearer <key>`"),
+              "invalid_api_key");
+    return;
+  }
+  if (!endpoint.has_value()) {
+    if (method_is("GET")) Models(exchange);
+    return;
+  }
+  if (!method_is("POST")) return;
+  absl::StatusOr<OpenAiRequest> parsed = ParseRequest(*endpoint, request.body, model_id_, chat_template_);
+  if (!parsed.ok()) {
+    SendError(exchange, parsed.status(), absl::IsNotFound(parsed.status()) ? "model_not_found" : nullptr);
+    return;
+  }
+  Generate(*parsed, exchange);
+}
+
+void OpenAiApi::Health(HttpExchange& exchange) const {
+  const absl::Status health = CheckHealth(router_, absl::Seconds(2));
+  if (health.ok()) {
+    exchange.SendJson(200, {{"status", "ok"}});
+  } else {
+    SendError(exchange, health);
+  }
+}
+
+void OpenAiApi::Models(HttpExchange& exchange) const {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  v1::ModelInfoResponse info;
+  const grpc::Status status = stub_->ModelInfo(&context, v1::ModelInfoRequest(), &info);
+  if (!status.ok()) {
+    SendError(exchange, FromGrpcStatus(status));
+    return;
+  }
+  json model = {{"id", model_id_},
+                {"object", "model"},
+                {"created", created_},
+                {"owned_by", "indexcache"},
+                {"max_model_len", info.max_context()},
+                {"architecture", info.architecture()},
+                {"index_pattern", info.index_pattern()},
+                {"chat_template", chat_template_.source()}};
+  if (!chat_template_.note().empty()) model["chat_template_note"] = chat_template_.note();
+  exchange.SendJson(200, {{"object", "list"}, {"data", json::array({std::move(model)})}});
+}
+
+void OpenAiApi::Generate(const OpenAiRequest& request, HttpExchange& exchange) const {
+  grpc::ClientContext call;
+  std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub_->Generate(&call, request.generate);
+  ResponseHeader header{request.endpoint, "", model_id_, absl::ToUnixSeconds(absl::Now()), request.return_token_ids};
+  std::string text;
+  std::vector<int32_t> token_ids;
+  std::optional<v1::FinalInfo> final;
+  bool streaming = false;  // the event stream's 200 went out: errors from now on are events
+  bool client_gone = false;
+  {
+    const HangupWatch watch(exchange.socket_fd(), &call);
+    v1::GenerateResponse message;
+    while (reader->Read(&message)) {
+      if (header.request_id.empty()) header.request_id = message.request_id();
+      if (message.has_final()) final = message.final();
+      if (!request.stream) {
+        text += message.text();
+        token_ids.insert(token_ids.end(), message.token_ids().begin(), message.token_ids().end());
+        continue;
+      }
+      const bool first = !streaming;
+      if (first && !exchange.StartEvents()) {
+        client_gone = true;
+        break;
+      }
+      streaming = true;
+      const std::vector<int32_t> ids(message.token_ids().begin(), message.token_ids().end());
+      bool sent = true;
+      // Chunks whose tokens hold no text yet (a stop string's prefix, half a UTF-8 character) wait
+      // for the text; the chat stream's first chunk goes out anyway, with the role.
+      if (!message.text().empty() || (first && request.endpoint == Endpoint::kChat) ||
+          (request.return_token_ids && !ids.empty())) {
+        sent = exchange.SendEvent(Dump(ChunkBody(header, message.text(), ids, first, std::nullopt)));
+      }
+      if (sent && message.has_final() && message.final().finish_reason() != v1::ERROR) {
+        sent = exchange.SendEvent(Dump(ChunkBody(header, "", {}, false, FinishReasonName(message.final().finish_reason()))));
+        if (sent && request.include_usage) sent = exchange.SendEvent(Dump(UsageChunkBody(header, message.final())));
+      }
+      if (!sent) {
+        client_gone = true;
+        break;
+      }
+    }
+    if (client_gone) call.TryCancel();
+    client_gone = client_gone || watch.hung_up();
+  }
+  absl::Status status = FromGrpcStatus(reader->Finish());
+  if (client_gone) {
+    IC_LOG(Info) << "HTTP client of request " << header.request_id << " went away: request cancelled";
+    return;
+  }
+  if (status.ok() && !final.has_value()) status = absl::InternalError("the router's stream ended without its final message");
+  if (status.ok() && final->finish_reason() == v1::ERROR) status = absl::InternalError(final->error());
+  if (!streaming) {
+    if (status.ok()) {
+      exchange.SendJson(200, CompletionBody(header, text, token_ids, *final));
+    } else {
+      SendError(exchange, status);
+    }
+    return;
+  }
+  // After the 200, a failure can only be told in the stream: an error event, as vLLM sends.
+  if (!status.ok() && !exchange.SendEvent(Dump(ErrorBody(status)))) return;
+  if (exchange.SendEvent("[DONE]")) exchange.EndEvents();
+}
+
+}  // namespace indexcache::openai
