@@ -31,6 +31,8 @@ constexpr char kUsage[] =
     "  --heartbeat-timeout S     seconds without heartbeat before a worker leaves the pool (default 5)\n"
     "  --health-interval S       seconds between health checks (default 1)\n"
     "  --request-timeout S       deadline of requests that set none (default 600)\n"
+    "  --stall-timeout S         an attempt whose workers make no progress this long (no handoff rows,\n"
+    "                            no token) is failed over to another pair (default 60)\n"
     "  --drain-grace S           on SIGINT/SIGTERM, seconds to let requests finish (default 30)\n"
     "  --metrics-listen HOST:PORT  serve Prometheus metrics at GET /metrics there (default off)\n";
 
@@ -79,6 +81,7 @@ absl::StatusOr<RouterOptions> RouterOptionsFromArgs(const cli::Args& args) {
   ASSIGN_OR_RETURN(o.health_check_interval, SecondsFlag(args, "health-interval", o.health_check_interval));
   ASSIGN_OR_RETURN(o.request_timeout, SecondsFlag(args, "request-timeout", o.request_timeout));
   ASSIGN_OR_RETURN(o.dns_interval, SecondsFlag(args, "dns-interval", o.dns_interval));
+  ASSIGN_OR_RETURN(o.stall_timeout, SecondsFlag(args, "stall-timeout", o.stall_timeout));
   return o;
 }
 
@@ -86,7 +89,8 @@ int RunRouterCommand(const std::vector<std::string>& argv) {
   const std::set<std::string> valued = {"listen",          "model",           "prefill",       "decode",
                                         "prefill-dns",     "decode-dns",      "dns-interval",  "transport",
                                         "index-pattern",   "queue-limit",     "heartbeat-timeout",
-                                        "health-interval", "request-timeout", "drain-grace",   "metrics-listen"};
+                                        "health-interval", "request-timeout", "drain-grace",   "metrics-listen",
+                                        "stall-timeout"};
   absl::StatusOr<cli::Args> args = cli::Args::Parse(argv, valued, {"help"});
   if (args.ok() && args->Has("help")) {
     std::fputs(kUsage, stdout);
