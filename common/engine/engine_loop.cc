@@ -5,6 +5,7 @@
 namespace indexcache {
 
 EngineLoop::EngineLoop(std::unique_ptr<Engine> engine) : engine_(std::move(engine)) {
+  load_.Publish(*engine_);
   thread_ = std::thread([this] { Run(); });
 }
 
@@ -38,6 +39,24 @@ void EngineLoop::Dispatch(const TokenEvent& event) {
   if (event.finish != RequestFinish::kNone) sinks_.erase(event.request);
 }
 
+void EngineLoop::Step() {
+  auto events = engine_->Step();
+  // Published before the events go out: whoever reacts to a finish reads a load that shows it.
+  load_.Publish(*engine_);
+  if (!events.ok()) {
+    // A failed step leaves the batch's requests in an unknown state: end every request with the
+    // error rather than the process, and free their cache.
+    IC_LOG(Error) << "engine step failed: " << events.status();
+    std::vector<RequestId> ids;
+    for (const auto& [id, sink] : sinks_) ids.push_back(id);
+    for (RequestId id : ids) engine_->Release(id);
+    load_.Publish(*engine_);
+    for (RequestId id : ids) Dispatch(TokenEvent{id, -1, "", RequestFinish::kError, events.status()});
+    return;
+  }
+  for (const TokenEvent& event : *events) Dispatch(event);
+}
+
 void EngineLoop::Run() {
   for (;;) {
     std::deque<std::function<void()>> tasks;
@@ -48,21 +67,8 @@ void EngineLoop::Run() {
       tasks.swap(tasks_);
     }
     for (auto& task : tasks) task();
-    if (!engine_->HasWork()) continue;
-    auto events = engine_->Step();
-    if (!events.ok()) {
-      // A failed step leaves the batch's requests in an unknown state: end every request with the
-      // error rather than the process, and free their cache.
-      IC_LOG(Error) << "engine step failed: " << events.status();
-      std::vector<RequestId> ids;
-      for (const auto& [id, sink] : sinks_) ids.push_back(id);
-      for (RequestId id : ids) {
-        engine_->Release(id);
-        Dispatch(TokenEvent{id, -1, "", RequestFinish::kError, events.status()});
-      }
-      continue;
-    }
-    for (const TokenEvent& event : *events) Dispatch(event);
+    if (!tasks.empty()) load_.Publish(*engine_);
+    if (engine_->HasWork()) Step();
   }
   for (const auto& [id, sink] : sinks_) sink(TokenEvent{id, -1, "", RequestFinish::kAbort, absl::OkStatus()});
 }

@@ -1,6 +1,7 @@
 // Runs an Engine on a thread of its own, so services can serve many RPCs while one loop owns the
 // (single-threaded) engine: other threads send it closures (Call), and the loop steps the engine
-// whenever it has work, handing each request's TokenEvents to that request's sink.
+// whenever it has work, handing each request's TokenEvents to that request's sink. After every
+// closure and every step it publishes the engine's load, which any thread reads without waiting.
 #pragma once
 
 #include <condition_variable>
@@ -14,6 +15,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "common/engine/engine.h"
+#include "common/engine/published_load.h"
 
 namespace indexcache {
 
@@ -28,11 +30,15 @@ class EngineLoop {
   EngineLoop(const EngineLoop&) = delete;
   EngineLoop& operator=(const EngineLoop&) = delete;
 
-  // Runs `fn(engine)` on the loop thread between steps and returns its result.
+  // Runs `fn(engine)` on the loop thread between steps and returns its result. What `fn` changed is
+  // in TakeLoad by the time Call returns.
   template <typename Fn>
   auto Call(Fn&& fn) -> std::invoke_result_t<Fn, Engine&> {
     using Result = std::invoke_result_t<Fn, Engine&>;
-    auto task = std::make_shared<std::packaged_task<Result()>>([&] { return fn(*engine_); });
+    auto task = std::make_shared<std::packaged_task<Result()>>([&] {
+      const PublishOnReturn publish(*this);  // before the result reaches the caller
+      return fn(*engine_);
+    });
     std::future<Result> done = task->get_future();
     Enqueue([task] { (*task)(); });
     return done.get();
@@ -53,12 +59,23 @@ class EngineLoop {
   // can progress (a SegmentSink that became Ready).
   void Wake();
 
+  // The engine's KV blocks, requests and counters as of the last closure or step (counters since the
+  // previous TakeLoad); any thread, never waits for the loop (published_load.h).
+  EngineLoad TakeLoad() { return load_.Take(); }
+
   // The engine's immutable parts (config, tokenizer) may be read from any thread.
   const Engine& engine() const { return *engine_; }
 
  private:
+  struct PublishOnReturn {
+    explicit PublishOnReturn(EngineLoop& loop) : loop(loop) {}
+    ~PublishOnReturn() { loop.load_.Publish(*loop.engine_); }
+    EngineLoop& loop;
+  };
+
   void Enqueue(std::function<void()> task);
   void Run();
+  void Step();
   void Dispatch(const TokenEvent& event);
 
   std::unique_ptr<Engine> engine_;
@@ -67,6 +84,7 @@ class EngineLoop {
   std::deque<std::function<void()>> tasks_;  // guarded by mu_
   bool stopping_ = false;                    // guarded by mu_
   absl::flat_hash_map<RequestId, EventSink> sinks_;  // loop thread only
+  PublishedLoad load_;
   std::thread thread_;
 };
 

@@ -81,6 +81,7 @@ absl::StatusOr<std::string> WorkerServer::Start(Served served) {
   int port = 0;
   builder.AddListeningPort(options_.listen_address, grpc::InsecureServerCredentials(), &port);
   builder.SetMaxReceiveMessageSize(served_.max_receive_message_bytes);
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // a second worker on this port fails to start
   builder.RegisterService(served_.service);
   for (const auto& [name, service] : served_.more_services) builder.RegisterService(service);
   server_ = builder.BuildAndStart();

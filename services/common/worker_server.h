@@ -63,7 +63,9 @@ class DrainableService {
   // Serving has started under `worker_id` at the advertised gRPC `address`, before health says so.
   virtual void Ready(const std::string& worker_id, const std::string& address) = 0;
   // What GetLoad answers; also what heartbeats carry and what every metrics scrape reads first, which
-  // brings the engine's counters in the worker's metrics up to date.
+  // brings the engine's counters in the worker's metrics up to date. Must answer at once, never
+  // waiting for the engine loop or a call in flight: liveness is not workload (a heartbeat stuck
+  // behind a long prefill takes a busy, healthy worker out of the pool).
   virtual ::indexcache::v1::WorkerLoad Load() = 0;
   // New calls get UNAVAILABLE from now on; calls in flight go on.
   virtual void StartDraining() = 0;

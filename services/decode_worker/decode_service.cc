@@ -33,6 +33,15 @@ v1::FinishReason ToProto(RequestFinish finish) {
 
 double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
 
+// Cache rows of `session` received so far, over every layer and kind.
+int64_t RowsReceived(DecodeSession& session) {
+  std::lock_guard<std::mutex> lock(session.import_mu);
+  int64_t rows = 0;
+  for (int32_t n : session.import.latent_rows) rows += n;
+  for (int32_t n : session.import.index_key_rows) rows += n;
+  return rows;
+}
+
 // Why a call's context was cancelled: its deadline passed, or the caller went away.
 absl::Status CancelReason(grpc::ServerContext* context, absl::string_view what) {
   if (absl::FromChrono(context->deadline()) <= absl::Now()) {
@@ -129,7 +138,7 @@ grpc::Status DecodeService::Decode(grpc::ServerContext* context, const v1::Decod
   admitted.mutable_admitted()->set_reserved_blocks(loop_.engine().cache().BlocksFor(request->prompt_ids_size() + 1));
   grpc::Status status;
   if (writer->Write(admitted)) {
-    status = Stream(context, *session, arrived, writer);
+    status = Stream(context, *session, arrived, absl::Milliseconds(request->progress_interval_ms()), writer);
   } else {
     session->Fail(loop_, absl::CancelledError("the Decode caller went away"));
     status = grpc::Status(grpc::StatusCode::CANCELLED, "the Decode caller went away");
@@ -139,11 +148,22 @@ grpc::Status DecodeService::Decode(grpc::ServerContext* context, const v1::Decod
 }
 
 grpc::Status DecodeService::Stream(grpc::ServerContext* context, DecodeSession& session, absl::Time arrived,
+                                   absl::Duration progress_interval,
                                    grpc::ServerWriter<v1::DecodeResponse>* writer) {
   int32_t generated = 0;
   absl::Time first_token_at, last_token_at, first_sent_at;
+  absl::Time progress_sent_at = absl::Now();
   bool started = false;
   for (;;) {
+    if (!started && progress_interval > absl::ZeroDuration() && absl::Now() - progress_sent_at >= progress_interval) {
+      v1::DecodeResponse progress;
+      progress.mutable_progress()->set_rows_received(RowsReceived(session));
+      progress_sent_at = absl::Now();
+      if (!writer->Write(progress)) {
+        session.Fail(loop_, absl::CancelledError("the Decode caller went away"));
+        return grpc::Status(grpc::StatusCode::CANCELLED, "the Decode caller went away");
+      }
+    }
     DecodeSession::Output out = session.Take(kPollInterval);
     v1::DecodeResponse message;
     const TokenEvent* finish = nullptr;
@@ -234,21 +254,16 @@ grpc::Status DecodeService::GetLoad(grpc::ServerContext*, const v1::LoadRequest*
 }
 
 v1::WorkerLoad DecodeService::Load() {
-  struct Snapshot {
-    int32_t free_blocks, total_blocks;
-    IndexCacheStats stats;
-  };
-  const Snapshot snapshot = loop_.Call([](Engine& engine) {
-    return Snapshot{engine.cache().num_free_blocks(), engine.cache().num_blocks(), engine.TakeStats()};
-  });
+  // Published by the loop, never waited for: a heartbeat must not queue behind a long step.
+  const EngineLoad snapshot = loop_.TakeLoad();
   metrics_.AddEngineStats(snapshot.stats);
   v1::WorkerLoad load;
   if (ready_.load(std::memory_order_acquire)) load.set_worker_id(worker_id_);
   load.set_role(v1::DECODE);
   load.set_running_sequences(static_cast<int32_t>(importer_.size()));
-  load.set_free_kv_blocks(snapshot.free_blocks);
-  load.set_total_kv_blocks(snapshot.total_blocks);
-  load.set_kv_block_size(loop_.engine().cache().block_size());
+  load.set_free_kv_blocks(snapshot.free_kv_blocks);
+  load.set_total_kv_blocks(snapshot.total_kv_blocks);
+  load.set_kv_block_size(snapshot.kv_block_size);
   load.set_draining(draining_);
   {
     std::lock_guard<std::mutex> lock(mu_);

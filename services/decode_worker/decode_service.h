@@ -1,8 +1,10 @@
 // The DecodeWorker gRPC service over one EngineLoop. Decode admits a request — RESOURCE_EXHAUSTED at
 // once when the KV cache is short (the router's admission queue is where requests wait) — answers
 // `admitted` with the handoff endpoint of the requested transport, then streams the request's tokens
-// once its handoff completes, ending with a `final` message. A failed handoff, a client cancel or a passed deadline ends the call with that
-// status and frees the request's KV blocks; Abort ends it with finish_reason ABORT.
+// once its handoff completes, ending with a `final` message; while the handoff arrives it reports the
+// rows received so far when the router asks for it (the router's stage timeout reads them). A failed
+// handoff, a client cancel or a passed deadline ends the call with that status and frees the
+// request's KV blocks; Abort ends it with finish_reason ABORT.
 #pragma once
 
 #include <atomic>
@@ -58,9 +60,10 @@ class DecodeService final : public ::indexcache::v1::DecodeWorker::Service, publ
 
   // Reserves the prompt's KV blocks (Engine::AdmitImport); the engine request id, or why not.
   absl::StatusOr<RequestId> Admit(const ::indexcache::v1::DecodeRequest& request, const SamplingParams& params);
-  // Streams the session's events until its final message; the call's status.
+  // Streams the session's events until its final message, with a `progress` message every
+  // `progress_interval` (0: none) until the first event; the call's status.
   grpc::Status Stream(grpc::ServerContext* context, DecodeSession& session, absl::Time arrived,
-                      grpc::ServerWriter<::indexcache::v1::DecodeResponse>* writer);
+                      absl::Duration progress_interval, grpc::ServerWriter<::indexcache::v1::DecodeResponse>* writer);
 
   EngineLoop& loop_;
   HandoffImporter& importer_;

@@ -3,6 +3,9 @@
 #include <arpa/inet.h>
 
 #include <algorithm>
+#include <memory>
+#include <mutex>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -16,6 +19,7 @@
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
 #include "services/decode_worker/decode_service.h"
+#include "services/decode_worker/decode_session.h"
 #include "services/decode_worker/handoff_importer.h"
 #include "services/decode_worker/metered_handoff_sink.h"
 
@@ -62,10 +66,18 @@ absl::StatusOr<std::unique_ptr<DecodeWorker>> DecodeWorker::Create(const DecodeW
   worker->metrics_ = std::make_unique<WorkerMetrics>(v1::DECODE, full, static_cast<int32_t>(pattern.size()) - full);
   worker->loop_ = std::make_unique<EngineLoop>(std::move(engine));
   worker->importer_ = std::make_unique<HandoffImporter>(*worker->loop_, options.import_batching);
-  worker->grpc_sink_ =
-      std::make_unique<MeteredHandoffSink>(*worker->importer_, *worker->metrics_, v1::HANDOFF_TRANSPORT_GRPC);
-  worker->tcp_sink_ =
-      std::make_unique<MeteredHandoffSink>(*worker->importer_, *worker->metrics_, v1::HANDOFF_TRANSPORT_TCP);
+  // A request still waits for its handoff while its session is admitted and not decoding or ended.
+  const MeteredHandoffSink::Awaited awaited = [importer = worker->importer_.get()](const std::string& id) {
+    const std::shared_ptr<DecodeSession> session = importer->Find(id);
+    if (session == nullptr) return false;
+    std::lock_guard<std::mutex> lock(session->import_mu);
+    return session->import.phase != DecodeSession::Phase::kDecoding &&
+           session->import.phase != DecodeSession::Phase::kEnded;
+  };
+  worker->grpc_sink_ = std::make_unique<MeteredHandoffSink>(*worker->importer_, *worker->metrics_,
+                                                            v1::HANDOFF_TRANSPORT_GRPC, awaited);
+  worker->tcp_sink_ = std::make_unique<MeteredHandoffSink>(*worker->importer_, *worker->metrics_,
+                                                           v1::HANDOFF_TRANSPORT_TCP, awaited);
   worker->handoff_service_ = std::make_unique<KvHandoffService>(worker->grpc_sink_.get());
   return worker;
 }

@@ -13,19 +13,21 @@ absl::Status MeteredHandoffSink::OnChunk(v1::HandoffChunk& chunk) {
   HandoffByteCounts bytes;
   CountChunkBytes(chunk, {}, size, bytes);
   metrics_.AddHandoffBytes(transport_, bytes);
+  const bool awaited = awaited_(chunk.request_id());
   absl::Status status = inner_.OnChunk(chunk);
-  if (!status.ok() && Forget(chunk.request_id(), nullptr)) metrics_.CountHandoffFailure(transport_, status);
+  if (!status.ok() && Forget(chunk.request_id(), nullptr) && awaited) metrics_.CountHandoffFailure(transport_, status);
   return status;
 }
 
 v1::HandoffAck MeteredHandoffSink::OnComplete(const std::string& request_id) {
+  const bool awaited = awaited_(request_id);
   v1::HandoffAck ack = inner_.OnComplete(request_id);
   Stream stream;
   if (Forget(request_id, &stream)) {
     const absl::Status verdict = AckStatus(ack);
     if (verdict.ok()) {
       metrics_.ObserveHandoff(transport_, absl::Now() - stream.started, stream.bytes);
-    } else {
+    } else if (awaited) {
       metrics_.CountHandoffFailure(transport_, verdict);
     }
   }
@@ -33,9 +35,11 @@ v1::HandoffAck MeteredHandoffSink::OnComplete(const std::string& request_id) {
 }
 
 void MeteredHandoffSink::OnBroken(const std::string& request_id, const absl::Status& why) {
+  const bool awaited = awaited_(request_id);
   inner_.OnBroken(request_id, why);
-  // However the transport names it, a stream that broke before its end is the peer gone.
-  if (Forget(request_id, nullptr)) {
+  // However the transport names it, a stream that broke before its end while its request waited for
+  // it is the peer gone.
+  if (Forget(request_id, nullptr) && awaited) {
     metrics_.CountHandoffFailure(transport_, absl::UnavailableError(why.message()));
   }
 }

@@ -3,8 +3,12 @@
 // duration and bandwidth of each handoff from its first chunk to the verdict, and failures — a chunk
 // refused, a stream that broke, a verdict that rejects. The decode worker puts one in front of the
 // importer per transport, so the transport label is known without the transports knowing metrics.
+// A handoff whose request no longer waits for it (its caller cancelled it, its deadline passed, it
+// was aborted) is not a failure when it breaks or is refused: that alert must mean the transport or
+// the data, not clients giving up.
 #pragma once
 
+#include <functional>
 #include <mutex>
 #include <string>
 
@@ -17,8 +21,12 @@ namespace indexcache {
 
 class MeteredHandoffSink final : public HandoffSink {
  public:
-  MeteredHandoffSink(HandoffSink& inner, WorkerMetrics& metrics, v1::HandoffTransport transport)
-      : inner_(inner), metrics_(metrics), transport_(transport) {}
+  // Whether `request_id` still waits for its handoff here (asked before the wrapped sink sees a
+  // failure, which may end the request).
+  using Awaited = std::function<bool(const std::string& request_id)>;
+
+  MeteredHandoffSink(HandoffSink& inner, WorkerMetrics& metrics, v1::HandoffTransport transport, Awaited awaited)
+      : inner_(inner), metrics_(metrics), transport_(transport), awaited_(std::move(awaited)) {}
 
   absl::Status OnChunk(v1::HandoffChunk& chunk) override;
   v1::HandoffAck OnComplete(const std::string& request_id) override;
@@ -35,6 +43,7 @@ class MeteredHandoffSink final : public HandoffSink {
   HandoffSink& inner_;
   WorkerMetrics& metrics_;
   const v1::HandoffTransport transport_;
+  const Awaited awaited_;
   std::mutex mu_;
   absl::flat_hash_map<std::string, Stream> streams_;  // guarded by mu_: handoffs in progress
 };

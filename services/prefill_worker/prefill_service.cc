@@ -115,24 +115,15 @@ grpc::Status PrefillService::GetLoad(grpc::ServerContext*, const v1::LoadRequest
 }
 
 v1::WorkerLoad PrefillService::Load() {
-  struct EngineLoad {
-    int32_t free_blocks;
-    int32_t total_blocks;
-    int32_t block_size;
-    int32_t sequences;
-    IndexCacheStats stats;
-  };
-  const EngineLoad engine = loop_.Call([](Engine& e) {
-    return EngineLoad{e.cache().num_free_blocks(), e.cache().num_blocks(), e.cache().block_size(),
-                      static_cast<int32_t>(e.num_requests()), e.TakeStats()};
-  });
+  // Published by the loop, never waited for: a heartbeat must not queue behind a long prefill step.
+  const EngineLoad engine = loop_.TakeLoad();
   metrics_.AddEngineStats(engine.stats);
   v1::WorkerLoad load;
   load.set_role(v1::PREFILL);
-  load.set_free_kv_blocks(engine.free_blocks);
-  load.set_total_kv_blocks(engine.total_blocks);
-  load.set_kv_block_size(engine.block_size);
-  load.set_running_sequences(engine.sequences);
+  load.set_free_kv_blocks(engine.free_kv_blocks);
+  load.set_total_kv_blocks(engine.total_kv_blocks);
+  load.set_kv_block_size(engine.kv_block_size);
+  load.set_running_sequences(engine.requests);
   std::lock_guard<std::mutex> lock(mu_);
   load.set_worker_id(worker_id_);
   stats_ += engine.stats;

@@ -1,5 +1,7 @@
 #include "services/router/generate_call.h"
 
+#include <condition_variable>
+#include <mutex>
 #include <optional>
 #include <utility>
 
@@ -134,9 +136,50 @@ absl::Status GenerateCall::Interrupted() const {
   return absl::OkStatus();
 }
 
+// The Prefill call, asynchronous so that the decode stream is read while it runs. Its callback frees
+// the prefill worker's ledger at once and, on failure, cancels the decode call, which would otherwise
+// wait for a handoff that is not coming. Destruction waits for the callback: the call's context,
+// request and response live in RunAttempt's frame.
+class GenerateCall::PrefillRun {
+ public:
+  PrefillRun() = default;
+  ~PrefillRun() { Wait(); }
+  PrefillRun(const PrefillRun&) = delete;
+  PrefillRun& operator=(const PrefillRun&) = delete;
+
+  void Finish(grpc::Status status) {
+    std::lock_guard<std::mutex> lock(mu_);
+    status_ = std::move(status);
+    done_ = true;
+    done_cv_.notify_all();
+  }
+  // Blocks until the call ended; its status.
+  grpc::Status Wait() const {
+    std::unique_lock<std::mutex> lock(mu_);
+    done_cv_.wait(lock, [&] { return done_; });
+    return status_;
+  }
+
+  v1::PrefillRequest request;
+  v1::PrefillResponse response;  // read after Wait
+
+ private:
+  mutable std::mutex mu_;
+  mutable std::condition_variable done_cv_;
+  bool done_ = false;   // guarded by mu_
+  grpc::Status status_;  // guarded by mu_
+};
+
 GenerateCall::Outcome GenerateCall::RunAttempt(WorkerLease& decode, WorkerLease& prefill,
                                                const std::string& worker_request_id) {
   std::unique_ptr<grpc::ClientContext> decode_call = NewWorkerCall();
+  std::unique_ptr<grpc::ClientContext> prefill_call = NewWorkerCall();
+  StallMonitor::Watch watch(*options_.stall_monitor, [&decode_call, &prefill_call] {
+    decode_call->TryCancel();  // a call not started yet is cancelled as it starts
+    prefill_call->TryCancel();
+  });
+  admitted_ = false;
+  last_decode_message_ = absl::Now();
   const AttachedCall decode_attached(*request_, decode_call.get());
   if (!decode_attached.attached()) return {absl::CancelledError("aborted"), Blame::kDecode};
   v1::DecodeRequest decode_request;
@@ -144,12 +187,16 @@ GenerateCall::Outcome GenerateCall::RunAttempt(WorkerLease& decode, WorkerLease&
   decode_request.mutable_prompt_ids()->Add(prompt_.begin(), prompt_.end());
   *decode_request.mutable_sampling() = client_request_.sampling();
   decode_request.set_transport(options_.transport);
+  // A few reports per stage timeout: a live decode worker is never mistaken for a silent one.
+  decode_request.set_progress_interval_ms(
+      static_cast<int32_t>(absl::ToInt64Milliseconds(options_.stall_monitor->timeout() / 4)));
   std::unique_ptr<grpc::ClientReader<v1::DecodeResponse>> stream =
       decode.worker().decode->Decode(decode_call.get(), decode_request);
 
   v1::DecodeResponse admitted;
   if (!stream->Read(&admitted)) {
     absl::Status status = FromGrpcStatus(stream->Finish());
+    if (watch.stalled()) return Stalled(false);
     if (status.ok()) status = absl::InternalError("ended its Decode stream without admitting the request");
     return {Annotate(status, "before admitting the request"), Blame::kDecode};
   }
@@ -158,50 +205,94 @@ GenerateCall::Outcome GenerateCall::RunAttempt(WorkerLease& decode, WorkerLease&
     stream->Finish();
     return {absl::InternalError("its first Decode message was not `admitted`"), Blame::kDecode};
   }
+  admitted_ = true;
+  last_decode_message_ = absl::Now();
+  watch.Progress();
   prefill_start_ = absl::Now();
   request_->LeaveQueue();
   IC_LOG(Debug) << "request " << worker_request_id << ": admitted by " << decode.Describe() << ", handoff to "
                 << admitted.admitted().handoff_address() << ", prefill on " << prefill.Describe();
 
-  std::unique_ptr<grpc::ClientContext> prefill_call = NewWorkerCall();
   const AttachedCall prefill_attached(*request_, prefill_call.get());
-  v1::PrefillResponse prefill_result;
-  grpc::Status prefill_status(grpc::StatusCode::CANCELLED, "aborted");
+  PrefillRun run;  // declared after what its callback uses: its destruction waits for the callback
   if (prefill_attached.attached()) {
-    v1::PrefillRequest prefill_request;
-    prefill_request.set_request_id(worker_request_id);
-    *prefill_request.mutable_prompt_ids() = decode_request.prompt_ids();
-    *prefill_request.mutable_sampling() = client_request_.sampling();
-    prefill_request.set_transport(options_.transport);
-    prefill_request.set_handoff_address(admitted.admitted().handoff_address());
-    prefill_status = prefill.worker().prefill->Prefill(prefill_call.get(), prefill_request, &prefill_result);
+    run.request.set_request_id(worker_request_id);
+    *run.request.mutable_prompt_ids() = decode_request.prompt_ids();
+    *run.request.mutable_sampling() = client_request_.sampling();
+    run.request.set_transport(options_.transport);
+    run.request.set_handoff_address(admitted.admitted().handoff_address());
+    prefill.worker().prefill->async()->Prefill(prefill_call.get(), &run.request, &run.response,
+                                               [&run, &prefill, &decode_call](grpc::Status status) {
+                                                 prefill.ReleaseLoad();
+                                                 if (!status.ok()) decode_call->TryCancel();
+                                                 run.Finish(std::move(status));
+                                               });
+  } else {
+    prefill.ReleaseLoad();
+    decode_call->TryCancel();
+    run.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "aborted"));
   }
-  prefill.ReleaseLoad();
+  const Relayed relayed = RelayTokens(*stream, *decode_call, watch, run);
+  const grpc::Status prefill_status = run.Wait();
   // The queue time counts once, for the dispatch whose prefill ran (a refused one goes back in line).
   if (prefill_status.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED && !std::exchange(queue_observed_, true)) {
     metrics_.ObserveQueueTime(prefill_start_ - arrival_);
   }
+  if (watch.stalled()) return Stalled(prefill_status.ok());
   if (!prefill_status.ok()) {
     // A handoff the decode worker broke off (it rejected the cache, or died) fails the prefill too;
     // then the decode worker's own status says what went wrong, and it is the one to blame.
-    decode_call->TryCancel();
-    const absl::Status decode_status = FromGrpcStatus(stream->Finish());
-    if (!decode_status.ok() && decode_status.code() != absl::StatusCode::kCancelled) {
-      return {Annotate(decode_status, "during the handoff"), Blame::kDecode};
+    if (!relayed.status.ok() && relayed.status.code() != absl::StatusCode::kCancelled) {
+      return {Annotate(relayed.status, "during the handoff"), Blame::kDecode};
     }
     return {Annotate(FromGrpcStatus(prefill_status), "Prefill"), Blame::kPrefill};
   }
-  return RelayTokens(*stream, *decode_call, decode, prefill, prefill_result);
+  if (!relayed.status.ok()) return {Annotate(relayed.status, "its Decode stream broke"), Blame::kDecode};
+  if (!relayed.final.has_value()) {
+    return {absl::InternalError("it ended its Decode stream without a final message"), Blame::kDecode};
+  }
+  SendFinal(*relayed.final, decode, prefill, run.response);
+  return {absl::OkStatus(), Blame::kDecode};
 }
 
-GenerateCall::Outcome GenerateCall::RelayTokens(grpc::ClientReaderInterface<v1::DecodeResponse>& stream,
-                                                grpc::ClientContext& decode_call, const WorkerLease& decode,
-                                                const WorkerLease& prefill,
-                                                const v1::PrefillResponse& prefill_result) {
+GenerateCall::Outcome GenerateCall::Stalled(bool handed_off) const {
+  const absl::Duration timeout = options_.stall_monitor->timeout();
+  const std::string silence = absl::StrCat("made no progress for ", absl::FormatDuration(timeout));
+  if (!admitted_) return {absl::UnavailableError(absl::StrCat(silence, " before admitting the request")), Blame::kDecode};
+  if (handed_off || tokens_sent_ > 0) {
+    return {absl::UnavailableError(absl::StrCat(silence, " while decoding")), Blame::kDecode};
+  }
+  // The decode worker reports the rows received a few times per timeout: heard from lately, it is the
+  // prefill worker that sent nothing.
+  if (absl::Now() - last_decode_message_ < timeout) {
+    return {absl::UnavailableError(absl::StrCat(silence, ": no handoff rows reached the decode worker")),
+            Blame::kPrefill};
+  }
+  return {absl::UnavailableError(absl::StrCat(silence, " during the handoff (the decode worker fell silent)")),
+          Blame::kDecode};
+}
+
+GenerateCall::Relayed GenerateCall::RelayTokens(grpc::ClientReaderInterface<v1::DecodeResponse>& stream,
+                                                grpc::ClientContext& decode_call, StallMonitor::Watch& watch,
+                                                const PrefillRun& prefill) {
   v1::DecodeResponse message;
-  std::optional<v1::FinalInfo> final;
+  Relayed relayed;
+  int64_t rows_received = 0;
   while (stream.Read(&message)) {
+    last_decode_message_ = absl::Now();
+    if (message.has_progress() && message.progress().rows_received() > rows_received) {
+      rows_received = message.progress().rows_received();
+      watch.Progress();
+    }
     if (message.token_ids_size() > 0 || !message.text().empty()) {
+      watch.Progress();
+      // D decodes once the handoff is complete, and P returns once D acknowledged it: the wait is a
+      // message's flight, and a prefill that failed after all keeps its tokens from the client.
+      if (tokens_sent_ == 0 && !prefill.Wait().ok()) {
+        decode_call.TryCancel();
+        stream.Finish();
+        return {absl::CancelledError("the prefill failed"), std::nullopt};
+      }
       v1::GenerateResponse chunk;
       chunk.set_request_id(request_->id());
       *chunk.mutable_token_ids() = message.token_ids();
@@ -210,7 +301,7 @@ GenerateCall::Outcome GenerateCall::RelayTokens(grpc::ClientReaderInterface<v1::
       if (!writer_->Write(chunk)) {
         decode_call.TryCancel();
         stream.Finish();
-        return {absl::CancelledError("the client stream closed"), Blame::kDecode};
+        return {absl::CancelledError("the client stream closed"), std::nullopt};
       }
       const bool first = tokens_sent_ == 0;
       metrics_.ObserveTokens(message.token_ids_size(), now - (first ? arrival_ : last_token_), first);
@@ -218,20 +309,23 @@ GenerateCall::Outcome GenerateCall::RelayTokens(grpc::ClientReaderInterface<v1::
       last_token_ = now;
       tokens_sent_ += message.token_ids_size();
     }
-    if (message.has_final()) final = message.final();
+    if (message.has_final()) {
+      watch.Progress();
+      relayed.final = message.final();
+    }
   }
-  const absl::Status status = FromGrpcStatus(stream.Finish());
-  if (!status.ok()) return {Annotate(status, "its Decode stream broke"), Blame::kDecode};
-  if (!final.has_value()) {
-    return {absl::InternalError("it ended its Decode stream without a final message"), Blame::kDecode};
-  }
+  relayed.status = FromGrpcStatus(stream.Finish());
+  return relayed;
+}
 
+void GenerateCall::SendFinal(const v1::FinalInfo& final, const WorkerLease& decode, const WorkerLease& prefill,
+                             const v1::PrefillResponse& prefill_result) {
   const absl::Time end = absl::Now();
   v1::GenerateResponse last;
   last.set_request_id(request_->id());
   v1::FinalInfo& info = *last.mutable_final();
-  info.set_finish_reason(final->finish_reason());
-  info.set_error(final->error());
+  info.set_finish_reason(final.finish_reason());
+  info.set_error(final.error());
   info.set_prompt_tokens(static_cast<int32_t>(prompt_.size()));
   info.set_generated_tokens(tokens_sent_);
   v1::Timings& timings = *info.mutable_timings();
@@ -241,7 +335,7 @@ GenerateCall::Outcome GenerateCall::RelayTokens(grpc::ClientReaderInterface<v1::
   if (tokens_sent_ > 0) timings.set_first_token_seconds(Seconds(first_token_ - arrival_));
   timings.set_total_seconds(Seconds(end - arrival_));
   if (tokens_sent_ > 1) timings.set_mean_inter_token_seconds(Seconds(last_token_ - first_token_) / (tokens_sent_ - 1));
-  std::string pattern = final->index_pattern();
+  std::string pattern = final.index_pattern();
   if (pattern.empty()) pattern = registry_->IndexPatternOf(decode.id());
   if (pattern.empty()) pattern = registry_->PoolIndexPattern();
   if (pattern.empty()) pattern = options_.index_pattern;
@@ -249,10 +343,9 @@ GenerateCall::Outcome GenerateCall::RelayTokens(grpc::ClientReaderInterface<v1::
   info.set_prefill_worker(prefill.id());
   info.set_decode_worker(decode.id());
   writer_->Write(last);  // a client gone by now misses only the summary
-  IC_LOG(Info) << "request " << request_->id() << " finished (" << v1::FinishReason_Name(final->finish_reason())
+  IC_LOG(Info) << "request " << request_->id() << " finished (" << v1::FinishReason_Name(final.finish_reason())
                << ", " << tokens_sent_ << " tokens, " << timings.total_seconds() << " s) on " << prefill.Describe()
                << " → " << decode.Describe();
-  return {absl::OkStatus(), Blame::kDecode};
 }
 
 void GenerateCall::AbortOnWorkers(const WorkerLease& decode, const WorkerLease& prefill,

@@ -5,8 +5,12 @@
 //   P.Prefill with D's handoff address (P pushes the cache to D while it computes) →
 //   relay D's token stream to the client → a final message with the timings and workers.
 // Both worker calls inherit the client's deadline and cancellation (ClientContext::FromServerContext).
-// When an attempt fails before any token reached the client, it is retried once as a fresh request on
-// other workers; after a token, the stream ends UNAVAILABLE naming the worker. A worker that answers
+// The prefill runs beside the decode stream, whose `progress` messages (rows received) and tokens are
+// the attempt's signs of life: an attempt without progress for the stage timeout is cancelled
+// (stall_monitor.h) and blamed on the decode worker when it went silent, on the prefill worker when
+// the decode worker kept reporting but no rows came. When an attempt fails before any token reached
+// the client, it is retried once as a fresh request on other workers; after a token, the stream ends
+// UNAVAILABLE naming the worker. A worker that answers
 // RESOURCE_EXHAUSTED (it filled up between two load reports) sends the request back to its place in the
 // queue. A failed, refused, cancelled or aborted attempt sends Abort to both of its workers so that
 // neither keeps the request's KV blocks.
@@ -14,6 +18,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,6 +30,7 @@
 #include "services/router/admission_queue.h"
 #include "services/router/request_table.h"
 #include "services/router/router_metrics.h"
+#include "services/router/stall_monitor.h"
 #include "services/router/worker_registry.h"
 
 namespace indexcache {
@@ -33,6 +39,8 @@ struct DispatchOptions {
   v1::HandoffTransport transport = v1::HANDOFF_TRANSPORT_GRPC;
   absl::Duration abort_timeout = absl::Seconds(1);  // for the Abort calls that free a failed attempt's KV
   std::string index_pattern;  // the checkpoint's, reported when neither the workers nor the pool name one
+  // Stage timeouts: attempts without progress for its timeout are cancelled. Outlives every call.
+  StallMonitor* stall_monitor = nullptr;
 };
 
 class GenerateCall {
@@ -56,10 +64,22 @@ class GenerateCall {
     Blame blame = Blame::kDecode;
   };
 
+  class PrefillRun;  // the Prefill call running beside the decode stream
+  // How D's stream ended.
+  struct Relayed {
+    absl::Status status;  // the stream's status
+    std::optional<v1::FinalInfo> final;
+  };
+
   Outcome RunAttempt(WorkerLease& decode, WorkerLease& prefill, const std::string& worker_request_id);
-  // Relays D's stream after the prefill, then sends the final message.
-  Outcome RelayTokens(grpc::ClientReaderInterface<v1::DecodeResponse>& stream, grpc::ClientContext& decode_call,
-                      const WorkerLease& decode, const WorkerLease& prefill, const v1::PrefillResponse& prefill_result);
+  // Reads D's stream to its end, relaying tokens to the client once `prefill` succeeded (a token
+  // before a failed prefill is not the request's); every sign of progress goes to `watch`.
+  Relayed RelayTokens(grpc::ClientReaderInterface<v1::DecodeResponse>& stream, grpc::ClientContext& decode_call,
+                      StallMonitor::Watch& watch, const PrefillRun& prefill);
+  // Which worker a stalled attempt is blamed on, and why; `handed_off`: the prefill returned OK.
+  Outcome Stalled(bool handed_off) const;
+  void SendFinal(const v1::FinalInfo& final, const WorkerLease& decode, const WorkerLease& prefill,
+                 const v1::PrefillResponse& prefill_result);
   void AbortOnWorkers(const WorkerLease& decode, const WorkerLease& prefill, const std::string& worker_request_id);
   std::unique_ptr<grpc::ClientContext> NewWorkerCall();
   bool ClientGone() const;
@@ -85,6 +105,8 @@ class GenerateCall {
   bool queue_observed_ = false;  // the queue time counts once, for the dispatch whose prefill ran
   absl::Time first_token_;
   absl::Time last_token_;
+  bool admitted_ = false;          // D answered `admitted`
+  absl::Time last_decode_message_;  // when D last sent anything: it is alive
 };
 
 }  // namespace indexcache

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_format.h"
 #include "common/util/status_macros.h"
+#include "services/router/request_id.h"
 
 namespace indexcache {
 
@@ -23,6 +24,22 @@ absl::StatusOr<std::unique_ptr<RequestValidator>> RequestValidator::Load(const s
 }
 
 absl::StatusOr<std::vector<int32_t>> RequestValidator::Validate(const v1::GenerateRequest& request) const {
+  RETURN_IF_ERROR(ValidateRequestLabel(request.request_id()));
+  const v1::SamplingParameters& sampling = request.sampling();
+  if (sampling.stop_size() > kMaxStopStrings) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%d stop strings; at most %d are allowed", sampling.stop_size(), kMaxStopStrings));
+  }
+  for (int i = 0; i < sampling.stop_size(); ++i) {
+    if (sampling.stop(i).size() > kMaxStopStringBytes) {
+      return absl::InvalidArgumentError(absl::StrFormat("stop[%d] is %d bytes long; at most %d are allowed", i,
+                                                        sampling.stop(i).size(), kMaxStopStringBytes));
+    }
+  }
+  if (sampling.stop_token_ids_size() > kMaxStopTokenIds) {
+    return absl::InvalidArgumentError(absl::StrFormat("%d stop_token_ids; at most %d are allowed",
+                                                      sampling.stop_token_ids_size(), kMaxStopTokenIds));
+  }
   std::vector<int32_t> prompt;
   switch (request.input_case()) {
     case v1::GenerateRequest::INPUT_NOT_SET:

@@ -24,9 +24,16 @@ class RequestValidator {
   // Reads `model_dir`/config.json (required) and `model_dir`/tokenizer.json (optional).
   static absl::StatusOr<std::unique_ptr<RequestValidator>> Load(const std::string& model_dir);
 
-  // The prompt ids of a valid request. INVALID_ARGUMENT, with a message naming the problem, for: no
-  // input; an empty prompt; text without a tokenizer; an id outside the vocabulary; sampling values no
-  // sampler can honour (see Validate(SamplingParams)); prompt + max_new_tokens past the context limit.
+  // The prompt ids of a valid request. INVALID_ARGUMENT, with a message naming the problem, for: a
+  // request_id label that is too long or has other characters than request_id.h allows; no input; an
+  // empty prompt; text without a tokenizer; an id outside the vocabulary; more than kMaxStopStrings stop
+  // strings, one longer than kMaxStopStringBytes, more than kMaxStopTokenIds stop ids (each is checked
+  // against every generated token: unbounded lists cost every step, and stop strings reach logs);
+  // sampling values no sampler can honour (see Validate(SamplingParams)); prompt + max_new_tokens past
+  // the context limit. (The request's whole size is bounded before this, by the router's gRPC limit.)
+  static constexpr int kMaxStopStrings = 16;
+  static constexpr size_t kMaxStopStringBytes = 256;
+  static constexpr int kMaxStopTokenIds = 256;
   absl::StatusOr<std::vector<int32_t>> Validate(const v1::GenerateRequest& request) const;
 
   const ModelConfig& config() const { return config_; }

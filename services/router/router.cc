@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <random>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_format.h"
 #include "common/metrics/metrics_server.h"
 #include "common/model/model_config.h"
@@ -13,6 +13,7 @@
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpc/grpc.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
@@ -20,6 +21,7 @@
 #include "indexcache/v1/internal.grpc.pb.h"
 #include "services/router/admission_queue.h"
 #include "services/router/generate_call.h"
+#include "services/router/request_id.h"
 #include "services/router/request_table.h"
 #include "services/router/request_validator.h"
 #include "services/common/status_conversion.h"
@@ -53,9 +55,11 @@ absl::Status ValidateOptions(const RouterOptions& o) {
     return absl::InvalidArgumentError(absl::StrFormat("the queue limit must be >= 1, got %d", o.max_queued_requests));
   }
   if (o.heartbeat_timeout <= absl::ZeroDuration() || o.health_check_interval <= absl::ZeroDuration() ||
-      o.request_timeout <= absl::ZeroDuration() || o.dns_interval <= absl::ZeroDuration()) {
+      o.request_timeout <= absl::ZeroDuration() || o.dns_interval <= absl::ZeroDuration() ||
+      o.stall_timeout < absl::Milliseconds(100)) {
     return absl::InvalidArgumentError(
-        "the heartbeat timeout, health-check interval, request timeout and DNS interval must be > 0");
+        "the heartbeat timeout, health-check interval, request timeout and DNS interval must be > 0, the "
+        "stall timeout at least 100 ms");
   }
   if (o.transport != v1::HANDOFF_TRANSPORT_GRPC && o.transport != v1::HANDOFF_TRANSPORT_TCP &&
       o.transport != v1::HANDOFF_TRANSPORT_NCCL) {
@@ -90,10 +94,11 @@ class Router::Services {
         metrics_(metrics),
         validator_(std::move(validator)),
         table_(options.max_queued_requests),
-        id_prefix_(absl::StrFormat("%08x", std::random_device{}())),
+        stall_monitor_(options.stall_timeout),
         api_(this),
         registration_(this) {
     dispatch_.transport = options.transport;
+    dispatch_.stall_monitor = &stall_monitor_;
     dispatch_.index_pattern = FormatIndexPattern(validator_->config().indexer_types);
   }
 
@@ -111,8 +116,11 @@ class Router::Services {
       return s_->Generate(context, *request, writer);
     }
     grpc::Status Abort(grpc::ServerContext*, const v1::AbortRequest* request, v1::AbortResponse* response) override {
+      // Only the exact id the router returned finds its request: ids are unguessable (request_id.h).
       response->set_found(s_->table_.Abort(request->request_id()));
-      IC_LOG(Info) << "Abort " << request->request_id() << (response->found() ? "" : ": no such request in flight");
+      // Escaped and cut: the id is the caller's bytes, which must not forge log lines.
+      IC_LOG(Info) << "Abort " << absl::CHexEscape(request->request_id().substr(0, 128))
+                   << (response->found() ? "" : ": no such request in flight");
       return grpc::Status::OK;
     }
     grpc::Status ModelInfo(grpc::ServerContext*, const v1::ModelInfoRequest*, v1::ModelInfoResponse* response) override {
@@ -164,14 +172,18 @@ class Router::Services {
     }
     absl::StatusOr<std::vector<int32_t>> prompt = validator_->Validate(request);
     if (!prompt.ok()) return ToGrpcStatus(prompt.status());
-    const std::string id = request.request_id().empty()
-                               ? absl::StrFormat("%s-%d", id_prefix_, next_id_.fetch_add(1))
-                               : request.request_id();
+    absl::StatusOr<std::string> made = NewRequestId(request.request_id());  // the label passed Validate
+    if (!made.ok()) return ToGrpcStatus(made.status());
+    const std::string& id = *made;
     absl::StatusOr<std::shared_ptr<RequestHandle>> handle = table_.Admit(id);
     if (!handle.ok()) {
       IC_LOG(Info) << "request " << id << " refused: " << handle.status().message();
       return ToGrpcStatus(handle.status());
     }
+    // The id goes out at once: a client needs it to Abort a request that still waits in the queue.
+    v1::GenerateResponse admitted;
+    admitted.set_request_id(id);
+    writer->Write(admitted);
     const absl::Time deadline =
         std::min(absl::FromChrono(context->deadline()), arrival + options_.request_timeout);
     IC_LOG(Info) << "request " << id << " admitted (" << prompt->size() << " prompt tokens, deadline in "
@@ -215,9 +227,8 @@ class Router::Services {
   const std::unique_ptr<RequestValidator> validator_;
   DispatchOptions dispatch_;
   RequestTable table_;
+  StallMonitor stall_monitor_;
   std::atomic<bool> draining_{false};
-  const std::string id_prefix_;  // random per router, so ids stay unique across restarts
-  std::atomic<int64_t> next_id_{1};
   Api api_;
   Registration registration_;
 };
@@ -275,6 +286,10 @@ absl::StatusOr<std::string> Router::Start() {
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(options_.listen_address, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(options_.max_request_bytes);
+  // gRPC sets SO_REUSEPORT by default: a second router (or an orphan of a killed `cluster up`) would
+  // bind the same port and take half the clients. One port, one router.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.RegisterService(services_->api());
   builder.RegisterService(services_->registration());
   server_ = builder.BuildAndStart();

@@ -60,11 +60,18 @@ struct RouterOptions {
   absl::Duration health_check_interval = absl::Seconds(1);
   // The deadline of a request whose client set none (a client's own deadline is kept when shorter).
   absl::Duration request_timeout = absl::Minutes(10);
+  // Stage timeout: an attempt whose workers show no progress this long (no admission, no handoff rows
+  // arriving, no token) is cancelled and failed over (stall_monitor.h). Longer than one prefill chunk
+  // of one layer takes, which is what the decode worker sees arrive at a time.
+  absl::Duration stall_timeout = absl::Seconds(60);
   std::string metrics_listen_address;  // "host:port" of GET /metrics; empty: not served
   // "host:port" of the OpenAI-compatible HTTP API (services/openai); empty: not served.
   std::string http_listen_address;
   // The key HTTP clients must send as `Authorization: Bearer <key>`; empty: none needed.
   std::string http_api_key;
+  // The largest client message (RESOURCE_EXHAUSTED from gRPC past it, before any parsing): a prompt of
+  // 200K token ids takes about 1 MiB.
+  int max_request_bytes = 4 << 20;
 };
 
 class Router {

@@ -34,6 +34,8 @@ constexpr char kUsage[] =
     "  --heartbeat-timeout S     seconds without heartbeat before a worker leaves the pool (default 5)\n"
     "  --health-interval S       seconds between health checks (default 1)\n"
     "  --request-timeout S       deadline of requests that set none (default 600)\n"
+    "  --stall-timeout S         an attempt whose workers make no progress this long (no handoff rows,\n"
+    "                            no token) is failed over to another pair (default 60)\n"
     "  --drain-grace S           on SIGINT/SIGTERM, seconds to let requests finish (default 30)\n"
     "  --metrics-listen HOST:PORT  serve Prometheus metrics at GET /metrics there (default off)\n"
     "  --http-listen HOST:PORT   serve the OpenAI-compatible HTTP API there (/v1/completions,\n"
@@ -100,6 +102,7 @@ absl::StatusOr<RouterOptions> RouterOptionsFromArgs(const cli::Args& args) {
   ASSIGN_OR_RETURN(o.health_check_interval, SecondsFlag(args, "health-interval", o.health_check_interval));
   ASSIGN_OR_RETURN(o.request_timeout, SecondsFlag(args, "request-timeout", o.request_timeout));
   ASSIGN_OR_RETURN(o.dns_interval, SecondsFlag(args, "dns-interval", o.dns_interval));
+  ASSIGN_OR_RETURN(o.stall_timeout, SecondsFlag(args, "stall-timeout", o.stall_timeout));
   return o;
 }
 
@@ -108,7 +111,7 @@ int RunRouterCommand(const std::vector<std::string>& argv) {
                                         "prefill-dns",     "decode-dns",      "dns-interval",  "transport",
                                         "index-pattern",   "queue-limit",     "heartbeat-timeout",
                                         "health-interval", "request-timeout", "drain-grace",   "metrics-listen",
-                                        "http-listen",     "api-key-file"};
+                                        "http-listen",     "api-key-file",    "stall-timeout"};
   absl::StatusOr<cli::Args> args = cli::Args::Parse(argv, valued, {"help", "version"});
   if (args.ok() && args->Has("help")) {
     std::fputs(kUsage, stdout);

@@ -2,6 +2,7 @@
 // payload per chunk, a completed handoff's latency, and each way a handoff can fail.
 #include "services/decode_worker/metered_handoff_sink.h"
 
+#include <set>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -47,7 +48,9 @@ class MeteredHandoffSinkTest : public ::testing::Test {
  protected:
   WorkerMetrics metrics_{v1::DECODE, /*full_layers=*/1, /*shared_layers=*/3};
   ScriptedSink inner_;
-  MeteredHandoffSink sink_{inner_, metrics_, v1::HANDOFF_TRANSPORT_GRPC};
+  std::set<std::string> gone_;  // requests that no longer wait for their handoff
+  MeteredHandoffSink sink_{inner_, metrics_, v1::HANDOFF_TRANSPORT_GRPC,
+                           [this](const std::string& id) { return !gone_.contains(id); }};
 };
 
 TEST_F(MeteredHandoffSinkTest, CountsBytesOfEveryChunkAndTheCompletedHandoff) {
@@ -73,6 +76,26 @@ TEST_F(MeteredHandoffSinkTest, CountsBytesOfEveryChunkAndTheCompletedHandoff) {
   EXPECT_EQ(Sample(r, "indexcache_handoff_bandwidth_bytes_per_second", Grpc({}), &bytes_per_second), 1);
   EXPECT_GT(bytes_per_second, 0);
   for (const char* reason : {"data_loss", "unavailable", "rejected"}) {
+    EXPECT_EQ(Sample(r, "indexcache_handoff_failures_total", Grpc({{"reason", reason}})), 0) << reason;
+  }
+}
+
+// A request its caller cancelled (or whose deadline passed, or that was aborted) no longer waits for
+// its handoff: the stream breaking or being refused then is the request's end, not a failure.
+TEST_F(MeteredHandoffSinkTest, HandoffsOfRequestsThatEndedAreNoFailures) {
+  v1::HandoffChunk r1 = Rows("r1", v1::LATENT, 10), r2 = Rows("r2", v1::LATENT, 10), r3 = Rows("r3", v1::LATENT, 10);
+  ASSERT_TRUE(sink_.OnChunk(r1).ok());
+  ASSERT_TRUE(sink_.OnChunk(r2).ok());
+  ASSERT_TRUE(sink_.OnChunk(r3).ok());
+  gone_ = {"r1", "r2", "r3"};
+  sink_.OnBroken("r1", absl::CancelledError("cancelled by its sender"));
+  inner_.final_verdict = absl::NotFoundError("request 'r2' ended before its handoff completed");
+  EXPECT_FALSE(sink_.OnComplete("r2").accepted());
+  inner_.chunk_verdict = absl::NotFoundError("no request r3");
+  EXPECT_FALSE(sink_.OnChunk(r3).ok());
+
+  const prometheus::Registry& r = *metrics_.registry();
+  for (const char* reason : {"data_loss", "rejected", "unavailable"}) {
     EXPECT_EQ(Sample(r, "indexcache_handoff_failures_total", Grpc({{"reason", reason}})), 0) << reason;
   }
 }

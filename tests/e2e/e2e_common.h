@@ -12,6 +12,7 @@
 #include <memory>
 
 #include "absl/time/clock.h"
+#include "common/engine/engine.h"
 #include "gtest/gtest.h"
 #include "indexcache/client.h"
 #include "nlohmann/json.hpp"
@@ -37,6 +38,33 @@ inline client::GenerateRequest Greedy(std::vector<int32_t> prompt, int32_t max_n
   request.sampling.max_new_tokens = max_new;
   request.sampling.ignore_eos = true;
   return request;
+}
+
+// Greedy tokens of the in-process engine for `prompt` under `pattern` ("" = the checkpoint's own),
+// EOS ignored: the truth a cluster's output is compared with.
+inline std::vector<int32_t> EngineGreedy(const std::vector<int32_t>& prompt, int32_t max_new,
+                                         const std::string& pattern = "") {
+  EngineOptions options;
+  options.model_dir = kModel;
+  options.index_pattern = pattern;
+  auto engine = Engine::Create(options);
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  if (!engine.ok()) return {};
+  SamplingParams params;
+  params.temperature = 0.0f;
+  params.max_new_tokens = max_new;
+  params.ignore_eos = true;
+  EXPECT_TRUE((*engine)->Submit(prompt, params).ok());
+  std::vector<int32_t> tokens;
+  while ((*engine)->HasWork()) {
+    auto events = (*engine)->Step();
+    EXPECT_TRUE(events.ok());
+    if (!events.ok()) break;
+    for (const TokenEvent& e : *events) {
+      if (e.token >= 0) tokens.push_back(e.token);
+    }
+  }
+  return tokens;
 }
 
 // Starts one service of the `indexcache` binary and waits for its "listening" line; null (and a

@@ -15,10 +15,14 @@
 #include <grpcpp/grpcpp.h>
 
 #include "common/engine/engine.h"
+#include "common/engine/engine_loop.h"
 #include "common/handoff/handoff_transport.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "common/handoff/tcp/tcp_handoff.h"
+#include "services/common/worker_metrics.h"
+#include "services/common/worker_server.h"
+#include "services/prefill_worker/prefill_service.h"
 #include "tests/prefill_worker/test_peers.h"
 
 namespace indexcache {
@@ -499,6 +503,63 @@ TEST_F(PrefillWorkerTest, ServesWhileTheRouterIsUnreachable) {
   v1::PrefillResponse response;
   const grpc::Status status = Prefill(Request("alone", Prompt(20)), &response);
   EXPECT_TRUE(status.ok()) << status.error_message();
+}
+
+// Liveness is not workload: while the engine loop is held inside a closure, as a long prefill step
+// holds it, heartbeats keep reaching the router and GetLoad answers with the engine's blocks. The
+// truth that they waited for nothing: the loop is still held when they arrive (it is released only
+// after the checks, so a Load that waited for the loop fails them by the bounded waits, not a hang).
+TEST(PrefillWorkerLivenessTest, HeartbeatsAndGetLoadAnswerWhileTheEngineLoopIsHeld) {
+  absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(TestEngineOptions());
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  const int32_t total_blocks = (*engine)->cache().num_blocks();
+  EngineLoop loop(*std::move(engine));
+  WorkerMetrics metrics(v1::PREFILL, kFullLayers, kLayers - kFullLayers);
+  PrefillService service(loop, PrefillServiceOptions(), metrics);
+  FakeRouter router;
+  std::string router_address;
+  std::unique_ptr<grpc::Server> router_server = ServeOnLoopback(&router, &router_address);
+  WorkerServerOptions options;
+  options.router_address = router_address;
+  options.worker_id = "busy-prefill";
+  options.heartbeat_interval = absl::Milliseconds(20);
+  WorkerServer server(options);
+  WorkerServer::Served served;
+  served.role = v1::PREFILL;
+  served.service = &service;
+  served.lifecycle = &service;
+  served.service_name = v1::PrefillWorker::service_full_name();
+  const absl::StatusOr<std::string> address = server.Start(std::move(served));
+  ASSERT_TRUE(address.ok()) << address.status();
+  ASSERT_TRUE(router.WaitFor(1, 1));
+
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  std::promise<void> held;
+  loop.Post([&held, released](Engine&) {
+    held.set_value();
+    released.wait();
+  });
+  held.get_future().wait();
+  const size_t beats = router.heartbeats().size();
+  const bool beats_went_on = router.WaitFor(1, beats + 3);
+  auto stub = v1::PrefillWorker::NewStub(grpc::CreateChannel(*address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  v1::WorkerLoad load;
+  const grpc::Status status = stub->GetLoad(&context, v1::LoadRequest(), &load);
+  const int health = HealthStatus(*address);
+  release.set_value();
+
+  EXPECT_TRUE(beats_went_on) << "no heartbeat while the engine loop was busy";
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(load.worker_id(), "busy-prefill");
+  EXPECT_EQ(load.total_kv_blocks(), total_blocks);
+  EXPECT_EQ(load.free_kv_blocks(), total_blocks);
+  EXPECT_EQ(router.heartbeats().back().total_kv_blocks(), total_blocks);
+  EXPECT_EQ(health, 1);  // SERVING
+  server.Drain();
+  router_server->Shutdown();
 }
 
 }  // namespace

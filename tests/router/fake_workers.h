@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <memory>
 #include <mutex>
@@ -28,7 +29,8 @@ struct FakeLog {
   int running = 0;                              // calls admitted and not finished
   int max_running = 0;                          // the most at once
   int refused = 0;                              // calls answered RESOURCE_EXHAUSTED
-  std::vector<std::string> requests;            // request ids, in arrival order
+  std::vector<std::string> requests;            // request ids by label (LabelOf), in arrival order
+  std::vector<std::string> full_ids;            // the same ids as they arrived
   std::vector<std::vector<int32_t>> prompts;    // their prompt ids
   std::vector<absl::Time> deadlines;            // their calls' deadlines
   std::vector<std::string> handoff_addresses;   // prefill: where it was told to push
@@ -64,6 +66,18 @@ struct FakeLog {
     return false;
   }
 };
+
+// A worker-side request id with the router's random part taken out, so tests name requests by the
+// label they sent: "relay-1-<32 hex digits>#retry1" → "relay-1#retry1". Ids without one stay as they are.
+inline std::string LabelOf(const std::string& id) {
+  const size_t end = std::min(id.find('#'), id.size());
+  constexpr size_t kHex = 32;
+  if (end < kHex + 1 || id[end - kHex - 1] != '-') return id;
+  for (size_t i = end - kHex; i < end; ++i) {
+    if (!std::isxdigit(static_cast<unsigned char>(id[i]))) return id;
+  }
+  return id.substr(0, end - kHex - 1) + id.substr(end);
+}
 
 // Waits (polling) until `condition` holds, for at most `timeout`.
 template <typename F>
@@ -159,7 +173,8 @@ class FakeDecodeWorker final : public v1::DecodeWorker::Service {
                       grpc::ServerWriter<v1::DecodeResponse>* writer) override {
     {
       std::lock_guard<std::mutex> lock(log.mu);
-      log.requests.push_back(request->request_id());
+      log.requests.push_back(LabelOf(request->request_id()));
+      log.full_ids.push_back(request->request_id());
       log.prompts.emplace_back(request->prompt_ids().begin(), request->prompt_ids().end());
       log.deadlines.push_back(absl::FromChrono(context->deadline()));
       log.transports.push_back(request->transport());
@@ -210,7 +225,7 @@ class FakeDecodeWorker final : public v1::DecodeWorker::Service {
   grpc::Status Abort(grpc::ServerContext*, const v1::WorkerAbortRequest* request,
                      v1::WorkerAbortResponse* response) override {
     std::lock_guard<std::mutex> lock(log.mu);
-    log.aborts.push_back(request->request_id());
+    log.aborts.push_back(LabelOf(request->request_id()));
     response->set_found(true);
     return grpc::Status::OK;
   }
@@ -259,7 +274,8 @@ class FakePrefillWorker final : public v1::PrefillWorker::Service {
                        v1::PrefillResponse* response) override {
     {
       std::lock_guard<std::mutex> lock(log.mu);
-      log.requests.push_back(request->request_id());
+      log.requests.push_back(LabelOf(request->request_id()));
+      log.full_ids.push_back(request->request_id());
       log.prompts.emplace_back(request->prompt_ids().begin(), request->prompt_ids().end());
       log.deadlines.push_back(absl::FromChrono(context->deadline()));
       log.handoff_addresses.push_back(request->handoff_address());
@@ -291,7 +307,7 @@ class FakePrefillWorker final : public v1::PrefillWorker::Service {
   grpc::Status Abort(grpc::ServerContext*, const v1::WorkerAbortRequest* request,
                      v1::WorkerAbortResponse* response) override {
     std::lock_guard<std::mutex> lock(log.mu);
-    log.aborts.push_back(request->request_id());
+    log.aborts.push_back(LabelOf(request->request_id()));
     response->set_found(false);
     return grpc::Status::OK;
   }

@@ -72,6 +72,51 @@ TEST(RequestValidatorTest, TextNeedsATokenizer) {
   EXPECT_EQ(*prompt, (std::vector<int32_t>{5, 6}));
 }
 
+// Bounds at the front door: each one at its limit passes, one past it is INVALID_ARGUMENT naming the
+// field. The limits are the validator's published constants; the inputs are built to sit on them.
+TEST(RequestValidatorTest, LabelsAndStopListsAreBounded) {
+  auto validator = RequestValidator::Load(kModelDir);
+  ASSERT_TRUE(validator.ok()) << validator.status();
+  const auto check = [&](const v1::GenerateRequest& request) { return (*validator)->Validate(request).status(); };
+  v1::GenerateRequest base;
+  base.mutable_token_ids()->add_ids(5);
+  ASSERT_TRUE(check(base).ok());
+
+  v1::GenerateRequest label = base;
+  label.set_request_id(std::string(64, 'a'));
+  EXPECT_TRUE(check(label).ok());
+  label.set_request_id("Job_7.retry:2-x");
+  EXPECT_TRUE(check(label).ok());
+  for (const std::string& bad : {std::string(65, 'a'), std::string("two\nlines"), std::string("a b"),
+                                std::string("quote\""), std::string("tab\t"), std::string("caf\xc3\xa9")}) {
+    label.set_request_id(bad);
+    const absl::Status status = check(label);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(status.message(), HasSubstr("request_id")) << bad;
+  }
+
+  v1::GenerateRequest stops = base;
+  for (int i = 0; i < RequestValidator::kMaxStopStrings; ++i) {
+    stops.mutable_sampling()->add_stop(std::string(RequestValidator::kMaxStopStringBytes, 'x'));
+  }
+  EXPECT_TRUE(check(stops).ok());
+  v1::GenerateRequest too_many = stops;
+  too_many.mutable_sampling()->add_stop("y");
+  EXPECT_EQ(check(too_many).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(check(too_many).message(), HasSubstr("stop strings"));
+  v1::GenerateRequest too_long = base;
+  too_long.mutable_sampling()->add_stop(std::string(RequestValidator::kMaxStopStringBytes + 1, 'x'));
+  EXPECT_EQ(check(too_long).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(check(too_long).message(), HasSubstr("stop[0]"));
+
+  v1::GenerateRequest ids = base;
+  for (int i = 0; i < RequestValidator::kMaxStopTokenIds; ++i) ids.mutable_sampling()->add_stop_token_ids(3);
+  EXPECT_TRUE(check(ids).ok());
+  ids.mutable_sampling()->add_stop_token_ids(3);
+  EXPECT_EQ(check(ids).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(check(ids).message(), HasSubstr("stop_token_ids"));
+}
+
 TEST(RequestValidatorTest, AMissingModelDirectoryIsAnError) {
   EXPECT_FALSE(RequestValidator::Load("/nonexistent/model").ok());
 }

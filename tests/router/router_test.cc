@@ -5,8 +5,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <future>
 #include <limits>
 #include <map>
+#include <string>
+#include <utility>
 #include <thread>
 
 #include "common/tokenizer/bpe_tokenizer.h"
@@ -27,6 +30,7 @@ using ::indexcache::testing::PrefillScript;
 using ::indexcache::testing::WaitFor;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::testing::MatchesRegex;
 
 const std::string kModelDir = std::string(INDEXCACHE_MODELS_DIR) + "/glm-dsa-tiny-random";
 
@@ -98,7 +102,12 @@ TEST(RouterTest, RelaysTheDecodeStreamWithTimingsAndWorkers) {
   const Result r = client.Generate(IdsRequest({1, 2, 3}, "relay-1"));
   ASSERT_TRUE(r.status.ok()) << r.status.error_message();
   EXPECT_THAT(r.tokens, ElementsAre(21, 22, 23, 24));
-  EXPECT_EQ(r.messages.front().request_id(), "relay-1");
+  // The first message is the id alone, sent at admission; every message carries the same id.
+  const std::string id = r.messages.front().request_id();
+  EXPECT_THAT(id, MatchesRegex("relay-1-[0-9a-f]{32}"));
+  EXPECT_EQ(r.messages.front().token_ids_size(), 0);
+  for (const v1::GenerateResponse& message : r.messages) EXPECT_EQ(message.request_id(), id);
+  EXPECT_THAT(decode.log.Copy(&FakeLog::full_ids), ElementsAre(id));
   ASSERT_TRUE(r.final.has_value());
   EXPECT_TRUE(r.messages.back().has_final());
   EXPECT_EQ(r.final->finish_reason(), v1::LENGTH);
@@ -368,11 +377,24 @@ TEST(RouterTest, CancelAndAbortWhileQueuedLeaveNothingBehind) {
   EXPECT_TRUE(WaitFor([&] { return held.router().queued_requests() == 0 && held.router().in_flight_requests() == 1; }));
 
   Result aborted;
-  std::thread abort_waiter([&] { aborted = client.Generate(Queued(3, "abort-queued")); });
+  std::promise<std::string> queued_id;
+  std::thread abort_waiter([&] {
+    grpc::ClientContext generate_context;
+    auto reader = client.stub().Generate(&generate_context, Queued(3, "abort-queued"));
+    v1::GenerateResponse message;
+    bool first = true;
+    while (reader->Read(&message)) {
+      if (std::exchange(first, false)) queued_id.set_value(message.request_id());  // sent at admission
+      if (message.has_final()) aborted.final = message.final();
+    }
+    if (first) queued_id.set_value("");
+    aborted.status = reader->Finish();
+  });
+  const std::string id = queued_id.get_future().get();
   ASSERT_TRUE(WaitFor([&] { return held.router().queued_requests() == 1; }));
   grpc::ClientContext abort_context;
   v1::AbortRequest abort;
-  abort.set_request_id("abort-queued");
+  abort.set_request_id(id);
   v1::AbortResponse response;
   ASSERT_TRUE(client.stub().Abort(&abort_context, abort, &response).ok());
   EXPECT_TRUE(response.found());
@@ -417,6 +439,8 @@ TEST(RouterTest, MalformedRequestsGetInvalidArgumentWithAMessage) {
     edit(request);
     return request;
   };
+  const std::string one_char = "x";            // 200,000 of them were accepted (issue 13)
+  const std::string long_stop(3 << 20, 'x');  // 3 MiB: one such stop string logged 6 MB (issue 13)
   // The bundled model: vocab_size 2048, max_position_embeddings 8192 (its config.json).
   const std::vector<std::pair<v1::GenerateRequest, std::string>> cases = {
       {v1::GenerateRequest(), "no input"},
@@ -434,6 +458,13 @@ TEST(RouterTest, MalformedRequestsGetInvalidArgumentWithAMessage) {
       {with([](auto& r) { r.mutable_sampling()->set_min_p(1.5f); }), "min_p"},
       {with([](auto& r) { r.mutable_sampling()->add_stop_token_ids(5000); }), "stop_token_ids"},
       {IdsRequest(std::vector<int32_t>(8192 - 127, 1)), "context"},  // + the default 128 new tokens
+      {IdsRequest({1}, "two\nlines"), "request_id"},  // would forge a log line
+      {IdsRequest({1}, std::string(65, 'a')), "request_id"},
+      {with([&](auto& r) {
+         for (int i = 0; i < 200000; ++i) *r.mutable_sampling()->add_stop() = one_char;
+       }),
+       "stop strings"},
+      {with([&](auto& r) { *r.mutable_sampling()->add_stop() = long_stop; }), "stop[0]"},
   };
   for (const auto& [request, fragment] : cases) {
     const Result r = client.Generate(request);
@@ -443,6 +474,10 @@ TEST(RouterTest, MalformedRequestsGetInvalidArgumentWithAMessage) {
   EXPECT_TRUE(decode.log.Copy(&FakeLog::requests).empty());  // refused at the front door
   // The limits themselves are accepted: 8192 - 128 prompt tokens + 128 new ones fill the context.
   EXPECT_TRUE(client.Generate(IdsRequest(std::vector<int32_t>(8192 - 128, 2047))).status.ok());
+  // A message past the router's size limit is refused by gRPC before it is parsed.
+  v1::GenerateRequest huge;
+  huge.set_text(std::string(RouterOptions().max_request_bytes, 'x'));
+  EXPECT_EQ(client.Generate(huge).status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
 }
 
 TEST(RouterTest, ClientDeadlineReachesBothWorkers) {
@@ -513,7 +548,7 @@ TEST(RouterTest, AbortRpcEndsTheStreamWithAbortAndFreesBothWorkers) {
     if (tokens != 2) return;
     grpc::ClientContext context;
     v1::AbortRequest request;
-    request.set_request_id("abort-me");
+    request.set_request_id(decode.log.Copy(&FakeLog::full_ids).at(0));  // the id the router returned
     v1::AbortResponse response;
     ASSERT_TRUE(aborter.stub().Abort(&context, request, &response).ok());
     found = response.found();
@@ -531,6 +566,50 @@ TEST(RouterTest, AbortRpcEndsTheStreamWithAbortAndFreesBothWorkers) {
   v1::AbortResponse response;
   ASSERT_TRUE(aborter.stub().Abort(&context, unknown, &response).ok());
   EXPECT_FALSE(response.found());
+}
+
+// Abort acts only on the id the router returned, which nobody can guess: the label the client chose,
+// a well-formed id with other random digits, or ids that differ by a digit find nothing, and the
+// victim's stream goes on until its owner aborts it with the exact id.
+TEST(RouterTest, AbortNeedsTheExactUnguessableIdTheRouterReturned) {
+  FakePrefillWorker prefill({});
+  FakeDecodeWorker decode({.endless = true, .token_delay = absl::Milliseconds(10)});
+  Router router(OptionsFor({&prefill}, {&decode}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+  Client victim(*address);
+  Client attacker(*address);
+  const auto abort = [&](const std::string& id) {
+    grpc::ClientContext context;
+    v1::AbortRequest request;
+    request.set_request_id(id);
+    v1::AbortResponse response;
+    EXPECT_TRUE(attacker.stub().Abort(&context, request, &response).ok());
+    return response.found();
+  };
+  std::vector<std::string> refused;
+  const Result r = victim.Generate(IdsRequest({1}, "victim"), std::nullopt, [&](int tokens, grpc::ClientContext&) {
+    if (tokens < 2 || !refused.empty()) return;
+    const std::string id = decode.log.Copy(&FakeLog::full_ids).at(0);
+    std::string off_by_one = id;
+    off_by_one.back() = off_by_one.back() == '0' ? '1' : '0';
+    for (const std::string& guess : {std::string("victim"), std::string("victim-") + std::string(32, '0'), off_by_one,
+                                    id.substr(0, id.size() - 1), id + "0", std::string("victim\nforged log line")}) {
+      if (!abort(guess)) refused.push_back(guess);
+    }
+    EXPECT_EQ(refused.size(), 6u) << "a guessed id found the victim's request";
+    EXPECT_TRUE(abort(id));  // the owner's abort
+  });
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  ASSERT_TRUE(r.final.has_value());
+  EXPECT_EQ(r.final->finish_reason(), v1::ABORT);
+  EXPECT_EQ(refused.size(), 6u);
+
+  // Two requests with the same label get different random parts of 128 bits.
+  const Result other = Client(*address).Generate(IdsRequest({1}, "victim"), absl::Milliseconds(300));
+  ASSERT_GE(other.messages.size(), 1u) << other.status.error_message();
+  EXPECT_THAT(other.messages.front().request_id(), MatchesRegex("victim-[0-9a-f]{32}"));
+  EXPECT_NE(other.messages.front().request_id(), r.messages.front().request_id());
 }
 
 TEST(RouterTest, DecodeFailureBeforeTheFirstTokenIsRetriedOnAnotherWorker) {

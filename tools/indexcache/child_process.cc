@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -23,9 +24,12 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(const std::str
   std::vector<char*> args;
   for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
+  const pid_t parent = getpid();
   const pid_t pid = fork();
   if (pid < 0) return absl::InternalError(absl::StrCat("fork: ", std::strerror(errno)));
   if (pid == 0) {
+    // Dies with the parent (kept across execv). A parent already gone before this call sends nothing.
+    if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != parent) _exit(126);
     dup2(fds[1], STDOUT_FILENO);
     close(fds[0]);
     close(fds[1]);
@@ -54,13 +58,14 @@ ChildProcess::~ChildProcess() {
   close(stdout_fd_);
 }
 
-absl::StatusOr<std::string> ChildProcess::WaitListening(absl::Duration timeout) {
+absl::StatusOr<std::string> ChildProcess::WaitLine(const std::string& prefix, absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   for (;;) {
     const size_t newline = buffered_.find('\n');
     if (newline != std::string::npos) {
       std::string line = buffered_.substr(0, newline);
       buffered_.erase(0, newline + 1);
+      if (line.rfind(prefix, 0) == 0 && prefix != "listening ") return line.substr(prefix.size());
       if (line.rfind("listening ", 0) == 0) {
         // From now on copy the child's stdout to our stderr so its pipe never fills.
         forwarder_ = std::thread([fd = stdout_fd_, rest = buffered_] {
@@ -77,12 +82,17 @@ absl::StatusOr<std::string> ChildProcess::WaitListening(absl::Duration timeout) 
       continue;
     }
     const int64_t left_ms = absl::ToInt64Milliseconds(deadline - absl::Now());
-    if (left_ms <= 0) return absl::DeadlineExceededError(absl::StrCat(name_, " did not start listening in time"));
+    if (left_ms <= 0) {
+      return absl::DeadlineExceededError(absl::StrCat(name_, " printed no '", prefix, "' line in time"));
+    }
     pollfd p{stdout_fd_, POLLIN, 0};
     if (poll(&p, 1, static_cast<int>(std::min<int64_t>(left_ms, 200))) <= 0) continue;
     char buf[1024];
     const ssize_t n = read(stdout_fd_, buf, sizeof(buf));
-    if (n <= 0) return absl::UnavailableError(absl::StrCat(name_, " exited before listening (", Stop(absl::Seconds(1)), ")"));
+    if (n <= 0) {
+      return absl::UnavailableError(
+          absl::StrCat(name_, " exited before its '", prefix, "' line (", Stop(absl::Seconds(1)), ")"));
+    }
     buffered_.append(buf, n);
   }
 }

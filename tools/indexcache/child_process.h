@@ -1,6 +1,8 @@
 // A service process started by `cluster up`: its stdout is a pipe the parent reads for the
 // "listening ADDR" line the services print once they accept requests; after that, a thread copies
-// whatever else the child prints to the parent's stderr. stderr (the logs) is inherited.
+// whatever else the child prints to the parent's stderr. stderr (the logs) is inherited. The child
+// gets SIGTERM when its parent dies (PR_SET_PDEATHSIG), so it drains and exits instead of serving on
+// as an orphan after a `kill -9` of `cluster up`.
 #pragma once
 
 #include <sys/types.h>
@@ -23,7 +25,11 @@ class ChildProcess {
   ~ChildProcess();
 
   // Waits for the line "listening ADDR" and returns ADDR; fails if the child exits or `timeout` passes.
-  absl::StatusOr<std::string> WaitListening(absl::Duration timeout);
+  // From then on the child's stdout goes to the parent's stderr.
+  absl::StatusOr<std::string> WaitListening(absl::Duration timeout) { return WaitLine("listening ", timeout); }
+  // Waits for the next line starting with `prefix` and returns the rest of it; the same failures.
+  // "KEY VALUE" lines before it are Announced; after "listening " nothing more is read here.
+  absl::StatusOr<std::string> WaitLine(const std::string& prefix, absl::Duration timeout);
   // After WaitListening: the value of a "KEY VALUE" line printed before "listening" (for instance
   // "metrics ADDR"); empty when there was none.
   std::string Announced(const std::string& key) const;

@@ -3,10 +3,15 @@
 // `ready <router address>` once the router's pool holds every worker (with --metrics-port-base, a
 // `metrics NAME ADDR` line per service first; with --http-port, `http ADDR` after the router's line,
 // the OpenAI-compatible API's address); SIGINT/SIGTERM drain and stop
-// all of them (workers first, then the router).
+// all of them (workers first, then the router). Supervision: a worker that dies is started again
+// after a backoff that doubles with each death in a row (1 s up to 30 s; a run of a minute resets
+// it), and after kMaxRestarts deaths in a row, or when the router dies (the workers know only its
+// address), `cluster up` stops everything and exits with an error. Children die with it
+// (child_process.h), so a `kill -9` leaves no orphan serving.
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <iostream>
 #include <thread>
@@ -148,6 +153,71 @@ absl::Status WaitForPool(const std::string& router, const ClusterSpec& spec, abs
   return absl::DeadlineExceededError(absl::StrCat("the cluster did not become ready: ", last));
 }
 
+// A worker child and what it takes to start it again.
+struct Supervised {
+  std::string name;
+  std::vector<std::string> argv;
+  std::unique_ptr<ChildProcess> process;
+  absl::Time started;
+  int deaths_in_a_row = 0;
+  absl::Time restart_at = absl::InfiniteFuture();  // set while a restart waits out its backoff
+};
+
+constexpr int kMaxRestarts = 5;
+constexpr absl::Duration kFirstBackoff = absl::Seconds(1);
+constexpr absl::Duration kMaxBackoff = absl::Seconds(30);
+constexpr absl::Duration kHealthyRun = absl::Minutes(1);  // a run this long forgets earlier deaths
+
+absl::Status StartSupervised(Supervised& worker) {
+  ASSIGN_OR_RETURN(worker.process, ChildProcess::Spawn(worker.name, worker.argv));
+  worker.started = absl::Now();
+  worker.restart_at = absl::InfiniteFuture();
+  return absl::OkStatus();
+}
+
+// One round of supervision: schedules a restart for each worker that died, starts those whose
+// backoff has passed. An error when the router died or a worker keeps dying.
+absl::Status Supervise(ChildProcess& router, std::vector<Supervised>& workers) {
+  if (router.Exited()) {
+    return absl::UnavailableError(absl::StrCat("the router exited (", router.Stop(absl::ZeroDuration()),
+                                               "); the workers cannot follow it to a new address"));
+  }
+  const absl::Time now = absl::Now();
+  for (Supervised& w : workers) {
+    if (w.restart_at == absl::InfiniteFuture() && w.process->Exited()) {
+      const std::string how = w.process->Stop(absl::ZeroDuration());
+      w.deaths_in_a_row = now - w.started >= kHealthyRun ? 1 : w.deaths_in_a_row + 1;
+      if (w.deaths_in_a_row > kMaxRestarts) {
+        return absl::UnavailableError(
+            absl::StrCat(w.name, " died ", w.deaths_in_a_row, " times in a row (last: ", how, ")"));
+      }
+      const absl::Duration backoff = std::min(kFirstBackoff * (1 << (w.deaths_in_a_row - 1)), kMaxBackoff);
+      std::cerr << "cluster: " << w.name << " exited (" << how << "); restarting in " << backoff << std::endl;
+      w.restart_at = now + backoff;
+    }
+    if (w.restart_at <= now) {
+      RETURN_IF_ERROR(StartSupervised(w));
+      absl::StatusOr<std::string> address = w.process->WaitListening(absl::Seconds(120));
+      if (address.ok()) {
+        std::cout << w.name << " restarted " << *address << std::endl;
+      } else {
+        std::cerr << "cluster: " << w.name << " did not come back: " << address.status() << std::endl;
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Drains and stops the workers, then the router.
+void StopAll(ChildProcess& router, std::vector<Supervised>& workers) {
+  for (Supervised& w : workers) w.process->Signal(SIGTERM);
+  for (Supervised& w : workers) {
+    std::cerr << "cluster: " << w.name << " stopped: " << w.process->Stop(absl::Seconds(30)) << std::endl;
+  }
+  router.Signal(SIGTERM);
+  std::cerr << "cluster: router stopped: " << router.Stop(absl::Seconds(30)) << std::endl;
+}
+
 // The --metrics-listen flag of the service with index `i` (router 0, then prefill, then decode workers).
 std::vector<std::string> MetricsFlag(const ClusterSpec& spec, int i) {
   if (spec.metrics_port_base < 0) return {};
@@ -162,7 +232,7 @@ absl::Status ClusterUp(const Args& args) {
   // The workers inherit it: NVLink multicast stays off for any NCCL they run (shared GPU hosts).
   setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/1);
   const std::string self = SelfPath();
-  std::vector<std::unique_ptr<ChildProcess>> workers;
+  std::vector<Supervised> workers;
   std::vector<std::string> router_argv = {self,        "router",       "--listen",        absl::StrCat("127.0.0.1:", spec.port),
                                           "--model",   spec.model_dir, "--transport",     spec.transport,
                                           "--index-pattern", spec.pattern};
@@ -179,37 +249,45 @@ absl::Status ClusterUp(const Args& args) {
   int service_index = 1;
   auto start_workers = [&](const char* role, int count, const std::vector<std::string>& role_flags) -> absl::Status {
     for (int i = 0; i < count; ++i) {
-      std::vector<std::string> argv = {self, absl::StrCat(role, "-worker"), "--listen", "127.0.0.1:0",
-                                       "--router", router_address, "--worker-id", absl::StrCat(role, "-", i)};
-      argv.insert(argv.end(), spec.worker_flags.begin(), spec.worker_flags.end());
-      argv.insert(argv.end(), role_flags.begin(), role_flags.end());
+      Supervised& w = workers.emplace_back();
+      w.name = absl::StrCat(role, "-", i);
+      w.argv = {self, absl::StrCat(role, "-worker"), "--listen", "127.0.0.1:0", "--router", router_address,
+                "--worker-id", w.name};
+      w.argv.insert(w.argv.end(), spec.worker_flags.begin(), spec.worker_flags.end());
+      w.argv.insert(w.argv.end(), role_flags.begin(), role_flags.end());
       const std::vector<std::string> metrics = MetricsFlag(spec, service_index++);
-      argv.insert(argv.end(), metrics.begin(), metrics.end());
-      ASSIGN_OR_RETURN(std::unique_ptr<ChildProcess> child, ChildProcess::Spawn(absl::StrCat(role, "-", i), argv));
-      workers.push_back(std::move(child));
+      w.argv.insert(w.argv.end(), metrics.begin(), metrics.end());
+      RETURN_IF_ERROR(StartSupervised(w));
     }
     return absl::OkStatus();
   };
   RETURN_IF_ERROR(start_workers("prefill", spec.prefill, spec.prefill_flags));
   RETURN_IF_ERROR(start_workers("decode", spec.decode, spec.decode_flags));
-  for (auto& w : workers) {
-    ASSIGN_OR_RETURN(std::string address, w->WaitListening(absl::Seconds(120)));
-    std::cout << w->name() << " " << address << std::endl;
+  for (Supervised& w : workers) {
+    ASSIGN_OR_RETURN(std::string address, w.process->WaitListening(absl::Seconds(120)));
+    std::cout << w.name << " " << address << std::endl;
   }
   if (spec.metrics_port_base >= 0) {
     std::cout << "metrics router " << router->Announced("metrics") << std::endl;
-    for (auto& w : workers) std::cout << "metrics " << w->name() << " " << w->Announced("metrics") << std::endl;
+    for (Supervised& w : workers) std::cout << "metrics " << w.name << " " << w.process->Announced("metrics") << std::endl;
   }
   RETURN_IF_ERROR(WaitForPool(router_address, spec, absl::Seconds(60)));
   std::cout << "ready " << router_address << std::endl;
 
-  const int signal = WaitForStopSignal(stop_signals);
-  std::cerr << "cluster: signal " << signal << ", draining workers, then the router" << std::endl;
-  for (auto& w : workers) w->Signal(SIGTERM);
-  for (auto& w : workers) std::cerr << "cluster: " << w->name() << " stopped: " << w->Stop(absl::Seconds(30)) << std::endl;
-  router->Signal(SIGTERM);
-  std::cerr << "cluster: router stopped: " << router->Stop(absl::Seconds(30)) << std::endl;
-  return absl::OkStatus();
+  constexpr timespec kTick = {0, 200'000'000};  // how often the children are looked at
+  for (;;) {
+    const int signal = sigtimedwait(&stop_signals, nullptr, &kTick);
+    if (signal == SIGINT || signal == SIGTERM) {
+      std::cerr << "cluster: signal " << signal << ", draining workers, then the router" << std::endl;
+      StopAll(*router, workers);
+      return absl::OkStatus();
+    }
+    if (absl::Status supervised = Supervise(*router, workers); !supervised.ok()) {
+      std::cerr << "cluster: " << supervised.message() << "; stopping the cluster" << std::endl;
+      StopAll(*router, workers);
+      return supervised;
+    }
+  }
 }
 
 }  // namespace

@@ -68,7 +68,7 @@ absl::StatusOr<std::optional<GenerateChunk>> GenerateStream::Next() {
   v1::GenerateResponse response;
   if (s.reader->Read(&response)) {
     GenerateChunk chunk = FromProto(response);
-    if (s.request_id.empty()) s.request_id = chunk.request_id;
+    if (!chunk.request_id.empty()) s.request_id = chunk.request_id;
     if (chunk.final) s.saw_final = true;
     return chunk;
   }
@@ -121,7 +121,6 @@ GenerateStream Client::Stream(const GenerateRequest& request) const {
   state->channel = impl_->channel;
   state->address = impl_->address;
   state->timeout = request.timeout ? request.timeout : impl_->options.default_timeout;
-  state->request_id = request.request_id;
   if (absl::Status valid = CheckPositive(request.timeout, "timeout"); !valid.ok()) {
     state->done = true;
     state->error = std::move(valid);
@@ -135,7 +134,6 @@ GenerateStream Client::Stream(const GenerateRequest& request) const {
 absl::StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request) const {
   GenerateStream stream = Stream(request);
   GenerateResult result;
-  result.request_id = request.request_id;
   while (true) {
     ASSIGN_OR_RETURN(std::optional<GenerateChunk> chunk, stream.Next());
     if (!chunk) break;

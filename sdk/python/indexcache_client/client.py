@@ -69,18 +69,19 @@ class GenerateStream:
     """The chunks of one Generate call, as an iterator. cancel() (from any thread) ends the call on
     the server and ends the iteration; leaving a `with` block cancels an unfinished stream."""
 
-    def __init__(self, call, address: str, timeout: Optional[float], request_id: str):
+    def __init__(self, call, address: str, timeout: Optional[float]):
         self._call = call
         self._address = address
         self._timeout = timeout
-        self._request_id = request_id or None
+        self._request_id: Optional[str] = None
         self._saw_final = False
         self._done = False
         self._cancelled = threading.Event()
 
     @property
     def request_id(self) -> Optional[str]:
-        """The request's id once the first chunk arrived (or the caller's own id); None before."""
+        """The id the router gave the request, from the first chunk (sent at admission); None before.
+        abort() takes this id; the label passed as request_id alone finds nothing."""
         return self._request_id
 
     def cancel(self) -> None:
@@ -109,7 +110,7 @@ class GenerateStream:
                 raise StopIteration from None
             raise _call_error(error, "Generate", self._address, self._timeout) from None
         chunk = Chunk.from_proto(response)
-        if self._request_id is None and chunk.request_id:
+        if chunk.request_id:
             self._request_id = chunk.request_id
         if chunk.final is not None:
             self._saw_final = True
@@ -176,13 +177,13 @@ class Client:
         request = _build_request(prompt, input_ids, request_id, sampling)
         deadline = self._resolve_timeout(timeout)
         call = self._stub.Generate(request, timeout=deadline)
-        return GenerateStream(call, self.router_address, deadline, request.request_id)
+        return GenerateStream(call, self.router_address, deadline)
 
     def generate(self, prompt: Optional[str] = None, input_ids: Optional[Iterable[int]] = None, *,
                  request_id: Optional[str] = None, timeout=_DEFAULT, **sampling) -> Result:
         """Runs a request to its end. A stream the server ends normally returns a Result whatever its
         finish_reason ("stop", "length", "abort", "error"); a failed call raises ClientError."""
-        result = Result(request_id=request_id or "")
+        result = Result(request_id="")
         with self.stream(prompt, input_ids, request_id=request_id, timeout=timeout, **sampling) as chunks:
             for chunk in chunks:
                 result.request_id = chunk.request_id or result.request_id

@@ -46,7 +46,8 @@ class GenerateStream {
   // the cancellation and frees the request. Idempotent.
   void Cancel();
 
-  // The request's id once the first chunk arrived (or the caller's own id); empty before.
+  // The id the router gave the request, from the first chunk (sent at admission); empty before. Abort
+  // takes this id: the caller's label alone finds nothing (docs/security.md).
   const std::string& request_id() const;
 
  private:

@@ -32,7 +32,8 @@ struct GenerateRequest {
   // Text (encoded by the server's tokenizer) or token ids: exactly one, by construction.
   std::variant<std::string, std::vector<int32_t>> input;
   SamplingParams sampling;
-  // Empty: the router assigns one (reported in every chunk and in the result).
+  // Optional label (at most 64 of [A-Za-z0-9._:-]); the router's id for the request is
+  // "<label>-<32 random hex digits>", reported in every chunk and in the result.
   std::string request_id;
   // Deadline of this call, measured from its start; unset: ClientOptions::default_timeout.
   std::optional<absl::Duration> timeout;
