@@ -83,14 +83,7 @@ absl::StatusOr<double> PrefillExportingOnce(Engine& engine, int32_t tokens, uint
   ASSIGN_OR_RETURN(RequestId id, engine.SubmitPrefill(RandomPrompt(tokens, engine.config().vocab_size, seed),
                                                       Greedy(1), sink));
   const double start = NowSeconds();
-  for (bool done = false; !done;) {
-    ASSIGN_OR_RETURN(std::vector<TokenEvent> events, engine.Step());
-    for (const TokenEvent& e : events) {
-      if (e.request != id) continue;
-      if (e.finish == RequestFinish::kError) return e.error;
-      done = done || e.finish == RequestFinish::kPrefillDone;
-    }
-  }
+  RETURN_IF_ERROR(StepToFirstToken(engine, id));  // the kPrefillDone event carries it
   absl::Status landed = sink->Drain();
   const double seconds = NowSeconds() - start;
   engine.Release(id);

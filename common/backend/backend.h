@@ -216,8 +216,10 @@ class Backend {
   // --- timing -------------------------------------------------------------------------------
   virtual void BeginRegion(TimedRegion region) = 0;
   virtual void EndRegion(TimedRegion region) = 0;
-  // Seconds spent in `region` since the last call for it (synchronizes). Regions enqueued while
-  // capturing are not measured.
+  // Seconds spent in `region` in the regions that finished since the last call for it. Never waits
+  // for the device: a region still running counts at a later call (after a synchronizing op, such
+  // as a Download, every region enqueued before it has finished). Regions enqueued while capturing
+  // are not measured.
   virtual double TakeRegionSeconds(TimedRegion region) = 0;
 
   // --- capture (optional: CUDA graphs) --------------------------------------------------------
