@@ -3,7 +3,10 @@
 // crashing.
 #include "common/handoff/tcp/tcp_frame.h"
 
+#include <unistd.h>
+
 #include <chrono>
+#include <fstream>
 #include <thread>
 
 #include "boost/asio/write.hpp"
@@ -105,6 +108,23 @@ class TcpServerTest : public ::testing::Test {
   std::unique_ptr<TcpHandoffServer> server_;
 };
 
+// The header of request `id` as the `n`-th chunk FakeSink (one stream's sink) accepts: tests that
+// open several connections to one server write their headers one after another.
+std::string NthHeader(const std::string& id, uint32_t n) {
+  v1::HandoffChunk header = MakeHandoff(id, {})[0];
+  header.set_sequence(n);
+  SealChunk(header);
+  return header.SerializeAsString();
+}
+
+// This process's resident memory, from /proc.
+size_t ResidentBytes() {
+  std::ifstream statm("/proc/self/statm");
+  size_t pages = 0, resident = 0;
+  statm >> pages >> resident;
+  return resident * static_cast<size_t>(sysconf(_SC_PAGESIZE));
+}
+
 TEST_F(TcpServerTest, BadMagicIsRefused) {
   std::string bytes = Bytes(Prefix(1, 0, 0));
   bytes[1] = 'Z';
@@ -152,6 +172,77 @@ TEST_F(TcpServerTest, SilentSenderTimesOut) {
   ASSERT_EQ(sink_.broken().size(), 1u);
   EXPECT_EQ(sink_.broken()[0].first, "quiet");
   EXPECT_EQ(sink_.broken()[0].second.code(), absl::StatusCode::kDeadlineExceeded);
+}
+
+TEST_F(TcpServerTest, RowsLargerThanTheEagerReadArriveIntact) {
+  // 9 MiB + 1 byte: read past the first 4 MiB in growing steps.
+  const std::vector<v1::HandoffChunk> chunks = MakeHandoff("large", {(size_t{9} << 20) + 1});
+  auto sender = TcpHandoffSender::Connect(server_->address(), absl::Seconds(5));
+  ASSERT_TRUE(sender.ok()) << sender.status();
+  for (const v1::HandoffChunk& chunk : chunks) ASSERT_TRUE((*sender)->Send(chunk).ok());
+  absl::StatusOr<v1::HandoffAck> ack = (*sender)->Finish();
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_TRUE(ack->accepted()) << ack->error();
+  ASSERT_EQ(sink_.chunks().size(), chunks.size());
+  EXPECT_EQ(sink_.chunks()[1].rows().data(), chunks[1].rows().data());
+}
+
+TEST_F(TcpServerTest, AnnouncedPayloadsAreNotAllocatedBeforeTheirBytes) {
+  // The probe: idle connections announcing 60 MiB rows each. The server may hold
+  // kEagerReadBytes a connection, not what a frame announces (12 × 60 MiB).
+  constexpr int kConnections = 12;
+  constexpr uint64_t kAnnounced = uint64_t{60} << 20;
+  const size_t before = ResidentBytes();
+  std::vector<std::unique_ptr<FramedConnection>> idle;
+  for (int i = 0; i < kConnections; ++i) {
+    const std::string id = "idle-" + std::to_string(i);
+    std::vector<v1::HandoffChunk> chunks = MakeHandoff(id, {8});
+    idle.push_back(Open());
+    ASSERT_TRUE(idle.back()->WriteFrame(FrameKind::kChunk, NthHeader(id, i), {}).ok());
+    ASSERT_TRUE(sink_.WaitForChunks(i + 1));
+    const std::string metadata = WithoutRowsData(chunks[1]).SerializeAsString();
+    boost::system::error_code ec;
+    boost::asio::write(idle.back()->socket(),
+                       boost::asio::buffer(Bytes(Prefix(1, static_cast<uint32_t>(metadata.size()), kAnnounced)) +
+                                           metadata + "only these bytes"),
+                       ec);
+    ASSERT_FALSE(ec) << ec.message();
+  }
+  // Every header was read: each connection's server thread goes on to its rows frame.
+  // Within the server's 500 ms I/O timeout, watch whether the announced sizes get allocated.
+  size_t grown = 0;
+  for (int i = 0; i < 30; ++i) {
+    const size_t now = ResidentBytes();
+    if (now > before) grown = std::max(grown, now - before);
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  // kEagerReadBytes a connection, and as much again of slack for everything else in this process.
+  EXPECT_LT(grown, kConnections * 2 * kEagerReadBytes) << "resident memory grew by " << (grown >> 20) << " MiB";
+}
+
+TEST(TcpServerCapTest, ConnectionsPastTheCapAreClosedAtOnce) {
+  FakeSink sink;
+  auto server = TcpHandoffServer::Start("127.0.0.1", 0, &sink, {.io_timeout = absl::Seconds(5), .max_connections = 2});
+  ASSERT_TRUE(server.ok()) << server.status();
+  absl::StatusOr<HostPort> target = SplitHostPort((*server)->address());
+  ASSERT_TRUE(target.ok());
+  auto open = [&] {
+    auto connection = std::make_unique<FramedConnection>(absl::Seconds(5));
+    EXPECT_TRUE(connection->Connect(target->host, target->port, absl::Seconds(5)).ok());
+    return connection;
+  };
+  std::vector<std::unique_ptr<FramedConnection>> held;
+  for (int i = 0; i < 2; ++i) {
+    held.push_back(open());
+    ASSERT_TRUE(held.back()->WriteFrame(FrameKind::kChunk, NthHeader("held-" + std::to_string(i), i), {}).ok());
+    ASSERT_TRUE(sink.WaitForChunks(i + 1));  // being served
+  }
+  std::unique_ptr<FramedConnection> third = open();
+  const absl::Time start = absl::Now();
+  absl::StatusOr<FramePrefix> answer = third->ReadPrefix();
+  EXPECT_EQ(answer.status().code(), absl::StatusCode::kUnavailable) << answer.status();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(4));  // closed by the server, not timed out
+  EXPECT_TRUE(sink.broken().empty());  // the two served ones are untouched
 }
 
 TEST_F(TcpServerTest, ShutdownBreaksOpenHandoffsPromptly) {

@@ -40,8 +40,8 @@ absl::StatusOr<std::optional<v1::NcclControl>> ReadControl(FramedConnection& con
     return absl::InvalidArgumentError(
         "an NCCL handoff control frame must be a chunk frame without payload (rows travel over NCCL)");
   }
-  std::string metadata(prefix.metadata_bytes, '\0');
-  RETURN_IF_ERROR(connection.ReadExactly(metadata.data(), metadata.size()));
+  std::string metadata;
+  RETURN_IF_ERROR(connection.ReadInto(metadata, prefix.metadata_bytes));
   v1::NcclControl message;
   if (!message.ParseFromString(metadata)) {
     return absl::InvalidArgumentError("an NCCL handoff control frame does not hold an NcclControl");

@@ -2,6 +2,7 @@
 
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <bit>
 #include <chrono>
 #include <cstring>
@@ -156,6 +157,19 @@ absl::Status FramedConnection::ReadExactly(void* dest, size_t size) {
                 "reading a handoff frame");
 }
 
+absl::Status FramedConnection::ReadInto(std::string& dest, size_t size) {
+  size_t have = 0;
+  size_t want = std::min(size, kEagerReadBytes);
+  dest.resize(want);
+  for (;;) {
+    if (absl::Status read = ReadExactly(dest.data() + have, want - have); !read.ok()) return read;
+    have = want;
+    if (have == size) return absl::OkStatus();
+    want = std::min(size, 2 * have);
+    dest.resize(want);
+  }
+}
+
 size_t FramedConnection::Available() {
   error_code ec;
   const size_t n = socket_.available(ec);
@@ -224,8 +238,8 @@ absl::StatusOr<v1::HandoffAck> ReadAckFrame(FramedConnection& connection) {
   if (prefix->kind != FrameKind::kAck || prefix->payload_bytes != 0) {
     return absl::InternalError("the decode worker answered with something other than an ack frame");
   }
-  std::string metadata(prefix->metadata_bytes, '\0');
-  if (absl::Status read = connection.ReadExactly(metadata.data(), metadata.size()); !read.ok()) return read;
+  std::string metadata;
+  if (absl::Status read = connection.ReadInto(metadata, prefix->metadata_bytes); !read.ok()) return read;
   v1::HandoffAck ack;
   if (!ack.ParseFromString(metadata)) return absl::InternalError("the decode worker's ack frame does not parse");
   return ack;

@@ -31,10 +31,15 @@ enum class FrameKind : uint8_t { kChunk = 1, kEnd = 2, kAck = 3 };
 
 inline constexpr uint8_t kFrameVersion = 1;
 inline constexpr size_t kFramePrefixBytes = 16;
-// Bounds a receiver enforces before allocating anything: the metadata is small (a trailer holds one
+// Bounds a receiver enforces before reading anything: the metadata is small (a trailer holds one
 // probe per Full layer), the payload at most one chunk's rows.
 inline constexpr uint32_t kMaxFrameMetadataBytes = uint32_t{16} << 20;
 inline constexpr uint64_t kMaxFramePayloadBytes = kMaxHandoffChunkBytes;
+// What a receiver allocates for a frame part before its bytes arrive (FramedConnection::ReadInto):
+// a prefill worker's rows chunks (4 MiB by default) fit, and are read with no copy; past it the
+// buffer grows with the bytes received, so a peer announcing a large frame and sending nothing makes
+// the receiver hold no more than this.
+inline constexpr size_t kEagerReadBytes = size_t{4} << 20;
 
 struct FramePrefix {
   FrameKind kind = FrameKind::kChunk;
@@ -66,6 +71,9 @@ class FramedConnection {
   absl::StatusOr<FramePrefix> ReadPrefix();
   // Reads exactly `size` bytes into `dest`.
   absl::Status ReadExactly(void* dest, size_t size);
+  // Reads exactly `size` bytes into `dest` (resized to them), allocating up to kEagerReadBytes at
+  // once and, past it, doubling as the bytes arrive.
+  absl::Status ReadInto(std::string& dest, size_t size);
   // Bytes readable now without blocking.
   size_t Available();
   // After a final answer: stops sending, discards what the peer still sends until it closes or

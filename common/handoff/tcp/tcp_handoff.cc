@@ -1,5 +1,6 @@
 #include "common/handoff/tcp/tcp_handoff.h"
 
+#include <bit>
 #include <chrono>
 #include <list>
 #include <mutex>
@@ -62,6 +63,7 @@ class TcpHandoffServer::Impl {
   std::mutex mu_;
   bool stopping_ = false;  // guarded by mu_
   std::list<Live> live_;   // guarded by mu_
+  uint64_t refused_ = 0;   // guarded by mu_: connections closed at the cap
 };
 
 absl::Status TcpHandoffServer::Impl::Listen(const std::string& host, int port) {
@@ -115,6 +117,15 @@ void TcpHandoffServer::Impl::Spawn(std::shared_ptr<FramedConnection> connection)
     } else {
       ++it;
     }
+  }
+  if (static_cast<int>(live_.size()) >= options_.max_connections) {
+    // Every power of two: a flood of connections does not flood the log too.
+    if (std::has_single_bit(++refused_)) {
+      IC_LOG(Warning) << "TCP handoff server on " << address_ << ": " << options_.max_connections
+                      << " connections open; refused " << refused_ << " since start";
+    }
+    connection->Close();
+    return;
   }
   Live& live = live_.emplace_back();
   live.connection = std::move(connection);
@@ -174,8 +185,8 @@ absl::StatusOr<bool> ReadTcpChunk(FramedConnection& connection, v1::HandoffChunk
     }
     return false;
   }
-  std::string metadata(prefix.metadata_bytes, '\0');
-  RETURN_IF_ERROR(connection.ReadExactly(metadata.data(), metadata.size()));
+  std::string metadata;
+  RETURN_IF_ERROR(connection.ReadInto(metadata, prefix.metadata_bytes));
   if (!chunk.ParseFromString(metadata)) {
     return absl::InvalidArgumentError("a handoff chunk frame's metadata is not a HandoffChunk");
   }
@@ -183,9 +194,7 @@ absl::StatusOr<bool> ReadTcpChunk(FramedConnection& connection, v1::HandoffChunk
     if (!chunk.has_rows() || !chunk.rows().data().empty()) {
       return absl::InvalidArgumentError("a handoff frame's payload must be the rows of a rows chunk");
     }
-    std::string* data = chunk.mutable_rows()->mutable_data();
-    data->resize(prefix.payload_bytes);
-    RETURN_IF_ERROR(connection.ReadExactly(data->data(), data->size()));
+    RETURN_IF_ERROR(connection.ReadInto(*chunk.mutable_rows()->mutable_data(), prefix.payload_bytes));
   }
   return true;
 }

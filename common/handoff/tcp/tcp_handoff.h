@@ -1,7 +1,9 @@
 // The raw TCP handoff data plane (Boost.Asio): one connection per handoff, HandoffChunks in
 // length-prefixed frames whose rows bytes travel as raw payload (tcp_frame.h has the format), then an
 // end frame; the server answers with one ack frame. Blocking I/O on a thread per connection: the
-// sink's calls block on the engine anyway, and a handoff is long-lived and few per worker.
+// sink's calls block on the engine anyway, and a handoff is long-lived and few per worker. What a
+// peer can make the server hold is bounded: connections (TcpHandoffOptions::max_connections), the
+// wait for each read (io_timeout), and memory allocated ahead of the bytes (kEagerReadBytes a frame).
 #pragma once
 
 #include <atomic>
@@ -24,6 +26,10 @@ struct TcpHandoffOptions {
   // Bound on every read and write, the wait for the next chunk included: a peer silent that long is
   // treated as gone.
   absl::Duration io_timeout = absl::Seconds(60);
+  // Connections a server serves at once (a thread each); one more is closed as soon as it is
+  // accepted. A decode worker takes one handoff per admitted request, so this is far above what its
+  // KV cache admits at a time, and it bounds what idle or hostile peers can hold.
+  int max_connections = 64;
 };
 
 // Reads a connection's next frame into `chunk` (cleared): true for a chunk, false at the end frame.
