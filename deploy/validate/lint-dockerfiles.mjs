@@ -12,7 +12,7 @@ import { validate } from "dockerfile-utils";
 
 // Each service's target, binary and ports (docs/operations.md, "Ports").
 const SERVICES = {
-  router: { binary: "/usr/local/bin/indexcache-router", ports: ["50051", "9400"] },
+  router: { binary: "/usr/local/bin/indexcache-router", ports: ["50051", "8000", "9400"] },
   "prefill-worker": { binary: "/usr/local/bin/indexcache-prefill-worker", ports: ["50052", "9401"] },
   "decode-worker": { binary: "/usr/local/bin/indexcache-decode-worker", ports: ["50053", "50054", "9402"] },
 };

@@ -5,8 +5,9 @@
 //    the pods of the matching worker Deployment;
 //  - every Deployment: startup, readiness and liveness probes are gRPC probes on a declared container
 //    port; the ports follow the ports contract (docs/operations.md); --metrics-listen's port is the
-//    `metrics` container port and the prometheus.io/port annotation; the termination grace period
-//    outlasts the router's --drain-grace; ConfigMaps read through envFrom exist;
+//    `metrics` container port and the prometheus.io/port annotation, --http-listen's the `http` one;
+//    the termination grace period outlasts the router's --drain-grace; ConfigMaps read through envFrom
+//    exist;
 //  - Services, PodDisruptionBudgets and ServiceMonitors select pods or Services that exist, and a
 //    ServiceMonitor's port names are ports of the Services it selects;
 //  - each HorizontalPodAutoscaler scales a Deployment of the render, on Pods metrics that a Prometheus
@@ -15,7 +16,7 @@ import YAML from "yaml";
 
 // The ports contract, per component label.
 const PORTS = {
-  router: { grpc: 50051, metrics: 9400 },
+  router: { grpc: 50051, http: 8000, metrics: 9400 },
   "prefill-worker": { grpc: 50052, metrics: 9401 },
   "decode-worker": { grpc: 50053, handoff: 50054, metrics: 9402 },
 };
@@ -84,6 +85,10 @@ export function checkConventions(objects) {
         const annotation = Number(d.spec?.template?.metadata?.annotations?.["prometheus.io/port"]);
         if (port !== ports.metrics) problems.push(`${where(d)}: --metrics-listen port ${port} is not the metrics port ${ports.metrics}`);
         if (annotation !== port) problems.push(`${where(d)}: prometheus.io/port ${annotation} is not --metrics-listen's port ${port}`);
+      }
+      for (const listen of flagValues(c, "http-listen")) {
+        const port = Number(listen.slice(listen.lastIndexOf(":") + 1));
+        if (port !== ports.http) problems.push(`${where(d)}: --http-listen port ${port} is not the http port ${ports.http}`);
       }
       for (const grace of flagValues(c, "drain-grace")) {
         if (!((spec.terminationGracePeriodSeconds ?? 30) > Number(grace))) {

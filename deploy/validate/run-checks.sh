@@ -65,6 +65,7 @@ case "${1:-}" in
     expect_line unknown-kind "no schema for kind Deploymnet"
     expect_line broken-references "names Service decode, which is not headless"
     expect_line broken-references "Service decode has no port 50099"
+    expect_line broken-references "--http-listen port 8080 is not the http port 8000"
     expect_line broken-references "Service decode has no port named metrics"
     expect_line broken-references "serves the Pods metric indexcache_kv_blocks_utilisation"
     tail -n 1 <<<"$report"
