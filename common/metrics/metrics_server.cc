@@ -161,7 +161,13 @@ class MetricsServer::Impl {
 
   absl::Status Listen(const std::string& listen_address) {
     ASSIGN_OR_RETURN(address_, ListenTcp(acceptor_, listen_address, "metrics"));
-    Accept();
+    AcceptEach(acceptor_, [this](const error_code& ec, tcp::socket socket) {
+      if (ec) {
+        IC_LOG(Warning) << "metrics server: accept failed: " << ec.message();
+        return;
+      }
+      std::make_shared<Session>(std::move(socket), *registry_, before_scrape_)->Read();
+    });
     thread_ = std::thread([this] { io_.run(); });
     return absl::OkStatus();
   }
@@ -169,18 +175,6 @@ class MetricsServer::Impl {
   const std::string& address() const { return address_; }
 
  private:
-  void Accept() {
-    acceptor_.async_accept([this](error_code ec, tcp::socket socket) {
-      if (ec == asio::error::operation_aborted) return;
-      if (!ec) {
-        std::make_shared<Session>(std::move(socket), *registry_, before_scrape_)->Read();
-      } else {
-        IC_LOG(Warning) << "metrics server: accept failed: " << ec.message();
-      }
-      Accept();
-    });
-  }
-
   const std::shared_ptr<prometheus::Collectable> registry_;
   const BeforeScrape before_scrape_;
   asio::io_context io_;

@@ -1,5 +1,8 @@
 #include "common/util/tcp_listen.h"
 
+#include <memory>
+#include <utility>
+
 #include "absl/strings/str_cat.h"
 #include "common/util/host_port.h"
 #include "common/util/status_macros.h"
@@ -32,6 +35,23 @@ absl::StatusOr<std::string> ListenTcp(tcp::acceptor& acceptor, const std::string
   const asio::ip::address host = bound.address().is_unspecified() ? asio::ip::address_v4::loopback() : bound.address();
   return host.is_v6() ? absl::StrCat("[", host.to_string(), "]:", bound.port())
                       : absl::StrCat(host.to_string(), ":", bound.port());
+}
+
+void AcceptEach(tcp::acceptor& acceptor, AcceptHandler on_accept) {
+  // Each accept's handler starts the next one; the loop's state lives in the handlers.
+  struct Loop : std::enable_shared_from_this<Loop> {
+    Loop(tcp::acceptor& a, AcceptHandler f) : acceptor(a), on_accept(std::move(f)) {}
+    void Next() {
+      acceptor.async_accept([self = shared_from_this()](boost::system::error_code ec, tcp::socket socket) {
+        if (ec == asio::error::operation_aborted) return;
+        self->on_accept(ec, std::move(socket));
+        self->Next();
+      });
+    }
+    tcp::acceptor& acceptor;
+    const AcceptHandler on_accept;
+  };
+  std::make_shared<Loop>(acceptor, std::move(on_accept))->Next();
 }
 
 }  // namespace indexcache

@@ -158,7 +158,13 @@ class OpenAiServer::Impl {
 
   absl::Status Listen(const std::string& listen_address) {
     ASSIGN_OR_RETURN(address_, ListenTcp(acceptor_, listen_address, "HTTP"));
-    Accept();
+    AcceptEach(acceptor_, [this](const error_code& ec, tcp::socket socket) {
+      if (ec) {
+        IC_LOG(Warning) << "HTTP server: accept failed: " << ec.message();
+        return;
+      }
+      Spawn(std::make_unique<Connection>(std::move(socket)));
+    });
     accept_thread_ = std::thread([this] { io_.run(); });
     return absl::OkStatus();
   }
@@ -166,17 +172,6 @@ class OpenAiServer::Impl {
   const std::string& address() const { return address_; }
 
  private:
-  void Accept() {
-    acceptor_.async_accept([this](error_code ec, tcp::socket socket) {
-      if (ec == asio::error::operation_aborted) return;
-      if (ec) {
-        IC_LOG(Warning) << "HTTP server: accept failed: " << ec.message();
-      } else {
-        Spawn(std::make_unique<Connection>(std::move(socket)));
-      }
-      Accept();
-    });
-  }
 
   void Spawn(std::unique_ptr<Connection> connection) {
     std::lock_guard<std::mutex> lock(mu_);
