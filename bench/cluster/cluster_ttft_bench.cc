@@ -48,6 +48,8 @@ constexpr char kUsage[] =
     "  --device cpu|cuda         engine and workers (default cpu)\n"
     "  --max-batch-tokens N      prefill chunk of the engine and the workers (default 8192)\n"
     "  --transport grpc|tcp      handoff transport (default tcp)\n"
+    "  --decode-arg ARG          one more argument for the decode worker (repeatable), e.g.\n"
+    "                            --decode-arg --import-batch-mb=4\n"
     "  --threads N               engine threads (default: cores / 2)\n"
     "  --max-new-tokens N        tokens per cluster request (default 2; TTFT is the first)\n"
     "  --tcp-gib G  --tcp-write-mib M  --tcp-reps R   loopback TCP ceiling (default 4, 16, 3)\n"
@@ -84,6 +86,7 @@ struct Options {
   double tcp_gib = 4;
   int tcp_write_mib = 16;
   int tcp_reps = 3;
+  std::vector<std::string> decode_args;
   absl::Duration start_timeout = absl::Seconds(900);
   absl::Duration request_timeout = absl::Seconds(1800);
 };
@@ -343,6 +346,7 @@ void RunModel(const Options& o, const std::string& label, const std::string& dir
   co.device = o.device;
   co.threads = o.threads;
   co.kv_cache_mb = kv_mb;
+  co.decode_args = o.decode_args;
   co.max_batch_tokens = o.max_batch_tokens;
   co.worker_metrics = true;
   co.start_timeout = o.start_timeout;
@@ -420,7 +424,7 @@ absl::Status Main(const std::vector<std::string>& argv) {
                                     {"model", "kv-cache-mb", "case", "burst", "indexcache", "device", "max-batch-tokens",
                                      "transport", "threads", "max-new-tokens", "tcp-gib", "tcp-write-mib", "tcp-reps",
                                      "start-timeout", "request-timeout", "device-name", "git-commit", "command", "json",
-                                     "markdown"},
+                                     "markdown", "decode-arg"},
                                     {"help"}));
   if (args.Has("help")) {
     std::cout << kUsage;
@@ -458,6 +462,7 @@ absl::Status Main(const std::vector<std::string>& argv) {
   }
   if (o.cases.empty() && o.bursts.empty()) return absl::InvalidArgumentError(std::string("no --case or --burst\n") + kUsage);
   o.device = args.Get("device").value_or("cpu");
+  o.decode_args = args.GetAll("decode-arg");
   o.transport = args.Get("transport").value_or("tcp");
   ASSIGN_OR_RETURN(auto batch, args.GetInt("max-batch-tokens"));
   ASSIGN_OR_RETURN(auto threads, args.GetInt("threads"));

@@ -25,7 +25,8 @@
 # SMALL_MODEL / PAPER_MODEL: use this model directory instead of generating it;
 # SMALL_CASES ["16384:5:3": three warm-ups: the first 16K prompts still speed up, 0.115, 0.100, 0.087 s in one run] and PAPER_CASES ["65536:3:1 131072:1:1"]: TOKENS:REPS:WARMUPS each;
 # BURSTS ["16:16384 64:4096"]: COUNT:TOKENS each, on the 16-layer model; SMALL_KV_MB [4096] and
-# PAPER_KV_MB [12288]: KV cache per engine / worker; TCP_GIB [4]; EXTRA: more driver flags.
+# PAPER_KV_MB [12288]: KV cache per engine / worker; TCP_GIB [4]; EXTRA: more driver flags (for
+# instance EXTRA="--decode-arg --import-batch-mb=0" to import every chunk as it arrives).
 # A CPU check of the whole path (tiny model, short prompts), on the build machine:
 #   /work/shared/tools/device-bundle /tmp/cpu-bundle build/tools/indexcache build/bench/cluster/indexcache_cluster_ttft_bench
 #   DEVICE=cpu SMALL_MODEL=models/glm-dsa-tiny-random SMALL_CASES="512:2:1" BURSTS="4:512 8:256" TCP_GIB=0.5 \

@@ -22,6 +22,7 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(const LocalClu
     if (!o.device.empty()) argv.insert(argv.end(), {"--device", o.device});
     if (o.max_batch_tokens > 0) argv.insert(argv.end(), {"--max-batch-tokens", std::to_string(o.max_batch_tokens)});
     if (o.worker_metrics) argv.insert(argv.end(), {"--metrics-listen", "127.0.0.1:0"});
+    if (role == "decode") argv.insert(argv.end(), o.decode_args.begin(), o.decode_args.end());
     RETURN_IF_ERROR(cluster->Spawn(role, argv, o.start_timeout).status());
     (role == "prefill" ? cluster->prefill_metrics_ : cluster->decode_metrics_) =
         cluster->children_.back()->Announced("metrics");

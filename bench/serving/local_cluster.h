@@ -30,6 +30,7 @@ struct LocalClusterOptions {
   int kv_cache_mb = 256;            // per worker
   int max_batch_tokens = 0;         // > 0: the workers' prefill chunk; 0: their default
   bool worker_metrics = false;      // serve each worker's /metrics on a free loopback port
+  std::vector<std::string> decode_args;  // more flags for the decode worker
   absl::Duration start_timeout = absl::Seconds(60);     // per process, and for the pool to fill
   absl::Duration request_timeout = absl::Seconds(120);  // the client's default deadline
 };

@@ -13,12 +13,16 @@ const char kDecodeWorkerFlagsUsage[] =
     "  --tcp-io-timeout-ms N     TCP data plane and NCCL handoff: longest wait on one read, write or GPU\n"
     "                            transfer (default 60000)\n"
     "  --nccl-gpu N              serve NCCL handoffs on CUDA GPU N (default: no NCCL handoff)\n"
-    "  --nccl-listen IP:PORT     the NCCL handoff's control endpoint (default 127.0.0.1:0)\n";
+    "  --nccl-listen IP:PORT     the NCCL handoff's control endpoint (default 127.0.0.1:0)\n"
+    "  --import-batch-mb N       import received rows in batches of N MiB while more than the eager\n"
+    "                            tail is still to come (default 32; 0: each chunk as it arrives)\n"
+    "  --import-eager-tail-mb N  import the prompt's last N MiB of rows chunk by chunk (default 64)\n";
 
 std::set<std::string> DecodeWorkerFlagNames() {
   std::set<std::string> names = cli::EngineFlagNames();
   names.merge(WorkerServerFlagNames());
-  names.insert({"tcp-listen", "tcp-advertise", "handoff-timeout-ms", "tcp-io-timeout-ms", "nccl-gpu", "nccl-listen"});
+  names.insert({"tcp-listen", "tcp-advertise", "handoff-timeout-ms", "tcp-io-timeout-ms", "nccl-gpu", "nccl-listen",
+                "import-batch-mb", "import-eager-tail-mb"});
   return names;
 }
 
@@ -33,6 +37,15 @@ absl::Status MillisecondsFlag(const cli::Args& args, const std::string& name, ab
   return absl::OkStatus();
 }
 
+// A size flag in MiB (>= 0), when given.
+absl::Status MebibytesFlag(const cli::Args& args, const std::string& name, size_t& out) {
+  ASSIGN_OR_RETURN(auto mib, args.GetInt(name));
+  if (!mib) return absl::OkStatus();
+  if (*mib < 0 || *mib > (int64_t{1} << 20)) return absl::InvalidArgumentError("--" + name + " must be in [0, 1048576]");
+  out = static_cast<size_t>(*mib) << 20;
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<DecodeWorkerOptions> DecodeWorkerOptionsFromArgs(const cli::Args& args) {
@@ -44,6 +57,8 @@ absl::StatusOr<DecodeWorkerOptions> DecodeWorkerOptionsFromArgs(const cli::Args&
   o.tcp_advertise_address = args.Get("tcp-advertise").value_or("");
   RETURN_IF_ERROR(MillisecondsFlag(args, "handoff-timeout-ms", o.handoff_timeout));
   RETURN_IF_ERROR(MillisecondsFlag(args, "tcp-io-timeout-ms", o.tcp_io_timeout));
+  RETURN_IF_ERROR(MebibytesFlag(args, "import-batch-mb", o.import_batching.batch_bytes));
+  RETURN_IF_ERROR(MebibytesFlag(args, "import-eager-tail-mb", o.import_batching.eager_tail_bytes));
   ASSIGN_OR_RETURN(auto nccl_gpu, args.GetInt("nccl-gpu"));
   if (nccl_gpu) {
     if (*nccl_gpu < 0) return absl::InvalidArgumentError("--nccl-gpu must be a CUDA device ordinal >= 0");
