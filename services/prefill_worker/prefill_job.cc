@@ -289,10 +289,10 @@ absl::Status PrefillJob::SendTrailer(int32_t first_token, const std::vector<Inde
 absl::Status PrefillJob::Send(v1::HandoffChunk& chunk, std::string_view rows_data) {
   chunk.set_request_id(request_id_);
   chunk.set_sequence(sequence_++);
-  const absl::Time start = absl::Now();
+  const Clock::time_point start = Clock::now();
   SealChunk(chunk, rows_data);
   absl::Status sent = sender_->Send(chunk, rows_data);
-  send_time_ += absl::Now() - start;
+  send_time_ += absl::FromChrono(Clock::now() - start);
   if (!sent.ok()) {
     transport_failed_ = true;
     return HandoffFailure(sent, "handoff");
