@@ -7,6 +7,12 @@
 // on the device alone (no host round trip, so a decode step can be captured as a CUDA graph); larger
 // batches download the bucket offsets once and run one cuBLAS GEMM per expert, whose Hopper kernels
 // are what those sizes need — one host round trip per MoE layer is negligible against a chunk's work.
+// For those, each bucket is padded with zero rows to a multiple of kGemmRowAlign: cuBLAS chooses a
+// kernel per GEMM shape on the host and caches the choice, and an expert's row count changes with
+// every prompt's routing, so unpadded shapes kept missing that cache — on a small model the host spent
+// longer choosing kernels than the GPU running them, and a process reached its speed only after tens
+// of prompts (docs/performance.md). Padded, the shapes repeat from the first prompts on, for at most
+// kGemmRowAlign − 1 extra rows per expert.
 #include <cublas_v2.h>
 
 #include <algorithm>
@@ -47,6 +53,11 @@ struct MoeScratch {
 
 size_t Align(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
+// Rows a batch's buckets can take: one per (token, k), plus each bucket's padding.
+constexpr int32_t kGemmRowAlign = 128;
+int64_t BucketRowsCapacity(int64_t rows, int32_t experts) { return rows + int64_t{experts} * (kGemmRowAlign - 1); }
+
+// `rows`: BucketRowsCapacity of the batch.
 MoeScratch Carve(void* base, int64_t rows, int64_t hidden, int64_t inter, int32_t experts) {
   char* p = static_cast<char*>(base);
   auto take = [&p](size_t bytes) {
@@ -72,13 +83,16 @@ __global__ void CountKernel(const int32_t* ids, int64_t ids_stride, int64_t n, i
   if (i < n * k) atomicAdd(&counts[ids[(i / k) * ids_stride + i % k]], 1);
 }
 
-__global__ void OffsetsKernel(const int32_t* counts, int32_t experts, int32_t* offsets, int32_t* cursor) {
+// Bucket e spans offsets[e]..offsets[e + 1]: its counts[e] rows, then zero rows up to a multiple of
+// `align`.
+__global__ void OffsetsKernel(const int32_t* counts, int32_t experts, int32_t align, int32_t* offsets,
+                              int32_t* cursor) {
   if (threadIdx.x != 0) return;
   int32_t total = 0;
   for (int e = 0; e < experts; ++e) {
     offsets[e] = total;
     cursor[e] = 0;
-    total += counts[e];
+    total += (counts[e] + align - 1) / align * align;
   }
   offsets[experts] = total;
 }
@@ -93,22 +107,24 @@ __global__ void ScatterKernel(const int32_t* ids, int64_t ids_stride, int64_t n,
   slot_of[i] = slot;
 }
 
-// xs[slot] = x[slot_token[slot]] as bf16 (a plain copy when x is bf16). hidden is a multiple of 16 and xs
-// dense, so only x's alignment decides between vector and scalar runs.
+// xs[slot] = x[slot_token[slot]] as bf16 (a plain copy when x is bf16); a padding slot (token -1) gets
+// zeros, so its products are zeros too. One block per slot up to the buckets' end (offsets[experts]).
+// hidden is a multiple of 16 and xs dense, so only x's alignment decides between vector and scalar runs.
 template <typename T>
 __global__ void GatherRowsKernel(const T* x, int64_t x_stride, bool x_aligned, const int32_t* slot_token,
-                                 int64_t hidden, __nv_bfloat16* xs) {
+                                 const int32_t* total_rows, int64_t hidden, __nv_bfloat16* xs) {
   const int64_t slot = blockIdx.x;
-  const T* src = x + slot_token[slot] * x_stride;
+  if (slot >= *total_rows) return;
+  const int32_t token = slot_token[slot];
   for (int64_t c = threadIdx.x * int64_t{kPack}; c < hidden; c += blockDim.x * int64_t{kPack}) {
-    float v[kPack];
-    LoadRun(src + c, kPack, x_aligned, v);
+    float v[kPack] = {};
+    if (token >= 0) LoadRun(x + token * x_stride + c, kPack, x_aligned, v);
     StoreRun(xs + slot * hidden + c, kPack, /*vector=*/true, v);
   }
 }
 
-__global__ void SiluMulCastKernel(const float* gate_up, int64_t rows_total, int64_t inter, const int32_t* total_rows,
-                                  __nv_bfloat16* act) {
+// Over every bucket row, padding included (zeros stay zeros); grid-stride, as the count is on the device.
+__global__ void SiluMulCastKernel(const float* gate_up, int64_t inter, const int32_t* total_rows, __nv_bfloat16* act) {
   const int64_t rows = *total_rows;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < rows * inter;
        i += int64_t{gridDim.x} * blockDim.x) {
@@ -226,7 +242,7 @@ std::string MoeRouteFromLogits(Tensor logits, Tensor correction_bias, const MoeR
 }
 
 size_t MoeScratchBytes(int64_t tokens, int64_t top_k, int64_t hidden, int64_t inter, int32_t num_experts) {
-  const int64_t rows = tokens * top_k;
+  const int64_t rows = BucketRowsCapacity(tokens * top_k, num_experts);
   return Align(sizeof(int32_t) * num_experts) * 2 + Align(sizeof(int32_t) * (num_experts + 1)) +
          2 * Align(sizeof(int32_t) * rows) + Align(sizeof(__nv_bfloat16) * rows * hidden) +
          Align(sizeof(float) * rows * 2 * inter) + Align(sizeof(__nv_bfloat16) * rows * inter) +
@@ -253,23 +269,26 @@ std::string MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_expert
     return "moe experts: expert weight rows must be 16-byte aligned";
   }
   if (n == 0) return {};
+  // Up to kGemvMaxTokens tokens (every decode step, graph-captured or not) the matrix-vector kernel
+  // runs on the device alone, over unpadded buckets; larger batches download the bucket offsets and
+  // run cuBLAS per expert, over padded ones.
+  const bool by_library = n > kGemvMaxTokens;
   const int64_t rows = n * k;
-  MoeScratch s = Carve(scratch, rows, hidden, inter, num_experts);
+  const int64_t capacity = BucketRowsCapacity(rows, num_experts);
+  MoeScratch s = Carve(scratch, capacity, hidden, inter, num_experts);
   cudaMemsetAsync(s.counts, 0, sizeof(int32_t) * num_experts, stream);
+  if (by_library) cudaMemsetAsync(s.slot_token, 0xff, sizeof(int32_t) * capacity, stream);  // -1: padding
   const unsigned grid = static_cast<unsigned>(CeilDiv(rows, 256));
   CountKernel<<<grid, 256, 0, stream>>>(topk_ids.ptr<int32_t>(), topk_ids.stride, n, static_cast<int32_t>(k), s.counts);
-  OffsetsKernel<<<1, 32, 0, stream>>>(s.counts, num_experts, s.offsets, s.cursor);
+  OffsetsKernel<<<1, 32, 0, stream>>>(s.counts, num_experts, by_library ? kGemmRowAlign : 1, s.offsets, s.cursor);
   ScatterKernel<<<grid, 256, 0, stream>>>(topk_ids.ptr<int32_t>(), topk_ids.stride, n, static_cast<int32_t>(k),
                                           s.offsets, s.cursor, s.slot_token, s.slot_of);
   DispatchFloat(x.dtype, [&](auto xt) {
     using T = decltype(xt);
-    GatherRowsKernel<T><<<static_cast<unsigned>(rows), 64, 0, stream>>>(x.ptr<T>(), x.stride, RunsAligned(x),
-                                                                        s.slot_token, hidden, s.xs);
+    GatherRowsKernel<T><<<static_cast<unsigned>(by_library ? capacity : rows), 64, 0, stream>>>(
+        x.ptr<T>(), x.stride, RunsAligned(x), s.slot_token, s.offsets + num_experts, hidden, s.xs);
     return 0;
   });
-  // Up to kGemvMaxTokens tokens (every decode step, graph-captured or not) the matrix-vector kernel
-  // runs on the device alone; larger batches download the bucket offsets and run cuBLAS per expert.
-  const bool by_library = n > kGemvMaxTokens;
   if (by_library) {
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess || capture != cudaStreamCaptureStatusNone) {
@@ -295,7 +314,7 @@ std::string MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_expert
   std::string error = expert_gemms(s.xs, gate_up, 2 * inter, hidden, s.gate_up);
   if (!error.empty()) return error;
   SiluMulCastKernel<<<static_cast<unsigned>(std::min<int64_t>(CeilDiv(rows * inter, 256), 65535)), 256, 0, stream>>>(
-      s.gate_up, rows, inter, s.offsets + num_experts, s.act);
+      s.gate_up, inter, s.offsets + num_experts, s.act);
   error = expert_gemms(s.act, down, hidden, inter, s.ys);
   if (!error.empty()) return error;
   return DispatchFloat(out.dtype, [&](auto ot) {
