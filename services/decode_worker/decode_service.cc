@@ -124,7 +124,7 @@ grpc::Status DecodeService::Decode(grpc::ServerContext* context, const v1::Decod
   if (importer_.Find(id) != nullptr) {
     return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, absl::StrCat("request '", id, "' is already decoding here"));
   }
-  absl::StatusOr<RequestId> engine_id = Admit(*request, SamplingParamsFromProto(request->sampling()));
+  absl::StatusOr<RequestId> engine_id = Admit(*request, SamplingParamsOf(*request));
   if (!engine_id.ok()) return ToGrpcStatus(engine_id.status());
   auto session = std::make_shared<DecodeSession>(id, *engine_id, request->prompt_ids_size(), absl::Now());
   if (absl::Status added = importer_.Add(session); !added.ok()) {

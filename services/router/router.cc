@@ -99,6 +99,7 @@ class Router::Services {
         registration_(this) {
     dispatch_.transport = options.transport;
     dispatch_.stall_monitor = &stall_monitor_;
+    dispatch_.migration_limit = options.migration_limit;
     dispatch_.index_pattern = FormatIndexPattern(validator_->config().indexer_types);
   }
 

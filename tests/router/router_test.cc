@@ -651,11 +651,64 @@ TEST(RouterTest, PrefillFailureIsRetriedOnAnotherPrefillWorker) {
   EXPECT_EQ(router.Pool().size(), 3u);
 }
 
-TEST(RouterTest, DecodeFailureAfterATokenEndsTheStreamUnavailableNamingTheWorker) {
+TEST(RouterTest, DecodeFailureAfterATokenMigratesTheStreamWithTheTokensSoFar) {
+  FakePrefillWorker prefill({});
+  FakeDecodeWorker decode({.worker_id = "d-flaky", .tokens = {41, 42, 43, 44}, .fail_after_tokens = 2});
+  FakeDecodeWorker other({.worker_id = "d-other", .running_sequences = 9, .tokens = {51, 52, 53}});
+  Router router(OptionsFor({&prefill}, {&decode, &other}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+
+  v1::GenerateRequest request = IdsRequest({1, 2}, "moving");
+  request.mutable_sampling()->set_max_new_tokens(5);
+  const Result r = Client(*address).Generate(request);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  // The same stream: what d-flaky streamed, then what d-other streamed, nothing twice.
+  EXPECT_THAT(r.tokens, ElementsAre(41, 42, 51, 52, 53));
+  ASSERT_TRUE(r.final.has_value());
+  EXPECT_EQ(r.final->decode_worker(), "d-other");
+  EXPECT_EQ(r.final->prompt_tokens(), 2);      // the client's prompt
+  EXPECT_EQ(r.final->generated_tokens(), 5);   // every token streamed, over both attempts
+  // The next attempt prefills the prompt and the streamed tokens, marked as resumed, with the rest of
+  // the token budget, as a fresh request on both workers.
+  EXPECT_THAT(other.log.Copy(&FakeLog::requests), ElementsAre("moving#retry1"));
+  EXPECT_THAT(other.log.Copy(&FakeLog::prompts), ElementsAre(ElementsAre(1, 2, 41, 42)));
+  EXPECT_THAT(other.log.Copy(&FakeLog::resumed_tokens), ElementsAre(2));
+  EXPECT_THAT(other.log.Copy(&FakeLog::max_new_tokens), ElementsAre(3));
+  EXPECT_THAT(prefill.log.Copy(&FakeLog::prompts), ElementsAre(ElementsAre(1, 2), ElementsAre(1, 2, 41, 42)));
+  EXPECT_THAT(prefill.log.Copy(&FakeLog::resumed_tokens), ElementsAre(0, 2));
+  EXPECT_THAT(prefill.log.Copy(&FakeLog::max_new_tokens), ElementsAre(5, 3));
+  EXPECT_TRUE(decode.log.Aborted("moving"));
+}
+
+TEST(RouterTest, PastTheMigrationLimitTheStreamEndsUnavailableNamingTheWorker) {
+  FakePrefillWorker prefill({});
+  FakeDecodeWorker decode({.worker_id = "d-flaky", .tokens = {41, 42, 43, 44}, .fail_after_tokens = 2});
+  FakeDecodeWorker other({.worker_id = "d-other", .running_sequences = 9, .tokens = {51, 52, 53},
+                          .fail_after_tokens = 1});
+  RouterOptions options = OptionsFor({&prefill}, {&decode, &other});
+  options.migration_limit = 1;
+  Router router(options);
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+
+  const Result r = Client(*address).Generate(IdsRequest({1}));
+  EXPECT_THAT(r.tokens, ElementsAre(41, 42, 51));
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(r.status.error_message(), HasSubstr("d-other"));
+  EXPECT_THAT(r.status.error_message(), HasSubstr(other.address()));
+  EXPECT_THAT(r.status.error_message(), HasSubstr("after 3 tokens had been streamed"));
+  EXPECT_THAT(r.status.error_message(), HasSubstr("migration limit (1)"));
+  EXPECT_FALSE(r.final.has_value());
+}
+
+TEST(RouterTest, WithMigrationOffADecodeFailureAfterATokenEndsTheStream) {
   FakePrefillWorker prefill({});
   FakeDecodeWorker decode({.worker_id = "d-flaky", .tokens = {41, 42, 43, 44}, .fail_after_tokens = 2});
   FakeDecodeWorker other({.worker_id = "d-other", .running_sequences = 9});
-  Router router(OptionsFor({&prefill}, {&decode, &other}));
+  RouterOptions options = OptionsFor({&prefill}, {&decode, &other});
+  options.migration_limit = 0;
+  Router router(options);
   auto address = router.Start();
   ASSERT_TRUE(address.ok()) << address.status();
 
@@ -665,7 +718,23 @@ TEST(RouterTest, DecodeFailureAfterATokenEndsTheStreamUnavailableNamingTheWorker
   EXPECT_THAT(r.status.error_message(), HasSubstr("d-flaky"));
   EXPECT_THAT(r.status.error_message(), HasSubstr(decode.address()));
   EXPECT_FALSE(r.final.has_value());
-  EXPECT_TRUE(other.log.Copy(&FakeLog::requests).empty());  // never retried after a token
+  EXPECT_TRUE(other.log.Copy(&FakeLog::requests).empty());  // never sent elsewhere after a token
+}
+
+TEST(RouterTest, AStreamWithNoDecodeWorkerLeftToMoveToEndsUnavailableSayingWhy) {
+  FakePrefillWorker prefill({});
+  FakeDecodeWorker decode({.worker_id = "d-only", .tokens = {41, 42, 43}, .fail_after_tokens = 1,
+                           .failure = grpc::Status(grpc::StatusCode::UNAVAILABLE, "connection reset")});
+  Router router(OptionsFor({&prefill}, {&decode}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+
+  const Result r = Client(*address).Generate(IdsRequest({1}));
+  EXPECT_THAT(r.tokens, ElementsAre(41));
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(r.status.error_message(), HasSubstr("connection reset"));
+  EXPECT_THAT(r.status.error_message(), HasSubstr("after 1 tokens had been streamed; migrating the stream"));
+  EXPECT_THAT(r.status.error_message(), HasSubstr("no decode worker is in the pool besides the one that failed"));
 }
 
 TEST(RouterTest, DeadWorkerLeavesThePoolAndRequestsGoToTheSurvivor) {
