@@ -180,6 +180,12 @@ grpc::Status DecodeService::Stream(grpc::ServerContext* context, DecodeSession& 
         break;
       }
     }
+    if (finish != nullptr && finish->finish == RequestFinish::kAbort && !out.failure.ok()) {
+      // The engine's ABORT of a request this worker failed (StopAll after the drain grace, a broken
+      // handoff): the call ends with the failure below, never with a final message that reads as an
+      // end the client asked for (the router would pass on a stream cut short as complete).
+      finish = nullptr;
+    }
     if (finish != nullptr) {
       session.Finished();
       absl::Time decode_started_at;
