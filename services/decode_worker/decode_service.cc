@@ -291,9 +291,9 @@ void DecodeService::Ready(const std::string& worker_id, const std::string& grpc_
 
 void DecodeService::StartDraining() { draining_ = true; }
 
-void DecodeService::WaitIdle() {
+bool DecodeService::WaitIdle(absl::Time deadline) {
   std::unique_lock<std::mutex> lock(mu_);
-  idle_.wait(lock, [&] { return in_flight_ == 0; });
+  return idle_.wait_until(lock, absl::ToChronoTime(deadline), [&] { return in_flight_ == 0; });
 }
 
 void DecodeService::StopAll(const absl::Status& why) {

@@ -149,9 +149,9 @@ void PrefillService::StartDraining() {
   draining_ = true;
 }
 
-void PrefillService::WaitIdle() {
+bool PrefillService::WaitIdle(absl::Time deadline) {
   std::unique_lock<std::mutex> lock(mu_);
-  idle_.wait(lock, [&] { return in_flight_.empty(); });
+  return idle_.wait_until(lock, absl::ToChronoTime(deadline), [&] { return in_flight_.empty(); });
 }
 
 void PrefillService::StopAll(const absl::Status& why) {

@@ -76,9 +76,9 @@ class HeldService final : public v1::PrefillWorker::Service, public DrainableSer
     std::lock_guard<std::mutex> lock(mu_);
     draining_ = true;
   }
-  void WaitIdle() override {
+  bool WaitIdle(absl::Time deadline) override {
     std::unique_lock<std::mutex> lock(mu_);
-    changed_.wait(lock, [&] { return in_flight_ == 0; });
+    return changed_.wait_until(lock, absl::ToChronoTime(deadline), [&] { return in_flight_ == 0; });
   }
   void StopAll(const absl::Status& why) override {
     std::lock_guard<std::mutex> lock(mu_);
