@@ -480,6 +480,50 @@ TEST(RouterTest, MalformedRequestsGetInvalidArgumentWithAMessage) {
   EXPECT_EQ(client.Generate(huge).status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
 }
 
+TEST(RouterTest, MalformedProtobufGetsInvalidArgumentWithAMessage) {
+  FakePrefillWorker prefill({});
+  FakeDecodeWorker decode({});
+  Router router(OptionsFor({&prefill}, {&decode}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+  Client client(*address);
+  // Raw bytes on the Generate method, as a client with a broken encoder would send them.
+  auto send = [&](const std::string& bytes) {
+    grpc::Slice slice(bytes);
+    grpc::ByteBuffer request(&slice, 1);
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    const grpc::internal::RpcMethod method("/indexcache.v1.IndexCache/Generate",
+                                           grpc::internal::RpcMethod::SERVER_STREAMING);
+    std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> reader(
+        grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(client.channel().get(), method, &context,
+                                                                      request));
+    grpc::ByteBuffer response;
+    int messages = 0;
+    while (reader->Read(&response)) ++messages;
+    return std::make_pair(reader->Finish(), messages);
+  };
+  const std::string cases[] = {
+      std::string("\xff\xff\xff", 3),      // a tag whose varint never ends
+      std::string("\x0a\x02\xff\xfe", 4),  // field 1 (text), 2 bytes that are not UTF-8
+      std::string("\x0a\x10xy", 4),        // field 1 announcing 16 bytes, holding 2
+  };
+  for (const std::string& bytes : cases) {
+    const auto [status, messages] = send(bytes);
+    EXPECT_EQ(messages, 0);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+    EXPECT_THAT(status.error_message(), HasSubstr("malformed IndexCache.Generate request"));
+    EXPECT_THAT(status.error_message(), HasSubstr("indexcache.v1.GenerateRequest"));
+  }
+  EXPECT_TRUE(decode.log.Copy(&FakeLog::requests).empty());
+  // Well-formed bytes on the same path are served: the id at admission, the tokens, the final message.
+  std::string good;
+  ASSERT_TRUE(IdsRequest({1}).SerializeToString(&good));
+  const auto [status, messages] = send(good);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(messages, 5);  // the fake decode worker's 3 tokens, one a message
+}
+
 TEST(RouterTest, ClientDeadlineReachesBothWorkers) {
   FakePrefillWorker prefill({});
   FakeDecodeWorker decode({});
