@@ -64,6 +64,7 @@ grpc::Status GenerateCall::Run() {
   std::vector<std::string> failed_prefill;
   absl::Status first_failure;  // before any token: why the request is retried
   absl::Status moving;         // after tokens: the last failure the stream migrates away from
+  const char* migration_reason = nullptr;  // counted once the stream has a new pair
   max_new_tokens_ = SamplingParamsFromProto(client_request_.sampling()).max_new_tokens;
   const AdmissionQueue::Ticket ticket = queue_.NewTicket();
   // Every dispatch is a fresh request on the workers: a failed or refused one's id may still be held.
@@ -88,6 +89,7 @@ grpc::Status GenerateCall::Run() {
       }
       return ToGrpcStatus(explain(Annotate(placement.status(), absl::StrCat("request ", request_->id()))));
     }
+    if (migration_reason != nullptr) metrics_.CountMigration(std::exchange(migration_reason, nullptr));
     WorkerLease& decode = *placement->decode;
     WorkerLease& prefill = *placement->prefill;
     const std::string worker_request_id =
@@ -133,9 +135,8 @@ grpc::Status GenerateCall::Run() {
       }
       if (!why_not.empty()) return StreamBroken(failure, why_not);
       ++migrations_;
-      const char* reason = outcome.blame == Blame::kDecode ? (outcome.stalled ? "decode_stalled" : "decode_failed")
-                                                           : (outcome.stalled ? "prefill_stalled" : "prefill_failed");
-      metrics_.CountMigration(reason);
+      migration_reason = outcome.blame == Blame::kDecode ? (outcome.stalled ? "decode_stalled" : "decode_failed")
+                                                         : (outcome.stalled ? "prefill_stalled" : "prefill_failed");
       IC_LOG(Info) << "request " << request_->id() << ": " << failure.message() << " after " << streamed_.size()
                    << " tokens; migrating the stream (" << migrations_ << " of at most "
                    << options_.migration_limit << ")";

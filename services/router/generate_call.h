@@ -83,8 +83,9 @@ class GenerateCall {
   // What the workers of the next attempt are asked: the client's prompt plus the tokens already
   // streamed (resumed_tokens of them), and the client's sampling with max_new_tokens reduced by them.
   v1::DecodeRequest NextDecodeRequest(const std::string& worker_request_id) const;
-  // The stream's end after `failure` on an attempt that followed `streamed` tokens: UNAVAILABLE (or
-  // the failure's own code when another worker would fail the same way) naming the worker.
+  // The stream's end when `failure` came after tokens were streamed and the stream cannot move
+  // (`why_not_moved`): UNAVAILABLE, or the failure's own code when another worker would fail the same
+  // way, naming the worker and the tokens streamed.
   grpc::Status StreamBroken(const absl::Status& failure, const std::string& why_not_moved) const;
   // Reads D's stream to its end, relaying tokens to the client once `prefill` succeeded (a token
   // before a failed prefill is not the request's); every sign of progress goes to `watch`.
