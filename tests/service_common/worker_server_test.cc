@@ -228,6 +228,30 @@ TEST_F(WorkerServerTest, DrainTellsTheRouterAtOnceFinishesCallsInFlightThenStops
   router_server->Shutdown();
 }
 
+TEST_F(WorkerServerTest, DrainEndsCallsStillRunningAfterTheGraceUnavailable) {
+  WorkerServerOptions options;
+  options.worker_id = "w1";
+  options.drain_grace = absl::Milliseconds(300);
+  WorkerServer server(options);
+  absl::StatusOr<std::string> address = server.Start(Serve());
+  ASSERT_TRUE(address.ok()) << address.status();
+  std::future<grpc::Status> held = CallAsync(*address);
+  ASSERT_TRUE(service_.WaitForInFlight(1));
+
+  const absl::Time start = absl::Now();
+  server.Drain();  // the call is never released: the grace ends it
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_GE(took, options.drain_grace);
+  EXPECT_LT(took, options.drain_grace + absl::Seconds(5));
+  const absl::Status why = service_.stopped();
+  EXPECT_EQ(why.code(), absl::StatusCode::kUnavailable);  // the router migrates what ends so
+  EXPECT_THAT(why.message(), HasSubstr("prefill worker w1 is shutting down"));
+  EXPECT_THAT(why.message(), HasSubstr("300ms drain grace"));
+  const grpc::Status status = held.get();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+  EXPECT_EQ(listeners_stopped_, 1);
+}
+
 TEST_F(WorkerServerTest, DestructionWithoutDrainAbortsCallsInFlight) {
   auto server = std::make_unique<WorkerServer>(WorkerServerOptions());
   absl::StatusOr<std::string> address = server->Start(Serve());
