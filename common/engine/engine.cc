@@ -111,6 +111,11 @@ absl::Status Engine::ValidateRequest(const std::vector<int32_t>& prompt, const S
     }
   }
   RETURN_IF_ERROR(Validate(params, c.vocab_size));
+  if (params.resumed_tokens < 0 || params.resumed_tokens >= static_cast<int64_t>(prompt.size())) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "resumed_tokens %d must leave at least one of the %d prompt ids as the client's prompt",
+        params.resumed_tokens, prompt.size()));
+  }
   const int64_t total = static_cast<int64_t>(prompt.size()) + params.max_new_tokens;
   if (total > c.max_position_embeddings) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -138,8 +143,35 @@ absl::StatusOr<Engine::Request> Engine::MakeRequest(std::vector<int32_t> prompt,
   r.tokens = std::move(prompt);
   ASSIGN_OR_RETURN(Sampler sampler, Sampler::Create(params, config().vocab_size, Sampler::RandomSeed()));
   r.sampler.emplace(std::move(sampler));
-  r.stop.emplace(params, config().eos_token_ids);
+  const int32_t resumed = params.resumed_tokens;
+  // The draws earlier attempts consumed. Token k of a request takes draw k-1 of a single engine's
+  // sampler; on a prefill/decode pair the prefill worker's draw 0 serves token 1 and the decode
+  // worker's draw k-2 token k (each worker's sampler starts at draw 0). So the next token drawn here
+  // takes draw `resumed`, except on a prefill worker: its one token, resumed + 1, is the one the
+  // decode side would have drawn as its draw resumed - 1.
+  if (resumed > 0) r.sampler->SkipDraws(prefill_only ? resumed - 1 : resumed);
+  // The stop conditions count the resumed tokens as generated: the budget is theirs plus the rest.
+  SamplingParams stop_params = params;
+  stop_params.max_new_tokens += resumed;
+  r.stop.emplace(stop_params, config().eos_token_ids);
   if (tokenizer_) r.detok.emplace(tokenizer_.get(), /*skip_special_tokens=*/true);
+  if (!prefill_only) {
+    // Replays the resumed tokens through detokenization and the stop conditions, discarding their
+    // text (the client has it): what an earlier attempt held back — a partial character, the start
+    // of a stop string — is held here again, so a stop string spanning the splice still ends the text.
+    for (int32_t i = r.prompt_len - resumed; i < r.prompt_len; ++i) {
+      std::string delta;
+      if (r.detok) {
+        ASSIGN_OR_RETURN(delta, r.detok->Push(r.tokens[i]));
+      }
+      ASSIGN_OR_RETURN(StopUpdate update, r.stop->Append(r.tokens[i], delta));
+      if (update.finish != FinishReason::kNone) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "resumed token %d of %d already ends the request: nothing is left to generate",
+            i - (r.prompt_len - resumed) + 1, resumed));
+      }
+    }
+  }
   return r;
 }
 

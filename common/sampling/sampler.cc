@@ -49,6 +49,10 @@ SamplingDraw Sampler::NextDraw() {
   return draw;
 }
 
+void Sampler::SkipDraws(int64_t draws) {
+  if (params_.temperature != 0.0f && draws > 0) rng_.discard(static_cast<unsigned long long>(draws));
+}
+
 absl::StatusOr<int32_t> Sampler::Sample(absl::Span<const float> logits) {
   if (logits.size() != static_cast<size_t>(vocab_size_)) {
     return absl::InvalidArgumentError(absl::StrFormat(

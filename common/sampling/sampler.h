@@ -89,6 +89,9 @@ class Sampler {
   // The next token's pipeline input: the parameters and, unless greedy, one RNG output (the only
   // randomness a token consumes). A greedy draw consumes nothing.
   SamplingDraw NextDraw();
+  // Consumes the RNG output of `draws` sampled tokens without drawing them (a greedy sampler consumes
+  // nothing): a migrated request's sampler continues where the earlier attempt's left off.
+  void SkipDraws(int64_t draws);
 
   // logits: [vocab_size] for the position being generated. NextDraw, then the pipeline on the host.
   // Refuses a row of the wrong length or one without a single usable (non-NaN, non -inf) logit.

@@ -31,6 +31,12 @@ struct SamplingParams {
   std::vector<std::string> stop_strings;
   // Keep generating past the model's EOS ids (stop_token_ids still apply).
   bool ignore_eos = false;
+  // A migrated request (the router re-dispatches a stream whose decode worker died): the last
+  // `resumed_tokens` prompt ids are what earlier attempts generated. The engine continues as if it had
+  // generated them itself: they are detokenized and fed to the stop conditions (a stop string may
+  // span the splice), the sampler skips the draws they consumed, and max_new_tokens counts only the
+  // tokens still to come. 0: a fresh request.
+  int32_t resumed_tokens = 0;
 };
 
 // Refuses values no sampler can honour, naming the field: temperature < 0 or non-finite, top_k < 0,

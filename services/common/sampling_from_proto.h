@@ -13,6 +13,13 @@ namespace indexcache {
 
 // Copies the fields that are set; validation is the engine's (Engine::SubmitPrefill / Submit).
 SamplingParams SamplingParamsFromProto(const ::indexcache::v1::SamplingParameters& proto);
+// A worker request's: its sampling, and for a migrated request how many prompt ids were generated.
+template <typename WorkerRequest>  // v1::PrefillRequest, v1::DecodeRequest
+SamplingParams SamplingParamsOf(const WorkerRequest& request) {
+  SamplingParams params = SamplingParamsFromProto(request.sampling());
+  params.resumed_tokens = request.resumed_tokens();
+  return params;
+}
 
 
 }  // namespace indexcache

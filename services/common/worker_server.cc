@@ -17,8 +17,8 @@ namespace indexcache {
 namespace {
 
 // How long calls other than the worker's main one (GetLoad, Abort, health, stray handoffs) may take
-// to end once draining is done.
-constexpr absl::Duration kDrainGrace = absl::Seconds(5);
+// to end once draining is done, and calls ended after the drain grace to return.
+constexpr absl::Duration kShutdownGrace = absl::Seconds(5);
 
 // "0.0.0.0:0" bound to port 41234 → "127.0.0.1:41234": a wildcard host is not an address to call.
 std::string AdvertisedAddress(const std::string& listen, int port) {
@@ -117,8 +117,17 @@ void WorkerServer::Drain() {
   SetServing(false);
   served_.lifecycle->StartDraining();
   if (registration_ != nullptr) registration_->Poke();  // the router learns at once
-  served_.lifecycle->WaitIdle();
-  Stop(kDrainGrace);
+  if (!served_.lifecycle->WaitIdle(absl::Now() + options_.drain_grace)) {
+    IC_LOG(Info) << role_name_ << " worker " << worker_id_ << ": calls still in flight after the "
+                 << absl::FormatDuration(options_.drain_grace) << " drain grace are ended";
+    // UNAVAILABLE, as from any worker that went away: the router moves a stream it can move.
+    served_.lifecycle->StopAll(absl::UnavailableError(
+        absl::StrCat(role_name_, " worker ", worker_id_, " is shutting down: the request was still running after the ",
+                     absl::FormatDuration(options_.drain_grace), " drain grace")));
+    // Ended calls return at once; any that does not is cancelled by the server's shutdown below.
+    served_.lifecycle->WaitIdle(absl::Now() + kShutdownGrace);
+  }
+  Stop(kShutdownGrace);
   IC_LOG(Info) << role_name_ << " worker " << worker_id_ << " drained and stopped";
 }
 

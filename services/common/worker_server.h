@@ -51,6 +51,9 @@ struct WorkerServerOptions {
   std::string router_address;  // empty: no registration
   absl::Duration heartbeat_interval = absl::Seconds(1);  // until the router names its own
   std::string metrics_listen_address;  // "host:port" of GET /metrics; empty: not served
+  // How long Drain lets the calls in flight finish; those still running after it end UNAVAILABLE
+  // (the router moves such a stream to a worker that is not draining, when one is left).
+  absl::Duration drain_grace = absl::Seconds(30);
 };
 
 // INVALID_ARGUMENT for options no server can start with (a heartbeat interval that is not positive).
@@ -69,8 +72,8 @@ class DrainableService {
   virtual ::indexcache::v1::WorkerLoad Load() = 0;
   // New calls get UNAVAILABLE from now on; calls in flight go on.
   virtual void StartDraining() = 0;
-  // Blocks until no call is in flight.
-  virtual void WaitIdle() = 0;
+  // Blocks until no call is in flight or `deadline` passed; whether none is.
+  virtual bool WaitIdle(absl::Time deadline) = 0;
   // Ends every call in flight with `why` and frees what it holds.
   virtual void StopAll(const absl::Status& why) = 0;
 };
@@ -106,8 +109,9 @@ class WorkerServer {
   // are stopped when it fails.
   absl::StatusOr<std::string> Start(Served served);
   // Graceful stop: health NOT_SERVING, the service drains (the router hears it with the next
-  // heartbeat, sent at once), the calls in flight finish, then the servers stop. Blocks until
-  // stopped; idempotent; callable from any thread but an RPC handler.
+  // heartbeat, sent at once), the calls in flight finish — those still running after the drain
+  // grace end UNAVAILABLE — then the servers stop. Blocks until stopped; idempotent; callable from
+  // any thread but an RPC handler.
   void Drain();
   // Blocks until the server has stopped (after Drain, or at once if never started).
   void Wait();

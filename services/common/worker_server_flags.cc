@@ -10,10 +10,12 @@ const char kWorkerServerFlagsUsage[] =
     "  --worker-id ID            (default prefill@<address> or decode@<address>)\n"
     "  --router HOST:PORT        register with this router and send heartbeats\n"
     "  --heartbeat-ms N          heartbeat interval until the router names one (default 1000)\n"
-    "  --metrics-listen HOST:PORT  serve Prometheus metrics at GET /metrics there (default off)\n";
+    "  --metrics-listen HOST:PORT  serve Prometheus metrics at GET /metrics there (default off)\n"
+    "  --drain-grace S           on SIGINT/SIGTERM, seconds to let calls in flight finish before they end\n"
+    "                            UNAVAILABLE (the router moves their streams; default 30)\n";
 
 std::set<std::string> WorkerServerFlagNames() {
-  return {"listen", "advertise", "worker-id", "router", "heartbeat-ms", "metrics-listen"};
+  return {"listen", "advertise", "worker-id", "router", "heartbeat-ms", "metrics-listen", "drain-grace"};
 }
 
 absl::StatusOr<WorkerServerOptions> WorkerServerOptionsFromArgs(const cli::Args& args) {
@@ -27,6 +29,11 @@ absl::StatusOr<WorkerServerOptions> WorkerServerOptionsFromArgs(const cli::Args&
   if (heartbeat_ms) {
     if (*heartbeat_ms < 1) return absl::InvalidArgumentError("--heartbeat-ms must be >= 1");
     o.heartbeat_interval = absl::Milliseconds(*heartbeat_ms);
+  }
+  ASSIGN_OR_RETURN(const std::optional<double> drain_grace, args.GetDouble("drain-grace"));
+  if (drain_grace.has_value()) {
+    if (!(*drain_grace >= 0)) return absl::InvalidArgumentError("--drain-grace must be >= 0 seconds");
+    o.drain_grace = absl::Seconds(*drain_grace);
   }
   return o;
 }

@@ -124,7 +124,7 @@ grpc::Status DecodeService::Decode(grpc::ServerContext* context, const v1::Decod
   if (importer_.Find(id) != nullptr) {
     return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, absl::StrCat("request '", id, "' is already decoding here"));
   }
-  absl::StatusOr<RequestId> engine_id = Admit(*request, SamplingParamsFromProto(request->sampling()));
+  absl::StatusOr<RequestId> engine_id = Admit(*request, SamplingParamsOf(*request));
   if (!engine_id.ok()) return ToGrpcStatus(engine_id.status());
   auto session = std::make_shared<DecodeSession>(id, *engine_id, request->prompt_ids_size(), absl::Now());
   if (absl::Status added = importer_.Add(session); !added.ok()) {
@@ -179,6 +179,12 @@ grpc::Status DecodeService::Stream(grpc::ServerContext* context, DecodeSession& 
         finish = &event;
         break;
       }
+    }
+    if (finish != nullptr && finish->finish == RequestFinish::kAbort && !out.failure.ok()) {
+      // The engine's ABORT of a request this worker failed (StopAll after the drain grace, a broken
+      // handoff): the call ends with the failure below, never with a final message that reads as an
+      // end the client asked for (the router would pass on a stream cut short as complete).
+      finish = nullptr;
     }
     if (finish != nullptr) {
       session.Finished();
@@ -285,9 +291,9 @@ void DecodeService::Ready(const std::string& worker_id, const std::string& grpc_
 
 void DecodeService::StartDraining() { draining_ = true; }
 
-void DecodeService::WaitIdle() {
+bool DecodeService::WaitIdle(absl::Time deadline) {
   std::unique_lock<std::mutex> lock(mu_);
-  idle_.wait(lock, [&] { return in_flight_ == 0; });
+  return idle_.wait_until(lock, absl::ToChronoTime(deadline), [&] { return in_flight_ == 0; });
 }
 
 void DecodeService::StopAll(const absl::Status& why) {

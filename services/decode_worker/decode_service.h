@@ -50,8 +50,8 @@ class DecodeService final : public ::indexcache::v1::DecodeWorker::Service, publ
   ::indexcache::v1::WorkerLoad Load() override;
   // New Decode calls get UNAVAILABLE from now on; calls in flight go on.
   void StartDraining() override;
-  // Blocks until no Decode call is in flight.
-  void WaitIdle() override;
+  // Blocks until no Decode call is in flight or `deadline` passed; whether none is.
+  bool WaitIdle(absl::Time deadline) override;
   // Ends every admitted request with `why` (their calls return it) and frees its KV.
   void StopAll(const absl::Status& why) override;
 

@@ -27,12 +27,12 @@ void DecodeSession::EndLocked(EngineLoop& loop) {
 }
 
 void DecodeSession::Fail(EngineLoop& loop, const absl::Status& why) {
-  {
-    std::lock_guard<std::mutex> lock(import_mu);
-    if (import.phase == Phase::kEnded) return;
-    EndLocked(loop);
-  }
+  std::lock_guard<std::mutex> lock(import_mu);
+  if (import.phase == Phase::kEnded) return;
+  // The failure first: the engine's ABORT event for the request, which may go out as soon as
+  // EndLocked asked for it, must find it (Stream then ends the call with it, not a final message).
   PushFailure(why);
+  EndLocked(loop);
 }
 
 void DecodeSession::Abort(EngineLoop& loop) {

@@ -75,7 +75,7 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const v1::Pre
   IC_LOG(Info) << "prefill " << request->request_id() << ": " << request->prompt_ids_size() << " prompt tokens → "
                << request->handoff_address() << " (" << v1::HandoffTransport_Name(request->transport()) << ")";
   PrefillJob job(loop_, options_.job, (*entry)->control);
-  absl::StatusOr<v1::PrefillResponse> result = job.Run(*request, SamplingParamsFromProto(request->sampling()));
+  absl::StatusOr<v1::PrefillResponse> result = job.Run(*request, SamplingParamsOf(*request));
   Finish(request->request_id(), job.handoff_rejected());
   const HandoffByteCounts bytes = job.bytes();
   metrics_.AddHandoffBytes(request->transport(), bytes);
@@ -149,9 +149,9 @@ void PrefillService::StartDraining() {
   draining_ = true;
 }
 
-void PrefillService::WaitIdle() {
+bool PrefillService::WaitIdle(absl::Time deadline) {
   std::unique_lock<std::mutex> lock(mu_);
-  idle_.wait(lock, [&] { return in_flight_.empty(); });
+  return idle_.wait_until(lock, absl::ToChronoTime(deadline), [&] { return in_flight_.empty(); });
 }
 
 void PrefillService::StopAll(const absl::Status& why) {

@@ -51,8 +51,8 @@ class PrefillService final : public ::indexcache::v1::PrefillWorker::Service, pu
   ::indexcache::v1::WorkerLoad Load() override;
   // From now on Prefill answers UNAVAILABLE; calls in flight go on.
   void StartDraining() override;
-  // Blocks until no Prefill call is in flight.
-  void WaitIdle() override;
+  // Blocks until no Prefill call is in flight or `deadline` passed; whether none is.
+  bool WaitIdle(absl::Time deadline) override;
   // Stops every call in flight with `why`.
   void StopAll(const absl::Status& why) override;
 

@@ -62,17 +62,24 @@ GenerateCall::GenerateCall(WorkerRegistry* registry, AdmissionQueue& queue, cons
 grpc::Status GenerateCall::Run() {
   std::vector<std::string> failed_decode;
   std::vector<std::string> failed_prefill;
-  absl::Status first_failure;
-  const Demand demand{static_cast<int64_t>(prompt_.size()),
-                      SamplingParamsFromProto(client_request_.sampling()).max_new_tokens};
+  absl::Status first_failure;  // before any token: why the request is retried
+  absl::Status moving;         // after tokens: the last failure the stream migrates away from
+  const char* migration_reason = nullptr;  // counted once the stream has a new pair
+  max_new_tokens_ = SamplingParamsFromProto(client_request_.sampling()).max_new_tokens;
   const AdmissionQueue::Ticket ticket = queue_.NewTicket();
   // Every dispatch is a fresh request on the workers: a failed or refused one's id may still be held.
   for (int dispatch = 0;; ++dispatch) {
     const bool retry = !first_failure.ok();
-    // After a failure, the first failure explains why no other worker is good enough.
+    // After a failure, the failure explains why no other worker is good enough.
     auto explain = [&](const absl::Status& status) {
+      if (!moving.ok()) {
+        return Annotate(status, absl::StrFormat("%s after %d tokens had been streamed; migrating the stream",
+                                                moving.message(), streamed_.size()));
+      }
       return retry ? Annotate(status, absl::StrCat(first_failure.message(), "; no retry possible")) : status;
     };
+    const int32_t streamed = static_cast<int32_t>(streamed_.size());
+    const Demand demand{static_cast<int64_t>(prompt_.size()) + streamed, max_new_tokens_ - streamed};
     absl::StatusOr<Placement> placement =
         queue_.Wait(ticket, demand, failed_decode, failed_prefill, deadline_, [this] { return Interrupted(); });
     if (!placement.ok()) {
@@ -82,11 +89,11 @@ grpc::Status GenerateCall::Run() {
       }
       return ToGrpcStatus(explain(Annotate(placement.status(), absl::StrCat("request ", request_->id()))));
     }
+    if (migration_reason != nullptr) metrics_.CountMigration(std::exchange(migration_reason, nullptr));
     WorkerLease& decode = *placement->decode;
     WorkerLease& prefill = *placement->prefill;
     const std::string worker_request_id =
         dispatch == 0 ? request_->id() : absl::StrCat(request_->id(), "#retry", dispatch);
-    tokens_sent_ = 0;
     const Outcome outcome = RunAttempt(decode, prefill, worker_request_id);
     if (outcome.status.ok()) return grpc::Status::OK;
 
@@ -103,7 +110,7 @@ grpc::Status GenerateCall::Run() {
     if (ClientGone()) return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
 
     const WorkerLease& blamed = outcome.blame == Blame::kDecode ? decode : prefill;
-    if (outcome.status.code() == absl::StatusCode::kResourceExhausted && tokens_sent_ == 0) {
+    if (outcome.status.code() == absl::StatusCode::kResourceExhausted && attempt_tokens_ == 0) {
       // The worker filled up between two load reports: back to the request's place in line.
       IC_LOG(Info) << "request " << request_->id() << ": " << blamed.Describe()
                    << " has no room: " << outcome.status.message() << "; waiting in the queue again";
@@ -115,19 +122,62 @@ grpc::Status GenerateCall::Run() {
         absl::Status(outcome.status.code(), absl::StrCat(blamed.Describe(), " failed: ", outcome.status.message()));
     registry_->CheckAfterFailure(decode, failure);
     registry_->CheckAfterFailure(prefill, failure);
-    if (tokens_sent_ > 0) {
-      IC_LOG(Info) << "request " << request_->id() << ": " << failure.message();
-      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                          absl::StrFormat("%s after %d tokens had been streamed; the request cannot be retried",
-                                          failure.message(), tokens_sent_));
+    (outcome.blame == Blame::kDecode ? failed_decode : failed_prefill).push_back(blamed.id());
+    if (!streamed_.empty()) {
+      // Tokens reached the client: the stream moves to another pair, or ends here.
+      std::string why_not;
+      if (!Retryable(failure.code())) {
+        why_not = "another worker would refuse the request too";
+      } else if (migrations_ >= options_.migration_limit) {
+        why_not = absl::StrCat("the migration limit (", options_.migration_limit, ") is reached");
+      } else if (static_cast<int32_t>(streamed_.size()) >= max_new_tokens_) {
+        why_not = "every token was generated";  // the final message was lost with the worker
+      }
+      if (!why_not.empty()) return StreamBroken(failure, why_not);
+      ++migrations_;
+      migration_reason = outcome.blame == Blame::kDecode ? (outcome.stalled ? "decode_stalled" : "decode_failed")
+                                                         : (outcome.stalled ? "prefill_stalled" : "prefill_failed");
+      IC_LOG(Info) << "request " << request_->id() << ": " << failure.message() << " after " << streamed_.size()
+                   << " tokens; migrating the stream (" << migrations_ << " of at most "
+                   << options_.migration_limit << ")";
+      moving = failure;
+      request_->ReturnToQueue();
+      continue;
     }
     if (!Retryable(failure.code())) return ToGrpcStatus(failure);
     if (retry) return ToGrpcStatus(Annotate(failure, absl::StrCat(first_failure.message(), "; then on retry")));
     IC_LOG(Info) << "request " << request_->id() << ": " << failure.message() << "; retrying on other workers";
-    (outcome.blame == Blame::kDecode ? failed_decode : failed_prefill).push_back(blamed.id());
     first_failure = failure;
     request_->ReturnToQueue();
   }
+}
+
+grpc::Status GenerateCall::StreamBroken(const absl::Status& failure, const std::string& why_not_moved) const {
+  IC_LOG(Info) << "request " << request_->id() << ": " << failure.message() << " after " << streamed_.size()
+               << " tokens; the stream ends (" << why_not_moved << ")";
+  const std::string message = absl::StrFormat("%s after %d tokens had been streamed; the stream cannot move on: %s",
+                                              failure.message(), streamed_.size(), why_not_moved);
+  const grpc::StatusCode code = Retryable(failure.code()) ? grpc::StatusCode::UNAVAILABLE
+                                                          : static_cast<grpc::StatusCode>(failure.code());
+  return grpc::Status(code, message);
+}
+
+v1::DecodeRequest GenerateCall::NextDecodeRequest(const std::string& worker_request_id) const {
+  v1::DecodeRequest request;
+  request.set_request_id(worker_request_id);
+  request.mutable_prompt_ids()->Reserve(static_cast<int>(prompt_.size() + streamed_.size()));
+  request.mutable_prompt_ids()->Add(prompt_.begin(), prompt_.end());
+  request.mutable_prompt_ids()->Add(streamed_.begin(), streamed_.end());
+  *request.mutable_sampling() = client_request_.sampling();
+  if (!streamed_.empty()) {
+    request.set_resumed_tokens(static_cast<int32_t>(streamed_.size()));
+    request.mutable_sampling()->set_max_new_tokens(max_new_tokens_ - static_cast<int32_t>(streamed_.size()));
+  }
+  request.set_transport(options_.transport);
+  // A few reports per stage timeout: a live decode worker is never mistaken for a silent one.
+  request.set_progress_interval_ms(
+      static_cast<int32_t>(absl::ToInt64Milliseconds(options_.stall_monitor->timeout() / 4)));
+  return request;
 }
 
 absl::Status GenerateCall::Interrupted() const {
@@ -179,17 +229,11 @@ GenerateCall::Outcome GenerateCall::RunAttempt(WorkerLease& decode, WorkerLease&
     prefill_call->TryCancel();
   });
   admitted_ = false;
+  attempt_tokens_ = 0;
   last_decode_message_ = absl::Now();
   const AttachedCall decode_attached(*request_, decode_call.get());
   if (!decode_attached.attached()) return {absl::CancelledError("aborted"), Blame::kDecode};
-  v1::DecodeRequest decode_request;
-  decode_request.set_request_id(worker_request_id);
-  decode_request.mutable_prompt_ids()->Add(prompt_.begin(), prompt_.end());
-  *decode_request.mutable_sampling() = client_request_.sampling();
-  decode_request.set_transport(options_.transport);
-  // A few reports per stage timeout: a live decode worker is never mistaken for a silent one.
-  decode_request.set_progress_interval_ms(
-      static_cast<int32_t>(absl::ToInt64Milliseconds(options_.stall_monitor->timeout() / 4)));
+  const v1::DecodeRequest decode_request = NextDecodeRequest(worker_request_id);
   std::unique_ptr<grpc::ClientReader<v1::DecodeResponse>> stream =
       decode.worker().decode->Decode(decode_call.get(), decode_request);
 
@@ -208,7 +252,8 @@ GenerateCall::Outcome GenerateCall::RunAttempt(WorkerLease& decode, WorkerLease&
   admitted_ = true;
   last_decode_message_ = absl::Now();
   watch.Progress();
-  prefill_start_ = absl::Now();
+  // The queue time ends with the first prefill that ran, not with a migration's.
+  if (streamed_.empty()) prefill_start_ = absl::Now();
   request_->LeaveQueue();
   IC_LOG(Debug) << "request " << worker_request_id << ": admitted by " << decode.Describe() << ", handoff to "
                 << admitted.admitted().handoff_address() << ", prefill on " << prefill.Describe();
@@ -218,7 +263,8 @@ GenerateCall::Outcome GenerateCall::RunAttempt(WorkerLease& decode, WorkerLease&
   if (prefill_attached.attached()) {
     run.request.set_request_id(worker_request_id);
     *run.request.mutable_prompt_ids() = decode_request.prompt_ids();
-    *run.request.mutable_sampling() = client_request_.sampling();
+    *run.request.mutable_sampling() = decode_request.sampling();
+    run.request.set_resumed_tokens(decode_request.resumed_tokens());
     run.request.set_transport(options_.transport);
     run.request.set_handoff_address(admitted.admitted().handoff_address());
     prefill.worker().prefill->async()->Prefill(prefill_call.get(), &run.request, &run.response,
@@ -258,18 +304,20 @@ GenerateCall::Outcome GenerateCall::RunAttempt(WorkerLease& decode, WorkerLease&
 GenerateCall::Outcome GenerateCall::Stalled(bool handed_off) const {
   const absl::Duration timeout = options_.stall_monitor->timeout();
   const std::string silence = absl::StrCat("made no progress for ", absl::FormatDuration(timeout));
-  if (!admitted_) return {absl::UnavailableError(absl::StrCat(silence, " before admitting the request")), Blame::kDecode};
-  if (handed_off || tokens_sent_ > 0) {
-    return {absl::UnavailableError(absl::StrCat(silence, " while decoding")), Blame::kDecode};
+  if (!admitted_) {
+    return {absl::UnavailableError(absl::StrCat(silence, " before admitting the request")), Blame::kDecode, true};
+  }
+  if (handed_off || attempt_tokens_ > 0) {
+    return {absl::UnavailableError(absl::StrCat(silence, " while decoding")), Blame::kDecode, true};
   }
   // The decode worker reports the rows received a few times per timeout: heard from lately, it is the
   // prefill worker that sent nothing.
   if (absl::Now() - last_decode_message_ < timeout) {
     return {absl::UnavailableError(absl::StrCat(silence, ": no handoff rows reached the decode worker")),
-            Blame::kPrefill};
+            Blame::kPrefill, true};
   }
   return {absl::UnavailableError(absl::StrCat(silence, " during the handoff (the decode worker fell silent)")),
-          Blame::kDecode};
+          Blame::kDecode, true};
 }
 
 GenerateCall::Relayed GenerateCall::RelayTokens(grpc::ClientReaderInterface<v1::DecodeResponse>& stream,
@@ -288,7 +336,7 @@ GenerateCall::Relayed GenerateCall::RelayTokens(grpc::ClientReaderInterface<v1::
       watch.Progress();
       // D decodes once the handoff is complete, and P returns once D acknowledged it: the wait is a
       // message's flight, and a prefill that failed after all keeps its tokens from the client.
-      if (tokens_sent_ == 0 && !prefill.Wait().ok()) {
+      if (attempt_tokens_ == 0 && !prefill.Wait().ok()) {
         decode_call.TryCancel();
         stream.Finish();
         return {absl::CancelledError("the prefill failed"), std::nullopt};
@@ -303,11 +351,12 @@ GenerateCall::Relayed GenerateCall::RelayTokens(grpc::ClientReaderInterface<v1::
         stream.Finish();
         return {absl::CancelledError("the client stream closed"), std::nullopt};
       }
-      const bool first = tokens_sent_ == 0;
+      const bool first = streamed_.empty();
       metrics_.ObserveTokens(message.token_ids_size(), now - (first ? arrival_ : last_token_), first);
       if (first) first_token_ = now;
       last_token_ = now;
-      tokens_sent_ += message.token_ids_size();
+      streamed_.insert(streamed_.end(), message.token_ids().begin(), message.token_ids().end());
+      attempt_tokens_ += message.token_ids_size();
     }
     if (message.has_final()) {
       watch.Progress();
@@ -321,20 +370,21 @@ GenerateCall::Relayed GenerateCall::RelayTokens(grpc::ClientReaderInterface<v1::
 void GenerateCall::SendFinal(const v1::FinalInfo& final, const WorkerLease& decode, const WorkerLease& prefill,
                              const v1::PrefillResponse& prefill_result) {
   const absl::Time end = absl::Now();
+  const int32_t generated = static_cast<int32_t>(streamed_.size());
   v1::GenerateResponse last;
   last.set_request_id(request_->id());
   v1::FinalInfo& info = *last.mutable_final();
   info.set_finish_reason(final.finish_reason());
   info.set_error(final.error());
   info.set_prompt_tokens(static_cast<int32_t>(prompt_.size()));
-  info.set_generated_tokens(tokens_sent_);
+  info.set_generated_tokens(generated);
   v1::Timings& timings = *info.mutable_timings();
   timings.set_queue_seconds(Seconds(prefill_start_ - arrival_));
   timings.set_prefill_seconds(prefill_result.prefill_seconds());
   timings.set_handoff_seconds(prefill_result.handoff_seconds());
-  if (tokens_sent_ > 0) timings.set_first_token_seconds(Seconds(first_token_ - arrival_));
+  if (generated > 0) timings.set_first_token_seconds(Seconds(first_token_ - arrival_));
   timings.set_total_seconds(Seconds(end - arrival_));
-  if (tokens_sent_ > 1) timings.set_mean_inter_token_seconds(Seconds(last_token_ - first_token_) / (tokens_sent_ - 1));
+  if (generated > 1) timings.set_mean_inter_token_seconds(Seconds(last_token_ - first_token_) / (generated - 1));
   std::string pattern = final.index_pattern();
   if (pattern.empty()) pattern = registry_->IndexPatternOf(decode.id());
   if (pattern.empty()) pattern = registry_->PoolIndexPattern();
@@ -344,8 +394,8 @@ void GenerateCall::SendFinal(const v1::FinalInfo& final, const WorkerLease& deco
   info.set_decode_worker(decode.id());
   writer_->Write(last);  // a client gone by now misses only the summary
   IC_LOG(Info) << "request " << request_->id() << " finished (" << v1::FinishReason_Name(final.finish_reason())
-               << ", " << tokens_sent_ << " tokens, " << timings.total_seconds() << " s) on " << prefill.Describe()
-               << " → " << decode.Describe();
+               << ", " << generated << " tokens, " << timings.total_seconds() << " s, " << migrations_
+               << " migrations) on " << prefill.Describe() << " → " << decode.Describe();
 }
 
 void GenerateCall::AbortOnWorkers(const WorkerLease& decode, const WorkerLease& prefill,
@@ -382,10 +432,10 @@ void GenerateCall::SendAbortFinal() {
   info.set_finish_reason(v1::ABORT);
   info.set_error("aborted by an Abort request");
   info.set_prompt_tokens(static_cast<int32_t>(prompt_.size()));
-  info.set_generated_tokens(tokens_sent_);
+  info.set_generated_tokens(static_cast<int32_t>(streamed_.size()));
   info.mutable_timings()->set_total_seconds(Seconds(absl::Now() - arrival_));
   writer_->Write(last);
-  IC_LOG(Info) << "request " << request_->id() << " aborted after " << tokens_sent_ << " tokens";
+  IC_LOG(Info) << "request " << request_->id() << " aborted after " << streamed_.size() << " tokens";
 }
 
 }  // namespace indexcache

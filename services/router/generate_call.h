@@ -9,8 +9,13 @@
 // the attempt's signs of life: an attempt without progress for the stage timeout is cancelled
 // (stall_monitor.h) and blamed on the decode worker when it went silent, on the prefill worker when
 // the decode worker kept reporting but no rows came. When an attempt fails before any token reached
-// the client, it is retried once as a fresh request on other workers; after a token, the stream ends
-// UNAVAILABLE naming the worker. A worker that answers
+// the client, it is retried once as a fresh request on other workers. After a token, the stream
+// migrates (NVIDIA Dynamo's --migration-limit): the next attempt, on a pair without the blamed worker,
+// prefills the prompt plus every token already streamed, marked `resumed_tokens` so that the decode
+// worker's detokenizer, stop strings and sampler continue where the dead one left off, with
+// max_new_tokens reduced by what was produced; its tokens continue the same client stream, none lost
+// or repeated (greedy output is the undisturbed one). Past `migration_limit` moves, or with no worker
+// left, the stream ends UNAVAILABLE naming the worker and the tokens streamed. A worker that answers
 // RESOURCE_EXHAUSTED (it filled up between two load reports) sends the request back to its place in the
 // queue. A failed, refused, cancelled or aborted attempt sends Abort to both of its workers so that
 // neither keeps the request's KV blocks.
@@ -41,6 +46,8 @@ struct DispatchOptions {
   std::string index_pattern;  // the checkpoint's, reported when neither the workers nor the pool name one
   // Stage timeouts: attempts without progress for its timeout are cancelled. Outlives every call.
   StallMonitor* stall_monitor = nullptr;
+  // How many times one stream may migrate after tokens reached its client; 0: never.
+  int migration_limit = 3;
 };
 
 class GenerateCall {
@@ -62,6 +69,7 @@ class GenerateCall {
   struct Outcome {
     absl::Status status;       // OK: the final message was sent
     Blame blame = Blame::kDecode;
+    bool stalled = false;      // the stage timeout cancelled the attempt
   };
 
   class PrefillRun;  // the Prefill call running beside the decode stream
@@ -72,6 +80,13 @@ class GenerateCall {
   };
 
   Outcome RunAttempt(WorkerLease& decode, WorkerLease& prefill, const std::string& worker_request_id);
+  // What the workers of the next attempt are asked: the client's prompt plus the tokens already
+  // streamed (resumed_tokens of them), and the client's sampling with max_new_tokens reduced by them.
+  v1::DecodeRequest NextDecodeRequest(const std::string& worker_request_id) const;
+  // The stream's end when `failure` came after tokens were streamed and the stream cannot move
+  // (`why_not_moved`): UNAVAILABLE, or the failure's own code when another worker would fail the same
+  // way, naming the worker and the tokens streamed.
+  grpc::Status StreamBroken(const absl::Status& failure, const std::string& why_not_moved) const;
   // Reads D's stream to its end, relaying tokens to the client once `prefill` succeeded (a token
   // before a failed prefill is not the request's); every sign of progress goes to `watch`.
   Relayed RelayTokens(grpc::ClientReaderInterface<v1::DecodeResponse>& stream, grpc::ClientContext& decode_call,
@@ -99,8 +114,12 @@ class GenerateCall {
   const absl::Time arrival_;
   const absl::Time deadline_;
 
+  // Every token relayed to the client, over all attempts: what a migrated attempt resumes from.
+  std::vector<int32_t> streamed_;
+  int32_t max_new_tokens_ = 0;  // the client's
+  int migrations_ = 0;
   // Progress of the current attempt, for the final message.
-  int32_t tokens_sent_ = 0;
+  int32_t attempt_tokens_ = 0;  // tokens this attempt relayed
   absl::Time prefill_start_;
   bool queue_observed_ = false;  // the queue time counts once, for the dispatch whose prefill ran
   absl::Time first_token_;

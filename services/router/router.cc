@@ -21,6 +21,7 @@
 #include "indexcache/v1/internal.grpc.pb.h"
 #include "services/router/admission_queue.h"
 #include "services/router/generate_call.h"
+#include "services/router/parsing_stream_handler.h"
 #include "services/router/request_id.h"
 #include "services/router/request_table.h"
 #include "services/router/request_validator.h"
@@ -99,6 +100,7 @@ class Router::Services {
         registration_(this) {
     dispatch_.transport = options.transport;
     dispatch_.stall_monitor = &stall_monitor_;
+    dispatch_.migration_limit = options.migration_limit;
     dispatch_.index_pattern = FormatIndexPattern(validator_->config().indexer_types);
   }
 
@@ -108,14 +110,34 @@ class Router::Services {
   void StopAdmitting() { draining_ = true; }
 
  private:
-  class Api final : public v1::IndexCache::Service {
+  // The IndexCache service, its methods registered here rather than by the generated base class so
+  // that Generate parses its own request: a malformed one gets INVALID_ARGUMENT with a message
+  // (parsing_stream_handler.h). Abort and ModelInfo keep the generated handlers.
+  class Api final : public grpc::Service {
    public:
-    explicit Api(Services* s) : s_(s) {}
+    explicit Api(Services* s) : s_(s) {
+      using grpc::internal::RpcMethod;
+      using grpc::internal::RpcServiceMethod;
+      // gRPC keeps the names' pointers: string literals. The test of the generated stub's calls is
+      // RouterTest.MalformedProtobufGetsInvalidArgumentWithAMessage (any other name would not answer).
+      AddMethod(new RpcServiceMethod(
+          "/indexcache.v1.IndexCache/Generate", RpcMethod::SERVER_STREAMING,
+          new ParsingStreamHandler<Api, v1::GenerateRequest, v1::GenerateResponse>("IndexCache.Generate",
+                                                                                   &Api::Generate, this)));
+      AddMethod(new RpcServiceMethod(
+          "/indexcache.v1.IndexCache/Abort", RpcMethod::NORMAL_RPC,
+          new grpc::internal::RpcMethodHandler<Api, v1::AbortRequest, v1::AbortResponse>(std::mem_fn(&Api::Abort),
+                                                                                         this)));
+      AddMethod(new RpcServiceMethod(
+          "/indexcache.v1.IndexCache/ModelInfo", RpcMethod::NORMAL_RPC,
+          new grpc::internal::RpcMethodHandler<Api, v1::ModelInfoRequest, v1::ModelInfoResponse>(
+              std::mem_fn(&Api::ModelInfo), this)));
+    }
     grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
-                          grpc::ServerWriter<v1::GenerateResponse>* writer) override {
+                          grpc::ServerWriter<v1::GenerateResponse>* writer) {
       return s_->Generate(context, *request, writer);
     }
-    grpc::Status Abort(grpc::ServerContext*, const v1::AbortRequest* request, v1::AbortResponse* response) override {
+    grpc::Status Abort(grpc::ServerContext*, const v1::AbortRequest* request, v1::AbortResponse* response) {
       // Only the exact id the router returned finds its request: ids are unguessable (request_id.h).
       response->set_found(s_->table_.Abort(request->request_id()));
       // Escaped and cut: the id is the caller's bytes, which must not forge log lines.
@@ -123,7 +145,7 @@ class Router::Services {
                    << (response->found() ? "" : ": no such request in flight");
       return grpc::Status::OK;
     }
-    grpc::Status ModelInfo(grpc::ServerContext*, const v1::ModelInfoRequest*, v1::ModelInfoResponse* response) override {
+    grpc::Status ModelInfo(grpc::ServerContext*, const v1::ModelInfoRequest*, v1::ModelInfoResponse* response) {
       s_->FillModelInfo(*response);
       return grpc::Status::OK;
     }

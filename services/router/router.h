@@ -64,6 +64,10 @@ struct RouterOptions {
   // arriving, no token) is cancelled and failed over (stall_monitor.h). Longer than one prefill chunk
   // of one layer takes, which is what the decode worker sees arrive at a time.
   absl::Duration stall_timeout = absl::Seconds(60);
+  // How many times one stream may move to other workers after tokens reached its client, when its
+  // decode worker dies or stalls (or the prefill of a moved stream fails); 0: never, the stream ends
+  // UNAVAILABLE (generate_call.h).
+  int migration_limit = 3;
   std::string metrics_listen_address;  // "host:port" of GET /metrics; empty: not served
   // "host:port" of the OpenAI-compatible HTTP API (services/openai); empty: not served.
   std::string http_listen_address;

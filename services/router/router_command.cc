@@ -36,6 +36,8 @@ constexpr char kUsage[] =
     "  --request-timeout S       deadline of requests that set none (default 600)\n"
     "  --stall-timeout S         an attempt whose workers make no progress this long (no handoff rows,\n"
     "                            no token) is failed over to another pair (default 60)\n"
+    "  --migration-limit N       times a stream may move to another pair after its decode worker died or\n"
+    "                            stalled mid-stream (prompt + tokens so far re-prefilled; default 3, 0: off)\n"
     "  --drain-grace S           on SIGINT/SIGTERM, seconds to let requests finish (default 30)\n"
     "  --metrics-listen HOST:PORT  serve Prometheus metrics at GET /metrics there (default off)\n"
     "  --http-listen HOST:PORT   serve the OpenAI-compatible HTTP API there (/v1/completions,\n"
@@ -103,6 +105,14 @@ absl::StatusOr<RouterOptions> RouterOptionsFromArgs(const cli::Args& args) {
   ASSIGN_OR_RETURN(o.request_timeout, SecondsFlag(args, "request-timeout", o.request_timeout));
   ASSIGN_OR_RETURN(o.dns_interval, SecondsFlag(args, "dns-interval", o.dns_interval));
   ASSIGN_OR_RETURN(o.stall_timeout, SecondsFlag(args, "stall-timeout", o.stall_timeout));
+  ASSIGN_OR_RETURN(const std::optional<int64_t> migration_limit, args.GetInt("migration-limit"));
+  if (migration_limit.has_value()) {
+    if (*migration_limit < 0 || *migration_limit > 100) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--migration-limit must be in [0, 100], got ", *migration_limit));
+    }
+    o.migration_limit = static_cast<int>(*migration_limit);
+  }
   return o;
 }
 
@@ -111,7 +121,7 @@ int RunRouterCommand(const std::vector<std::string>& argv) {
                                         "prefill-dns",     "decode-dns",      "dns-interval",  "transport",
                                         "index-pattern",   "queue-limit",     "heartbeat-timeout",
                                         "health-interval", "request-timeout", "drain-grace",   "metrics-listen",
-                                        "http-listen",     "api-key-file",    "stall-timeout"};
+                                        "http-listen",     "api-key-file",    "stall-timeout", "migration-limit"};
   absl::StatusOr<cli::Args> args = cli::Args::Parse(argv, valued, {"help", "version"});
   if (args.ok() && args->Has("help")) {
     std::fputs(kUsage, stdout);

@@ -55,6 +55,11 @@ RouterMetrics::RouterMetrics()
                     .Name("indexcache_requests_total")
                     .Help("Generate requests by outcome (the status the client got; aborted ones are cancelled)")
                     .Register(*registry_)),
+      migrations_(BuildCounter()
+                      .Name("indexcache_router_migrations_total")
+                      .Help("Streams moved to another prefill/decode pair after tokens reached the client, by "
+                            "the failure that moved them")
+                      .Register(*registry_)),
       time_to_first_token_(BuildHistogram()
                                .Name("indexcache_time_to_first_token_seconds")
                                .Help("From a request's arrival at the router to its first token sent to the client")
@@ -101,6 +106,7 @@ RouterMetrics::RouterMetrics()
                    .Help("Workers known to the router by role and state (healthy: in rotation)")
                    .Register(*registry_)) {
   for (const char* outcome : kOutcomes) requests_.Add({{"outcome", outcome}});
+  for (const char* reason : kMigrationReasons) migrations_.Add({{"reason", reason}});
   SetWorkers({});
   RegisterBuildInfo(*registry_);
 }

@@ -32,6 +32,11 @@ class RouterMetrics {
   // `tokens` relayed to the client `gap` after the previous ones (each token counts the gap shared
   // among them), or, for the first ones, `gap` after the request arrived.
   void ObserveTokens(int tokens, absl::Duration gap, bool first);
+  // A stream moved to other workers after tokens reached the client (generate_call.h); `reason` is
+  // one of kMigrationReasons.
+  void CountMigration(const char* reason) { migrations_.Add({{"reason", reason}}).Increment(); }
+  static constexpr const char* kMigrationReasons[] = {"decode_failed", "decode_stalled", "prefill_failed",
+                                                      "prefill_stalled"};
   // Gauges read at scrape time.
   void SetRequests(int queued, int in_flight);
   void SetWorkers(const std::vector<WorkerInfo>& workers);
@@ -39,6 +44,7 @@ class RouterMetrics {
  private:
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>& requests_;
+  prometheus::Family<prometheus::Counter>& migrations_;
   prometheus::Histogram& time_to_first_token_;
   prometheus::Histogram& inter_token_latency_;
   prometheus::Histogram& request_duration_;

@@ -1,13 +1,14 @@
 // The cluster end to end, with the real `indexcache` binary's services as separate processes on
 // loopback (router, one prefill worker, two decode workers) and the C++ SDK as the client:
 // disaggregated greedy output equals the in-process engine's token for token (both transports, two
-// IndexCache patterns); 32 concurrent streams complete; a cancel frees the decode workers' KV; a killed
-// decode worker ends its streams with a clear status before their deadline and new requests go to the
-// survivor; malformed requests get INVALID_ARGUMENT.
+// IndexCache patterns); 32 concurrent streams complete; a cancel frees the decode workers' KV; the
+// streams of a killed decode worker migrate to the survivor and complete with the engine's tokens, and
+// new requests go to the survivor; malformed requests get INVALID_ARGUMENT.
 #include <signal.h>
 
 #include <atomic>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -155,46 +156,60 @@ TEST_P(ClusterTest, CancelMidStreamFreesDecodeKv) {
   EXPECT_TRUE(DecodeKvAllFree(absl::Seconds(10))) << "a cancelled request must free its KV blocks";
 }
 
-TEST_P(ClusterTest, KilledDecodeWorkerEndsItsStreamsAndTheSurvivorServes) {
+TEST_P(ClusterTest, AKilledDecodeWorkersStreamsMigrateToTheSurvivorUnchanged) {
   const std::vector<int32_t> input = GoldenInput();
+  const std::vector<int32_t> truth = EngineGreedy(input, 400);  // the model has 512 positions
   std::vector<client::GenerateStream> streams;
   for (int i = 0; i < 4; ++i) {
-    client::GenerateRequest request = Greedy(input, 400);  // the model has 512 positions
+    client::GenerateRequest request = Greedy(input, 400);
     request.timeout = absl::Seconds(60);
     streams.push_back(client_->Stream(request));
   }
-  for (auto& s : streams) {
-    for (size_t tokens = 0; tokens == 0;) {  // the first chunk carries the request id alone
-      auto chunk = s.Next();
+  std::vector<std::vector<int32_t>> tokens(streams.size());
+  for (size_t i = 0; i < streams.size(); ++i) {
+    while (tokens[i].empty()) {  // the first chunk carries the request id alone
+      auto chunk = streams[i].Next();
       ASSERT_TRUE(chunk.ok()) << chunk.status();
       ASSERT_TRUE(chunk->has_value());
-      tokens += (*chunk)->token_ids.size();
+      ASSERT_FALSE((*chunk)->final.has_value()) << "400 tokens before the kill";
+      tokens[i].insert(tokens[i].end(), (*chunk)->token_ids.begin(), (*chunk)->token_ids.end());
     }
   }
+  // The victim: the decode worker running more of the streams (workers_[1] is decode1, [2] decode2).
+  auto running = [&](size_t i) {
+    auto stub = v1::DecodeWorker::NewStub(grpc::CreateChannel(worker_addresses_[i], grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    v1::WorkerLoad load;
+    return stub->GetLoad(&ctx, v1::LoadRequest(), &load).ok() ? load.running_sequences() : -1;
+  };
+  const size_t victim = running(1) >= running(2) ? 1 : 2;
+  const std::string survivor = victim == 1 ? "decode2" : "decode1";
+  ASSERT_GT(running(victim), 0);
   const absl::Time killed_at = absl::Now();
-  workers_[1]->Signal(SIGKILL);
-  int failed = 0;
-  for (auto& s : streams) {
+  workers_[victim]->Signal(SIGKILL);
+  for (size_t i = 0; i < streams.size(); ++i) {
+    std::optional<client::FinalInfo> final;
     for (;;) {
-      auto chunk = s.Next();
-      if (!chunk.ok()) {
-        ++failed;
-        EXPECT_EQ(chunk.status().code(), absl::StatusCode::kUnavailable) << chunk.status();
-        break;
-      }
+      auto chunk = streams[i].Next();
+      ASSERT_TRUE(chunk.ok()) << "stream " << i << ": " << chunk.status();
       if (!chunk->has_value()) break;
-      if ((*chunk)->final) {
-        if ((*chunk)->final->finish_reason == client::FinishReason::kError) ++failed;
-      }
+      tokens[i].insert(tokens[i].end(), (*chunk)->token_ids.begin(), (*chunk)->token_ids.end());
+      if ((*chunk)->final) final = (*chunk)->final;
     }
+    ASSERT_TRUE(final.has_value());
+    EXPECT_EQ(final->finish_reason, client::FinishReason::kLength);
+    EXPECT_EQ(final->generated_tokens, 400);
+    EXPECT_EQ(final->decode_worker, survivor) << "stream " << i;
+    EXPECT_EQ(tokens[i], truth) << "stream " << i;
   }
-  EXPECT_GT(failed, 0) << "the killed worker served none of the four streams";
   EXPECT_LT(absl::Now() - killed_at, absl::Seconds(30)) << "streams must end well before their deadline";
+  EXPECT_TRUE(DecodeKvAllFree(absl::Seconds(10)));
   for (int i = 0; i < 4; ++i) {
     auto result = client_->Generate(Greedy(std::vector<int32_t>(input.begin(), input.begin() + 9), 6));
     ASSERT_TRUE(result.ok()) << result.status();
     EXPECT_EQ(result->final.finish_reason, client::FinishReason::kLength);
-    EXPECT_EQ(result->final.decode_worker.find("decode1"), std::string::npos) << "routed to the dead worker";
+    EXPECT_EQ(result->final.decode_worker, survivor) << "routed to the dead worker";
   }
 }
 

@@ -79,11 +79,14 @@ bool Eventually(F condition, absl::Duration timeout) {
 
 class SupervisionTest : public ::testing::Test {
  protected:
-  // `cluster up` with one prefill and one decode worker; the router's address once ready.
-  std::string StartCluster() {
-    auto cluster = cli::ChildProcess::Spawn(
-        "cluster", {kBinary, "cluster", "up", "--model", kModel, "--prefill", "1", "--decode", "1", "--threads", "1",
-                    "--kv-cache-mb", "8", "--block-size", "16", "--max-batch-tokens", "16"});
+  // `cluster up` with one prefill and `decode` decode workers; the router's address once ready.
+  std::string StartCluster(int decode = 1, const std::vector<std::string>& more = {}) {
+    std::vector<std::string> argv = {kBinary,         "cluster",      "up",   "--model",       kModel,
+                                     "--prefill",     "1",            "--decode", std::to_string(decode),
+                                     "--threads",     "1",            "--kv-cache-mb", "8",
+                                     "--block-size",  "16",           "--max-batch-tokens", "16"};
+    argv.insert(argv.end(), more.begin(), more.end());
+    auto cluster = cli::ChildProcess::Spawn("cluster", argv);
     EXPECT_TRUE(cluster.ok()) << cluster.status();
     if (!cluster.ok()) return "";
     cluster_ = *std::move(cluster);
@@ -145,6 +148,67 @@ TEST_F(SupervisionTest, WhenTheRouterDiesClusterUpStopsTheWorkersAndExitsWithAnE
   EXPECT_EQ(cluster_->Stop(absl::ZeroDuration()), "exit status 1");
   EXPECT_FALSE(Alive(prefill_pid));
   EXPECT_FALSE(Alive(decode_pid));
+}
+
+// SIGTERM under load: every worker drains at once, streams get the grace, and those still running
+// after it end UNAVAILABLE saying so (no worker is left to migrate them to), never cut silently.
+TEST_F(SupervisionTest, SigtermDrainsEveryWorkerAtOnceAndEndsWhatOutlivesTheGraceWithAStatus) {
+  constexpr absl::Duration kGrace = absl::Seconds(1);
+  constexpr int32_t kMaxNew = 450;  // 56 + 450 of the model's 512 positions: longer than the grace
+  const std::vector<int32_t> prompt = GoldenInput();
+  const std::vector<int32_t> truth = EngineGreedy(prompt, kMaxNew);
+  const std::string router = StartCluster(2, {"--drain-grace", "1"});
+  ASSERT_FALSE(router.empty());
+  const std::vector<pid_t> decode_pids = Children(cluster_->pid(), "decode-worker");
+  ASSERT_EQ(decode_pids.size(), 2u);
+  client::ClientOptions options;
+  options.default_timeout = absl::Seconds(120);
+  auto client = client::Client::Connect(router, options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  std::vector<client::GenerateStream> streams;
+  std::vector<std::vector<int32_t>> tokens(4);
+  for (int i = 0; i < 4; ++i) streams.push_back(client->Stream(Greedy(prompt, kMaxNew)));
+  for (int i = 0; i < 4; ++i) {
+    while (tokens[i].empty()) {
+      auto chunk = streams[i].Next();
+      ASSERT_TRUE(chunk.ok()) << chunk.status();
+      ASSERT_TRUE(chunk->has_value());
+      ASSERT_FALSE((*chunk)->final.has_value()) << "finished before the drain";
+      tokens[i].insert(tokens[i].end(), (*chunk)->token_ids.begin(), (*chunk)->token_ids.end());
+    }
+  }
+  const absl::Time sent = absl::Now();
+  ASSERT_EQ(kill(cluster_->pid(), SIGTERM), 0);
+  // Both decode workers are gone within one grace and a margin: drained side by side, not in turn.
+  for (const pid_t pid : decode_pids) {
+    EXPECT_TRUE(Eventually([&] { return !Alive(pid); }, kGrace + absl::Seconds(8))) << "decode worker " << pid;
+  }
+  for (int i = 0; i < 4; ++i) {
+    absl::Status ended;
+    bool final = false;
+    for (;;) {
+      auto chunk = streams[i].Next();
+      if (!chunk.ok()) {
+        ended = chunk.status();
+        break;
+      }
+      if (!chunk->has_value()) break;
+      tokens[i].insert(tokens[i].end(), (*chunk)->token_ids.begin(), (*chunk)->token_ids.end());
+      final = final || (*chunk)->final.has_value();
+    }
+    ASSERT_LE(tokens[i].size(), truth.size());
+    EXPECT_EQ(tokens[i], std::vector<int32_t>(truth.begin(), truth.begin() + tokens[i].size())) << "stream " << i;
+    if (ended.ok()) {
+      EXPECT_TRUE(final);
+      EXPECT_EQ(tokens[i], truth) << "stream " << i << " ended OK with " << tokens[i].size() << " tokens";
+    } else {
+      EXPECT_EQ(ended.code(), absl::StatusCode::kUnavailable) << ended;
+      EXPECT_NE(ended.message().find("drain grace"), std::string::npos) << ended;
+    }
+  }
+  ASSERT_TRUE(Eventually([&] { return cluster_->Exited(); }, absl::Seconds(30)));
+  EXPECT_EQ(cluster_->Stop(absl::ZeroDuration()), "exit status 0");
+  EXPECT_LT(absl::Now() - sent, absl::Seconds(40));
 }
 
 TEST(OnePortOneServer, ASecondRouterOnTheSamePortFailsToStart) {

@@ -32,6 +32,8 @@ struct FakeLog {
   std::vector<std::string> requests;            // request ids by label (LabelOf), in arrival order
   std::vector<std::string> full_ids;            // the same ids as they arrived
   std::vector<std::vector<int32_t>> prompts;    // their prompt ids
+  std::vector<int32_t> resumed_tokens;          // their resumed_tokens (a migrated stream's)
+  std::vector<int32_t> max_new_tokens;          // their sampling.max_new_tokens (0: unset)
   std::vector<absl::Time> deadlines;            // their calls' deadlines
   std::vector<std::string> handoff_addresses;   // prefill: where it was told to push
   std::vector<v1::HandoffTransport> transports;
@@ -176,6 +178,8 @@ class FakeDecodeWorker final : public v1::DecodeWorker::Service {
       log.requests.push_back(LabelOf(request->request_id()));
       log.full_ids.push_back(request->request_id());
       log.prompts.emplace_back(request->prompt_ids().begin(), request->prompt_ids().end());
+      log.resumed_tokens.push_back(request->resumed_tokens());
+      log.max_new_tokens.push_back(request->sampling().max_new_tokens());
       log.deadlines.push_back(absl::FromChrono(context->deadline()));
       log.transports.push_back(request->transport());
     }
@@ -277,6 +281,8 @@ class FakePrefillWorker final : public v1::PrefillWorker::Service {
       log.requests.push_back(LabelOf(request->request_id()));
       log.full_ids.push_back(request->request_id());
       log.prompts.emplace_back(request->prompt_ids().begin(), request->prompt_ids().end());
+      log.resumed_tokens.push_back(request->resumed_tokens());
+      log.max_new_tokens.push_back(request->sampling().max_new_tokens());
       log.deadlines.push_back(absl::FromChrono(context->deadline()));
       log.handoff_addresses.push_back(request->handoff_address());
       log.transports.push_back(request->transport());

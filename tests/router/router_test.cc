@@ -480,6 +480,50 @@ TEST(RouterTest, MalformedRequestsGetInvalidArgumentWithAMessage) {
   EXPECT_EQ(client.Generate(huge).status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
 }
 
+TEST(RouterTest, MalformedProtobufGetsInvalidArgumentWithAMessage) {
+  FakePrefillWorker prefill({});
+  FakeDecodeWorker decode({});
+  Router router(OptionsFor({&prefill}, {&decode}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+  Client client(*address);
+  // Raw bytes on the Generate method, as a client with a broken encoder would send them.
+  auto send = [&](const std::string& bytes) {
+    grpc::Slice slice(bytes);
+    grpc::ByteBuffer request(&slice, 1);
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    const grpc::internal::RpcMethod method("/indexcache.v1.IndexCache/Generate",
+                                           grpc::internal::RpcMethod::SERVER_STREAMING);
+    std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> reader(
+        grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(client.channel().get(), method, &context,
+                                                                      request));
+    grpc::ByteBuffer response;
+    int messages = 0;
+    while (reader->Read(&response)) ++messages;
+    return std::make_pair(reader->Finish(), messages);
+  };
+  const std::string cases[] = {
+      std::string("\xff\xff\xff", 3),      // a tag whose varint never ends
+      std::string("\x0a\x02\xff\xfe", 4),  // field 1 (text), 2 bytes that are not UTF-8
+      std::string("\x0a\x10xy", 4),        // field 1 announcing 16 bytes, holding 2
+  };
+  for (const std::string& bytes : cases) {
+    const auto [status, messages] = send(bytes);
+    EXPECT_EQ(messages, 0);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+    EXPECT_THAT(status.error_message(), HasSubstr("malformed IndexCache.Generate request"));
+    EXPECT_THAT(status.error_message(), HasSubstr("indexcache.v1.GenerateRequest"));
+  }
+  EXPECT_TRUE(decode.log.Copy(&FakeLog::requests).empty());
+  // Well-formed bytes on the same path are served: the id at admission, the tokens, the final message.
+  std::string good;
+  ASSERT_TRUE(IdsRequest({1}).SerializeToString(&good));
+  const auto [status, messages] = send(good);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(messages, 5);  // the fake decode worker's 3 tokens, one a message
+}
+
 TEST(RouterTest, ClientDeadlineReachesBothWorkers) {
   FakePrefillWorker prefill({});
   FakeDecodeWorker decode({});
@@ -651,11 +695,64 @@ TEST(RouterTest, PrefillFailureIsRetriedOnAnotherPrefillWorker) {
   EXPECT_EQ(router.Pool().size(), 3u);
 }
 
-TEST(RouterTest, DecodeFailureAfterATokenEndsTheStreamUnavailableNamingTheWorker) {
+TEST(RouterTest, DecodeFailureAfterATokenMigratesTheStreamWithTheTokensSoFar) {
+  FakePrefillWorker prefill({});
+  FakeDecodeWorker decode({.worker_id = "d-flaky", .tokens = {41, 42, 43, 44}, .fail_after_tokens = 2});
+  FakeDecodeWorker other({.worker_id = "d-other", .running_sequences = 9, .tokens = {51, 52, 53}});
+  Router router(OptionsFor({&prefill}, {&decode, &other}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+
+  v1::GenerateRequest request = IdsRequest({1, 2}, "moving");
+  request.mutable_sampling()->set_max_new_tokens(5);
+  const Result r = Client(*address).Generate(request);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  // The same stream: what d-flaky streamed, then what d-other streamed, nothing twice.
+  EXPECT_THAT(r.tokens, ElementsAre(41, 42, 51, 52, 53));
+  ASSERT_TRUE(r.final.has_value());
+  EXPECT_EQ(r.final->decode_worker(), "d-other");
+  EXPECT_EQ(r.final->prompt_tokens(), 2);      // the client's prompt
+  EXPECT_EQ(r.final->generated_tokens(), 5);   // every token streamed, over both attempts
+  // The next attempt prefills the prompt and the streamed tokens, marked as resumed, with the rest of
+  // the token budget, as a fresh request on both workers.
+  EXPECT_THAT(other.log.Copy(&FakeLog::requests), ElementsAre("moving#retry1"));
+  EXPECT_THAT(other.log.Copy(&FakeLog::prompts), ElementsAre(ElementsAre(1, 2, 41, 42)));
+  EXPECT_THAT(other.log.Copy(&FakeLog::resumed_tokens), ElementsAre(2));
+  EXPECT_THAT(other.log.Copy(&FakeLog::max_new_tokens), ElementsAre(3));
+  EXPECT_THAT(prefill.log.Copy(&FakeLog::prompts), ElementsAre(ElementsAre(1, 2), ElementsAre(1, 2, 41, 42)));
+  EXPECT_THAT(prefill.log.Copy(&FakeLog::resumed_tokens), ElementsAre(0, 2));
+  EXPECT_THAT(prefill.log.Copy(&FakeLog::max_new_tokens), ElementsAre(5, 3));
+  EXPECT_TRUE(decode.log.Aborted("moving"));
+}
+
+TEST(RouterTest, PastTheMigrationLimitTheStreamEndsUnavailableNamingTheWorker) {
+  FakePrefillWorker prefill({});
+  FakeDecodeWorker decode({.worker_id = "d-flaky", .tokens = {41, 42, 43, 44}, .fail_after_tokens = 2});
+  FakeDecodeWorker other({.worker_id = "d-other", .running_sequences = 9, .tokens = {51, 52, 53},
+                          .fail_after_tokens = 1});
+  RouterOptions options = OptionsFor({&prefill}, {&decode, &other});
+  options.migration_limit = 1;
+  Router router(options);
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+
+  const Result r = Client(*address).Generate(IdsRequest({1}));
+  EXPECT_THAT(r.tokens, ElementsAre(41, 42, 51));
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(r.status.error_message(), HasSubstr("d-other"));
+  EXPECT_THAT(r.status.error_message(), HasSubstr(other.address()));
+  EXPECT_THAT(r.status.error_message(), HasSubstr("after 3 tokens had been streamed"));
+  EXPECT_THAT(r.status.error_message(), HasSubstr("migration limit (1)"));
+  EXPECT_FALSE(r.final.has_value());
+}
+
+TEST(RouterTest, WithMigrationOffADecodeFailureAfterATokenEndsTheStream) {
   FakePrefillWorker prefill({});
   FakeDecodeWorker decode({.worker_id = "d-flaky", .tokens = {41, 42, 43, 44}, .fail_after_tokens = 2});
   FakeDecodeWorker other({.worker_id = "d-other", .running_sequences = 9});
-  Router router(OptionsFor({&prefill}, {&decode, &other}));
+  RouterOptions options = OptionsFor({&prefill}, {&decode, &other});
+  options.migration_limit = 0;
+  Router router(options);
   auto address = router.Start();
   ASSERT_TRUE(address.ok()) << address.status();
 
@@ -665,7 +762,23 @@ TEST(RouterTest, DecodeFailureAfterATokenEndsTheStreamUnavailableNamingTheWorker
   EXPECT_THAT(r.status.error_message(), HasSubstr("d-flaky"));
   EXPECT_THAT(r.status.error_message(), HasSubstr(decode.address()));
   EXPECT_FALSE(r.final.has_value());
-  EXPECT_TRUE(other.log.Copy(&FakeLog::requests).empty());  // never retried after a token
+  EXPECT_TRUE(other.log.Copy(&FakeLog::requests).empty());  // never sent elsewhere after a token
+}
+
+TEST(RouterTest, AStreamWithNoDecodeWorkerLeftToMoveToEndsUnavailableSayingWhy) {
+  FakePrefillWorker prefill({});
+  FakeDecodeWorker decode({.worker_id = "d-only", .tokens = {41, 42, 43}, .fail_after_tokens = 1,
+                           .failure = grpc::Status(grpc::StatusCode::UNAVAILABLE, "connection reset")});
+  Router router(OptionsFor({&prefill}, {&decode}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+
+  const Result r = Client(*address).Generate(IdsRequest({1}));
+  EXPECT_THAT(r.tokens, ElementsAre(41));
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(r.status.error_message(), HasSubstr("connection reset"));
+  EXPECT_THAT(r.status.error_message(), HasSubstr("after 1 tokens had been streamed; migrating the stream"));
+  EXPECT_THAT(r.status.error_message(), HasSubstr("no decode worker is in the pool besides the one that failed"));
 }
 
 TEST(RouterTest, DeadWorkerLeavesThePoolAndRequestsGoToTheSurvivor) {

@@ -76,9 +76,9 @@ class HeldService final : public v1::PrefillWorker::Service, public DrainableSer
     std::lock_guard<std::mutex> lock(mu_);
     draining_ = true;
   }
-  void WaitIdle() override {
+  bool WaitIdle(absl::Time deadline) override {
     std::unique_lock<std::mutex> lock(mu_);
-    changed_.wait(lock, [&] { return in_flight_ == 0; });
+    return changed_.wait_until(lock, absl::ToChronoTime(deadline), [&] { return in_flight_ == 0; });
   }
   void StopAll(const absl::Status& why) override {
     std::lock_guard<std::mutex> lock(mu_);
@@ -226,6 +226,30 @@ TEST_F(WorkerServerTest, DrainTellsTheRouterAtOnceFinishesCallsInFlightThenStops
   server.Drain();  // idempotent
   EXPECT_EQ(listeners_stopped_, 1);
   router_server->Shutdown();
+}
+
+TEST_F(WorkerServerTest, DrainEndsCallsStillRunningAfterTheGraceUnavailable) {
+  WorkerServerOptions options;
+  options.worker_id = "w1";
+  options.drain_grace = absl::Milliseconds(300);
+  WorkerServer server(options);
+  absl::StatusOr<std::string> address = server.Start(Serve());
+  ASSERT_TRUE(address.ok()) << address.status();
+  std::future<grpc::Status> held = CallAsync(*address);
+  ASSERT_TRUE(service_.WaitForInFlight(1));
+
+  const absl::Time start = absl::Now();
+  server.Drain();  // the call is never released: the grace ends it
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_GE(took, options.drain_grace);
+  EXPECT_LT(took, options.drain_grace + absl::Seconds(5));
+  const absl::Status why = service_.stopped();
+  EXPECT_EQ(why.code(), absl::StatusCode::kUnavailable);  // the router migrates what ends so
+  EXPECT_THAT(why.message(), HasSubstr("prefill worker w1 is shutting down"));
+  EXPECT_THAT(why.message(), HasSubstr("300ms drain grace"));
+  const grpc::Status status = held.get();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+  EXPECT_EQ(listeners_stopped_, 1);
 }
 
 TEST_F(WorkerServerTest, DestructionWithoutDrainAbortsCallsInFlight) {

@@ -37,7 +37,9 @@ constexpr char kClusterUsage[] =
     "  --metrics-port-base P     serve /metrics: the router on port P, the workers on P+1, P+2, … (prefill\n"
     "                            workers first); P = 0 gives each service a free port\n"
     "  --http-port P             the router serves the OpenAI-compatible HTTP API on 127.0.0.1:P (0: a free\n"
-    "                            port; printed as `http ADDR`); --api-key-file FILE makes it require that key\n";
+    "                            port; printed as `http ADDR`); --api-key-file FILE makes it require that key\n"
+    "  --drain-grace S           on SIGINT/SIGTERM every worker drains at once: streams get S seconds to\n"
+    "                            finish (default 30), then end UNAVAILABLE; the router follows\n";
 
 struct ClusterSpec {
   std::string model_dir;
@@ -47,6 +49,7 @@ struct ClusterSpec {
   int metrics_port_base = -1;  // -1: no metrics endpoints
   int http_port = -1;          // -1: no HTTP API
   std::string api_key_file;
+  absl::Duration drain_grace = absl::Seconds(30);  // every service's --drain-grace
   std::string pattern;  // resolved, passed to every service
   std::string transport = "grpc";
   std::vector<std::string> worker_flags;  // engine flags every worker gets
@@ -73,6 +76,11 @@ absl::StatusOr<ClusterSpec> SpecFromArgs(const Args& args) {
     spec.http_port = static_cast<int>(*http_port);
   }
   spec.api_key_file = args.Get("api-key-file").value_or("");
+  ASSIGN_OR_RETURN(auto drain_grace, args.GetDouble("drain-grace"));
+  if (drain_grace) {
+    if (!(*drain_grace > 0)) return absl::InvalidArgumentError("--drain-grace must be > 0 seconds");
+    spec.drain_grace = absl::Seconds(*drain_grace);
+  }
   if (!spec.api_key_file.empty() && spec.http_port < 0) {
     return absl::InvalidArgumentError("--api-key-file goes with --http-port");
   }
@@ -208,14 +216,21 @@ absl::Status Supervise(ChildProcess& router, std::vector<Supervised>& workers) {
   return absl::OkStatus();
 }
 
-// Drains and stops the workers, then the router.
-void StopAll(ChildProcess& router, std::vector<Supervised>& workers) {
+// Beyond the drain grace, what a service may take to end its calls and exit before it is killed.
+constexpr absl::Duration kExitMargin = absl::Seconds(10);
+
+// Drains every worker at once and waits for them on one deadline — each lets its streams run for the
+// drain grace, then ends the rest UNAVAILABLE, which the router passes on (no worker is left to move
+// them to) — then drains the router.
+void StopAll(ChildProcess& router, std::vector<Supervised>& workers, absl::Duration drain_grace) {
   for (Supervised& w : workers) w.process->Signal(SIGTERM);
+  const absl::Time deadline = absl::Now() + drain_grace + kExitMargin;
   for (Supervised& w : workers) {
-    std::cerr << "cluster: " << w.name << " stopped: " << w.process->Stop(absl::Seconds(30)) << std::endl;
+    const std::string how = w.process->Stop(std::max(deadline - absl::Now(), absl::ZeroDuration()));
+    std::cerr << "cluster: " << w.name << " stopped: " << how << std::endl;
   }
   router.Signal(SIGTERM);
-  std::cerr << "cluster: router stopped: " << router.Stop(absl::Seconds(30)) << std::endl;
+  std::cerr << "cluster: router stopped: " << router.Stop(drain_grace + kExitMargin) << std::endl;
 }
 
 // The --metrics-listen flag of the service with index `i` (router 0, then prefill, then decode workers).
@@ -235,7 +250,8 @@ absl::Status ClusterUp(const Args& args) {
   std::vector<Supervised> workers;
   std::vector<std::string> router_argv = {self,        "router",       "--listen",        absl::StrCat("127.0.0.1:", spec.port),
                                           "--model",   spec.model_dir, "--transport",     spec.transport,
-                                          "--index-pattern", spec.pattern};
+                                          "--index-pattern", spec.pattern,
+                                          "--drain-grace", absl::StrCat(absl::ToDoubleSeconds(spec.drain_grace))};
   const std::vector<std::string> router_metrics = MetricsFlag(spec, 0);
   router_argv.insert(router_argv.end(), router_metrics.begin(), router_metrics.end());
   if (spec.http_port >= 0) {
@@ -252,7 +268,7 @@ absl::Status ClusterUp(const Args& args) {
       Supervised& w = workers.emplace_back();
       w.name = absl::StrCat(role, "-", i);
       w.argv = {self, absl::StrCat(role, "-worker"), "--listen", "127.0.0.1:0", "--router", router_address,
-                "--worker-id", w.name};
+                "--worker-id", w.name, "--drain-grace", absl::StrCat(absl::ToDoubleSeconds(spec.drain_grace))};
       w.argv.insert(w.argv.end(), spec.worker_flags.begin(), spec.worker_flags.end());
       w.argv.insert(w.argv.end(), role_flags.begin(), role_flags.end());
       const std::vector<std::string> metrics = MetricsFlag(spec, service_index++);
@@ -279,12 +295,12 @@ absl::Status ClusterUp(const Args& args) {
     const int signal = sigtimedwait(&stop_signals, nullptr, &kTick);
     if (signal == SIGINT || signal == SIGTERM) {
       std::cerr << "cluster: signal " << signal << ", draining workers, then the router" << std::endl;
-      StopAll(*router, workers);
+      StopAll(*router, workers, spec.drain_grace);
       return absl::OkStatus();
     }
     if (absl::Status supervised = Supervise(*router, workers); !supervised.ok()) {
       std::cerr << "cluster: " << supervised.message() << "; stopping the cluster" << std::endl;
-      StopAll(*router, workers);
+      StopAll(*router, workers, spec.drain_grace);
       return supervised;
     }
   }
@@ -297,7 +313,7 @@ int RunCluster(const std::vector<std::string>& argv) {
   auto args = Args::Parse(std::vector<std::string>(argv.begin() + 1, argv.end()),
                           {"model", "prefill", "decode", "port", "index-pattern", "index-freq", "transport", "threads",
                            "kv-cache-mb", "max-batch-tokens", "device", "block-size", "prefill-gpu", "decode-gpu",
-                           "metrics-port-base", "http-port", "api-key-file"},
+                           "metrics-port-base", "http-port", "api-key-file", "drain-grace"},
                           {"help"});
   if (!args.ok()) return Fail("cluster", std::string(args.status().message()) + "\n" + kClusterUsage);
   if (args->Has("help")) {
