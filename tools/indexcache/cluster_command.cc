@@ -8,16 +8,26 @@
 // it), and after kMaxRestarts deaths in a row, or when the router dies (the workers know only its
 // address), `cluster up` stops everything and exits with an error. Children die with it
 // (child_process.h), so a `kill -9` leaves no orphan serving.
+//
+// The internal plane is authenticated out of the box: a fresh cluster token (ClusterToken::
+// GenerateSecret) is written to a 0600 file in a 0700 run directory of its own, every child gets
+// --cluster-token-file, and `token FILE` is printed first, for tools that call workers directly.
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "common/model/model_config.h"
+#include "common/auth/cluster_token.h"
 #include "common/util/status_macros.h"
 #include "common/util/stop_signals.h"
 #include "indexcache/client.h"
@@ -218,6 +228,40 @@ void StopAll(ChildProcess& router, std::vector<Supervised>& workers) {
   std::cerr << "cluster: router stopped: " << router.Stop(absl::Seconds(30)) << std::endl;
 }
 
+// The run directory (0700) holding the cluster token (0600), removed when `cluster up` returns.
+class RunDirectory {
+ public:
+  static absl::StatusOr<std::unique_ptr<RunDirectory>> Create() {
+    const char* tmp = std::getenv("TMPDIR");
+    std::string path = absl::StrCat(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp", "/indexcache-cluster-XXXXXX");
+    if (mkdtemp(path.data()) == nullptr) {
+      return absl::UnavailableError(absl::StrCat("cannot make the cluster's run directory ", path, ": ",
+                                                 std::strerror(errno)));
+    }
+    return std::unique_ptr<RunDirectory>(new RunDirectory(std::move(path)));
+  }
+  ~RunDirectory() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+
+  // Writes a fresh cluster token to a file only this user may read; returns its path.
+  absl::StatusOr<std::string> WriteToken() const {
+    ASSIGN_OR_RETURN(const std::string secret, ClusterToken::GenerateSecret());
+    const std::string file = absl::StrCat(path_, "/cluster-token");
+    const int fd = open(file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    const std::string line = secret + "\n";
+    const bool written = fd >= 0 && write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
+    if (fd >= 0) close(fd);
+    if (!written) return absl::UnavailableError(absl::StrCat("cannot write the cluster token to ", file));
+    return file;
+  }
+
+ private:
+  explicit RunDirectory(std::string path) : path_(std::move(path)) {}
+  const std::string path_;
+};
+
 // The --metrics-listen flag of the service with index `i` (router 0, then prefill, then decode workers).
 std::vector<std::string> MetricsFlag(const ClusterSpec& spec, int i) {
   if (spec.metrics_port_base < 0) return {};
@@ -232,10 +276,14 @@ absl::Status ClusterUp(const Args& args) {
   // The workers inherit it: NVLink multicast stays off for any NCCL they run (shared GPU hosts).
   setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/1);
   const std::string self = SelfPath();
+  ASSIGN_OR_RETURN(const std::unique_ptr<RunDirectory> run_directory, RunDirectory::Create());
+  ASSIGN_OR_RETURN(const std::string token_file, run_directory->WriteToken());
+  std::cout << "token " << token_file << std::endl;
   std::vector<Supervised> workers;
   std::vector<std::string> router_argv = {self,        "router",       "--listen",        absl::StrCat("127.0.0.1:", spec.port),
                                           "--model",   spec.model_dir, "--transport",     spec.transport,
-                                          "--index-pattern", spec.pattern};
+                                          "--index-pattern", spec.pattern, "--internal-listen", "127.0.0.1:0",
+                                          "--cluster-token-file", token_file};
   const std::vector<std::string> router_metrics = MetricsFlag(spec, 0);
   router_argv.insert(router_argv.end(), router_metrics.begin(), router_metrics.end());
   if (spec.http_port >= 0) {
@@ -245,14 +293,15 @@ absl::Status ClusterUp(const Args& args) {
   ASSIGN_OR_RETURN(std::unique_ptr<ChildProcess> router, ChildProcess::Spawn("router", router_argv));
   ASSIGN_OR_RETURN(std::string router_address, router->WaitListening(absl::Seconds(60)));
   std::cout << "router " << router_address << std::endl;
+  const std::string internal_address = router->Announced("internal");
   if (spec.http_port >= 0) std::cout << "http " << router->Announced("http") << std::endl;
   int service_index = 1;
   auto start_workers = [&](const char* role, int count, const std::vector<std::string>& role_flags) -> absl::Status {
     for (int i = 0; i < count; ++i) {
       Supervised& w = workers.emplace_back();
       w.name = absl::StrCat(role, "-", i);
-      w.argv = {self, absl::StrCat(role, "-worker"), "--listen", "127.0.0.1:0", "--router", router_address,
-                "--worker-id", w.name};
+      w.argv = {self, absl::StrCat(role, "-worker"), "--listen", "127.0.0.1:0", "--router", internal_address,
+                "--worker-id", w.name, "--cluster-token-file", token_file};
       w.argv.insert(w.argv.end(), spec.worker_flags.begin(), spec.worker_flags.end());
       w.argv.insert(w.argv.end(), role_flags.begin(), role_flags.end());
       const std::vector<std::string> metrics = MetricsFlag(spec, service_index++);
