@@ -10,30 +10,27 @@
 // (child_process.h), so a `kill -9` leaves no orphan serving.
 //
 // The internal plane is authenticated out of the box: a fresh cluster token (ClusterToken::
-// GenerateSecret) is written to a 0600 file in a 0700 run directory of its own, every child gets
-// --cluster-token-file, and `token FILE` is printed first, for tools that call workers directly.
-#include <fcntl.h>
+// GenerateSecret) is written to a 0600 file in a 0700 run directory of its own (run_directory.h),
+// removed on exit; every child gets --cluster-token-file, the workers register at the router's
+// internal address, and `token FILE` is printed first, for tools that call workers directly.
 #include <signal.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cstdlib>
-#include <cstring>
-#include <filesystem>
 #include <iostream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "common/model/model_config.h"
 #include "common/auth/cluster_token.h"
+#include "common/model/model_config.h"
 #include "common/util/status_macros.h"
 #include "common/util/stop_signals.h"
 #include "indexcache/client.h"
 #include "tools/indexcache/child_process.h"
 #include "tools/indexcache/args.h"
 #include "tools/indexcache/commands.h"
+#include "tools/indexcache/run_directory.h"
 
 namespace indexcache::cli {
 namespace {
@@ -228,40 +225,6 @@ void StopAll(ChildProcess& router, std::vector<Supervised>& workers) {
   std::cerr << "cluster: router stopped: " << router.Stop(absl::Seconds(30)) << std::endl;
 }
 
-// The run directory (0700) holding the cluster token (0600), removed when `cluster up` returns.
-class RunDirectory {
- public:
-  static absl::StatusOr<std::unique_ptr<RunDirectory>> Create() {
-    const char* tmp = std::getenv("TMPDIR");
-    std::string path = absl::StrCat(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp", "/indexcache-cluster-XXXXXX");
-    if (mkdtemp(path.data()) == nullptr) {
-      return absl::UnavailableError(absl::StrCat("cannot make the cluster's run directory ", path, ": ",
-                                                 std::strerror(errno)));
-    }
-    return std::unique_ptr<RunDirectory>(new RunDirectory(std::move(path)));
-  }
-  ~RunDirectory() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-
-  // Writes a fresh cluster token to a file only this user may read; returns its path.
-  absl::StatusOr<std::string> WriteToken() const {
-    ASSIGN_OR_RETURN(const std::string secret, ClusterToken::GenerateSecret());
-    const std::string file = absl::StrCat(path_, "/cluster-token");
-    const int fd = open(file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    const std::string line = secret + "\n";
-    const bool written = fd >= 0 && write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
-    if (fd >= 0) close(fd);
-    if (!written) return absl::UnavailableError(absl::StrCat("cannot write the cluster token to ", file));
-    return file;
-  }
-
- private:
-  explicit RunDirectory(std::string path) : path_(std::move(path)) {}
-  const std::string path_;
-};
-
 // The --metrics-listen flag of the service with index `i` (router 0, then prefill, then decode workers).
 std::vector<std::string> MetricsFlag(const ClusterSpec& spec, int i) {
   if (spec.metrics_port_base < 0) return {};
@@ -277,7 +240,8 @@ absl::Status ClusterUp(const Args& args) {
   setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/1);
   const std::string self = SelfPath();
   ASSIGN_OR_RETURN(const std::unique_ptr<RunDirectory> run_directory, RunDirectory::Create());
-  ASSIGN_OR_RETURN(const std::string token_file, run_directory->WriteToken());
+  ASSIGN_OR_RETURN(const std::string secret, ClusterToken::GenerateSecret());
+  ASSIGN_OR_RETURN(const std::string token_file, run_directory->WriteClusterToken(secret));
   std::cout << "token " << token_file << std::endl;
   std::vector<Supervised> workers;
   std::vector<std::string> router_argv = {self,        "router",       "--listen",        absl::StrCat("127.0.0.1:", spec.port),
