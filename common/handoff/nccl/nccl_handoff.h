@@ -44,8 +44,8 @@ struct NcclHandoffOptions {
   // receiver's wait for the ticket before its own: a peer silent that long is treated as gone.
   absl::Duration io_timeout = absl::Seconds(60);
   // Proved on every control connection before its first message (tcp/handshake.h); none: no
-  // handshake.
-  ClusterToken token;
+  // handshake. (`{}`: designated initializers that leave it out raise no -Wmissing-field-initializers.)
+  ClusterToken token{};
 };
 
 // Decode-worker side: the control endpoint, and the communicators prefill workers opened to it.

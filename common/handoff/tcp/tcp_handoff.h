@@ -32,8 +32,9 @@ struct TcpHandoffOptions {
   // KV cache admits at a time, and it bounds what idle or hostile peers can hold.
   int max_connections = 64;
   // The cluster token each connection proves before its first frame (handshake.h): the server
-  // challenges, the sender answers. None: no handshake.
-  ClusterToken token;
+  // challenges, the sender answers. None: no handshake. (`{}`: designated initializers that leave it
+  // out raise no -Wmissing-field-initializers.)
+  ClusterToken token{};
 };
 
 // Reads a connection's next frame into `chunk` (cleared): true for a chunk, false at the end frame.
