@@ -1,12 +1,7 @@
-// The cluster token the tests' routers and workers share, in memory and as a file for the services
-// started as child processes: tests run the internal plane authenticated, as production does.
+// The cluster token the in-process routers and workers of the component tests share: tests run the
+// internal plane authenticated, as production does (the end-to-end tests' services get a fresh one
+// in a file, e2e_common.h).
 #pragma once
-
-#include <unistd.h>
-
-#include <cstdlib>
-#include <fstream>
-#include <string>
 
 #include "common/auth/cluster_token.h"
 
@@ -17,18 +12,6 @@ inline constexpr char kTestClusterSecret[] = "0123456789abcdef0123456789abcdef01
 inline const ClusterToken& TestClusterToken() {
   static const ClusterToken token = *ClusterToken::FromSecret(kTestClusterSecret);
   return token;
-}
-
-// A file holding kTestClusterSecret (one per test process), for --cluster-token-file.
-inline const std::string& TestClusterTokenFile() {
-  static const std::string path = [] {
-    const char* tmp = std::getenv("TMPDIR");
-    const std::string file = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/indexcache-test-token-" +
-                             std::to_string(getpid());
-    std::ofstream(file) << kTestClusterSecret << "\n";
-    return file;
-  }();
-  return path;
 }
 
 }  // namespace indexcache::testing

@@ -53,7 +53,7 @@ class ClusterTest : public testing::TestWithParam<ClusterParam> {
     for (const std::string role : {"prefill", "decode", "decode"}) {
       const std::string name = role + std::to_string(workers_.size());
       std::vector<std::string> argv = {kBinary, role + "-worker", "--listen", "127.0.0.1:0", "--router",
-                                       router_address_, "--worker-id", name, "--model", kModel, "--threads", "1",
+                                       e2e::InternalAddress(*router_), "--worker-id", name, "--model", kModel, "--threads", "1",
                                        "--kv-cache-mb", "8", "--block-size", "16", "--max-batch-tokens", "16"};
       argv.insert(argv.end(), pattern_flag.begin(), pattern_flag.end());
       std::string address;
@@ -85,8 +85,7 @@ class ClusterTest : public testing::TestWithParam<ClusterParam> {
       bool all_free = true;
       for (size_t i = 1; i < worker_addresses_.size(); ++i) {
         if (workers_[i]->Exited()) continue;
-        auto stub = v1::DecodeWorker::NewStub(
-            grpc::CreateChannel(worker_addresses_[i], grpc::InsecureChannelCredentials()));
+        auto stub = v1::DecodeWorker::NewStub(e2e::WorkerChannel(worker_addresses_[i]));
         grpc::ClientContext ctx;
         ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
         v1::WorkerLoad load;
