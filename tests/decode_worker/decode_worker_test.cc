@@ -48,6 +48,14 @@ EngineOptions TestEngineOptions() {
   return options;
 }
 
+// A worker on TestEngineOptions whose internal plane takes the tests' cluster token.
+DecodeWorkerOptions WorkerOptions() {
+  DecodeWorkerOptions options;
+  options.engine = TestEngineOptions();
+  options.server.cluster_token = ::indexcache::testing::TestClusterToken();
+  return options;
+}
+
 v1::SamplingParameters Greedy(int32_t max_new_tokens) {
   v1::SamplingParameters s;
   s.set_temperature(0);
@@ -191,13 +199,6 @@ class DecodeWorkerTest : public ::testing::TestWithParam<v1::HandoffTransport> {
   }
 
   void SetUp() override { StartWorker(WorkerOptions()); }
-
-  static DecodeWorkerOptions WorkerOptions() {
-    DecodeWorkerOptions options;
-    options.engine = TestEngineOptions();
-    options.server.cluster_token = ::indexcache::testing::TestClusterToken();
-    return options;
-  }
 
   void StartWorker(const DecodeWorkerOptions& options) {
     auto worker = DecodeWorker::Create(options);
@@ -573,9 +574,7 @@ TEST(DecodeWorkerRegistration, RegistersHeartbeatsAndRegistersAgainWhenForgotten
   std::unique_ptr<grpc::Server> router = ServeOnLoopback(&registry, &router_address);
   ASSERT_NE(router, nullptr);
 
-  DecodeWorkerOptions options;
-  options.engine = TestEngineOptions();
-  options.server.cluster_token = ::indexcache::testing::TestClusterToken();
+  DecodeWorkerOptions options = WorkerOptions();
   options.server.router_address = router_address;
   options.server.worker_id = "decode-under-test";
   options.server.heartbeat_interval = absl::Milliseconds(20);
@@ -610,9 +609,7 @@ TEST(DecodeWorkerTcpAdvertise, PrefillWorkersAndTheRouterAreToldTheAdvertisedAdd
   FakeRouter registry;
   std::string router_address;
   std::unique_ptr<grpc::Server> router = ServeOnLoopback(&registry, &router_address);
-  DecodeWorkerOptions options;
-  options.engine = TestEngineOptions();
-  options.server.cluster_token = ::indexcache::testing::TestClusterToken();
+  DecodeWorkerOptions options = WorkerOptions();
   options.server.router_address = router_address;
   options.tcp_listen_address = "0.0.0.0:0";
   options.tcp_advertise_address = "192.0.2.10:50054";  // as a pod IP behind NAT would be
@@ -645,20 +642,16 @@ TEST(DecodeWorkerTcpAdvertise, PrefillWorkersAndTheRouterAreToldTheAdvertisedAdd
 
 TEST(DecodeWorkerTcpAdvertise, AnAddressPrefillWorkersCannotDialIsRefused) {
   for (const std::string bad : {"decode-0.example:50054", "10.0.0.5", "10.0.0.5:0", "[fd00::5:50054"}) {
-    DecodeWorkerOptions options;
-    options.engine = TestEngineOptions();
-    options.server.cluster_token = ::indexcache::testing::TestClusterToken();
+    DecodeWorkerOptions options = WorkerOptions();
     options.tcp_advertise_address = bad;
     auto worker = DecodeWorker::Create(options);
     EXPECT_EQ(worker.status().code(), absl::StatusCode::kInvalidArgument) << bad;
     EXPECT_THAT(worker.status().message(), HasSubstr("--tcp-advertise")) << bad;
   }
-  DecodeWorkerOptions ipv6;
-  ipv6.engine = TestEngineOptions();
+  DecodeWorkerOptions ipv6 = WorkerOptions();
   ipv6.tcp_advertise_address = "[fd00::5]:50054";
   EXPECT_TRUE(DecodeWorker::Create(ipv6).ok());
-  DecodeWorkerOptions no_data_plane;
-  no_data_plane.engine = TestEngineOptions();
+  DecodeWorkerOptions no_data_plane = WorkerOptions();
   no_data_plane.tcp_listen_address.clear();
   no_data_plane.tcp_advertise_address = "10.0.0.5:50054";
   auto worker = DecodeWorker::Create(no_data_plane);

@@ -318,7 +318,8 @@ TEST_F(PrefillWorkerTest, HandsOffWhatTheInProcessEngineComputes) {
 TEST_F(PrefillWorkerTest, HandsOffOverTheTcpDataPlane) {
   StartWorker();
   RecordingSink sink;
-  auto tcp = TcpHandoffServer::Start("127.0.0.1", 0, &sink);
+  // A decode worker's data plane: it challenges the prefill worker for the cluster token.
+  auto tcp = TcpHandoffServer::Start("127.0.0.1", 0, &sink, {.token = ::indexcache::testing::TestClusterToken()});
   ASSERT_TRUE(tcp.ok()) << tcp.status();
   const std::vector<int32_t> prompt = Prompt(37, 1);
   v1::PrefillRequest request = Request("tcp-1", prompt);

@@ -173,12 +173,6 @@ TEST(WorkerRegistryTest, TheRoutersPatternOptionIsEnforcedFromTheStart) {
   EXPECT_TRUE(registry.Register(worker, BundledFingerprint(), "FSFSFSFS").ok());
 }
 
-}  // namespace
-}  // namespace indexcache
-
-namespace indexcache {
-namespace {
-
 // Issue 13's attacks on the Registry: a rogue worker registering, or a forged Heartbeat{draining}
 // emptying the pool. Each must be refused, and the pool left as it was.
 TEST(WorkerRegistryAuthTest, TheRegistryIsNotOnThePublicPort) {
