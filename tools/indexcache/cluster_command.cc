@@ -1,5 +1,6 @@
 // `indexcache cluster up`: a router and N prefill + M decode workers on loopback, each a child process
-// running this same binary's service subcommand. Prints every service's address, then
+// running this same binary's service subcommand. Prints every service's address (the router's
+// internal one, where workers register, as `internal ADDR`), then
 // `ready <router address>` once the router's pool holds every worker (with --metrics-port-base, a
 // `metrics NAME ADDR` line per service first; with --http-port, `http ADDR` after the router's line,
 // the OpenAI-compatible API's address); SIGINT/SIGTERM drain and stop
@@ -258,6 +259,7 @@ absl::Status ClusterUp(const Args& args) {
   ASSIGN_OR_RETURN(std::string router_address, router->WaitListening(absl::Seconds(60)));
   std::cout << "router " << router_address << std::endl;
   const std::string internal_address = router->Announced("internal");
+  std::cout << "internal " << internal_address << std::endl;
   if (spec.http_port >= 0) std::cout << "http " << router->Announced("http") << std::endl;
   int service_index = 1;
   auto start_workers = [&](const char* role, int count, const std::vector<std::string>& role_flags) -> absl::Status {
