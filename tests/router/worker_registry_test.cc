@@ -8,6 +8,7 @@
 #include "gtest/gtest.h"
 #include "services/router/router.h"
 #include "tests/router/fake_workers.h"
+#include "tests/service_common/worker_peers.h"
 
 namespace indexcache {
 namespace {
@@ -218,6 +219,22 @@ TEST(WorkerRegistryAuthTest, RegistrationAndHeartbeatsWithoutTheTokenAreUnauthen
   }
   EXPECT_FALSE(InPool(router, "rogue"));
   EXPECT_TRUE(InPool(router, "honest"));
+}
+
+// Every method internal.proto declares for the Registry, so a method added without its
+// CheckCallToken fails here.
+TEST(WorkerRegistryAuthTest, EveryRegistryMethodWithoutTheTokenIsUnauthenticated) {
+  Router router(Options());
+  ASSERT_TRUE(router.Start().ok());
+  const ClusterToken wrong = *ClusterToken::FromSecret(std::string(64, 'f'));
+  for (const ClusterToken& token : {ClusterToken(), wrong}) {
+    const auto statuses = ::indexcache::testing::CallEveryMethod(router.internal_address(),
+                                                                 v1::Registry::service_full_name(), token);
+    ASSERT_FALSE(statuses.empty());
+    for (const auto& [method, status] : statuses) {
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << method;
+    }
+  }
 }
 
 TEST(WorkerRegistryAuthTest, ARouterWithoutATokenStartsOnlyWhenToldToBeInsecure) {
