@@ -1,7 +1,7 @@
 // A router, one prefill worker and one decode worker of the real `indexcache` binary, started as child
 // processes on loopback — the processes `indexcache cluster up --prefill 1 --decode 1` starts, with a
-// fresh cluster token for their internal plane — and a client SDK connection to the router. The benchmarks that drive a cluster (serving_bench,
-// cluster_ttft_bench) share it.
+// fresh cluster token for their internal plane — and a client SDK connection to the router. The
+// benchmarks that drive a cluster (serving_bench, cluster_ttft_bench) share it.
 //
 //   LocalClusterOptions o;
 //   o.binary = "build/tools/indexcache";  o.model = "models/glm-dsa-trained";  o.transport = "tcp";

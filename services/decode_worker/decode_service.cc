@@ -3,8 +3,8 @@
 #include <memory>
 
 #include "absl/strings/str_cat.h"
-#include "common/model/model_config.h"
 #include "common/auth/grpc_token.h"
+#include "common/model/model_config.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
 #include "services/common/sampling_from_proto.h"

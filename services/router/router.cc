@@ -346,8 +346,9 @@ absl::StatusOr<std::string> Router::Start() {
   prober_ = std::thread(&Router::ProbeLoop, this);
   if (discovery_ != nullptr) discovery_->Start(options_.dns_interval);
   const std::string address = DialableAddress(options_.listen_address, port);
-  IC_LOG(Info) << "router listening on " << address << ", internal " << internal_address_ << " (" << options_.prefill_workers.size()
-               << " static prefill and " << options_.decode_workers.size() << " static decode workers, "
+  IC_LOG(Info) << "router listening on " << address << ", internal " << internal_address_ << " ("
+               << options_.prefill_workers.size() << " static prefill and " << options_.decode_workers.size()
+               << " static decode workers, "
                << options_.prefill_dns.size() + options_.decode_dns.size() << " DNS names, "
                << v1::HandoffTransport_Name(options_.transport) << " handoff)";
   return address;

@@ -34,7 +34,8 @@ const std::string kModel = std::string(INDEXCACHE_TEST_DATA) + "/goldens/moe_fre
 
 // gRPC and TCP handoffs proving the tests' cluster token, as a prefill worker's do.
 const HandoffTransports& TestHandoffs() {
-  static const HandoffTransports* const transports = HandoffTransports::WithDefaults(::indexcache::testing::TestClusterToken()).release();
+  static const HandoffTransports* const transports =
+      HandoffTransports::WithDefaults(::indexcache::testing::TestClusterToken()).release();
   return *transports;
 }
 

@@ -49,9 +49,9 @@ class AdmissionTest : public testing::Test {
 
   std::unique_ptr<cli::ChildProcess> StartWorker(const std::string& role, const std::vector<std::string>& flags,
                                                  std::string* address = nullptr) {
-    std::vector<std::string> argv = {kBinary, role + "-worker", "--listen", "127.0.0.1:0", "--router", e2e::InternalAddress(*router_),
-                                     "--worker-id", role, "--model", kTinyModel, "--threads", "1", "--block-size",
-                                     "16", "--max-batch-tokens", "64"};
+    std::vector<std::string> argv = {kBinary, role + "-worker", "--listen", "127.0.0.1:0", "--router",
+                                     e2e::InternalAddress(*router_), "--worker-id", role, "--model", kTinyModel,
+                                     "--threads", "1", "--block-size", "16", "--max-batch-tokens", "64"};
     argv.insert(argv.end(), flags.begin(), flags.end());
     std::string ignored;
     return StartService(role, argv, address != nullptr ? address : &ignored);

@@ -53,8 +53,9 @@ class ClusterTest : public testing::TestWithParam<ClusterParam> {
     for (const std::string role : {"prefill", "decode", "decode"}) {
       const std::string name = role + std::to_string(workers_.size());
       std::vector<std::string> argv = {kBinary, role + "-worker", "--listen", "127.0.0.1:0", "--router",
-                                       e2e::InternalAddress(*router_), "--worker-id", name, "--model", kModel, "--threads", "1",
-                                       "--kv-cache-mb", "8", "--block-size", "16", "--max-batch-tokens", "16"};
+                                       e2e::InternalAddress(*router_), "--worker-id", name, "--model", kModel,
+                                       "--threads", "1", "--kv-cache-mb", "8", "--block-size", "16",
+                                       "--max-batch-tokens", "16"};
       argv.insert(argv.end(), pattern_flag.begin(), pattern_flag.end());
       std::string address;
       workers_.push_back(StartService(name, argv, &address));
