@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 packages=(
   build-essential cmake ninja-build pkg-config git
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
-  libabsl-dev libre2-dev prometheus-cpp-dev nlohmann-json3-dev libisal-dev zlib1g-dev
+  libabsl-dev libre2-dev prometheus-cpp-dev nlohmann-json3-dev libisal-dev zlib1g-dev libssl-dev
   libboost-dev libboost-system-dev
   libgtest-dev libgmock-dev libopenblas-openmp-dev
   python3 python3-numpy python3-grpcio python3-protobuf python3-venv python3-pip python3-setuptools

@@ -3,22 +3,29 @@
 #include <signal.h>
 
 #include "absl/strings/str_join.h"
+#include "common/auth/cluster_token.h"
 #include "common/util/status_macros.h"
 
 namespace indexcache::bench {
 
 absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(const LocalClusterOptions& o) {
   auto cluster = std::unique_ptr<LocalCluster>(new LocalCluster());
+  // Authenticated as `cluster up` runs it: a fresh token, given to every process.
+  ASSIGN_OR_RETURN(cluster->run_directory_, cli::RunDirectory::Create());
+  ASSIGN_OR_RETURN(const std::string secret, ClusterToken::GenerateSecret());
+  ASSIGN_OR_RETURN(const std::string token_file, cluster->run_directory_->WriteClusterToken(secret));
   ASSIGN_OR_RETURN(const std::string router_address,
                    cluster->Spawn("router",
                                   {o.binary, "router", "--listen", "127.0.0.1:0", "--model", o.model, "--transport",
-                                   o.transport},
+                                   o.transport, "--cluster-token-file", token_file},
                                   o.start_timeout));
+  const std::string internal_address = cluster->children_.back()->Announced("internal");
   for (const std::string role : {"prefill", "decode"}) {
     std::vector<std::string> argv = {o.binary,  role + "-worker", "--listen",    "127.0.0.1:0",
-                                     "--router", router_address,  "--worker-id", role + "0",
+                                     "--router", internal_address, "--worker-id", role + "0",
                                      "--model",  o.model,         "--threads",   std::to_string(o.threads),
-                                     "--kv-cache-mb", std::to_string(o.kv_cache_mb)};
+                                     "--kv-cache-mb", std::to_string(o.kv_cache_mb),
+                                     "--cluster-token-file", token_file};
     if (!o.device.empty()) argv.insert(argv.end(), {"--device", o.device});
     if (o.max_batch_tokens > 0) argv.insert(argv.end(), {"--max-batch-tokens", std::to_string(o.max_batch_tokens)});
     if (o.worker_metrics) argv.insert(argv.end(), {"--metrics-listen", "127.0.0.1:0"});

@@ -1,7 +1,7 @@
 // A router, one prefill worker and one decode worker of the real `indexcache` binary, started as child
-// processes on loopback — the processes `indexcache cluster up --prefill 1 --decode 1` starts — and a
-// client SDK connection to the router. The benchmarks that drive a cluster (serving_bench,
-// cluster_ttft_bench) share it.
+// processes on loopback — the processes `indexcache cluster up --prefill 1 --decode 1` starts, with a
+// fresh cluster token for their internal plane — and a client SDK connection to the router. The
+// benchmarks that drive a cluster (serving_bench, cluster_ttft_bench) share it.
 //
 //   LocalClusterOptions o;
 //   o.binary = "build/tools/indexcache";  o.model = "models/glm-dsa-trained";  o.transport = "tcp";
@@ -18,6 +18,7 @@
 #include "absl/time/time.h"
 #include "indexcache/client.h"
 #include "tools/indexcache/child_process.h"
+#include "tools/indexcache/run_directory.h"
 
 namespace indexcache::bench {
 
@@ -54,6 +55,7 @@ class LocalCluster {
   absl::StatusOr<std::string> Spawn(const std::string& name, const std::vector<std::string>& argv,
                                     absl::Duration timeout);
 
+  std::unique_ptr<cli::RunDirectory> run_directory_;  // the cluster token's file; outlives the children
   std::vector<std::unique_ptr<cli::ChildProcess>> children_;
   std::vector<std::string> command_lines_;
   std::optional<client::Client> client_;

@@ -9,10 +9,10 @@
 
 namespace indexcache {
 
-std::unique_ptr<HandoffTransports> HandoffTransports::WithDefaults() {
+std::unique_ptr<HandoffTransports> HandoffTransports::WithDefaults(const ClusterToken& token) {
   auto transports = std::make_unique<HandoffTransports>();
-  transports->Add(std::make_unique<GrpcHandoffConnector>());
-  transports->Add(std::make_unique<TcpHandoffConnector>());
+  transports->Add(std::make_unique<GrpcHandoffConnector>(token));
+  transports->Add(std::make_unique<TcpHandoffConnector>(TcpHandoffOptions{.token = token}));
   return transports;
 }
 

@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/auth/cluster_token.h"
 #include "common/handoff/handoff_transport.h"
 
 namespace indexcache {
@@ -19,9 +20,10 @@ class HandoffTransports {
   HandoffTransports(const HandoffTransports&) = delete;
   HandoffTransports& operator=(const HandoffTransports&) = delete;
 
-  // gRPC and TCP (default options), which need nothing but an address.
-  static std::unique_ptr<HandoffTransports> WithDefaults();
-  // A process-wide WithDefaults(), for jobs and tools given no set of their own.
+  // gRPC and TCP (default options), which need nothing but an address and the cluster token
+  // their connections prove (none: no proof).
+  static std::unique_ptr<HandoffTransports> WithDefaults(const ClusterToken& token = {});
+  // A process-wide WithDefaults() without a token, for jobs and tools given no set of their own.
   static const HandoffTransports& Defaults();
 
   // Adds (or replaces) the connector of `connector->transport()`.

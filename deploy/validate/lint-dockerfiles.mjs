@@ -4,7 +4,9 @@
 //  2. this project's conventions, on dockerfile-ast's parse of the same file: base images pinned to a
 //     tag or digest (never `latest`, also through ARG defaults); a target per service that runs its
 //     binary from an exec-form ENTRYPOINT (it is PID 1 and receives SIGTERM itself, where a shell
-//     form would swallow it) as a non-root numeric user, and EXPOSEs the ports of the ports contract.
+//     form would swallow it) as a non-root numeric user, EXPOSEs the ports of the ports contract, and
+//     whose CMD runs its internal plane authenticated (--cluster-token-file, never
+//     --insecure-internal-plane).
 // Usage: node lint-dockerfiles.mjs Dockerfile...   Exit status 1, with one line per problem.
 import fs from "node:fs";
 import { DockerfileParser } from "dockerfile-ast";
@@ -12,7 +14,7 @@ import { validate } from "dockerfile-utils";
 
 // Each service's target, binary and ports (docs/operations.md, "Ports").
 const SERVICES = {
-  router: { binary: "/usr/local/bin/indexcache-router", ports: ["50051", "8000", "9400"] },
+  router: { binary: "/usr/local/bin/indexcache-router", ports: ["50051", "8000", "50055", "9400"] },
   "prefill-worker": { binary: "/usr/local/bin/indexcache-prefill-worker", ports: ["50052", "9401"] },
   "decode-worker": { binary: "/usr/local/bin/indexcache-decode-worker", ports: ["50053", "50054", "9402"] },
 };
@@ -31,7 +33,7 @@ function substitute(text, args) {
 function checkConventions(file, content, problems) {
   const dockerfile = DockerfileParser.parse(content);
   const args = new Map();
-  const stages = new Map();  // name → { parent, user, entrypoint, ports }
+  const stages = new Map();  // name → { parent, user, entrypoint, cmd, ports }
   let stage = null;
   for (const instruction of dockerfile.getInstructions()) {
     const keyword = instruction.getKeyword();
@@ -43,7 +45,7 @@ function checkConventions(file, content, problems) {
     } else if (keyword === "FROM") {
       const image = substitute(words[0] ?? "", args);
       const name = instruction.getBuildStage() ?? `#${stages.size}`;
-      stage = { name, parent: stages.get(image) ?? null, user: null, entrypoint: null, ports: [] };
+      stage = { name, parent: stages.get(image) ?? null, user: null, entrypoint: null, cmd: null, ports: [] };
       stages.set(name, stage);
       if (stage.parent === null) {
         const [repository, tag] = image.split("@")[0].split(/:(?=[^/]*$)/);
@@ -57,6 +59,10 @@ function checkConventions(file, content, problems) {
     } else if (stage !== null && keyword === "ENTRYPOINT") {
       const json = typeof instruction.getJSONStrings === "function" ? instruction.getJSONStrings() : [];
       stage.entrypoint = { exec: json.length > 0, program: json[0]?.getJSONValue() ?? words[0], line };
+    } else if (stage !== null && keyword === "CMD") {
+      // The last CMD counts; its words, JSON strings or not.
+      const json = typeof instruction.getJSONStrings === "function" ? instruction.getJSONStrings() : [];
+      stage.cmd = json.length > 0 ? json.map((j) => j.getJSONValue()) : words;
     } else if (stage !== null && keyword === "EXPOSE") {
       stage.ports.push(...words.map((w) => w.split("/")[0]));
     }
@@ -79,6 +85,13 @@ function checkConventions(file, content, problems) {
       problems.push(`${file}: target '${target}' needs an exec-form ENTRYPOINT ["${expected.binary}"]`);
     } else if (entrypoint.program !== expected.binary) {
       problems.push(`${file}:${entrypoint.line}: target '${target}' runs ${entrypoint.program}, not ${expected.binary}`);
+    }
+    const cmd = effective(s, "cmd") ?? [];
+    if (!cmd.some((w) => w === "--cluster-token-file" || w.startsWith("--cluster-token-file="))) {
+      problems.push(`${file}: target '${target}': its CMD passes no --cluster-token-file, so the service refuses to start`);
+    }
+    if (cmd.includes("--insecure-internal-plane")) {
+      problems.push(`${file}: target '${target}': its CMD runs --insecure-internal-plane`);
     }
     const ports = [...new Set([...s.ports])].sort();
     if (JSON.stringify(ports) !== JSON.stringify([...expected.ports].sort())) {

@@ -11,15 +11,26 @@
 //  - Services, PodDisruptionBudgets and ServiceMonitors select pods or Services that exist, and a
 //    ServiceMonitor's port names are ports of the Services it selects;
 //  - each HorizontalPodAutoscaler scales a Deployment of the render, on Pods metrics that a Prometheus
-//    adapter rule of the render serves.
+//    adapter rule of the render serves;
+//  - the internal plane (docs/security.md): every service reads --cluster-token-file from a Secret
+//    volume mounted into its container, all of them the same Secret, and none runs
+//    --insecure-internal-plane; the router's --internal-listen is its `internal` port, and a worker's
+//    --router names a Service port leading to it; a NetworkPolicy of the render selects the pods of
+//    every service that has internal ports (the one check about an object the render lacks: without
+//    one, those ports are open to all), lets only the render's own pods reach the internal ports, and
+//    leaves the router's public ports open.
 import YAML from "yaml";
 
 // The ports contract, per component label.
 const PORTS = {
-  router: { grpc: 50051, http: 8000, metrics: 9400 },
+  router: { grpc: 50051, http: 8000, internal: 50055, metrics: 9400 },
   "prefill-worker": { grpc: 50052, metrics: 9401 },
   "decode-worker": { grpc: 50053, handoff: 50054, metrics: 9402 },
 };
+// Which of those ports are the internal plane (the cluster's own pods only) and which are the public
+// API (anyone); the rest (metrics) is neither's business here.
+const INTERNAL_PORTS = { router: ["internal"], "prefill-worker": ["grpc"], "decode-worker": ["grpc", "handoff"] };
+const PUBLIC_PORTS = { router: ["grpc", "http"] };
 
 const ofKind = (objects, kind) => objects.filter((o) => o.kind === kind);
 const name = (o) => o.metadata?.name;
@@ -55,12 +66,112 @@ function adapterServes(rule, candidate) {
   return seriesNames.some((s) => matches.test(s) && rename(s) === candidate);
 }
 
+// The Secret volume whose mount holds `file` in container `c` of pod spec `spec`, or undefined.
+function secretHolding(spec, c, file) {
+  const mount = (c.volumeMounts ?? []).find((m) => file.startsWith(`${m.mountPath.replace(/\/$/, "")}/`));
+  const volume = (spec.volumes ?? []).find((v) => v.name === mount?.name);
+  return volume?.secret;
+}
+
+// Whether an ingress rule admits container port `portName` (numbered `number`): a rule without ports
+// admits every port.
+const admits = (rule, portName, number) =>
+  (rule.ports ?? []).length === 0 || rule.ports.some((p) => p.port === portName || p.port === number);
+
+// The internal plane of one rendered overlay: the cluster token and the NetworkPolicies.
+function checkInternalPlane(objects, deployments, services, where) {
+  const problems = [];
+  const policies = ofKind(objects, "NetworkPolicy").filter(
+    (p) => (p.spec?.policyTypes ?? ["Ingress"]).includes("Ingress"),
+  );
+  const tokenSecrets = new Map();  // secret name → the Deployments mounting it
+  const routerInternalPorts = new Set();  // the router pods' `internal` port, by name and number
+  for (const d of deployments) {
+    const spec = d.spec?.template?.spec ?? {};
+    const component = podLabels(d)["app.kubernetes.io/component"];
+    if (!(component in PORTS)) continue;
+    for (const c of spec.containers ?? []) {
+      const ports = Object.fromEntries((c.ports ?? []).map((p) => [p.name, p.containerPort]));
+      const args = [...(c.command ?? []), ...(c.args ?? [])];
+      if (args.includes("--insecure-internal-plane")) {
+        problems.push(`${where(d)}: container ${c.name} runs --insecure-internal-plane: its internal plane accepts anyone`);
+      }
+      const files = flagValues(c, "cluster-token-file");
+      if (files.length !== 1) {
+        problems.push(`${where(d)}: container ${c.name} needs exactly one --cluster-token-file, has ${files.length}`);
+      } else {
+        const secret = secretHolding(spec, c, files[0]);
+        if (secret === undefined) {
+          problems.push(`${where(d)}: container ${c.name}'s --cluster-token-file ${files[0]} lies on no mounted Secret volume`);
+        } else {
+          tokenSecrets.set(secret.secretName, [...(tokenSecrets.get(secret.secretName) ?? []), name(d)]);
+        }
+      }
+      if (component === "router") {
+        routerInternalPorts.add("internal").add(ports.internal);
+        for (const listen of flagValues(c, "internal-listen")) {
+          const port = Number(listen.slice(listen.lastIndexOf(":") + 1));
+          if (port !== ports.internal) problems.push(`${where(d)}: --internal-listen port ${port} is not the internal port ${ports.internal}`);
+        }
+      }
+      // Each internal port: ingress-restricted, and only from the render's own pods.
+      const selecting = policies.filter((p) => selects(matchLabels(p.spec?.podSelector), podLabels(d)));
+      for (const portName of INTERNAL_PORTS[component] ?? []) {
+        if (selecting.length === 0) {
+          problems.push(`${where(d)}: no NetworkPolicy restricts who reaches its internal port ${portName}`);
+          continue;
+        }
+        for (const p of selecting) {
+          for (const rule of (p.spec?.ingress ?? []).filter((r) => admits(r, portName, ports[portName]))) {
+            const peers = rule.from ?? [];
+            const ownPods = (peer) =>
+              peer.podSelector !== undefined && peer.namespaceSelector === undefined && peer.ipBlock === undefined &&
+              deployments.some((w) => selects(matchLabels(peer.podSelector), podLabels(w)));
+            if (peers.length === 0 || !peers.every(ownPods)) {
+              problems.push(`${where(p)}: lets others than the cluster's own pods reach internal port ${portName} of ${where(d)}`);
+            }
+          }
+        }
+      }
+      for (const portName of PUBLIC_PORTS[component] ?? []) {
+        const open = (p) => (p.spec?.ingress ?? []).some((r) => (r.from ?? []).length === 0 && admits(r, portName, ports[portName]));
+        const selecting = policies.filter((p) => selects(matchLabels(p.spec?.podSelector), podLabels(d)));
+        if (selecting.length > 0 && !selecting.some(open)) {
+          problems.push(`${where(d)}: its NetworkPolicies close its public port ${portName} to clients`);
+        }
+      }
+    }
+  }
+  if (tokenSecrets.size > 1) {
+    const mounts = [...tokenSecrets].map(([secret, users]) => `${secret} (${users.join(", ")})`).join(", ");
+    problems.push(`the services read their cluster token from different Secrets: ${mounts}`);
+  }
+  // A worker's --router: a Service port that leads to the router's internal port, not its public one.
+  for (const d of deployments) {
+    for (const c of d.spec?.template?.spec?.containers ?? []) {
+      for (const target of flagValues(c, "router")) {
+        const host = target.slice(0, target.lastIndexOf(":")).split(".")[0];
+        const port = Number(target.slice(target.lastIndexOf(":") + 1));
+        const service = services.find((s) => name(s) === host);
+        const servicePort = (service?.spec?.ports ?? []).find((p) => p.port === port);
+        if (service === undefined || servicePort === undefined) {
+          problems.push(`${where(d)}: --router ${target} names no Service port of the render`);
+        } else if (!routerInternalPorts.has(servicePort.targetPort ?? servicePort.port)) {
+          problems.push(`${where(d)}: --router ${target} leads to the router's port ${servicePort.targetPort ?? port}, not its internal port`);
+        }
+      }
+    }
+  }
+  return problems;
+}
+
 export function checkConventions(objects) {
   const problems = [];
   const where = (o) => `${o.kind} ${name(o)}`;
   const deployments = ofKind(objects, "Deployment");
   const services = ofKind(objects, "Service");
   const configMaps = ofKind(objects, "ConfigMap");
+  problems.push(...checkInternalPlane(objects, deployments, services, where));
 
   for (const d of deployments) {
     const spec = d.spec?.template?.spec ?? {};

@@ -51,7 +51,7 @@ case "${1:-}" in
     done
     # One run for all (the type check dominates its time): the rendered overlays must pass, each
     # fixture must fail for its reason.
-    fixtures=("$here"/testdata/{misspelt-field,wrong-type,missing-required,bad-service-monitor,unknown-kind,broken-references}.yaml)
+    fixtures=("$here"/testdata/{misspelt-field,wrong-type,missing-required,bad-service-monitor,unknown-kind,broken-references,broken-internal-plane}.yaml)
     report=$(node "$here/validate-manifests.mjs" "$rendered"/*.yaml "${fixtures[@]}" 2>&1 || true)
     grep -F -- "$rendered/" <<<"$report" && fail "the rendered overlays are invalid"
     expect_line() {
@@ -68,6 +68,15 @@ case "${1:-}" in
     expect_line broken-references "--http-listen port 8080 is not the http port 8000"
     expect_line broken-references "Service decode has no port named metrics"
     expect_line broken-references "serves the Pods metric indexcache_kv_blocks_utilisation"
+    expect_line broken-internal-plane "Deployment decode: container decode's --cluster-token-file /run/secrets/indexcache/cluster-token lies on no mounted Secret volume"
+    expect_line broken-internal-plane "Deployment prefill: container prefill runs --insecure-internal-plane"
+    expect_line broken-internal-plane "read their cluster token from different Secrets: cluster-token (router), another-token (prefill)"
+    expect_line broken-internal-plane "--internal-listen port 50099 is not the internal port 50055"
+    expect_line broken-internal-plane "--router router:50051 leads to the router's port grpc, not its internal port"
+    expect_line broken-internal-plane "NetworkPolicy router: lets others than the cluster's own pods reach internal port internal"
+    expect_line broken-internal-plane "Deployment router: its NetworkPolicies close its public port http"
+    expect_line broken-internal-plane "NetworkPolicy decode: lets others than the cluster's own pods reach internal port grpc"
+    expect_line broken-internal-plane "Deployment prefill: no NetworkPolicy restricts who reaches its internal port grpc"
     tail -n 1 <<<"$report"
     checked="${#overlays[@]} overlays"
     ;;
@@ -76,7 +85,9 @@ case "${1:-}" in
     expect_rejected lint-dockerfiles.mjs "$here/testdata/Dockerfile.broken" \
       "There can only be one CMD" "not pinned to a tag or digest" "non-root numeric USER" \
       "exec-form ENTRYPOINT" "runs /usr/local/bin/indexcache-router, not /usr/local/bin/indexcache-prefill-worker" \
-      "the ports contract says [50052,9401]" "no build target 'decode-worker'"
+      "the ports contract says [50052,9401]" "no build target 'decode-worker'" \
+      "target 'router': its CMD passes no --cluster-token-file" \
+      "target 'prefill-worker': its CMD runs --insecure-internal-plane"
     checked="docker/Dockerfile"
     ;;
   *)

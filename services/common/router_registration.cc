@@ -4,9 +4,7 @@
 #include <chrono>
 #include <utility>
 
-#include <grpcpp/create_channel.h>
-#include <grpcpp/security/credentials.h>
-
+#include "common/auth/grpc_token.h"
 #include "common/util/logging.h"
 
 namespace indexcache {
@@ -17,12 +15,12 @@ constexpr absl::Duration kRpcTimeout = absl::Seconds(2);
 
 }  // namespace
 
-RouterRegistration::RouterRegistration(std::string router_address, v1::RegisterRequest self, absl::Duration interval,
-                                       std::function<v1::WorkerLoad()> load)
+RouterRegistration::RouterRegistration(std::string router_address, const ClusterToken& token, v1::RegisterRequest self,
+                                       absl::Duration interval, std::function<v1::WorkerLoad()> load)
     : router_address_(std::move(router_address)),
       self_(std::move(self)),
       load_(std::move(load)),
-      stub_(v1::Registry::NewStub(grpc::CreateChannel(router_address_, grpc::InsecureChannelCredentials()))),
+      stub_(v1::Registry::NewStub(InternalChannel(router_address_, token))),
       interval_(interval) {
   thread_ = std::thread([this] { Run(); });
 }

@@ -12,16 +12,18 @@
 #include <thread>
 
 #include "absl/time/time.h"
+#include "common/auth/cluster_token.h"
 #include "indexcache/v1/internal.grpc.pb.h"
 
 namespace indexcache {
 
 class RouterRegistration {
  public:
-  // `load` runs on the registration thread before every heartbeat. `interval` is used until the
-  // router's RegisterResponse names its own.
-  RouterRegistration(std::string router_address, ::indexcache::v1::RegisterRequest self, absl::Duration interval,
-                     std::function<::indexcache::v1::WorkerLoad()> load);
+  // `router_address` is the router's internal address; every call carries `token`. `load` runs on the
+  // registration thread before every heartbeat. `interval` is used until the router's
+  // RegisterResponse names its own.
+  RouterRegistration(std::string router_address, const ClusterToken& token, ::indexcache::v1::RegisterRequest self,
+                     absl::Duration interval, std::function<::indexcache::v1::WorkerLoad()> load);
   // Stops the thread (an RPC in flight ends within its short deadline).
   ~RouterRegistration();
   RouterRegistration(const RouterRegistration&) = delete;

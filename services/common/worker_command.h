@@ -38,7 +38,7 @@ int RunWorkerCommand(const char* program, const std::vector<std::string>& argv, 
     std::printf("%s\n", VersionLine(program).c_str());
     return 0;
   }
-  absl::StatusOr<cli::Args> args = cli::Args::Parse(argv, flag_names, {});
+  absl::StatusOr<cli::Args> args = cli::Args::Parse(argv, flag_names, {"insecure-internal-plane"});
   if (!args.ok()) return fail(args.status());
   absl::StatusOr<Options> options = options_from_args(*args);
   if (!options.ok()) return fail(options.status());

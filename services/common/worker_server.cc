@@ -34,7 +34,7 @@ absl::Status ValidateWorkerServerOptions(const WorkerServerOptions& options) {
   if (options.heartbeat_interval <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("the heartbeat interval must be positive");
   }
-  return absl::OkStatus();
+  return RequireClusterToken(options.cluster_token, options.insecure_internal_plane, "worker");
 }
 
 WorkerServer::WorkerServer(WorkerServerOptions options) : options_(std::move(options)) {}
@@ -103,9 +103,9 @@ absl::StatusOr<std::string> WorkerServer::Start(Served served) {
     self.set_worker_id(worker_id_);
     self.set_role(served_.role);
     self.set_address(address_);
-    registration_ = std::make_unique<RouterRegistration>(options_.router_address, std::move(self),
-                                                         options_.heartbeat_interval,
-                                                         [service = served_.lifecycle] { return service->Load(); });
+    registration_ = std::make_unique<RouterRegistration>(
+        options_.router_address, options_.cluster_token, std::move(self), options_.heartbeat_interval,
+        [service = served_.lifecycle] { return service->Load(); });
   }
   return address_;
 }

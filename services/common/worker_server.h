@@ -24,6 +24,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/auth/cluster_token.h"
 #include "indexcache/v1/internal.pb.h"
 
 namespace grpc {
@@ -41,7 +42,7 @@ class MetricsServer;
 class RouterRegistration;
 
 // The serving flags of every worker (--listen, --advertise, --worker-id, --router, --heartbeat-ms,
-// --metrics-listen).
+// --metrics-listen, --cluster-token-file, --insecure-internal-plane).
 struct WorkerServerOptions {
   std::string listen_address = "127.0.0.1:0";  // gRPC; port 0: the system picks a free port
   // The address the router is told (and Start returns); empty: the bound address, with a wildcard
@@ -54,9 +55,15 @@ struct WorkerServerOptions {
   // How long Drain lets the calls in flight finish; those still running after it end UNAVAILABLE
   // (the router moves such a stream to a worker that is not draining, when one is left).
   absl::Duration drain_grace = absl::Seconds(30);
+  // The internal plane's secret: every call to the worker's services and every handoff connection
+  // must prove it, and the worker's own calls (registration, handoffs) carry it.
+  ClusterToken cluster_token;
+  // Serve with no token: only by explicit choice, with a warning (RequireClusterToken).
+  bool insecure_internal_plane = false;
 };
 
-// INVALID_ARGUMENT for options no server can start with (a heartbeat interval that is not positive).
+// INVALID_ARGUMENT for options no server can start with (a heartbeat interval that is not positive,
+// no cluster token without insecure_internal_plane).
 absl::Status ValidateWorkerServerOptions(const WorkerServerOptions& options);
 
 // The worker's own service (PrefillWorker or DecodeWorker) as the lifecycle drives it.

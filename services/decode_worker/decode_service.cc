@@ -3,6 +3,7 @@
 #include <memory>
 
 #include "absl/strings/str_cat.h"
+#include "common/auth/grpc_token.h"
 #include "common/model/model_config.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
@@ -90,6 +91,7 @@ absl::StatusOr<RequestId> DecodeService::Admit(const v1::DecodeRequest& request,
 
 grpc::Status DecodeService::Decode(grpc::ServerContext* context, const v1::DecodeRequest* request,
                                    grpc::ServerWriter<v1::DecodeResponse>* writer) {
+  if (grpc::Status auth = CheckCallToken(*context, options_.cluster_token); !auth.ok()) return auth;
   const absl::Time arrived = absl::Now();
   InFlight in_flight(*this);
   if (!ready_.load(std::memory_order_acquire)) {
@@ -243,8 +245,9 @@ grpc::Status DecodeService::Stream(grpc::ServerContext* context, DecodeSession& 
   }
 }
 
-grpc::Status DecodeService::Abort(grpc::ServerContext*, const v1::WorkerAbortRequest* request,
+grpc::Status DecodeService::Abort(grpc::ServerContext* context, const v1::WorkerAbortRequest* request,
                                   v1::WorkerAbortResponse* response) {
+  if (grpc::Status auth = CheckCallToken(*context, options_.cluster_token); !auth.ok()) return auth;
   std::shared_ptr<DecodeSession> session = importer_.Find(request->request_id());
   response->set_found(session != nullptr);
   if (session != nullptr) {
@@ -254,7 +257,9 @@ grpc::Status DecodeService::Abort(grpc::ServerContext*, const v1::WorkerAbortReq
   return grpc::Status::OK;
 }
 
-grpc::Status DecodeService::GetLoad(grpc::ServerContext*, const v1::LoadRequest*, v1::WorkerLoad* response) {
+grpc::Status DecodeService::GetLoad(grpc::ServerContext* context, const v1::LoadRequest*,
+                                    v1::WorkerLoad* response) {
+  if (grpc::Status auth = CheckCallToken(*context, options_.cluster_token); !auth.ok()) return auth;
   *response = Load();
   return grpc::Status::OK;
 }

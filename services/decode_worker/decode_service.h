@@ -29,6 +29,8 @@ struct DecodeServiceOptions {
   // A request whose handoff has not completed this long after admission is dropped (a backstop for
   // a prefill worker that vanished without its stream ever reaching here).
   absl::Duration handoff_timeout = absl::Minutes(10);
+  // Every call (Decode, Abort, GetLoad) must carry it (common/auth/grpc_token.h); none: not checked.
+  ClusterToken cluster_token;
 };
 
 class DecodeService final : public ::indexcache::v1::DecodeWorker::Service, public DrainableService {

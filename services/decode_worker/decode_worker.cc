@@ -78,7 +78,7 @@ absl::StatusOr<std::unique_ptr<DecodeWorker>> DecodeWorker::Create(const DecodeW
                                                             v1::HANDOFF_TRANSPORT_GRPC, awaited);
   worker->tcp_sink_ = std::make_unique<MeteredHandoffSink>(*worker->importer_, *worker->metrics_,
                                                            v1::HANDOFF_TRANSPORT_TCP, awaited);
-  worker->handoff_service_ = std::make_unique<KvHandoffService>(worker->grpc_sink_.get());
+  worker->handoff_service_ = std::make_unique<KvHandoffService>(worker->grpc_sink_.get(), options.server.cluster_token);
   return worker;
 }
 
@@ -90,7 +90,8 @@ absl::Status DecodeWorker::StartDataPlanes() {
     if (!options_.tcp_listen_address.empty()) {
       ASSIGN_OR_RETURN(HostPort tcp, SplitHostPort(options_.tcp_listen_address));
       ASSIGN_OR_RETURN(tcp_server_, TcpHandoffServer::Start(tcp.host, tcp.port, tcp_sink_.get(),
-                                                            {.io_timeout = options_.tcp_io_timeout}));
+                                                            {.io_timeout = options_.tcp_io_timeout,
+                                                             .token = options_.server.cluster_token}));
       tcp_address_ = options_.tcp_advertise_address.empty() ? tcp_server_->address() : options_.tcp_advertise_address;
       if (options_.tcp_advertise_address.empty() && IsWildcard(tcp.host)) {
         IC_LOG(Warning) << "the TCP handoff data plane hands out its bound address " << tcp_address_
@@ -102,7 +103,8 @@ absl::Status DecodeWorker::StartDataPlanes() {
       ASSIGN_OR_RETURN(std::unique_ptr<PeerChannelFactory> channels, MakeNcclChannelFactory(options_.nccl_gpu));
       ASSIGN_OR_RETURN(nccl_server_, NcclHandoffServer::Start(control.host, control.port, importer_.get(),
                                                               std::move(channels),
-                                                              {.io_timeout = options_.tcp_io_timeout}));
+                                                              {.io_timeout = options_.tcp_io_timeout,
+                                                               .token = options_.server.cluster_token}));
       nccl_address_ = nccl_server_->address();
     }
     return absl::OkStatus();
@@ -123,6 +125,7 @@ absl::StatusOr<std::string> DecodeWorker::Start() {
   service_options.tcp_handoff_address = tcp_address_;
   service_options.nccl_handoff_address = nccl_address_;
   service_options.handoff_timeout = options_.handoff_timeout;
+  service_options.cluster_token = options_.server.cluster_token;
   // Decode calls answer UNAVAILABLE until the server makes it Ready with the address it hands out for
   // gRPC handoffs.
   service_ = std::make_unique<DecodeService>(*loop_, *importer_, service_options, *metrics_);

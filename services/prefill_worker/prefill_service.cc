@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/auth/grpc_token.h"
 #include "common/util/logging.h"
 #include "services/common/sampling_from_proto.h"
 #include "services/common/status_conversion.h"
@@ -67,6 +68,7 @@ void PrefillService::Finish(const std::string& request_id, bool handoff_rejected
 
 grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const v1::PrefillRequest* request,
                                      v1::PrefillResponse* response) {
+  if (grpc::Status auth = CheckCallToken(*context, options_.cluster_token); !auth.ok()) return auth;
   absl::StatusOr<std::shared_ptr<InFlight>> entry = Admit(context, *request);
   if (!entry.ok()) {
     IC_LOG(Info) << "prefill " << request->request_id() << " refused: " << entry.status();
@@ -98,8 +100,9 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const v1::Pre
   return grpc::Status::OK;
 }
 
-grpc::Status PrefillService::Abort(grpc::ServerContext*, const v1::WorkerAbortRequest* request,
+grpc::Status PrefillService::Abort(grpc::ServerContext* context, const v1::WorkerAbortRequest* request,
                                    v1::WorkerAbortResponse* response) {
+  if (grpc::Status auth = CheckCallToken(*context, options_.cluster_token); !auth.ok()) return auth;
   std::lock_guard<std::mutex> lock(mu_);
   auto it = in_flight_.find(request->request_id());
   response->set_found(it != in_flight_.end());
@@ -109,7 +112,9 @@ grpc::Status PrefillService::Abort(grpc::ServerContext*, const v1::WorkerAbortRe
   return grpc::Status::OK;
 }
 
-grpc::Status PrefillService::GetLoad(grpc::ServerContext*, const v1::LoadRequest*, v1::WorkerLoad* response) {
+grpc::Status PrefillService::GetLoad(grpc::ServerContext* context, const v1::LoadRequest*,
+                                     v1::WorkerLoad* response) {
+  if (grpc::Status auth = CheckCallToken(*context, options_.cluster_token); !auth.ok()) return auth;
   *response = Load();
   return grpc::Status::OK;
 }

@@ -27,6 +27,9 @@ struct PrefillServiceOptions {
   // prompt longer than the bound is still admitted when nothing else is queued.
   int64_t max_queued_prompt_tokens = 0;
   PrefillJobOptions job;
+  // Every call (Prefill, Abort, GetLoad) must carry it (common/auth/grpc_token.h); none: not checked.
+  // What makes a prefill worker send KV only where the router said: only the router calls Prefill.
+  ClusterToken cluster_token;
 };
 
 class PrefillService final : public ::indexcache::v1::PrefillWorker::Service, public DrainableService {

@@ -40,10 +40,12 @@ absl::StatusOr<std::unique_ptr<PrefillWorker>> PrefillWorker::Create(const Prefi
   PrefillServiceOptions service;
   service.max_queued_prompt_tokens = options.max_queued_prompt_tokens;
   service.job.connect_timeout = options.handoff_connect_timeout;
-  worker->transports_ = HandoffTransports::WithDefaults();
+  service.cluster_token = options.server.cluster_token;
+  worker->transports_ = HandoffTransports::WithDefaults(options.server.cluster_token);
   if (options.nccl_gpu >= 0) {
     ASSIGN_OR_RETURN(std::unique_ptr<PeerChannelFactory> channels, MakeNcclChannelFactory(options.nccl_gpu));
-    worker->transports_->Add(std::make_unique<NcclHandoffClient>(std::move(channels)));
+    worker->transports_->Add(std::make_unique<NcclHandoffClient>(
+        std::move(channels), NcclHandoffOptions{.token = options.server.cluster_token}));
   }
   service.job.transports = worker->transports_.get();
   worker->service_ = std::make_unique<PrefillService>(*worker->loop_, service, *worker->metrics_);

@@ -6,6 +6,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_format.h"
+#include "common/auth/grpc_token.h"
 #include "common/metrics/metrics_server.h"
 #include "common/model/model_config.h"
 #include "common/model/model_fingerprint.h"
@@ -67,7 +68,7 @@ absl::Status ValidateOptions(const RouterOptions& o) {
     return absl::InvalidArgumentError(
         absl::StrFormat("handoff transport %s is not available", v1::HandoffTransport_Name(o.transport)));
   }
-  return absl::OkStatus();
+  return RequireClusterToken(o.cluster_token, o.insecure_internal_plane, "router");
 }
 
 // The DNS names to watch, prefill ones first.
@@ -157,8 +158,9 @@ class Router::Services {
   class Registration final : public v1::Registry::Service {
    public:
     explicit Registration(Services* s) : s_(s) {}
-    grpc::Status Register(grpc::ServerContext*, const v1::RegisterRequest* request,
+    grpc::Status Register(grpc::ServerContext* context, const v1::RegisterRequest* request,
                           v1::RegisterResponse* response) override {
+      if (grpc::Status auth = CheckCallToken(*context, s_->options_.cluster_token); !auth.ok()) return auth;
       const absl::Status status = s_->registry_->Register(*request);
       if (!status.ok()) {
         IC_LOG(Warning) << status.message();
@@ -167,8 +169,9 @@ class Router::Services {
       response->set_heartbeat_interval_seconds(absl::ToDoubleSeconds(s_->options_.heartbeat_timeout) / 3);
       return grpc::Status::OK;
     }
-    grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* request,
+    grpc::Status Heartbeat(grpc::ServerContext* context, const v1::HeartbeatRequest* request,
                            v1::HeartbeatResponse* response) override {
+      if (grpc::Status auth = CheckCallToken(*context, s_->options_.cluster_token); !auth.ok()) return auth;
       response->set_known(s_->registry_->Heartbeat(request->load()));
       return grpc::Status::OK;
     }
@@ -279,6 +282,7 @@ absl::StatusOr<std::string> Router::Start() {
     registry_options.index_pattern = FormatIndexPattern(pattern);
   }
   registry_options.heartbeat_timeout = options_.heartbeat_timeout;
+  registry_options.cluster_token = options_.cluster_token;
   registry_options.probe_timeout = std::clamp(options_.health_check_interval, absl::Milliseconds(500), absl::Seconds(2));
   // The queue is woken by the registry and places through it: both live as long as the router.
   registry_options.capacity_changed = [this] { admission_->Notify(); };
@@ -313,19 +317,37 @@ absl::StatusOr<std::string> Router::Start() {
   // bind the same port and take half the clients. One port, one router.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.RegisterService(services_->api());
-  builder.RegisterService(services_->registration());
   server_ = builder.BuildAndStart();
   if (server_ == nullptr || port == 0) {
     server_.reset();
     metrics_server_.reset();
     return absl::UnavailableError(absl::StrFormat("the router cannot listen on %s", options_.listen_address));
   }
+  // The Registry on a listener of its own: the public port is the clients', who have no business
+  // registering workers; the internal port is reachable only inside the cluster (the NetworkPolicy)
+  // and every call on it proves the token.
+  grpc::ServerBuilder internal_builder;
+  int internal_port = 0;
+  internal_builder.AddListeningPort(options_.internal_listen_address, grpc::InsecureServerCredentials(),
+                                    &internal_port);
+  internal_builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  internal_builder.RegisterService(services_->registration());
+  internal_server_ = internal_builder.BuildAndStart();
+  if (internal_server_ == nullptr || internal_port == 0) {
+    internal_server_.reset();
+    server_->Shutdown();
+    server_.reset();
+    metrics_server_.reset();
+    return absl::UnavailableError(
+        absl::StrFormat("the router cannot listen on %s (internal)", options_.internal_listen_address));
+  }
+  internal_address_ = DialableAddress(options_.internal_listen_address, internal_port);
   // Health per service name as well as the whole server's (""); Drain's SetServingStatus(false) turns
   // every name NOT_SERVING.
   server_->GetHealthCheckService()->SetServingStatus(true);
-  for (const char* name : {v1::IndexCache::service_full_name(), v1::Registry::service_full_name()}) {
-    server_->GetHealthCheckService()->SetServingStatus(name, true);
-  }
+  server_->GetHealthCheckService()->SetServingStatus(v1::IndexCache::service_full_name(), true);
+  internal_server_->GetHealthCheckService()->SetServingStatus(true);
+  internal_server_->GetHealthCheckService()->SetServingStatus(v1::Registry::service_full_name(), true);
   if (!options_.http_listen_address.empty()) {
     // HTTP requests become calls on this server's own services, so they take the gRPC clients' path.
     openai::OpenAiOptions api_options{options_.model_dir, options_.http_api_key};
@@ -334,6 +356,8 @@ absl::StatusOr<std::string> Router::Start() {
     absl::StatusOr<std::unique_ptr<openai::OpenAiServer>> http =
         api.ok() ? openai::OpenAiServer::Start(options_.http_listen_address, std::move(*api)) : api.status();
     if (!http.ok()) {
+      internal_server_->Shutdown();
+      internal_server_.reset();
       server_->Shutdown();
       server_.reset();
       metrics_server_.reset();
@@ -344,8 +368,9 @@ absl::StatusOr<std::string> Router::Start() {
   prober_ = std::thread(&Router::ProbeLoop, this);
   if (discovery_ != nullptr) discovery_->Start(options_.dns_interval);
   const std::string address = DialableAddress(options_.listen_address, port);
-  IC_LOG(Info) << "router listening on " << address << " (" << options_.prefill_workers.size()
-               << " static prefill and " << options_.decode_workers.size() << " static decode workers, "
+  IC_LOG(Info) << "router listening on " << address << ", internal " << internal_address_ << " ("
+               << options_.prefill_workers.size() << " static prefill and " << options_.decode_workers.size()
+               << " static decode workers, "
                << options_.prefill_dns.size() + options_.decode_dns.size() << " DNS names, "
                << v1::HandoffTransport_Name(options_.transport) << " handoff)";
   return address;
@@ -377,6 +402,7 @@ void Router::Drain(absl::Duration grace) {
   }
   services_->StopAdmitting();
   server_->GetHealthCheckService()->SetServingStatus(false);
+  internal_server_->GetHealthCheckService()->SetServingStatus(false);
   IC_LOG(Info) << "router draining: " << services_->table().in_flight() << " requests in flight";
   const bool emptied = services_->table().WaitUntilEmpty(absl::Now() + grace);
   if (!emptied) {
@@ -387,6 +413,7 @@ void Router::Drain(absl::Duration grace) {
   // Finished requests' handlers may still be returning their status: give them a moment, where
   // cancelling them would turn a complete stream into CANCELLED.
   server_->Shutdown(absl::ToChronoTime(absl::Now() + (emptied ? absl::Seconds(5) : absl::ZeroDuration())));
+  internal_server_->Shutdown(absl::ToChronoTime(absl::Now()));
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;

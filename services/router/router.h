@@ -1,10 +1,12 @@
-// The cluster's front end: serves the public indexcache.v1.IndexCache API (Generate, Abort, ModelInfo),
-// the workers' Registry, and grpc.health.v1 on one port (and, with `http_listen_address`, the
-// OpenAI-compatible HTTP API, which calls those services in process), and dispatches each request to a prefill and a
+// The cluster's front end: serves the public indexcache.v1.IndexCache API (Generate, Abort, ModelInfo)
+// and grpc.health.v1 on its public port (and, with `http_listen_address`, the OpenAI-compatible HTTP
+// API, which calls those services in process); serves the workers' Registry on a separate internal
+// port, where every call must carry the cluster token; and dispatches each request to a prefill and a
 // decode worker (see generate_call.h for a request's path, worker_registry.h for the pool).
 //
 //   Router router(options);
 //   ASSIGN_OR_RETURN(std::string address, router.Start());   // "127.0.0.1:41234"
+//   router.internal_address();                                // what workers' --router names
 //   ...                                                       // SIGTERM:
 //   router.Drain(absl::Seconds(30));                          // refuse new requests, finish the others
 //   router.Wait();
@@ -36,6 +38,13 @@ class OpenAiServer;
 struct RouterOptions {
   // "host:port"; port 0 lets the OS pick one (Start returns the address bound).
   std::string listen_address = "127.0.0.1:0";
+  // "host:port" of the internal plane: the Registry workers register and heartbeat with. Port 0: any
+  // free port (internal_address() says which).
+  std::string internal_listen_address = "127.0.0.1:0";
+  // The internal plane's secret: every Registry call must carry it, every call to a worker does.
+  ClusterToken cluster_token;
+  // Run the internal plane with no token: only by explicit choice, with a warning (RequireClusterToken).
+  bool insecure_internal_plane = false;
   // The served model: config.json (vocabulary, context limit, ModelInfo), tokenizer.json when present
   // (text prompts), and the weights when present (the model fingerprint workers must match; without
   // them the pool takes its fingerprint from the first worker that registers).
@@ -102,6 +111,8 @@ class Router {
   // Requests admitted and not yet handed to a prefill worker / not yet finished.
   int queued_requests() const;
   int in_flight_requests() const;
+  // Where the Registry is served ("host:port", a wildcard host as loopback); empty before Start.
+  std::string internal_address() const { return internal_address_; }
   // Where /metrics is served ("host:port"); empty when off or before Start.
   std::string metrics_address() const;
   // Where the OpenAI-compatible API is served ("host:port"); empty when off or before Start.
@@ -117,7 +128,9 @@ class Router {
   std::unique_ptr<AdmissionQueue> admission_;  // wakes on registry_'s capacity_changed
   std::unique_ptr<DnsDiscovery> discovery_;  // null without DNS names
   std::unique_ptr<Services> services_;
-  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<grpc::Server> server_;           // public: IndexCache, health, reflection
+  std::unique_ptr<grpc::Server> internal_server_;  // internal: Registry, health
+  std::string internal_address_;
   std::unique_ptr<MetricsServer> metrics_server_;  // reads services_ and registry_: destroyed before them
   std::unique_ptr<openai::OpenAiServer> http_server_;  // calls server_ in process: destroyed before it
   std::thread prober_;

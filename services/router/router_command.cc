@@ -20,7 +20,12 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: indexcache-router --model DIR [flags]\n"
-    "  --listen ADDR             host:port to serve on (default 127.0.0.1:0, port 0 = any free port)\n"
+    "  --listen ADDR             host:port of the public API (default 127.0.0.1:0, port 0 = any free port)\n"
+    "  --internal-listen ADDR    host:port of the internal plane, the workers' Registry (default\n"
+    "                            127.0.0.1:0); workers' --router names it\n"
+    "  --cluster-token-file FILE the internal plane's shared secret (first line): required of every\n"
+    "                            Registry call, sent on every call to a worker (`cluster up` makes one)\n"
+    "  --insecure-internal-plane run the internal plane without a token: anyone reaching it is trusted\n"
     "  --model DIR               the served model (config.json, tokenizer.json, weights for the fingerprint)\n"
     "  --prefill ADDR[,ADDR…]    static prefill workers (repeatable); others register themselves\n"
     "  --decode ADDR[,ADDR…]     static decode workers (repeatable)\n"
@@ -78,6 +83,11 @@ absl::StatusOr<RouterOptions> RouterOptionsFromArgs(const cli::Args& args) {
   RouterOptions o;
   ASSIGN_OR_RETURN(o.model_dir, args.Require("model"));
   if (auto listen = args.Get("listen")) o.listen_address = *listen;
+  if (auto internal = args.Get("internal-listen")) o.internal_listen_address = *internal;
+  if (auto token_file = args.Get("cluster-token-file")) {
+    ASSIGN_OR_RETURN(o.cluster_token, ClusterToken::FromFile(*token_file));
+  }
+  o.insecure_internal_plane = args.Has("insecure-internal-plane");
   o.prefill_workers = Addresses(args, "prefill");
   o.decode_workers = Addresses(args, "decode");
   o.prefill_dns = Addresses(args, "prefill-dns");
@@ -121,8 +131,9 @@ int RunRouterCommand(const std::vector<std::string>& argv) {
                                         "prefill-dns",     "decode-dns",      "dns-interval",  "transport",
                                         "index-pattern",   "queue-limit",     "heartbeat-timeout",
                                         "health-interval", "request-timeout", "drain-grace",   "metrics-listen",
-                                        "http-listen",     "api-key-file",    "stall-timeout", "migration-limit"};
-  absl::StatusOr<cli::Args> args = cli::Args::Parse(argv, valued, {"help", "version"});
+                                        "http-listen",     "api-key-file",    "stall-timeout", "migration-limit",
+                                        "internal-listen", "cluster-token-file"};
+  absl::StatusOr<cli::Args> args = cli::Args::Parse(argv, valued, {"help", "version", "insecure-internal-plane"});
   if (args.ok() && args->Has("help")) {
     std::fputs(kUsage, stdout);
     return 0;
@@ -153,6 +164,7 @@ int RunRouterCommand(const std::vector<std::string>& argv) {
     std::printf("metrics %s\n", metrics.c_str());
   }
   if (const std::string http = router.http_address(); !http.empty()) std::printf("http %s\n", http.c_str());
+  std::printf("internal %s\n", router.internal_address().c_str());
   std::printf("listening %s\n", address->c_str());
   std::fflush(stdout);
   WaitForStopSignal(signals);

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/auth/grpc_token.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
 #include "grpcpp/client_context.h"
@@ -29,14 +30,14 @@ const char* RoleName(v1::WorkerRole role) {
   }
 }
 
-std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address) {
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address, const ClusterToken& token) {
   grpc::ChannelArguments args;
   // gRPC's default reconnect backoff grows to 120 s; a worker that restarts should be reachable
   // again by the next health check.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  return InternalChannel(address, token, args);
 }
 
 // GetLoad of a static worker.
@@ -60,10 +61,10 @@ struct WorkerRegistry::Entry {
   WorkerLedger ledger;
 };
 
-WorkerConnection::WorkerConnection(v1::WorkerRole role_in, std::string address_in)
+WorkerConnection::WorkerConnection(v1::WorkerRole role_in, std::string address_in, const ClusterToken& token)
     : role(role_in),
       address(std::move(address_in)),
-      channel(MakeChannel(address)),
+      channel(MakeChannel(address, token)),
       prefill(role == v1::PREFILL ? v1::PrefillWorker::NewStub(channel) : nullptr),
       decode(role == v1::DECODE ? v1::DecodeWorker::NewStub(channel) : nullptr) {}
 
@@ -112,7 +113,7 @@ void WorkerRegistry::AddProbed(v1::WorkerRole role, const std::string& address, 
     return;
   }
   auto entry = std::make_unique<Entry>();
-  entry->connection = std::make_shared<WorkerConnection>(role, address);
+  entry->connection = std::make_shared<WorkerConnection>(role, address, options_.cluster_token);
   entry->info.id = address;
   entry->info.address = address;
   entry->info.role = role;
@@ -205,7 +206,7 @@ absl::Status WorkerRegistry::Enroll(const v1::RegisterRequest& request) {
   if (entry == nullptr) {
     entries_.push_back(std::make_unique<Entry>());
     entry = entries_.back().get();
-    entry->connection = std::make_shared<WorkerConnection>(request.role(), request.address());
+    entry->connection = std::make_shared<WorkerConnection>(request.role(), request.address(), options_.cluster_token);
     entry->info.address = request.address();
     entry->info.role = request.role();
   }

@@ -26,6 +26,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "common/auth/cluster_token.h"
 #include "grpcpp/channel.h"
 #include "indexcache/v1/internal.grpc.pb.h"
 #include "services/router/worker_capacity.h"
@@ -37,7 +38,8 @@ namespace v1 = ::indexcache::v1;
 // A worker's connection. Shared with the requests using it, so a worker leaving the pool does not
 // pull its stubs from under a call in progress.
 struct WorkerConnection {
-  WorkerConnection(v1::WorkerRole role, std::string address);
+  // Every call on the channel carries `token` (the workers refuse calls without it).
+  WorkerConnection(v1::WorkerRole role, std::string address, const ClusterToken& token);
 
   const v1::WorkerRole role;
   const std::string address;
@@ -101,6 +103,7 @@ struct Placement {
 struct RegistryOptions {
   std::string model_fingerprint;  // the pool's model; empty: taken from the registered workers
   std::string index_pattern;      // the pool's pattern; empty: taken from the registered workers
+  ClusterToken cluster_token;     // carried by every call to a worker
   absl::Duration heartbeat_timeout = absl::Seconds(5);
   absl::Duration probe_timeout = absl::Seconds(1);
   // Called (without the registry's lock) whenever a worker may have room it lacked: a load report, a

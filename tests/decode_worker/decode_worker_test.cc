@@ -32,6 +32,13 @@ using ::testing::HasSubstr;
 
 const std::string kModel = std::string(INDEXCACHE_TEST_DATA) + "/goldens/moe_freq2";
 
+// gRPC and TCP handoffs proving the tests' cluster token, as a prefill worker's do.
+const HandoffTransports& TestHandoffs() {
+  static const HandoffTransports* const transports =
+      HandoffTransports::WithDefaults(::indexcache::testing::TestClusterToken()).release();
+  return *transports;
+}
+
 EngineOptions TestEngineOptions() {
   EngineOptions options;
   options.model_dir = kModel;
@@ -39,6 +46,14 @@ EngineOptions TestEngineOptions() {
   options.block_size = 16;
   options.max_batch_tokens = 8;  // prompts prefill in several chunks: rows ship in several pieces
   options.kv_cache_bytes = size_t{8} << 20;
+  return options;
+}
+
+// A worker on TestEngineOptions whose internal plane takes the tests' cluster token.
+DecodeWorkerOptions WorkerOptions() {
+  DecodeWorkerOptions options;
+  options.engine = TestEngineOptions();
+  options.server.cluster_token = ::indexcache::testing::TestClusterToken();
   return options;
 }
 
@@ -186,19 +201,13 @@ class DecodeWorkerTest : public ::testing::TestWithParam<v1::HandoffTransport> {
 
   void SetUp() override { StartWorker(WorkerOptions()); }
 
-  static DecodeWorkerOptions WorkerOptions() {
-    DecodeWorkerOptions options;
-    options.engine = TestEngineOptions();
-    return options;
-  }
-
   void StartWorker(const DecodeWorkerOptions& options) {
     auto worker = DecodeWorker::Create(options);
     ASSERT_TRUE(worker.ok()) << worker.status();
     worker_ = *std::move(worker);
     auto address = worker_->Start();
     ASSERT_TRUE(address.ok()) << address.status();
-    stub_ = v1::DecodeWorker::NewStub(grpc::CreateChannel(*address, grpc::InsecureChannelCredentials()));
+    stub_ = v1::DecodeWorker::NewStub(InternalChannel(*address, ::indexcache::testing::TestClusterToken()));
   }
 
   std::unique_ptr<DecodeCall> StartDecode(const std::string& id, const std::vector<int32_t>& prompt,
@@ -217,7 +226,7 @@ class DecodeWorkerTest : public ::testing::TestWithParam<v1::HandoffTransport> {
 
   // Pushes `chunks`; the decode worker's verdict (a failed Send's status, or Finish's ack).
   absl::Status Push(const std::string& address, const std::vector<v1::HandoffChunk>& chunks) {
-    auto sender = ConnectHandoff(GetParam(), address, absl::Seconds(5));
+    auto sender = TestHandoffs().Connect(GetParam(), address, absl::Seconds(5));
     if (!sender.ok()) return sender.status();
     for (const v1::HandoffChunk& chunk : chunks) {
       if (absl::Status sent = (*sender)->Send(chunk); !sent.ok()) return sent;
@@ -251,6 +260,23 @@ class DecodeWorkerTest : public ::testing::TestWithParam<v1::HandoffTransport> {
 };
 
 Engine* DecodeWorkerTest::prefill_ = nullptr;
+
+// Issue 13: Decode calls that hold KV blocks, Abort of another's request, forged KV pushed — none
+// without the cluster token. Every method of DecodeWorker and KvHandoff is refused, and no block is held.
+TEST_P(DecodeWorkerTest, EveryInternalCallWithoutTheTokenIsUnauthenticated) {
+  const ClusterToken wrong = *ClusterToken::FromSecret(std::string(64, 'e'));
+  for (const ClusterToken& token : {ClusterToken(), wrong}) {
+    for (const char* service : {v1::DecodeWorker::service_full_name(), v1::KvHandoff::service_full_name()}) {
+      const auto statuses = ::indexcache::testing::CallEveryMethod(worker_->address(), service, token);
+      ASSERT_FALSE(statuses.empty()) << service;
+      for (const auto& [method, status] : statuses) {
+        EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << service << "/" << method;
+      }
+    }
+  }
+  const v1::WorkerLoad load = worker_->Load();
+  EXPECT_EQ(load.free_kv_blocks(), load.total_kv_blocks());
+}
 
 TEST_P(DecodeWorkerTest, GoldenPromptDecodesToTransformersGreedyOutput) {
   std::ifstream in(kModel + "/expected.json");
@@ -510,7 +536,7 @@ TEST_P(DecodeWorkerTest, HandoffBrokenMidStreamFreesBlocks) {
   std::unique_ptr<DecodeCall> call = StartDecode("broken", prompt, Greedy(4), absl::Seconds(20));
   ASSERT_TRUE(call->ReadAdmitted());
   const std::vector<v1::HandoffChunk> chunks = PrefillHandoff(*prefill_, "broken", prompt, 4);
-  auto sender = ConnectHandoff(GetParam(), call->admitted.handoff_address(), absl::Seconds(5));
+  auto sender = TestHandoffs().Connect(GetParam(), call->admitted.handoff_address(), absl::Seconds(5));
   ASSERT_TRUE(sender.ok()) << sender.status();
   for (size_t i = 0; i < 4; ++i) ASSERT_TRUE((*sender)->Send(chunks[i]).ok());
   // Let the worker read them: a gRPC cancel discards unread messages, and a stream that dies before
@@ -549,8 +575,7 @@ TEST(DecodeWorkerRegistration, RegistersHeartbeatsAndRegistersAgainWhenForgotten
   std::unique_ptr<grpc::Server> router = ServeOnLoopback(&registry, &router_address);
   ASSERT_NE(router, nullptr);
 
-  DecodeWorkerOptions options;
-  options.engine = TestEngineOptions();
+  DecodeWorkerOptions options = WorkerOptions();
   options.server.router_address = router_address;
   options.server.worker_id = "decode-under-test";
   options.server.heartbeat_interval = absl::Milliseconds(20);
@@ -585,8 +610,7 @@ TEST(DecodeWorkerTcpAdvertise, PrefillWorkersAndTheRouterAreToldTheAdvertisedAdd
   FakeRouter registry;
   std::string router_address;
   std::unique_ptr<grpc::Server> router = ServeOnLoopback(&registry, &router_address);
-  DecodeWorkerOptions options;
-  options.engine = TestEngineOptions();
+  DecodeWorkerOptions options = WorkerOptions();
   options.server.router_address = router_address;
   options.tcp_listen_address = "0.0.0.0:0";
   options.tcp_advertise_address = "192.0.2.10:50054";  // as a pod IP behind NAT would be
@@ -596,7 +620,7 @@ TEST(DecodeWorkerTcpAdvertise, PrefillWorkersAndTheRouterAreToldTheAdvertisedAdd
   ASSERT_TRUE(address.ok()) << address.status();
   EXPECT_EQ((*worker)->tcp_address(), "192.0.2.10:50054");
 
-  auto stub = v1::DecodeWorker::NewStub(grpc::CreateChannel(*address, grpc::InsecureChannelCredentials()));
+  auto stub = v1::DecodeWorker::NewStub(InternalChannel(*address, ::indexcache::testing::TestClusterToken()));
   grpc::ClientContext context;
   v1::DecodeRequest request;
   request.set_request_id("advertised");
@@ -619,19 +643,16 @@ TEST(DecodeWorkerTcpAdvertise, PrefillWorkersAndTheRouterAreToldTheAdvertisedAdd
 
 TEST(DecodeWorkerTcpAdvertise, AnAddressPrefillWorkersCannotDialIsRefused) {
   for (const std::string bad : {"decode-0.example:50054", "10.0.0.5", "10.0.0.5:0", "[fd00::5:50054"}) {
-    DecodeWorkerOptions options;
-    options.engine = TestEngineOptions();
+    DecodeWorkerOptions options = WorkerOptions();
     options.tcp_advertise_address = bad;
     auto worker = DecodeWorker::Create(options);
     EXPECT_EQ(worker.status().code(), absl::StatusCode::kInvalidArgument) << bad;
     EXPECT_THAT(worker.status().message(), HasSubstr("--tcp-advertise")) << bad;
   }
-  DecodeWorkerOptions ipv6;
-  ipv6.engine = TestEngineOptions();
+  DecodeWorkerOptions ipv6 = WorkerOptions();
   ipv6.tcp_advertise_address = "[fd00::5]:50054";
   EXPECT_TRUE(DecodeWorker::Create(ipv6).ok());
-  DecodeWorkerOptions no_data_plane;
-  no_data_plane.engine = TestEngineOptions();
+  DecodeWorkerOptions no_data_plane = WorkerOptions();
   no_data_plane.tcp_listen_address.clear();
   no_data_plane.tcp_advertise_address = "10.0.0.5:50054";
   auto worker = DecodeWorker::Create(no_data_plane);

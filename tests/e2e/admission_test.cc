@@ -49,16 +49,16 @@ class AdmissionTest : public testing::Test {
 
   std::unique_ptr<cli::ChildProcess> StartWorker(const std::string& role, const std::vector<std::string>& flags,
                                                  std::string* address = nullptr) {
-    std::vector<std::string> argv = {kBinary, role + "-worker", "--listen", "127.0.0.1:0", "--router", router_address_,
-                                     "--worker-id", role, "--model", kTinyModel, "--threads", "1", "--block-size",
-                                     "16", "--max-batch-tokens", "64"};
+    std::vector<std::string> argv = {kBinary, role + "-worker", "--listen", "127.0.0.1:0", "--router",
+                                     e2e::InternalAddress(*router_), "--worker-id", role, "--model", kTinyModel,
+                                     "--threads", "1", "--block-size", "16", "--max-batch-tokens", "64"};
     argv.insert(argv.end(), flags.begin(), flags.end());
     std::string ignored;
     return StartService(role, argv, address != nullptr ? address : &ignored);
   }
 
   v1::WorkerLoad DecodeLoad() {
-    auto stub = v1::DecodeWorker::NewStub(grpc::CreateChannel(decode_address_, grpc::InsecureChannelCredentials()));
+    auto stub = v1::DecodeWorker::NewStub(e2e::WorkerChannel(decode_address_));
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
     v1::WorkerLoad load;

@@ -50,7 +50,7 @@ TEST(ClientCliTest, StreamedOutputIsTheAnswersTextAndNoTokenIds) {
   for (const std::string role : {"prefill", "decode"}) {
     std::string address;
     workers.push_back(StartService(role, {kBinary, role + "-worker", "--listen", "127.0.0.1:0", "--router",
-                                          router_address, "--model", kTextModel, "--threads", "1",
+                                          e2e::InternalAddress(*router), "--model", kTextModel, "--threads", "1",
                                           "--index-freq", "2"},
                                    &address));
     ASSERT_NE(workers.back(), nullptr);

@@ -54,8 +54,9 @@ class ClusterTest : public testing::TestWithParam<ClusterParam> {
     for (const std::string role : {"prefill", "decode", "decode"}) {
       const std::string name = role + std::to_string(workers_.size());
       std::vector<std::string> argv = {kBinary, role + "-worker", "--listen", "127.0.0.1:0", "--router",
-                                       router_address_, "--worker-id", name, "--model", kModel, "--threads", "1",
-                                       "--kv-cache-mb", "8", "--block-size", "16", "--max-batch-tokens", "16"};
+                                       e2e::InternalAddress(*router_), "--worker-id", name, "--model", kModel,
+                                       "--threads", "1", "--kv-cache-mb", "8", "--block-size", "16",
+                                       "--max-batch-tokens", "16"};
       argv.insert(argv.end(), pattern_flag.begin(), pattern_flag.end());
       std::string address;
       workers_.push_back(StartService(name, argv, &address));
@@ -86,8 +87,7 @@ class ClusterTest : public testing::TestWithParam<ClusterParam> {
       bool all_free = true;
       for (size_t i = 1; i < worker_addresses_.size(); ++i) {
         if (workers_[i]->Exited()) continue;
-        auto stub = v1::DecodeWorker::NewStub(
-            grpc::CreateChannel(worker_addresses_[i], grpc::InsecureChannelCredentials()));
+        auto stub = v1::DecodeWorker::NewStub(e2e::WorkerChannel(worker_addresses_[i]));
         grpc::ClientContext ctx;
         ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
         v1::WorkerLoad load;
@@ -177,7 +177,7 @@ TEST_P(ClusterTest, AKilledDecodeWorkersStreamsMigrateToTheSurvivorUnchanged) {
   }
   // The victim: the decode worker running more of the streams (workers_[1] is decode1, [2] decode2).
   auto running = [&](size_t i) {
-    auto stub = v1::DecodeWorker::NewStub(grpc::CreateChannel(worker_addresses_[i], grpc::InsecureChannelCredentials()));
+    auto stub = v1::DecodeWorker::NewStub(e2e::WorkerChannel(worker_addresses_[i]));
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
     v1::WorkerLoad load;

@@ -1,7 +1,9 @@
 // What the whole-cluster tests share: the model they serve (the moe_freq2 golden: MoE, Shared layers,
 // transformers' greedy continuation known), the `indexcache` binary whose services they start (as
 // child processes, StartService), the wait for the router's pool, and the greedy request they send
-// through the C++ SDK.
+// through the C++ SDK. Every service runs its internal plane authenticated, as in production: each
+// gets the process's cluster token file, workers register at the router's internal address, and a
+// test calling a worker directly uses WorkerChannel, which carries the token.
 #pragma once
 
 #include <fstream>
@@ -12,11 +14,14 @@
 #include <memory>
 
 #include "absl/time/clock.h"
+#include "common/auth/grpc_token.h"
 #include "common/engine/engine.h"
+#include "common/util/status_macros.h"
 #include "gtest/gtest.h"
 #include "indexcache/client.h"
 #include "nlohmann/json.hpp"
 #include "tools/indexcache/child_process.h"
+#include "tools/indexcache/run_directory.h"
 
 namespace indexcache::e2e {
 
@@ -67,10 +72,47 @@ inline std::vector<int32_t> EngineGreedy(const std::vector<int32_t>& prompt, int
   return tokens;
 }
 
-// Starts one service of the `indexcache` binary and waits for its "listening" line; null (and a
-// failure recorded) when it does not come up. `address` receives where it listens.
-inline std::unique_ptr<cli::ChildProcess> StartService(const std::string& name, const std::vector<std::string>& argv,
+// The cluster token of every service a test starts, fresh for each test process as `cluster up` makes
+// one, in a file of a run directory that lives (and is removed) with the process.
+struct TestClusterToken {
+  std::unique_ptr<cli::RunDirectory> directory;
+  std::string file;
+  ClusterToken token;
+};
+
+// The process's token, made at the first call; a test that finds none made fails.
+inline const TestClusterToken& ProcessClusterToken() {
+  static const absl::StatusOr<TestClusterToken> made = []() -> absl::StatusOr<TestClusterToken> {
+    TestClusterToken token;
+    ASSIGN_OR_RETURN(token.directory, cli::RunDirectory::Create());
+    ASSIGN_OR_RETURN(const std::string secret, ClusterToken::GenerateSecret());
+    ASSIGN_OR_RETURN(token.file, token.directory->WriteClusterToken(secret));
+    ASSIGN_OR_RETURN(token.token, ClusterToken::FromSecret(secret));
+    return token;
+  }();
+  static const TestClusterToken none;
+  EXPECT_TRUE(made.ok()) << made.status();
+  return made.ok() ? *made : none;
+}
+
+// `--cluster-token-file FILE` naming the process's token.
+inline std::vector<std::string> ClusterTokenFlags() { return {"--cluster-token-file", ProcessClusterToken().file}; }
+
+// A channel to a worker's gRPC port whose calls carry the process's token.
+inline std::shared_ptr<grpc::Channel> WorkerChannel(const std::string& address) {
+  return InternalChannel(address, ProcessClusterToken().token);
+}
+
+// What a worker's --router names: the internal address a router started by StartService announced.
+inline std::string InternalAddress(const cli::ChildProcess& router) { return router.Announced("internal"); }
+
+// Starts one service of the `indexcache` binary with the process's cluster token (ClusterTokenFlags) and
+// waits for its "listening" line; null (and a failure recorded) when it does not come up. `address`
+// receives where it listens.
+inline std::unique_ptr<cli::ChildProcess> StartService(const std::string& name, std::vector<std::string> argv,
                                                        std::string* address) {
+  const std::vector<std::string> token = ClusterTokenFlags();
+  argv.insert(argv.end(), token.begin(), token.end());
   auto child = cli::ChildProcess::Spawn(name, argv);
   EXPECT_TRUE(child.ok()) << child.status();
   if (!child.ok()) return nullptr;

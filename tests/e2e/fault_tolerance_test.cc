@@ -163,7 +163,7 @@ absl::Duration Recovery(const std::vector<StreamRecord>& records, absl::Time fau
 }
 
 absl::StatusOr<v1::WorkerLoad> GetLoad(const std::string& address, bool decode) {
-  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  auto channel = e2e::WorkerChannel(address);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   v1::WorkerLoad load;
@@ -218,8 +218,8 @@ class FaultToleranceTest : public ::testing::Test {
   bool StartWorker(const std::string& name) {
     const std::string role = IsDecode(name) ? "decode" : "prefill";
     workers_[name] = StartService(name,
-                                  {kBinary, role + "-worker", "--listen", "127.0.0.1:0", "--router", router_address_,
-                                   "--worker-id", name, "--model", kModel, "--threads", "1", "--kv-cache-mb", "16",
+                                  {kBinary, role + "-worker", "--listen", "127.0.0.1:0", "--router",
+                                   e2e::InternalAddress(*router_), "--worker-id", name, "--model", kModel, "--threads", "1", "--kv-cache-mb", "16",
                                    "--block-size", "16", "--max-batch-tokens", "64", "--drain-grace", kDrainGrace},
                                   &addresses_[name]);
     return workers_[name] != nullptr;

@@ -14,6 +14,7 @@
 #include "nlohmann/json.hpp"
 #include "services/decode_worker/decode_worker.h"
 #include "services/prefill_worker/prefill_worker.h"
+#include "tests/e2e/e2e_common.h"
 
 namespace indexcache {
 namespace {
@@ -36,21 +37,23 @@ class PrefillDecodeTest : public ::testing::TestWithParam<v1::HandoffTransport> 
   void SetUp() override {
     DecodeWorkerOptions decode;
     decode.engine = TestEngineOptions();
+    decode.server.cluster_token = e2e::ProcessClusterToken().token;
     auto decode_worker = DecodeWorker::Create(decode);
     ASSERT_TRUE(decode_worker.ok()) << decode_worker.status();
     decode_worker_ = *std::move(decode_worker);
     auto decode_address = decode_worker_->Start();
     ASSERT_TRUE(decode_address.ok()) << decode_address.status();
-    decode_ = v1::DecodeWorker::NewStub(grpc::CreateChannel(*decode_address, grpc::InsecureChannelCredentials()));
+    decode_ = v1::DecodeWorker::NewStub(e2e::WorkerChannel(*decode_address));
 
     PrefillWorkerOptions prefill;
     prefill.engine = TestEngineOptions();
+    prefill.server.cluster_token = e2e::ProcessClusterToken().token;
     auto prefill_worker = PrefillWorker::Create(prefill);
     ASSERT_TRUE(prefill_worker.ok()) << prefill_worker.status();
     prefill_worker_ = *std::move(prefill_worker);
     auto prefill_address = prefill_worker_->Start();
     ASSERT_TRUE(prefill_address.ok()) << prefill_address.status();
-    prefill_ = v1::PrefillWorker::NewStub(grpc::CreateChannel(*prefill_address, grpc::InsecureChannelCredentials()));
+    prefill_ = v1::PrefillWorker::NewStub(e2e::WorkerChannel(*prefill_address));
   }
 
   std::unique_ptr<PrefillWorker> prefill_worker_;

@@ -59,9 +59,9 @@ class StallTest : public ::testing::Test {
   std::string StartWorker(const std::string& role, const std::string& name) {
     std::string address;
     workers_[name] = StartService(name,
-                                  {kBinary, role + "-worker", "--listen", "127.0.0.1:0", "--router", router_address_,
-                                   "--worker-id", name, "--model", kModel, "--threads", "1", "--kv-cache-mb", "8",
-                                   "--block-size", "16", "--max-batch-tokens", "16"},
+                                  {kBinary, role + "-worker", "--listen", "127.0.0.1:0", "--router",
+                                   e2e::InternalAddress(*router_), "--worker-id", name, "--model", kModel, "--threads",
+                                   "1", "--kv-cache-mb", "8", "--block-size", "16", "--max-batch-tokens", "16"},
                                   &address);
     EXPECT_NE(workers_[name], nullptr);
     return address;
@@ -75,7 +75,7 @@ class StallTest : public ::testing::Test {
 
 // Blocks of `decode` in use, or -1 when it does not answer.
 int UsedBlocks(const std::string& decode) {
-  auto stub = v1::DecodeWorker::NewStub(grpc::CreateChannel(decode, grpc::InsecureChannelCredentials()));
+  auto stub = v1::DecodeWorker::NewStub(e2e::WorkerChannel(decode));
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   v1::WorkerLoad load;

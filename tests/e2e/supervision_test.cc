@@ -215,7 +215,11 @@ TEST(OnePortOneServer, ASecondRouterOnTheSamePortFailsToStart) {
   std::string address;
   auto first = StartService("router", {kBinary, "router", "--listen", "127.0.0.1:0", "--model", kModel}, &address);
   ASSERT_NE(first, nullptr);
-  auto second = cli::ChildProcess::Spawn("second router", {kBinary, "router", "--listen", address, "--model", kModel});
+  // With the token, so that it gets as far as binding the port.
+  std::vector<std::string> argv = {kBinary, "router", "--listen", address, "--model", kModel};
+  const std::vector<std::string> token = e2e::ClusterTokenFlags();
+  argv.insert(argv.end(), token.begin(), token.end());
+  auto second = cli::ChildProcess::Spawn("second router", argv);
   ASSERT_TRUE(second.ok()) << second.status();
   auto listening = (*second)->WaitListening(absl::Seconds(60));
   EXPECT_FALSE(listening.ok()) << "a second router bound " << address;

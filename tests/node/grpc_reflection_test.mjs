@@ -53,8 +53,11 @@ function reflect(address, request) {
   }).finally(() => client.close());
 }
 
+// By the names `cluster up` prints: "internal" is the router's internal port, the workers' Registry,
+// which its public port does not serve.
 const expectedServices = {
-  router: ['indexcache.v1.IndexCache', 'indexcache.v1.Registry'],
+  router: ['indexcache.v1.IndexCache'],
+  internal: ['indexcache.v1.Registry'],
   'prefill-0': ['indexcache.v1.PrefillWorker'],
   'decode-0': ['indexcache.v1.DecodeWorker', 'indexcache.v1.KvHandoff'],
 };

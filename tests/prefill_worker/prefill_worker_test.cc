@@ -24,6 +24,7 @@
 #include "services/common/worker_server.h"
 #include "services/prefill_worker/prefill_service.h"
 #include "tests/prefill_worker/test_peers.h"
+#include "tests/service_common/worker_peers.h"
 
 namespace indexcache {
 namespace {
@@ -206,6 +207,7 @@ class PrefillWorkerTest : public ::testing::Test {
   static PrefillWorkerOptions Options() {
     PrefillWorkerOptions o;
     o.engine = TestEngineOptions();
+    o.server.cluster_token = ::indexcache::testing::TestClusterToken();
     return o;
   }
 
@@ -215,7 +217,7 @@ class PrefillWorkerTest : public ::testing::Test {
     worker_ = *std::move(worker);
     auto address = worker_->Start();
     ASSERT_TRUE(address.ok()) << address.status();
-    stub_ = v1::PrefillWorker::NewStub(grpc::CreateChannel(*address, grpc::InsecureChannelCredentials()));
+    stub_ = v1::PrefillWorker::NewStub(InternalChannel(*address, ::indexcache::testing::TestClusterToken()));
   }
 
   v1::PrefillRequest Request(const std::string& id, const std::vector<int32_t>& prompt) {
@@ -268,6 +270,29 @@ class PrefillWorkerTest : public ::testing::Test {
   std::unique_ptr<v1::PrefillWorker::Stub> stub_;
 };
 
+// Issue 13: a direct Prefill with any handoff_address made the worker send a prompt's KV there. With
+// the internal plane authenticated only the router calls Prefill: without the token every method of
+// PrefillWorker is refused, so KV goes only where the router said.
+TEST_F(PrefillWorkerTest, EveryInternalCallWithoutTheTokenIsUnauthenticated) {
+  StartWorker();
+  const ClusterToken wrong = *ClusterToken::FromSecret(std::string(64, 'e'));
+  for (const ClusterToken& token : {ClusterToken(), wrong}) {
+    const auto statuses =
+        ::indexcache::testing::CallEveryMethod(worker_->address(), v1::PrefillWorker::service_full_name(), token);
+    ASSERT_FALSE(statuses.empty());
+    for (const auto& [method, status] : statuses) {
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << method;
+    }
+  }
+}
+
+TEST(PrefillWorkerAuthTest, AWorkerWithoutATokenStartsOnlyWhenToldToBeInsecure) {
+  PrefillWorkerOptions options;
+  EXPECT_EQ(ValidateWorkerServerOptions(options.server).code(), absl::StatusCode::kInvalidArgument);
+  options.server.insecure_internal_plane = true;
+  EXPECT_TRUE(ValidateWorkerServerOptions(options.server).ok());
+}
+
 TEST_F(PrefillWorkerTest, HandsOffWhatTheInProcessEngineComputes) {
   StartWorker();
   const std::vector<int32_t> prompt = Prompt(45);
@@ -293,7 +318,8 @@ TEST_F(PrefillWorkerTest, HandsOffWhatTheInProcessEngineComputes) {
 TEST_F(PrefillWorkerTest, HandsOffOverTheTcpDataPlane) {
   StartWorker();
   RecordingSink sink;
-  auto tcp = TcpHandoffServer::Start("127.0.0.1", 0, &sink);
+  // A decode worker's data plane: it challenges the prefill worker for the cluster token.
+  auto tcp = TcpHandoffServer::Start("127.0.0.1", 0, &sink, {.token = ::indexcache::testing::TestClusterToken()});
   ASSERT_TRUE(tcp.ok()) << tcp.status();
   const std::vector<int32_t> prompt = Prompt(37, 1);
   v1::PrefillRequest request = Request("tcp-1", prompt);
@@ -543,7 +569,7 @@ TEST(PrefillWorkerLivenessTest, HeartbeatsAndGetLoadAnswerWhileTheEngineLoopIsHe
   held.get_future().wait();
   const size_t beats = router.heartbeats().size();
   const bool beats_went_on = router.WaitFor(1, beats + 3);
-  auto stub = v1::PrefillWorker::NewStub(grpc::CreateChannel(*address, grpc::InsecureChannelCredentials()));
+  auto stub = v1::PrefillWorker::NewStub(InternalChannel(*address, ::indexcache::testing::TestClusterToken()));
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
   v1::WorkerLoad load;

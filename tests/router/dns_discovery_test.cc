@@ -195,6 +195,7 @@ TEST(RouterDnsTest, ARouterFindsAWorkerByName) {
   const std::string port = worker.address().substr(worker.address().rfind(':') + 1);
   RouterOptions options;
   options.model_dir = kModelDir;
+  options.cluster_token = ::indexcache::testing::TestClusterToken();
   options.decode_dns = {"localhost:" + port};
   options.dns_interval = absl::Milliseconds(50);
   Router router(options);
@@ -212,6 +213,7 @@ TEST(RouterDnsTest, ARouterFindsAWorkerByName) {
 TEST(RouterDnsTest, RefusesAMalformedName) {
   RouterOptions options;
   options.model_dir = kModelDir;
+  options.cluster_token = ::indexcache::testing::TestClusterToken();
   options.prefill_dns = {"prefill.svc"};
   Router router(options);
   auto address = router.Start();

@@ -18,6 +18,7 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "indexcache/v1/internal.grpc.pb.h"
+#include "tests/cluster_token_for_tests.h"
 
 namespace indexcache::testing {
 

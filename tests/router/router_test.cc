@@ -38,6 +38,7 @@ RouterOptions OptionsFor(const std::vector<const FakePrefillWorker*>& prefill,
                          const std::vector<const FakeDecodeWorker*>& decode) {
   RouterOptions o;
   o.model_dir = kModelDir;
+  o.cluster_token = ::indexcache::testing::TestClusterToken();
   for (const auto* p : prefill) o.prefill_workers.push_back(p->address());
   for (const auto* d : decode) o.decode_workers.push_back(d->address());
   o.health_check_interval = absl::Milliseconds(100);
@@ -805,6 +806,7 @@ TEST(RouterTest, DeadWorkerLeavesThePoolAndRequestsGoToTheSurvivor) {
 TEST(RouterTest, NoWorkersMeansUnavailable) {
   RouterOptions options;
   options.model_dir = kModelDir;
+  options.cluster_token = ::indexcache::testing::TestClusterToken();
   Router router(options);
   auto address = router.Start();
   ASSERT_TRUE(address.ok()) << address.status();

@@ -1,12 +1,14 @@
 // Workers registering with the router: heartbeats, timeouts, and the pool's model identity.
 #include <thread>
 
+#include "common/auth/grpc_token.h"
 #include "common/model/model_fingerprint.h"
 #include "common/safetensors/weight_store.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "services/router/router.h"
 #include "tests/router/fake_workers.h"
+#include "tests/service_common/worker_peers.h"
 
 namespace indexcache {
 namespace {
@@ -28,8 +30,10 @@ std::string BundledFingerprint() {
 
 class RegistryClient {
  public:
-  explicit RegistryClient(const std::string& router)
-      : stub_(v1::Registry::NewStub(grpc::CreateChannel(router, grpc::InsecureChannelCredentials()))) {}
+  // `router` is the router's internal address; calls carry `token` (the tests' own by default).
+  explicit RegistryClient(const std::string& router,
+                          const ClusterToken& token = ::indexcache::testing::TestClusterToken())
+      : stub_(v1::Registry::NewStub(InternalChannel(router, token))) {}
 
   grpc::Status Register(const FakeDecodeWorker& worker, const std::string& fingerprint, const std::string& pattern,
                         v1::RegisterResponse* response = nullptr) {
@@ -67,6 +71,7 @@ bool InPool(const Router& router, const std::string& id) {
 RouterOptions Options() {
   RouterOptions o;
   o.model_dir = kModelDir;
+  o.cluster_token = ::indexcache::testing::TestClusterToken();
   o.heartbeat_timeout = absl::Milliseconds(600);
   o.health_check_interval = absl::Milliseconds(50);
   return o;
@@ -77,7 +82,7 @@ TEST(WorkerRegistryTest, HeartbeatsKeepAWorkerSilenceRemovesItRegisteringBringsI
   Router router(Options());
   auto address = router.Start();
   ASSERT_TRUE(address.ok()) << address.status();
-  RegistryClient registry(*address);
+  RegistryClient registry(router.internal_address());
   const std::string pattern = "FSSFSSFS";
 
   v1::RegisterResponse response;
@@ -112,7 +117,7 @@ TEST(WorkerRegistryTest, AWorkerFailingHealthChecksLeavesThePool) {
   Router router(options);
   auto address = router.Start();
   ASSERT_TRUE(address.ok()) << address.status();
-  RegistryClient registry(*address);
+  RegistryClient registry(router.internal_address());
   ASSERT_TRUE(registry.Register(worker, BundledFingerprint(), "FSSFSSFS").ok());
   ASSERT_TRUE(InPool(router, "reg-d1"));
   worker.Kill();
@@ -125,7 +130,7 @@ TEST(WorkerRegistryTest, RefusesAWorkerOfAnotherModelOrPattern) {
   Router router(Options());
   auto address = router.Start();
   ASSERT_TRUE(address.ok()) << address.status();
-  RegistryClient registry(*address);
+  RegistryClient registry(router.internal_address());
   const std::string fingerprint = BundledFingerprint();
 
   // The router computed the bundled model's fingerprint itself.
@@ -150,7 +155,7 @@ TEST(WorkerRegistryTest, RefusesAWorkerOfAnotherModelOrPattern) {
     request.set_address("127.0.0.1:1");
     grpc::ClientContext context;
     v1::RegisterResponse response;
-    return v1::Registry::NewStub(grpc::CreateChannel(*address, grpc::InsecureChannelCredentials()))
+    return v1::Registry::NewStub(InternalChannel(router.internal_address(), ::indexcache::testing::TestClusterToken()))
         ->Register(&context, request, &response);
   }();
   EXPECT_EQ(no_role.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
@@ -163,10 +168,85 @@ TEST(WorkerRegistryTest, TheRoutersPatternOptionIsEnforcedFromTheStart) {
   Router router(options);
   auto address = router.Start();
   ASSERT_TRUE(address.ok()) << address.status();
-  RegistryClient registry(*address);
+  RegistryClient registry(router.internal_address());
   EXPECT_EQ(registry.Register(worker, BundledFingerprint(), "FSSFSSFS").error_code(),
             grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_TRUE(registry.Register(worker, BundledFingerprint(), "FSFSFSFS").ok());
+}
+
+// Issue 13's attacks on the Registry: a rogue worker registering, or a forged Heartbeat{draining}
+// emptying the pool. Each must be refused, and the pool left as it was.
+TEST(WorkerRegistryAuthTest, TheRegistryIsNotOnThePublicPort) {
+  FakeDecodeWorker rogue({.worker_id = "rogue"});
+  Router router(Options());
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+  ASSERT_NE(router.internal_address(), *address);
+  // Even with the token: the public port serves no Registry.
+  RegistryClient on_public_port(*address);
+  EXPECT_EQ(on_public_port.Register(rogue, BundledFingerprint(), "FSSFSSFS").error_code(),
+            grpc::StatusCode::UNIMPLEMENTED);
+  EXPECT_FALSE(InPool(router, "rogue"));
+}
+
+TEST(WorkerRegistryAuthTest, RegistrationAndHeartbeatsWithoutTheTokenAreUnauthenticated) {
+  FakeDecodeWorker worker({.worker_id = "honest"});
+  FakeDecodeWorker rogue({.worker_id = "rogue"});
+  Router router(Options());
+  ASSERT_TRUE(router.Start().ok());
+  RegistryClient honest(router.internal_address());
+  ASSERT_TRUE(honest.Register(worker, BundledFingerprint(), "FSSFSSFS").ok());
+  ASSERT_TRUE(WaitFor([&] { return InPool(router, "honest"); }));
+
+  const ClusterToken wrong = *ClusterToken::FromSecret(std::string(64, 'f'));
+  for (const ClusterToken& token : {ClusterToken(), wrong}) {
+    RegistryClient attacker(router.internal_address(), token);
+    const grpc::Status registered = attacker.Register(rogue, BundledFingerprint(), "FSSFSSFS");
+    EXPECT_EQ(registered.error_code(), grpc::StatusCode::UNAUTHENTICATED) << registered.error_message();
+    // Registering under the honest worker's id changes nothing either.
+    EXPECT_EQ(attacker.Register(worker, BundledFingerprint(), "FSSFSSFS").error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+    // A forged Heartbeat{draining} for the honest worker.
+    grpc::ClientContext context;
+    v1::HeartbeatRequest request;
+    *request.mutable_load() = worker.Load();
+    request.mutable_load()->set_draining(true);
+    v1::HeartbeatResponse response;
+    EXPECT_EQ(v1::Registry::NewStub(InternalChannel(router.internal_address(), token))
+                  ->Heartbeat(&context, request, &response)
+                  .error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+  }
+  EXPECT_FALSE(InPool(router, "rogue"));
+  EXPECT_TRUE(InPool(router, "honest"));
+}
+
+// Every method internal.proto declares for the Registry, so a method added without its
+// CheckCallToken fails here.
+TEST(WorkerRegistryAuthTest, EveryRegistryMethodWithoutTheTokenIsUnauthenticated) {
+  Router router(Options());
+  ASSERT_TRUE(router.Start().ok());
+  const ClusterToken wrong = *ClusterToken::FromSecret(std::string(64, 'f'));
+  for (const ClusterToken& token : {ClusterToken(), wrong}) {
+    const auto statuses = ::indexcache::testing::CallEveryMethod(router.internal_address(),
+                                                                 v1::Registry::service_full_name(), token);
+    ASSERT_FALSE(statuses.empty());
+    for (const auto& [method, status] : statuses) {
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << method;
+    }
+  }
+}
+
+TEST(WorkerRegistryAuthTest, ARouterWithoutATokenStartsOnlyWhenToldToBeInsecure) {
+  RouterOptions options = Options();
+  options.cluster_token = ClusterToken();
+  Router refused(options);
+  const absl::StatusOr<std::string> address = refused.Start();
+  EXPECT_EQ(address.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(address.status().message(), HasSubstr("--cluster-token-file"));
+  options.insecure_internal_plane = true;
+  Router insecure(options);
+  EXPECT_TRUE(insecure.Start().ok());
 }
 
 }  // namespace

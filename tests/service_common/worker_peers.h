@@ -14,7 +14,10 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/auth/grpc_token.h"
+#include "google/protobuf/descriptor.h"
 #include "indexcache/v1/internal.grpc.pb.h"
+#include "tests/cluster_token_for_tests.h"
 
 namespace indexcache::testing {
 
@@ -52,6 +55,32 @@ inline int HealthStatus(const std::string& address, const std::string& service =
   std::string reply;
   for (const grpc::Slice& s : slices) reply.append(reinterpret_cast<const char*>(s.begin()), s.size());
   return reply.size() == 2 && reply[0] == 0x08 ? reply[1] : -1;
+}
+
+// Calls every method internal.proto declares for `service` ("indexcache.v1.DecodeWorker") at
+// `address`, with one empty request and `token` (none, or a wrong one), and returns each method's
+// status by name: a method added without its CheckCallToken shows up here as not UNAUTHENTICATED.
+// (A single message and a half-close is a valid call of a streaming method too, on the wire.)
+inline std::vector<std::pair<std::string, grpc::Status>> CallEveryMethod(const std::string& address,
+                                                                         const std::string& service,
+                                                                         const ClusterToken& token) {
+  std::vector<std::pair<std::string, grpc::Status>> statuses;
+  const google::protobuf::ServiceDescriptor* descriptor =
+      google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(service);
+  if (descriptor == nullptr) return statuses;
+  grpc::GenericStub stub(InternalChannel(address, token));
+  for (int i = 0; i < descriptor->method_count(); ++i) {
+    const std::string method = absl::StrCat("/", service, "/", descriptor->method(i)->name());
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    grpc::Slice empty("");
+    grpc::ByteBuffer request(&empty, 1), response;
+    std::promise<grpc::Status> done;
+    stub.UnaryCall(&context, method, grpc::StubOptions(), &request, &response,
+                   [&](grpc::Status s) { done.set_value(std::move(s)); });
+    statuses.emplace_back(descriptor->method(i)->name(), done.get_future().get());
+  }
+  return statuses;
 }
 
 // A router's Registry that records every registration and heartbeat.

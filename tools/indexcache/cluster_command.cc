@@ -1,5 +1,6 @@
 // `indexcache cluster up`: a router and N prefill + M decode workers on loopback, each a child process
-// running this same binary's service subcommand. Prints every service's address, then
+// running this same binary's service subcommand. Prints every service's address (the router's
+// internal one, where workers register, as `internal ADDR`), then
 // `ready <router address>` once the router's pool holds every worker (with --metrics-port-base, a
 // `metrics NAME ADDR` line per service first; with --http-port, `http ADDR` after the router's line,
 // the OpenAI-compatible API's address); SIGINT/SIGTERM drain and stop
@@ -8,6 +9,11 @@
 // it), and after kMaxRestarts deaths in a row, or when the router dies (the workers know only its
 // address), `cluster up` stops everything and exits with an error. Children die with it
 // (child_process.h), so a `kill -9` leaves no orphan serving.
+//
+// The internal plane is authenticated out of the box: a fresh cluster token (ClusterToken::
+// GenerateSecret) is written to a 0600 file in a 0700 run directory of its own (run_directory.h),
+// removed on exit; every child gets --cluster-token-file, the workers register at the router's
+// internal address, and `token FILE` is printed first, for tools that call workers directly.
 #include <signal.h>
 #include <unistd.h>
 
@@ -17,6 +23,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/auth/cluster_token.h"
 #include "common/model/model_config.h"
 #include "common/util/status_macros.h"
 #include "common/util/stop_signals.h"
@@ -24,6 +31,7 @@
 #include "tools/indexcache/child_process.h"
 #include "tools/indexcache/args.h"
 #include "tools/indexcache/commands.h"
+#include "tools/indexcache/run_directory.h"
 
 namespace indexcache::cli {
 namespace {
@@ -247,10 +255,15 @@ absl::Status ClusterUp(const Args& args) {
   // The workers inherit it: NVLink multicast stays off for any NCCL they run (shared GPU hosts).
   setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/1);
   const std::string self = SelfPath();
+  ASSIGN_OR_RETURN(const std::unique_ptr<RunDirectory> run_directory, RunDirectory::Create());
+  ASSIGN_OR_RETURN(const std::string secret, ClusterToken::GenerateSecret());
+  ASSIGN_OR_RETURN(const std::string token_file, run_directory->WriteClusterToken(secret));
+  std::cout << "token " << token_file << std::endl;
   std::vector<Supervised> workers;
   std::vector<std::string> router_argv = {self,        "router",       "--listen",        absl::StrCat("127.0.0.1:", spec.port),
                                           "--model",   spec.model_dir, "--transport",     spec.transport,
-                                          "--index-pattern", spec.pattern,
+                                          "--index-pattern", spec.pattern, "--internal-listen", "127.0.0.1:0",
+                                          "--cluster-token-file", token_file,
                                           "--drain-grace", absl::StrCat(absl::ToDoubleSeconds(spec.drain_grace))};
   const std::vector<std::string> router_metrics = MetricsFlag(spec, 0);
   router_argv.insert(router_argv.end(), router_metrics.begin(), router_metrics.end());
@@ -261,14 +274,17 @@ absl::Status ClusterUp(const Args& args) {
   ASSIGN_OR_RETURN(std::unique_ptr<ChildProcess> router, ChildProcess::Spawn("router", router_argv));
   ASSIGN_OR_RETURN(std::string router_address, router->WaitListening(absl::Seconds(60)));
   std::cout << "router " << router_address << std::endl;
+  const std::string internal_address = router->Announced("internal");
+  std::cout << "internal " << internal_address << std::endl;
   if (spec.http_port >= 0) std::cout << "http " << router->Announced("http") << std::endl;
   int service_index = 1;
   auto start_workers = [&](const char* role, int count, const std::vector<std::string>& role_flags) -> absl::Status {
     for (int i = 0; i < count; ++i) {
       Supervised& w = workers.emplace_back();
       w.name = absl::StrCat(role, "-", i);
-      w.argv = {self, absl::StrCat(role, "-worker"), "--listen", "127.0.0.1:0", "--router", router_address,
-                "--worker-id", w.name, "--drain-grace", absl::StrCat(absl::ToDoubleSeconds(spec.drain_grace))};
+      w.argv = {self, absl::StrCat(role, "-worker"), "--listen", "127.0.0.1:0", "--router", internal_address,
+                "--worker-id", w.name, "--cluster-token-file", token_file,
+                "--drain-grace", absl::StrCat(absl::ToDoubleSeconds(spec.drain_grace))};
       w.argv.insert(w.argv.end(), spec.worker_flags.begin(), spec.worker_flags.end());
       w.argv.insert(w.argv.end(), role_flags.begin(), role_flags.end());
       const std::vector<std::string> metrics = MetricsFlag(spec, service_index++);

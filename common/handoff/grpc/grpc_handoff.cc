@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/auth/grpc_token.h"
 #include "common/util/logging.h"
 
 namespace indexcache {
@@ -20,6 +21,7 @@ absl::Status FromGrpc(const grpc::Status& status, absl::string_view context) {
 
 grpc::Status KvHandoffService::Push(grpc::ServerContext* context, grpc::ServerReader<v1::HandoffChunk>* reader,
                                     v1::HandoffAck* ack) {
+  if (grpc::Status auth = CheckCallToken(*context, token_); !auth.ok()) return auth;
   std::string request_id;
   bool trailer_accepted = false;
   v1::HandoffChunk chunk;
@@ -63,9 +65,10 @@ grpc::Status KvHandoffService::Push(grpc::ServerContext* context, grpc::ServerRe
 }
 
 absl::StatusOr<std::unique_ptr<GrpcHandoffSender>> GrpcHandoffSender::Connect(const std::string& address,
-                                                                              absl::Duration connect_timeout) {
+                                                                              absl::Duration connect_timeout,
+                                                                              const ClusterToken& token) {
   std::unique_ptr<GrpcHandoffSender> sender(new GrpcHandoffSender());
-  sender->channel_ = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  sender->channel_ = InternalChannel(address, token);
   if (!sender->channel_->WaitForConnected(absl::ToChronoTime(absl::Now() + connect_timeout))) {
     return absl::UnavailableError(absl::StrCat("could not connect to the decode worker's gRPC handoff endpoint ",
                                                address, " within ", absl::FormatDuration(connect_timeout)));
@@ -120,7 +123,7 @@ void GrpcHandoffSender::Cancel() { context_.TryCancel(); }
 
 absl::StatusOr<std::unique_ptr<HandoffSender>> GrpcHandoffConnector::Connect(const std::string& address,
                                                                              absl::Duration connect_timeout) {
-  return GrpcHandoffSender::Connect(address, connect_timeout);
+  return GrpcHandoffSender::Connect(address, connect_timeout, token_);
 }
 
 }  // namespace indexcache

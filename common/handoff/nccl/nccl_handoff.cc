@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/handoff/tcp/handshake.h"
 #include "common/handoff/tcp/sender_verdict.h"
 #include "common/handoff/tcp/tcp_frame.h"
 #include "common/handoff/tcp/tcp_handoff.h"
@@ -238,7 +239,7 @@ absl::StatusOr<std::unique_ptr<NcclHandoffServer>> NcclHandoffServer::Start(
   ASSIGN_OR_RETURN(server->control_,
                    TcpHandoffServer::StartWithHandler(
                        host, port, [self](FramedConnection& connection) { self->Serve(connection); },
-                       {.io_timeout = options.io_timeout}));
+                       {.io_timeout = options.io_timeout, .token = options.token}));
   IC_LOG(Info) << "NCCL handoff control endpoint listening on " << server->address();
   return server;
 }
@@ -430,6 +431,7 @@ absl::StatusOr<std::unique_ptr<HandoffSender>> NcclHandoffClient::Connect(const 
     std::shared_ptr<Pair> pair = PairFor(address);
     auto connection = std::make_unique<FramedConnection>(options_.io_timeout);
     RETURN_IF_ERROR(connection->Connect(target.host, target.port, connect_timeout));
+    RETURN_IF_ERROR(AnswerChallenge(*connection, options_.token));
     std::lock_guard<std::mutex> lock(pair->mu);
     if (pair->dead) {
       last = absl::UnavailableError(absl::StrCat("the NCCL communicator to ", address, " was aborted meanwhile"));

@@ -30,6 +30,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/auth/cluster_token.h"
 #include "common/handoff/handoff_transport.h"
 #include "common/handoff/nccl/nccl_channel.h"
 
@@ -42,6 +43,9 @@ struct NcclHandoffOptions {
   // Bound on every control read and write, on joining a communicator, on each GPU transfer and on a
   // receiver's wait for the ticket before its own: a peer silent that long is treated as gone.
   absl::Duration io_timeout = absl::Seconds(60);
+  // Proved on every control connection before its first message (tcp/handshake.h); none: no
+  // handshake. (`{}`: designated initializers that leave it out raise no -Wmissing-field-initializers.)
+  ClusterToken token{};
 };
 
 // Decode-worker side: the control endpoint, and the communicators prefill workers opened to it.

@@ -144,6 +144,11 @@ absl::Status FramedConnection::WriteFrame(FrameKind kind, std::string_view metad
                 "writing a handoff frame");
 }
 
+absl::Status FramedConnection::WriteExactly(std::string_view bytes) {
+  return RunFor([&](auto handler) { asio::async_write(socket_, asio::buffer(bytes.data(), bytes.size()), handler); },
+                io_timeout_, "writing the handoff handshake");
+}
+
 absl::StatusOr<FramePrefix> FramedConnection::ReadPrefix() {
   std::array<uint8_t, kFramePrefixBytes> bytes;
   absl::Status status = ReadExactly(bytes.data(), bytes.size());

@@ -68,6 +68,8 @@ class FramedConnection {
   absl::Status Connect(const std::string& host, uint16_t port, absl::Duration timeout);
   // Writes the prefix, `metadata` and `payload` in one gather write (no copy of the payload).
   absl::Status WriteFrame(FrameKind kind, std::string_view metadata, std::string_view payload);
+  // Writes `bytes` as they are, outside any frame (the authentication handshake, handshake.h).
+  absl::Status WriteExactly(std::string_view bytes);
   absl::StatusOr<FramePrefix> ReadPrefix();
   // Reads exactly `size` bytes into `dest`.
   absl::Status ReadExactly(void* dest, size_t size);

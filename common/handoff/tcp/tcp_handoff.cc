@@ -12,6 +12,7 @@
 #include "boost/asio/executor_work_guard.hpp"
 #include "boost/asio/post.hpp"
 #include "boost/asio/steady_timer.hpp"
+#include "common/handoff/tcp/handshake.h"
 #include "common/handoff/tcp/tcp_frame.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
@@ -41,6 +42,7 @@ class TcpHandoffServer::Impl {
   absl::Status Listen(const std::string& host, int port);
   void Shutdown();
   const std::string& address() const { return address_; }
+  uint64_t authentication_failures() const { return authentication_failures_; }
 
  private:
   struct Live {
@@ -64,6 +66,7 @@ class TcpHandoffServer::Impl {
   bool stopping_ = false;  // guarded by mu_
   std::list<Live> live_;   // guarded by mu_
   uint64_t refused_ = 0;   // guarded by mu_: connections closed at the cap
+  std::atomic<uint64_t> authentication_failures_{0};
 };
 
 absl::Status TcpHandoffServer::Impl::Listen(const std::string& host, int port) {
@@ -130,7 +133,15 @@ void TcpHandoffServer::Impl::Spawn(std::shared_ptr<FramedConnection> connection)
   Live& live = live_.emplace_back();
   live.connection = std::move(connection);
   live.thread = std::thread([this, &live] {
-    serve_(*live.connection);
+    // Nothing is read as a frame before the peer proved the token: a stranger makes the server
+    // allocate no more than the challenge.
+    if (absl::Status auth = ChallengePeer(*live.connection, options_.token); auth.ok()) {
+      serve_(*live.connection);
+    } else if (const uint64_t failures = ++authentication_failures_; std::has_single_bit(failures)) {
+      // Every power of two: a flood of strangers does not flood the log too.
+      IC_LOG(Warning) << "handoff server on " << address_ << ": closed a connection that failed authentication ("
+                      << auth.message() << "); " << failures << " since start";
+    }
     live.connection->Close();
     live.done = true;
   });
@@ -253,6 +264,8 @@ absl::StatusOr<std::unique_ptr<TcpHandoffServer>> TcpHandoffServer::StartWithHan
 
 const std::string& TcpHandoffServer::address() const { return impl_->address(); }
 
+uint64_t TcpHandoffServer::authentication_failures() const { return impl_->authentication_failures(); }
+
 void TcpHandoffServer::Shutdown() { impl_->Shutdown(); }
 
 // ---------------------------------------------------------------------------------------------
@@ -269,6 +282,7 @@ absl::StatusOr<std::unique_ptr<TcpHandoffSender>> TcpHandoffSender::Connect(cons
   ASSIGN_OR_RETURN(HostPort target, SplitHostPort(address));
   auto connection = std::make_unique<FramedConnection>(options.io_timeout);
   RETURN_IF_ERROR(connection->Connect(target.host, target.port, connect_timeout));
+  RETURN_IF_ERROR(AnswerChallenge(*connection, options.token));
   return std::unique_ptr<TcpHandoffSender>(new TcpHandoffSender(std::move(connection)));
 }
 

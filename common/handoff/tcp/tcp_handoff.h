@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/auth/cluster_token.h"
 #include "common/handoff/handoff_transport.h"
 #include "common/handoff/tcp/sender_verdict.h"
 #include "common/util/host_port.h"
@@ -30,6 +31,10 @@ struct TcpHandoffOptions {
   // accepted. A decode worker takes one handoff per admitted request, so this is far above what its
   // KV cache admits at a time, and it bounds what idle or hostile peers can hold.
   int max_connections = 64;
+  // The cluster token each connection proves before its first frame (handshake.h): the server
+  // challenges, the sender answers. None: no handshake. (`{}`: designated initializers that leave it
+  // out raise no -Wmissing-field-initializers.)
+  ClusterToken token{};
 };
 
 // Reads a connection's next frame into `chunk` (cleared): true for a chunk, false at the end frame.
@@ -59,6 +64,8 @@ class TcpHandoffServer {
 
   // "host:port" as bound, e.g. "127.0.0.1:40123".
   const std::string& address() const;
+  // Connections closed because they failed the authentication handshake, since start.
+  uint64_t authentication_failures() const;
   // Stops accepting, breaks the open connections (the sink sees each handoff broken) and joins
   // their threads. Idempotent.
   void Shutdown();

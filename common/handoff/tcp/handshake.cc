@@ -1,0 +1,32 @@
+#include "common/handoff/tcp/handshake.h"
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "common/util/status_macros.h"
+
+namespace indexcache {
+
+absl::Status ChallengePeer(FramedConnection& connection, const ClusterToken& token) {
+  if (!token.enabled()) return absl::OkStatus();
+  ASSIGN_OR_RETURN(const std::string nonce, ClusterToken::NewNonce());
+  RETURN_IF_ERROR(connection.WriteExactly(nonce));
+  std::string response(ClusterToken::kResponseBytes, '\0');
+  RETURN_IF_ERROR(connection.ReadExactly(response.data(), response.size()));
+  if (!token.CheckResponse(nonce, kHandoffAuthContext, response)) {
+    return absl::UnauthenticatedError("the handoff peer's answer to the challenge does not prove the cluster token");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status AnswerChallenge(FramedConnection& connection, const ClusterToken& token) {
+  if (!token.enabled()) return absl::OkStatus();
+  std::string nonce(ClusterToken::kNonceBytes, '\0');
+  if (absl::Status read = connection.ReadExactly(nonce.data(), nonce.size()); !read.ok()) {
+    return absl::UnauthenticatedError(absl::StrCat(
+        "the decode worker sent no challenge (does it run with the same cluster token?): ", read.message()));
+  }
+  return connection.WriteExactly(token.Respond(nonce, kHandoffAuthContext));
+}
+
+}  // namespace indexcache
