@@ -22,7 +22,7 @@
 #include "indexcache/v1/internal.grpc.pb.h"
 #include "services/router/admission_queue.h"
 #include "services/router/generate_call.h"
-#include "services/router/parsing_stream_handler.h"
+#include "services/router/parsing_handler.h"
 #include "services/router/request_id.h"
 #include "services/router/request_table.h"
 #include "services/router/request_validator.h"
@@ -112,8 +112,8 @@ class Router::Services {
 
  private:
   // The IndexCache service, its methods registered here rather than by the generated base class so
-  // that Generate parses its own request: a malformed one gets INVALID_ARGUMENT with a message
-  // (parsing_stream_handler.h). Abort and ModelInfo keep the generated handlers.
+  // that each parses its own request: a malformed one gets INVALID_ARGUMENT with a message
+  // (parsing_handler.h).
   class Api final : public grpc::Service {
    public:
     explicit Api(Services* s) : s_(s) {
@@ -127,12 +127,11 @@ class Router::Services {
                                                                                    &Api::Generate, this)));
       AddMethod(new RpcServiceMethod(
           "/indexcache.v1.IndexCache/Abort", RpcMethod::NORMAL_RPC,
-          new grpc::internal::RpcMethodHandler<Api, v1::AbortRequest, v1::AbortResponse>(std::mem_fn(&Api::Abort),
-                                                                                         this)));
+          new ParsingUnaryHandler<Api, v1::AbortRequest, v1::AbortResponse>("IndexCache.Abort", &Api::Abort, this)));
       AddMethod(new RpcServiceMethod(
           "/indexcache.v1.IndexCache/ModelInfo", RpcMethod::NORMAL_RPC,
-          new grpc::internal::RpcMethodHandler<Api, v1::ModelInfoRequest, v1::ModelInfoResponse>(
-              std::mem_fn(&Api::ModelInfo), this)));
+          new ParsingUnaryHandler<Api, v1::ModelInfoRequest, v1::ModelInfoResponse>("IndexCache.ModelInfo",
+                                                                                     &Api::ModelInfo, this)));
     }
     grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                           grpc::ServerWriter<v1::GenerateResponse>* writer) {

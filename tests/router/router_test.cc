@@ -11,9 +11,13 @@
 #include <string>
 #include <utility>
 #include <thread>
+#include <tuple>
+#include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/tokenizer/bpe_tokenizer.h"
 #include "gmock/gmock.h"
+#include "grpcpp/impl/client_unary_call.h"
 #include "gtest/gtest.h"
 #include "indexcache/v1/generate.grpc.pb.h"
 #include "services/common/health_client.h"
@@ -523,6 +527,35 @@ TEST(RouterTest, MalformedProtobufGetsInvalidArgumentWithAMessage) {
   const auto [status, messages] = send(good);
   EXPECT_TRUE(status.ok()) << status.error_message();
   EXPECT_EQ(messages, 5);  // the fake decode worker's 3 tokens, one a message
+
+  // The unary methods parse their own requests too.
+  auto call = [&](const char* path, const std::string& bytes) {
+    grpc::Slice slice(bytes);
+    grpc::ByteBuffer request(&slice, 1), response;
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    const grpc::internal::RpcMethod method(path, grpc::internal::RpcMethod::NORMAL_RPC);
+    return grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(client.channel().get(), method,
+                                                                                  &context, request, &response);
+  };
+  // ModelInfoRequest has no fields: the middle case is an unknown field to it, which parses.
+  const std::string broken_framing[] = {cases[0], cases[2]};
+  for (const auto& [path, name, type, malformed] :
+       {std::tuple{"/indexcache.v1.IndexCache/Abort", "IndexCache.Abort", "indexcache.v1.AbortRequest",
+                   std::vector<std::string>(std::begin(cases), std::end(cases))},
+        std::tuple{"/indexcache.v1.IndexCache/ModelInfo", "IndexCache.ModelInfo", "indexcache.v1.ModelInfoRequest",
+                   std::vector<std::string>(std::begin(broken_framing), std::end(broken_framing))}}) {
+    for (const std::string& bytes : malformed) {
+      const grpc::Status unary = call(path, bytes);
+      EXPECT_EQ(unary.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << path << ": " << unary.error_message();
+      EXPECT_THAT(unary.error_message(), HasSubstr(absl::StrCat("malformed ", name, " request")));
+      EXPECT_THAT(unary.error_message(), HasSubstr(type));
+    }
+  }
+  std::string abort;
+  ASSERT_TRUE(v1::AbortRequest().SerializeToString(&abort));
+  EXPECT_TRUE(call("/indexcache.v1.IndexCache/Abort", abort).ok());
+  EXPECT_TRUE(call("/indexcache.v1.IndexCache/ModelInfo", "").ok()) << "an empty message is a well-formed one";
 }
 
 TEST(RouterTest, ClientDeadlineReachesBothWorkers) {

@@ -1,13 +1,14 @@
-// A synchronous server-streaming method whose request the service parses itself, so that a malformed
-// message is answered INVALID_ARGUMENT with a message. gRPC's generated handler deserializes before the
-// service sees the call and answers a parse failure with INTERNAL and an empty message — a server
-// fault, as far as the client can tell, for what is the client's (issue 13). Everything else is the
-// generated handler's: this one only replaces its Deserialize.
+// Synchronous methods whose request the service parses itself, so that a malformed message is
+// answered INVALID_ARGUMENT with a message. gRPC's generated handlers deserialize before the service
+// sees the call and answer a parse failure with INTERNAL and an empty message — a server fault, as far
+// as the client can tell, for what is the client's (issue 13). Everything else is the generated
+// handler's: this one only replaces its Deserialize.
 //
 //   AddMethod(new grpc::internal::RpcServiceMethod(
 //       "/indexcache.v1.IndexCache/Generate", grpc::internal::RpcMethod::SERVER_STREAMING,
 //       new ParsingStreamHandler<Api, v1::GenerateRequest, v1::GenerateResponse>("IndexCache.Generate",
 //                                                                                 &Api::Generate, this)));
+//   ... RpcMethod::NORMAL_RPC, new ParsingUnaryHandler<Api, v1::AbortRequest, v1::AbortResponse>(...)
 #pragma once
 
 #include <functional>
@@ -22,27 +23,32 @@
 
 namespace indexcache {
 
-template <class Service, class Request, class Response>
-class ParsingStreamHandler final : public grpc::internal::MethodHandler {
+// `Generated` is gRPC's handler for the method (unary or server-streaming), which runs it.
+template <class Request, class Generated>
+class ParsingHandler final : public grpc::internal::MethodHandler {
  public:
-  using Method = grpc::Status (Service::*)(grpc::ServerContext*, const Request*, grpc::ServerWriter<Response>*);
-
   // `name` ("IndexCache.Generate") names the method in the malformed request's status.
-  ParsingStreamHandler(std::string name, Method method, Service* service)
-      : name_(std::move(name)), handler_(std::mem_fn(method), service) {}
+  template <class Method, class Service>
+  ParsingHandler(std::string name, Method method, Service* service)
+      : name_(std::move(name)), generated_(std::mem_fn(method), service) {}
 
   // Runs the method once the request parsed; otherwise sends the parse status (param.status).
-  void RunHandler(const HandlerParameter& param) override { handler_.RunHandler(param); }
+  void RunHandler(const HandlerParameter& param) override { generated_.RunHandler(param); }
 
   // Parses into the call's arena, as the generated handler does (its RunHandler destroys the request).
   void* Deserialize(grpc_call* call, grpc_byte_buffer* req, grpc::Status* status, void** handler_data) override {
+    if (req == nullptr) {  // the client half-closed without a message
+      *status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                             absl::StrFormat("malformed %s call: it sent no request message", name_));
+      return nullptr;
+    }
     auto* request = new (grpc::g_core_codegen_interface->grpc_call_arena_alloc(call, sizeof(Request))) Request();
     // One contiguous copy of the bytes (at most the router's receive limit), read through gRPC's C API:
     // the C++ ByteBuffer does not let a handler other than gRPC's own adopt the call's buffer.
     grpc_byte_buffer_reader reader;
     size_t bytes = 0;
     bool parsed = false;
-    if (req != nullptr && grpc_byte_buffer_reader_init(&reader, req)) {
+    if (grpc_byte_buffer_reader_init(&reader, req)) {
       grpc_slice all = grpc_byte_buffer_reader_readall(&reader);
       bytes = GRPC_SLICE_LENGTH(all);
       parsed = request->ParseFromArray(GRPC_SLICE_START_PTR(all), static_cast<int>(bytes));
@@ -61,7 +67,13 @@ class ParsingStreamHandler final : public grpc::internal::MethodHandler {
 
  private:
   const std::string name_;
-  grpc::internal::ServerStreamingHandler<Service, Request, Response> handler_;
+  Generated generated_;
 };
+
+template <class Service, class Request, class Response>
+using ParsingStreamHandler =
+    ParsingHandler<Request, grpc::internal::ServerStreamingHandler<Service, Request, Response>>;
+template <class Service, class Request, class Response>
+using ParsingUnaryHandler = ParsingHandler<Request, grpc::internal::RpcMethodHandler<Service, Request, Response>>;
 
 }  // namespace indexcache
