@@ -15,7 +15,7 @@
 namespace indexcache {
 
 // A worker's load as compared by the balancer: lexicographic, lower is less loaded.
-//   decode:  {running sequences, -free KV blocks}
+//   decode:  {running sequences (the router's own, plus others' from the last report), -free KV blocks}
 //   prefill: {queued prompt tokens, 0}
 struct LoadKey {
   int64_t primary = 0;

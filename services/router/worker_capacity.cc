@@ -21,6 +21,7 @@ void WorkerLedger::Enter(int64_t prompt_tokens_in, int64_t kv_blocks_in, int64_t
   prompt_tokens += prompt_tokens_in;
   kv_blocks += kv_blocks_in;
   sequences += sequences_in;
+  peak_sequences = std::max(peak_sequences, sequences);
   peak_prompt_tokens = std::max(peak_prompt_tokens, prompt_tokens);
   peak_kv_blocks = std::max(peak_kv_blocks, kv_blocks);
 }
@@ -35,9 +36,11 @@ void WorkerLedger::Reported(const v1::WorkerLoad& load) {
   if (load.role() == v1::DECODE) {
     const int64_t used = int64_t{load.total_kv_blocks()} - load.free_kv_blocks();
     others_kv_blocks = std::max<int64_t>(0, used - peak_kv_blocks);
+    others_sequences = std::max<int64_t>(0, int64_t{load.running_sequences()} - peak_sequences);
   } else {
     others_prompt_tokens = std::max<int64_t>(0, load.queued_prompt_tokens() - peak_prompt_tokens);
   }
+  peak_sequences = sequences;
   peak_kv_blocks = kv_blocks;
   peak_prompt_tokens = prompt_tokens;
   refused = false;
@@ -89,7 +92,10 @@ LoadKey DecodeLoadKey(const v1::WorkerLoad& load, const WorkerLedger& ledger) {
   // Without a block size the ledger promises no blocks: the report's free blocks are the estimate.
   const int64_t free = load.kv_block_size() > 0 ? load.total_kv_blocks() - KvBlocksInUse(ledger)
                                                 : int64_t{load.free_kv_blocks()};
-  return {std::max<int64_t>(load.running_sequences(), ledger.sequences), -free};
+  // The report's running sequences count this router's own too, and may predate their end: only what
+  // lies beyond them is added to the ledger's (a burst after a busy spell would otherwise all go to
+  // the other worker, which looked idler by the sequences that had already finished).
+  return {ledger.others_sequences + ledger.sequences, -free};
 }
 
 LoadKey PrefillLoadKey(const WorkerLedger& ledger) { return {QueuedPromptTokens(ledger), 0}; }

@@ -47,9 +47,11 @@ struct WorkerLedger {
   int64_t kv_blocks = 0;
   int64_t prompt_tokens = 0;
   // The ledger's peaks since the last report.
+  int64_t peak_sequences = 0;
   int64_t peak_kv_blocks = 0;
   int64_t peak_prompt_tokens = 0;
   // The last report's load beyond this router's requests.
+  int64_t others_sequences = 0;
   int64_t others_kv_blocks = 0;
   int64_t others_prompt_tokens = 0;
   // The worker answered RESOURCE_EXHAUSTED since its last report: no more until the next one.

@@ -78,6 +78,33 @@ TEST(WorkerCapacityTest, ARequestThatFinishedWhileTheReportTravelledIsNotCounted
   EXPECT_EQ(ledger.others_prompt_tokens, 25);
 }
 
+// Two decode workers, one just done with a spell of five of this router's streams: a report built
+// before they ended still says five run there. Only sequences beyond the router's own count, so a
+// burst now spreads over both instead of landing on the other one until it has five too.
+TEST(WorkerCapacityTest, ADecodeWorkersLoadCountsOnlyTheSequencesBeyondTheRoutersOwn) {
+  v1::WorkerLoad busy = DecodeLoad(/*free_blocks=*/10, /*total_blocks=*/20);
+  busy.set_running_sequences(5);
+  WorkerLedger was_busy;
+  for (int i = 0; i < 5; ++i) was_busy.Enter(0, 2, 1);
+  was_busy.Reported(busy);
+  for (int i = 0; i < 5; ++i) was_busy.Leave(0, 2, 1);
+  was_busy.Reported(busy);  // built while they still ran
+  EXPECT_EQ(was_busy.others_sequences, 0);
+  const v1::WorkerLoad idle_load = DecodeLoad(20, 20);
+  const WorkerLedger idle;
+  EXPECT_EQ(DecodeLoadKey(busy, was_busy).primary, 0);
+  EXPECT_FALSE(DecodeLoadKey(idle_load, idle) < DecodeLoadKey(busy, was_busy))
+      << "the idle worker is not preferred for sequences that have ended";
+  // Our next request there counts at once; someone else's three show from the next report on.
+  was_busy.Enter(0, 2, 1);
+  EXPECT_EQ(DecodeLoadKey(busy, was_busy).primary, 1);
+  v1::WorkerLoad others = DecodeLoad(12, 20);
+  others.set_running_sequences(4);  // ours and three more
+  was_busy.Reported(others);
+  EXPECT_EQ(was_busy.others_sequences, 3);
+  EXPECT_EQ(DecodeLoadKey(others, was_busy).primary, 4);
+}
+
 TEST(WorkerCapacityTest, PrefillKeepsItsBoundButTakesAnyPromptWhenIdle) {
   WorkerLedger ledger;
   const v1::WorkerLoad load = PrefillLoad(0, 100);
