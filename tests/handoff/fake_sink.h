@@ -2,6 +2,7 @@
 // would, records everything, and lets a test wait for the stream's end.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -99,6 +100,13 @@ inline std::vector<v1::HandoffChunk> MakeHandoff(const std::string& request_id, 
   header->set_index_pattern("FFSFS");
   header->set_prompt_tokens(7);
   header->set_dtype("f32");
+  // Rows widths that hold the largest of `row_bytes` in 7 f32 rows, so the receiver's bound on a rows
+  // frame (rows_frame_bound.h) lets every one through; the bytes themselves are arbitrary.
+  size_t largest = 0;
+  for (size_t bytes : row_bytes) largest = std::max(largest, bytes);
+  const int32_t width = static_cast<int32_t>(std::max<size_t>(1, (largest + 27) / 28));
+  header->set_latent_dim(width);
+  header->set_index_key_dim(width);
   for (size_t i = 0; i < row_bytes.size(); ++i) {
     v1::KvRows* rows = next().mutable_rows();
     rows->set_layer(static_cast<int32_t>(i));

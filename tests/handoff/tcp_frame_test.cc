@@ -109,10 +109,15 @@ class TcpServerTest : public ::testing::Test {
 };
 
 // The header of request `id` as the `n`-th chunk FakeSink (one stream's sink) accepts: tests that
-// open several connections to one server write their headers one after another.
-std::string NthHeader(const std::string& id, uint32_t n) {
+// open several connections to one server write their headers one after another. `rows_width`, when
+// set, is the width it announces for rows of both kinds (7 f32 rows of it make a rows frame's most).
+std::string NthHeader(const std::string& id, uint32_t n, int32_t rows_width = 0) {
   v1::HandoffChunk header = MakeHandoff(id, {})[0];
   header.set_sequence(n);
+  if (rows_width > 0) {
+    header.mutable_header()->set_latent_dim(rows_width);
+    header.mutable_header()->set_index_key_dim(rows_width);
+  }
   SealChunk(header);
   return header.SerializeAsString();
 }
@@ -144,6 +149,27 @@ TEST_F(TcpServerTest, MetadataThatIsNotAChunkIsRefused) {
 TEST_F(TcpServerTest, PayloadOnAHeaderChunkIsRefused) {
   const std::string header = MakeHandoff("r", {})[0].SerializeAsString();
   ExpectRefused(Bytes(Prefix(1, static_cast<uint32_t>(header.size()), 3)) + header + "abc", "payload");
+}
+
+// A rows frame may carry no more than its metadata's rows take at the widths and dtype the header
+// announced: MakeHandoff's header for 8-byte rows announces width 1, so 7 f32 rows are 28 bytes. One
+// byte more is refused as soon as the metadata is read: the payload is never sent here, and a server
+// that waited for it would end at its 500 ms I/O timeout instead, with another message.
+TEST_F(TcpServerTest, ARowsFrameLargerThanItsHeaderAllowsIsRefusedBeforeItsPayload) {
+  const std::vector<v1::HandoffChunk> chunks = MakeHandoff("liar", {8});
+  const std::string header = chunks[0].SerializeAsString();
+  const std::string metadata = WithoutRowsData(chunks[1]).SerializeAsString();
+  const absl::Time start = absl::Now();
+  ExpectRefused(Bytes(Prefix(1, static_cast<uint32_t>(header.size()), 0)) + header +
+                    Bytes(Prefix(1, static_cast<uint32_t>(metadata.size()), 29)) + metadata,
+                "allow at most 28");
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(450));
+}
+
+TEST_F(TcpServerTest, RowsBeforeTheHeaderAreRefused) {
+  const std::string metadata = WithoutRowsData(MakeHandoff("headless", {8})[1]).SerializeAsString();
+  ExpectRefused(Bytes(Prefix(1, static_cast<uint32_t>(metadata.size()), 8)) + metadata + std::string(8, 'r'),
+                "before the handoff's header");
 }
 
 TEST_F(TcpServerTest, AckFromTheSenderIsRefused) { ExpectRefused(Bytes(Prefix(3, 0, 0)), "ack frame"); }
@@ -198,7 +224,9 @@ TEST_F(TcpServerTest, AnnouncedPayloadsAreNotAllocatedBeforeTheirBytes) {
     const std::string id = "idle-" + std::to_string(i);
     std::vector<v1::HandoffChunk> chunks = MakeHandoff(id, {8});
     idle.push_back(Open());
-    ASSERT_TRUE(idle.back()->WriteFrame(FrameKind::kChunk, NthHeader(id, i), {}).ok());
+    // A header whose rows may be that large (7 rows of width kAnnounced / 28, in f32).
+    ASSERT_TRUE(
+        idle.back()->WriteFrame(FrameKind::kChunk, NthHeader(id, i, static_cast<int32_t>(kAnnounced / 28 + 1)), {}).ok());
     ASSERT_TRUE(sink_.WaitForChunks(i + 1));
     const std::string metadata = WithoutRowsData(chunks[1]).SerializeAsString();
     boost::system::error_code ec;

@@ -13,6 +13,7 @@
 #include "boost/asio/post.hpp"
 #include "boost/asio/steady_timer.hpp"
 #include "common/handoff/tcp/handshake.h"
+#include "common/handoff/tcp/rows_frame_bound.h"
 #include "common/handoff/tcp/tcp_frame.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
@@ -23,7 +24,7 @@ namespace {
 namespace asio = boost::asio;
 using boost::system::error_code;
 
-absl::StatusOr<bool> ReadTcpChunk(FramedConnection& connection, v1::HandoffChunk& chunk);
+absl::StatusOr<bool> ReadTcpChunk(FramedConnection& connection, RowsFrameBound& bound, v1::HandoffChunk& chunk);
 
 }  // namespace
 
@@ -186,8 +187,9 @@ v1::HandoffAck ServeHandoffStream(HandoffSink& sink, const ChunkReader& read_nex
 
 namespace {
 
-// The TCP data plane's frames: a chunk's metadata, then its rows bytes as the payload.
-absl::StatusOr<bool> ReadTcpChunk(FramedConnection& connection, v1::HandoffChunk& chunk) {
+// The TCP data plane's frames: a chunk's metadata, then its rows bytes as the payload, bounded by what
+// the stream's header announced before any of it is read.
+absl::StatusOr<bool> ReadTcpChunk(FramedConnection& connection, RowsFrameBound& bound, v1::HandoffChunk& chunk) {
   ASSIGN_OR_RETURN(FramePrefix prefix, connection.ReadPrefix());
   if (prefix.kind == FrameKind::kAck) return absl::InvalidArgumentError("a handoff sender sent an ack frame");
   if (prefix.kind == FrameKind::kEnd) {
@@ -201,10 +203,12 @@ absl::StatusOr<bool> ReadTcpChunk(FramedConnection& connection, v1::HandoffChunk
   if (!chunk.ParseFromString(metadata)) {
     return absl::InvalidArgumentError("a handoff chunk frame's metadata is not a HandoffChunk");
   }
+  if (chunk.has_header()) bound.Announce(chunk.header());
   if (prefix.payload_bytes > 0) {
     if (!chunk.has_rows() || !chunk.rows().data().empty()) {
       return absl::InvalidArgumentError("a handoff frame's payload must be the rows of a rows chunk");
     }
+    RETURN_IF_ERROR(bound.Check(chunk.rows(), prefix.payload_bytes));
     RETURN_IF_ERROR(connection.ReadInto(*chunk.mutable_rows()->mutable_data(), prefix.payload_bytes));
   }
   return true;
@@ -244,8 +248,9 @@ absl::StatusOr<std::unique_ptr<TcpHandoffServer>> TcpHandoffServer::Start(const 
   ASSIGN_OR_RETURN(std::unique_ptr<TcpHandoffServer> server,
                    StartWithHandler(
                        host, port, [sink](FramedConnection& connection) {
+                         RowsFrameBound bound;
                          const v1::HandoffAck verdict = ServeHandoffStream(
-                             *sink, [&](v1::HandoffChunk& chunk) { return ReadTcpChunk(connection, chunk); });
+                             *sink, [&](v1::HandoffChunk& chunk) { return ReadTcpChunk(connection, bound, chunk); });
                          ReplyAndClose(connection, verdict);
                        },
                        options));
