@@ -7,6 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/auth/cluster_token.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
 #include "services/common/health_client.h"
@@ -24,14 +25,6 @@ constexpr char kBearer[] = "Bearer ";
 
 bool SendError(HttpExchange& exchange, const absl::Status& status, const char* code = nullptr) {
   return exchange.SendJson(HttpStatusOf(status.code()), ErrorBody(status, code));
-}
-
-// Compares in time independent of where the strings differ, so response times reveal nothing of the key.
-bool ConstantTimeEquals(const std::string& a, const std::string& b) {
-  if (a.size() != b.size()) return false;
-  unsigned char difference = 0;
-  for (size_t i = 0; i < a.size(); ++i) difference |= static_cast<unsigned char>(a[i] ^ b[i]);
-  return difference == 0;
 }
 
 std::string ModelId(const std::string& model_dir) {
@@ -58,6 +51,7 @@ OpenAiApi::OpenAiApi(OpenAiOptions options, std::shared_ptr<grpc::Channel> route
 
 bool OpenAiApi::Authorized(const std::string& authorization) const {
   if (options_.api_key.empty()) return true;
+  // In time independent of where they differ, so response times reveal nothing of the key.
   return absl::StartsWith(authorization, kBearer) &&
          ConstantTimeEquals(authorization.substr(sizeof(kBearer) - 1), options_.api_key);
 }
