@@ -1,5 +1,6 @@
 #include "common/auth/grpc_token.h"
 
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -52,17 +53,39 @@ std::shared_ptr<grpc::Channel> InternalChannel(const std::string& address, const
                                                  std::move(interceptors));
 }
 
-grpc::Status CheckCallToken(const grpc::ServerContext& context, const ClusterToken& token) {
-  if (!token.enabled()) return grpc::Status::OK;
+namespace {
+
+// The secret a call presents as `authorization: Bearer <secret>`; nullopt without one.
+std::optional<absl::string_view> PresentedBearer(const grpc::ServerContext& context) {
   const auto& metadata = context.client_metadata();
   const auto it = metadata.find(kHeader);
-  if (it == metadata.end()) {
+  if (it == metadata.end()) return std::nullopt;
+  const absl::string_view value(it->second.data(), it->second.size());
+  if (!absl::StartsWith(value, kScheme)) return std::nullopt;
+  return value.substr(sizeof(kScheme) - 1);
+}
+
+}  // namespace
+
+grpc::Status CheckCallToken(const grpc::ServerContext& context, const ClusterToken& token) {
+  if (!token.enabled()) return grpc::Status::OK;
+  const std::optional<absl::string_view> presented = PresentedBearer(context);
+  if (!presented.has_value()) {
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                         "an internal call needs the cluster token (authorization: Bearer <token>)");
   }
-  const absl::string_view value(it->second.data(), it->second.size());
-  if (!absl::StartsWith(value, kScheme) || !token.Matches(value.substr(sizeof(kScheme) - 1))) {
+  if (!token.Matches(*presented)) {
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "the call's cluster token is wrong");
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status CheckApiKey(const grpc::ServerContext& context, const std::string& api_key) {
+  if (api_key.empty()) return grpc::Status::OK;
+  const std::optional<absl::string_view> presented = PresentedBearer(context);
+  if (!presented.has_value() || !ConstantTimeEquals(*presented, api_key)) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        "a valid API key is required: authorization: Bearer <key>");
   }
   return grpc::Status::OK;
 }

@@ -30,4 +30,8 @@ std::shared_ptr<grpc::Channel> InternalChannel(const std::string& address, const
 // missing but never echoes what was sent.
 grpc::Status CheckCallToken(const grpc::ServerContext& context, const ClusterToken& token);
 
+// The public API's counterpart: OK when `api_key` is empty or the call carries it as
+// `authorization: Bearer <key>` (compared in constant time); else UNAUTHENTICATED.
+grpc::Status CheckApiKey(const grpc::ServerContext& context, const std::string& api_key);
+
 }  // namespace indexcache

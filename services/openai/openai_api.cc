@@ -56,6 +56,11 @@ bool OpenAiApi::Authorized(const std::string& authorization) const {
          ConstantTimeEquals(authorization.substr(sizeof(kBearer) - 1), options_.api_key);
 }
 
+void OpenAiApi::PresentApiKey(grpc::ClientContext& call) const {
+  // The HTTP client proved the key (Authorized); the router's gRPC API asks for it again.
+  if (!options_.api_key.empty()) call.AddMetadata("authorization", absl::StrCat(kBearer, options_.api_key));
+}
+
 void OpenAiApi::Handle(const HttpRequest& request, HttpExchange& exchange) const {
   const std::string path = request.target.substr(0, request.target.find('?'));
   const auto method_is = [&](const char* method) {
@@ -107,6 +112,7 @@ void OpenAiApi::Health(HttpExchange& exchange) const {
 void OpenAiApi::Models(HttpExchange& exchange) const {
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  PresentApiKey(context);
   v1::ModelInfoResponse info;
   const grpc::Status status = stub_->ModelInfo(&context, v1::ModelInfoRequest(), &info);
   if (!status.ok()) {
@@ -127,6 +133,7 @@ void OpenAiApi::Models(HttpExchange& exchange) const {
 
 void OpenAiApi::Generate(const OpenAiRequest& request, HttpExchange& exchange) const {
   grpc::ClientContext call;
+  PresentApiKey(call);
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub_->Generate(&call, request.generate);
   ResponseHeader header{request.endpoint, "", model_id_, absl::ToUnixSeconds(absl::Now()), request.return_token_ids};
   std::string text;

@@ -64,6 +64,8 @@ class OpenAiApi {
  private:
   OpenAiApi(OpenAiOptions options, std::shared_ptr<grpc::Channel> router, ChatTemplate chat_template);
   bool Authorized(const std::string& authorization) const;
+  // Adds the API key, when there is one, to a call to the router's gRPC API.
+  void PresentApiKey(grpc::ClientContext& call) const;
   void Health(HttpExchange& exchange) const;
   void Models(HttpExchange& exchange) const;
   void Generate(const OpenAiRequest& request, HttpExchange& exchange) const;

@@ -135,9 +135,11 @@ class Router::Services {
     }
     grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                           grpc::ServerWriter<v1::GenerateResponse>* writer) {
+      if (grpc::Status auth = CheckApiKey(*context, s_->options_.api_key); !auth.ok()) return auth;
       return s_->Generate(context, *request, writer);
     }
-    grpc::Status Abort(grpc::ServerContext*, const v1::AbortRequest* request, v1::AbortResponse* response) {
+    grpc::Status Abort(grpc::ServerContext* context, const v1::AbortRequest* request, v1::AbortResponse* response) {
+      if (grpc::Status auth = CheckApiKey(*context, s_->options_.api_key); !auth.ok()) return auth;
       // Only the exact id the router returned finds its request: ids are unguessable (request_id.h).
       response->set_found(s_->table_.Abort(request->request_id()));
       // Escaped and cut: the id is the caller's bytes, which must not forge log lines.
@@ -145,7 +147,9 @@ class Router::Services {
                    << (response->found() ? "" : ": no such request in flight");
       return grpc::Status::OK;
     }
-    grpc::Status ModelInfo(grpc::ServerContext*, const v1::ModelInfoRequest*, v1::ModelInfoResponse* response) {
+    grpc::Status ModelInfo(grpc::ServerContext* context, const v1::ModelInfoRequest*,
+                           v1::ModelInfoResponse* response) {
+      if (grpc::Status auth = CheckApiKey(*context, s_->options_.api_key); !auth.ok()) return auth;
       s_->FillModelInfo(*response);
       return grpc::Status::OK;
     }
@@ -349,7 +353,7 @@ absl::StatusOr<std::string> Router::Start() {
   internal_server_->GetHealthCheckService()->SetServingStatus(v1::Registry::service_full_name(), true);
   if (!options_.http_listen_address.empty()) {
     // HTTP requests become calls on this server's own services, so they take the gRPC clients' path.
-    openai::OpenAiOptions api_options{options_.model_dir, options_.http_api_key};
+    openai::OpenAiOptions api_options{options_.model_dir, options_.api_key};
     absl::StatusOr<std::unique_ptr<openai::OpenAiApi>> api =
         openai::OpenAiApi::Create(std::move(api_options), server_->InProcessChannel(grpc::ChannelArguments()));
     absl::StatusOr<std::unique_ptr<openai::OpenAiServer>> http =

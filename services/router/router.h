@@ -80,8 +80,9 @@ struct RouterOptions {
   std::string metrics_listen_address;  // "host:port" of GET /metrics; empty: not served
   // "host:port" of the OpenAI-compatible HTTP API (services/openai); empty: not served.
   std::string http_listen_address;
-  // The key HTTP clients must send as `Authorization: Bearer <key>`; empty: none needed.
-  std::string http_api_key;
+  // The key clients of the public API, gRPC and HTTP, must send as `authorization: Bearer <key>`;
+  // empty: none needed. Health and reflection stay open.
+  std::string api_key;
   // The largest client message (RESOURCE_EXHAUSTED from gRPC past it, before any parsing): a prompt of
   // 200K token ids takes about 1 MiB.
   int max_request_bytes = 4 << 20;

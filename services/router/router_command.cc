@@ -7,12 +7,11 @@
 
 #include <csignal>
 #include <cstdio>
-#include <fstream>
 #include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "absl/strings/ascii.h"
+#include "common/auth/api_key.h"
 #include "common/util/status_macros.h"
 
 namespace indexcache {
@@ -47,7 +46,8 @@ constexpr char kUsage[] =
     "  --metrics-listen HOST:PORT  serve Prometheus metrics at GET /metrics there (default off)\n"
     "  --http-listen HOST:PORT   serve the OpenAI-compatible HTTP API there (/v1/completions,\n"
     "                            /v1/chat/completions, /v1/models, /health; default off; port 0 = any)\n"
-    "  --api-key-file FILE       HTTP clients must send `Authorization: Bearer <the file's first line>`\n"
+    "  --api-key-file FILE       clients of the gRPC and HTTP APIs must send `authorization: Bearer <the\n"
+    "                            file's first line>`\n"
     "  --version                 print the version, commit and backends, then exit\n";
 
 absl::StatusOr<absl::Duration> SecondsFlag(const cli::Args& args, const std::string& name, absl::Duration fallback) {
@@ -65,16 +65,6 @@ std::vector<std::string> Addresses(const cli::Args& args, const std::string& nam
     }
   }
   return addresses;
-}
-
-// The key is read from a file rather than taken as a flag, so that it shows in no process listing.
-absl::StatusOr<std::string> ReadApiKey(const std::string& path) {
-  std::ifstream in(path);
-  std::string key;
-  if (!in || !std::getline(in, key)) return absl::InvalidArgumentError(absl::StrCat("cannot read the API key from ", path));
-  key = std::string(absl::StripAsciiWhitespace(key));
-  if (key.empty()) return absl::InvalidArgumentError(absl::StrCat("the API key file ", path, " starts with an empty line"));
-  return key;
 }
 
 }  // namespace
@@ -106,7 +96,7 @@ absl::StatusOr<RouterOptions> RouterOptionsFromArgs(const cli::Args& args) {
   o.metrics_listen_address = args.Get("metrics-listen").value_or("");
   o.http_listen_address = args.Get("http-listen").value_or("");
   if (auto key_file = args.Get("api-key-file")) {
-    ASSIGN_OR_RETURN(o.http_api_key, ReadApiKey(*key_file));
+    ASSIGN_OR_RETURN(o.api_key, ReadApiKeyFile(*key_file));
   }
   ASSIGN_OR_RETURN(const std::optional<int64_t> queue_limit, args.GetInt("queue-limit"));
   if (queue_limit.has_value()) o.max_queued_requests = static_cast<int>(*queue_limit);

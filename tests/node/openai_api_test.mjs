@@ -28,8 +28,9 @@ const promptIds = Array.from({ length: 80 }, (_, i) => 3 + ((i * 37) % 2000));
 let cluster;
 let addresses;  // router, http, and metrics addresses by service name
 
+const keyFile = join(scratch, 'api-key');  // the router's key, for its HTTP and its gRPC API
+
 function startApiCluster() {
-  const keyFile = join(scratch, 'api-key');
   writeFileSync(keyFile, `${apiKey}\n`);
   const started = startCluster(indexcache, ['--model', model, '--prefill', '1', '--decode', '1', '--threads', '1',
     '--http-port', '0', '--api-key-file', keyFile, '--metrics-port-base', '0']);
@@ -42,7 +43,8 @@ const client = () => new OpenAI({ apiKey, baseURL: `http://${addresses.http}/v1`
 
 // `indexcache client generate --json` over gRPC: the reference every HTTP answer must equal.
 function grpcGenerate(args) {
-  const out = execFileSync(indexcache, ['client', 'generate', '--router', addresses.router, '--json', ...args]);
+  const out = execFileSync(indexcache, ['client', 'generate', '--router', addresses.router, '--api-key-file', keyFile,
+    '--json', ...args]);
   return JSON.parse(out.toString());
 }
 
@@ -168,6 +170,11 @@ test('errors come back in OpenAI shape with the right status', async () => {
     (e) => e.status === 400 && /logprobs/.test(e.message));
   const wrongKey = new OpenAI({ apiKey: 'wrong', baseURL: `http://${addresses.http}/v1`, maxRetries: 0 });
   await assert.rejects(wrongKey.models.list(), (e) => e instanceof OpenAI.AuthenticationError && e.status === 401);
+  // The gRPC API asks for the same key: without it, `client generate` is refused.
+  assert.throws(
+    () => execFileSync(indexcache, ['client', 'generate', '--router', addresses.router, '--prompt', 'hi',
+      '--max-new-tokens', '1'], { stdio: 'pipe' }),
+    (e) => /UNAUTHENTICATED/.test(e.stderr.toString()) && /API key/.test(e.stderr.toString()));
 });
 
 test('models and health', async () => {

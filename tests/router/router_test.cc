@@ -558,6 +558,61 @@ TEST(RouterTest, MalformedProtobufGetsInvalidArgumentWithAMessage) {
   EXPECT_TRUE(call("/indexcache.v1.IndexCache/ModelInfo", "").ok()) << "an empty message is a well-formed one";
 }
 
+// With --api-key-file, every method of the public gRPC API asks for the key, as the HTTP API does;
+// health stays open to probes.
+TEST(RouterTest, TheApiKeyGuardsEveryPublicMethod) {
+  FakePrefillWorker prefill({});
+  FakeDecodeWorker decode({});
+  RouterOptions options = OptionsFor({&prefill}, {&decode});
+  options.api_key = "open-sesame-42";
+  Router router(options);
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+  Client client(*address);
+  auto stub = v1::IndexCache::NewStub(client.channel());
+  auto context = [](grpc::ClientContext& c, const std::string& authorization) {
+    c.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    if (!authorization.empty()) c.AddMetadata("authorization", authorization);
+  };
+  auto calls = [&](const std::string& authorization) {
+    std::vector<grpc::Status> statuses;
+    {
+      grpc::ClientContext c;
+      context(c, authorization);
+      v1::ModelInfoResponse info;
+      statuses.push_back(stub->ModelInfo(&c, v1::ModelInfoRequest(), &info));
+    }
+    {
+      grpc::ClientContext c;
+      context(c, authorization);
+      v1::AbortRequest abort;
+      abort.set_request_id("whatever");
+      v1::AbortResponse found;
+      statuses.push_back(stub->Abort(&c, abort, &found));
+    }
+    {
+      grpc::ClientContext c;
+      context(c, authorization);
+      auto reader = stub->Generate(&c, IdsRequest({1}));
+      v1::GenerateResponse message;
+      while (reader->Read(&message)) {
+      }
+      statuses.push_back(reader->Finish());
+    }
+    return statuses;
+  };
+  for (const std::string authorization : {"", "Bearer wrong", "open-sesame-42", "Bearer open-sesame-4"}) {
+    for (const grpc::Status& status : calls(authorization)) {
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << "'" << authorization << "'";
+      EXPECT_THAT(status.error_message(), HasSubstr("API key"));
+    }
+  }
+  EXPECT_TRUE(decode.log.Copy(&FakeLog::requests).empty()) << "nothing reached a worker without the key";
+  for (const grpc::Status& status : calls("Bearer open-sesame-42")) EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(decode.log.Copy(&FakeLog::requests).size(), 1u);
+  EXPECT_TRUE(CheckHealth(client.channel(), absl::Seconds(5)).ok());
+}
+
 TEST(RouterTest, ClientDeadlineReachesBothWorkers) {
   FakePrefillWorker prefill({});
   FakeDecodeWorker decode({});

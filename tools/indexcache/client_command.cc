@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "absl/strings/str_format.h"
+#include "common/auth/api_key.h"
 #include "common/util/status_macros.h"
 #include "indexcache/client.h"
 #include "nlohmann/json.hpp"
@@ -15,7 +16,7 @@ namespace {
 
 constexpr char kClientUsage[] =
     "usage: indexcache client generate --router ADDR (--prompt TEXT | --input-ids FILE.json) [--json]\n"
-    "       [--timeout SECONDS] [sampling flags]\n";
+    "       [--timeout SECONDS] [--api-key-file FILE (the router's key)] [sampling flags]\n";
 
 absl::StatusOr<client::GenerateRequest> RequestFromArgs(const Args& args) {
   if (args.Has("prompt") == args.Has("input-ids")) {
@@ -77,6 +78,9 @@ absl::Status ClientGenerate(const Args& args) {
   ASSIGN_OR_RETURN(client::GenerateRequest request, RequestFromArgs(args));
   client::ClientOptions options;
   options.connect_timeout = absl::Seconds(10);
+  if (auto key_file = args.Get("api-key-file")) {
+    ASSIGN_OR_RETURN(options.api_key, ReadApiKeyFile(*key_file));
+  }
   ASSIGN_OR_RETURN(client::Client client, client::Client::Connect(router, options));
   if (args.Has("json")) {
     ASSIGN_OR_RETURN(client::GenerateResult result, client.Generate(request));
@@ -121,7 +125,7 @@ absl::Status ClientGenerate(const Args& args) {
 int RunClient(const std::vector<std::string>& argv) {
   if (argv.empty() || argv[0] != "generate") return Fail("client", std::string("expected `generate`\n") + kClientUsage);
   std::set<std::string> valued = SamplingFlagNames();
-  valued.insert({"router", "prompt", "input-ids", "timeout"});
+  valued.insert({"router", "prompt", "input-ids", "timeout", "api-key-file"});
   std::set<std::string> switches = SamplingSwitchNames();
   switches.insert({"json", "help"});
   auto args = Args::Parse(std::vector<std::string>(argv.begin() + 1, argv.end()), valued, switches);

@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/auth/api_key.h"
 #include "common/auth/cluster_token.h"
 #include "common/model/model_config.h"
 #include "common/util/status_macros.h"
@@ -45,7 +46,8 @@ constexpr char kClusterUsage[] =
     "  --metrics-port-base P     serve /metrics: the router on port P, the workers on P+1, P+2, … (prefill\n"
     "                            workers first); P = 0 gives each service a free port\n"
     "  --http-port P             the router serves the OpenAI-compatible HTTP API on 127.0.0.1:P (0: a free\n"
-    "                            port; printed as `http ADDR`); --api-key-file FILE makes it require that key\n"
+    "                            port; printed as `http ADDR`)\n"
+    "  --api-key-file FILE       the router's gRPC and HTTP APIs require that key (`authorization: Bearer`)\n"
     "  --drain-grace S           on SIGINT/SIGTERM every worker drains at once: streams get S seconds to\n"
     "                            finish (default 30), then end UNAVAILABLE; the router follows\n";
 
@@ -88,9 +90,6 @@ absl::StatusOr<ClusterSpec> SpecFromArgs(const Args& args) {
   if (drain_grace) {
     if (!(*drain_grace > 0)) return absl::InvalidArgumentError("--drain-grace must be > 0 seconds");
     spec.drain_grace = absl::Seconds(*drain_grace);
-  }
-  if (!spec.api_key_file.empty() && spec.http_port < 0) {
-    return absl::InvalidArgumentError("--api-key-file goes with --http-port");
   }
   if (spec.prefill < 1 || spec.decode < 1) return absl::InvalidArgumentError("--prefill and --decode must be >= 1");
   if (spec.port < 0 || spec.port > 65535) return absl::InvalidArgumentError("--port must be in [0, 65535]");
@@ -153,6 +152,9 @@ std::string SelfPath() {
 absl::Status WaitForPool(const std::string& router, const ClusterSpec& spec, absl::Duration timeout) {
   client::ClientOptions options;
   options.default_timeout = absl::Seconds(2);
+  if (!spec.api_key_file.empty()) {
+    ASSIGN_OR_RETURN(options.api_key, ReadApiKeyFile(spec.api_key_file));
+  }
   ASSIGN_OR_RETURN(client::Client client, client::Client::Connect(router, options));
   const absl::Time deadline = absl::Now() + timeout;
   std::string last = "no answer yet";

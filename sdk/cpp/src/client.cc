@@ -21,8 +21,10 @@ absl::Status CheckPositive(std::optional<absl::Duration> timeout, const char* wh
   return absl::OkStatus();
 }
 
-void ApplyTimeout(grpc::ClientContext& context, std::optional<absl::Duration> timeout) {
+// A call's deadline and, when the client has one, its API key.
+void PrepareCall(grpc::ClientContext& context, std::optional<absl::Duration> timeout, const std::string& api_key) {
   if (timeout) context.set_deadline(absl::ToChronoTime(absl::Now() + *timeout));
+  if (!api_key.empty()) context.AddMetadata("authorization", absl::StrCat("Bearer ", api_key));
 }
 
 }  // namespace
@@ -126,7 +128,7 @@ GenerateStream Client::Stream(const GenerateRequest& request) const {
     state->error = std::move(valid);
     return GenerateStream(std::move(state));
   }
-  ApplyTimeout(state->context, state->timeout);
+  PrepareCall(state->context, state->timeout, impl_->options.api_key);
   state->reader = impl_->stub->Generate(&state->context, ToProto(request));
   return GenerateStream(std::move(state));
 }
@@ -147,7 +149,7 @@ absl::StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request) 
 
 absl::StatusOr<bool> Client::Abort(const std::string& request_id) const {
   grpc::ClientContext context;
-  ApplyTimeout(context, impl_->options.default_timeout);
+  PrepareCall(context, impl_->options.default_timeout, impl_->options.api_key);
   v1::AbortRequest request;
   request.set_request_id(request_id);
   v1::AbortResponse response;
@@ -158,7 +160,7 @@ absl::StatusOr<bool> Client::Abort(const std::string& request_id) const {
 
 absl::StatusOr<ModelInfo> Client::GetModelInfo() const {
   grpc::ClientContext context;
-  ApplyTimeout(context, impl_->options.default_timeout);
+  PrepareCall(context, impl_->options.default_timeout, impl_->options.api_key);
   v1::ModelInfoResponse response;
   const grpc::Status status = impl_->stub->ModelInfo(&context, v1::ModelInfoRequest(), &response);
   if (!status.ok()) return CallStatus(status, "ModelInfo", impl_->address, impl_->options.default_timeout);

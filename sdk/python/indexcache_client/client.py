@@ -130,10 +130,12 @@ class Client:
     timeout: deadline in seconds of every call that does not pass its own; None: no deadline.
     connect_timeout: wait this long for the router and raise ClientError(UNAVAILABLE) otherwise;
     None: connect on the first call.
+    api_key: the router's API key (its --api-key-file), sent as `authorization: Bearer <key>` on
+    every call; None: none.
     """
 
     def __init__(self, router_address: str, timeout: Optional[float] = None,
-                 connect_timeout: Optional[float] = None):
+                 connect_timeout: Optional[float] = None, api_key: Optional[str] = None):
         if not router_address:
             raise ValueError("router address is empty")
         for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
@@ -141,6 +143,7 @@ class Client:
                 raise ValueError(f"{name} must be positive, got {value}")
         self.router_address = router_address
         self._timeout = timeout
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
         self._channel = grpc.insecure_channel(router_address)
         self._stub = generate_pb2_grpc.IndexCacheStub(self._channel)
         if connect_timeout is not None:
@@ -176,7 +179,7 @@ class Client:
         those left out or None take the server's defaults. Errors raise ClientError on iteration."""
         request = _build_request(prompt, input_ids, request_id, sampling)
         deadline = self._resolve_timeout(timeout)
-        call = self._stub.Generate(request, timeout=deadline)
+        call = self._stub.Generate(request, timeout=deadline, metadata=self._metadata)
         return GenerateStream(call, self.router_address, deadline)
 
     def generate(self, prompt: Optional[str] = None, input_ids: Optional[Iterable[int]] = None, *,
@@ -199,7 +202,8 @@ class Client:
         """Aborts a request by id; returns whether the router knew it."""
         deadline = self._resolve_timeout(timeout)
         try:
-            response = self._stub.Abort(generate_pb2.AbortRequest(request_id=request_id), timeout=deadline)
+            response = self._stub.Abort(generate_pb2.AbortRequest(request_id=request_id), timeout=deadline,
+                                       metadata=self._metadata)
         except grpc.RpcError as error:
             raise _call_error(error, "Abort", self.router_address, deadline) from None
         return response.found
@@ -207,7 +211,8 @@ class Client:
     def model_info(self, *, timeout=_DEFAULT) -> ModelInfo:
         deadline = self._resolve_timeout(timeout)
         try:
-            response = self._stub.ModelInfo(generate_pb2.ModelInfoRequest(), timeout=deadline)
+            response = self._stub.ModelInfo(generate_pb2.ModelInfoRequest(), timeout=deadline,
+                                           metadata=self._metadata)
         except grpc.RpcError as error:
             raise _call_error(error, "ModelInfo", self.router_address, deadline) from None
         return ModelInfo.from_proto(response)

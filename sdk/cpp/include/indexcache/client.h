@@ -28,6 +28,9 @@ struct ClientOptions {
   // Connect() waits this long for the channel to be ready and fails with UNAVAILABLE otherwise;
   // unset: it returns at once and the first call connects.
   std::optional<absl::Duration> connect_timeout;
+  // The router's API key (its --api-key-file), sent as `authorization: Bearer <key>` on every call;
+  // empty: none.
+  std::string api_key;
 };
 
 // One Generate call being read chunk by chunk. Move-only; destroying an unfinished stream cancels it.
