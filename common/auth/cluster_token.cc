@@ -5,12 +5,12 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
-#include <fstream>
-
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "common/auth/secrets.h"
 #include "common/util/logging.h"
+#include "common/util/status_macros.h"
 
 namespace indexcache {
 namespace {
@@ -41,11 +41,7 @@ absl::StatusOr<ClusterToken> ClusterToken::FromSecret(absl::string_view secret) 
 }
 
 absl::StatusOr<ClusterToken> ClusterToken::FromFile(const std::string& path) {
-  std::ifstream in(path);
-  std::string line;
-  if (!in || !std::getline(in, line)) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot read the cluster token from ", path));
-  }
+  ASSIGN_OR_RETURN(const std::string line, ReadSecretFile(path, "cluster token"));
   absl::StatusOr<ClusterToken> token = FromSecret(line);
   if (!token.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", token.status().message()));
   return token;

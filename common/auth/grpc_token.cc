@@ -4,8 +4,7 @@
 #include <utility>
 #include <vector>
 
-#include "absl/strings/match.h"
-#include "absl/strings/str_cat.h"
+#include "common/auth/secrets.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/client_interceptor.h"
@@ -16,7 +15,6 @@ namespace {
 namespace gx = grpc::experimental;
 
 constexpr char kHeader[] = "authorization";
-constexpr char kScheme[] = "Bearer ";
 
 // Adds the header to each call's initial metadata.
 class TokenInterceptor final : public gx::Interceptor {
@@ -35,7 +33,7 @@ class TokenInterceptor final : public gx::Interceptor {
 
 class TokenInterceptorFactory final : public gx::ClientInterceptorFactoryInterface {
  public:
-  explicit TokenInterceptorFactory(const ClusterToken& token) : value_(absl::StrCat(kScheme, token.secret())) {}
+  explicit TokenInterceptorFactory(const ClusterToken& token) : value_(BearerValue(token.secret())) {}
   gx::Interceptor* CreateClientInterceptor(gx::ClientRpcInfo*) override { return new TokenInterceptor(&value_); }
 
  private:
@@ -60,9 +58,7 @@ std::optional<absl::string_view> PresentedBearer(const grpc::ServerContext& cont
   const auto& metadata = context.client_metadata();
   const auto it = metadata.find(kHeader);
   if (it == metadata.end()) return std::nullopt;
-  const absl::string_view value(it->second.data(), it->second.size());
-  if (!absl::StartsWith(value, kScheme)) return std::nullopt;
-  return value.substr(sizeof(kScheme) - 1);
+  return BearerSecret(absl::string_view(it->second.data(), it->second.size()));
 }
 
 }  // namespace

@@ -4,10 +4,9 @@
 #include <optional>
 #include <vector>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "common/auth/cluster_token.h"
+#include "common/auth/secrets.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
 #include "services/common/health_client.h"
@@ -20,8 +19,6 @@ namespace indexcache::openai {
 namespace {
 
 using nlohmann::json;
-
-constexpr char kBearer[] = "Bearer ";
 
 bool SendError(HttpExchange& exchange, const absl::Status& status, const char* code = nullptr) {
   return exchange.SendJson(HttpStatusOf(status.code()), ErrorBody(status, code));
@@ -52,13 +49,12 @@ OpenAiApi::OpenAiApi(OpenAiOptions options, std::shared_ptr<grpc::Channel> route
 bool OpenAiApi::Authorized(const std::string& authorization) const {
   if (options_.api_key.empty()) return true;
   // In time independent of where they differ, so response times reveal nothing of the key.
-  return absl::StartsWith(authorization, kBearer) &&
-         ConstantTimeEquals(authorization.substr(sizeof(kBearer) - 1), options_.api_key);
+  return BearerMatches(authorization, options_.api_key);
 }
 
 void OpenAiApi::PresentApiKey(grpc::ClientContext& call) const {
   // The HTTP client proved the key (Authorized); the router's gRPC API asks for it again.
-  if (!options_.api_key.empty()) call.AddMetadata("authorization", absl::StrCat(kBearer, options_.api_key));
+  if (!options_.api_key.empty()) call.AddMetadata("authorization", BearerValue(options_.api_key));
 }
 
 void OpenAiApi::Handle(const HttpRequest& request, HttpExchange& exchange) const {

@@ -11,7 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "common/auth/api_key.h"
+#include "common/auth/secrets.h"
 #include "common/util/status_macros.h"
 
 namespace indexcache {
@@ -96,7 +96,7 @@ absl::StatusOr<RouterOptions> RouterOptionsFromArgs(const cli::Args& args) {
   o.metrics_listen_address = args.Get("metrics-listen").value_or("");
   o.http_listen_address = args.Get("http-listen").value_or("");
   if (auto key_file = args.Get("api-key-file")) {
-    ASSIGN_OR_RETURN(o.api_key, ReadApiKeyFile(*key_file));
+    ASSIGN_OR_RETURN(o.api_key, ReadSecretFile(*key_file, "API key"));
   }
   ASSIGN_OR_RETURN(const std::optional<int64_t> queue_limit, args.GetInt("queue-limit"));
   if (queue_limit.has_value()) o.max_queued_requests = static_cast<int>(*queue_limit);

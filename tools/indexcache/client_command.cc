@@ -4,7 +4,7 @@
 #include <iostream>
 
 #include "absl/strings/str_format.h"
-#include "common/auth/api_key.h"
+#include "common/auth/secrets.h"
 #include "common/util/status_macros.h"
 #include "indexcache/client.h"
 #include "nlohmann/json.hpp"
@@ -79,7 +79,7 @@ absl::Status ClientGenerate(const Args& args) {
   client::ClientOptions options;
   options.connect_timeout = absl::Seconds(10);
   if (auto key_file = args.Get("api-key-file")) {
-    ASSIGN_OR_RETURN(options.api_key, ReadApiKeyFile(*key_file));
+    ASSIGN_OR_RETURN(options.api_key, ReadSecretFile(*key_file, "API key"));
   }
   ASSIGN_OR_RETURN(client::Client client, client::Client::Connect(router, options));
   if (args.Has("json")) {

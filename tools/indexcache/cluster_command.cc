@@ -23,7 +23,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "common/auth/api_key.h"
+#include "common/auth/secrets.h"
 #include "common/auth/cluster_token.h"
 #include "common/model/model_config.h"
 #include "common/util/status_macros.h"
@@ -153,7 +153,7 @@ absl::Status WaitForPool(const std::string& router, const ClusterSpec& spec, abs
   client::ClientOptions options;
   options.default_timeout = absl::Seconds(2);
   if (!spec.api_key_file.empty()) {
-    ASSIGN_OR_RETURN(options.api_key, ReadApiKeyFile(spec.api_key_file));
+    ASSIGN_OR_RETURN(options.api_key, ReadSecretFile(spec.api_key_file, "API key"));
   }
   ASSIGN_OR_RETURN(client::Client client, client::Client::Connect(router, options));
   const absl::Time deadline = absl::Now() + timeout;
