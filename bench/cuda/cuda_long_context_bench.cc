@@ -57,7 +57,7 @@ struct Prefilled {
   struct Rows {
     int32_t layer;
     KvRowKind kind;
-    std::string data;  // [length, width] in the cache's dtype
+    std::shared_ptr<std::string> data;  // [length, width] in the cache's dtype; each import holds it
   };
   std::vector<Rows> rows;
 };
@@ -81,7 +81,7 @@ Prefilled PrefillAndExport(Engine& engine, const std::vector<int32_t>& prompt, c
   KvSegment segment = OrDie(engine.ExportSegment(id, 0, static_cast<int32_t>(prompt.size())));
   OrDie(segment.Wait());
   for (const KvSlice& slice : segment.slices()) {
-    out.rows.push_back({slice.layer, slice.kind, std::string(segment.bytes(slice))});
+    out.rows.push_back({slice.layer, slice.kind, std::make_shared<std::string>(segment.bytes(slice))});
   }
   engine.Release(id);
   return out;
@@ -100,7 +100,8 @@ std::pair<int32_t, double> DecodeBatch(Engine& engine, const std::vector<int32_t
   if (ids.empty()) Die("the KV cache cannot hold one sequence of " + std::to_string(prompt.size()) + " tokens");
   for (RequestId id : ids) {
     for (const Prefilled::Rows& r : prefilled.rows) {
-      OrDie(engine.ImportRows(id, r.layer, r.kind, 0, static_cast<int32_t>(prompt.size()), r.data));
+      OrDie(engine.ImportRows(id, r.layer, r.kind, 0, static_cast<int32_t>(prompt.size()),
+                              HostRows{r.data->data(), r.data->size(), r.data}));
     }
     OrDie(engine.StartDecode(id, prefilled.first_token).status());
   }

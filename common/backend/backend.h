@@ -20,6 +20,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "common/backend/tensor.h"
 
 namespace indexcache {
@@ -111,6 +112,14 @@ struct MoeRouting {
   float routed_scaling_factor = 1.0f;
 };
 
+// One run of Backend::UploadRows: `rows` rows of the destination from row `dst_row` on, read densely
+// from `host_offset` bytes into the host area.
+struct RowRun {
+  int64_t dst_row = 0;
+  int64_t rows = 0;
+  size_t host_offset = 0;
+};
+
 // Wall-clock regions the engine reports on (IndexCache counters). A backend measures them the way
 // that is exact for it: the CPU backend with a clock (ops are synchronous), CUDA with events.
 enum class TimedRegion : uint8_t { kIndexer = 0, kAttention, kMoe, kCount };
@@ -143,9 +152,14 @@ class Backend {
   // chunk computes while the last one's rows travel to the host). `host` (from AllocateHost) must
   // stay valid, and `src` unwritten, until the returned copy's Wait has returned.
   virtual absl::StatusOr<std::unique_ptr<AsyncHostCopy>> CopyToHostAsync(Tensor src, void* host) = 0;
-  // Copies `host`, dense rows already in dst's dtype, byte for byte into dst, in order with the ops
-  // around it. `host` may be reused as soon as it returns.
-  virtual void UploadAsStored(const void* host, Tensor dst) = 0;
+  // Copies rows already in dst's dtype from `host` into rows of dst byte for byte, run by run, in
+  // order with the ops around it, and with no kernel (CUDA: copy-engine transfers, which a process
+  // sharing the GPU does not wait behind, where a kernel of this process's would interrupt it).
+  // `keep` holds `host` (AllocateHost memory, or any on the CPU) and is released once the copies have
+  // read it, from a stream callback on CUDA; with no `keep` the copies have read `host` when this
+  // returns.
+  virtual void UploadRows(const char* host, absl::Span<const RowRun> runs, Tensor dst,
+                          std::shared_ptr<const void> keep) = 0;
 
   // --- dense ops --------------------------------------------------------------------------
   // out[r] = table[ids[r]]                                     ids: I32 [n, 1]

@@ -238,7 +238,7 @@ absl::StatusOr<RequestId> Engine::AdmitImport(std::vector<int32_t> prompt, const
 }
 
 absl::Status Engine::ImportRows(RequestId id, int32_t layer, KvRowKind kind, int32_t begin, int32_t count,
-                                std::string_view rows) {
+                                HostRows rows) {
   ASSIGN_OR_RETURN(Request * r, Find(id));
   if (r->state != State::kWaitingForRemoteKv) {
     return absl::FailedPreconditionError(absl::StrFormat("request %d takes no rows now", id));
@@ -247,7 +247,11 @@ absl::Status Engine::ImportRows(RequestId id, int32_t layer, KvRowKind kind, int
     return absl::OutOfRangeError(absl::StrFormat("rows [%d, %d) lie outside the %d-token prompt of request %d", begin,
                                                  begin + count, r->prompt_len, id));
   }
-  return importer_->Import(id, layer, kind, begin, count, rows);
+  return importer_->Import(id, layer, kind, begin, count, std::move(rows));
+}
+
+absl::StatusOr<std::shared_ptr<HostRowsPool>> Engine::CreateReceiveArea(size_t bytes) {
+  return HostRowsPool::Create(*backend_, bytes);
 }
 
 absl::Status Engine::VerifyProbe(RequestId id, const IndexerProbe& probe) {

@@ -19,6 +19,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "common/backend/backend.h"
+#include "common/kv/host_rows_pool.h"
 #include "common/kv/kv_segment.h"
 #include "common/kv/paged_kv_cache.h"
 #include "common/model/dsa_model.h"
@@ -128,10 +129,12 @@ class Engine {
   // Validates like Submit and reserves cache for the prompt; RESOURCE_EXHAUSTED when the cache is
   // short now (retry later). The request waits for its rows until StartDecode.
   absl::StatusOr<RequestId> AdmitImport(std::vector<int32_t> prompt, const SamplingParams& params);
-  // `rows`: [count, width] of `kind` in the cache's dtype, as a prefill worker's ExportSegment made
-  // them. Enqueued; `rows` may be reused when this returns.
-  absl::Status ImportRows(RequestId id, int32_t layer, KvRowKind kind, int32_t begin, int32_t count,
-                          std::string_view rows);
+  // `rows`: [count, width] of `kind` in the cache's dtype, as a prefill worker's export made them.
+  // Copied into the cache where they lie, in order with the steps around it (KvImporter::Import).
+  absl::Status ImportRows(RequestId id, int32_t layer, KvRowKind kind, int32_t begin, int32_t count, HostRows rows);
+  // Host memory of `bytes` for received rows to land in before ImportRows (page-locked on CUDA, so
+  // the import's copy reads them in place).
+  absl::StatusOr<std::shared_ptr<HostRowsPool>> CreateReceiveArea(size_t bytes);
   // Re-runs the probe's indexer over the imported index keys; DATA_LOSS when the selection differs.
   absl::Status VerifyProbe(RequestId id, const IndexerProbe& probe);
   // Appends the prefill worker's first token and starts decoding; returns that token's event

@@ -61,8 +61,8 @@ void SealChunk(v1::HandoffChunk& chunk, std::string_view rows_data) {
   chunk.set_checksum(ChunkChecksum(chunk, rows_data));
 }
 
-absl::Status VerifyChunkChecksum(const v1::HandoffChunk& chunk) {
-  const uint32_t computed = ChunkChecksum(chunk, {});
+absl::Status VerifyChunkChecksum(const v1::HandoffChunk& chunk, std::string_view rows_data) {
+  const uint32_t computed = ChunkChecksum(chunk, rows_data);
   if (computed != chunk.checksum()) {
     return absl::DataLossError(absl::StrFormat(
         "handoff chunk %d of request '%s' is corrupt: checksum 0x%08x, computed 0x%08x", chunk.sequence(),

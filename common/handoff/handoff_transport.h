@@ -15,6 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/kv/host_rows.h"
 #include "indexcache/v1/internal.pb.h"
 
 namespace indexcache {
@@ -95,11 +96,19 @@ class HandoffConnector {
 class HandoffSink {
  public:
   virtual ~HandoffSink() = default;
-  // Each chunk of a stream, in arrival order. `chunk` is the transport's receive buffer, not read
+  // Host memory for the `bytes` of a rows chunk's data that a transport receives apart from the
+  // chunk's message (TCP: the frame's payload), `chunk` holding the rest: the transport reads the
+  // bytes straight into it and hands them to OnChunk as `rows`. Empty (the default): they go into
+  // the message's rows.data. An error ends the stream as a broken one.
+  virtual absl::StatusOr<HostRows> LandRows(const v1::HandoffChunk& chunk, size_t bytes) {
+    return HostRows{};
+  }
+  // Each chunk of a stream, in arrival order, with its rows bytes in `rows` when they landed in
+  // LandRows's memory (rows.data then empty). `chunk` is the transport's receive buffer, not read
   // again: the sink may move the rows bytes out of it instead of copying them. A non-OK status
   // rejects the handoff: the transport stops reading, answers the sender with the error, and calls
   // nothing else for this stream.
-  virtual absl::Status OnChunk(v1::HandoffChunk& chunk) = 0;
+  virtual absl::Status OnChunk(v1::HandoffChunk& chunk, HostRows rows) = 0;
   // The sender finished the stream after the chunk naming `request_id`'s trailer was accepted.
   virtual v1::HandoffAck OnComplete(const std::string& request_id) = 0;
   // The stream broke (peer gone, cancelled, malformed frame) before completing. `request_id` may be
@@ -117,7 +126,7 @@ absl::Status AckStatus(const v1::HandoffAck& ack);
 // RowsData; SealChunk stores it.
 uint32_t ChunkChecksum(const v1::HandoffChunk& chunk, std::string_view rows_data = {});
 void SealChunk(v1::HandoffChunk& chunk, std::string_view rows_data = {});
-// DATA_LOSS when the stored checksum does not match the body.
-absl::Status VerifyChunkChecksum(const v1::HandoffChunk& chunk);
+// DATA_LOSS when the stored checksum does not match the body (the rows bytes taken as in RowsData).
+absl::Status VerifyChunkChecksum(const v1::HandoffChunk& chunk, std::string_view rows_data = {});
 
 }  // namespace indexcache

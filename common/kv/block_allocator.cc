@@ -15,7 +15,10 @@ absl::StatusOr<std::vector<int32_t>> BlockAllocator::Allocate(int32_t count) {
     return absl::ResourceExhaustedError(absl::StrFormat(
         "out of KV cache memory: %d blocks needed, %d of %d free", count, num_free(), num_blocks()));
   }
-  std::vector<int32_t> blocks(free_.end() - count, free_.end());
+  // The free list's end is popped back to front, and Free pushes a table back to front, so the
+  // blocks a sequence gets are ascending where they were freed together (always, in a fresh pool):
+  // its positions then lie in consecutive slots that one copy writes (KvImporter).
+  std::vector<int32_t> blocks(free_.rbegin(), free_.rbegin() + count);
   free_.resize(free_.size() - count);
   for (int32_t id : blocks) allocated_[id] = true;
   return blocks;
@@ -31,9 +34,9 @@ absl::Status BlockAllocator::Free(absl::Span<const int32_t> blocks) {
     }
     seen[id] = true;
   }
-  for (int32_t id : blocks) {
-    allocated_[id] = false;
-    free_.push_back(id);
+  for (auto it = blocks.rbegin(); it != blocks.rend(); ++it) {
+    allocated_[*it] = false;
+    free_.push_back(*it);
   }
   return absl::OkStatus();
 }

@@ -277,28 +277,28 @@ absl::StatusOr<KvSegment> KvExporter::Export(SequenceId seq, int32_t begin, int3
 // ---- KvImporter -----------------------------------------------------------------------------
 
 absl::Status KvImporter::Import(SequenceId seq, int32_t layer, KvRowKind kind, int32_t begin, int32_t count,
-                                std::string_view rows) {
+                                HostRows rows) {
   const KvCacheSpec& spec = cache_.spec();
   RETURN_IF_ERROR(CheckLayer(spec, layer, kind));
-  if (rows.size() != KvRowBytes(spec, kind, count)) {
+  if (rows.size != KvRowBytes(spec, kind, count)) {
     return absl::InvalidArgumentError(absl::StrFormat("%d rows of width %d in %s take %d bytes, not %d", count,
                                                       KvRowWidth(spec, kind), DTypeName(spec.dtype),
-                                                      KvRowBytes(spec, kind, count), rows.size()));
+                                                      KvRowBytes(spec, kind, count), rows.size));
   }
   ASSIGN_OR_RETURN(std::vector<int32_t> slots, Slots(cache_, seq, begin, count));
   if (count == 0) return absl::OkStatus();
-  const size_t slots_bytes = AlignUp(slots.size() * sizeof(int32_t));
-  if (staging_.bytes() < slots_bytes + rows.size()) {
-    staging_ = Buffer();
-    ASSIGN_OR_RETURN(staging_, backend_.Allocate(slots_bytes + rows.size()));
+  // Positions in one block are consecutive slots, and so are adjacent blocks with adjacent ids (a
+  // fresh pool hands them out in order): each such run is one copy.
+  const size_t row_bytes = KvRowBytes(spec, kind, 1);
+  std::vector<RowRun> runs;
+  for (int32_t i = 0; i < count; ++i) {
+    if (!runs.empty() && runs.back().dst_row + runs.back().rows == slots[i]) {
+      ++runs.back().rows;
+    } else {
+      runs.push_back(RowRun{slots[i], 1, static_cast<size_t>(i) * row_bytes});
+    }
   }
-  char* device = static_cast<char*>(staging_.data());
-  const Tensor slot_ids = Tensor::Matrix(device, DType::kI32, count, 1);
-  const Tensor pool = Pool(cache_, layer, kind);
-  const Tensor staged = Tensor::Matrix(device + slots_bytes, spec.dtype, count, pool.cols);
-  backend_.Upload(slots.data(), slot_ids);
-  backend_.UploadAsStored(rows.data(), staged);
-  backend_.WriteCacheRows(staged, slot_ids, pool);
+  backend_.UploadRows(rows.data, runs, Pool(cache_, layer, kind), std::move(rows.keep));
   return absl::OkStatus();
 }
 

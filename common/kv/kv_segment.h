@@ -17,8 +17,8 @@
 // so a sender ships layer l while layers l+1… still compute, and what is left to send after the pass
 // is about one layer's rows. KvSegment is a handle: the engine and the sender share one segment's
 // state. Staging areas are pooled and reused once the last handle is gone, so steady prefill
-// allocates nothing. On the receiving side KvImporter writes received rows, still as stored, into the
-// pools.
+// allocates nothing. On the receiving side KvImporter copies received rows, still as stored, from the
+// host memory they landed in into the pools.
 #pragma once
 
 #include <cstdint>
@@ -28,6 +28,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/backend/backend.h"
+#include "common/kv/host_rows.h"
 #include "common/kv/paged_kv_cache.h"
 
 namespace indexcache {
@@ -109,17 +110,14 @@ class KvImporter {
   KvImporter(Backend& backend, PagedKvCache& cache) : backend_(backend), cache_(cache) {}
 
   // `rows`: [count, width] of `kind` as the pools store them, for positions [begin, begin + count)
-  // of `seq`, which must be reserved. The write is enqueued in order with the ops around it; `rows`
-  // may be reused when this returns.
-  absl::Status Import(SequenceId seq, int32_t layer, KvRowKind kind, int32_t begin, int32_t count,
-                      std::string_view rows);
+  // of `seq`, which must be reserved. Copied where they lie into the pool's blocks (one copy per run
+  // of consecutive slots, no kernel: Backend::UploadRows), in order with the ops around it; the copy
+  // holds rows.keep until it has read them.
+  absl::Status Import(SequenceId seq, int32_t layer, KvRowKind kind, int32_t begin, int32_t count, HostRows rows);
 
  private:
   Backend& backend_;
   PagedKvCache& cache_;
-  // Device area for the rows and their slot ids, grown to the largest import and reused (the
-  // writes that read it are ordered before any later upload into it).
-  Buffer staging_;
 };
 
 }  // namespace indexcache

@@ -46,7 +46,7 @@ void DecodeSession::Abort(EngineLoop& loop) {
 
 bool DecodeSession::QueueRows(PendingRows rows, size_t batch_bytes) {
   std::lock_guard<std::mutex> lock(rows_mu_);
-  rows_bytes_ += rows.rows.size();
+  rows_bytes_ += rows.rows.size;
   rows_.push_back(std::move(rows));
   if (import_queued_ || rows_bytes_ < batch_bytes) return false;
   import_queued_ = true;

@@ -43,7 +43,7 @@ class DecodeSession : public std::enable_shared_from_this<DecodeSession> {
     KvRowKind kind = KvRowKind::kLatent;
     int32_t begin = 0;
     int32_t count = 0;
-    std::string rows;  // [count, width] in the cache's dtype, taken from the received chunk
+    HostRows rows;  // [count, width] in the cache's dtype, where they were received
   };
   // The handoff's state, owned by whoever holds import_mu (the importer, chunk by chunk).
   struct Import {

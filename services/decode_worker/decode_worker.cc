@@ -65,7 +65,7 @@ absl::StatusOr<std::unique_ptr<DecodeWorker>> DecodeWorker::Create(const DecodeW
   const auto full = static_cast<int32_t>(std::count(pattern.begin(), pattern.end(), IndexerType::kFull));
   worker->metrics_ = std::make_unique<WorkerMetrics>(v1::DECODE, full, static_cast<int32_t>(pattern.size()) - full);
   worker->loop_ = std::make_unique<EngineLoop>(std::move(engine));
-  worker->importer_ = std::make_unique<HandoffImporter>(*worker->loop_, options.import_batching);
+  ASSIGN_OR_RETURN(worker->importer_, HandoffImporter::Create(*worker->loop_, options.import));
   // A request still waits for its handoff while its session is admitted and not decoding or ended.
   const MeteredHandoffSink::Awaited awaited = [importer = worker->importer_.get()](const std::string& id) {
     const std::shared_ptr<DecodeSession> session = importer->Find(id);

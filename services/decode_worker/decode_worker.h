@@ -34,8 +34,8 @@ struct DecodeWorkerOptions {
   // empty: the bound address. Needed behind NAT or when bound to a wildcard: prefill workers cannot
   // dial 0.0.0.0. An IP, not a name: the TCP sender does not resolve names.
   std::string tcp_advertise_address;
-  // How received rows are grouped into imports (HandoffImporter).
-  ImportBatching import_batching;
+  // Where received rows land and how they are grouped into imports (HandoffImporter).
+  ImportOptions import;
   // A request whose handoff has not completed this long after admission is dropped.
   absl::Duration handoff_timeout = absl::Minutes(10);
   // TCP data plane: bound on each read or write, the wait for the next chunk included. The NCCL

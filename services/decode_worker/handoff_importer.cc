@@ -29,9 +29,25 @@ absl::Status Mismatch(const std::string& what, const std::string& theirs, const 
 
 }  // namespace
 
-HandoffImporter::HandoffImporter(EngineLoop& loop, ImportBatching batching)
+absl::StatusOr<std::unique_ptr<HandoffImporter>> HandoffImporter::Create(EngineLoop& loop,
+                                                                         const ImportOptions& options) {
+  // Rows wait in the area until a batch is complete: two batches and the largest chunk must fit.
+  if (2 * options.batch_bytes + kMaxHandoffChunkBytes > options.receive_area_bytes) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "a %d MiB import batch does not fit a %d MiB receive area (it needs 2 batches + %d MiB)",
+        options.batch_bytes >> 20, options.receive_area_bytes >> 20, kMaxHandoffChunkBytes >> 20));
+  }
+  ASSIGN_OR_RETURN(std::shared_ptr<HostRowsPool> area, loop.Call([&](Engine& engine) {
+                     return engine.CreateReceiveArea(options.receive_area_bytes);
+                   }));
+  return std::unique_ptr<HandoffImporter>(new HandoffImporter(loop, options, std::move(area)));
+}
+
+HandoffImporter::HandoffImporter(EngineLoop& loop, const ImportOptions& options,
+                                 std::shared_ptr<HostRowsPool> receive_area)
     : loop_(loop),
-      batching_(batching),
+      options_(options),
+      receive_area_(std::move(receive_area)),
       fingerprint_(loop.engine().model_fingerprint()),
       pattern_(FormatIndexPattern(loop.engine().config().indexer_types)),
       full_layers_(FullLayers(loop.engine().config())),
@@ -80,23 +96,37 @@ void HandoffImporter::Reject(DecodeSession& session, const absl::Status& why) {
   session.Fail(loop_, why);
 }
 
-absl::Status HandoffImporter::OnChunk(v1::HandoffChunk& chunk) {
+namespace {
+
+absl::Status NotAdmitted(const std::string& request_id) {
+  return absl::NotFoundError(
+      absl::StrCat("request '", request_id, "' is not admitted on this decode worker (never, or no longer)"));
+}
+
+}  // namespace
+
+absl::StatusOr<HostRows> HandoffImporter::LandRows(const v1::HandoffChunk& chunk, size_t bytes) {
+  // Area only for a request that waits for rows; a stray stream gets nothing to hold.
+  if (Find(chunk.request_id()) == nullptr) return NotAdmitted(chunk.request_id());
+  return receive_area_->Take(bytes, absl::Now() + options_.receive_area_wait);
+}
+
+absl::Status HandoffImporter::OnChunk(v1::HandoffChunk& chunk, HostRows rows) {
   std::shared_ptr<DecodeSession> session = Find(chunk.request_id());
   if (session == nullptr) {
     ++rejected_;
-    return absl::NotFoundError(absl::StrCat("request '", chunk.request_id(),
-                                            "' is not admitted on this decode worker (never, or no longer)"));
+    return NotAdmitted(chunk.request_id());
   }
   absl::Status status;
   {
     std::lock_guard<std::mutex> lock(session->import_mu);
-    status = Apply(*session, chunk);
+    status = Apply(*session, chunk, rows);
   }
   if (!status.ok()) Reject(*session, Annotate(status, "the handoff from the prefill worker was refused"));
   return status;
 }
 
-absl::Status HandoffImporter::Apply(DecodeSession& session, v1::HandoffChunk& chunk) {
+absl::Status HandoffImporter::Apply(DecodeSession& session, v1::HandoffChunk& chunk, HostRows& rows) {
   DecodeSession::Import& state = session.import;
   if (state.phase == Phase::kEnded) {
     return absl::FailedPreconditionError(absl::StrCat("request '", session.request_id(), "' has already ended"));
@@ -104,7 +134,7 @@ absl::Status HandoffImporter::Apply(DecodeSession& session, v1::HandoffChunk& ch
   if (state.phase != Phase::kAwaitingHeader && state.phase != Phase::kRows) {
     return absl::InvalidArgumentError(absl::StrFormat("chunk %d arrived after the trailer", chunk.sequence()));
   }
-  RETURN_IF_ERROR(VerifyChunkChecksum(chunk));
+  RETURN_IF_ERROR(VerifyChunkChecksum(chunk, rows.view()));
   if (chunk.sequence() != state.next_sequence) {
     return absl::DataLossError(absl::StrFormat("chunk %d arrived where chunk %d was due (a gap or a repeat)",
                                                chunk.sequence(), state.next_sequence));
@@ -121,7 +151,7 @@ absl::Status HandoffImporter::Apply(DecodeSession& session, v1::HandoffChunk& ch
       return absl::OkStatus();
     case v1::HandoffChunk::kRows:
       if (state.phase != Phase::kRows) return absl::InvalidArgumentError("cache rows arrived before the header");
-      return AcceptRows(session, *chunk.mutable_rows());
+      return AcceptRows(session, *chunk.mutable_rows(), rows);
     case v1::HandoffChunk::kTrailer:
       if (state.phase != Phase::kRows) return absl::InvalidArgumentError("the trailer arrived before the header");
       RETURN_IF_ERROR(VerifyTrailer(session, chunk.trailer()));
@@ -158,7 +188,7 @@ absl::Status HandoffImporter::CheckHeader(const v1::HandoffHeader& header, const
   return absl::OkStatus();
 }
 
-absl::Status HandoffImporter::AcceptRows(DecodeSession& session, v1::KvRows& rows) {
+absl::Status HandoffImporter::AcceptRows(DecodeSession& session, v1::KvRows& rows, HostRows& landed) {
   const int32_t layer = rows.layer();
   if (layer < 0 || layer >= static_cast<int32_t>(full_layers_.size())) {
     return absl::InvalidArgumentError(absl::StrFormat("rows of layer %d: the model has %d layers", layer,
@@ -191,17 +221,22 @@ absl::Status HandoffImporter::AcceptRows(DecodeSession& session, v1::KvRows& row
         v1::KvPayloadKind_Name(rows.kind()), begin, int64_t{begin} + count, layer, have, session.prompt_tokens()));
   }
   const size_t bytes = static_cast<size_t>(count) * width * DTypeSize(dtype_);
-  if (rows.data().size() != bytes) {
+  const size_t arrived = landed.empty() ? rows.data().size() : landed.size;
+  if (arrived != bytes) {
     return absl::InvalidArgumentError(absl::StrFormat("%s rows of layer %d: %d bytes for %d rows of %d %s values",
-                                                      v1::KvPayloadKind_Name(rows.kind()), layer, rows.data().size(),
-                                                      count, width, DTypeName(dtype_)));
+                                                      v1::KvPayloadKind_Name(rows.kind()), layer, arrived, count,
+                                                      width, DTypeName(dtype_)));
   }
-  // Little-endian rows are the host's layout; the bytes move out of the received chunk uncopied.
-  DecodeSession::PendingRows pending{layer, kind, begin, count, {}};
-  pending.rows.swap(*rows.mutable_data());
+  // Little-endian rows are the host's layout; the import copies them to the device from where they
+  // landed, or from the received message's bytes, moved out of it uncopied.
+  DecodeSession::PendingRows pending{layer, kind, begin, count, std::move(landed)};
+  if (pending.rows.empty()) {
+    auto message_bytes = std::make_shared<std::string>(std::move(*rows.mutable_data()));
+    pending.rows = HostRows{message_bytes->data(), message_bytes->size(), message_bytes};
+  }
   have += count;
   session.import.bytes_to_come -= bytes;  // the checks above bound it by what the header promised
-  const size_t batch = session.import.bytes_to_come <= batching_.eager_tail_bytes ? 0 : batching_.batch_bytes;
+  const size_t batch = session.import.bytes_to_come <= options_.eager_tail_bytes ? 0 : options_.batch_bytes;
   if (session.QueueRows(std::move(pending), batch)) {
     // The transport thread goes on receiving while the loop writes the rows: the trailer's check,
     // which runs on the loop after this import, finds any failure (DecodeSession::import_error).
@@ -218,7 +253,7 @@ absl::Status HandoffImporter::ImportRows(Engine& engine, const DecodeSession& se
   size_t bytes = 0;
   for (const DecodeSession::PendingRows& p : batch) {
     RETURN_IF_ERROR(engine.ImportRows(session.engine_id(), p.layer, p.kind, p.begin, p.count, p.rows));
-    bytes += p.rows.size();
+    bytes += p.rows.size;
   }
   IC_LOG(Debug) << "request '" << session.request_id() << "': imported " << batch.size() << " row blocks (" << bytes
                 << " bytes)";

@@ -22,19 +22,24 @@
 
 namespace indexcache {
 
-// While much of the prompt is still to come, received rows go to the engine loop in batches of
-// `batch_bytes`: every import is work the GPU runs for the decode worker, and when a prefill worker
-// shares the GPU each one interrupts its prefill (the GPU time-slices between the processes), so few
-// large ones cost it less. Over the last `eager_tail_bytes` each chunk goes in as it arrives, so what
-// is left to import at the trailer is about one chunk.
-struct ImportBatching {
+struct ImportOptions {
+  // Received rows land in a host area of this size (pinned on CUDA: Engine::CreateReceiveArea), from
+  // which the import copies them to the device; a transport waits while it is full.
+  size_t receive_area_bytes = size_t{256} << 20;
+  // Longest such wait before the handoff fails.
+  absl::Duration receive_area_wait = absl::Seconds(60);
+  // While much of the prompt is still to come, received rows go to the engine loop in batches of
+  // `batch_bytes`, so the loop takes few large imports. Over the last `eager_tail_bytes` each chunk
+  // goes in as it arrives, so what is left to import at the trailer is about one chunk.
   size_t batch_bytes = size_t{32} << 20;
   size_t eager_tail_bytes = size_t{64} << 20;
 };
 
 class HandoffImporter final : public HandoffSink {
  public:
-  explicit HandoffImporter(EngineLoop& loop, ImportBatching batching = {});
+  // INVALID_ARGUMENT when a batch could not fit the receive area (rows would wait for an import that
+  // never comes); the area's allocation error.
+  static absl::StatusOr<std::unique_ptr<HandoffImporter>> Create(EngineLoop& loop, const ImportOptions& options = {});
 
   // Makes the request's handoff acceptable; ALREADY_EXISTS when its id is in use.
   absl::Status Add(std::shared_ptr<DecodeSession> session);
@@ -45,19 +50,24 @@ class HandoffImporter final : public HandoffSink {
   // Handoffs refused or broken since start.
   uint64_t rejected() const { return rejected_; }
 
-  absl::Status OnChunk(v1::HandoffChunk& chunk) override;
+  // Rows of an admitted request land in the receive area.
+  absl::StatusOr<HostRows> LandRows(const v1::HandoffChunk& chunk, size_t bytes) override;
+  absl::Status OnChunk(v1::HandoffChunk& chunk, HostRows rows) override;
   v1::HandoffAck OnComplete(const std::string& request_id) override;
   void OnBroken(const std::string& request_id, const absl::Status& why) override;
 
  private:
+  HandoffImporter(EngineLoop& loop, const ImportOptions& options, std::shared_ptr<HostRowsPool> receive_area);
+
   // The state machine; the caller holds the session's import_mu.
-  absl::Status Apply(DecodeSession& session, v1::HandoffChunk& chunk);
+  absl::Status Apply(DecodeSession& session, v1::HandoffChunk& chunk, HostRows& rows);
   absl::Status CheckHeader(const v1::HandoffHeader& header, const DecodeSession& session) const;
   // Every row a prompt of this length ships: each layer's latent rows, the Full layers' index keys.
   size_t PromptRowBytes(int32_t prompt_tokens) const;
-  // Validates the rows and queues them for the engine loop to import (DecodeSession::QueueRows),
-  // without waiting for it: in batches, or at once near the end (ImportBatching).
-  absl::Status AcceptRows(DecodeSession& session, v1::KvRows& rows);
+  // Validates the rows (`landed`, else the message's bytes) and queues them for the engine loop to
+  // import (DecodeSession::QueueRows), without waiting for it: in batches, or at once near the end
+  // (ImportOptions).
+  absl::Status AcceptRows(DecodeSession& session, v1::KvRows& rows, HostRows& landed);
   // Writes `batch` into the engine's cache; on the loop thread.
   static absl::Status ImportRows(Engine& engine, const DecodeSession& session,
                                  const std::vector<DecodeSession::PendingRows>& batch);
@@ -66,7 +76,8 @@ class HandoffImporter final : public HandoffSink {
   void Reject(DecodeSession& session, const absl::Status& why);
 
   EngineLoop& loop_;
-  const ImportBatching batching_;
+  const ImportOptions options_;
+  const std::shared_ptr<HostRowsPool> receive_area_;
   // This engine's side of the header, read once.
   const std::string fingerprint_;
   const std::string pattern_;

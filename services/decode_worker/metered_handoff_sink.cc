@@ -2,8 +2,8 @@
 
 namespace indexcache {
 
-absl::Status MeteredHandoffSink::OnChunk(v1::HandoffChunk& chunk) {
-  const uint64_t size = chunk.ByteSizeLong();
+absl::Status MeteredHandoffSink::OnChunk(v1::HandoffChunk& chunk, HostRows rows) {
+  const uint64_t size = chunk.ByteSizeLong() + rows.size;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto [it, first] = streams_.try_emplace(chunk.request_id());
@@ -11,10 +11,10 @@ absl::Status MeteredHandoffSink::OnChunk(v1::HandoffChunk& chunk) {
     it->second.bytes += size;
   }
   HandoffByteCounts bytes;
-  CountChunkBytes(chunk, {}, size, bytes);
+  CountChunkBytes(chunk, rows.view(), size, bytes);
   metrics_.AddHandoffBytes(transport_, bytes);
   const bool awaited = awaited_(chunk.request_id());
-  absl::Status status = inner_.OnChunk(chunk);
+  absl::Status status = inner_.OnChunk(chunk, std::move(rows));
   if (!status.ok() && Forget(chunk.request_id(), nullptr) && awaited) metrics_.CountHandoffFailure(transport_, status);
   return status;
 }

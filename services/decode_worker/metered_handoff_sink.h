@@ -28,7 +28,10 @@ class MeteredHandoffSink final : public HandoffSink {
   MeteredHandoffSink(HandoffSink& inner, WorkerMetrics& metrics, v1::HandoffTransport transport, Awaited awaited)
       : inner_(inner), metrics_(metrics), transport_(transport), awaited_(std::move(awaited)) {}
 
-  absl::Status OnChunk(v1::HandoffChunk& chunk) override;
+  absl::StatusOr<HostRows> LandRows(const v1::HandoffChunk& chunk, size_t bytes) override {
+    return inner_.LandRows(chunk, bytes);
+  }
+  absl::Status OnChunk(v1::HandoffChunk& chunk, HostRows rows) override;
   v1::HandoffAck OnComplete(const std::string& request_id) override;
   void OnBroken(const std::string& request_id, const absl::Status& why) override;
 

@@ -14,6 +14,8 @@ const char kDecodeWorkerFlagsUsage[] =
     "                            transfer (default 60000)\n"
     "  --nccl-gpu N              serve NCCL handoffs on CUDA GPU N (default: no NCCL handoff)\n"
     "  --nccl-listen IP:PORT     the NCCL handoff's control endpoint (default 127.0.0.1:0)\n"
+    "  --import-area-mb N        host memory (pinned on CUDA) received rows land in until imported;\n"
+    "                            a handoff waits while it is full (default 256)\n"
     "  --import-batch-mb N       import received rows in batches of N MiB while more than the eager\n"
     "                            tail is still to come (default 32; 0: each chunk as it arrives)\n"
     "  --import-eager-tail-mb N  import the prompt's last N MiB of rows chunk by chunk (default 64)\n";
@@ -22,7 +24,7 @@ std::set<std::string> DecodeWorkerFlagNames() {
   std::set<std::string> names = cli::EngineFlagNames();
   names.merge(WorkerServerFlagNames());
   names.insert({"tcp-listen", "tcp-advertise", "handoff-timeout-ms", "tcp-io-timeout-ms", "nccl-gpu", "nccl-listen",
-                "import-batch-mb", "import-eager-tail-mb"});
+                "import-area-mb", "import-batch-mb", "import-eager-tail-mb"});
   return names;
 }
 
@@ -57,8 +59,9 @@ absl::StatusOr<DecodeWorkerOptions> DecodeWorkerOptionsFromArgs(const cli::Args&
   o.tcp_advertise_address = args.Get("tcp-advertise").value_or("");
   RETURN_IF_ERROR(MillisecondsFlag(args, "handoff-timeout-ms", o.handoff_timeout));
   RETURN_IF_ERROR(MillisecondsFlag(args, "tcp-io-timeout-ms", o.tcp_io_timeout));
-  RETURN_IF_ERROR(MebibytesFlag(args, "import-batch-mb", o.import_batching.batch_bytes));
-  RETURN_IF_ERROR(MebibytesFlag(args, "import-eager-tail-mb", o.import_batching.eager_tail_bytes));
+  RETURN_IF_ERROR(MebibytesFlag(args, "import-area-mb", o.import.receive_area_bytes));
+  RETURN_IF_ERROR(MebibytesFlag(args, "import-batch-mb", o.import.batch_bytes));
+  RETURN_IF_ERROR(MebibytesFlag(args, "import-eager-tail-mb", o.import.eager_tail_bytes));
   ASSIGN_OR_RETURN(auto nccl_gpu, args.GetInt("nccl-gpu"));
   if (nccl_gpu) {
     if (*nccl_gpu < 0) return absl::InvalidArgumentError("--nccl-gpu must be a CUDA device ordinal >= 0");

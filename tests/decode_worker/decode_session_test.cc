@@ -2,6 +2,7 @@
 // loop (one queued at a time, once the rows waiting weigh a batch), and what the import takes.
 #include "services/decode_worker/decode_session.h"
 
+#include <memory>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -10,7 +11,8 @@ namespace indexcache {
 namespace {
 
 DecodeSession::PendingRows Rows(int32_t begin, size_t bytes) {
-  return DecodeSession::PendingRows{0, KvRowKind::kLatent, begin, 1, std::string(bytes, 'r')};
+  auto data = std::make_shared<std::string>(bytes, 'r');
+  return DecodeSession::PendingRows{0, KvRowKind::kLatent, begin, 1, HostRows{data->data(), bytes, data}};
 }
 
 TEST(DecodeSessionTest, AnImportIsPostedOnceTheRowsWaitingWeighABatch) {

@@ -328,7 +328,8 @@ TEST_P(DecodeWorkerTest, RowsImportedInBatchesThenChunkByChunkMatchTheInProcessE
   }
   const size_t rows_bytes = row_bytes_per_token * prompt.size();
   DecodeWorkerOptions batched = WorkerOptions();
-  batched.import_batching = {.batch_bytes = rows_bytes / 8, .eager_tail_bytes = rows_bytes / 4};
+  batched.import.batch_bytes = rows_bytes / 8;
+  batched.import.eager_tail_bytes = rows_bytes / 4;
   worker_.reset();
   StartWorker(batched);
   const std::vector<int32_t> want = LocalGreedy(*prefill_, prompt, 12);

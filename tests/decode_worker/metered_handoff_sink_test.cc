@@ -16,7 +16,7 @@ using ::indexcache::testing::Sample;
 // Accepts or refuses chunks and verdicts as told; records what it was called with.
 class ScriptedSink : public HandoffSink {
  public:
-  absl::Status OnChunk(v1::HandoffChunk& chunk) override {
+  absl::Status OnChunk(v1::HandoffChunk& chunk, HostRows /*rows: never landed*/) override {
     ++chunks;
     return chunk_verdict;
   }
@@ -62,7 +62,7 @@ TEST_F(MeteredHandoffSinkTest, CountsBytesOfEveryChunkAndTheCompletedHandoff) {
   // The serialized sizes before the sink sees the chunks (a sink may move the rows out).
   const double serialized = header.ByteSizeLong() + latent.ByteSizeLong() + keys.ByteSizeLong();
   v1::HandoffChunk* stream[] = {&header, &latent, &keys};
-  for (v1::HandoffChunk* chunk : stream) ASSERT_TRUE(sink_.OnChunk(*chunk).ok());
+  for (v1::HandoffChunk* chunk : stream) ASSERT_TRUE(sink_.OnChunk(*chunk, {}).ok());
   EXPECT_TRUE(sink_.OnComplete("r1").accepted());
   EXPECT_EQ(inner_.chunks, 3);
 
@@ -84,15 +84,15 @@ TEST_F(MeteredHandoffSinkTest, CountsBytesOfEveryChunkAndTheCompletedHandoff) {
 // its handoff: the stream breaking or being refused then is the request's end, not a failure.
 TEST_F(MeteredHandoffSinkTest, HandoffsOfRequestsThatEndedAreNoFailures) {
   v1::HandoffChunk r1 = Rows("r1", v1::LATENT, 10), r2 = Rows("r2", v1::LATENT, 10), r3 = Rows("r3", v1::LATENT, 10);
-  ASSERT_TRUE(sink_.OnChunk(r1).ok());
-  ASSERT_TRUE(sink_.OnChunk(r2).ok());
-  ASSERT_TRUE(sink_.OnChunk(r3).ok());
+  ASSERT_TRUE(sink_.OnChunk(r1, {}).ok());
+  ASSERT_TRUE(sink_.OnChunk(r2, {}).ok());
+  ASSERT_TRUE(sink_.OnChunk(r3, {}).ok());
   gone_ = {"r1", "r2", "r3"};
   sink_.OnBroken("r1", absl::CancelledError("cancelled by its sender"));
   inner_.final_verdict = absl::NotFoundError("request 'r2' ended before its handoff completed");
   EXPECT_FALSE(sink_.OnComplete("r2").accepted());
   inner_.chunk_verdict = absl::NotFoundError("no request r3");
-  EXPECT_FALSE(sink_.OnChunk(r3).ok());
+  EXPECT_FALSE(sink_.OnChunk(r3, {}).ok());
 
   const prometheus::Registry& r = *metrics_.registry();
   for (const char* reason : {"data_loss", "rejected", "unavailable"}) {
@@ -103,12 +103,12 @@ TEST_F(MeteredHandoffSinkTest, HandoffsOfRequestsThatEndedAreNoFailures) {
 TEST_F(MeteredHandoffSinkTest, CountsEachWayAHandoffFails) {
   v1::HandoffChunk r1 = Rows("r1", v1::LATENT, 10), r2 = Rows("r2", v1::LATENT, 10), r3 = Rows("r3", v1::LATENT, 10);
   inner_.chunk_verdict = absl::DataLossError("checksum mismatch");
-  EXPECT_FALSE(sink_.OnChunk(r1).ok());
+  EXPECT_FALSE(sink_.OnChunk(r1, {}).ok());
   inner_.chunk_verdict = absl::OkStatus();
   inner_.final_verdict = absl::FailedPreconditionError("another pattern");
-  ASSERT_TRUE(sink_.OnChunk(r2).ok());
+  ASSERT_TRUE(sink_.OnChunk(r2, {}).ok());
   EXPECT_FALSE(sink_.OnComplete("r2").accepted());
-  ASSERT_TRUE(sink_.OnChunk(r3).ok());
+  ASSERT_TRUE(sink_.OnChunk(r3, {}).ok());
   sink_.OnBroken("r3", absl::CancelledError("peer went away"));
   // A connection that broke before any chunk named a request is no handoff.
   sink_.OnBroken("", absl::UnavailableError("closed"));

@@ -1,10 +1,13 @@
 // A HandoffSink for transport tests: checks each chunk's checksum and sequence like a decode worker
-// would, records everything, and lets a test wait for the stream's end.
+// would, records everything, and lets a test wait for the stream's end. With `land_rows` set it
+// lands rows bytes in memory of its own, as a decode worker does (LandRows), and records each rows
+// chunk with its landed bytes put back into rows.data.
 #pragma once
 
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <string>
@@ -17,9 +20,19 @@ namespace indexcache::testing {
 
 class FakeSink : public HandoffSink {
  public:
-  absl::Status OnChunk(v1::HandoffChunk& chunk) override {
+  absl::StatusOr<HostRows> LandRows(const v1::HandoffChunk&, size_t bytes) override {
+    if (!land_rows) return HostRows{};
+    auto area = std::make_shared<std::string>(bytes, '\0');
     std::lock_guard<std::mutex> lock(mu_);
-    absl::Status verdict = VerifyChunkChecksum(chunk);
+    ++landed_;
+    return HostRows{area->data(), bytes, area};
+  }
+  absl::Status OnChunk(v1::HandoffChunk& chunk, HostRows rows) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    absl::Status verdict = VerifyChunkChecksum(chunk, rows.view());
+    if (verdict.ok() && !rows.empty() && !chunk.rows().data().empty()) {
+      verdict = absl::InvalidArgumentError("rows bytes both landed and in the message");
+    }
     if (verdict.ok() && chunk.sequence() != chunks_.size()) {
       verdict = absl::DataLossError(absl::StrFormat("sequence %d, want %d", chunk.sequence(), chunks_.size()));
     }
@@ -29,6 +42,7 @@ class FakeSink : public HandoffSink {
       return verdict;
     }
     chunks_.push_back(chunk);
+    if (!rows.empty()) chunks_.back().mutable_rows()->set_data(std::string(rows.view()));
     accepted_.notify_all();
     return absl::OkStatus();
   }
@@ -73,6 +87,13 @@ class FakeSink : public HandoffSink {
     std::lock_guard<std::mutex> lock(mu_);
     return rejected_;
   }
+  // Rows payloads landed in this sink's memory.
+  int landed() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return landed_;
+  }
+
+  bool land_rows = false;  // set before the stream starts
 
  private:
   std::mutex mu_;
@@ -82,6 +103,7 @@ class FakeSink : public HandoffSink {
   std::vector<std::string> completed_;
   std::vector<std::pair<std::string, absl::Status>> broken_;
   absl::Status rejected_;
+  int landed_ = 0;
 };
 
 // A sealed handoff of `request_id`: header, rows chunks of the given byte sizes (alternating LATENT

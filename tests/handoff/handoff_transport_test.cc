@@ -206,6 +206,38 @@ TEST_P(TransportTest, ConnectingToNothingFailsWithinTheTimeout) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(5));
 }
 
+// The TCP data plane reads a rows payload straight into memory the sink lands it in (the decode
+// worker's pinned receive area), checksummed there; a byte flipped on the way is still DATA_LOSS.
+TEST(TcpHandoff, RowsLandInTheSinksMemoryIntact) {
+  for (bool corrupt : {false, true}) {
+    FakeSink sink;
+    sink.land_rows = true;
+    auto server = TcpHandoffServer::Start("127.0.0.1", 0, &sink, {.io_timeout = absl::Seconds(5)});
+    ASSERT_TRUE(server.ok()) << server.status();
+    std::vector<v1::HandoffChunk> chunks = MakeHandoff("req-land", {4096, 5 << 20, 0, 12});
+    if (corrupt) (*chunks[2].mutable_rows()->mutable_data())[(5 << 20) - 1] ^= 0x10;
+    auto sender = ConnectHandoff(v1::HANDOFF_TRANSPORT_TCP, (*server)->address(), absl::Seconds(5));
+    ASSERT_TRUE(sender.ok()) << sender.status();
+    for (const v1::HandoffChunk& chunk : chunks) {
+      if (!(*sender)->Send(chunk).ok()) break;
+    }
+    absl::StatusOr<v1::HandoffAck> ack = (*sender)->Finish();
+    ASSERT_TRUE(ack.ok()) << ack.status();
+    if (corrupt) {
+      EXPECT_EQ(AckStatus(*ack).code(), absl::StatusCode::kDataLoss) << ack->error();
+      EXPECT_EQ(sink.chunks().size(), 2u);
+      continue;
+    }
+    EXPECT_TRUE(ack->accepted()) << ack->error();
+    const std::vector<v1::HandoffChunk> got = sink.chunks();
+    ASSERT_EQ(got.size(), chunks.size());
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      EXPECT_EQ(got[i].SerializeAsString(), chunks[i].SerializeAsString()) << "chunk " << i;
+    }
+    EXPECT_EQ(sink.landed(), 3);  // the three rows chunks with bytes; the empty one has no payload
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(BothTransports, TransportTest,
                          ::testing::Values(v1::HANDOFF_TRANSPORT_GRPC, v1::HANDOFF_TRANSPORT_TCP),
                          [](const auto& info) { return info.param == v1::HANDOFF_TRANSPORT_GRPC ? "Grpc" : "Tcp"; });

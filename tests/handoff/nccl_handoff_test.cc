@@ -32,7 +32,7 @@ constexpr absl::Duration kIoTimeout = absl::Seconds(5);
 // Accepts every stream, keeping each request's chunks apart (FakeSink holds one stream).
 class PerRequestSink : public HandoffSink {
  public:
-  absl::Status OnChunk(v1::HandoffChunk& chunk) override {
+  absl::Status OnChunk(v1::HandoffChunk& chunk, HostRows /*rows: never landed*/) override {
     std::lock_guard<std::mutex> lock(mu_);
     std::vector<v1::HandoffChunk>& chunks = chunks_[chunk.request_id()];
     RETURN_IF_ERROR(VerifyChunkChecksum(chunk));

@@ -6,6 +6,7 @@
 // positions past the reservation. Staging areas are reused across exports without mixing rows.
 #include "common/kv/kv_segment.h"
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -178,7 +179,7 @@ TEST_F(KvSegmentTest, ImportWritesTheRowsAtTheirSlots) {
   for (int32_t t = 0; t < 5; ++t) {
     for (int32_t c = 0; c < 4; ++c) rows[size_t(t) * 4 + c] = Value(2, KvRowKind::kIndexKey, 5 + t, c);
   }
-  const std::string_view bytes(reinterpret_cast<const char*>(rows.data()), rows.size() * sizeof(float));
+  const HostRows bytes{reinterpret_cast<char*>(rows.data()), rows.size() * sizeof(float), nullptr};
   ASSERT_TRUE(importer.Import(1, 2, KvRowKind::kIndexKey, 5, 5, bytes).ok());
   for (int32_t pos = 5; pos < 10; ++pos) {
     const float* row = Row(1, 2, KvRowKind::kIndexKey, pos);
@@ -186,10 +187,36 @@ TEST_F(KvSegmentTest, ImportWritesTheRowsAtTheirSlots) {
   }
 }
 
+TEST_F(KvSegmentTest, ImportAcrossAdjacentBlocksWritesOnlyItsPositionsAndReleasesTheRowsAfterTheCopy) {
+  // One reservation: adjacent block ids, so positions 3..12 are one run of slots across three blocks.
+  ASSERT_TRUE(cache_->Reserve(1, 16).ok());
+  ASSERT_EQ(cache_->BlockTable(1)[1], cache_->BlockTable(1)[0] + 1);
+  for (int32_t pos = 0; pos < 16; ++pos) std::fill_n(Row(1, 0, KvRowKind::kLatent, pos), 6, -1.0f);
+  auto rows = std::make_shared<std::vector<float>>(size_t(10) * 6);
+  for (int32_t t = 0; t < 10; ++t) {
+    for (int32_t c = 0; c < 6; ++c) (*rows)[size_t(t) * 6 + c] = Value(0, KvRowKind::kLatent, 3 + t, c);
+  }
+  KvImporter importer(*backend_, *cache_);
+  std::weak_ptr<std::vector<float>> watch = rows;
+  HostRows host{reinterpret_cast<char*>(rows->data()), rows->size() * sizeof(float), rows};
+  rows.reset();
+  ASSERT_TRUE(importer.Import(1, 0, KvRowKind::kLatent, 3, 10, std::move(host)).ok());
+  ASSERT_TRUE(backend_->Synchronize().ok());
+  EXPECT_TRUE(watch.expired()) << "the import still holds the rows after its copy";
+  for (int32_t pos = 0; pos < 16; ++pos) {
+    const float* row = Row(1, 0, KvRowKind::kLatent, pos);
+    for (int32_t c = 0; c < 6; ++c) {
+      const float want = pos >= 3 && pos < 13 ? Value(0, KvRowKind::kLatent, pos, c) : -1.0f;
+      EXPECT_EQ(row[c], want) << pos << "," << c;
+    }
+  }
+}
+
 TEST_F(KvSegmentTest, ImportRefusesWrongSizesSharedLayersKeysAndUnreservedPositions) {
   ASSERT_TRUE(cache_->Reserve(1, 8).ok());
   KvImporter importer(*backend_, *cache_);
-  const std::string four_rows(size_t(4) * 4 * sizeof(float), '\0');
+  std::string zeros(size_t(4) * 4 * sizeof(float), '\0');
+  const HostRows four_rows{zeros.data(), zeros.size(), nullptr};
 
   absl::Status short_rows = importer.Import(1, 0, KvRowKind::kIndexKey, 0, 5, four_rows);
   EXPECT_EQ(short_rows.code(), absl::StatusCode::kInvalidArgument);

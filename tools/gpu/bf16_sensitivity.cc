@@ -68,7 +68,10 @@ class Bf16RoundingBackend final : public Backend {
   absl::StatusOr<std::unique_ptr<AsyncHostCopy>> CopyToHostAsync(Tensor src, void* host) override {
     return cpu_.CopyToHostAsync(src, host);
   }
-  void UploadAsStored(const void* host, Tensor dst) override { cpu_.UploadAsStored(host, dst); }
+  void UploadRows(const char* host, absl::Span<const RowRun> runs, Tensor dst,
+                  std::shared_ptr<const void> keep) override {
+    cpu_.UploadRows(host, runs, dst, std::move(keep));
+  }
   absl::Status Synchronize() override { return cpu_.Synchronize(); }
   void Fill(Tensor dst, float value) override { cpu_.Fill(dst, value); }
   void Embedding(Tensor table, Tensor ids, Tensor out) override { cpu_.Embedding(table, ids, out); }

@@ -61,7 +61,10 @@ class TracingBackend final : public Backend {
   absl::StatusOr<std::unique_ptr<AsyncHostCopy>> CopyToHostAsync(Tensor src, void* host) override {
     return gpu_->CopyToHostAsync(src, host);
   }
-  void UploadAsStored(const void* host, Tensor dst) override { gpu_->UploadAsStored(host, dst); }
+  void UploadRows(const char* host, absl::Span<const RowRun> runs, Tensor dst,
+                  std::shared_ptr<const void> keep) override {
+    gpu_->UploadRows(host, runs, dst, std::move(keep));
+  }
   absl::Status Synchronize() override { return gpu_->Synchronize(); }
   void Fill(Tensor dst, float value) override { gpu_->Fill(dst, value); }
 

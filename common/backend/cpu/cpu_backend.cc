@@ -58,6 +58,18 @@ absl::StatusOr<std::unique_ptr<AsyncHostCopy>> CpuBackend::CopyToHostAsync(Tenso
   return std::make_unique<DoneCopy>();
 }
 
+void CpuBackend::UploadRows(const char* host, absl::Span<const RowRun> runs, Tensor dst,
+                            std::shared_ptr<const void> /*keep: read before this returns*/) {
+  const size_t elem = DTypeSize(dst.dtype);
+  const size_t row_bytes = static_cast<size_t>(dst.cols) * elem;
+  for (const RowRun& run : runs) {
+    for (int64_t r = 0; r < run.rows; ++r) {
+      std::memcpy(static_cast<char*>(dst.data) + static_cast<size_t>(run.dst_row + r) * dst.stride * elem,
+                  host + run.host_offset + r * row_bytes, row_bytes);
+    }
+  }
+}
+
 void CpuBackend::Fill(Tensor dst, float value) {
   for (int64_t r = 0; r < dst.rows; ++r) {
     if (dst.dtype == DType::kI32) {

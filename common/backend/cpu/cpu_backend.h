@@ -27,7 +27,8 @@ class CpuBackend final : public Backend {
   absl::Status Download(Tensor src, void* host) override;
   // Host memory already: a copy now, complete when it returns.
   absl::StatusOr<std::unique_ptr<AsyncHostCopy>> CopyToHostAsync(Tensor src, void* host) override;
-  void UploadAsStored(const void* host, Tensor dst) override { Upload(host, dst); }
+  void UploadRows(const char* host, absl::Span<const RowRun> runs, Tensor dst,
+                  std::shared_ptr<const void> keep) override;
   absl::Status Synchronize() override { return absl::OkStatus(); }
   void Fill(Tensor dst, float value) override;
 

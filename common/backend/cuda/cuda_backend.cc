@@ -144,9 +144,30 @@ void CudaBackend::Upload(const void* host, Tensor dst) {
   CopyIn(rounded.data(), dst);
 }
 
-void CudaBackend::UploadAsStored(const void* host, Tensor dst) {
-  if (dst.empty() || !NotCapturing("upload")) return;
-  CopyIn(host, dst);
+void CudaBackend::UploadRows(const char* host, absl::Span<const RowRun> runs, Tensor dst,
+                             std::shared_ptr<const void> keep) {
+  if (runs.empty() || !NotCapturing("upload rows")) return;
+  const size_t elem = DTypeSize(dst.dtype);
+  const size_t row_bytes = static_cast<size_t>(dst.cols) * elem;
+  bool enqueued = true;
+  for (const RowRun& run : runs) {
+    char* to = static_cast<char*>(dst.data) + static_cast<size_t>(run.dst_row) * dst.stride * elem;
+    enqueued = CheckCuda(cudaMemcpy2DAsync(to, dst.stride * elem, host + run.host_offset, row_bytes, row_bytes,
+                                           run.rows, cudaMemcpyHostToDevice, stream_),
+                         "upload rows");
+    if (!enqueued) break;
+  }
+  if (keep != nullptr && enqueued) {
+    // The stream releases `keep` once the copies before it are done; the callback touches no CUDA API.
+    auto* held = new std::shared_ptr<const void>(std::move(keep));
+    const cudaHostFn_t release = [](void* p) { delete static_cast<std::shared_ptr<const void>*>(p); };
+    if (CheckCuda(cudaLaunchHostFunc(stream_, release, held), "upload rows")) return;
+    cudaStreamSynchronize(stream_);  // the copies read `host` before it may go
+    delete held;
+    return;
+  }
+  // No callback holds `host`: it must have been read before returning.
+  CheckCuda(cudaStreamSynchronize(stream_), "upload rows");
 }
 
 void CudaBackend::CopyIn(const void* host, Tensor dst) {

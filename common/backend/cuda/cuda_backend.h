@@ -41,7 +41,8 @@ class CudaBackend final : public Backend {
   absl::StatusOr<HostBuffer> AllocateHost(size_t bytes) override;
   void FreeHost(void* data) override;
   absl::StatusOr<std::unique_ptr<AsyncHostCopy>> CopyToHostAsync(Tensor src, void* host) override;
-  void UploadAsStored(const void* host, Tensor dst) override;
+  void UploadRows(const char* host, absl::Span<const RowRun> runs, Tensor dst,
+                  std::shared_ptr<const void> keep) override;
   absl::Status Synchronize() override;
   void Fill(Tensor dst, float value) override;
 

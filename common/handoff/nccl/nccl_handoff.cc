@@ -270,7 +270,8 @@ void NcclHandoffServer::Serve(FramedConnection& connection) {
     return;
   }
   // Reads a chunk; a rows chunk's bytes come over the communicator, in ticket order.
-  auto read_chunk = [&](v1::HandoffChunk& chunk) -> absl::StatusOr<bool> {
+  // The rows land in the message: NCCL receives them through a device buffer of its own.
+  auto read_chunk = [&](v1::HandoffChunk& chunk, HostRows& /*rows*/) -> absl::StatusOr<bool> {
     ASSIGN_OR_RETURN(std::optional<v1::NcclControl> control, ReadControl(connection));
     if (!control.has_value()) return false;
     if (!control->has_chunk()) {

@@ -24,7 +24,8 @@ namespace {
 namespace asio = boost::asio;
 using boost::system::error_code;
 
-absl::StatusOr<bool> ReadTcpChunk(FramedConnection& connection, RowsFrameBound& bound, v1::HandoffChunk& chunk);
+absl::StatusOr<bool> ReadTcpChunk(FramedConnection& connection, RowsFrameBound& bound, HandoffSink& sink,
+                                  v1::HandoffChunk& chunk, HostRows& rows);
 
 }  // namespace
 
@@ -158,7 +159,8 @@ v1::HandoffAck ServeHandoffStream(HandoffSink& sink, const ChunkReader& read_nex
   };
   for (;;) {
     chunk.Clear();
-    absl::StatusOr<bool> more = read_next(chunk);
+    HostRows rows;
+    absl::StatusOr<bool> more = read_next(chunk, rows);
     if (!more.ok()) return broken(more.status());
     if (!*more) {
       if (!trailer_accepted) {
@@ -177,7 +179,7 @@ v1::HandoffAck ServeHandoffStream(HandoffSink& sink, const ChunkReader& read_nex
       return broken(absl::InvalidArgumentError(
           absl::StrFormat("request '%s': chunk %d arrived after the trailer", request_id, chunk.sequence())));
     }
-    if (absl::Status verdict = sink.OnChunk(chunk); !verdict.ok()) {
+    if (absl::Status verdict = sink.OnChunk(chunk, std::move(rows)); !verdict.ok()) {
       IC_LOG(Debug) << "handoff of request '" << request_id << "' rejected: " << verdict;
       return MakeAck(verdict);
     }
@@ -188,8 +190,9 @@ v1::HandoffAck ServeHandoffStream(HandoffSink& sink, const ChunkReader& read_nex
 namespace {
 
 // The TCP data plane's frames: a chunk's metadata, then its rows bytes as the payload, bounded by what
-// the stream's header announced before any of it is read.
-absl::StatusOr<bool> ReadTcpChunk(FramedConnection& connection, RowsFrameBound& bound, v1::HandoffChunk& chunk) {
+// the stream's header announced before any of it is read, and read where the sink lands them.
+absl::StatusOr<bool> ReadTcpChunk(FramedConnection& connection, RowsFrameBound& bound, HandoffSink& sink,
+                                  v1::HandoffChunk& chunk, HostRows& rows) {
   ASSIGN_OR_RETURN(FramePrefix prefix, connection.ReadPrefix());
   if (prefix.kind == FrameKind::kAck) return absl::InvalidArgumentError("a handoff sender sent an ack frame");
   if (prefix.kind == FrameKind::kEnd) {
@@ -209,6 +212,11 @@ absl::StatusOr<bool> ReadTcpChunk(FramedConnection& connection, RowsFrameBound& 
       return absl::InvalidArgumentError("a handoff frame's payload must be the rows of a rows chunk");
     }
     RETURN_IF_ERROR(bound.Check(chunk.rows(), prefix.payload_bytes));
+    ASSIGN_OR_RETURN(rows, sink.LandRows(chunk, prefix.payload_bytes));
+    if (!rows.empty()) {
+      RETURN_IF_ERROR(connection.ReadExactly(rows.data, rows.size));
+      return true;
+    }
     RETURN_IF_ERROR(connection.ReadInto(*chunk.mutable_rows()->mutable_data(), prefix.payload_bytes));
   }
   return true;
@@ -250,7 +258,9 @@ absl::StatusOr<std::unique_ptr<TcpHandoffServer>> TcpHandoffServer::Start(const 
                        host, port, [sink](FramedConnection& connection) {
                          RowsFrameBound bound;
                          const v1::HandoffAck verdict = ServeHandoffStream(
-                             *sink, [&](v1::HandoffChunk& chunk) { return ReadTcpChunk(connection, bound, chunk); });
+                             *sink, [&](v1::HandoffChunk& chunk, HostRows& rows) {
+                               return ReadTcpChunk(connection, bound, *sink, chunk, rows);
+                             });
                          ReplyAndClose(connection, verdict);
                        },
                        options));

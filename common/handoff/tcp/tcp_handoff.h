@@ -37,8 +37,9 @@ struct TcpHandoffOptions {
   ClusterToken token{};
 };
 
-// Reads a connection's next frame into `chunk` (cleared): true for a chunk, false at the end frame.
-using ChunkReader = std::function<absl::StatusOr<bool>(v1::HandoffChunk& chunk)>;
+// Reads a connection's next frame into `chunk` (cleared) and, when the sink landed them
+// (HandoffSink::LandRows), its rows bytes into `rows`: true for a chunk, false at the end frame.
+using ChunkReader = std::function<absl::StatusOr<bool>(v1::HandoffChunk& chunk, HostRows& rows)>;
 // The server side of one handoff stream, whatever carries the bytes (the TCP data plane, the NCCL
 // control channel): chunks from `read_next` go to `sink` in order, with the checks every stream gets
 // (one request per stream, nothing after the trailer, no end before it). Returns the verdict to send
