@@ -84,7 +84,7 @@ class HostBuffer {
   size_t bytes_ = 0;
 };
 
-// A device → host copy in flight (Backend::CopyToHostAsync).
+// A device → host copy in flight (Backend::DownloadRowsAsync).
 class AsyncHostCopy {
  public:
   virtual ~AsyncHostCopy() = default;
@@ -112,10 +112,10 @@ struct MoeRouting {
   float routed_scaling_factor = 1.0f;
 };
 
-// One run of Backend::UploadRows: `rows` rows of the destination from row `dst_row` on, read densely
-// from `host_offset` bytes into the host area.
+// One run of Backend::UploadRows / DownloadRowsAsync: rows [row, row + rows) of the device tensor,
+// dense at `host_offset` bytes into the host area.
 struct RowRun {
-  int64_t dst_row = 0;
+  int64_t row = 0;
   int64_t rows = 0;
   size_t host_offset = 0;
 };
@@ -147,11 +147,13 @@ class Backend {
   // --- moving tensors as they are stored (the KV handoff: no widening, no rounding) ----------
   virtual absl::StatusOr<HostBuffer> AllocateHost(size_t bytes);
   virtual void FreeHost(void* data);
-  // Copies dense `src` byte for byte into `host` once every op enqueued so far has run, without
-  // holding back the ops enqueued after it (CUDA: on a copy stream of its own, so a prefill's next
-  // chunk computes while the last one's rows travel to the host). `host` (from AllocateHost) must
-  // stay valid, and `src` unwritten, until the returned copy's Wait has returned.
-  virtual absl::StatusOr<std::unique_ptr<AsyncHostCopy>> CopyToHostAsync(Tensor src, void* host) = 0;
+  // Copies rows of `src` byte for byte into `host`, run by run, once every op enqueued so far has
+  // run, without holding back the ops enqueued after it and with no kernel (CUDA: copy-engine
+  // transfers on a copy stream of its own, so a prefill's next layers compute while the last ones'
+  // rows travel to the host). `host` (from AllocateHost) must stay valid, and the rows unwritten,
+  // until the returned copy's Wait has returned.
+  virtual absl::StatusOr<std::unique_ptr<AsyncHostCopy>> DownloadRowsAsync(Tensor src, absl::Span<const RowRun> runs,
+                                                                           char* host) = 0;
   // Copies rows already in dst's dtype from `host` into rows of dst byte for byte, run by run, in
   // order with the ops around it, and with no kernel (CUDA: copy-engine transfers, which a process
   // sharing the GPU does not wait behind, where a kernel of this process's would interrupt it).

@@ -10,25 +10,36 @@
 namespace indexcache {
 namespace {
 
-// Slot ids go first in a staging area's device part, the rows after them at this alignment.
-constexpr size_t kRowsAlignment = 256;
-
-size_t AlignUp(size_t bytes) { return (bytes + kRowsAlignment - 1) / kRowsAlignment * kRowsAlignment; }
-
-// The cache slots of `seq`'s positions [begin, begin + count), after checking they are reserved.
-absl::StatusOr<std::vector<int32_t>> Slots(const PagedKvCache& cache, SequenceId seq, int32_t begin, int32_t count) {
+// The cache slots of `seq`'s positions [begin, begin + count), after checking they are reserved, as
+// runs of consecutive slots, each with its first position's index (from `begin`) as host_offset.
+// Positions within a block are consecutive slots, and so are adjacent blocks with adjacent ids (the
+// allocator hands a sequence's blocks out ascending): a chunk of positions is usually one run, one
+// copy.
+absl::StatusOr<std::vector<RowRun>> SlotRuns(const PagedKvCache& cache, SequenceId seq, int32_t begin, int32_t count) {
   const std::vector<int32_t>& table = cache.BlockTable(seq);
   const int64_t capacity = static_cast<int64_t>(table.size()) * cache.block_size();
   if (begin < 0 || count < 0 || begin + static_cast<int64_t>(count) > capacity) {
     return absl::OutOfRangeError(absl::StrFormat("positions [%d, %d) of sequence %d exceed its %d reserved slots",
                                                  begin, int64_t{begin} + count, seq, capacity));
   }
-  std::vector<int32_t> slots(count);
+  std::vector<RowRun> runs;
   for (int32_t i = 0; i < count; ++i) {
     const int32_t pos = begin + i;
-    slots[i] = table[pos / cache.block_size()] * cache.block_size() + pos % cache.block_size();
+    const int64_t slot = int64_t{table[pos / cache.block_size()]} * cache.block_size() + pos % cache.block_size();
+    if (!runs.empty() && runs.back().row + runs.back().rows == slot) {
+      ++runs.back().rows;
+    } else {
+      runs.push_back(RowRun{slot, 1, static_cast<size_t>(i)});
+    }
   }
-  return slots;
+  return runs;
+}
+
+// `runs` (host_offset in rows) with host offsets in bytes: rows of `row_bytes` from `base`.
+std::vector<RowRun> InBytes(const std::vector<RowRun>& runs, size_t base, size_t row_bytes) {
+  std::vector<RowRun> bytes = runs;
+  for (RowRun& run : bytes) run.host_offset = base + run.host_offset * row_bytes;
+  return bytes;
 }
 
 Tensor Pool(const PagedKvCache& cache, int32_t layer, KvRowKind kind) {
@@ -57,10 +68,9 @@ size_t KvRowBytes(const KvCacheSpec& spec, KvRowKind kind, int32_t count) {
 
 // ---- staging --------------------------------------------------------------------------------
 
-// A device area (slot ids, then the gathered rows), the host area the rows are copied to, and the
-// copies out of the device area (one per layer) that must end before the area is reused.
+// The host area a segment's rows are copied to, and the copies into it (one per slice) that must end
+// before the area is reused.
 struct KvStaging {
-  Buffer device;
   HostBuffer host;
   std::vector<std::unique_ptr<AsyncHostCopy>> copies;
 };
@@ -68,15 +78,13 @@ struct KvStaging {
 // Staging areas not in use. A segment's last handle returns its area from whichever thread drops it.
 class KvStagingPool {
  public:
-  // An area of at least `device_bytes` / `host_bytes`: a free one that is large enough, else a new
-  // one (the free ones too small for this export are dropped: exports tend to one size).
-  absl::StatusOr<std::unique_ptr<KvStaging>> Take(Backend& backend, size_t device_bytes, size_t host_bytes) {
+  // An area of at least `bytes`: a free one that is large enough, else a new one (the free ones too
+  // small for this export are dropped: exports tend to one size).
+  absl::StatusOr<std::unique_ptr<KvStaging>> Take(Backend& backend, size_t bytes) {
     std::unique_ptr<KvStaging> staging;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      auto fits = std::find_if(free_.begin(), free_.end(), [&](const auto& s) {
-        return s->device.bytes() >= device_bytes && s->host.bytes() >= host_bytes;
-      });
+      auto fits = std::find_if(free_.begin(), free_.end(), [&](const auto& s) { return s->host.bytes() >= bytes; });
       if (fits != free_.end()) {
         staging = std::move(*fits);
         free_.erase(fits);
@@ -85,7 +93,7 @@ class KvStagingPool {
       }
     }
     if (staging != nullptr) {
-      // The area's last copies must be over before new rows are gathered into it.
+      // The area's last copies must be over before new rows are copied into it.
       for (const auto& copy : staging->copies) {
         if (copy != nullptr) RETURN_IF_ERROR(copy->Wait());
       }
@@ -93,8 +101,7 @@ class KvStagingPool {
       return staging;
     }
     staging = std::make_unique<KvStaging>();
-    ASSIGN_OR_RETURN(staging->device, backend.Allocate(device_bytes));
-    ASSIGN_OR_RETURN(staging->host, backend.AllocateHost(host_bytes));
+    ASSIGN_OR_RETURN(staging->host, backend.AllocateHost(bytes));
     return staging;
   }
 
@@ -122,12 +129,11 @@ struct KvSegment::State {
   std::vector<KvSlice> slices;
   std::shared_ptr<KvStagingPool> pool;
   std::unique_ptr<KvStaging> staging;  // null when the segment has no positions
-  Tensor slot_ids;                     // [count, 1] in the device area
-  char* device_rows = nullptr;         // the device area's rows, laid out as `slices`
+  std::vector<RowRun> slot_runs;       // the positions' slots (SlotRuns)
 
   std::mutex mu;
   std::condition_variable landed;
-  std::vector<bool> exported;  // per layer: its copy is enqueued (staging->copies[layer])   guarded by mu
+  std::vector<bool> exported;  // per layer: its slices' copies are enqueued (staging->copies)   guarded by mu
   absl::Status failure;        // set by End for the layers never exported                  guarded by mu
 };
 
@@ -160,7 +166,7 @@ absl::Status KvSegment::WaitFor(size_t index) const {
     std::unique_lock<std::mutex> lock(s.mu);
     s.landed.wait(lock, [&] { return s.exported[layer] || !s.failure.ok(); });
     if (!s.exported[layer]) return s.failure;
-    copy = s.staging->copies[layer].get();
+    copy = s.staging->copies[index].get();
   }
   return copy->Wait();
 }
@@ -203,49 +209,44 @@ KvSegment KvExporter::Layout(int32_t begin, int32_t end) const {
 }
 
 absl::StatusOr<KvSegment> KvExporter::Begin(SequenceId seq, int32_t begin, int32_t end) {
-  const KvCacheSpec& spec = cache_.spec();
-  const int32_t count = end - begin;
-  ASSIGN_OR_RETURN(std::vector<int32_t> slots, Slots(cache_, seq, begin, count));
+  ASSIGN_OR_RETURN(std::vector<RowRun> runs, SlotRuns(cache_, seq, begin, end - begin));
   KvSegment segment = Layout(begin, end);
-  if (count == 0) return segment;
+  if (end == begin) return segment;
 
   KvSegment::State* state = segment.state_.get();
-  const size_t rows_bytes = segment.bytes();
-  const size_t slots_bytes = AlignUp(slots.size() * sizeof(int32_t));
-  ASSIGN_OR_RETURN(state->staging, pool_->Take(backend_, slots_bytes + rows_bytes, rows_bytes));
-  state->staging->copies.resize(spec.num_layers);
-  state->exported.assign(spec.num_layers, false);
-  char* device = static_cast<char*>(state->staging->device.data());
-  state->slot_ids = Tensor::Matrix(device, DType::kI32, count, 1);
-  state->device_rows = device + slots_bytes;
-  backend_.Upload(slots.data(), state->slot_ids);
+  ASSIGN_OR_RETURN(state->staging, pool_->Take(backend_, segment.bytes()));
+  state->staging->copies.resize(state->slices.size());
+  state->exported.assign(cache_.spec().num_layers, false);
+  state->slot_runs = std::move(runs);
   return segment;
 }
 
 void KvExporter::ExportLayer(const KvSegment& segment, int32_t layer) {
   KvSegment::State& s = *segment.state_;
   if (s.staging == nullptr) return;
-  // A layer's slices (latent, then index keys on a Full layer) are adjacent: one copy takes both.
-  size_t first = 0, last = 0;
-  bool found = false;
-  for (const KvSlice& slice : s.slices) {
+  // Each of the layer's slices (latent, then index keys on a Full layer) straight from the pool's
+  // slots to the host: copies only, no gather kernel among the prefill's.
+  std::vector<std::pair<size_t, std::unique_ptr<AsyncHostCopy>>> copies;
+  absl::Status failed;
+  for (size_t i = 0; i < s.slices.size() && failed.ok(); ++i) {
+    const KvSlice& slice = s.slices[i];
     if (slice.layer != layer) continue;
-    const Tensor pool = Pool(cache_, slice.layer, slice.kind);
-    backend_.GatherRows(pool, s.slot_ids,
-                        Tensor::Matrix(s.device_rows + slice.offset, s.dtype, s.end - s.begin, pool.cols));
-    if (!found) first = slice.offset;
-    last = slice.offset + slice.bytes;
-    found = true;
+    absl::StatusOr<std::unique_ptr<AsyncHostCopy>> copy =
+        backend_.DownloadRowsAsync(Pool(cache_, slice.layer, slice.kind),
+                                   InBytes(s.slot_runs, slice.offset, KvRowBytes(cache_.spec(), slice.kind, 1)),
+                                   static_cast<char*>(s.staging->host.data()));
+    if (copy.ok()) {
+      copies.emplace_back(i, *std::move(copy));
+    } else {
+      failed = copy.status();
+    }
   }
-  if (!found) return;
-  const int64_t elems = static_cast<int64_t>((last - first) / DTypeSize(s.dtype));
-  absl::StatusOr<std::unique_ptr<AsyncHostCopy>> copy = backend_.CopyToHostAsync(
-      Tensor::Matrix(s.device_rows + first, s.dtype, 1, elems), static_cast<char*>(s.staging->host.data()) + first);
+  if (copies.empty() && failed.ok()) return;
   std::lock_guard<std::mutex> lock(s.mu);
-  if (!copy.ok()) {
-    if (s.failure.ok()) s.failure = Annotate(copy.status(), absl::StrFormat("exporting layer %d's cache rows", layer));
+  for (auto& [index, copy] : copies) s.staging->copies[index] = std::move(copy);
+  if (!failed.ok()) {
+    if (s.failure.ok()) s.failure = Annotate(failed, absl::StrFormat("exporting layer %d's cache rows", layer));
   } else {
-    s.staging->copies[layer] = *std::move(copy);
     s.exported[layer] = true;
   }
   s.landed.notify_all();
@@ -285,20 +286,10 @@ absl::Status KvImporter::Import(SequenceId seq, int32_t layer, KvRowKind kind, i
                                                       KvRowWidth(spec, kind), DTypeName(spec.dtype),
                                                       KvRowBytes(spec, kind, count), rows.size));
   }
-  ASSIGN_OR_RETURN(std::vector<int32_t> slots, Slots(cache_, seq, begin, count));
+  ASSIGN_OR_RETURN(const std::vector<RowRun> runs, SlotRuns(cache_, seq, begin, count));
   if (count == 0) return absl::OkStatus();
-  // Positions in one block are consecutive slots, and so are adjacent blocks with adjacent ids (a
-  // fresh pool hands them out in order): each such run is one copy.
-  const size_t row_bytes = KvRowBytes(spec, kind, 1);
-  std::vector<RowRun> runs;
-  for (int32_t i = 0; i < count; ++i) {
-    if (!runs.empty() && runs.back().dst_row + runs.back().rows == slots[i]) {
-      ++runs.back().rows;
-    } else {
-      runs.push_back(RowRun{slots[i], 1, static_cast<size_t>(i) * row_bytes});
-    }
-  }
-  backend_.UploadRows(rows.data, runs, Pool(cache_, layer, kind), std::move(rows.keep));
+  backend_.UploadRows(rows.data, InBytes(runs, 0, KvRowBytes(spec, kind, 1)), Pool(cache_, layer, kind),
+                      std::move(rows.keep));
   return absl::OkStatus();
 }
 

@@ -6,11 +6,11 @@
 //
 // A segment is filled layer by layer while the forward pass that computes its positions runs:
 //
-//   engine thread:  KvExporter::Begin        staging area, slot ids (before the pass)
-//                   KvExporter::ExportLayer  after the pass enqueued layer l's cache writes: gather
-//                                            l's rows into device staging (compute stream), copy
-//                                            them to the host area (copy stream, waits for nothing
-//                                            after it)
+//   engine thread:  KvExporter::Begin        host staging area, the positions' slot runs (before
+//                                            the pass)
+//                   KvExporter::ExportLayer  after the pass enqueued layer l's cache writes: copy
+//                                            l's rows from the pools' slots straight to the host area
+//                                            (copy stream, waits for nothing after it; no kernel)
 //                   KvExporter::End          after the pass: layers it never reached fail
 //   sender thread:  KvSegment::WaitFor(i)    slice i's layer has landed; bytes(slice) reads it in place
 //
@@ -82,9 +82,9 @@ class KvExporter {
   ~KvExporter();
 
   // A segment of positions [begin, end) of `seq`, whose slots are reserved, before the pass that
-  // writes them: the staging area and the slot ids are ready, no row is copied yet.
+  // writes them: the staging area and the slot runs are ready, no row is copied yet.
   absl::StatusOr<KvSegment> Begin(SequenceId seq, int32_t begin, int32_t end);
-  // After the pass enqueued layer `layer`'s cache writes: enqueues that layer's gathers and copy.
+  // After the pass enqueued layer `layer`'s cache writes: enqueues that layer's copies.
   void ExportLayer(const KvSegment& segment, int32_t layer);
   // After the pass: the layers it did not export fail their waiters with `status` (an error when the
   // pass failed; OK when every layer was exported).

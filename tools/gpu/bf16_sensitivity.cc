@@ -65,8 +65,9 @@ class Bf16RoundingBackend final : public Backend {
     }
   }
   absl::Status Download(Tensor src, void* host) override { return cpu_.Download(src, host); }
-  absl::StatusOr<std::unique_ptr<AsyncHostCopy>> CopyToHostAsync(Tensor src, void* host) override {
-    return cpu_.CopyToHostAsync(src, host);
+  absl::StatusOr<std::unique_ptr<AsyncHostCopy>> DownloadRowsAsync(Tensor src, absl::Span<const RowRun> runs,
+                                                                   char* host) override {
+    return cpu_.DownloadRowsAsync(src, runs, host);
   }
   void UploadRows(const char* host, absl::Span<const RowRun> runs, Tensor dst,
                   std::shared_ptr<const void> keep) override {

@@ -58,8 +58,9 @@ class TracingBackend final : public Backend {
   void Upload(const void* host, Tensor dst) override { gpu_->Upload(host, dst); }
   absl::Status Download(Tensor src, void* host) override { return gpu_->Download(src, host); }
   absl::StatusOr<HostBuffer> AllocateHost(size_t bytes) override { return gpu_->AllocateHost(bytes); }
-  absl::StatusOr<std::unique_ptr<AsyncHostCopy>> CopyToHostAsync(Tensor src, void* host) override {
-    return gpu_->CopyToHostAsync(src, host);
+  absl::StatusOr<std::unique_ptr<AsyncHostCopy>> DownloadRowsAsync(Tensor src, absl::Span<const RowRun> runs,
+                                                                   char* host) override {
+    return gpu_->DownloadRowsAsync(src, runs, host);
   }
   void UploadRows(const char* host, absl::Span<const RowRun> runs, Tensor dst,
                   std::shared_ptr<const void> keep) override {

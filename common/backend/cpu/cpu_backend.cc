@@ -53,8 +53,17 @@ class DoneCopy final : public AsyncHostCopy {
 };
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<AsyncHostCopy>> CpuBackend::CopyToHostAsync(Tensor src, void* host) {
-  RETURN_IF_ERROR(Download(src, host));
+absl::StatusOr<std::unique_ptr<AsyncHostCopy>> CpuBackend::DownloadRowsAsync(Tensor src,
+                                                                             absl::Span<const RowRun> runs,
+                                                                             char* host) {
+  const size_t elem = DTypeSize(src.dtype);
+  const size_t row_bytes = static_cast<size_t>(src.cols) * elem;
+  for (const RowRun& run : runs) {
+    for (int64_t r = 0; r < run.rows; ++r) {
+      std::memcpy(host + run.host_offset + r * row_bytes,
+                  static_cast<const char*>(src.data) + static_cast<size_t>(run.row + r) * src.stride * elem, row_bytes);
+    }
+  }
   return std::make_unique<DoneCopy>();
 }
 
@@ -64,7 +73,7 @@ void CpuBackend::UploadRows(const char* host, absl::Span<const RowRun> runs, Ten
   const size_t row_bytes = static_cast<size_t>(dst.cols) * elem;
   for (const RowRun& run : runs) {
     for (int64_t r = 0; r < run.rows; ++r) {
-      std::memcpy(static_cast<char*>(dst.data) + static_cast<size_t>(run.dst_row + r) * dst.stride * elem,
+      std::memcpy(static_cast<char*>(dst.data) + static_cast<size_t>(run.row + r) * dst.stride * elem,
                   host + run.host_offset + r * row_bytes, row_bytes);
     }
   }

@@ -26,7 +26,8 @@ class CpuBackend final : public Backend {
   void Upload(const void* host, Tensor dst) override;
   absl::Status Download(Tensor src, void* host) override;
   // Host memory already: a copy now, complete when it returns.
-  absl::StatusOr<std::unique_ptr<AsyncHostCopy>> CopyToHostAsync(Tensor src, void* host) override;
+  absl::StatusOr<std::unique_ptr<AsyncHostCopy>> DownloadRowsAsync(Tensor src, absl::Span<const RowRun> runs,
+                                                                   char* host) override;
   void UploadRows(const char* host, absl::Span<const RowRun> runs, Tensor dst,
                   std::shared_ptr<const void> keep) override;
   absl::Status Synchronize() override { return absl::OkStatus(); }

@@ -151,7 +151,7 @@ void CudaBackend::UploadRows(const char* host, absl::Span<const RowRun> runs, Te
   const size_t row_bytes = static_cast<size_t>(dst.cols) * elem;
   bool enqueued = true;
   for (const RowRun& run : runs) {
-    char* to = static_cast<char*>(dst.data) + static_cast<size_t>(run.dst_row) * dst.stride * elem;
+    char* to = static_cast<char*>(dst.data) + static_cast<size_t>(run.row) * dst.stride * elem;
     enqueued = CheckCuda(cudaMemcpy2DAsync(to, dst.stride * elem, host + run.host_offset, row_bytes, row_bytes,
                                            run.rows, cudaMemcpyHostToDevice, stream_),
                          "upload rows");
@@ -254,10 +254,13 @@ class StreamCopy final : public AsyncHostCopy {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<AsyncHostCopy>> CudaBackend::CopyToHostAsync(Tensor src, void* host) {
+absl::StatusOr<std::unique_ptr<AsyncHostCopy>> CudaBackend::DownloadRowsAsync(Tensor src,
+                                                                              absl::Span<const RowRun> runs,
+                                                                              char* host) {
   if (!NotCapturing("copy to host")) return capture_status_;
-  if (src.stride != src.cols) return absl::InvalidArgumentError("cuda backend: CopyToHostAsync takes a dense tensor");
   RETURN_IF_ERROR(sticky_status());
+  const size_t elem = DTypeSize(src.dtype);
+  const size_t row_bytes = static_cast<size_t>(src.cols) * elem;
   cudaEvent_t ready = nullptr, done = nullptr;
   if (!CheckCuda(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), "copy to host") ||
       !CheckCuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "copy to host")) {
@@ -266,11 +269,15 @@ absl::StatusOr<std::unique_ptr<AsyncHostCopy>> CudaBackend::CopyToHostAsync(Tens
   }
   // The copy stream waits for what the compute stream has enqueued so far (the rows' writes), and
   // nothing on the compute stream waits for the copy.
-  const bool enqueued = CheckCuda(cudaEventRecord(ready, stream_), "copy to host") &&
-                        CheckCuda(cudaStreamWaitEvent(copy_stream_, ready, 0), "copy to host") &&
-                        CheckCuda(cudaMemcpyAsync(host, src.data, src.bytes(), cudaMemcpyDeviceToHost, copy_stream_),
-                                  "copy to host") &&
-                        CheckCuda(cudaEventRecord(done, copy_stream_), "copy to host");
+  bool enqueued = CheckCuda(cudaEventRecord(ready, stream_), "copy to host") &&
+                  CheckCuda(cudaStreamWaitEvent(copy_stream_, ready, 0), "copy to host");
+  for (size_t i = 0; enqueued && i < runs.size(); ++i) {
+    const char* from = static_cast<const char*>(src.data) + static_cast<size_t>(runs[i].row) * src.stride * elem;
+    enqueued = CheckCuda(cudaMemcpy2DAsync(host + runs[i].host_offset, row_bytes, from, src.stride * elem, row_bytes,
+                                           runs[i].rows, cudaMemcpyDeviceToHost, copy_stream_),
+                         "copy to host");
+  }
+  enqueued = enqueued && CheckCuda(cudaEventRecord(done, copy_stream_), "copy to host");
   cudaEventDestroy(ready);  // released once the wait on it is satisfied
   if (!enqueued) {
     cudaEventDestroy(done);

@@ -40,7 +40,8 @@ class CudaBackend final : public Backend {
   absl::Status Download(Tensor src, void* host) override;
   absl::StatusOr<HostBuffer> AllocateHost(size_t bytes) override;
   void FreeHost(void* data) override;
-  absl::StatusOr<std::unique_ptr<AsyncHostCopy>> CopyToHostAsync(Tensor src, void* host) override;
+  absl::StatusOr<std::unique_ptr<AsyncHostCopy>> DownloadRowsAsync(Tensor src, absl::Span<const RowRun> runs,
+                                                                   char* host) override;
   void UploadRows(const char* host, absl::Span<const RowRun> runs, Tensor dst,
                   std::shared_ptr<const void> keep) override;
   absl::Status Synchronize() override;
@@ -108,7 +109,7 @@ class CudaBackend final : public Backend {
 
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
-  // CopyToHostAsync's copies: they wait for the compute stream's work before them, never the reverse.
+  // DownloadRowsAsync's copies: they wait for the compute stream's work before them, never the reverse.
   cudaStream_t copy_stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   int32_t* moe_offsets_host_ = nullptr;  // pinned: MoE bucket offsets of large batches (cuda_moe.cu)
