@@ -136,14 +136,25 @@ GenerateStream Client::Stream(const GenerateRequest& request) const {
 absl::StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request) const {
   GenerateStream stream = Stream(request);
   GenerateResult result;
+  // The router refuses an n out of range before any choice's message.
+  const int32_t n = request.sampling.n.value_or(1);
+  result.choices.resize(n > 0 ? n : 1);
   while (true) {
     ASSIGN_OR_RETURN(std::optional<GenerateChunk> chunk, stream.Next());
     if (!chunk) break;
     if (!chunk->request_id.empty()) result.request_id = chunk->request_id;
-    result.output_ids.insert(result.output_ids.end(), chunk->token_ids.begin(), chunk->token_ids.end());
-    result.text += chunk->text;
-    if (chunk->final) result.final = std::move(*chunk->final);
+    if (chunk->index < 0 || chunk->index >= static_cast<int32_t>(result.choices.size())) {
+      return absl::InternalError(absl::StrCat("Generate on ", impl_->address, ": the router sent choice ", chunk->index,
+                                              " of ", result.choices.size()));
+    }
+    Choice& choice = result.choices[chunk->index];
+    choice.index = chunk->index;
+    choice.output_ids.insert(choice.output_ids.end(), chunk->token_ids.begin(), chunk->token_ids.end());
+    choice.text += chunk->text;
+    choice.logprobs.insert(choice.logprobs.end(), chunk->logprobs.begin(), chunk->logprobs.end());
+    if (chunk->final) choice.final = std::move(*chunk->final);
   }
+  static_cast<Choice&>(result) = result.choices.front();
   return result;
 }
 
