@@ -2,8 +2,8 @@
 // processes, the TCP handoff): n = 2 greedy gives two choices equal to each other and to `indexcache
 // client generate`'s tokens; seeded choices are the single requests with seed and seed + 1; every
 // token's logprobs (the first one's computed on the prefill worker and carried in the handoff
-// trailer) match the float64 reference forward pass (tests/reference/naive_dsa.h); an Abort of an
-// n = 2 request ends both choices and frees their KV on every decode worker.
+// trailer) match the float64 reference forward pass (tests/reference/naive_dsa.h); an Abort or a
+// client's cancel of an n = 2 request ends both choices and frees their KV on every decode worker.
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -220,6 +220,30 @@ TEST_F(ChoicesLogprobsTest, AbortEndsEveryChoiceAndFreesTheirKv) {
     ASSERT_TRUE(finals[i].has_value()) << "choice " << i;
     EXPECT_EQ(finals[i]->finish_reason, client::FinishReason::kAbort) << "choice " << i;
     EXPECT_LT(tokens[i], 2000);
+  }
+  EXPECT_TRUE(DecodeKvAllFree(absl::Seconds(10)));
+}
+
+TEST_F(ChoicesLogprobsTest, ClientCancelOfTwoChoicesFreesTheirKv) {
+  client::GenerateRequest request = Greedy(kPrompt, 2000);
+  request.sampling.n = 2;
+  client::GenerateStream stream = client_->Stream(request);
+  std::vector<int> tokens(2, 0);
+  while (tokens[0] == 0 || tokens[1] == 0) {
+    auto chunk = stream.Next();
+    ASSERT_TRUE(chunk.ok()) << chunk.status();
+    ASSERT_TRUE(chunk->has_value());
+    ASSERT_FALSE((*chunk)->final.has_value());
+    tokens[(*chunk)->index] += static_cast<int>((*chunk)->token_ids.size());
+  }
+  stream.Cancel();
+  for (;;) {
+    auto chunk = stream.Next();
+    if (!chunk.ok()) {
+      EXPECT_EQ(chunk.status().code(), absl::StatusCode::kCancelled) << chunk.status();
+      break;
+    }
+    ASSERT_TRUE(chunk->has_value()) << "a cancelled stream ends with CANCELLED";
   }
   EXPECT_TRUE(DecodeKvAllFree(absl::Seconds(10)));
 }
