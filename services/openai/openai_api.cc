@@ -159,9 +159,10 @@ void OpenAiApi::Generate(const OpenAiRequest& request, HttpExchange& exchange) c
   const v1::SamplingParameters& sampling = request.generate.sampling();
   const bool logprobs = sampling.logprobs();
   const bool chat = request.endpoint == Endpoint::kChat;
-  // The router refuses an n out of range before its first message, so only valid indices arrive.
-  std::vector<ChoiceState> choices(sampling.has_n() && sampling.n() > 0 ? sampling.n() : 1);
-  for (size_t i = 0; i < choices.size(); ++i) choices[i].whole.index = static_cast<int>(i);
+  // The client's n sizes nothing here: the router refuses one out of range before its first message,
+  // and `choices` grows as the router's messages name them.
+  const int n = sampling.has_n() ? sampling.n() : 1;
+  std::vector<ChoiceState> choices;
   absl::Status status;
   bool streaming = false;  // the event stream's 200 went out: errors from now on are events
   bool client_gone = false;
@@ -170,10 +171,14 @@ void OpenAiApi::Generate(const OpenAiRequest& request, HttpExchange& exchange) c
     v1::GenerateResponse message;
     while (reader->Read(&message)) {
       if (header.request_id.empty()) header.request_id = message.request_id();
-      if (message.index() < 0 || message.index() >= static_cast<int>(choices.size())) {
-        status = absl::InternalError(absl::StrCat("the router sent choice ", message.index(), " of ", choices.size()));
+      if (message.index() < 0 || message.index() >= n) {
+        status = absl::InternalError(absl::StrCat("the router sent choice ", message.index(), " of ", n));
         call.TryCancel();
         break;
+      }
+      while (static_cast<int>(choices.size()) <= message.index()) {
+        const int index = static_cast<int>(choices.size());
+        choices.emplace_back().whole.index = index;
       }
       ChoiceState& choice = choices[message.index()];
       if (message.has_final()) choice.final = message.final();
@@ -224,6 +229,9 @@ void OpenAiApi::Generate(const OpenAiRequest& request, HttpExchange& exchange) c
   if (client_gone) {
     IC_LOG(Info) << "HTTP client of request " << header.request_id << " went away: request cancelled";
     return;
+  }
+  if (status.ok() && static_cast<int>(choices.size()) != n) {
+    status = absl::InternalError(absl::StrCat("the router's stream ended with ", choices.size(), " of ", n, " choices"));
   }
   std::vector<v1::FinalInfo> finals;
   for (const ChoiceState& choice : choices) {

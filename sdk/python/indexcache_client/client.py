@@ -191,12 +191,13 @@ class Client:
         """Runs a request to its end. A stream the server ends normally returns a Result whatever its
         finish_reason ("stop", "length", "abort", "error"); a failed call raises ClientError."""
         wants_logprobs = bool(sampling.get("logprobs"))
-        choices = [Result(index=i, logprobs=[] if wants_logprobs else None)
-                   for i in range(max(sampling.get("n") or 1, 1))]
+        choices = []  # grown as the stream names them: the router refuses an n out of range first
         request_id_seen = ""
         with self.stream(prompt, input_ids, request_id=request_id, timeout=timeout, **sampling) as chunks:
             for chunk in chunks:
                 request_id_seen = chunk.request_id or request_id_seen
+                while len(choices) <= chunk.index:
+                    choices.append(Result(index=len(choices), logprobs=[] if wants_logprobs else None))
                 choice = choices[chunk.index]
                 choice.output_ids.extend(chunk.token_ids)
                 choice.text += chunk.text
