@@ -245,8 +245,10 @@ test('errors come back in OpenAI shape with the right status', async () => {
     (e) => e.status === 400 && /outside the vocabulary/.test(e.message));
   await assert.rejects(client().completions.create({ model: 'no-such-model', prompt: 'hi' }),
     (e) => e instanceof OpenAI.NotFoundError && e.code === 'model_not_found');
-  await assert.rejects(client().completions.create({ model: modelId, prompt: 'hi', n: 17 }),
-    (e) => e.status === 400 && /n must be in \[1, 16\]/.test(e.message));
+  for (const n of [17, 2 ** 31 - 1]) {  // the largest is refused before anything is sized by it
+    await assert.rejects(client().completions.create({ model: modelId, prompt: 'hi', n }),
+      (e) => e.status === 400 && /n must be in \[1, 16\]/.test(e.message));
+  }
   await assert.rejects(client().completions.create({ model: modelId, prompt: 'hi', logprobs: 6 }),
     (e) => e.status === 400 && /`logprobs` must be in \[0, 5\]/.test(e.message));
   await assert.rejects(client().chat.completions.create({ model: modelId, messages, logprobs: true, top_logprobs: 21 }),
