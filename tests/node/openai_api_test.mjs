@@ -159,7 +159,9 @@ test('sampling with a seed is reproducible through both APIs', async () => {
 
 // Logprobs as OpenAI documents them, their values the gRPC API's (`client generate --logprobs`), whose
 // own values are checked against a float64 reference forward in tests/e2e/choices_logprobs_test.cc.
-const close = (a, b) => Math.abs(a - b) < 1e-5;
+// Equal up to float summation order: a request batched with others (here its sibling choice) sums in
+// another order than one running alone (the engine's "batch = alone" holds within 1e-5 of the logits).
+const close = (a, b) => Math.abs(a - b) < 1e-4;
 
 test('n = 2 completions with logprobs: two greedy choices, each equal to client generate', async () => {
   const idsFile = join(scratch, 'prompt-logprobs.json');
@@ -232,7 +234,9 @@ test('n = 2 chat with logprobs, streamed and not: chunks name their choice, usag
   }
   for (let i = 0; i < 2; ++i) {
     assert.equal(text[i], expected.text);
-    assert.deepEqual(content[i].map((e) => e.logprob), whole.choices[i].logprobs.content.map((e) => e.logprob));
+    const streamed = content[i].map((e) => e.logprob);
+    assert.equal(streamed.length, whole.choices[i].logprobs.content.length);
+    whole.choices[i].logprobs.content.forEach((e, t) => assert.ok(close(streamed[t], e.logprob), `choice ${i} token ${t}`));
     assert.deepEqual(finishes[i], [whole.choices[i].finish_reason]);
   }
   assert.deepEqual(usage, whole.usage);
