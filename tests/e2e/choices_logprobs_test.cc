@@ -6,12 +6,14 @@
 // client's cancel of an n = 2 request ends both choices and frees their KV on every decode worker.
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_join.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "indexcache/v1/internal.grpc.pb.h"
@@ -84,12 +86,8 @@ class ChoicesLogprobsTest : public testing::Test {
   }
 
   std::string CliBase() const {
-    std::string ids = "[";
-    for (size_t i = 0; i < kPrompt.size(); ++i) ids += (i ? "," : "") + std::to_string(kPrompt[i]);
     const std::string file = testing::TempDir() + "/choices_logprobs_prompt.json";
-    FILE* f = fopen(file.c_str(), "w");
-    fputs((ids + "]").c_str(), f);
-    fclose(f);
+    std::ofstream(file) << "[" << absl::StrJoin(kPrompt, ",") << "]";
     return kBinary + " client generate --router " + router_address_ + " --input-ids " + file;
   }
 
