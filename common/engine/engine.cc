@@ -140,6 +140,8 @@ absl::StatusOr<Engine::Request> Engine::MakeRequest(std::vector<int32_t> prompt,
   r.prefill_only = prefill_only;
   r.prompt_len = static_cast<int32_t>(prompt.size());
   r.greedy = params.temperature == 0.0f;
+  r.logprobs = params.logprobs;
+  r.top_logprobs = params.top_logprobs;
   r.tokens = std::move(prompt);
   ASSIGN_OR_RETURN(Sampler sampler, Sampler::Create(params, config().vocab_size, Sampler::RandomSeed()));
   r.sampler.emplace(std::move(sampler));
@@ -272,7 +274,8 @@ absl::Status Engine::VerifyProbe(RequestId id, const IndexerProbe& probe) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<TokenEvent> Engine::StartDecode(RequestId id, int32_t first_token) {
+absl::StatusOr<TokenEvent> Engine::StartDecode(RequestId id, int32_t first_token,
+                                               std::optional<TokenLogprobs> first_logprobs) {
   ASSIGN_OR_RETURN(Request * r, Find(id));
   if (r->state != State::kWaitingForRemoteKv) {
     return absl::FailedPreconditionError(absl::StrFormat("request %d is not importing", id));
@@ -280,9 +283,14 @@ absl::StatusOr<TokenEvent> Engine::StartDecode(RequestId id, int32_t first_token
   if (first_token < 0 || first_token >= config().vocab_size) {
     return absl::InvalidArgumentError(absl::StrFormat("first token %d is outside the vocabulary", first_token));
   }
+  if (r->logprobs && (!first_logprobs.has_value() || first_logprobs->chosen.token != first_token)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("request %d asks for logprobs, but none came for its first token %d", id, first_token));
+  }
   r->state = State::kRunning;
   r->num_cached = r->prompt_len;
   TokenEvent event = Accept(*r, first_token);
+  if (r->logprobs) event.logprobs = std::move(first_logprobs);
   if (event.finish != RequestFinish::kNone) Finish(id);
   return event;
 }
@@ -329,6 +337,7 @@ ForwardBatch Engine::Schedule(std::vector<Request*>& in_batch) {
       // one uniform its Sampler draws here (a greedy request's NextDraw consumes nothing).
       batch.argmax_only = (batch.logit_rows.size() == 1 || batch.argmax_only) && r.greedy;
       batch.draws.push_back(r.sampler->NextDraw());
+      if (r.logprobs) batch.logprob_rows.push_back(static_cast<int32_t>(batch.logit_rows.size()) - 1);
       if (r.prefill_only) batch.probe_rows.push_back(static_cast<int32_t>(batch.token_ids.size()) - 1);
     }
     in_batch.push_back(&r);
@@ -376,15 +385,27 @@ ForwardBatch Engine::Schedule(std::vector<Request*>& in_batch) {
   return batch;
 }
 
-TokenEvent Engine::Advance(Request& r, const absl::StatusOr<int32_t>& token) {
-  if (!token.ok()) return TokenEvent{r.id, -1, "", RequestFinish::kError, token.status()};
+TokenEvent Engine::Advance(Request& r, const absl::StatusOr<int32_t>& token, absl::Span<const float> logits) {
+  if (!token.ok()) return TokenEvent::Ended(r.id, RequestFinish::kError, token.status());
+  std::optional<TokenLogprobs> logprobs;
+  if (r.logprobs) {
+    absl::StatusOr<TokenLogprobs> computed = ComputeLogprobs(logits, *token, r.top_logprobs);
+    if (!computed.ok()) return TokenEvent::Ended(r.id, RequestFinish::kError, computed.status());
+    logprobs = *std::move(computed);
+  }
+  TokenEvent event;
   if (r.prefill_only) {
     // The decode worker emits this token's text and applies the stop conditions.
     r.tokens.push_back(*token);
     r.state = State::kHeldForExport;
-    return TokenEvent{r.id, *token, "", RequestFinish::kPrefillDone, absl::OkStatus()};
+    event.request = r.id;
+    event.token = *token;
+    event.finish = RequestFinish::kPrefillDone;
+  } else {
+    event = Accept(r, *token);
   }
-  return Accept(r, *token);
+  event.logprobs = std::move(logprobs);
+  return event;
 }
 
 TokenEvent Engine::Accept(Request& r, int32_t token) {
@@ -412,7 +433,7 @@ absl::StatusOr<std::vector<TokenEvent>> Engine::Step() {
   std::vector<TokenEvent> events;
   for (RequestId id : std::vector<RequestId>(order_.begin(), order_.end())) {
     if (requests_.at(id).state == State::kAborted) {
-      events.push_back(TokenEvent{id, -1, "", RequestFinish::kAbort, absl::OkStatus()});
+      events.push_back(TokenEvent::Ended(id, RequestFinish::kAbort));
       Finish(id);
     }
   }
@@ -432,13 +453,14 @@ absl::StatusOr<std::vector<TokenEvent>> Engine::Step() {
     // blocks, and keep the engine serving the others.
     IC_LOG(Error) << "forward pass failed for " << in_batch.size() << " requests: " << forward.status();
     for (Request* r : in_batch) {
-      events.push_back(TokenEvent{r->id, -1, "", RequestFinish::kError, forward.status()});
+      events.push_back(TokenEvent::Ended(r->id, RequestFinish::kError, forward.status()));
       Finish(r->id);
     }
     return events;
   }
   ForwardResult& result = *forward;
-  size_t logit_index = 0, probe_index = 0;
+  size_t logit_index = 0, probe_index = 0, logprob_index = 0;
+  const size_t vocab = static_cast<size_t>(config().vocab_size);
   std::vector<RequestId> finished;
   for (size_t s = 0; s < in_batch.size(); ++s) {
     Request& r = *in_batch[s];
@@ -449,7 +471,9 @@ absl::StatusOr<std::vector<TokenEvent>> Engine::Step() {
     const size_t row = logit_index++;
     const absl::StatusOr<int32_t> token =
         DeviceToken(r.greedy ? result.argmax[row] : result.sampled[row], config().vocab_size);
-    TokenEvent event = Advance(r, token);
+    absl::Span<const float> logits;
+    if (r.logprobs) logits = absl::MakeConstSpan(result.logprob_logits).subspan(logprob_index++ * vocab, vocab);
+    TokenEvent event = Advance(r, token, logits);
     if (event.finish != RequestFinish::kNone && event.finish != RequestFinish::kPrefillDone) {
       finished.push_back(r.id);
     }

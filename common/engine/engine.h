@@ -23,6 +23,7 @@
 #include "common/kv/kv_segment.h"
 #include "common/kv/paged_kv_cache.h"
 #include "common/model/dsa_model.h"
+#include "common/sampling/logprobs.h"
 #include "common/sampling/sampler.h"
 #include "common/sampling/sampling_params.h"
 #include "common/sampling/stop_checker.h"
@@ -76,6 +77,17 @@ struct TokenEvent {
   std::string text;            // detokenized text released now (empty without a tokenizer)
   RequestFinish finish = RequestFinish::kNone;
   absl::Status error;          // set when finish == kError
+  // The token's log-probability and top alternatives, when its request asked (SamplingParams::logprobs).
+  std::optional<TokenLogprobs> logprobs;
+
+  // An event without a token: the request ended (abort, error).
+  static TokenEvent Ended(RequestId request, RequestFinish finish, absl::Status error = absl::OkStatus()) {
+    TokenEvent event;
+    event.request = request;
+    event.finish = finish;
+    event.error = std::move(error);
+    return event;
+  }
 };
 
 class Engine {
@@ -138,8 +150,10 @@ class Engine {
   // Re-runs the probe's indexer over the imported index keys; DATA_LOSS when the selection differs.
   absl::Status VerifyProbe(RequestId id, const IndexerProbe& probe);
   // Appends the prefill worker's first token and starts decoding; returns that token's event
-  // (text, and a finish if it already ends the request).
-  absl::StatusOr<TokenEvent> StartDecode(RequestId id, int32_t first_token);
+  // (text, `first_logprobs`, and a finish if it already ends the request). A request that asked for
+  // logprobs needs the prefill worker's `first_logprobs` (computed where the token was sampled).
+  absl::StatusOr<TokenEvent> StartDecode(RequestId id, int32_t first_token,
+                                         std::optional<TokenLogprobs> first_logprobs = std::nullopt);
 
  private:
   // Where a request is in its life (vLLM's RequestStatus in spirit). Only kRunning requests are
@@ -158,6 +172,8 @@ class Engine {
     int32_t num_cached = 0;       // positions already in the cache
     bool prefill_only = false;    // ends at the first token and holds its cache
     bool greedy = false;          // temperature 0: the device's argmax is its token
+    bool logprobs = false;        // each token's event carries its logprobs: its logits row is downloaded
+    int32_t top_logprobs = 0;
     std::shared_ptr<SegmentSink> export_to;  // prefill-only: where its rows stream (may be null)
     int32_t exported = 0;         // positions [0, exported) handed to export_to
     std::vector<IndexerProbe> probes;
@@ -183,8 +199,9 @@ class Engine {
   // that stream their rows; the pass then exports them layer by layer.
   std::vector<KvSegment> BeginExports(const std::vector<Request*>& in_batch, const ForwardBatch& batch);
   void Preempt(Request& r);
-  // Takes the request's next token: `token` is its sampled token, or why none could be drawn.
-  TokenEvent Advance(Request& r, const absl::StatusOr<int32_t>& token);
+  // Takes the request's next token: `token` is its sampled token, or why none could be drawn;
+  // `logits` its row when the request reports logprobs (else empty).
+  TokenEvent Advance(Request& r, const absl::StatusOr<int32_t>& token, absl::Span<const float> logits);
   void Finish(RequestId id);
 
   std::unique_ptr<Backend> backend_;

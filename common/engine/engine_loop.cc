@@ -51,7 +51,7 @@ void EngineLoop::Step() {
     for (const auto& [id, sink] : sinks_) ids.push_back(id);
     for (RequestId id : ids) engine_->Release(id);
     load_.Publish(*engine_);
-    for (RequestId id : ids) Dispatch(TokenEvent{id, -1, "", RequestFinish::kError, events.status()});
+    for (RequestId id : ids) Dispatch(TokenEvent::Ended(id, RequestFinish::kError, events.status()));
     return;
   }
   for (const TokenEvent& event : *events) Dispatch(event);
@@ -70,7 +70,7 @@ void EngineLoop::Run() {
     if (!tasks.empty()) load_.Publish(*engine_);
     if (engine_->HasWork()) Step();
   }
-  for (const auto& [id, sink] : sinks_) sink(TokenEvent{id, -1, "", RequestFinish::kAbort, absl::OkStatus()});
+  for (const auto& [id, sink] : sinks_) sink(TokenEvent::Ended(id, RequestFinish::kAbort));
 }
 
 }  // namespace indexcache

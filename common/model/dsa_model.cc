@@ -145,6 +145,11 @@ absl::Status DsaModel::Validate(const ForwardBatch& b, const PagedKvCache& cache
   for (int32_t row : b.logit_rows) {
     if (row < 0 || row >= static_cast<int32_t>(n)) return absl::InvalidArgumentError("logit row out of range");
   }
+  for (int32_t k : b.logprob_rows) {
+    if (k < 0 || k >= static_cast<int32_t>(b.logit_rows.size())) {
+      return absl::InvalidArgumentError("forward batch: a logprob row names no logit row");
+    }
+  }
   if (!b.draws.empty() && b.draws.size() != b.logit_rows.size()) {
     return absl::InvalidArgumentError(absl::StrFormat("forward batch: %d sampling draws for %d logit rows",
                                                       b.draws.size(), b.logit_rows.size()));
@@ -320,15 +325,26 @@ void DsaModel::EnqueueLogits(Activations& a, bool sample) {
 }
 
 absl::Status DsaModel::DownloadLogits(const Activations& a, int64_t rows, const ForwardBatch& b, ForwardResult& result) {
+  const int64_t vocab = config_.vocab_size;
   if (b.argmax_only || !b.draws.empty()) {
     result.argmax.resize(rows);
     RETURN_IF_ERROR(backend_->Download(a.argmax.Rows(0, rows), result.argmax.data()));
-    if (b.draws.empty()) return absl::OkStatus();
-    result.sampled.resize(rows);
-    return backend_->Download(a.sampled.Rows(0, rows), result.sampled.data());
+    if (!b.draws.empty()) {
+      result.sampled.resize(rows);
+      RETURN_IF_ERROR(backend_->Download(a.sampled.Rows(0, rows), result.sampled.data()));
+    }
+  } else {
+    result.logits.resize(rows * vocab);
+    RETURN_IF_ERROR(backend_->Download(a.logits.Rows(0, rows), result.logits.data()));
   }
-  result.logits.resize(rows * config_.vocab_size);
-  return backend_->Download(a.logits.Rows(0, rows), result.logits.data());
+  // Logprobs are computed on the host from these rows (common/sampling/logprobs.h): one [vocab] copy
+  // per asking request after the step, no kernel of its own, the same on every backend. On a decode
+  // step replayed as a graph, a.logits is the graph's own buffer, read here after the replay.
+  result.logprob_logits.resize(b.logprob_rows.size() * vocab);
+  for (size_t k = 0; k < b.logprob_rows.size(); ++k) {
+    RETURN_IF_ERROR(backend_->Download(a.logits.Rows(b.logprob_rows[k], 1), result.logprob_logits.data() + k * vocab));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedKvCache& cache) {

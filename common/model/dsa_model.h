@@ -42,6 +42,9 @@ struct ForwardBatch {
   // token is drawn on the device (Backend::SampleTokens → ForwardResult::sampled, beside argmax)
   // instead of its logits being downloaded: a sampled decode step downloads 2n ids, not n × vocab.
   std::vector<SamplingDraw> draws;
+  // Indices into logit_rows whose whole logits row is downloaded as well (ForwardResult::
+  // logprob_logits), for requests that report logprobs: only they pay the [vocab] copy.
+  std::vector<int32_t> logprob_rows;
   bool capture_topk = false;        // also return every layer's selection (for `score`)
   std::vector<int32_t> probe_rows;  // tokens whose indexer inputs and selections are returned (handoff)
   // Called on the host once per layer, right after the layer's cache writes are enqueued: the
@@ -74,6 +77,8 @@ struct ForwardResult {
   std::vector<int32_t> argmax;
   // When draws were given: per logit row, Backend::SampleTokens' token (-1: no usable logit).
   std::vector<int32_t> sampled;
+  // [logprob_rows.size(), vocab]: the logits of the rows ForwardBatch::logprob_rows named, in its order.
+  std::vector<float> logprob_logits;
   // When captured: per layer, [n, topk_cols] key positions (-1 padded).
   std::vector<std::vector<int32_t>> topk;
   int32_t topk_cols = 0;
@@ -131,7 +136,7 @@ class DsaModel {
   // token drawn with a.draws.
   void EnqueueLogits(Activations& a, bool sample);
   // Downloads the first `rows` logit rows' argmax (and sampled tokens) when the batch asked for them
-  // (argmax_only, draws), else their logits.
+  // (argmax_only, draws), else their logits; and the logprob_rows' logits.
   absl::Status DownloadLogits(const Activations& a, int64_t rows, const ForwardBatch& batch, ForwardResult& result);
   // Adds one pass's indexer runs, skips and FLOPs to stats_.
   void CountIndexerWork(const std::vector<IndexerType>& types, int32_t first_layer,

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "absl/strings/str_format.h"
+#include "common/sampling/logprobs.h"
 
 namespace indexcache {
 
@@ -41,6 +42,13 @@ absl::Status Validate(const SamplingParams& params, int32_t vocab_size) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "stop_strings[%d] is empty; an empty stop string would match at once", i));
     }
+  }
+  if (params.top_logprobs < 0 || params.top_logprobs > kMaxTopLogprobs) {
+    return absl::InvalidArgumentError(absl::StrFormat("top_logprobs must be in [0, %d], got %d", kMaxTopLogprobs,
+                                                      params.top_logprobs));
+  }
+  if (params.top_logprobs > 0 && !params.logprobs) {
+    return absl::InvalidArgumentError("top_logprobs needs logprobs: set logprobs to true as well");
   }
   return absl::OkStatus();
 }

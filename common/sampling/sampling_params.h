@@ -31,6 +31,10 @@ struct SamplingParams {
   std::vector<std::string> stop_strings;
   // Keep generating past the model's EOS ids (stop_token_ids still apply).
   bool ignore_eos = false;
+  // Report each generated token's log-probability and its `top_logprobs` most likely alternatives
+  // (0–kMaxTopLogprobs; only with `logprobs`): raw, before temperature and the filters (logprobs.h).
+  bool logprobs = false;
+  int32_t top_logprobs = 0;
   // A migrated request (the router re-dispatches a stream whose decode worker died): the last
   // `resumed_tokens` prompt ids are what earlier attempts generated. The engine continues as if it had
   // generated them itself: they are detokenized and fed to the stop conditions (a stop string may
@@ -41,7 +45,8 @@ struct SamplingParams {
 
 // Refuses values no sampler can honour, naming the field: temperature < 0 or non-finite, top_k < 0,
 // top_p outside (0, 1], min_p outside [0, 1], max_new_tokens < 1, a stop token id outside
-// [0, vocab_size), an empty stop string. Called at the front door, before a request is queued.
+// [0, vocab_size), an empty stop string, top_logprobs outside [0, kMaxTopLogprobs] or set without
+// logprobs. Called at the front door, before a request is queued.
 [[nodiscard]] absl::Status Validate(const SamplingParams& params, int32_t vocab_size);
 
 }  // namespace indexcache

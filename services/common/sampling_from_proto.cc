@@ -13,6 +13,8 @@ SamplingParams SamplingParamsFromProto(const ::indexcache::v1::SamplingParameter
   if (proto.has_seed()) params.seed = proto.seed();
   if (proto.has_max_new_tokens()) params.max_new_tokens = proto.max_new_tokens();
   if (proto.has_ignore_eos()) params.ignore_eos = proto.ignore_eos();
+  if (proto.has_logprobs()) params.logprobs = proto.logprobs();
+  if (proto.has_top_logprobs()) params.top_logprobs = proto.top_logprobs();
   params.stop_strings.assign(proto.stop().begin(), proto.stop().end());
   params.stop_token_ids.assign(proto.stop_token_ids().begin(), proto.stop_token_ids().end());
   return params;

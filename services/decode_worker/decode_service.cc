@@ -7,6 +7,7 @@
 #include "common/model/model_config.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
+#include "services/common/logprobs_proto.h"
 #include "services/common/sampling_from_proto.h"
 #include "services/common/status_conversion.h"
 
@@ -173,6 +174,7 @@ grpc::Status DecodeService::Stream(grpc::ServerContext* context, DecodeSession& 
       started = true;
       if (event.token >= 0) {
         message.add_token_ids(event.token);
+        if (event.logprobs.has_value()) LogprobsToProto(*event.logprobs, *message.add_logprobs());
         last_token_at = absl::Now();
         if (generated++ == 0) first_token_at = last_token_at;
       }

@@ -41,7 +41,7 @@ void DecodeSession::Abort(EngineLoop& loop) {
   if (phase == Phase::kEnded) return;
   EndLocked(loop);
   // A decoding request's ABORT event comes from the engine; before that, there is none to wait for.
-  if (phase != Phase::kDecoding) Push(TokenEvent{engine_id_, -1, "", RequestFinish::kAbort, absl::OkStatus()});
+  if (phase != Phase::kDecoding) Push(TokenEvent::Ended(engine_id_, RequestFinish::kAbort));
 }
 
 bool DecodeSession::QueueRows(PendingRows rows, size_t batch_bytes) {

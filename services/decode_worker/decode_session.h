@@ -9,6 +9,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -53,6 +54,7 @@ class DecodeSession : public std::enable_shared_from_this<DecodeSession> {
     std::vector<int32_t> index_key_rows;  // per layer (Full layers only)
     size_t bytes_to_come = 0;             // rows of the prompt not received yet
     int32_t first_token = -1;
+    std::optional<TokenLogprobs> first_logprobs;  // when the trailer carried them
     absl::Time decode_started_at;
   };
   std::mutex import_mu;

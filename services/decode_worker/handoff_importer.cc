@@ -9,6 +9,7 @@
 #include "common/model/model_config.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
+#include "services/common/logprobs_proto.h"
 
 namespace indexcache {
 namespace {
@@ -309,6 +310,10 @@ absl::Status HandoffImporter::VerifyTrailer(DecodeSession& session, const v1::Ha
     return absl::OkStatus();
   }));
   session.import.first_token = trailer.first_token();
+  // The engine's StartDecode refuses a request asking for logprobs whose first token has none.
+  if (trailer.has_first_token_logprobs()) {
+    ASSIGN_OR_RETURN(session.import.first_logprobs, LogprobsFromProto(trailer.first_token_logprobs(), vocab_size_));
+  }
   return absl::OkStatus();
 }
 
@@ -329,7 +334,7 @@ v1::HandoffAck HandoffImporter::OnComplete(const std::string& request_id) {
       const int32_t first_token = state.first_token;
       const absl::Time started = absl::Now();
       status = loop_.Call([&](Engine& engine) -> absl::Status {
-        ASSIGN_OR_RETURN(TokenEvent event, engine.StartDecode(id, first_token));
+        ASSIGN_OR_RETURN(TokenEvent event, engine.StartDecode(id, first_token, state.first_logprobs));
         // The first token reaches the session, and the later tokens' sink is installed, in the same
         // loop turn as StartDecode: the loop's next step cannot overtake the first token.
         session->Push(event);

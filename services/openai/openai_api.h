@@ -3,7 +3,8 @@
 //   GET  /health                 200 {"status": "ok"} while the router's grpc.health.v1 says SERVING, else 503
 //   GET  /v1/models              the served model: id (the model directory's name), context length, the
 //                                IndexCache pattern and which chat template is used (chat_template.h)
-//   POST /v1/completions         a completion, streamed as server-sent events with "stream": true
+//   POST /v1/completions         a completion (n choices, logprobs when asked), streamed as server-sent
+//                                events with "stream": true (each chunk names its choice's `index`)
 //   POST /v1/chat/completions    the same for chat messages
 //
 // Every request is a call on the router's own gRPC services through an in-process channel — Generate,
@@ -19,7 +20,9 @@
 #include "grpcpp/channel.h"
 #include "indexcache/v1/generate.grpc.pb.h"
 #include "nlohmann/json.hpp"
+#include "common/tokenizer/bpe_tokenizer.h"
 #include "services/openai/chat_template.h"
+#include "services/openai/openai_logprobs.h"
 #include "services/openai/openai_request.h"
 
 namespace indexcache::openai {
@@ -62,7 +65,8 @@ class OpenAiApi {
   const std::string& model_id() const { return model_id_; }
 
  private:
-  OpenAiApi(OpenAiOptions options, std::shared_ptr<grpc::Channel> router, ChatTemplate chat_template);
+  OpenAiApi(OpenAiOptions options, std::shared_ptr<grpc::Channel> router, ChatTemplate chat_template,
+            std::unique_ptr<BpeTokenizer> tokenizer);
   bool Authorized(const std::string& authorization) const;
   // Adds the API key, when there is one, to a call to the router's gRPC API.
   void PresentApiKey(grpc::ClientContext& call) const;
@@ -74,6 +78,8 @@ class OpenAiApi {
   const std::shared_ptr<grpc::Channel> router_;
   const std::unique_ptr<v1::IndexCache::Stub> stub_;
   const ChatTemplate chat_template_;
+  const std::unique_ptr<BpeTokenizer> tokenizer_;  // null without tokenizer.json: tokens read "token_id:N"
+  const LogprobsFormatter logprobs_;
   const std::string model_id_;
   const int64_t created_;  // /v1/models' `created`: when this server started
 };

@@ -52,12 +52,9 @@ absl::Status Unsupported(const std::string& what) {
 
 // The OpenAI features this server does not offer, refused rather than silently ignored.
 absl::Status RefuseUnsupported(const json& body, Endpoint endpoint) {
-  ASSIGN_OR_RETURN(const std::optional<int64_t> n, Integer(body, "n"));
-  if (n.has_value() && *n != 1) return Unsupported(absl::StrCat("n = ", *n, " (several choices per request)"));
   ASSIGN_OR_RETURN(const std::optional<int64_t> best_of, Integer(body, "best_of"));
   if (best_of.has_value() && *best_of != 1) return Unsupported(absl::StrCat("best_of = ", *best_of));
   if (endpoint == Endpoint::kCompletions) {
-    if (Field(body, "logprobs") != nullptr) return Unsupported("`logprobs`");
     ASSIGN_OR_RETURN(const bool echo, Boolean(body, "echo"));
     if (echo) return Unsupported("`echo`");
     const json* suffix = Field(body, "suffix");
@@ -65,8 +62,6 @@ absl::Status RefuseUnsupported(const json& body, Endpoint endpoint) {
       return Unsupported("`suffix`");
     }
   } else {
-    ASSIGN_OR_RETURN(const bool logprobs, Boolean(body, "logprobs"));
-    if (logprobs || Field(body, "top_logprobs") != nullptr) return Unsupported("`logprobs`/`top_logprobs`");
     if (Field(body, "tools") != nullptr || Field(body, "response_format") != nullptr) {
       return Unsupported("`tools`/`response_format`");
     }
@@ -112,6 +107,29 @@ absl::Status SetPrompt(const json& body, v1::GenerateRequest& request) {
   return absl::OkStatus();
 }
 
+int32_t ClampToInt32(int64_t value) { return static_cast<int32_t>(std::clamp<int64_t>(value, INT32_MIN, INT32_MAX)); }
+
+// `logprobs` and `top_logprobs` in the endpoint's shape (openai_logprobs.h); the router checks the
+// ranges they share (top_logprobs 0–20, only with logprobs), this the legacy API's own bound.
+absl::Status SetLogprobs(const json& body, Endpoint endpoint, v1::SamplingParameters& s) {
+  if (endpoint == Endpoint::kCompletions) {
+    ASSIGN_OR_RETURN(const std::optional<int64_t> logprobs, Integer(body, "logprobs"));
+    if (!logprobs.has_value()) return absl::OkStatus();
+    if (*logprobs < 0 || *logprobs > kCompletionsMaxLogprobs) {
+      return absl::InvalidArgumentError(absl::StrFormat("`logprobs` must be in [0, %d] on /v1/completions, got %d",
+                                                        kCompletionsMaxLogprobs, *logprobs));
+    }
+    s.set_logprobs(true);
+    s.set_top_logprobs(static_cast<int32_t>(*logprobs));
+    return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(const bool logprobs, Boolean(body, "logprobs"));
+  if (logprobs) s.set_logprobs(true);
+  ASSIGN_OR_RETURN(const std::optional<int64_t> top_logprobs, Integer(body, "top_logprobs"));
+  if (top_logprobs.has_value()) s.set_top_logprobs(ClampToInt32(*top_logprobs));
+  return absl::OkStatus();
+}
+
 absl::Status SetSampling(const json& body, Endpoint endpoint, v1::SamplingParameters& s) {
   ASSIGN_OR_RETURN(std::optional<int64_t> max_tokens, Integer(body, "max_tokens"));
   if (endpoint == Endpoint::kChat) {
@@ -122,7 +140,7 @@ absl::Status SetSampling(const json& body, Endpoint endpoint, v1::SamplingParame
   }
   if (max_tokens.has_value()) {
     // Clamped into int32 so that the router's own check reports the value as too large or small.
-    s.set_max_new_tokens(static_cast<int32_t>(std::clamp<int64_t>(*max_tokens, INT32_MIN, INT32_MAX)));
+    s.set_max_new_tokens(ClampToInt32(*max_tokens));
   }
   ASSIGN_OR_RETURN(const std::optional<double> temperature, Number(body, "temperature"));
   if (temperature.has_value()) s.set_temperature(static_cast<float>(*temperature));
@@ -132,7 +150,10 @@ absl::Status SetSampling(const json& body, Endpoint endpoint, v1::SamplingParame
   if (min_p.has_value()) s.set_min_p(static_cast<float>(*min_p));
   ASSIGN_OR_RETURN(const std::optional<int64_t> top_k, Integer(body, "top_k"));
   // vLLM's clients send -1 for "off", which the engine spells 0.
-  if (top_k.has_value()) s.set_top_k(*top_k == -1 ? 0 : static_cast<int32_t>(std::clamp<int64_t>(*top_k, INT32_MIN, INT32_MAX)));
+  if (top_k.has_value()) s.set_top_k(*top_k == -1 ? 0 : ClampToInt32(*top_k));
+  ASSIGN_OR_RETURN(const std::optional<int64_t> n, Integer(body, "n"));
+  if (n.has_value()) s.set_n(ClampToInt32(*n));  // the router bounds it (RequestValidator::kMaxChoices)
+  RETURN_IF_ERROR(SetLogprobs(body, endpoint, s));
   ASSIGN_OR_RETURN(const std::optional<int64_t> seed, Integer(body, "seed"));
   // OpenAI seeds are signed; the engine's are 64 bits of state: the same bits, reinterpreted.
   if (seed.has_value()) s.set_seed(static_cast<uint64_t>(*seed));

@@ -34,48 +34,56 @@ std::optional<std::string> FinishReasonName(v1::FinishReason reason) {
   }
 }
 
-json Usage(const v1::FinalInfo& final) {
-  return {{"prompt_tokens", final.prompt_tokens()},
-          {"completion_tokens", final.generated_tokens()},
-          {"total_tokens", final.prompt_tokens() + final.generated_tokens()}};
+json Usage(const std::vector<v1::FinalInfo>& finals) {
+  const int64_t prompt = finals.empty() ? 0 : finals.front().prompt_tokens();
+  int64_t completion = 0;
+  for (const v1::FinalInfo& final : finals) completion += final.generated_tokens();
+  return {{"prompt_tokens", prompt}, {"completion_tokens", completion}, {"total_tokens", prompt + completion}};
 }
 
-json CompletionBody(const ResponseHeader& header, const std::string& text, const std::vector<int32_t>& token_ids,
-                    const v1::FinalInfo& final) {
-  json choice = {{"index", 0}, {"logprobs", nullptr}, {"finish_reason", FinishJson(FinishReasonName(final.finish_reason()))}};
-  if (header.endpoint == Endpoint::kChat) {
-    choice["message"] = {{"role", "assistant"}, {"content", text}};
-  } else {
-    choice["text"] = text;
+json CompletionBody(const ResponseHeader& header, const std::vector<ChoicePart>& choices,
+                    const std::vector<v1::FinalInfo>& finals) {
+  json out = json::array();
+  for (size_t i = 0; i < choices.size(); ++i) {
+    const ChoicePart& part = choices[i];
+    json choice = {{"index", part.index},
+                   {"logprobs", part.logprobs},
+                   {"finish_reason", FinishJson(FinishReasonName(finals[i].finish_reason()))}};
+    if (header.endpoint == Endpoint::kChat) {
+      choice["message"] = {{"role", "assistant"}, {"content", part.text}};
+    } else {
+      choice["text"] = part.text;
+    }
+    if (header.return_token_ids) choice["token_ids"] = part.token_ids;
+    out.push_back(std::move(choice));
   }
-  if (header.return_token_ids) choice["token_ids"] = token_ids;
   json body = Envelope(header, /*chunk=*/false);
-  body["choices"] = json::array({std::move(choice)});
-  body["usage"] = Usage(final);
+  body["choices"] = std::move(out);
+  body["usage"] = Usage(finals);
   return body;
 }
 
-json ChunkBody(const ResponseHeader& header, const std::string& text, const std::vector<int32_t>& token_ids,
-               bool first, const std::optional<std::string>& finish_reason) {
-  json choice = {{"index", 0}, {"logprobs", nullptr}, {"finish_reason", FinishJson(finish_reason)}};
+json ChunkBody(const ResponseHeader& header, const ChoicePart& part, bool first,
+               const std::optional<std::string>& finish_reason) {
+  json choice = {{"index", part.index}, {"logprobs", part.logprobs}, {"finish_reason", FinishJson(finish_reason)}};
   if (header.endpoint == Endpoint::kChat) {
     json delta = json::object();
     if (first) delta["role"] = "assistant";
-    if (!text.empty() || !finish_reason.has_value()) delta["content"] = text;
+    if (!part.text.empty() || !finish_reason.has_value()) delta["content"] = part.text;
     choice["delta"] = std::move(delta);
   } else {
-    choice["text"] = text;
+    choice["text"] = part.text;
   }
-  if (header.return_token_ids) choice["token_ids"] = token_ids;
+  if (header.return_token_ids) choice["token_ids"] = part.token_ids;
   json body = Envelope(header, /*chunk=*/true);
   body["choices"] = json::array({std::move(choice)});
   return body;
 }
 
-json UsageChunkBody(const ResponseHeader& header, const v1::FinalInfo& final) {
+json UsageChunkBody(const ResponseHeader& header, const std::vector<v1::FinalInfo>& finals) {
   json body = Envelope(header, /*chunk=*/true);
   body["choices"] = json::array();
-  body["usage"] = Usage(final);
+  body["usage"] = Usage(finals);
   return body;
 }
 

@@ -24,6 +24,15 @@ struct ResponseHeader {
   bool return_token_ids = false;
 };
 
+// What one choice (`index`, 0 … n-1) produced: all of it for a whole body, one router message's worth
+// for a chunk.
+struct ChoicePart {
+  int index = 0;
+  std::string text;
+  std::vector<int32_t> token_ids;
+  nlohmann::json logprobs;  // the endpoint's logprobs object (openai_logprobs.h); null when not asked
+};
+
 // The JSON text of a body. Model text is valid UTF-8 (the decoder holds back partial characters);
 // should a broken byte reach here all the same, it becomes U+FFFD instead of an exception.
 std::string Dump(const nlohmann::json& body);
@@ -32,18 +41,20 @@ std::string Dump(const nlohmann::json& body);
 // but a failure, and has no name here.
 std::optional<std::string> FinishReasonName(v1::FinishReason reason);
 
-nlohmann::json Usage(const v1::FinalInfo& final);
+// Every choice's final: the prompt counted once (the choices share it, as OpenAI counts them), the
+// completion tokens of all choices summed.
+nlohmann::json Usage(const std::vector<v1::FinalInfo>& finals);
 
-// The non-streamed body: one choice with the whole text, its finish reason and the usage.
-nlohmann::json CompletionBody(const ResponseHeader& header, const std::string& text,
-                              const std::vector<int32_t>& token_ids, const v1::FinalInfo& final);
+// The non-streamed body: the choices (with finals[i] choice i's end) and the usage.
+nlohmann::json CompletionBody(const ResponseHeader& header, const std::vector<ChoicePart>& choices,
+                              const std::vector<v1::FinalInfo>& finals);
 
-// One streamed chunk carrying `text` (and `token_ids`); `finish_reason` set on the last one. A chat
-// stream's first chunk (`first`) also carries the assistant role, as OpenAI's does.
-nlohmann::json ChunkBody(const ResponseHeader& header, const std::string& text, const std::vector<int32_t>& token_ids,
-                         bool first, const std::optional<std::string>& finish_reason);
+// One streamed chunk carrying one choice's `part`; `finish_reason` set on its last one. A chat
+// choice's first chunk (`first`) also carries the assistant role, as OpenAI's does.
+nlohmann::json ChunkBody(const ResponseHeader& header, const ChoicePart& part, bool first,
+                         const std::optional<std::string>& finish_reason);
 
 // stream_options.include_usage's extra last chunk: no choices, the usage.
-nlohmann::json UsageChunkBody(const ResponseHeader& header, const v1::FinalInfo& final);
+nlohmann::json UsageChunkBody(const ResponseHeader& header, const std::vector<v1::FinalInfo>& finals);
 
 }  // namespace indexcache::openai

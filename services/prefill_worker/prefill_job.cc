@@ -15,6 +15,7 @@
 #include "common/model/model_config.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
+#include "services/common/logprobs_proto.h"
 
 namespace indexcache {
 
@@ -181,11 +182,11 @@ absl::StatusOr<v1::PrefillResponse> PrefillJob::Transfer(const v1::PrefillReques
     if (!segment.has_value()) break;
     RETURN_IF_ERROR(SendSegment(*segment));
   }
-  ASSIGN_OR_RETURN(const int32_t first_token, FirstToken());
+  ASSIGN_OR_RETURN(const TokenEvent first, FirstToken());
   absl::StatusOr<std::vector<IndexerProbe>> probes =
       loop_.Call([&](Engine& engine) { return engine.TakeProbes(id_); });
   RETURN_IF_ERROR(probes.status());
-  RETURN_IF_ERROR(SendTrailer(first_token, *probes));
+  RETURN_IF_ERROR(SendTrailer(first, *probes));
   absl::StatusOr<v1::HandoffAck> ack = sender_->Finish();
   absl::Status verdict = ack.ok() ? AckStatus(*ack) : ack.status();
   if (!verdict.ok()) {
@@ -197,7 +198,7 @@ absl::StatusOr<v1::PrefillResponse> PrefillJob::Transfer(const v1::PrefillReques
   loop_.Call([&](Engine& e) { e.Release(id_); });
 
   v1::PrefillResponse response;
-  response.set_first_token(first_token);
+  response.set_first_token(first.token);
   {
     std::lock_guard<std::mutex> lock(state_->mu);
     response.set_prefill_seconds(Seconds(state_->finished_at - state_->submitted_at));
@@ -232,7 +233,7 @@ absl::StatusOr<std::optional<KvSegment>> PrefillJob::NextSegment() {
   }
 }
 
-absl::StatusOr<int32_t> PrefillJob::FirstToken() {
+absl::StatusOr<TokenEvent> PrefillJob::FirstToken() {
   std::lock_guard<std::mutex> lock(state_->mu);
   const TokenEvent& event = state_->event;
   if (event.finish == RequestFinish::kError) return Annotate(event.error, "prefill failed");
@@ -240,7 +241,7 @@ absl::StatusOr<int32_t> PrefillJob::FirstToken() {
     return absl::AbortedError(
         absl::StrCat("the engine ended the request during prefill (", RequestFinishName(event.finish), ")"));
   }
-  return event.token;
+  return event;
 }
 
 absl::Status PrefillJob::SendSegment(const KvSegment& segment) {
@@ -272,10 +273,11 @@ absl::Status PrefillJob::SendSegment(const KvSegment& segment) {
   return absl::OkStatus();
 }
 
-absl::Status PrefillJob::SendTrailer(int32_t first_token, const std::vector<IndexerProbe>& probes) {
+absl::Status PrefillJob::SendTrailer(const TokenEvent& first, const std::vector<IndexerProbe>& probes) {
   v1::HandoffChunk chunk;
   v1::HandoffTrailer* trailer = chunk.mutable_trailer();
-  trailer->set_first_token(first_token);
+  trailer->set_first_token(first.token);
+  if (first.logprobs.has_value()) LogprobsToProto(*first.logprobs, *trailer->mutable_first_token_logprobs());
   for (const IndexerProbe& probe : probes) {
     v1::LayerSelection* s = trailer->add_selections();
     s->set_layer(probe.layer);

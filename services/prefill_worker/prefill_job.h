@@ -94,10 +94,11 @@ class PrefillJob {
   // The next segment the engine handed over, or nullopt once the request finished and every segment
   // was taken; the stop's reason when the job is stopped meanwhile.
   absl::StatusOr<std::optional<KvSegment>> NextSegment();
-  // After the finish: the first token, or why the prefill ended without one.
-  absl::StatusOr<int32_t> FirstToken();
+  // After the finish: the first token's event (token, logprobs), or why the prefill ended without one.
+  absl::StatusOr<TokenEvent> FirstToken();
   absl::Status SendSegment(const KvSegment& segment);
-  absl::Status SendTrailer(int32_t first_token, const std::vector<IndexerProbe>& probes);
+  // `first`: the first token, with its logprobs when the request asked for them.
+  absl::Status SendTrailer(const TokenEvent& first, const std::vector<IndexerProbe>& probes);
   absl::Status Send(::indexcache::v1::HandoffChunk& chunk, std::string_view rows_data = {});
   // Cancels the sender and frees the engine request (waiting for the engine to drop an unfinished one).
   void Discard();

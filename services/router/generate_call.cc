@@ -44,14 +44,17 @@ double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
 }  // namespace
 
 GenerateCall::GenerateCall(WorkerRegistry* registry, AdmissionQueue& queue, const DispatchOptions& options,
-                           RouterMetrics& metrics, std::shared_ptr<RequestHandle> request,
-                           grpc::ServerContext* server_context, grpc::ServerWriter<v1::GenerateResponse>* writer, const v1::GenerateRequest& client_request,
+                           RouterMetrics& metrics, std::shared_ptr<RequestHandle> request, int choice,
+                           grpc::ServerContext* server_context,
+                           grpc::ServerWriterInterface<v1::GenerateResponse>* writer,
+                           const v1::GenerateRequest& client_request,
                            std::vector<int32_t> prompt, absl::Time arrival, absl::Time deadline)
     : registry_(registry),
       queue_(queue),
       options_(options),
       metrics_(metrics),
       request_(std::move(request)),
+      choice_(choice),
       server_context_(server_context),
       writer_(writer),
       client_request_(client_request),
@@ -92,8 +95,9 @@ grpc::Status GenerateCall::Run() {
     if (migration_reason != nullptr) metrics_.CountMigration(std::exchange(migration_reason, nullptr));
     WorkerLease& decode = *placement->decode;
     WorkerLease& prefill = *placement->prefill;
-    const std::string worker_request_id =
-        dispatch == 0 ? request_->id() : absl::StrCat(request_->id(), "#retry", dispatch);
+    // A request's choices are separate requests on the workers, each with its own id.
+    const std::string choice_id = choice_ == 0 ? request_->id() : absl::StrCat(request_->id(), "#choice", choice_);
+    const std::string worker_request_id = dispatch == 0 ? choice_id : absl::StrCat(choice_id, "#retry", dispatch);
     const Outcome outcome = RunAttempt(decode, prefill, worker_request_id);
     if (outcome.status.ok()) return grpc::Status::OK;
 
@@ -115,7 +119,7 @@ grpc::Status GenerateCall::Run() {
       IC_LOG(Info) << "request " << request_->id() << ": " << blamed.Describe()
                    << " has no room: " << outcome.status.message() << "; waiting in the queue again";
       registry_->MarkFull(blamed);
-      request_->ReturnToQueue();
+      request_->ReturnToQueue(choice_);
       continue;
     }
     const absl::Status failure =
@@ -141,14 +145,14 @@ grpc::Status GenerateCall::Run() {
                    << " tokens; migrating the stream (" << migrations_ << " of at most "
                    << options_.migration_limit << ")";
       moving = failure;
-      request_->ReturnToQueue();
+      request_->ReturnToQueue(choice_);
       continue;
     }
     if (!Retryable(failure.code())) return ToGrpcStatus(failure);
     if (retry) return ToGrpcStatus(Annotate(failure, absl::StrCat(first_failure.message(), "; then on retry")));
     IC_LOG(Info) << "request " << request_->id() << ": " << failure.message() << "; retrying on other workers";
     first_failure = failure;
-    request_->ReturnToQueue();
+    request_->ReturnToQueue(choice_);
   }
 }
 
@@ -254,7 +258,7 @@ GenerateCall::Outcome GenerateCall::RunAttempt(WorkerLease& decode, WorkerLease&
   watch.Progress();
   // The queue time ends with the first prefill that ran, not with a migration's.
   if (streamed_.empty()) prefill_start_ = absl::Now();
-  request_->LeaveQueue();
+  request_->LeaveQueue(choice_);
   IC_LOG(Debug) << "request " << worker_request_id << ": admitted by " << decode.Describe() << ", handoff to "
                 << admitted.admitted().handoff_address() << ", prefill on " << prefill.Describe();
 
@@ -344,6 +348,7 @@ GenerateCall::Relayed GenerateCall::RelayTokens(grpc::ClientReaderInterface<v1::
       v1::GenerateResponse chunk;
       chunk.set_request_id(request_->id());
       *chunk.mutable_token_ids() = message.token_ids();
+      *chunk.mutable_logprobs() = message.logprobs();
       chunk.set_text(message.text());
       const absl::Time now = absl::Now();
       if (!writer_->Write(chunk)) {

@@ -53,10 +53,11 @@ struct DispatchOptions {
 class GenerateCall {
  public:
   // `prompt` passed the front door; `deadline` is the client's, or the router's default. `metrics`
-  // receives the queue time and every relayed token's latency.
+  // receives the queue time and every relayed token's latency. A request with n choices runs one call
+  // per `choice` (0 … n-1), each with its own `client_request` (its seed) and `writer` (choice_stream.h).
   GenerateCall(WorkerRegistry* registry, AdmissionQueue& queue, const DispatchOptions& options,
-               RouterMetrics& metrics, std::shared_ptr<RequestHandle> request,
-               grpc::ServerContext* server_context, grpc::ServerWriter<v1::GenerateResponse>* writer,
+               RouterMetrics& metrics, std::shared_ptr<RequestHandle> request, int choice,
+               grpc::ServerContext* server_context, grpc::ServerWriterInterface<v1::GenerateResponse>* writer,
                const v1::GenerateRequest& client_request, std::vector<int32_t> prompt, absl::Time arrival,
                absl::Time deadline);
 
@@ -107,8 +108,9 @@ class GenerateCall {
   const DispatchOptions& options_;
   RouterMetrics& metrics_;
   const std::shared_ptr<RequestHandle> request_;
+  const int choice_;
   grpc::ServerContext* const server_context_;
-  grpc::ServerWriter<v1::GenerateResponse>* const writer_;
+  grpc::ServerWriterInterface<v1::GenerateResponse>* const writer_;
   const v1::GenerateRequest& client_request_;
   const std::vector<int32_t> prompt_;
   const absl::Time arrival_;

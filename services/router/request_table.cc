@@ -29,41 +29,45 @@ bool RequestHandle::aborted() const {
   return aborted_;
 }
 
-void RequestHandle::LeaveQueue() {
+void RequestHandle::LeaveQueue(int choice) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!queued_) return;
-    queued_ = false;
+    if (!queued_.at(choice)) return;
+    queued_[choice] = false;
   }
   table_->LeaveQueue();
 }
 
-void RequestHandle::ReturnToQueue() {
+void RequestHandle::ReturnToQueue(int choice) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (queued_) return;
-    queued_ = true;
+    if (queued_.at(choice)) return;
+    queued_[choice] = true;
   }
   table_->ReturnToQueue();
 }
 
-absl::StatusOr<std::shared_ptr<RequestHandle>> RequestTable::Admit(const std::string& id) {
+void RequestHandle::LeaveQueueAll() {
+  for (int choice = 0; choice < static_cast<int>(queued_.size()); ++choice) LeaveQueue(choice);
+}
+
+absl::StatusOr<std::shared_ptr<RequestHandle>> RequestTable::Admit(const std::string& id, int choices) {
   std::lock_guard<std::mutex> lock(mu_);
   if (requests_.contains(id)) {
     return absl::AlreadyExistsError(absl::StrFormat("a request with id '%s' is already in flight", id));
   }
-  if (queued_ >= max_queued_) {
+  if (queued_ + choices > max_queued_) {
     return absl::ResourceExhaustedError(absl::StrFormat(
         "the router's queue is full (%d requests waiting for room on the workers); retry later", queued_));
   }
-  ++queued_;
-  auto handle = std::make_shared<RequestHandle>(this, id);
+  queued_ += choices;
+  auto handle = std::make_shared<RequestHandle>(this, id, choices);
   requests_.emplace(id, handle);
   return handle;
 }
 
 void RequestTable::Finish(const std::shared_ptr<RequestHandle>& request) {
-  request->LeaveQueue();
+  request->LeaveQueueAll();
   std::lock_guard<std::mutex> lock(mu_);
   requests_.erase(request->id());
   if (requests_.empty()) emptied_.notify_all();

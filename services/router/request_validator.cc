@@ -40,6 +40,10 @@ absl::StatusOr<std::vector<int32_t>> RequestValidator::Validate(const v1::Genera
     return absl::InvalidArgumentError(absl::StrFormat("%d stop_token_ids; at most %d are allowed",
                                                       sampling.stop_token_ids_size(), kMaxStopTokenIds));
   }
+  if (sampling.has_n() && (sampling.n() < 1 || sampling.n() > kMaxChoices)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("n must be in [1, %d] (choices per request), got %d", kMaxChoices, sampling.n()));
+  }
   std::vector<int32_t> prompt;
   switch (request.input_case()) {
     case v1::GenerateRequest::INPUT_NOT_SET:

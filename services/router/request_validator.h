@@ -29,11 +29,16 @@ class RequestValidator {
   // empty prompt; text without a tokenizer; an id outside the vocabulary; more than kMaxStopStrings stop
   // strings, one longer than kMaxStopStringBytes, more than kMaxStopTokenIds stop ids (each is checked
   // against every generated token: unbounded lists cost every step, and stop strings reach logs);
-  // sampling values no sampler can honour (see Validate(SamplingParams)); prompt + max_new_tokens past
-  // the context limit. (The request's whole size is bounded before this, by the router's gRPC limit.)
+  // sampling values no sampler can honour (see Validate(SamplingParams): top_logprobs outside [0, 20] or
+  // without logprobs among them); n outside [1, kMaxChoices]; prompt + max_new_tokens past the context
+  // limit. (The request's whole size is bounded before this, by the router's gRPC limit.)
   static constexpr int kMaxStopStrings = 16;
   static constexpr size_t kMaxStopStringBytes = 256;
   static constexpr int kMaxStopTokenIds = 256;
+  // sampling.n: each choice is a request on the workers (its own prefill and KV blocks) and a thread on
+  // the router while it runs, so one client request may take at most this many (vLLM bounds nothing;
+  // OpenAI's API allows 128 but serves far fewer in practice).
+  static constexpr int kMaxChoices = 16;
   absl::StatusOr<std::vector<int32_t>> Validate(const v1::GenerateRequest& request) const;
 
   const ModelConfig& config() const { return config_; }

@@ -21,6 +21,7 @@
 #include "indexcache/v1/generate.grpc.pb.h"
 #include "indexcache/v1/internal.grpc.pb.h"
 #include "services/router/admission_queue.h"
+#include "services/router/choice_stream.h"
 #include "services/router/generate_call.h"
 #include "services/router/parsing_handler.h"
 #include "services/router/request_id.h"
@@ -203,7 +204,8 @@ class Router::Services {
     absl::StatusOr<std::string> made = NewRequestId(request.request_id());  // the label passed Validate
     if (!made.ok()) return ToGrpcStatus(made.status());
     const std::string& id = *made;
-    absl::StatusOr<std::shared_ptr<RequestHandle>> handle = table_.Admit(id);
+    const int choices = request.sampling().has_n() ? request.sampling().n() : 1;  // Validate bounded it
+    absl::StatusOr<std::shared_ptr<RequestHandle>> handle = table_.Admit(id, choices);
     if (!handle.ok()) {
       IC_LOG(Info) << "request " << id << " refused: " << handle.status().message();
       return ToGrpcStatus(handle.status());
@@ -217,10 +219,19 @@ class Router::Services {
     IC_LOG(Info) << "request " << id << " admitted (" << prompt->size() << " prompt tokens, deadline in "
                  << absl::FormatDuration(absl::Trunc(deadline - arrival, absl::Milliseconds(1))) << ")";
     metrics_.CountPromptTokens(static_cast<int64_t>(prompt->size()));
-    GenerateCall call(registry_, queue_, dispatch_, metrics_, *handle, context, writer, request, std::move(*prompt),
-                      arrival, deadline);
-    const grpc::Status status = call.Run();
-    aborted = (*handle)->aborted();
+    ChoiceStreams streams(writer, choices);
+    std::vector<v1::GenerateRequest> choice_requests;
+    for (int choice = 0; choice < choices; ++choice) choice_requests.push_back(ChoiceRequest(request, choice));
+    const grpc::Status status = RunChoices(
+        choices,
+        [&](int choice) {
+          GenerateCall call(registry_, queue_, dispatch_, metrics_, *handle, choice, context, streams.choice(choice),
+                            choice_requests[choice], *prompt, arrival, deadline);
+          return call.Run();
+        },
+        [&] { (*handle)->Abort(); });
+    // A choice's failure aborts its siblings: the request counts as failed then, not as aborted.
+    aborted = status.ok() && (*handle)->aborted();
     table_.Finish(*handle);
     if (!status.ok()) {
       IC_LOG(Info) << "request " << id << " failed: " << status.error_message();

@@ -2,7 +2,7 @@
 // package-lock.json, installed by `npm ci` in tools/setup-deps.sh) against a local cluster, and
 // checks every answer against the project's own gRPC client, `indexcache client generate`, on the
 // same prompt: greedy completions and chats, streamed and not, must return its tokens and text.
-// Also: usage and finish_reason, the errors' HTTP statuses, the API key, /v1/models and /health, and
+// Also: n = 2 and logprobs in both endpoints' shapes, usage and finish_reason, the errors' HTTP statuses, the API key, /v1/models and /health, and
 // that a client hanging up mid-stream cancels the request and frees its KV blocks on the decode
 // worker.
 //
@@ -157,6 +157,91 @@ test('sampling with a seed is reproducible through both APIs', async () => {
   assert.deepEqual(first.choices[0].token_ids, expected.output_ids);
 });
 
+// Logprobs as OpenAI documents them, their values the gRPC API's (`client generate --logprobs`), whose
+// own values are checked against a float64 reference forward in tests/e2e/choices_logprobs_test.cc.
+// Equal up to float summation order: a request batched with others (here its sibling choice) sums in
+// another order than one running alone (the engine's "batch = alone" holds within 1e-5 of the logits).
+const close = (a, b) => Math.abs(a - b) < 1e-4;
+
+test('n = 2 completions with logprobs: two greedy choices, each equal to client generate', async () => {
+  const idsFile = join(scratch, 'prompt-logprobs.json');
+  writeFileSync(idsFile, JSON.stringify(promptIds));
+  const expected = grpcGenerate(['--input-ids', idsFile, '--temperature', '0', '--max-new-tokens', '8', '--ignore-eos',
+    '--logprobs', '3']);
+  assert.equal(expected.logprobs.length, 8);
+  const response = await client().completions.create({
+    model: modelId, prompt: promptIds, max_tokens: 8, temperature: 0, ignore_eos: true, n: 2, logprobs: 3,
+    return_token_ids: true,
+  });
+  assert.deepEqual(response.choices.map((c) => c.index), [0, 1]);
+  for (const choice of response.choices) {
+    assert.deepEqual(choice.token_ids, expected.output_ids);
+    assert.equal(choice.text, expected.text);
+    const { tokens, token_logprobs: tokenLogprobs, top_logprobs: top, text_offset: offsets } = choice.logprobs;
+    assert.equal(tokens.length, 8);
+    assert.equal(tokens.join(''), expected.text);  // every token's text, in order
+    expected.logprobs.forEach((want, i) => {
+      assert.ok(close(tokenLogprobs[i], want.logprob), `token ${i}: ${tokenLogprobs[i]} vs ${want.logprob}`);
+      // The 3 most likely and the chosen one (greedy: among them), keyed by their text.
+      assert.ok(Object.keys(top[i]).length <= 4 && Object.keys(top[i]).length >= 1);
+      assert.ok(close(top[i][tokens[i]], want.logprob));
+      const values = Object.values(top[i]).sort((a, b) => b - a);
+      want.top_logprobs.forEach((alt, k) => assert.ok(close(values[k], alt.logprob), `token ${i} rank ${k}`));
+    });
+    assert.equal(offsets[0], 0);
+    for (let i = 1; i < offsets.length; ++i) assert.equal(offsets[i], offsets[i - 1] + Buffer.byteLength(tokens[i - 1]));
+  }
+  assert.deepEqual(response.usage, { prompt_tokens: 80, completion_tokens: 16, total_tokens: 96 });
+});
+
+test('n = 2 chat with logprobs, streamed and not: chunks name their choice, usage counts both', async () => {
+  const expected = grpcGenerate(['--prompt', renderChat(messages), '--temperature', '0', '--max-new-tokens', '6',
+    '--logprobs', '2', ...chatStops.flatMap((s) => ['--stop', s])]);
+  const whole = await client().chat.completions.create({
+    model: modelId, messages, max_tokens: 6, temperature: 0, n: 2, logprobs: true, top_logprobs: 2,
+  });
+  assert.equal(whole.choices.length, 2);
+  for (const choice of whole.choices) {
+    assert.equal(choice.message.content, expected.text);
+    const content = choice.logprobs.content;
+    assert.equal(content.length, expected.logprobs.length);
+    content.forEach((entry, i) => {
+      assert.equal(typeof entry.token, 'string');
+      assert.ok(Array.isArray(entry.bytes) && entry.bytes.every((b) => Number.isInteger(b) && b >= 0 && b < 256));
+      assert.ok(close(entry.logprob, expected.logprobs[i].logprob));
+      assert.equal(entry.top_logprobs.length, 2);
+      entry.top_logprobs.forEach((alt, k) => assert.ok(close(alt.logprob, expected.logprobs[i].top_logprobs[k].logprob)));
+    });
+  }
+  assert.equal(whole.usage.completion_tokens, 2 * expected.generated_tokens);
+  assert.equal(whole.usage.prompt_tokens, expected.prompt_tokens);
+
+  const stream = await client().chat.completions.create({
+    model: modelId, messages, max_tokens: 6, temperature: 0, n: 2, logprobs: true, top_logprobs: 2, stream: true,
+    stream_options: { include_usage: true },
+  });
+  const content = [[], []];
+  const text = ['', ''];
+  const finishes = [[], []];
+  let usage;
+  for await (const chunk of stream) {
+    if (chunk.usage) usage = chunk.usage;
+    for (const choice of chunk.choices) {
+      text[choice.index] += choice.delta.content ?? '';
+      content[choice.index].push(...(choice.logprobs?.content ?? []));
+      if (choice.finish_reason) finishes[choice.index].push(choice.finish_reason);
+    }
+  }
+  for (let i = 0; i < 2; ++i) {
+    assert.equal(text[i], expected.text);
+    const streamed = content[i].map((e) => e.logprob);
+    assert.equal(streamed.length, whole.choices[i].logprobs.content.length);
+    whole.choices[i].logprobs.content.forEach((e, t) => assert.ok(close(streamed[t], e.logprob), `choice ${i} token ${t}`));
+    assert.deepEqual(finishes[i], [whole.choices[i].finish_reason]);
+  }
+  assert.deepEqual(usage, whole.usage);
+});
+
 test('errors come back in OpenAI shape with the right status', async () => {
   await assert.rejects(client().completions.create({ model: modelId, prompt: 'hi', temperature: -1 }),
     (e) => e instanceof OpenAI.BadRequestError && e.status === 400 && /temperature/.test(e.message));
@@ -164,10 +249,14 @@ test('errors come back in OpenAI shape with the right status', async () => {
     (e) => e.status === 400 && /outside the vocabulary/.test(e.message));
   await assert.rejects(client().completions.create({ model: 'no-such-model', prompt: 'hi' }),
     (e) => e instanceof OpenAI.NotFoundError && e.code === 'model_not_found');
-  await assert.rejects(client().completions.create({ model: modelId, prompt: 'hi', n: 2 }),
-    (e) => e.status === 400 && /n = 2/.test(e.message));
-  await assert.rejects(client().chat.completions.create({ model: modelId, messages, logprobs: true }),
-    (e) => e.status === 400 && /logprobs/.test(e.message));
+  for (const n of [17, 2 ** 31 - 1]) {  // the largest is refused before anything is sized by it
+    await assert.rejects(client().completions.create({ model: modelId, prompt: 'hi', n }),
+      (e) => e.status === 400 && /n must be in \[1, 16\]/.test(e.message));
+  }
+  await assert.rejects(client().completions.create({ model: modelId, prompt: 'hi', logprobs: 6 }),
+    (e) => e.status === 400 && /`logprobs` must be in \[0, 5\]/.test(e.message));
+  await assert.rejects(client().chat.completions.create({ model: modelId, messages, logprobs: true, top_logprobs: 21 }),
+    (e) => e.status === 400 && /top_logprobs must be in \[0, 20\]/.test(e.message));
   const wrongKey = new OpenAI({ apiKey: 'wrong', baseURL: `http://${addresses.http}/v1`, maxRetries: 0 });
   await assert.rejects(wrongKey.models.list(), (e) => e instanceof OpenAI.AuthenticationError && e.status === 401);
   // The gRPC API asks for the same key: without it, `client generate` is refused.

@@ -76,8 +76,8 @@ TEST(OpenAiRequestTest, PromptShapes) {
 TEST(OpenAiRequestTest, RefusesWhatItDoesNotOffer) {
   const nlohmann::json base = {{"prompt", "x"}};
   for (const auto& [field, value, phrase] : std::vector<std::tuple<std::string, nlohmann::json, std::string>>{
-           {"n", 2, "n = 2"}, {"best_of", 3, "best_of"}, {"logprobs", 1, "logprobs"}, {"echo", true, "echo"},
-           {"suffix", "s", "suffix"}, {"presence_penalty", 0.5, "presence_penalty"}, {"logit_bias", {{"5", 1}}, "logit_bias"}}) {
+           {"best_of", 3, "best_of"}, {"echo", true, "echo"}, {"suffix", "s", "suffix"},
+           {"presence_penalty", 0.5, "presence_penalty"}, {"logit_bias", {{"5", 1}}, "logit_bias"}}) {
     nlohmann::json body = base;
     body[field] = value;
     const absl::Status status = Parse(Endpoint::kCompletions, body).status();
@@ -86,8 +86,46 @@ TEST(OpenAiRequestTest, RefusesWhatItDoesNotOffer) {
   }
   // The neutral values OpenAI's clients may send are accepted.
   EXPECT_TRUE(Parse(Endpoint::kCompletions, {{"prompt", "x"}, {"n", 1}, {"presence_penalty", 0}, {"logprobs", nullptr}}).ok());
-  const nlohmann::json chat = {{"messages", {{{"role", "user"}, {"content", "x"}}}}, {"logprobs", true}};
-  EXPECT_THAT(Parse(Endpoint::kChat, chat).status().message(), HasSubstr("logprobs"));
+}
+
+TEST(OpenAiRequestTest, ChoicesAndLogprobsReachTheSampling) {
+  // n goes through as given: the router bounds it, for gRPC and HTTP clients alike.
+  for (int n : {1, 2, 99}) {
+    const auto r = Parse(Endpoint::kCompletions, {{"prompt", "x"}, {"n", n}});
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->generate.sampling().n(), n);
+  }
+  const auto unset = Parse(Endpoint::kCompletions, {{"prompt", "x"}});
+  ASSERT_TRUE(unset.ok());
+  EXPECT_FALSE(unset->generate.sampling().has_n());
+  EXPECT_FALSE(unset->generate.sampling().logprobs());
+
+  // Completions: the legacy integer, 0–5.
+  for (int k : {0, 3, kCompletionsMaxLogprobs}) {
+    const auto r = Parse(Endpoint::kCompletions, {{"prompt", "x"}, {"logprobs", k}});
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_TRUE(r->generate.sampling().logprobs());
+    EXPECT_EQ(r->generate.sampling().top_logprobs(), k);
+  }
+  for (int k : {-1, kCompletionsMaxLogprobs + 1}) {
+    const absl::Status status = Parse(Endpoint::kCompletions, {{"prompt", "x"}, {"logprobs", k}}).status();
+    EXPECT_TRUE(absl::IsInvalidArgument(status)) << k;
+    EXPECT_THAT(status.message(), HasSubstr("`logprobs` must be in [0, 5]"));
+  }
+  EXPECT_THAT(Parse(Endpoint::kCompletions, {{"prompt", "x"}, {"logprobs", true}}).status().message(),
+              HasSubstr("`logprobs` must be an integer"));
+
+  // Chat: a boolean, and top_logprobs (its range is the router's).
+  const nlohmann::json messages = {{{"role", "user"}, {"content", "x"}}};
+  const auto chat = Parse(Endpoint::kChat, {{"messages", messages}, {"logprobs", true}, {"top_logprobs", 7}});
+  ASSERT_TRUE(chat.ok()) << chat.status();
+  EXPECT_TRUE(chat->generate.sampling().logprobs());
+  EXPECT_EQ(chat->generate.sampling().top_logprobs(), 7);
+  const auto off = Parse(Endpoint::kChat, {{"messages", messages}, {"logprobs", false}});
+  ASSERT_TRUE(off.ok()) << off.status();
+  EXPECT_FALSE(off->generate.sampling().has_logprobs());
+  EXPECT_THAT(Parse(Endpoint::kChat, {{"messages", messages}, {"logprobs", 2}}).status().message(),
+              HasSubstr("`logprobs` must be true or false"));
 }
 
 TEST(OpenAiRequestTest, TypesAndModel) {

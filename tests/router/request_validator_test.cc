@@ -117,6 +117,47 @@ TEST(RequestValidatorTest, LabelsAndStopListsAreBounded) {
   EXPECT_THAT(check(ids).message(), HasSubstr("stop_token_ids"));
 }
 
+TEST(RequestValidatorTest, ChoicesAndLogprobsAreBounded) {
+  auto validator = RequestValidator::Load(kModelDir);
+  ASSERT_TRUE(validator.ok()) << validator.status();
+  const auto check = [&](const v1::GenerateRequest& request) { return (*validator)->Validate(request).status(); };
+  v1::GenerateRequest base;
+  base.mutable_token_ids()->add_ids(5);
+
+  for (int n : {1, 2, RequestValidator::kMaxChoices}) {
+    v1::GenerateRequest request = base;
+    request.mutable_sampling()->set_n(n);
+    EXPECT_TRUE(check(request).ok()) << n;
+  }
+  for (int n : {0, -1, RequestValidator::kMaxChoices + 1}) {
+    v1::GenerateRequest request = base;
+    request.mutable_sampling()->set_n(n);
+    EXPECT_EQ(check(request).code(), absl::StatusCode::kInvalidArgument) << n;
+    EXPECT_THAT(check(request).message(), HasSubstr("n must be in [1, 16]")) << n;
+  }
+
+  v1::GenerateRequest logprobs = base;
+  logprobs.mutable_sampling()->set_logprobs(true);
+  for (int top : {0, 20}) {
+    logprobs.mutable_sampling()->set_top_logprobs(top);
+    EXPECT_TRUE(check(logprobs).ok()) << top;
+  }
+  for (int top : {-1, 21}) {
+    logprobs.mutable_sampling()->set_top_logprobs(top);
+    EXPECT_EQ(check(logprobs).code(), absl::StatusCode::kInvalidArgument) << top;
+    EXPECT_THAT(check(logprobs).message(), HasSubstr("top_logprobs must be in [0, 20]")) << top;
+  }
+  v1::GenerateRequest alternatives_only = base;
+  alternatives_only.mutable_sampling()->set_top_logprobs(2);
+  EXPECT_EQ(check(alternatives_only).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(check(alternatives_only).message(), HasSubstr("needs logprobs"));
+
+  // The engine sees them as set.
+  const SamplingParams params = SamplingParamsFromProto(logprobs.sampling());
+  EXPECT_TRUE(params.logprobs);
+  EXPECT_EQ(params.top_logprobs, 21);
+}
+
 TEST(RequestValidatorTest, AMissingModelDirectoryIsAnError) {
   EXPECT_FALSE(RequestValidator::Load("/nonexistent/model").ok());
 }

@@ -91,5 +91,21 @@ TEST(SamplingParamsTest, RefusesEmptyStopString) {
   ExpectRefused(params, "stop_strings[1]");
 }
 
+TEST(SamplingParamsTest, LogprobsBounds) {
+  SamplingParams params;
+  params.logprobs = true;
+  params.top_logprobs = 20;
+  EXPECT_TRUE(Validate(params, kVocab).ok());
+  params.top_logprobs = 0;
+  EXPECT_TRUE(Validate(params, kVocab).ok());
+  params.top_logprobs = 21;
+  ExpectRefused(params, "top_logprobs");
+  params.top_logprobs = -1;
+  ExpectRefused(params, "top_logprobs");
+  params.logprobs = false;
+  params.top_logprobs = 3;  // alternatives without the token's own logprob: OpenAI refuses it too
+  ExpectRefused(params, "top_logprobs");
+}
+
 }  // namespace
 }  // namespace indexcache

@@ -184,9 +184,11 @@ TEST(CudaDecodeGraphCheck, ScratchGrowthForcesARecording) {
   EXPECT_TRUE(BitIdentical(eager, replayed));
 }
 
-// Greedy decoding through the engine with graphs on and off, token for token.
+// Greedy decoding through the engine with graphs on and off, token for token. With `logprobs`, every
+// request asks for its tokens' logprobs (5 alternatives), collected there per request.
 std::vector<std::vector<int32_t>> Greedy(bool graphs, const std::vector<int32_t>& prompt_lengths,
-                                         const std::vector<int32_t>& new_tokens, int64_t* replays) {
+                                         const std::vector<int32_t>& new_tokens, int64_t* replays,
+                                         std::vector<std::vector<TokenLogprobs>>* logprobs = nullptr) {
   EngineOptions options;
   options.model_dir = kModel;
   options.device = "cuda";
@@ -206,11 +208,14 @@ std::vector<std::vector<int32_t>> Greedy(bool graphs, const std::vector<int32_t>
     params.temperature = 0.0f;
     params.max_new_tokens = new_tokens[i];
     params.ignore_eos = true;
+    params.logprobs = logprobs != nullptr;
+    params.top_logprobs = logprobs != nullptr ? 5 : 0;
     auto id = e.Submit(prompt, params);
     EXPECT_TRUE(id.ok()) << id.status();
     ids.push_back(id.ok() ? *id : -1);
   }
   std::vector<std::vector<int32_t>> out(ids.size());
+  if (logprobs != nullptr) logprobs->assign(ids.size(), {});
   while (e.HasWork()) {
     auto events = e.Step();
     EXPECT_TRUE(events.ok()) << events.status();
@@ -219,6 +224,10 @@ std::vector<std::vector<int32_t>> Greedy(bool graphs, const std::vector<int32_t>
       EXPECT_NE(ev.finish, RequestFinish::kError) << ev.error;
       const size_t i = std::find(ids.begin(), ids.end(), ev.request) - ids.begin();
       if (ev.token >= 0 && i < out.size()) out[i].push_back(ev.token);
+      if (ev.token >= 0 && i < out.size() && logprobs != nullptr) {
+        EXPECT_TRUE(ev.logprobs.has_value());
+        if (ev.logprobs) (*logprobs)[i].push_back(*ev.logprobs);
+      }
     }
   }
   *replays = e.model().decode_graphs() == nullptr ? 0 : e.model().decode_graphs()->replays();
@@ -254,6 +263,65 @@ TEST(CudaDecodeGraphCheck, GreedyDecodingMatchesGraphsOff) {
     std::printf("  %s: graphs on %s graphs off (%lld steps replayed)\n", s.what, on == off ? "equal" : "DIFFER from",
                 static_cast<long long>(replays_on));
   }
+}
+
+// Logprobs (SamplingParams::logprobs) read each asking row's logits after the step: on a replayed
+// step from the graph's own logits buffer. They must equal the op-by-op step's (within the row-scale
+// tolerance above), change no token, and agree with an independent pass: ScoreChunks' full logits of
+// prompt + tokens (a prefill, other kernels: bf16 rounding apart) put through a float64 log-softmax.
+TEST(CudaDecodeGraphCheck, LogprobsAfterAReplayMatchGraphsOffAndAPrefillsLogits) {
+  const std::vector<int32_t> prompt_lengths = {245, 70, 130, 33, 90}, new_tokens = {20, 4, 9, 14, 25};
+  int64_t replays_off = 0, replays_on = 0, replays_plain = 0;
+  std::vector<std::vector<TokenLogprobs>> off_logprobs, on_logprobs;
+  const auto off = Greedy(false, prompt_lengths, new_tokens, &replays_off, &off_logprobs);
+  const auto on = Greedy(true, prompt_lengths, new_tokens, &replays_on, &on_logprobs);
+  const auto plain = Greedy(true, prompt_lengths, new_tokens, &replays_plain);
+  EXPECT_EQ(on, plain) << "asking for logprobs changed a token";
+  EXPECT_EQ(on, off);
+  EXPECT_GT(replays_on, 0);
+  double worst_graph = 0, worst_prefill = 0;
+  EngineOptions options;
+  options.model_dir = kModel;
+  options.device = "cuda";
+  options.block_size = kBlockSize;
+  options.kv_cache_bytes = size_t{256} << 20;
+  auto scorer = Engine::Create(options);
+  ASSERT_TRUE(scorer.ok()) << scorer.status();
+  const int64_t vocab = (*scorer)->config().vocab_size;
+  for (size_t r = 0; r < on.size(); ++r) {
+    ASSERT_EQ(on_logprobs[r].size(), on[r].size());
+    ASSERT_EQ(off_logprobs[r].size(), on[r].size());
+    std::vector<int32_t> ids(prompt_lengths[r]);
+    for (int32_t p = 0; p < prompt_lengths[r]; ++p) ids[p] = TokenAt(static_cast<int32_t>(r), p);
+    ids.insert(ids.end(), on[r].begin(), on[r].end() - 1);
+    std::vector<float> logits;
+    ASSERT_TRUE((*scorer)
+                    ->ScoreChunks(ids, false,
+                                  [&](int32_t, const ForwardResult& chunk) {
+                                    logits.insert(logits.end(), chunk.logits.begin(), chunk.logits.end());
+                                    return absl::OkStatus();
+                                  })
+                    .ok());
+    for (size_t t = 0; t < on[r].size(); ++t) {
+      const TokenLogprobs& got = on_logprobs[r][t];
+      const TokenLogprobs& eager = off_logprobs[r][t];
+      EXPECT_EQ(got.chosen.token, on[r][t]);
+      EXPECT_EQ(got.top.front().token, on[r][t]) << "greedy: the chosen token is the most likely";
+      worst_graph = std::max(worst_graph, std::abs(double{got.chosen.logprob} - eager.chosen.logprob));
+      for (size_t k = 0; k < got.top.size(); ++k) {
+        worst_graph = std::max(worst_graph, std::abs(double{got.top[k].logprob} - eager.top[k].logprob));
+      }
+      const float* row = logits.data() + (static_cast<size_t>(prompt_lengths[r]) - 1 + t) * vocab;
+      double max = row[0], sum = 0;
+      for (int64_t v = 0; v < vocab; ++v) max = std::max<double>(max, row[v]);
+      for (int64_t v = 0; v < vocab; ++v) sum += std::exp(row[v] - max);
+      worst_prefill = std::max(worst_prefill, std::abs(got.chosen.logprob - (row[got.chosen.token] - max - std::log(sum))));
+    }
+  }
+  EXPECT_LE(worst_graph, 1e-3);
+  EXPECT_LE(worst_prefill, 5e-2);  // bf16 activations through other kernels
+  std::printf("  logprobs: graphs on vs off max |diff| %.3g; vs a prefill's logits %.3g (%lld steps replayed)\n",
+              worst_graph, worst_prefill, static_cast<long long>(replays_on));
 }
 
 }  // namespace

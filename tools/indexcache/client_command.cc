@@ -16,7 +16,9 @@ namespace {
 
 constexpr char kClientUsage[] =
     "usage: indexcache client generate --router ADDR (--prompt TEXT | --input-ids FILE.json) [--json]\n"
-    "       [--timeout SECONDS] [--api-key-file FILE (the router's key)] [sampling flags]\n";
+    "       [--timeout SECONDS] [--api-key-file FILE (the router's key)] [sampling flags]\n"
+    "       [--n N (choices, 1-16)] [--logprobs K (each token's logprob and its K most likely, 0-20)]\n"
+    "       (--n > 1 and --logprobs print with --json only)\n";
 
 absl::StatusOr<client::GenerateRequest> RequestFromArgs(const Args& args) {
   if (args.Has("prompt") == args.Has("input-ids")) {
@@ -38,6 +40,16 @@ absl::StatusOr<client::GenerateRequest> RequestFromArgs(const Args& args) {
   ASSIGN_OR_RETURN(auto min_p, args.GetDouble("min-p"));
   ASSIGN_OR_RETURN(auto seed, args.GetInt("seed"));
   ASSIGN_OR_RETURN(auto timeout, args.GetDouble("timeout"));
+  ASSIGN_OR_RETURN(auto n, args.GetInt("n"));
+  ASSIGN_OR_RETURN(auto logprobs, args.GetInt("logprobs"));
+  if (((n && *n != 1) || logprobs) && !args.Has("json")) {
+    return absl::InvalidArgumentError("--n > 1 and --logprobs print with --json only");
+  }
+  if (n) s.n = static_cast<int32_t>(*n);
+  if (logprobs) {
+    s.logprobs = true;
+    s.top_logprobs = static_cast<int32_t>(*logprobs);
+  }
   if (max_new) s.max_new_tokens = static_cast<int32_t>(*max_new);
   if (temperature) s.temperature = static_cast<float>(*temperature);
   if (top_k) s.top_k = static_cast<int32_t>(*top_k);
@@ -52,9 +64,22 @@ absl::StatusOr<client::GenerateRequest> RequestFromArgs(const Args& args) {
   return request;
 }
 
-nlohmann::json ResultJson(const client::GenerateResult& r) {
+nlohmann::json LogprobsJson(const std::vector<client::TokenLogprobs>& tokens) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const client::TokenLogprobs& token : tokens) {
+    nlohmann::json top = nlohmann::json::array();
+    for (const client::TokenLogprob& alternative : token.top_logprobs) {
+      top.push_back({{"token_id", alternative.token_id}, {"logprob", alternative.logprob}});
+    }
+    out.push_back({{"token_id", token.token_id}, {"logprob", token.logprob}, {"top_logprobs", std::move(top)}});
+  }
+  return out;
+}
+
+// One choice's fields; the top-level object is choice 0's, and with --n > 1 `choices` lists every one.
+nlohmann::json ChoiceJson(const client::Choice& r, const std::string& request_id, bool logprobs) {
   const client::Timings& t = r.final.timings;
-  return {{"request_id", r.request_id},
+  nlohmann::json out = {{"request_id", request_id},
           {"output_ids", r.output_ids},
           {"text", r.text},
           {"finish_reason", std::string(client::FinishReasonName(r.final.finish_reason))},
@@ -71,6 +96,21 @@ nlohmann::json ResultJson(const client::GenerateResult& r) {
             {"first_token_s", t.first_token_seconds},
             {"total_s", t.total_seconds},
             {"mean_inter_token_s", t.mean_inter_token_seconds}}}};
+  if (logprobs) out["logprobs"] = LogprobsJson(r.logprobs);
+  return out;
+}
+
+nlohmann::json ResultJson(const client::GenerateResult& r, bool logprobs) {
+  nlohmann::json out = ChoiceJson(r, r.request_id, logprobs);
+  if (r.choices.size() > 1) {
+    out["choices"] = nlohmann::json::array();
+    for (const client::Choice& choice : r.choices) {
+      nlohmann::json one = ChoiceJson(choice, r.request_id, logprobs);
+      one["index"] = choice.index;
+      out["choices"].push_back(std::move(one));
+    }
+  }
+  return out;
 }
 
 absl::Status ClientGenerate(const Args& args) {
@@ -84,8 +124,10 @@ absl::Status ClientGenerate(const Args& args) {
   ASSIGN_OR_RETURN(client::Client client, client::Client::Connect(router, options));
   if (args.Has("json")) {
     ASSIGN_OR_RETURN(client::GenerateResult result, client.Generate(request));
-    std::cout << ResultJson(result).dump() << std::endl;
-    if (result.final.finish_reason == client::FinishReason::kError) return absl::InternalError(result.final.error);
+    std::cout << ResultJson(result, request.sampling.logprobs.value_or(false)).dump() << std::endl;
+    for (const client::Choice& choice : result.choices) {
+      if (choice.final.finish_reason == client::FinishReason::kError) return absl::InternalError(choice.final.error);
+    }
     return absl::OkStatus();
   }
   // Token ids are printed only for a model without a tokenizer: with one, a chunk without text holds
@@ -125,7 +167,7 @@ absl::Status ClientGenerate(const Args& args) {
 int RunClient(const std::vector<std::string>& argv) {
   if (argv.empty() || argv[0] != "generate") return Fail("client", std::string("expected `generate`\n") + kClientUsage);
   std::set<std::string> valued = SamplingFlagNames();
-  valued.insert({"router", "prompt", "input-ids", "timeout", "api-key-file"});
+  valued.insert({"router", "prompt", "input-ids", "timeout", "api-key-file", "n", "logprobs"});
   std::set<std::string> switches = SamplingSwitchNames();
   switches.insert({"json", "help"});
   auto args = Args::Parse(std::vector<std::string>(argv.begin() + 1, argv.end()), valued, switches);

@@ -136,14 +136,31 @@ GenerateStream Client::Stream(const GenerateRequest& request) const {
 absl::StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request) const {
   GenerateStream stream = Stream(request);
   GenerateResult result;
+  // Choices are added as the stream names them (the router refuses an n out of range before any).
+  const int32_t n = request.sampling.n.value_or(1);
   while (true) {
     ASSIGN_OR_RETURN(std::optional<GenerateChunk> chunk, stream.Next());
     if (!chunk) break;
     if (!chunk->request_id.empty()) result.request_id = chunk->request_id;
-    result.output_ids.insert(result.output_ids.end(), chunk->token_ids.begin(), chunk->token_ids.end());
-    result.text += chunk->text;
-    if (chunk->final) result.final = std::move(*chunk->final);
+    if (chunk->index < 0 || chunk->index >= n) {
+      return absl::InternalError(
+          absl::StrCat("Generate on ", impl_->address, ": the router sent choice ", chunk->index, " of ", n));
+    }
+    while (static_cast<int32_t>(result.choices.size()) <= chunk->index) {
+      const auto index = static_cast<int32_t>(result.choices.size());
+      result.choices.emplace_back().index = index;
+    }
+    Choice& choice = result.choices[chunk->index];
+    choice.output_ids.insert(choice.output_ids.end(), chunk->token_ids.begin(), chunk->token_ids.end());
+    choice.text += chunk->text;
+    choice.logprobs.insert(choice.logprobs.end(), chunk->logprobs.begin(), chunk->logprobs.end());
+    if (chunk->final) choice.final = std::move(*chunk->final);
   }
+  if (static_cast<int32_t>(result.choices.size()) != n) {
+    return absl::InternalError(absl::StrCat("Generate on ", impl_->address, ": the stream ended with ",
+                                            result.choices.size(), " of ", n, " choices"));
+  }
+  static_cast<Choice&>(result) = result.choices.front();
   return result;
 }
 

@@ -13,6 +13,15 @@ void SetSampling(const SamplingParams& in, v1::SamplingParameters& out) {
   if (in.ignore_eos) out.set_ignore_eos(*in.ignore_eos);
   for (const std::string& stop : in.stop) out.add_stop(stop);
   for (int32_t id : in.stop_token_ids) out.add_stop_token_ids(id);
+  if (in.logprobs) out.set_logprobs(*in.logprobs);
+  if (in.top_logprobs) out.set_top_logprobs(*in.top_logprobs);
+  if (in.n) out.set_n(*in.n);
+}
+
+TokenLogprobs FromProto(const v1::TokenLogprobs& t) {
+  TokenLogprobs out{.token_id = t.token_id(), .logprob = t.logprob(), .top_logprobs = {}};
+  for (const v1::Logprob& top : t.top_logprobs()) out.top_logprobs.push_back({top.token_id(), top.logprob()});
+  return out;
 }
 
 FinishReason FromProto(v1::FinishReason reason) {
@@ -62,6 +71,8 @@ v1::GenerateRequest ToProto(const GenerateRequest& request) {
 GenerateChunk FromProto(const v1::GenerateResponse& response) {
   GenerateChunk chunk;
   chunk.request_id = response.request_id();
+  chunk.index = response.index();
+  for (const v1::TokenLogprobs& logprobs : response.logprobs()) chunk.logprobs.push_back(FromProto(logprobs));
   chunk.token_ids.assign(response.token_ids().begin(), response.token_ids().end());
   chunk.text = response.text();
   if (response.has_final()) chunk.final = FromProto(response.final());

@@ -12,6 +12,7 @@ Installable with pip (pyproject.toml); `__version__` is the project's (CMakeList
 __version__ = "0.1.0"
 
 from .client import Client, ClientError, GenerateStream
-from .results import Chunk, FinalInfo, ModelInfo, Result, Timings
+from .results import Chunk, FinalInfo, ModelInfo, Result, Timings, TokenLogprobs
 
-__all__ = ["Client", "ClientError", "GenerateStream", "Chunk", "FinalInfo", "ModelInfo", "Result", "Timings"]
+__all__ = ["Client", "ClientError", "GenerateStream", "Chunk", "FinalInfo", "ModelInfo", "Result", "Timings",
+           "TokenLogprobs"]

@@ -1,5 +1,6 @@
 """Python client of an indexcache cluster: one router address, the public indexcache.v1 API."""
 
+import dataclasses
 import threading
 from typing import Iterable, Optional
 
@@ -18,7 +19,8 @@ from .results import Chunk, ModelInfo, Result
 
 # The optional SamplingParameters fields that take one value each; `stop` and `stop_token_ids` are
 # the repeated ones.
-_SCALAR_SAMPLING = ("temperature", "top_k", "top_p", "min_p", "seed", "max_new_tokens", "ignore_eos")
+_SCALAR_SAMPLING = ("temperature", "top_k", "top_p", "min_p", "seed", "max_new_tokens", "ignore_eos",
+                    "logprobs", "top_logprobs", "n")
 _REPEATED_SAMPLING = ("stop", "stop_token_ids")
 
 # Marks "use the client's default timeout" apart from None, which means "no deadline".
@@ -175,8 +177,10 @@ class Client:
     def stream(self, prompt: Optional[str] = None, input_ids: Optional[Iterable[int]] = None, *,
                request_id: Optional[str] = None, timeout=_DEFAULT, **sampling) -> GenerateStream:
         """Starts a request and returns its chunks as they come. Sampling keywords: temperature,
-        top_k, top_p, min_p, seed, max_new_tokens, stop (str or list), stop_token_ids, ignore_eos;
-        those left out or None take the server's defaults. Errors raise ClientError on iteration."""
+        top_k, top_p, min_p, seed, max_new_tokens, stop (str or list), stop_token_ids, ignore_eos,
+        logprobs (bool) and top_logprobs (0-20: each token's log-probability and its most likely
+        alternatives), n (1-16 choices; chunks name theirs in `index`); those left out or None take
+        the server's defaults. Errors raise ClientError on iteration."""
         request = _build_request(prompt, input_ids, request_id, sampling)
         deadline = self._resolve_timeout(timeout)
         call = self._stub.Generate(request, timeout=deadline, metadata=self._metadata)
@@ -186,17 +190,26 @@ class Client:
                  request_id: Optional[str] = None, timeout=_DEFAULT, **sampling) -> Result:
         """Runs a request to its end. A stream the server ends normally returns a Result whatever its
         finish_reason ("stop", "length", "abort", "error"); a failed call raises ClientError."""
-        result = Result(request_id="")
+        wants_logprobs = bool(sampling.get("logprobs"))
+        choices = []  # grown as the stream names them: the router refuses an n out of range first
+        request_id_seen = ""
         with self.stream(prompt, input_ids, request_id=request_id, timeout=timeout, **sampling) as chunks:
             for chunk in chunks:
-                result.request_id = chunk.request_id or result.request_id
-                result.output_ids.extend(chunk.token_ids)
-                result.text += chunk.text
+                request_id_seen = chunk.request_id or request_id_seen
+                while len(choices) <= chunk.index:
+                    choices.append(Result(index=len(choices), logprobs=[] if wants_logprobs else None))
+                choice = choices[chunk.index]
+                choice.output_ids.extend(chunk.token_ids)
+                choice.text += chunk.text
+                if wants_logprobs:
+                    choice.logprobs.extend(chunk.logprobs)
                 if chunk.final is not None:
                     for name in ("finish_reason", "error", "prompt_tokens", "generated_tokens",
                                  "timings", "index_pattern", "prefill_worker", "decode_worker"):
-                        setattr(result, name, getattr(chunk.final, name))
-        return result
+                        setattr(choice, name, getattr(chunk.final, name))
+        for choice in choices:
+            choice.request_id = request_id_seen
+        return dataclasses.replace(choices[0], choices=choices)
 
     def abort(self, request_id: str, *, timeout=_DEFAULT) -> bool:
         """Aborts a request by id; returns whether the router knew it."""

@@ -48,6 +48,21 @@ class FakeIndexCache(generate_pb2_grpc.IndexCacheServicer):
         if script == "no final":
             yield _chunk([1], "a")
             return
+        if script == "two choices":
+            # Interleaved, as the router merges them; each choice ends with its own final.
+            for index, ids in ((1, [8]), (0, [5]), (0, [6]), (1, [9])):
+                chunk = _chunk(ids, "")
+                chunk.index = index
+                entry = chunk.logprobs.add(token_id=ids[0], logprob=-0.5 * ids[0])
+                entry.top_logprobs.add(token_id=ids[0], logprob=-0.5 * ids[0])
+                yield chunk
+            for index in (0, 1):
+                last = _chunk([], "")
+                last.index = index
+                last.final.finish_reason = generate_pb2.LENGTH
+                last.final.generated_tokens = 2
+                yield last
+            return
         if script == "failed":
             last = _chunk([4], "x")
             last.final.finish_reason = generate_pb2.ERROR
@@ -105,6 +120,22 @@ class ClientTest(unittest.TestCase):
         as_json = result.to_dict()
         self.assertEqual(as_json["output_ids"], [5, 6, 7])
         self.assertEqual(as_json["timings"]["first_token_seconds"], 0.25)
+
+    def test_choices_and_logprobs_are_collected_per_index(self):
+        result = self.client.generate("two choices", n=2, logprobs=True, top_logprobs=1)
+        sent = self.fake.requests[-1].sampling
+        self.assertEqual((sent.n, sent.logprobs, sent.top_logprobs), (2, True, 1))
+        self.assertEqual([c.index for c in result.choices], [0, 1])
+        self.assertEqual(result.choices[0].output_ids, [5, 6])
+        self.assertEqual(result.choices[1].output_ids, [8, 9])
+        self.assertEqual(result.output_ids, [5, 6])  # the result itself is choice 0
+        self.assertEqual([(t.token_id, t.logprob) for t in result.choices[1].logprobs], [(8, -4.0), (9, -4.5)])
+        self.assertEqual(result.choices[1].logprobs[0].top_logprobs, [(8, -4.0)])
+        self.assertEqual(result.choices[1].finish_reason, "length")
+        as_json = result.to_dict()
+        self.assertEqual([c["output_ids"] for c in as_json["choices"]], [[5, 6], [8, 9]])
+        self.assertEqual(as_json["logprobs"][1], {"token_id": 6, "logprob": -3.0,
+                                                  "top_logprobs": [{"token_id": 6, "logprob": -3.0}]})
 
     def test_stream_delivers_chunks_in_order(self):
         stream = self.client.stream(input_ids=[3, 1, 4])

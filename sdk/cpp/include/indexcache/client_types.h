@@ -26,6 +26,11 @@ struct SamplingParams {
   std::optional<bool> ignore_eos;         // false
   std::vector<std::string> stop;          // stop strings, not included in the output text
   std::vector<int32_t> stop_token_ids;
+  // Per generated token, its log-probability and the top_logprobs (0–20) most likely alternatives:
+  // the model's raw distribution, before temperature and the filters.
+  std::optional<bool> logprobs;           // false
+  std::optional<int32_t> top_logprobs;    // 0; needs logprobs
+  std::optional<int32_t> n;               // 1; independent choices, 1–16 (a seed gives choice i seed + i)
 };
 
 struct GenerateRequest {
@@ -68,20 +73,43 @@ struct FinalInfo {
   std::string decode_worker;
 };
 
-// One message of a Generate stream: the tokens new in it, and `final` on the last one only.
+struct TokenLogprob {
+  int32_t token_id = 0;
+  float logprob = 0;  // natural log
+};
+
+// One generated token's log-probability and its position's most likely tokens.
+struct TokenLogprobs {
+  int32_t token_id = 0;
+  float logprob = 0;
+  std::vector<TokenLogprob> top_logprobs;  // most likely first
+};
+
+// One message of a Generate stream: the tokens new in it for choice `index`, and `final` on that
+// choice's last message only (with n > 1 the choices' messages interleave).
 struct GenerateChunk {
   std::string request_id;
+  int32_t index = 0;
   std::vector<int32_t> token_ids;
   std::string text;  // text delta; empty when the model has no tokenizer
+  std::vector<TokenLogprobs> logprobs;  // one per token id, when sampling.logprobs
   std::optional<FinalInfo> final;
 };
 
-// A whole stream, concatenated.
-struct GenerateResult {
-  std::string request_id;
+// One choice of a whole stream, concatenated.
+struct Choice {
+  int32_t index = 0;
   std::vector<int32_t> output_ids;
   std::string text;
+  std::vector<TokenLogprobs> logprobs;  // one per output id, when sampling.logprobs
   FinalInfo final;
+};
+
+// A whole stream: what it inherits is choice 0 (the whole result of the usual one-choice request);
+// `choices` holds every choice by index, choice 0 included.
+struct GenerateResult : Choice {
+  std::string request_id;
+  std::vector<Choice> choices;
 };
 
 struct ModelInfo {
