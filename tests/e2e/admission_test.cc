@@ -36,10 +36,7 @@ class AdmissionTest : public testing::Test {
     ASSERT_NE(prefill_, nullptr);
     decode_ = StartWorker("decode", {"--kv-cache-mb", "1"}, &decode_address_);
     ASSERT_NE(decode_, nullptr);
-    client::ClientOptions options;
-    options.default_timeout = absl::Seconds(120);
-    options.connect_timeout = absl::Seconds(10);
-    auto c = client::Client::Connect(router_address_, options);
+    auto c = e2e::ConnectClient(router_address_, absl::Seconds(120));
     ASSERT_TRUE(c.ok()) << c.status();
     client_.emplace(*c);
     ASSERT_TRUE(WaitForPool(*client_, [](int prefill, int decode) { return prefill == 1 && decode == 1; }))

@@ -57,32 +57,15 @@ class ChoicesLogprobsTest : public testing::Test {
       ASSERT_NE(workers_.back(), nullptr);
       addresses_.push_back(address);
     }
-    client::ClientOptions options;
-    options.default_timeout = absl::Seconds(120);
-    options.connect_timeout = absl::Seconds(10);
-    auto c = client::Client::Connect(router_address_, options);
+    auto c = ConnectClient(router_address_, absl::Seconds(120));
     ASSERT_TRUE(c.ok()) << c.status();
     client_.emplace(*c);
     ASSERT_TRUE(WaitForPool(*client_, [](int prefill, int decode) { return prefill == 1 && decode == 2; }));
   }
 
   bool DecodeKvAllFree(absl::Duration timeout) {
-    const absl::Time deadline = absl::Now() + timeout;
-    while (absl::Now() < deadline) {
-      bool all_free = true;
-      for (size_t i = 1; i < addresses_.size(); ++i) {
-        auto stub = v1::DecodeWorker::NewStub(WorkerChannel(addresses_[i]));
-        grpc::ClientContext ctx;
-        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-        v1::WorkerLoad load;
-        if (!stub->GetLoad(&ctx, v1::LoadRequest(), &load).ok() || load.free_kv_blocks() != load.total_kv_blocks()) {
-          all_free = false;
-        }
-      }
-      if (all_free) return true;
-      absl::SleepFor(absl::Milliseconds(50));
-    }
-    return false;
+    return WaitForDecodeKvFree([&] { return std::vector<std::string>(addresses_.begin() + 1, addresses_.end()); },
+                               timeout);
   }
 
   std::string CliBase() const {

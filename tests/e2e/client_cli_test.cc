@@ -55,9 +55,7 @@ TEST(ClientCliTest, StreamedOutputIsTheAnswersTextAndNoTokenIds) {
                                    &address));
     ASSERT_NE(workers.back(), nullptr);
   }
-  client::ClientOptions options;
-  options.connect_timeout = absl::Seconds(10);
-  auto client = client::Client::Connect(router_address, options);
+  auto client = ConnectClient(router_address);
   ASSERT_TRUE(client.ok()) << client.status();
   ASSERT_TRUE(WaitForPool(*client, [](int prefill, int decode) { return prefill == 1 && decode == 1; }));
 

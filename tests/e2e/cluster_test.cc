@@ -63,10 +63,7 @@ class ClusterTest : public testing::TestWithParam<ClusterParam> {
       ASSERT_NE(workers_.back(), nullptr);
       worker_addresses_.push_back(address);
     }
-    client::ClientOptions options;
-    options.default_timeout = absl::Seconds(60);
-    options.connect_timeout = absl::Seconds(10);
-    auto c = client::Client::Connect(router_address_, options);
+    auto c = e2e::ConnectClient(router_address_, absl::Seconds(60));
     ASSERT_TRUE(c.ok()) << c.status();
     client_.emplace(*c);
     // Ready once the router's pool holds all three workers.
@@ -80,25 +77,17 @@ class ClusterTest : public testing::TestWithParam<ClusterParam> {
     return e2e::EngineGreedy(prompt, max_new, GetParam().pattern);
   }
 
-  // free_kv_blocks == total_kv_blocks on every decode worker, within `timeout`.
+  // free_kv_blocks == total_kv_blocks on every decode worker still running, within `timeout`.
   bool DecodeKvAllFree(absl::Duration timeout) {
-    const absl::Time deadline = absl::Now() + timeout;
-    while (absl::Now() < deadline) {
-      bool all_free = true;
-      for (size_t i = 1; i < worker_addresses_.size(); ++i) {
-        if (workers_[i]->Exited()) continue;
-        auto stub = v1::DecodeWorker::NewStub(e2e::WorkerChannel(worker_addresses_[i]));
-        grpc::ClientContext ctx;
-        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-        v1::WorkerLoad load;
-        if (!stub->GetLoad(&ctx, v1::LoadRequest(), &load).ok() || load.free_kv_blocks() != load.total_kv_blocks()) {
-          all_free = false;
-        }
-      }
-      if (all_free) return true;
-      absl::SleepFor(absl::Milliseconds(50));
-    }
-    return false;
+    return e2e::WaitForDecodeKvFree(
+        [&] {
+          std::vector<std::string> running;
+          for (size_t i = 1; i < worker_addresses_.size(); ++i) {
+            if (!workers_[i]->Exited()) running.push_back(worker_addresses_[i]);
+          }
+          return running;
+        },
+        timeout);
   }
 
   std::unique_ptr<cli::ChildProcess> router_;

@@ -51,9 +51,7 @@ class DnsClusterTest : public testing::Test {
                      "--health-interval", "0.2", "--drain-grace", "30"},
                     &router_address_);
     ASSERT_NE(router_, nullptr);
-    client::ClientOptions options;
-    options.connect_timeout = absl::Seconds(10);
-    auto c = client::Client::Connect(router_address_, options);
+    auto c = e2e::ConnectClient(router_address_);
     ASSERT_TRUE(c.ok()) << c.status();
     client_.emplace(*c);
     // Where /etc/hosts also maps localhost to ::1 and the wildcard listener takes IPv6 too, each worker

@@ -6,12 +6,13 @@
 // test calling a worker directly uses WorkerChannel, which carries the token.
 #pragma once
 
+#include <chrono>
 #include <fstream>
+#include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <memory>
 
 #include "absl/time/clock.h"
 #include "common/auth/grpc_token.h"
@@ -19,6 +20,7 @@
 #include "common/util/status_macros.h"
 #include "gtest/gtest.h"
 #include "indexcache/client.h"
+#include "indexcache/v1/internal.grpc.pb.h"
 #include "nlohmann/json.hpp"
 #include "tools/indexcache/child_process.h"
 #include "tools/indexcache/run_directory.h"
@@ -121,6 +123,38 @@ inline std::unique_ptr<cli::ChildProcess> StartService(const std::string& name, 
   if (!listening.ok()) return nullptr;
   *address = *listening;
   return std::move(*child);
+}
+
+// The router's SDK client as the tests use it: a connect timeout long enough for a loaded two-core
+// machine, and `default_timeout` per call when given.
+inline absl::StatusOr<client::Client> ConnectClient(const std::string& router_address,
+                                                   std::optional<absl::Duration> default_timeout = std::nullopt) {
+  client::ClientOptions options;
+  if (default_timeout) options.default_timeout = *default_timeout;
+  options.connect_timeout = absl::Seconds(10);
+  return client::Client::Connect(router_address, options);
+}
+
+// Polls the decode workers at `addresses()` (asked again each round, so a caller can leave out the
+// ones that exited) until each reports every KV block free; false after `timeout`.
+template <typename Addresses>
+bool WaitForDecodeKvFree(Addresses addresses, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    bool all_free = true;
+    for (const std::string& address : addresses()) {
+      auto stub = ::indexcache::v1::DecodeWorker::NewStub(WorkerChannel(address));
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+      ::indexcache::v1::WorkerLoad load;
+      if (!stub->GetLoad(&ctx, ::indexcache::v1::LoadRequest(), &load).ok() || load.free_kv_blocks() != load.total_kv_blocks()) {
+        all_free = false;
+      }
+    }
+    if (all_free) return true;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return false;
 }
 
 // Polls the router until its pool's worker counts satisfy `wanted(prefill, decode)`, up to 10 s.

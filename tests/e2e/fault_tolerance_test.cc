@@ -197,10 +197,7 @@ class FaultToleranceTest : public ::testing::Test {
     ASSERT_NE(router_, nullptr);
     router_metrics_ = router_->Announced("metrics");
     ASSERT_FALSE(router_metrics_.empty());
-    client::ClientOptions options;
-    options.default_timeout = kDeadline;
-    options.connect_timeout = absl::Seconds(10);
-    auto c = client::Client::Connect(router_address_, options);
+    auto c = e2e::ConnectClient(router_address_, kDeadline);
     ASSERT_TRUE(c.ok()) << c.status();
     client_.emplace(*c);
     for (const char* name : {"prefill-0", "prefill-1", "decode-0", "decode-1"}) ASSERT_TRUE(StartWorker(name));

@@ -43,10 +43,7 @@ class StallTest : public ::testing::Test {
                             "--health-interval", "60"},
                            &router_address_);
     ASSERT_NE(router_, nullptr);
-    client::ClientOptions options;
-    options.default_timeout = kDeadline;
-    options.connect_timeout = absl::Seconds(10);
-    auto c = client::Client::Connect(router_address_, options);
+    auto c = e2e::ConnectClient(router_address_, kDeadline);
     ASSERT_TRUE(c.ok()) << c.status();
     client_.emplace(*c);
   }
