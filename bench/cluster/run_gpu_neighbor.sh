@@ -5,7 +5,7 @@
 # bench/cuda/gpu_neighbor_load running in another process in each mode (pinned copies into the pool
 # only; copy + scatter kernel; kernel only) at the rate a handoff arrives, then alone again. The
 # bundle holds bin/indexcache_cluster_ttft_bench and bin/gpu_neighbor_load (device-bundle).
-# Environment: CASE [16384:8:3]; GBPS [2]; MODES ["copies scatter kernel"]; BATCH_MB [4].
+# Environment: CASE [16384:8:3]; GBPS [2]; MODES ["copies scatter kernel"], copies-hostfunc too; BATCH_MB [4].
 set -euo pipefail
 bundle=$(cd "${1:?usage: run_gpu_neighbor.sh BUNDLE OUT}" && pwd)
 out=${2:?usage: run_gpu_neighbor.sh BUNDLE OUT}

@@ -3,6 +3,9 @@
 // that shares the GPU. Run it in the background while `indexcache_cluster_ttft_bench engine-prefill`
 // times the engine, one mode per run:
 //   copies      pinned host → device pool, one cudaMemcpyAsync per `--run-kb` run (copy engine only)
+//   copies-hostfunc  the same copies, each batch followed by a host function in the stream
+//               (cudaLaunchHostFunc, as an import that frees its rows from a stream callback) instead
+//               of the host waiting for the stream
 //   scatter     pinned host → device staging, then a kernel that scatters the rows into the pool
 //               (what an import that writes through slot ids does)
 //   kernel      the scatter kernel alone, no copy
@@ -10,6 +13,7 @@
 // one JSON line with what it moved.
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -47,12 +51,15 @@ int main(int argc, char** argv) {
     else if (flag == "--batch-mb") batch_mb = std::atof(value);
     else if (flag == "--run-kb") run_kb = std::atof(value);
     else {
-      std::fprintf(stderr, "usage: gpu_neighbor_load --mode copies|scatter|kernel [--gbps G] [--seconds S] "
+      std::fprintf(stderr, "usage: gpu_neighbor_load --mode copies|copies-hostfunc|scatter|kernel [--gbps G] "
+                           "[--seconds S] "
                            "[--batch-mb M] [--run-kb K]\n");
       return 2;
     }
   }
-  if (mode != "copies" && mode != "scatter" && mode != "kernel") {
+  const bool host_func = mode == "copies-hostfunc";
+  const bool copies = mode == "copies" || host_func;
+  if (!copies && mode != "scatter" && mode != "kernel") {
     std::fprintf(stderr, "gpu_neighbor_load: unknown --mode '%s'\n", mode.c_str());
     return 2;
   }
@@ -70,7 +77,7 @@ int main(int argc, char** argv) {
   auto next = start;
   size_t moved = 0, batches = 0;
   while (std::chrono::steady_clock::now() - start < std::chrono::duration<double>(seconds)) {
-    if (mode == "copies") {
+    if (copies) {
       for (size_t off = 0; off < batch; off += run) {
         const size_t bytes = std::min(run, batch - off);
         // Runs land a pool block apart, as a sequence's blocks do.
@@ -85,12 +92,20 @@ int main(int argc, char** argv) {
                                             pool_bytes / 16);
       if (!Ok(cudaGetLastError(), "scatter")) return 1;
     }
-    if (!Ok(cudaStreamSynchronize(stream), "sync")) return 1;
+    if (host_func) {
+      // The stream runs the function after the batch's copies; the host never waits for it.
+      static std::atomic<size_t> released{0};
+      const cudaHostFn_t release = [](void*) { released.fetch_add(1, std::memory_order_relaxed); };
+      if (!Ok(cudaLaunchHostFunc(stream, release, nullptr), "host function")) return 1;
+    } else if (!Ok(cudaStreamSynchronize(stream), "sync")) {
+      return 1;
+    }
     moved += batch;
     ++batches;
     next += std::chrono::duration_cast<std::chrono::steady_clock::duration>(period);
     std::this_thread::sleep_until(next);
   }
+  if (!Ok(cudaStreamSynchronize(stream), "sync")) return 1;
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("{\"mode\": \"%s\", \"batches\": %zu, \"bytes\": %zu, \"seconds\": %.3f, \"gbps\": %.3f}\n",
               mode.c_str(), batches, moved, elapsed, moved / elapsed / 1e9);

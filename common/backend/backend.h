@@ -158,10 +158,14 @@ class Backend {
   // order with the ops around it, and with no kernel (CUDA: copy-engine transfers, which a process
   // sharing the GPU does not wait behind, where a kernel of this process's would interrupt it).
   // `keep` holds `host` (AllocateHost memory, or any on the CPU) and is released once the copies have
-  // read it, from a stream callback on CUDA; with no `keep` the copies have read `host` when this
+  // read it (on CUDA by a thread that waits for an event recorded after them); with no `keep` the copies have read `host` when this
   // returns.
   virtual void UploadRows(const char* host, absl::Span<const RowRun> runs, Tensor dst,
                           std::shared_ptr<const void> keep) = 0;
+  // Copies src's rows byte for byte (its dtype) densely into `host` in order with the ops around it,
+  // without waiting: the bytes are there once a later Download or Synchronize has returned. `host`
+  // is AllocateHost memory (on CUDA the copy waits for nothing only from pinned memory).
+  virtual void DownloadInOrder(Tensor src, char* host) = 0;
 
   // --- dense ops --------------------------------------------------------------------------
   // out[r] = table[ids[r]]                                     ids: I32 [n, 1]

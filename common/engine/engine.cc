@@ -256,20 +256,21 @@ absl::StatusOr<std::shared_ptr<HostRowsPool>> Engine::CreateReceiveArea(size_t b
   return HostRowsPool::Create(*backend_, bytes);
 }
 
-absl::Status Engine::VerifyProbe(RequestId id, const IndexerProbe& probe) {
+absl::Status Engine::VerifyProbes(RequestId id, absl::Span<const IndexerProbe> probes) {
   ASSIGN_OR_RETURN(Request * r, Find(id));
-  ASSIGN_OR_RETURN(std::vector<int32_t> selected,
-                   model_->SelectKeys(*cache_, id, probe.layer, r->prompt_len - 1, probe.query, probe.head_weights));
-  std::vector<int32_t> want = probe.topk, got = selected;
-  std::sort(want.begin(), want.end());
-  std::sort(got.begin(), got.end());
-  if (want != got) {
+  ASSIGN_OR_RETURN(const std::vector<std::vector<int32_t>> selected,
+                   model_->SelectKeys(*cache_, id, r->prompt_len - 1, probes));
+  for (size_t i = 0; i < probes.size(); ++i) {
+    std::vector<int32_t> want = probes[i].topk, got = selected[i];
+    std::sort(want.begin(), want.end());
+    std::sort(got.begin(), got.end());
+    if (want == got) continue;
     std::vector<int32_t> common;
     std::set_intersection(want.begin(), want.end(), got.begin(), got.end(), std::back_inserter(common));
     return absl::DataLossError(absl::StrFormat(
         "handoff integrity check failed: layer %d's top-k recomputed from the received index keys shares %d of %d "
         "keys with the prefill worker's",
-        probe.layer, common.size(), want.size()));
+        probes[i].layer, common.size(), want.size()));
   }
   return absl::OkStatus();
 }

@@ -18,6 +18,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "common/backend/backend.h"
 #include "common/kv/host_rows_pool.h"
 #include "common/kv/kv_segment.h"
@@ -147,8 +148,9 @@ class Engine {
   // Host memory of `bytes` for received rows to land in before ImportRows (page-locked on CUDA, so
   // the import's copy reads them in place).
   absl::StatusOr<std::shared_ptr<HostRowsPool>> CreateReceiveArea(size_t bytes);
-  // Re-runs the probe's indexer over the imported index keys; DATA_LOSS when the selection differs.
-  absl::Status VerifyProbe(RequestId id, const IndexerProbe& probe);
+  // Re-runs each probe's indexer over the imported index keys (one wait on the device for all);
+  // DATA_LOSS naming the first layer whose selection differs.
+  absl::Status VerifyProbes(RequestId id, absl::Span<const IndexerProbe> probes);
   // Appends the prefill worker's first token and starts decoding; returns that token's event
   // (text, `first_logprobs`, and a finish if it already ends the request). A request that asked for
   // logprobs needs the prefill worker's `first_logprobs` (computed where the token was sampled).

@@ -28,20 +28,6 @@ void AddMlp(Backend& be, const FeedForwardWeights& w, Tensor x, Activations& a, 
   be.LinearAdd(act, w.down, residual);
 }
 
-// Downloads row `row`'s indexer query, head weights and selection of Full layer `layer`.
-absl::StatusOr<IndexerProbe> ReadProbe(Backend& be, const Activations& a, int32_t row, int32_t layer) {
-  IndexerProbe probe;
-  probe.layer = layer;
-  probe.query.resize(a.index_q.cols);
-  probe.head_weights.resize(a.index_w.cols);
-  probe.topk.resize(a.topk.cols);
-  RETURN_IF_ERROR(be.Download(a.index_q.Rows(row, 1), probe.query.data()));
-  RETURN_IF_ERROR(be.Download(a.index_w.Rows(row, 1), probe.head_weights.data()));
-  RETURN_IF_ERROR(be.Download(a.topk.Rows(row, 1), probe.topk.data()));
-  probe.topk.erase(std::find(probe.topk.begin(), probe.topk.end(), -1), probe.topk.end());
-  return probe;
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<DsaModel>> DsaModel::Load(const std::string& model_dir, ModelConfig config,
@@ -65,48 +51,62 @@ KvCacheSpec DsaModel::CacheSpec(int32_t block_size) const {
   return spec;
 }
 
-absl::StatusOr<std::vector<int32_t>> DsaModel::SelectKeys(const PagedKvCache& cache, SequenceId seq, int32_t layer,
-                                                         int32_t position, const std::vector<float>& query,
-                                                         const std::vector<float>& head_weights) {
+absl::StatusOr<std::vector<std::vector<int32_t>>> DsaModel::SelectKeys(const PagedKvCache& cache, SequenceId seq,
+                                                                      int32_t position,
+                                                                      absl::Span<const IndexerProbe> probes) {
   const ModelConfig& c = config_;
-  if (layer < 0 || layer >= c.num_layers || c.indexer_types[layer] != IndexerType::kFull) {
-    return absl::InvalidArgumentError(absl::StrFormat("layer %d is not a Full layer", layer));
-  }
   const int64_t q_width = int64_t{c.index_n_heads} * c.index_head_dim;
-  if (static_cast<int64_t>(query.size()) != q_width || static_cast<int64_t>(head_weights.size()) != c.index_n_heads) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "indexer probe of layer %d has %d query and %d weight values, expected %d and %d", layer, query.size(),
-        head_weights.size(), q_width, c.index_n_heads));
+  std::vector<float> queries, weights;
+  for (const IndexerProbe& probe : probes) {
+    if (probe.layer < 0 || probe.layer >= c.num_layers || c.indexer_types[probe.layer] != IndexerType::kFull) {
+      return absl::InvalidArgumentError(absl::StrFormat("layer %d is not a Full layer", probe.layer));
+    }
+    if (static_cast<int64_t>(probe.query.size()) != q_width ||
+        static_cast<int64_t>(probe.head_weights.size()) != c.index_n_heads) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "indexer probe of layer %d has %d query and %d weight values, expected %d and %d", probe.layer,
+          probe.query.size(), probe.head_weights.size(), q_width, c.index_n_heads));
+    }
+    queries.insert(queries.end(), probe.query.begin(), probe.query.end());
+    weights.insert(weights.end(), probe.head_weights.begin(), probe.head_weights.end());
   }
   const std::vector<int32_t>& table = cache.BlockTable(seq);
   if (position < 0 || position >= static_cast<int64_t>(table.size()) * cache.block_size()) {
     return absl::OutOfRangeError(absl::StrFormat("position %d is outside sequence %d's cache", position, seq));
   }
+  if (probes.empty()) return std::vector<std::vector<int32_t>>();
+  const int64_t n = static_cast<int64_t>(probes.size());
   const int64_t k = std::min(c.index_topk, position + 1);
   const int32_t zero = 0;
   workspace_.BeginMeasure();
   auto carve = [&] {
     struct {
       Tensor q, w, seq, pos, tables, out;
-    } t{workspace_.Take(DType::kF32, 1, q_width), workspace_.Take(DType::kF32, 1, c.index_n_heads),
+    } t{workspace_.Take(DType::kF32, n, q_width), workspace_.Take(DType::kF32, n, c.index_n_heads),
         workspace_.Take(DType::kI32, 1, 1),        workspace_.Take(DType::kI32, 1, 1),
-        workspace_.Take(DType::kI32, 1, static_cast<int64_t>(table.size())), workspace_.Take(DType::kI32, 1, k)};
+        workspace_.Take(DType::kI32, 1, static_cast<int64_t>(table.size())), workspace_.Take(DType::kI32, n, k)};
     return t;
   };
   carve();
   RETURN_IF_ERROR(workspace_.Commit());
   auto t = carve();
   Backend& be = *backend_;
-  be.Upload(query.data(), t.q);
-  be.Upload(head_weights.data(), t.w);
+  be.Upload(queries.data(), t.q);
+  be.Upload(weights.data(), t.w);
   be.Upload(&zero, t.seq);
   be.Upload(&position, t.pos);
   be.Upload(table.data(), t.tables);
   BatchLayout layout{t.seq, t.pos, Tensor{}, t.tables, cache.block_size(), position + 1};
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.index_head_dim)));
-  be.IndexerTopK(t.q, t.w, c.index_n_heads, cache.index_key_pool(layer), layout, scale, t.out);
-  std::vector<int32_t> selected(k);
-  RETURN_IF_ERROR(be.Download(t.out, selected.data()));
+  // Every probe's selection is enqueued before the one download: a single wait on the device.
+  for (int64_t i = 0; i < n; ++i) {
+    be.IndexerTopK(t.q.Rows(i, 1), t.w.Rows(i, 1), c.index_n_heads, cache.index_key_pool(probes[i].layer), layout,
+                   scale, t.out.Rows(i, 1));
+  }
+  std::vector<int32_t> flat(static_cast<size_t>(n * k));
+  RETURN_IF_ERROR(be.Download(t.out, flat.data()));
+  std::vector<std::vector<int32_t>> selected(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) selected[i].assign(flat.begin() + i * k, flat.begin() + (i + 1) * k);
   return selected;
 }
 
@@ -373,8 +373,11 @@ absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedK
 
   ForwardResult result;
   result.topk_cols = static_cast<int32_t>(topk_cols);
-  result.probes.resize(b.probe_rows.size());
   const std::vector<IndexerType>& types = b.indexer_types.empty() ? c.indexer_types : b.indexer_types;
+  if (!b.probe_rows.empty()) {
+    const int64_t full_layers = std::count(types.begin() + b.first_layer, types.end(), IndexerType::kFull);
+    RETURN_IF_ERROR(probes_.Begin(a, static_cast<int64_t>(b.probe_rows.size()), full_layers));
+  }
   CountIndexerWork(types, b.first_layer, b.positions);
   if (b.first_layer == 0) {
     be.Embedding(weights_->embed_tokens, a.ids, a.x);
@@ -397,10 +400,7 @@ absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedK
     EnqueueProjections(l, full, layout, a, cache);
     if (b.after_cache_write) b.after_cache_write(l);
     if (full) {
-      for (size_t p = 0; p < b.probe_rows.size(); ++p) {
-        ASSIGN_OR_RETURN(IndexerProbe probe, ReadProbe(be, a, b.probe_rows[p], l));
-        result.probes[p].push_back(std::move(probe));
-      }
+      for (size_t p = 0; p < b.probe_rows.size(); ++p) probes_.Capture(a, static_cast<int64_t>(p), b.probe_rows[p], l);
     }
     if (b.capture_topk) {
       result.topk.emplace_back(n * topk_cols);
@@ -415,6 +415,7 @@ absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedK
   } else {
     RETURN_IF_ERROR(be.Synchronize());
   }
+  if (!b.probe_rows.empty()) result.probes = probes_.Take();
   return result;
 }
 

@@ -10,14 +10,17 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "common/backend/backend.h"
 #include "common/backend/workspace.h"
 #include "common/model/activations.h"
 #include "common/model/decode_graphs.h"
 #include "common/kv/paged_kv_cache.h"
 #include "common/model/indexcache_stats.h"
+#include "common/model/indexer_probe.h"
 #include "common/model/model_config.h"
 #include "common/model/model_weights.h"
+#include "common/model/probe_capture.h"
 #include "common/sampling/sampling_draw.h"
 
 namespace indexcache {
@@ -61,14 +64,6 @@ struct ForwardBatch {
   bool capture_layer_inputs = false;  // return what entered every layer that ran
 };
 
-// One token's lightning-indexer inputs and result on one Full layer: enough for another worker to
-// re-run the selection over the same keys and check it.
-struct IndexerProbe {
-  int32_t layer = 0;
-  std::vector<float> query;         // [index_n_heads · index_head_dim], roped
-  std::vector<float> head_weights;  // [index_n_heads], scaled as IndexerTopK uses them
-  std::vector<int32_t> topk;        // selected key positions (no -1 padding), best first
-};
 
 struct ForwardResult {
   std::vector<float> logits;  // [logit_rows.size(), vocab]; empty when argmax_only
@@ -102,11 +97,12 @@ class DsaModel {
   // Runs the batch. The caller has reserved cache room for every position in it.
   absl::StatusOr<ForwardResult> Forward(const ForwardBatch& batch, PagedKvCache& cache);
 
-  // Re-runs the indexer of Full `layer` for one query at `position` of `seq` over the index keys in
-  // the cache (the handoff integrity check). Returns the selected positions, best first.
-  absl::StatusOr<std::vector<int32_t>> SelectKeys(const PagedKvCache& cache, SequenceId seq, int32_t layer,
-                                                  int32_t position, const std::vector<float>& query,
-                                                  const std::vector<float>& head_weights);
+  // Re-runs the indexer of each probe's Full layer for one query at `position` of `seq` over the index
+  // keys in the cache (the handoff integrity check), all probes before one download. Returns each
+  // probe's selected positions, best first.
+  absl::StatusOr<std::vector<std::vector<int32_t>>> SelectKeys(const PagedKvCache& cache, SequenceId seq,
+                                                               int32_t position,
+                                                               absl::Span<const IndexerProbe> probes);
 
   // Counters since the last call. Timed regions of decode steps replayed as graphs are not measured.
   IndexCacheStats TakeStats();
@@ -118,7 +114,8 @@ class DsaModel {
   const DecodeGraphs* decode_graphs() const { return graphs_.get(); }
 
  private:
-  DsaModel(ModelConfig config, Backend* backend) : config_(std::move(config)), backend_(backend), workspace_(backend) {}
+  DsaModel(ModelConfig config, Backend* backend)
+      : config_(std::move(config)), backend_(backend), workspace_(backend), probes_(*backend) {}
   absl::Status Validate(const ForwardBatch& batch, const PagedKvCache& cache) const;
   // Forward after validation, untimed: any batch, op by op.
   absl::StatusOr<ForwardResult> RunForward(const ForwardBatch& batch, PagedKvCache& cache);
@@ -146,6 +143,7 @@ class DsaModel {
   Backend* backend_;
   std::unique_ptr<ModelWeights> weights_;
   Workspace workspace_;
+  ProbeCapture probes_;
   IndexCacheStats stats_;
   std::unique_ptr<DecodeGraphs> graphs_;  // null: every pass runs op by op
 };

@@ -306,8 +306,7 @@ absl::Status HandoffImporter::VerifyTrailer(DecodeSession& session, const v1::Ha
     // The import posted before runs before this call; it may have left nothing, or the last rows.
     RETURN_IF_ERROR(session.import_error());
     RETURN_IF_ERROR(ImportRows(engine, session, session.TakeRows()));
-    for (const IndexerProbe& probe : probes) RETURN_IF_ERROR(engine.VerifyProbe(id, probe));
-    return absl::OkStatus();
+    return engine.VerifyProbes(id, probes);
   }));
   session.import.first_token = trailer.first_token();
   // The engine's StartDecode refuses a request asking for logprobs whose first token has none.

@@ -11,6 +11,7 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "common/engine/engine.h"
 #include "common/handoff/handoff_transport.h"
 #include "common/handoff/handoff_transports.h"
@@ -403,24 +404,31 @@ TEST_P(DecodeWorkerTest, HeaderOfAnotherModelOrPatternIsRefused) {
 }
 
 TEST_P(DecodeWorkerTest, WrongProbeSelectionIsRefused) {
+  // The probes are checked together (one wait on the device): a wrong first or last one is found,
+  // and the message names its layer.
   const std::vector<int32_t> prompt = Prompt(40, 5);  // > index_topk, so the top-k is a real choice
-  std::unique_ptr<DecodeCall> call = StartDecode("probe", prompt, Greedy(4));
-  ASSERT_TRUE(call->ReadAdmitted());
-  std::vector<v1::HandoffChunk> chunks = PrefillHandoff(*prefill_, "probe", prompt, 4);
-  v1::LayerSelection* s = chunks.back().mutable_trailer()->mutable_selections(0);
-  std::set<int32_t> selected(s->topk().begin(), s->topk().end());
-  for (int32_t pos = 0; pos < 40; ++pos) {
-    if (!selected.contains(pos)) {
-      s->set_topk(0, pos);  // swap one selected key for an unselected one
-      break;
+  for (const bool last : {false, true}) {
+    const std::string id = last ? "probe-last" : "probe-first";
+    std::unique_ptr<DecodeCall> call = StartDecode(id, prompt, Greedy(4));
+    ASSERT_TRUE(call->ReadAdmitted());
+    std::vector<v1::HandoffChunk> chunks = PrefillHandoff(*prefill_, id, prompt, 4);
+    v1::HandoffTrailer& trailer = *chunks.back().mutable_trailer();
+    ASSERT_GE(trailer.selections_size(), 2);
+    v1::LayerSelection* s = trailer.mutable_selections(last ? trailer.selections_size() - 1 : 0);
+    std::set<int32_t> selected(s->topk().begin(), s->topk().end());
+    for (int32_t pos = 0; pos < 40; ++pos) {
+      if (!selected.contains(pos)) {
+        s->set_topk(0, pos);  // swap one selected key for an unselected one
+        break;
+      }
     }
+    SealChunk(chunks.back());
+    absl::Status verdict = Push(call->admitted.handoff_address(), chunks);
+    EXPECT_EQ(verdict.code(), absl::StatusCode::kDataLoss) << verdict;
+    EXPECT_THAT(verdict.message(), HasSubstr(absl::StrCat("layer ", s->layer(), "'s top-k")));
+    ASSERT_TRUE(call->Read().has_value());
+    ExpectAllBlocksFree();
   }
-  SealChunk(chunks.back());
-  absl::Status verdict = Push(call->admitted.handoff_address(), chunks);
-  EXPECT_EQ(verdict.code(), absl::StatusCode::kDataLoss) << verdict;
-  EXPECT_THAT(verdict.message(), HasSubstr("top-k"));
-  ASSERT_TRUE(call->Read().has_value());
-  ExpectAllBlocksFree();
 }
 
 TEST_P(DecodeWorkerTest, AbortBeforeTheHandoffEndsWithAbortAndFreesBlocks) {

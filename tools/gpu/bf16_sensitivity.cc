@@ -73,6 +73,7 @@ class Bf16RoundingBackend final : public Backend {
                   std::shared_ptr<const void> keep) override {
     cpu_.UploadRows(host, runs, dst, std::move(keep));
   }
+  void DownloadInOrder(Tensor src, char* host) override { cpu_.DownloadInOrder(src, host); }
   absl::Status Synchronize() override { return cpu_.Synchronize(); }
   void Fill(Tensor dst, float value) override { cpu_.Fill(dst, value); }
   void Embedding(Tensor table, Tensor ids, Tensor out) override { cpu_.Embedding(table, ids, out); }

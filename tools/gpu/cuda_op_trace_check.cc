@@ -66,6 +66,7 @@ class TracingBackend final : public Backend {
                   std::shared_ptr<const void> keep) override {
     gpu_->UploadRows(host, runs, dst, std::move(keep));
   }
+  void DownloadInOrder(Tensor src, char* host) override { gpu_->DownloadInOrder(src, host); }
   absl::Status Synchronize() override { return gpu_->Synchronize(); }
   void Fill(Tensor dst, float value) override { gpu_->Fill(dst, value); }
 

@@ -30,6 +30,7 @@ class CpuBackend final : public Backend {
                                                                    char* host) override;
   void UploadRows(const char* host, absl::Span<const RowRun> runs, Tensor dst,
                   std::shared_ptr<const void> keep) override;
+  void DownloadInOrder(Tensor src, char* host) override;
   absl::Status Synchronize() override { return absl::OkStatus(); }
   void Fill(Tensor dst, float value) override;
 

@@ -157,17 +157,18 @@ void CudaBackend::UploadRows(const char* host, absl::Span<const RowRun> runs, Te
                          "upload rows");
     if (!enqueued) break;
   }
-  if (keep != nullptr && enqueued) {
-    // The stream releases `keep` once the copies before it are done; the callback touches no CUDA API.
-    auto* held = new std::shared_ptr<const void>(std::move(keep));
-    const cudaHostFn_t release = [](void* p) { delete static_cast<std::shared_ptr<const void>*>(p); };
-    if (CheckCuda(cudaLaunchHostFunc(stream_, release, held), "upload rows")) return;
-    cudaStreamSynchronize(stream_);  // the copies read `host` before it may go
-    delete held;
-    return;
-  }
-  // No callback holds `host`: it must have been read before returning.
+  if (keep != nullptr && enqueued && Check(release_after_.Enqueue(stream_, keep))) return;
+  // No event holds `host`: it must have been read before returning.
   CheckCuda(cudaStreamSynchronize(stream_), "upload rows");
+}
+
+void CudaBackend::DownloadInOrder(Tensor src, char* host) {
+  if (src.empty() || !NotCapturing("download in order")) return;
+  const size_t elem = DTypeSize(src.dtype);
+  const size_t row_bytes = static_cast<size_t>(src.cols) * elem;
+  CheckCuda(cudaMemcpy2DAsync(host, row_bytes, src.data, src.stride * elem, row_bytes, src.rows,
+                              cudaMemcpyDeviceToHost, stream_),
+            "download in order");
 }
 
 void CudaBackend::CopyIn(const void* host, Tensor dst) {

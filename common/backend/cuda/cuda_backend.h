@@ -17,6 +17,7 @@
 
 #include "common/backend/backend.h"
 #include "common/backend/cuda/cuda_host_staging.h"
+#include "common/backend/cuda/cuda_release_after.h"
 
 typedef struct CUstream_st* cudaStream_t;
 typedef struct CUevent_st* cudaEvent_t;
@@ -44,6 +45,7 @@ class CudaBackend final : public Backend {
                                                                    char* host) override;
   void UploadRows(const char* host, absl::Span<const RowRun> runs, Tensor dst,
                   std::shared_ptr<const void> keep) override;
+  void DownloadInOrder(Tensor src, char* host) override;
   absl::Status Synchronize() override;
   void Fill(Tensor dst, float value) override;
 
@@ -118,6 +120,7 @@ class CudaBackend final : public Backend {
   uint64_t scratch_epoch_ = 0;  // bumped whenever a scratch area is reallocated
   void* cublas_workspace_ = nullptr;
   cuda::HostStaging staging_;
+  cuda::ReleaseAfter release_after_;  // UploadRows' `keep`s
   bool capturing_ = false;
   absl::Status capture_status_;  // what went wrong during the current capture (reported by EndCapture)
 
