@@ -282,13 +282,22 @@ GenerateCall::Outcome GenerateCall::RunAttempt(WorkerLease& decode, WorkerLease&
     decode_call->TryCancel();
     run.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "aborted"));
   }
-  const Relayed relayed = RelayTokens(*stream, *decode_call, watch, run);
+  const Relayed relayed = RelayTokens(*stream, *decode_call, watch);
   const grpc::Status prefill_status = run.Wait();
   // The queue time counts once, for the dispatch whose prefill ran (a refused one goes back in line).
   if (prefill_status.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED && !std::exchange(queue_observed_, true)) {
     metrics_.ObserveQueueTime(prefill_start_ - arrival_);
   }
   if (watch.stalled()) return Stalled(prefill_status.ok());
+  if (relayed.status.ok() && relayed.final.has_value()) {
+    // The stream is complete whatever P's answer said (a lost ack, a deadline after the handoff).
+    if (!prefill_status.ok()) {
+      IC_LOG(Warning) << "request " << worker_request_id << ": served, although its prefill call ended with "
+                      << FromGrpcStatus(prefill_status);
+    }
+    SendFinal(*relayed.final, decode, prefill, run.response);
+    return {absl::OkStatus(), Blame::kDecode};
+  }
   if (!prefill_status.ok()) {
     // A handoff the decode worker broke off (it rejected the cache, or died) fails the prefill too;
     // then the decode worker's own status says what went wrong, and it is the one to blame.
@@ -298,11 +307,7 @@ GenerateCall::Outcome GenerateCall::RunAttempt(WorkerLease& decode, WorkerLease&
     return {Annotate(FromGrpcStatus(prefill_status), "Prefill"), Blame::kPrefill};
   }
   if (!relayed.status.ok()) return {Annotate(relayed.status, "its Decode stream broke"), Blame::kDecode};
-  if (!relayed.final.has_value()) {
-    return {absl::InternalError("it ended its Decode stream without a final message"), Blame::kDecode};
-  }
-  SendFinal(*relayed.final, decode, prefill, run.response);
-  return {absl::OkStatus(), Blame::kDecode};
+  return {absl::InternalError("it ended its Decode stream without a final message"), Blame::kDecode};
 }
 
 GenerateCall::Outcome GenerateCall::Stalled(bool handed_off) const {
@@ -325,8 +330,7 @@ GenerateCall::Outcome GenerateCall::Stalled(bool handed_off) const {
 }
 
 GenerateCall::Relayed GenerateCall::RelayTokens(grpc::ClientReaderInterface<v1::DecodeResponse>& stream,
-                                                grpc::ClientContext& decode_call, StallMonitor::Watch& watch,
-                                                const PrefillRun& prefill) {
+                                                grpc::ClientContext& decode_call, StallMonitor::Watch& watch) {
   v1::DecodeResponse message;
   Relayed relayed;
   int64_t rows_received = 0;
@@ -338,13 +342,10 @@ GenerateCall::Relayed GenerateCall::RelayTokens(grpc::ClientReaderInterface<v1::
     }
     if (message.token_ids_size() > 0 || !message.text().empty()) {
       watch.Progress();
-      // D decodes once the handoff is complete, and P returns once D acknowledged it: the wait is a
-      // message's flight, and a prefill that failed after all keeps its tokens from the client.
-      if (attempt_tokens_ == 0 && !prefill.Wait().ok()) {
-        decode_call.TryCancel();
-        stream.Finish();
-        return {absl::CancelledError("the prefill failed"), std::nullopt};
-      }
+      // D decodes only after a complete handoff for this attempt's request id from an authenticated
+      // prefill worker, checked (rows, CRCs, probes): its first token is the request's, relayed
+      // without waiting for P's answer, which follows the ack (a prefill that fails after that ends
+      // D's stream through the callback's cancel, and the stream migrates like any other).
       v1::GenerateResponse chunk;
       chunk.set_request_id(request_->id());
       *chunk.mutable_token_ids() = message.token_ids();

@@ -88,10 +88,10 @@ class GenerateCall {
   // (`why_not_moved`): UNAVAILABLE, or the failure's own code when another worker would fail the same
   // way, naming the worker and the tokens streamed.
   grpc::Status StreamBroken(const absl::Status& failure, const std::string& why_not_moved) const;
-  // Reads D's stream to its end, relaying tokens to the client once `prefill` succeeded (a token
-  // before a failed prefill is not the request's); every sign of progress goes to `watch`.
+  // Reads D's stream to its end, relaying its tokens to the client as they come; every sign of
+  // progress goes to `watch`.
   Relayed RelayTokens(grpc::ClientReaderInterface<v1::DecodeResponse>& stream, grpc::ClientContext& decode_call,
-                      StallMonitor::Watch& watch, const PrefillRun& prefill);
+                      StallMonitor::Watch& watch);
   // Which worker a stalled attempt is blamed on, and why; `handed_off`: the prefill returned OK.
   Outcome Stalled(bool handed_off) const;
   void SendFinal(const v1::FinalInfo& final, const WorkerLease& decode, const WorkerLease& prefill,

@@ -8,7 +8,9 @@
 #include <cctype>
 #include <chrono>
 #include <memory>
+#include <condition_variable>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -136,6 +138,8 @@ struct PrefillScript {
   int refuse_first = 0;                     // the first N Prefill calls answer RESOURCE_EXHAUSTED
   absl::Duration delay = absl::ZeroDuration();  // how long a prefill takes
   grpc::Status failure = grpc::Status::OK;  // not OK: Prefill ends with it
+  // Between the completed handoff and the answer (a real worker's ack flight and cleanup).
+  absl::Duration answer_delay = absl::ZeroDuration();
   double prefill_seconds = 0.25;
   double handoff_seconds = 0.125;
 };
@@ -163,6 +167,38 @@ class FakeServer {
  private:
   std::unique_ptr<grpc::Server> server_;
   std::string address_;
+};
+
+// The fakes' stand-in for the KV handoff: a fake prefill worker that succeeds marks its request id
+// handed off, and a fake decode worker streams a request's tokens only once it is — as a real one
+// decodes only after a complete handoff — or gives up when the router cancels its call.
+class FakeHandoffs {
+ public:
+  static FakeHandoffs& Get() {
+    static FakeHandoffs handoffs;
+    return handoffs;
+  }
+  void Complete(const std::string& request_id) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_.insert(request_id);
+    }
+    changed_.notify_all();
+  }
+  // False when `context` was cancelled first.
+  bool Wait(const std::string& request_id, grpc::ServerContext* context) {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!done_.contains(request_id)) {
+      if (context->IsCancelled()) return false;
+      changed_.wait_for(lock, std::chrono::milliseconds(5));
+    }
+    return true;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable changed_;
+  std::set<std::string> done_;  // guarded by mu_
 };
 
 class FakeDecodeWorker final : public v1::DecodeWorker::Service {
@@ -209,6 +245,7 @@ class FakeDecodeWorker final : public v1::DecodeWorker::Service {
     admitted.mutable_admitted()->set_handoff_address("handoff." + script_.worker_id);
     admitted.mutable_admitted()->set_reserved_blocks(1);
     writer->Write(admitted);
+    if (!FakeHandoffs::Get().Wait(request->request_id(), context)) return grpc::Status::CANCELLED;
     int sent = 0;
     for (size_t i = 0; script_.endless || i < script_.tokens.size(); ++i) {
       if (context->IsCancelled()) return grpc::Status::CANCELLED;
@@ -305,6 +342,8 @@ class FakePrefillWorker final : public v1::PrefillWorker::Service {
       queued_tokens_ -= request->prompt_ids_size();
     }
     if (!script_.failure.ok()) return script_.failure;
+    FakeHandoffs::Get().Complete(request->request_id());
+    std::this_thread::sleep_for(absl::ToChronoNanoseconds(script_.answer_delay));
     response->set_first_token(11);
     response->set_prefill_seconds(script_.prefill_seconds);
     response->set_handoff_seconds(script_.handoff_seconds);

@@ -765,6 +765,27 @@ TEST(RouterTest, DecodeFailureBeforeTheFirstTokenIsRetriedOnAnotherWorker) {
   EXPECT_TRUE(failing.log.Aborted("retry-me"));
 }
 
+TEST(RouterTest, TheFirstTokenIsRelayedWithoutWaitingForThePrefillWorkersAnswer) {
+  // D streams only after the handoff; P answers 3 s later. The client sees the tokens before that.
+  FakePrefillWorker prefill({.answer_delay = absl::Seconds(3)});
+  FakeDecodeWorker decode({.tokens = {21, 22}});
+  Router router(OptionsFor({&prefill}, {&decode}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+
+  const absl::Time start = absl::Now();
+  std::optional<absl::Duration> first_token;
+  const Result r = Client(*address).Generate(IdsRequest({1, 2}, "early"), std::nullopt,
+                                             [&](int tokens, grpc::ClientContext&) {
+                                               if (tokens > 0 && !first_token) first_token = absl::Now() - start;
+                                             });
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_THAT(r.tokens, ElementsAre(21, 22));
+  ASSERT_TRUE(first_token.has_value());
+  EXPECT_LT(*first_token, absl::Seconds(2)) << "the first token waited for the prefill worker's answer";
+  EXPECT_GE(absl::Now() - start, absl::Seconds(3)) << "the final message comes after both calls ended";
+}
+
 TEST(RouterTest, PrefillFailureIsRetriedOnAnotherPrefillWorker) {
   FakePrefillWorker failing(
       {.worker_id = "failing", .queued_prompt_tokens = 0, .failure = grpc::Status(grpc::StatusCode::UNAVAILABLE, "oom")});

@@ -312,15 +312,21 @@ TEST(CudaDecodeGraphCheck, LogprobsAfterAReplayMatchGraphsOffAndAPrefillsLogits)
         worst_graph = std::max(worst_graph, std::abs(double{got.top[k].logprob} - eager.top[k].logprob));
       }
       const float* row = logits.data() + (static_cast<size_t>(prompt_lengths[r]) - 1 + t) * vocab;
-      double max = row[0], sum = 0;
+      double max = row[0], sum = 0, scale = 1e-30;
       for (int64_t v = 0; v < vocab; ++v) max = std::max<double>(max, row[v]);
       for (int64_t v = 0; v < vocab; ++v) sum += std::exp(row[v] - max);
-      worst_prefill = std::max(worst_prefill, std::abs(got.chosen.logprob - (row[got.chosen.token] - max - std::log(sum))));
+      for (int64_t v = 0; v < vocab; ++v) scale = std::max(scale, std::fabs(double{row[v]}));
+      const double error = std::abs(got.chosen.logprob - (row[got.chosen.token] - max - std::log(sum)));
+      worst_prefill = std::max(worst_prefill, error / scale);
     }
   }
   EXPECT_LE(worst_graph, 1e-3);
-  EXPECT_LE(worst_prefill, 5e-2);  // bf16 activations through other kernels
-  std::printf("  logprobs: graphs on vs off max |diff| %.3g; vs a prefill's logits %.3g (%lld steps replayed)\n",
+  // A prefill runs other kernels on bf16 activations: its logits may differ from the step's by the
+  // bf16 bound of cuda_engine_check (5% of the row's scale, max |logit|), and a log-probability,
+  // a difference of logits, by twice that.
+  EXPECT_LE(worst_prefill, 2 * 5e-2);
+  std::printf("  logprobs: graphs on vs off max |diff| %.3g; vs a prefill's logits %.3g of the row scale (%lld steps "
+              "replayed)\n",
               worst_graph, worst_prefill, static_cast<long long>(replays_on));
 }
 
