@@ -3,7 +3,6 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/auth/openssl_objects.h"
 #include "common/util/read_file.h"
@@ -61,11 +60,6 @@ std::shared_ptr<grpc::ServerCredentials> PublicServerCredentials(const std::opti
   options.pem_root_certs = tls->client_ca;
   options.pem_key_cert_pairs.push_back({tls->private_key, tls->certificate_chain});
   return grpc::SslServerCredentials(options);
-}
-
-bool IsLoopbackListenAddress(const std::string& listen_address) {
-  const std::string host = listen_address.substr(0, listen_address.rfind(':'));
-  return absl::StartsWith(host, "127.") || host == "[::1]" || host == "localhost";
 }
 
 }  // namespace indexcache

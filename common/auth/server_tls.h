@@ -35,8 +35,4 @@ struct ServerTls {
 // when it has a client CA), plaintext without.
 std::shared_ptr<grpc::ServerCredentials> PublicServerCredentials(const std::optional<ServerTls>& tls);
 
-// Whether "host:port" listens on loopback only (127.0.0.0/8, [::1], localhost): where plaintext is
-// not overheard.
-bool IsLoopbackListenAddress(const std::string& listen_address);
-
 }  // namespace indexcache

@@ -11,6 +11,7 @@
 #include "common/model/model_config.h"
 #include "common/model/model_fingerprint.h"
 #include "common/safetensors/weight_store.h"
+#include "common/util/host_port.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"

@@ -4,12 +4,14 @@
 // not start. The certificates are made by the test (tests/test_certificates.h).
 #include <openssl/ssl.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "boost/asio/ssl.hpp"
 #include "boost/beast/ssl.hpp"
+#include "common/util/host_port.h"
 #include "gmock/gmock.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
@@ -109,21 +111,38 @@ grpc::Status CallModelInfo(const std::string& address, const std::shared_ptr<grp
   return stub->ModelInfo(&context, v1::ModelInfoRequest(), &info);
 }
 
-// A GET over HTTPS that trusts `ca` and checks the certificate names localhost.
+using HttpsStream = beast::ssl_stream<beast::tcp_stream>;
+
+// A client's HTTPS connection that trusts `ca` and checks that the certificate names localhost.
+class HttpsClient {
+ public:
+  explicit HttpsClient(const std::string& ca) {
+    context_.add_certificate_authority(asio::buffer(ca));
+    context_.set_verify_mode(asio::ssl::verify_peer);
+  }
+
+  absl::StatusOr<std::unique_ptr<HttpsStream>> Connect(const std::string& address) {
+    absl::StatusOr<beast::tcp_stream> tcp = ::indexcache::testing::Connect(io_, address);
+    if (!tcp.ok()) return tcp.status();
+    auto stream = std::make_unique<HttpsStream>(std::move(*tcp), context_);
+    SSL_set1_host(stream->native_handle(), "localhost");
+    boost::system::error_code ec;
+    stream->handshake(asio::ssl::stream_base::client, ec);
+    if (ec) return absl::UnavailableError(absl::StrCat("TLS handshake: ", ec.message()));
+    return stream;
+  }
+
+ private:
+  asio::io_context io_;
+  asio::ssl::context context_{asio::ssl::context::tls_client};
+};
+
 absl::StatusOr<::indexcache::testing::HttpReply> HttpsGet(const std::string& address, const std::string& target,
                                                           const std::string& ca) {
-  asio::io_context io;
-  asio::ssl::context context(asio::ssl::context::tls_client);
-  context.add_certificate_authority(asio::buffer(ca));
-  context.set_verify_mode(asio::ssl::verify_peer);
-  absl::StatusOr<beast::tcp_stream> tcp = ::indexcache::testing::Connect(io, address);
-  if (!tcp.ok()) return tcp.status();
-  beast::ssl_stream<beast::tcp_stream> stream(std::move(*tcp), context);
-  SSL_set1_host(stream.native_handle(), "localhost");
-  boost::system::error_code ec;
-  stream.handshake(asio::ssl::stream_base::client, ec);
-  if (ec) return absl::UnavailableError(absl::StrCat("TLS handshake: ", ec.message()));
-  return ::indexcache::testing::Exchange(stream, http::verb::get, target);
+  HttpsClient client(ca);
+  absl::StatusOr<std::unique_ptr<HttpsStream>> stream = client.Connect(address);
+  if (!stream.ok()) return stream.status();
+  return ::indexcache::testing::Exchange(**stream, http::verb::get, target);
 }
 
 TEST(RouterTlsTest, AClientTrustingTheRoutersCaIsServedOverGrpc) {
@@ -154,6 +173,32 @@ TEST(RouterTlsTest, TheHttpApiServesHttpsAndRefusesPlainHttp) {
   EXPECT_FALSE(HttpsGet(router.http_address(), "/v1/models", TestPki().stranger_ca.certificate).ok());
 }
 
+// Two requests sent before either answer, each in a TLS record of its own: the second may already
+// sit decrypted-to-be inside OpenSSL when the first is answered, where a poll of the socket does not
+// see it; it is answered at once all the same, not left waiting for bytes that already came (the
+// server then closes the connection after its 60 s idle timeout, and the second read fails).
+TEST(RouterTlsTest, PipelinedHttpsRequestsAreAnsweredWithoutWaitingForMoreBytes) {
+  TlsRouter router(TestPki().RouterTls());
+  ASSERT_TRUE(router.status().ok()) << router.status();
+  HttpsClient client(TestPki().ca.certificate);
+  absl::StatusOr<std::unique_ptr<HttpsStream>> stream = client.Connect(router.http_address());
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  for (int i = 0; i < 2; ++i) {
+    http::request<http::empty_body> request{http::verb::get, "/v1/models", 11};
+    request.set(http::field::host, "localhost");
+    request.keep_alive(true);
+    http::write(**stream, request);
+  }
+  beast::flat_buffer buffer;
+  for (int i = 0; i < 2; ++i) {
+    http::response<http::string_body> response;
+    boost::system::error_code ec;
+    http::read(**stream, buffer, response, ec);
+    ASSERT_FALSE(ec) << "response " << i << ": " << ec.message();
+    EXPECT_EQ(response.result_int(), 200);
+  }
+}
+
 TEST(RouterTlsTest, TheApiKeyIsStillRequiredOverTls) {
   TlsRouter router(TestPki().RouterTls(), "open-sesame-42");
   ASSERT_TRUE(router.status().ok()) << router.status();
@@ -179,6 +224,16 @@ TEST(RouterTlsTest, WithAClientCaOnlyClientsWithItsCertificatesAreServed) {
   EXPECT_TRUE(with_certificate.ok()) << with_certificate.error_message();
   EXPECT_FALSE(HttpsGet(router.http_address(), "/v1/models", TestPki().ca.certificate).ok())
       << "the HTTPS port asks for the client certificate too";
+}
+
+// Without TLS the router warns of each public listener that is not on loopback.
+TEST(RouterTlsTest, OnlyLoopbackListenersAreSparedThePlaintextWarning) {
+  for (const std::string address : {"127.0.0.1:50051", "127.0.0.2:0", "[::1]:8000", "localhost:8000"}) {
+    EXPECT_TRUE(IsLoopbackListenAddress(address)) << address;
+  }
+  for (const std::string address : {"0.0.0.0:50051", "[::]:50051", ":8000", "10.0.0.7:8000", "router:8000"}) {
+    EXPECT_FALSE(IsLoopbackListenAddress(address)) << address;
+  }
 }
 
 // What `indexcache-router` prints and returns for `flags` (after --model and the cluster token).
