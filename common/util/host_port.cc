@@ -1,5 +1,6 @@
 #include "common/util/host_port.h"
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
@@ -18,6 +19,11 @@ absl::StatusOr<HostPort> SplitHostPort(const std::string& address) {
   }
   result.port = static_cast<uint16_t>(port);
   return result;
+}
+
+bool IsLoopbackListenAddress(const std::string& listen_address) {
+  const std::string host = listen_address.substr(0, listen_address.rfind(':'));
+  return absl::StartsWith(host, "127.") || host == "[::1]" || host == "localhost";
 }
 
 }  // namespace indexcache

@@ -18,7 +18,10 @@
 //    --router names a Service port leading to it; a NetworkPolicy of the render selects the pods of
 //    every service that has internal ports (the one check about an object the render lacks: without
 //    one, those ports are open to all), lets only the render's own pods reach the internal ports, and
-//    leaves the router's public ports open.
+//    leaves the router's public ports open;
+//  - TLS on the public API: a router with --tls-cert-file has --tls-key-file too, reads both from one
+//    Secret volume mounted into its container, and probes no port that serves TLS (the kubelet's gRPC
+//    probes speak plaintext).
 import YAML from "yaml";
 
 // The ports contract, per component label.
@@ -165,6 +168,42 @@ function checkInternalPlane(objects, deployments, services, where) {
   return problems;
 }
 
+// TLS on the router's public API: the certificate and key from one mounted Secret, no probe on a
+// public port that then serves TLS.
+function checkPublicTls(deployments, where) {
+  const problems = [];
+  for (const d of deployments.filter((d) => podLabels(d)["app.kubernetes.io/component"] === "router")) {
+    const spec = d.spec?.template?.spec ?? {};
+    for (const c of spec.containers ?? []) {
+      const certificates = flagValues(c, "tls-cert-file");
+      const keys = flagValues(c, "tls-key-file");
+      if (certificates.length === 0 && keys.length === 0) continue;
+      if (certificates.length !== 1 || keys.length !== 1) {
+        problems.push(`${where(d)}: container ${c.name} needs one --tls-cert-file and one --tls-key-file, has ${certificates.length} and ${keys.length}`);
+        continue;
+      }
+      const secrets = [];
+      for (const [flag, file] of [["tls-cert-file", certificates[0]], ["tls-key-file", keys[0]]]) {
+        const secret = secretHolding(spec, c, file);
+        if (secret === undefined) problems.push(`${where(d)}: container ${c.name}'s --${flag} ${file} lies on no mounted Secret volume`);
+        else secrets.push(secret.secretName);
+      }
+      if (secrets.length === 2 && secrets[0] !== secrets[1]) {
+        problems.push(`${where(d)}: container ${c.name} reads its TLS certificate and key from different Secrets: ${secrets.join(", ")}`);
+      }
+      const ports = Object.fromEntries((c.ports ?? []).map((p) => [p.name, p.containerPort]));
+      for (const probe of ["startupProbe", "readinessProbe", "livenessProbe"]) {
+        const port = c[probe]?.grpc?.port;
+        const tlsPort = (PUBLIC_PORTS.router ?? []).find((p) => port === p || port === ports[p]);
+        if (tlsPort !== undefined) {
+          problems.push(`${where(d)}: ${probe} asks public port ${tlsPort}, which serves TLS: the kubelet's gRPC probes speak plaintext`);
+        }
+      }
+    }
+  }
+  return problems;
+}
+
 export function checkConventions(objects) {
   const problems = [];
   const where = (o) => `${o.kind} ${name(o)}`;
@@ -172,6 +211,7 @@ export function checkConventions(objects) {
   const services = ofKind(objects, "Service");
   const configMaps = ofKind(objects, "ConfigMap");
   problems.push(...checkInternalPlane(objects, deployments, services, where));
+  problems.push(...checkPublicTls(deployments, where));
 
   for (const d of deployments) {
     const spec = d.spec?.template?.spec ?? {};

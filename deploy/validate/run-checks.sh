@@ -51,7 +51,7 @@ case "${1:-}" in
     done
     # One run for all (the type check dominates its time): the rendered overlays must pass, each
     # fixture must fail for its reason.
-    fixtures=("$here"/testdata/{misspelt-field,wrong-type,missing-required,bad-service-monitor,unknown-kind,broken-references,broken-internal-plane}.yaml)
+    fixtures=("$here"/testdata/{misspelt-field,wrong-type,missing-required,bad-service-monitor,unknown-kind,broken-references,broken-internal-plane,broken-public-tls}.yaml)
     report=$(node "$here/validate-manifests.mjs" "$rendered"/*.yaml "${fixtures[@]}" 2>&1 || true)
     grep -F -- "$rendered/" <<<"$report" && fail "the rendered overlays are invalid"
     expect_line() {
@@ -77,6 +77,9 @@ case "${1:-}" in
     expect_line broken-internal-plane "Deployment router: its NetworkPolicies close its public port http"
     expect_line broken-internal-plane "NetworkPolicy decode: lets others than the cluster's own pods reach internal port grpc"
     expect_line broken-internal-plane "Deployment prefill: no NetworkPolicy restricts who reaches its internal port grpc"
+    expect_line broken-public-tls "Deployment router-without-key: container router needs one --tls-cert-file and one --tls-key-file, has 1 and 0"
+    expect_line broken-public-tls "Deployment router-unmounted: container router's --tls-cert-file /etc/tls/tls.crt lies on no mounted Secret volume"
+    expect_line broken-public-tls "Deployment router-unmounted: livenessProbe asks public port grpc, which serves TLS"
     tail -n 1 <<<"$report"
     checked="${#overlays[@]} overlays"
     ;;

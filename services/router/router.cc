@@ -11,6 +11,7 @@
 #include "common/model/model_config.h"
 #include "common/model/model_fingerprint.h"
 #include "common/safetensors/weight_store.h"
+#include "common/util/host_port.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -325,7 +326,7 @@ absl::StatusOr<std::string> Router::Start() {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(options_.listen_address, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(options_.listen_address, PublicServerCredentials(options_.tls), &port);
   builder.SetMaxReceiveMessageSize(options_.max_request_bytes);
   // gRPC sets SO_REUSEPORT by default: a second router (or an orphan of a killed `cluster up`) would
   // bind the same port and take half the clients. One port, one router.
@@ -368,7 +369,8 @@ absl::StatusOr<std::string> Router::Start() {
     absl::StatusOr<std::unique_ptr<openai::OpenAiApi>> api =
         openai::OpenAiApi::Create(std::move(api_options), server_->InProcessChannel(grpc::ChannelArguments()));
     absl::StatusOr<std::unique_ptr<openai::OpenAiServer>> http =
-        api.ok() ? openai::OpenAiServer::Start(options_.http_listen_address, std::move(*api)) : api.status();
+        api.ok() ? openai::OpenAiServer::Start(options_.http_listen_address, std::move(*api), options_.tls)
+                 : api.status();
     if (!http.ok()) {
       internal_server_->Shutdown();
       internal_server_.reset();
@@ -381,13 +383,25 @@ absl::StatusOr<std::string> Router::Start() {
   }
   prober_ = std::thread(&Router::ProbeLoop, this);
   if (discovery_ != nullptr) discovery_->Start(options_.dns_interval);
+  WarnOfPlaintextOffLoopback();
   const std::string address = DialableAddress(options_.listen_address, port);
-  IC_LOG(Info) << "router listening on " << address << ", internal " << internal_address_ << " ("
+  IC_LOG(Info) << "router listening on " << address << (options_.tls ? " (TLS)" : " (plaintext)") << ", internal "
+               << internal_address_ << " ("
                << options_.prefill_workers.size() << " static prefill and " << options_.decode_workers.size()
                << " static decode workers, "
                << options_.prefill_dns.size() + options_.decode_dns.size() << " DNS names, "
                << v1::HandoffTransport_Name(options_.transport) << " handoff)";
   return address;
+}
+
+void Router::WarnOfPlaintextOffLoopback() const {
+  if (options_.tls.has_value()) return;
+  for (const std::string* listen : {&options_.listen_address, &options_.http_listen_address}) {
+    if (listen->empty() || IsLoopbackListenAddress(*listen)) continue;
+    IC_LOG(Warning) << "the public API on " << *listen << " is PLAINTEXT beyond loopback: "
+                    << (options_.api_key.empty() ? "requests" : "the API key and requests")
+                    << " travel in clear (--tls-cert-file and --tls-key-file serve TLS)";
+  }
 }
 
 void Router::ProbeLoop() {

@@ -15,12 +15,14 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/auth/server_tls.h"
 #include "grpcpp/server.h"
 #include "indexcache/v1/internal.pb.h"
 #include "services/router/dns_discovery.h"
@@ -83,6 +85,9 @@ struct RouterOptions {
   // The key clients of the public API, gRPC and HTTP, must send as `authorization: Bearer <key>`;
   // empty: none needed. Health and reflection stay open.
   std::string api_key;
+  // TLS on the public port and the HTTP API (with a client CA: clients must show a certificate it
+  // signed); unset: plaintext, with a warning when the public port is not on loopback.
+  std::optional<ServerTls> tls;
   // The largest client message (RESOURCE_EXHAUSTED from gRPC past it, before any parsing): a prompt of
   // 200K token ids takes about 1 MiB.
   int max_request_bytes = 4 << 20;
@@ -122,6 +127,8 @@ class Router {
  private:
   class Services;
   void ProbeLoop();
+  // Logs a warning for each public listener off loopback that serves without TLS.
+  void WarnOfPlaintextOffLoopback() const;
 
   const RouterOptions options_;
   RouterMetrics metrics_;

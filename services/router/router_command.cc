@@ -48,6 +48,10 @@ constexpr char kUsage[] =
     "                            /v1/chat/completions, /v1/models, /health; default off; port 0 = any)\n"
     "  --api-key-file FILE       clients of the gRPC and HTTP APIs must send `authorization: Bearer <the\n"
     "                            file's first line>`\n"
+    "  --tls-cert-file FILE      serve the gRPC and HTTP APIs over TLS with this PEM certificate chain\n"
+    "                            (the server's certificate first)\n"
+    "  --tls-key-file FILE       the certificate's PEM private key (with --tls-cert-file)\n"
+    "  --tls-client-ca-file FILE require of every client a certificate signed by these PEM CAs (mutual TLS)\n"
     "  --version                 print the version, commit and backends, then exit\n";
 
 absl::StatusOr<absl::Duration> SecondsFlag(const cli::Args& args, const std::string& name, absl::Duration fallback) {
@@ -65,6 +69,24 @@ std::vector<std::string> Addresses(const cli::Args& args, const std::string& nam
     }
   }
   return addresses;
+}
+
+// The public API's TLS identity from --tls-cert-file, --tls-key-file and --tls-client-ca-file; none
+// without them. The first two come together, the third only with them.
+absl::StatusOr<std::optional<ServerTls>> TlsFromArgs(const cli::Args& args) {
+  const std::optional<std::string> certificate = args.Get("tls-cert-file");
+  const std::optional<std::string> key = args.Get("tls-key-file");
+  const std::optional<std::string> client_ca = args.Get("tls-client-ca-file");
+  if (certificate.has_value() != key.has_value()) {
+    return absl::InvalidArgumentError("--tls-cert-file and --tls-key-file go together: give both or neither");
+  }
+  if (!certificate.has_value()) {
+    if (client_ca.has_value()) {
+      return absl::InvalidArgumentError("--tls-client-ca-file needs --tls-cert-file and --tls-key-file");
+    }
+    return std::nullopt;
+  }
+  return ServerTls::FromFiles(*certificate, *key, client_ca.value_or(""));
 }
 
 }  // namespace
@@ -98,6 +120,7 @@ absl::StatusOr<RouterOptions> RouterOptionsFromArgs(const cli::Args& args) {
   if (auto key_file = args.Get("api-key-file")) {
     ASSIGN_OR_RETURN(o.api_key, ReadSecretFile(*key_file, "API key"));
   }
+  ASSIGN_OR_RETURN(o.tls, TlsFromArgs(args));
   ASSIGN_OR_RETURN(const std::optional<int64_t> queue_limit, args.GetInt("queue-limit"));
   if (queue_limit.has_value()) o.max_queued_requests = static_cast<int>(*queue_limit);
   ASSIGN_OR_RETURN(o.heartbeat_timeout, SecondsFlag(args, "heartbeat-timeout", o.heartbeat_timeout));
@@ -122,7 +145,8 @@ int RunRouterCommand(const std::vector<std::string>& argv) {
                                         "index-pattern",   "queue-limit",     "heartbeat-timeout",
                                         "health-interval", "request-timeout", "drain-grace",   "metrics-listen",
                                         "http-listen",     "api-key-file",    "stall-timeout", "migration-limit",
-                                        "internal-listen", "cluster-token-file"};
+                                        "internal-listen", "cluster-token-file", "tls-cert-file",
+                                        "tls-key-file",    "tls-client-ca-file"};
   absl::StatusOr<cli::Args> args = cli::Args::Parse(argv, valued, {"help", "version", "insecure-internal-plane"});
   if (args.ok() && args->Has("help")) {
     std::fputs(kUsage, stdout);

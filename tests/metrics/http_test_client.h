@@ -41,14 +41,16 @@ inline absl::StatusOr<beast::tcp_stream> Connect(boost::asio::io_context& io, co
   return stream;
 }
 
-// One request and its response on an open stream (kept open when the server keeps it alive).
-inline absl::StatusOr<HttpReply> Exchange(beast::tcp_stream& stream, http::verb method, const std::string& target,
-                                          bool keep_alive = false) {
+// One request and its response on an open stream (kept open when the server keeps it alive): a
+// beast::tcp_stream, or a TLS stream over one.
+template <typename Stream>
+absl::StatusOr<HttpReply> Exchange(Stream& stream, http::verb method, const std::string& target,
+                                   bool keep_alive = false) {
   http::request<http::string_body> request{method, target, 11};
   request.set(http::field::host, "localhost");
   request.keep_alive(keep_alive);
   request.prepare_payload();
-  stream.expires_after(std::chrono::seconds(10));
+  beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(10));
   boost::system::error_code ec;
   http::write(stream, request, ec);
   if (ec) return absl::UnavailableError(absl::StrCat("write: ", ec.message()));

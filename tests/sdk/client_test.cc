@@ -13,10 +13,15 @@
 #include <thread>
 
 #include "indexcache/v1/generate.grpc.pb.h"
+#include "tests/test_certificates.h"
 
 namespace indexcache::client {
 namespace {
 
+using ::indexcache::testing::IssueCertificate;
+using ::indexcache::testing::MakeCertificateAuthority;
+using ::indexcache::testing::PemIdentity;
+using ::indexcache::testing::WriteTestFile;
 using ::testing::HasSubstr;
 
 // Each prompt text names a script; token-id prompts get the "three chunks" one.
@@ -119,10 +124,12 @@ class FakeIndexCache final : public v1::IndexCache::Service {
 
 class ClientTest : public ::testing::Test {
  protected:
+  virtual std::shared_ptr<grpc::ServerCredentials> ServerCredentials() { return grpc::InsecureServerCredentials(); }
+
   void SetUp() override {
     grpc::ServerBuilder builder;
     int port = 0;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.AddListeningPort("127.0.0.1:0", ServerCredentials(), &port);
     builder.RegisterService(&fake_);
     server_ = builder.BuildAndStart();
     ASSERT_NE(server_, nullptr);
@@ -317,6 +324,97 @@ TEST_F(ClientTest, ModelInfoIsMirrored) {
   EXPECT_EQ(info->max_context, 4096);
   EXPECT_TRUE(info->has_tokenizer);
   EXPECT_EQ(info->decode_workers, 2);
+}
+
+// The fake router over TLS, with a certificate for localhost and 127.0.0.1 from a CA made here; with
+// `require_client_certificate`, clients must show one that CA signed.
+class ClientTlsTest : public ClientTest {
+ protected:
+  static const PemIdentity& Ca() {
+    static const PemIdentity ca = MakeCertificateAuthority("indexcache test CA");
+    return ca;
+  }
+  static const PemIdentity& Issued(const std::string& name) {
+    static const PemIdentity server = IssueCertificate(Ca(), "router");
+    static const PemIdentity client = IssueCertificate(Ca(), "client");
+    return name == "router" ? server : client;
+  }
+
+  std::shared_ptr<grpc::ServerCredentials> ServerCredentials() override {
+    grpc::SslServerCredentialsOptions options(require_client_certificate_
+                                                  ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                                                  : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+    options.pem_root_certs = Ca().certificate;
+    options.pem_key_cert_pairs.push_back({Issued("router").private_key, Issued("router").certificate});
+    return grpc::SslServerCredentials(options);
+  }
+
+  // Generate through a client with `tls` (unset: plaintext).
+  absl::Status GenerateWith(std::optional<TlsOptions> tls) {
+    ClientOptions options;
+    options.tls = std::move(tls);
+    options.default_timeout = absl::Seconds(5);
+    absl::StatusOr<Client> client = Client::Connect(address_, options);
+    if (!client.ok()) return client.status();
+    return client->Generate(GenerateRequest::FromText("three chunks")).status();
+  }
+
+  static TlsOptions TrustingTheCa() {
+    TlsOptions tls;
+    tls.ca_certificates_file = WriteTestFile("ca.crt", Ca().certificate);
+    return tls;
+  }
+
+  bool require_client_certificate_ = false;
+};
+
+TEST_F(ClientTlsTest, AClientTrustingTheCaIsServedAndOthersAreNot) {
+  EXPECT_TRUE(GenerateWith(TrustingTheCa()).ok());
+  TlsOptions pem;
+  pem.ca_certificates_pem = Ca().certificate;
+  EXPECT_TRUE(GenerateWith(pem).ok());
+  TlsOptions named = TrustingTheCa();
+  named.server_name = "localhost";
+  EXPECT_TRUE(GenerateWith(named).ok());
+
+  EXPECT_EQ(GenerateWith(std::nullopt).code(), absl::StatusCode::kUnavailable) << "plaintext";
+  TlsOptions stranger;
+  stranger.ca_certificates_pem = MakeCertificateAuthority("another CA").certificate;
+  EXPECT_EQ(GenerateWith(stranger).code(), absl::StatusCode::kUnavailable);
+  TlsOptions misnamed = TrustingTheCa();
+  misnamed.server_name = "router.example.com";
+  EXPECT_EQ(GenerateWith(misnamed).code(), absl::StatusCode::kUnavailable) << "the certificate names localhost";
+}
+
+TEST_F(ClientTlsTest, BadTlsOptionsAreRefusedAtConnect) {
+  TlsOptions both = TrustingTheCa();
+  both.ca_certificates_pem = Ca().certificate;
+  EXPECT_EQ(GenerateWith(both).code(), absl::StatusCode::kInvalidArgument);
+  TlsOptions missing;
+  missing.ca_certificates_file = "/nonexistent/ca.crt";
+  const absl::Status unreadable = GenerateWith(missing);
+  EXPECT_EQ(unreadable.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(unreadable.message(), HasSubstr("/nonexistent/ca.crt"));
+  TlsOptions half = TrustingTheCa();
+  half.client_certificate_file = WriteTestFile("client.crt", Issued("client").certificate);
+  EXPECT_EQ(GenerateWith(half).code(), absl::StatusCode::kInvalidArgument);
+}
+
+class ClientMutualTlsTest : public ClientTlsTest {
+ protected:
+  void SetUp() override {
+    require_client_certificate_ = true;
+    ClientTlsTest::SetUp();
+  }
+};
+
+TEST_F(ClientMutualTlsTest, AClientCertificateIsPresentedWhenGiven) {
+  EXPECT_EQ(GenerateWith(TrustingTheCa()).code(), absl::StatusCode::kUnavailable);
+  TlsOptions with_certificate = TrustingTheCa();
+  with_certificate.client_certificate_file = WriteTestFile("client.crt", Issued("client").certificate);
+  with_certificate.client_key_file = WriteTestFile("client.key", Issued("client").private_key);
+  const absl::Status status = GenerateWith(with_certificate);
+  EXPECT_TRUE(status.ok()) << status;
 }
 
 TEST(ClientConnectTest, RejectsBadOptionsAndUnreachableRouters) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <iostream>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/auth/secrets.h"
 #include "common/util/status_macros.h"
@@ -17,6 +18,8 @@ namespace {
 constexpr char kClientUsage[] =
     "usage: indexcache client generate --router ADDR (--prompt TEXT | --input-ids FILE.json) [--json]\n"
     "       [--timeout SECONDS] [--api-key-file FILE (the router's key)] [sampling flags]\n"
+    "       [--tls-ca-file FILE (TLS, trusting these PEM CAs) [--tls-server-name NAME (the certificate's name,\n"
+    "       when not the address's host)] [--tls-client-cert-file FILE --tls-client-key-file FILE]]\n"
     "       [--n N (choices, 1-16)] [--logprobs K (each token's logprob and its K most likely, 0-20)]\n"
     "       (--n > 1 and --logprobs print with --json only)\n";
 
@@ -113,6 +116,22 @@ nlohmann::json ResultJson(const client::GenerateResult& r, bool logprobs) {
   return out;
 }
 
+// TLS with --tls-ca-file; plaintext without it, where the other TLS flags are refused.
+absl::StatusOr<std::optional<client::TlsOptions>> TlsFromArgs(const Args& args) {
+  if (!args.Has("tls-ca-file")) {
+    for (const char* flag : {"tls-server-name", "tls-client-cert-file", "tls-client-key-file"}) {
+      if (args.Has(flag)) return absl::InvalidArgumentError(absl::StrCat("--", flag, " needs --tls-ca-file"));
+    }
+    return std::nullopt;
+  }
+  client::TlsOptions tls;
+  tls.ca_certificates_file = *args.Get("tls-ca-file");
+  tls.server_name = args.Get("tls-server-name").value_or("");
+  tls.client_certificate_file = args.Get("tls-client-cert-file").value_or("");
+  tls.client_key_file = args.Get("tls-client-key-file").value_or("");
+  return tls;
+}
+
 absl::Status ClientGenerate(const Args& args) {
   ASSIGN_OR_RETURN(std::string router, args.Require("router"));
   ASSIGN_OR_RETURN(client::GenerateRequest request, RequestFromArgs(args));
@@ -121,6 +140,7 @@ absl::Status ClientGenerate(const Args& args) {
   if (auto key_file = args.Get("api-key-file")) {
     ASSIGN_OR_RETURN(options.api_key, ReadSecretFile(*key_file, "API key"));
   }
+  ASSIGN_OR_RETURN(options.tls, TlsFromArgs(args));
   ASSIGN_OR_RETURN(client::Client client, client::Client::Connect(router, options));
   if (args.Has("json")) {
     ASSIGN_OR_RETURN(client::GenerateResult result, client.Generate(request));
@@ -167,7 +187,8 @@ absl::Status ClientGenerate(const Args& args) {
 int RunClient(const std::vector<std::string>& argv) {
   if (argv.empty() || argv[0] != "generate") return Fail("client", std::string("expected `generate`\n") + kClientUsage);
   std::set<std::string> valued = SamplingFlagNames();
-  valued.insert({"router", "prompt", "input-ids", "timeout", "api-key-file", "n", "logprobs"});
+  valued.insert({"router", "prompt", "input-ids", "timeout", "api-key-file", "n", "logprobs", "tls-ca-file",
+                 "tls-server-name", "tls-client-cert-file", "tls-client-key-file"});
   std::set<std::string> switches = SamplingSwitchNames();
   switches.insert({"json", "help"});
   auto args = Args::Parse(std::vector<std::string>(argv.begin() + 1, argv.end()), valued, switches);

@@ -14,6 +14,8 @@
 // GenerateSecret) is written to a 0600 file in a 0700 run directory of its own (run_directory.h),
 // removed on exit; every child gets --cluster-token-file, the workers register at the router's
 // internal address, and `token FILE` is printed first, for tools that call workers directly.
+// With --tls-cert-file and --tls-key-file the router serves its public APIs over TLS, and the readiness
+// check connects over TLS too.
 #include <signal.h>
 #include <unistd.h>
 
@@ -48,6 +50,9 @@ constexpr char kClusterUsage[] =
     "  --http-port P             the router serves the OpenAI-compatible HTTP API on 127.0.0.1:P (0: a free\n"
     "                            port; printed as `http ADDR`)\n"
     "  --api-key-file FILE       the router's gRPC and HTTP APIs require that key (`authorization: Bearer`)\n"
+    "  --tls-cert-file FILE      the router serves its gRPC and HTTP APIs over TLS with this PEM certificate\n"
+    "  --tls-key-file FILE       and this key; the readiness check trusts --tls-ca-file (default: the\n"
+    "  --tls-ca-file FILE        certificate itself, for a self-signed one) and expects the name localhost\n"
     "  --drain-grace S           on SIGINT/SIGTERM every worker drains at once: streams get S seconds to\n"
     "                            finish (default 30), then end UNAVAILABLE; the router follows\n";
 
@@ -59,6 +64,10 @@ struct ClusterSpec {
   int metrics_port_base = -1;  // -1: no metrics endpoints
   int http_port = -1;          // -1: no HTTP API
   std::string api_key_file;
+  // The router's TLS identity (PEM files; empty: plaintext), and the CAs the readiness check trusts.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_ca_file;
   absl::Duration drain_grace = absl::Seconds(30);  // every service's --drain-grace
   std::string pattern;  // resolved, passed to every service
   std::string transport = "grpc";
@@ -86,6 +95,15 @@ absl::StatusOr<ClusterSpec> SpecFromArgs(const Args& args) {
     spec.http_port = static_cast<int>(*http_port);
   }
   spec.api_key_file = args.Get("api-key-file").value_or("");
+  spec.tls_cert_file = args.Get("tls-cert-file").value_or("");
+  spec.tls_key_file = args.Get("tls-key-file").value_or("");
+  if (spec.tls_cert_file.empty() != spec.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("--tls-cert-file and --tls-key-file go together: give both or neither");
+  }
+  if (args.Has("tls-ca-file") && spec.tls_cert_file.empty()) {
+    return absl::InvalidArgumentError("--tls-ca-file goes with --tls-cert-file and --tls-key-file");
+  }
+  spec.tls_ca_file = args.Get("tls-ca-file").value_or(spec.tls_cert_file);
   ASSIGN_OR_RETURN(auto drain_grace, args.GetDouble("drain-grace"));
   if (drain_grace) {
     if (!(*drain_grace > 0)) return absl::InvalidArgumentError("--drain-grace must be > 0 seconds");
@@ -154,6 +172,11 @@ absl::Status WaitForPool(const std::string& router, const ClusterSpec& spec, abs
   options.default_timeout = absl::Seconds(2);
   if (!spec.api_key_file.empty()) {
     ASSIGN_OR_RETURN(options.api_key, ReadSecretFile(spec.api_key_file, "API key"));
+  }
+  if (!spec.tls_cert_file.empty()) {
+    client::TlsOptions& tls = options.tls.emplace();
+    tls.ca_certificates_file = spec.tls_ca_file;
+    tls.server_name = "localhost";  // the router listens on loopback
   }
   ASSIGN_OR_RETURN(client::Client client, client::Client::Connect(router, options));
   const absl::Time deadline = absl::Now() + timeout;
@@ -271,7 +294,10 @@ absl::Status ClusterUp(const Args& args) {
   router_argv.insert(router_argv.end(), router_metrics.begin(), router_metrics.end());
   if (spec.http_port >= 0) {
     router_argv.insert(router_argv.end(), {"--http-listen", absl::StrCat("127.0.0.1:", spec.http_port)});
-    if (!spec.api_key_file.empty()) router_argv.insert(router_argv.end(), {"--api-key-file", spec.api_key_file});
+  }
+  if (!spec.api_key_file.empty()) router_argv.insert(router_argv.end(), {"--api-key-file", spec.api_key_file});
+  if (!spec.tls_cert_file.empty()) {
+    router_argv.insert(router_argv.end(), {"--tls-cert-file", spec.tls_cert_file, "--tls-key-file", spec.tls_key_file});
   }
   ASSIGN_OR_RETURN(std::unique_ptr<ChildProcess> router, ChildProcess::Spawn("router", router_argv));
   ASSIGN_OR_RETURN(std::string router_address, router->WaitListening(absl::Seconds(60)));
@@ -331,7 +357,8 @@ int RunCluster(const std::vector<std::string>& argv) {
   auto args = Args::Parse(std::vector<std::string>(argv.begin() + 1, argv.end()),
                           {"model", "prefill", "decode", "port", "index-pattern", "index-freq", "transport", "threads",
                            "kv-cache-mb", "max-batch-tokens", "device", "block-size", "prefill-gpu", "decode-gpu",
-                           "metrics-port-base", "http-port", "api-key-file", "drain-grace"},
+                           "metrics-port-base", "http-port", "api-key-file", "drain-grace", "tls-cert-file",
+                           "tls-key-file", "tls-ca-file"},
                           {"help"});
   if (!args.ok()) return Fail("cluster", std::string(args.status().message()) + "\n" + kClusterUsage);
   if (args->Has("help")) {

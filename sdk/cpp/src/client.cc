@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "call_status.h"
+#include "common/util/read_file.h"
 #include "common/util/status_macros.h"
 #include "indexcache/v1/generate.grpc.pb.h"
 #include "proto_convert.h"
@@ -19,6 +20,36 @@ absl::Status CheckPositive(std::optional<absl::Duration> timeout, const char* wh
         absl::StrCat(what, " must be positive, got ", absl::FormatDuration(*timeout)));
   }
   return absl::OkStatus();
+}
+
+// TLS credentials from `tls`'s PEM text and files.
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> TlsCredentials(const TlsOptions& tls) {
+  if (!tls.ca_certificates_pem.empty() && !tls.ca_certificates_file.empty()) {
+    return absl::InvalidArgumentError("TLS: give the CA certificates as PEM text or as a file, not both");
+  }
+  if (tls.client_certificate_file.empty() != tls.client_key_file.empty()) {
+    return absl::InvalidArgumentError("TLS: a client certificate needs its key, and a key its certificate");
+  }
+  grpc::SslCredentialsOptions options;
+  options.pem_root_certs = tls.ca_certificates_pem;
+  if (!tls.ca_certificates_file.empty()) {
+    ASSIGN_OR_RETURN(options.pem_root_certs, ReadWholeFile(tls.ca_certificates_file, "CA certificates"));
+  }
+  if (!tls.client_certificate_file.empty()) {
+    ASSIGN_OR_RETURN(options.pem_cert_chain, ReadWholeFile(tls.client_certificate_file, "client certificate"));
+    ASSIGN_OR_RETURN(options.pem_private_key, ReadWholeFile(tls.client_key_file, "client key"));
+  }
+  return grpc::SslCredentials(options);
+}
+
+// A channel to the router: plaintext, or TLS with `tls`.
+absl::StatusOr<std::shared_ptr<grpc::Channel>> RouterChannel(const std::string& address,
+                                                             const std::optional<TlsOptions>& tls) {
+  if (!tls) return grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> credentials, TlsCredentials(*tls));
+  grpc::ChannelArguments args;
+  if (!tls->server_name.empty()) args.SetSslTargetNameOverride(tls->server_name);
+  return grpc::CreateCustomChannel(address, credentials, args);
 }
 
 // A call's deadline and, when the client has one, its API key.
@@ -108,7 +139,7 @@ absl::StatusOr<Client> Client::Connect(std::string router_address, ClientOptions
   auto impl = std::make_shared<Impl>();
   impl->address = std::move(router_address);
   impl->options = options;
-  impl->channel = grpc::CreateChannel(impl->address, grpc::InsecureChannelCredentials());
+  ASSIGN_OR_RETURN(impl->channel, RouterChannel(impl->address, options.tls));
   impl->stub = v1::IndexCache::NewStub(impl->channel);
   if (options.connect_timeout &&
       !impl->channel->WaitForConnected(absl::ToChronoTime(absl::Now() + *options.connect_timeout))) {

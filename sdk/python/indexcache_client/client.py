@@ -1,8 +1,9 @@
 """Python client of an indexcache cluster: one router address, the public indexcache.v1 API."""
 
 import dataclasses
+import os
 import threading
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Union
 
 import grpc
 
@@ -22,6 +23,9 @@ from .results import Chunk, ModelInfo, Result
 _SCALAR_SAMPLING = ("temperature", "top_k", "top_p", "min_p", "seed", "max_new_tokens", "ignore_eos",
                     "logprobs", "top_logprobs", "n")
 _REPEATED_SAMPLING = ("stop", "stop_token_ids")
+
+# A certificate or key: PEM bytes, or the path of a PEM file.
+PemSource = Union[bytes, str, os.PathLike]
 
 # Marks "use the client's default timeout" apart from None, which means "no deadline".
 _DEFAULT = object()
@@ -65,6 +69,28 @@ def _build_request(prompt, input_ids, request_id, sampling) -> "generate_pb2.Gen
     if sampling.get("stop_token_ids") is not None:
         params.stop_token_ids.extend(int(i) for i in sampling["stop_token_ids"])
     return request
+
+
+def _read_pem(source: Optional[PemSource]) -> Optional[bytes]:
+    """PEM bytes as given, or read from the file a str or path names."""
+    if source is None or isinstance(source, bytes):
+        return source
+    with open(source, "rb") as pem_file:
+        return pem_file.read()
+
+
+def _router_channel(address, tls_ca, tls_server_name, tls_client_cert, tls_client_key) -> grpc.Channel:
+    if tls_ca is None:
+        if tls_server_name is not None or tls_client_cert is not None or tls_client_key is not None:
+            raise ValueError("tls_server_name, tls_client_cert and tls_client_key need tls_ca")
+        return grpc.insecure_channel(address)
+    if (tls_client_cert is None) != (tls_client_key is None):
+        raise ValueError("tls_client_cert and tls_client_key go together")
+    credentials = grpc.ssl_channel_credentials(root_certificates=_read_pem(tls_ca),
+                                               private_key=_read_pem(tls_client_key),
+                                               certificate_chain=_read_pem(tls_client_cert))
+    options = [("grpc.ssl_target_name_override", tls_server_name)] if tls_server_name else None
+    return grpc.secure_channel(address, credentials, options=options)
 
 
 class GenerateStream:
@@ -134,10 +160,17 @@ class Client:
     None: connect on the first call.
     api_key: the router's API key (its --api-key-file), sent as `authorization: Bearer <key>` on
     every call; None: none.
+    tls_ca: TLS to a router that serves it (its --tls-cert-file), trusting these CA certificates:
+    PEM bytes, or the path of a PEM file; None: plaintext.
+    tls_server_name: the name the router's certificate must carry instead of the address's host.
+    tls_client_cert, tls_client_key: this client's certificate chain and key (PEM bytes or file
+    paths), for a router that requires client certificates (its --tls-client-ca-file).
     """
 
     def __init__(self, router_address: str, timeout: Optional[float] = None,
-                 connect_timeout: Optional[float] = None, api_key: Optional[str] = None):
+                 connect_timeout: Optional[float] = None, api_key: Optional[str] = None,
+                 tls_ca: Optional[PemSource] = None, tls_server_name: Optional[str] = None,
+                 tls_client_cert: Optional[PemSource] = None, tls_client_key: Optional[PemSource] = None):
         if not router_address:
             raise ValueError("router address is empty")
         for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
@@ -146,7 +179,8 @@ class Client:
         self.router_address = router_address
         self._timeout = timeout
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
-        self._channel = grpc.insecure_channel(router_address)
+        self._channel = _router_channel(router_address, tls_ca, tls_server_name, tls_client_cert,
+                                        tls_client_key)
         self._stub = generate_pb2_grpc.IndexCacheStub(self._channel)
         if connect_timeout is not None:
             try:

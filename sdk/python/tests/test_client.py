@@ -5,6 +5,9 @@ client side, and so are cancellation, deadlines and error statuses.
     PYTHONPATH=<build>/sdk/python /usr/bin/python3 -m unittest discover -s sdk/python/tests
 """
 
+import os
+import subprocess
+import tempfile
 import threading
 import time
 import unittest
@@ -262,6 +265,71 @@ class UnreachableRouterTest(unittest.TestCase):
                 client.generate("x")
         self.assertEqual(raised.exception.code, grpc.StatusCode.UNAVAILABLE)
         self.assertIn("Generate on 127.0.0.1:1", str(raised.exception))
+
+
+
+# The test certificates (a CA, a router's and a client's certificate it signed, another CA) come from
+# the build's write_test_certificates, made with OpenSSL's libcrypto as the C++ tests' are.
+_CERTIFICATE_WRITER = os.environ.get("INDEXCACHE_WRITE_TEST_CERTIFICATES")
+
+
+@unittest.skipUnless(_CERTIFICATE_WRITER, "INDEXCACHE_WRITE_TEST_CERTIFICATES names no certificate writer")
+class TlsTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.directory = tempfile.TemporaryDirectory()
+        subprocess.run([_CERTIFICATE_WRITER, cls.directory.name], check=True)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.directory.cleanup()
+
+    def pem(self, name):
+        with open(self.path(name), "rb") as pem_file:
+            return pem_file.read()
+
+    def path(self, name):
+        return os.path.join(self.directory.name, name)
+
+    def serve(self, require_client_certificate=False):
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        generate_pb2_grpc.add_IndexCacheServicer_to_server(FakeIndexCache(), server)
+        credentials = grpc.ssl_server_credentials(
+            [(self.pem("router.key"), self.pem("router.crt"))],
+            root_certificates=self.pem("ca.crt") if require_client_certificate else None,
+            require_client_auth=require_client_certificate)
+        port = server.add_secure_port("127.0.0.1:0", credentials)
+        server.start()
+        self.addCleanup(lambda: server.stop(grace=None).wait())
+        return f"127.0.0.1:{port}"
+
+    def generate(self, address, **tls):
+        with Client(address, timeout=5, **tls) as client:
+            return client.generate("three chunks")
+
+    def test_a_client_trusting_the_ca_is_served_and_others_are_not(self):
+        address = self.serve()
+        self.assertEqual(self.generate(address, tls_ca=self.path("ca.crt")).text, "hello")
+        self.assertEqual(self.generate(address, tls_ca=self.pem("ca.crt"), tls_server_name="localhost").text, "hello")
+        for refused in ({}, {"tls_ca": self.path("other-ca.crt")},
+                        {"tls_ca": self.path("ca.crt"), "tls_server_name": "router.example.com"}):
+            with self.assertRaises(ClientError) as raised:
+                self.generate(address, **refused)
+            self.assertEqual(raised.exception.code, grpc.StatusCode.UNAVAILABLE, refused)
+
+    def test_a_client_certificate_is_presented_when_given(self):
+        address = self.serve(require_client_certificate=True)
+        with self.assertRaises(ClientError):
+            self.generate(address, tls_ca=self.path("ca.crt"))
+        result = self.generate(address, tls_ca=self.path("ca.crt"), tls_client_cert=self.path("client.crt"),
+                               tls_client_key=self.path("client.key"))
+        self.assertEqual(result.text, "hello")
+
+    def test_tls_options_without_a_ca_or_half_a_client_identity_are_refused(self):
+        with self.assertRaises(ValueError):
+            Client("127.0.0.1:1", tls_server_name="localhost")
+        with self.assertRaises(ValueError):
+            Client("127.0.0.1:1", tls_ca=self.path("ca.crt"), tls_client_cert=self.path("client.crt"))
 
 
 if __name__ == "__main__":

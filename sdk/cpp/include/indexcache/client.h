@@ -22,6 +22,22 @@
 
 namespace indexcache::client {
 
+// TLS to a router that serves it (its --tls-cert-file): the router's certificate is verified against
+// the CA certificates and must name the host dialled (or `server_name`).
+struct TlsOptions {
+  // The CA certificates to trust, PEM: `ca_certificates_pem` itself, or read from `ca_certificates_file`
+  // (at most one of the two); both empty: the system's roots.
+  std::string ca_certificates_pem;
+  std::string ca_certificates_file;
+  // The name the certificate must carry instead of the address's host (an IP address dialled, a
+  // certificate issued for a DNS name); empty: the host.
+  std::string server_name;
+  // For a router that requires client certificates (its --tls-client-ca-file): this client's
+  // certificate chain and private key, PEM files; both or neither.
+  std::string client_certificate_file;
+  std::string client_key_file;
+};
+
 struct ClientOptions {
   // Deadline of every call that does not set its own; unset: none.
   std::optional<absl::Duration> default_timeout;
@@ -31,6 +47,8 @@ struct ClientOptions {
   // The router's API key (its --api-key-file), sent as `authorization: Bearer <key>` on every call;
   // empty: none.
   std::string api_key;
+  // Unset: plaintext.
+  std::optional<TlsOptions> tls;
 };
 
 // One Generate call being read chunk by chunk. Move-only; destroying an unfinished stream cancels it.
