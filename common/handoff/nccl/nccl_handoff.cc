@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/handoff/tcp/handoff_stream.h"
 #include "common/handoff/tcp/handshake.h"
 #include "common/handoff/tcp/sender_verdict.h"
 #include "common/handoff/tcp/tcp_frame.h"
