@@ -250,7 +250,7 @@ const std::string& NcclHandoffServer::address() const { return control_->address
 size_t NcclHandoffServer::communicators() const { return communicators_->size(); }
 
 void NcclHandoffServer::Shutdown() {
-  // Receivers blocked on the GPU first, then the connections (whose threads the control server joins).
+  // Receivers blocked on the GPU first, then the connections (whose handlers the control server waits for).
   communicators_->Shutdown();
   if (control_ != nullptr) control_->Shutdown();
 }

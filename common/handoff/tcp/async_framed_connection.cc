@@ -11,7 +11,7 @@
 #include "boost/asio/redirect_error.hpp"
 #include "boost/asio/use_awaitable.hpp"
 #include "boost/asio/write.hpp"
-#include "common/util/co_status_macros.h"
+#include "common/util/status_macros.h"
 #include "common/util/logging.h"
 
 namespace indexcache {

@@ -3,7 +3,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "common/util/co_status_macros.h"
+#include "common/util/status_macros.h"
 
 namespace indexcache {
 

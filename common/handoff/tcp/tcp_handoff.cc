@@ -25,7 +25,7 @@
 #include "common/handoff/tcp/handshake.h"
 #include "common/handoff/tcp/rows_frame_bound.h"
 #include "common/handoff/tcp/tcp_frame.h"
-#include "common/util/co_status_macros.h"
+#include "common/util/status_macros.h"
 #include "common/util/logging.h"
 
 namespace indexcache {

@@ -34,8 +34,9 @@ struct TcpHandoffOptions {
   // Bound on every read and write, the wait for the next chunk included: a peer silent that long is
   // treated as gone, its connection closed. Time the server spends in the sink does not count.
   absl::Duration io_timeout = absl::Seconds(60);
-  // Connections a server serves at once; one more is closed as soon as it is accepted. A decode worker takes one handoff per admitted request, so this is far above what its
-  // KV cache admits at a time, and it bounds what idle or hostile peers can hold.
+  // Connections a server serves at once; one more is closed as soon as it is accepted. A decode
+  // worker takes one handoff per admitted request, so this is far above what its KV cache admits at
+  // a time, and it bounds what idle or hostile peers can hold.
   int max_connections = 64;
   // The cluster token each connection proves before its first frame (handshake.h): the server
   // challenges, the sender answers. None: no handshake. (`{}`: designated initializers that leave it
