@@ -64,7 +64,7 @@ absl::Status AsioErrorStatus(const boost::system::error_code& ec, absl::string_v
 
 // A connection's socket descriptor as other threads see it: any thread may shut the socket down
 // (Interrupt) — which fails its pending and later operations, blocking or asynchronous — while the
-// connection's own thread opens and closes it.
+// connection's own thread (or strand) opens and closes it.
 class SocketInterrupter {
  public:
   void Opened(int fd);
