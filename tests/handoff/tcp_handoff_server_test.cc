@@ -23,7 +23,6 @@ namespace indexcache {
 namespace {
 
 using ::indexcache::testing::TestClusterToken;
-using ::testing::HasSubstr;
 using testing::FakeSink;
 using testing::MakeHandoff;
 
@@ -93,7 +92,7 @@ TEST(TcpHandoffServerTest, AnIdleConnectionIsClosedAfterTheIoTimeout) {
   const absl::Duration waited = absl::Now() - start;
   ASSERT_TRUE(ack.ok()) << ack.status();
   EXPECT_EQ(AckStatus(*ack).code(), absl::StatusCode::kDeadlineExceeded) << ack->error();
-  EXPECT_THAT(ack->error(), HasSubstr("no progress within 300ms"));
+  EXPECT_THAT(ack->error(), ::testing::HasSubstr("no progress within 300ms"));
   EXPECT_GE(waited, kIoTimeout - absl::Milliseconds(50));
   EXPECT_LT(waited, absl::Seconds(5));
   char more;
