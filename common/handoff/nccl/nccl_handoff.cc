@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/handoff/tcp/handoff_stream.h"
 #include "common/handoff/tcp/handshake.h"
 #include "common/handoff/tcp/sender_verdict.h"
 #include "common/handoff/tcp/tcp_frame.h"
@@ -249,7 +250,7 @@ const std::string& NcclHandoffServer::address() const { return control_->address
 size_t NcclHandoffServer::communicators() const { return communicators_->size(); }
 
 void NcclHandoffServer::Shutdown() {
-  // Receivers blocked on the GPU first, then the connections (whose threads the control server joins).
+  // Receivers blocked on the GPU first, then the connections (whose handlers the control server waits for).
   communicators_->Shutdown();
   if (control_ != nullptr) control_->Shutdown();
 }

@@ -63,7 +63,7 @@ class NcclHandoffServer {
   // "ip:port" as bound.
   const std::string& address() const;
   // Aborts every communicator, breaks the open connections (the sink sees each handoff broken) and
-  // joins their threads. Idempotent.
+  // waits for their handlers to return. Idempotent.
   void Shutdown();
   // Live communicators (joined or joining).
   size_t communicators() const;

@@ -7,16 +7,16 @@
 
 namespace indexcache {
 
-absl::Status ChallengePeer(FramedConnection& connection, const ClusterToken& token) {
-  if (!token.enabled()) return absl::OkStatus();
-  ASSIGN_OR_RETURN(const std::string nonce, ClusterToken::NewNonce());
-  RETURN_IF_ERROR(connection.WriteExactly(nonce));
+boost::asio::awaitable<absl::Status> ChallengePeer(AsyncFramedConnection& connection, const ClusterToken& token) {
+  if (!token.enabled()) co_return absl::OkStatus();
+  CO_ASSIGN_OR_RETURN(const std::string nonce, ClusterToken::NewNonce());
+  CO_RETURN_IF_ERROR(co_await connection.WriteExactly(nonce));
   std::string response(ClusterToken::kResponseBytes, '\0');
-  RETURN_IF_ERROR(connection.ReadExactly(response.data(), response.size()));
+  CO_RETURN_IF_ERROR(co_await connection.ReadExactly(response.data(), response.size()));
   if (!token.CheckResponse(nonce, kHandoffAuthContext, response)) {
-    return absl::UnauthenticatedError("the handoff peer's answer to the challenge does not prove the cluster token");
+    co_return absl::UnauthenticatedError("the handoff peer's answer to the challenge does not prove the cluster token");
   }
-  return absl::OkStatus();
+  co_return absl::OkStatus();
 }
 
 absl::Status AnswerChallenge(FramedConnection& connection, const ClusterToken& token) {

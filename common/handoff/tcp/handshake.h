@@ -10,7 +10,9 @@
 #pragma once
 
 #include "absl/status/status.h"
+#include "boost/asio/awaitable.hpp"
 #include "common/auth/cluster_token.h"
+#include "common/handoff/tcp/async_framed_connection.h"
 #include "common/handoff/tcp/tcp_frame.h"
 
 namespace indexcache {
@@ -18,9 +20,10 @@ namespace indexcache {
 // Names what the answer is for, so it proves nothing on any other challenge–response channel.
 inline constexpr char kHandoffAuthContext[] = "indexcache.v1 handoff connection";
 
-// Receiver side: OK once the peer proved it holds `token`; UNAUTHENTICATED for a wrong answer, the
-// I/O error (DEADLINE_EXCEEDED within the connection's I/O timeout) for none.
-absl::Status ChallengePeer(FramedConnection& connection, const ClusterToken& token);
+// Receiver side (the TCP handoff server, asynchronously): OK once the peer proved it holds `token`;
+// UNAUTHENTICATED for a wrong answer, the I/O error (DEADLINE_EXCEEDED within the connection's I/O
+// timeout) for none.
+boost::asio::awaitable<absl::Status> ChallengePeer(AsyncFramedConnection& connection, const ClusterToken& token);
 // Sender side, right after connecting: answers the receiver's nonce.
 absl::Status AnswerChallenge(FramedConnection& connection, const ClusterToken& token);
 

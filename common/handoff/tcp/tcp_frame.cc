@@ -1,6 +1,7 @@
 #include "common/handoff/tcp/tcp_frame.h"
 
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <bit>
@@ -37,17 +38,36 @@ T Get(const uint8_t* src) {
   return value;
 }
 
-// How long a server keeps reading (and discarding) after its final ack, so the ack is not lost to a
-// reset while the sender is still writing.
-constexpr absl::Duration kDrainAfterAck = absl::Seconds(2);
+}  // namespace
 
-absl::Status FromAsio(const error_code& ec, absl::string_view what) {
+absl::Status AsioErrorStatus(const error_code& ec, absl::string_view what) {
   if (ec == asio::error::eof) return absl::UnavailableError(absl::StrCat(what, ": the peer closed the connection"));
   if (ec == asio::error::operation_aborted) return absl::CancelledError(absl::StrCat(what, ": interrupted"));
   return absl::UnavailableError(absl::StrCat(what, ": ", ec.message()));
 }
 
-}  // namespace
+size_t ReadIntoSize(size_t have, size_t size) { return std::min(size, have == 0 ? kEagerReadBytes : 2 * have); }
+
+void SocketInterrupter::Opened(int fd) {
+  std::lock_guard<std::mutex> lock(mu_);
+  fd_ = fd;
+}
+
+void SocketInterrupter::Closed() {
+  std::lock_guard<std::mutex> lock(mu_);
+  fd_ = -1;
+}
+
+void SocketInterrupter::Interrupt() {
+  std::lock_guard<std::mutex> lock(mu_);
+  interrupted_ = true;
+  if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
+}
+
+bool SocketInterrupter::interrupted() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return interrupted_;
+}
 
 std::array<uint8_t, kFramePrefixBytes> EncodeFramePrefix(const FramePrefix& prefix) {
   std::array<uint8_t, kFramePrefixBytes> bytes{};
@@ -92,11 +112,6 @@ FramedConnection::FramedConnection(absl::Duration io_timeout) : io_timeout_(io_t
 
 FramedConnection::~FramedConnection() { Close(); }
 
-void FramedConnection::Opened() {
-  std::lock_guard<std::mutex> lock(fd_mu_);
-  fd_ = socket_.native_handle();
-}
-
 template <typename Start>
 absl::Status FramedConnection::RunFor(Start start, absl::Duration timeout, absl::string_view what) {
   bool done = false;
@@ -114,10 +129,10 @@ absl::Status FramedConnection::RunFor(Start start, absl::Duration timeout, absl:
     io_.restart();
     io_.run();
     if (!result) return absl::OkStatus();  // it completed just as the time ran out
-    if (result != asio::error::operation_aborted) return FromAsio(result, what);
+    if (result != asio::error::operation_aborted) return AsioErrorStatus(result, what);
     return absl::DeadlineExceededError(absl::StrCat(what, ": no progress within ", absl::FormatDuration(timeout)));
   }
-  if (result) return FromAsio(result, what);
+  if (result) return AsioErrorStatus(result, what);
   return absl::OkStatus();
 }
 
@@ -130,7 +145,18 @@ absl::Status FramedConnection::Connect(const std::string& host, uint16_t port, a
                                absl::StrCat("connecting to the TCP handoff endpoint ", host, ":", port));
   if (!status.ok()) return status;
   socket_.set_option(asio::ip::tcp::no_delay(true), ec);
-  Opened();
+  interrupter_.Opened(socket_.native_handle());
+  return absl::OkStatus();
+}
+
+absl::Status FramedConnection::Adopt(const asio::ip::tcp& protocol, int native_socket) {
+  error_code ec;
+  socket_.assign(protocol, native_socket, ec);
+  if (ec) {
+    ::close(native_socket);
+    return AsioErrorStatus(ec, "taking over a handoff connection");
+  }
+  interrupter_.Opened(native_socket);
   return absl::OkStatus();
 }
 
@@ -164,15 +190,12 @@ absl::Status FramedConnection::ReadExactly(void* dest, size_t size) {
 
 absl::Status FramedConnection::ReadInto(std::string& dest, size_t size) {
   size_t have = 0;
-  size_t want = std::min(size, kEagerReadBytes);
-  dest.resize(want);
-  for (;;) {
-    if (absl::Status read = ReadExactly(dest.data() + have, want - have); !read.ok()) return read;
-    have = want;
-    if (have == size) return absl::OkStatus();
-    want = std::min(size, 2 * have);
-    dest.resize(want);
-  }
+  do {
+    dest.resize(ReadIntoSize(have, size));
+    if (absl::Status read = ReadExactly(dest.data() + have, dest.size() - have); !read.ok()) return read;
+    have = dest.size();
+  } while (have < size);
+  return absl::OkStatus();
 }
 
 size_t FramedConnection::Available() {
@@ -204,14 +227,10 @@ void FramedConnection::DrainAndClose(absl::Duration limit) {
   Close();
 }
 
-void FramedConnection::Interrupt() {
-  std::lock_guard<std::mutex> lock(fd_mu_);
-  if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
-}
+void FramedConnection::Interrupt() { interrupter_.Interrupt(); }
 
 void FramedConnection::Close() {
-  std::lock_guard<std::mutex> lock(fd_mu_);
-  fd_ = -1;
+  interrupter_.Closed();
   error_code ignored;
   socket_.close(ignored);
 }

@@ -1,4 +1,6 @@
-// The TCP handoff data plane's wire format and the timed, blocking framed connection both ends use.
+// The TCP handoff data plane's wire format, and the timed, blocking framed connection of its senders
+// and of the NCCL control channel's handlers (the TCP server reads asynchronously:
+// async_framed_connection.h).
 //
 // Every frame is a 16-byte little-endian prefix, then `metadata_bytes` of a serialized protobuf, then
 // `payload_bytes` of raw bytes:
@@ -40,6 +42,9 @@ inline constexpr uint64_t kMaxFramePayloadBytes = kMaxHandoffChunkBytes;
 // buffer grows with the bytes received, so a peer announcing a large frame and sending nothing makes
 // the receiver hold no more than this.
 inline constexpr size_t kEagerReadBytes = size_t{4} << 20;
+// How long a server keeps reading (and discarding) after its final ack, so the ack is not lost to a
+// reset while the sender is still writing.
+inline constexpr absl::Duration kDrainAfterAck = absl::Seconds(2);
 
 struct FramePrefix {
   FrameKind kind = FrameKind::kChunk;
@@ -50,6 +55,28 @@ struct FramePrefix {
 std::array<uint8_t, kFramePrefixBytes> EncodeFramePrefix(const FramePrefix& prefix);
 // INVALID_ARGUMENT for a wrong magic, version or kind, or a length past the bounds.
 absl::StatusOr<FramePrefix> DecodeFramePrefix(const std::array<uint8_t, kFramePrefixBytes>& bytes);
+// The size a frame part of `size` bytes is read into (ReadInto) once `have` of them arrived:
+// kEagerReadBytes at first, then double what arrived, never past `size`.
+size_t ReadIntoSize(size_t have, size_t size);
+// A failed socket operation as a status naming `what` was done: UNAVAILABLE (the peer closed, or the
+// error), CANCELLED for an aborted operation.
+absl::Status AsioErrorStatus(const boost::system::error_code& ec, absl::string_view what);
+
+// A connection's socket descriptor as other threads see it: any thread may shut the socket down
+// (Interrupt) — which fails its pending and later operations, blocking or asynchronous — while the
+// connection's own thread (or strand) opens and closes it.
+class SocketInterrupter {
+ public:
+  void Opened(int fd);
+  void Closed();
+  void Interrupt();
+  bool interrupted() const;
+
+ private:
+  mutable std::mutex mu_;
+  int fd_ = -1;              // guarded by mu_: -1 while not open
+  bool interrupted_ = false;  // guarded by mu_
+};
 
 // One TCP connection with blocking frame I/O, each operation bounded by `io_timeout` (DEADLINE_EXCEEDED
 // past it). Used by one thread at a time, except Interrupt, which any thread may call.
@@ -60,12 +87,13 @@ class FramedConnection {
   FramedConnection(const FramedConnection&) = delete;
   FramedConnection& operator=(const FramedConnection&) = delete;
 
-  // For an acceptor to accept into.
+  // The socket, for tests that write raw bytes.
   boost::asio::ip::tcp::socket& socket() { return socket_; }
-  // Call once the socket is open (after an accept), so Interrupt can reach it.
-  void Opened();
 
   absl::Status Connect(const std::string& host, uint16_t port, absl::Duration timeout);
+  // Takes over `native_socket`, an open connection of `protocol` (one a server accepted, handed to a
+  // blocking handler).
+  absl::Status Adopt(const boost::asio::ip::tcp& protocol, int native_socket);
   // Writes the prefix, `metadata` and `payload` in one gather write (no copy of the payload).
   absl::Status WriteFrame(FrameKind kind, std::string_view metadata, std::string_view payload);
   // Writes `bytes` as they are, outside any frame (the authentication handshake, handshake.h).
@@ -93,8 +121,7 @@ class FramedConnection {
   absl::Duration io_timeout_;
   boost::asio::io_context io_;
   boost::asio::ip::tcp::socket socket_;
-  std::mutex fd_mu_;
-  int fd_ = -1;  // guarded by fd_mu_: the descriptor Interrupt shuts down, -1 once closed
+  SocketInterrupter interrupter_;
 };
 
 // A rows chunk with everything but rows.data (which travels apart from the metadata, as a frame's

@@ -2,21 +2,31 @@
 
 #include <bit>
 #include <chrono>
-#include <list>
+#include <condition_variable>
+#include <exception>
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <type_traits>
+#include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "boost/asio/co_spawn.hpp"
 #include "boost/asio/executor_work_guard.hpp"
 #include "boost/asio/post.hpp"
 #include "boost/asio/steady_timer.hpp"
+#include "boost/asio/strand.hpp"
+#include "boost/asio/thread_pool.hpp"
+#include "boost/asio/use_awaitable.hpp"
+#include "common/handoff/tcp/async_framed_connection.h"
+#include "common/handoff/tcp/handoff_stream.h"
 #include "common/handoff/tcp/handshake.h"
 #include "common/handoff/tcp/rows_frame_bound.h"
 #include "common/handoff/tcp/tcp_frame.h"
-#include "common/util/logging.h"
 #include "common/util/status_macros.h"
+#include "common/util/logging.h"
 
 namespace indexcache {
 namespace {
@@ -24,8 +34,120 @@ namespace {
 namespace asio = boost::asio;
 using boost::system::error_code;
 
-absl::StatusOr<bool> ReadTcpChunk(FramedConnection& connection, RowsFrameBound& bound, HandoffSink& sink,
-                                  v1::HandoffChunk& chunk, HostRows& rows);
+// Threads running every connection's socket operations and frame parsing. They never block — the
+// sink's calls run on the pools below — so a few serve any number of connections; several, so that
+// more than one handoff's rows are read from the sockets at a time.
+constexpr int kIoThreads = 4;
+// Threads for HandoffSink::LandRows, which waits (up to a minute) for room in the decode worker's
+// receive area. Apart from the sink's other calls because room comes back through them: rows landed
+// reach OnChunk, which queues their import, whose end returns the room. On shared threads, LandRows
+// calls waiting for room could take every one and leave none for the OnChunk that frees it.
+constexpr int kLandingThreads = 4;
+// Threads for the sink's other calls (OnChunk, OnComplete, OnBroken), which wait for the engine loop.
+constexpr int kSinkThreads = 4;
+
+// Runs `call`, which may block, on `threads`, and resumes the calling coroutine on its own executor
+// (its connection's strand) with what `call` returned.
+template <typename Call>
+asio::awaitable<std::invoke_result_t<Call&>> OffIoThreads(asio::thread_pool& threads, Call call) {
+  co_return co_await asio::co_spawn(
+      threads, [&call]() -> asio::awaitable<std::invoke_result_t<Call&>> { co_return call(); }, asio::use_awaitable);
+}
+
+// What a server does with a connection once the peer has proven the cluster token.
+class ConnectionService {
+ public:
+  virtual ~ConnectionService() = default;
+  // Runs on the connection's strand; the server closes the connection when it returns.
+  virtual asio::awaitable<void> Serve(AsyncFramedConnection& connection) = 0;
+};
+
+// The TCP data plane (TcpHandoffServer::Start): one handoff stream a connection, its frames read
+// asynchronously, the sink called on threads of its own — one call at a time per connection, each
+// awaited before the next frame is read, so the sink sees a stream's chunks in order.
+class HandoffStreamService final : public ConnectionService {
+ public:
+  explicit HandoffStreamService(HandoffSink& sink)
+      : sink_(sink), landing_threads_(kLandingThreads), sink_threads_(kSinkThreads) {}
+
+  asio::awaitable<void> Serve(AsyncFramedConnection& connection) override {
+    HandoffStreamReceiver stream(sink_);
+    RowsFrameBound bound;
+    std::optional<v1::HandoffAck> verdict;
+    while (!verdict.has_value()) {
+      v1::HandoffChunk chunk;
+      HostRows rows;
+      const absl::StatusOr<bool> read = co_await ReadChunk(connection, bound, chunk, rows);
+      verdict = co_await OffIoThreads(sink_threads_, [&] { return stream.Take(read, chunk, std::move(rows)); });
+    }
+    co_await connection.ReplyAndClose(*verdict);
+  }
+
+ private:
+  // The next frame: a chunk's metadata, then its rows bytes as the payload, bounded by what the
+  // stream's header announced before any of it is read, and read straight where the sink lands them
+  // (no copy between the socket and the decode worker's receive area). True for a chunk, false at the
+  // end frame.
+  asio::awaitable<absl::StatusOr<bool>> ReadChunk(AsyncFramedConnection& connection, RowsFrameBound& bound,
+                                                  v1::HandoffChunk& chunk, HostRows& rows) {
+    CO_ASSIGN_OR_RETURN(const FramePrefix prefix, co_await connection.ReadPrefix());
+    if (prefix.kind == FrameKind::kAck) co_return absl::InvalidArgumentError("a handoff sender sent an ack frame");
+    if (prefix.kind == FrameKind::kEnd) {
+      if (prefix.metadata_bytes != 0 || prefix.payload_bytes != 0) {
+        co_return absl::InvalidArgumentError("a handoff end frame must be empty");
+      }
+      co_return false;
+    }
+    std::string metadata;
+    CO_RETURN_IF_ERROR(co_await connection.ReadInto(metadata, prefix.metadata_bytes));
+    if (!chunk.ParseFromString(metadata)) {
+      co_return absl::InvalidArgumentError("a handoff chunk frame's metadata is not a HandoffChunk");
+    }
+    if (chunk.has_header()) bound.Announce(chunk.header());
+    if (prefix.payload_bytes == 0) co_return true;
+    if (!chunk.has_rows() || !chunk.rows().data().empty()) {
+      co_return absl::InvalidArgumentError("a handoff frame's payload must be the rows of a rows chunk");
+    }
+    CO_RETURN_IF_ERROR(bound.Check(chunk.rows(), prefix.payload_bytes));
+    CO_ASSIGN_OR_RETURN(rows, co_await OffIoThreads(landing_threads_,
+                                                    [&] { return sink_.LandRows(chunk, prefix.payload_bytes); }));
+    if (!rows.empty()) {
+      CO_RETURN_IF_ERROR(co_await connection.ReadExactly(rows.data, rows.size));
+      co_return true;
+    }
+    CO_RETURN_IF_ERROR(co_await connection.ReadInto(*chunk.mutable_rows()->mutable_data(), prefix.payload_bytes));
+    co_return true;
+  }
+
+  HandoffSink& sink_;
+  asio::thread_pool landing_threads_;
+  asio::thread_pool sink_threads_;
+};
+
+// StartWithHandler's connections (the NCCL handoff's control channel): accepted, capped and
+// authenticated asynchronously like the data plane's, so idle and unauthenticated peers hold no
+// thread; then served by the blocking handler on a thread of a pool of max_connections, which the
+// cap keeps from running short. Not made asynchronous because the handler waits on what Asio cannot
+// wait for — NCCL receives polled against a deadline, communicator joins, the sink — and its
+// connections are few: one per NCCL handoff, between the GPUs of one host.
+class BlockingHandlerService final : public ConnectionService {
+ public:
+  BlockingHandlerService(TcpHandoffServer::ConnectionHandler serve, int max_connections)
+      : serve_(std::move(serve)), threads_(max_connections) {}
+
+  asio::awaitable<void> Serve(AsyncFramedConnection& connection) override {
+    absl::StatusOr<std::unique_ptr<FramedConnection>> blocking = connection.BlockingDuplicate();
+    if (!blocking.ok()) {
+      IC_LOG(Warning) << "a handoff connection was closed unserved: " << blocking.status();
+      co_return;
+    }
+    co_await OffIoThreads(threads_, [&] { serve_(**blocking); });
+  }
+
+ private:
+  const TcpHandoffServer::ConnectionHandler serve_;
+  asio::thread_pool threads_;
+};
 
 }  // namespace
 
@@ -34,12 +156,12 @@ absl::StatusOr<bool> ReadTcpChunk(FramedConnection& connection, RowsFrameBound& 
 
 class TcpHandoffServer::Impl {
  public:
-  Impl(ConnectionHandler serve, const TcpHandoffOptions& options)
-      : serve_(std::move(serve)),
-        options_(options),
-        acceptor_(accept_io_),
-        retry_timer_(accept_io_),
-        work_(asio::make_work_guard(accept_io_)) {}
+  Impl(std::unique_ptr<ConnectionService> service, const TcpHandoffOptions& options)
+      : options_(options),
+        service_(std::move(service)),
+        acceptor_(asio::make_strand(io_)),
+        retry_timer_(acceptor_.get_executor()),
+        work_(asio::make_work_guard(io_)) {}
 
   absl::Status Listen(const std::string& host, int port);
   void Shutdown();
@@ -47,27 +169,25 @@ class TcpHandoffServer::Impl {
   uint64_t authentication_failures() const { return authentication_failures_; }
 
  private:
-  struct Live {
-    std::shared_ptr<FramedConnection> connection;
-    std::thread thread;
-    std::atomic<bool> done{false};
-  };
-
   void AcceptNext();
-  void Spawn(std::shared_ptr<FramedConnection> connection);
+  // Serves `connection`, or closes it at once when max_connections are open.
+  void Admit(std::shared_ptr<AsyncFramedConnection> connection);
+  asio::awaitable<void> Serve(std::shared_ptr<AsyncFramedConnection> connection);
+  void Forget(const std::shared_ptr<AsyncFramedConnection>& connection);
 
-  ConnectionHandler serve_;
-  TcpHandoffOptions options_;
+  const TcpHandoffOptions options_;
   std::string address_;
-  asio::io_context accept_io_;
-  asio::ip::tcp::acceptor acceptor_;
+  asio::io_context io_;
+  const std::unique_ptr<ConnectionService> service_;
+  asio::ip::tcp::acceptor acceptor_;  // on a strand of its own, like retry_timer_
   asio::steady_timer retry_timer_;
   asio::executor_work_guard<asio::io_context::executor_type> work_;
-  std::thread accept_thread_;
+  std::vector<std::thread> io_threads_;
   std::mutex mu_;
-  bool stopping_ = false;  // guarded by mu_
-  std::list<Live> live_;   // guarded by mu_
-  uint64_t refused_ = 0;   // guarded by mu_: connections closed at the cap
+  std::condition_variable all_closed_;
+  bool stopping_ = false;                                            // guarded by mu_
+  absl::flat_hash_set<std::shared_ptr<AsyncFramedConnection>> live_;  // guarded by mu_: being served
+  uint64_t refused_ = 0;                                             // guarded by mu_: closed at the cap
   std::atomic<uint64_t> authentication_failures_{0};
 };
 
@@ -88,12 +208,13 @@ absl::Status TcpHandoffServer::Impl::Listen(const std::string& host, int port) {
   const uint16_t bound = acceptor_.local_endpoint(ec).port();
   address_ = ip.is_v6() ? absl::StrCat("[", host, "]:", bound) : absl::StrCat(host, ":", bound);
   AcceptNext();
-  accept_thread_ = std::thread([this] { accept_io_.run(); });
+  for (int i = 0; i < kIoThreads; ++i) io_threads_.emplace_back([this] { io_.run(); });
   return absl::OkStatus();
 }
 
 void TcpHandoffServer::Impl::AcceptNext() {
-  auto connection = std::make_shared<FramedConnection>(options_.io_timeout);
+  // Each connection on a strand of its own: its coroutine, socket and timer never run at once.
+  auto connection = std::make_shared<AsyncFramedConnection>(asio::make_strand(io_), options_.io_timeout);
   acceptor_.async_accept(connection->socket(), [this, connection](const error_code& ec) {
     if (ec == asio::error::operation_aborted || !acceptor_.is_open()) return;
     if (ec) {
@@ -106,144 +227,84 @@ void TcpHandoffServer::Impl::AcceptNext() {
       return;
     }
     connection->Opened();
-    Spawn(connection);
+    Admit(std::move(connection));
     AcceptNext();
   });
 }
 
-void TcpHandoffServer::Impl::Spawn(std::shared_ptr<FramedConnection> connection) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (stopping_) return;
-  // Join the threads of finished connections.
-  for (auto it = live_.begin(); it != live_.end();) {
-    if (it->done) {
-      it->thread.join();
-      it = live_.erase(it);
-    } else {
-      ++it;
+void TcpHandoffServer::Impl::Admit(std::shared_ptr<AsyncFramedConnection> connection) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) {
+      connection->Close();
+      return;
     }
-  }
-  if (static_cast<int>(live_.size()) >= options_.max_connections) {
-    // Every power of two: a flood of connections does not flood the log too.
-    if (std::has_single_bit(++refused_)) {
-      IC_LOG(Warning) << "TCP handoff server on " << address_ << ": " << options_.max_connections
-                      << " connections open; refused " << refused_ << " since start";
+    if (static_cast<int>(live_.size()) >= options_.max_connections) {
+      // Every power of two: a flood of connections does not flood the log too.
+      if (std::has_single_bit(++refused_)) {
+        IC_LOG(Warning) << "TCP handoff server on " << address_ << ": " << options_.max_connections
+                        << " connections open; refused " << refused_ << " since start";
+      }
+      connection->Close();
+      return;
     }
-    connection->Close();
-    return;
+    live_.insert(connection);
   }
-  Live& live = live_.emplace_back();
-  live.connection = std::move(connection);
-  live.thread = std::thread([this, &live] {
-    // Nothing is read as a frame before the peer proved the token: a stranger makes the server
-    // allocate no more than the challenge.
-    if (absl::Status auth = ChallengePeer(*live.connection, options_.token); auth.ok()) {
-      serve_(*live.connection);
-    } else if (const uint64_t failures = ++authentication_failures_; std::has_single_bit(failures)) {
+  const asio::any_io_executor strand = connection->executor();
+  asio::co_spawn(strand, Serve(connection), [this, connection](std::exception_ptr failure) {
+    if (failure != nullptr) {
+      try {
+        std::rethrow_exception(failure);
+      } catch (const std::exception& e) {
+        IC_LOG(Error) << "TCP handoff server on " << address_ << ": a connection failed: " << e.what();
+      }
+    }
+    Forget(connection);
+  });
+}
+
+asio::awaitable<void> TcpHandoffServer::Impl::Serve(std::shared_ptr<AsyncFramedConnection> connection) {
+  // Nothing is read as a frame before the peer proved the token: a stranger makes the server
+  // allocate no more than the challenge.
+  if (absl::Status auth = co_await ChallengePeer(*connection, options_.token); !auth.ok()) {
+    if (const uint64_t failures = ++authentication_failures_; std::has_single_bit(failures)) {
       // Every power of two: a flood of strangers does not flood the log too.
       IC_LOG(Warning) << "handoff server on " << address_ << ": closed a connection that failed authentication ("
                       << auth.message() << "); " << failures << " since start";
     }
-    live.connection->Close();
-    live.done = true;
-  });
+  } else {
+    co_await service_->Serve(*connection);
+  }
+  connection->Close();
 }
 
-v1::HandoffAck ServeHandoffStream(HandoffSink& sink, const ChunkReader& read_next) {
-  std::string request_id;
-  bool trailer_accepted = false;
-  v1::HandoffChunk chunk;
-  auto broken = [&](const absl::Status& why) {
-    sink.OnBroken(request_id, why);
-    return MakeAck(why);
-  };
-  for (;;) {
-    chunk.Clear();
-    HostRows rows;
-    absl::StatusOr<bool> more = read_next(chunk, rows);
-    if (!more.ok()) return broken(more.status());
-    if (!*more) {
-      if (!trailer_accepted) {
-        return broken(absl::AbortedError(
-            absl::StrFormat("the handoff stream of request '%s' ended before its trailer", request_id)));
-      }
-      return sink.OnComplete(request_id);
-    }
-    if (request_id.empty()) request_id = chunk.request_id();
-    if (chunk.request_id() != request_id) {
-      return broken(absl::InvalidArgumentError(absl::StrFormat(
-          "a handoff connection carries one request: chunk %d names '%s' after '%s'", chunk.sequence(),
-          chunk.request_id(), request_id)));
-    }
-    if (trailer_accepted) {
-      return broken(absl::InvalidArgumentError(
-          absl::StrFormat("request '%s': chunk %d arrived after the trailer", request_id, chunk.sequence())));
-    }
-    if (absl::Status verdict = sink.OnChunk(chunk, std::move(rows)); !verdict.ok()) {
-      IC_LOG(Debug) << "handoff of request '" << request_id << "' rejected: " << verdict;
-      return MakeAck(verdict);
-    }
-    trailer_accepted = chunk.has_trailer();
-  }
+void TcpHandoffServer::Impl::Forget(const std::shared_ptr<AsyncFramedConnection>& connection) {
+  std::lock_guard<std::mutex> lock(mu_);
+  live_.erase(connection);
+  if (live_.empty()) all_closed_.notify_all();
 }
-
-namespace {
-
-// The TCP data plane's frames: a chunk's metadata, then its rows bytes as the payload, bounded by what
-// the stream's header announced before any of it is read, and read where the sink lands them.
-absl::StatusOr<bool> ReadTcpChunk(FramedConnection& connection, RowsFrameBound& bound, HandoffSink& sink,
-                                  v1::HandoffChunk& chunk, HostRows& rows) {
-  ASSIGN_OR_RETURN(FramePrefix prefix, connection.ReadPrefix());
-  if (prefix.kind == FrameKind::kAck) return absl::InvalidArgumentError("a handoff sender sent an ack frame");
-  if (prefix.kind == FrameKind::kEnd) {
-    if (prefix.metadata_bytes != 0 || prefix.payload_bytes != 0) {
-      return absl::InvalidArgumentError("a handoff end frame must be empty");
-    }
-    return false;
-  }
-  std::string metadata;
-  RETURN_IF_ERROR(connection.ReadInto(metadata, prefix.metadata_bytes));
-  if (!chunk.ParseFromString(metadata)) {
-    return absl::InvalidArgumentError("a handoff chunk frame's metadata is not a HandoffChunk");
-  }
-  if (chunk.has_header()) bound.Announce(chunk.header());
-  if (prefix.payload_bytes > 0) {
-    if (!chunk.has_rows() || !chunk.rows().data().empty()) {
-      return absl::InvalidArgumentError("a handoff frame's payload must be the rows of a rows chunk");
-    }
-    RETURN_IF_ERROR(bound.Check(chunk.rows(), prefix.payload_bytes));
-    ASSIGN_OR_RETURN(rows, sink.LandRows(chunk, prefix.payload_bytes));
-    if (!rows.empty()) {
-      RETURN_IF_ERROR(connection.ReadExactly(rows.data, rows.size));
-      return true;
-    }
-    RETURN_IF_ERROR(connection.ReadInto(*chunk.mutable_rows()->mutable_data(), prefix.payload_bytes));
-  }
-  return true;
-}
-
-}  // namespace
 
 void TcpHandoffServer::Impl::Shutdown() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return;
     stopping_ = true;
+    // Each connection's next socket operation fails at once; its coroutine tells the sink and ends.
+    for (const std::shared_ptr<AsyncFramedConnection>& connection : live_) connection->Interrupt();
   }
-  asio::post(accept_io_, [this] {
+  asio::post(acceptor_.get_executor(), [this] {
     error_code ignored;
     acceptor_.close(ignored);
     retry_timer_.cancel();
   });
-  work_.reset();
-  if (accept_thread_.joinable()) accept_thread_.join();
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (Live& l : live_) l.connection->Interrupt();
+    // A sink call in progress finishes first (LandRows waits for room at most its own deadline).
+    std::unique_lock<std::mutex> lock(mu_);
+    all_closed_.wait(lock, [&] { return live_.empty(); });
   }
-  // No thread adds to live_ any more (stopping_), so it can be walked without the lock.
-  for (Live& l : live_) l.thread.join();
-  live_.clear();
+  work_.reset();
+  for (std::thread& thread : io_threads_) thread.join();
+  io_threads_.clear();
 }
 
 TcpHandoffServer::TcpHandoffServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -253,26 +314,18 @@ TcpHandoffServer::~TcpHandoffServer() { Shutdown(); }
 absl::StatusOr<std::unique_ptr<TcpHandoffServer>> TcpHandoffServer::Start(const std::string& host, int port,
                                                                           HandoffSink* sink,
                                                                           const TcpHandoffOptions& options) {
-  ASSIGN_OR_RETURN(std::unique_ptr<TcpHandoffServer> server,
-                   StartWithHandler(
-                       host, port, [sink](FramedConnection& connection) {
-                         RowsFrameBound bound;
-                         const v1::HandoffAck verdict = ServeHandoffStream(
-                             *sink, [&](v1::HandoffChunk& chunk, HostRows& rows) {
-                               return ReadTcpChunk(connection, bound, *sink, chunk, rows);
-                             });
-                         ReplyAndClose(connection, verdict);
-                       },
-                       options));
-  IC_LOG(Info) << "TCP handoff data plane listening on " << server->address();
-  return server;
+  auto impl = std::make_unique<Impl>(std::make_unique<HandoffStreamService>(*sink), options);
+  RETURN_IF_ERROR(impl->Listen(host, port));
+  IC_LOG(Info) << "TCP handoff data plane listening on " << impl->address();
+  return std::unique_ptr<TcpHandoffServer>(new TcpHandoffServer(std::move(impl)));
 }
 
 absl::StatusOr<std::unique_ptr<TcpHandoffServer>> TcpHandoffServer::StartWithHandler(const std::string& host,
                                                                                      int port,
                                                                                      ConnectionHandler serve,
                                                                                      const TcpHandoffOptions& options) {
-  auto impl = std::make_unique<Impl>(std::move(serve), options);
+  auto impl = std::make_unique<Impl>(std::make_unique<BlockingHandlerService>(std::move(serve), options.max_connections),
+                                     options);
   RETURN_IF_ERROR(impl->Listen(host, port));
   return std::unique_ptr<TcpHandoffServer>(new TcpHandoffServer(std::move(impl)));
 }

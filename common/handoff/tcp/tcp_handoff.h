@@ -1,9 +1,16 @@
 // The raw TCP handoff data plane (Boost.Asio): one connection per handoff, HandoffChunks in
 // length-prefixed frames whose rows bytes travel as raw payload (tcp_frame.h has the format), then an
-// end frame; the server answers with one ack frame. Blocking I/O on a thread per connection: the
-// sink's calls block on the engine anyway, and a handoff is long-lived and few per worker. What a
-// peer can make the server hold is bounded: connections (TcpHandoffOptions::max_connections), the
-// wait for each read (io_timeout), and memory allocated ahead of the bytes (kEagerReadBytes a frame).
+// end frame; the server answers with one ack frame.
+//
+// The server reads asynchronously: accepting, the token's challenge (handshake.h) and every frame
+// read are Asio coroutines on an io_context that a few threads serve, a strand per connection, so a
+// connection waiting for its peer holds no thread. The sink's calls, which block (LandRows waits for
+// room in the receive area, OnChunk for the engine loop), run on thread pools of their own, one call
+// at a time per connection and in the stream's order, the connection's reading resuming when the
+// sink returns; rows bytes are read straight into the memory LandRows returns. What a peer can make
+// the server hold is bounded: connections (TcpHandoffOptions::max_connections), the wait for each
+// socket operation (io_timeout), and memory allocated ahead of the bytes (kEagerReadBytes a frame).
+// The sender writes blocking, on its caller's thread (one per handoff on the prefill worker).
 #pragma once
 
 #include <atomic>
@@ -25,26 +32,17 @@ class FramedConnection;
 
 struct TcpHandoffOptions {
   // Bound on every read and write, the wait for the next chunk included: a peer silent that long is
-  // treated as gone.
+  // treated as gone, its connection closed. Time the server spends in the sink does not count.
   absl::Duration io_timeout = absl::Seconds(60);
-  // Connections a server serves at once (a thread each); one more is closed as soon as it is
-  // accepted. A decode worker takes one handoff per admitted request, so this is far above what its
-  // KV cache admits at a time, and it bounds what idle or hostile peers can hold.
+  // Connections a server serves at once; one more is closed as soon as it is accepted. A decode
+  // worker takes one handoff per admitted request, so this is far above what its KV cache admits at
+  // a time, and it bounds what idle or hostile peers can hold.
   int max_connections = 64;
   // The cluster token each connection proves before its first frame (handshake.h): the server
   // challenges, the sender answers. None: no handshake. (`{}`: designated initializers that leave it
   // out raise no -Wmissing-field-initializers.)
   ClusterToken token{};
 };
-
-// Reads a connection's next frame into `chunk` (cleared) and, when the sink landed them
-// (HandoffSink::LandRows), its rows bytes into `rows`: true for a chunk, false at the end frame.
-using ChunkReader = std::function<absl::StatusOr<bool>(v1::HandoffChunk& chunk, HostRows& rows)>;
-// The server side of one handoff stream, whatever carries the bytes (the TCP data plane, the NCCL
-// control channel): chunks from `read_next` go to `sink` in order, with the checks every stream gets
-// (one request per stream, nothing after the trailer, no end before it). Returns the verdict to send
-// back; the sink has seen OnComplete, OnBroken, or rejected a chunk.
-v1::HandoffAck ServeHandoffStream(HandoffSink& sink, const ChunkReader& read_next);
 
 class TcpHandoffServer {
  public:
@@ -53,8 +51,11 @@ class TcpHandoffServer {
   static absl::StatusOr<std::unique_ptr<TcpHandoffServer>> Start(const std::string& host, int port,
                                                                  HandoffSink* sink,
                                                                  const TcpHandoffOptions& options = {});
-  // Serves each connection with `serve` instead (on the connection's own thread; the connection is
-  // closed when it returns): the NCCL handoff's control channel speaks its own messages in these frames.
+  // Serves each connection with `serve` instead, blocking, once the peer proved the token: the NCCL
+  // handoff's control channel speaks its own messages in these frames. Accepting, the cap and the
+  // handshake are the data plane's, asynchronous; `serve` runs on a thread of a pool of
+  // max_connections (tcp_handoff.cc says why it stays blocking), and the connection is closed when it
+  // returns.
   using ConnectionHandler = std::function<void(FramedConnection&)>;
   static absl::StatusOr<std::unique_ptr<TcpHandoffServer>> StartWithHandler(const std::string& host, int port,
                                                                             ConnectionHandler serve,
@@ -67,8 +68,8 @@ class TcpHandoffServer {
   const std::string& address() const;
   // Connections closed because they failed the authentication handshake, since start.
   uint64_t authentication_failures() const;
-  // Stops accepting, breaks the open connections (the sink sees each handoff broken) and joins
-  // their threads. Idempotent.
+  // Stops accepting, breaks the open connections (the sink sees each handoff broken), waits for
+  // them to end (a sink call in progress returns first) and stops the threads. Idempotent.
   void Shutdown();
 
  private:
