@@ -80,6 +80,7 @@ case "${1:-}" in
     expect_line broken-public-tls "Deployment router-without-key: container router needs one --tls-cert-file and one --tls-key-file, has 1 and 0"
     expect_line broken-public-tls "Deployment router-unmounted: container router's --tls-cert-file /etc/tls/tls.crt lies on no mounted Secret volume"
     expect_line broken-public-tls "Deployment router-unmounted: livenessProbe asks public port grpc, which serves TLS"
+    expect_line broken-public-tls "Deployment router-two-secrets: container router reads its TLS certificate and key from different Secrets: public-tls, other-tls"
     tail -n 1 <<<"$report"
     checked="${#overlays[@]} overlays"
     ;;
