@@ -157,21 +157,20 @@ absl::StatusOr<Engine::Request> Engine::MakeRequest(std::vector<int32_t> prompt,
   stop_params.max_new_tokens += resumed;
   r.stop.emplace(stop_params, config().eos_token_ids);
   if (tokenizer_) r.detok.emplace(tokenizer_.get(), /*skip_special_tokens=*/true);
-  if (!prefill_only) {
-    // Replays the resumed tokens through detokenization and the stop conditions, discarding their
-    // text (the client has it): what an earlier attempt held back — a partial character, the start
-    // of a stop string — is held here again, so a stop string spanning the splice still ends the text.
-    for (int32_t i = r.prompt_len - resumed; i < r.prompt_len; ++i) {
-      std::string delta;
-      if (r.detok) {
-        ASSIGN_OR_RETURN(delta, r.detok->Push(r.tokens[i]));
-      }
-      ASSIGN_OR_RETURN(StopUpdate update, r.stop->Append(r.tokens[i], delta));
-      if (update.finish != FinishReason::kNone) {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "resumed token %d of %d already ends the request: nothing is left to generate",
-            i - (r.prompt_len - resumed) + 1, resumed));
-      }
+  // Replays the resumed tokens through detokenization and the stop conditions, discarding their text
+  // (the client has it): what an earlier attempt held back — a partial character, the start of a stop
+  // string — is held here again, so a stop string spanning the splice still ends the text. A prefill
+  // worker does it too: the first token's text it reports is the client's.
+  for (int32_t i = r.prompt_len - resumed; i < r.prompt_len; ++i) {
+    std::string delta;
+    if (r.detok) {
+      ASSIGN_OR_RETURN(delta, r.detok->Push(r.tokens[i]));
+    }
+    ASSIGN_OR_RETURN(StopUpdate update, r.stop->Append(r.tokens[i], delta));
+    if (update.finish != FinishReason::kNone) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "resumed token %d of %d already ends the request: nothing is left to generate",
+          i - (r.prompt_len - resumed) + 1, resumed));
     }
   }
   return r;
@@ -394,16 +393,12 @@ TokenEvent Engine::Advance(Request& r, const absl::StatusOr<int32_t>& token, abs
     if (!computed.ok()) return TokenEvent::Ended(r.id, RequestFinish::kError, computed.status());
     logprobs = *std::move(computed);
   }
-  TokenEvent event;
-  if (r.prefill_only) {
-    // The decode worker emits this token's text and applies the stop conditions.
-    r.tokens.push_back(*token);
+  TokenEvent event = Accept(r, *token);
+  if (r.prefill_only && event.finish != RequestFinish::kError) {
+    // The event carries the token's text for the client; whether it ends the request is the decode
+    // worker's to report (it applies the same stop conditions to the same token).
     r.state = State::kHeldForExport;
-    event.request = r.id;
-    event.token = *token;
     event.finish = RequestFinish::kPrefillDone;
-  } else {
-    event = Accept(r, *token);
   }
   event.logprobs = std::move(logprobs);
   return event;

@@ -141,7 +141,8 @@ grpc::Status DecodeService::Decode(grpc::ServerContext* context, const v1::Decod
   admitted.mutable_admitted()->set_reserved_blocks(loop_.engine().cache().BlocksFor(request->prompt_ids_size() + 1));
   grpc::Status status;
   if (writer->Write(admitted)) {
-    status = Stream(context, *session, arrived, absl::Milliseconds(request->progress_interval_ms()), writer);
+    status = Stream(context, *session, arrived, absl::Milliseconds(request->progress_interval_ms()),
+                    request->first_token_from_prefill(), writer);
   } else {
     session->Fail(loop_, absl::CancelledError("the Decode caller went away"));
     status = grpc::Status(grpc::StatusCode::CANCELLED, "the Decode caller went away");
@@ -151,7 +152,7 @@ grpc::Status DecodeService::Decode(grpc::ServerContext* context, const v1::Decod
 }
 
 grpc::Status DecodeService::Stream(grpc::ServerContext* context, DecodeSession& session, absl::Time arrived,
-                                   absl::Duration progress_interval,
+                                   absl::Duration progress_interval, bool first_token_from_prefill,
                                    grpc::ServerWriter<v1::DecodeResponse>* writer) {
   int32_t generated = 0;
   absl::Time first_token_at, last_token_at, first_sent_at;
@@ -172,13 +173,17 @@ grpc::Status DecodeService::Stream(grpc::ServerContext* context, DecodeSession& 
     const TokenEvent* finish = nullptr;
     for (const TokenEvent& event : out.events) {
       started = true;
+      // The caller has the first token (its text, its logprobs) from the prefill worker already.
+      const bool sent_by_prefill = first_token_from_prefill && generated == 0 && event.token >= 0;
       if (event.token >= 0) {
-        message.add_token_ids(event.token);
-        if (event.logprobs.has_value()) LogprobsToProto(*event.logprobs, *message.add_logprobs());
+        if (!sent_by_prefill) {
+          message.add_token_ids(event.token);
+          if (event.logprobs.has_value()) LogprobsToProto(*event.logprobs, *message.add_logprobs());
+        }
         last_token_at = absl::Now();
         if (generated++ == 0) first_token_at = last_token_at;
       }
-      message.mutable_text()->append(event.text);
+      if (!sent_by_prefill) message.mutable_text()->append(event.text);
       if (event.finish != RequestFinish::kNone) {
         finish = &event;
         break;

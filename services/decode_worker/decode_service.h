@@ -63,9 +63,11 @@ class DecodeService final : public ::indexcache::v1::DecodeWorker::Service, publ
   // Reserves the prompt's KV blocks (Engine::AdmitImport); the engine request id, or why not.
   absl::StatusOr<RequestId> Admit(const ::indexcache::v1::DecodeRequest& request, const SamplingParams& params);
   // Streams the session's events until its final message, with a `progress` message every
-  // `progress_interval` (0: none) until the first event; the call's status.
+  // `progress_interval` (0: none) until the first event, leaving the first token out when the caller
+  // has it from the prefill worker; the call's status.
   grpc::Status Stream(grpc::ServerContext* context, DecodeSession& session, absl::Time arrived,
-                      absl::Duration progress_interval, grpc::ServerWriter<::indexcache::v1::DecodeResponse>* writer);
+                      absl::Duration progress_interval, bool first_token_from_prefill,
+                      grpc::ServerWriter<::indexcache::v1::DecodeResponse>* writer);
 
   EngineLoop& loop_;
   HandoffImporter& importer_;

@@ -100,6 +100,7 @@ struct PrefillJob::SinkState final : SegmentSink {
   std::condition_variable changed;
   std::deque<KvSegment> segments;  // handed over, not sent yet
   bool finished = false;
+  bool job_over = false;  // Run returned
   TokenEvent event;
   Clock::time_point submitted_at;
   Clock::time_point finished_at;
@@ -114,10 +115,28 @@ bool PrefillJob::handoff_rejected() const { return transport_failed_ && control_
 
 HandoffByteCounts PrefillJob::bytes() const { return sender_ != nullptr ? sender_->bytes() : HandoffByteCounts{}; }
 
-absl::StatusOr<v1::PrefillResponse> PrefillJob::Run(const v1::PrefillRequest& request, const SamplingParams& params) {
+absl::StatusOr<v1::PrefillDone> PrefillJob::Run(const v1::PrefillRequest& request, const SamplingParams& params) {
+  absl::StatusOr<v1::PrefillDone> done = RunToAck(request, params);
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    state_->job_over = true;
+  }
+  state_->changed.notify_all();
+  return done;
+}
+
+std::optional<TokenEvent> PrefillJob::AwaitFirstToken() {
+  std::unique_lock<std::mutex> lock(state_->mu);
+  state_->changed.wait(lock, [&] { return state_->finished || state_->job_over; });
+  if (!state_->finished || state_->event.finish != RequestFinish::kPrefillDone) return std::nullopt;
+  return state_->event;
+}
+
+absl::StatusOr<v1::PrefillDone> PrefillJob::RunToAck(const v1::PrefillRequest& request,
+                                                     const SamplingParams& params) {
   request_id_ = request.request_id();
   RETURN_IF_ERROR(Submit(request, params));
-  absl::StatusOr<v1::PrefillResponse> response = Transfer(request);
+  absl::StatusOr<v1::PrefillDone> response = Transfer(request);
   if (response.ok()) return response;
   Discard();
   // A stop makes the transport fail with a generic error; the stop's reason is the one to report.
@@ -145,7 +164,7 @@ absl::Status PrefillJob::Submit(const v1::PrefillRequest& request, const Samplin
   return absl::OkStatus();
 }
 
-absl::StatusOr<v1::PrefillResponse> PrefillJob::Transfer(const v1::PrefillRequest& request) {
+absl::StatusOr<v1::PrefillDone> PrefillJob::Transfer(const v1::PrefillRequest& request) {
   RETURN_IF_ERROR(control_.stopped());
   const absl::Duration left = control_.deadline() - absl::Now();
   if (left <= absl::ZeroDuration()) return absl::DeadlineExceededError("the deadline passed before the handoff began");
@@ -197,7 +216,7 @@ absl::StatusOr<v1::PrefillResponse> PrefillJob::Transfer(const v1::PrefillReques
   control_.Detach();
   loop_.Call([&](Engine& e) { e.Release(id_); });
 
-  v1::PrefillResponse response;
+  v1::PrefillDone response;
   response.set_first_token(first.token);
   {
     std::lock_guard<std::mutex> lock(state_->mu);

@@ -75,8 +75,11 @@ class PrefillJob {
   // handoff keeps the decode worker's or transport's message, with code DATA_LOSS (corrupt or
   // mismatching rows), UNAVAILABLE (no connection) or else ABORTED (refused). A stop returns the
   // reason given to Stop.
-  absl::StatusOr<::indexcache::v1::PrefillResponse> Run(const ::indexcache::v1::PrefillRequest& request,
-                                                        const SamplingParams& params);
+  absl::StatusOr<::indexcache::v1::PrefillDone> Run(const ::indexcache::v1::PrefillRequest& request,
+                                                    const SamplingParams& params);
+  // From another thread: blocks until the prompt's last chunk sampled the first token, and returns
+  // its event (token, text, logprobs), or nullopt once Run ended without one.
+  std::optional<TokenEvent> AwaitFirstToken();
 
   // After Run failed: the decode worker refused the handoff or the transfer broke (not a stop).
   bool handoff_rejected() const;
@@ -89,8 +92,11 @@ class PrefillJob {
  private:
   struct SinkState;
 
+  // Run, up to its end (which then wakes AwaitFirstToken).
+  absl::StatusOr<::indexcache::v1::PrefillDone> RunToAck(const ::indexcache::v1::PrefillRequest& request,
+                                                         const SamplingParams& params);
   absl::Status Submit(const ::indexcache::v1::PrefillRequest& request, const SamplingParams& params);
-  absl::StatusOr<::indexcache::v1::PrefillResponse> Transfer(const ::indexcache::v1::PrefillRequest& request);
+  absl::StatusOr<::indexcache::v1::PrefillDone> Transfer(const ::indexcache::v1::PrefillRequest& request);
   // The next segment the engine handed over, or nullopt once the request finished and every segment
   // was taken; the stop's reason when the job is stopped meanwhile.
   absl::StatusOr<std::optional<KvSegment>> NextSegment();

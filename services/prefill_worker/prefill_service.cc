@@ -1,6 +1,8 @@
 #include "services/prefill_worker/prefill_service.h"
 
 #include <chrono>
+#include <optional>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -8,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "common/auth/grpc_token.h"
 #include "common/util/logging.h"
+#include "services/common/logprobs_proto.h"
 #include "services/common/sampling_from_proto.h"
 #include "services/common/status_conversion.h"
 
@@ -67,7 +70,7 @@ void PrefillService::Finish(const std::string& request_id, bool handoff_rejected
 }
 
 grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const v1::PrefillRequest* request,
-                                     v1::PrefillResponse* response) {
+                                     grpc::ServerWriter<v1::PrefillResponse>* writer) {
   if (grpc::Status auth = CheckCallToken(*context, options_.cluster_token); !auth.ok()) return auth;
   absl::StatusOr<std::shared_ptr<InFlight>> entry = Admit(context, *request);
   if (!entry.ok()) {
@@ -77,7 +80,20 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const v1::Pre
   IC_LOG(Info) << "prefill " << request->request_id() << ": " << request->prompt_ids_size() << " prompt tokens → "
                << request->handoff_address() << " (" << v1::HandoffTransport_Name(request->transport()) << ")";
   PrefillJob job(loop_, options_.job, (*entry)->control);
-  absl::StatusOr<v1::PrefillResponse> result = job.Run(*request, SamplingParamsOf(*request));
+  // The first token leaves while this thread still sends the handoff's last rows: the client's first
+  // token does not wait for them (the router relays it at once).
+  std::thread first_token_relay([&job, writer] {
+    const std::optional<TokenEvent> first = job.AwaitFirstToken();
+    if (!first.has_value()) return;
+    v1::PrefillResponse message;
+    v1::FirstToken* token = message.mutable_first_token();
+    token->set_token_id(first->token);
+    token->set_text(first->text);
+    if (first->logprobs.has_value()) LogprobsToProto(*first->logprobs, *token->mutable_logprobs());
+    writer->Write(message);  // a caller gone by now is seen by the job's watchdog
+  });
+  absl::StatusOr<v1::PrefillDone> result = job.Run(*request, SamplingParamsOf(*request));
+  first_token_relay.join();
   Finish(request->request_id(), job.handoff_rejected());
   const HandoffByteCounts bytes = job.bytes();
   metrics_.AddHandoffBytes(request->transport(), bytes);
@@ -91,12 +107,14 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const v1::Pre
     IC_LOG(Info) << "prefill " << request->request_id() << " failed: " << result.status();
     return ToGrpcStatus(result.status());
   }
-  *response = *std::move(result);
-  IC_LOG(Info) << "prefill " << request->request_id() << " done: first token " << response->first_token()
-               << ", prefill " << response->prefill_seconds() << " s, handoff " << response->handoff_seconds()
-               << " s, " << response->handoff().latent_bytes() << " latent + " << response->handoff().index_key_bytes()
-               << " index-key bytes in " << response->handoff().chunks() << " chunks, "
+  IC_LOG(Info) << "prefill " << request->request_id() << " done: first token " << result->first_token()
+               << ", prefill " << result->prefill_seconds() << " s, handoff " << result->handoff_seconds() << " s, "
+               << result->handoff().latent_bytes() << " latent + " << result->handoff().index_key_bytes()
+               << " index-key bytes in " << result->handoff().chunks() << " chunks, "
                << absl::ToDoubleSeconds(job.send_time()) << " s of it sending";
+  v1::PrefillResponse done;
+  *done.mutable_done() = *std::move(result);
+  writer->Write(done);
   return grpc::Status::OK;
 }
 

@@ -39,8 +39,11 @@ class PrefillService final : public ::indexcache::v1::PrefillWorker::Service, pu
   // Stops the watchdog. Every Prefill call must have returned (the server is shut down).
   ~PrefillService() override;
 
+  // Streams the first token as soon as the prompt's last chunk sampled it (from a thread of the call's
+  // own, while the call's thread sends the handoff's last rows), then `done` after the decode
+  // worker's ack.
   grpc::Status Prefill(grpc::ServerContext* context, const ::indexcache::v1::PrefillRequest* request,
-                       ::indexcache::v1::PrefillResponse* response) override;
+                       grpc::ServerWriter<::indexcache::v1::PrefillResponse>* writer) override;
   grpc::Status Abort(grpc::ServerContext* context, const ::indexcache::v1::WorkerAbortRequest* request,
                      ::indexcache::v1::WorkerAbortResponse* response) override;
   grpc::Status GetLoad(grpc::ServerContext* context, const ::indexcache::v1::LoadRequest* request,

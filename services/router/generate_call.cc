@@ -1,7 +1,5 @@
 #include "services/router/generate_call.h"
 
-#include <condition_variable>
-#include <mutex>
 #include <optional>
 #include <utility>
 
@@ -178,6 +176,7 @@ v1::DecodeRequest GenerateCall::NextDecodeRequest(const std::string& worker_requ
     request.mutable_sampling()->set_max_new_tokens(max_new_tokens_ - static_cast<int32_t>(streamed_.size()));
   }
   request.set_transport(options_.transport);
+  request.set_first_token_from_prefill(true);  // P streams it to us (prefill_call.h)
   // A few reports per stage timeout: a live decode worker is never mistaken for a silent one.
   request.set_progress_interval_ms(
       static_cast<int32_t>(absl::ToInt64Milliseconds(options_.stall_monitor->timeout() / 4)));
@@ -190,40 +189,6 @@ absl::Status GenerateCall::Interrupted() const {
   return absl::OkStatus();
 }
 
-// The Prefill call, asynchronous so that the decode stream is read while it runs. Its callback frees
-// the prefill worker's ledger at once and, on failure, cancels the decode call, which would otherwise
-// wait for a handoff that is not coming. Destruction waits for the callback: the call's context,
-// request and response live in RunAttempt's frame.
-class GenerateCall::PrefillRun {
- public:
-  PrefillRun() = default;
-  ~PrefillRun() { Wait(); }
-  PrefillRun(const PrefillRun&) = delete;
-  PrefillRun& operator=(const PrefillRun&) = delete;
-
-  void Finish(grpc::Status status) {
-    std::lock_guard<std::mutex> lock(mu_);
-    status_ = std::move(status);
-    done_ = true;
-    done_cv_.notify_all();
-  }
-  // Blocks until the call ended; its status.
-  grpc::Status Wait() const {
-    std::unique_lock<std::mutex> lock(mu_);
-    done_cv_.wait(lock, [&] { return done_; });
-    return status_;
-  }
-
-  v1::PrefillRequest request;
-  v1::PrefillResponse response;  // read after Wait
-
- private:
-  mutable std::mutex mu_;
-  mutable std::condition_variable done_cv_;
-  bool done_ = false;   // guarded by mu_
-  grpc::Status status_;  // guarded by mu_
-};
-
 GenerateCall::Outcome GenerateCall::RunAttempt(WorkerLease& decode, WorkerLease& prefill,
                                                const std::string& worker_request_id) {
   std::unique_ptr<grpc::ClientContext> decode_call = NewWorkerCall();
@@ -234,6 +199,7 @@ GenerateCall::Outcome GenerateCall::RunAttempt(WorkerLease& decode, WorkerLease&
   });
   admitted_ = false;
   attempt_tokens_ = 0;
+  decode_tokens_ = 0;
   last_decode_message_ = absl::Now();
   const AttachedCall decode_attached(*request_, decode_call.get());
   if (!decode_attached.attached()) return {absl::CancelledError("aborted"), Blame::kDecode};
@@ -263,27 +229,35 @@ GenerateCall::Outcome GenerateCall::RunAttempt(WorkerLease& decode, WorkerLease&
                 << admitted.admitted().handoff_address() << ", prefill on " << prefill.Describe();
 
   const AttachedCall prefill_attached(*request_, prefill_call.get());
-  PrefillRun run;  // declared after what its callback uses: its destruction waits for the callback
+  // Declared after what its handlers use: its destruction joins the call's thread.
+  std::optional<PrefillCall> prefill_run;
   if (prefill_attached.attached()) {
-    run.request.set_request_id(worker_request_id);
-    *run.request.mutable_prompt_ids() = decode_request.prompt_ids();
-    *run.request.mutable_sampling() = decode_request.sampling();
-    run.request.set_resumed_tokens(decode_request.resumed_tokens());
-    run.request.set_transport(options_.transport);
-    run.request.set_handoff_address(admitted.admitted().handoff_address());
-    prefill.worker().prefill->async()->Prefill(prefill_call.get(), &run.request, &run.response,
-                                               [&run, &prefill, &decode_call](grpc::Status status) {
-                                                 prefill.ReleaseLoad();
-                                                 if (!status.ok()) decode_call->TryCancel();
-                                                 run.Finish(std::move(status));
-                                               });
+    v1::PrefillRequest prefill_request;
+    prefill_request.set_request_id(worker_request_id);
+    *prefill_request.mutable_prompt_ids() = decode_request.prompt_ids();
+    *prefill_request.mutable_sampling() = decode_request.sampling();
+    prefill_request.set_resumed_tokens(decode_request.resumed_tokens());
+    prefill_request.set_transport(options_.transport);
+    prefill_request.set_handoff_address(admitted.admitted().handoff_address());
+    PrefillCall::Handlers handlers;
+    handlers.on_first_token = [this, &watch, &decode_call](const v1::FirstToken& first) {
+      watch.Progress();
+      if (RelayFirstToken(first)) return true;
+      decode_call->TryCancel();
+      return false;
+    };
+    handlers.on_end = [&prefill, &decode_call](const grpc::Status& status) {
+      prefill.ReleaseLoad();
+      if (!status.ok()) decode_call->TryCancel();
+    };
+    prefill_run.emplace(*prefill.worker().prefill, *prefill_call, std::move(prefill_request), std::move(handlers));
   } else {
     prefill.ReleaseLoad();
     decode_call->TryCancel();
-    run.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "aborted"));
   }
-  const Relayed relayed = RelayTokens(*stream, *decode_call, watch);
-  const grpc::Status prefill_status = run.Wait();
+  const Relayed relayed = RelayTokens(*stream, *decode_call, watch, prefill_run ? &*prefill_run : nullptr);
+  const grpc::Status prefill_status =
+      prefill_run ? prefill_run->Wait() : grpc::Status(grpc::StatusCode::CANCELLED, "aborted");
   // The queue time counts once, for the dispatch whose prefill ran (a refused one goes back in line).
   if (prefill_status.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED && !std::exchange(queue_observed_, true)) {
     metrics_.ObserveQueueTime(prefill_start_ - arrival_);
@@ -295,7 +269,7 @@ GenerateCall::Outcome GenerateCall::RunAttempt(WorkerLease& decode, WorkerLease&
       IC_LOG(Warning) << "request " << worker_request_id << ": served, although its prefill call ended with "
                       << FromGrpcStatus(prefill_status);
     }
-    SendFinal(*relayed.final, decode, prefill, run.response);
+    SendFinal(*relayed.final, decode, prefill, prefill_status.ok() ? prefill_run->done() : v1::PrefillDone());
     return {absl::OkStatus(), Blame::kDecode};
   }
   if (!prefill_status.ok()) {
@@ -316,7 +290,7 @@ GenerateCall::Outcome GenerateCall::Stalled(bool handed_off) const {
   if (!admitted_) {
     return {absl::UnavailableError(absl::StrCat(silence, " before admitting the request")), Blame::kDecode, true};
   }
-  if (handed_off || attempt_tokens_ > 0) {
+  if (handed_off || decode_tokens_ > 0) {
     return {absl::UnavailableError(absl::StrCat(silence, " while decoding")), Blame::kDecode, true};
   }
   // The decode worker reports the rows received a few times per timeout: heard from lately, it is the
@@ -329,40 +303,65 @@ GenerateCall::Outcome GenerateCall::Stalled(bool handed_off) const {
           Blame::kDecode, true};
 }
 
+bool GenerateCall::RelayFirstToken(const v1::FirstToken& first) {
+  v1::GenerateResponse chunk;
+  chunk.set_request_id(request_->id());
+  chunk.add_token_ids(first.token_id());
+  if (first.has_logprobs()) *chunk.add_logprobs() = first.logprobs();
+  chunk.set_text(first.text());
+  return Relay(chunk);
+}
+
+bool GenerateCall::Relay(const v1::GenerateResponse& chunk) {
+  const absl::Time now = absl::Now();
+  if (!writer_->Write(chunk)) return false;
+  const bool first = streamed_.empty();
+  metrics_.ObserveTokens(chunk.token_ids_size(), now - (first ? arrival_ : last_token_), first);
+  if (first) first_token_ = now;
+  last_token_ = now;
+  streamed_.insert(streamed_.end(), chunk.token_ids().begin(), chunk.token_ids().end());
+  attempt_tokens_ += chunk.token_ids_size();
+  return true;
+}
+
 GenerateCall::Relayed GenerateCall::RelayTokens(grpc::ClientReaderInterface<v1::DecodeResponse>& stream,
-                                                grpc::ClientContext& decode_call, StallMonitor::Watch& watch) {
+                                                grpc::ClientContext& decode_call, StallMonitor::Watch& watch,
+                                                PrefillCall* prefill) {
   v1::DecodeResponse message;
   Relayed relayed;
   int64_t rows_received = 0;
+  bool first_token_relayed = false;
   while (stream.Read(&message)) {
     last_decode_message_ = absl::Now();
     if (message.has_progress() && message.progress().rows_received() > rows_received) {
       rows_received = message.progress().rows_received();
       watch.Progress();
     }
-    if (message.token_ids_size() > 0 || !message.text().empty()) {
+    const bool tokens = message.token_ids_size() > 0 || !message.text().empty();
+    if ((tokens || message.has_final()) && !first_token_relayed) {
+      // D decodes only after a complete, checked handoff (rows, CRCs, probes) from the authenticated
+      // prefill worker, whose first token the client must have before D's. Both are the request's: P's
+      // is relayed as soon as P streams it (prefill_call.h), without waiting for the handoff's tail.
+      if (prefill == nullptr || !prefill->AwaitFirstToken()) {
+        decode_call.TryCancel();
+        stream.Finish();
+        return {absl::CancelledError("the prefill call ended without relaying the first token"), std::nullopt};
+      }
+      first_token_relayed = true;
+    }
+    if (tokens) {
       watch.Progress();
-      // D decodes only after a complete handoff for this attempt's request id from an authenticated
-      // prefill worker, checked (rows, CRCs, probes): its first token is the request's, relayed
-      // without waiting for P's answer, which follows the ack (a prefill that fails after that ends
-      // D's stream through the callback's cancel, and the stream migrates like any other).
       v1::GenerateResponse chunk;
       chunk.set_request_id(request_->id());
       *chunk.mutable_token_ids() = message.token_ids();
       *chunk.mutable_logprobs() = message.logprobs();
       chunk.set_text(message.text());
-      const absl::Time now = absl::Now();
-      if (!writer_->Write(chunk)) {
+      if (!Relay(chunk)) {
         decode_call.TryCancel();
         stream.Finish();
         return {absl::CancelledError("the client stream closed"), std::nullopt};
       }
-      const bool first = streamed_.empty();
-      metrics_.ObserveTokens(message.token_ids_size(), now - (first ? arrival_ : last_token_), first);
-      if (first) first_token_ = now;
-      last_token_ = now;
-      streamed_.insert(streamed_.end(), message.token_ids().begin(), message.token_ids().end());
-      attempt_tokens_ += message.token_ids_size();
+      decode_tokens_ += message.token_ids_size();
     }
     if (message.has_final()) {
       watch.Progress();
@@ -374,7 +373,7 @@ GenerateCall::Relayed GenerateCall::RelayTokens(grpc::ClientReaderInterface<v1::
 }
 
 void GenerateCall::SendFinal(const v1::FinalInfo& final, const WorkerLease& decode, const WorkerLease& prefill,
-                             const v1::PrefillResponse& prefill_result) {
+                             const v1::PrefillDone& prefill_result) {
   const absl::Time end = absl::Now();
   const int32_t generated = static_cast<int32_t>(streamed_.size());
   v1::GenerateResponse last;

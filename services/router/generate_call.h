@@ -2,8 +2,10 @@
 //   wait in the admission queue until a decode worker D has the KV blocks and a prefill worker P the
 //   room the request needs, each then picked by power of two choices on load (admission_queue.h) →
 //   open D.Decode and wait for `admitted` (D holds KV blocks for the prompt) →
-//   P.Prefill with D's handoff address (P pushes the cache to D while it computes) →
-//   relay D's token stream to the client → a final message with the timings and workers.
+//   P.Prefill with D's handoff address (P pushes the cache to D while it computes, and streams the
+//   first token back as soon as it is sampled: relayed to the client at once, prefill_call.h) →
+//   relay D's token stream (from the second token on) to the client → a final message with the
+//   timings and workers.
 // Both worker calls inherit the client's deadline and cancellation (ClientContext::FromServerContext).
 // The prefill runs beside the decode stream, whose `progress` messages (rows received) and tokens are
 // the attempt's signs of life: an attempt without progress for the stage timeout is cancelled
@@ -33,6 +35,7 @@
 #include "indexcache/v1/generate.pb.h"
 #include "indexcache/v1/internal.pb.h"
 #include "services/router/admission_queue.h"
+#include "services/router/prefill_call.h"
 #include "services/router/request_table.h"
 #include "services/router/router_metrics.h"
 #include "services/router/stall_monitor.h"
@@ -73,7 +76,6 @@ class GenerateCall {
     bool stalled = false;      // the stage timeout cancelled the attempt
   };
 
-  class PrefillRun;  // the Prefill call running beside the decode stream
   // How D's stream ended.
   struct Relayed {
     absl::Status status;  // the stream's status
@@ -88,14 +90,19 @@ class GenerateCall {
   // (`why_not_moved`): UNAVAILABLE, or the failure's own code when another worker would fail the same
   // way, naming the worker and the tokens streamed.
   grpc::Status StreamBroken(const absl::Status& failure, const std::string& why_not_moved) const;
-  // Reads D's stream to its end, relaying its tokens to the client as they come; every sign of
-  // progress goes to `watch`.
+  // Reads D's stream to its end, relaying its tokens to the client as they come, after P's first token
+  // (`prefill`: null when the prefill call never started); every sign of progress goes to `watch`.
   Relayed RelayTokens(grpc::ClientReaderInterface<v1::DecodeResponse>& stream, grpc::ClientContext& decode_call,
-                      StallMonitor::Watch& watch);
+                      StallMonitor::Watch& watch, PrefillCall* prefill);
+  // P's first token to the client (on the prefill call's thread); false: the client stream closed.
+  bool RelayFirstToken(const v1::FirstToken& first);
+  // Writes `chunk` to the client and records its tokens; false: the client stream closed. One writer
+  // at a time: P's first token is relayed before RelayTokens relays anything of D's.
+  bool Relay(const v1::GenerateResponse& chunk);
   // Which worker a stalled attempt is blamed on, and why; `handed_off`: the prefill returned OK.
   Outcome Stalled(bool handed_off) const;
   void SendFinal(const v1::FinalInfo& final, const WorkerLease& decode, const WorkerLease& prefill,
-                 const v1::PrefillResponse& prefill_result);
+                 const v1::PrefillDone& prefill_result);
   void AbortOnWorkers(const WorkerLease& decode, const WorkerLease& prefill, const std::string& worker_request_id);
   std::unique_ptr<grpc::ClientContext> NewWorkerCall();
   bool ClientGone() const;
@@ -122,6 +129,7 @@ class GenerateCall {
   int migrations_ = 0;
   // Progress of the current attempt, for the final message.
   int32_t attempt_tokens_ = 0;  // tokens this attempt relayed
+  int32_t decode_tokens_ = 0;   // of those, from D's stream (the first one comes from P)
   absl::Time prefill_start_;
   bool queue_observed_ = false;  // the queue time counts once, for the dispatch whose prefill ran
   absl::Time first_token_;

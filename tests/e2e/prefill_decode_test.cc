@@ -95,9 +95,18 @@ TEST_P(PrefillDecodeTest, GoldenPromptDecodesToTransformersGreedyOutput) {
   *prefill_request.mutable_sampling() = sampling;
   prefill_request.set_transport(GetParam());
   prefill_request.set_handoff_address(message.admitted().handoff_address());
-  v1::PrefillResponse prefilled;
-  grpc::Status prefill_status = prefill_->Prefill(&prefill_context, prefill_request, &prefilled);
+  // The Prefill stream: the first token, then `done` after the decode worker's ack.
+  auto prefill_stream = prefill_->Prefill(&prefill_context, prefill_request);
+  v1::PrefillResponse first;
+  ASSERT_TRUE(prefill_stream->Read(&first));
+  ASSERT_TRUE(first.has_first_token());
+  EXPECT_EQ(first.first_token().token_id(), want[0]);
+  v1::PrefillResponse last;
+  ASSERT_TRUE(prefill_stream->Read(&last));
+  ASSERT_TRUE(last.has_done());
+  grpc::Status prefill_status = prefill_stream->Finish();
   ASSERT_TRUE(prefill_status.ok()) << prefill_status.error_message();
+  const v1::PrefillDone& prefilled = last.done();
   EXPECT_EQ(prefilled.first_token(), want[0]);
   // Every layer's latent rows cross; index keys only for the Full layers.
   const uint64_t positions = prompt.size();

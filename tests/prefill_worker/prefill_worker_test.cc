@@ -109,7 +109,7 @@ Reference RunInProcess(const std::vector<int32_t>& prompt) {
 // checksums, the header, rows covering [0, prompt) exactly once per (layer, kind) and equal to the
 // engine's, no index keys of Shared layers, the trailer's first token and probes, and the byte counts.
 void ExpectHandoffOf(const std::vector<int32_t>& prompt, const std::string& request_id,
-                     const std::vector<v1::HandoffChunk>& chunks, const v1::PrefillResponse& response) {
+                     const std::vector<v1::HandoffChunk>& chunks, const v1::PrefillDone& response) {
   const Reference ref = RunInProcess(prompt);
   const int32_t n = static_cast<int32_t>(prompt.size());
   ASSERT_GE(chunks.size(), 3u);
@@ -231,18 +231,31 @@ class PrefillWorkerTest : public ::testing::Test {
     return r;
   }
 
-  grpc::Status Prefill(const v1::PrefillRequest& request, v1::PrefillResponse* response,
+  // The Prefill stream, checked: the first token (its text as the engine detokenizes it) and then
+  // `done`, which names the same token; `response` is `done`.
+  grpc::Status Prefill(const v1::PrefillRequest& request, v1::PrefillDone* response,
                        std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + timeout);
-    return stub_->Prefill(&context, request, response);
+    std::unique_ptr<grpc::ClientReader<v1::PrefillResponse>> reader = stub_->Prefill(&context, request);
+    std::vector<v1::PrefillResponse> messages;
+    for (v1::PrefillResponse message; reader->Read(&message);) messages.push_back(message);
+    const grpc::Status status = reader->Finish();
+    if (!status.ok()) return status;
+    EXPECT_EQ(messages.size(), 2u);
+    if (messages.size() != 2) return grpc::Status(grpc::StatusCode::INTERNAL, "not two messages");
+    EXPECT_TRUE(messages[0].has_first_token());
+    EXPECT_TRUE(messages[1].has_done());
+    *response = messages[1].done();
+    EXPECT_EQ(messages[0].first_token().token_id(), response->first_token());
+    return status;
   }
 
   // Prefill on its own thread (for calls the test interrupts).
   std::future<grpc::Status> PrefillAsync(const v1::PrefillRequest& request,
                                          std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
     return std::async(std::launch::async, [this, request, timeout] {
-      v1::PrefillResponse response;
+      v1::PrefillDone response;
       return Prefill(request, &response, timeout);
     });
   }
@@ -297,7 +310,7 @@ TEST_F(PrefillWorkerTest, HandsOffWhatTheInProcessEngineComputes) {
   StartWorker();
   const std::vector<int32_t> prompt = Prompt(45);
   const int32_t n = static_cast<int32_t>(prompt.size());
-  v1::PrefillResponse response;
+  v1::PrefillDone response;
   const grpc::Status status = Prefill(Request("req-1", prompt), &response);
   ASSERT_TRUE(status.ok()) << status.error_message();
   ASSERT_TRUE(decode_.WaitForStreams(1));
@@ -325,7 +338,7 @@ TEST_F(PrefillWorkerTest, HandsOffOverTheTcpDataPlane) {
   v1::PrefillRequest request = Request("tcp-1", prompt);
   request.set_transport(v1::HANDOFF_TRANSPORT_TCP);
   request.set_handoff_address((*tcp)->address());
-  v1::PrefillResponse response;
+  v1::PrefillDone response;
   const grpc::Status status = Prefill(request, &response);
   ASSERT_TRUE(status.ok()) << status.error_message();
   EXPECT_EQ(sink.completed(), 1);
@@ -337,7 +350,7 @@ TEST_F(PrefillWorkerTest, AnNcclRequestToAWorkerWithoutNcclFailsAndFreesTheKv) {
   StartWorker();  // no --nccl-gpu: its HandoffTransports has gRPC and TCP only
   v1::PrefillRequest request = Request("nccl-1", Prompt(20));
   request.set_transport(v1::HANDOFF_TRANSPORT_NCCL);
-  v1::PrefillResponse response;
+  v1::PrefillDone response;
   const grpc::Status status = Prefill(request, &response);
   // The set's FAILED_PRECONDITION, read as a refused handoff (ABORTED), with the hint kept.
   EXPECT_EQ(status.error_code(), grpc::StatusCode::ABORTED) << status.error_message();
@@ -349,7 +362,7 @@ TEST_F(PrefillWorkerTest, ConcurrentPrefillsEachHandOffTheirOwnRows) {
   StartWorker();
   constexpr int kRequests = 6;
   std::vector<std::vector<int32_t>> prompts;
-  std::vector<v1::PrefillResponse> responses(kRequests);
+  std::vector<v1::PrefillDone> responses(kRequests);
   std::vector<std::future<grpc::Status>> calls;
   for (int i = 0; i < kRequests; ++i) prompts.push_back(Prompt(13 + 11 * i, i + 2));
   for (int i = 0; i < kRequests; ++i) {
@@ -390,7 +403,7 @@ TEST_F(PrefillWorkerTest, ARefusedHandoffFailsWithThePeersReasonAndFreesTheKv) {
   for (const Case& c : cases) {
     SCOPED_TRACE(c.reason);
     decode_.RefuseWith(c.when, c.code_prefix + c.reason);
-    v1::PrefillResponse response;
+    v1::PrefillDone response;
     const grpc::Status status = Prefill(Request(absl::StrCat("refused-", n++), Prompt(40)), &response);
     EXPECT_EQ(status.error_code(), c.code) << status.error_message();
     EXPECT_THAT(status.error_message(), HasSubstr(c.reason));
@@ -417,7 +430,7 @@ TEST_F(PrefillWorkerTest, MalformedRequestsAreInvalidArgument) {
   cases.emplace_back("negative temperature", negative);
   cases.emplace_back("no request id", Request("", Prompt(4)));
   for (const auto& [name, request] : cases) {
-    v1::PrefillResponse response;
+    v1::PrefillDone response;
     const grpc::Status status = Prefill(request, &response);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << name << ": " << status.error_message();
     EXPECT_FALSE(status.error_message().empty()) << name;
@@ -467,7 +480,7 @@ TEST_F(PrefillWorkerTest, QueuedPromptTokensAreBounded) {
   const v1::WorkerLoad load = Load();
   EXPECT_EQ(load.queued_requests(), 1);
   EXPECT_EQ(load.queued_prompt_tokens(), 40);
-  v1::PrefillResponse response;
+  v1::PrefillDone response;
   const grpc::Status second = Prefill(Request("second", Prompt(40)), &response);
   EXPECT_EQ(second.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << second.error_message();
   decode_.Release();
@@ -488,7 +501,7 @@ TEST_F(PrefillWorkerTest, DrainRefusesNewWorkAndFinishesWhatIsInFlight) {
     health = HealthStatus(worker_->address());
   }
   EXPECT_EQ(health, 2);  // NOT_SERVING
-  v1::PrefillResponse response;
+  v1::PrefillDone response;
   EXPECT_EQ(Prefill(Request("new", Prompt(10)), &response).error_code(), grpc::StatusCode::UNAVAILABLE);
   decode_.Release();
   EXPECT_TRUE(in_flight.get().ok());
@@ -526,7 +539,7 @@ TEST_F(PrefillWorkerTest, ServesWhileTheRouterIsUnreachable) {
   options.server.router_address = "127.0.0.1:1";  // nothing listens on port 1
   options.server.heartbeat_interval = absl::Milliseconds(20);
   StartWorker(options);
-  v1::PrefillResponse response;
+  v1::PrefillDone response;
   const grpc::Status status = Prefill(Request("alone", Prompt(20)), &response);
   EXPECT_TRUE(status.ok()) << status.error_message();
 }

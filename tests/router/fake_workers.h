@@ -10,6 +10,8 @@
 #include <memory>
 #include <condition_variable>
 #include <mutex>
+#include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -138,6 +140,13 @@ struct PrefillScript {
   int refuse_first = 0;                     // the first N Prefill calls answer RESOURCE_EXHAUSTED
   absl::Duration delay = absl::ZeroDuration();  // how long a prefill takes
   grpc::Status failure = grpc::Status::OK;  // not OK: Prefill ends with it
+  // Between the first token and the completed handoff (the handoff's last rows).
+  absl::Duration tail_delay = absl::ZeroDuration();
+  // > 0: the handoff completes first and the first token follows this much later (D's stream races
+  // ahead of it).
+  absl::Duration first_token_lag = absl::ZeroDuration();
+  // Not OK: after the first token, the call ends with it (the handoff never completes).
+  grpc::Status fail_after_first_token = grpc::Status::OK;
   // Between the completed handoff and the answer (a real worker's ack flight and cleanup).
   absl::Duration answer_delay = absl::ZeroDuration();
   double prefill_seconds = 0.25;
@@ -178,6 +187,18 @@ class FakeHandoffs {
     static FakeHandoffs handoffs;
     return handoffs;
   }
+  // The decode worker's first token for `request_id`, which the prefill worker streams (a real pair
+  // computes the same token on both sides).
+  void PlanFirstToken(const std::string& request_id, int32_t token) {
+    std::lock_guard<std::mutex> lock(mu_);
+    first_tokens_[request_id] = token;
+  }
+  std::optional<int32_t> FirstToken(const std::string& request_id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = first_tokens_.find(request_id);
+    if (it == first_tokens_.end()) return std::nullopt;
+    return it->second;
+  }
   void Complete(const std::string& request_id) {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -199,6 +220,7 @@ class FakeHandoffs {
   std::mutex mu_;
   std::condition_variable changed_;
   std::set<std::string> done_;  // guarded by mu_
+  std::map<std::string, int32_t> first_tokens_;  // guarded by mu_
 };
 
 class FakeDecodeWorker final : public v1::DecodeWorker::Service {
@@ -244,12 +266,19 @@ class FakeDecodeWorker final : public v1::DecodeWorker::Service {
     v1::DecodeResponse admitted;
     admitted.mutable_admitted()->set_handoff_address("handoff." + script_.worker_id);
     admitted.mutable_admitted()->set_reserved_blocks(1);
+    if (script_.endless || !script_.tokens.empty()) {
+      FakeHandoffs::Get().PlanFirstToken(request->request_id(), script_.endless ? 7 : script_.tokens[0]);
+    }
     writer->Write(admitted);
     if (!FakeHandoffs::Get().Wait(request->request_id(), context)) return grpc::Status::CANCELLED;
     int sent = 0;
     for (size_t i = 0; script_.endless || i < script_.tokens.size(); ++i) {
       if (context->IsCancelled()) return grpc::Status::CANCELLED;
       if (sent == script_.fail_after_tokens) return script_.failure;
+      if (i == 0 && request->first_token_from_prefill()) {  // the caller has it from the prefill worker
+        ++sent;
+        continue;
+      }
       std::this_thread::sleep_for(absl::ToChronoNanoseconds(script_.token_delay));
       v1::DecodeResponse token;
       token.add_token_ids(script_.endless ? 7 : script_.tokens[i]);
@@ -313,7 +342,7 @@ class FakePrefillWorker final : public v1::PrefillWorker::Service {
   ~FakePrefillWorker() override { server_.Kill(); }
 
   grpc::Status Prefill(grpc::ServerContext* context, const v1::PrefillRequest* request,
-                       v1::PrefillResponse* response) override {
+                       grpc::ServerWriter<v1::PrefillResponse>* writer) override {
     {
       std::lock_guard<std::mutex> lock(log.mu);
       log.requests.push_back(LabelOf(request->request_id()));
@@ -342,11 +371,30 @@ class FakePrefillWorker final : public v1::PrefillWorker::Service {
       queued_tokens_ -= request->prompt_ids_size();
     }
     if (!script_.failure.ok()) return script_.failure;
-    FakeHandoffs::Get().Complete(request->request_id());
+    const std::optional<int32_t> first = FakeHandoffs::Get().FirstToken(request->request_id());
+    const auto send_first_token = [&] {
+      if (!first.has_value()) return;
+      v1::PrefillResponse token;
+      token.mutable_first_token()->set_token_id(*first);
+      token.mutable_first_token()->set_text("t");
+      writer->Write(token);
+    };
+    if (script_.first_token_lag > absl::ZeroDuration()) {
+      FakeHandoffs::Get().Complete(request->request_id());
+      std::this_thread::sleep_for(absl::ToChronoNanoseconds(script_.first_token_lag));
+      send_first_token();
+    } else {
+      send_first_token();
+      if (!script_.fail_after_first_token.ok()) return script_.fail_after_first_token;
+      std::this_thread::sleep_for(absl::ToChronoNanoseconds(script_.tail_delay));
+      FakeHandoffs::Get().Complete(request->request_id());
+    }
     std::this_thread::sleep_for(absl::ToChronoNanoseconds(script_.answer_delay));
-    response->set_first_token(11);
-    response->set_prefill_seconds(script_.prefill_seconds);
-    response->set_handoff_seconds(script_.handoff_seconds);
+    v1::PrefillResponse done;
+    done.mutable_done()->set_first_token(first.value_or(-1));
+    done.mutable_done()->set_prefill_seconds(script_.prefill_seconds);
+    done.mutable_done()->set_handoff_seconds(script_.handoff_seconds);
+    writer->Write(done);
     return grpc::Status::OK;
   }
 

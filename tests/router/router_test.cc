@@ -97,7 +97,7 @@ v1::GenerateRequest IdsRequest(std::vector<int32_t> ids, const std::string& requ
 }
 
 TEST(RouterTest, RelaysTheDecodeStreamWithTimingsAndWorkers) {
-  FakePrefillWorker prefill({});
+  FakePrefillWorker prefill({.delay = absl::Milliseconds(20)});
   FakeDecodeWorker decode({.tokens = {21, 22, 23, 24}, .token_delay = absl::Milliseconds(20)});
   Router router(OptionsFor({&prefill}, {&decode}));
   auto address = router.Start();
@@ -125,7 +125,7 @@ TEST(RouterTest, RelaysTheDecodeStreamWithTimingsAndWorkers) {
   EXPECT_GT(r.final->timings().first_token_seconds(), 0.0);
   EXPECT_GE(r.final->timings().total_seconds(), r.final->timings().first_token_seconds());
   EXPECT_GE(r.final->timings().queue_seconds(), 0.0);
-  // The fake sleeps 20 ms before each token.
+  // The fake prefill takes 20 ms before the first token; the fake decode sleeps 20 ms before each later one.
   EXPECT_GE(r.final->timings().mean_inter_token_seconds(), 0.018);
   EXPECT_GE(r.final->timings().first_token_seconds(), 0.018);
   EXPECT_EQ(r.final->index_pattern().size(), 8u);  // the bundled model has 8 layers
@@ -784,6 +784,63 @@ TEST(RouterTest, TheFirstTokenIsRelayedWithoutWaitingForThePrefillWorkersAnswer)
   ASSERT_TRUE(first_token.has_value());
   EXPECT_LT(*first_token, absl::Seconds(2)) << "the first token waited for the prefill worker's answer";
   EXPECT_GE(absl::Now() - start, absl::Seconds(3)) << "the final message comes after both calls ended";
+}
+
+TEST(RouterTest, TheFirstTokenComesFromThePrefillWorkerWithoutWaitingForTheHandoffsTail) {
+  // P streams its first token, then needs 3 s for the handoff's last rows; D streams after them.
+  FakePrefillWorker prefill({.tail_delay = absl::Seconds(3)});
+  FakeDecodeWorker decode({.tokens = {21, 22, 23}});
+  Router router(OptionsFor({&prefill}, {&decode}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+
+  const absl::Time start = absl::Now();
+  std::optional<absl::Duration> first_token;
+  const Result r = Client(*address).Generate(IdsRequest({1, 2}, "from-p"), std::nullopt,
+                                             [&](int tokens, grpc::ClientContext&) {
+                                               if (tokens > 0 && !first_token) first_token = absl::Now() - start;
+                                             });
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  // 21 once: from P; D, told so, leaves it out of its stream.
+  EXPECT_THAT(r.tokens, ElementsAre(21, 22, 23));
+  ASSERT_TRUE(first_token.has_value());
+  EXPECT_LT(*first_token, absl::Seconds(2)) << "the first token waited for the handoff";
+  EXPECT_GE(absl::Now() - start, absl::Seconds(3));
+}
+
+TEST(RouterTest, TheDecodeWorkersTokensWaitForThePrefillWorkersFirstToken) {
+  // The handoff completes and D streams before P's first token reaches the router.
+  FakePrefillWorker prefill({.first_token_lag = absl::Milliseconds(400)});
+  FakeDecodeWorker decode({.tokens = {21, 22, 23}});
+  Router router(OptionsFor({&prefill}, {&decode}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+
+  const Result r = Client(*address).Generate(IdsRequest({1, 2}, "in-order"));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_THAT(r.tokens, ElementsAre(21, 22, 23));
+}
+
+TEST(RouterTest, APrefillWorkerThatFailsAfterItsFirstTokenMovesTheStreamWithThatToken) {
+  FakePrefillWorker failing({.worker_id = "p-failing",
+                             .fail_after_first_token = grpc::Status(grpc::StatusCode::UNAVAILABLE, "gone")});
+  FakePrefillWorker good({.worker_id = "p-good", .queued_prompt_tokens = 100});
+  FakeDecodeWorker decode({.tokens = {21, 22, 23}});
+  Router router(OptionsFor({&failing, &good}, {&decode}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+
+  const Result r = Client(*address).Generate(IdsRequest({1, 2}, "p-dies"));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  ASSERT_TRUE(r.final.has_value());
+  EXPECT_EQ(r.final->prefill_worker(), "p-good");
+  // The client has the failed attempt's first token; the next attempt resumes after it.
+  ASSERT_FALSE(r.tokens.empty());
+  EXPECT_EQ(r.tokens.front(), 21);
+  EXPECT_THAT(good.log.Copy(&FakeLog::prompts), ElementsAre(ElementsAre(1, 2, 21)));
+  EXPECT_THAT(good.log.Copy(&FakeLog::resumed_tokens), ElementsAre(1));
+  EXPECT_THAT(decode.log.Copy(&FakeLog::resumed_tokens), ElementsAre(0, 1));
+  EXPECT_TRUE(decode.log.Aborted("p-dies"));
 }
 
 TEST(RouterTest, PrefillFailureIsRetriedOnAnotherPrefillWorker) {

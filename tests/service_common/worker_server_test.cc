@@ -42,7 +42,8 @@ class HeldService final : public v1::PrefillWorker::Service, public DrainableSer
  public:
   explicit HeldService(prometheus::Gauge* loads = nullptr) : loads_gauge_(loads) {}
 
-  grpc::Status Prefill(grpc::ServerContext*, const v1::PrefillRequest*, v1::PrefillResponse*) override {
+  grpc::Status Prefill(grpc::ServerContext*, const v1::PrefillRequest*,
+                       grpc::ServerWriter<v1::PrefillResponse>*) override {
     std::unique_lock<std::mutex> lock(mu_);
     if (draining_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "draining");
     ++in_flight_;
@@ -138,8 +139,10 @@ class WorkerServerTest : public ::testing::Test {
       grpc::ClientContext context;
       context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
       v1::PrefillRequest request;
-      v1::PrefillResponse response;
-      return stub->Prefill(&context, request, &response);
+      auto reader = stub->Prefill(&context, request);
+      for (v1::PrefillResponse response; reader->Read(&response);) {
+      }
+      return reader->Finish();
     });
   }
 
