@@ -765,6 +765,23 @@ TEST(RouterTest, DecodeFailureBeforeTheFirstTokenIsRetriedOnAnotherWorker) {
   EXPECT_TRUE(failing.log.Aborted("retry-me"));
 }
 
+// A request's result with the client's time to its first token and to the end.
+struct TimedResult {
+  Result result;
+  std::optional<absl::Duration> first_token;
+  absl::Duration total;
+};
+
+TimedResult GenerateTimed(const std::string& address, const v1::GenerateRequest& request) {
+  TimedResult timed;
+  const absl::Time start = absl::Now();
+  timed.result = Client(address).Generate(request, std::nullopt, [&](int tokens, grpc::ClientContext&) {
+    if (tokens > 0 && !timed.first_token) timed.first_token = absl::Now() - start;
+  });
+  timed.total = absl::Now() - start;
+  return timed;
+}
+
 TEST(RouterTest, TheFirstTokenIsRelayedWithoutWaitingForThePrefillWorkersAnswer) {
   // D streams only after the handoff; P answers 3 s later. The client sees the tokens before that.
   FakePrefillWorker prefill({.answer_delay = absl::Seconds(3)});
@@ -773,17 +790,13 @@ TEST(RouterTest, TheFirstTokenIsRelayedWithoutWaitingForThePrefillWorkersAnswer)
   auto address = router.Start();
   ASSERT_TRUE(address.ok()) << address.status();
 
-  const absl::Time start = absl::Now();
-  std::optional<absl::Duration> first_token;
-  const Result r = Client(*address).Generate(IdsRequest({1, 2}, "early"), std::nullopt,
-                                             [&](int tokens, grpc::ClientContext&) {
-                                               if (tokens > 0 && !first_token) first_token = absl::Now() - start;
-                                             });
+  const TimedResult timed = GenerateTimed(*address, IdsRequest({1, 2}, "early"));
+  const Result& r = timed.result;
   ASSERT_TRUE(r.status.ok()) << r.status.error_message();
   EXPECT_THAT(r.tokens, ElementsAre(21, 22));
-  ASSERT_TRUE(first_token.has_value());
-  EXPECT_LT(*first_token, absl::Seconds(2)) << "the first token waited for the prefill worker's answer";
-  EXPECT_GE(absl::Now() - start, absl::Seconds(3)) << "the final message comes after both calls ended";
+  ASSERT_TRUE(timed.first_token.has_value());
+  EXPECT_LT(*timed.first_token, absl::Seconds(2)) << "the first token waited for the prefill worker's answer";
+  EXPECT_GE(timed.total, absl::Seconds(3)) << "the final message comes after both calls ended";
 }
 
 TEST(RouterTest, TheFirstTokenComesFromThePrefillWorkerWithoutWaitingForTheHandoffsTail) {
@@ -794,18 +807,14 @@ TEST(RouterTest, TheFirstTokenComesFromThePrefillWorkerWithoutWaitingForTheHando
   auto address = router.Start();
   ASSERT_TRUE(address.ok()) << address.status();
 
-  const absl::Time start = absl::Now();
-  std::optional<absl::Duration> first_token;
-  const Result r = Client(*address).Generate(IdsRequest({1, 2}, "from-p"), std::nullopt,
-                                             [&](int tokens, grpc::ClientContext&) {
-                                               if (tokens > 0 && !first_token) first_token = absl::Now() - start;
-                                             });
+  const TimedResult timed = GenerateTimed(*address, IdsRequest({1, 2}, "from-p"));
+  const Result& r = timed.result;
   ASSERT_TRUE(r.status.ok()) << r.status.error_message();
   // 21 once: from P; D, told so, leaves it out of its stream.
   EXPECT_THAT(r.tokens, ElementsAre(21, 22, 23));
-  ASSERT_TRUE(first_token.has_value());
-  EXPECT_LT(*first_token, absl::Seconds(2)) << "the first token waited for the handoff";
-  EXPECT_GE(absl::Now() - start, absl::Seconds(3));
+  ASSERT_TRUE(timed.first_token.has_value());
+  EXPECT_LT(*timed.first_token, absl::Seconds(2)) << "the first token waited for the handoff";
+  EXPECT_GE(timed.total, absl::Seconds(3));
 }
 
 TEST(RouterTest, TheDecodeWorkersTokensWaitForThePrefillWorkersFirstToken) {
