@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "common/auth/grpc_token.h"
 #include "common/util/logging.h"
+#include "common/model/prefill_cost.h"
 #include "services/common/logprobs_proto.h"
 #include "services/common/sampling_from_proto.h"
 #include "services/common/status_conversion.h"
@@ -52,9 +53,11 @@ absl::StatusOr<std::shared_ptr<PrefillService::InFlight>> PrefillService::Admit(
         "prefill worker %s is full: %d prompt tokens queued, %d more would pass the bound of %d", worker_id_,
         queued_prompt_tokens_, tokens, options_.max_queued_prompt_tokens));
   }
-  auto entry = std::make_shared<InFlight>(context, tokens, absl::FromChrono(context->deadline()));
+  const double flops = PrefillWorkOf(loop_.engine().config(), tokens).total();
+  auto entry = std::make_shared<InFlight>(context, tokens, flops, absl::FromChrono(context->deadline()));
   in_flight_.emplace(request.request_id(), entry);
   queued_prompt_tokens_ += tokens;
+  queued_prefill_flops_ += flops;
   return entry;
 }
 
@@ -63,6 +66,8 @@ void PrefillService::Finish(const std::string& request_id, bool handoff_rejected
     std::lock_guard<std::mutex> lock(mu_);
     auto it = in_flight_.find(request_id);
     queued_prompt_tokens_ -= it->second->prompt_tokens;
+    queued_prefill_flops_ -= it->second->prefill_flops;
+    if (in_flight_.size() == 1) queued_prefill_flops_ = 0;  // no rounding left behind once idle
     in_flight_.erase(it);
     if (handoff_rejected) ++handoffs_rejected_;
   }
@@ -152,6 +157,7 @@ v1::WorkerLoad PrefillService::Load() {
   stats_ += engine.stats;
   load.set_queued_requests(static_cast<int32_t>(in_flight_.size()));
   load.set_queued_prompt_tokens(queued_prompt_tokens_);
+  load.set_queued_prefill_flops(queued_prefill_flops_);
   load.set_max_queued_prompt_tokens(options_.max_queued_prompt_tokens);
   load.set_draining(draining_);
   load.set_indexer_runs(stats_.indexer_runs);

@@ -64,10 +64,11 @@ class PrefillService final : public ::indexcache::v1::PrefillWorker::Service, pu
 
  private:
   struct InFlight {
-    InFlight(grpc::ServerContext* context, int64_t prompt_tokens, absl::Time deadline)
-        : context(context), prompt_tokens(prompt_tokens), control(deadline) {}
+    InFlight(grpc::ServerContext* context, int64_t prompt_tokens, double prefill_flops, absl::Time deadline)
+        : context(context), prompt_tokens(prompt_tokens), prefill_flops(prefill_flops), control(deadline) {}
     grpc::ServerContext* context;
     int64_t prompt_tokens;
+    double prefill_flops;  // its modelled work (common/model/prefill_cost.h)
     JobControl control;
   };
 
@@ -87,6 +88,7 @@ class PrefillService final : public ::indexcache::v1::PrefillWorker::Service, pu
   std::condition_variable watch_;    // wakes the watchdog early on shutdown
   absl::flat_hash_map<std::string, std::shared_ptr<InFlight>> in_flight_;  // guarded by mu_
   int64_t queued_prompt_tokens_ = 0;  // guarded by mu_
+  double queued_prefill_flops_ = 0;   // guarded by mu_
   bool draining_ = false;             // guarded by mu_
   bool stopping_ = false;             // guarded by mu_
   uint64_t handoffs_rejected_ = 0;    // guarded by mu_

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/model/prefill_cost.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
 #include "services/common/sampling_from_proto.h"
@@ -80,7 +81,8 @@ grpc::Status GenerateCall::Run() {
       return retry ? Annotate(status, absl::StrCat(first_failure.message(), "; no retry possible")) : status;
     };
     const int32_t streamed = static_cast<int32_t>(streamed_.size());
-    const Demand demand{static_cast<int64_t>(prompt_.size()) + streamed, max_new_tokens_ - streamed};
+    const int64_t prompt_tokens = static_cast<int64_t>(prompt_.size()) + streamed;
+    const Demand demand{prompt_tokens, max_new_tokens_ - streamed, PrefillFlops(prompt_tokens)};
     absl::StatusOr<Placement> placement =
         queue_.Wait(ticket, demand, failed_decode, failed_prefill, deadline_, [this] { return Interrupted(); });
     if (!placement.ok()) {
@@ -162,6 +164,17 @@ grpc::Status GenerateCall::StreamBroken(const absl::Status& failure, const std::
   const grpc::StatusCode code = Retryable(failure.code()) ? grpc::StatusCode::UNAVAILABLE
                                                           : static_cast<grpc::StatusCode>(failure.code());
   return grpc::Status(code, message);
+}
+
+int64_t GenerateCall::PrefillFlops(int64_t prompt_tokens) const {
+  if (options_.model == nullptr) return 0;
+  ModelConfig config = *options_.model;
+  // The pool's pattern is what its prefill workers run (the registry admits one pattern).
+  if (const std::string pool = registry_->PoolIndexPattern(); !pool.empty()) {
+    absl::StatusOr<std::vector<IndexerType>> types = ParseIndexPattern(pool, config.num_layers);
+    if (types.ok()) config.indexer_types = *std::move(types);
+  }
+  return static_cast<int64_t>(PrefillWorkOf(config, prompt_tokens).total());
 }
 
 v1::DecodeRequest GenerateCall::NextDecodeRequest(const std::string& worker_request_id) const {

@@ -33,6 +33,7 @@
 #include "grpcpp/server_context.h"
 #include "grpcpp/support/sync_stream.h"
 #include "indexcache/v1/generate.pb.h"
+#include "common/model/model_config.h"
 #include "indexcache/v1/internal.pb.h"
 #include "services/router/admission_queue.h"
 #include "services/router/prefill_call.h"
@@ -51,6 +52,9 @@ struct DispatchOptions {
   StallMonitor* stall_monitor = nullptr;
   // How many times one stream may migrate after tokens reached its client; 0: never.
   int migration_limit = 3;
+  // The served model, for the prefill work a prompt demands (common/model/prefill_cost.h), under the
+  // pool's pattern when it has one. Null: prefill workers are compared by tokens alone. Outlives every call.
+  const ModelConfig* model = nullptr;
 };
 
 class GenerateCall {
@@ -83,6 +87,8 @@ class GenerateCall {
   };
 
   Outcome RunAttempt(WorkerLease& decode, WorkerLease& prefill, const std::string& worker_request_id);
+  // The modelled work of prefilling `prompt_tokens` tokens (0 without DispatchOptions::model).
+  int64_t PrefillFlops(int64_t prompt_tokens) const;
   // What the workers of the next attempt are asked: the client's prompt plus the tokens already
   // streamed (resumed_tokens of them), and the client's sampling with max_new_tokens reduced by them.
   v1::DecodeRequest NextDecodeRequest(const std::string& worker_request_id) const;

@@ -16,7 +16,7 @@ namespace indexcache {
 
 // A worker's load as compared by the balancer: lexicographic, lower is less loaded.
 //   decode:  {running sequences (the router's own, plus others' from the last report), -free KV blocks}
-//   prefill: {queued prompt tokens, 0}
+//   prefill: {queued prefill work in FLOPs (common/model/prefill_cost.h), queued prompt tokens}
 struct LoadKey {
   int64_t primary = 0;
   int64_t secondary = 0;

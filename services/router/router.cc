@@ -105,6 +105,7 @@ class Router::Services {
     dispatch_.stall_monitor = &stall_monitor_;
     dispatch_.migration_limit = options.migration_limit;
     dispatch_.index_pattern = FormatIndexPattern(validator_->config().indexer_types);
+    dispatch_.model = &validator_->config();
   }
 
   grpc::Service* api() { return &api_; }

@@ -17,19 +17,22 @@ constexpr char kRefused[] = "it refused a request for lack of room since its las
 
 }  // namespace
 
-void WorkerLedger::Enter(int64_t prompt_tokens_in, int64_t kv_blocks_in, int64_t sequences_in) {
-  prompt_tokens += prompt_tokens_in;
-  kv_blocks += kv_blocks_in;
-  sequences += sequences_in;
+void WorkerLedger::Enter(const LedgerShare& share) {
+  prompt_tokens += share.prompt_tokens;
+  prefill_flops += share.prefill_flops;
+  kv_blocks += share.kv_blocks;
+  sequences += share.sequences;
   peak_sequences = std::max(peak_sequences, sequences);
   peak_prompt_tokens = std::max(peak_prompt_tokens, prompt_tokens);
+  peak_prefill_flops = std::max(peak_prefill_flops, prefill_flops);
   peak_kv_blocks = std::max(peak_kv_blocks, kv_blocks);
 }
 
-void WorkerLedger::Leave(int64_t prompt_tokens_out, int64_t kv_blocks_out, int64_t sequences_out) {
-  prompt_tokens -= prompt_tokens_out;
-  kv_blocks -= kv_blocks_out;
-  sequences -= sequences_out;
+void WorkerLedger::Leave(const LedgerShare& share) {
+  prompt_tokens -= share.prompt_tokens;
+  prefill_flops -= share.prefill_flops;
+  kv_blocks -= share.kv_blocks;
+  sequences -= share.sequences;
 }
 
 void WorkerLedger::Reported(const v1::WorkerLoad& load) {
@@ -39,10 +42,13 @@ void WorkerLedger::Reported(const v1::WorkerLoad& load) {
     others_sequences = std::max<int64_t>(0, int64_t{load.running_sequences()} - peak_sequences);
   } else {
     others_prompt_tokens = std::max<int64_t>(0, load.queued_prompt_tokens() - peak_prompt_tokens);
+    others_prefill_flops =
+        std::max<int64_t>(0, static_cast<int64_t>(load.queued_prefill_flops()) - peak_prefill_flops);
   }
   peak_sequences = sequences;
   peak_kv_blocks = kv_blocks;
   peak_prompt_tokens = prompt_tokens;
+  peak_prefill_flops = prefill_flops;
   refused = false;
 }
 
@@ -98,6 +104,9 @@ LoadKey DecodeLoadKey(const v1::WorkerLoad& load, const WorkerLedger& ledger) {
   return {ledger.others_sequences + ledger.sequences, -free};
 }
 
-LoadKey PrefillLoadKey(const WorkerLedger& ledger) { return {QueuedPromptTokens(ledger), 0}; }
+LoadKey PrefillLoadKey(const WorkerLedger& ledger) {
+  // The work queued, not the tokens: a prompt's indexer work grows with its square (prefill_cost.h).
+  return {ledger.others_prefill_flops + ledger.prefill_flops, QueuedPromptTokens(ledger)};
+}
 
 }  // namespace indexcache

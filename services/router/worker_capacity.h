@@ -37,29 +37,41 @@ namespace indexcache {
 struct Demand {
   int64_t prompt_tokens = 0;
   int64_t max_new_tokens = 0;
+  int64_t prefill_flops = 0;  // the prompt's modelled prefill work (common/model/prefill_cost.h)
+};
+
+// What one request adds to a worker's ledger while it is dispatched there.
+struct LedgerShare {
+  int64_t prompt_tokens = 0;  // prefill
+  int64_t prefill_flops = 0;  // prefill
+  int64_t kv_blocks = 0;      // decode
+  int64_t sequences = 0;      // decode
 };
 
 // This router's account of one worker.
 struct WorkerLedger {
   // Requests dispatched there and not finished: running sequences and KV blocks promised (decode),
-  // prompt tokens (prefill).
+  // prompt tokens and their prefill work (prefill).
   int64_t sequences = 0;
   int64_t kv_blocks = 0;
   int64_t prompt_tokens = 0;
+  int64_t prefill_flops = 0;
   // The ledger's peaks since the last report.
   int64_t peak_sequences = 0;
   int64_t peak_kv_blocks = 0;
   int64_t peak_prompt_tokens = 0;
+  int64_t peak_prefill_flops = 0;
   // The last report's load beyond this router's requests.
   int64_t others_sequences = 0;
   int64_t others_kv_blocks = 0;
   int64_t others_prompt_tokens = 0;
+  int64_t others_prefill_flops = 0;
   // The worker answered RESOURCE_EXHAUSTED since its last report: no more until the next one.
   bool refused = false;
 
   // A request enters (dispatched) or leaves (finished) the ledger.
-  void Enter(int64_t prompt_tokens, int64_t kv_blocks, int64_t sequences);
-  void Leave(int64_t prompt_tokens, int64_t kv_blocks, int64_t sequences);
+  void Enter(const LedgerShare& share);
+  void Leave(const LedgerShare& share);
   // A load report arrived: re-derives `others_*`, restarts the peaks and clears `refused`.
   void Reported(const ::indexcache::v1::WorkerLoad& load);
 };

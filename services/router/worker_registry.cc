@@ -69,12 +69,8 @@ WorkerConnection::WorkerConnection(v1::WorkerRole role_in, std::string address_i
       decode(role == v1::DECODE ? v1::DecodeWorker::NewStub(channel) : nullptr) {}
 
 WorkerLease::WorkerLease(WorkerRegistry* registry, std::shared_ptr<WorkerConnection> worker, std::string id,
-                         int64_t prompt_tokens, int64_t kv_blocks)
-    : registry_(registry),
-      worker_(std::move(worker)),
-      id_(std::move(id)),
-      prompt_tokens_(prompt_tokens),
-      kv_blocks_(kv_blocks) {}
+                         const LedgerShare& share)
+    : registry_(registry), worker_(std::move(worker)), id_(std::move(id)), share_(share) {}
 
 WorkerLease::~WorkerLease() { ReleaseLoad(); }
 
@@ -85,7 +81,7 @@ std::string WorkerLease::Describe() const {
 void WorkerLease::ReleaseLoad() {
   if (!counted_) return;
   counted_ = false;
-  registry_->ReturnLoad(worker_.get(), prompt_tokens_, kv_blocks_);
+  registry_->ReturnLoad(worker_.get(), share_);
 }
 
 WorkerRegistry::WorkerRegistry(RegistryOptions options)
@@ -370,13 +366,14 @@ absl::StatusOr<Placement> WorkerRegistry::TryPlace(const Demand& demand, absl::S
     placement.busy = decode.chosen == nullptr ? decode.busy : prefill.busy;
     return placement;
   }
-  const int64_t kv_blocks = KvBlocksToAdmit(decode.chosen->info.load, demand);
-  decode.chosen->ledger.Enter(0, kv_blocks, 1);
-  prefill.chosen->ledger.Enter(demand.prompt_tokens, 0, 0);
+  const LedgerShare decode_share{.kv_blocks = KvBlocksToAdmit(decode.chosen->info.load, demand), .sequences = 1};
+  const LedgerShare prefill_share{.prompt_tokens = demand.prompt_tokens, .prefill_flops = demand.prefill_flops};
+  decode.chosen->ledger.Enter(decode_share);
+  prefill.chosen->ledger.Enter(prefill_share);
   placement.decode =
-      std::make_unique<WorkerLease>(this, decode.chosen->connection, decode.chosen->info.id, 0, kv_blocks);
+      std::make_unique<WorkerLease>(this, decode.chosen->connection, decode.chosen->info.id, decode_share);
   placement.prefill =
-      std::make_unique<WorkerLease>(this, prefill.chosen->connection, prefill.chosen->info.id, demand.prompt_tokens, 0);
+      std::make_unique<WorkerLease>(this, prefill.chosen->connection, prefill.chosen->info.id, prefill_share);
   return placement;
 }
 
@@ -387,12 +384,12 @@ void WorkerRegistry::MarkFull(const WorkerLease& worker) {
   }
 }
 
-void WorkerRegistry::ReturnLoad(const WorkerConnection* worker, int64_t prompt_tokens, int64_t kv_blocks) {
+void WorkerRegistry::ReturnLoad(const WorkerConnection* worker, const LedgerShare& share) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto& e : entries_) {
       if (e->connection.get() != worker) continue;
-      e->ledger.Leave(prompt_tokens, kv_blocks, worker->role == v1::DECODE ? 1 : 0);
+      e->ledger.Leave(share);
       break;
     }
   }

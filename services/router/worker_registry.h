@@ -70,7 +70,7 @@ class WorkerRegistry;
 class WorkerLease {
  public:
   WorkerLease(WorkerRegistry* registry, std::shared_ptr<WorkerConnection> worker, std::string id,
-              int64_t prompt_tokens, int64_t kv_blocks);
+              const LedgerShare& share);
   ~WorkerLease();
   WorkerLease(const WorkerLease&) = delete;
   WorkerLease& operator=(const WorkerLease&) = delete;
@@ -87,8 +87,7 @@ class WorkerLease {
   WorkerRegistry* const registry_;
   const std::shared_ptr<WorkerConnection> worker_;
   const std::string id_;
-  const int64_t prompt_tokens_;
-  const int64_t kv_blocks_;
+  const LedgerShare share_;
   bool counted_ = true;
 };
 
@@ -172,7 +171,7 @@ class WorkerRegistry {
   void AddProbed(v1::WorkerRole role, const std::string& address, bool discovered);
   // Takes an entry out of rotation (static) or forgets it (registered only). Locked.
   void Evict(const std::shared_ptr<WorkerConnection>& worker, const std::string& why);
-  void ReturnLoad(const WorkerConnection* worker, int64_t prompt_tokens, int64_t kv_blocks);
+  void ReturnLoad(const WorkerConnection* worker, const LedgerShare& share);
   // Stores a report of `entry`'s load. Locked.
   void RecordLoad(Entry& entry, const v1::WorkerLoad& load);
 

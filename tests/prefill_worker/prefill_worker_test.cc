@@ -17,6 +17,8 @@
 #include "common/engine/engine.h"
 #include "common/engine/engine_loop.h"
 #include "common/handoff/handoff_transport.h"
+#include "common/model/model_config.h"
+#include "common/model/prefill_cost.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "common/handoff/tcp/tcp_handoff.h"
@@ -274,6 +276,7 @@ class PrefillWorkerTest : public ::testing::Test {
     EXPECT_EQ(load.free_kv_blocks(), load.total_kv_blocks());
     EXPECT_EQ(load.queued_requests(), 0);
     EXPECT_EQ(load.queued_prompt_tokens(), 0);
+    EXPECT_EQ(load.queued_prefill_flops(), 0);
   }
 
   FakeDecode decode_;
@@ -480,6 +483,9 @@ TEST_F(PrefillWorkerTest, QueuedPromptTokensAreBounded) {
   const v1::WorkerLoad load = Load();
   EXPECT_EQ(load.queued_requests(), 1);
   EXPECT_EQ(load.queued_prompt_tokens(), 40);
+  // And their modelled work, what the router balances by (common/model/prefill_cost.h).
+  const ModelConfig config = *LoadModelConfig(TestEngineOptions().model_dir);
+  EXPECT_DOUBLE_EQ(load.queued_prefill_flops(), PrefillWorkOf(config, 40).total());
   v1::PrefillDone response;
   const grpc::Status second = Prefill(Request("second", Prompt(40)), &response);
   EXPECT_EQ(second.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << second.error_message();

@@ -3,6 +3,10 @@
 // the now / later / never verdicts.
 #include "services/router/worker_capacity.h"
 
+#include <string>
+
+#include "common/model/model_config.h"
+#include "common/model/prefill_cost.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -35,13 +39,13 @@ TEST(WorkerCapacityTest, DecodePromisesThePromptsBlocksAndRefusesWhatNeverFits) 
   const Demand demand{40, 8};
   EXPECT_EQ(KvBlocksToAdmit(load, demand), 3);
   EXPECT_EQ(DecodeFit(load, ledger, demand).fit, Fit::kNow);
-  ledger.Enter(0, 3, 1);
-  ledger.Enter(0, 3, 1);
-  ledger.Enter(0, 3, 1);
+  ledger.Enter({.kv_blocks = 3, .sequences = 1});
+  ledger.Enter({.kv_blocks = 3, .sequences = 1});
+  ledger.Enter({.kv_blocks = 3, .sequences = 1});
   const FitVerdict full = DecodeFit(load, ledger, demand);
   EXPECT_EQ(full.fit, Fit::kLater);
   EXPECT_THAT(full.why, HasSubstr("1 of its 10 KV blocks are free, 3 needed"));
-  ledger.Leave(0, 3, 1);
+  ledger.Leave({.kv_blocks = 3, .sequences = 1});
   EXPECT_EQ(DecodeFit(load, ledger, demand).fit, Fit::kNow);
   // 160 tokens fill the 10 blocks exactly; one more never fits, however idle the worker.
   EXPECT_EQ(DecodeFit(load, WorkerLedger(), Demand{100, 60}).fit, Fit::kNow);
@@ -53,20 +57,20 @@ TEST(WorkerCapacityTest, DecodePromisesThePromptsBlocksAndRefusesWhatNeverFits) 
 
 TEST(WorkerCapacityTest, AReportAddsOnlyWhatLiesBeyondTheRoutersOwnRequests) {
   WorkerLedger ledger;
-  ledger.Enter(0, 3, 1);  // ours, admitted there
+  ledger.Enter({.kv_blocks = 3, .sequences = 1});  // ours, admitted there
   ledger.Reported(DecodeLoad(/*free_blocks=*/5));  // 5 in use: 3 ours, 2 someone else's
   EXPECT_EQ(ledger.others_kv_blocks, 2);
   EXPECT_EQ(DecodeFit(DecodeLoad(5), ledger, Demand{40, 8}).fit, Fit::kNow);  // 10 - 5 = 5 free
-  ledger.Enter(0, 3, 1);
+  ledger.Enter({.kv_blocks = 3, .sequences = 1});
   EXPECT_EQ(DecodeFit(DecodeLoad(5), ledger, Demand{40, 8}).fit, Fit::kLater);  // 2 free
 }
 
 TEST(WorkerCapacityTest, ARequestThatFinishedWhileTheReportTravelledIsNotCountedTwice) {
   WorkerLedger ledger;
-  ledger.Enter(30, 0, 0);
+  ledger.Enter({.prompt_tokens = 30});
   ledger.Reported(PrefillLoad(30, 40));
   // The worker builds its next report with our 30 tokens in it; they finish before it arrives.
-  ledger.Leave(30, 0, 0);
+  ledger.Leave({.prompt_tokens = 30});
   ledger.Reported(PrefillLoad(30, 40));
   EXPECT_EQ(ledger.others_prompt_tokens, 0);
   EXPECT_EQ(PrefillFit(PrefillLoad(30, 40), ledger, Demand{30, 1}).fit, Fit::kNow);
@@ -78,6 +82,26 @@ TEST(WorkerCapacityTest, ARequestThatFinishedWhileTheReportTravelledIsNotCounted
   EXPECT_EQ(ledger.others_prompt_tokens, 25);
 }
 
+// Prefill workers are compared by queued work, not tokens: one 64K prompt is far more indexer work
+// than four 16K ones of the same total (common/model/prefill_cost.h), and the other routers' work
+// comes from the report the way their tokens do.
+TEST(WorkerCapacityTest, APrefillWorkersLoadIsItsQueuedWork) {
+  const ModelConfig config = *LoadModelConfig(std::string(INDEXCACHE_MODELS_DIR) + "/glm-dsa-trained");
+  const auto flops = [&](int64_t tokens) { return static_cast<int64_t>(PrefillWorkOf(config, tokens).total()); };
+  WorkerLedger one_long, four_short;
+  one_long.Enter({.prompt_tokens = 65536, .prefill_flops = flops(65536)});
+  for (int i = 0; i < 4; ++i) four_short.Enter({.prompt_tokens = 16384, .prefill_flops = flops(16384)});
+  EXPECT_EQ(PrefillLoadKey(one_long).secondary, PrefillLoadKey(four_short).secondary);  // the same tokens
+  EXPECT_LT(PrefillLoadKey(four_short), PrefillLoadKey(one_long));
+
+  v1::WorkerLoad report = PrefillLoad(65536 + 1000, 0);
+  report.set_queued_prefill_flops(static_cast<double>(flops(65536) + 5000));
+  one_long.Reported(report);
+  EXPECT_EQ(one_long.others_prefill_flops, 5000);
+  one_long.Leave({.prompt_tokens = 65536, .prefill_flops = flops(65536)});
+  EXPECT_EQ(PrefillLoadKey(one_long).primary, 5000);
+}
+
 // Two decode workers, one just done with a spell of five of this router's streams: a report built
 // before they ended still says five run there. Only sequences beyond the router's own count, so a
 // burst now spreads over both instead of landing on the other one until it has five too.
@@ -85,9 +109,9 @@ TEST(WorkerCapacityTest, ADecodeWorkersLoadCountsOnlyTheSequencesBeyondTheRouter
   v1::WorkerLoad busy = DecodeLoad(/*free_blocks=*/10, /*total_blocks=*/20);
   busy.set_running_sequences(5);
   WorkerLedger was_busy;
-  for (int i = 0; i < 5; ++i) was_busy.Enter(0, 2, 1);
+  for (int i = 0; i < 5; ++i) was_busy.Enter({.kv_blocks = 2, .sequences = 1});
   was_busy.Reported(busy);
-  for (int i = 0; i < 5; ++i) was_busy.Leave(0, 2, 1);
+  for (int i = 0; i < 5; ++i) was_busy.Leave({.kv_blocks = 2, .sequences = 1});
   was_busy.Reported(busy);  // built while they still ran
   EXPECT_EQ(was_busy.others_sequences, 0);
   const v1::WorkerLoad idle_load = DecodeLoad(20, 20);
@@ -96,7 +120,7 @@ TEST(WorkerCapacityTest, ADecodeWorkersLoadCountsOnlyTheSequencesBeyondTheRouter
   EXPECT_FALSE(DecodeLoadKey(idle_load, idle) < DecodeLoadKey(busy, was_busy))
       << "the idle worker is not preferred for sequences that have ended";
   // Our next request there counts at once; someone else's three show from the next report on.
-  was_busy.Enter(0, 2, 1);
+  was_busy.Enter({.kv_blocks = 2, .sequences = 1});
   EXPECT_EQ(DecodeLoadKey(busy, was_busy).primary, 1);
   v1::WorkerLoad others = DecodeLoad(12, 20);
   others.set_running_sequences(4);  // ours and three more
@@ -109,7 +133,7 @@ TEST(WorkerCapacityTest, PrefillKeepsItsBoundButTakesAnyPromptWhenIdle) {
   WorkerLedger ledger;
   const v1::WorkerLoad load = PrefillLoad(0, 100);
   EXPECT_EQ(PrefillFit(load, ledger, Demand{500, 1}).fit, Fit::kNow);  // idle: as PrefillService admits
-  ledger.Enter(60, 0, 0);
+  ledger.Enter({.prompt_tokens = 60});
   EXPECT_EQ(PrefillFit(load, ledger, Demand{40, 1}).fit, Fit::kNow);
   const FitVerdict later = PrefillFit(load, ledger, Demand{41, 1});
   EXPECT_EQ(later.fit, Fit::kLater);
