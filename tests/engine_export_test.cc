@@ -2,7 +2,8 @@
 // position reaches the sink exactly once, in order, one segment per prefill chunk, handed over before
 // the pass that computes it; once the pass is over the segment's rows equal what the cache holds at
 // the end (an export of the finished prompt, taken separately); and a sink that is not Ready holds
-// the request's next chunk back until it is.
+// the request's next chunk back until it is. A streaming request takes nothing from the prefix cache:
+// its sink gets every position even when the prompt's blocks are cached.
 #include <cstring>
 #include <memory>
 #include <string>
@@ -119,6 +120,26 @@ TEST(EngineExport, ASinkThatIsNotReadyHoldsTheNextChunkBack) {
   ASSERT_TRUE((*engine)->Step().ok());
   EXPECT_EQ(sink->segments.size(), 2u);
   EXPECT_EQ(*(*engine)->CachedTokens(*id), 32);
+}
+
+TEST(EngineExport, AStreamingRequestComputesAndSendsACachedPrompt) {
+  auto engine = Engine::Create(Options());
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  absl::StatusOr<RequestId> cached = (*engine)->SubmitPrefill(Prompt(), Greedy());  // no sink: caches its blocks
+  ASSERT_TRUE(cached.ok()) << cached.status();
+  ASSERT_EQ(RunPrefill(**engine, *cached), 4);
+  (*engine)->Release(*cached);
+  ASSERT_EQ((*engine)->cache().num_cached_blocks(), kPromptTokens / 16);
+  (*engine)->TakePrefixCacheStats();
+
+  auto sink = std::make_shared<CollectingSink>();
+  absl::StatusOr<RequestId> id = (*engine)->SubmitPrefill(Prompt(), Greedy(), sink);
+  ASSERT_TRUE(id.ok()) << id.status();
+  ASSERT_EQ(RunPrefill(**engine, *id), 4);
+  ASSERT_EQ(sink->segments.size(), 4u);
+  EXPECT_EQ(sink->segments.front().begin(), 0);
+  EXPECT_EQ(sink->segments.back().end(), kPromptTokens);
+  EXPECT_EQ((*engine)->TakePrefixCacheStats().queried_tokens, 0u) << "no lookup";
 }
 
 }  // namespace

@@ -94,6 +94,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& o) {
     IC_LOG(Info) << "no tokenizer.json in " << o.model_dir << ": the engine runs on token ids only";
   }
   engine->max_batch_tokens_ = o.max_batch_tokens;
+  engine->prefix_cache_ = o.prefix_cache;
+  engine->prefix_seed_ =
+      PrefixCache::Seed(engine->fingerprint_, FormatIndexPattern(engine->model_->config().indexer_types));
   IC_LOG(Info) << "model ready: " << engine->model_->weights().num_parameters << " parameters, KV cache "
                << engine->cache_->num_blocks() << " blocks of " << o.block_size << " tokens ("
                << engine->cache_->bytes_per_block() << " bytes each)";
@@ -179,6 +182,7 @@ absl::StatusOr<Engine::Request> Engine::MakeRequest(std::vector<int32_t> prompt,
 
 absl::StatusOr<RequestId> Engine::Submit(std::vector<int32_t> prompt, const SamplingParams& params) {
   ASSIGN_OR_RETURN(Request r, MakeRequest(std::move(prompt), params, /*prefill_only=*/false));
+  r.prefix_cached = prefix_cache_;
   const RequestId id = r.id;
   order_.push_back(id);
   requests_.emplace(id, std::move(r));
@@ -189,6 +193,9 @@ absl::StatusOr<RequestId> Engine::SubmitPrefill(std::vector<int32_t> prompt, con
                                                 std::shared_ptr<SegmentSink> export_to) {
   ASSIGN_OR_RETURN(Request r, MakeRequest(std::move(prompt), params, /*prefill_only=*/true));
   r.export_to = std::move(export_to);
+  // A streaming request's sink must get every prompt position, cached or not; until cached rows are
+  // exported too, it computes them all (and its blocks, which the worker exports, stay private).
+  r.prefix_cached = prefix_cache_ && r.export_to == nullptr;
   const RequestId id = r.id;
   order_.push_back(id);
   requests_.emplace(id, std::move(r));
@@ -319,6 +326,36 @@ void Engine::Preempt(Request& r) {
                << " tokens will be prefilled again)";
   cache_->Release(r.id);
   r.num_cached = 0;
+  r.looked_up = false;
+}
+
+void Engine::ExtendBlockKeys(Request& r, int32_t count) {
+  const int32_t bs = cache_->block_size();
+  while (static_cast<int32_t>(r.block_keys.size()) < count) {
+    const size_t i = r.block_keys.size();
+    const BlockKey& previous = i == 0 ? prefix_seed_ : r.block_keys.back();
+    r.block_keys.push_back(PrefixCache::Chain(previous, absl::MakeConstSpan(r.tokens).subspan(i * bs, bs)));
+  }
+}
+
+void Engine::AttachCachedPrefix(Request& r) {
+  r.looked_up = true;
+  const int32_t bs = cache_->block_size();
+  const int32_t lookup = (static_cast<int32_t>(r.tokens.size()) - 1) / bs;
+  ExtendBlockKeys(r, lookup);
+  const int32_t hit = cache_->AttachCachedPrefix(r.id, absl::MakeConstSpan(r.block_keys).first(lookup),
+                                                 static_cast<int32_t>(r.tokens.size()));
+  r.num_cached = hit * bs;
+  r.published_blocks = hit;
+}
+
+void Engine::PublishFullBlocks(Request& r) {
+  const int32_t full = r.num_cached / cache_->block_size();
+  if (full <= r.published_blocks) return;
+  ExtendBlockKeys(r, full);
+  cache_->PublishBlocks(r.id, r.published_blocks,
+                        absl::MakeConstSpan(r.block_keys).subspan(r.published_blocks, full - r.published_blocks));
+  r.published_blocks = full;
 }
 
 ForwardBatch Engine::Schedule(std::vector<Request*>& in_batch) {
@@ -376,8 +413,15 @@ ForwardBatch Engine::Schedule(std::vector<Request*>& in_batch) {
   for (RequestId id : order_) {
     if (budget <= 0) break;
     Request& r = requests_.at(id);
+    // Looked up when it first gets a chance to run, not at Submit: by then the requests ahead of it
+    // may have computed the prefix it shares with them.
+    const bool attach = r.state == State::kRunning && r.prefix_cached && !r.looked_up;
+    if (attach) AttachCachedPrefix(r);
     const int32_t pending = static_cast<int32_t>(r.tokens.size()) - r.num_cached;
-    if (r.state != State::kRunning || (r.num_cached > 0 && pending == 1) || ExportBlocked(r)) continue;
+    // One token pending after a prefill is a decode step, taken above — unless the cache just
+    // supplied all but the last prompt token.
+    const bool decoding = r.num_cached > 0 && pending == 1 && !attach;
+    if (r.state != State::kRunning || decoding || ExportBlocked(r)) continue;
     const int32_t take = std::min(pending, budget);
     if (!cache_->Reserve(r.id, r.num_cached + take).ok()) break;  // waits for memory
     add(r, take);
@@ -467,6 +511,7 @@ absl::StatusOr<std::vector<TokenEvent>> Engine::Step() {
     Request& r = *in_batch[s];
     const int32_t added = static_cast<int32_t>(std::count(batch.token_seq.begin(), batch.token_seq.end(), s));
     r.num_cached += added;
+    if (r.prefix_cached) PublishFullBlocks(r);
     if (r.num_cached != static_cast<int32_t>(r.tokens.size())) continue;  // prompt not done yet
     if (r.prefill_only) r.probes = std::move(result.probes[probe_index++]);
     const size_t row = logit_index++;
