@@ -193,9 +193,7 @@ absl::StatusOr<RequestId> Engine::SubmitPrefill(std::vector<int32_t> prompt, con
                                                 std::shared_ptr<SegmentSink> export_to) {
   ASSIGN_OR_RETURN(Request r, MakeRequest(std::move(prompt), params, /*prefill_only=*/true));
   r.export_to = std::move(export_to);
-  // A streaming request's sink must get every prompt position, cached or not; until cached rows are
-  // exported too, it computes them all (and its blocks, which the worker exports, stay private).
-  r.prefix_cached = prefix_cache_ && r.export_to == nullptr;
+  r.prefix_cached = prefix_cache_;
   const RequestId id = r.id;
   order_.push_back(id);
   requests_.emplace(id, std::move(r));
@@ -384,7 +382,7 @@ ForwardBatch Engine::Schedule(std::vector<Request*>& in_batch) {
   // Decoding requests first: one token each.
   for (size_t i = 0; i < order_.size() && budget > 0; ++i) {
     Request& r = requests_.at(order_[i]);
-    if (r.state != State::kRunning || r.num_cached == 0 || r.tokens.size() - r.num_cached != 1) continue;
+    if (r.state != State::kRunning || !Decoding(r)) continue;
     absl::Status reserved = cache_->Reserve(r.id, r.num_cached + 1);
     while (!reserved.ok()) {
       // Free the most recently admitted other request that holds cache; with none newer, this one
@@ -417,12 +415,15 @@ ForwardBatch Engine::Schedule(std::vector<Request*>& in_batch) {
     // may have computed the prefix it shares with them.
     const bool attach = r.state == State::kRunning && r.prefix_cached && !r.looked_up;
     if (attach) AttachCachedPrefix(r);
-    const int32_t pending = static_cast<int32_t>(r.tokens.size()) - r.num_cached;
-    // One token pending after a prefill is a decode step, taken above — unless the cache just
-    // supplied all but the last prompt token.
-    const bool decoding = r.num_cached > 0 && pending == 1 && !attach;
-    if (r.state != State::kRunning || decoding || ExportBlocked(r)) continue;
-    const int32_t take = std::min(pending, budget);
+    // A decode step was taken above, unless the cache just supplied all but the last prompt token.
+    if (r.state != State::kRunning || (Decoding(r) && !attach) || ExportBlocked(r)) continue;
+    if (r.export_to && r.exported < r.num_cached) {
+      // A streaming request's sink gets its cached positions first, a chunk per step (staging no
+      // larger than a computed chunk's, under the same backpressure); computing starts after them.
+      SendCachedRows(r);
+      continue;
+    }
+    const int32_t take = std::min(static_cast<int32_t>(r.tokens.size()) - r.num_cached, budget);
     if (!cache_->Reserve(r.id, r.num_cached + take).ok()) break;  // waits for memory
     add(r, take);
   }
@@ -527,6 +528,16 @@ absl::StatusOr<std::vector<TokenEvent>> Engine::Step() {
   }
   for (RequestId id : finished) Finish(id);
   return events;
+}
+
+void Engine::SendCachedRows(Request& r) {
+  const int32_t begin = r.exported;
+  const int32_t end = std::min(r.num_cached, begin + max_batch_tokens_);
+  r.exported = end;
+  absl::StatusOr<KvSegment> segment = exporter_->Export(r.id, begin, end);
+  // The rows cannot leave: the receiver sees the failure where it waits for them.
+  r.export_to->Take(segment.ok() ? *std::move(segment)
+                                 : exporter_->Failed(begin, end, Annotate(segment.status(), "exporting cached rows")));
 }
 
 std::vector<KvSegment> Engine::BeginExports(const std::vector<Request*>& in_batch, const ForwardBatch& batch) {

@@ -130,8 +130,8 @@ class Engine {
   // --- disaggregated serving: the prefill side ----------------------------------------------
   // Like Submit, but the request ends at its first sampled token (event kPrefillDone) and keeps its
   // cache until Release. With `export_to`, every prompt position reaches it in one segment exactly
-  // once, in order (a preempted request's recomputed positions are not sent again); such a request
-  // computes its whole prompt and takes no part in the prefix cache, whose rows would not reach it.
+  // once, in order (a preempted request's recomputed positions are not sent again): positions found
+  // in the prefix cache are sent from there, a chunk per step, before the computed ones.
   absl::StatusOr<RequestId> SubmitPrefill(std::vector<int32_t> prompt, const SamplingParams& params,
                                           std::shared_ptr<SegmentSink> export_to = nullptr);
   // Prompt positions already in the cache (grows chunk by chunk during prefill).
@@ -201,6 +201,11 @@ class Engine {
   // so only the prompt has to fit this engine's cache.
   // A running request whose next chunk waits for its segment sink.
   static bool ExportBlocked(const Request& r) { return r.export_to != nullptr && !r.export_to->Ready(); }
+  // One token to compute after its prompt: a decode step. A prefill-only request never decodes; its
+  // last prompt token is a prompt chunk, which waits for its sink and follows its cached rows.
+  static bool Decoding(const Request& r) {
+    return !r.prefill_only && r.num_cached > 0 && r.tokens.size() - r.num_cached == 1;
+  }
   absl::Status ValidateRequest(const std::vector<int32_t>& prompt, const SamplingParams& params,
                                bool prefill_only) const;
   absl::StatusOr<Request> MakeRequest(std::vector<int32_t> prompt, const SamplingParams& params, bool prefill_only);
@@ -212,6 +217,9 @@ class Engine {
   // Starts, and hands to their sinks, the segments of the positions `batch` computes for requests
   // that stream their rows; the pass then exports them layer by layer.
   std::vector<KvSegment> BeginExports(const std::vector<Request*>& in_batch, const ForwardBatch& batch);
+  // Hands a streaming request's sink its next cached positions, at most a chunk, copied from the
+  // cache as they lie.
+  void SendCachedRows(Request& r);
   void Preempt(Request& r);
   // Starts a request that holds nothing with the cached blocks of its longest cached prefix, leaving
   // at least its last token to compute (its logits give the next token).

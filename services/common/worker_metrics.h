@@ -1,7 +1,7 @@
 // The Prometheus metrics of a prefill or decode worker (names in docs/operations.md): KV blocks and
 // queues read from the worker's load report, the engine's IndexCache and prefix-cache counters, and
-// the handoff —
-// bytes by payload kind, latency, bandwidth, failures — each labelled with the worker's role.
+// the handoff — bytes by payload kind, latency, bandwidth, failures — each labelled with the worker's
+// role.
 // Counters only grow: the engine's counters arrive as deltas (Engine::TakeStats resets), taken by
 // whoever already visits the engine loop (the load report), so the loop itself takes no extra lock.
 #pragma once
