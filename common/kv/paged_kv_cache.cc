@@ -68,7 +68,10 @@ absl::Status PagedKvCache::Reserve(SequenceId seq, int32_t num_tokens) {
   auto blocks = allocator_.Allocate(needed);
   if (!blocks.ok()) {
     if (table.empty()) tables_.erase(seq);
-    return Annotate(blocks.status(), absl::StrFormat("sequence %d growing to %d tokens", seq, num_tokens));
+    // The allocator's count leaves out the idle cached blocks, which were too few to make up the rest.
+    return Annotate(blocks.status(), absl::StrFormat("sequence %d growing to %d tokens (%d more blocks idle in the "
+                                                     "prefix cache)",
+                                                     seq, num_tokens, prefix_cache_.num_idle()));
   }
   table.insert(table.end(), blocks->begin(), blocks->end());
   return absl::OkStatus();

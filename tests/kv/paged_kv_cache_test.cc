@@ -352,7 +352,10 @@ TEST_F(PagedKvCacheTest, SharedBlocksOutliveTheirWriterAndAreEvictedOnlyWhenNeed
   cache->Release(2);  // the shared blocks turn idle: free for allocation, still findable
   EXPECT_EQ(cache->num_idle_cached_blocks(), 2);
   EXPECT_EQ(cache->num_free_blocks(), 3);
-  EXPECT_EQ(cache->Reserve(4, 32).code(), absl::StatusCode::kResourceExhausted);
+  const absl::Status short_status = cache->Reserve(4, 32);
+  EXPECT_EQ(short_status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(short_status.message(), HasSubstr("1 of 6 free"));
+  EXPECT_THAT(short_status.message(), HasSubstr("2 more blocks idle in the prefix cache"));
   EXPECT_EQ(cache->num_cached_blocks(), 2) << "a failed Reserve evicts nothing";
   ASSERT_TRUE(cache->Reserve(4, 8).ok());  // takes the free block: the cache is kept
   EXPECT_EQ(cache->num_cached_blocks(), 2);
