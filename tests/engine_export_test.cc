@@ -2,7 +2,8 @@
 // position reaches the sink exactly once, in order, one segment per prefill chunk, handed over before
 // the pass that computes it; once the pass is over the segment's rows equal what the cache holds at
 // the end (an export of the finished prompt, taken separately); and a sink that is not Ready holds
-// the request's next chunk back until it is.
+// the request's next chunk back until it is. With the prefix cache, cached positions are streamed
+// from the cache, and the rows are those of an engine without it.
 #include <cstring>
 #include <memory>
 #include <string>
@@ -119,6 +120,52 @@ TEST(EngineExport, ASinkThatIsNotReadyHoldsTheNextChunkBack) {
   ASSERT_TRUE((*engine)->Step().ok());
   EXPECT_EQ(sink->segments.size(), 2u);
   EXPECT_EQ(*(*engine)->CachedTokens(*id), 32);
+}
+
+// Every slice's rows of `sink`'s segments, concatenated in position order (after waiting for them).
+std::vector<std::string> StreamedRows(const CollectingSink& sink) {
+  std::vector<std::string> rows;
+  for (const KvSegment& segment : sink.segments) {
+    EXPECT_TRUE(segment.Wait().ok());
+    rows.resize(segment.slices().size());
+    for (size_t s = 0; s < segment.slices().size(); ++s) rows[s] += segment.bytes(segment.slices()[s]);
+  }
+  return rows;
+}
+
+// A prompt whose first three blocks are cached: they reach the sink from the cache, a chunk per step
+// and before the computed rest, and the rows equal those an engine without the prefix cache streams.
+TEST(EngineExport, CachedPositionsAreStreamedFromTheCacheFirst) {
+  EngineOptions cold_options = Options();
+  cold_options.prefix_cache = false;
+  auto cold = Engine::Create(cold_options);
+  ASSERT_TRUE(cold.ok()) << cold.status();
+  auto cold_sink = std::make_shared<CollectingSink>();
+  absl::StatusOr<RequestId> cold_id = (*cold)->SubmitPrefill(Prompt(), Greedy(), cold_sink);
+  ASSERT_TRUE(cold_id.ok()) << cold_id.status();
+  ASSERT_EQ(RunPrefill(**cold, *cold_id), 4);
+
+  auto engine = Engine::Create(Options());
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  absl::StatusOr<RequestId> first = (*engine)->SubmitPrefill(Prompt(), Greedy(), std::make_shared<CollectingSink>());
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_EQ(RunPrefill(**engine, *first), 4);
+  (*engine)->Release(*first);
+  (*engine)->TakeStats();
+
+  auto sink = std::make_shared<CollectingSink>();
+  absl::StatusOr<RequestId> id = (*engine)->SubmitPrefill(Prompt(), Greedy(), sink);
+  ASSERT_TRUE(id.ok()) << id.status();
+  ASSERT_EQ(RunPrefill(**engine, *id), 4) << "three steps send the cached blocks, the fourth computes";
+  ASSERT_EQ(sink->segments.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(sink->segments[i].begin(), static_cast<int32_t>(16 * i));
+    EXPECT_EQ(sink->segments[i].end(), i == 3 ? kPromptTokens : static_cast<int32_t>(16 * i + 16));
+  }
+  // Of the 50 tokens only the last two went through the model (3 Full layers: one indexer run each).
+  EXPECT_EQ((*engine)->TakeStats().indexer_runs, 2u * 3);
+  EXPECT_EQ((*engine)->TakePrefixCacheStats().hit_tokens, 48u);
+  EXPECT_TRUE(StreamedRows(*sink) == StreamedRows(*cold_sink)) << "rows differ from the cold engine's";
 }
 
 }  // namespace

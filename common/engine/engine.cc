@@ -94,6 +94,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& o) {
     IC_LOG(Info) << "no tokenizer.json in " << o.model_dir << ": the engine runs on token ids only";
   }
   engine->max_batch_tokens_ = o.max_batch_tokens;
+  engine->prefix_cache_ = o.prefix_cache;
+  engine->prefix_seed_ =
+      PrefixCache::Seed(engine->fingerprint_, FormatIndexPattern(engine->model_->config().indexer_types));
   IC_LOG(Info) << "model ready: " << engine->model_->weights().num_parameters << " parameters, KV cache "
                << engine->cache_->num_blocks() << " blocks of " << o.block_size << " tokens ("
                << engine->cache_->bytes_per_block() << " bytes each)";
@@ -178,6 +181,7 @@ absl::StatusOr<Engine::Request> Engine::MakeRequest(std::vector<int32_t> prompt,
 
 absl::StatusOr<RequestId> Engine::Submit(std::vector<int32_t> prompt, const SamplingParams& params) {
   ASSIGN_OR_RETURN(Request r, MakeRequest(std::move(prompt), params, /*prefill_only=*/false));
+  r.prefix_cached = prefix_cache_;
   const RequestId id = r.id;
   order_.push_back(id);
   requests_.emplace(id, std::move(r));
@@ -188,6 +192,7 @@ absl::StatusOr<RequestId> Engine::SubmitPrefill(std::vector<int32_t> prompt, con
                                                 std::shared_ptr<SegmentSink> export_to) {
   ASSIGN_OR_RETURN(Request r, MakeRequest(std::move(prompt), params, /*prefill_only=*/true));
   r.export_to = std::move(export_to);
+  r.prefix_cached = prefix_cache_;
   const RequestId id = r.id;
   order_.push_back(id);
   requests_.emplace(id, std::move(r));
@@ -318,6 +323,36 @@ void Engine::Preempt(Request& r) {
                << " tokens will be prefilled again)";
   cache_->Release(r.id);
   r.num_cached = 0;
+  r.looked_up = false;
+}
+
+void Engine::ExtendBlockKeys(Request& r, int32_t count) {
+  const int32_t bs = cache_->block_size();
+  while (static_cast<int32_t>(r.block_keys.size()) < count) {
+    const size_t i = r.block_keys.size();
+    const BlockKey& previous = i == 0 ? prefix_seed_ : r.block_keys.back();
+    r.block_keys.push_back(PrefixCache::Chain(previous, absl::MakeConstSpan(r.tokens).subspan(i * bs, bs)));
+  }
+}
+
+void Engine::AttachCachedPrefix(Request& r) {
+  r.looked_up = true;
+  const int32_t bs = cache_->block_size();
+  const int32_t lookup = (static_cast<int32_t>(r.tokens.size()) - 1) / bs;
+  ExtendBlockKeys(r, lookup);
+  const int32_t hit = cache_->AttachCachedPrefix(r.id, absl::MakeConstSpan(r.block_keys).first(lookup),
+                                                 static_cast<int32_t>(r.tokens.size()));
+  r.num_cached = hit * bs;
+  r.published_blocks = hit;
+}
+
+void Engine::PublishFullBlocks(Request& r) {
+  const int32_t full = r.num_cached / cache_->block_size();
+  if (full <= r.published_blocks) return;
+  ExtendBlockKeys(r, full);
+  cache_->PublishBlocks(r.id, r.published_blocks,
+                        absl::MakeConstSpan(r.block_keys).subspan(r.published_blocks, full - r.published_blocks));
+  r.published_blocks = full;
 }
 
 ForwardBatch Engine::Schedule(std::vector<Request*>& in_batch) {
@@ -346,7 +381,7 @@ ForwardBatch Engine::Schedule(std::vector<Request*>& in_batch) {
   // Decoding requests first: one token each.
   for (size_t i = 0; i < order_.size() && budget > 0; ++i) {
     Request& r = requests_.at(order_[i]);
-    if (r.state != State::kRunning || r.num_cached == 0 || r.tokens.size() - r.num_cached != 1) continue;
+    if (r.state != State::kRunning || !Decoding(r)) continue;
     absl::Status reserved = cache_->Reserve(r.id, r.num_cached + 1);
     while (!reserved.ok()) {
       // Free the most recently admitted other request that holds cache; with none newer, this one
@@ -375,9 +410,19 @@ ForwardBatch Engine::Schedule(std::vector<Request*>& in_batch) {
   for (RequestId id : order_) {
     if (budget <= 0) break;
     Request& r = requests_.at(id);
-    const int32_t pending = static_cast<int32_t>(r.tokens.size()) - r.num_cached;
-    if (r.state != State::kRunning || (r.num_cached > 0 && pending == 1) || ExportBlocked(r)) continue;
-    const int32_t take = std::min(pending, budget);
+    // Looked up when it first gets a chance to run, not at Submit: by then the requests ahead of it
+    // may have computed the prefix it shares with them.
+    const bool attach = r.state == State::kRunning && r.prefix_cached && !r.looked_up;
+    if (attach) AttachCachedPrefix(r);
+    // A decode step was taken above, unless the cache just supplied all but the last prompt token.
+    if (r.state != State::kRunning || (Decoding(r) && !attach) || ExportBlocked(r)) continue;
+    if (r.export_to && r.exported < r.num_cached) {
+      // A streaming request's sink gets its cached positions first, a chunk per step (staging no
+      // larger than a computed chunk's, under the same backpressure); computing starts after them.
+      SendCachedRows(r);
+      continue;
+    }
+    const int32_t take = std::min(static_cast<int32_t>(r.tokens.size()) - r.num_cached, budget);
     if (!cache_->Reserve(r.id, r.num_cached + take).ok()) break;  // waits for memory
     add(r, take);
   }
@@ -462,6 +507,7 @@ absl::StatusOr<std::vector<TokenEvent>> Engine::Step() {
     Request& r = *in_batch[s];
     const int32_t added = static_cast<int32_t>(std::count(batch.token_seq.begin(), batch.token_seq.end(), s));
     r.num_cached += added;
+    if (r.prefix_cached) PublishFullBlocks(r);
     if (r.num_cached != static_cast<int32_t>(r.tokens.size())) continue;  // prompt not done yet
     if (r.prefill_only) r.probes = std::move(result.probes[probe_index++]);
     const size_t row = logit_index++;
@@ -477,6 +523,16 @@ absl::StatusOr<std::vector<TokenEvent>> Engine::Step() {
   }
   for (RequestId id : finished) Finish(id);
   return events;
+}
+
+void Engine::SendCachedRows(Request& r) {
+  const int32_t begin = r.exported;
+  const int32_t end = std::min(r.num_cached, begin + max_batch_tokens_);
+  r.exported = end;
+  absl::StatusOr<KvSegment> segment = exporter_->Export(r.id, begin, end);
+  // The rows cannot leave: the receiver sees the failure where it waits for them.
+  r.export_to->Take(segment.ok() ? *std::move(segment)
+                                 : exporter_->Failed(begin, end, Annotate(segment.status(), "exporting cached rows")));
 }
 
 std::vector<KvSegment> Engine::BeginExports(const std::vector<Request*>& in_batch, const ForwardBatch& batch) {

@@ -4,7 +4,8 @@
 // the sequences that reached a next token, and reports what each produced. Prompts are prefilled in
 // chunks, so memory stays linear in prompt length. When the cache runs short for a decoding sequence,
 // the most recently admitted one is preempted (its blocks freed, its tokens re-prefilled later), so no
-// request is lost.
+// request is lost. With the prefix cache on, a request starts from the cached blocks of the longest
+// prefix it shares with earlier or running requests and computes only the rest.
 #pragma once
 
 #include <cstdint>
@@ -43,6 +44,10 @@ struct EngineOptions {
   int32_t block_size = 64;
   int32_t max_batch_tokens = 512;   // tokens per forward pass (the prefill chunk size): see below
   bool cuda_graphs = true;          // replay decode steps as CUDA graphs (--device cuda only)
+  // Share full KV blocks between requests with a common prefix (prefix_cache.h). On by default, as in
+  // vLLM and SGLang: the output is the same token for token, a miss costs a hash per block, and
+  // cached blocks nobody holds count as free memory.
+  bool prefix_cache = true;
 };
 
 // The prefill chunk a device runs well: 512 on the CPU (latency of a mixed batch), 8192 on CUDA, where
@@ -118,12 +123,15 @@ class Engine {
                            const std::function<absl::Status(int32_t, const ForwardResult&)>& on_chunk);
 
   IndexCacheStats TakeStats() { return model_->TakeStats(); }
+  // The prefix cache's counters since the previous call.
+  PrefixCacheStats TakePrefixCacheStats() { return cache_->TakePrefixCacheStats(); }
   const std::string& model_fingerprint() const { return fingerprint_; }
 
   // --- disaggregated serving: the prefill side ----------------------------------------------
   // Like Submit, but the request ends at its first sampled token (event kPrefillDone) and keeps its
   // cache until Release. With `export_to`, every prompt position reaches it in one segment exactly
-  // once, in order (a preempted request's recomputed positions are not sent again).
+  // once, in order (a preempted request's recomputed positions are not sent again): positions found
+  // in the prefix cache are sent from there, a chunk per step, before the computed ones.
   absl::StatusOr<RequestId> SubmitPrefill(std::vector<int32_t> prompt, const SamplingParams& params,
                                           std::shared_ptr<SegmentSink> export_to = nullptr);
   // Prompt positions already in the cache (grows chunk by chunk during prefill).
@@ -179,6 +187,10 @@ class Engine {
     std::shared_ptr<SegmentSink> export_to;  // prefill-only: where its rows stream (may be null)
     int32_t exported = 0;         // positions [0, exported) handed to export_to
     std::vector<IndexerProbe> probes;
+    bool prefix_cached = false;         // looks up and publishes its full blocks in the prefix cache
+    bool looked_up = false;             // since it last held nothing (admission, preemption)
+    std::vector<BlockKey> block_keys;   // keys of its first full blocks (PrefixCache::Chain)
+    int32_t published_blocks = 0;       // its blocks [0, published_blocks) are findable
     std::optional<Sampler> sampler;
     std::optional<StopChecker> stop;
     std::optional<IncrementalDecoder> detok;
@@ -189,6 +201,11 @@ class Engine {
   // so only the prompt has to fit this engine's cache.
   // A running request whose next chunk waits for its segment sink.
   static bool ExportBlocked(const Request& r) { return r.export_to != nullptr && !r.export_to->Ready(); }
+  // One token to compute after its prompt: a decode step. A prefill-only request never decodes; its
+  // last prompt token is a prompt chunk, which waits for its sink and follows its cached rows.
+  static bool Decoding(const Request& r) {
+    return !r.prefill_only && r.num_cached > 0 && r.tokens.size() - r.num_cached == 1;
+  }
   absl::Status ValidateRequest(const std::vector<int32_t>& prompt, const SamplingParams& params,
                                bool prefill_only) const;
   absl::StatusOr<Request> MakeRequest(std::vector<int32_t> prompt, const SamplingParams& params, bool prefill_only);
@@ -200,7 +217,17 @@ class Engine {
   // Starts, and hands to their sinks, the segments of the positions `batch` computes for requests
   // that stream their rows; the pass then exports them layer by layer.
   std::vector<KvSegment> BeginExports(const std::vector<Request*>& in_batch, const ForwardBatch& batch);
+  // Hands a streaming request's sink its next cached positions, at most a chunk, copied from the
+  // cache as they lie.
+  void SendCachedRows(Request& r);
   void Preempt(Request& r);
+  // Starts a request that holds nothing with the cached blocks of its longest cached prefix, leaving
+  // at least its last token to compute (its logits give the next token).
+  void AttachCachedPrefix(Request& r);
+  // Makes the request's newly completed full blocks findable.
+  void PublishFullBlocks(Request& r);
+  // Hashes the request's blocks up to `count` into block_keys.
+  void ExtendBlockKeys(Request& r, int32_t count);
   // Takes the request's next token: `token` is its sampled token, or why none could be drawn;
   // `logits` its row when the request reports logprobs (else empty).
   TokenEvent Advance(Request& r, const absl::StatusOr<int32_t>& token, absl::Span<const float> logits);
@@ -213,6 +240,8 @@ class Engine {
   std::unique_ptr<KvImporter> importer_;
   std::unique_ptr<BpeTokenizer> tokenizer_;
   std::string fingerprint_;
+  bool prefix_cache_ = false;
+  BlockKey prefix_seed_{};  // PrefixCache::Seed of this model and pattern
   int32_t max_batch_tokens_ = 0;
   RequestId next_id_ = 1;
   std::deque<RequestId> order_;  // admission order

@@ -1,12 +1,14 @@
-// What a worker reports about its engine (KV blocks, requests, the IndexCache counters), published by
-// the EngineLoop's thread after every turn and read by any thread without waiting for the loop. A
-// heartbeat or a health answer that waited for the loop queued behind whole prefill steps: a worker
-// busy with three 7,000-token prompts fell out of the router's pool in 80 of 119 samples (issue 13).
+// What a worker reports about its engine (KV blocks, requests, the IndexCache and prefix-cache
+// counters), published by the EngineLoop's thread after every turn and read by any thread without
+// waiting for the loop. A heartbeat or a health answer that waited for the loop queued behind whole
+// prefill steps: a worker busy with three 7,000-token prompts fell out of the router's pool in 80 of
+// 119 samples (issue 13).
 #pragma once
 
 #include <cstdint>
 #include <mutex>
 
+#include "common/kv/prefix_cache.h"
 #include "common/model/indexcache_stats.h"
 
 namespace indexcache {
@@ -18,7 +20,10 @@ struct EngineLoad {
   int32_t total_kv_blocks = 0;
   int32_t kv_block_size = 0;
   int32_t requests = 0;   // in the engine: admitted and not released
+  int32_t prefix_cached_blocks = 0;  // findable in the prefix cache, held or idle
+  int32_t prefix_idle_blocks = 0;    // of those, held by no request (counted in free_kv_blocks)
   IndexCacheStats stats;  // the engine's counters since the previous Take
+  PrefixCacheStats prefix_cache;  // the prefix cache's counters since the previous Take
 };
 
 class PublishedLoad {

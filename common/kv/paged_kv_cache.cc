@@ -1,5 +1,7 @@
 #include "common/kv/paged_kv_cache.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_format.h"
 #include "common/util/status_macros.h"
 
@@ -17,7 +19,7 @@ size_t RowBytesPerToken(const KvCacheSpec& spec) {
 }  // namespace
 
 PagedKvCache::PagedKvCache(const KvCacheSpec& spec, int32_t num_blocks, size_t bytes_per_block)
-    : spec_(spec), allocator_(num_blocks), bytes_per_block_(bytes_per_block) {}
+    : spec_(spec), allocator_(num_blocks), prefix_cache_(spec.block_size), bytes_per_block_(bytes_per_block) {}
 
 absl::StatusOr<std::unique_ptr<PagedKvCache>> PagedKvCache::Create(Backend* backend, const KvCacheSpec& spec,
                                                                    size_t memory_budget_bytes) {
@@ -58,10 +60,18 @@ absl::Status PagedKvCache::Reserve(SequenceId seq, int32_t num_tokens) {
   std::vector<int32_t>& table = tables_[seq];
   const int32_t needed = BlocksFor(num_tokens) - static_cast<int32_t>(table.size());
   if (needed <= 0) return absl::OkStatus();
+  const int32_t short_by = needed - allocator_.num_free();
+  if (short_by > 0 && short_by <= prefix_cache_.num_idle()) {
+    // Evicted blocks come straight from the cache's books, so Free cannot refuse them.
+    allocator_.Free(prefix_cache_.Evict(short_by)).IgnoreError();
+  }
   auto blocks = allocator_.Allocate(needed);
   if (!blocks.ok()) {
     if (table.empty()) tables_.erase(seq);
-    return Annotate(blocks.status(), absl::StrFormat("sequence %d growing to %d tokens", seq, num_tokens));
+    // The allocator's count leaves out the idle cached blocks, which were too few to make up the rest.
+    return Annotate(blocks.status(), absl::StrFormat("sequence %d growing to %d tokens (%d more blocks idle in the "
+                                                     "prefix cache)",
+                                                     seq, num_tokens, prefix_cache_.num_idle()));
   }
   table.insert(table.end(), blocks->begin(), blocks->end());
   return absl::OkStatus();
@@ -70,9 +80,32 @@ absl::Status PagedKvCache::Reserve(SequenceId seq, int32_t num_tokens) {
 void PagedKvCache::Release(SequenceId seq) {
   auto it = tables_.find(seq);
   if (it == tables_.end()) return;
+  // Back to front, so a sequence's later blocks turn idle first and are evicted before its earlier
+  // ones, which every longer match needs (vLLM's free order, for the same reason).
+  std::vector<int32_t> own;
+  for (auto block = it->second.rbegin(); block != it->second.rend(); ++block) {
+    if (!prefix_cache_.Drop(*block)) own.push_back(*block);
+  }
+  std::reverse(own.begin(), own.end());
   // The table only ever holds blocks this allocator handed out, so Free cannot fail here.
-  allocator_.Free(it->second).IgnoreError();
+  allocator_.Free(own).IgnoreError();
   tables_.erase(it);
+}
+
+int32_t PagedKvCache::AttachCachedPrefix(SequenceId seq, absl::Span<const BlockKey> keys, int32_t num_tokens) {
+  std::vector<int32_t>& table = tables_[seq];
+  if (!table.empty()) return 0;
+  table = prefix_cache_.Acquire(keys, num_tokens);
+  const int32_t attached = static_cast<int32_t>(table.size());
+  if (attached == 0) tables_.erase(seq);
+  return attached;
+}
+
+void PagedKvCache::PublishBlocks(SequenceId seq, int32_t first_block, absl::Span<const BlockKey> keys) {
+  const std::vector<int32_t>& table = BlockTable(seq);
+  for (size_t i = 0; i < keys.size() && first_block + i < table.size(); ++i) {
+    prefix_cache_.Register(keys[i], table[first_block + i]);
+  }
 }
 
 const std::vector<int32_t>& PagedKvCache::BlockTable(SequenceId seq) const {

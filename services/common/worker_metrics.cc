@@ -109,6 +109,36 @@ WorkerMetrics::WorkerMetrics(v1::WorkerRole role, int32_t full_layers, int32_t s
                                           "(prefill: not sent; decode: not received)")
                                     .Register(*registry_)
                                     .Add({{"role", role_}})),
+      prefix_queried_tokens_(BuildCounter()
+                                 .Name("indexcache_prefix_cache_queried_tokens_total")
+                                 .Help("Tokens of the requests looked up in the prefix cache")
+                                 .Register(*registry_)
+                                 .Add({{"role", role_}})),
+      prefix_hit_tokens_(BuildCounter()
+                             .Name("indexcache_prefix_cache_hit_tokens_total")
+                             .Help("Looked-up tokens found in cached KV blocks (not computed again)")
+                             .Register(*registry_)
+                             .Add({{"role", role_}})),
+      prefix_queried_blocks_(BuildCounter()
+                                 .Name("indexcache_prefix_cache_queried_blocks_total")
+                                 .Help("Full KV blocks of the requests looked up in the prefix cache")
+                                 .Register(*registry_)
+                                 .Add({{"role", role_}})),
+      prefix_hit_blocks_(BuildCounter()
+                             .Name("indexcache_prefix_cache_hit_blocks_total")
+                             .Help("Looked-up KV blocks found in the prefix cache")
+                             .Register(*registry_)
+                             .Add({{"role", role_}})),
+      prefix_evictions_(BuildCounter()
+                            .Name("indexcache_prefix_cache_evictions_total")
+                            .Help("Idle cached KV blocks evicted to make room for an allocation")
+                            .Register(*registry_)
+                            .Add({{"role", role_}})),
+      prefix_blocks_(BuildGauge()
+                         .Name("indexcache_prefix_cache_blocks")
+                         .Help("KV blocks findable in the prefix cache, by state: in_use (held by a request), "
+                               "idle (held by none, counted free, evicted on demand)")
+                         .Register(*registry_)),
       estimated_speedup_(BuildGauge()
                              .Name("indexcache_estimated_speedup_vs_all_full")
                              .Help("ESTIMATE since start: forward time had every Shared layer run its indexer at "
@@ -144,6 +174,7 @@ WorkerMetrics::WorkerMetrics(v1::WorkerRole role, int32_t full_layers, int32_t s
   layers.Add({{"role", role_}, {"kind", "full"}}).Set(full_layers);
   layers.Add({{"role", role_}, {"kind", "shared"}}).Set(shared_layers);
   estimated_speedup_.Set(1.0);
+  for (const char* state : {"in_use", "idle"}) prefix_blocks_.Add(With({{"state", state}}));
   // Every series a dashboard or alert reads exists from the start, at zero.
   for (v1::HandoffTransport transport : kCpuTransports) {
     const std::string t = TransportLabel(transport);
@@ -183,6 +214,16 @@ void WorkerMetrics::SetLoad(const v1::WorkerLoad& load) {
   kv_blocks_free_.Set(load.free_kv_blocks());
   queued_requests_.Set(load.queued_requests());
   running_sequences_.Set(load.running_sequences());
+}
+
+void WorkerMetrics::AddPrefixCache(const PrefixCacheStats& delta, int32_t cached, int32_t idle) {
+  prefix_queried_tokens_.Increment(static_cast<double>(delta.queried_tokens));
+  prefix_hit_tokens_.Increment(static_cast<double>(delta.hit_tokens));
+  prefix_queried_blocks_.Increment(static_cast<double>(delta.queried_blocks));
+  prefix_hit_blocks_.Increment(static_cast<double>(delta.hit_blocks));
+  prefix_evictions_.Increment(static_cast<double>(delta.evictions));
+  prefix_blocks_.Add(With({{"state", "in_use"}})).Set(cached - idle);
+  prefix_blocks_.Add(With({{"state", "idle"}})).Set(idle);
 }
 
 void WorkerMetrics::AddHandoffBytes(v1::HandoffTransport transport, const HandoffByteCounts& bytes) {

@@ -1,6 +1,7 @@
 // The Prometheus metrics of a prefill or decode worker (names in docs/operations.md): KV blocks and
-// queues read from the worker's load report, the engine's IndexCache counters, and the handoff —
-// bytes by payload kind, latency, bandwidth, failures — each labelled with the worker's role.
+// queues read from the worker's load report, the engine's IndexCache and prefix-cache counters, and
+// the handoff — bytes by payload kind, latency, bandwidth, failures — each labelled with the worker's
+// role.
 // Counters only grow: the engine's counters arrive as deltas (Engine::TakeStats resets), taken by
 // whoever already visits the engine loop (the load report), so the loop itself takes no extra lock.
 #pragma once
@@ -13,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "common/handoff/handoff_transport.h"
+#include "common/kv/prefix_cache.h"
 #include "common/model/indexcache_stats.h"
 #include "indexcache/v1/internal.pb.h"
 #include "prometheus/counter.h"
@@ -34,6 +36,9 @@ class WorkerMetrics {
   void AddEngineStats(const IndexCacheStats& delta);
   // KV blocks, queued requests and running sequences, as the worker reports its load.
   void SetLoad(const v1::WorkerLoad& load);
+  // The prefix cache's counters since the previous call, and its blocks now: findable in all
+  // (`cached`), of which `idle` are held by no request.
+  void AddPrefixCache(const PrefixCacheStats& delta, int32_t cached, int32_t idle);
   // Bytes of one handoff (or of a part of it) by payload kind; for the prefill worker the bytes it
   // sent, for the decode worker those it received. Also counts the index-key bytes that Shared
   // layers kept off the wire.
@@ -67,6 +72,12 @@ class WorkerMetrics {
   prometheus::Counter& forward_seconds_;
   prometheus::Counter& index_key_bytes_not_stored_;
   prometheus::Counter& index_key_bytes_not_sent_;
+  prometheus::Counter& prefix_queried_tokens_;
+  prometheus::Counter& prefix_hit_tokens_;
+  prometheus::Counter& prefix_queried_blocks_;
+  prometheus::Counter& prefix_hit_blocks_;
+  prometheus::Counter& prefix_evictions_;
+  prometheus::Family<prometheus::Gauge>& prefix_blocks_;
   prometheus::Gauge& estimated_speedup_;
 
   prometheus::Family<prometheus::Counter>& handoff_bytes_;

@@ -275,6 +275,7 @@ v1::WorkerLoad DecodeService::Load() {
   // Published by the loop, never waited for: a heartbeat must not queue behind a long step.
   const EngineLoad snapshot = loop_.TakeLoad();
   metrics_.AddEngineStats(snapshot.stats);
+  metrics_.AddPrefixCache(snapshot.prefix_cache, snapshot.prefix_cached_blocks, snapshot.prefix_idle_blocks);
   v1::WorkerLoad load;
   if (ready_.load(std::memory_order_acquire)) load.set_worker_id(worker_id_);
   load.set_role(v1::DECODE);

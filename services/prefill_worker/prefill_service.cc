@@ -146,6 +146,7 @@ v1::WorkerLoad PrefillService::Load() {
   // Published by the loop, never waited for: a heartbeat must not queue behind a long prefill step.
   const EngineLoad engine = loop_.TakeLoad();
   metrics_.AddEngineStats(engine.stats);
+  metrics_.AddPrefixCache(engine.prefix_cache, engine.prefix_cached_blocks, engine.prefix_idle_blocks);
   v1::WorkerLoad load;
   load.set_role(v1::PREFILL);
   load.set_free_kv_blocks(engine.free_kv_blocks);

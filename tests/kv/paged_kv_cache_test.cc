@@ -1,6 +1,8 @@
 // PagedKvCache: budget → block count, growth and release of block tables (all-or-nothing), no index
 // pool for Shared layers, and slot arithmetic — rows written through the CPU backend at
-// block_table[p / block_size] · block_size + p % block_size read back by (sequence, position).
+// block_table[p / block_size] · block_size + p % block_size read back by (sequence, position). With
+// the prefix cache: shared blocks in several tables, released only by their last holder, idle ones
+// evicted by a Reserve that needs them and by nothing else.
 #include "common/kv/paged_kv_cache.h"
 
 #include <algorithm>
@@ -304,6 +306,82 @@ TEST_F(PagedKvCacheTest, RowsLandAtTheirSlots) {
       }
     }
   }
+}
+
+// Keys of the first `blocks` full blocks of a sequence of tokens 0, 1, 2, … (blocks of 8).
+std::vector<BlockKey> CountingKeys(int32_t blocks) {
+  std::vector<BlockKey> keys;
+  BlockKey previous = PrefixCache::Seed("fp", "FSF");
+  for (int32_t i = 0; i < blocks; ++i) {
+    std::vector<int32_t> tokens(8);
+    for (int32_t t = 0; t < 8; ++t) tokens[t] = 8 * i + t;
+    previous = PrefixCache::Chain(previous, tokens);
+    keys.push_back(previous);
+  }
+  return keys;
+}
+
+TEST_F(PagedKvCacheTest, SharedBlocksOutliveTheirWriterAndAreEvictedOnlyWhenNeeded) {
+  auto cache = Make(6 * kBytesPerBlock);
+  ASSERT_NE(cache, nullptr);
+  const std::vector<BlockKey> keys = CountingKeys(3);
+  ASSERT_TRUE(cache->Reserve(1, 20).ok());  // 3 blocks: two full, one partial
+  cache->PublishBlocks(1, 0, absl::MakeConstSpan(keys).first(2));
+  EXPECT_EQ(cache->num_cached_blocks(), 2);
+  const std::vector<int32_t> writer = cache->BlockTable(1);
+
+  // Sequence 2 starts with both cached blocks (the third key was never published: a partial block).
+  EXPECT_EQ(cache->AttachCachedPrefix(2, keys, 24), 2);
+  ASSERT_TRUE(cache->Reserve(2, 24).ok());
+  const std::vector<int32_t>& reader = cache->BlockTable(2);
+  ASSERT_EQ(reader.size(), 3u);
+  EXPECT_EQ(reader[0], writer[0]);
+  EXPECT_EQ(reader[1], writer[1]);
+  EXPECT_NE(reader[2], writer[2]) << "past the shared prefix a sequence writes its own block";
+  EXPECT_EQ(cache->num_used_blocks(), 4);
+
+  cache->Release(1);  // its partial block is freed; the shared ones stay with sequence 2
+  EXPECT_EQ(cache->num_used_blocks(), 3);
+  EXPECT_EQ(cache->num_idle_cached_blocks(), 0);
+  // A Reserve that fits in the free blocks evicts nothing, and one that cannot fit even by evicting
+  // everything idle fails without evicting.
+  ASSERT_TRUE(cache->Reserve(3, 24).ok());
+  EXPECT_EQ(cache->num_free_blocks(), 0);
+  EXPECT_EQ(cache->Reserve(4, 8).code(), absl::StatusCode::kResourceExhausted) << "held blocks are not evicted";
+
+  cache->Release(2);  // the shared blocks turn idle: free for allocation, still findable
+  EXPECT_EQ(cache->num_idle_cached_blocks(), 2);
+  EXPECT_EQ(cache->num_free_blocks(), 3);
+  const absl::Status short_status = cache->Reserve(4, 32);
+  EXPECT_EQ(short_status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(short_status.message(), HasSubstr("1 of 6 free"));
+  EXPECT_THAT(short_status.message(), HasSubstr("2 more blocks idle in the prefix cache"));
+  EXPECT_EQ(cache->num_cached_blocks(), 2) << "a failed Reserve evicts nothing";
+  ASSERT_TRUE(cache->Reserve(4, 8).ok());  // takes the free block: the cache is kept
+  EXPECT_EQ(cache->num_cached_blocks(), 2);
+  ASSERT_TRUE(cache->Reserve(4, 16).ok());  // needs one more: the later block of the chain goes first
+  EXPECT_EQ(cache->num_cached_blocks(), 1);
+  EXPECT_EQ(cache->TakePrefixCacheStats().evictions, 1u);
+  EXPECT_EQ(cache->AttachCachedPrefix(5, keys, 24), 1) << "block 0 is still cached";
+  EXPECT_EQ(cache->BlockTable(5), std::vector<int32_t>{writer[0]});
+
+  for (SequenceId seq : {3, 4, 5}) cache->Release(seq);
+  EXPECT_EQ(cache->num_used_blocks(), 0);
+  EXPECT_EQ(cache->num_free_blocks(), 6);
+  ASSERT_TRUE(cache->Reserve(6, 48).ok()) << "every block, the idle cached one evicted";
+  EXPECT_EQ(cache->num_cached_blocks(), 0);
+}
+
+TEST_F(PagedKvCacheTest, AttachingNeedsAnEmptySequence) {
+  auto cache = Make(4 * kBytesPerBlock);
+  ASSERT_NE(cache, nullptr);
+  const std::vector<BlockKey> keys = CountingKeys(1);
+  ASSERT_TRUE(cache->Reserve(1, 8).ok());
+  cache->PublishBlocks(1, 0, keys);
+  EXPECT_EQ(cache->AttachCachedPrefix(1, keys, 8), 0) << "a sequence holding blocks gets no prefix";
+  EXPECT_EQ(cache->AttachCachedPrefix(2, CountingKeys(0), 3), 0);
+  EXPECT_FALSE(cache->Contains(2)) << "a miss leaves no empty table behind";
+  EXPECT_EQ(cache->num_used_blocks(), 1);
 }
 
 }  // namespace

@@ -331,6 +331,24 @@ TEST_F(PrefillWorkerTest, HandsOffWhatTheInProcessEngineComputes) {
   EXPECT_EQ(load.handoffs_rejected(), 0u);
 }
 
+// The prefix cache on a prefill worker: the same prompt again computes only its last, partial block
+// and still hands off every position, with the in-process engine's rows (the decode worker has none).
+TEST_F(PrefillWorkerTest, ACachedPromptIsHandedOffInFullAndNotComputedAgain) {
+  StartWorker();
+  const std::vector<int32_t> prompt = Prompt(45);
+  for (int i = 0; i < 2; ++i) {
+    const std::string id = "req-" + std::to_string(i);
+    v1::PrefillResponse response;
+    const grpc::Status status = Prefill(Request(id, prompt), &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    ASSERT_TRUE(decode_.WaitForStreams(i + 1));
+    ExpectHandoffOf(prompt, id, decode_.streams()[i].chunks, response);
+  }
+  ExpectAllKvFree();
+  // Blocks of 16: the second time, positions [0, 32) came from the cache.
+  EXPECT_EQ(Load().indexer_runs(), uint64_t(45 + 45 - 32) * kFullLayers);
+}
+
 TEST_F(PrefillWorkerTest, HandsOffOverTheTcpDataPlane) {
   StartWorker();
   RecordingSink sink;

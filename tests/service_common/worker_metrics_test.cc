@@ -1,4 +1,5 @@
-// WorkerMetrics: the speedup estimate and the derived byte counters, worked out by hand.
+// WorkerMetrics: the speedup estimate, the derived byte counters and the prefix cache's series, worked
+// out by hand.
 #include "services/common/worker_metrics.h"
 
 #include <string>
@@ -82,6 +83,28 @@ TEST(WorkerMetricsTest, KvBlocksAndQueuesFollowTheLoadReport) {
   EXPECT_EQ(Sample(r, "indexcache_kv_blocks_free", {{"role", "decode"}}), 30);
   EXPECT_EQ(Sample(r, "indexcache_worker_queued_requests", {{"role", "decode"}}), 2);
   EXPECT_EQ(Sample(r, "indexcache_worker_running_sequences", {{"role", "decode"}}), 5);
+}
+
+TEST(WorkerMetricsTest, PrefixCacheCountersAddUpAndBlocksFollowTheLoad) {
+  WorkerMetrics metrics(v1::PREFILL, 2, 6);
+  const prometheus::Registry& r = *metrics.registry();
+  EXPECT_EQ(Sample(r, "indexcache_prefix_cache_blocks", {{"role", "prefill"}, {"state", "idle"}}), 0)
+      << "the series exist from the start";
+  PrefixCacheStats delta;
+  delta.queried_tokens = 100;
+  delta.hit_tokens = 64;
+  delta.queried_blocks = 6;
+  delta.hit_blocks = 4;
+  delta.evictions = 3;
+  metrics.AddPrefixCache(delta, /*cached=*/10, /*idle=*/7);
+  metrics.AddPrefixCache(delta, /*cached=*/12, /*idle=*/2);
+  EXPECT_EQ(Sample(r, "indexcache_prefix_cache_queried_tokens_total", {{"role", "prefill"}}), 200);
+  EXPECT_EQ(Sample(r, "indexcache_prefix_cache_hit_tokens_total", {{"role", "prefill"}}), 128);
+  EXPECT_EQ(Sample(r, "indexcache_prefix_cache_queried_blocks_total", {{"role", "prefill"}}), 12);
+  EXPECT_EQ(Sample(r, "indexcache_prefix_cache_hit_blocks_total", {{"role", "prefill"}}), 8);
+  EXPECT_EQ(Sample(r, "indexcache_prefix_cache_evictions_total", {{"role", "prefill"}}), 6);
+  EXPECT_EQ(Sample(r, "indexcache_prefix_cache_blocks", {{"role", "prefill"}, {"state", "in_use"}}), 10);
+  EXPECT_EQ(Sample(r, "indexcache_prefix_cache_blocks", {{"role", "prefill"}, {"state", "idle"}}), 2);
 }
 
 }  // namespace

@@ -18,7 +18,8 @@ const char kEngineFlagsUsage[] =
     "  --kv-cache-mb N           KV cache budget in MiB (default 1024)\n"
     "  --block-size N            tokens per KV block (default 64)\n"
     "  --max-batch-tokens N      tokens per forward pass / prefill chunk (default 512 on cpu, 8192 on cuda)\n"
-    "  --cuda-graphs=true|false  replay decode steps as CUDA graphs on --device cuda (default true)\n";
+    "  --cuda-graphs=true|false  replay decode steps as CUDA graphs on --device cuda (default true)\n"
+    "  --prefix-cache=true|false share the KV blocks of common prompt prefixes between requests (default true)\n";
 
 const char kSamplingFlagsUsage[] =
     "  --max-new-tokens N        (default 128)\n"
@@ -30,7 +31,7 @@ const char kSamplingFlagsUsage[] =
 
 std::set<std::string> EngineFlagNames() {
   return {"model",      "device",     "threads",          "index-pattern", "index-freq",
-          "kv-cache-mb", "block-size", "max-batch-tokens", "cuda-graphs"};
+          "kv-cache-mb", "block-size", "max-batch-tokens", "cuda-graphs", "prefix-cache"};
 }
 
 std::set<std::string> SamplingFlagNames() {
@@ -38,6 +39,20 @@ std::set<std::string> SamplingFlagNames() {
 }
 
 std::set<std::string> SamplingSwitchNames() { return {"ignore-eos"}; }
+
+namespace {
+
+// A `--name=true|false` flag: `current` when absent.
+absl::StatusOr<bool> BoolFlag(const Args& args, const std::string& name, bool current) {
+  const auto value = args.Get(name);
+  if (!value) return current;
+  if (*value != "true" && *value != "false") {
+    return absl::InvalidArgumentError(absl::StrCat("--", name, " takes true or false, got '", *value, "'"));
+  }
+  return *value == "true";
+}
+
+}  // namespace
 
 absl::StatusOr<EngineOptions> EngineOptionsFromArgs(const Args& args) {
   EngineOptions o;
@@ -59,12 +74,8 @@ absl::StatusOr<EngineOptions> EngineOptionsFromArgs(const Args& args) {
   if (kv_mb) o.kv_cache_bytes = static_cast<size_t>(*kv_mb) << 20;
   if (block) o.block_size = static_cast<int32_t>(*block);
   o.max_batch_tokens = batch_tokens ? static_cast<int32_t>(*batch_tokens) : DefaultMaxBatchTokens(o.device);
-  if (const auto graphs = args.Get("cuda-graphs")) {
-    if (*graphs != "true" && *graphs != "false") {
-      return absl::InvalidArgumentError(absl::StrCat("--cuda-graphs takes true or false, got '", *graphs, "'"));
-    }
-    o.cuda_graphs = *graphs == "true";
-  }
+  ASSIGN_OR_RETURN(o.cuda_graphs, BoolFlag(args, "cuda-graphs", o.cuda_graphs));
+  ASSIGN_OR_RETURN(o.prefix_cache, BoolFlag(args, "prefix-cache", o.prefix_cache));
   return o;
 }
 
