@@ -338,7 +338,7 @@ TEST_F(PrefillWorkerTest, ACachedPromptIsHandedOffInFullAndNotComputedAgain) {
   const std::vector<int32_t> prompt = Prompt(45);
   for (int i = 0; i < 2; ++i) {
     const std::string id = "req-" + std::to_string(i);
-    v1::PrefillResponse response;
+    v1::PrefillDone response;
     const grpc::Status status = Prefill(Request(id, prompt), &response);
     ASSERT_TRUE(status.ok()) << status.error_message();
     ASSERT_TRUE(decode_.WaitForStreams(i + 1));
