@@ -185,7 +185,7 @@ TEST(StepSamplerTest, TakesAnEvenlySpacedShareByCounter) {
   StepSampler quarter(0.25);
   std::vector<bool> taken;
   for (int i = 0; i < 8; ++i) taken.push_back(quarter.Next());
-  EXPECT_EQ(taken, (std::vector<bool>{true, false, false, false, true, false, false, false}));
+  EXPECT_EQ(taken, (std::vector<bool>{false, false, false, true, false, false, false, true}));
   StepSampler third(1.0 / 3);
   int count = 0;
   for (int i = 0; i < 300; ++i) count += third.Next() ? 1 : 0;
