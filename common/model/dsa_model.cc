@@ -394,8 +394,11 @@ absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedK
   const std::vector<IndexerType>& types = b.indexer_types.empty() ? c.indexer_types : b.indexer_types;
   const std::vector<int32_t> telemetry_layers =
       b.reuse_telemetry ? TelemetryLayers(types, b.first_layer) : std::vector<int32_t>();
-  ReuseTelemetryPass telemetry = ReuseTelemetryPass::Plan(
-      b.positions, b.token_seq, cache.block_size(), c.index_topk, static_cast<int32_t>(telemetry_layers.size()));
+  // Unsampled passes (and passes without a layer to measure) plan nothing: no host work either.
+  ReuseTelemetryPass telemetry =
+      telemetry_layers.empty() ? ReuseTelemetryPass()
+                               : ReuseTelemetryPass::Plan(b.positions, b.token_seq, cache.block_size(), c.index_topk,
+                                                          static_cast<int32_t>(telemetry_layers.size()));
 
   workspace_.BeginMeasure();
   Carve(c, be.activation_dtype(), n, num_seqs, host.max_blocks, topk_cols, logit_rows, workspace_);
