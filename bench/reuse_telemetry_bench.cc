@@ -4,7 +4,11 @@
 // the end; throughput = (prompt + generated tokens) / wall seconds. The three engines run in turn,
 // repetition by repetition, so a neighbour's load on a shared machine falls on all three alike; each
 // arm's change against "off" is the median over repetitions of the paired ratio (same repetition),
-// beside the ratio of the fastest runs, with the passes telemetry measured. CPU backend.
+// beside the ratio of the fastest runs, with the passes telemetry measured; and the same paired median
+// for the process's CPU seconds, which a neighbour's load delays far less than the wall clock (on a
+// shared machine the wall clock cannot resolve 1%). CPU backend.
+#include <time.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <string>
@@ -31,8 +35,22 @@ struct Arm {
   double rate = 0.0;
   std::unique_ptr<Engine> engine;
   std::vector<double> seconds;
+  std::vector<double> cpu_seconds;  // the whole process's, over the same runs
   uint64_t passes = 0;  // forward passes telemetry measured in, over the timed repetitions
 };
+
+double ProcessCpuSeconds() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
+// The median over repetitions of off[i] / arm[i] - 1: the arm's change in throughput, paired.
+double PairedChange(const std::vector<double>& off, const std::vector<double>& arm) {
+  std::vector<double> change;
+  for (size_t i = 0; i < arm.size(); ++i) change.push_back(off[i] / arm[i] - 1.0);
+  return Summarize(change).median;
+}
 
 // Runs the workload once; returns its wall seconds.
 absl::StatusOr<double> RunWorkload(Engine& engine, const std::vector<std::vector<int32_t>>& prompts, int32_t new_tokens) {
@@ -90,7 +108,9 @@ absl::Status Run(int argc, char** argv) {
   }
   for (int64_t rep = 0; rep < reps.value_or(5); ++rep) {
     for (Arm& arm : arms) {
+      const double cpu_start = ProcessCpuSeconds();
       ASSIGN_OR_RETURN(double seconds, RunWorkload(*arm.engine, prompts, generated));
+      arm.cpu_seconds.push_back(ProcessCpuSeconds() - cpu_start);
       arm.seconds.push_back(seconds);
       arm.passes += arm.engine->TakeStats().reuse_telemetry_passes;
     }
@@ -111,17 +131,15 @@ absl::Status Run(int argc, char** argv) {
   std::printf("- %lld timed repetitions per arm, arms in turn; whole run %.0f s\n\n", static_cast<long long>(reps.value_or(5)),
               info.total_seconds);
   std::printf("| telemetry | median s | min s | max s | tokens/s (median) | throughput vs off, paired median | "
-              "vs off, fastest runs | passes measured |\n");
-  std::printf("|---|---|---|---|---|---|---|---|\n");
+              "vs off, fastest runs | CPU s (median) | CPU throughput vs off, paired median | passes measured |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
   const Sample off = Summarize(arms[0].seconds);
   for (Arm& arm : arms) {
     const Sample s = Summarize(arm.seconds);
-    // Throughput ratio minus 1 per repetition, as seconds: off / arm - 1 (Summarize takes medians).
-    std::vector<double> paired;
-    for (size_t i = 0; i < arm.seconds.size(); ++i) paired.push_back(arms[0].seconds[i] / arm.seconds[i] - 1.0);
-    std::printf("| %s | %.3f | %.3f | %.3f | %.1f | %+.2f%% | %+.2f%% | %llu |\n", arm.name.c_str(), s.median, s.min,
-                s.max, tokens / s.median, 100.0 * Summarize(paired).median, 100.0 * (off.min / s.min - 1.0),
-                static_cast<unsigned long long>(arm.passes));
+    std::printf("| %s | %.3f | %.3f | %.3f | %.1f | %+.2f%% | %+.2f%% | %.3f | %+.2f%% | %llu |\n", arm.name.c_str(),
+                s.median, s.min, s.max, tokens / s.median, 100.0 * PairedChange(arms[0].seconds, arm.seconds),
+                100.0 * (off.min / s.min - 1.0), Summarize(arm.cpu_seconds).median,
+                100.0 * PairedChange(arms[0].cpu_seconds, arm.cpu_seconds), static_cast<unsigned long long>(arm.passes));
   }
   return absl::OkStatus();
 }
