@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/model/model_fingerprint.h"
 #include "common/safetensors/weight_store.h"
 #include "common/util/logging.h"
@@ -71,14 +72,21 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& o) {
   if (o.block_size < 1 || o.max_batch_tokens < 1) {
     return absl::InvalidArgumentError("block size and max batch tokens must be positive");
   }
+  if (!(o.reuse_telemetry_rate >= 0.0 && o.reuse_telemetry_rate <= 1.0)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("the reuse telemetry rate must lie in [0, 1], got %g", o.reuse_telemetry_rate));
+  }
   std::unique_ptr<Engine> engine(new Engine());
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(o.model_dir));
   ASSIGN_OR_RETURN(config.indexer_types, ResolvePattern(o, config));
   ASSIGN_OR_RETURN(engine->backend_, CreateBackend(o.device, o.num_threads));
   IC_LOG(Info) << "loading " << o.model_dir << " on " << o.device << " with index pattern "
                << FormatIndexPattern(config.indexer_types);
-  ASSIGN_OR_RETURN(engine->model_, DsaModel::Load(o.model_dir, std::move(config), engine->backend_.get()));
+  ModelLoadOptions load;
+  load.shared_indexers = o.reuse_telemetry_rate > 0;
+  ASSIGN_OR_RETURN(engine->model_, DsaModel::Load(o.model_dir, std::move(config), engine->backend_.get(), load));
   engine->model_->set_decode_graphs(o.cuda_graphs);
+  if (load.shared_indexers) engine->StartReuseTelemetry(o.reuse_telemetry_rate);
   {
     ASSIGN_OR_RETURN(WeightStore store, WeightStore::Open(o.model_dir));
     ASSIGN_OR_RETURN(engine->fingerprint_, ModelFingerprint(o.model_dir, store));
@@ -177,6 +185,29 @@ absl::StatusOr<Engine::Request> Engine::MakeRequest(std::vector<int32_t> prompt,
     }
   }
   return r;
+}
+
+void Engine::StartReuseTelemetry(double rate) {
+  const std::vector<int32_t> measured = model_->TelemetryLayers();
+  std::vector<int32_t> without;  // Shared layers whose checkpoint has no indexer weights
+  for (int32_t l = 0; l < config().num_layers; ++l) {
+    if (config().indexer_types[l] == IndexerType::kShared && !model_->weights().layers[l].has_indexer) {
+      without.push_back(l);
+    }
+  }
+  reuse_telemetry_ = !measured.empty();
+  telemetry_steps_ = StepSampler(rate);
+  // Not an error: a checkpoint saved with IndexCache drops the Shared layers' indexers, and telemetry
+  // then has nothing to compare with on those layers.
+  if (!without.empty()) {
+    IC_LOG(Info) << "reuse telemetry: the checkpoint has no indexer weights for Shared layers ["
+                 << absl::StrJoin(without, ",") << "]; their reuse is not measured";
+  }
+  if (reuse_telemetry_) {
+    IC_LOG(Info) << "reuse telemetry: Shared layers [" << absl::StrJoin(measured, ",")
+                 << "] run their own indexer on a share " << rate
+                 << " of the steps that start a prompt (rows whose context is all in the step)";
+  }
 }
 
 absl::StatusOr<RequestId> Engine::Submit(std::vector<int32_t> prompt, const SamplingParams& params) {
@@ -481,6 +512,11 @@ absl::StatusOr<std::vector<TokenEvent>> Engine::Step() {
   std::vector<Request*> in_batch;
   ForwardBatch batch = Schedule(in_batch);
   if (batch.token_ids.empty()) return events;
+  // Telemetry measures only sequences that start at position 0 in the pass (reuse_telemetry.h), so
+  // only steps holding one are offered to the sampler.
+  if (reuse_telemetry_ && std::find(batch.positions.begin(), batch.positions.end(), 0) != batch.positions.end()) {
+    batch.reuse_telemetry = telemetry_steps_.Next();
+  }
   const std::vector<KvSegment> exports = BeginExports(in_batch, batch);
   if (!exports.empty()) {
     batch.after_cache_write = [&](int32_t layer) {

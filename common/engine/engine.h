@@ -24,6 +24,7 @@
 #include "common/kv/host_rows_pool.h"
 #include "common/kv/kv_segment.h"
 #include "common/kv/paged_kv_cache.h"
+#include "common/engine/step_sampler.h"
 #include "common/model/dsa_model.h"
 #include "common/sampling/logprobs.h"
 #include "common/sampling/sampler.h"
@@ -33,6 +34,10 @@
 #include "common/tokenizer/incremental_decoder.h"
 
 namespace indexcache {
+
+// One prompt-starting step in 64 carries reuse telemetry by default: under 1% of throughput on the
+// measured workload (docs/performance.md) and still a few thousand rows per layer an hour on a busy worker.
+inline constexpr double kDefaultReuseTelemetryRate = 1.0 / 64;
 
 struct EngineOptions {
   std::string model_dir;
@@ -48,6 +53,10 @@ struct EngineOptions {
   // vLLM and SGLang: the output is the same token for token, a miss costs a hash per block, and
   // cached blocks nobody holds count as free memory.
   bool prefix_cache = true;
+  // Reuse telemetry (common/model/reuse_telemetry.h): the share of the steps that start a prompt at
+  // position 0 on which every Shared layer whose indexer weights the checkpoint kept also runs its
+  // own indexer; 0 turns it off and loads no extra weights. The default's cost: docs/performance.md.
+  double reuse_telemetry_rate = kDefaultReuseTelemetryRate;
 };
 
 // The prefill chunk a device runs well: 512 on the CPU (latency of a mixed batch), 8192 on CUDA, where
@@ -228,6 +237,8 @@ class Engine {
   void PublishFullBlocks(Request& r);
   // Hashes the request's blocks up to `count` into block_keys.
   void ExtendBlockKeys(Request& r, int32_t count);
+  // Logs which Shared layers telemetry measures and which it cannot, and arms the step sampler.
+  void StartReuseTelemetry(double rate);
   // Takes the request's next token: `token` is its sampled token, or why none could be drawn;
   // `logits` its row when the request reports logprobs (else empty).
   TokenEvent Advance(Request& r, const absl::StatusOr<int32_t>& token, absl::Span<const float> logits);
@@ -243,6 +254,8 @@ class Engine {
   bool prefix_cache_ = false;
   BlockKey prefix_seed_{};  // PrefixCache::Seed of this model and pattern
   int32_t max_batch_tokens_ = 0;
+  bool reuse_telemetry_ = false;   // a rate above 0 and some Shared layer with indexer weights
+  StepSampler telemetry_steps_;
   RequestId next_id_ = 1;
   std::deque<RequestId> order_;  // admission order
   absl::flat_hash_map<RequestId, Request> requests_;

@@ -16,6 +16,11 @@ constexpr float kLoraNormEps = 1e-6f;
 // The indexer's k_norm is an nn.LayerNorm(eps=1e-6).
 constexpr float kIndexKeyNormEps = 1e-6f;
 
+// The indexer's score scale, 1/√index_head_dim.
+float IndexScale(const ModelConfig& c) {
+  return static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.index_head_dim)));
+}
+
 // SwiGLU MLP added to the residual stream: residual += down(silu(gate(x)) · up(x)).
 void AddMlp(Backend& be, const FeedForwardWeights& w, Tensor x, Activations& a, Tensor residual) {
   const int64_t inter = w.down.cols;
@@ -31,11 +36,11 @@ void AddMlp(Backend& be, const FeedForwardWeights& w, Tensor x, Activations& a, 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<DsaModel>> DsaModel::Load(const std::string& model_dir, ModelConfig config,
-                                                         Backend* backend) {
+                                                         Backend* backend, const ModelLoadOptions& options) {
   RETURN_IF_ERROR(ValidateIndexPattern(config.indexer_types, config.num_layers));
   ASSIGN_OR_RETURN(WeightStore store, WeightStore::Open(model_dir));
   std::unique_ptr<DsaModel> model(new DsaModel(std::move(config), backend));
-  ASSIGN_OR_RETURN(model->weights_, LoadModelWeights(model->config_, store, backend));
+  ASSIGN_OR_RETURN(model->weights_, LoadModelWeights(model->config_, store, backend, options));
   model->set_decode_graphs(true);
   return model;
 }
@@ -49,6 +54,15 @@ KvCacheSpec DsaModel::CacheSpec(int32_t block_size) const {
   spec.block_size = block_size;
   spec.dtype = backend_->activation_dtype();
   return spec;
+}
+
+std::vector<int32_t> DsaModel::TelemetryLayers(const std::vector<IndexerType>& types, int32_t first_layer) const {
+  const std::vector<IndexerType>& pattern = types.empty() ? config_.indexer_types : types;
+  std::vector<int32_t> layers;
+  for (int32_t l = first_layer; l < config_.num_layers; ++l) {
+    if (pattern[l] == IndexerType::kShared && weights_->layers[l].has_indexer) layers.push_back(l);
+  }
+  return layers;
 }
 
 absl::StatusOr<std::vector<std::vector<int32_t>>> DsaModel::SelectKeys(const PagedKvCache& cache, SequenceId seq,
@@ -97,7 +111,7 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> DsaModel::SelectKeys(const Pag
   be.Upload(&position, t.pos);
   be.Upload(table.data(), t.tables);
   BatchLayout layout{t.seq, t.pos, Tensor{}, t.tables, cache.block_size(), position + 1};
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.index_head_dim)));
+  const float scale = IndexScale(c);
   // Every probe's selection is enqueued before the one download: a single wait on the device.
   for (int64_t i = 0; i < n; ++i) {
     be.IndexerTopK(t.q.Rows(i, 1), t.w.Rows(i, 1), c.index_n_heads, cache.index_key_pool(probes[i].layer), layout,
@@ -271,14 +285,35 @@ void DsaModel::EnqueueProjections(int32_t l, bool full, const BatchLayout& layou
   if (!full) return;  // Shared layers keep the previous Full layer's a.topk.
 
   // --- DSA indexer (its projections ran in the stacked products above, outside the timed region)
-  const float index_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.index_head_dim)));
   be.BeginRegion(TimedRegion::kIndexer);
+  EnqueueIndexerQueryKey(l, a);
+  be.WriteCacheRows(a.index_k, a.slots, cache.index_key_pool(l));
+  be.IndexerTopK(a.index_q, a.index_w, c.index_n_heads, cache.index_key_pool(l), layout, IndexScale(c), a.topk);
+  be.EndRegion(TimedRegion::kIndexer);
+}
+
+void DsaModel::EnqueueIndexerQueryKey(int32_t l, Activations& a) {
+  const ModelConfig& c = config_;
+  Backend& be = *backend_;
+  const LayerWeights& w = weights_->layers[l];
+  const float theta = static_cast<float>(c.rope_theta);
   be.RopeInterleaved(a.index_q, c.index_n_heads, c.index_head_dim, 0, c.qk_rope_head_dim, theta, a.pos);
   be.LayerNorm(a.index_k, w.index_k_norm_w, w.index_k_norm_b, kIndexKeyNormEps, a.index_k);
   be.RopeInterleaved(a.index_k, 1, c.index_head_dim, 0, c.qk_rope_head_dim, theta, a.pos);
-  be.WriteCacheRows(a.index_k, a.slots, cache.index_key_pool(l));
-  be.IndexerTopK(a.index_q, a.index_w, c.index_n_heads, cache.index_key_pool(l), layout, index_scale, a.topk);
-  be.EndRegion(TimedRegion::kIndexer);
+}
+
+void DsaModel::EnqueueSharedIndexerInputs(int32_t l, Activations& a) {
+  const ModelConfig& c = config_;
+  Backend& be = *backend_;
+  const LayerWeights& w = weights_->layers[l];
+  // The indexer's rows of the stacks as products of their own (EnqueueProjections ran the MLA rows):
+  // the MLA columns stay exactly those of an unsampled pass, which one wider product could sum in
+  // another order. a.h and a.qa still hold this layer's normed inputs.
+  const int64_t mla_hidden = c.q_lora_rank + c.latent_cache_dim(), mla_q = int64_t{c.num_heads} * c.qk_head_dim();
+  const int64_t index_hidden = w.hidden_proj.rows - mla_hidden, index_q = w.q_latent_proj.rows - mla_q;
+  be.Linear(a.h, w.hidden_proj.Rows(mla_hidden, index_hidden), a.hidden_proj.Cols(mla_hidden, index_hidden));
+  be.Linear(a.qa, w.q_latent_proj.Rows(mla_q, index_q), a.index_q);
+  EnqueueIndexerQueryKey(l, a);
 }
 
 void DsaModel::EnqueueAttentionAndFeedForward(int32_t l, const BatchLayout& layout, Activations& a,
@@ -356,11 +391,24 @@ absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedK
   const int32_t max_context = host.max_context;
   const int64_t topk_cols = std::min(c.index_topk, max_context);
   const int64_t logit_rows = static_cast<int64_t>(b.logit_rows.size());
+  const std::vector<IndexerType>& types = b.indexer_types.empty() ? c.indexer_types : b.indexer_types;
+  const std::vector<int32_t> telemetry_layers =
+      b.reuse_telemetry ? TelemetryLayers(types, b.first_layer) : std::vector<int32_t>();
+  // Unsampled passes (and passes without a layer to measure) plan nothing: no host work either.
+  ReuseTelemetryPass telemetry =
+      telemetry_layers.empty() ? ReuseTelemetryPass()
+                               : ReuseTelemetryPass::Plan(b.positions, b.token_seq, cache.block_size(), c.index_topk,
+                                                          static_cast<int32_t>(telemetry_layers.size()));
 
   workspace_.BeginMeasure();
   Carve(c, be.activation_dtype(), n, num_seqs, host.max_blocks, topk_cols, logit_rows, workspace_);
+  if (!telemetry.empty()) telemetry.Carve(c, be.activation_dtype(), topk_cols, workspace_);
   RETURN_IF_ERROR(workspace_.Commit());
   Activations a = Carve(c, be.activation_dtype(), n, num_seqs, host.max_blocks, topk_cols, logit_rows, workspace_);
+  if (!telemetry.empty()) {
+    telemetry.Carve(c, be.activation_dtype(), topk_cols, workspace_);
+    telemetry.Upload(be);
+  }
 
   be.Upload(b.token_ids.data(), a.ids);
   be.Upload(b.positions.data(), a.pos);
@@ -373,7 +421,6 @@ absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedK
 
   ForwardResult result;
   result.topk_cols = static_cast<int32_t>(topk_cols);
-  const std::vector<IndexerType>& types = b.indexer_types.empty() ? c.indexer_types : b.indexer_types;
   if (!b.probe_rows.empty()) {
     const int64_t full_layers = std::count(types.begin() + b.first_layer, types.end(), IndexerType::kFull);
     RETURN_IF_ERROR(probes_.Begin(a, static_cast<int64_t>(b.probe_rows.size()), full_layers));
@@ -386,6 +433,7 @@ absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedK
     if (!b.resume->topk.empty()) be.Upload(b.resume->topk.data(), a.topk);
   }
   if (b.capture_layer_inputs) result.layer_inputs.resize(c.num_layers);
+  size_t telemetry_slot = 0;
   for (int32_t l = b.first_layer; l < c.num_layers; ++l) {
     const bool full = types[l] == IndexerType::kFull;
     if (b.capture_layer_inputs) {
@@ -399,6 +447,10 @@ absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedK
     }
     EnqueueProjections(l, full, layout, a, cache);
     if (b.after_cache_write) b.after_cache_write(l);
+    if (!telemetry.empty() && telemetry_slot < telemetry_layers.size() && telemetry_layers[telemetry_slot] == l) {
+      EnqueueSharedIndexerInputs(l, a);
+      telemetry.Enqueue(be, static_cast<int32_t>(telemetry_slot++), a, c.index_n_heads, IndexScale(c));
+    }
     if (full) {
       for (size_t p = 0; p < b.probe_rows.size(); ++p) probes_.Capture(a, static_cast<int64_t>(p), b.probe_rows[p], l);
     }
@@ -416,6 +468,10 @@ absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedK
     RETURN_IF_ERROR(be.Synchronize());
   }
   if (!b.probe_rows.empty()) result.probes = probes_.Take();
+  if (!telemetry.empty()) {
+    RETURN_IF_ERROR(telemetry.Collect(be, telemetry_layers, stats_.reuse_overlap));
+    ++stats_.reuse_telemetry_passes;
+  }
   return result;
 }
 

@@ -21,6 +21,7 @@
 #include "common/model/model_config.h"
 #include "common/model/model_weights.h"
 #include "common/model/probe_capture.h"
+#include "common/model/reuse_telemetry.h"
 #include "common/sampling/sampling_draw.h"
 
 namespace indexcache {
@@ -49,6 +50,10 @@ struct ForwardBatch {
   // logprob_logits), for requests that report logprobs: only they pay the [vocab] copy.
   std::vector<int32_t> logprob_rows;
   bool capture_topk = false;        // also return every layer's selection (for `score`)
+  // Reuse telemetry (reuse_telemetry.h): Shared layers that have indexer weights also run their own
+  // indexer on the rows whose whole context is in this batch, and the overlaps are counted in the
+  // stats (TakeStats). Changes no output; a batch without such rows runs nothing extra.
+  bool reuse_telemetry = false;
   std::vector<int32_t> probe_rows;  // tokens whose indexer inputs and selections are returned (handoff)
   // Called on the host once per layer, right after the layer's cache writes are enqueued: the
   // handoff's export enqueues that layer's copy there, so rows leave while later layers compute.
@@ -87,12 +92,15 @@ class DsaModel {
  public:
   // `config.indexer_types` is the pattern the model runs with (already overridden by the caller).
   static absl::StatusOr<std::unique_ptr<DsaModel>> Load(const std::string& model_dir, ModelConfig config,
-                                                        Backend* backend);
+                                                        Backend* backend, const ModelLoadOptions& options = {});
 
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return *weights_; }
   Backend* backend() const { return backend_; }
   KvCacheSpec CacheSpec(int32_t block_size) const;
+  // The Shared layers of `types` from `first_layer` on that have indexer weights: what a pass with
+  // reuse telemetry measures (the model's pattern when `types` is empty).
+  std::vector<int32_t> TelemetryLayers(const std::vector<IndexerType>& types = {}, int32_t first_layer = 0) const;
 
   // Runs the batch. The caller has reserved cache room for every position in it.
   absl::StatusOr<ForwardResult> Forward(const ForwardBatch& batch, PagedKvCache& cache);
@@ -127,6 +135,12 @@ class DsaModel {
   // The pass in pieces, enqueued without host round trips. Layer l: norms, projections and cache
   // writes, then (Full layers) the indexer's selection into a.topk.
   void EnqueueProjections(int32_t l, bool full, const BatchLayout& layout, Activations& a, PagedKvCache& cache);
+  // The indexer's roped queries and normed, roped keys of layer l from its projections (in a.index_q,
+  // a.index_k), as every indexer run starts.
+  void EnqueueIndexerQueryKey(int32_t l, Activations& a);
+  // A Shared layer with indexer weights (telemetry): its indexer's projections and query/key rows,
+  // leaving a.topk, the selection it reuses, untouched.
+  void EnqueueSharedIndexerInputs(int32_t l, Activations& a);
   // Layer l: sparse attention over a.topk, output projection, feed-forward, residual adds.
   void EnqueueAttentionAndFeedForward(int32_t l, const BatchLayout& layout, Activations& a, PagedKvCache& cache);
   // The final norm and LM head over a.logit_rows, each row's argmax, and when `sample` each row's

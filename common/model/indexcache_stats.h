@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "common/model/reuse_overlap.h"
+
 namespace indexcache {
 
 struct IndexCacheStats {
@@ -13,6 +15,9 @@ struct IndexCacheStats {
   double indexer_seconds = 0.0;  // measured by the backend
   uint64_t index_key_bytes_not_stored = 0;  // Shared layers' index keys that were never written
   double forward_seconds = 0.0;  // whole forward passes, wall clock (the speedup estimate's denominator)
+  // Reuse telemetry (reuse_overlap.h): passes that measured, and per layer the overlaps they found.
+  uint64_t reuse_telemetry_passes = 0;
+  ReuseOverlapByLayer reuse_overlap;
 
   IndexCacheStats& operator+=(const IndexCacheStats& other) {
     indexer_runs += other.indexer_runs;
@@ -21,6 +26,8 @@ struct IndexCacheStats {
     indexer_seconds += other.indexer_seconds;
     index_key_bytes_not_stored += other.index_key_bytes_not_stored;
     forward_seconds += other.forward_seconds;
+    reuse_telemetry_passes += other.reuse_telemetry_passes;
+    Accumulate(other.reuse_overlap, reuse_overlap);
     return *this;
   }
 };

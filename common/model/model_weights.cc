@@ -61,7 +61,10 @@ class Loader {
   ModelWeights* weights_;
 };
 
-absl::Status LoadAttention(const ModelConfig& c, const std::string& p, bool full, Loader& loader, LayerWeights& w) {
+// `full`: the layer runs its indexer, whose weights must be there; `optional_indexer`: load them too
+// when the checkpoint has them.
+absl::Status LoadAttention(const ModelConfig& c, const std::string& p, bool full, bool optional_indexer,
+                           Loader& loader, LayerWeights& w) {
   const int64_t hidden = c.hidden_size, heads = c.num_heads, nope = c.qk_nope_head_dim;
   const int64_t rope = c.qk_rope_head_dim, v = c.v_head_dim, kvl = c.kv_lora_rank, qkd = c.qk_head_dim();
   ASSIGN_OR_RETURN(std::vector<float> hidden_proj, loader.Read(p + "q_a_proj.weight", {c.q_lora_rank, hidden}));
@@ -94,19 +97,21 @@ absl::Status LoadAttention(const ModelConfig& c, const std::string& p, bool full
   ASSIGN_OR_RETURN(w.w_uk_t, loader.Upload(uk_t, heads * kvl, nope));
   ASSIGN_OR_RETURN(w.w_uv, loader.Upload(uv, heads * v, kvl));
 
-  // The stacks end here on Shared layers; Full layers append the indexer's projections.
+  // The stacks end here on layers without an indexer; the others append the indexer's projections.
   auto upload_stacks = [&]() -> absl::Status {
     ASSIGN_OR_RETURN(w.hidden_proj, loader.Upload(hidden_proj, hidden_proj.size() / hidden, hidden));
     ASSIGN_OR_RETURN(w.q_latent_proj, loader.Upload(q_latent_proj, q_latent_proj.size() / row, row));
     return absl::OkStatus();
   };
-  if (!full) return upload_stacks();
   const std::string ip = p + "indexer.";
-  if (!loader.store().Contains(ip + "wk.weight")) {
+  const bool stored = loader.store().Contains(ip + "wk.weight");
+  if (full && !stored) {
     return absl::NotFoundError(
         "this layer is Full but the checkpoint has no indexer weights for it (it was saved as a Shared "
         "layer; choose a pattern that keeps it Shared)");
   }
+  if (!full && !(optional_indexer && stored)) return upload_stacks();
+  w.has_indexer = true;
   const int64_t ih = c.index_n_heads, id = c.index_head_dim;
   ASSIGN_OR_RETURN(std::vector<float> wq_b, loader.Read(ip + "wq_b.weight", {ih * id, c.q_lora_rank}));
   q_latent_proj.insert(q_latent_proj.end(), wq_b.begin(), wq_b.end());
@@ -167,7 +172,7 @@ absl::Status LoadFeedForward(const ModelConfig& c, const std::string& p, MlpType
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(const ModelConfig& c, const WeightStore& store,
-                                                                Backend* backend) {
+                                                                Backend* backend, const ModelLoadOptions& options) {
   auto weights = std::make_unique<ModelWeights>();
   Loader loader(store, backend, weights.get());
   const int64_t hidden = c.hidden_size;
@@ -185,7 +190,8 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(const ModelConfig
     absl::Status status = [&]() -> absl::Status {
       ASSIGN_OR_RETURN(w.input_norm, loader.Load(p + "input_layernorm.weight", {hidden}));
       ASSIGN_OR_RETURN(w.post_attn_norm, loader.Load(p + "post_attention_layernorm.weight", {hidden}));
-      RETURN_IF_ERROR(LoadAttention(c, p + "self_attn.", c.indexer_types[i] == IndexerType::kFull, loader, w));
+      RETURN_IF_ERROR(LoadAttention(c, p + "self_attn.", c.indexer_types[i] == IndexerType::kFull,
+                                    options.shared_indexers, loader, w));
       return LoadFeedForward(c, p + "mlp.", c.mlp_types[i], loader, w);
     }();
     if (!status.ok()) return Annotate(status, absl::StrCat("loading layer ", i));

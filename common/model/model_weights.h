@@ -11,7 +11,8 @@
 //     from the normed hidden state: q_a_proj | kv_a_proj_with_mqa | indexer wk | indexer weights_proj,
 //     from the normed q latent:     q_b_proj (regrouped) | indexer wq_b.
 // Shared layers load no indexer weights (their checkpoints may not have them): their stacks stop
-// after the MLA rows.
+// after the MLA rows — unless ModelLoadOptions::shared_indexers asks for those a checkpoint has (reuse
+// telemetry runs them on sampled passes); such a layer still runs Shared, on the MLA rows alone.
 #pragma once
 
 #include <memory>
@@ -46,9 +47,10 @@ struct LayerWeights {
   Tensor w_uv;      // [H·v, kv_lora]
   Tensor o_proj;    // [hidden, H·v]
 
-  // Lightning indexer's key norm (its projections are in the stacks above); empty on Shared layers.
+  // Lightning indexer's key norm (its projections are in the stacks above); empty without an indexer.
   Tensor index_k_norm_w;    // [1, ID]
   Tensor index_k_norm_b;    // [1, ID]
+  bool has_indexer = false;  // every Full layer; a Shared layer only when loaded with shared_indexers
 
   bool is_moe = false;
   FeedForwardWeights dense;   // dense layers
@@ -68,9 +70,14 @@ struct ModelWeights {
   size_t num_parameters = 0;
 };
 
+struct ModelLoadOptions {
+  // Also load the indexer of every Shared layer whose checkpoint has one (LayerWeights::has_indexer).
+  bool shared_indexers = false;
+};
+
 // Reads every tensor the config needs from `store`, checks its shape, converts and uploads it.
 // Errors name the tensor and the layer.
 absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(const ModelConfig& config, const WeightStore& store,
-                                                                Backend* backend);
+                                                                Backend* backend, const ModelLoadOptions& options = {});
 
 }  // namespace indexcache

@@ -35,6 +35,7 @@ const char* FailureReason(const absl::Status& why) {
 const Histogram::BucketBoundaries kHandoffSecondsBuckets = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                                             0.25,   0.5,   1,      2.5,   5,    10,    30,    60};
 // From a loopback gRPC stream of a few kilobytes (latency-bound) to NVLink.
+const Histogram::BucketBoundaries kReuseOverlapBucketBounds(kReuseOverlapBuckets.begin(), kReuseOverlapBuckets.end());
 const Histogram::BucketBoundaries kBandwidthBuckets = {1e5, 1e6, 1e7, 5e7, 1e8, 2.5e8, 5e8, 1e9,
                                                        2.5e9, 5e9, 1e10, 2.5e10, 5e10, 1e11};
 
@@ -145,6 +146,17 @@ WorkerMetrics::WorkerMetrics(v1::WorkerRole role, int32_t full_layers, int32_t s
                                    "the measured mean cost per run, divided by the measured forward time")
                              .Register(*registry_)
                              .Add({{"role", role_}})),
+      reuse_telemetry_passes_(BuildCounter()
+                                  .Name("indexcache_reuse_telemetry_passes_total")
+                                  .Help("Forward passes in which Shared layers also ran their own indexer to "
+                                        "measure the reuse (--reuse-telemetry-rate)")
+                                  .Register(*registry_)
+                                  .Add({{"role", role_}})),
+      reuse_topk_overlap_(BuildHistogram()
+                              .Name("indexcache_reuse_topk_overlap")
+                              .Help("Per sampled query row of a Shared layer: the share of the top-k its own "
+                                    "indexer picks that the reused top-k also holds; _count is the rows measured")
+                              .Register(*registry_)),
       handoff_bytes_(BuildCounter()
                          .Name("indexcache_handoff_bytes_total")
                          .Help("Handoff bytes by payload (kv, index_keys, metadata) and transport; prefill: sent, "
@@ -200,6 +212,15 @@ void WorkerMetrics::AddEngineStats(const IndexCacheStats& delta) {
   indexer_seconds_.Increment(delta.indexer_seconds);
   forward_seconds_.Increment(delta.forward_seconds);
   index_key_bytes_not_stored_.Increment(static_cast<double>(delta.index_key_bytes_not_stored));
+  reuse_telemetry_passes_.Increment(static_cast<double>(delta.reuse_telemetry_passes));
+  for (size_t layer = 0; layer < delta.reuse_overlap.size(); ++layer) {
+    const ReuseOverlap& overlap = delta.reuse_overlap[layer];
+    if (overlap.rows == 0) continue;
+    std::vector<double> increments(overlap.buckets.begin(), overlap.buckets.end());
+    increments.push_back(0.0);  // +Inf: no overlap exceeds 1
+    reuse_topk_overlap_.Add(With({{"layer", std::to_string(layer)}}), kReuseOverlapBucketBounds)
+        .ObserveMultiple(increments, overlap.sum);
+  }
   if (totals_.forward_seconds > 0 && totals_.indexer_runs > 0) {
     const double per_run = totals_.indexer_seconds / static_cast<double>(totals_.indexer_runs);
     const double all_full = totals_.forward_seconds + per_run * static_cast<double>(totals_.indexer_skips);

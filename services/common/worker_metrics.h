@@ -1,7 +1,7 @@
 // The Prometheus metrics of a prefill or decode worker (names in docs/operations.md): KV blocks and
-// queues read from the worker's load report, the engine's IndexCache and prefix-cache counters, and
-// the handoff — bytes by payload kind, latency, bandwidth, failures — each labelled with the worker's
-// role.
+// queues read from the worker's load report, the engine's IndexCache and prefix-cache counters and
+// reuse telemetry (a layer's overlap series appears with its first measured row), and the handoff —
+// bytes by payload kind, latency, bandwidth, failures — each labelled with the worker's role.
 // Counters only grow: the engine's counters arrive as deltas (Engine::TakeStats resets), taken by
 // whoever already visits the engine loop (the load report), so the loop itself takes no extra lock.
 #pragma once
@@ -79,6 +79,8 @@ class WorkerMetrics {
   prometheus::Counter& prefix_evictions_;
   prometheus::Family<prometheus::Gauge>& prefix_blocks_;
   prometheus::Gauge& estimated_speedup_;
+  prometheus::Counter& reuse_telemetry_passes_;
+  prometheus::Family<prometheus::Histogram>& reuse_topk_overlap_;  // by Shared layer
 
   prometheus::Family<prometheus::Counter>& handoff_bytes_;
   prometheus::Family<prometheus::Counter>& handoff_send_seconds_;

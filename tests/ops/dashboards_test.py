@@ -5,7 +5,9 @@
    grid positions, the datasource variable on every query).
 2. A local cluster runs the bundled model with every layer Full; under load, each worker's /metrics
    shows indexer runs and no skips, no index-key bytes saved, and an estimated speedup of 1.
-3. A second cluster runs the 1/4 pattern (--index-freq 4) over the TCP handoff; its counters must obey the pattern exactly:
+3. A second cluster runs the 1/4 pattern (--index-freq 4) over the TCP handoff, with reuse telemetry on
+   every prompt-starting step and chunks long enough for a prompt's rows to see more than index_topk keys
+   (so the reuse-overlap panels have rows); its counters must obey the pattern exactly:
    skips / runs = Shared / Full layers (every token passes every layer), index-key bytes not stored =
    skips x index_head_dim x 4, bytes not sent = index-key bytes sent x Shared / Full.
 4. A real Prometheus (/usr/bin/prometheus, loopback, 1 s scrapes) scrapes that cluster under load, then
@@ -43,6 +45,11 @@ PROMPTS = [
     "Shared layers reuse the top-k of the nearest Full layer",
     "Disaggregated serving splits prefill from decode",
     "A paged KV cache hands out blocks",
+    # Longer than the bundled model's index_topk (64) in tokens: reuse telemetry measures its rows.
+    "The router dispatches each request to a prefill worker and a decode worker; the prefill worker runs "
+    "the prompt, the Full layers' indexers pick the top-k keys and the KV cache is built, then it ships "
+    "the cache with the index keys of the Full layers to the decode worker, which generates tokens and "
+    "reuses each Full layer's top-k on the Shared layers that follow it.",
 ]
 
 
@@ -136,9 +143,10 @@ class Process:
 class Cluster(Process):
     """`indexcache cluster up` with metrics on free ports; knows each service's metrics address."""
 
-    def __init__(self, indexcache, model, pattern_flags, log_dir, name):
+    def __init__(self, indexcache, model, pattern_flags, log_dir, name, max_batch_tokens=32):
         argv = [indexcache, "cluster", "up", "--model", model, "--prefill", "1", "--decode", "1", "--threads", "1",
-                "--kv-cache-mb", "64", "--max-batch-tokens", "32", "--metrics-port-base", "0"] + pattern_flags
+                "--kv-cache-mb", "64", "--max-batch-tokens", str(max_batch_tokens), "--metrics-port-base", "0"]
+        argv += pattern_flags
         super().__init__(name, argv, log_dir, stdout=subprocess.PIPE)
         self.metrics = {}
         self.router = None
@@ -336,8 +344,9 @@ def main():
 
             print("1/4 cluster (--index-freq 4)")
             # The TCP data plane here, gRPC above: both transports' metering runs.
-            quarter = Cluster(args.indexcache, args.model, ["--index-freq", "4", "--transport", "tcp"], work,
-                              "cluster-freq4")
+            quarter = Cluster(args.indexcache, args.model,
+                              ["--index-freq", "4", "--transport", "tcp", "--reuse-telemetry-rate", "1"], work,
+                              "cluster-freq4", max_batch_tokens=256)
             processes.append(quarter)
             server, base = start_prometheus(args.prometheus, quarter, work)
             processes.append(server)

@@ -39,6 +39,47 @@ TEST(WorkerMetricsTest, EstimatesTheSpeedupFromMeasuredIndexerCost) {
   EXPECT_EQ(Sample(r, "indexcache_layers", {{"role", "decode"}, {"kind", "shared"}}), 6);
 }
 
+// The cumulative count of bucket `le` of histogram `name`'s series with `labels`; -1 when absent.
+double BucketCount(const prometheus::Registry& registry, const std::string& name, const prometheus::Labels& labels,
+                   double le) {
+  for (const prometheus::MetricFamily& family : registry.Collect()) {
+    if (family.name != name) continue;
+    for (const prometheus::ClientMetric& metric : family.metric) {
+      prometheus::Labels have;
+      for (const prometheus::ClientMetric::Label& label : metric.label) have[label.name] = label.value;
+      if (have != labels) continue;
+      for (const auto& bucket : metric.histogram.bucket) {
+        if (bucket.upper_bound == le) return static_cast<double>(bucket.cumulative_count);
+      }
+    }
+  }
+  return -1;
+}
+
+TEST(WorkerMetricsTest, ExportsTheReuseOverlapPerSharedLayer) {
+  WorkerMetrics metrics(v1::PREFILL, /*full_layers=*/2, /*shared_layers=*/6);
+  IndexCacheStats step;
+  step.reuse_telemetry_passes = 1;
+  step.reuse_overlap.resize(4);  // layers 0-2 measured nothing
+  for (double overlap : {0.5, 0.75, 1.0}) step.reuse_overlap[3].Add(overlap);
+  metrics.AddEngineStats(step);
+  metrics.AddEngineStats(step);
+
+  const prometheus::Registry& r = *metrics.registry();
+  EXPECT_EQ(Sample(r, "indexcache_reuse_telemetry_passes_total", {{"role", "prefill"}}), 2);
+  const prometheus::Labels layer3{{"role", "prefill"}, {"layer", "3"}};
+  double sum = 0;
+  EXPECT_EQ(Sample(r, "indexcache_reuse_topk_overlap", layer3, &sum), 6);
+  EXPECT_DOUBLE_EQ(sum, 4.5);
+  EXPECT_EQ(BucketCount(r, "indexcache_reuse_topk_overlap", layer3, 0.4), 0);
+  EXPECT_EQ(BucketCount(r, "indexcache_reuse_topk_overlap", layer3, 0.5), 2);
+  EXPECT_EQ(BucketCount(r, "indexcache_reuse_topk_overlap", layer3, 0.8), 4);
+  EXPECT_EQ(BucketCount(r, "indexcache_reuse_topk_overlap", layer3, 0.99), 4);
+  EXPECT_EQ(BucketCount(r, "indexcache_reuse_topk_overlap", layer3, 1.0), 6);
+  // A layer without a measured row has no series (a checkpoint without its indexer, or a Full layer).
+  EXPECT_EQ(BucketCount(r, "indexcache_reuse_topk_overlap", {{"role", "prefill"}, {"layer", "2"}}, 1.0), -1);
+}
+
 TEST(WorkerMetricsTest, CountsHandoffBytesAndTheIndexKeysNotSent) {
   WorkerMetrics metrics(v1::PREFILL, /*full_layers=*/2, /*shared_layers=*/6);
   HandoffByteCounts bytes;

@@ -43,7 +43,7 @@ constexpr char kClusterUsage[] =
     "usage: indexcache cluster up --model DIR [--prefill N] [--decode M] [--port P]\n"
     "       [--index-pattern P | --index-freq N] [--transport grpc|tcp|nccl] [--threads T] [--kv-cache-mb MB]\n"
     "       [--max-batch-tokens N] [--device cpu] [--prefill-gpu G] [--decode-gpu G] [--metrics-port-base P]\n"
-    "       [--prefix-cache=true|false]\n"
+    "       [--prefix-cache=true|false] [--reuse-telemetry-rate R]\n"
     "  --transport nccl moves the KV rows GPU to GPU: prefill workers on CUDA GPU --prefill-gpu (default 0),\n"
     "  decode workers on --decode-gpu (default 1).\n"
     "  --metrics-port-base P     serve /metrics: the router on port P, the workers on P+1, P+2, … (prefill\n"
@@ -152,7 +152,8 @@ absl::StatusOr<ClusterSpec> SpecFromArgs(const Args& args) {
                                      : static_cast<int>(std::max(1L, cores / (spec.prefill + spec.decode)));
   spec.worker_flags = {"--model", spec.model_dir, "--index-pattern", spec.pattern, "--threads",
                        std::to_string(worker_threads)};
-  for (const char* flag : {"kv-cache-mb", "max-batch-tokens", "device", "block-size", "prefix-cache"}) {
+  for (const char* flag :
+       {"kv-cache-mb", "max-batch-tokens", "device", "block-size", "prefix-cache", "reuse-telemetry-rate"}) {
     if (auto v = args.Get(flag)) {
       spec.worker_flags.push_back(absl::StrCat("--", flag));
       spec.worker_flags.push_back(*v);
@@ -357,9 +358,9 @@ int RunCluster(const std::vector<std::string>& argv) {
   if (argv.empty() || argv[0] != "up") return Fail("cluster", std::string("expected `up`\n") + kClusterUsage);
   auto args = Args::Parse(std::vector<std::string>(argv.begin() + 1, argv.end()),
                           {"model", "prefill", "decode", "port", "index-pattern", "index-freq", "transport", "threads",
-                           "kv-cache-mb", "max-batch-tokens", "device", "block-size", "prefix-cache", "prefill-gpu",
-                           "decode-gpu", "metrics-port-base", "http-port", "api-key-file", "drain-grace",
-                           "tls-cert-file", "tls-key-file", "tls-ca-file"},
+                           "kv-cache-mb", "max-batch-tokens", "device", "block-size", "prefix-cache",
+                           "reuse-telemetry-rate", "prefill-gpu", "decode-gpu", "metrics-port-base", "http-port",
+                           "api-key-file", "drain-grace", "tls-cert-file", "tls-key-file", "tls-ca-file"},
                           {"help"});
   if (!args.ok()) return Fail("cluster", std::string(args.status().message()) + "\n" + kClusterUsage);
   if (args->Has("help")) {

@@ -19,7 +19,9 @@ const char kEngineFlagsUsage[] =
     "  --block-size N            tokens per KV block (default 64)\n"
     "  --max-batch-tokens N      tokens per forward pass / prefill chunk (default 512 on cpu, 8192 on cuda)\n"
     "  --cuda-graphs=true|false  replay decode steps as CUDA graphs on --device cuda (default true)\n"
-    "  --prefix-cache=true|false share the KV blocks of common prompt prefixes between requests (default true)\n";
+    "  --prefix-cache=true|false share the KV blocks of common prompt prefixes between requests (default true)\n"
+    "  --reuse-telemetry-rate R  share of prompt-starting steps on which Shared layers that kept indexer\n"
+    "                            weights also run them, measuring the reuse's top-k overlap (default 1/64; 0: off)\n";
 
 const char kSamplingFlagsUsage[] =
     "  --max-new-tokens N        (default 128)\n"
@@ -31,7 +33,8 @@ const char kSamplingFlagsUsage[] =
 
 std::set<std::string> EngineFlagNames() {
   return {"model",      "device",     "threads",          "index-pattern", "index-freq",
-          "kv-cache-mb", "block-size", "max-batch-tokens", "cuda-graphs", "prefix-cache"};
+          "kv-cache-mb", "block-size", "max-batch-tokens", "cuda-graphs", "prefix-cache",
+          "reuse-telemetry-rate"};
 }
 
 std::set<std::string> SamplingFlagNames() {
@@ -64,8 +67,12 @@ absl::StatusOr<EngineOptions> EngineOptionsFromArgs(const Args& args) {
   ASSIGN_OR_RETURN(auto kv_mb, args.GetInt("kv-cache-mb"));
   ASSIGN_OR_RETURN(auto block, args.GetInt("block-size"));
   ASSIGN_OR_RETURN(auto batch_tokens, args.GetInt("max-batch-tokens"));
+  ASSIGN_OR_RETURN(auto telemetry_rate, args.GetDouble("reuse-telemetry-rate"));
   if (freq && *freq < 1) return absl::InvalidArgumentError("--index-freq must be >= 1");
   if (kv_mb && *kv_mb < 1) return absl::InvalidArgumentError("--kv-cache-mb must be >= 1");
+  if (telemetry_rate && !(*telemetry_rate >= 0 && *telemetry_rate <= 1)) {
+    return absl::InvalidArgumentError("--reuse-telemetry-rate must lie in [0, 1]");
+  }
   if (!o.index_pattern.empty() && freq) {
     return absl::InvalidArgumentError("give --index-pattern or --index-freq, not both");
   }
@@ -73,6 +80,7 @@ absl::StatusOr<EngineOptions> EngineOptionsFromArgs(const Args& args) {
   if (freq) o.index_freq = static_cast<int32_t>(*freq);
   if (kv_mb) o.kv_cache_bytes = static_cast<size_t>(*kv_mb) << 20;
   if (block) o.block_size = static_cast<int32_t>(*block);
+  if (telemetry_rate) o.reuse_telemetry_rate = *telemetry_rate;
   o.max_batch_tokens = batch_tokens ? static_cast<int32_t>(*batch_tokens) : DefaultMaxBatchTokens(o.device);
   ASSIGN_OR_RETURN(o.cuda_graphs, BoolFlag(args, "cuda-graphs", o.cuda_graphs));
   ASSIGN_OR_RETURN(o.prefix_cache, BoolFlag(args, "prefix-cache", o.prefix_cache));

@@ -27,8 +27,19 @@ struct Generation {
   std::string pattern;
 };
 
+// Reuse telemetry's rows and mean overlap per measured Shared layer (--reuse-telemetry-rate).
+nlohmann::json ReuseOverlapJson(const ReuseOverlapByLayer& layers) {
+  nlohmann::json out = nlohmann::json::object();
+  for (size_t l = 0; l < layers.size(); ++l) {
+    if (layers[l].rows == 0) continue;
+    out[std::to_string(l)] = {{"rows", layers[l].rows}, {"mean", layers[l].sum / static_cast<double>(layers[l].rows)}};
+  }
+  return out;
+}
+
 nlohmann::json StatsJson(const Generation& g) {
   return {{"index_pattern", g.pattern},
+          {"reuse_topk_overlap", ReuseOverlapJson(g.stats.reuse_overlap)},
           {"indexer_runs", g.stats.indexer_runs},
           {"indexer_skips", g.stats.indexer_skips},
           {"indexer_flops", g.stats.indexer_flops},
