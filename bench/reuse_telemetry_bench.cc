@@ -6,7 +6,7 @@
 // arm's change against "off" is the median over repetitions of the paired ratio (same repetition),
 // beside the ratio of the fastest runs, with the passes telemetry measured; and the same paired median
 // for the process's CPU seconds, which a neighbour's load delays far less than the wall clock (on a
-// shared machine the wall clock cannot resolve 1%). CPU backend.
+// shared machine the wall clock cannot resolve 1%). Any backend (--device, default cpu).
 #include <time.h>
 
 #include <algorithm>
@@ -28,7 +28,7 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: reuse_telemetry_bench --model DIR [--index-pattern P] [--requests N] [--prompt T] [--new G]\n"
-    "       [--reps R] [--threads N] [--max-batch-tokens N]\n";
+    "       [--reps R] [--threads N] [--max-batch-tokens N] [--device cpu|cuda]\n";
 
 struct Arm {
   std::string name;
@@ -67,7 +67,7 @@ absl::StatusOr<double> RunWorkload(Engine& engine, const std::vector<std::vector
 absl::Status Run(int argc, char** argv) {
   ASSIGN_OR_RETURN(cli::Args args, cli::Args::Parse(std::vector<std::string>(argv + 1, argv + argc),
                                                     {"model", "index-pattern", "requests", "prompt", "new", "reps",
-                                                     "threads", "max-batch-tokens"},
+                                                     "threads", "max-batch-tokens", "device"},
                                                     {}));
   ASSIGN_OR_RETURN(std::string model, args.Require("model"));
   ASSIGN_OR_RETURN(auto requests, args.GetInt("requests"));
@@ -76,6 +76,7 @@ absl::Status Run(int argc, char** argv) {
   ASSIGN_OR_RETURN(auto reps, args.GetInt("reps"));
   ASSIGN_OR_RETURN(auto threads, args.GetInt("threads"));
   ASSIGN_OR_RETURN(auto batch_tokens, args.GetInt("max-batch-tokens"));
+  const std::string device = args.Get("device").value_or("cpu");
   RunInfo info = ProbeMachine();
   const double started = NowSeconds();
 
@@ -90,7 +91,8 @@ absl::Status Run(int argc, char** argv) {
     o.model_dir = model;
     o.index_pattern = args.Get("index-pattern").value_or("");
     o.num_threads = static_cast<int>(threads.value_or(0));
-    o.max_batch_tokens = static_cast<int32_t>(batch_tokens.value_or(512));
+    o.device = device;
+    o.max_batch_tokens = static_cast<int32_t>(batch_tokens.value_or(DefaultMaxBatchTokens(device)));
     o.kv_cache_bytes = size_t{512} << 20;
     o.reuse_telemetry_rate = arm.rate;
     ASSIGN_OR_RETURN(arm.engine, Engine::Create(o));
@@ -121,7 +123,7 @@ absl::Status Run(int argc, char** argv) {
   const double tokens = static_cast<double>(prompts.size()) * (prompt_len.value_or(256) + generated);
   std::string command = "OMP_WAIT_POLICY=" + info.omp_wait_policy;
   for (int i = 0; i < argc; ++i) command += std::string(" ") + argv[i];
-  std::printf("# Reuse telemetry overhead (CPU backend)\n\n");
+  std::printf("# Reuse telemetry overhead (%s backend)\n\n", device.c_str());
   std::printf("- command: `%s`\n", command.c_str());
   std::printf("- date: %s; CPU: %s, %d logical cores; load before %s, after %s\n", info.date.c_str(),
               info.cpu_model.c_str(), info.logical_cores, info.load_before.c_str(), info.load_after.c_str());

@@ -4,7 +4,8 @@
 # random test model) and two IndexCache patterns (all Full; --index-freq 4), the greedy output of a
 # cluster (router, one prefill worker, one decode worker, --device DEVICE, the prompt in several
 # prefill chunks so the handoff ships several segments) over each transport must equal
-# `indexcache generate` on the same device with the same chunk size. BUNDLE holds bin/indexcache and
+# `indexcache generate` on the same device with the same chunk size, the prompt sent twice (the second
+# time from the prefill worker's prefix cache). BUNDLE holds bin/indexcache and
 # its libraries (/work/shared/tools/device-bundle). Appends to OUT/check.log and OUT/clusters.log;
 # exits non-zero when a cluster's output differs. Used by check_cuda.sh (DEVICE cuda, grpc and tcp)
 # and check_nccl.sh (the CPU engine, grpc, tcp and nccl between two GPUs).
@@ -26,6 +27,7 @@ say() { echo "$*" | tee -a "$log"; }
 # About 300 tokens: with --max-batch-tokens 64 the prefill ships its rows in 5 segments.
 prompt=$(printf 'The prefill worker computes the cache rows of every layer and hands them to the decode worker. %.0s' $(seq 1 16))
 engine_flags=(--device "$device" --max-batch-tokens 64)
+# The truth never shares a block: one prompt, the prefix cache off.
 sampling=(--temperature 0 --max-new-tokens 24 --ignore-eos)
 ids() { /usr/bin/env python3 -c 'import json, sys; print(json.load(sys.stdin)["output_ids"])'; }
 
@@ -34,7 +36,7 @@ for model in "${models[@]}"; do
     what="$(basename "$model") ${pattern:-all Full} on $device"
     # shellcheck disable=SC2086  # $pattern is zero or two words
     engine=$("$bin/indexcache" generate --model "$model" --prompt "$prompt" --json "${engine_flags[@]}" \
-               "${sampling[@]}" $pattern | ids)
+               --prefix-cache=false "${sampling[@]}" $pattern | ids)
     say "engine [$what]: $engine"
     for transport in "${transports[@]}"; do
       cluster_log=$(mktemp)
@@ -49,13 +51,17 @@ for model in "${models[@]}"; do
         kill -0 $cluster 2>/dev/null || break
         sleep 0.1
       done
-      got="(no cluster)"
-      if [[ -n $router ]]; then
-        got=$("$bin/indexcache" client generate --router "$router" --prompt "$prompt" --json "${sampling[@]}" \
-                --timeout 120 | ids)
-      fi
-      if [[ $got == "$engine" && -n $engine ]]; then verdict=PASS; else verdict=FAIL; failures=$((failures + 1)); fi
-      say "cluster $transport [$what]: $verdict $got"
+      # The prompt twice: the second time the prefill worker's prefix cache holds all but its last block,
+      # whose rows it hands off from the cache (the decode worker gets every position either way).
+      for run in cold cached; do
+        got="(no cluster)"
+        if [[ -n $router ]]; then
+          got=$("$bin/indexcache" client generate --router "$router" --prompt "$prompt" --json "${sampling[@]}" \
+                  --timeout 120 | ids)
+        fi
+        if [[ $got == "$engine" && -n $engine ]]; then verdict=PASS; else verdict=FAIL; failures=$((failures + 1)); fi
+        say "cluster $transport [$what, $run]: $verdict $got"
+      done
       kill -TERM $cluster 2>/dev/null
       wait $cluster
       { echo "---- cluster $transport [$what]"; cat "$cluster_log"; } >>"$out/clusters.log"
