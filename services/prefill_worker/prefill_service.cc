@@ -11,6 +11,7 @@
 #include "common/auth/grpc_token.h"
 #include "common/util/logging.h"
 #include "common/model/prefill_cost.h"
+#include "services/common/handoff_failed.h"
 #include "services/common/logprobs_proto.h"
 #include "services/common/sampling_from_proto.h"
 #include "services/common/status_conversion.h"
@@ -110,6 +111,9 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context, const v1::Pre
   }
   if (!result.ok()) {
     IC_LOG(Info) << "prefill " << request->request_id() << " failed: " << result.status();
+    // The decode worker refused the handoff or the transfer to it broke: this worker is fine, and the
+    // router blames the other one (a dead prefill worker's call breaks without this mark).
+    if (job.handoff_rejected()) context->AddTrailingMetadata(std::string(kHandoffFailedMetadata), "true");
     return ToGrpcStatus(result.status());
   }
   IC_LOG(Info) << "prefill " << request->request_id() << " done: first token " << result->first_token()

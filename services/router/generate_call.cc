@@ -291,6 +291,11 @@ GenerateCall::Outcome GenerateCall::RunAttempt(WorkerLease& decode, WorkerLease&
     if (!relayed.status.ok() && relayed.status.code() != absl::StatusCode::kCancelled) {
       return {Annotate(relayed.status, "during the handoff"), Blame::kDecode};
     }
+    // The prefill worker is alive and says the decode worker refused or broke off the handoff (its
+    // failure cancelled our Decode call before D's own error arrived, if D had one to send).
+    if (prefill_run.has_value() && prefill_run->handoff_failed()) {
+      return {Annotate(FromGrpcStatus(prefill_status), "the prefill worker's handoff to it failed"), Blame::kDecode};
+    }
     return {Annotate(FromGrpcStatus(prefill_status), "Prefill"), Blame::kPrefill};
   }
   if (!relayed.status.ok()) return {Annotate(relayed.status, "its Decode stream broke"), Blame::kDecode};

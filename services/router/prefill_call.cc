@@ -2,6 +2,8 @@
 
 #include <utility>
 
+#include "services/common/handoff_failed.h"
+
 namespace indexcache {
 
 PrefillCall::PrefillCall(v1::PrefillWorker::StubInterface& stub, grpc::ClientContext& context,
@@ -33,6 +35,11 @@ void PrefillCall::Read(v1::PrefillWorker::StubInterface& stub, grpc::ClientConte
     }
   }
   grpc::Status status = reader->Finish();
+  if (!status.ok()) {
+    const auto& trailers = context.GetServerTrailingMetadata();
+    handoff_failed_ = trailers.find(grpc::string_ref(kHandoffFailedMetadata.data(), kHandoffFailedMetadata.size())) !=
+                      trailers.end();
+  }
   if (status.ok() && !(first_token && done)) {
     status = grpc::Status(grpc::StatusCode::INTERNAL,
                           first_token ? "the Prefill stream ended without its `done` message"

@@ -45,6 +45,9 @@ class PrefillCall {
   grpc::Status Wait();
   // The `done` message; valid after Wait returned OK.
   const v1::PrefillDone& done() const { return done_; }
+  // After Wait: the call failed because the decode worker refused the handoff or the transfer to it
+  // broke (the prefill worker said so: services/common/handoff_failed.h).
+  bool handoff_failed() const { return handoff_failed_; }
 
  private:
   void Read(v1::PrefillWorker::StubInterface& stub, grpc::ClientContext& context);
@@ -57,6 +60,7 @@ class PrefillCall {
   bool ended_ = false;                // guarded by mu_
   grpc::Status status_;               // guarded by mu_
   v1::PrefillDone done_;              // written before ended_ is set
+  bool handoff_failed_ = false;       // written before ended_ is set
   std::thread thread_;                // last: starts once everything above exists
 };
 

@@ -22,6 +22,7 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "indexcache/v1/internal.grpc.pb.h"
+#include "services/common/handoff_failed.h"
 #include "tests/cluster_token_for_tests.h"
 
 namespace indexcache::testing {
@@ -147,6 +148,9 @@ struct PrefillScript {
   absl::Duration first_token_lag = absl::ZeroDuration();
   // Not OK: after the first token, the call ends with it (the handoff never completes).
   grpc::Status fail_after_first_token = grpc::Status::OK;
+  // Handoffs to this address break after the first token: the call ends UNAVAILABLE marked as the
+  // decode worker's doing (services/common/handoff_failed.h), as a real prefill worker's does.
+  std::string break_handoffs_to = "";
   // Between the completed handoff and the answer (a real worker's ack flight and cleanup).
   absl::Duration answer_delay = absl::ZeroDuration();
   double prefill_seconds = 0.25;
@@ -386,6 +390,10 @@ class FakePrefillWorker final : public v1::PrefillWorker::Service {
     } else {
       send_first_token();
       if (!script_.fail_after_first_token.ok()) return script_.fail_after_first_token;
+      if (request->handoff_address() == script_.break_handoffs_to) {
+        context->AddTrailingMetadata(std::string(kHandoffFailedMetadata), "true");
+        return grpc::Status(grpc::StatusCode::UNAVAILABLE, "handoff: reading a handoff frame: Connection reset by peer");
+      }
       std::this_thread::sleep_for(absl::ToChronoNanoseconds(script_.tail_delay));
       FakeHandoffs::Get().Complete(request->request_id());
     }

@@ -852,6 +852,27 @@ TEST(RouterTest, APrefillWorkerThatFailsAfterItsFirstTokenMovesTheStreamWithThat
   EXPECT_TRUE(decode.log.Aborted("p-dies"));
 }
 
+// D dies during the handoff's tail, after P's first token reached the client: P's call fails first,
+// marked as the decode worker's doing, and cancels the Decode call. The stream moves to another decode
+// worker, and the prefill worker, which did nothing wrong, serves it again.
+TEST(RouterTest, AHandoffTheDecodeWorkerBrokeIsBlamedOnTheDecodeWorker) {
+  FakePrefillWorker prefill({.worker_id = "p0", .break_handoffs_to = "handoff.d-dies"});
+  FakeDecodeWorker dies({.worker_id = "d-dies", .tokens = {21, 22, 23}});
+  FakeDecodeWorker good({.worker_id = "d-good", .running_sequences = 9, .tokens = {21, 22, 23}});
+  Router router(OptionsFor({&prefill}, {&dies, &good}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+
+  const Result r = Client(*address).Generate(IdsRequest({1, 2}, "d-breaks"));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  ASSERT_TRUE(r.final.has_value());
+  EXPECT_EQ(r.final->decode_worker(), "d-good");
+  EXPECT_EQ(r.final->prefill_worker(), "p0");
+  EXPECT_THAT(prefill.log.Copy(&FakeLog::handoff_addresses), ElementsAre("handoff.d-dies", "handoff.d-good"));
+  EXPECT_THAT(good.log.Copy(&FakeLog::resumed_tokens), ElementsAre(1));  // the first token moved with it
+  EXPECT_TRUE(dies.log.Aborted("d-breaks"));
+}
+
 TEST(RouterTest, PrefillFailureIsRetriedOnAnotherPrefillWorker) {
   FakePrefillWorker failing(
       {.worker_id = "failing", .queued_prompt_tokens = 0, .failure = grpc::Status(grpc::StatusCode::UNAVAILABLE, "oom")});
