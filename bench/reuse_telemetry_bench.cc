@@ -95,6 +95,9 @@ absl::Status Run(int argc, char** argv) {
     o.max_batch_tokens = static_cast<int32_t>(batch_tokens.value_or(DefaultMaxBatchTokens(device)));
     o.kv_cache_bytes = size_t{512} << 20;
     o.reuse_telemetry_rate = arm.rate;
+    // Every repetition submits the same prompts: with the prefix cache on, the later ones would find
+    // them cached and compute (and measure) almost nothing.
+    o.prefix_cache = false;
     ASSIGN_OR_RETURN(arm.engine, Engine::Create(o));
   }
   const int32_t vocab = arms[0].engine->config().vocab_size;
