@@ -134,6 +134,12 @@ class Engine {
   IndexCacheStats TakeStats() { return model_->TakeStats(); }
   // The prefix cache's counters since the previous call.
   PrefixCacheStats TakePrefixCacheStats() { return cache_->TakePrefixCacheStats(); }
+  // The prefix cache's findable keys, for whoever publishes them (published_load.h): the whole set
+  // now, then the changes since the previous call. Off (no keys, no changes) without the cache.
+  bool prefix_cache_enabled() const { return prefix_cache_; }
+  const BlockKey& prefix_seed() const { return prefix_seed_; }
+  std::vector<BlockKey> TrackPrefixCacheChanges() { return cache_->TrackPrefixCacheChanges(); }
+  std::vector<PrefixCacheChange> TakePrefixCacheChanges() { return cache_->TakePrefixCacheChanges(); }
   const std::string& model_fingerprint() const { return fingerprint_; }
 
   // --- disaggregated serving: the prefill side ----------------------------------------------

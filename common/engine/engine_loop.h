@@ -62,6 +62,12 @@ class EngineLoop {
   // The engine's KV blocks, requests and counters as of the last closure or step (counters since the
   // previous TakeLoad); any thread, never waits for the loop (published_load.h).
   EngineLoad TakeLoad() { return load_.Take(); }
+  // The prefix cache's keys a reader that applied (epoch, version) needs next; any thread, never
+  // waits for the loop (published_load.h).
+  CachedBlocksReport CachedBlocksSince(uint64_t epoch, uint64_t version, size_t max_keys) {
+    return load_.CachedBlocksSince(epoch, version, max_keys);
+  }
+  void OnCachedBlocksChanged(std::function<void()> changed) { load_.OnCachedBlocksChanged(std::move(changed)); }
 
   // The engine's immutable parts (config, tokenizer) may be read from any thread.
   const Engine& engine() const { return *engine_; }

@@ -1,14 +1,55 @@
 #include "common/engine/published_load.h"
 
+#include <random>
+#include <utility>
+#include <vector>
+
 #include "common/engine/engine.h"
 
 namespace indexcache {
+namespace {
+
+// Events kept for readers that fell behind: a router behind by more gets the whole set instead.
+constexpr size_t kMaxCachedBlockEvents = 1 << 16;
+
+std::vector<uint64_t> ShortKeys(const std::vector<BlockKey>& keys) {
+  std::vector<uint64_t> short_keys;
+  short_keys.reserve(keys.size());
+  for (const BlockKey& key : keys) short_keys.push_back(PrefixCache::ShortKey(key));
+  return short_keys;
+}
+
+}  // namespace
+
+// A random epoch per process: a router that followed this worker's previous run starts over.
+PublishedLoad::PublishedLoad() : cached_blocks_(std::random_device{}() ^ (uint64_t{std::random_device{}()} << 32),
+                                                kMaxCachedBlockEvents) {}
 
 void PublishedLoad::Publish(Engine& engine) {
   const IndexCacheStats stats = engine.TakeStats();
   const PrefixCacheStats prefix_cache = engine.TakePrefixCacheStats();
   const PagedKvCache& cache = engine.cache();
+  const bool first = !tracking_ && engine.prefix_cache_enabled();
+  std::vector<uint64_t> cached_now;
+  std::vector<PrefixCacheChange> changes;
+  if (first) {
+    tracking_ = true;
+    cached_now = ShortKeys(engine.TrackPrefixCacheChanges());
+  } else if (tracking_) {
+    changes = engine.TakePrefixCacheChanges();
+  }
   std::lock_guard<std::mutex> lock(mu_);
+  if (first) {
+    enabled_ = true;
+    seed_ = engine.prefix_seed();
+    block_size_ = cache.block_size();
+    cached_blocks_.Reset(cached_now);
+  }
+  for (const PrefixCacheChange& change : changes) cached_blocks_.Record(PrefixCache::ShortKey(change.key), change.stored);
+  if (first || !changes.empty()) {
+    std::lock_guard<std::mutex> listening(listener_mu_);
+    if (cached_blocks_changed_) cached_blocks_changed_();
+  }
   load_.free_kv_blocks = cache.num_free_blocks();
   load_.total_kv_blocks = cache.num_blocks();
   load_.kv_block_size = cache.block_size();
@@ -25,6 +66,22 @@ EngineLoad PublishedLoad::Take() {
   load_.stats = IndexCacheStats();
   load_.prefix_cache = PrefixCacheStats();
   return taken;
+}
+
+void PublishedLoad::OnCachedBlocksChanged(std::function<void()> changed) {
+  std::lock_guard<std::mutex> listening(listener_mu_);
+  cached_blocks_changed_ = std::move(changed);
+}
+
+CachedBlocksReport PublishedLoad::CachedBlocksSince(uint64_t epoch, uint64_t version, size_t max_keys) {
+  std::lock_guard<std::mutex> lock(mu_);
+  CachedBlocksReport report;
+  if (!enabled_) return report;
+  report.enabled = true;
+  report.seed = seed_;
+  report.block_size = block_size_;
+  report.update = cached_blocks_.Since(epoch, version, max_keys);
+  return report;
 }
 
 }  // namespace indexcache

@@ -6,8 +6,10 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <mutex>
 
+#include "common/kv/cached_block_log.h"
 #include "common/kv/prefix_cache.h"
 #include "common/model/indexcache_stats.h"
 
@@ -28,15 +30,32 @@ struct EngineLoad {
 
 class PublishedLoad {
  public:
+  PublishedLoad();
+
   // Loop thread only: the engine's state now; its counters (Engine::TakeStats) join those not taken yet.
   void Publish(Engine& engine);
   // Any thread; never waits for the engine: the last published state, with the counters accumulated
   // since the previous Take (which then start again from zero, as Engine::TakeStats does).
   EngineLoad Take();
+  // Any thread: the cached keys a reader that applied (epoch, version) needs next, at most `max_keys`.
+  CachedBlocksReport CachedBlocksSince(uint64_t epoch, uint64_t version, size_t max_keys);
+  // Any thread: `changed` runs on the loop thread after every Publish that changed the cached keys
+  // (a worker tells the router at once rather than at its next heartbeat); null stops it. Once this
+  // returns, the previous listener is not running and never runs again.
+  void OnCachedBlocksChanged(std::function<void()> changed);
 
  private:
-  std::mutex mu_;    // held only to copy the few fields in or out
+  std::mutex mu_;    // held only to copy the few fields in or out (and the log's delta)
   EngineLoad load_;  // guarded by mu_
+  // The prefix cache's keys, followed from the first Publish on. tracking_ belongs to the loop thread;
+  // the rest is guarded by mu_.
+  bool tracking_ = false;
+  bool enabled_ = false;
+  BlockKey seed_{};
+  int32_t block_size_ = 0;
+  CachedBlockLog cached_blocks_;
+  std::mutex listener_mu_;  // held while the listener runs, so replacing it waits for that
+  std::function<void()> cached_blocks_changed_;  // guarded by listener_mu_
 };
 
 }  // namespace indexcache

@@ -70,6 +70,8 @@ class PagedKvCache {
   int32_t num_cached_blocks() const { return prefix_cache_.num_blocks(); }   // findable
   int32_t num_idle_cached_blocks() const { return prefix_cache_.num_idle(); }  // findable, held by none
   PrefixCacheStats TakePrefixCacheStats() { return prefix_cache_.TakeStats(); }
+  std::vector<BlockKey> TrackPrefixCacheChanges() { return prefix_cache_.TrackChanges(); }
+  std::vector<PrefixCacheChange> TakePrefixCacheChanges() { return prefix_cache_.TakeChanges(); }
   bool Contains(SequenceId seq) const { return tables_.contains(seq); }
   // Block ids of `seq`, in position order (empty when unknown).
   const std::vector<int32_t>& BlockTable(SequenceId seq) const;

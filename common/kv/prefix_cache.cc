@@ -3,6 +3,7 @@
 #include <openssl/evp.h>
 
 #include <string>
+#include <utility>
 
 namespace indexcache {
 namespace {
@@ -47,6 +48,12 @@ BlockKey PrefixCache::Chain(const BlockKey& previous, absl::Span<const int32_t> 
   return Sha256(bytes);
 }
 
+uint64_t PrefixCache::ShortKey(const BlockKey& key) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | key[i];
+  return v;
+}
+
 std::vector<int32_t> PrefixCache::Acquire(absl::Span<const BlockKey> keys, int32_t num_tokens) {
   std::vector<int32_t> found;
   for (const BlockKey& key : keys) {
@@ -67,6 +74,7 @@ bool PrefixCache::Register(const BlockKey& key, int32_t block) {
   if (by_key_.contains(key) || blocks_.contains(block)) return false;
   by_key_.emplace(key, block);
   blocks_.emplace(block, Entry{key, /*refs=*/1, {}});
+  if (tracking_) changes_.push_back({key, /*stored=*/true});
   return true;
 }
 
@@ -83,8 +91,10 @@ std::vector<int32_t> PrefixCache::Evict(int32_t count) {
   while (static_cast<int32_t>(evicted.size()) < count && !idle_.empty()) {
     const int32_t block = idle_.front();
     idle_.pop_front();
-    by_key_.erase(blocks_.at(block).key);
+    const BlockKey key = blocks_.at(block).key;
+    by_key_.erase(key);
     blocks_.erase(block);
+    if (tracking_) changes_.push_back({key, /*stored=*/false});
     evicted.push_back(block);
   }
   stats_.evictions += evicted.size();
@@ -96,5 +106,16 @@ PrefixCacheStats PrefixCache::TakeStats() {
   stats_ = PrefixCacheStats();
   return taken;
 }
+
+std::vector<BlockKey> PrefixCache::TrackChanges() {
+  tracking_ = true;
+  changes_.clear();
+  std::vector<BlockKey> keys;
+  keys.reserve(by_key_.size());
+  for (const auto& [key, block] : by_key_) keys.push_back(key);
+  return keys;
+}
+
+std::vector<PrefixCacheChange> PrefixCache::TakeChanges() { return std::exchange(changes_, {}); }
 
 }  // namespace indexcache

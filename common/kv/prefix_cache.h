@@ -32,6 +32,12 @@ namespace indexcache {
 
 using BlockKey = std::array<uint8_t, 32>;  // SHA-256
 
+// One change to the set of findable keys: `key` became findable (stored) or was evicted.
+struct PrefixCacheChange {
+  BlockKey key;
+  bool stored = false;
+};
+
 // Counters since the last PrefixCache::TakeStats. Hit rates: hit_tokens / queried_tokens and
 // hit_blocks / queried_blocks.
 struct PrefixCacheStats {
@@ -52,6 +58,9 @@ class PrefixCache {
   static BlockKey Seed(std::string_view model_fingerprint, std::string_view layer_pattern);
   // The key of the block holding `tokens` after the block keyed `previous` (the seed for block 0).
   static BlockKey Chain(const BlockKey& previous, absl::Span<const int32_t> tokens);
+  // A key's first 8 bytes, little-endian: how the router names blocks (cached_block_log.h). Only
+  // placement reads them, so a collision costs a placement, never wrong rows.
+  static uint64_t ShortKey(const BlockKey& key);
 
   // The blocks of the longest leading run of `keys` that is cached, in order, each with one more
   // reference (idle ones leave the LRU list). Counts a lookup of `num_tokens` tokens.
@@ -69,6 +78,12 @@ class PrefixCache {
   int32_t num_idle() const { return static_cast<int32_t>(idle_.size()); }
   PrefixCacheStats TakeStats();
 
+  // Starts recording changes for TakeChanges (off by default: an engine nobody reports for would
+  // pile them up) and returns every key findable now, the set the changes then apply to.
+  std::vector<BlockKey> TrackChanges();
+  // The changes since TrackChanges or the previous call, in order.
+  std::vector<PrefixCacheChange> TakeChanges();
+
  private:
   struct Entry {
     BlockKey key;
@@ -81,6 +96,8 @@ class PrefixCache {
   absl::flat_hash_map<int32_t, Entry> blocks_;     // block → its key and holders
   std::list<int32_t> idle_;                        // idle blocks, least recently used first
   PrefixCacheStats stats_;
+  bool tracking_ = false;
+  std::vector<PrefixCacheChange> changes_;  // since the last TakeChanges, while tracking_
 };
 
 }  // namespace indexcache

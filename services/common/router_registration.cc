@@ -16,7 +16,7 @@ constexpr absl::Duration kRpcTimeout = absl::Seconds(2);
 }  // namespace
 
 RouterRegistration::RouterRegistration(std::string router_address, const ClusterToken& token, v1::RegisterRequest self,
-                                       absl::Duration interval, std::function<v1::WorkerLoad()> load)
+                                       absl::Duration interval, LoadFn load)
     : router_address_(std::move(router_address)),
       self_(std::move(self)),
       load_(std::move(load)),
@@ -49,10 +49,13 @@ bool RouterRegistration::Contact(bool registered) {
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
     v1::HeartbeatRequest request;
-    *request.mutable_load() = load_();
+    *request.mutable_load() = load_(router_has_);
     v1::HeartbeatResponse response;
     status = stub_->Heartbeat(&context, request, &response);
-    if (status.ok() && response.known()) return Reached(status, true);
+    if (status.ok() && response.known()) {
+      router_has_ = response.cached_blocks();
+      return Reached(status, true);
+    }
     // A failed heartbeat keeps the registration: the router still knows this worker when it answers.
     if (!status.ok()) return Reached(status, true);
     IC_LOG(Info) << "router " << router_address_ << " forgot this worker; registering again";
@@ -60,10 +63,13 @@ bool RouterRegistration::Contact(bool registered) {
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   v1::RegisterRequest request = self_;
-  *request.mutable_load() = load_();  // the router admits by capacity from the first request on
+  // The router admits by capacity from the first request on; a registration starts its following of
+  // the cached blocks afresh (the whole set).
+  *request.mutable_load() = load_(v1::CachedBlocksCursor());
   v1::RegisterResponse response;
   status = stub_->Register(&context, request, &response);
   if (status.ok()) {
+    router_has_ = response.cached_blocks();
     if (response.heartbeat_interval_seconds() > 0) interval_ = absl::Seconds(response.heartbeat_interval_seconds());
     IC_LOG(Info) << "registered with router " << router_address_ << " as " << self_.worker_id() << " ("
                  << v1::WorkerRole_Name(self_.role()) << ", heartbeat every " << interval_ << ")";

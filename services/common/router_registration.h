@@ -19,11 +19,14 @@ namespace indexcache {
 
 class RouterRegistration {
  public:
+  // Builds a load report for a router that follows the worker's cached blocks up to the cursor.
+  using LoadFn = std::function<::indexcache::v1::WorkerLoad(const ::indexcache::v1::CachedBlocksCursor&)>;
+
   // `router_address` is the router's internal address; every call carries `token`. `load` runs on the
-  // registration thread before every heartbeat. `interval` is used until the router's
-  // RegisterResponse names its own.
+  // registration thread before every heartbeat, with the cursor the router's last answer named.
+  // `interval` is used until the router's RegisterResponse names its own.
   RouterRegistration(std::string router_address, const ClusterToken& token, ::indexcache::v1::RegisterRequest self,
-                     absl::Duration interval, std::function<::indexcache::v1::WorkerLoad()> load);
+                     absl::Duration interval, LoadFn load);
   // Stops the thread (an RPC in flight ends within its short deadline).
   ~RouterRegistration();
   RouterRegistration(const RouterRegistration&) = delete;
@@ -41,10 +44,12 @@ class RouterRegistration {
 
   const std::string router_address_;
   const ::indexcache::v1::RegisterRequest self_;
-  const std::function<::indexcache::v1::WorkerLoad()> load_;
+  const LoadFn load_;
   std::unique_ptr<::indexcache::v1::Registry::Stub> stub_;
   absl::Duration interval_;  // registration thread only
   bool reachable_ = true;    // registration thread only: logs each change once
+  // How far the router follows this worker's cached blocks, as it last answered (registration thread).
+  ::indexcache::v1::CachedBlocksCursor router_has_;
 
   std::mutex mu_;
   std::condition_variable wake_;

@@ -105,7 +105,14 @@ absl::StatusOr<std::string> WorkerServer::Start(Served served) {
     self.set_address(address_);
     registration_ = std::make_unique<RouterRegistration>(
         options_.router_address, options_.cluster_token, std::move(self), options_.heartbeat_interval,
-        [service = served_.lifecycle] { return service->Load(); });
+        [service = served_.lifecycle](const v1::CachedBlocksCursor& router_has) {
+          v1::WorkerLoad load = service->Load();
+          service->ReportCachedBlocks(router_has, &load);
+          return load;
+        });
+    // The router places a session's next turn by the blocks this one cached: it hears of them at
+    // once, not a heartbeat later.
+    served_.lifecycle->OnCachedBlocksChanged([registration = registration_.get()] { registration->Poke(); });
   }
   return address_;
 }
@@ -132,6 +139,7 @@ void WorkerServer::Drain() {
 }
 
 void WorkerServer::Stop(absl::Duration grace) {
+  served_.lifecycle->OnCachedBlocksChanged(nullptr);  // before the registration it pokes goes
   registration_.reset();
   server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   if (served_.stop_listeners) served_.stop_listeners();

@@ -77,6 +77,12 @@ class DrainableService {
   // waiting for the engine loop or a call in flight: liveness is not workload (a heartbeat stuck
   // behind a long prefill takes a busy, healthy worker out of the pool).
   virtual ::indexcache::v1::WorkerLoad Load() = 0;
+  // Adds to `load` the prefix cache's keys a reader that follows them up to `since` needs next
+  // (cached_blocks_proto.h); at once, like Load.
+  virtual void ReportCachedBlocks(const ::indexcache::v1::CachedBlocksCursor& since,
+                                  ::indexcache::v1::WorkerLoad* load) = 0;
+  // `changed` runs whenever the prefix cache's keys changed (null: no more); it must not block.
+  virtual void OnCachedBlocksChanged(std::function<void()> changed) = 0;
   // New calls get UNAVAILABLE from now on; calls in flight go on.
   virtual void StartDraining() = 0;
   // Blocks until no call is in flight or `deadline` passed; whether none is.

@@ -7,6 +7,7 @@
 #include "common/model/model_config.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
+#include "services/common/cached_blocks_proto.h"
 #include "services/common/logprobs_proto.h"
 #include "services/common/sampling_from_proto.h"
 #include "services/common/status_conversion.h"
@@ -264,11 +265,16 @@ grpc::Status DecodeService::Abort(grpc::ServerContext* context, const v1::Worker
   return grpc::Status::OK;
 }
 
-grpc::Status DecodeService::GetLoad(grpc::ServerContext* context, const v1::LoadRequest*,
+grpc::Status DecodeService::GetLoad(grpc::ServerContext* context, const v1::LoadRequest* request,
                                     v1::WorkerLoad* response) {
   if (grpc::Status auth = CheckCallToken(*context, options_.cluster_token); !auth.ok()) return auth;
   *response = Load();
+  ReportCachedBlocks(request->cached_blocks(), response);
   return grpc::Status::OK;
+}
+
+void DecodeService::ReportCachedBlocks(const v1::CachedBlocksCursor& since, v1::WorkerLoad* load) {
+  SetCachedBlocks(loop_.CachedBlocksSince(since.epoch(), since.version(), kMaxReportedCachedBlocks), load);
 }
 
 v1::WorkerLoad DecodeService::Load() {

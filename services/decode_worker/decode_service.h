@@ -10,6 +10,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <string>
 
@@ -50,6 +51,11 @@ class DecodeService final : public ::indexcache::v1::DecodeWorker::Service, publ
   // where KvHandoff is served, known once the server is bound.
   void Ready(const std::string& worker_id, const std::string& grpc_address) override;
   ::indexcache::v1::WorkerLoad Load() override;
+  void ReportCachedBlocks(const ::indexcache::v1::CachedBlocksCursor& since,
+                          ::indexcache::v1::WorkerLoad* load) override;
+  void OnCachedBlocksChanged(std::function<void()> changed) override {
+    loop_.OnCachedBlocksChanged(std::move(changed));
+  }
   // New Decode calls get UNAVAILABLE from now on; calls in flight go on.
   void StartDraining() override;
   // Blocks until no Decode call is in flight or `deadline` passed; whether none is.

@@ -11,6 +11,7 @@
 #include "common/auth/grpc_token.h"
 #include "common/util/logging.h"
 #include "common/model/prefill_cost.h"
+#include "services/common/cached_blocks_proto.h"
 #include "services/common/handoff_failed.h"
 #include "services/common/logprobs_proto.h"
 #include "services/common/sampling_from_proto.h"
@@ -139,11 +140,16 @@ grpc::Status PrefillService::Abort(grpc::ServerContext* context, const v1::Worke
   return grpc::Status::OK;
 }
 
-grpc::Status PrefillService::GetLoad(grpc::ServerContext* context, const v1::LoadRequest*,
+grpc::Status PrefillService::GetLoad(grpc::ServerContext* context, const v1::LoadRequest* request,
                                      v1::WorkerLoad* response) {
   if (grpc::Status auth = CheckCallToken(*context, options_.cluster_token); !auth.ok()) return auth;
   *response = Load();
+  ReportCachedBlocks(request->cached_blocks(), response);
   return grpc::Status::OK;
+}
+
+void PrefillService::ReportCachedBlocks(const v1::CachedBlocksCursor& since, v1::WorkerLoad* load) {
+  SetCachedBlocks(loop_.CachedBlocksSince(since.epoch(), since.version(), kMaxReportedCachedBlocks), load);
 }
 
 v1::WorkerLoad PrefillService::Load() {

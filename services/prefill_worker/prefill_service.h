@@ -7,6 +7,7 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -55,6 +56,11 @@ class PrefillService final : public ::indexcache::v1::PrefillWorker::Service, pu
   // What GetLoad answers (also sent with heartbeats, and read for every metrics scrape, which then
   // shows the engine's counters up to now). IndexCache counters accumulate since start.
   ::indexcache::v1::WorkerLoad Load() override;
+  void ReportCachedBlocks(const ::indexcache::v1::CachedBlocksCursor& since,
+                          ::indexcache::v1::WorkerLoad* load) override;
+  void OnCachedBlocksChanged(std::function<void()> changed) override {
+    loop_.OnCachedBlocksChanged(std::move(changed));
+  }
   // From now on Prefill answers UNAVAILABLE; calls in flight go on.
   void StartDraining() override;
   // Blocks until no Prefill call is in flight or `deadline` passed; whether none is.

@@ -1,5 +1,6 @@
 #include "services/router/generate_call.h"
 
+#include <functional>
 #include <optional>
 #include <utility>
 
@@ -10,6 +11,7 @@
 #include "common/util/status_macros.h"
 #include "services/common/sampling_from_proto.h"
 #include "services/common/status_conversion.h"
+#include "services/router/prompt_blocks.h"
 
 namespace indexcache {
 namespace {
@@ -82,7 +84,12 @@ grpc::Status GenerateCall::Run() {
     };
     const int32_t streamed = static_cast<int32_t>(streamed_.size());
     const int64_t prompt_tokens = static_cast<int64_t>(prompt_.size()) + streamed;
-    const Demand demand{prompt_tokens, max_new_tokens_ - streamed, PrefillFlops(prompt_tokens)};
+    // What the workers will prefill: the prompt, and after a migration the tokens streamed so far.
+    std::vector<int32_t> dispatched = prompt_;
+    dispatched.insert(dispatched.end(), streamed_.begin(), streamed_.end());
+    PromptBlocks blocks(dispatched, WorkModel());
+    const int64_t prefill_flops = blocks.models_work() ? blocks.WorkOf(prompt_tokens) : 0;
+    const Demand demand{prompt_tokens, max_new_tokens_ - streamed, prefill_flops, &blocks};
     absl::StatusOr<Placement> placement =
         queue_.Wait(ticket, demand, failed_decode, failed_prefill, deadline_, [this] { return Interrupted(); });
     if (!placement.ok()) {
@@ -92,6 +99,7 @@ grpc::Status GenerateCall::Run() {
       }
       return ToGrpcStatus(explain(Annotate(placement.status(), absl::StrCat("request ", request_->id()))));
     }
+    metrics_.CountPlacement(*placement);
     if (migration_reason != nullptr) metrics_.CountMigration(std::exchange(migration_reason, nullptr));
     WorkerLease& decode = *placement->decode;
     WorkerLease& prefill = *placement->prefill;
@@ -166,15 +174,17 @@ grpc::Status GenerateCall::StreamBroken(const absl::Status& failure, const std::
   return grpc::Status(code, message);
 }
 
-int64_t GenerateCall::PrefillFlops(int64_t prompt_tokens) const {
-  if (options_.model == nullptr) return 0;
+std::function<int64_t(int64_t)> GenerateCall::WorkModel() const {
+  if (options_.model == nullptr) return nullptr;
   ModelConfig config = *options_.model;
   // The pool's pattern is what its prefill workers run (the registry admits one pattern).
   if (const std::string pool = registry_->PoolIndexPattern(); !pool.empty()) {
     absl::StatusOr<std::vector<IndexerType>> types = ParseIndexPattern(pool, config.num_layers);
     if (types.ok()) config.indexer_types = *std::move(types);
   }
-  return static_cast<int64_t>(PrefillWorkOf(config, prompt_tokens).total());
+  return [config = std::move(config)](int64_t tokens) {
+    return static_cast<int64_t>(PrefillWorkOf(config, tokens).total());
+  };
 }
 
 v1::DecodeRequest GenerateCall::NextDecodeRequest(const std::string& worker_request_id) const {

@@ -24,6 +24,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -87,8 +88,9 @@ class GenerateCall {
   };
 
   Outcome RunAttempt(WorkerLease& decode, WorkerLease& prefill, const std::string& worker_request_id);
-  // The modelled work of prefilling `prompt_tokens` tokens (0 without DispatchOptions::model).
-  int64_t PrefillFlops(int64_t prompt_tokens) const;
+  // The modelled prefill work of a prompt's first n tokens (common/model/prefill_cost.h), under the
+  // pool's pattern; null without DispatchOptions::model.
+  std::function<int64_t(int64_t)> WorkModel() const;
   // What the workers of the next attempt are asked: the client's prompt plus the tokens already
   // streamed (resumed_tokens of them), and the client's sampling with max_new_tokens reduced by them.
   v1::DecodeRequest NextDecodeRequest(const std::string& worker_request_id) const;

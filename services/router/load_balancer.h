@@ -29,4 +29,35 @@ struct LoadKey {
 // broken at random too.
 size_t PickPowerOfTwo(absl::Span<const LoadKey> loads, std::mt19937_64& rng);
 
+// Prefix-aware placement (Dynamo's KV router and llm-d's prefix scorer do the same in their units):
+// a worker that holds a prompt's leading blocks in its prefix cache computes or receives less of it.
+// Each candidate then carries the cost of placing the request there: its queued work plus the
+// request's own, less the part of the request its cache saves (scaled by the router's overlap
+// weight); see WorkerRegistry::TryPlace for the units.
+struct Candidate {
+  LoadKey load;
+  int64_t cached_tokens = 0;  // of the prompt's leading tokens, held in the worker's prefix cache
+  double cost = 0;            // read only when some candidate holds cached tokens
+};
+
+// Why a worker was chosen, for the router's metrics.
+enum class RoutingBasis {
+  kLoad,            // no candidate held any of the prompt: power of two choices on load
+  kPrefix,          // the cheapest candidate holds the most of the prompt
+  kLoadOverPrefix,  // a candidate held more of the prompt, but its load made it dearer
+};
+const char* RoutingBasisName(RoutingBasis basis);
+
+struct Pick {
+  size_t index = 0;
+  RoutingBasis basis = RoutingBasis::kLoad;
+};
+
+// Power of two choices on load while no candidate holds any of the prompt; else the cheapest
+// candidate, ties to the one holding more, then at random. The cheapest, not two random draws: a
+// cached prefix is worth something only on the worker that holds it, and the ledger
+// (worker_capacity.h) counts each placed request at once, so a burst still spreads. `candidates` must
+// not be empty.
+Pick PickWorker(absl::Span<const Candidate> candidates, std::mt19937_64& rng);
+
 }  // namespace indexcache

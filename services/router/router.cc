@@ -167,18 +167,21 @@ class Router::Services {
     grpc::Status Register(grpc::ServerContext* context, const v1::RegisterRequest* request,
                           v1::RegisterResponse* response) override {
       if (grpc::Status auth = CheckCallToken(*context, s_->options_.cluster_token); !auth.ok()) return auth;
-      const absl::Status status = s_->registry_->Register(*request);
-      if (!status.ok()) {
-        IC_LOG(Warning) << status.message();
-        return ToGrpcStatus(status);
+      absl::StatusOr<v1::CachedBlocksCursor> cursor = s_->registry_->Register(*request);
+      if (!cursor.ok()) {
+        IC_LOG(Warning) << cursor.status().message();
+        return ToGrpcStatus(cursor.status());
       }
       response->set_heartbeat_interval_seconds(absl::ToDoubleSeconds(s_->options_.heartbeat_timeout) / 3);
+      *response->mutable_cached_blocks() = *std::move(cursor);
       return grpc::Status::OK;
     }
     grpc::Status Heartbeat(grpc::ServerContext* context, const v1::HeartbeatRequest* request,
                            v1::HeartbeatResponse* response) override {
       if (grpc::Status auth = CheckCallToken(*context, s_->options_.cluster_token); !auth.ok()) return auth;
-      response->set_known(s_->registry_->Heartbeat(request->load()));
+      const std::optional<v1::CachedBlocksCursor> cursor = s_->registry_->Heartbeat(request->load());
+      response->set_known(cursor.has_value());
+      if (cursor.has_value()) *response->mutable_cached_blocks() = *cursor;
       return grpc::Status::OK;
     }
 
@@ -299,6 +302,7 @@ absl::StatusOr<std::string> Router::Start() {
   }
   registry_options.heartbeat_timeout = options_.heartbeat_timeout;
   registry_options.cluster_token = options_.cluster_token;
+  registry_options.prefix_overlap_weight = options_.prefix_overlap_weight;
   registry_options.probe_timeout = std::clamp(options_.health_check_interval, absl::Milliseconds(500), absl::Seconds(2));
   // The queue is woken by the registry and places through it: both live as long as the router.
   registry_options.capacity_changed = [this] { admission_->Notify(); };

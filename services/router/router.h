@@ -79,6 +79,9 @@ struct RouterOptions {
   // decode worker dies or stalls (or the prefill of a moved stream fails); 0: never, the stream ends
   // UNAVAILABLE (generate_call.h).
   int migration_limit = 3;
+  // How much a worker's cached copy of a prompt's prefix counts against its load in placement
+  // (RegistryOptions::prefix_overlap_weight); 0: load alone.
+  double prefix_overlap_weight = 1.0;
   std::string metrics_listen_address;  // "host:port" of GET /metrics; empty: not served
   // "host:port" of the OpenAI-compatible HTTP API (services/openai); empty: not served.
   std::string http_listen_address;

@@ -42,6 +42,9 @@ constexpr char kUsage[] =
     "                            no token) is failed over to another pair (default 60)\n"
     "  --migration-limit N       times a stream may move to another pair after its decode worker died or\n"
     "                            stalled mid-stream (prompt + tokens so far re-prefilled; default 3, 0: off)\n"
+    "  --prefix-overlap-weight W how much a worker's cached copy of a prompt's prefix counts against its\n"
+    "                            load when placing the prompt: 1 weighs the work it saves like queued work\n"
+    "                            (default), more favours cache hits, 0 places by load alone\n"
     "  --drain-grace S           on SIGINT/SIGTERM, seconds to let requests finish (default 30)\n"
     "  --metrics-listen HOST:PORT  serve Prometheus metrics at GET /metrics there (default off)\n"
     "  --http-listen HOST:PORT   serve the OpenAI-compatible HTTP API there (/v1/completions,\n"
@@ -136,6 +139,14 @@ absl::StatusOr<RouterOptions> RouterOptionsFromArgs(const cli::Args& args) {
     }
     o.migration_limit = static_cast<int>(*migration_limit);
   }
+  ASSIGN_OR_RETURN(const std::optional<double> overlap_weight, args.GetDouble("prefix-overlap-weight"));
+  if (overlap_weight.has_value()) {
+    if (!(*overlap_weight >= 0 && *overlap_weight <= 100)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--prefix-overlap-weight must be in [0, 100], got ", *overlap_weight));
+    }
+    o.prefix_overlap_weight = *overlap_weight;
+  }
   return o;
 }
 
@@ -145,6 +156,7 @@ int RunRouterCommand(const std::vector<std::string>& argv) {
                                         "index-pattern",   "queue-limit",     "heartbeat-timeout",
                                         "health-interval", "request-timeout", "drain-grace",   "metrics-listen",
                                         "http-listen",     "api-key-file",    "stall-timeout", "migration-limit",
+                                        "prefix-overlap-weight",
                                         "internal-listen", "cluster-token-file", "tls-cert-file",
                                         "tls-key-file",    "tls-client-ca-file"};
   absl::StatusOr<cli::Args> args = cli::Args::Parse(argv, valued, {"help", "version", "insecure-internal-plane"});

@@ -60,6 +60,17 @@ RouterMetrics::RouterMetrics()
                       .Help("Streams moved to another prefill/decode pair after tokens reached the client, by "
                             "the failure that moved them")
                       .Register(*registry_)),
+      routing_decisions_(BuildCounter()
+                             .Name("indexcache_router_routing_decisions_total")
+                             .Help("Workers chosen for a request, by role and basis: load (no worker held any of "
+                                   "the prompt), prefix (the cheapest worker holds the most of it), "
+                                   "load_over_prefix (a worker held more, but its load made it dearer)")
+                             .Register(*registry_)),
+      cached_prompt_tokens_(BuildCounter()
+                                .Name("indexcache_router_cached_prompt_tokens_total")
+                                .Help("Prompt tokens the chosen worker's prefix cache held when the router "
+                                      "placed the request, by role (the router's view, from load reports)")
+                                .Register(*registry_)),
       time_to_first_token_(BuildHistogram()
                                .Name("indexcache_time_to_first_token_seconds")
                                .Help("From a request's arrival at the router to its first token sent to the client")
@@ -145,6 +156,13 @@ void RouterMetrics::SetWorkers(const std::vector<WorkerInfo>& workers) {
       workers_.Add({{"role", role}, {"state", healthy ? "healthy" : "unhealthy"}}).Set(count);
     }
   }
+}
+
+void RouterMetrics::CountPlacement(const Placement& placement) {
+  routing_decisions_.Add({{"role", "prefill"}, {"basis", RoutingBasisName(placement.prefill_basis)}}).Increment();
+  routing_decisions_.Add({{"role", "decode"}, {"basis", RoutingBasisName(placement.decode_basis)}}).Increment();
+  cached_prompt_tokens_.Add({{"role", "prefill"}}).Increment(static_cast<double>(placement.prefill_cached_tokens));
+  cached_prompt_tokens_.Add({{"role", "decode"}}).Increment(static_cast<double>(placement.decode_cached_tokens));
 }
 
 }  // namespace indexcache

@@ -37,6 +37,9 @@ class RouterMetrics {
   void CountMigration(const char* reason) { migrations_.Add({{"reason", reason}}).Increment(); }
   static constexpr const char* kMigrationReasons[] = {"decode_failed", "decode_stalled", "prefill_failed",
                                                       "prefill_stalled"};
+  // A request's workers were chosen: why (load_balancer.h's RoutingBasis) and how much of its prompt
+  // each one's prefix cache held, as the router knew it.
+  void CountPlacement(const Placement& placement);
   // Gauges read at scrape time.
   void SetRequests(int queued, int in_flight);
   void SetWorkers(const std::vector<WorkerInfo>& workers);
@@ -45,6 +48,8 @@ class RouterMetrics {
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>& requests_;
   prometheus::Family<prometheus::Counter>& migrations_;
+  prometheus::Family<prometheus::Counter>& routing_decisions_;
+  prometheus::Family<prometheus::Counter>& cached_prompt_tokens_;
   prometheus::Histogram& time_to_first_token_;
   prometheus::Histogram& inter_token_latency_;
   prometheus::Histogram& request_duration_;

@@ -33,11 +33,15 @@
 
 namespace indexcache {
 
+class PromptBlocks;
+
 // What one request asks of the cluster.
 struct Demand {
   int64_t prompt_tokens = 0;
   int64_t max_new_tokens = 0;
   int64_t prefill_flops = 0;  // the prompt's modelled prefill work (common/model/prefill_cost.h)
+  // The prompt's block keys, for prefix-aware placement (prompt_blocks.h); null: load alone decides.
+  PromptBlocks* prompt = nullptr;
 };
 
 // What one request adds to a worker's ledger while it is dispatched there.

@@ -13,8 +13,9 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "services/common/health_client.h"
-#include "services/router/load_balancer.h"
 #include "services/common/status_conversion.h"
+#include "services/router/load_balancer.h"
+#include "services/router/prompt_blocks.h"
 
 namespace indexcache {
 namespace {
@@ -40,14 +41,16 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address, const Clu
   return InternalChannel(address, token, args);
 }
 
-// GetLoad of a static worker.
-absl::StatusOr<v1::WorkerLoad> FetchLoad(const WorkerConnection& worker, absl::Duration timeout) {
+// GetLoad of a static worker, with its cached blocks since `cursor`.
+absl::StatusOr<v1::WorkerLoad> FetchLoad(const WorkerConnection& worker, const v1::CachedBlocksCursor& cursor,
+                                         absl::Duration timeout) {
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  v1::LoadRequest request;
+  *request.mutable_cached_blocks() = cursor;
   v1::WorkerLoad load;
-  const grpc::Status status = worker.role == v1::PREFILL
-                                  ? worker.prefill->GetLoad(&context, v1::LoadRequest(), &load)
-                                  : worker.decode->GetLoad(&context, v1::LoadRequest(), &load);
+  const grpc::Status status = worker.role == v1::PREFILL ? worker.prefill->GetLoad(&context, request, &load)
+                                                         : worker.decode->GetLoad(&context, request, &load);
   if (!status.ok()) return Annotate(FromGrpcStatus(status), "GetLoad");
   return load;
 }
@@ -59,6 +62,7 @@ struct WorkerRegistry::Entry {
   WorkerInfo info;
   absl::Time last_heartbeat;
   WorkerLedger ledger;
+  CachedBlockIndex cached;  // the worker's prefix cache, as its reports tell it
 };
 
 WorkerConnection::WorkerConnection(v1::WorkerRole role_in, std::string address_in, const ClusterToken& token)
@@ -146,13 +150,13 @@ std::pair<std::string, std::string> WorkerRegistry::PoolIdentityFor(const v1::Re
   return {fingerprint, pattern};
 }
 
-absl::Status WorkerRegistry::Register(const v1::RegisterRequest& request) {
-  RETURN_IF_ERROR(Enroll(request));
+absl::StatusOr<v1::CachedBlocksCursor> WorkerRegistry::Register(const v1::RegisterRequest& request) {
+  ASSIGN_OR_RETURN(v1::CachedBlocksCursor cursor, Enroll(request));
   options_.capacity_changed();
-  return absl::OkStatus();
+  return cursor;
 }
 
-absl::Status WorkerRegistry::Enroll(const v1::RegisterRequest& request) {
+absl::StatusOr<v1::CachedBlocksCursor> WorkerRegistry::Enroll(const v1::RegisterRequest& request) {
   if (request.worker_id().empty() || request.address().empty()) {
     return absl::InvalidArgumentError("a worker must register with its worker_id and address");
   }
@@ -208,6 +212,7 @@ absl::Status WorkerRegistry::Enroll(const v1::RegisterRequest& request) {
   }
   entry->info.id = request.worker_id();
   entry->info.registered = true;
+  entry->cached.Clear();  // a registration sends the whole set
   entry->info.healthy = true;
   entry->info.model_fingerprint = request.model_fingerprint();
   entry->info.index_pattern = request.index_pattern();
@@ -217,24 +222,32 @@ absl::Status WorkerRegistry::Enroll(const v1::RegisterRequest& request) {
   IC_LOG(Info) << "registered " << RoleName(request.role()) << " worker " << request.worker_id() << " at "
                << request.address() << " (model " << request.model_fingerprint() << ", pattern "
                << request.index_pattern() << ")";
-  return absl::OkStatus();
+  return entry->cached.cursor();
 }
 
-bool WorkerRegistry::Heartbeat(const v1::WorkerLoad& load) {
+std::optional<v1::CachedBlocksCursor> WorkerRegistry::Heartbeat(const v1::WorkerLoad& load) {
+  v1::CachedBlocksCursor cursor;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = std::find_if(entries_.begin(), entries_.end(),
                            [&](const auto& e) { return e->info.registered && e->info.id == load.worker_id(); });
-    if (it == entries_.end()) return false;
+    if (it == entries_.end()) return std::nullopt;
     RecordLoad(**it, load);
     (*it)->last_heartbeat = absl::Now();
+    cursor = (*it)->cached.cursor();
   }
   options_.capacity_changed();
-  return true;
+  return cursor;
 }
 
 void WorkerRegistry::RecordLoad(Entry& entry, const v1::WorkerLoad& load) {
+  if (load.has_cached_blocks()) {
+    entry.cached.Apply(load.cached_blocks());
+  } else {
+    entry.cached.Clear();  // the worker keeps no prefix cache (any more)
+  }
   entry.info.load = load;
+  entry.info.load.clear_cached_blocks();  // kept in `cached`; WorkerInfo copies stay small
   entry.info.load.set_role(entry.info.role);
   entry.ledger.Reported(entry.info.load);
 }
@@ -262,6 +275,7 @@ void WorkerRegistry::Probe() {
   struct Target {
     std::shared_ptr<WorkerConnection> connection;
     bool fetch_load = false;
+    v1::CachedBlocksCursor cached;
     absl::Status health;
     absl::StatusOr<v1::WorkerLoad> load;
   };
@@ -269,13 +283,14 @@ void WorkerRegistry::Probe() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (const auto& e : entries_) {
-      targets.push_back({e->connection, e->info.is_static && !e->info.registered, {}, v1::WorkerLoad()});
+      targets.push_back(
+          {e->connection, e->info.is_static && !e->info.registered, e->cached.cursor(), {}, v1::WorkerLoad()});
     }
   }
   // One worker after another: pools are small, and a dead worker's connection fails fast.
   for (Target& t : targets) {
     t.health = CheckHealth(t.connection->channel, options_.probe_timeout);
-    if (t.health.ok() && t.fetch_load) t.load = FetchLoad(*t.connection, options_.probe_timeout);
+    if (t.health.ok() && t.fetch_load) t.load = FetchLoad(*t.connection, t.cached, options_.probe_timeout);
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -315,15 +330,17 @@ void WorkerRegistry::Probe() {
 
 absl::StatusOr<Placement> WorkerRegistry::TryPlace(const Demand& demand, absl::Span<const std::string> exclude_decode,
                                                    absl::Span<const std::string> exclude_prefill) {
-  // One role's choice: the worker drawn among those with room, or why there is none.
+  // One role's choice: the worker picked among those with room, or why there is none.
   struct Choice {
     Entry* chosen = nullptr;
+    Pick pick;
+    int64_t cached_tokens = 0;
     absl::Status error;
     std::string busy;
   };
   auto choose = [&](v1::WorkerRole role, absl::Span<const std::string> exclude) {
-    std::vector<Entry*> candidates;
-    std::vector<LoadKey> loads;
+    std::vector<Entry*> entries;
+    std::vector<Candidate> candidates;
     std::vector<std::string> later, never;
     for (const auto& e : entries_) {
       const WorkerInfo& info = e->info;
@@ -337,13 +354,15 @@ absl::StatusOr<Placement> WorkerRegistry::TryPlace(const Demand& demand, absl::S
       } else if (verdict.fit == Fit::kLater) {
         later.push_back(why);
       } else {
-        candidates.push_back(e.get());
-        loads.push_back(role == v1::DECODE ? DecodeLoadKey(info.load, e->ledger) : PrefillLoadKey(e->ledger));
+        entries.push_back(e.get());
+        candidates.push_back(role == v1::DECODE ? DecodeCandidate(*e, demand) : PrefillCandidate(*e, demand));
       }
     }
     Choice choice;
     if (!candidates.empty()) {
-      choice.chosen = candidates[PickPowerOfTwo(loads, rng_)];
+      choice.pick = PickWorker(candidates, rng_);
+      choice.chosen = entries[choice.pick.index];
+      choice.cached_tokens = candidates[choice.pick.index].cached_tokens;
     } else if (!later.empty()) {
       choice.busy = absl::StrJoin(later, "; ");
     } else if (!never.empty()) {
@@ -367,14 +386,54 @@ absl::StatusOr<Placement> WorkerRegistry::TryPlace(const Demand& demand, absl::S
     return placement;
   }
   const LedgerShare decode_share{.kv_blocks = KvBlocksToAdmit(decode.chosen->info.load, demand), .sequences = 1};
-  const LedgerShare prefill_share{.prompt_tokens = demand.prompt_tokens, .prefill_flops = demand.prefill_flops};
+  // The work the prefill worker will do: the prompt's, less the prefix its cache holds.
+  const int64_t prefill_flops =
+      demand.prompt != nullptr && demand.prompt->models_work()
+          ? demand.prefill_flops - demand.prompt->WorkOf(prefill.cached_tokens)
+          : demand.prefill_flops;
+  const LedgerShare prefill_share{.prompt_tokens = demand.prompt_tokens, .prefill_flops = prefill_flops};
   decode.chosen->ledger.Enter(decode_share);
   prefill.chosen->ledger.Enter(prefill_share);
   placement.decode =
       std::make_unique<WorkerLease>(this, decode.chosen->connection, decode.chosen->info.id, decode_share);
   placement.prefill =
       std::make_unique<WorkerLease>(this, prefill.chosen->connection, prefill.chosen->info.id, prefill_share);
+  placement.decode_basis = decode.pick.basis;
+  placement.prefill_basis = prefill.pick.basis;
+  placement.decode_cached_tokens = decode.cached_tokens;
+  placement.prefill_cached_tokens = prefill.cached_tokens;
   return placement;
+}
+
+int64_t WorkerRegistry::CachedPromptTokens(const Entry& entry, const Demand& demand) const {
+  if (demand.prompt == nullptr || options_.prefix_overlap_weight <= 0 || !entry.cached.known()) return 0;
+  const int32_t block_size = entry.cached.block_size();
+  const int64_t hits = entry.cached.LeadingHits(demand.prompt->KeysFor(entry.cached.seed(), block_size));
+  return hits * block_size;
+}
+
+Candidate WorkerRegistry::PrefillCandidate(const Entry& entry, const Demand& demand) const {
+  Candidate c{.load = PrefillLoadKey(entry.ledger), .cached_tokens = CachedPromptTokens(entry, demand)};
+  const double weight = options_.prefix_overlap_weight;
+  if (demand.prompt != nullptr && demand.prompt->models_work()) {
+    // In FLOPs: the work queued there, then this prompt's, less what the cached prefix saves.
+    c.cost = static_cast<double>(c.load.primary) + static_cast<double>(demand.prefill_flops) -
+             weight * static_cast<double>(demand.prompt->WorkOf(c.cached_tokens));
+  } else {
+    // A router without the model counts prompt tokens instead.
+    c.cost = static_cast<double>(c.load.secondary + demand.prompt_tokens) - weight * static_cast<double>(c.cached_tokens);
+  }
+  return c;
+}
+
+Candidate WorkerRegistry::DecodeCandidate(const Entry& entry, const Demand& demand) const {
+  Candidate c{.load = DecodeLoadKey(entry.info.load, entry.ledger), .cached_tokens = CachedPromptTokens(entry, demand)};
+  // In KV blocks: those in use there (the load key's second part is minus the free ones), then this
+  // request's, less those its cached prefix already holds.
+  const int32_t block_size = std::max(entry.info.load.kv_block_size(), 1);
+  c.cost = static_cast<double>(-c.load.secondary + KvBlocksToAdmit(entry.info.load, demand)) -
+           options_.prefix_overlap_weight * static_cast<double>(c.cached_tokens / block_size);
+  return c;
 }
 
 void WorkerRegistry::MarkFull(const WorkerLease& worker) {

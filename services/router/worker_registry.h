@@ -18,6 +18,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <utility>
@@ -29,6 +30,8 @@
 #include "common/auth/cluster_token.h"
 #include "grpcpp/channel.h"
 #include "indexcache/v1/internal.grpc.pb.h"
+#include "services/router/cached_block_index.h"
+#include "services/router/load_balancer.h"
 #include "services/router/worker_capacity.h"
 
 namespace indexcache {
@@ -97,6 +100,11 @@ struct Placement {
   std::unique_ptr<WorkerLease> prefill;
   std::string busy;
   bool placed() const { return decode != nullptr; }
+  // Why each worker was chosen, and how much of the prompt its prefix cache held (router metrics).
+  RoutingBasis decode_basis = RoutingBasis::kLoad;
+  RoutingBasis prefill_basis = RoutingBasis::kLoad;
+  int64_t decode_cached_tokens = 0;
+  int64_t prefill_cached_tokens = 0;
 };
 
 struct RegistryOptions {
@@ -105,6 +113,9 @@ struct RegistryOptions {
   ClusterToken cluster_token;     // carried by every call to a worker
   absl::Duration heartbeat_timeout = absl::Seconds(5);
   absl::Duration probe_timeout = absl::Seconds(1);
+  // How much a worker's cached prefix counts against its load in placement (load_balancer.h's
+  // PickWorker): 1 weighs the work it saves like queued work; 0 ignores the prefix caches.
+  double prefix_overlap_weight = 1.0;
   // Called (without the registry's lock) whenever a worker may have room it lacked: a load report, a
   // request leaving a worker's ledger, a worker joining the pool. The admission queue's wake-up.
   std::function<void()> capacity_changed = [] {};
@@ -125,19 +136,21 @@ class WorkerRegistry {
   // keep their connection (WorkerLease) and end as they would had the worker died.
   void RemoveDiscovered(const std::string& address, const std::string& why);
 
-  // A worker announcing itself. FAILED_PRECONDITION when its model fingerprint or index pattern
-  // differs from the pool's; INVALID_ARGUMENT for a malformed request.
-  absl::Status Register(const v1::RegisterRequest& request);
-  // Records a registered worker's load; false when the worker is not (or no longer) registered.
-  bool Heartbeat(const v1::WorkerLoad& load);
+  // A worker announcing itself; returns how far the router now follows its cached blocks.
+  // FAILED_PRECONDITION when its model fingerprint or index pattern differs from the pool's;
+  // INVALID_ARGUMENT for a malformed request.
+  absl::StatusOr<v1::CachedBlocksCursor> Register(const v1::RegisterRequest& request);
+  // Records a registered worker's load and returns how far the router now follows its cached blocks;
+  // nullopt when the worker is not (or no longer) registered.
+  std::optional<v1::CachedBlocksCursor> Heartbeat(const v1::WorkerLoad& load);
 
   // One round of upkeep: health-checks every worker (static ones also report their load through
   // GetLoad) and drops registered workers whose last heartbeat is older than the timeout.
   void Probe();
 
-  // A decode and a prefill worker for `demand`, each chosen by power of two choices on load among the
-  // workers with room for it now (worker_capacity.h), skipping the ids in `exclude_*`; both leases
-  // are taken together. Not placed (Placement::busy says why) when every worker that could take the
+  // A decode and a prefill worker for `demand`, each chosen among the workers with room for it now
+  // (worker_capacity.h) by load and by how much of the prompt their prefix caches hold (PickWorker),
+  // skipping the ids in `exclude_*`; both leases are taken together. Not placed (Placement::busy says why) when every worker that could take the
   // request is full now. UNAVAILABLE when no worker of a role is in rotation; RESOURCE_EXHAUSTED when
   // the request fits no worker of a role even idle.
   absl::StatusOr<Placement> TryPlace(const Demand& demand, absl::Span<const std::string> exclude_decode,
@@ -166,7 +179,7 @@ class WorkerRegistry {
   // of any other registered worker ("" when there is none). Locked.
   std::pair<std::string, std::string> PoolIdentityFor(const v1::RegisterRequest& request) const;
   // Register, under the lock.
-  absl::Status Enroll(const v1::RegisterRequest& request);
+  absl::StatusOr<v1::CachedBlocksCursor> Enroll(const v1::RegisterRequest& request);
   // AddStatic and AddDiscovered: a new probed entry unless `address` is known.
   void AddProbed(v1::WorkerRole role, const std::string& address, bool discovered);
   // Takes an entry out of rotation (static) or forgets it (registered only). Locked.
@@ -174,6 +187,11 @@ class WorkerRegistry {
   void ReturnLoad(const WorkerConnection* worker, const LedgerShare& share);
   // Stores a report of `entry`'s load. Locked.
   void RecordLoad(Entry& entry, const v1::WorkerLoad& load);
+  // How `entry` would serve `demand`, for PickWorker; and the prompt tokens its prefix cache holds
+  // (0 without a prompt, with the overlap weight off, or when it reports no cache). Locked.
+  Candidate PrefillCandidate(const Entry& entry, const Demand& demand) const;
+  Candidate DecodeCandidate(const Entry& entry, const Demand& demand) const;
+  int64_t CachedPromptTokens(const Entry& entry, const Demand& demand) const;
 
   const RegistryOptions options_;
   mutable std::mutex mu_;

@@ -1,4 +1,4 @@
-// Power of two choices against its closed-form pick probabilities.
+// Power of two choices against its closed-form pick probabilities, and prefix-aware picks (PickWorker).
 #include "services/router/load_balancer.h"
 
 #include <vector>
@@ -52,6 +52,47 @@ TEST(LoadBalancerTest, WithManyWorkersTheMostLoadedIsNeverPicked) {
     const int rank = static_cast<int>(loads[i].primary);
     EXPECT_NEAR(f[i], 2.0 * (9 - rank) / 90.0, 0.01) << "rank " << rank;
   }
+}
+
+TEST(LoadBalancerTest, WithoutCachedTokensPickWorkerIsPowerOfTwoOnLoad) {
+  // Costs are ignored while no candidate holds any of the prompt: the same closed form as above.
+  const std::vector<Candidate> candidates = {{{8, 0}, 0, -100}, {{0, 0}, 0, 50}, {{4, 0}, 0, 0}};
+  std::mt19937_64 rng(99);
+  std::vector<int> counts(3, 0);
+  constexpr int kDraws = 30000;
+  for (int i = 0; i < kDraws; ++i) {
+    const Pick pick = PickWorker(candidates, rng);
+    EXPECT_EQ(pick.basis, RoutingBasis::kLoad);
+    ++counts[pick.index];
+  }
+  EXPECT_EQ(counts[0], 0);
+  EXPECT_NEAR(static_cast<double>(counts[1]) / kDraws, 2.0 / 3.0, 0.02);
+  EXPECT_NEAR(static_cast<double>(counts[2]) / kDraws, 1.0 / 3.0, 0.02);
+}
+
+TEST(LoadBalancerTest, TheCheapestCandidateWinsAndTheBasisSaysWhetherItHeldTheMost) {
+  std::mt19937_64 rng(7);
+  // The holder of the prefix is also the cheapest: a prefix decision.
+  Pick pick = PickWorker(std::vector<Candidate>{{{5, 0}, 0, 10.0}, {{9, 0}, 64, 4.0}, {{1, 0}, 16, 8.0}}, rng);
+  EXPECT_EQ(pick.index, 1u);
+  EXPECT_EQ(pick.basis, RoutingBasis::kPrefix);
+  // The holder of most of the prompt is too busy: the cheapest still wins, against the prefix.
+  pick = PickWorker(std::vector<Candidate>{{{5, 0}, 0, 3.0}, {{9, 0}, 64, 4.0}}, rng);
+  EXPECT_EQ(pick.index, 0u);
+  EXPECT_EQ(pick.basis, RoutingBasis::kLoadOverPrefix);
+}
+
+TEST(LoadBalancerTest, EqualCostsGoToTheLargerCachedPrefixThenAtRandom) {
+  std::mt19937_64 rng(11);
+  const Pick pick = PickWorker(std::vector<Candidate>{{{0, 0}, 16, 5.0}, {{0, 0}, 32, 5.0}}, rng);
+  EXPECT_EQ(pick.index, 1u);
+  // Full ties (cost and cached tokens) are shared evenly among the tied candidates, never the others.
+  const std::vector<Candidate> tied = {{{0, 0}, 32, 5.0}, {{0, 0}, 32, 9.0}, {{0, 0}, 32, 5.0}, {{0, 0}, 32, 5.0}};
+  std::vector<int> counts(tied.size(), 0);
+  constexpr int kDraws = 30000;
+  for (int i = 0; i < kDraws; ++i) ++counts[PickWorker(tied, rng).index];
+  EXPECT_EQ(counts[1], 0);
+  for (size_t i : {0u, 2u, 3u}) EXPECT_NEAR(static_cast<double>(counts[i]) / kDraws, 1.0 / 3.0, 0.02) << i;
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <future>
 #include <memory>
 #include <mutex>
@@ -73,6 +74,9 @@ class HeldService final : public v1::PrefillWorker::Service, public DrainableSer
     load.set_draining(draining_);
     return load;
   }
+  // It keeps no prefix cache: nothing to report, nothing ever changes.
+  void ReportCachedBlocks(const v1::CachedBlocksCursor&, v1::WorkerLoad*) override {}
+  void OnCachedBlocksChanged(std::function<void()>) override {}
   void StartDraining() override {
     std::lock_guard<std::mutex> lock(mu_);
     draining_ = true;
