@@ -118,6 +118,12 @@ RouterMetrics::RouterMetrics()
                    .Register(*registry_)) {
   for (const char* outcome : kOutcomes) requests_.Add({{"outcome", outcome}});
   for (const char* reason : kMigrationReasons) migrations_.Add({{"reason", reason}});
+  for (const char* role : {"prefill", "decode"}) {
+    for (RoutingBasis basis : {RoutingBasis::kLoad, RoutingBasis::kPrefix, RoutingBasis::kLoadOverPrefix}) {
+      routing_decisions_.Add({{"role", role}, {"basis", RoutingBasisName(basis)}});
+    }
+    cached_prompt_tokens_.Add({{"role", role}});
+  }
   SetWorkers({});
   RegisterBuildInfo(*registry_);
 }

@@ -1,4 +1,5 @@
-// RouterMetrics: outcomes from the client's status, token latencies, and the scrape-time gauges.
+// RouterMetrics: outcomes from the client's status, token latencies, routing decisions, and the
+// scrape-time gauges.
 #include "services/router/router_metrics.h"
 
 #include <string>
@@ -47,6 +48,27 @@ TEST(RouterMetricsTest, ObservesFirstTokenAndEachLaterTokensGap) {
   EXPECT_EQ(Sample(r, "indexcache_inter_token_latency_seconds", {}, &sum), 5);  // tokens after the first
   EXPECT_DOUBLE_EQ(sum, 0.0 + 0.04 + 3 * 0.03);
   EXPECT_EQ(Sample(r, "indexcache_generation_tokens_total"), 6);
+}
+
+TEST(RouterMetricsTest, CountsEachRolesRoutingBasisAndTheCachedPromptTokens) {
+  RouterMetrics metrics;
+  const prometheus::Registry& r = *metrics.registry();
+  // Every series exists at zero before the first placement, for the dashboards.
+  EXPECT_EQ(Sample(r, "indexcache_router_routing_decisions_total", {{"role", "decode"}, {"basis", "load_over_prefix"}}),
+            0);
+  Placement placement;
+  placement.prefill_basis = RoutingBasis::kPrefix;
+  placement.prefill_cached_tokens = 96;
+  metrics.CountPlacement(placement);
+  placement.prefill_basis = RoutingBasis::kLoadOverPrefix;
+  placement.prefill_cached_tokens = 0;
+  metrics.CountPlacement(placement);
+  EXPECT_EQ(Sample(r, "indexcache_router_routing_decisions_total", {{"role", "prefill"}, {"basis", "prefix"}}), 1);
+  EXPECT_EQ(Sample(r, "indexcache_router_routing_decisions_total", {{"role", "prefill"}, {"basis", "load_over_prefix"}}),
+            1);
+  EXPECT_EQ(Sample(r, "indexcache_router_routing_decisions_total", {{"role", "decode"}, {"basis", "load"}}), 2);
+  EXPECT_EQ(Sample(r, "indexcache_router_cached_prompt_tokens_total", {{"role", "prefill"}}), 96);
+  EXPECT_EQ(Sample(r, "indexcache_router_cached_prompt_tokens_total", {{"role", "decode"}}), 0);
 }
 
 TEST(RouterMetricsTest, ReadsQueueAndPoolGauges) {
