@@ -247,6 +247,8 @@ class Engine {
   void StartReuseTelemetry(double rate);
   // Takes the request's next token: `token` is its sampled token, or why none could be drawn;
   // `logits` its row when the request reports logprobs (else empty).
+  // Layer `layer`'s index keys of `r`'s prompt, as floats [prompt_len, index_head_dim].
+  absl::StatusOr<std::vector<float>> IndexKeysOf(const Request& r, int32_t layer);
   TokenEvent Advance(Request& r, const absl::StatusOr<int32_t>& token, absl::Span<const float> logits);
   void Finish(RequestId id);
 
