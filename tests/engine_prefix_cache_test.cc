@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/engine/engine.h"
+#include "common/engine/published_load.h"
 #include "gtest/gtest.h"
 
 namespace indexcache {
@@ -270,6 +271,48 @@ TEST(EnginePrefixCacheTest, OffMeansNoLookupAndNoSharing) {
   const PrefixCacheStats stats = engine->TakePrefixCacheStats();
   EXPECT_EQ(stats.queried_tokens, 0u);
   EXPECT_EQ(engine->cache().num_cached_blocks(), 0);
+}
+
+TEST(EnginePrefixCacheTest, PublishedKeysTellWhatTheEngineWillFindAndEveryChangeIsAnnounced) {
+  // What the worker reports to the router (published_load.h) against the engine's own lookup.
+  auto engine = MakeEngine(/*prefix_cache=*/true);
+  ASSERT_NE(engine, nullptr);
+  PublishedLoad published;
+  int announced = 0;
+  published.OnCachedBlocksChanged([&] { ++announced; });
+  published.Publish(*engine);  // starts following the (empty) cache
+  EXPECT_EQ(announced, 1);
+  const std::vector<int32_t> first = Tokens(100, 1);
+  ASSERT_TRUE(engine->Submit(first, Greedy(2)).ok());
+  RunAll(*engine, [&](int) { published.Publish(*engine); });
+  EXPECT_GT(announced, 1);
+  const int before = announced;
+  published.Publish(*engine);  // nothing changed since
+  EXPECT_EQ(announced, before);
+  // 80 shared tokens: 5 whole blocks. The report says so before the engine looks the prompt up.
+  const std::vector<int32_t> second = Concat(std::vector<int32_t>(first.begin(), first.begin() + 80), Tokens(30, 2));
+  EXPECT_EQ(published.CachedPrefixTokens(second), 80);
+  EXPECT_EQ(published.CachedPrefixTokens(Tokens(50, 3)), 0);
+  engine->TakePrefixCacheStats();
+  ASSERT_TRUE(engine->Submit(second, Greedy(2)).ok());
+  RunAll(*engine);
+  EXPECT_EQ(engine->TakePrefixCacheStats().hit_tokens, 80u);
+  // A reader following from scratch gets every block findable as of the last Publish.
+  published.Publish(*engine);
+  const CachedBlocksReport report = published.CachedBlocksSince(0, 0, 1 << 20);
+  EXPECT_TRUE(report.enabled);
+  EXPECT_TRUE(report.update.snapshot);
+  EXPECT_EQ(static_cast<int32_t>(report.update.stored.size()), engine->cache().num_cached_blocks());
+  EXPECT_EQ(report.block_size, kBlock);
+}
+
+TEST(EnginePrefixCacheTest, WithoutTheCacheNothingIsPublished) {
+  auto engine = MakeEngine(/*prefix_cache=*/false);
+  ASSERT_NE(engine, nullptr);
+  PublishedLoad published;
+  published.Publish(*engine);
+  EXPECT_FALSE(published.CachedBlocksSince(0, 0, 100).enabled);
+  EXPECT_EQ(published.CachedPrefixTokens(Tokens(100, 1)), 0);
 }
 
 }  // namespace

@@ -68,6 +68,7 @@ class EngineLoop {
     return load_.CachedBlocksSince(epoch, version, max_keys);
   }
   void OnCachedBlocksChanged(std::function<void()> changed) { load_.OnCachedBlocksChanged(std::move(changed)); }
+  int32_t CachedPrefixTokens(absl::Span<const int32_t> prompt) { return load_.CachedPrefixTokens(prompt); }
 
   // The engine's immutable parts (config, tokenizer) may be read from any thread.
   const Engine& engine() const { return *engine_; }

@@ -9,6 +9,7 @@
 #include <functional>
 #include <mutex>
 
+#include "absl/types/span.h"
 #include "common/kv/cached_block_log.h"
 #include "common/kv/prefix_cache.h"
 #include "common/model/indexcache_stats.h"
@@ -39,6 +40,10 @@ class PublishedLoad {
   EngineLoad Take();
   // Any thread: the cached keys a reader that applied (epoch, version) needs next, at most `max_keys`.
   CachedBlocksReport CachedBlocksSince(uint64_t epoch, uint64_t version, size_t max_keys);
+  // Any thread: how many of `prompt`'s leading tokens the prefix cache held as of the last Publish
+  // (whole blocks before the last token, as the engine looks them up; 0 without a cache). What the
+  // request will not compute, for the load a worker reports before the engine looks it up.
+  int32_t CachedPrefixTokens(absl::Span<const int32_t> prompt);
   // Any thread: `changed` runs on the loop thread after every Publish that changed the cached keys
   // (a worker tells the router at once rather than at its next heartbeat); null stops it. Once this
   // returns, the previous listener is not running and never runs again.

@@ -55,6 +55,7 @@ class CachedBlockLog {
   // which is all it costs).
   CachedBlocksUpdate Since(uint64_t epoch, uint64_t version, size_t max_keys) const;
 
+  bool Contains(uint64_t key) const { return keys_.contains(key); }
   uint64_t epoch() const { return epoch_; }
   uint64_t version() const { return version_; }
   size_t size() const { return keys_.size(); }

@@ -44,6 +44,11 @@ absl::StatusOr<std::shared_ptr<PrefillService::InFlight>> PrefillService::Admit(
   if (request.request_id().empty()) return absl::InvalidArgumentError("request_id is empty");
   if (request.handoff_address().empty()) return absl::InvalidArgumentError("handoff_address is empty");
   const int64_t tokens = request.prompt_ids_size();
+  // The work this prompt adds: less the prefix the cache holds now (the router's placement counts it
+  // so; reporting the whole prompt's would make this worker look busier than it is to the router).
+  const ModelConfig& config = loop_.engine().config();
+  const int32_t cached = loop_.CachedPrefixTokens(request.prompt_ids());
+  const double flops = PrefillWorkOf(config, tokens).total() - PrefillWorkOf(config, cached).total();
   std::lock_guard<std::mutex> lock(mu_);
   if (draining_) return absl::UnavailableError(absl::StrCat("prefill worker ", worker_id_, " is draining"));
   if (in_flight_.contains(request.request_id())) {
@@ -55,7 +60,6 @@ absl::StatusOr<std::shared_ptr<PrefillService::InFlight>> PrefillService::Admit(
         "prefill worker %s is full: %d prompt tokens queued, %d more would pass the bound of %d", worker_id_,
         queued_prompt_tokens_, tokens, options_.max_queued_prompt_tokens));
   }
-  const double flops = PrefillWorkOf(loop_.engine().config(), tokens).total();
   auto entry = std::make_shared<InFlight>(context, tokens, flops, absl::FromChrono(context->deadline()));
   in_flight_.emplace(request.request_id(), entry);
   queued_prompt_tokens_ += tokens;
