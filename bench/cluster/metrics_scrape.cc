@@ -71,4 +71,17 @@ double SumSamples(std::string_view exposition, std::string_view metric, const st
   return sum;
 }
 
+bool HasMetric(std::string_view exposition, std::string_view metric) {
+  const std::string type_line = "# TYPE " + std::string(metric) + " ";
+  for (absl::string_view piece : absl::StrSplit(absl::string_view(exposition.data(), exposition.size()), '\n')) {
+    const std::string_view line(piece.data(), piece.size());
+    if (line.rfind(type_line, 0) == 0) return true;
+    if (line.size() > metric.size() && line.substr(0, metric.size()) == metric &&
+        (line[metric.size()] == '{' || line[metric.size()] == ' ')) {
+      return true;
+    }
+  }
+  return false;
+}
+
 }  // namespace indexcache::bench

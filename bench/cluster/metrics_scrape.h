@@ -18,4 +18,8 @@ absl::StatusOr<std::string> HttpGet(const std::string& host_port, const std::str
 // entry of `labels`, each written as in the exposition: `payload="kv"`.
 double SumSamples(std::string_view exposition, std::string_view metric, const std::vector<std::string>& labels);
 
+// Whether the exposition declares `metric` (a `# TYPE` line) or carries a sample of it: a counter with
+// labels has no sample until its first increment, yet is exported.
+bool HasMetric(std::string_view exposition, std::string_view metric);
+
 }  // namespace indexcache::bench
