@@ -161,7 +161,7 @@ std::string ReportMarkdown(const nlohmann::json& report) {
       "# Agentic multi-turn benchmark %s\n\n- device: %s; CPU: %s (%d logical cores)\n- git commit: %s\n"
       "- command: `%s`\n- driver: `%s`\n- model: %s\n"
       "- trace: %d sessions x %d turns, first turn %d ids, +%d ids a turn (after the %d generated), greedy with "
-      "ignore_eos, %d sessions in flight, seed %d; longest context %d tokens\n"
+      "ignore_eos, up to %d sessions in flight, seed %d; longest context %d tokens\n"
       "- cluster: router + %d prefill + %d decode workers on loopback, transport %s, %d engine threads and %d MiB KV "
       "per worker; a fresh cluster per run\n- load average before / after: %s / %s\n\n",
       report["date"].get<std::string>(), report["device_name"].get<std::string>(),
@@ -169,11 +169,10 @@ std::string ReportMarkdown(const nlohmann::json& report) {
       report["git_commit"].get<std::string>(), report["command"].get<std::string>(),
       report["driver_command"].get<std::string>(), report["model"].get<std::string>(), trace["sessions"].get<int>(),
       trace["turns"].get<int>(), trace["first_turn_tokens"].get<int>(), trace["turn_tokens"].get<int>(),
-      trace["max_new_tokens"].get<int>(), trace["max_new_tokens"].get<int>(), trace["concurrency"].get<int>(),
-      trace["seed"].get<int>(), trace["longest_context"].get<int>(), cluster["prefill"].get<int>(),
-      cluster["decode"].get<int>(), cluster["transport"].get<std::string>(), cluster["threads"].get<int>(),
-      cluster["kv_cache_mb"].get<int>(), report["load_before"].get<std::string>(),
-      report["load_after"].get<std::string>());
+      trace["max_new_tokens"].get<int>(), trace["concurrency"].get<int>(), trace["seed"].get<int>(),
+      trace["longest_context"].get<int>(), cluster["prefill"].get<int>(), cluster["decode"].get<int>(),
+      cluster["transport"].get<std::string>(), cluster["threads"].get<int>(), cluster["kv_cache_mb"].get<int>(),
+      report["load_before"].get<std::string>(), report["load_after"].get<std::string>());
 
   md +=
       "| prefix cache | turns ok / failed / not sent | TTFT p50 / p99 (ms) | 1st turn / later turns p50 (ms) | "
