@@ -43,6 +43,7 @@ constexpr char kUsage[] =
     "  --threads N              engine threads per worker (default 1)\n"
     "  --kv-cache-mb MB         KV cache per worker (default 256)\n"
     "  --max-batch-tokens N     the workers' prefill chunk (default: theirs)\n"
+    "  --block-size N           the workers' KV block, the prefix cache's unit (default 64)\n"
     "  --transport grpc|tcp     handoff transport (default tcp)\n"
     "  --worker-arg ARG         one more argument for every worker (repeatable)\n"
     "  --start-timeout S --request-timeout S   (default 300, 600)\n"
@@ -53,6 +54,7 @@ struct Options {
   LocalClusterOptions cluster;
   AgenticTraceSpec trace;
   int concurrency = 4;
+  int block_size = 64;
 };
 
 // A positive integer flag, or its default.
@@ -85,9 +87,9 @@ absl::StatusOr<Options> OptionsFromArgs(const cli::Args& args) {
   c.max_batch_tokens = chunk ? static_cast<int>(*chunk) : 0;
   c.worker_args = args.GetAll("worker-arg");
   for (const std::string& a : c.worker_args) {
-    // The benchmark sets the prefix cache itself, once off and once on.
-    if (a.rfind("--prefix-cache", 0) == 0)
-      return absl::InvalidArgumentError("--worker-arg " + a + ": the benchmark sets --prefix-cache");
+    // The benchmark sets the prefix cache itself, once off and once on, and the block it counts in.
+    if (a.rfind("--prefix-cache", 0) == 0 || a.rfind("--block-size", 0) == 0)
+      return absl::InvalidArgumentError("--worker-arg " + a + ": the benchmark sets --prefix-cache and --block-size");
   }
   ASSIGN_OR_RETURN(const int start_timeout, PositiveFlag(args, "start-timeout", 300));
   ASSIGN_OR_RETURN(const int request_timeout, PositiveFlag(args, "request-timeout", 600));
@@ -104,6 +106,8 @@ absl::StatusOr<Options> OptionsFromArgs(const cli::Args& args) {
   ASSIGN_OR_RETURN(const int seed, PositiveFlag(args, "seed", static_cast<int>(t.seed)));
   t.seed = static_cast<uint32_t>(seed);
   ASSIGN_OR_RETURN(o.concurrency, PositiveFlag(args, "concurrency", o.concurrency));
+  ASSIGN_OR_RETURN(o.block_size, PositiveFlag(args, "block-size", o.block_size));
+  c.worker_args.insert(c.worker_args.end(), {"--block-size", std::to_string(o.block_size)});
   return o;
 }
 
@@ -117,6 +121,7 @@ absl::StatusOr<AgenticRun> RunOnce(const Options& o, bool prefix_cache, int32_t 
   ASSIGN_OR_RETURN(std::unique_ptr<LocalCluster> cluster, LocalCluster::Start(co));
   AgenticRun run;
   run.prefix_cache = prefix_cache;
+  run.block_size = o.block_size;
   run.workers = cluster->workers();
   run.command_lines = cluster->command_lines();
   const absl::StatusOr<ClusterCounters> before = ScrapeClusterCounters(*cluster);
@@ -148,6 +153,7 @@ absl::Status Main(const std::vector<std::string>& argv) {
                                         "threads",
                                         "kv-cache-mb",
                                         "max-batch-tokens",
+                                        "block-size",
                                         "transport",
                                         "worker-arg",
                                         "start-timeout",
@@ -197,6 +203,7 @@ absl::Status Main(const std::vector<std::string>& argv) {
         {"transport", c.transport},
         {"threads", c.threads},
         {"kv_cache_mb", c.kv_cache_mb},
+        {"block_size", o.block_size},
         {"max_batch_tokens", c.max_batch_tokens},
         {"worker_args", c.worker_args}}},
       {"runs", nlohmann::json::array()}};

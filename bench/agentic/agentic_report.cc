@@ -40,6 +40,20 @@ nlohmann::json AffinityJson(const std::vector<TurnRecord>& turns, bool prefill) 
           {"share", eligible > 0 ? static_cast<double>(same) / static_cast<double>(eligible) : 0.0}};
 }
 
+// The prefix cache hits a perfect router could give: each turn after a session's first finds the whole
+// blocks of the previous turn's prompt, which the prefill worker that ran it cached (the generated
+// tokens it never saw, and a partial last block, it computes again).
+int64_t ReachableHitTokens(const std::vector<TurnRecord>& turns, int block_size) {
+  int64_t reachable = 0;
+  for (size_t i = 1; i < turns.size(); ++i) {
+    const TurnRecord &previous = turns[i - 1], &t = turns[i];
+    if (t.session == previous.session && previous.status.ok()) {
+      reachable += previous.prompt_tokens / block_size * block_size;
+    }
+  }
+  return reachable;
+}
+
 // max / min over the workers of a role; null when one of them got nothing.
 nlohmann::json MaxOverMin(const std::vector<int64_t>& values) {
   if (values.empty()) return nullptr;
@@ -91,7 +105,7 @@ nlohmann::json LoadJson(const AgenticRun& run) {
 
 double Ratio(double a, double b) { return b > 0 ? a / b : 0.0; }
 
-// "12.3" for a ratio, "-" for null (a worker of the role got nothing).
+// "1.23" for a ratio; null (a worker of the role got nothing) says so.
 std::string RatioText(const nlohmann::json& v) {
   return v.is_null() ? "- (an idle worker)" : absl::StrFormat("%.2f", v.get<double>());
 }
@@ -136,6 +150,9 @@ nlohmann::json RunJson(const AgenticRun& run) {
     if (w.role == "prefill") prefill += run.counters->prefix_cache.at(w.id);
   }
   out["prefill_prefix_cache"] = PrefixCacheJson(prefill);
+  const int64_t reachable = ReachableHitTokens(turns, run.block_size);
+  out["reachable_hit_tokens"] = reachable;
+  out["hit_tokens_share_of_reachable"] = Ratio(prefill.hit_tokens, static_cast<double>(reachable));
   out["prefill_tokens_computed"] = prompt_tokens_sent - static_cast<int64_t>(prefill.hit_tokens);
   out["routing_decisions"] = RoutingDecisionsJson(run.counters->routing);
   return out;
@@ -162,8 +179,8 @@ std::string ReportMarkdown(const nlohmann::json& report) {
       "- command: `%s`\n- driver: `%s`\n- model: %s\n"
       "- trace: %d sessions x %d turns, first turn %d ids, +%d ids a turn (after the %d generated), greedy with "
       "ignore_eos, up to %d sessions in flight, seed %d; longest context %d tokens\n"
-      "- cluster: router + %d prefill + %d decode workers on loopback, transport %s, %d engine threads and %d MiB KV "
-      "per worker; a fresh cluster per run\n- load average before / after: %s / %s\n\n",
+      "- cluster: router + %d prefill + %d decode workers on loopback, transport %s, %d engine threads, %d MiB KV "
+      "and %d-token KV blocks per worker; a fresh cluster per run\n- load average before / after: %s / %s\n\n",
       report["date"].get<std::string>(), report["device_name"].get<std::string>(),
       report["cpu_model"].get<std::string>(), report["logical_cores"].get<int>(),
       report["git_commit"].get<std::string>(), report["command"].get<std::string>(),
@@ -172,7 +189,8 @@ std::string ReportMarkdown(const nlohmann::json& report) {
       trace["max_new_tokens"].get<int>(), trace["concurrency"].get<int>(), trace["seed"].get<int>(),
       trace["longest_context"].get<int>(), cluster["prefill"].get<int>(), cluster["decode"].get<int>(),
       cluster["transport"].get<std::string>(), cluster["threads"].get<int>(), cluster["kv_cache_mb"].get<int>(),
-      report["load_before"].get<std::string>(), report["load_after"].get<std::string>());
+      cluster["block_size"].get<int>(), report["load_before"].get<std::string>(),
+      report["load_after"].get<std::string>());
 
   md +=
       "| prefix cache | turns ok / failed / not sent | TTFT p50 / p99 (ms) | 1st turn / later turns p50 (ms) | "
@@ -198,7 +216,7 @@ std::string ReportMarkdown(const nlohmann::json& report) {
         r["wall_seconds"].get<double>());
   }
   const nlohmann::json& c = report["comparison"];
-  md += absl::StrFormat("\nOff / on: TTFT p50 %.2fx, p99 %.2fx, later turns' p50 %.2fx",
+  md += absl::StrFormat("\nOff / on (cold / warm): TTFT p50 %.2fx, p99 %.2fx, later turns' p50 %.2fx",
                         c["ttft_p50_off_over_on"].get<double>(), c["ttft_p99_off_over_on"].get<double>(),
                         c["later_turns_ttft_p50_off_over_on"].get<double>());
   if (c.contains("prefill_tokens_computed_off_over_on")) {
@@ -230,6 +248,13 @@ std::string ReportMarkdown(const nlohmann::json& report) {
                                                w["prefix_cache"]["queried_blocks"].get<int64_t>())
                                 : "-",
                             has ? absl::StrCat(w["prefix_cache"]["evictions"].get<int64_t>()) : "-");
+    }
+    if (r.contains("reachable_hit_tokens")) {
+      md += absl::StrFormat(
+          "\nPrefix cache hits on the prefill workers: %d tokens of the %d a router that always sent a session back to "
+          "the worker of its previous turn could reach (%s).\n",
+          r["prefill_prefix_cache"]["hit_tokens"].get<int64_t>(), r["reachable_hit_tokens"].get<int64_t>(),
+          Percent(r["hit_tokens_share_of_reachable"]));
     }
     md += absl::StrFormat("\nPrompt tokens per worker, max/min: prefill %s, decode %s.\n",
                           RatioText(r["load"]["prefill"]["prompt_tokens_max_over_min"]),

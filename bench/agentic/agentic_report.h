@@ -19,6 +19,7 @@ namespace indexcache::bench {
 // One replay of the trace on a fresh cluster.
 struct AgenticRun {
   bool prefix_cache = false;
+  int block_size = 0;  // the workers' KV block: the prefix cache matches whole blocks
   ReplayResult replay;
   absl::StatusOr<ClusterCounters> counters;  // after the replay minus before it
   std::vector<LocalWorker> workers;
