@@ -154,6 +154,11 @@ nlohmann::json RunJson(const AgenticRun& run) {
   out["reachable_hit_tokens"] = reachable;
   out["hit_tokens_share_of_reachable"] = Ratio(prefill.hit_tokens, static_cast<double>(reachable));
   out["prefill_tokens_computed"] = prompt_tokens_sent - static_cast<int64_t>(prefill.hit_tokens);
+  nlohmann::json migrations = nlohmann::json::object();
+  for (const auto& [reason, n] : run.counters->migrations) {
+    if (n > 0) migrations[reason] = static_cast<int64_t>(n);
+  }
+  out["migrations"] = migrations;
   out["routing_decisions"] = RoutingDecisionsJson(run.counters->routing);
   return out;
 }
@@ -262,6 +267,14 @@ std::string ReportMarkdown(const nlohmann::json& report) {
     if (r["load"].contains("unknown_workers")) {
       md += absl::StrFormat("Turns FinalInfo gave to workers the cluster did not start: `%s`\n",
                             r["load"]["unknown_workers"].dump());
+    }
+    if (r.contains("migrations")) {
+      std::vector<std::string> parts;
+      for (const auto& [reason, n] : r["migrations"].items())
+        parts.push_back(absl::StrCat(reason, " ", n.get<int64_t>()));
+      md += absl::StrFormat(
+          "Streams the router migrated (`indexcache_router_migrations_total`, by reason; each prefilled again): %s.\n",
+          parts.empty() ? "none" : absl::StrJoin(parts, ", "));
     }
     const nlohmann::json& routing = r["routing_decisions"];
     if (routing.is_string()) {

@@ -85,6 +85,10 @@ ClusterCounters ClusterCounters::operator-(const ClusterCounters& o) const {
     auto before = o.prefix_cache.find(worker);
     if (before != o.prefix_cache.end()) counters = counters - before->second;
   }
+  for (auto& [reason, n] : d.migrations) {
+    auto before = o.migrations.find(reason);
+    if (before != o.migrations.end()) n -= before->second;
+  }
   d.routing = routing - o.routing;
   return d;
 }
@@ -98,6 +102,7 @@ absl::StatusOr<ClusterCounters> ScrapeClusterCounters(const LocalCluster& cluste
   }
   if (cluster.router_metrics().empty()) return absl::FailedPreconditionError("the router serves no /metrics");
   ASSIGN_OR_RETURN(const std::string router_text, HttpGet(cluster.router_metrics(), "/metrics"));
+  c.migrations = SumByLabel(router_text, "indexcache_router_migrations_total", "reason");
   c.routing = ParseRoutingDecisions(router_text);
   return c;
 }

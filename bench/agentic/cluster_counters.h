@@ -1,6 +1,7 @@
 // The counters the agentic benchmark reads from a running LocalCluster's /metrics, before and after a
-// replay: each worker's prefix cache lookups (services/common/worker_metrics.cc) and, where the router
-// exports it, its routing decisions by role and basis.
+// replay: each worker's prefix cache lookups (services/common/worker_metrics.cc), the router's stream
+// migrations by reason (a migrated stream is prefilled again, its prompt looked up twice, yet the client
+// sees one turn) and, where the router exports it, its routing decisions by role and basis.
 #pragma once
 
 #include <map>
@@ -35,6 +36,7 @@ nlohmann::json RoutingDecisionsJson(const RoutingDecisions& d);
 
 struct ClusterCounters {
   std::map<std::string, PrefixCacheCounters> prefix_cache;  // by worker id
+  std::map<std::string, double> migrations;                 // indexcache_router_migrations_total by reason
   RoutingDecisions routing;
   ClusterCounters operator-(const ClusterCounters& o) const;
 };
