@@ -348,7 +348,7 @@ void RunModel(const Options& o, const std::string& label, const std::string& dir
   co.kv_cache_mb = kv_mb;
   co.decode_args = o.decode_args;
   co.max_batch_tokens = o.max_batch_tokens;
-  co.worker_metrics = true;
+  co.serve_metrics = true;
   co.start_timeout = o.start_timeout;
   co.request_timeout = o.request_timeout;
   std::cerr << "starting the cluster for " << label << "\n";

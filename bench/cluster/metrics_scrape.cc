@@ -71,4 +71,37 @@ double SumSamples(std::string_view exposition, std::string_view metric, const st
   return sum;
 }
 
+std::map<std::string, double> SumByLabel(std::string_view exposition, std::string_view metric, std::string_view label) {
+  std::map<std::string, double> sums;
+  const std::string key = std::string(label) + "=\"";
+  for (absl::string_view piece : absl::StrSplit(absl::string_view(exposition.data(), exposition.size()), '\n')) {
+    const std::string_view line(piece.data(), piece.size());
+    if (line.size() <= metric.size() || line.substr(0, metric.size()) != metric || line[metric.size()] != '{') continue;
+    const size_t close = line.find('}');
+    size_t at = line.find(key);
+    // `key` must start a label inside the braces (not end another label's name: `xreason="`).
+    while (at != std::string_view::npos && line[at - 1] != '{' && line[at - 1] != ',') at = line.find(key, at + 1);
+    if (at == std::string_view::npos || close == std::string_view::npos || at > close) continue;
+    const size_t value_begin = at + key.size();
+    const size_t value_end = line.find('"', value_begin);
+    if (value_end == std::string_view::npos) continue;
+    sums[std::string(line.substr(value_begin, value_end - value_begin))] +=
+        std::strtod(std::string(line.substr(line.rfind(' ') + 1)).c_str(), nullptr);
+  }
+  return sums;
+}
+
+bool HasMetric(std::string_view exposition, std::string_view metric) {
+  const std::string type_line = "# TYPE " + std::string(metric) + " ";
+  for (absl::string_view piece : absl::StrSplit(absl::string_view(exposition.data(), exposition.size()), '\n')) {
+    const std::string_view line(piece.data(), piece.size());
+    if (line.rfind(type_line, 0) == 0) return true;
+    if (line.size() > metric.size() && line.substr(0, metric.size()) == metric &&
+        (line[metric.size()] == '{' || line[metric.size()] == ' ')) {
+      return true;
+    }
+  }
+  return false;
+}
+
 }  // namespace indexcache::bench

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <utility>
 
 #include "bench/prompts.h"
 #include "bench/timing.h"
@@ -10,7 +11,11 @@
 namespace indexcache::bench {
 
 client::GenerateRequest RandomRequest(uint32_t seed, int prompt_len, int max_new_tokens, int32_t vocab) {
-  client::GenerateRequest request = client::GenerateRequest::FromIds(RandomPrompt(prompt_len, vocab, seed));
+  return GreedyRequest(RandomPrompt(prompt_len, vocab, seed), max_new_tokens);
+}
+
+client::GenerateRequest GreedyRequest(std::vector<int32_t> prompt, int max_new_tokens) {
+  client::GenerateRequest request = client::GenerateRequest::FromIds(std::move(prompt));
   request.sampling.temperature = 0.0f;
   request.sampling.max_new_tokens = max_new_tokens;
   request.sampling.ignore_eos = true;
@@ -40,6 +45,7 @@ TimedStream TimeStream(const client::Client& client, const client::GenerateReque
       }
       last = now;
       t.tokens += static_cast<int64_t>(n);
+      t.token_ids.insert(t.token_ids.end(), (*chunk)->token_ids.begin(), (*chunk)->token_ids.end());
     }
     if ((*chunk)->final) t.final = (*chunk)->final;
   }

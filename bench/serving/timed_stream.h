@@ -10,6 +10,10 @@
 
 namespace indexcache::bench {
 
+// A greedy request of `prompt`, `max_new_tokens` with ignore_eos, so every successful stream ends with
+// finish reason "length".
+client::GenerateRequest GreedyRequest(std::vector<int32_t> prompt, int max_new_tokens);
+
 // A greedy request of RandomPrompt(prompt_len, vocab, seed) (bench/prompts.h), `max_new_tokens` with
 // ignore_eos, so every successful stream ends with finish reason "length".
 client::GenerateRequest RandomRequest(uint32_t seed, int prompt_len, int max_new_tokens, int32_t vocab);
@@ -20,6 +24,7 @@ struct TimedStream {
   double ttft = 0;      // until the first chunk that carried tokens
   double total = 0;
   int64_t tokens = 0;
+  std::vector<int32_t> token_ids;  // the generated ids, in order
   int64_t first_chunk_tokens = 0;  // tokens that came with the first chunk (no inter-token gap)
   std::vector<double> itl;         // one entry per token after the first chunk: chunk gap / its tokens
   std::optional<client::FinalInfo> final;
