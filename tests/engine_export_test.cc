@@ -3,7 +3,9 @@
 // the pass that computes it; once the pass is over the segment's rows equal what the cache holds at
 // the end (an export of the finished prompt, taken separately); and a sink that is not Ready holds
 // the request's next chunk back until it is. With the prefix cache, cached positions are streamed
-// from the cache, and the rows are those of an engine without it.
+// from the cache, and the rows are those of an engine without it. A decode engine that holds a prompt's
+// start in its own prefix cache receives only the rest, and decodes what an engine without any cache
+// generates.
 #include <cstring>
 #include <memory>
 #include <string>
@@ -166,6 +168,121 @@ TEST(EngineExport, CachedPositionsAreStreamedFromTheCacheFirst) {
   EXPECT_EQ((*engine)->TakeStats().indexer_runs, 2u * 3);
   EXPECT_EQ((*engine)->TakePrefixCacheStats().hit_tokens, 48u);
   EXPECT_TRUE(StreamedRows(*sink) == StreamedRows(*cold_sink)) << "rows differ from the cold engine's";
+}
+
+// Imports every row of the sink's segments into `decode`'s request `id`, verifies the prefill side's
+// probes and starts decoding with its first token; then steps until the request ends. Its tokens.
+std::vector<int32_t> ImportAndDecode(Engine& prefill, RequestId prefill_id, const CollectingSink& sink,
+                                     int32_t first_token, Engine& decode, RequestId id) {
+  std::vector<int32_t> tokens;
+  for (const KvSegment& segment : sink.segments) {
+    EXPECT_TRUE(segment.Wait().ok());
+    for (const KvSlice& slice : segment.slices()) {
+      auto bytes = std::make_shared<std::string>(segment.bytes(slice));
+      const absl::Status imported = decode.ImportRows(id, slice.layer, slice.kind, segment.begin(), segment.count(),
+                                                      HostRows{bytes->data(), bytes->size(), bytes});
+      EXPECT_TRUE(imported.ok()) << imported;
+    }
+  }
+  absl::StatusOr<std::vector<IndexerProbe>> probes = prefill.TakeProbes(prefill_id);
+  EXPECT_TRUE(probes.ok()) << probes.status();
+  if (!probes.ok()) return tokens;
+  const absl::Status verified = decode.VerifyProbes(id, *probes);
+  EXPECT_TRUE(verified.ok()) << verified;
+  absl::StatusOr<TokenEvent> started = decode.StartDecode(id, first_token);
+  EXPECT_TRUE(started.ok()) << started.status();
+  if (!started.ok()) return tokens;
+  tokens.push_back(started->token);
+  while (decode.HasWork()) {
+    absl::StatusOr<std::vector<TokenEvent>> events = decode.Step();
+    EXPECT_TRUE(events.ok()) << events.status();
+    if (!events.ok()) break;
+    for (const TokenEvent& e : *events) {
+      if (e.request == id && e.token >= 0) tokens.push_back(e.token);
+    }
+  }
+  return tokens;
+}
+
+// The first token a prefill-only request sampled.
+int32_t FirstToken(Engine& engine, RequestId id) {
+  for (int steps = 0; steps < 100; ++steps) {
+    absl::StatusOr<std::vector<TokenEvent>> events = engine.Step();
+    EXPECT_TRUE(events.ok()) << events.status();
+    if (!events.ok()) return -1;
+    for (const TokenEvent& e : *events) {
+      if (e.request == id && e.finish == RequestFinish::kPrefillDone) return e.token;
+    }
+  }
+  ADD_FAILURE() << "prefill did not finish";
+  return -1;
+}
+
+TEST(EngineExport, ADecodeEngineHoldingThePromptsStartReceivesOnlyTheRest) {
+  auto prefill = Engine::Create(Options());
+  auto decode = Engine::Create(Options());
+  EngineOptions cold_options = Options();
+  cold_options.prefix_cache = false;
+  auto cold = Engine::Create(cold_options);
+  ASSERT_TRUE(prefill.ok() && decode.ok() && cold.ok());
+  SamplingParams params = Greedy();
+  params.ignore_eos = true;
+
+  // Turn 1: the whole 50-token prompt travels; the decode engine keeps its 3 full blocks.
+  const std::vector<int32_t> first_prompt = Prompt();
+  auto first_sink = std::make_shared<CollectingSink>();
+  absl::StatusOr<RequestId> p1 = (*prefill)->SubmitPrefill(first_prompt, params, first_sink);
+  ASSERT_TRUE(p1.ok()) << p1.status();
+  const int32_t first_token = FirstToken(**prefill, *p1);
+  absl::StatusOr<RequestId> d1 = (*decode)->AdmitImport(first_prompt, params);
+  ASSERT_TRUE(d1.ok()) << d1.status();
+  EXPECT_EQ(*(*decode)->CachedTokens(*d1), 0);
+  const std::vector<int32_t> first_output = ImportAndDecode(**prefill, *p1, *first_sink, first_token, **decode, *d1);
+  (*prefill)->Release(*p1);
+
+  // Turn 2: the conversation so far and 20 new tokens. The decode engine holds the first 48 positions
+  // (the first prompt's full blocks; the generated tokens' rows, a decode step's, are not published).
+  std::vector<int32_t> second_prompt = first_prompt;
+  second_prompt.insert(second_prompt.end(), first_output.begin(), first_output.end());
+  for (int32_t i = 0; i < 20; ++i) second_prompt.push_back(7 + (i * 13) % 190);
+  absl::StatusOr<RequestId> d2 = (*decode)->AdmitImport(second_prompt, params);
+  ASSERT_TRUE(d2.ok()) << d2.status();
+  const int32_t held = *(*decode)->CachedTokens(*d2);
+  EXPECT_EQ(held, 48);
+  auto second_sink = std::make_shared<CollectingSink>();
+  absl::StatusOr<RequestId> p2 = (*prefill)->SubmitPrefill(second_prompt, params, second_sink, held);
+  ASSERT_TRUE(p2.ok()) << p2.status();
+  const int32_t second_first = FirstToken(**prefill, *p2);
+  ASSERT_FALSE(second_sink->segments.empty());
+  EXPECT_EQ(second_sink->segments.front().begin(), held) << "rows the decode engine holds were sent";
+  EXPECT_EQ(second_sink->segments.back().end(), static_cast<int32_t>(second_prompt.size()));
+  // A row of the held prefix would overwrite shared blocks: refused.
+  const KvSegment& some = second_sink->segments.front();
+  ASSERT_TRUE(some.Wait().ok());
+  auto bytes = std::make_shared<std::string>(some.bytes(some.slices()[0]));
+  EXPECT_EQ((*decode)
+                ->ImportRows(*d2, some.slices()[0].layer, some.slices()[0].kind, held - 16, 16,
+                             HostRows{bytes->data(), bytes->size(), bytes})
+                .code(),
+            absl::StatusCode::kFailedPrecondition);
+  const std::vector<int32_t> second_output =
+      ImportAndDecode(**prefill, *p2, *second_sink, second_first, **decode, *d2);
+
+  // The truth: an engine without any cache generating from the whole second prompt.
+  absl::StatusOr<RequestId> truth = (*cold)->Submit(second_prompt, params);
+  ASSERT_TRUE(truth.ok()) << truth.status();
+  std::vector<int32_t> expected;
+  while ((*cold)->HasWork()) {
+    absl::StatusOr<std::vector<TokenEvent>> events = (*cold)->Step();
+    ASSERT_TRUE(events.ok()) << events.status();
+    for (const TokenEvent& e : *events) {
+      if (e.token >= 0) expected.push_back(e.token);
+    }
+  }
+  EXPECT_EQ(second_output, expected);
+  // An export that would skip the prompt's last position is refused.
+  EXPECT_EQ((*prefill)->SubmitPrefill(second_prompt, params, nullptr, static_cast<int32_t>(second_prompt.size())).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -223,9 +223,14 @@ absl::StatusOr<RequestId> Engine::Submit(std::vector<int32_t> prompt, const Samp
 }
 
 absl::StatusOr<RequestId> Engine::SubmitPrefill(std::vector<int32_t> prompt, const SamplingParams& params,
-                                                std::shared_ptr<SegmentSink> export_to) {
+                                                std::shared_ptr<SegmentSink> export_to, int32_t export_from) {
   ASSIGN_OR_RETURN(Request r, MakeRequest(std::move(prompt), params, /*prefill_only=*/true));
+  if (export_from < 0 || export_from >= r.prompt_len) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "the export cannot start at position %d of a %d-token prompt", export_from, r.prompt_len));
+  }
   r.export_to = std::move(export_to);
+  r.exported = export_from;
   r.prefix_cached = prefix_cache_;
   const RequestId id = r.id;
   order_.push_back(id);
@@ -268,8 +273,18 @@ void Engine::Release(RequestId id) {
 
 absl::StatusOr<RequestId> Engine::AdmitImport(std::vector<int32_t> prompt, const SamplingParams& params) {
   ASSIGN_OR_RETURN(Request r, MakeRequest(std::move(prompt), params, /*prefill_only=*/false));
-  // Room for the prompt and the first decode step, all or nothing.
-  RETURN_IF_ERROR(cache_->Reserve(r.id, r.prompt_len + 1));
+  if (prefix_cache_) {
+    r.prefix_cached = true;
+    r.publish_limit = r.prompt_len;
+    AttachCachedPrefix(r);
+  }
+  r.import_from = r.num_cached;
+  // Room for the prompt and the first decode step, all or nothing: a refusal drops the cached blocks
+  // it attached too.
+  if (absl::Status reserved = cache_->Reserve(r.id, r.prompt_len + 1); !reserved.ok()) {
+    cache_->Release(r.id);
+    return reserved;
+  }
   r.state = State::kWaitingForRemoteKv;
   const RequestId id = r.id;
   order_.push_back(id);
@@ -282,6 +297,11 @@ absl::Status Engine::ImportRows(RequestId id, int32_t layer, KvRowKind kind, int
   ASSIGN_OR_RETURN(Request * r, Find(id));
   if (r->state != State::kWaitingForRemoteKv) {
     return absl::FailedPreconditionError(absl::StrFormat("request %d takes no rows now", id));
+  }
+  if (begin < r->import_from) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "rows from position %d of request %d: positions before %d are this worker's cached prefix", begin, id,
+        r->import_from));
   }
   if (begin < 0 || begin + static_cast<int64_t>(count) > r->prompt_len) {
     return absl::OutOfRangeError(absl::StrFormat("rows [%d, %d) lie outside the %d-token prompt of request %d", begin,
@@ -423,7 +443,7 @@ void Engine::AttachCachedPrefix(Request& r) {
 }
 
 void Engine::PublishFullBlocks(Request& r) {
-  const int32_t full = r.num_cached / cache_->block_size();
+  const int32_t full = std::min(r.num_cached, r.publish_limit) / cache_->block_size();
   if (full <= r.published_blocks) return;
   ExtendBlockKeys(r, full);
   cache_->PublishBlocks(r.id, r.published_blocks,

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -146,9 +147,12 @@ class Engine {
   // Like Submit, but the request ends at its first sampled token (event kPrefillDone) and keeps its
   // cache until Release. With `export_to`, every prompt position reaches it in one segment exactly
   // once, in order (a preempted request's recomputed positions are not sent again): positions found
-  // in the prefix cache are sent from there, a chunk per step, before the computed ones.
+  // in the prefix cache are sent from there, a chunk per step, before the computed ones. Positions
+  // before `export_from` are not sent (the receiver holds them; INVALID_ARGUMENT unless it is before
+  // the prompt's last position, whose row is always sent).
   absl::StatusOr<RequestId> SubmitPrefill(std::vector<int32_t> prompt, const SamplingParams& params,
-                                          std::shared_ptr<SegmentSink> export_to = nullptr);
+                                          std::shared_ptr<SegmentSink> export_to = nullptr,
+                                          int32_t export_from = 0);
   // Prompt positions already in the cache (grows chunk by chunk during prefill).
   absl::StatusOr<int32_t> CachedTokens(RequestId id) const;
   // Enqueues the export of computed positions [begin, end): every layer's latent rows and the Full
@@ -162,10 +166,13 @@ class Engine {
   void Release(RequestId id);
 
   // --- disaggregated serving: the decode side -------------------------------------------------
-  // Validates like Submit and reserves cache for the prompt; RESOURCE_EXHAUSTED when the cache is
-  // short now (retry later). The request waits for its rows until StartDecode.
+  // Validates like Submit, starts the request with the prompt's leading blocks found in the prefix
+  // cache (CachedTokens says how many positions: the rows to receive start there) and reserves cache
+  // for the rest; RESOURCE_EXHAUSTED when the cache is short now (retry later). The request waits for
+  // its rows until StartDecode.
   absl::StatusOr<RequestId> AdmitImport(std::vector<int32_t> prompt, const SamplingParams& params);
-  // `rows`: [count, width] of `kind` in the cache's dtype, as a prefill worker's export made them.
+  // `rows`: [count, width] of `kind` in the cache's dtype, as a prefill worker's export made them;
+  // positions before CachedTokens at admission are refused (they are shared cached blocks).
   // Copied into the cache where they lie, in order with the steps around it (KvImporter::Import).
   absl::Status ImportRows(RequestId id, int32_t layer, KvRowKind kind, int32_t begin, int32_t count, HostRows rows);
   // Host memory of `bytes` for received rows to land in before ImportRows (page-locked on CUDA, so
@@ -206,6 +213,10 @@ class Engine {
     bool looked_up = false;             // since it last held nothing (admission, preemption)
     std::vector<BlockKey> block_keys;   // keys of its first full blocks (PrefixCache::Chain)
     int32_t published_blocks = 0;       // its blocks [0, published_blocks) are findable
+    // Positions past this are never published: an import publishes its prompt's blocks only, rows a
+    // prefill computed, as the prefill workers' caches hold (a decode step's rows differ by rounding).
+    int32_t publish_limit = std::numeric_limits<int32_t>::max();
+    int32_t import_from = 0;            // an import: positions before it came from the prefix cache
     std::optional<Sampler> sampler;
     std::optional<StopChecker> stop;
     std::optional<IncrementalDecoder> detok;

@@ -81,10 +81,15 @@ DecodeService::DecodeService(EngineLoop& loop, HandoffImporter& importer, const 
       metrics_(metrics),
       pattern_(FormatIndexPattern(loop.engine().config().indexer_types)) {}
 
-absl::StatusOr<RequestId> DecodeService::Admit(const v1::DecodeRequest& request, const SamplingParams& params) {
+absl::StatusOr<std::pair<RequestId, int32_t>> DecodeService::Admit(const v1::DecodeRequest& request,
+                                                                   const SamplingParams& params) {
   std::vector<int32_t> prompt(request.prompt_ids().begin(), request.prompt_ids().end());
-  absl::StatusOr<RequestId> id =
-      loop_.Call([&](Engine& engine) { return engine.AdmitImport(std::move(prompt), params); });
+  absl::StatusOr<std::pair<RequestId, int32_t>> id =
+      loop_.Call([&](Engine& engine) -> absl::StatusOr<std::pair<RequestId, int32_t>> {
+        ASSIGN_OR_RETURN(const RequestId admitted, engine.AdmitImport(std::move(prompt), params));
+        ASSIGN_OR_RETURN(const int32_t cached, engine.CachedTokens(admitted));
+        return std::make_pair(admitted, cached);
+      });
   // Short of blocks now, or never enough (the engine's message says which): RESOURCE_EXHAUSTED at
   // once. Waiting is the router's: it holds the request in its queue until a worker has room.
   if (absl::IsResourceExhausted(id.status())) return Annotate(id.status(), absl::StrCat("decode worker ", worker_id_));
@@ -128,18 +133,22 @@ grpc::Status DecodeService::Decode(grpc::ServerContext* context, const v1::Decod
   if (importer_.Find(id) != nullptr) {
     return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, absl::StrCat("request '", id, "' is already decoding here"));
   }
-  absl::StatusOr<RequestId> engine_id = Admit(*request, SamplingParamsOf(*request));
-  if (!engine_id.ok()) return ToGrpcStatus(engine_id.status());
-  auto session = std::make_shared<DecodeSession>(id, *engine_id, request->prompt_ids_size(), absl::Now());
+  absl::StatusOr<std::pair<RequestId, int32_t>> admission = Admit(*request, SamplingParamsOf(*request));
+  if (!admission.ok()) return ToGrpcStatus(admission.status());
+  const auto [engine_id, cached_tokens] = *admission;
+  auto session =
+      std::make_shared<DecodeSession>(id, engine_id, request->prompt_ids_size(), cached_tokens, absl::Now());
   if (absl::Status added = importer_.Add(session); !added.ok()) {
-    loop_.Call([&](Engine& engine) { engine.Release(*engine_id); });
+    loop_.Call([&, engine_id = engine_id](Engine& engine) { engine.Release(engine_id); });
     return ToGrpcStatus(added);
   }
-  IC_LOG(Info) << "request '" << id << "' admitted: " << request->prompt_ids_size() << " prompt tokens, handoff via "
+  IC_LOG(Info) << "request '" << id << "' admitted: " << request->prompt_ids_size() << " prompt tokens ("
+               << cached_tokens << " in the prefix cache), handoff via "
                << v1::HandoffTransport_Name(request->transport()) << " at " << handoff_address;
   v1::DecodeResponse admitted;
   admitted.mutable_admitted()->set_handoff_address(handoff_address);
   admitted.mutable_admitted()->set_reserved_blocks(loop_.engine().cache().BlocksFor(request->prompt_ids_size() + 1));
+  admitted.mutable_admitted()->set_cached_prompt_tokens(cached_tokens);
   grpc::Status status;
   if (writer->Write(admitted)) {
     status = Stream(context, *session, arrived, absl::Milliseconds(request->progress_interval_ms()),

@@ -67,7 +67,9 @@ class DecodeService final : public ::indexcache::v1::DecodeWorker::Service, publ
   class InFlight;  // counts a Decode call for WaitIdle
 
   // Reserves the prompt's KV blocks (Engine::AdmitImport); the engine request id, or why not.
-  absl::StatusOr<RequestId> Admit(const ::indexcache::v1::DecodeRequest& request, const SamplingParams& params);
+  // The engine's request, and the prompt positions its prefix cache already held.
+  absl::StatusOr<std::pair<RequestId, int32_t>> Admit(const ::indexcache::v1::DecodeRequest& request,
+                                                      const SamplingParams& params);
   // Streams the session's events until its final message, with a `progress` message every
   // `progress_interval` (0: none) until the first event, leaving the first token out when the caller
   // has it from the prefill worker; the call's status.

@@ -31,11 +31,15 @@ class DecodeSession : public std::enable_shared_from_this<DecodeSession> {
     kEnded,            // failed, aborted or finished; the engine request is gone or going
   };
 
-  DecodeSession(std::string request_id, RequestId engine_id, int32_t prompt_tokens, absl::Time admitted_at);
+  // `cached_tokens`: the prompt's leading positions this worker's prefix cache held at admission; the
+  // handoff brings the rest.
+  DecodeSession(std::string request_id, RequestId engine_id, int32_t prompt_tokens, int32_t cached_tokens,
+                absl::Time admitted_at);
 
   const std::string& request_id() const { return request_id_; }
   RequestId engine_id() const { return engine_id_; }
   int32_t prompt_tokens() const { return prompt_tokens_; }
+  int32_t cached_tokens() const { return cached_tokens_; }
   absl::Time admitted_at() const { return admitted_at_; }
 
   // Received rows not in the cache yet.
@@ -50,7 +54,7 @@ class DecodeSession : public std::enable_shared_from_this<DecodeSession> {
   struct Import {
     Phase phase = Phase::kAwaitingHeader;
     uint32_t next_sequence = 0;
-    std::vector<int32_t> latent_rows;     // per layer: positions [0, n) received
+    std::vector<int32_t> latent_rows;     // per layer: positions [0, n) held (cached, then received)
     std::vector<int32_t> index_key_rows;  // per layer (Full layers only)
     size_t bytes_to_come = 0;             // rows of the prompt not received yet
     int32_t first_token = -1;
@@ -98,6 +102,7 @@ class DecodeSession : public std::enable_shared_from_this<DecodeSession> {
   const std::string request_id_;
   const RequestId engine_id_;
   const int32_t prompt_tokens_;
+  const int32_t cached_tokens_;
   const absl::Time admitted_at_;
 
   std::mutex out_mu_;

@@ -145,9 +145,10 @@ absl::Status HandoffImporter::Apply(DecodeSession& session, v1::HandoffChunk& ch
     case v1::HandoffChunk::kHeader:
       if (state.phase != Phase::kAwaitingHeader) return absl::InvalidArgumentError("a second handoff header");
       RETURN_IF_ERROR(CheckHeader(chunk.header(), session));
-      state.latent_rows.assign(full_layers_.size(), 0);
-      state.index_key_rows.assign(full_layers_.size(), 0);
-      state.bytes_to_come = PromptRowBytes(session.prompt_tokens());
+      // Every layer holds the cached prefix already; rows continue from there.
+      state.latent_rows.assign(full_layers_.size(), session.cached_tokens());
+      state.index_key_rows.assign(full_layers_.size(), session.cached_tokens());
+      state.bytes_to_come = PromptRowBytes(session.prompt_tokens() - session.cached_tokens());
       state.phase = Phase::kRows;
       return absl::OkStatus();
     case v1::HandoffChunk::kRows:
@@ -178,6 +179,11 @@ absl::Status HandoffImporter::CheckHeader(const v1::HandoffHeader& header, const
   if (header.prompt_tokens() != session.prompt_tokens()) {
     return absl::InvalidArgumentError(absl::StrFormat("the handoff carries a %d-token prompt, the request has %d",
                                                       header.prompt_tokens(), session.prompt_tokens()));
+  }
+  if (header.first_position() != session.cached_tokens()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "the handoff's rows start at position %d, but this worker holds the first %d in its prefix cache",
+        header.first_position(), session.cached_tokens()));
   }
   if (header.latent_dim() != latent_dim_ || header.index_key_dim() != index_key_dim_) {
     return Mismatch("row widths (latent, index key)",

@@ -148,7 +148,7 @@ absl::Status PrefillJob::Submit(const v1::PrefillRequest& request, const Samplin
   std::vector<int32_t> prompt(request.prompt_ids().begin(), request.prompt_ids().end());
   state_->submitted_at = Clock::now();
   absl::StatusOr<RequestId> id = loop_.Call([&](Engine& engine) -> absl::StatusOr<RequestId> {
-    ASSIGN_OR_RETURN(RequestId id, engine.SubmitPrefill(std::move(prompt), params, state_));
+    ASSIGN_OR_RETURN(RequestId id, engine.SubmitPrefill(std::move(prompt), params, state_, request.handoff_from()));
     loop_.Subscribe(id, [state = state_](const TokenEvent& event) {
       if (event.finish == RequestFinish::kNone) return;
       std::lock_guard<std::mutex> lock(state->mu);
@@ -192,6 +192,7 @@ absl::StatusOr<v1::PrefillDone> PrefillJob::Transfer(const v1::PrefillRequest& r
   h->set_latent_dim(KvRowWidth(spec, KvRowKind::kLatent));
   h->set_index_key_dim(KvRowWidth(spec, KvRowKind::kIndexKey));
   h->set_dtype(DTypeName(spec.dtype));
+  h->set_first_position(request.handoff_from());  // the decode worker holds the positions before it
   RETURN_IF_ERROR(Send(header));
 
   // Segments in the order the engine computes them, each slice as soon as its layer has landed.

@@ -262,6 +262,8 @@ GenerateCall::Outcome GenerateCall::RunAttempt(WorkerLease& decode, WorkerLease&
     prefill_request.set_resumed_tokens(decode_request.resumed_tokens());
     prefill_request.set_transport(options_.transport);
     prefill_request.set_handoff_address(admitted.admitted().handoff_address());
+    // The decode worker's prefix cache holds the prompt's start: only the rest travels.
+    prefill_request.set_handoff_from(admitted.admitted().cached_prompt_tokens());
     PrefillCall::Handlers handlers;
     handlers.on_first_token = [this, &watch, &decode_call](const v1::FirstToken& first) {
       watch.Progress();
