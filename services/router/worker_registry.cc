@@ -428,10 +428,11 @@ Candidate WorkerRegistry::PrefillCandidate(const Entry& entry, const Demand& dem
 
 Candidate WorkerRegistry::DecodeCandidate(const Entry& entry, const Demand& demand) const {
   Candidate c{.load = DecodeLoadKey(entry.info.load, entry.ledger), .cached_tokens = CachedPromptTokens(entry, demand)};
-  // In KV blocks: those in use there (the load key's second part is minus the free ones), then this
-  // request's, less those its cached prefix already holds.
+  // In KV blocks: those in use there (all but the free ones, which the load key's second part counts
+  // negatively), then this request's, less those its cached prefix already holds.
   const int32_t block_size = std::max(entry.info.load.kv_block_size(), 1);
-  c.cost = static_cast<double>(-c.load.secondary + KvBlocksToAdmit(entry.info.load, demand)) -
+  const int64_t in_use = int64_t{entry.info.load.total_kv_blocks()} + c.load.secondary;
+  c.cost = static_cast<double>(in_use + KvBlocksToAdmit(entry.info.load, demand)) -
            options_.prefix_overlap_weight * static_cast<double>(c.cached_tokens / block_size);
   return c;
 }

@@ -101,12 +101,15 @@ TEST(PrefixPlacementTest, APromptsBlocksAreTheFullOnesBeforeItsLastTokenChainedU
 
 class RegistryPlacementTest : public ::testing::Test {
  protected:
-  void MakeRegistry(double overlap_weight) {
+  // With one decode worker that reports nothing, unless the test adds its own.
+  void MakeRegistry(double overlap_weight, bool add_decode = true) {
     RegistryOptions options;
     options.cluster_token = ::indexcache::testing::TestClusterToken();
     options.prefix_overlap_weight = overlap_weight;
     registry_ = std::make_unique<WorkerRegistry>(options);
-    ASSERT_TRUE(Register("d0", v1::DECODE, v1::WorkerLoad()).ok());
+    if (add_decode) {
+      ASSERT_TRUE(Register("d0", v1::DECODE, v1::WorkerLoad()).ok());
+    }
   }
 
   absl::Status Register(const std::string& id, v1::WorkerRole role, v1::WorkerLoad load) {
@@ -128,6 +131,17 @@ class RegistryPlacementTest : public ::testing::Test {
     v1::WorkerLoad load = ReportOf(log, v1::CachedBlocksCursor());
     load.set_queued_prompt_tokens(queued_tokens);
     ASSERT_TRUE(Register(id, v1::PREFILL, std::move(load)).ok());
+  }
+
+  // A decode worker of 100 blocks of 16 tokens, `free` of them free, whose cache holds `cached`.
+  void AddDecode(const std::string& id, const std::vector<uint64_t>& cached, int32_t free) {
+    CachedBlockLog log(std::hash<std::string>()(id), 100);
+    log.Reset(cached);
+    v1::WorkerLoad load = ReportOf(log, v1::CachedBlocksCursor());
+    load.set_kv_block_size(kBlockSize);
+    load.set_total_kv_blocks(100);
+    load.set_free_kv_blocks(free);
+    ASSERT_TRUE(Register(id, v1::DECODE, std::move(load)).ok());
   }
 
   Placement Place(const std::vector<int32_t>& prompt) {
@@ -182,6 +196,30 @@ TEST_F(RegistryPlacementTest, AnOverlapWeightOfZeroPlacesByLoadAlone) {
   // Equal loads: the pair's first draw wins, so each worker gets about half.
   EXPECT_GT(warm, 60);
   EXPECT_LT(warm, 140);
+}
+
+TEST_F(RegistryPlacementTest, ADecodeWorkerHoldingThePrefixWinsUnlessItsBlocksAreFarMoreInUse) {
+  const std::vector<int32_t> prompt = Tokens(100, 7);
+  // In KV blocks, 7 needed (100 + 1 tokens): the holder, none in use, costs 0 + 7 - 4 cached = 3; the
+  // other, 10 in use, 10 + 7 = 17.
+  MakeRegistry(1.0, /*add_decode=*/false);
+  AddPrefill("p0", {}, 0);
+  AddDecode("d-warm", ChainKeys(prompt, 4), 100);
+  AddDecode("d-cold", {}, 90);
+  {
+    const Placement placement = Place(prompt);
+    EXPECT_EQ(placement.decode->id(), "d-warm");
+    EXPECT_EQ(placement.decode_basis, RoutingBasis::kPrefix);
+    EXPECT_EQ(placement.decode_cached_tokens, 64);
+  }  // its leases go back to this registry before the next one replaces it
+  // 80 blocks in use on the holder: 80 + 7 - 4 = 83 against the other's 0 + 7.
+  MakeRegistry(1.0, /*add_decode=*/false);
+  AddPrefill("p0", {}, 0);
+  AddDecode("d-warm", ChainKeys(prompt, 4), 20);
+  AddDecode("d-cold", {}, 100);
+  const Placement placement = Place(prompt);
+  EXPECT_EQ(placement.decode->id(), "d-cold");
+  EXPECT_EQ(placement.decode_basis, RoutingBasis::kLoadOverPrefix);
 }
 
 }  // namespace
