@@ -53,19 +53,25 @@ class CollectingSink final : public SegmentSink {
   size_t max_waiting = 1000;
 };
 
-// Steps until the request's kPrefillDone; the number of steps that ran a pass.
-int RunPrefill(Engine& engine, RequestId id) {
+// A prefill-only request stepped to its kPrefillDone: how many steps ran a pass, and the first token
+// it sampled (-1 each when it failed).
+struct PrefillRun {
+  int steps = -1;
+  int32_t first_token = -1;
+};
+
+PrefillRun RunPrefill(Engine& engine, RequestId id) {
   for (int steps = 1; steps < 100; ++steps) {
     absl::StatusOr<std::vector<TokenEvent>> events = engine.Step();
     EXPECT_TRUE(events.ok()) << events.status();
-    if (!events.ok()) return -1;
+    if (!events.ok()) return {};
     for (const TokenEvent& e : *events) {
-      if (e.request == id && e.finish == RequestFinish::kPrefillDone) return steps;
+      if (e.request == id && e.finish == RequestFinish::kPrefillDone) return {.steps = steps, .first_token = e.token};
       EXPECT_EQ(e.finish, RequestFinish::kNone) << RequestFinishName(e.finish);
     }
   }
   ADD_FAILURE() << "prefill did not finish";
-  return -1;
+  return {};
 }
 
 TEST(EngineExport, StreamsEveryPositionOnceInOrderWithTheCachesRows) {
@@ -74,7 +80,7 @@ TEST(EngineExport, StreamsEveryPositionOnceInOrderWithTheCachesRows) {
   auto sink = std::make_shared<CollectingSink>();
   absl::StatusOr<RequestId> id = (*engine)->SubmitPrefill(Prompt(), Greedy(), sink);
   ASSERT_TRUE(id.ok()) << id.status();
-  ASSERT_EQ(RunPrefill(**engine, *id), 4);
+  ASSERT_EQ(RunPrefill(**engine, *id).steps, 4);
 
   ASSERT_EQ(sink->segments.size(), 4u);
   const int32_t want_begin[] = {0, 16, 32, 48};
@@ -145,20 +151,20 @@ TEST(EngineExport, CachedPositionsAreStreamedFromTheCacheFirst) {
   auto cold_sink = std::make_shared<CollectingSink>();
   absl::StatusOr<RequestId> cold_id = (*cold)->SubmitPrefill(Prompt(), Greedy(), cold_sink);
   ASSERT_TRUE(cold_id.ok()) << cold_id.status();
-  ASSERT_EQ(RunPrefill(**cold, *cold_id), 4);
+  ASSERT_EQ(RunPrefill(**cold, *cold_id).steps, 4);
 
   auto engine = Engine::Create(Options());
   ASSERT_TRUE(engine.ok()) << engine.status();
   absl::StatusOr<RequestId> first = (*engine)->SubmitPrefill(Prompt(), Greedy(), std::make_shared<CollectingSink>());
   ASSERT_TRUE(first.ok()) << first.status();
-  ASSERT_EQ(RunPrefill(**engine, *first), 4);
+  ASSERT_EQ(RunPrefill(**engine, *first).steps, 4);
   (*engine)->Release(*first);
   (*engine)->TakeStats();
 
   auto sink = std::make_shared<CollectingSink>();
   absl::StatusOr<RequestId> id = (*engine)->SubmitPrefill(Prompt(), Greedy(), sink);
   ASSERT_TRUE(id.ok()) << id.status();
-  ASSERT_EQ(RunPrefill(**engine, *id), 4) << "three steps send the cached blocks, the fourth computes";
+  ASSERT_EQ(RunPrefill(**engine, *id).steps, 4) << "three steps send the cached blocks, the fourth computes";
   ASSERT_EQ(sink->segments.size(), 4u);
   for (size_t i = 0; i < 4; ++i) {
     EXPECT_EQ(sink->segments[i].begin(), static_cast<int32_t>(16 * i));
@@ -204,20 +210,6 @@ std::vector<int32_t> ImportAndDecode(Engine& prefill, RequestId prefill_id, cons
   return tokens;
 }
 
-// The first token a prefill-only request sampled.
-int32_t FirstToken(Engine& engine, RequestId id) {
-  for (int steps = 0; steps < 100; ++steps) {
-    absl::StatusOr<std::vector<TokenEvent>> events = engine.Step();
-    EXPECT_TRUE(events.ok()) << events.status();
-    if (!events.ok()) return -1;
-    for (const TokenEvent& e : *events) {
-      if (e.request == id && e.finish == RequestFinish::kPrefillDone) return e.token;
-    }
-  }
-  ADD_FAILURE() << "prefill did not finish";
-  return -1;
-}
-
 TEST(EngineExport, ADecodeEngineHoldingThePromptsStartReceivesOnlyTheRest) {
   auto prefill = Engine::Create(Options());
   auto decode = Engine::Create(Options());
@@ -233,7 +225,7 @@ TEST(EngineExport, ADecodeEngineHoldingThePromptsStartReceivesOnlyTheRest) {
   auto first_sink = std::make_shared<CollectingSink>();
   absl::StatusOr<RequestId> p1 = (*prefill)->SubmitPrefill(first_prompt, params, first_sink);
   ASSERT_TRUE(p1.ok()) << p1.status();
-  const int32_t first_token = FirstToken(**prefill, *p1);
+  const int32_t first_token = RunPrefill(**prefill, *p1).first_token;
   absl::StatusOr<RequestId> d1 = (*decode)->AdmitImport(first_prompt, params);
   ASSERT_TRUE(d1.ok()) << d1.status();
   EXPECT_EQ(*(*decode)->CachedTokens(*d1), 0);
@@ -252,7 +244,7 @@ TEST(EngineExport, ADecodeEngineHoldingThePromptsStartReceivesOnlyTheRest) {
   auto second_sink = std::make_shared<CollectingSink>();
   absl::StatusOr<RequestId> p2 = (*prefill)->SubmitPrefill(second_prompt, params, second_sink, held);
   ASSERT_TRUE(p2.ok()) << p2.status();
-  const int32_t second_first = FirstToken(**prefill, *p2);
+  const int32_t second_first = RunPrefill(**prefill, *p2).first_token;
   ASSERT_FALSE(second_sink->segments.empty());
   EXPECT_EQ(second_sink->segments.front().begin(), held) << "rows the decode engine holds were sent";
   EXPECT_EQ(second_sink->segments.back().end(), static_cast<int32_t>(second_prompt.size()));

@@ -422,20 +422,11 @@ void Engine::Preempt(Request& r) {
   r.looked_up = false;
 }
 
-void Engine::ExtendBlockKeys(Request& r, int32_t count) {
-  const int32_t bs = cache_->block_size();
-  while (static_cast<int32_t>(r.block_keys.size()) < count) {
-    const size_t i = r.block_keys.size();
-    const BlockKey& previous = i == 0 ? prefix_seed_ : r.block_keys.back();
-    r.block_keys.push_back(PrefixCache::Chain(previous, absl::MakeConstSpan(r.tokens).subspan(i * bs, bs)));
-  }
-}
-
 void Engine::AttachCachedPrefix(Request& r) {
   r.looked_up = true;
   const int32_t bs = cache_->block_size();
-  const int32_t lookup = (static_cast<int32_t>(r.tokens.size()) - 1) / bs;
-  ExtendBlockKeys(r, lookup);
+  const int32_t lookup = PrefixCache::LookupBlocks(r.tokens.size(), bs);
+  PrefixCache::ExtendChain(prefix_seed_, bs, r.tokens, lookup, r.block_keys);
   const int32_t hit = cache_->AttachCachedPrefix(r.id, absl::MakeConstSpan(r.block_keys).first(lookup),
                                                  static_cast<int32_t>(r.tokens.size()));
   r.num_cached = hit * bs;
@@ -445,7 +436,7 @@ void Engine::AttachCachedPrefix(Request& r) {
 void Engine::PublishFullBlocks(Request& r) {
   const int32_t full = std::min(r.num_cached, r.publish_limit) / cache_->block_size();
   if (full <= r.published_blocks) return;
-  ExtendBlockKeys(r, full);
+  PrefixCache::ExtendChain(prefix_seed_, cache_->block_size(), r.tokens, full, r.block_keys);
   cache_->PublishBlocks(r.id, r.published_blocks,
                         absl::MakeConstSpan(r.block_keys).subspan(r.published_blocks, full - r.published_blocks));
   r.published_blocks = full;

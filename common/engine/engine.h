@@ -252,8 +252,6 @@ class Engine {
   void AttachCachedPrefix(Request& r);
   // Makes the request's newly completed full blocks findable.
   void PublishFullBlocks(Request& r);
-  // Hashes the request's blocks up to `count` into block_keys.
-  void ExtendBlockKeys(Request& r, int32_t count);
   // Logs which Shared layers telemetry measures and which it cannot, and arms the step sampler.
   void StartReuseTelemetry(double rate);
   // Takes the request's next token: `token` is its sampled token, or why none could be drawn;

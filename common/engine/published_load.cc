@@ -78,14 +78,7 @@ int32_t PublishedLoad::CachedPrefixTokens(absl::Span<const int32_t> prompt) {
     block_size = block_size_;
   }
   // Hashed outside the lock: one SHA-256 compression per 16 tokens is far more than a copy.
-  const size_t lookup = (prompt.size() - 1) / static_cast<size_t>(block_size);
-  std::vector<uint64_t> keys;
-  keys.reserve(lookup);
-  BlockKey key = seed;
-  for (size_t i = 0; i < lookup; ++i) {
-    key = PrefixCache::Chain(key, prompt.subspan(i * block_size, block_size));
-    keys.push_back(PrefixCache::ShortKey(key));
-  }
+  const std::vector<uint64_t> keys = PrefixCache::LookupShortKeys(seed, block_size, prompt);
   std::lock_guard<std::mutex> lock(mu_);
   size_t hits = 0;
   while (hits < keys.size() && cached_blocks_.Contains(keys[hits])) ++hits;

@@ -48,10 +48,34 @@ BlockKey PrefixCache::Chain(const BlockKey& previous, absl::Span<const int32_t> 
   return Sha256(bytes);
 }
 
+void PrefixCache::ExtendChain(const BlockKey& seed, int32_t block_size, absl::Span<const int32_t> tokens,
+                              size_t count, std::vector<BlockKey>& keys) {
+  keys.reserve(count);
+  while (keys.size() < count) {
+    const size_t i = keys.size();
+    keys.push_back(Chain(i == 0 ? seed : keys.back(), tokens.subspan(i * block_size, block_size)));
+  }
+}
+
+int32_t PrefixCache::LookupBlocks(size_t prompt_tokens, int32_t block_size) {
+  if (prompt_tokens == 0 || block_size <= 0) return 0;
+  return static_cast<int32_t>((prompt_tokens - 1) / static_cast<size_t>(block_size));
+}
+
 uint64_t PrefixCache::ShortKey(const BlockKey& key) {
   uint64_t v = 0;
   for (int i = 7; i >= 0; --i) v = (v << 8) | key[i];
   return v;
+}
+
+std::vector<uint64_t> PrefixCache::LookupShortKeys(const BlockKey& seed, int32_t block_size,
+                                                   absl::Span<const int32_t> prompt) {
+  std::vector<BlockKey> keys;
+  ExtendChain(seed, block_size, prompt, LookupBlocks(prompt.size(), block_size), keys);
+  std::vector<uint64_t> short_keys;
+  short_keys.reserve(keys.size());
+  for (const BlockKey& key : keys) short_keys.push_back(ShortKey(key));
+  return short_keys;
 }
 
 std::vector<int32_t> PrefixCache::Acquire(absl::Span<const BlockKey> keys, int32_t num_tokens) {

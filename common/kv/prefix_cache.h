@@ -58,9 +58,20 @@ class PrefixCache {
   static BlockKey Seed(std::string_view model_fingerprint, std::string_view layer_pattern);
   // The key of the block holding `tokens` after the block keyed `previous` (the seed for block 0).
   static BlockKey Chain(const BlockKey& previous, absl::Span<const int32_t> tokens);
+  // Appends to `keys` (the keys of `tokens`' first keys.size() blocks under `seed`) the keys of the
+  // blocks up to `count`; `tokens` holds at least `count` full blocks of `block_size`.
+  static void ExtendChain(const BlockKey& seed, int32_t block_size, absl::Span<const int32_t> tokens, size_t count,
+                          std::vector<BlockKey>& keys);
+  // The full blocks of a prompt an engine looks up: those before its last token, which is always
+  // computed (its logits sample the first token), so a prompt never hits entirely.
+  static int32_t LookupBlocks(size_t prompt_tokens, int32_t block_size);
   // A key's first 8 bytes, little-endian: how the router names blocks (cached_block_log.h). Only
   // placement reads them, so a collision costs a placement, never wrong rows.
   static uint64_t ShortKey(const BlockKey& key);
+  // The short keys of a prompt's LookupBlocks under `seed`: what a worker's published keys are
+  // matched against (the router's placement, a prefill worker's admission).
+  static std::vector<uint64_t> LookupShortKeys(const BlockKey& seed, int32_t block_size,
+                                               absl::Span<const int32_t> prompt);
 
   // The blocks of the longest leading run of `keys` that is cached, in order, each with one more
   // reference (idle ones leave the LRU list). Counts a lookup of `num_tokens` tokens.

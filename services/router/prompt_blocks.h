@@ -1,7 +1,8 @@
 // A prompt as the router's prefix-aware placement sees it: the short keys of its leading full blocks
 // under a worker's prefix-cache naming (seed and block size, common/kv/prefix_cache.h), and the
 // modelled prefill work of its first n tokens. Keys are hashed once per naming and request, however
-// many placements (retries, waits for room) the request goes through. One thread at a time.
+// many placements (retries, waits for room) the request goes through, and before the registry's lock
+// is taken (WorkerRegistry::TryPlace). One thread at a time.
 #pragma once
 
 #include <cstdint>
@@ -25,9 +26,11 @@ class PromptBlocks {
   bool models_work() const { return work_of_ != nullptr; }
   int64_t WorkOf(int64_t tokens) const { return work_of_ ? work_of_(tokens) : tokens; }
 
-  // The keys of the blocks an engine would look up: the full blocks before the last token, which is
-  // always computed (Engine::AttachCachedPrefix).
+  // The short keys of the blocks an engine would look up (PrefixCache::LookupShortKeys), hashed on
+  // the first call for a naming.
   absl::Span<const uint64_t> KeysFor(const BlockKey& seed, int32_t block_size);
+  // Those keys if KeysFor hashed them already, else null: for code under a lock, which must not hash.
+  const std::vector<uint64_t>* HashedFor(const BlockKey& seed, int32_t block_size) const;
 
  private:
   const absl::Span<const int32_t> tokens_;

@@ -375,6 +375,12 @@ absl::StatusOr<Placement> WorkerRegistry::TryPlace(const Demand& demand, absl::S
     }
     return choice;
   };
+  // The prompt's keys under every naming the pool's caches use, hashed before the lock (about 1 ms per
+  // 32K tokens, which heartbeats and other placements must not wait for). A worker that registers in
+  // between counts as holding none of the prompt this time.
+  if (demand.prompt != nullptr && options_.prefix_overlap_weight > 0) {
+    for (const auto& [seed, block_size] : CacheNamings()) demand.prompt->KeysFor(seed, block_size);
+  }
   std::lock_guard<std::mutex> lock(mu_);
   const Choice decode = choose(v1::DECODE, exclude_decode);
   RETURN_IF_ERROR(decode.error);
@@ -408,8 +414,19 @@ absl::StatusOr<Placement> WorkerRegistry::TryPlace(const Demand& demand, absl::S
 int64_t WorkerRegistry::CachedPromptTokens(const Entry& entry, const Demand& demand) const {
   if (demand.prompt == nullptr || options_.prefix_overlap_weight <= 0 || !entry.cached.known()) return 0;
   const int32_t block_size = entry.cached.block_size();
-  const int64_t hits = entry.cached.LeadingHits(demand.prompt->KeysFor(entry.cached.seed(), block_size));
-  return hits * block_size;
+  const std::vector<uint64_t>* keys = demand.prompt->HashedFor(entry.cached.seed(), block_size);
+  return keys == nullptr ? 0 : entry.cached.LeadingHits(*keys) * block_size;
+}
+
+std::vector<std::pair<BlockKey, int32_t>> WorkerRegistry::CacheNamings() const {
+  std::vector<std::pair<BlockKey, int32_t>> namings;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& e : entries_) {
+    if (!e->cached.known()) continue;
+    std::pair<BlockKey, int32_t> naming{e->cached.seed(), e->cached.block_size()};
+    if (std::find(namings.begin(), namings.end(), naming) == namings.end()) namings.push_back(naming);
+  }
+  return namings;
 }
 
 Candidate WorkerRegistry::PrefillCandidate(const Entry& entry, const Demand& demand) const {

@@ -192,6 +192,8 @@ class WorkerRegistry {
   Candidate PrefillCandidate(const Entry& entry, const Demand& demand) const;
   Candidate DecodeCandidate(const Entry& entry, const Demand& demand) const;
   int64_t CachedPromptTokens(const Entry& entry, const Demand& demand) const;
+  // The distinct (seed, block size) pairs the workers' prefix caches name blocks by. Takes the lock.
+  std::vector<std::pair<BlockKey, int32_t>> CacheNamings() const;
 
   const RegistryOptions options_;
   mutable std::mutex mu_;

@@ -59,6 +59,32 @@ std::vector<BlockKey> Keys(const BlockKey& seed, int32_t first, int32_t blocks) 
   return keys;
 }
 
+// The engine's keys (ExtendChain, possibly in steps) and the placement's short keys
+// (LookupShortKeys) are the chain Keys builds block by block; a prompt's last token is never looked
+// up, so a prompt of whole blocks looks up all but its last.
+TEST(PrefixCacheKeyTest, PromptKeysAreTheChainOfTheBlocksBeforeTheLastToken) {
+  const BlockKey seed = PrefixCache::Seed("fp", "FSFS");
+  std::vector<int32_t> prompt;
+  for (int32_t t = 0; t < 14; ++t) prompt.push_back(t);  // blocks 0..2 full, 2 tokens of block 3
+  const std::vector<BlockKey> expected = Keys(seed, 0, 3);
+
+  std::vector<BlockKey> keys;
+  PrefixCache::ExtendChain(seed, 4, prompt, 1, keys);
+  PrefixCache::ExtendChain(seed, 4, prompt, 3, keys);
+  EXPECT_EQ(keys, expected);
+
+  EXPECT_EQ(PrefixCache::LookupBlocks(14, 4), 3);
+  EXPECT_EQ(PrefixCache::LookupBlocks(12, 4), 2) << "the block holding the last token is computed";
+  EXPECT_EQ(PrefixCache::LookupBlocks(1, 4), 0);
+  EXPECT_EQ(PrefixCache::LookupBlocks(0, 4), 0);
+  EXPECT_THAT(PrefixCache::LookupShortKeys(seed, 4, prompt),
+              ElementsAre(PrefixCache::ShortKey(expected[0]), PrefixCache::ShortKey(expected[1]),
+                          PrefixCache::ShortKey(expected[2])));
+  EXPECT_THAT(PrefixCache::LookupShortKeys(seed, 4, absl::MakeConstSpan(prompt).first(12)),
+              ElementsAre(PrefixCache::ShortKey(expected[0]), PrefixCache::ShortKey(expected[1])));
+  EXPECT_THAT(PrefixCache::LookupShortKeys(seed, 4, {}), IsEmpty());
+}
+
 class PrefixCacheTest : public testing::Test {
  protected:
   const BlockKey seed_ = PrefixCache::Seed("fp", "FSFS");
