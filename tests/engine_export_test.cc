@@ -186,7 +186,7 @@ std::vector<int32_t> ImportAndDecode(Engine& prefill, RequestId prefill_id, cons
     for (const KvSlice& slice : segment.slices()) {
       auto bytes = std::make_shared<std::string>(segment.bytes(slice));
       const absl::Status imported = decode.ImportRows(id, slice.layer, slice.kind, segment.begin(), segment.count(),
-                                                      HostRows{bytes->data(), bytes->size(), bytes});
+                                                      LandedRows{bytes->data(), bytes->size(), bytes});
       EXPECT_TRUE(imported.ok()) << imported;
     }
   }
@@ -254,7 +254,7 @@ TEST(EngineExport, ADecodeEngineHoldingThePromptsStartReceivesOnlyTheRest) {
   auto bytes = std::make_shared<std::string>(some.bytes(some.slices()[0]));
   EXPECT_EQ((*decode)
                 ->ImportRows(*d2, some.slices()[0].layer, some.slices()[0].kind, held - 16, 16,
-                             HostRows{bytes->data(), bytes->size(), bytes})
+                             LandedRows{bytes->data(), bytes->size(), bytes})
                 .code(),
             absl::StatusCode::kFailedPrecondition);
   const std::vector<int32_t> second_output =

@@ -101,7 +101,7 @@ std::pair<int32_t, double> DecodeBatch(Engine& engine, const std::vector<int32_t
   for (RequestId id : ids) {
     for (const Prefilled::Rows& r : prefilled.rows) {
       OrDie(engine.ImportRows(id, r.layer, r.kind, 0, static_cast<int32_t>(prompt.size()),
-                              HostRows{r.data->data(), r.data->size(), r.data}));
+                              LandedRows{r.data->data(), r.data->size(), r.data}));
     }
     OrDie(engine.StartDecode(id, prefilled.first_token).status());
   }

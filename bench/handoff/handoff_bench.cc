@@ -59,7 +59,7 @@ double Median(std::vector<double> v) {
 // the crc32 ceiling, so the transports' own cost is what they show).
 class BenchSink : public HandoffSink {
  public:
-  absl::Status OnChunk(v1::HandoffChunk& chunk, HostRows /*rows: never landed*/) override {
+  absl::Status OnChunk(v1::HandoffChunk& chunk, LandedRows /*rows: never landed*/) override {
     std::lock_guard<std::mutex> lock(mu_);
     if (verify_) RETURN_IF_ERROR(VerifyChunkChecksum(chunk));
     if (chunk.sequence() != next_) {

@@ -131,6 +131,8 @@ class Backend {
   virtual std::string_view name() const = 0;
   virtual DType weight_dtype() const = 0;
   virtual DType activation_dtype() const { return DType::kF32; }
+  // The CUDA device ordinal the backend runs on; -1 off the GPU.
+  virtual int cuda_device() const { return -1; }
 
   // --- memory and transfers ---------------------------------------------------------------
   virtual absl::StatusOr<Buffer> Allocate(size_t bytes) = 0;
@@ -150,12 +152,14 @@ class Backend {
   // Copies rows of `src` byte for byte into `host`, run by run, once every op enqueued so far has
   // run, without holding back the ops enqueued after it and with no kernel (CUDA: copy-engine
   // transfers on a copy stream of its own, so a prefill's next layers compute while the last ones'
-  // rows travel to the host). `host` (from AllocateHost) must stay valid, and the rows unwritten,
-  // until the returned copy's Wait has returned.
+  // rows travel to the host). `host` (from AllocateHost, or device memory from Allocate for rows that
+  // leave from the GPU) must stay valid, and the rows unwritten, until the returned copy's Wait has
+  // returned.
   virtual absl::StatusOr<std::unique_ptr<AsyncHostCopy>> DownloadRowsAsync(Tensor src, absl::Span<const RowRun> runs,
                                                                            char* host) = 0;
-  // Copies rows already in dst's dtype from `host` into rows of dst byte for byte, run by run, in
-  // order with the ops around it, and with no kernel (CUDA: copy-engine transfers, which a process
+  // Copies rows already in dst's dtype from `host` (host memory, or device memory from Allocate for
+  // rows received onto the GPU) into rows of dst byte for byte, run by run, in order with the ops
+  // around it, and with no kernel (CUDA: copy-engine transfers, which a process
   // sharing the GPU does not wait behind, where a kernel of this process's would interrupt it).
   // `keep` holds `host` (AllocateHost memory, or any on the CPU) and is released once the copies have
   // read it (on CUDA by a thread that waits for an event recorded after them); with no `keep` the copies have read `host` when this

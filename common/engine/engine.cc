@@ -293,7 +293,7 @@ absl::StatusOr<RequestId> Engine::AdmitImport(std::vector<int32_t> prompt, const
 }
 
 absl::Status Engine::ImportRows(RequestId id, int32_t layer, KvRowKind kind, int32_t begin, int32_t count,
-                                HostRows rows) {
+                                LandedRows rows) {
   ASSIGN_OR_RETURN(Request * r, Find(id));
   if (r->state != State::kWaitingForRemoteKv) {
     return absl::FailedPreconditionError(absl::StrFormat("request %d takes no rows now", id));
@@ -310,8 +310,8 @@ absl::Status Engine::ImportRows(RequestId id, int32_t layer, KvRowKind kind, int
   return importer_->Import(id, layer, kind, begin, count, std::move(rows));
 }
 
-absl::StatusOr<std::shared_ptr<HostRowsPool>> Engine::CreateReceiveArea(size_t bytes) {
-  return HostRowsPool::Create(*backend_, bytes);
+absl::StatusOr<std::shared_ptr<LandingArea>> Engine::CreateReceiveArea(size_t bytes, RowsMemory memory) {
+  return LandingArea::Create(*backend_, bytes, memory);
 }
 
 absl::Status Engine::VerifyProbes(RequestId id, absl::Span<const IndexerProbe> probes) {
@@ -621,7 +621,7 @@ void Engine::SendCachedRows(Request& r) {
   const int32_t begin = r.exported;
   const int32_t end = std::min(r.num_cached, begin + max_batch_tokens_);
   r.exported = end;
-  absl::StatusOr<KvSegment> segment = exporter_->Export(r.id, begin, end);
+  absl::StatusOr<KvSegment> segment = exporter_->Export(r.id, begin, end, r.export_to->memory());
   // The rows cannot leave: the receiver sees the failure where it waits for them.
   r.export_to->Take(segment.ok() ? *std::move(segment)
                                  : exporter_->Failed(begin, end, Annotate(segment.status(), "exporting cached rows")));
@@ -637,7 +637,7 @@ std::vector<KvSegment> Engine::BeginExports(const std::vector<Request*>& in_batc
     const int32_t end = r.num_cached + added;
     if (end <= begin) continue;  // recomputing what a preempted request already sent
     r.exported = end;
-    absl::StatusOr<KvSegment> segment = exporter_->Begin(r.id, begin, end);
+    absl::StatusOr<KvSegment> segment = exporter_->Begin(r.id, begin, end, r.export_to->memory());
     if (!segment.ok()) {
       // The rows cannot leave: the receiver sees the failure where it waits for them.
       r.export_to->Take(exporter_->Failed(begin, end, Annotate(segment.status(), "exporting the prompt's cache rows")));

@@ -22,7 +22,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "common/backend/backend.h"
-#include "common/kv/host_rows_pool.h"
+#include "common/kv/landing_area.h"
 #include "common/kv/kv_segment.h"
 #include "common/kv/paged_kv_cache.h"
 #include "common/engine/step_sampler.h"
@@ -79,6 +79,9 @@ class SegmentSink {
   // again (backpressure: staging memory stays bounded however slow the peer). Whoever makes it true
   // again wakes the engine's driver (EngineLoop::Wake).
   virtual bool Ready() const = 0;
+  // Where the segments' rows are staged: host memory, or device memory for a transport that sends
+  // from the GPU.
+  virtual RowsMemory memory() const { return RowsMemory::kHost; }
 };
 
 // kPrefillDone ends a prefill-only request (disaggregated serving): its first token is sampled and
@@ -142,6 +145,8 @@ class Engine {
   std::vector<BlockKey> TrackPrefixCacheChanges() { return cache_->TrackPrefixCacheChanges(); }
   std::vector<PrefixCacheChange> TakePrefixCacheChanges() { return cache_->TakePrefixCacheChanges(); }
   const std::string& model_fingerprint() const { return fingerprint_; }
+  // The GPU the engine runs on (a CUDA ordinal); -1 on the CPU.
+  int cuda_device() const { return backend_->cuda_device(); }
 
   // --- disaggregated serving: the prefill side ----------------------------------------------
   // Like Submit, but the request ends at its first sampled token (event kPrefillDone) and keeps its
@@ -174,10 +179,10 @@ class Engine {
   // `rows`: [count, width] of `kind` in the cache's dtype, as a prefill worker's export made them;
   // positions before CachedTokens at admission are refused (they are shared cached blocks).
   // Copied into the cache where they lie, in order with the steps around it (KvImporter::Import).
-  absl::Status ImportRows(RequestId id, int32_t layer, KvRowKind kind, int32_t begin, int32_t count, HostRows rows);
-  // Host memory of `bytes` for received rows to land in before ImportRows (page-locked on CUDA, so
-  // the import's copy reads them in place).
-  absl::StatusOr<std::shared_ptr<HostRowsPool>> CreateReceiveArea(size_t bytes);
+  absl::Status ImportRows(RequestId id, int32_t layer, KvRowKind kind, int32_t begin, int32_t count, LandedRows rows);
+  // Memory of `bytes` for received rows to land in before ImportRows: host memory (page-locked on
+  // CUDA, so the import's copy reads them in place) or device memory (rows received onto the GPU).
+  absl::StatusOr<std::shared_ptr<LandingArea>> CreateReceiveArea(size_t bytes, RowsMemory memory = RowsMemory::kHost);
   // Re-runs each probe's indexer over the imported index keys (one wait on the device for all);
   // DATA_LOSS naming the first layer whose selection differs.
   absl::Status VerifyProbes(RequestId id, absl::Span<const IndexerProbe> probes);

@@ -4,13 +4,15 @@
 // over the first two parts (a few bytes) and then straight over the rows bytes, wherever they lie
 // (the export's staging memory on a sender, the received frame on a receiver). ISA-L's
 // crc32_gzip_refl is the same CRC as zlib's crc32 at folding speed (PCLMULQDQ), which matters at
-// gigabytes per handoff.
+// gigabytes per handoff. Rows in device memory come with their own CRC-32 (computed on the GPU by the
+// transport that moves them, nccl/device_crc32.h), which is combined with the prefix's.
 #include <isa-l/crc.h>
 
 #include <string>
 
 #include "absl/strings/str_format.h"
 #include "common/handoff/handoff_transport.h"
+#include "common/handoff/crc32_combine.h"
 #include "google/protobuf/io/coded_stream.h"
 
 namespace indexcache {
@@ -57,18 +59,46 @@ uint32_t ChunkChecksum(const v1::HandoffChunk& chunk, std::string_view rows_data
   return 0;
 }
 
+uint32_t ChunkChecksum(const v1::HandoffChunk& chunk, RowsCrc rows) {
+  if (!chunk.has_rows()) return ChunkChecksum(chunk, std::string_view());
+  return CombineCrc32(Crc(0, RowsPrefix(chunk.rows(), rows.bytes)), rows.crc, rows.bytes);
+}
+
 void SealChunk(v1::HandoffChunk& chunk, std::string_view rows_data) {
   chunk.set_checksum(ChunkChecksum(chunk, rows_data));
 }
 
-absl::Status VerifyChunkChecksum(const v1::HandoffChunk& chunk, std::string_view rows_data) {
-  const uint32_t computed = ChunkChecksum(chunk, rows_data);
+void SealChunk(v1::HandoffChunk& chunk, RowsCrc rows) { chunk.set_checksum(ChunkChecksum(chunk, rows)); }
+
+namespace {
+
+absl::Status CompareChecksum(const v1::HandoffChunk& chunk, uint32_t computed) {
   if (computed != chunk.checksum()) {
     return absl::DataLossError(absl::StrFormat(
         "handoff chunk %d of request '%s' is corrupt: checksum 0x%08x, computed 0x%08x", chunk.sequence(),
         chunk.request_id(), chunk.checksum(), computed));
   }
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status VerifyChunkChecksum(const v1::HandoffChunk& chunk, std::string_view rows_data) {
+  return CompareChecksum(chunk, ChunkChecksum(chunk, rows_data));
+}
+
+absl::Status VerifyChunkChecksum(const v1::HandoffChunk& chunk, RowsCrc rows) {
+  return CompareChecksum(chunk, ChunkChecksum(chunk, rows));
+}
+
+absl::Status VerifyChunkChecksum(const v1::HandoffChunk& chunk, const LandedRows& rows) {
+  if (!rows.on_device()) return VerifyChunkChecksum(chunk, rows.view());
+  if (!rows.crc.has_value()) {
+    return absl::DataLossError(absl::StrFormat(
+        "handoff chunk %d of request '%s': its rows landed in device memory without a checksum to check them by",
+        chunk.sequence(), chunk.request_id()));
+  }
+  return VerifyChunkChecksum(chunk, RowsCrc{.crc = *rows.crc, .bytes = rows.size});
 }
 
 }  // namespace indexcache

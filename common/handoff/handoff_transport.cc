@@ -21,6 +21,11 @@ void CountChunkBytes(const v1::HandoffChunk& chunk, std::string_view rows_data, 
   ++counts.chunks;
 }
 
+absl::Status HandoffSender::SendDeviceRows(const v1::HandoffChunk& chunk, const char* /*device_rows*/, size_t bytes) {
+  return absl::FailedPreconditionError(absl::StrCat("chunk ", chunk.sequence(), ": ", bytes,
+                                                    " bytes of rows in device memory, which this transport cannot send"));
+}
+
 v1::HandoffAck MakeAck(const absl::Status& status) {
   v1::HandoffAck ack;
   ack.set_accepted(status.ok());

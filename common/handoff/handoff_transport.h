@@ -15,7 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "common/kv/host_rows.h"
+#include "common/kv/landed_rows.h"
 #include "indexcache/v1/internal.pb.h"
 
 namespace indexcache {
@@ -56,6 +56,11 @@ class HandoffSender {
   virtual absl::Status Send(const v1::HandoffChunk& chunk, std::string_view rows_data) = 0;
   // A chunk that holds its own rows bytes (tests, tools).
   absl::Status Send(const v1::HandoffChunk& chunk) { return Send(chunk, {}); }
+  // A rows chunk whose `bytes` bytes lie in device memory at `device_rows` (the engine's device
+  // staging), its checksum not sealed yet: the host cannot read them, so the transport computes their
+  // CRC-32 on the GPU, seals its copy of the chunk and sends them from where they lie. Only a transport whose
+  // capabilities() has device_memory takes them; others fail with FAILED_PRECONDITION.
+  virtual absl::Status SendDeviceRows(const v1::HandoffChunk& chunk, const char* device_rows, size_t bytes);
   // After the trailer: closes the stream and waits for the decode worker's verdict, an ack accepted or
   // not (AckStatus turns a rejection back into its status); an error only when no verdict came
   // (connection broke, cancelled). After a Send that failed on a rejection, returns that ack.
@@ -68,9 +73,8 @@ class HandoffSender {
 
 // What a transport can do, as reported by its connector.
 struct HandoffCapabilities {
-  // Sends from and receives into device memory, so a CUDA pool's rows need no host staging. False
-  // for every transport today: senders take rows from the engine's pinned host staging, and NCCL
-  // stages them through a device buffer of its own (nccl/README.md).
+  // Sends from and receives into device memory (SendDeviceRows; LandRows asked for kDevice), so a
+  // CUDA pool's rows need no host staging. NCCL's, when its GPU is the engine's (nccl/README.md).
   bool device_memory = false;
   // Sets up state per decode worker on the first handoff to it and keeps it for the next ones (NCCL:
   // a communicator, about 0.7 s to make): the connector is long-lived and shared by the worker's jobs,
@@ -96,19 +100,25 @@ class HandoffConnector {
 class HandoffSink {
  public:
   virtual ~HandoffSink() = default;
-  // Host memory for the `bytes` of a rows chunk's data that a transport receives apart from the
-  // chunk's message (TCP: the frame's payload), `chunk` holding the rest: the transport reads the
+  // Memory for the `bytes` of a rows chunk's data that a transport receives apart from the chunk's
+  // message (TCP: the frame's payload), `chunk` holding the rest: the transport reads the
   // bytes straight into it and hands them to OnChunk as `rows`. Empty (the default): they go into
   // the message's rows.data. An error ends the stream as a broken one.
-  virtual absl::StatusOr<HostRows> LandRows(const v1::HandoffChunk& chunk, size_t bytes) {
-    return HostRows{};
+  // A transport that receives onto the GPU asks for `memory` kDevice: the sink's device area, or an
+  // error when it has none.
+  virtual absl::StatusOr<LandedRows> LandRows(const v1::HandoffChunk& chunk, size_t bytes,
+                                              RowsMemory memory = RowsMemory::kHost) {
+    if (memory == RowsMemory::kDevice) {
+      return absl::FailedPreconditionError("rows sent to device memory, but this sink has none to land them in");
+    }
+    return LandedRows{};
   }
   // Each chunk of a stream, in arrival order, with its rows bytes in `rows` when they landed in
   // LandRows's memory (rows.data then empty). `chunk` is the transport's receive buffer, not read
   // again: the sink may move the rows bytes out of it instead of copying them. A non-OK status
   // rejects the handoff: the transport stops reading, answers the sender with the error, and calls
   // nothing else for this stream.
-  virtual absl::Status OnChunk(v1::HandoffChunk& chunk, HostRows rows) = 0;
+  virtual absl::Status OnChunk(v1::HandoffChunk& chunk, LandedRows rows) = 0;
   // The sender finished the stream after the chunk naming `request_id`'s trailer was accepted.
   virtual v1::HandoffAck OnComplete(const std::string& request_id) = 0;
   // The stream broke (peer gone, cancelled, malformed frame) before completing. `request_id` may be
@@ -128,5 +138,17 @@ uint32_t ChunkChecksum(const v1::HandoffChunk& chunk, std::string_view rows_data
 void SealChunk(v1::HandoffChunk& chunk, std::string_view rows_data = {});
 // DATA_LOSS when the stored checksum does not match the body (the rows bytes taken as in RowsData).
 absl::Status VerifyChunkChecksum(const v1::HandoffChunk& chunk, std::string_view rows_data = {});
+// The same for a rows chunk whose rows bytes lie where the host cannot read them (device memory):
+// they are stood for by their own CRC-32, computed where they lie, and their length.
+struct RowsCrc {
+  uint32_t crc = 0;
+  size_t bytes = 0;
+};
+uint32_t ChunkChecksum(const v1::HandoffChunk& chunk, RowsCrc rows);
+void SealChunk(v1::HandoffChunk& chunk, RowsCrc rows);
+absl::Status VerifyChunkChecksum(const v1::HandoffChunk& chunk, RowsCrc rows);
+// The check a sink makes of a received chunk, wherever its rows landed: device rows by the CRC the
+// transport computed (DATA_LOSS when it computed none), host rows by their bytes.
+absl::Status VerifyChunkChecksum(const v1::HandoffChunk& chunk, const LandedRows& rows);
 
 }  // namespace indexcache

@@ -68,23 +68,32 @@ size_t KvRowBytes(const KvCacheSpec& spec, KvRowKind kind, int32_t count) {
 
 // ---- staging --------------------------------------------------------------------------------
 
-// The host area a segment's rows are copied to, and the copies into it (one per slice) that must end
-// before the area is reused.
+// The area a segment's rows are copied to (host, or device memory for a transport that sends from
+// the GPU), and the copies into it (one per slice) that must end before the area is reused.
 struct KvStaging {
   HostBuffer host;
+  Buffer device;
   std::vector<std::unique_ptr<AsyncHostCopy>> copies;
+
+  char* data() const { return static_cast<char*>(host.data() != nullptr ? host.data() : device.data()); }
+  size_t bytes() const { return host.data() != nullptr ? host.bytes() : device.bytes(); }
 };
 
-// Staging areas not in use. A segment's last handle returns its area from whichever thread drops it.
+// Staging areas of one kind of memory not in use. A segment's last handle returns its area from
+// whichever thread drops it.
 class KvStagingPool {
  public:
+  explicit KvStagingPool(RowsMemory memory) : memory_(memory) {}
+
+  RowsMemory memory() const { return memory_; }
+
   // An area of at least `bytes`: a free one that is large enough, else a new one (the free ones too
   // small for this export are dropped: exports tend to one size).
   absl::StatusOr<std::unique_ptr<KvStaging>> Take(Backend& backend, size_t bytes) {
     std::unique_ptr<KvStaging> staging;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      auto fits = std::find_if(free_.begin(), free_.end(), [&](const auto& s) { return s->host.bytes() >= bytes; });
+      auto fits = std::find_if(free_.begin(), free_.end(), [&](const auto& s) { return s->bytes() >= bytes; });
       if (fits != free_.end()) {
         staging = std::move(*fits);
         free_.erase(fits);
@@ -101,7 +110,11 @@ class KvStagingPool {
       return staging;
     }
     staging = std::make_unique<KvStaging>();
-    ASSIGN_OR_RETURN(staging->host, backend.AllocateHost(bytes));
+    if (memory_ == RowsMemory::kDevice) {
+      ASSIGN_OR_RETURN(staging->device, backend.Allocate(bytes));
+    } else {
+      ASSIGN_OR_RETURN(staging->host, backend.AllocateHost(bytes));
+    }
     return staging;
   }
 
@@ -111,6 +124,7 @@ class KvStagingPool {
   }
 
  private:
+  const RowsMemory memory_;
   std::mutex mu_;
   std::vector<std::unique_ptr<KvStaging>> free_;
 };
@@ -139,6 +153,7 @@ struct KvSegment::State {
 
 int32_t KvSegment::begin() const { return state_ == nullptr ? 0 : state_->begin; }
 int32_t KvSegment::end() const { return state_ == nullptr ? 0 : state_->end; }
+RowsMemory KvSegment::memory() const { return state_ == nullptr ? RowsMemory::kHost : state_->pool->memory(); }
 DType KvSegment::dtype() const { return state_ == nullptr ? DType::kF32 : state_->dtype; }
 
 const std::vector<KvSlice>& KvSegment::slices() const {
@@ -177,23 +192,26 @@ absl::Status KvSegment::Wait() const {
 }
 
 std::string_view KvSegment::bytes(const KvSlice& slice) const {
-  return std::string_view(static_cast<const char*>(state_->staging->host.data()) + slice.offset, slice.bytes);
+  return std::string_view(state_->staging->data() + slice.offset, slice.bytes);
 }
 
 // ---- KvExporter -----------------------------------------------------------------------------
 
 KvExporter::KvExporter(Backend& backend, const PagedKvCache& cache)
-    : backend_(backend), cache_(cache), pool_(std::make_shared<KvStagingPool>()) {}
+    : backend_(backend),
+      cache_(cache),
+      host_pool_(std::make_shared<KvStagingPool>(RowsMemory::kHost)),
+      device_pool_(std::make_shared<KvStagingPool>(RowsMemory::kDevice)) {}
 
 KvExporter::~KvExporter() = default;
 
-KvSegment KvExporter::Layout(int32_t begin, int32_t end) const {
+KvSegment KvExporter::Layout(int32_t begin, int32_t end, RowsMemory memory) const {
   const KvCacheSpec& spec = cache_.spec();
   auto state = std::make_shared<KvSegment::State>();
   state->begin = begin;
   state->end = end;
   state->dtype = spec.dtype;
-  state->pool = pool_;
+  state->pool = memory == RowsMemory::kDevice ? device_pool_ : host_pool_;
   size_t offset = 0;
   for (int32_t layer = 0; layer < spec.num_layers; ++layer) {
     for (KvRowKind kind : {KvRowKind::kLatent, KvRowKind::kIndexKey}) {
@@ -208,13 +226,13 @@ KvSegment KvExporter::Layout(int32_t begin, int32_t end) const {
   return segment;
 }
 
-absl::StatusOr<KvSegment> KvExporter::Begin(SequenceId seq, int32_t begin, int32_t end) {
+absl::StatusOr<KvSegment> KvExporter::Begin(SequenceId seq, int32_t begin, int32_t end, RowsMemory memory) {
   ASSIGN_OR_RETURN(std::vector<RowRun> runs, SlotRuns(cache_, seq, begin, end - begin));
-  KvSegment segment = Layout(begin, end);
+  KvSegment segment = Layout(begin, end, memory);
   if (end == begin) return segment;
 
   KvSegment::State* state = segment.state_.get();
-  ASSIGN_OR_RETURN(state->staging, pool_->Take(backend_, segment.bytes()));
+  ASSIGN_OR_RETURN(state->staging, state->pool->Take(backend_, segment.bytes()));
   state->staging->copies.resize(state->slices.size());
   state->exported.assign(cache_.spec().num_layers, false);
   state->slot_runs = std::move(runs);
@@ -234,7 +252,7 @@ void KvExporter::ExportLayer(const KvSegment& segment, int32_t layer) {
     absl::StatusOr<std::unique_ptr<AsyncHostCopy>> copy =
         backend_.DownloadRowsAsync(Pool(cache_, slice.layer, slice.kind),
                                    InBytes(s.slot_runs, slice.offset, KvRowBytes(cache_.spec(), slice.kind, 1)),
-                                   static_cast<char*>(s.staging->host.data()));
+                                   s.staging->data());
     if (copy.ok()) {
       copies.emplace_back(i, *std::move(copy));
     } else {
@@ -263,13 +281,13 @@ void KvExporter::End(const KvSegment& segment, const absl::Status& status) {
 }
 
 KvSegment KvExporter::Failed(int32_t begin, int32_t end, const absl::Status& why) const {
-  KvSegment segment = Layout(begin, end);
+  KvSegment segment = Layout(begin, end, RowsMemory::kHost);
   segment.state_->failure = why;
   return segment;
 }
 
-absl::StatusOr<KvSegment> KvExporter::Export(SequenceId seq, int32_t begin, int32_t end) {
-  ASSIGN_OR_RETURN(KvSegment segment, Begin(seq, begin, end));
+absl::StatusOr<KvSegment> KvExporter::Export(SequenceId seq, int32_t begin, int32_t end, RowsMemory memory) {
+  ASSIGN_OR_RETURN(KvSegment segment, Begin(seq, begin, end, memory));
   for (int32_t layer = 0; layer < cache_.spec().num_layers; ++layer) ExportLayer(segment, layer);
   End(segment, absl::OkStatus());
   return segment;
@@ -278,7 +296,7 @@ absl::StatusOr<KvSegment> KvExporter::Export(SequenceId seq, int32_t begin, int3
 // ---- KvImporter -----------------------------------------------------------------------------
 
 absl::Status KvImporter::Import(SequenceId seq, int32_t layer, KvRowKind kind, int32_t begin, int32_t count,
-                                HostRows rows) {
+                                LandedRows rows) {
   const KvCacheSpec& spec = cache_.spec();
   RETURN_IF_ERROR(CheckLayer(spec, layer, kind));
   if (rows.size != KvRowBytes(spec, kind, count)) {

@@ -48,7 +48,7 @@ class DecodeSession : public std::enable_shared_from_this<DecodeSession> {
     KvRowKind kind = KvRowKind::kLatent;
     int32_t begin = 0;
     int32_t count = 0;
-    HostRows rows;  // [count, width] in the cache's dtype, where they were received
+    LandedRows rows;  // [count, width] in the cache's dtype, where they were received
   };
   // The handoff's state, owned by whoever holds import_mu (the importer, chunk by chunk).
   struct Import {

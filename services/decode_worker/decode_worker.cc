@@ -64,8 +64,14 @@ absl::StatusOr<std::unique_ptr<DecodeWorker>> DecodeWorker::Create(const DecodeW
   const std::vector<IndexerType>& pattern = engine->config().indexer_types;
   const auto full = static_cast<int32_t>(std::count(pattern.begin(), pattern.end(), IndexerType::kFull));
   worker->metrics_ = std::make_unique<WorkerMetrics>(v1::DECODE, full, static_cast<int32_t>(pattern.size()) - full);
+  ImportOptions import = options.import;
+  worker->nccl_rows_ = options.nccl_rows.value_or(NcclRowsMemory(engine->cuda_device(), options.nccl_gpu));
+  if (options.nccl_gpu >= 0 && worker->nccl_rows_ == RowsMemory::kDevice) {
+    // NCCL receives straight onto this GPU: its rows land in device memory, as much as on the host.
+    import.device_receive_area_bytes = import.receive_area_bytes;
+  }
   worker->loop_ = std::make_unique<EngineLoop>(std::move(engine));
-  ASSIGN_OR_RETURN(worker->importer_, HandoffImporter::Create(*worker->loop_, options.import));
+  ASSIGN_OR_RETURN(worker->importer_, HandoffImporter::Create(*worker->loop_, import));
   // A request still waits for its handoff while its session is admitted and not decoding or ended.
   const MeteredHandoffSink::Awaited awaited = [importer = worker->importer_.get()](const std::string& id) {
     const std::shared_ptr<DecodeSession> session = importer->Find(id);
@@ -100,11 +106,12 @@ absl::Status DecodeWorker::StartDataPlanes() {
     }
     if (options_.nccl_gpu >= 0) {
       ASSIGN_OR_RETURN(HostPort control, SplitHostPort(options_.nccl_listen_address));
-      ASSIGN_OR_RETURN(std::unique_ptr<PeerChannelFactory> channels, MakeNcclChannelFactory(options_.nccl_gpu));
+      ASSIGN_OR_RETURN(std::unique_ptr<PeerChannelFactory> channels, options_.nccl_channels(options_.nccl_gpu));
       ASSIGN_OR_RETURN(nccl_server_, NcclHandoffServer::Start(control.host, control.port, importer_.get(),
                                                               std::move(channels),
                                                               {.io_timeout = options_.tcp_io_timeout,
-                                                               .token = options_.server.cluster_token}));
+                                                               .token = options_.server.cluster_token,
+                                                               .rows = nccl_rows_}));
       nccl_address_ = nccl_server_->address();
     }
     return absl::OkStatus();

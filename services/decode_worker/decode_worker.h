@@ -5,12 +5,15 @@
 // caller wires signals) → Wait.
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/engine/engine.h"
+#include "common/handoff/nccl/nccl_channel.h"
 #include "indexcache/v1/internal.pb.h"
 #include "services/common/worker_server.h"
 #include "services/decode_worker/handoff_importer.h"
@@ -44,6 +47,11 @@ struct DecodeWorkerOptions {
   // The NCCL handoff: this worker's GPU (a CUDA ordinal; -1: no NCCL handoff) and its control endpoint.
   int nccl_gpu = -1;
   std::string nccl_listen_address = "127.0.0.1:0";
+  // How the NCCL handoff's communicators are made on `nccl_gpu`: MakeNcclChannelFactory (tests pass
+  // an in-process loopback).
+  std::function<absl::StatusOr<std::unique_ptr<PeerChannelFactory>>(int gpu)> nccl_channels = MakeNcclChannelFactory;
+  // Where received rows land; unset: NcclRowsMemory (device memory when the engine runs on `nccl_gpu`).
+  std::optional<RowsMemory> nccl_rows;
 };
 
 class DecodeWorker {
@@ -85,6 +93,7 @@ class DecodeWorker {
   const DecodeWorkerOptions options_;
   std::string tcp_address_;
   std::string nccl_address_;
+  RowsMemory nccl_rows_ = RowsMemory::kHost;  // where NCCL lands rows
   // Destroyed in reverse: the server (it stops the data planes), the data planes, services, the
   // metered sinks, importer, metrics, then the engine loop they use.
   std::unique_ptr<EngineLoop> loop_;

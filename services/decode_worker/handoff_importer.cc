@@ -32,23 +32,31 @@ absl::Status Mismatch(const std::string& what, const std::string& theirs, const 
 
 absl::StatusOr<std::unique_ptr<HandoffImporter>> HandoffImporter::Create(EngineLoop& loop,
                                                                          const ImportOptions& options) {
-  // Rows wait in the area until a batch is complete: two batches and the largest chunk must fit.
-  if (2 * options.batch_bytes + kMaxHandoffChunkBytes > options.receive_area_bytes) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "a %d MiB import batch does not fit a %d MiB receive area (it needs 2 batches + %d MiB)",
-        options.batch_bytes >> 20, options.receive_area_bytes >> 20, kMaxHandoffChunkBytes >> 20));
+  // Rows wait in an area until a batch is complete: two batches and the largest chunk must fit.
+  auto create_area = [&](size_t bytes, RowsMemory memory) -> absl::StatusOr<std::shared_ptr<LandingArea>> {
+    if (2 * options.batch_bytes + kMaxHandoffChunkBytes > bytes) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "a %d MiB import batch does not fit a %d MiB receive area (it needs 2 batches + %d MiB)",
+          options.batch_bytes >> 20, bytes >> 20, kMaxHandoffChunkBytes >> 20));
+    }
+    return loop.Call([&](Engine& engine) { return engine.CreateReceiveArea(bytes, memory); });
+  };
+  ASSIGN_OR_RETURN(std::shared_ptr<LandingArea> area, create_area(options.receive_area_bytes, RowsMemory::kHost));
+  std::shared_ptr<LandingArea> device_area;
+  if (options.device_receive_area_bytes > 0) {
+    ASSIGN_OR_RETURN(device_area, create_area(options.device_receive_area_bytes, RowsMemory::kDevice));
   }
-  ASSIGN_OR_RETURN(std::shared_ptr<HostRowsPool> area, loop.Call([&](Engine& engine) {
-                     return engine.CreateReceiveArea(options.receive_area_bytes);
-                   }));
-  return std::unique_ptr<HandoffImporter>(new HandoffImporter(loop, options, std::move(area)));
+  return std::unique_ptr<HandoffImporter>(
+      new HandoffImporter(loop, options, std::move(area), std::move(device_area)));
 }
 
 HandoffImporter::HandoffImporter(EngineLoop& loop, const ImportOptions& options,
-                                 std::shared_ptr<HostRowsPool> receive_area)
+                                 std::shared_ptr<LandingArea> receive_area,
+                                 std::shared_ptr<LandingArea> device_receive_area)
     : loop_(loop),
       options_(options),
       receive_area_(std::move(receive_area)),
+      device_receive_area_(std::move(device_receive_area)),
       fingerprint_(loop.engine().model_fingerprint()),
       pattern_(FormatIndexPattern(loop.engine().config().indexer_types)),
       full_layers_(FullLayers(loop.engine().config())),
@@ -106,13 +114,18 @@ absl::Status NotAdmitted(const std::string& request_id) {
 
 }  // namespace
 
-absl::StatusOr<HostRows> HandoffImporter::LandRows(const v1::HandoffChunk& chunk, size_t bytes) {
+absl::StatusOr<LandedRows> HandoffImporter::LandRows(const v1::HandoffChunk& chunk, size_t bytes,
+                                                     RowsMemory memory) {
   // Area only for a request that waits for rows; a stray stream gets nothing to hold.
   if (Find(chunk.request_id()) == nullptr) return NotAdmitted(chunk.request_id());
-  return receive_area_->Take(bytes, absl::Now() + options_.receive_area_wait);
+  LandingArea* area = memory == RowsMemory::kDevice ? device_receive_area_.get() : receive_area_.get();
+  if (area == nullptr) {
+    return absl::FailedPreconditionError("rows sent to device memory, but this decode worker has no device receive area");
+  }
+  return area->Take(bytes, absl::Now() + options_.receive_area_wait);
 }
 
-absl::Status HandoffImporter::OnChunk(v1::HandoffChunk& chunk, HostRows rows) {
+absl::Status HandoffImporter::OnChunk(v1::HandoffChunk& chunk, LandedRows rows) {
   std::shared_ptr<DecodeSession> session = Find(chunk.request_id());
   if (session == nullptr) {
     ++rejected_;
@@ -127,7 +140,7 @@ absl::Status HandoffImporter::OnChunk(v1::HandoffChunk& chunk, HostRows rows) {
   return status;
 }
 
-absl::Status HandoffImporter::Apply(DecodeSession& session, v1::HandoffChunk& chunk, HostRows& rows) {
+absl::Status HandoffImporter::Apply(DecodeSession& session, v1::HandoffChunk& chunk, LandedRows& rows) {
   DecodeSession::Import& state = session.import;
   if (state.phase == Phase::kEnded) {
     return absl::FailedPreconditionError(absl::StrCat("request '", session.request_id(), "' has already ended"));
@@ -135,7 +148,7 @@ absl::Status HandoffImporter::Apply(DecodeSession& session, v1::HandoffChunk& ch
   if (state.phase != Phase::kAwaitingHeader && state.phase != Phase::kRows) {
     return absl::InvalidArgumentError(absl::StrFormat("chunk %d arrived after the trailer", chunk.sequence()));
   }
-  RETURN_IF_ERROR(VerifyChunkChecksum(chunk, rows.view()));
+  RETURN_IF_ERROR(VerifyChunkChecksum(chunk, rows));
   if (chunk.sequence() != state.next_sequence) {
     return absl::DataLossError(absl::StrFormat("chunk %d arrived where chunk %d was due (a gap or a repeat)",
                                                chunk.sequence(), state.next_sequence));
@@ -195,7 +208,7 @@ absl::Status HandoffImporter::CheckHeader(const v1::HandoffHeader& header, const
   return absl::OkStatus();
 }
 
-absl::Status HandoffImporter::AcceptRows(DecodeSession& session, v1::KvRows& rows, HostRows& landed) {
+absl::Status HandoffImporter::AcceptRows(DecodeSession& session, v1::KvRows& rows, LandedRows& landed) {
   const int32_t layer = rows.layer();
   if (layer < 0 || layer >= static_cast<int32_t>(full_layers_.size())) {
     return absl::InvalidArgumentError(absl::StrFormat("rows of layer %d: the model has %d layers", layer,
@@ -234,12 +247,12 @@ absl::Status HandoffImporter::AcceptRows(DecodeSession& session, v1::KvRows& row
                                                       v1::KvPayloadKind_Name(rows.kind()), layer, arrived, count,
                                                       width, DTypeName(dtype_)));
   }
-  // Little-endian rows are the host's layout; the import copies them to the device from where they
-  // landed, or from the received message's bytes, moved out of it uncopied.
+  // Little-endian rows are the host's layout; the import copies them into the pools from where they
+  // landed (host or device memory), or from the received message's bytes, moved out of it uncopied.
   DecodeSession::PendingRows pending{layer, kind, begin, count, std::move(landed)};
   if (pending.rows.empty()) {
     auto message_bytes = std::make_shared<std::string>(std::move(*rows.mutable_data()));
-    pending.rows = HostRows{message_bytes->data(), message_bytes->size(), message_bytes};
+    pending.rows = LandedRows{message_bytes->data(), message_bytes->size(), message_bytes};
   }
   have += count;
   session.import.bytes_to_come -= bytes;  // the checks above bound it by what the header promised

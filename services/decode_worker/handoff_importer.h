@@ -26,6 +26,10 @@ struct ImportOptions {
   // Received rows land in a host area of this size (pinned on CUDA: Engine::CreateReceiveArea), from
   // which the import copies them to the device; a transport waits while it is full.
   size_t receive_area_bytes = size_t{256} << 20;
+  // Rows a transport receives onto the GPU (NCCL from device memory) land in a device area of this
+  // size instead, from which the import copies them into the pools device to device; 0: none (a
+  // transport asking for device memory is refused).
+  size_t device_receive_area_bytes = 0;
   // Longest such wait before the handoff fails.
   absl::Duration receive_area_wait = absl::Seconds(60);
   // While much of the prompt is still to come, received rows go to the engine loop in batches of
@@ -50,24 +54,25 @@ class HandoffImporter final : public HandoffSink {
   // Handoffs refused or broken since start.
   uint64_t rejected() const { return rejected_; }
 
-  // Rows of an admitted request land in the receive area.
-  absl::StatusOr<HostRows> LandRows(const v1::HandoffChunk& chunk, size_t bytes) override;
-  absl::Status OnChunk(v1::HandoffChunk& chunk, HostRows rows) override;
+  // Rows of an admitted request land in the receive area of `memory`.
+  absl::StatusOr<LandedRows> LandRows(const v1::HandoffChunk& chunk, size_t bytes, RowsMemory memory) override;
+  absl::Status OnChunk(v1::HandoffChunk& chunk, LandedRows rows) override;
   v1::HandoffAck OnComplete(const std::string& request_id) override;
   void OnBroken(const std::string& request_id, const absl::Status& why) override;
 
  private:
-  HandoffImporter(EngineLoop& loop, const ImportOptions& options, std::shared_ptr<HostRowsPool> receive_area);
+  HandoffImporter(EngineLoop& loop, const ImportOptions& options, std::shared_ptr<LandingArea> receive_area,
+                  std::shared_ptr<LandingArea> device_receive_area);
 
   // The state machine; the caller holds the session's import_mu.
-  absl::Status Apply(DecodeSession& session, v1::HandoffChunk& chunk, HostRows& rows);
+  absl::Status Apply(DecodeSession& session, v1::HandoffChunk& chunk, LandedRows& rows);
   absl::Status CheckHeader(const v1::HandoffHeader& header, const DecodeSession& session) const;
   // Every row a prompt of this length ships: each layer's latent rows, the Full layers' index keys.
   size_t PromptRowBytes(int32_t prompt_tokens) const;
   // Validates the rows (`landed`, else the message's bytes) and queues them for the engine loop to
   // import (DecodeSession::QueueRows), without waiting for it: in batches, or at once near the end
   // (ImportOptions).
-  absl::Status AcceptRows(DecodeSession& session, v1::KvRows& rows, HostRows& landed);
+  absl::Status AcceptRows(DecodeSession& session, v1::KvRows& rows, LandedRows& landed);
   // Writes `batch` into the engine's cache; on the loop thread.
   static absl::Status ImportRows(Engine& engine, const DecodeSession& session,
                                  const std::vector<DecodeSession::PendingRows>& batch);
@@ -77,7 +82,8 @@ class HandoffImporter final : public HandoffSink {
 
   EngineLoop& loop_;
   const ImportOptions options_;
-  const std::shared_ptr<HostRowsPool> receive_area_;
+  const std::shared_ptr<LandingArea> receive_area_;
+  const std::shared_ptr<LandingArea> device_receive_area_;  // null without one
   // This engine's side of the header, read once.
   const std::string fingerprint_;
   const std::string pattern_;

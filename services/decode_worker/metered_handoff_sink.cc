@@ -2,7 +2,7 @@
 
 namespace indexcache {
 
-absl::Status MeteredHandoffSink::OnChunk(v1::HandoffChunk& chunk, HostRows rows) {
+absl::Status MeteredHandoffSink::OnChunk(v1::HandoffChunk& chunk, LandedRows rows) {
   const uint64_t size = chunk.ByteSizeLong() + rows.size;
   {
     std::lock_guard<std::mutex> lock(mu_);

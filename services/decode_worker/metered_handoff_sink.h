@@ -28,10 +28,10 @@ class MeteredHandoffSink final : public HandoffSink {
   MeteredHandoffSink(HandoffSink& inner, WorkerMetrics& metrics, v1::HandoffTransport transport, Awaited awaited)
       : inner_(inner), metrics_(metrics), transport_(transport), awaited_(std::move(awaited)) {}
 
-  absl::StatusOr<HostRows> LandRows(const v1::HandoffChunk& chunk, size_t bytes) override {
-    return inner_.LandRows(chunk, bytes);
+  absl::StatusOr<LandedRows> LandRows(const v1::HandoffChunk& chunk, size_t bytes, RowsMemory memory) override {
+    return inner_.LandRows(chunk, bytes, memory);
   }
-  absl::Status OnChunk(v1::HandoffChunk& chunk, HostRows rows) override;
+  absl::Status OnChunk(v1::HandoffChunk& chunk, LandedRows rows) override;
   v1::HandoffAck OnComplete(const std::string& request_id) override;
   void OnBroken(const std::string& request_id, const absl::Status& why) override;
 

@@ -95,6 +95,11 @@ struct PrefillJob::SinkState final : SegmentSink {
     std::lock_guard<std::mutex> lock(mu);
     return segments.size() < kMaxQueuedSegments;
   }
+  RowsMemory memory() const override { return staging; }
+
+  // Device memory when the handoff's transport sends from the GPU (set before the engine sees the
+  // request).
+  RowsMemory staging = RowsMemory::kHost;
 
   mutable std::mutex mu;
   std::condition_variable changed;
@@ -112,6 +117,10 @@ PrefillJob::PrefillJob(EngineLoop& loop, const PrefillJobOptions& options, JobCo
 PrefillJob::~PrefillJob() = default;
 
 bool PrefillJob::handoff_rejected() const { return transport_failed_ && control_.stopped().ok(); }
+
+const HandoffTransports& PrefillJob::Transports() const {
+  return options_.transports != nullptr ? *options_.transports : HandoffTransports::Defaults();
+}
 
 HandoffByteCounts PrefillJob::bytes() const { return sender_ != nullptr ? sender_->bytes() : HandoffByteCounts{}; }
 
@@ -146,6 +155,11 @@ absl::StatusOr<v1::PrefillDone> PrefillJob::RunToAck(const v1::PrefillRequest& r
 
 absl::Status PrefillJob::Submit(const v1::PrefillRequest& request, const SamplingParams& params) {
   std::vector<int32_t> prompt(request.prompt_ids().begin(), request.prompt_ids().end());
+  // Rows leave from where the transport reads them: the engine stages them on the GPU for one that
+  // sends from device memory (NCCL with the engine on its GPU), else in pinned host memory.
+  const HandoffConnector* connector = Transports().Find(request.transport());
+  state_->staging =
+      connector != nullptr && connector->capabilities().device_memory ? RowsMemory::kDevice : RowsMemory::kHost;
   state_->submitted_at = Clock::now();
   absl::StatusOr<RequestId> id = loop_.Call([&](Engine& engine) -> absl::StatusOr<RequestId> {
     ASSIGN_OR_RETURN(RequestId id, engine.SubmitPrefill(std::move(prompt), params, state_, request.handoff_from()));
@@ -169,10 +183,8 @@ absl::StatusOr<v1::PrefillDone> PrefillJob::Transfer(const v1::PrefillRequest& r
   const absl::Duration left = control_.deadline() - absl::Now();
   if (left <= absl::ZeroDuration()) return absl::DeadlineExceededError("the deadline passed before the handoff began");
   const absl::Duration connect_timeout = std::min(options_.connect_timeout, left);
-  const HandoffTransports& transports =
-      options_.transports != nullptr ? *options_.transports : HandoffTransports::Defaults();
   absl::StatusOr<std::unique_ptr<HandoffSender>> sender =
-      transports.Connect(request.transport(), request.handoff_address(), connect_timeout);
+      Transports().Connect(request.transport(), request.handoff_address(), connect_timeout);
   if (!sender.ok()) {
     transport_failed_ = true;
     return HandoffFailure(sender.status(), absl::StrCat("connecting the handoff to ", request.handoff_address()));
@@ -284,8 +296,10 @@ absl::Status PrefillJob::SendSegment(const KvSegment& segment) {
       rows->set_kind(ToProto(slice.kind));
       rows->set_begin_position(segment.begin() + first);
       rows->set_num_tokens(n);
-      // Sent from the staging memory where the export left them: no copy into the message.
-      RETURN_IF_ERROR(Send(chunk, bytes.substr(static_cast<size_t>(first) * row_bytes, n * row_bytes)));
+      // Sent from the staging memory where the export left them (host or device): no copy into the
+      // message.
+      RETURN_IF_ERROR(Send(chunk, bytes.substr(static_cast<size_t>(first) * row_bytes, n * row_bytes),
+                           segment.memory()));
     }
   }
   IC_LOG(Debug) << "prefill " << request_id_ << ": sent positions [" << segment.begin() << ", " << segment.end()
@@ -308,12 +322,18 @@ absl::Status PrefillJob::SendTrailer(const TokenEvent& first, const std::vector<
   return Send(chunk);
 }
 
-absl::Status PrefillJob::Send(v1::HandoffChunk& chunk, std::string_view rows_data) {
+absl::Status PrefillJob::Send(v1::HandoffChunk& chunk, std::string_view rows_data, RowsMemory memory) {
   chunk.set_request_id(request_id_);
   chunk.set_sequence(sequence_++);
   const Clock::time_point start = Clock::now();
-  SealChunk(chunk, rows_data);
-  absl::Status sent = sender_->Send(chunk, rows_data);
+  absl::Status sent;
+  if (memory == RowsMemory::kDevice) {
+    // The host cannot read device rows: the transport checksums them on the GPU and seals the chunk.
+    sent = sender_->SendDeviceRows(chunk, rows_data.data(), rows_data.size());
+  } else {
+    SealChunk(chunk, rows_data);
+    sent = sender_->Send(chunk, rows_data);
+  }
   send_time_ += absl::FromChrono(Clock::now() - start);
   if (!sent.ok()) {
     transport_failed_ = true;

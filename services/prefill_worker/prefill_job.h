@@ -92,6 +92,8 @@ class PrefillJob {
  private:
   struct SinkState;
 
+  // The options' transports, else the process's gRPC and TCP defaults.
+  const HandoffTransports& Transports() const;
   // Run, up to its end (which then wakes AwaitFirstToken).
   absl::StatusOr<::indexcache::v1::PrefillDone> RunToAck(const ::indexcache::v1::PrefillRequest& request,
                                                          const SamplingParams& params);
@@ -105,7 +107,8 @@ class PrefillJob {
   absl::Status SendSegment(const KvSegment& segment);
   // `first`: the first token, with its logprobs when the request asked for them.
   absl::Status SendTrailer(const TokenEvent& first, const std::vector<IndexerProbe>& probes);
-  absl::Status Send(::indexcache::v1::HandoffChunk& chunk, std::string_view rows_data = {});
+  absl::Status Send(::indexcache::v1::HandoffChunk& chunk, std::string_view rows_data = {},
+                    RowsMemory memory = RowsMemory::kHost);
   // Cancels the sender and frees the engine request (waiting for the engine to drop an unfinished one).
   void Discard();
 

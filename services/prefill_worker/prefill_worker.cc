@@ -33,6 +33,7 @@ absl::StatusOr<std::unique_ptr<PrefillWorker>> PrefillWorker::Create(const Prefi
   }
   std::unique_ptr<PrefillWorker> worker(new PrefillWorker(options));
   ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(options.engine));
+  const int engine_gpu = engine->cuda_device();
   const std::vector<IndexerType>& pattern = engine->config().indexer_types;
   const auto full = static_cast<int32_t>(std::count(pattern.begin(), pattern.end(), IndexerType::kFull));
   worker->metrics_ = std::make_unique<WorkerMetrics>(v1::PREFILL, full, static_cast<int32_t>(pattern.size()) - full);
@@ -43,9 +44,11 @@ absl::StatusOr<std::unique_ptr<PrefillWorker>> PrefillWorker::Create(const Prefi
   service.cluster_token = options.server.cluster_token;
   worker->transports_ = HandoffTransports::WithDefaults(options.server.cluster_token);
   if (options.nccl_gpu >= 0) {
-    ASSIGN_OR_RETURN(std::unique_ptr<PeerChannelFactory> channels, MakeNcclChannelFactory(options.nccl_gpu));
+    ASSIGN_OR_RETURN(std::unique_ptr<PeerChannelFactory> channels, options.nccl_channels(options.nccl_gpu));
     worker->transports_->Add(std::make_unique<NcclHandoffClient>(
-        std::move(channels), NcclHandoffOptions{.token = options.server.cluster_token}));
+        std::move(channels),
+        NcclHandoffOptions{.token = options.server.cluster_token,
+                           .rows = options.nccl_rows.value_or(NcclRowsMemory(engine_gpu, options.nccl_gpu))}));
   }
   service.job.transports = worker->transports_.get();
   worker->service_ = std::make_unique<PrefillService>(*worker->loop_, service, *worker->metrics_);

@@ -4,12 +4,15 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/engine/engine.h"
+#include "common/handoff/nccl/nccl_channel.h"
 #include "services/common/worker_server.h"
 
 namespace indexcache {
@@ -28,6 +31,11 @@ struct PrefillWorkerOptions {
   absl::Duration handoff_connect_timeout = absl::Seconds(5);
   // The NCCL handoff: this worker's GPU (a CUDA ordinal; -1: requests asking for NCCL are refused).
   int nccl_gpu = -1;
+  // How the NCCL handoff's communicators are made on `nccl_gpu`: MakeNcclChannelFactory (tests pass
+  // an in-process loopback).
+  std::function<absl::StatusOr<std::unique_ptr<PeerChannelFactory>>(int gpu)> nccl_channels = MakeNcclChannelFactory;
+  // Where its rows lie; unset: NcclRowsMemory (device memory when the engine runs on `nccl_gpu`).
+  std::optional<RowsMemory> nccl_rows;
 };
 
 class PrefillWorker {

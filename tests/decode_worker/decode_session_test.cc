@@ -12,7 +12,7 @@ namespace {
 
 DecodeSession::PendingRows Rows(int32_t begin, size_t bytes) {
   auto data = std::make_shared<std::string>(bytes, 'r');
-  return DecodeSession::PendingRows{0, KvRowKind::kLatent, begin, 1, HostRows{data->data(), bytes, data}};
+  return DecodeSession::PendingRows{0, KvRowKind::kLatent, begin, 1, LandedRows{data->data(), bytes, data}};
 }
 
 TEST(DecodeSessionTest, AnImportIsPostedOnceTheRowsWaitingWeighABatch) {

@@ -15,6 +15,7 @@
 #include "common/engine/engine.h"
 #include "common/handoff/handoff_transport.h"
 #include "common/handoff/handoff_transports.h"
+#include "common/handoff/nccl/nccl_handoff.h"
 #include "common/model/model_config.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
@@ -22,6 +23,7 @@
 #include "indexcache/v1/internal.grpc.pb.h"
 #include "nlohmann/json.hpp"
 #include "services/decode_worker/decode_worker.h"
+#include "tests/handoff/loopback_channel.h"
 #include "tests/service_common/worker_peers.h"
 
 namespace indexcache {
@@ -573,6 +575,63 @@ TEST_P(DecodeWorkerTest, HandoffThatNeverArrivesTimesOut) {
   EXPECT_THAT(status->error_message(), HasSubstr("no complete handoff"));
   ExpectAllBlocksFree();
 }
+
+// NCCL with the rows on the GPU, over the in-process loopback (the CPU backend's device memory is
+// host memory standing for the GPU's): rows sent from "device" memory land in the worker's device
+// receive area, are checked by their CRC computed on the "GPU", are imported into the pools from
+// there, and the decode equals the in-process engine's.
+class DecodeWorkerNcclDeviceRowsTest : public DecodeWorkerTest {
+ protected:
+  void SetUp() override {
+    DecodeWorkerOptions options = WorkerOptions();
+    options.nccl_gpu = 0;
+    options.nccl_channels = [fabric = fabric_](int) -> absl::StatusOr<std::unique_ptr<PeerChannelFactory>> {
+      return std::make_unique<::indexcache::testing::LoopbackFactory>(fabric);
+    };
+    options.nccl_rows = RowsMemory::kDevice;
+    StartWorker(options);
+  }
+
+  std::shared_ptr<::indexcache::testing::LoopbackFabric> fabric_ =
+      std::make_shared<::indexcache::testing::LoopbackFabric>();
+};
+
+TEST_P(DecodeWorkerNcclDeviceRowsTest, RowsReceivedIntoDeviceMemoryDecodeAsTheInProcessEngine) {
+  const std::vector<int32_t> prompt = Prompt(53, 3);
+  const std::vector<int32_t> want = LocalGreedy(*prefill_, prompt, 10);
+  std::unique_ptr<DecodeCall> call = StartDecode("nccl-device", prompt, Greedy(10));
+  ASSERT_TRUE(call->ReadAdmitted());
+  NcclHandoffClient client(std::make_unique<::indexcache::testing::LoopbackFactory>(fabric_),
+                           {.token = ::indexcache::testing::TestClusterToken(), .rows = RowsMemory::kDevice});
+  auto sender = client.Connect(call->admitted.handoff_address(), absl::Seconds(5));
+  ASSERT_TRUE(sender.ok()) << sender.status();
+  int rows_chunks = 0;
+  for (v1::HandoffChunk& chunk : PrefillHandoff(*prefill_, "nccl-device", prompt, 10)) {
+    if (!chunk.has_rows()) {
+      ASSERT_TRUE((*sender)->Send(chunk).ok());
+      continue;
+    }
+    const std::string rows = std::move(*chunk.mutable_rows()->mutable_data());
+    chunk.mutable_rows()->clear_data();
+    chunk.clear_checksum();  // sealed by the transport from the rows' CRC
+    ASSERT_TRUE((*sender)->SendDeviceRows(chunk, rows.data(), rows.size()).ok());
+    ++rows_chunks;
+  }
+  absl::StatusOr<v1::HandoffAck> ack = (*sender)->Finish();
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_TRUE(ack->accepted()) << ack->error();
+  std::optional<grpc::Status> status = call->Read();
+  ASSERT_TRUE(status && status->ok()) << (status ? status->error_message() : "");
+  EXPECT_EQ(call->tokens, want);
+  {
+    std::lock_guard<std::mutex> lock(fabric_->mu);
+    EXPECT_EQ(fabric_->device_crcs, 2 * rows_chunks) << "each rows chunk checksummed on both GPUs";
+  }
+  ExpectAllBlocksFree();
+}
+
+INSTANTIATE_TEST_SUITE_P(Nccl, DecodeWorkerNcclDeviceRowsTest, ::testing::Values(v1::HANDOFF_TRANSPORT_NCCL),
+                         [](const auto&) { return "Nccl"; });
 
 INSTANTIATE_TEST_SUITE_P(BothTransports, DecodeWorkerTest,
                          ::testing::Values(v1::HANDOFF_TRANSPORT_GRPC, v1::HANDOFF_TRANSPORT_TCP),

@@ -16,7 +16,7 @@ using ::indexcache::testing::Sample;
 // Accepts or refuses chunks and verdicts as told; records what it was called with.
 class ScriptedSink : public HandoffSink {
  public:
-  absl::Status OnChunk(v1::HandoffChunk& chunk, HostRows /*rows: never landed*/) override {
+  absl::Status OnChunk(v1::HandoffChunk& chunk, LandedRows /*rows: never landed*/) override {
     ++chunks;
     return chunk_verdict;
   }

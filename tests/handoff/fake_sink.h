@@ -20,16 +20,19 @@ namespace indexcache::testing {
 
 class FakeSink : public HandoffSink {
  public:
-  absl::StatusOr<HostRows> LandRows(const v1::HandoffChunk&, size_t bytes) override {
-    if (!land_rows) return HostRows{};
+  // kDevice rows land in host memory too (standing for the GPU's, as on the CPU backend), marked
+  // as device rows, so the transport must checksum them itself.
+  absl::StatusOr<LandedRows> LandRows(const v1::HandoffChunk&, size_t bytes, RowsMemory memory) override {
+    if (!land_rows && memory == RowsMemory::kHost) return LandedRows{};
     auto area = std::make_shared<std::string>(bytes, '\0');
     std::lock_guard<std::mutex> lock(mu_);
     ++landed_;
-    return HostRows{area->data(), bytes, area};
+    if (memory == RowsMemory::kDevice) ++landed_on_device_;
+    return LandedRows{.data = area->data(), .size = bytes, .keep = area, .memory = memory};
   }
-  absl::Status OnChunk(v1::HandoffChunk& chunk, HostRows rows) override {
+  absl::Status OnChunk(v1::HandoffChunk& chunk, LandedRows rows) override {
     std::lock_guard<std::mutex> lock(mu_);
-    absl::Status verdict = VerifyChunkChecksum(chunk, rows.view());
+    absl::Status verdict = VerifyChunkChecksum(chunk, rows);
     if (verdict.ok() && !rows.empty() && !chunk.rows().data().empty()) {
       verdict = absl::InvalidArgumentError("rows bytes both landed and in the message");
     }
@@ -42,7 +45,7 @@ class FakeSink : public HandoffSink {
       return verdict;
     }
     chunks_.push_back(chunk);
-    if (!rows.empty()) chunks_.back().mutable_rows()->set_data(std::string(rows.view()));
+    if (!rows.empty()) chunks_.back().mutable_rows()->set_data(std::string(rows.data, rows.size));
     accepted_.notify_all();
     return absl::OkStatus();
   }
@@ -92,6 +95,10 @@ class FakeSink : public HandoffSink {
     std::lock_guard<std::mutex> lock(mu_);
     return landed_;
   }
+  int landed_on_device() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return landed_on_device_;
+  }
 
   bool land_rows = false;  // set before the stream starts
 
@@ -104,6 +111,7 @@ class FakeSink : public HandoffSink {
   std::vector<std::pair<std::string, absl::Status>> broken_;
   absl::Status rejected_;
   int landed_ = 0;
+  int landed_on_device_ = 0;
 };
 
 // A sealed handoff of `request_id`: header, rows chunks of the given byte sizes (alternating LATENT

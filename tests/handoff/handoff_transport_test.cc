@@ -1,6 +1,6 @@
 // Both handoff transports end to end on loopback against a fake sink: delivery in order with bytes
 // intact, rejection of a corrupted chunk, a sender cancelled mid-stream, a stream cut before its
-// trailer; and the checksum against zlib directly.
+// trailer; and the checksum against zlib directly, also of rows stood for by their CRC (device rows).
 #include <zlib.h>
 
 #include <memory>
@@ -40,6 +40,31 @@ TEST(ChunkChecksum, AFlippedRowsByteIsDataLoss) {
   absl::Status status = VerifyChunkChecksum(chunk);
   EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(status.message(), HasSubstr("corrupt"));
+}
+
+// Rows that lie in device memory are stood for by their own CRC-32: the chunk's checksum from it is
+// zlib's over the whole serialized body, and a landed device range is checked by it (or refused
+// without one).
+TEST(ChunkChecksum, DeviceRowsAreCheckedByTheirOwnCrc) {
+  for (size_t bytes : {size_t{1}, size_t{1000}, size_t{200 * 1024}}) {
+    const v1::HandoffChunk chunk = MakeHandoff("r", {bytes})[1];
+    const std::string body = chunk.rows().SerializeAsString();
+    const uLong want = crc32(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(body.data()), body.size());
+    std::string rows = chunk.rows().data();
+    v1::HandoffChunk meta = chunk;
+    meta.mutable_rows()->clear_data();
+    const RowsCrc rows_crc{
+        .crc = static_cast<uint32_t>(crc32(0L, reinterpret_cast<const Bytef*>(rows.data()), rows.size())),
+        .bytes = rows.size()};
+    EXPECT_EQ(ChunkChecksum(meta, rows_crc), static_cast<uint32_t>(want)) << bytes << " bytes";
+
+    LandedRows landed{.data = rows.data(), .size = rows.size(), .memory = RowsMemory::kDevice};
+    EXPECT_EQ(VerifyChunkChecksum(meta, landed).code(), absl::StatusCode::kDataLoss) << "no CRC to check by";
+    landed.crc = rows_crc.crc;
+    EXPECT_TRUE(VerifyChunkChecksum(meta, landed).ok());
+    landed.crc = rows_crc.crc ^ 1;
+    EXPECT_EQ(VerifyChunkChecksum(meta, landed).code(), absl::StatusCode::kDataLoss);
+  }
 }
 
 TEST(HandoffAck, CarriesTheRejectionCode) {

@@ -14,6 +14,8 @@
 #include <mutex>
 #include <string>
 
+#include <zlib.h>
+
 #include "absl/strings/str_cat.h"
 #include "common/handoff/nccl/nccl_channel.h"
 #include "common/util/status_macros.h"
@@ -34,6 +36,8 @@ class LoopbackFabric {
   std::condition_variable changed;
   std::map<std::string, std::shared_ptr<Link>> links;  // guarded by mu, by unique id
   int ids_made = 0;                                     // guarded by mu
+  int device_crcs = 0;                                  // guarded by mu: DeviceRowsCrc32 calls
+  int corrupt_send = 0;  // guarded by mu: when > 0, the Send it counts down to flips a bit of its bytes
 };
 
 class LoopbackChannel final : public PeerChannel {
@@ -41,17 +45,21 @@ class LoopbackChannel final : public PeerChannel {
   LoopbackChannel(std::shared_ptr<LoopbackFabric> fabric, std::shared_ptr<LoopbackFabric::Link> link, int rank)
       : fabric_(std::move(fabric)), link_(std::move(link)), rank_(rank) {}
 
-  absl::Status Send(const void* host, size_t bytes, absl::Time deadline, const std::atomic<bool>* cancelled) override {
+  // "Device" memory is host memory here, as on the CPU backend: either kind moves the same way.
+  absl::Status Send(const void* host, size_t bytes, RowsMemory /*memory*/, absl::Time deadline,
+                    const std::atomic<bool>* cancelled) override {
     std::unique_lock<std::mutex> lock(fabric_->mu);
     if (dead_) return absl::UnavailableError("loopback channel aborted");
     const int peer = 1 - rank_;
-    link_->inbox[peer].emplace_back(static_cast<const char*>(host), bytes);
+    std::string& message = link_->inbox[peer].emplace_back(static_cast<const char*>(host), bytes);
+    if (fabric_->corrupt_send > 0 && --fabric_->corrupt_send == 0 && !message.empty()) message[message.size() / 2] ^= 0x10;
     const uint64_t mine = ++link_->sent[rank_];
     fabric_->changed.notify_all();
     return WaitFor(lock, deadline, cancelled, [&] { return link_->taken[peer] >= mine; });
   }
 
-  absl::Status Recv(void* host, size_t bytes, absl::Time deadline, const std::atomic<bool>* cancelled) override {
+  absl::Status Recv(void* host, size_t bytes, RowsMemory /*memory*/, absl::Time deadline,
+                    const std::atomic<bool>* cancelled) override {
     std::unique_lock<std::mutex> lock(fabric_->mu);
     if (dead_) return absl::UnavailableError("loopback channel aborted");
     RETURN_IF_ERROR(WaitFor(lock, deadline, cancelled, [&] { return !link_->inbox[rank_].empty(); }));
@@ -66,6 +74,15 @@ class LoopbackChannel final : public PeerChannel {
     }
     std::memcpy(host, message.data(), bytes);
     return absl::OkStatus();
+  }
+
+  // zlib's CRC-32 of the bytes (host memory standing for the GPU's); counts the calls.
+  absl::StatusOr<uint32_t> DeviceRowsCrc32(const void* device_data, size_t bytes, absl::Time /*deadline*/,
+                                       const std::atomic<bool>* /*cancelled*/) override {
+    std::lock_guard<std::mutex> lock(fabric_->mu);
+    if (dead_) return absl::UnavailableError("loopback channel aborted");
+    ++fabric_->device_crcs;
+    return static_cast<uint32_t>(crc32(0, static_cast<const Bytef*>(device_data), static_cast<uInt>(bytes)));
   }
 
   void Abort() override {

@@ -32,7 +32,7 @@ constexpr absl::Duration kIoTimeout = absl::Seconds(5);
 // Accepts every stream, keeping each request's chunks apart (FakeSink holds one stream).
 class PerRequestSink : public HandoffSink {
  public:
-  absl::Status OnChunk(v1::HandoffChunk& chunk, HostRows /*rows: never landed*/) override {
+  absl::Status OnChunk(v1::HandoffChunk& chunk, LandedRows /*rows: never landed*/) override {
     std::lock_guard<std::mutex> lock(mu_);
     std::vector<v1::HandoffChunk>& chunks = chunks_[chunk.request_id()];
     RETURN_IF_ERROR(VerifyChunkChecksum(chunk));
@@ -301,6 +301,88 @@ TEST_F(NcclHandoffTest, ReusingAnUnknownCommunicatorIsNotFound) {
   absl::StatusOr<v1::HandoffAck> ack = ReadAckFrame(connection);
   ASSERT_TRUE(ack.ok()) << ack.status();
   EXPECT_EQ(AckStatus(*ack).code(), absl::StatusCode::kNotFound);
+}
+
+// Both ends with their rows in device memory (NcclHandoffOptions::rows kDevice; the loopback's
+// "device" memory is host memory, as on the CPU backend).
+class NcclDeviceRowsTest : public NcclHandoffTest {
+ protected:
+  void SetUp() override {
+    auto server = NcclHandoffServer::Start("127.0.0.1", 0, &sink_, std::make_unique<LoopbackFactory>(fabric_),
+                                           {.io_timeout = kIoTimeout, .rows = RowsMemory::kDevice});
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    client_ = std::make_unique<NcclHandoffClient>(
+        std::make_unique<LoopbackFactory>(fabric_),
+        NcclHandoffOptions{.io_timeout = kIoTimeout, .rows = RowsMemory::kDevice});
+  }
+
+  // Sends `chunks` as a prefill worker with device staging does: rows bytes apart from the message and
+  // unsealed (SendDeviceRows), header and trailer as usual; then finishes. The verdict.
+  absl::Status PushFromDevice(const std::vector<v1::HandoffChunk>& chunks) {
+    std::unique_ptr<HandoffSender> sender = Connect();
+    if (sender == nullptr) return absl::UnavailableError("no connection");
+    for (const v1::HandoffChunk& chunk : chunks) {
+      if (!chunk.has_rows() || chunk.rows().data().empty()) {
+        RETURN_IF_ERROR(sender->Send(chunk));
+        continue;
+      }
+      v1::HandoffChunk meta = chunk;
+      const std::string rows = std::move(*meta.mutable_rows()->mutable_data());
+      meta.mutable_rows()->clear_data();
+      meta.clear_checksum();  // the transport seals it from the GPU's CRC
+      RETURN_IF_ERROR(sender->SendDeviceRows(meta, rows.data(), rows.size()));
+    }
+    absl::StatusOr<v1::HandoffAck> ack = sender->Finish();
+    return ack.ok() ? AckStatus(*ack) : ack.status();
+  }
+
+  int DeviceCrcs() {
+    std::lock_guard<std::mutex> lock(fabric_->mu);
+    return fabric_->device_crcs;
+  }
+};
+
+TEST_F(NcclDeviceRowsTest, RowsGoFromDeviceMemoryIntoTheSinksDeviceAreaSealedAsOnTheHost) {
+  EXPECT_TRUE(client_->capabilities().device_memory);
+  const std::vector<v1::HandoffChunk> chunks = MakeHandoff("req-d", {4096, 1000, 3 << 20, 0, 12});
+  ASSERT_TRUE(PushFromDevice(chunks).ok());
+
+  // Every rows chunk landed in device memory, checksummed on each end's GPU; the checksum the sender
+  // sealed from the rows' CRC equals the one the host computes over the whole body (MakeHandoff's).
+  EXPECT_EQ(sink_.landed_on_device(), 4);
+  EXPECT_EQ(DeviceCrcs(), 8);
+  const std::vector<v1::HandoffChunk> got = sink_.chunks();
+  ASSERT_EQ(got.size(), chunks.size());
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    EXPECT_EQ(got[i].SerializeAsString(), chunks[i].SerializeAsString()) << "chunk " << i;
+  }
+  EXPECT_EQ(sink_.completed(), std::vector<std::string>{"req-d"});
+}
+
+TEST_F(NcclDeviceRowsTest, RowsCorruptedOnTheWayAreRejectedByTheirDeviceChecksum) {
+  const std::vector<v1::HandoffChunk> chunks = MakeHandoff("req-e", {4096, 4096, 4096});
+  {
+    std::lock_guard<std::mutex> lock(fabric_->mu);
+    fabric_->corrupt_send = 2;  // the second rows payload loses a bit in transit
+  }
+  const absl::Status verdict = PushFromDevice(chunks);
+  EXPECT_EQ(verdict.code(), absl::StatusCode::kDataLoss) << verdict;
+  ASSERT_TRUE(sink_.WaitForEnd());
+  EXPECT_EQ(sink_.rejected().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(sink_.chunks().size(), 2u);  // header and the first rows chunk
+  EXPECT_EQ(client_->communicators(), 1u) << "the data's fault, not the communicator's";
+}
+
+TEST_F(NcclHandoffTest, ATransportWithoutDeviceMemoryRefusesDeviceRows) {
+  EXPECT_FALSE(client_->capabilities().device_memory);
+  std::unique_ptr<HandoffSender> sender = Connect();
+  ASSERT_NE(sender, nullptr);
+  v1::HandoffChunk meta = MakeHandoff("req-f", {64})[1];
+  const std::string rows = meta.rows().data();
+  meta.mutable_rows()->clear_data();
+  EXPECT_EQ(sender->SendDeviceRows(meta, rows.data(), rows.size()).code(), absl::StatusCode::kFailedPrecondition);
+  sender->Cancel();
 }
 
 TEST(NcclChannelFactory, ABadGpuOrdinalIsAnErrorNotACrash) {

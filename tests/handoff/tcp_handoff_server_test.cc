@@ -127,7 +127,7 @@ class GatedLandingSink : public HandoffSink {
  public:
   explicit GatedLandingSink(std::string gated) : gated_(std::move(gated)) {}
 
-  absl::StatusOr<HostRows> LandRows(const v1::HandoffChunk& chunk, size_t bytes) override {
+  absl::StatusOr<LandedRows> LandRows(const v1::HandoffChunk& chunk, size_t bytes, RowsMemory /*memory*/) override {
     if (chunk.request_id() == gated_) {
       std::unique_lock<std::mutex> lock(mu_);
       ++gated_waiting_;
@@ -135,9 +135,9 @@ class GatedLandingSink : public HandoffSink {
       changed_.wait_for(lock, std::chrono::seconds(20), [&] { return released_; });
     }
     auto area = std::make_shared<std::string>(bytes, '\0');
-    return HostRows{area->data(), bytes, area};
+    return LandedRows{area->data(), bytes, area};
   }
-  absl::Status OnChunk(v1::HandoffChunk& chunk, HostRows rows) override {
+  absl::Status OnChunk(v1::HandoffChunk& chunk, LandedRows rows) override {
     return VerifyChunkChecksum(chunk, rows.view());
   }
   v1::HandoffAck OnComplete(const std::string& request_id) override { return MakeAck(absl::OkStatus()); }

@@ -2,7 +2,7 @@
 // Full layers' index-key rows of its positions, in layer order, read through the block table (the
 // blocks are deliberately not contiguous); the values are checked against a formula of (layer, kind,
 // position, column) written straight into the pools, not against another export. Import writes
-// received rows at the right slots and refuses rows of the wrong size, Shared layers' index keys and
+// received rows at the right slots (from host or device memory) and refuses rows of the wrong size, Shared layers' index keys and
 // positions past the reservation. Staging areas are reused across exports without mixing rows.
 #include "common/kv/kv_segment.h"
 
@@ -81,42 +81,48 @@ class KvSegmentTest : public testing::Test {
   std::unique_ptr<PagedKvCache> cache_;
 };
 
+// Staged in host memory, and in device memory (Backend::Allocate: host memory on the CPU backend, so
+// the test reads it) for a transport that sends from the GPU: the same rows either way.
 TEST_F(KvSegmentTest, ExportsEveryLayersLatentAndFullLayersIndexKeysInLayerOrder) {
   ReserveInterleaved(13);
   Fill(1, 13);
   KvExporter exporter(*backend_, *cache_);
-  absl::StatusOr<KvSegment> segment = exporter.Export(1, 3, 11);
-  ASSERT_TRUE(segment.ok()) << segment.status();
-  ASSERT_TRUE(segment->Wait().ok());
-  EXPECT_EQ(segment->begin(), 3);
-  EXPECT_EQ(segment->end(), 11);
-  EXPECT_EQ(segment->dtype(), DType::kF32);
+  for (RowsMemory memory : {RowsMemory::kHost, RowsMemory::kDevice}) {
+    SCOPED_TRACE(memory == RowsMemory::kHost ? "host staging" : "device staging");
+    absl::StatusOr<KvSegment> segment = exporter.Export(1, 3, 11, memory);
+    ASSERT_TRUE(segment.ok()) << segment.status();
+    ASSERT_TRUE(segment->Wait().ok());
+    EXPECT_EQ(segment->memory(), memory);
+    EXPECT_EQ(segment->begin(), 3);
+    EXPECT_EQ(segment->end(), 11);
+    EXPECT_EQ(segment->dtype(), DType::kF32);
 
-  const std::vector<std::pair<int32_t, KvRowKind>> want_order = {{0, KvRowKind::kLatent},
-                                                                  {0, KvRowKind::kIndexKey},
-                                                                  {1, KvRowKind::kLatent},
-                                                                  {2, KvRowKind::kLatent},
-                                                                  {2, KvRowKind::kIndexKey}};
-  ASSERT_EQ(segment->slices().size(), want_order.size());
-  size_t offset = 0;
-  for (size_t i = 0; i < want_order.size(); ++i) {
-    const KvSlice& slice = segment->slices()[i];
-    EXPECT_EQ(slice.layer, want_order[i].first);
-    EXPECT_EQ(slice.kind, want_order[i].second);
-    const int32_t width = slice.kind == KvRowKind::kLatent ? 6 : 4;
-    EXPECT_EQ(slice.offset, offset);
-    ASSERT_EQ(slice.bytes, size_t(8) * width * sizeof(float));
-    offset += slice.bytes;
-    std::vector<float> rows(slice.bytes / sizeof(float));
-    std::memcpy(rows.data(), segment->bytes(slice).data(), slice.bytes);
-    for (int32_t t = 0; t < 8; ++t) {
-      for (int32_t c = 0; c < width; ++c) {
-        EXPECT_EQ(rows[size_t(t) * width + c], Value(slice.layer, slice.kind, 3 + t, c))
-            << "layer " << slice.layer << " position " << 3 + t << " column " << c;
+    const std::vector<std::pair<int32_t, KvRowKind>> want_order = {{0, KvRowKind::kLatent},
+                                                                    {0, KvRowKind::kIndexKey},
+                                                                    {1, KvRowKind::kLatent},
+                                                                    {2, KvRowKind::kLatent},
+                                                                    {2, KvRowKind::kIndexKey}};
+    ASSERT_EQ(segment->slices().size(), want_order.size());
+    size_t offset = 0;
+    for (size_t i = 0; i < want_order.size(); ++i) {
+      const KvSlice& slice = segment->slices()[i];
+      EXPECT_EQ(slice.layer, want_order[i].first);
+      EXPECT_EQ(slice.kind, want_order[i].second);
+      const int32_t width = slice.kind == KvRowKind::kLatent ? 6 : 4;
+      EXPECT_EQ(slice.offset, offset);
+      ASSERT_EQ(slice.bytes, size_t(8) * width * sizeof(float));
+      offset += slice.bytes;
+      std::vector<float> rows(slice.bytes / sizeof(float));
+      std::memcpy(rows.data(), segment->bytes(slice).data(), slice.bytes);
+      for (int32_t t = 0; t < 8; ++t) {
+        for (int32_t c = 0; c < width; ++c) {
+          EXPECT_EQ(rows[size_t(t) * width + c], Value(slice.layer, slice.kind, 3 + t, c))
+              << "layer " << slice.layer << " position " << 3 + t << " column " << c;
+        }
       }
     }
+    EXPECT_EQ(segment->bytes(), offset);
   }
-  EXPECT_EQ(segment->bytes(), offset);
 }
 
 TEST_F(KvSegmentTest, StagingIsReusedWithoutMixingRows) {
@@ -179,7 +185,7 @@ TEST_F(KvSegmentTest, ImportWritesTheRowsAtTheirSlots) {
   for (int32_t t = 0; t < 5; ++t) {
     for (int32_t c = 0; c < 4; ++c) rows[size_t(t) * 4 + c] = Value(2, KvRowKind::kIndexKey, 5 + t, c);
   }
-  const HostRows bytes{reinterpret_cast<char*>(rows.data()), rows.size() * sizeof(float), nullptr};
+  const LandedRows bytes{reinterpret_cast<char*>(rows.data()), rows.size() * sizeof(float), nullptr};
   ASSERT_TRUE(importer.Import(1, 2, KvRowKind::kIndexKey, 5, 5, bytes).ok());
   for (int32_t pos = 5; pos < 10; ++pos) {
     const float* row = Row(1, 2, KvRowKind::kIndexKey, pos);
@@ -198,7 +204,7 @@ TEST_F(KvSegmentTest, ImportAcrossAdjacentBlocksWritesOnlyItsPositionsAndRelease
   }
   KvImporter importer(*backend_, *cache_);
   std::weak_ptr<std::vector<float>> watch = rows;
-  HostRows host{reinterpret_cast<char*>(rows->data()), rows->size() * sizeof(float), rows};
+  LandedRows host{reinterpret_cast<char*>(rows->data()), rows->size() * sizeof(float), rows};
   rows.reset();
   ASSERT_TRUE(importer.Import(1, 0, KvRowKind::kLatent, 3, 10, std::move(host)).ok());
   ASSERT_TRUE(backend_->Synchronize().ok());
@@ -216,7 +222,7 @@ TEST_F(KvSegmentTest, ImportRefusesWrongSizesSharedLayersKeysAndUnreservedPositi
   ASSERT_TRUE(cache_->Reserve(1, 8).ok());
   KvImporter importer(*backend_, *cache_);
   std::string zeros(size_t(4) * 4 * sizeof(float), '\0');
-  const HostRows four_rows{zeros.data(), zeros.size(), nullptr};
+  const LandedRows four_rows{zeros.data(), zeros.size(), nullptr};
 
   absl::Status short_rows = importer.Import(1, 0, KvRowKind::kIndexKey, 0, 5, four_rows);
   EXPECT_EQ(short_rows.code(), absl::StatusCode::kInvalidArgument);

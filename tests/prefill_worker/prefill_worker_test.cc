@@ -17,6 +17,7 @@
 #include "common/engine/engine.h"
 #include "common/engine/engine_loop.h"
 #include "common/handoff/handoff_transport.h"
+#include "common/handoff/nccl/nccl_handoff.h"
 #include "common/model/model_config.h"
 #include "common/model/prefill_cost.h"
 #include "gmock/gmock.h"
@@ -25,6 +26,8 @@
 #include "services/common/worker_metrics.h"
 #include "services/common/worker_server.h"
 #include "services/prefill_worker/prefill_service.h"
+#include "tests/handoff/fake_sink.h"
+#include "tests/handoff/loopback_channel.h"
 #include "tests/prefill_worker/test_peers.h"
 #include "tests/service_common/worker_peers.h"
 
@@ -376,6 +379,45 @@ TEST_F(PrefillWorkerTest, AnNcclRequestToAWorkerWithoutNcclFailsAndFreesTheKv) {
   // The set's FAILED_PRECONDITION, read as a refused handoff (ABORTED), with the hint kept.
   EXPECT_EQ(status.error_code(), grpc::StatusCode::ABORTED) << status.error_message();
   EXPECT_THAT(status.error_message(), HasSubstr("--nccl-gpu"));
+  ExpectAllKvFree();
+}
+
+// NCCL with the rows on the GPU, over the in-process loopback: the engine stages its rows in device
+// memory (the CPU backend's Allocate, host memory standing for the GPU's), the transport sends them
+// from there, sealed from their CRC computed on the "GPU", and the decode side lands them in device
+// memory and checks them by their CRC. The rows are the in-process engine's, every checksum holds
+// over the whole body, and no row went through host staging.
+TEST_F(PrefillWorkerTest, HandsOffFromDeviceMemoryOverNccl) {
+  auto fabric = std::make_shared<::indexcache::testing::LoopbackFabric>();
+  PrefillWorkerOptions options = Options();
+  options.nccl_gpu = 0;
+  options.nccl_channels = [fabric](int) -> absl::StatusOr<std::unique_ptr<PeerChannelFactory>> {
+    return std::make_unique<::indexcache::testing::LoopbackFactory>(fabric);
+  };
+  options.nccl_rows = RowsMemory::kDevice;
+  StartWorker(options);
+  ::indexcache::testing::FakeSink sink;
+  auto server = NcclHandoffServer::Start("127.0.0.1", 0, &sink,
+                                         std::make_unique<::indexcache::testing::LoopbackFactory>(fabric),
+                                         {.token = ::indexcache::testing::TestClusterToken(), .rows = RowsMemory::kDevice});
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::vector<int32_t> prompt = Prompt(41, 2);
+  v1::PrefillRequest request = Request("nccl-device", prompt);
+  request.set_transport(v1::HANDOFF_TRANSPORT_NCCL);
+  request.set_handoff_address((*server)->address());
+  v1::PrefillDone response;
+  const grpc::Status status = Prefill(request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_TRUE(sink.WaitForEnd());
+  EXPECT_EQ(sink.completed(), std::vector<std::string>{"nccl-device"});
+  const std::vector<v1::HandoffChunk> chunks = sink.chunks();
+  ExpectHandoffOf(prompt, "nccl-device", chunks, response);
+  const int rows_chunks = static_cast<int>(chunks.size()) - 2;  // all but the header and the trailer
+  EXPECT_EQ(sink.landed_on_device(), rows_chunks);
+  {
+    std::lock_guard<std::mutex> lock(fabric->mu);
+    EXPECT_EQ(fabric->device_crcs, 2 * rows_chunks) << "each rows chunk checksummed on both GPUs";
+  }
   ExpectAllKvFree();
 }
 

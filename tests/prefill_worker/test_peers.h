@@ -101,7 +101,7 @@ class FakeDecode final : public v1::KvHandoff::Service {
 // A decode worker's side of the TCP data plane: accepts every handoff and records its chunks.
 class RecordingSink final : public HandoffSink {
  public:
-  absl::Status OnChunk(v1::HandoffChunk& chunk, HostRows /*rows: never landed*/) override {
+  absl::Status OnChunk(v1::HandoffChunk& chunk, LandedRows /*rows: never landed*/) override {
     std::lock_guard<std::mutex> lock(mu_);
     chunks_.push_back(chunk);
     return absl::OkStatus();

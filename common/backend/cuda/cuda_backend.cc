@@ -153,7 +153,7 @@ void CudaBackend::UploadRows(const char* host, absl::Span<const RowRun> runs, Te
   for (const RowRun& run : runs) {
     char* to = static_cast<char*>(dst.data) + static_cast<size_t>(run.row) * dst.stride * elem;
     enqueued = CheckCuda(cudaMemcpy2DAsync(to, dst.stride * elem, host + run.host_offset, row_bytes, row_bytes,
-                                           run.rows, cudaMemcpyHostToDevice, stream_),
+                                           run.rows, cudaMemcpyDefault, stream_),  // host or device rows
                          "upload rows");
     if (!enqueued) break;
   }
@@ -275,7 +275,7 @@ absl::StatusOr<std::unique_ptr<AsyncHostCopy>> CudaBackend::DownloadRowsAsync(Te
   for (size_t i = 0; enqueued && i < runs.size(); ++i) {
     const char* from = static_cast<const char*>(src.data) + static_cast<size_t>(runs[i].row) * src.stride * elem;
     enqueued = CheckCuda(cudaMemcpy2DAsync(host + runs[i].host_offset, row_bytes, from, src.stride * elem, row_bytes,
-                                           runs[i].rows, cudaMemcpyDeviceToHost, copy_stream_),
+                                           runs[i].rows, cudaMemcpyDefault, copy_stream_),  // to host or device
                          "copy to host");
   }
   enqueued = enqueued && CheckCuda(cudaEventRecord(done, copy_stream_), "copy to host");

@@ -34,6 +34,7 @@ class CudaBackend final : public Backend {
   std::string_view name() const override { return "cuda"; }
   DType weight_dtype() const override { return DType::kBF16; }
   DType activation_dtype() const override { return DType::kBF16; }
+  int cuda_device() const override { return device_; }
 
   absl::StatusOr<Buffer> Allocate(size_t bytes) override;
   void Free(void* data) override;

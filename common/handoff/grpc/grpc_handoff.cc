@@ -41,7 +41,7 @@ grpc::Status KvHandoffService::Push(grpc::ServerContext* context, grpc::ServerRe
       *ack = MakeAck(malformed);
       return grpc::Status::OK;
     }
-    if (absl::Status verdict = sink_->OnChunk(chunk, HostRows{}); !verdict.ok()) {
+    if (absl::Status verdict = sink_->OnChunk(chunk, LandedRows{}); !verdict.ok()) {
       IC_LOG(Debug) << "handoff of request '" << request_id << "' rejected: " << verdict;
       *ack = MakeAck(verdict);
       return grpc::Status::OK;

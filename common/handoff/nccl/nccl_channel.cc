@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/handoff/nccl/device_crc32.h"
 #include "common/handoff/nccl/nccl_channel.h"
 #include "common/util/status_macros.h"
 
@@ -46,43 +47,62 @@ class NcclChannel final : public PeerChannel {
     cudaStreamDestroy(stream_);
   }
 
-  absl::Status Send(const void* host, size_t bytes, absl::Time deadline, const std::atomic<bool>* cancelled) override {
-    return Transfer(/*send=*/true, const_cast<void*>(host), bytes, deadline, cancelled);
+  absl::Status Send(const void* data, size_t bytes, RowsMemory memory, absl::Time deadline,
+                    const std::atomic<bool>* cancelled) override {
+    return Transfer(/*send=*/true, const_cast<void*>(data), bytes, memory, deadline, cancelled);
   }
 
-  absl::Status Recv(void* host, size_t bytes, absl::Time deadline, const std::atomic<bool>* cancelled) override {
-    return Transfer(/*send=*/false, host, bytes, deadline, cancelled);
+  absl::Status Recv(void* data, size_t bytes, RowsMemory memory, absl::Time deadline,
+                    const std::atomic<bool>* cancelled) override {
+    return Transfer(/*send=*/false, data, bytes, memory, deadline, cancelled);
+  }
+
+  absl::StatusOr<uint32_t> DeviceRowsCrc32(const void* device_data, size_t bytes, absl::Time deadline,
+                                       const std::atomic<bool>* cancelled) override {
+    if (dead_) return absl::UnavailableError("the NCCL handoff communicator was aborted after an earlier failure");
+    cudaSetDevice(device_);
+    absl::Status status = crc_.Enqueue(device_data, bytes, stream_);
+    if (status.ok()) status = Wait(deadline, cancelled, "checksumming handoff rows", /*until_stream_done=*/true);
+    if (!status.ok()) {
+      AbortComm();
+      dead_ = true;
+      return status;
+    }
+    return crc_.Result();
   }
 
   void Abort() override { abort_requested_ = true; }
 
  private:
-  // Host rows go through staging_, a device buffer of this channel's GPU: H2D copy then ncclSend, or
-  // ncclRecv then D2H copy, all on stream_. (Device-resident rows — the CUDA backend's pools — would
-  // be passed to ncclSend/ncclRecv directly here, with no staging copy.)
-  absl::Status Transfer(bool send, void* host, size_t bytes, absl::Time deadline,
+  // Device rows go to ncclSend/ncclRecv where they lie. Host rows go through staging_, a device buffer
+  // of this channel's GPU: H2D copy then ncclSend, or ncclRecv then D2H copy, all on stream_.
+  absl::Status Transfer(bool send, void* data, size_t bytes, RowsMemory memory, absl::Time deadline,
                         const std::atomic<bool>* cancelled) {
     if (dead_) return absl::UnavailableError("the NCCL handoff communicator was aborted after an earlier failure");
     if (bytes == 0) return absl::OkStatus();
     cudaSetDevice(device_);
-    absl::Status status = EnsureStaging(bytes);
-    if (status.ok() && send) {
-      status = CudaStatus(cudaMemcpyAsync(staging_, host, bytes, cudaMemcpyHostToDevice, stream_),
+    const bool staged = memory == RowsMemory::kHost;
+    absl::Status status = staged ? EnsureStaging(bytes) : absl::OkStatus();
+    if (status.ok() && staged && send) {
+      status = CudaStatus(cudaMemcpyAsync(staging_, data, bytes, cudaMemcpyHostToDevice, stream_),
                           "staging handoff rows on the GPU");
     }
+    void* on_gpu = staged ? staging_ : data;
     const absl::string_view what = send ? "sending handoff rows" : "receiving handoff rows";
     if (status.ok()) {
-      const ncclResult_t issued = send ? ncclSend(staging_, bytes, ncclUint8, peer_, comm_, stream_)
-                                       : ncclRecv(staging_, bytes, ncclUint8, peer_, comm_, stream_);
+      const ncclResult_t issued = send ? ncclSend(on_gpu, bytes, ncclUint8, peer_, comm_, stream_)
+                                       : ncclRecv(on_gpu, bytes, ncclUint8, peer_, comm_, stream_);
       if (issued != ncclSuccess && issued != ncclInProgress) {
         status = NcclStatus(issued, comm_, send ? "ncclSend" : "ncclRecv");
       }
     }
-    // The copy back may only be queued once NCCL has put the receive on the stream.
-    if (status.ok() && !send) status = Wait(deadline, cancelled, what, /*until_stream_done=*/false);
-    if (status.ok() && !send) {
-      status = CudaStatus(cudaMemcpyAsync(host, staging_, bytes, cudaMemcpyDeviceToHost, stream_),
-                          "copying received handoff rows to the host");
+    if (status.ok() && staged && !send) {
+      // The copy back may only be queued once NCCL has put the receive on the stream.
+      status = Wait(deadline, cancelled, what, /*until_stream_done=*/false);
+      if (status.ok()) {
+        status = CudaStatus(cudaMemcpyAsync(data, staging_, bytes, cudaMemcpyDeviceToHost, stream_),
+                            "copying received handoff rows to the host");
+      }
     }
     if (status.ok()) status = Wait(deadline, cancelled, what, /*until_stream_done=*/true);
     if (!status.ok()) {
@@ -142,6 +162,7 @@ class NcclChannel final : public PeerChannel {
   cudaStream_t stream_;
   void* staging_ = nullptr;
   size_t staging_bytes_ = 0;
+  DeviceCrc32 crc_;
   bool dead_ = false;
   std::atomic<bool> abort_requested_{false};
 };

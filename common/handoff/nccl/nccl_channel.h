@@ -3,10 +3,10 @@
 // (nccl_handoff.h) talks only to these interfaces, so tests run it over an in-process loopback
 // (tests/handoff/loopback_channel.h) on machines without a GPU; MakeNcclChannelFactory is the real one.
 //
-// Rows live in host memory today (the CPU backend's caches), so Send and Recv take host bytes and
-// stage them through a device buffer on the channel's GPU. The CUDA backend's device-resident pools
-// can skip that: a device-memory overload of Send/Recv hands its pointer straight to ncclSend/ncclRecv
-// (nccl_channel.cc marks the spot); the ticket ordering and the control channel stay as they are.
+// Rows come from and go to host memory (a CPU engine's staging, staged through a device buffer of the
+// channel's GPU) or device memory of the channel's GPU (a CUDA engine on that GPU: handed to
+// ncclSend/ncclRecv where they lie, with no staging copy). The ticket ordering and the control
+// channel are the same either way.
 #pragma once
 
 #include <atomic>
@@ -16,6 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/kv/landed_rows.h"
 
 namespace indexcache {
 
@@ -25,13 +26,18 @@ namespace indexcache {
 class PeerChannel {
  public:
   virtual ~PeerChannel() = default;
-  // Sends `bytes` bytes of host memory to the other rank; returns once they have left this end.
-  // Fails with DEADLINE_EXCEEDED past `deadline`, CANCELLED once `*cancelled` turns true (checked
-  // while waiting), or the communicator's error.
-  virtual absl::Status Send(const void* host, size_t bytes, absl::Time deadline,
+  // Sends `bytes` bytes of `memory` (device memory: of this channel's GPU) to the other rank; returns
+  // once they have left this end. Fails with DEADLINE_EXCEEDED past `deadline`, CANCELLED once
+  // `*cancelled` turns true (checked while waiting), or the communicator's error.
+  virtual absl::Status Send(const void* data, size_t bytes, RowsMemory memory, absl::Time deadline,
                             const std::atomic<bool>* cancelled) = 0;
-  // Receives exactly `bytes` bytes from the other rank into host memory, same failures.
-  virtual absl::Status Recv(void* host, size_t bytes, absl::Time deadline, const std::atomic<bool>* cancelled) = 0;
+  // Receives exactly `bytes` bytes from the other rank into `memory`, same failures.
+  virtual absl::Status Recv(void* data, size_t bytes, RowsMemory memory, absl::Time deadline,
+                            const std::atomic<bool>* cancelled) = 0;
+  // The CRC-32 (zlib's) of `bytes` bytes of this channel's GPU's memory at `device_data`, computed on
+  // the GPU (the handoff's checksum of rows the host never sees), same failures.
+  virtual absl::StatusOr<uint32_t> DeviceRowsCrc32(const void* device_data, size_t bytes, absl::Time deadline,
+                                               const std::atomic<bool>* cancelled) = 0;
   // Breaks the channel from any thread: a call waiting now fails soon, later calls at once.
   virtual void Abort() = 0;
 };

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <optional>
 #include <random>
 #include <vector>
@@ -53,6 +54,12 @@ absl::StatusOr<std::optional<v1::NcclControl>> ReadControl(FramedConnection& con
 
 absl::Status WriteAck(FramedConnection& connection, const absl::Status& status) {
   return connection.WriteFrame(FrameKind::kAck, MakeAck(status).SerializeAsString(), {});
+}
+
+// `bytes` of host memory in `data` (resized), which the caller keeps: where rows land in a message.
+absl::StatusOr<LandedRows> InString(std::string& data, size_t bytes) {
+  data.resize(bytes);
+  return LandedRows{.data = data.data(), .size = bytes};
 }
 
 // Unique across the prefill workers a decode worker serves: process id and 64 random bits.
@@ -114,8 +121,11 @@ class NcclHandoffServer::Communicators {
     return comm;
   }
 
-  // Receives ticket `payload.ticket` into `dest`, after every earlier ticket of the communicator.
-  absl::Status Receive(NcclReceiverComm& comm, const v1::NcclPayload& payload, std::string& dest) {
+  // Receives ticket `payload.ticket` into `dest` (payload.bytes of `memory`, from `land`), after every
+  // earlier ticket of the communicator; device rows also get their CRC-32, computed on the GPU while
+  // this thread still owns the channel.
+  absl::Status Receive(NcclReceiverComm& comm, const v1::NcclPayload& payload, RowsMemory memory,
+                       const std::function<absl::StatusOr<LandedRows>(size_t)>& land, LandedRows& dest) {
     if (payload.bytes() == 0 || payload.bytes() > kMaxHandoffChunkBytes) {
       Kill(comm);
       return absl::InvalidArgumentError(absl::StrFormat("an NCCL rows payload of %d bytes (1 to %d allowed)",
@@ -139,9 +149,24 @@ class NcclHandoffServer::Communicators {
                           payload.ticket(), absl::FormatDuration(timeout_), expected));
       }
     }
-    // This thread owns the channel until it moves next_ticket on: later tickets wait above.
-    dest.resize(payload.bytes());
-    absl::Status received = comm.channel->Recv(dest.data(), dest.size(), absl::Now() + timeout_, nullptr);
+    // This thread owns the channel until it moves next_ticket on: later tickets wait above. A ticket
+    // with nowhere to land is still received (and dropped), so the sender is not left inside ncclSend
+    // and the communicator stays good; the landing's error then ends this handoff.
+    absl::StatusOr<LandedRows> landed = land(payload.bytes());
+    absl::Status received;
+    if (landed.ok()) {
+      dest = *std::move(landed);
+      received = comm.channel->Recv(dest.data, payload.bytes(), memory, absl::Now() + timeout_, nullptr);
+      if (received.ok() && memory == RowsMemory::kDevice) {
+        absl::StatusOr<uint32_t> crc =
+            comm.channel->DeviceRowsCrc32(dest.data, payload.bytes(), absl::Now() + timeout_, nullptr);
+        received = crc.status();
+        if (crc.ok()) dest.crc = *crc;
+      }
+    } else {
+      std::string dropped(payload.bytes(), '\0');
+      received = comm.channel->Recv(dropped.data(), dropped.size(), RowsMemory::kHost, absl::Now() + timeout_, nullptr);
+    }
     if (!received.ok()) {
       Kill(comm);
       return received;
@@ -151,7 +176,7 @@ class NcclHandoffServer::Communicators {
       ++comm.next_ticket;
     }
     comm.changed.notify_all();
-    return absl::OkStatus();
+    return landed.status();
   }
 
   // Aborts `comm` (waiting receivers fail) and forgets it.
@@ -270,9 +295,9 @@ void NcclHandoffServer::Serve(FramedConnection& connection) {
     ReplyAndClose(connection, MakeAck(comm.status()));
     return;
   }
-  // Reads a chunk; a rows chunk's bytes come over the communicator, in ticket order.
-  // The rows land in the message: NCCL receives them through a device buffer of its own.
-  auto read_chunk = [&](v1::HandoffChunk& chunk, HostRows& /*rows*/) -> absl::StatusOr<bool> {
+  // Reads a chunk; a rows chunk's bytes come over the communicator, in ticket order: into the sink's
+  // device area when rows lie on the GPU, else into the message (through the channel's device buffer).
+  auto read_chunk = [&](v1::HandoffChunk& chunk, LandedRows& rows) -> absl::StatusOr<bool> {
     ASSIGN_OR_RETURN(std::optional<v1::NcclControl> control, ReadControl(connection));
     if (!control.has_value()) return false;
     if (!control->has_chunk()) {
@@ -285,7 +310,16 @@ void NcclHandoffServer::Serve(FramedConnection& connection) {
         communicators_->Kill(**comm);
         return absl::InvalidArgumentError("an NCCL payload must belong to a rows chunk whose data is left empty");
       }
-      RETURN_IF_ERROR(communicators_->Receive(**comm, control->payload(), *chunk.mutable_rows()->mutable_data()));
+      if (options_.rows == RowsMemory::kDevice) {
+        RETURN_IF_ERROR(communicators_->Receive(
+            **comm, control->payload(), RowsMemory::kDevice,
+            [&](size_t bytes) { return sink_->LandRows(chunk, bytes, RowsMemory::kDevice); }, rows));
+      } else {
+        std::string& data = *chunk.mutable_rows()->mutable_data();
+        LandedRows in_message;
+        RETURN_IF_ERROR(communicators_->Receive(**comm, control->payload(), RowsMemory::kHost,
+                                                [&](size_t bytes) { return InString(data, bytes); }, in_message));
+      }
     }
     return true;
   };
@@ -300,8 +334,12 @@ void NcclHandoffServer::Serve(FramedConnection& connection) {
   for (;;) {
     absl::StatusOr<std::optional<v1::NcclControl>> control = ReadControl(connection);
     if (!control.ok() || !control->has_value()) break;
+    LandedRows dropped;
     if ((*control)->has_payload() &&
-        !communicators_->Receive(**comm, (*control)->payload(), discarded).ok()) {
+        !communicators_
+             ->Receive(**comm, (*control)->payload(), RowsMemory::kHost,
+                       [&](size_t bytes) { return InString(discarded, bytes); }, dropped)
+             .ok()) {
       break;
     }
   }
@@ -325,54 +363,27 @@ struct NcclHandoffClient::Pair {
 class NcclHandoffSender final : public HandoffSender {
  public:
   NcclHandoffSender(NcclHandoffClient& client, std::shared_ptr<NcclHandoffClient::Pair> pair,
-                    std::unique_ptr<FramedConnection> connection, absl::Duration io_timeout)
+                    std::unique_ptr<FramedConnection> connection, const NcclHandoffOptions& options)
       : client_(client),
         pair_(std::move(pair)),
         connection_(std::move(connection)),
         verdict_(*connection_),
-        io_timeout_(io_timeout) {}
+        io_timeout_(options.io_timeout),
+        rows_memory_(options.rows) {}
 
   using HandoffSender::Send;
   absl::Status Send(const v1::HandoffChunk& chunk, std::string_view rows_data) override {
-    if (cancelled_) return absl::CancelledError("the handoff was cancelled");
-    RETURN_IF_ERROR(verdict_.CheckCanSend());
-    // An early verdict is a rejection: stop before pushing rows the decode worker will discard.
-    if (verdict_.AckWaiting()) return verdict_.TakeEarlyAck();
     const std::string_view data = RowsData(chunk, rows_data);
-    const bool on_gpu = chunk.has_rows() && !data.empty();
-    v1::NcclControl control;
-    *control.mutable_chunk() = on_gpu ? WithoutRowsData(chunk) : chunk;
-    absl::Status sent;
-    bool control_failed = false;
-    if (!on_gpu) {
-      sent = WriteControl(*connection_, control);
-      control_failed = !sent.ok();
-    } else {
-      std::lock_guard<std::mutex> lock(pair_->mu);
-      if (pair_->dead) {
-        sent = absl::UnavailableError(
-            absl::StrCat("the NCCL communicator to ", pair_->address, " was aborted by an earlier failure"));
-      } else {
-        control.mutable_payload()->set_ticket(pair_->next_ticket);
-        control.mutable_payload()->set_bytes(data.size());
-        sent = WriteControl(*connection_, control);
-        control_failed = !sent.ok();
-        if (sent.ok()) {
-          ++pair_->next_ticket;
-          sent = pair_->channel->Send(data.data(), data.size(), absl::Now() + io_timeout_, &cancelled_);
-        }
-        // Either way the two ends may now disagree on the tickets: this communicator is done.
-        if (!sent.ok()) client_.Drop(*pair_);
-      }
+    if (!chunk.has_rows() || data.empty()) return SendControl(chunk);
+    return SendRows(WithoutRowsData(chunk), data, RowsMemory::kHost, /*seal=*/false);
+  }
+
+  absl::Status SendDeviceRows(const v1::HandoffChunk& chunk, const char* device_rows, size_t bytes) override {
+    if (rows_memory_ != RowsMemory::kDevice) return HandoffSender::SendDeviceRows(chunk, device_rows, bytes);
+    if (!chunk.has_rows() || bytes == 0) {
+      return absl::InvalidArgumentError(absl::StrCat("chunk ", chunk.sequence(), " carries no rows to send"));
     }
-    if (!sent.ok()) {
-      if (cancelled_) return absl::CancelledError("the handoff was cancelled");
-      // A control write that failed: the decode worker may have rejected and closed; its ack says why.
-      return control_failed ? verdict_.AfterFailedWrite(sent) : verdict_.Fail(sent);
-    }
-    const size_t rows_bytes = on_gpu ? data.size() : 0;
-    CountChunkBytes(chunk, rows_data, kFramePrefixBytes + control.ByteSizeLong() + rows_bytes, bytes_);
-    return absl::OkStatus();
+    return SendRows(chunk, std::string_view(device_rows, bytes), RowsMemory::kDevice, /*seal=*/true);
   }
 
   absl::StatusOr<v1::HandoffAck> Finish() override {
@@ -388,11 +399,77 @@ class NcclHandoffSender final : public HandoffSender {
   const HandoffByteCounts& bytes() const override { return bytes_; }
 
  private:
+  // An early verdict is a rejection: stop before pushing rows the decode worker will discard.
+  absl::Status CheckCanSend() {
+    if (cancelled_) return absl::CancelledError("the handoff was cancelled");
+    RETURN_IF_ERROR(verdict_.CheckCanSend());
+    if (verdict_.AckWaiting()) return verdict_.TakeEarlyAck();
+    return absl::OkStatus();
+  }
+
+  // A header or trailer, whole on the control connection.
+  absl::Status SendControl(const v1::HandoffChunk& chunk) {
+    RETURN_IF_ERROR(CheckCanSend());
+    v1::NcclControl control;
+    *control.mutable_chunk() = chunk;
+    if (absl::Status sent = WriteControl(*connection_, control); !sent.ok()) {
+      if (cancelled_) return absl::CancelledError("the handoff was cancelled");
+      return verdict_.AfterFailedWrite(sent);  // the decode worker may have rejected and closed; its ack says why
+    }
+    CountChunkBytes(chunk, {}, kFramePrefixBytes + control.ByteSizeLong(), bytes_);
+    return absl::OkStatus();
+  }
+
+  // A rows chunk (`meta`, its data field empty) whose bytes `data` lie in `memory`: the metadata on the
+  // control connection with the pair's next ticket, the bytes over NCCL. With `seal`, the chunk is
+  // sealed here from the bytes' CRC-32 computed on the GPU (device rows the host cannot read).
+  absl::Status SendRows(v1::HandoffChunk meta, std::string_view data, RowsMemory memory, bool seal) {
+    RETURN_IF_ERROR(CheckCanSend());
+    v1::NcclControl control;
+    absl::Status sent;
+    bool control_failed = false;
+    {
+      std::lock_guard<std::mutex> lock(pair_->mu);
+      if (pair_->dead) {
+        sent = absl::UnavailableError(
+            absl::StrCat("the NCCL communicator to ", pair_->address, " was aborted by an earlier failure"));
+      } else {
+        if (seal) {
+          absl::StatusOr<uint32_t> crc =
+              pair_->channel->DeviceRowsCrc32(data.data(), data.size(), absl::Now() + io_timeout_, &cancelled_);
+          sent = crc.status();
+          if (crc.ok()) SealChunk(meta, RowsCrc{.crc = *crc, .bytes = data.size()});
+        }
+        if (sent.ok()) {
+          *control.mutable_chunk() = std::move(meta);
+          control.mutable_payload()->set_ticket(pair_->next_ticket);
+          control.mutable_payload()->set_bytes(data.size());
+          sent = WriteControl(*connection_, control);
+          control_failed = !sent.ok();
+        }
+        if (sent.ok()) {
+          ++pair_->next_ticket;
+          sent = pair_->channel->Send(data.data(), data.size(), memory, absl::Now() + io_timeout_, &cancelled_);
+        }
+        // Either way the two ends may now disagree on the tickets: this communicator is done.
+        if (!sent.ok()) client_.Drop(*pair_);
+      }
+    }
+    if (!sent.ok()) {
+      if (cancelled_) return absl::CancelledError("the handoff was cancelled");
+      // A control write that failed: the decode worker may have rejected and closed; its ack says why.
+      return control_failed ? verdict_.AfterFailedWrite(sent) : verdict_.Fail(sent);
+    }
+    CountChunkBytes(control.chunk(), data, kFramePrefixBytes + control.ByteSizeLong() + data.size(), bytes_);
+    return absl::OkStatus();
+  }
+
   NcclHandoffClient& client_;
   const std::shared_ptr<NcclHandoffClient::Pair> pair_;
   const std::unique_ptr<FramedConnection> connection_;
   SenderVerdict verdict_;
   const absl::Duration io_timeout_;
+  const RowsMemory rows_memory_;
   std::atomic<bool> cancelled_{false};
   HandoffByteCounts bytes_;
 };
@@ -462,7 +539,7 @@ absl::StatusOr<std::unique_ptr<HandoffSender>> NcclHandoffClient::Connect(const 
     }
     if (status.ok()) {
       return std::unique_ptr<HandoffSender>(
-          new NcclHandoffSender(*this, pair, std::move(connection), options_.io_timeout));
+          new NcclHandoffSender(*this, pair, std::move(connection), options_));
     }
     const bool forgotten = pair->joined && absl::IsNotFound(status);
     Drop(*pair);

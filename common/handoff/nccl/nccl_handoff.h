@@ -9,7 +9,8 @@
 // pair also carries a fresh ncclUniqueId, the decode worker answers with an ack frame, and both ends
 // join the communicator (the id travels on the control plane, never through a file or a store). Then,
 // per chunk: header and trailer whole in a control frame; a rows chunk's metadata in a control frame
-// with an NcclPayload {ticket, bytes}, its bytes right after by ncclSend → ncclRecv, after which the
+// with an NcclPayload {ticket, bytes}, its bytes right after by ncclSend → ncclRecv (from and into
+// device memory when the engines' rows lie there, NcclHandoffOptions::rows), after which the
 // decode worker hands the reassembled chunk to its HandoffSink — the same checks (CRC-32, sequence,
 // fingerprint/pattern via the header, rows continuity, trailer probes) and the same rejection acks as
 // the other transports.
@@ -46,7 +47,19 @@ struct NcclHandoffOptions {
   // Proved on every control connection before its first message (tcp/handshake.h); none: no
   // handshake. (`{}`: designated initializers that leave it out raise no -Wmissing-field-initializers.)
   ClusterToken token{};
+  // Where this worker's rows lie. kDevice when the worker's engine runs on the communicators' GPU:
+  // the prefill side sends from the engine's device staging (SendDeviceRows) and the decode side
+  // receives into its sink's device area (LandRows kDevice), each checksummed on the GPU — no host
+  // copy at either end. kHost: rows are staged through a device buffer of the channel.
+  RowsMemory rows = RowsMemory::kHost;
 };
+
+// Where a worker's NCCL handoff moves rows: straight from and into device memory when its engine runs
+// on the communicators' GPU (`engine_cuda_device`, -1 off the GPU, equal to `nccl_gpu`), else host
+// memory staged through the channel's device buffer.
+inline RowsMemory NcclRowsMemory(int engine_cuda_device, int nccl_gpu) {
+  return engine_cuda_device >= 0 && engine_cuda_device == nccl_gpu ? RowsMemory::kDevice : RowsMemory::kHost;
+}
 
 // Decode-worker side: the control endpoint, and the communicators prefill workers opened to it.
 class NcclHandoffServer {
@@ -95,8 +108,10 @@ class NcclHandoffClient final : public HandoffConnector {
 
   v1::HandoffTransport transport() const override { return v1::HANDOFF_TRANSPORT_NCCL; }
   std::string_view name() const override { return "nccl"; }
-  // Rows are staged through a device buffer, not sent from device memory (yet): device_memory false.
-  HandoffCapabilities capabilities() const override { return {.device_memory = false, .needs_peer_setup = true}; }
+  // device_memory when the rows lie on the GPU (NcclHandoffOptions::rows).
+  HandoffCapabilities capabilities() const override {
+    return {.device_memory = options_.rows == RowsMemory::kDevice, .needs_peer_setup = true};
+  }
   // A handoff to the decode worker whose NCCL control endpoint is `address` ("ip:port").
   absl::StatusOr<std::unique_ptr<HandoffSender>> Connect(const std::string& address,
                                                          absl::Duration connect_timeout) override;

@@ -11,7 +11,7 @@ v1::HandoffAck HandoffStreamReceiver::Broken(const absl::Status& why) {
 }
 
 std::optional<v1::HandoffAck> HandoffStreamReceiver::Take(const absl::StatusOr<bool>& read, v1::HandoffChunk& chunk,
-                                                          HostRows rows) {
+                                                          LandedRows rows) {
   if (!read.ok()) return Broken(read.status());
   if (!*read) {
     if (!trailer_accepted_) {
@@ -42,7 +42,7 @@ v1::HandoffAck ServeHandoffStream(HandoffSink& sink, const ChunkReader& read_nex
   HandoffStreamReceiver stream(sink);
   for (;;) {
     v1::HandoffChunk chunk;
-    HostRows rows;
+    LandedRows rows;
     const absl::StatusOr<bool> read = read_next(chunk, rows);
     if (std::optional<v1::HandoffAck> verdict = stream.Take(read, chunk, std::move(rows))) return *verdict;
   }

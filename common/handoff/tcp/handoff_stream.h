@@ -21,7 +21,7 @@ class HandoffStreamReceiver {
   // them, HandoffSink::LandRows), the end frame (false) or the failure that broke the stream.
   // nullopt: read on. An ack: the stream is over — the sink has seen OnComplete, OnBroken, or
   // rejected a chunk — and the ack is the verdict to send back; nothing more may be taken.
-  std::optional<v1::HandoffAck> Take(const absl::StatusOr<bool>& read, v1::HandoffChunk& chunk, HostRows rows);
+  std::optional<v1::HandoffAck> Take(const absl::StatusOr<bool>& read, v1::HandoffChunk& chunk, LandedRows rows);
 
  private:
   v1::HandoffAck Broken(const absl::Status& why);
@@ -33,7 +33,7 @@ class HandoffStreamReceiver {
 
 // Reads a connection's next frame into `chunk` (cleared) and, when the sink landed them
 // (HandoffSink::LandRows), its rows bytes into `rows`: true for a chunk, false at the end frame.
-using ChunkReader = std::function<absl::StatusOr<bool>(v1::HandoffChunk& chunk, HostRows& rows)>;
+using ChunkReader = std::function<absl::StatusOr<bool>(v1::HandoffChunk& chunk, LandedRows& rows)>;
 // A whole stream read by a blocking `read_next`, through a HandoffStreamReceiver. Returns the verdict
 // to send back.
 v1::HandoffAck ServeHandoffStream(HandoffSink& sink, const ChunkReader& read_next);

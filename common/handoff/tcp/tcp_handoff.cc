@@ -76,7 +76,7 @@ class HandoffStreamService final : public ConnectionService {
     std::optional<v1::HandoffAck> verdict;
     while (!verdict.has_value()) {
       v1::HandoffChunk chunk;
-      HostRows rows;
+      LandedRows rows;
       const absl::StatusOr<bool> read = co_await ReadChunk(connection, bound, chunk, rows);
       verdict = co_await OffIoThreads(sink_threads_, [&] { return stream.Take(read, chunk, std::move(rows)); });
     }
@@ -89,7 +89,7 @@ class HandoffStreamService final : public ConnectionService {
   // (no copy between the socket and the decode worker's receive area). True for a chunk, false at the
   // end frame.
   asio::awaitable<absl::StatusOr<bool>> ReadChunk(AsyncFramedConnection& connection, RowsFrameBound& bound,
-                                                  v1::HandoffChunk& chunk, HostRows& rows) {
+                                                  v1::HandoffChunk& chunk, LandedRows& rows) {
     CO_ASSIGN_OR_RETURN(const FramePrefix prefix, co_await connection.ReadPrefix());
     if (prefix.kind == FrameKind::kAck) co_return absl::InvalidArgumentError("a handoff sender sent an ack frame");
     if (prefix.kind == FrameKind::kEnd) {

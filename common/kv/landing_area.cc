@@ -1,4 +1,4 @@
-#include "common/kv/host_rows_pool.h"
+#include "common/kv/landing_area.h"
 
 #include <algorithm>
 #include <iterator>
@@ -16,23 +16,36 @@ size_t AlignUp(size_t bytes) { return (bytes + kAlignment - 1) / kAlignment * kA
 
 }  // namespace
 
-absl::StatusOr<std::shared_ptr<HostRowsPool>> HostRowsPool::Create(Backend& backend, size_t capacity_bytes) {
-  ASSIGN_OR_RETURN(HostBuffer area, backend.AllocateHost(AlignUp(std::max<size_t>(capacity_bytes, 1))));
-  return std::shared_ptr<HostRowsPool>(new HostRowsPool(std::move(area)));
+absl::StatusOr<std::shared_ptr<LandingArea>> LandingArea::Create(Backend& backend, size_t capacity_bytes,
+                                                                 RowsMemory memory) {
+  const size_t bytes = AlignUp(std::max<size_t>(capacity_bytes, 1));
+  if (memory == RowsMemory::kDevice) {
+    ASSIGN_OR_RETURN(Buffer area, backend.Allocate(bytes));
+    return std::shared_ptr<LandingArea>(new LandingArea(HostBuffer(), std::move(area)));
+  }
+  ASSIGN_OR_RETURN(HostBuffer area, backend.AllocateHost(bytes));
+  return std::shared_ptr<LandingArea>(new LandingArea(std::move(area), Buffer()));
 }
 
-HostRowsPool::HostRowsPool(HostBuffer area) : area_(std::move(area)) { free_.emplace(0, area_.bytes()); }
+LandingArea::LandingArea(HostBuffer host, Buffer device)
+    : host_(std::move(host)),
+      device_(std::move(device)),
+      base_(static_cast<char*>(host_.data() != nullptr ? host_.data() : device_.data())),
+      capacity_(host_.data() != nullptr ? host_.bytes() : device_.bytes()),
+      memory_(host_.data() != nullptr ? RowsMemory::kHost : RowsMemory::kDevice) {
+  free_.emplace(0, capacity_);
+}
 
-size_t HostRowsPool::in_use() const {
+size_t LandingArea::in_use() const {
   std::lock_guard<std::mutex> lock(mu_);
   return in_use_;
 }
 
-absl::StatusOr<HostRows> HostRowsPool::Take(size_t bytes, absl::Time deadline) {
+absl::StatusOr<LandedRows> LandingArea::Take(size_t bytes, absl::Time deadline) {
   const size_t length = AlignUp(std::max<size_t>(bytes, 1));
-  if (length > area_.bytes()) {
-    return absl::ResourceExhaustedError(absl::StrFormat(
-        "%d bytes of rows do not fit the %d-byte receive area at all", bytes, area_.bytes()));
+  if (length > capacity_) {
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("%d bytes of rows do not fit the %d-byte receive area at all", bytes, capacity_));
   }
   std::unique_lock<std::mutex> lock(mu_);
   size_t offset = 0;
@@ -49,19 +62,19 @@ absl::StatusOr<HostRows> HostRowsPool::Take(size_t bytes, absl::Time deadline) {
     if (returned_.wait_until(lock, absl::ToChronoTime(deadline)) == std::cv_status::timeout) {
       return absl::DeadlineExceededError(absl::StrFormat(
           "no room for %d bytes of rows: %d of the %d-byte receive area still wait for their import", bytes,
-          in_use_, area_.bytes()));
+          in_use_, capacity_));
     }
   }
   in_use_ += length;
-  char* data = static_cast<char*>(area_.data()) + offset;
+  char* data = base_ + offset;
   // The keep holds the pool too, so a range outliving every other owner still has somewhere to go back.
   std::shared_ptr<const void> keep(data, [pool = shared_from_this(), offset, length](const void*) {
     pool->Return(offset, length);
   });
-  return HostRows{data, bytes, std::move(keep)};
+  return LandedRows{.data = data, .size = bytes, .keep = std::move(keep), .memory = memory_};
 }
 
-void HostRowsPool::Return(size_t offset, size_t length) {
+void LandingArea::Return(size_t offset, size_t length) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     in_use_ -= length;
