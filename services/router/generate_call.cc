@@ -67,7 +67,7 @@ grpc::Status GenerateCall::Run() {
   std::vector<std::string> failed_decode;
   std::vector<std::string> failed_prefill;
   absl::Status first_failure;  // before any token: why the request is retried
-  absl::Status moving;         // after tokens: the last failure the stream migrates away from
+  absl::Status moving;         // after tokens: the failures the stream migrated away from, in order
   const char* migration_reason = nullptr;  // counted once the stream has a new pair
   max_new_tokens_ = SamplingParamsFromProto(client_request_.sampling()).max_new_tokens;
   const AdmissionQueue::Ticket ticket = queue_.NewTicket();
@@ -152,7 +152,9 @@ grpc::Status GenerateCall::Run() {
       IC_LOG(Info) << "request " << request_->id() << ": " << failure.message() << " after " << streamed_.size()
                    << " tokens; migrating the stream (" << migrations_ << " of at most "
                    << options_.migration_limit << ")";
-      moving = failure;
+      // Every move's cause stays in the story (the first is usually the one the client cares about).
+      moving = moving.ok() ? failure
+                           : absl::Status(failure.code(), absl::StrCat(moving.message(), "; then ", failure.message()));
       request_->ReturnToQueue(choice_);
       continue;
     }

@@ -978,6 +978,28 @@ TEST(RouterTest, AStreamWithNoDecodeWorkerLeftToMoveToEndsUnavailableSayingWhy) 
   EXPECT_THAT(r.status.error_message(), HasSubstr("no decode worker is in the pool besides the one that failed"));
 }
 
+// A stream that moved twice and then found no decode worker names every move's cause, the first one
+// (here the drain that started it all) included.
+TEST(RouterTest, AStreamThatMovedTwiceNamesEveryCauseWhenItCannotMoveAgain) {
+  FakePrefillWorker prefill({});
+  FakeDecodeWorker first({.worker_id = "d-first", .tokens = {41, 42, 43}, .fail_after_tokens = 1,
+                          .failure = grpc::Status(grpc::StatusCode::UNAVAILABLE, "drain grace ended")});
+  FakeDecodeWorker second({.worker_id = "d-second", .running_sequences = 5, .tokens = {42, 43},
+                           .fail_after_tokens = 1,
+                           .failure = grpc::Status(grpc::StatusCode::UNAVAILABLE, "connection reset")});
+  Router router(OptionsFor({&prefill}, {&first, &second}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+
+  const Result r = Client(*address).Generate(IdsRequest({1}));
+  EXPECT_THAT(r.tokens, ElementsAre(41, 42));
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(r.status.error_message(), HasSubstr("drain grace ended"));
+  EXPECT_THAT(r.status.error_message(), HasSubstr("; then "));
+  EXPECT_THAT(r.status.error_message(), HasSubstr("connection reset"));
+  EXPECT_THAT(r.status.error_message(), HasSubstr("after 2 tokens had been streamed; migrating the stream"));
+}
+
 TEST(RouterTest, DeadWorkerLeavesThePoolAndRequestsGoToTheSurvivor) {
   FakePrefillWorker prefill({});
   FakeDecodeWorker doomed({.worker_id = "doomed", .running_sequences = 0});
