@@ -12,6 +12,8 @@
 #    and greedy tokens through the engine with --cuda-graphs on and off).
 # 3c. cuda_sampling_check: Backend::SampleTokens against the host pipeline on random rows (boundary
 #    draws detected), captured against eager, and seeded sampled generation on the bundled model.
+# 3d. device_crc32_check and device_rows_check (when the bundle has them: builds with NCCL): the NCCL
+#    handoff's device-memory path on one GPU.
 # 4. indexcache generate --device cuda and --device cpu on the bundled model (greedy): both must run;
 #    their tokens are printed beside transformers' (bf16 flips the random model's decisions, see
 #    cuda_engine_check.cc, so equality is reported, not required).
@@ -30,6 +32,12 @@ failed=0
 "$bundle/bin/cuda_engine_check" --gtest_output="json:$out/cuda_engine_check.json" 2>&1 | tee "$out/cuda_engine_check.log" || failed=1
 "$bundle/bin/cuda_graph_check" --gtest_output="json:$out/cuda_graph_check.json" 2>&1 | tee "$out/cuda_graph_check.log" || failed=1
 "$bundle/bin/cuda_sampling_check" --gtest_output="json:$out/cuda_sampling_check.json" 2>&1 | tee "$out/cuda_sampling_check.log" || failed=1
+# 3d. The NCCL handoff's device-memory path on this one GPU (builds with NCCL only): DeviceCrc32
+#     against zlib, and device-staged rows against host-staged ones through export, CRC and import.
+if [[ -x $bundle/bin/device_crc32_check ]]; then
+  "$bundle/bin/device_crc32_check" 2>&1 | tee "$out/device_crc32_check.log" || failed=1
+  "$bundle/bin/device_rows_check" --gtest_output="json:$out/device_rows_check.json" 2>&1 | tee "$out/device_rows_check.log" || failed=1
+fi
 
 ids=$(python3 -c "import json; print(json.dumps(json.load(open('tests/data/goldens/bundled/expected.json'))['greedy']['prompt_ids']))")
 echo "$ids" > "$out/generate_prompt.json"
