@@ -13,9 +13,13 @@
 
 #include "common/engine/engine.h"
 #include "gtest/gtest.h"
+#include "tests/engine_steps.h"
 
 namespace indexcache {
 namespace {
+
+using testing::DecodeToEnd;
+using testing::RunPrefill;
 
 // Three chunks of 16 and one of 2.
 constexpr int32_t kPromptTokens = 50;
@@ -52,27 +56,6 @@ class CollectingSink final : public SegmentSink {
   size_t taken = 0;  // segments the test has "sent"
   size_t max_waiting = 1000;
 };
-
-// A prefill-only request stepped to its kPrefillDone: how many steps ran a pass, and the first token
-// it sampled (-1 each when it failed).
-struct PrefillRun {
-  int steps = -1;
-  int32_t first_token = -1;
-};
-
-PrefillRun RunPrefill(Engine& engine, RequestId id) {
-  for (int steps = 1; steps < 100; ++steps) {
-    absl::StatusOr<std::vector<TokenEvent>> events = engine.Step();
-    EXPECT_TRUE(events.ok()) << events.status();
-    if (!events.ok()) return {};
-    for (const TokenEvent& e : *events) {
-      if (e.request == id && e.finish == RequestFinish::kPrefillDone) return {.steps = steps, .first_token = e.token};
-      EXPECT_EQ(e.finish, RequestFinish::kNone) << RequestFinishName(e.finish);
-    }
-  }
-  ADD_FAILURE() << "prefill did not finish";
-  return {};
-}
 
 TEST(EngineExport, StreamsEveryPositionOnceInOrderWithTheCachesRows) {
   auto engine = Engine::Create(Options());
@@ -199,14 +182,8 @@ std::vector<int32_t> ImportAndDecode(Engine& prefill, RequestId prefill_id, cons
   EXPECT_TRUE(started.ok()) << started.status();
   if (!started.ok()) return tokens;
   tokens.push_back(started->token);
-  while (decode.HasWork()) {
-    absl::StatusOr<std::vector<TokenEvent>> events = decode.Step();
-    EXPECT_TRUE(events.ok()) << events.status();
-    if (!events.ok()) break;
-    for (const TokenEvent& e : *events) {
-      if (e.request == id && e.token >= 0) tokens.push_back(e.token);
-    }
-  }
+  const std::vector<int32_t> rest = DecodeToEnd(decode, id);
+  tokens.insert(tokens.end(), rest.begin(), rest.end());
   return tokens;
 }
 
@@ -263,15 +240,7 @@ TEST(EngineExport, ADecodeEngineHoldingThePromptsStartReceivesOnlyTheRest) {
   // The truth: an engine without any cache generating from the whole second prompt.
   absl::StatusOr<RequestId> truth = (*cold)->Submit(second_prompt, params);
   ASSERT_TRUE(truth.ok()) << truth.status();
-  std::vector<int32_t> expected;
-  while ((*cold)->HasWork()) {
-    absl::StatusOr<std::vector<TokenEvent>> events = (*cold)->Step();
-    ASSERT_TRUE(events.ok()) << events.status();
-    for (const TokenEvent& e : *events) {
-      if (e.token >= 0) expected.push_back(e.token);
-    }
-  }
-  EXPECT_EQ(second_output, expected);
+  EXPECT_EQ(second_output, DecodeToEnd(**cold, *truth));
   // An export that would skip the prompt's last position is refused.
   EXPECT_EQ((*prefill)->SubmitPrefill(second_prompt, params, nullptr, static_cast<int32_t>(second_prompt.size())).status().code(),
             absl::StatusCode::kInvalidArgument);

@@ -16,6 +16,7 @@
 #include "common/handoff/nccl/device_crc32.h"
 #include "common/kv/landing_area.h"
 #include "gtest/gtest.h"
+#include "tests/engine_steps.h"
 
 namespace indexcache {
 namespace {
@@ -60,20 +61,6 @@ std::string ToHost(std::string_view device) {
   return host;
 }
 
-// The request's first token, after stepping it to kPrefillDone.
-int32_t RunPrefill(Engine& engine, RequestId id) {
-  for (int steps = 0; steps < 100; ++steps) {
-    absl::StatusOr<std::vector<TokenEvent>> events = engine.Step();
-    EXPECT_TRUE(events.ok()) << events.status();
-    if (!events.ok()) return -1;
-    for (const TokenEvent& e : *events) {
-      if (e.request == id && e.finish == RequestFinish::kPrefillDone) return e.token;
-    }
-  }
-  ADD_FAILURE() << "prefill did not finish";
-  return -1;
-}
-
 // One imported slice: positions [begin, begin + count) of `layer`'s `kind` rows.
 struct Rows {
   int32_t layer;
@@ -101,14 +88,8 @@ std::vector<int32_t> ImportAndDecode(Engine& decode, std::vector<Rows> rows, con
   EXPECT_TRUE(started.ok()) << started.status();
   if (!started.ok()) return tokens;
   tokens.push_back(started->token);
-  while (decode.HasWork()) {
-    absl::StatusOr<std::vector<TokenEvent>> events = decode.Step();
-    EXPECT_TRUE(events.ok()) << events.status();
-    if (!events.ok()) break;
-    for (const TokenEvent& e : *events) {
-      if (e.request == *id && e.token >= 0) tokens.push_back(e.token);
-    }
-  }
+  const std::vector<int32_t> rest = testing::DecodeToEnd(decode, *id);
+  tokens.insert(tokens.end(), rest.begin(), rest.end());
   return tokens;
 }
 
@@ -119,7 +100,7 @@ TEST(DeviceRowsCheck, DeviceStagedRowsMatchTheHostsAndDecodeTheSame) {
   auto sink = std::make_shared<DeviceSink>();
   absl::StatusOr<RequestId> id = (*prefill)->SubmitPrefill(Prompt(), Greedy(), sink);
   ASSERT_TRUE(id.ok()) << id.status();
-  const int32_t first_token = RunPrefill(**prefill, *id);
+  const int32_t first_token = testing::RunPrefill(**prefill, *id).first_token;
   ASSERT_GE(first_token, 0);
   ASSERT_EQ(sink->segments.size(), 5u);
   absl::StatusOr<std::vector<IndexerProbe>> probes = (*prefill)->TakeProbes(*id);
@@ -142,7 +123,7 @@ TEST(DeviceRowsCheck, DeviceStagedRowsMatchTheHostsAndDecodeTheSame) {
     ASSERT_EQ(host->memory(), RowsMemory::kHost);
     for (size_t i = 0; i < segment.slices().size(); ++i) {
       const KvSlice& slice = segment.slices()[i];
-      SCOPED_TRACE(testing::Message() << "layer " << slice.layer << " positions [" << segment.begin() << ", "
+      SCOPED_TRACE(::testing::Message() << "layer " << slice.layer << " positions [" << segment.begin() << ", "
                                       << segment.end() << ")");
       const std::string_view on_device = segment.bytes(slice);
       const std::string on_host(host->bytes(host->slices()[i]));
