@@ -6,6 +6,7 @@
 
 #include "gtest/gtest.h"
 #include "tests/e2e/e2e_common.h"
+#include "tests/engine_steps.h"
 
 namespace indexcache::e2e {
 namespace {
@@ -21,17 +22,9 @@ std::unique_ptr<Engine> MakeEngine() {
 }
 
 std::vector<int32_t> Generate(Engine& engine, const std::vector<int32_t>& prompt, const SamplingParams& params) {
-  EXPECT_TRUE(engine.Submit(prompt, params).ok());
-  std::vector<int32_t> tokens;
-  while (engine.HasWork()) {
-    absl::StatusOr<std::vector<TokenEvent>> events = engine.Step();
-    EXPECT_TRUE(events.ok()) << events.status();
-    if (!events.ok()) break;
-    for (const TokenEvent& e : *events) {
-      if (e.token >= 0) tokens.push_back(e.token);
-    }
-  }
-  return tokens;
+  absl::StatusOr<RequestId> id = engine.Submit(prompt, params);
+  EXPECT_TRUE(id.ok()) << id.status();
+  return id.ok() ? ::indexcache::testing::DecodeToEnd(engine, *id) : std::vector<int32_t>();
 }
 
 SamplingParams Params(float temperature) {
