@@ -39,6 +39,7 @@ absl::StatusOr<std::unique_ptr<DsaModel>> DsaModel::Load(const std::string& mode
                                                          Backend* backend, const ModelLoadOptions& options) {
   RETURN_IF_ERROR(ValidateIndexPattern(config.indexer_types, config.num_layers));
   ASSIGN_OR_RETURN(WeightStore store, WeightStore::Open(model_dir));
+  if (config.fp8_weight_block) store.SetFp8WeightBlock((*config.fp8_weight_block)[0], (*config.fp8_weight_block)[1]);
   std::unique_ptr<DsaModel> model(new DsaModel(std::move(config), backend));
   ASSIGN_OR_RETURN(model->weights_, LoadModelWeights(model->config_, store, backend, options));
   model->set_decode_graphs(true);

@@ -148,6 +148,34 @@ absl::Status ParseIndexerTypes(const Json& j, ModelConfig& c) {
   return absl::OkStatus();
 }
 
+// quantization_config: absent, or FineGrainedFP8's (DeepSeek-V3, GLM-5 FP8): quant_method "fp8", fmt
+// "e4m3" (when given), weight_block_size [rows, cols] (default [128, 128]). Other methods are refused
+// by name rather than loaded as if they were unquantized.
+absl::Status ParseQuantization(const Json& j, ModelConfig& c) {
+  if (!j.contains("quantization_config") || j["quantization_config"].is_null()) return absl::OkStatus();
+  const Json& q = j["quantization_config"];
+  if (!q.is_object()) return KeyError("quantization_config", "must be an object");
+  const std::string method = q.contains("quant_method") && q["quant_method"].is_string() ? q["quant_method"].get<std::string>() : "";
+  if (method != "fp8") {
+    return absl::UnimplementedError(absl::StrCat("config.json: quantization_config.quant_method \"", method,
+                                                 "\" is not supported (only \"fp8\", block-scaled e4m3)"));
+  }
+  if (q.contains("fmt") && q["fmt"] != "e4m3") {
+    return KeyError("quantization_config.fmt", absl::StrCat(q["fmt"].dump(), " is not supported (only \"e4m3\")"));
+  }
+  std::array<int64_t, 2> block = {128, 128};
+  if (q.contains("weight_block_size") && !q["weight_block_size"].is_null()) {
+    const Json& b = q["weight_block_size"];
+    if (!b.is_array() || b.size() != 2 || !b[0].is_number_integer() || !b[1].is_number_integer() ||
+        b[0].get<int64_t>() < 1 || b[1].get<int64_t>() < 1) {
+      return KeyError("quantization_config.weight_block_size", "must be two positive integers [rows, cols]");
+    }
+    block = {b[0].get<int64_t>(), b[1].get<int64_t>()};
+  }
+  c.fp8_weight_block = block;
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 int32_t ModelConfig::num_full_layers() const {
@@ -265,6 +293,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
   if (c.topk_group > c.n_group) return KeyError("topk_group", "must not exceed n_group");
   if (c.num_experts_per_tok > c.n_routed_experts) return KeyError("num_experts_per_tok", "exceeds n_routed_experts");
   RETURN_IF_ERROR(ParseRope(j, c));
+  RETURN_IF_ERROR(ParseQuantization(j, c));
   RETURN_IF_ERROR(ParseMlpTypes(j, c));
   RETURN_IF_ERROR(ParseIndexerTypes(j, c));
   c.attention_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.qk_head_dim())));

@@ -3,7 +3,9 @@
 // does (`indexer_types`, else `index_topk_pattern`, else `index_topk_freq`/`index_skip_topk_offset`).
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -51,6 +53,10 @@ struct ModelConfig {
   int32_t max_position_embeddings = 0;
   std::vector<int32_t> bos_token_ids;
   std::vector<int32_t> eos_token_ids;
+
+  // FP8 checkpoints (quantization_config, quant_method "fp8", e4m3): the [rows, cols] block each
+  // weight_scale_inv entry scales; unset for unquantized checkpoints. Weights are dequantized at load.
+  std::optional<std::array<int64_t, 2>> fp8_weight_block;
 
   // IndexCache: which layers run their indexer (Full) and which reuse the previous Full layer's top-k.
   std::vector<IndexerType> indexer_types;

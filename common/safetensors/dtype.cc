@@ -20,11 +20,12 @@ struct DTypeInfo {
   size_t size;
 };
 
-constexpr std::array<DTypeInfo, 10> kDTypes = {{
+constexpr std::array<DTypeInfo, 11> kDTypes = {{
     {StDType::kF64, "F64", 8},
     {StDType::kF32, "F32", 4},
     {StDType::kF16, "F16", 2},
     {StDType::kBF16, "BF16", 2},
+    {StDType::kF8E4M3, "F8_E4M3", 1},
     {StDType::kI64, "I64", 8},
     {StDType::kI32, "I32", 4},
     {StDType::kI16, "I16", 2},
@@ -87,6 +88,19 @@ float F16ToF32(uint16_t bits) {
   return std::bit_cast<float>(sign | ((exponent - 15 + 127) << 23) | (mantissa << 13));
 }
 
+float F8E4M3ToF32(uint8_t bits) {
+  const uint32_t sign = static_cast<uint32_t>(bits & 0x80u) << 24;
+  const uint32_t exponent = (bits >> 3) & 0xFu;
+  const uint32_t mantissa = bits & 0x7u;
+  if (exponent == 0xF && mantissa == 0x7) return std::bit_cast<float>(sign | 0x7FC00000u);  // NaN
+  if (exponent == 0) {
+    // Subnormal: mantissa · 2^-9, exact in float (a multiple of a power of two).
+    const float magnitude = static_cast<float>(mantissa) * 0.001953125f;
+    return sign != 0 ? -magnitude : magnitude;
+  }
+  return std::bit_cast<float>(sign | ((exponent - 7 + 127) << 23) | (mantissa << 20));
+}
+
 uint16_t F32ToBf16(float value) {
   const uint32_t bits = std::bit_cast<uint32_t>(value);
   if ((bits & 0x7FFFFFFFu) > 0x7F800000u) {
@@ -110,9 +124,12 @@ absl::Status ConvertToF32(StDType dtype, const std::byte* src, size_t count, flo
     case StDType::kF16:
       for (size_t i = 0; i < count; ++i) dst[i] = F16ToF32(LoadU16(src + 2 * i));
       return absl::OkStatus();
+    case StDType::kF8E4M3:
+      for (size_t i = 0; i < count; ++i) dst[i] = F8E4M3ToF32(static_cast<uint8_t>(src[i]));
+      return absl::OkStatus();
     default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("cannot convert dtype ", std::string(StDTypeName(dtype)), " to F32 (only F32, BF16, F16)"));
+      return absl::InvalidArgumentError(absl::StrCat("cannot convert dtype ", std::string(StDTypeName(dtype)),
+                                                     " to F32 (only F32, BF16, F16, F8_E4M3)"));
   }
 }
 

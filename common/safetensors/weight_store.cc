@@ -140,7 +140,49 @@ absl::StatusOr<std::vector<float>> WeightStore::ReadF32(std::string_view name,
   std::vector<float> values(tensor->nbytes / StDTypeSize(tensor->dtype));
   RETURN_IF_ERROR(Annotate(ConvertToF32(tensor->dtype, tensor->data, values.size(), values.data()),
                            absl::StrCat("tensor ", Quoted(name), " in ", Quoted(model_dir_))));
+  if (tensor->dtype == StDType::kF8E4M3) RETURN_IF_ERROR(DequantizeFp8(name, *tensor, values));
   return values;
+}
+
+absl::Status WeightStore::DequantizeFp8(std::string_view name, const TensorView& tensor,
+                                        std::vector<float>& values) const {
+  const std::string where = absl::StrCat("FP8 tensor ", Quoted(name), " in ", Quoted(model_dir_));
+  if (fp8_block_[0] <= 0 || fp8_block_[1] <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where, ": config.json has no quantization_config (quant_method \"fp8\", weight_block_size) for it"));
+  }
+  if (tensor.shape.size() < 2) return absl::InvalidArgumentError(absl::StrCat(where, ": block scales need 2 dimensions"));
+  const std::string scale_name = absl::StrCat(absl::string_view(name.data(), name.size()), "_scale_inv");
+  const absl::StatusOr<const TensorView*> scale_tensor = Get(scale_name);
+  if (!scale_tensor.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": its scales ", Quoted(scale_name), " are missing"));
+  std::vector<float> scales((*scale_tensor)->nbytes / StDTypeSize((*scale_tensor)->dtype));
+  RETURN_IF_ERROR(Annotate(ConvertToF32((*scale_tensor)->dtype, (*scale_tensor)->data, scales.size(), scales.data()),
+                           absl::StrCat("tensor ", Quoted(scale_name))));
+  const int64_t rows = tensor.shape[tensor.shape.size() - 2], cols = tensor.shape.back();
+  const int64_t batch = static_cast<int64_t>(values.size()) / std::max<int64_t>(rows * cols, 1);
+  if (scales.size() == 1) {
+    // One scale for the whole tensor (per-tensor FP8).
+    for (float& v : values) v *= scales[0];
+    return absl::OkStatus();
+  }
+  const int64_t block_rows = (rows + fp8_block_[0] - 1) / fp8_block_[0];
+  const int64_t block_cols = (cols + fp8_block_[1] - 1) / fp8_block_[1];
+  std::vector<int64_t> expected(tensor.shape.begin(), tensor.shape.end() - 2);
+  expected.push_back(block_rows);
+  expected.push_back(block_cols);
+  if ((*scale_tensor)->shape != expected) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": its scales have shape ", ShapeToString((*scale_tensor)->shape),
+                                                   ", expected ", ShapeToString(expected), " for blocks of ",
+                                                   fp8_block_[0], "x", fp8_block_[1]));
+  }
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t r = 0; r < rows; ++r) {
+      float* row = values.data() + (b * rows + r) * cols;
+      const float* block_scales = scales.data() + (b * block_rows + r / fp8_block_[0]) * block_cols;
+      for (int64_t c = 0; c < cols; ++c) row[c] *= block_scales[c / fp8_block_[1]];
+    }
+  }
+  return absl::OkStatus();
 }
 
 std::vector<std::string> WeightStore::Names() const {

@@ -170,6 +170,30 @@ TEST(ModelConfigTest, DefaultsAreTransformers) {
   EXPECT_EQ(FormatIndexPattern(c->indexer_types), "FFFFF");
 }
 
+// quantization_config: none → no FP8; FineGrainedFP8's → its block (default 128x128); anything else
+// refused by name.
+TEST(ModelConfigTest, Fp8QuantizationConfig) {
+  Json j = BaseConfig();
+  auto plain = Parse(j);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_FALSE(plain->fp8_weight_block.has_value());
+
+  j["quantization_config"] = {{"quant_method", "fp8"}, {"fmt", "e4m3"}, {"activation_scheme", "dynamic"}};
+  auto fp8 = Parse(j);
+  ASSERT_TRUE(fp8.ok()) << fp8.status();
+  EXPECT_EQ(fp8->fp8_weight_block, (std::array<int64_t, 2>{128, 128}));
+  j["quantization_config"]["weight_block_size"] = {64, 32};
+  fp8 = Parse(j);
+  ASSERT_TRUE(fp8.ok()) << fp8.status();
+  EXPECT_EQ(fp8->fp8_weight_block, (std::array<int64_t, 2>{64, 32}));
+
+  j["quantization_config"]["weight_block_size"] = {0, 32};
+  EXPECT_THAT(std::string(Parse(j).status().message()), HasSubstr("weight_block_size"));
+  j["quantization_config"] = {{"quant_method", "gptq"}};
+  EXPECT_EQ(Parse(j).status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(std::string(Parse(j).status().message()), HasSubstr("\"gptq\""));
+}
+
 TEST(ModelConfigTest, MissingRequiredKeysAreNamed) {
   for (const char* key : {"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "kv_lora_rank",
                           "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "intermediate_size",

@@ -22,7 +22,8 @@ TEST(StDTypeTest, ParsesEveryHeaderSpellingWithItsSize) {
     StDType dtype;
     size_t size;
   } kCases[] = {{"F64", StDType::kF64, 8},  {"F32", StDType::kF32, 4},  {"F16", StDType::kF16, 2},
-                {"BF16", StDType::kBF16, 2}, {"I64", StDType::kI64, 8},  {"I32", StDType::kI32, 4},
+                {"BF16", StDType::kBF16, 2}, {"F8_E4M3", StDType::kF8E4M3, 1}, {"I64", StDType::kI64, 8},
+                {"I32", StDType::kI32, 4},
                 {"I16", StDType::kI16, 2},  {"I8", StDType::kI8, 1},    {"U8", StDType::kU8, 1},
                 {"BOOL", StDType::kBool, 1}};
   for (const auto& c : kCases) {
@@ -35,7 +36,7 @@ TEST(StDTypeTest, ParsesEveryHeaderSpellingWithItsSize) {
 }
 
 TEST(StDTypeTest, UnknownSpellingIsInvalidArgumentNamingIt) {
-  for (const char* bad : {"F8_E4M3", "f32", "", "FLOAT", "U16 "}) {
+  for (const char* bad : {"F8_E5M2", "f32", "", "FLOAT", "U16 "}) {
     auto parsed = ParseStDType(bad);
     ASSERT_FALSE(parsed.ok()) << bad;
     EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
@@ -111,6 +112,45 @@ TEST(F16Test, EveryBitPatternMatchesTheFormula) {
   for (uint32_t b = 0; b <= 0xFFFF; ++b) {
     const double want = F16Formula(static_cast<uint16_t>(b));
     const float got = F16ToF32(static_cast<uint16_t>(b));
+    if (std::isnan(want)) {
+      EXPECT_TRUE(std::isnan(got)) << std::hex << b;
+    } else {
+      EXPECT_EQ(static_cast<double>(got), want) << std::hex << b;
+      EXPECT_EQ(std::signbit(got), std::signbit(want)) << std::hex << b;
+    }
+  }
+}
+
+// float8 e4m3fn by the OCP definition: (-1)^s · 2^(e-7) · (1 + m/8) for e > 0, (-1)^s · 2^-6 · m/8 for
+// e = 0, NaN for S.1111.111 (there are no infinities), computed in double with ldexp.
+double E4m3Formula(uint8_t b) {
+  const int s = b >> 7, e = (b >> 3) & 0xF, m = b & 0x7;
+  if (e == 0xF && m == 0x7) return std::nan("");
+  const double magnitude = e == 0 ? std::ldexp(m / 8.0, -6) : std::ldexp(1.0 + m / 8.0, e - 7);
+  return s != 0 ? -magnitude : magnitude;
+}
+
+TEST(F8E4M3Test, HandComputedBitPatterns) {
+  EXPECT_EQ(F8E4M3ToF32(0x38), 1.0f);
+  EXPECT_EQ(F8E4M3ToF32(0xB8), -1.0f);
+  EXPECT_EQ(F8E4M3ToF32(0x40), 2.0f);
+  EXPECT_EQ(F8E4M3ToF32(0x3C), 1.5f);
+  EXPECT_EQ(F8E4M3ToF32(0x7E), 448.0f);   // the largest finite value
+  EXPECT_EQ(F8E4M3ToF32(0xFE), -448.0f);
+  EXPECT_EQ(F8E4M3ToF32(0x08), 0.015625f);     // 2^-6, the smallest normal
+  EXPECT_EQ(F8E4M3ToF32(0x01), 0.001953125f);  // 2^-9, the smallest subnormal
+  EXPECT_EQ(F8E4M3ToF32(0x07), 0.013671875f);  // 7 · 2^-9
+  EXPECT_EQ(F8E4M3ToF32(0x00), 0.0f);
+  EXPECT_TRUE(std::signbit(F8E4M3ToF32(0x80)));  // -0
+  EXPECT_TRUE(std::isnan(F8E4M3ToF32(0x7F)));
+  EXPECT_TRUE(std::isnan(F8E4M3ToF32(0xFF)));
+  EXPECT_EQ(F8E4M3ToF32(0x78), 256.0f);  // e = 15 is finite except for m = 7
+}
+
+TEST(F8E4M3Test, EveryBitPatternMatchesTheFormula) {
+  for (uint32_t b = 0; b <= 0xFF; ++b) {
+    const double want = E4m3Formula(static_cast<uint8_t>(b));
+    const float got = F8E4M3ToF32(static_cast<uint8_t>(b));
     if (std::isnan(want)) {
       EXPECT_TRUE(std::isnan(got)) << std::hex << b;
     } else {

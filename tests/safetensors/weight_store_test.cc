@@ -167,5 +167,74 @@ TEST(WeightStoreTest, ShardsInSubdirectoriesAndSharedShards) {
   EXPECT_EQ((*store->Get("b"))->data - (*store->Get("a"))->data, 4);
 }
 
+// An F8_E4M3 tensor of `shape` whose codes cycle through 0x01…0x7E with alternating signs (no NaN).
+TensorToWrite Fp8Tensor(const std::string& name, std::vector<int64_t> shape, std::vector<uint8_t>* codes) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  codes->clear();
+  std::vector<std::byte> bytes;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint8_t code = static_cast<uint8_t>((1 + (i * 29) % 126) | (i % 2 == 1 ? 0x80 : 0));
+    codes->push_back(code);
+    bytes.push_back(static_cast<std::byte>(code));
+  }
+  return {name, StDType::kF8E4M3, std::move(shape), std::move(bytes)};
+}
+
+// FP8 checkpoints: each code times the scale of its [rows, cols] block over the last two dimensions,
+// leading dimensions (experts) each with their own scales; blocks at the edges are partial.
+TEST(WeightStoreTest, Fp8TensorsAreDequantizedByTheirBlockScales) {
+  const std::string dir = MakeTempDir();
+  std::vector<uint8_t> codes2, codes3, codes_tensor;
+  // [3, 5] in 2x2 blocks: 2 x 3 scales. [2, 3, 4] (2 experts) in 2x2 blocks: 2 x 2 x 2 scales.
+  const std::vector<float> scales2 = {0.5f, 2.0f, 3.0f, -1.0f, 0.25f, 8.0f};
+  const std::vector<float> scales3 = {1.0f, 2.0f, 4.0f, 8.0f, 0.5f, 0.25f, 16.0f, 32.0f};
+  ASSERT_TRUE(WriteSafetensors(dir + "/model.safetensors",
+                               {Fp8Tensor("a.weight", {3, 5}, &codes2), F32Tensor("a.weight_scale_inv", {2, 3}, scales2),
+                                Fp8Tensor("experts.gate_up_proj", {2, 3, 4}, &codes3),
+                                F32Tensor("experts.gate_up_proj_scale_inv", {2, 2, 2}, scales3),
+                                Fp8Tensor("b.weight", {2, 2}, &codes_tensor), F32Tensor("b.weight_scale_inv", {1}, {3.0f}),
+                                Fp8Tensor("c.weight", {2, 2}, &codes_tensor),
+                                Fp8Tensor("d.weight", {3, 5}, &codes2), F32Tensor("d.weight_scale_inv", {3, 2}, scales2)})
+                  .ok());
+  auto opened = WeightStore::Open(dir);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  WeightStore store = *std::move(opened);
+
+  // Without the config's block size an FP8 tensor is refused, not read as raw codes.
+  absl::StatusOr<std::vector<float>> unset = store.ReadF32("a.weight", {3, 5});
+  EXPECT_EQ(unset.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(unset.status().message()), HasSubstr("quantization_config"));
+
+  store.SetFp8WeightBlock(2, 2);
+  absl::StatusOr<std::vector<float>> a = store.ReadF32("a.weight", {3, 5});
+  ASSERT_TRUE(a.ok()) << a.status();
+  for (int64_t r = 0; r < 3; ++r) {
+    for (int64_t c = 0; c < 5; ++c) {
+      EXPECT_EQ((*a)[r * 5 + c], F8E4M3ToF32(codes2[r * 5 + c]) * scales2[(r / 2) * 3 + c / 2]) << r << "," << c;
+    }
+  }
+  absl::StatusOr<std::vector<float>> experts = store.ReadF32("experts.gate_up_proj", {2, 3, 4});
+  ASSERT_TRUE(experts.ok()) << experts.status();
+  for (int64_t e = 0; e < 2; ++e) {
+    for (int64_t r = 0; r < 3; ++r) {
+      for (int64_t c = 0; c < 4; ++c) {
+        const int64_t i = (e * 3 + r) * 4 + c;
+        EXPECT_EQ((*experts)[i], F8E4M3ToF32(codes3[i]) * scales3[(e * 2 + r / 2) * 2 + c / 2]) << e << "," << r << "," << c;
+      }
+    }
+  }
+  absl::StatusOr<std::vector<float>> per_tensor = store.ReadF32("b.weight", {2, 2});
+  ASSERT_TRUE(per_tensor.ok()) << per_tensor.status();
+  for (size_t i = 0; i < 4; ++i) EXPECT_EQ((*per_tensor)[i], F8E4M3ToF32(codes_tensor[i]) * 3.0f);
+
+  absl::StatusOr<std::vector<float>> no_scales = store.ReadF32("c.weight", {2, 2});
+  EXPECT_EQ(no_scales.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(no_scales.status().message()), HasSubstr("\"c.weight_scale_inv\""));
+  absl::StatusOr<std::vector<float>> wrong = store.ReadF32("d.weight", {3, 5});
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(wrong.status().message()), HasSubstr("expected [2, 3]"));
+}
+
 }  // namespace
 }  // namespace indexcache
