@@ -58,14 +58,20 @@ bool RouterRegistration::Contact(bool registered) {
     }
     // A failed heartbeat keeps the registration: the router still knows this worker when it answers.
     if (!status.ok()) return Reached(status, true);
+    if (request.load().draining()) {
+      IC_LOG(Info) << "router " << router_address_ << " forgot this draining worker; it stays out of the pool";
+      return Reached(status, false);
+    }
     IC_LOG(Info) << "router " << router_address_ << " forgot this worker; registering again";
   }
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   v1::RegisterRequest request = self_;
   // The router admits by capacity from the first request on; a registration starts its following of
   // the cached blocks afresh (the whole set).
   *request.mutable_load() = load_(v1::CachedBlocksCursor());
+  // A draining worker takes no new work: joining the pool now would only churn the router's books.
+  if (request.load().draining()) return false;
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   v1::RegisterResponse response;
   status = stub_->Register(&context, request, &response);
   if (status.ok()) {

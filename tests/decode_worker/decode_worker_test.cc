@@ -542,6 +542,41 @@ TEST_P(DecodeWorkerTest, DrainFinishesAdmittedRequestsAndRefusesNewOnes) {
   drainer.join();
 }
 
+// A router that forgets a worker while it drains (it dropped the worker on NOT_SERVING) does not get
+// it back: the worker takes no new work, so registering again would only churn the router's books.
+TEST_P(DecodeWorkerTest, AWorkerForgottenWhileDrainingDoesNotRegisterAgain) {
+  FakeRouter registry;
+  std::string router_address;
+  std::unique_ptr<grpc::Server> router = ServeOnLoopback(&registry, &router_address);
+  ASSERT_NE(router, nullptr);
+  DecodeWorkerOptions options = WorkerOptions();
+  options.server.router_address = router_address;
+  options.server.heartbeat_interval = absl::Milliseconds(20);
+  StartWorker(options);
+  ASSERT_TRUE(registry.WaitFor(1, 1));
+
+  // An admitted request waiting for its handoff keeps the drain going.
+  const std::vector<int32_t> prompt = Prompt(12, 12);
+  std::unique_ptr<DecodeCall> call = StartDecode("held", prompt, Greedy(4));
+  ASSERT_TRUE(call->ReadAdmitted());
+  std::thread drainer([&] { worker_->Drain(); });
+  auto draining_reported = [&] {
+    const std::vector<v1::WorkerLoad> loads = registry.heartbeats();
+    return !loads.empty() && loads.back().draining();
+  };
+  for (int i = 0; i < 200 && !draining_reported(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_TRUE(draining_reported());
+  registry.Forget();
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));  // 20 heartbeat intervals
+  EXPECT_EQ(registry.registrations().size(), 1u) << "a draining worker registered again";
+
+  ASSERT_TRUE(Push(call->admitted.handoff_address(), PrefillHandoff(*prefill_, "held", prompt, 4)).ok());
+  std::optional<grpc::Status> status = call->Read();
+  EXPECT_TRUE(status && status->ok()) << (status ? status->error_message() : "");
+  drainer.join();
+  router->Shutdown();
+}
+
 TEST_P(DecodeWorkerTest, HandoffBrokenMidStreamFreesBlocks) {
   const std::vector<int32_t> prompt = Prompt(30, 11);
   std::unique_ptr<DecodeCall> call = StartDecode("broken", prompt, Greedy(4), absl::Seconds(20));
