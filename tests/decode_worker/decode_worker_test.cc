@@ -60,6 +60,15 @@ DecodeWorkerOptions WorkerOptions() {
   return options;
 }
 
+// WorkerOptions for a worker that registers with the router at `router_address`, heartbeating every
+// 20 ms so tests see its reports quickly.
+DecodeWorkerOptions RegisteringOptions(const std::string& router_address) {
+  DecodeWorkerOptions options = WorkerOptions();
+  options.server.router_address = router_address;
+  options.server.heartbeat_interval = absl::Milliseconds(20);
+  return options;
+}
+
 v1::SamplingParameters Greedy(int32_t max_new_tokens) {
   v1::SamplingParameters s;
   s.set_temperature(0);
@@ -549,10 +558,7 @@ TEST_P(DecodeWorkerTest, AWorkerForgottenWhileDrainingDoesNotRegisterAgain) {
   std::string router_address;
   std::unique_ptr<grpc::Server> router = ServeOnLoopback(&registry, &router_address);
   ASSERT_NE(router, nullptr);
-  DecodeWorkerOptions options = WorkerOptions();
-  options.server.router_address = router_address;
-  options.server.heartbeat_interval = absl::Milliseconds(20);
-  StartWorker(options);
+  StartWorker(RegisteringOptions(router_address));
   ASSERT_TRUE(registry.WaitFor(1, 1));
 
   // An admitted request waiting for its handoff keeps the drain going.
@@ -678,10 +684,8 @@ TEST(DecodeWorkerRegistration, RegistersHeartbeatsAndRegistersAgainWhenForgotten
   std::unique_ptr<grpc::Server> router = ServeOnLoopback(&registry, &router_address);
   ASSERT_NE(router, nullptr);
 
-  DecodeWorkerOptions options = WorkerOptions();
-  options.server.router_address = router_address;
+  DecodeWorkerOptions options = RegisteringOptions(router_address);
   options.server.worker_id = "decode-under-test";
-  options.server.heartbeat_interval = absl::Milliseconds(20);
   auto worker = DecodeWorker::Create(options);
   ASSERT_TRUE(worker.ok()) << worker.status();
   auto address = (*worker)->Start();
