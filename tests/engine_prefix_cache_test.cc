@@ -291,8 +291,8 @@ TEST(EnginePrefixCacheTest, PublishedKeysTellWhatTheEngineWillFindAndEveryChange
   EXPECT_EQ(announced, before);
   // 80 shared tokens: 5 whole blocks. The report says so before the engine looks the prompt up.
   const std::vector<int32_t> second = Concat(std::vector<int32_t>(first.begin(), first.begin() + 80), Tokens(30, 2));
-  EXPECT_EQ(published.CachedPrefixTokens(second), 80);
-  EXPECT_EQ(published.CachedPrefixTokens(Tokens(50, 3)), 0);
+  EXPECT_EQ(published.CachedPrefixTokens(second, static_cast<int64_t>(second.size())), 80);
+  EXPECT_EQ(published.CachedPrefixTokens(Tokens(50, 3), 50), 0);
   engine->TakePrefixCacheStats();
   ASSERT_TRUE(engine->Submit(second, Greedy(2)).ok());
   RunAll(*engine);
@@ -312,7 +312,7 @@ TEST(EnginePrefixCacheTest, WithoutTheCacheNothingIsPublished) {
   PublishedLoad published;
   published.Publish(*engine);
   EXPECT_FALSE(published.CachedBlocksSince(0, 0, 100).enabled);
-  EXPECT_EQ(published.CachedPrefixTokens(Tokens(100, 1)), 0);
+  EXPECT_EQ(published.CachedPrefixTokens(Tokens(100, 1), 100), 0);
 }
 
 }  // namespace

@@ -417,6 +417,78 @@ TEST_P(DecodeTest, DecodeAfterPrefillEqualsFullForward) {
 
 INSTANTIATE_TEST_SUITE_P(Models, DecodeTest, testing::Values("dense_allfull", "moe_freq2", "moe_pattern", "bundled"));
 
+// --- sequences of different patterns in one pass == each under its pattern alone -----------------------
+
+// An adaptive pattern batches requests of different patterns together (mixed_pattern_pass.h): each
+// sequence's logits and per-layer selections must be the float64 reference's under its own pattern,
+// through a prefill pass holding all three and a decode step holding all three. The patterns differ so
+// that some layers run Full for one or two of the three sequences (the partial layers).
+TEST(MixedPatterns, EachSequenceMatchesTheReferenceUnderItsOwnPattern) {
+  const std::string dir = ModelDir("bundled");
+  EngineOptions options = Options(dir, /*chunk=*/512, "FFFFFFFF");
+  options.length_patterns = "100:FFSSFSSS,200:FSSSSSSS";
+  auto engine = Engine::Create(options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  Engine& e = **engine;
+  const PatternSchedule& schedule = e.patterns();
+  ASSERT_EQ(schedule.patterns().size(), 3u);
+  const NaiveDsa* ref = Reference(dir);
+  ASSERT_NE(ref, nullptr);
+  const int64_t vocab = e.config().vocab_size;
+  const int32_t num_layers = e.config().num_layers;
+  // Past index_topk (64) keys, so the selections choose; one sequence per pattern.
+  constexpr int32_t kPrompt = 90, kSequences = 3;
+  std::vector<std::vector<int32_t>> ids;
+  for (int32_t s = 0; s < kSequences; ++s) ids.push_back(RandomIds(kPrompt + 1, static_cast<int32_t>(vocab), 40 + s));
+  std::vector<NaiveDsaResult> want;
+  for (int32_t s = 0; s < kSequences; ++s) {
+    NaiveDsaOptions ref_options;
+    ref_options.indexer_types = schedule.patterns()[s].types;
+    absl::StatusOr<NaiveDsaResult> r = ref->Forward(ids[s], ref_options);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->moe_near_ties, 0) << "sequence " << s;
+    want.push_back(*std::move(r));
+  }
+
+  auto cache = PagedKvCache::Create(e.model().backend(), e.model().CacheSpec(8), size_t{16} << 20);
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  // Step 0: the prompts, all three in one pass; step 1: one decode token each, again together.
+  for (int32_t step = 0; step < 2; ++step) {
+    const int32_t begin = step == 0 ? 0 : kPrompt, end = step == 0 ? kPrompt : kPrompt + 1;
+    ForwardBatch batch;
+    batch.capture_topk = true;
+    for (int32_t s = 0; s < kSequences; ++s) {
+      batch.sequences.push_back(s + 1);
+      batch.sequence_indexer_types.push_back(schedule.patterns()[s].types);
+      ASSERT_TRUE((*cache)->Reserve(s + 1, end).ok());
+      for (int32_t pos = begin; pos < end; ++pos) {
+        batch.token_ids.push_back(ids[s][pos]);
+        batch.positions.push_back(pos);
+        batch.token_seq.push_back(s);
+        batch.logit_rows.push_back(static_cast<int32_t>(batch.token_ids.size()) - 1);
+      }
+    }
+    auto got = e.model().Forward(batch, **cache);
+    ASSERT_TRUE(got.ok()) << got.status();
+    for (size_t row = 0; row < batch.token_ids.size(); ++row) {
+      const int32_t s = batch.token_seq[row], t = batch.positions[row];
+      const NaiveDsaResult& w = want[s];
+      // Rows after a near-tie selection may take either key: their logits are not comparable.
+      if (t < w.first_near_tie_row()) {
+        ASSERT_LE(RowError(got->logits.data() + row * vocab, w.row(t), vocab), kTol)
+            << "sequence " << s << " position " << t << " (step " << step << ")";
+      }
+      for (int32_t l = 0; l < num_layers; ++l) {
+        if (w.layers[l].near_tie[t]) continue;
+        const auto first = got->topk[l].begin() + static_cast<int64_t>(row) * got->topk_cols;
+        const std::set<int32_t> selected(first, std::find(first, first + got->topk_cols, -1));
+        ASSERT_EQ(selected, w.layers[l].selected[t]) << "sequence " << s << " position " << t << " layer " << l;
+      }
+    }
+  }
+  for (int32_t s = 0; s < kSequences; ++s) (*cache)->Release(s + 1);
+}
+
 // --- chunked prefill == one shot --------------------------------------------------------------------
 
 class ChunkedPrefillTest : public testing::TestWithParam<std::string> {};

@@ -81,10 +81,13 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& o) {
   }
   std::unique_ptr<Engine> engine(new Engine());
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(o.model_dir));
-  ASSIGN_OR_RETURN(config.indexer_types, ResolvePattern(o, config));
+  ASSIGN_OR_RETURN(std::vector<IndexerType> base, ResolvePattern(o, config));
+  ASSIGN_OR_RETURN(engine->patterns_, PatternSchedule::Create(std::move(base), o.length_patterns, config.num_layers));
+  config.indexer_types = engine->patterns_.Loaded();
   ASSIGN_OR_RETURN(engine->backend_, CreateBackend(o.device, o.num_threads));
   IC_LOG(Info) << "loading " << o.model_dir << " on " << o.device << " with index pattern "
-               << FormatIndexPattern(config.indexer_types);
+               << FormatIndexPattern(engine->patterns_.base())
+               << (engine->patterns_.adaptive() ? " and, by prompt length, " + engine->patterns_.FormatRanges() : "");
   ModelLoadOptions load;
   load.shared_indexers = o.reuse_telemetry_rate > 0;
   ASSIGN_OR_RETURN(engine->model_, DsaModel::Load(o.model_dir, std::move(config), engine->backend_.get(), load));
@@ -106,8 +109,12 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& o) {
   }
   engine->max_batch_tokens_ = o.max_batch_tokens;
   engine->prefix_cache_ = o.prefix_cache;
-  engine->prefix_seed_ =
-      PrefixCache::Seed(engine->fingerprint_, FormatIndexPattern(engine->model_->config().indexer_types));
+  for (const LengthPattern& p : engine->patterns_.patterns()) {
+    engine->prefix_seeds_.push_back(PrefixCache::Seed(engine->fingerprint_, FormatIndexPattern(p.types)));
+    std::vector<bool>& full = engine->index_key_layers_.emplace_back();
+    for (IndexerType t : p.types) full.push_back(t == IndexerType::kFull);
+  }
+  engine->pattern_requests_.assign(engine->patterns_.patterns().size(), 0);
   IC_LOG(Info) << "model ready: " << engine->model_->weights().num_parameters << " parameters, KV cache "
                << engine->cache_->num_blocks() << " blocks of " << o.block_size << " tokens ("
                << engine->cache_->bytes_per_block() << " bytes each)";
@@ -153,6 +160,7 @@ absl::StatusOr<Engine::Request> Engine::MakeRequest(std::vector<int32_t> prompt,
   r.id = next_id_++;
   r.prefill_only = prefill_only;
   r.prompt_len = static_cast<int32_t>(prompt.size());
+  r.pattern = PatternFor(static_cast<int64_t>(prompt.size()), params.resumed_tokens);
   r.greedy = params.temperature == 0.0f;
   r.logprobs = params.logprobs;
   r.top_logprobs = params.top_logprobs;
@@ -190,8 +198,35 @@ absl::StatusOr<Engine::Request> Engine::MakeRequest(std::vector<int32_t> prompt,
   return r;
 }
 
+int32_t Engine::PatternFor(int64_t prompt_tokens, int64_t resumed_tokens) const {
+  // A resumed request's prompt ends with the tokens it generated before: its client's prompt chose.
+  return patterns_.PatternFor(prompt_tokens - std::max<int64_t>(resumed_tokens, 0));
+}
+
+IndexCacheStats Engine::TakeStats() {
+  IndexCacheStats stats = model_->TakeStats();
+  stats.pattern_requests = pattern_requests_;
+  std::fill(pattern_requests_.begin(), pattern_requests_.end(), 0);
+  return stats;
+}
+
+RequestId Engine::Admit(Request r) {
+  const RequestId id = r.id;
+  ++pattern_requests_[r.pattern];
+  order_.push_back(id);
+  requests_.emplace(id, std::move(r));
+  return id;
+}
+
 void Engine::StartReuseTelemetry(double rate) {
-  const std::vector<int32_t> measured = model_->TelemetryLayers();
+  // Every Shared layer with indexer weights under some pattern; a pass measures its own pattern's.
+  std::vector<int32_t> measured;
+  for (const LengthPattern& p : patterns_.patterns()) {
+    for (int32_t l : model_->TelemetryLayers(p.types)) {
+      if (std::find(measured.begin(), measured.end(), l) == measured.end()) measured.push_back(l);
+    }
+  }
+  std::sort(measured.begin(), measured.end());
   std::vector<int32_t> without;  // Shared layers whose checkpoint has no indexer weights
   for (int32_t l = 0; l < config().num_layers; ++l) {
     if (config().indexer_types[l] == IndexerType::kShared && !model_->weights().layers[l].has_indexer) {
@@ -216,10 +251,7 @@ void Engine::StartReuseTelemetry(double rate) {
 absl::StatusOr<RequestId> Engine::Submit(std::vector<int32_t> prompt, const SamplingParams& params) {
   ASSIGN_OR_RETURN(Request r, MakeRequest(std::move(prompt), params, /*prefill_only=*/false));
   r.prefix_cached = prefix_cache_;
-  const RequestId id = r.id;
-  order_.push_back(id);
-  requests_.emplace(id, std::move(r));
-  return id;
+  return Admit(std::move(r));
 }
 
 absl::StatusOr<RequestId> Engine::SubmitPrefill(std::vector<int32_t> prompt, const SamplingParams& params,
@@ -232,10 +264,7 @@ absl::StatusOr<RequestId> Engine::SubmitPrefill(std::vector<int32_t> prompt, con
   r.export_to = std::move(export_to);
   r.exported = export_from;
   r.prefix_cached = prefix_cache_;
-  const RequestId id = r.id;
-  order_.push_back(id);
-  requests_.emplace(id, std::move(r));
-  return id;
+  return Admit(std::move(r));
 }
 
 absl::StatusOr<Engine::Request*> Engine::Find(RequestId id) {
@@ -256,7 +285,7 @@ absl::StatusOr<KvSegment> Engine::ExportSegment(RequestId id, int32_t begin, int
     return absl::FailedPreconditionError(absl::StrFormat(
         "request %d: positions [%d, %d) are not computed yet (%d cached)", id, begin, end, r->num_cached));
   }
-  return exporter_->Export(id, begin, end);
+  return exporter_->Export(id, begin, end, RowsMemory::kHost, index_key_layers_[r->pattern]);
 }
 
 absl::StatusOr<std::vector<IndexerProbe>> Engine::TakeProbes(RequestId id) {
@@ -286,10 +315,7 @@ absl::StatusOr<RequestId> Engine::AdmitImport(std::vector<int32_t> prompt, const
     return reserved;
   }
   r.state = State::kWaitingForRemoteKv;
-  const RequestId id = r.id;
-  order_.push_back(id);
-  requests_.emplace(id, std::move(r));
-  return id;
+  return Admit(std::move(r));
 }
 
 absl::Status Engine::ImportRows(RequestId id, int32_t layer, KvRowKind kind, int32_t begin, int32_t count,
@@ -307,6 +333,12 @@ absl::Status Engine::ImportRows(RequestId id, int32_t layer, KvRowKind kind, int
     return absl::OutOfRangeError(absl::StrFormat("rows [%d, %d) lie outside the %d-token prompt of request %d", begin,
                                                  begin + count, r->prompt_len, id));
   }
+  const std::vector<bool>& full = index_key_layers_[r->pattern];
+  if (kind == KvRowKind::kIndexKey && layer >= 0 && layer < static_cast<int32_t>(full.size()) && !full[layer]) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "index keys of layer %d for request %d, whose pattern %s runs that layer Shared", layer, id,
+        FormatIndexPattern(patterns_.patterns()[r->pattern].types)));
+  }
   return importer_->Import(id, layer, kind, begin, count, std::move(rows));
 }
 
@@ -316,6 +348,14 @@ absl::StatusOr<std::shared_ptr<LandingArea>> Engine::CreateReceiveArea(size_t by
 
 absl::Status Engine::VerifyProbes(RequestId id, absl::Span<const IndexerProbe> probes) {
   ASSIGN_OR_RETURN(Request * r, Find(id));
+  for (const IndexerProbe& probe : probes) {
+    const std::vector<bool>& full = index_key_layers_[r->pattern];
+    if (probe.layer < 0 || probe.layer >= static_cast<int32_t>(full.size()) || !full[probe.layer]) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("request %d's pattern %s has no Full layer %d to check a selection of", id,
+                          FormatIndexPattern(patterns_.patterns()[r->pattern].types), probe.layer));
+    }
+  }
   ASSIGN_OR_RETURN(const std::vector<std::vector<int32_t>> selected,
                    model_->SelectKeys(*cache_, id, r->prompt_len - 1, probes));
   for (size_t i = 0; i < probes.size(); ++i) {
@@ -351,7 +391,7 @@ absl::StatusOr<std::vector<float>> Engine::IndexKeysOf(const Request& r, int32_t
   // A chunk at a time, so the staging stays the size of one prefill chunk's.
   for (int32_t begin = 0; begin < r.prompt_len; begin += max_batch_tokens_) {
     const int32_t end = std::min(r.prompt_len, begin + max_batch_tokens_);
-    ASSIGN_OR_RETURN(KvSegment segment, exporter_->Export(r.id, begin, end));
+    ASSIGN_OR_RETURN(KvSegment segment, exporter_->Export(r.id, begin, end, RowsMemory::kHost, index_key_layers_[r.pattern]));
     const auto& slices = segment.slices();
     auto slice = std::find_if(slices.begin(), slices.end(), [&](const KvSlice& s) {
       return s.layer == layer && s.kind == KvRowKind::kIndexKey;
@@ -426,7 +466,7 @@ void Engine::AttachCachedPrefix(Request& r) {
   r.looked_up = true;
   const int32_t bs = cache_->block_size();
   const int32_t lookup = PrefixCache::LookupBlocks(r.tokens.size(), bs);
-  PrefixCache::ExtendChain(prefix_seed_, bs, r.tokens, lookup, r.block_keys);
+  PrefixCache::ExtendChain(prefix_seeds_[r.pattern], bs, r.tokens, lookup, r.block_keys);
   const int32_t hit = cache_->AttachCachedPrefix(r.id, absl::MakeConstSpan(r.block_keys).first(lookup),
                                                  static_cast<int32_t>(r.tokens.size()));
   r.num_cached = hit * bs;
@@ -436,7 +476,7 @@ void Engine::AttachCachedPrefix(Request& r) {
 void Engine::PublishFullBlocks(Request& r) {
   const int32_t full = std::min(r.num_cached, r.publish_limit) / cache_->block_size();
   if (full <= r.published_blocks) return;
-  PrefixCache::ExtendChain(prefix_seed_, cache_->block_size(), r.tokens, full, r.block_keys);
+  PrefixCache::ExtendChain(prefix_seeds_[r.pattern], cache_->block_size(), r.tokens, full, r.block_keys);
   cache_->PublishBlocks(r.id, r.published_blocks,
                         absl::MakeConstSpan(r.block_keys).subspan(r.published_blocks, full - r.published_blocks));
   r.published_blocks = full;
@@ -447,6 +487,7 @@ ForwardBatch Engine::Schedule(std::vector<Request*>& in_batch) {
   int32_t budget = max_batch_tokens_;
   auto add = [&](Request& r, int32_t take) {
     batch.sequences.push_back(r.id);
+    if (patterns_.adaptive()) batch.sequence_indexer_types.push_back(patterns_.patterns()[r.pattern].types);
     for (int32_t i = 0; i < take; ++i) {
       const int32_t pos = r.num_cached + i;
       batch.token_ids.push_back(r.tokens[pos]);
@@ -621,7 +662,8 @@ void Engine::SendCachedRows(Request& r) {
   const int32_t begin = r.exported;
   const int32_t end = std::min(r.num_cached, begin + max_batch_tokens_);
   r.exported = end;
-  absl::StatusOr<KvSegment> segment = exporter_->Export(r.id, begin, end, r.export_to->memory());
+  absl::StatusOr<KvSegment> segment =
+      exporter_->Export(r.id, begin, end, r.export_to->memory(), index_key_layers_[r.pattern]);
   // The rows cannot leave: the receiver sees the failure where it waits for them.
   r.export_to->Take(segment.ok() ? *std::move(segment)
                                  : exporter_->Failed(begin, end, Annotate(segment.status(), "exporting cached rows")));
@@ -637,7 +679,8 @@ std::vector<KvSegment> Engine::BeginExports(const std::vector<Request*>& in_batc
     const int32_t end = r.num_cached + added;
     if (end <= begin) continue;  // recomputing what a preempted request already sent
     r.exported = end;
-    absl::StatusOr<KvSegment> segment = exporter_->Begin(r.id, begin, end, r.export_to->memory());
+    absl::StatusOr<KvSegment> segment =
+        exporter_->Begin(r.id, begin, end, r.export_to->memory(), index_key_layers_[r.pattern]);
     if (!segment.ok()) {
       // The rows cannot leave: the receiver sees the failure where it waits for them.
       r.export_to->Take(exporter_->Failed(begin, end, Annotate(segment.status(), "exporting the prompt's cache rows")));

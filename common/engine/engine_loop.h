@@ -68,7 +68,9 @@ class EngineLoop {
     return load_.CachedBlocksSince(epoch, version, max_keys);
   }
   void OnCachedBlocksChanged(std::function<void()> changed) { load_.OnCachedBlocksChanged(std::move(changed)); }
-  int32_t CachedPrefixTokens(absl::Span<const int32_t> prompt) { return load_.CachedPrefixTokens(prompt); }
+  int32_t CachedPrefixTokens(absl::Span<const int32_t> prompt, int64_t client_prompt_tokens) {
+    return load_.CachedPrefixTokens(prompt, client_prompt_tokens);
+  }
 
   // The engine's immutable parts (config, tokenizer) may be read from any thread.
   const Engine& engine() const { return *engine_; }

@@ -41,7 +41,10 @@ void PublishedLoad::Publish(Engine& engine) {
   std::lock_guard<std::mutex> lock(mu_);
   if (first) {
     enabled_ = true;
-    seed_ = engine.prefix_seed();
+    seeds_.clear();
+    for (size_t p = 0; p < engine.prefix_seeds().size(); ++p) {
+      seeds_.push_back({engine.patterns().patterns()[p].min_prompt_tokens, engine.prefix_seeds()[p]});
+    }
     block_size_ = cache.block_size();
     cached_blocks_.Reset(cached_now);
   }
@@ -68,13 +71,16 @@ EngineLoad PublishedLoad::Take() {
   return taken;
 }
 
-int32_t PublishedLoad::CachedPrefixTokens(absl::Span<const int32_t> prompt) {
+int32_t PublishedLoad::CachedPrefixTokens(absl::Span<const int32_t> prompt, int64_t client_prompt_tokens) {
   BlockKey seed;
   int32_t block_size = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!enabled_ || prompt.empty()) return 0;
-    seed = seed_;
+    seed = seeds_.front().seed;
+    for (const LengthSeed& s : seeds_) {
+      if (client_prompt_tokens >= s.min_prompt_tokens) seed = s.seed;
+    }
     block_size = block_size_;
   }
   // Hashed outside the lock: one SHA-256 compression per 16 tokens is far more than a copy.
@@ -95,7 +101,8 @@ CachedBlocksReport PublishedLoad::CachedBlocksSince(uint64_t epoch, uint64_t ver
   CachedBlocksReport report;
   if (!enabled_) return report;
   report.enabled = true;
-  report.seed = seed_;
+  report.seed = seeds_.front().seed;
+  report.length_seeds.assign(seeds_.begin() + 1, seeds_.end());
   report.block_size = block_size_;
   report.update = cached_blocks_.Since(epoch, version, max_keys);
   return report;

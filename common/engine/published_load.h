@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <vector>
 
 #include "absl/types/span.h"
 #include "common/kv/cached_block_log.h"
@@ -41,9 +42,10 @@ class PublishedLoad {
   // Any thread: the cached keys a reader that applied (epoch, version) needs next, at most `max_keys`.
   CachedBlocksReport CachedBlocksSince(uint64_t epoch, uint64_t version, size_t max_keys);
   // Any thread: how many of `prompt`'s leading tokens the prefix cache held as of the last Publish
-  // (whole blocks before the last token, as the engine looks them up; 0 without a cache). What the
-  // request will not compute, for the load a worker reports before the engine looks it up.
-  int32_t CachedPrefixTokens(absl::Span<const int32_t> prompt);
+  // (whole blocks before the last token, as the engine looks them up, under the pattern a prompt of
+  // `client_prompt_tokens` gets; 0 without a cache). What the request will not compute, for the load
+  // a worker reports before the engine looks it up.
+  int32_t CachedPrefixTokens(absl::Span<const int32_t> prompt, int64_t client_prompt_tokens);
   // Any thread: `changed` runs on the loop thread after every Publish that changed the cached keys
   // (a worker tells the router at once rather than at its next heartbeat); null stops it. Once this
   // returns, the previous listener is not running and never runs again.
@@ -56,7 +58,7 @@ class PublishedLoad {
   // the rest is guarded by mu_.
   bool tracking_ = false;
   bool enabled_ = false;
-  BlockKey seed_{};
+  std::vector<LengthSeed> seeds_;  // every pattern's, the base's first (at 0 tokens)
   int32_t block_size_ = 0;
   CachedBlockLog cached_blocks_;
   std::mutex listener_mu_;  // held while the listener runs, so replacing it waits for that

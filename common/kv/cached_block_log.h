@@ -34,9 +34,17 @@ struct CachedBlocksUpdate {
 };
 
 // An update with what names its keys: the chain's seed and the tokens per block.
+// An adaptive pattern's (common/model/pattern_schedule.h) pattern for longer prompts: the blocks of
+// prompts of at least min_prompt_tokens tokens chain from its own seed.
+struct LengthSeed {
+  int32_t min_prompt_tokens = 0;
+  BlockKey seed{};
+};
+
 struct CachedBlocksReport {
   bool enabled = false;  // the worker keeps a prefix cache; nothing else is set without one
-  BlockKey seed{};       // PrefixCache::Seed of the worker's model and pattern
+  BlockKey seed{};       // PrefixCache::Seed of the worker's model and (base) pattern
+  std::vector<LengthSeed> length_seeds;  // by increasing threshold; empty: one pattern for all prompts
   int32_t block_size = 0;
   CachedBlocksUpdate update;
 };

@@ -205,7 +205,8 @@ KvExporter::KvExporter(Backend& backend, const PagedKvCache& cache)
 
 KvExporter::~KvExporter() = default;
 
-KvSegment KvExporter::Layout(int32_t begin, int32_t end, RowsMemory memory) const {
+KvSegment KvExporter::Layout(int32_t begin, int32_t end, RowsMemory memory,
+                             const std::vector<bool>& index_key_layers) const {
   const KvCacheSpec& spec = cache_.spec();
   auto state = std::make_shared<KvSegment::State>();
   state->begin = begin;
@@ -215,7 +216,8 @@ KvSegment KvExporter::Layout(int32_t begin, int32_t end, RowsMemory memory) cons
   size_t offset = 0;
   for (int32_t layer = 0; layer < spec.num_layers; ++layer) {
     for (KvRowKind kind : {KvRowKind::kLatent, KvRowKind::kIndexKey}) {
-      if (kind == KvRowKind::kIndexKey && !spec.layer_has_index_keys[layer]) continue;
+      const bool has_keys = index_key_layers.empty() ? spec.layer_has_index_keys[layer] : index_key_layers[layer];
+      if (kind == KvRowKind::kIndexKey && !has_keys) continue;
       const size_t bytes = KvRowBytes(spec, kind, end - begin);
       state->slices.push_back(KvSlice{layer, kind, offset, bytes});
       offset += bytes;
@@ -226,9 +228,20 @@ KvSegment KvExporter::Layout(int32_t begin, int32_t end, RowsMemory memory) cons
   return segment;
 }
 
-absl::StatusOr<KvSegment> KvExporter::Begin(SequenceId seq, int32_t begin, int32_t end, RowsMemory memory) {
+absl::StatusOr<KvSegment> KvExporter::Begin(SequenceId seq, int32_t begin, int32_t end, RowsMemory memory,
+                                            const std::vector<bool>& index_key_layers) {
+  const KvCacheSpec& spec = cache_.spec();
+  if (!index_key_layers.empty()) {
+    if (static_cast<int32_t>(index_key_layers.size()) != spec.num_layers) {
+      return absl::InvalidArgumentError(absl::StrFormat("index-key layers name %d layers, the cache has %d",
+                                                        index_key_layers.size(), spec.num_layers));
+    }
+    for (int32_t layer = 0; layer < spec.num_layers; ++layer) {
+      if (index_key_layers[layer]) RETURN_IF_ERROR(CheckLayer(spec, layer, KvRowKind::kIndexKey));
+    }
+  }
   ASSIGN_OR_RETURN(std::vector<RowRun> runs, SlotRuns(cache_, seq, begin, end - begin));
-  KvSegment segment = Layout(begin, end, memory);
+  KvSegment segment = Layout(begin, end, memory, index_key_layers);
   if (end == begin) return segment;
 
   KvSegment::State* state = segment.state_.get();
@@ -281,13 +294,14 @@ void KvExporter::End(const KvSegment& segment, const absl::Status& status) {
 }
 
 KvSegment KvExporter::Failed(int32_t begin, int32_t end, const absl::Status& why) const {
-  KvSegment segment = Layout(begin, end, RowsMemory::kHost);
+  KvSegment segment = Layout(begin, end, RowsMemory::kHost, {});
   segment.state_->failure = why;
   return segment;
 }
 
-absl::StatusOr<KvSegment> KvExporter::Export(SequenceId seq, int32_t begin, int32_t end, RowsMemory memory) {
-  ASSIGN_OR_RETURN(KvSegment segment, Begin(seq, begin, end, memory));
+absl::StatusOr<KvSegment> KvExporter::Export(SequenceId seq, int32_t begin, int32_t end, RowsMemory memory,
+                                             const std::vector<bool>& index_key_layers) {
+  ASSIGN_OR_RETURN(KvSegment segment, Begin(seq, begin, end, memory, index_key_layers));
   for (int32_t layer = 0; layer < cache_.spec().num_layers; ++layer) ExportLayer(segment, layer);
   End(segment, absl::OkStatus());
   return segment;

@@ -86,9 +86,12 @@ class KvExporter {
 
   // A segment of positions [begin, end) of `seq`, whose slots are reserved, staged in `memory`,
   // before the pass that writes them: the staging area and the slot runs are ready, no row is copied
-  // yet.
+  // yet. `index_key_layers` (one flag per layer) names the layers whose index keys it carries — the
+  // Full layers of the sequence's own pattern, when the cache holds pools for more (an adaptive
+  // pattern); empty: every layer with an index-key pool.
   absl::StatusOr<KvSegment> Begin(SequenceId seq, int32_t begin, int32_t end,
-                                  RowsMemory memory = RowsMemory::kHost);
+                                  RowsMemory memory = RowsMemory::kHost,
+                                  const std::vector<bool>& index_key_layers = {});
   // After the pass enqueued layer `layer`'s cache writes: enqueues that layer's copies.
   void ExportLayer(const KvSegment& segment, int32_t layer);
   // After the pass: the layers it did not export fail their waiters with `status` (an error when the
@@ -96,14 +99,15 @@ class KvExporter {
   void End(const KvSegment& segment, const absl::Status& status);
   // Positions already computed: Begin, every layer, End.
   absl::StatusOr<KvSegment> Export(SequenceId seq, int32_t begin, int32_t end,
-                                   RowsMemory memory = RowsMemory::kHost);
+                                   RowsMemory memory = RowsMemory::kHost,
+                                   const std::vector<bool>& index_key_layers = {});
   // A segment of positions [begin, end) that could not start: waiting on any of its slices returns
   // `why`.
   KvSegment Failed(int32_t begin, int32_t end, const absl::Status& why) const;
 
  private:
   // The segment's slices in layer order, no staging yet.
-  KvSegment Layout(int32_t begin, int32_t end, RowsMemory memory) const;
+  KvSegment Layout(int32_t begin, int32_t end, RowsMemory memory, const std::vector<bool>& index_key_layers) const;
 
   Backend& backend_;
   const PagedKvCache& cache_;

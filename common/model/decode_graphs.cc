@@ -18,7 +18,7 @@ int32_t DecodeGraphs::ContextBucket(int32_t max_context) {
   return static_cast<int32_t>((c + granule - 1) / granule * granule);
 }
 
-DecodeGraphs::Bucket* DecodeGraphs::Find(Shape shape) {
+DecodeGraphs::Bucket* DecodeGraphs::Find(const Shape& shape) {
   for (auto it = buckets_.begin(); it != buckets_.end(); ++it) {
     if (it->shape == shape) {
       buckets_.splice(buckets_.begin(), buckets_, it);
@@ -28,7 +28,7 @@ DecodeGraphs::Bucket* DecodeGraphs::Find(Shape shape) {
   return nullptr;
 }
 
-absl::StatusOr<Activations*> DecodeGraphs::ActivationsFor(const ModelConfig& c, Shape shape, int64_t max_blocks,
+absl::StatusOr<Activations*> DecodeGraphs::ActivationsFor(const ModelConfig& c, const Shape& shape, int64_t max_blocks,
                                                           int64_t topk_cols) {
   if (Bucket* b = Find(shape)) return &b->activations;
   if (buckets_.size() >= kMaxGraphs) buckets_.pop_back();
@@ -45,7 +45,7 @@ absl::StatusOr<Activations*> DecodeGraphs::ActivationsFor(const ModelConfig& c, 
   return &b.activations;
 }
 
-absl::Status DecodeGraphs::Run(Shape shape, const std::function<void()>& enqueue) {
+absl::Status DecodeGraphs::Run(const Shape& shape, const std::function<void()>& enqueue) {
   Bucket* b = Find(shape);
   if (b == nullptr) return absl::InternalError("decode graph: the bucket's activations were not carved");
   if (b->graph != nullptr && b->epoch == backend_->scratch_epoch()) {

@@ -13,6 +13,7 @@
 #include <functional>
 #include <list>
 #include <memory>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "common/backend/backend.h"
@@ -28,6 +29,7 @@ class DecodeGraphs {
     int64_t rows = 0;     // padded batch rows (= sequences)
     int32_t context = 0;  // padded max context
     bool sampled = false;  // the step draws tokens on the device (ForwardBatch::draws)
+    std::vector<IndexerType> types;  // the pattern every row runs (adaptive patterns record one graph each)
     bool operator==(const Shape&) const = default;
   };
   // Larger decode batches run op by op (their launches are amortized over many rows anyway).
@@ -46,12 +48,12 @@ class DecodeGraphs {
   explicit DecodeGraphs(Backend* backend) : backend_(backend) {}
 
   // The activations of `shape`'s bucket (carved on first use and kept).
-  absl::StatusOr<Activations*> ActivationsFor(const ModelConfig& c, Shape shape, int64_t max_blocks,
+  absl::StatusOr<Activations*> ActivationsFor(const ModelConfig& c, const Shape& shape, int64_t max_blocks,
                                               int64_t topk_cols);
   // Runs the bucket's pass, whose metadata is already uploaded into its activations: replays its
   // recording, or calls `enqueue` (which enqueues every op of the pass on its activations) to run the
   // pass now and then again under capture, to record it.
-  absl::Status Run(Shape shape, const std::function<void()>& enqueue);
+  absl::Status Run(const Shape& shape, const std::function<void()>& enqueue);
 
   // Steps replayed and recordings made since construction.
   int64_t replays() const { return replays_; }
@@ -66,7 +68,7 @@ class DecodeGraphs {
     uint64_t epoch = 0;  // the backend's scratch epoch the graph was recorded under
     explicit Bucket(Backend* backend) : workspace(backend) {}
   };
-  Bucket* Find(Shape shape);  // moves it to the front (most recently used)
+  Bucket* Find(const Shape& shape);  // moves it to the front (most recently used)
 
   Backend* backend_;
   std::list<Bucket> buckets_;  // most recently used first; list: activations never move

@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <optional>
 
 #include "absl/strings/str_format.h"
+#include "common/model/mixed_pattern_pass.h"
 #include "common/safetensors/weight_store.h"
 #include "common/util/status_macros.h"
 
@@ -169,16 +171,29 @@ absl::Status DsaModel::Validate(const ForwardBatch& b, const PagedKvCache& cache
     return absl::InvalidArgumentError(absl::StrFormat("forward batch: %d sampling draws for %d logit rows",
                                                       b.draws.size(), b.logit_rows.size()));
   }
-  if (!b.indexer_types.empty()) {
-    RETURN_IF_ERROR(ValidateIndexPattern(b.indexer_types, config_.num_layers));
+  auto check_pattern = [&](const std::vector<IndexerType>& types) -> absl::Status {
+    RETURN_IF_ERROR(ValidateIndexPattern(types, config_.num_layers));
     for (int32_t l = 0; l < config_.num_layers; ++l) {
-      if (b.indexer_types[l] != IndexerType::kFull) continue;
+      if (types[l] != IndexerType::kFull) continue;
       if (config_.indexer_types[l] != IndexerType::kFull || cache.index_key_pool(l).empty()) {
         return absl::InvalidArgumentError(absl::StrFormat(
             "forward batch: layer %d cannot run Full: it was loaded Shared (no indexer weights or index-key pool)",
             l));
       }
     }
+    return absl::OkStatus();
+  };
+  if (!b.indexer_types.empty()) RETURN_IF_ERROR(check_pattern(b.indexer_types));
+  if (!b.sequence_indexer_types.empty()) {
+    if (!b.indexer_types.empty() || b.first_layer != 0) {
+      return absl::InvalidArgumentError(
+          "forward batch: per-sequence patterns exclude a batch pattern and a later first layer (the layer search's)");
+    }
+    if (b.sequence_indexer_types.size() != b.sequences.size()) {
+      return absl::InvalidArgumentError(absl::StrFormat("forward batch: %d sequence patterns for %d sequences",
+                                                        b.sequence_indexer_types.size(), b.sequences.size()));
+    }
+    for (const std::vector<IndexerType>& types : b.sequence_indexer_types) RETURN_IF_ERROR(check_pattern(types));
   }
   if (b.first_layer < 0 || b.first_layer >= config_.num_layers) {
     return absl::InvalidArgumentError(absl::StrFormat("forward batch: first layer %d is outside [0, %d)",
@@ -206,7 +221,7 @@ absl::StatusOr<ForwardResult> DsaModel::Forward(const ForwardBatch& batch, Paged
   // the IndexCache speedup estimate.
   const auto started = std::chrono::steady_clock::now();
   absl::StatusOr<ForwardResult> result =
-      DecodeGraphFits(batch) ? RunDecodeGraph(batch, cache) : RunForward(batch, cache);
+      DecodeGraphFits(batch) ? RunDecodeGraph(batch, *UniformPattern(batch), cache) : RunForward(batch, cache);
   stats_.forward_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   return result;
 }
@@ -242,8 +257,23 @@ HostLayout LayoutOnHost(const ForwardBatch& b, const PagedKvCache& cache) {
 
 }  // namespace
 
+void DsaModel::CountIndexerWork(const ForwardBatch& b) {
+  if (const std::vector<IndexerType>* types = UniformPattern(b)) {
+    CountIndexerWork(*types, b.first_layer, b.positions);
+    return;
+  }
+  // A sequence's tokens are contiguous (Validate).
+  for (size_t begin = 0; begin < b.positions.size();) {
+    size_t end = begin;
+    while (end < b.positions.size() && b.token_seq[end] == b.token_seq[begin]) ++end;
+    CountIndexerWork(b.sequence_indexer_types[b.token_seq[begin]], b.first_layer,
+                     absl::MakeConstSpan(b.positions).subspan(begin, end - begin));
+    begin = end;
+  }
+}
+
 void DsaModel::CountIndexerWork(const std::vector<IndexerType>& types, int32_t first_layer,
-                                const std::vector<int32_t>& positions) {
+                                absl::Span<const int32_t> positions) {
   const ModelConfig& c = config_;
   const int64_t n = static_cast<int64_t>(positions.size());
   uint64_t visible_keys = 0;  // Σ (pos + 1): keys each indexer run scores
@@ -262,7 +292,7 @@ void DsaModel::CountIndexerWork(const std::vector<IndexerType>& types, int32_t f
 }
 
 void DsaModel::EnqueueProjections(int32_t l, bool full, const BatchLayout& layout, Activations& a,
-                                  PagedKvCache& cache) {
+                                  PagedKvCache& cache, const MixedPatternPass* mixed) {
   const ModelConfig& c = config_;
   Backend& be = *backend_;
   const LayerWeights& w = weights_->layers[l];
@@ -289,7 +319,11 @@ void DsaModel::EnqueueProjections(int32_t l, bool full, const BatchLayout& layou
   be.BeginRegion(TimedRegion::kIndexer);
   EnqueueIndexerQueryKey(l, a);
   be.WriteCacheRows(a.index_k, a.slots, cache.index_key_pool(l));
-  be.IndexerTopK(a.index_q, a.index_w, c.index_n_heads, cache.index_key_pool(l), layout, IndexScale(c), a.topk);
+  if (mixed != nullptr && mixed->partial(l)) {
+    mixed->EnqueueTopK(be, l, a, layout, cache.index_key_pool(l), c.index_n_heads, IndexScale(c));
+  } else {
+    be.IndexerTopK(a.index_q, a.index_w, c.index_n_heads, cache.index_key_pool(l), layout, IndexScale(c), a.topk);
+  }
   be.EndRegion(TimedRegion::kIndexer);
 }
 
@@ -392,9 +426,13 @@ absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedK
   const int32_t max_context = host.max_context;
   const int64_t topk_cols = std::min(c.index_topk, max_context);
   const int64_t logit_rows = static_cast<int64_t>(b.logit_rows.size());
-  const std::vector<IndexerType>& types = b.indexer_types.empty() ? c.indexer_types : b.indexer_types;
+  const std::vector<IndexerType>* uniform = UniformPattern(b);
+  std::optional<MixedPatternPass> mixed;
+  if (uniform == nullptr) mixed = MixedPatternPass::Plan(b.sequence_indexer_types, b.token_seq, b.positions, c.num_layers);
+  const std::vector<IndexerType>& types = uniform != nullptr ? *uniform : mixed->types();
+  // Telemetry measures batches of one pattern: a Shared layer's reused selection depends on it.
   const std::vector<int32_t> telemetry_layers =
-      b.reuse_telemetry ? TelemetryLayers(types, b.first_layer) : std::vector<int32_t>();
+      b.reuse_telemetry && uniform != nullptr ? TelemetryLayers(types, b.first_layer) : std::vector<int32_t>();
   // Unsampled passes (and passes without a layer to measure) plan nothing: no host work either.
   ReuseTelemetryPass telemetry =
       telemetry_layers.empty() ? ReuseTelemetryPass()
@@ -404,11 +442,16 @@ absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedK
   workspace_.BeginMeasure();
   Carve(c, be.activation_dtype(), n, num_seqs, host.max_blocks, topk_cols, logit_rows, workspace_);
   if (!telemetry.empty()) telemetry.Carve(c, be.activation_dtype(), topk_cols, workspace_);
+  if (mixed) mixed->Carve(c, be.activation_dtype(), topk_cols, workspace_);
   RETURN_IF_ERROR(workspace_.Commit());
   Activations a = Carve(c, be.activation_dtype(), n, num_seqs, host.max_blocks, topk_cols, logit_rows, workspace_);
   if (!telemetry.empty()) {
     telemetry.Carve(c, be.activation_dtype(), topk_cols, workspace_);
     telemetry.Upload(be);
+  }
+  if (mixed) {
+    mixed->Carve(c, be.activation_dtype(), topk_cols, workspace_);
+    mixed->Upload(be);
   }
 
   be.Upload(b.token_ids.data(), a.ids);
@@ -426,7 +469,7 @@ absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedK
     const int64_t full_layers = std::count(types.begin() + b.first_layer, types.end(), IndexerType::kFull);
     RETURN_IF_ERROR(probes_.Begin(a, static_cast<int64_t>(b.probe_rows.size()), full_layers));
   }
-  CountIndexerWork(types, b.first_layer, b.positions);
+  CountIndexerWork(b);
   if (b.first_layer == 0) {
     be.Embedding(weights_->embed_tokens, a.ids, a.x);
   } else {
@@ -446,14 +489,18 @@ absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedK
         RETURN_IF_ERROR(be.Download(a.topk, in.topk.data()));
       }
     }
-    EnqueueProjections(l, full, layout, a, cache);
+    EnqueueProjections(l, full, layout, a, cache, mixed ? &*mixed : nullptr);
     if (b.after_cache_write) b.after_cache_write(l);
     if (!telemetry.empty() && telemetry_slot < telemetry_layers.size() && telemetry_layers[telemetry_slot] == l) {
       EnqueueSharedIndexerInputs(l, a);
       telemetry.Enqueue(be, static_cast<int32_t>(telemetry_slot++), a, c.index_n_heads, IndexScale(c));
     }
     if (full) {
-      for (size_t p = 0; p < b.probe_rows.size(); ++p) probes_.Capture(a, static_cast<int64_t>(p), b.probe_rows[p], l);
+      for (size_t p = 0; p < b.probe_rows.size(); ++p) {
+        // A probe row whose own pattern runs this layer Shared holds no selection of this layer's.
+        if (mixed && !mixed->RowRunsFull(b.probe_rows[p], l)) continue;
+        probes_.Capture(a, static_cast<int64_t>(p), b.probe_rows[p], l);
+      }
     }
     if (b.capture_topk) {
       result.topk.emplace_back(n * topk_cols);
@@ -476,13 +523,14 @@ absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedK
   return result;
 }
 
-absl::StatusOr<ForwardResult> DsaModel::RunDecodeGraph(const ForwardBatch& b, PagedKvCache& cache) {
+absl::StatusOr<ForwardResult> DsaModel::RunDecodeGraph(const ForwardBatch& b, const std::vector<IndexerType>& types,
+                                                       PagedKvCache& cache) {
   const ModelConfig& c = config_;
   Backend& be = *backend_;
   const int64_t n = static_cast<int64_t>(b.token_ids.size());
   const HostLayout real = LayoutOnHost(b, cache);
   const bool sample = !b.draws.empty();
-  DecodeGraphs::Shape shape{DecodeGraphs::RowsBucket(n), DecodeGraphs::ContextBucket(real.max_context), sample};
+  DecodeGraphs::Shape shape{DecodeGraphs::RowsBucket(n), DecodeGraphs::ContextBucket(real.max_context), sample, types};
   const int64_t max_blocks = (shape.context + cache.block_size() - 1) / cache.block_size();
   const int64_t topk_cols = std::min(c.index_topk, shape.context);
   ASSIGN_OR_RETURN(Activations * a, graphs_->ActivationsFor(c, shape, max_blocks, topk_cols));
@@ -514,11 +562,11 @@ absl::StatusOr<ForwardResult> DsaModel::RunDecodeGraph(const ForwardBatch& b, Pa
     be.Upload(draws.data(), a->draws);
   }
   const BatchLayout layout{a->seq, a->pos, a->slots, a->tables, cache.block_size(), shape.context};
-  CountIndexerWork(c.indexer_types, 0, b.positions);
+  CountIndexerWork(types, 0, b.positions);
   RETURN_IF_ERROR(graphs_->Run(shape, [&] {
     be.Embedding(weights_->embed_tokens, a->ids, a->x);
     for (int32_t l = 0; l < c.num_layers; ++l) {
-      EnqueueProjections(l, c.indexer_types[l] == IndexerType::kFull, layout, *a, cache);
+      EnqueueProjections(l, types[l] == IndexerType::kFull, layout, *a, cache, nullptr);
       EnqueueAttentionAndFeedForward(l, layout, *a, cache);
     }
     EnqueueLogits(*a, sample);
@@ -534,11 +582,22 @@ void DsaModel::set_decode_graphs(bool on) {
   if (on && backend_->SupportsCapture()) graphs_ = std::make_unique<DecodeGraphs>(backend_);
 }
 
+const std::vector<IndexerType>* DsaModel::UniformPattern(const ForwardBatch& b) const {
+  if (b.sequence_indexer_types.empty()) return b.indexer_types.empty() ? &config_.indexer_types : &b.indexer_types;
+  const std::vector<IndexerType>& first = b.sequence_indexer_types.front();
+  for (const std::vector<IndexerType>& types : b.sequence_indexer_types) {
+    if (types != first) return nullptr;
+  }
+  return &first;
+}
+
 bool DsaModel::DecodeGraphFits(const ForwardBatch& b) const {
   const size_t n = b.token_ids.size();
+  // A step of one pattern replays that pattern's recording; a step mixing patterns runs op by op (its
+  // partial layers' subsets are planned per step).
   if (graphs_ == nullptr || b.first_layer != 0 || b.capture_topk || b.capture_layer_inputs || !b.probe_rows.empty() ||
-      b.after_cache_write ||
-      !b.indexer_types.empty() || DecodeGraphs::RowsBucket(static_cast<int64_t>(n)) == 0 ||
+      b.after_cache_write || !b.indexer_types.empty() || UniformPattern(b) == nullptr ||
+      DecodeGraphs::RowsBucket(static_cast<int64_t>(n)) == 0 ||
       b.sequences.size() != n || b.logit_rows.size() != n) {
     return false;
   }

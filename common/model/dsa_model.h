@@ -26,6 +26,8 @@
 
 namespace indexcache {
 
+class MixedPatternPass;
+
 // What enters layer l of a forward pass: the residual stream and the selection in force there (the
 // top-k of the last Full layer before l, which a Shared l reuses). Enough to resume the pass at l.
 struct LayerInput {
@@ -59,6 +61,11 @@ struct ForwardBatch {
   // handoff's export enqueues that layer's copy there, so rows leave while later layers compute.
   std::function<void(int32_t layer)> after_cache_write;
 
+  // Per sequence, the pattern it runs with (an adaptive pattern's requests: pattern_schedule.h), in
+  // `sequences` order; empty: every sequence runs indexer_types. Only layers loaded Full can run Full.
+  // Sequences of different patterns share the pass (mixed_pattern_pass.h).
+  std::vector<std::vector<IndexerType>> sequence_indexer_types;
+
   // For the layer search (common/search), which scores many patterns on the same tokens:
   // the pattern this batch runs with (empty: the model's); only layers loaded Full can run Full.
   std::vector<IndexerType> indexer_types;
@@ -90,7 +97,9 @@ struct ForwardResult {
 
 class DsaModel {
  public:
-  // `config.indexer_types` is the pattern the model runs with (already overridden by the caller).
+  // `config.indexer_types` is the pattern the model runs with (already overridden by the caller); with
+  // an adaptive pattern, every layer some pattern runs Full (PatternSchedule::Loaded), each batch
+  // naming its sequences' own (ForwardBatch::sequence_indexer_types).
   static absl::StatusOr<std::unique_ptr<DsaModel>> Load(const std::string& model_dir, ModelConfig config,
                                                         Backend* backend, const ModelLoadOptions& options = {});
 
@@ -127,14 +136,19 @@ class DsaModel {
   absl::Status Validate(const ForwardBatch& batch, const PagedKvCache& cache) const;
   // Forward after validation, untimed: any batch, op by op.
   absl::StatusOr<ForwardResult> RunForward(const ForwardBatch& batch, PagedKvCache& cache);
+  // The one pattern every sequence of `batch` runs, or null when its sequences' patterns differ.
+  const std::vector<IndexerType>* UniformPattern(const ForwardBatch& batch) const;
   // Whether `batch` is a decode step that RunDecodeGraph can run.
   bool DecodeGraphFits(const ForwardBatch& batch) const;
-  // A decode step padded to its bucket and replayed from the bucket's graph.
-  absl::StatusOr<ForwardResult> RunDecodeGraph(const ForwardBatch& batch, PagedKvCache& cache);
+  // A decode step padded to its bucket and replayed from the bucket's graph of `types`.
+  absl::StatusOr<ForwardResult> RunDecodeGraph(const ForwardBatch& batch, const std::vector<IndexerType>& types,
+                                               PagedKvCache& cache);
 
   // The pass in pieces, enqueued without host round trips. Layer l: norms, projections and cache
   // writes, then (Full layers) the indexer's selection into a.topk.
-  void EnqueueProjections(int32_t l, bool full, const BatchLayout& layout, Activations& a, PagedKvCache& cache);
+  // With `mixed`, a layer only some rows run Full selects for those rows alone (mixed_pattern_pass.h).
+  void EnqueueProjections(int32_t l, bool full, const BatchLayout& layout, Activations& a, PagedKvCache& cache,
+                          const MixedPatternPass* mixed);
   // The indexer's roped queries and normed, roped keys of layer l from its projections (in a.index_q,
   // a.index_k), as every indexer run starts.
   void EnqueueIndexerQueryKey(int32_t l, Activations& a);
@@ -149,9 +163,11 @@ class DsaModel {
   // Downloads the first `rows` logit rows' argmax (and sampled tokens) when the batch asked for them
   // (argmax_only, draws), else their logits; and the logprob_rows' logits.
   absl::Status DownloadLogits(const Activations& a, int64_t rows, const ForwardBatch& batch, ForwardResult& result);
-  // Adds one pass's indexer runs, skips and FLOPs to stats_.
+  // Adds one pass's indexer runs, skips and FLOPs to stats_: rows at `positions` running `types`.
   void CountIndexerWork(const std::vector<IndexerType>& types, int32_t first_layer,
-                        const std::vector<int32_t>& positions);
+                        absl::Span<const int32_t> positions);
+  // The same for a batch whose sequences run their own patterns (one call per sequence).
+  void CountIndexerWork(const ForwardBatch& batch);
 
   ModelConfig config_;
   Backend* backend_;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "common/model/reuse_overlap.h"
 
@@ -18,6 +19,8 @@ struct IndexCacheStats {
   // Reuse telemetry (reuse_overlap.h): passes that measured, and per layer the overlaps they found.
   uint64_t reuse_telemetry_passes = 0;
   ReuseOverlapByLayer reuse_overlap;
+  // Requests admitted per pattern of an adaptive pattern (Engine::patterns(), base first).
+  std::vector<uint64_t> pattern_requests;
 
   IndexCacheStats& operator+=(const IndexCacheStats& other) {
     indexer_runs += other.indexer_runs;
@@ -28,6 +31,8 @@ struct IndexCacheStats {
     forward_seconds += other.forward_seconds;
     reuse_telemetry_passes += other.reuse_telemetry_passes;
     Accumulate(other.reuse_overlap, reuse_overlap);
+    if (pattern_requests.size() < other.pattern_requests.size()) pattern_requests.resize(other.pattern_requests.size());
+    for (size_t p = 0; p < other.pattern_requests.size(); ++p) pattern_requests[p] += other.pattern_requests[p];
     return *this;
   }
 };

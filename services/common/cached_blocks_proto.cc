@@ -14,6 +14,11 @@ void SetCachedBlocks(const CachedBlocksReport& report, ::indexcache::v1::WorkerL
   out->mutable_removed()->Add(update.removed.begin(), update.removed.end());
   out->set_block_size(report.block_size);
   out->set_seed(report.seed.data(), report.seed.size());
+  for (const LengthSeed& s : report.length_seeds) {
+    ::indexcache::v1::LengthSeed* length_seed = out->add_length_seeds();
+    length_seed->set_min_prompt_tokens(s.min_prompt_tokens);
+    length_seed->set_seed(s.seed.data(), s.seed.size());
+  }
 }
 
 }  // namespace indexcache

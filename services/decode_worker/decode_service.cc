@@ -79,7 +79,7 @@ DecodeService::DecodeService(EngineLoop& loop, HandoffImporter& importer, const 
       importer_(importer),
       options_(options),
       metrics_(metrics),
-      pattern_(FormatIndexPattern(loop.engine().config().indexer_types)) {}
+      patterns_(PatternNames(loop.engine().patterns())) {}
 
 absl::StatusOr<std::pair<RequestId, int32_t>> DecodeService::Admit(const v1::DecodeRequest& request,
                                                                    const SamplingParams& params) {
@@ -137,7 +137,9 @@ grpc::Status DecodeService::Decode(grpc::ServerContext* context, const v1::Decod
   if (!admission.ok()) return ToGrpcStatus(admission.status());
   const auto [engine_id, cached_tokens] = *admission;
   auto session =
-      std::make_shared<DecodeSession>(id, engine_id, request->prompt_ids_size(), cached_tokens, absl::Now());
+      std::make_shared<DecodeSession>(id, engine_id, request->prompt_ids_size(), cached_tokens,
+                                      loop_.engine().PatternFor(request->prompt_ids_size(), request->resumed_tokens()),
+                                      absl::Now());
   if (absl::Status added = importer_.Add(session); !added.ok()) {
     loop_.Call([&, engine_id = engine_id](Engine& engine) { engine.Release(engine_id); });
     return ToGrpcStatus(added);
@@ -229,7 +231,7 @@ grpc::Status DecodeService::Stream(grpc::ServerContext* context, DecodeSession& 
       if (generated > 1) {
         timings->set_mean_inter_token_seconds(Seconds(last_token_at - first_token_at) / (generated - 1));
       }
-      final->set_index_pattern(pattern_);
+      final->set_index_pattern(patterns_[session.pattern()]);
       final->set_decode_worker(worker_id_);
       writer->Write(message);
       IC_LOG(Info) << "request '" << session.request_id() << "' finished: " << RequestFinishName(finish->finish)

@@ -81,7 +81,7 @@ class DecodeService final : public ::indexcache::v1::DecodeWorker::Service, publ
   HandoffImporter& importer_;
   const DecodeServiceOptions options_;
   WorkerMetrics& metrics_;
-  std::string pattern_;
+  const std::vector<std::string> patterns_;  // each pattern's "FS…" (PatternNames)
   std::string worker_id_;             // written once before ready_
   std::string grpc_handoff_address_;  // written once before ready_
 

@@ -5,11 +5,12 @@
 namespace indexcache {
 
 DecodeSession::DecodeSession(std::string request_id, RequestId engine_id, int32_t prompt_tokens,
-                             int32_t cached_tokens, absl::Time admitted_at)
+                             int32_t cached_tokens, int32_t pattern, absl::Time admitted_at)
     : request_id_(std::move(request_id)),
       engine_id_(engine_id),
       prompt_tokens_(prompt_tokens),
       cached_tokens_(cached_tokens),
+      pattern_(pattern),
       admitted_at_(admitted_at) {}
 
 void DecodeSession::EndLocked(EngineLoop& loop) {

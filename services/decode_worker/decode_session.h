@@ -32,14 +32,15 @@ class DecodeSession : public std::enable_shared_from_this<DecodeSession> {
   };
 
   // `cached_tokens`: the prompt's leading positions this worker's prefix cache held at admission; the
-  // handoff brings the rest.
+  // handoff brings the rest. `pattern`: the engine's pattern for the request (Engine::PatternFor).
   DecodeSession(std::string request_id, RequestId engine_id, int32_t prompt_tokens, int32_t cached_tokens,
-                absl::Time admitted_at);
+                int32_t pattern, absl::Time admitted_at);
 
   const std::string& request_id() const { return request_id_; }
   RequestId engine_id() const { return engine_id_; }
   int32_t prompt_tokens() const { return prompt_tokens_; }
   int32_t cached_tokens() const { return cached_tokens_; }
+  int32_t pattern() const { return pattern_; }
   absl::Time admitted_at() const { return admitted_at_; }
 
   // Received rows not in the cache yet.
@@ -103,6 +104,7 @@ class DecodeSession : public std::enable_shared_from_this<DecodeSession> {
   const RequestId engine_id_;
   const int32_t prompt_tokens_;
   const int32_t cached_tokens_;
+  const int32_t pattern_;
   const absl::Time admitted_at_;
 
   std::mutex out_mu_;

@@ -61,7 +61,7 @@ absl::StatusOr<std::unique_ptr<DecodeWorker>> DecodeWorker::Create(const DecodeW
   }
   std::unique_ptr<DecodeWorker> worker(new DecodeWorker(options));
   ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(options.engine));
-  const std::vector<IndexerType>& pattern = engine->config().indexer_types;
+  const std::vector<IndexerType>& pattern = engine->patterns().base();
   const auto full = static_cast<int32_t>(std::count(pattern.begin(), pattern.end(), IndexerType::kFull));
   worker->metrics_ = std::make_unique<WorkerMetrics>(v1::DECODE, full, static_cast<int32_t>(pattern.size()) - full);
   ImportOptions import = options.import;
@@ -147,7 +147,8 @@ absl::StatusOr<std::string> DecodeWorker::Start() {
   const Engine& engine = loop_->engine();
   served.registration.set_handoff_tcp_address(tcp_address_);
   served.registration.set_model_fingerprint(engine.model_fingerprint());
-  served.registration.set_index_pattern(FormatIndexPattern(engine.config().indexer_types));
+  served.registration.set_index_pattern(FormatIndexPattern(engine.patterns().base()));
+  served.registration.set_length_patterns(engine.patterns().FormatRanges());
   served.listening_detail =
       absl::StrCat(tcp_address_.empty() ? "" : absl::StrCat(" (TCP handoff data plane on ", tcp_address_, ")"),
                    nccl_address_.empty() ? ""

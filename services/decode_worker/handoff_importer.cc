@@ -16,10 +16,13 @@ namespace {
 
 using Phase = DecodeSession::Phase;
 
-std::vector<bool> FullLayers(const ModelConfig& config) {
-  std::vector<bool> full(config.indexer_types.size());
-  for (size_t i = 0; i < full.size(); ++i) full[i] = config.indexer_types[i] == IndexerType::kFull;
-  return full;
+std::vector<std::vector<bool>> FullLayers(const PatternSchedule& patterns) {
+  std::vector<std::vector<bool>> full_layers;
+  for (const LengthPattern& p : patterns.patterns()) {
+    std::vector<bool>& full = full_layers.emplace_back();
+    for (IndexerType t : p.types) full.push_back(t == IndexerType::kFull);
+  }
+  return full_layers;
 }
 
 absl::Status Mismatch(const std::string& what, const std::string& theirs, const std::string& ours) {
@@ -58,8 +61,9 @@ HandoffImporter::HandoffImporter(EngineLoop& loop, const ImportOptions& options,
       receive_area_(std::move(receive_area)),
       device_receive_area_(std::move(device_receive_area)),
       fingerprint_(loop.engine().model_fingerprint()),
-      pattern_(FormatIndexPattern(loop.engine().config().indexer_types)),
-      full_layers_(FullLayers(loop.engine().config())),
+      patterns_(PatternNames(loop.engine().patterns())),
+      full_layers_(FullLayers(loop.engine().patterns())),
+      num_layers_(loop.engine().config().num_layers),
       latent_dim_(KvRowWidth(loop.engine().cache().spec(), KvRowKind::kLatent)),
       index_key_dim_(KvRowWidth(loop.engine().cache().spec(), KvRowKind::kIndexKey)),
       dtype_(loop.engine().cache().spec().dtype),
@@ -159,9 +163,9 @@ absl::Status HandoffImporter::Apply(DecodeSession& session, v1::HandoffChunk& ch
       if (state.phase != Phase::kAwaitingHeader) return absl::InvalidArgumentError("a second handoff header");
       RETURN_IF_ERROR(CheckHeader(chunk.header(), session));
       // Every layer holds the cached prefix already; rows continue from there.
-      state.latent_rows.assign(full_layers_.size(), session.cached_tokens());
-      state.index_key_rows.assign(full_layers_.size(), session.cached_tokens());
-      state.bytes_to_come = PromptRowBytes(session.prompt_tokens() - session.cached_tokens());
+      state.latent_rows.assign(num_layers_, session.cached_tokens());
+      state.index_key_rows.assign(num_layers_, session.cached_tokens());
+      state.bytes_to_come = PromptRowBytes(session, session.prompt_tokens() - session.cached_tokens());
       state.phase = Phase::kRows;
       return absl::OkStatus();
     case v1::HandoffChunk::kRows:
@@ -178,9 +182,9 @@ absl::Status HandoffImporter::Apply(DecodeSession& session, v1::HandoffChunk& ch
   return absl::InvalidArgumentError(absl::StrFormat("chunk %d carries no header, rows or trailer", chunk.sequence()));
 }
 
-size_t HandoffImporter::PromptRowBytes(int32_t prompt_tokens) const {
+size_t HandoffImporter::PromptRowBytes(const DecodeSession& session, int32_t prompt_tokens) const {
   size_t per_token = 0;
-  for (bool full : full_layers_) per_token += (latent_dim_ + (full ? index_key_dim_ : 0)) * DTypeSize(dtype_);
+  for (bool full : full_layers_[session.pattern()]) per_token += (latent_dim_ + (full ? index_key_dim_ : 0)) * DTypeSize(dtype_);
   return per_token * static_cast<size_t>(prompt_tokens);
 }
 
@@ -188,7 +192,9 @@ absl::Status HandoffImporter::CheckHeader(const v1::HandoffHeader& header, const
   if (header.model_fingerprint() != fingerprint_) {
     return Mismatch("model fingerprint", header.model_fingerprint(), fingerprint_);
   }
-  if (header.index_pattern() != pattern_) return Mismatch("IndexCache layer pattern", header.index_pattern(), pattern_);
+  // An adaptive pattern's workers agree on it by the prompt's length (Engine::PatternFor).
+  const std::string& pattern = patterns_[session.pattern()];
+  if (header.index_pattern() != pattern) return Mismatch("IndexCache layer pattern", header.index_pattern(), pattern);
   if (header.prompt_tokens() != session.prompt_tokens()) {
     return absl::InvalidArgumentError(absl::StrFormat("the handoff carries a %d-token prompt, the request has %d",
                                                       header.prompt_tokens(), session.prompt_tokens()));
@@ -210,10 +216,10 @@ absl::Status HandoffImporter::CheckHeader(const v1::HandoffHeader& header, const
 
 absl::Status HandoffImporter::AcceptRows(DecodeSession& session, v1::KvRows& rows, LandedRows& landed) {
   const int32_t layer = rows.layer();
-  if (layer < 0 || layer >= static_cast<int32_t>(full_layers_.size())) {
-    return absl::InvalidArgumentError(absl::StrFormat("rows of layer %d: the model has %d layers", layer,
-                                                      full_layers_.size()));
+  if (layer < 0 || layer >= num_layers_) {
+    return absl::InvalidArgumentError(absl::StrFormat("rows of layer %d: the model has %d layers", layer, num_layers_));
   }
+  const std::vector<bool>& full_layers = full_layers_[session.pattern()];
   KvRowKind kind;
   std::vector<int32_t>* received;
   int32_t width;
@@ -222,7 +228,7 @@ absl::Status HandoffImporter::AcceptRows(DecodeSession& session, v1::KvRows& row
     received = &session.import.latent_rows;
     width = latent_dim_;
   } else if (rows.kind() == v1::INDEX_KEY) {
-    if (!full_layers_[layer]) {
+    if (!full_layers[layer]) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "index-key rows of layer %d, a Shared layer: Shared layers reuse a Full layer's indices and have none",
           layer));
@@ -282,14 +288,15 @@ absl::Status HandoffImporter::ImportRows(Engine& engine, const DecodeSession& se
 
 absl::Status HandoffImporter::VerifyTrailer(DecodeSession& session, const v1::HandoffTrailer& trailer) {
   const int32_t prompt = session.prompt_tokens();
-  const int32_t num_layers = static_cast<int32_t>(full_layers_.size());
+  const int32_t num_layers = num_layers_;
+  const std::vector<bool>& full_layers = full_layers_[session.pattern()];
   for (int32_t layer = 0; layer < num_layers; ++layer) {
     const int32_t latent = session.import.latent_rows[layer];
     const int32_t keys = session.import.index_key_rows[layer];
-    if (latent != prompt || (full_layers_[layer] && keys != prompt)) {
+    if (latent != prompt || (full_layers[layer] && keys != prompt)) {
       return absl::DataLossError(absl::StrFormat(
           "the trailer arrived before all rows: layer %d has %d of %d latent rows%s", layer, latent, prompt,
-          full_layers_[layer] ? absl::StrFormat(" and %d index-key rows", keys) : ""));
+          full_layers[layer] ? absl::StrFormat(" and %d index-key rows", keys) : ""));
     }
   }
   if (trailer.first_token() < 0 || trailer.first_token() >= vocab_size_) {
@@ -299,7 +306,7 @@ absl::Status HandoffImporter::VerifyTrailer(DecodeSession& session, const v1::Ha
   std::vector<IndexerProbe> probes;
   std::vector<bool> seen(num_layers, false);
   for (const v1::LayerSelection& s : trailer.selections()) {
-    if (s.layer() < 0 || s.layer() >= num_layers || !full_layers_[s.layer()] || seen[s.layer()]) {
+    if (s.layer() < 0 || s.layer() >= num_layers || !full_layers[s.layer()] || seen[s.layer()]) {
       return absl::InvalidArgumentError(
           absl::StrFormat("the trailer's selection for layer %d is not one per Full layer", s.layer()));
     }
@@ -316,7 +323,7 @@ absl::Status HandoffImporter::VerifyTrailer(DecodeSession& session, const v1::Ha
     probe.topk.assign(s.topk().begin(), s.topk().end());
   }
   for (int32_t layer = 0; layer < num_layers; ++layer) {
-    if (full_layers_[layer] && !seen[layer]) {
+    if (full_layers[layer] && !seen[layer]) {
       return absl::InvalidArgumentError(absl::StrFormat("the trailer lacks Full layer %d's selection", layer));
     }
   }

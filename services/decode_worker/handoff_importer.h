@@ -68,7 +68,7 @@ class HandoffImporter final : public HandoffSink {
   absl::Status Apply(DecodeSession& session, v1::HandoffChunk& chunk, LandedRows& rows);
   absl::Status CheckHeader(const v1::HandoffHeader& header, const DecodeSession& session) const;
   // Every row a prompt of this length ships: each layer's latent rows, the Full layers' index keys.
-  size_t PromptRowBytes(int32_t prompt_tokens) const;
+  size_t PromptRowBytes(const DecodeSession& session, int32_t prompt_tokens) const;
   // Validates the rows (`landed`, else the message's bytes) and queues them for the engine loop to
   // import (DecodeSession::QueueRows), without waiting for it: in batches, or at once near the end
   // (ImportOptions).
@@ -86,8 +86,9 @@ class HandoffImporter final : public HandoffSink {
   const std::shared_ptr<LandingArea> device_receive_area_;  // null without one
   // This engine's side of the header, read once.
   const std::string fingerprint_;
-  const std::string pattern_;
-  const std::vector<bool> full_layers_;
+  const std::vector<std::string> patterns_;          // per pattern of the engine (PatternNames)
+  const std::vector<std::vector<bool>> full_layers_;  // per pattern: its Full layers
+  const int32_t num_layers_;
   const int32_t latent_dim_;
   const int32_t index_key_dim_;
   const DType dtype_;  // the cache's: the rows' dtype on the wire

@@ -199,7 +199,8 @@ absl::StatusOr<v1::PrefillDone> PrefillJob::Transfer(const v1::PrefillRequest& r
   v1::HandoffChunk header;
   v1::HandoffHeader* h = header.mutable_header();
   h->set_model_fingerprint(engine.model_fingerprint());
-  h->set_index_pattern(FormatIndexPattern(engine.config().indexer_types));
+  h->set_index_pattern(
+      FormatIndexPattern(engine.PatternTypesFor(request.prompt_ids_size(), request.resumed_tokens())));
   h->set_prompt_tokens(request.prompt_ids_size());
   h->set_latent_dim(KvRowWidth(spec, KvRowKind::kLatent));
   h->set_index_key_dim(KvRowWidth(spec, KvRowKind::kIndexKey));

@@ -46,8 +46,10 @@ absl::StatusOr<std::shared_ptr<PrefillService::InFlight>> PrefillService::Admit(
   const int64_t tokens = request.prompt_ids_size();
   // The work this prompt adds: less the prefix the cache holds now (the router's placement counts it
   // so; reporting the whole prompt's would make this worker look busier than it is to the router).
-  const ModelConfig& config = loop_.engine().config();
-  const int32_t cached = loop_.CachedPrefixTokens(request.prompt_ids());
+  // Under the pattern this prompt runs (an adaptive pattern's, by length).
+  ModelConfig config = loop_.engine().config();
+  config.indexer_types = loop_.engine().PatternTypesFor(tokens, request.resumed_tokens());
+  const int32_t cached = loop_.CachedPrefixTokens(request.prompt_ids(), tokens - request.resumed_tokens());
   const double flops = PrefillWorkOf(config, tokens).total() - PrefillWorkOf(config, cached).total();
   std::lock_guard<std::mutex> lock(mu_);
   if (draining_) return absl::UnavailableError(absl::StrCat("prefill worker ", worker_id_, " is draining"));

@@ -34,7 +34,7 @@ absl::StatusOr<std::unique_ptr<PrefillWorker>> PrefillWorker::Create(const Prefi
   std::unique_ptr<PrefillWorker> worker(new PrefillWorker(options));
   ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(options.engine));
   const int engine_gpu = engine->cuda_device();
-  const std::vector<IndexerType>& pattern = engine->config().indexer_types;
+  const std::vector<IndexerType>& pattern = engine->patterns().base();
   const auto full = static_cast<int32_t>(std::count(pattern.begin(), pattern.end(), IndexerType::kFull));
   worker->metrics_ = std::make_unique<WorkerMetrics>(v1::PREFILL, full, static_cast<int32_t>(pattern.size()) - full);
   worker->loop_ = std::make_unique<EngineLoop>(std::move(engine));
@@ -67,7 +67,8 @@ absl::StatusOr<std::string> PrefillWorker::Start() {
   served.max_receive_message_bytes = kMaxMessageBytes;
   const Engine& engine = loop_->engine();
   served.registration.set_model_fingerprint(engine.model_fingerprint());
-  served.registration.set_index_pattern(FormatIndexPattern(engine.config().indexer_types));
+  served.registration.set_index_pattern(FormatIndexPattern(engine.patterns().base()));
+  served.registration.set_length_patterns(engine.patterns().FormatRanges());
   served.listening_detail = absl::StrCat(" (handoff transports: ", transports_->Describe(), ")");
   served.metrics = metrics_->registry();
   return server_.Start(std::move(served));

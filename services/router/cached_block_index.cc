@@ -6,6 +6,14 @@ namespace indexcache {
 
 void CachedBlockIndex::Apply(const ::indexcache::v1::CachedBlocks& report) {
   if (report.block_size() <= 0 || report.seed().size() != seed_.size()) return;  // malformed: keep what we know
+  std::vector<LengthSeed> length_seeds;
+  for (const ::indexcache::v1::LengthSeed& s : report.length_seeds()) {
+    const int32_t previous = length_seeds.empty() ? 0 : length_seeds.back().min_prompt_tokens;
+    if (s.seed().size() != seed_.size() || s.min_prompt_tokens() <= previous) return;
+    LengthSeed& seed = length_seeds.emplace_back();
+    seed.min_prompt_tokens = s.min_prompt_tokens();
+    std::copy(s.seed().begin(), s.seed().end(), seed.seed.begin());
+  }
   if (report.snapshot()) {
     keys_ = absl::flat_hash_set<uint64_t>(report.stored().begin(), report.stored().end());
   } else {
@@ -18,6 +26,15 @@ void CachedBlockIndex::Apply(const ::indexcache::v1::CachedBlocks& report) {
   version_ = report.version();
   block_size_ = report.block_size();
   std::copy(report.seed().begin(), report.seed().end(), seed_.begin());
+  length_seeds_ = std::move(length_seeds);
+}
+
+const BlockKey& CachedBlockIndex::SeedFor(int64_t prompt_tokens) const {
+  const BlockKey* seed = &seed_;
+  for (const LengthSeed& s : length_seeds_) {
+    if (prompt_tokens >= s.min_prompt_tokens) seed = &s.seed;
+  }
+  return *seed;
 }
 
 void CachedBlockIndex::Clear() { *this = CachedBlockIndex(); }

@@ -4,9 +4,11 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/types/span.h"
+#include "common/kv/cached_block_log.h"
 #include "common/kv/prefix_cache.h"
 #include "indexcache/v1/internal.pb.h"
 
@@ -25,7 +27,9 @@ class CachedBlockIndex {
 
   // Whether the worker reported a cache at all; the seed and block size then name its keys.
   bool known() const { return block_size_ > 0; }
-  const BlockKey& seed() const { return seed_; }
+  // The chain start of a prompt of `prompt_tokens` tokens (as its client sent it): an adaptive
+  // pattern's longer prompts run other patterns, whose blocks chain from seeds of their own.
+  const BlockKey& SeedFor(int64_t prompt_tokens) const;
   int32_t block_size() const { return block_size_; }
   size_t size() const { return keys_.size(); }
   // How many of `keys` (a prompt's leading block keys under this seed and block size, in order) the
@@ -37,6 +41,7 @@ class CachedBlockIndex {
   uint64_t version_ = 0;
   int32_t block_size_ = 0;
   BlockKey seed_{};
+  std::vector<LengthSeed> length_seeds_;  // by increasing threshold
   absl::flat_hash_set<uint64_t> keys_;
 };
 

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/model/pattern_schedule.h"
 #include "common/model/prefill_cost.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
@@ -179,10 +180,15 @@ grpc::Status GenerateCall::StreamBroken(const absl::Status& failure, const std::
 std::function<int64_t(int64_t)> GenerateCall::WorkModel() const {
   if (options_.model == nullptr) return nullptr;
   ModelConfig config = *options_.model;
-  // The pool's pattern is what its prefill workers run (the registry admits one pattern).
+  // The pool's pattern is what its prefill workers run (the registry admits one pattern, or one set of
+  // length patterns, of which this prompt's length picks the one it runs).
   if (const std::string pool = registry_->PoolIndexPattern(); !pool.empty()) {
     absl::StatusOr<std::vector<IndexerType>> types = ParseIndexPattern(pool, config.num_layers);
-    if (types.ok()) config.indexer_types = *std::move(types);
+    if (types.ok()) {
+      absl::StatusOr<PatternSchedule> schedule =
+          PatternSchedule::Create(*std::move(types), registry_->PoolLengthPatterns(), config.num_layers);
+      if (schedule.ok()) config.indexer_types = schedule->TypesFor(static_cast<int64_t>(prompt_.size()));
+    }
   }
   return [config = std::move(config)](int64_t tokens) {
     return static_cast<int64_t>(PrefillWorkOf(config, tokens).total());

@@ -136,18 +136,19 @@ void WorkerRegistry::RemoveDiscovered(const std::string& address, const std::str
   }
 }
 
-std::pair<std::string, std::string> WorkerRegistry::PoolIdentityFor(const v1::RegisterRequest& request) const {
-  std::string fingerprint = options_.model_fingerprint;
-  std::string pattern = options_.index_pattern;
+WorkerRegistry::PoolIdentity WorkerRegistry::PoolIdentityFor(const v1::RegisterRequest& request) const {
+  PoolIdentity pool{.fingerprint = options_.model_fingerprint, .index_pattern = options_.index_pattern,
+                    .length_patterns = std::nullopt};
   for (const auto& e : entries_) {
     // The worker itself (re-registering, perhaps restarted with another model) does not count.
     if (!e->info.registered || e->info.id == request.worker_id() || e->info.address == request.address()) {
       continue;
     }
-    if (fingerprint.empty()) fingerprint = e->info.model_fingerprint;
-    if (pattern.empty()) pattern = e->info.index_pattern;
+    if (pool.fingerprint.empty()) pool.fingerprint = e->info.model_fingerprint;
+    if (pool.index_pattern.empty()) pool.index_pattern = e->info.index_pattern;
+    if (!pool.length_patterns) pool.length_patterns = e->info.length_patterns;
   }
-  return {fingerprint, pattern};
+  return pool;
 }
 
 absl::StatusOr<v1::CachedBlocksCursor> WorkerRegistry::Register(const v1::RegisterRequest& request) {
@@ -169,7 +170,9 @@ absl::StatusOr<v1::CachedBlocksCursor> WorkerRegistry::Enroll(const v1::Register
         "worker %s must register with its model fingerprint and index pattern", request.worker_id()));
   }
   std::lock_guard<std::mutex> lock(mu_);
-  const auto [fingerprint, pattern] = PoolIdentityFor(request);
+  const PoolIdentity pool = PoolIdentityFor(request);
+  const std::string& fingerprint = pool.fingerprint;
+  const std::string& pattern = pool.index_pattern;
   if (!fingerprint.empty() && fingerprint != request.model_fingerprint()) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "refusing %s worker %s (%s): it serves model fingerprint %s, but this router's pool serves %s; "
@@ -182,6 +185,14 @@ absl::StatusOr<v1::CachedBlocksCursor> WorkerRegistry::Enroll(const v1::Register
         "refusing %s worker %s (%s): it runs index pattern %s, but this router's pool runs %s; start every "
         "worker with the same --index-pattern / --index-freq",
         RoleName(request.role()), request.worker_id(), request.address(), request.index_pattern(), pattern));
+  }
+  // A prefill and a decode worker pick a request's pattern by its length alike only with equal ranges.
+  if (pool.length_patterns && *pool.length_patterns != request.length_patterns()) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "refusing %s worker %s (%s): its length patterns are '%s', but this router's pool runs '%s'; start "
+        "every worker with the same --length-patterns",
+        RoleName(request.role()), request.worker_id(), request.address(), request.length_patterns(),
+        *pool.length_patterns));
   }
   Entry* entry = nullptr;
   for (auto it = entries_.begin(); it != entries_.end();) {
@@ -216,12 +227,14 @@ absl::StatusOr<v1::CachedBlocksCursor> WorkerRegistry::Enroll(const v1::Register
   entry->info.healthy = true;
   entry->info.model_fingerprint = request.model_fingerprint();
   entry->info.index_pattern = request.index_pattern();
+  entry->info.length_patterns = request.length_patterns();
   RecordLoad(*entry, request.load());
   entry->info.load.set_worker_id(request.worker_id());
   entry->last_heartbeat = absl::Now();
   IC_LOG(Info) << "registered " << RoleName(request.role()) << " worker " << request.worker_id() << " at "
                << request.address() << " (model " << request.model_fingerprint() << ", pattern "
-               << request.index_pattern() << ")";
+               << request.index_pattern()
+               << (request.length_patterns().empty() ? "" : ", by prompt length " + request.length_patterns()) << ")";
   return entry->cached.cursor();
 }
 
@@ -379,7 +392,7 @@ absl::StatusOr<Placement> WorkerRegistry::TryPlace(const Demand& demand, absl::S
   // 32K tokens, which heartbeats and other placements must not wait for). A worker that registers in
   // between counts as holding none of the prompt this time.
   if (demand.prompt != nullptr && options_.prefix_overlap_weight > 0) {
-    for (const auto& [seed, block_size] : CacheNamings()) demand.prompt->KeysFor(seed, block_size);
+    for (const auto& [seed, block_size] : CacheNamings(demand.prompt_tokens)) demand.prompt->KeysFor(seed, block_size);
   }
   std::lock_guard<std::mutex> lock(mu_);
   const Choice decode = choose(v1::DECODE, exclude_decode);
@@ -414,16 +427,16 @@ absl::StatusOr<Placement> WorkerRegistry::TryPlace(const Demand& demand, absl::S
 int64_t WorkerRegistry::CachedPromptTokens(const Entry& entry, const Demand& demand) const {
   if (demand.prompt == nullptr || options_.prefix_overlap_weight <= 0 || !entry.cached.known()) return 0;
   const int32_t block_size = entry.cached.block_size();
-  const std::vector<uint64_t>* keys = demand.prompt->HashedFor(entry.cached.seed(), block_size);
+  const std::vector<uint64_t>* keys = demand.prompt->HashedFor(entry.cached.SeedFor(demand.prompt_tokens), block_size);
   return keys == nullptr ? 0 : entry.cached.LeadingHits(*keys) * block_size;
 }
 
-std::vector<std::pair<BlockKey, int32_t>> WorkerRegistry::CacheNamings() const {
+std::vector<std::pair<BlockKey, int32_t>> WorkerRegistry::CacheNamings(int64_t prompt_tokens) const {
   std::vector<std::pair<BlockKey, int32_t>> namings;
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& e : entries_) {
     if (!e->cached.known()) continue;
-    std::pair<BlockKey, int32_t> naming{e->cached.seed(), e->cached.block_size()};
+    std::pair<BlockKey, int32_t> naming{e->cached.SeedFor(prompt_tokens), e->cached.block_size()};
     if (std::find(namings.begin(), namings.end(), naming) == namings.end()) namings.push_back(naming);
   }
   return namings;
@@ -500,12 +513,17 @@ std::vector<WorkerInfo> WorkerRegistry::Pool() const {
 
 std::string WorkerRegistry::PoolFingerprint() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return PoolIdentityFor(v1::RegisterRequest()).first;
+  return PoolIdentityFor(v1::RegisterRequest()).fingerprint;
 }
 
 std::string WorkerRegistry::PoolIndexPattern() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return PoolIdentityFor(v1::RegisterRequest()).second;
+  return PoolIdentityFor(v1::RegisterRequest()).index_pattern;
+}
+
+std::string WorkerRegistry::PoolLengthPatterns() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return PoolIdentityFor(v1::RegisterRequest()).length_patterns.value_or("");
 }
 
 std::string WorkerRegistry::IndexPatternOf(const std::string& worker_id) const {

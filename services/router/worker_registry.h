@@ -63,6 +63,7 @@ struct WorkerInfo {
   v1::WorkerLoad load;  // the last reported load
   std::string model_fingerprint;  // registered workers only
   std::string index_pattern;      // registered workers only
+  std::string length_patterns;    // registered workers only: an adaptive pattern's ranges (pattern_schedule.h)
 };
 
 class WorkerRegistry;
@@ -165,10 +166,12 @@ class WorkerRegistry {
   std::vector<WorkerInfo> Pool() const;
   // Every known worker, in or out of rotation.
   std::vector<WorkerInfo> Workers() const;
-  // The model fingerprint and IndexCache pattern the pool holds workers to ("" while unknown), and the
-  // pattern one worker registered with.
+  // The model fingerprint and IndexCache pattern the pool holds workers to ("" while unknown), the
+  // ranges of its adaptive pattern ("" when it has none or no worker registered yet), and the pattern
+  // one worker registered with.
   std::string PoolFingerprint() const;
   std::string PoolIndexPattern() const;
+  std::string PoolLengthPatterns() const;
   std::string IndexPatternOf(const std::string& worker_id) const;
 
  private:
@@ -176,8 +179,14 @@ class WorkerRegistry {
   struct Entry;
 
   // The fingerprint and pattern the pool holds `request`'s worker to: the options' values, else those
-  // of any other registered worker ("" when there is none). Locked.
-  std::pair<std::string, std::string> PoolIdentityFor(const v1::RegisterRequest& request) const;
+  // of any other registered worker ("" when there is none), and that worker's length patterns (known
+  // only from a registered worker). Locked.
+  struct PoolIdentity {
+    std::string fingerprint;
+    std::string index_pattern;
+    std::optional<std::string> length_patterns;
+  };
+  PoolIdentity PoolIdentityFor(const v1::RegisterRequest& request) const;
   // Register, under the lock.
   absl::StatusOr<v1::CachedBlocksCursor> Enroll(const v1::RegisterRequest& request);
   // AddStatic and AddDiscovered: a new probed entry unless `address` is known.
@@ -192,8 +201,9 @@ class WorkerRegistry {
   Candidate PrefillCandidate(const Entry& entry, const Demand& demand) const;
   Candidate DecodeCandidate(const Entry& entry, const Demand& demand) const;
   int64_t CachedPromptTokens(const Entry& entry, const Demand& demand) const;
-  // The distinct (seed, block size) pairs the workers' prefix caches name blocks by. Takes the lock.
-  std::vector<std::pair<BlockKey, int32_t>> CacheNamings() const;
+  // The distinct (seed, block size) pairs the workers' prefix caches name a prompt of `prompt_tokens`
+  // tokens' blocks by (an adaptive pattern's seed depends on the length). Takes the lock.
+  std::vector<std::pair<BlockKey, int32_t>> CacheNamings(int64_t prompt_tokens) const;
 
   const RegistryOptions options_;
   mutable std::mutex mu_;

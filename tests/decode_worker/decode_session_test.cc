@@ -16,7 +16,7 @@ DecodeSession::PendingRows Rows(int32_t begin, size_t bytes) {
 }
 
 TEST(DecodeSessionTest, AnImportIsPostedOnceTheRowsWaitingWeighABatch) {
-  DecodeSession session("r", 1, 8, /*cached_tokens=*/0, absl::Now());
+  DecodeSession session("r", 1, 8, /*cached_tokens=*/0, /*pattern=*/0, absl::Now());
   EXPECT_FALSE(session.QueueRows(Rows(0, 10), 25));
   EXPECT_FALSE(session.QueueRows(Rows(1, 10), 25));
   EXPECT_TRUE(session.QueueRows(Rows(2, 10), 25));  // 30 bytes wait
@@ -31,7 +31,7 @@ TEST(DecodeSessionTest, AnImportIsPostedOnceTheRowsWaitingWeighABatch) {
 }
 
 TEST(DecodeSessionTest, AZeroBatchPostsForEveryRowsWhenNoImportIsQueued) {
-  DecodeSession session("r", 1, 8, /*cached_tokens=*/0, absl::Now());
+  DecodeSession session("r", 1, 8, /*cached_tokens=*/0, /*pattern=*/0, absl::Now());
   EXPECT_TRUE(session.QueueRows(Rows(0, 1), 0));
   EXPECT_FALSE(session.QueueRows(Rows(1, 1), 0));  // one import at a time
   EXPECT_EQ(session.TakeRows().size(), 2u);

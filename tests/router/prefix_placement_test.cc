@@ -25,6 +25,7 @@ BlockKey TestSeed() { return PrefixCache::Seed("fingerprint", "FSFS"); }
 v1::WorkerLoad ReportOf(const CachedBlockLog& log, const v1::CachedBlocksCursor& cursor) {
   const CachedBlocksReport report{.enabled = true,
                                   .seed = TestSeed(),
+                                  .length_seeds = {},
                                   .block_size = kBlockSize,
                                   .update = log.Since(cursor.epoch(), cursor.version(), kMaxReportedCachedBlocks)};
   v1::WorkerLoad load;
@@ -76,7 +77,7 @@ TEST(PrefixPlacementTest, TheIndexFollowsTheWorkersLogThroughLostAndCrossedRepor
   index.Apply(ReportOf(log, index.cursor()).cached_blocks());
   EXPECT_EQ(index.size(), truth.size());
   EXPECT_EQ(index.block_size(), kBlockSize);
-  EXPECT_EQ(index.seed(), TestSeed());
+  EXPECT_EQ(index.SeedFor(1), TestSeed());
 }
 
 TEST(PrefixPlacementTest, APromptsBlocksAreTheFullOnesBeforeItsLastTokenChainedUnderTheSeed) {

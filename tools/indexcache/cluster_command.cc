@@ -43,7 +43,7 @@ constexpr char kClusterUsage[] =
     "usage: indexcache cluster up --model DIR [--prefill N] [--decode M] [--port P]\n"
     "       [--index-pattern P | --index-freq N] [--transport grpc|tcp|nccl] [--threads T] [--kv-cache-mb MB]\n"
     "       [--max-batch-tokens N] [--device cpu] [--prefill-gpu G] [--decode-gpu G] [--metrics-port-base P]\n"
-    "       [--prefix-cache=true|false] [--reuse-telemetry-rate R]\n"
+    "       [--prefix-cache=true|false] [--reuse-telemetry-rate R] [--length-patterns N:P,...]\n"
     "  --transport nccl moves the KV rows GPU to GPU: prefill workers on CUDA GPU --prefill-gpu (default 0),\n"
     "  decode workers on --decode-gpu (default 1).\n"
     "  --metrics-port-base P     serve /metrics: the router on port P, the workers on P+1, P+2, … (prefill\n"
@@ -153,7 +153,8 @@ absl::StatusOr<ClusterSpec> SpecFromArgs(const Args& args) {
   spec.worker_flags = {"--model", spec.model_dir, "--index-pattern", spec.pattern, "--threads",
                        std::to_string(worker_threads)};
   for (const char* flag :
-       {"kv-cache-mb", "max-batch-tokens", "device", "block-size", "prefix-cache", "reuse-telemetry-rate"}) {
+       {"kv-cache-mb", "max-batch-tokens", "device", "block-size", "prefix-cache", "reuse-telemetry-rate",
+        "length-patterns"}) {
     if (auto v = args.Get(flag)) {
       spec.worker_flags.push_back(absl::StrCat("--", flag));
       spec.worker_flags.push_back(*v);
@@ -359,7 +360,8 @@ int RunCluster(const std::vector<std::string>& argv) {
   auto args = Args::Parse(std::vector<std::string>(argv.begin() + 1, argv.end()),
                           {"model", "prefill", "decode", "port", "index-pattern", "index-freq", "transport", "threads",
                            "kv-cache-mb", "max-batch-tokens", "device", "block-size", "prefix-cache",
-                           "reuse-telemetry-rate", "prefill-gpu", "decode-gpu", "metrics-port-base", "http-port",
+                           "reuse-telemetry-rate", "length-patterns", "prefill-gpu", "decode-gpu",
+                           "metrics-port-base", "http-port",
                            "api-key-file", "drain-grace", "tls-cert-file", "tls-key-file", "tls-ca-file"},
                           {"help"});
   if (!args.ok()) return Fail("cluster", std::string(args.status().message()) + "\n" + kClusterUsage);

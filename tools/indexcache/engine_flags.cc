@@ -15,6 +15,8 @@ const char kEngineFlagsUsage[] =
     "  --threads N               CPU threads (default: all cores)\n"
     "  --index-pattern FSSS...   IndexCache pattern, one F(ull)/S(hared) per layer\n"
     "  --index-freq N            keep every N-th indexer (transformers' schedule)\n"
+    "  --length-patterns N:P,... an adaptive pattern: prompts of at least N tokens run pattern P (e.g.\n"
+    "                            8192:FFSSSSFSSSSFSSSS); shorter ones the pattern above\n"
     "  --kv-cache-mb N           KV cache budget in MiB (default 1024)\n"
     "  --block-size N            tokens per KV block (default 64)\n"
     "  --max-batch-tokens N      tokens per forward pass / prefill chunk (default 512 on cpu, 8192 on cuda)\n"
@@ -34,7 +36,7 @@ const char kSamplingFlagsUsage[] =
 std::set<std::string> EngineFlagNames() {
   return {"model",      "device",     "threads",          "index-pattern", "index-freq",
           "kv-cache-mb", "block-size", "max-batch-tokens", "cuda-graphs", "prefix-cache",
-          "reuse-telemetry-rate"};
+          "reuse-telemetry-rate", "length-patterns"};
 }
 
 std::set<std::string> SamplingFlagNames() {
@@ -62,6 +64,7 @@ absl::StatusOr<EngineOptions> EngineOptionsFromArgs(const Args& args) {
   ASSIGN_OR_RETURN(o.model_dir, args.Require("model"));
   o.device = args.Get("device").value_or("cpu");
   o.index_pattern = args.Get("index-pattern").value_or("");
+  o.length_patterns = args.Get("length-patterns").value_or("");
   ASSIGN_OR_RETURN(auto threads, args.GetInt("threads"));
   ASSIGN_OR_RETURN(auto freq, args.GetInt("index-freq"));
   ASSIGN_OR_RETURN(auto kv_mb, args.GetInt("kv-cache-mb"));

@@ -81,7 +81,7 @@ absl::StatusOr<Generation> Generate(const Args& args, bool stream) {
   g.total_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   g.has_tokenizer = engine->tokenizer() != nullptr;
   g.stats = engine->TakeStats();
-  g.pattern = FormatIndexPattern(engine->config().indexer_types);
+  g.pattern = FormatIndexPattern(engine->PatternTypesFor(static_cast<int64_t>(g.prompt.size()), 0));
   return g;
 }
 
