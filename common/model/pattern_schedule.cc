@@ -62,10 +62,10 @@ std::string PatternSchedule::FormatRanges() const {
   return out;
 }
 
-std::vector<std::string> PatternNames(const PatternSchedule& schedule) {
-  std::vector<std::string> names;
-  for (const LengthPattern& p : schedule.patterns()) names.push_back(FormatIndexPattern(p.types));
-  return names;
+std::vector<std::pair<int32_t, std::string>> PatternSchedule::Named() const {
+  std::vector<std::pair<int32_t, std::string>> named;
+  for (const LengthPattern& p : patterns_) named.emplace_back(p.min_prompt_tokens, FormatIndexPattern(p.types));
+  return named;
 }
 
 }  // namespace indexcache

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -49,12 +50,12 @@ class PatternSchedule {
   std::vector<IndexerType> Loaded() const;
   // The ranges as Create takes them ("" when not adaptive).
   std::string FormatRanges() const;
+  // Each pattern as (min_prompt_tokens, "FS…"), in patterns() order.
+  std::vector<std::pair<int32_t, std::string>> Named() const;
 
  private:
   std::vector<LengthPattern> patterns_;
 };
 
-// Each pattern's "FS…" string, in patterns() order.
-std::vector<std::string> PatternNames(const PatternSchedule& schedule);
 
 }  // namespace indexcache

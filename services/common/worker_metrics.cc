@@ -52,7 +52,8 @@ const char* TransportLabel(v1::HandoffTransport transport) {
   }
 }
 
-WorkerMetrics::WorkerMetrics(v1::WorkerRole role, int32_t full_layers, int32_t shared_layers)
+WorkerMetrics::WorkerMetrics(v1::WorkerRole role, int32_t full_layers, int32_t shared_layers,
+                             const std::vector<std::pair<int32_t, std::string>>& patterns)
     : role_(role == v1::PREFILL ? "prefill" : "decode"),
       full_layers_(full_layers),
       shared_layers_(shared_layers),
@@ -185,6 +186,16 @@ WorkerMetrics::WorkerMetrics(v1::WorkerRole role, int32_t full_layers, int32_t s
                      .Register(*registry_);
   layers.Add({{"role", role_}, {"kind", "full"}}).Set(full_layers);
   layers.Add({{"role", role_}, {"kind", "shared"}}).Set(shared_layers);
+  auto& pattern_requests =
+      BuildCounter()
+          .Name("indexcache_pattern_requests_total")
+          .Help("Requests admitted per IndexCache pattern (--length-patterns: each prompt runs the pattern of "
+                "the last threshold its length reaches, min_prompt_tokens)")
+          .Register(*registry_);
+  for (const auto& [min_prompt_tokens, pattern] : patterns) {
+    pattern_requests_.push_back(&pattern_requests.Add(
+        With({{"pattern", pattern}, {"min_prompt_tokens", std::to_string(min_prompt_tokens)}})));
+  }
   estimated_speedup_.Set(1.0);
   for (const char* state : {"in_use", "idle"}) prefix_blocks_.Add(With({{"state", state}}));
   // Every series a dashboard or alert reads exists from the start, at zero.
@@ -213,6 +224,9 @@ void WorkerMetrics::AddEngineStats(const IndexCacheStats& delta) {
   forward_seconds_.Increment(delta.forward_seconds);
   index_key_bytes_not_stored_.Increment(static_cast<double>(delta.index_key_bytes_not_stored));
   reuse_telemetry_passes_.Increment(static_cast<double>(delta.reuse_telemetry_passes));
+  for (size_t p = 0; p < delta.pattern_requests.size() && p < pattern_requests_.size(); ++p) {
+    pattern_requests_[p]->Increment(static_cast<double>(delta.pattern_requests[p]));
+  }
   for (size_t layer = 0; layer < delta.reuse_overlap.size(); ++layer) {
     const ReuseOverlap& overlap = delta.reuse_overlap[layer];
     if (overlap.rows == 0) continue;

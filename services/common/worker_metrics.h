@@ -10,6 +10,8 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
@@ -27,8 +29,12 @@ namespace indexcache {
 
 class WorkerMetrics {
  public:
-  // `role` is PREFILL or DECODE; the layer counts are those of the pattern the worker runs.
-  WorkerMetrics(v1::WorkerRole role, int32_t full_layers, int32_t shared_layers);
+  // `role` is PREFILL or DECODE; the layer counts are those of the pattern the worker runs (with an
+  // adaptive pattern, the one for prompts below every threshold). `patterns`: (min_prompt_tokens,
+  // "FS…") of every pattern the worker runs, in the engine's order (PatternSchedule::Named, which
+  // IndexCacheStats::pattern_requests follows), base first.
+  WorkerMetrics(v1::WorkerRole role, int32_t full_layers, int32_t shared_layers,
+                const std::vector<std::pair<int32_t, std::string>>& patterns = {});
 
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
@@ -81,6 +87,7 @@ class WorkerMetrics {
   prometheus::Gauge& estimated_speedup_;
   prometheus::Counter& reuse_telemetry_passes_;
   prometheus::Family<prometheus::Histogram>& reuse_topk_overlap_;  // by Shared layer
+  std::vector<prometheus::Counter*> pattern_requests_;  // indexcache_pattern_requests_total, per pattern
 
   prometheus::Family<prometheus::Counter>& handoff_bytes_;
   prometheus::Family<prometheus::Counter>& handoff_send_seconds_;

@@ -79,7 +79,7 @@ DecodeService::DecodeService(EngineLoop& loop, HandoffImporter& importer, const 
       importer_(importer),
       options_(options),
       metrics_(metrics),
-      patterns_(PatternNames(loop.engine().patterns())) {}
+      patterns_(loop.engine().patterns().Named()) {}
 
 absl::StatusOr<std::pair<RequestId, int32_t>> DecodeService::Admit(const v1::DecodeRequest& request,
                                                                    const SamplingParams& params) {
@@ -231,7 +231,7 @@ grpc::Status DecodeService::Stream(grpc::ServerContext* context, DecodeSession& 
       if (generated > 1) {
         timings->set_mean_inter_token_seconds(Seconds(last_token_at - first_token_at) / (generated - 1));
       }
-      final->set_index_pattern(patterns_[session.pattern()]);
+      final->set_index_pattern(patterns_[session.pattern()].second);
       final->set_decode_worker(worker_id_);
       writer->Write(message);
       IC_LOG(Info) << "request '" << session.request_id() << "' finished: " << RequestFinishName(finish->finish)

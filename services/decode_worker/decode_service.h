@@ -81,7 +81,7 @@ class DecodeService final : public ::indexcache::v1::DecodeWorker::Service, publ
   HandoffImporter& importer_;
   const DecodeServiceOptions options_;
   WorkerMetrics& metrics_;
-  const std::vector<std::string> patterns_;  // each pattern's "FS…" (PatternNames)
+  const std::vector<std::pair<int32_t, std::string>> patterns_;  // the engine's (PatternSchedule::Named)
   std::string worker_id_;             // written once before ready_
   std::string grpc_handoff_address_;  // written once before ready_
 

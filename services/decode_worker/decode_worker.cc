@@ -63,7 +63,8 @@ absl::StatusOr<std::unique_ptr<DecodeWorker>> DecodeWorker::Create(const DecodeW
   ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(options.engine));
   const std::vector<IndexerType>& pattern = engine->patterns().base();
   const auto full = static_cast<int32_t>(std::count(pattern.begin(), pattern.end(), IndexerType::kFull));
-  worker->metrics_ = std::make_unique<WorkerMetrics>(v1::DECODE, full, static_cast<int32_t>(pattern.size()) - full);
+  worker->metrics_ = std::make_unique<WorkerMetrics>(v1::DECODE, full, static_cast<int32_t>(pattern.size()) - full,
+                                                     engine->patterns().Named());
   ImportOptions import = options.import;
   worker->nccl_rows_ = options.nccl_rows.value_or(NcclRowsMemory(engine->cuda_device(), options.nccl_gpu));
   if (options.nccl_gpu >= 0 && worker->nccl_rows_ == RowsMemory::kDevice) {

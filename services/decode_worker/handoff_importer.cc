@@ -61,7 +61,7 @@ HandoffImporter::HandoffImporter(EngineLoop& loop, const ImportOptions& options,
       receive_area_(std::move(receive_area)),
       device_receive_area_(std::move(device_receive_area)),
       fingerprint_(loop.engine().model_fingerprint()),
-      patterns_(PatternNames(loop.engine().patterns())),
+      patterns_(loop.engine().patterns().Named()),
       full_layers_(FullLayers(loop.engine().patterns())),
       num_layers_(loop.engine().config().num_layers),
       latent_dim_(KvRowWidth(loop.engine().cache().spec(), KvRowKind::kLatent)),
@@ -193,7 +193,7 @@ absl::Status HandoffImporter::CheckHeader(const v1::HandoffHeader& header, const
     return Mismatch("model fingerprint", header.model_fingerprint(), fingerprint_);
   }
   // An adaptive pattern's workers agree on it by the prompt's length (Engine::PatternFor).
-  const std::string& pattern = patterns_[session.pattern()];
+  const std::string& pattern = patterns_[session.pattern()].second;
   if (header.index_pattern() != pattern) return Mismatch("IndexCache layer pattern", header.index_pattern(), pattern);
   if (header.prompt_tokens() != session.prompt_tokens()) {
     return absl::InvalidArgumentError(absl::StrFormat("the handoff carries a %d-token prompt, the request has %d",

@@ -86,7 +86,7 @@ class HandoffImporter final : public HandoffSink {
   const std::shared_ptr<LandingArea> device_receive_area_;  // null without one
   // This engine's side of the header, read once.
   const std::string fingerprint_;
-  const std::vector<std::string> patterns_;          // per pattern of the engine (PatternNames)
+  const std::vector<std::pair<int32_t, std::string>> patterns_;  // the engine's (PatternSchedule::Named)
   const std::vector<std::vector<bool>> full_layers_;  // per pattern: its Full layers
   const int32_t num_layers_;
   const int32_t latent_dim_;

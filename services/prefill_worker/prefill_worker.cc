@@ -36,7 +36,8 @@ absl::StatusOr<std::unique_ptr<PrefillWorker>> PrefillWorker::Create(const Prefi
   const int engine_gpu = engine->cuda_device();
   const std::vector<IndexerType>& pattern = engine->patterns().base();
   const auto full = static_cast<int32_t>(std::count(pattern.begin(), pattern.end(), IndexerType::kFull));
-  worker->metrics_ = std::make_unique<WorkerMetrics>(v1::PREFILL, full, static_cast<int32_t>(pattern.size()) - full);
+  worker->metrics_ = std::make_unique<WorkerMetrics>(v1::PREFILL, full, static_cast<int32_t>(pattern.size()) - full,
+                                                     engine->patterns().Named());
   worker->loop_ = std::make_unique<EngineLoop>(std::move(engine));
   PrefillServiceOptions service;
   service.max_queued_prompt_tokens = options.max_queued_prompt_tokens;

@@ -1,7 +1,8 @@
 // The cluster end to end, with the real `indexcache` binary's services as separate processes on
 // loopback (router, one prefill worker, two decode workers) and the C++ SDK as the client:
 // disaggregated greedy output equals the in-process engine's token for token (both transports, two
-// IndexCache patterns); 32 concurrent streams complete; a cancel frees the decode workers' KV; the
+// IndexCache patterns, and an adaptive pattern whose requests run the in-process engine's pattern for
+// their length); 32 concurrent streams complete; a cancel frees the decode workers' KV; the
 // streams of a killed decode worker migrate to the survivor and complete with the engine's tokens, and
 // new requests go to the survivor; malformed requests get INVALID_ARGUMENT.
 #include <signal.h>
@@ -12,6 +13,7 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "common/engine/engine.h"
 #include "gtest/gtest.h"
 #include "indexcache/client.h"
@@ -32,12 +34,18 @@ using e2e::WaitForPool;
 using e2e::kModel;
 
 struct ClusterParam {
-  std::string transport;
-  std::string pattern;  // "" = the checkpoint's own (FFSFS)
+  // (Brace initializers: the instantiations below may leave the adaptive members out.)
+  std::string transport{};
+  std::string pattern{};  // "" = the checkpoint's own (FFSFS)
+  // --length-patterns: one range, from `min_prompt_tokens` on (0: none).
+  int32_t min_prompt_tokens{0};
+  std::string long_pattern{};
 };
 
 std::string ParamName(const testing::TestParamInfo<ClusterParam>& info) {
-  return info.param.transport + (info.param.pattern.empty() ? "_own" : "_" + info.param.pattern);
+  return info.param.transport + (info.param.pattern.empty() ? "_own" : "_" + info.param.pattern) +
+         (info.param.long_pattern.empty() ? "" : "_from" + std::to_string(info.param.min_prompt_tokens) + "_" +
+                                                     info.param.long_pattern);
 }
 
 class ClusterTest : public testing::TestWithParam<ClusterParam> {
@@ -46,6 +54,11 @@ class ClusterTest : public testing::TestWithParam<ClusterParam> {
     const ClusterParam& p = GetParam();
     std::vector<std::string> pattern_flag;
     if (!p.pattern.empty()) pattern_flag = {"--index-pattern", p.pattern};
+    std::vector<std::string> worker_pattern_flags = pattern_flag;
+    if (!p.long_pattern.empty()) {
+      worker_pattern_flags.insert(worker_pattern_flags.end(),
+                                  {"--length-patterns", absl::StrCat(p.min_prompt_tokens, ":", p.long_pattern)});
+    }
     std::vector<std::string> router_argv = {kBinary, "router", "--listen", "127.0.0.1:0", "--model", kModel,
                                             "--transport", p.transport, "--heartbeat-timeout", "2"};
     router_argv.insert(router_argv.end(), pattern_flag.begin(), pattern_flag.end());
@@ -57,7 +70,7 @@ class ClusterTest : public testing::TestWithParam<ClusterParam> {
                                        e2e::InternalAddress(*router_), "--worker-id", name, "--model", kModel,
                                        "--threads", "1", "--kv-cache-mb", "8", "--block-size", "16",
                                        "--max-batch-tokens", "16"};
-      argv.insert(argv.end(), pattern_flag.begin(), pattern_flag.end());
+      argv.insert(argv.end(), worker_pattern_flags.begin(), worker_pattern_flags.end());
       std::string address;
       workers_.push_back(StartService(name, argv, &address));
       ASSERT_NE(workers_.back(), nullptr);
@@ -72,9 +85,16 @@ class ClusterTest : public testing::TestWithParam<ClusterParam> {
   }
 
 
-  // Greedy tokens of the in-process engine for the same prompt and pattern.
+  // The pattern a prompt of `length` tokens runs (its range's with --length-patterns), as a string
+  // for the in-process engine ("" = the checkpoint's own).
+  std::string PatternFor(size_t length) const {
+    const ClusterParam& p = GetParam();
+    const bool long_prompt = !p.long_pattern.empty() && static_cast<int64_t>(length) >= p.min_prompt_tokens;
+    return long_prompt ? p.long_pattern : p.pattern;
+  }
+  // Greedy tokens of the in-process engine for the same prompt, in the pattern the cluster runs it with.
   std::vector<int32_t> EngineGreedy(const std::vector<int32_t>& prompt, int32_t max_new) {
-    return e2e::EngineGreedy(prompt, max_new, GetParam().pattern);
+    return e2e::EngineGreedy(prompt, max_new, PatternFor(prompt.size()));
   }
 
   // free_kv_blocks == total_kv_blocks on every decode worker still running, within `timeout`.
@@ -106,7 +126,8 @@ TEST_P(ClusterTest, DisaggregatedGreedyEqualsInProcessEngine) {
     EXPECT_EQ(result->final.finish_reason, client::FinishReason::kLength) << result->final.error;
     EXPECT_EQ(result->output_ids, EngineGreedy(prompt, 12)) << "prompt length " << length;
     EXPECT_EQ(result->final.prompt_tokens, static_cast<int32_t>(length));
-    EXPECT_EQ(result->final.index_pattern, GetParam().pattern.empty() ? "FFSFS" : GetParam().pattern);
+    const std::string pattern = PatternFor(length);
+    EXPECT_EQ(result->final.index_pattern, pattern.empty() ? "FFSFS" : pattern);
   }
   EXPECT_TRUE(DecodeKvAllFree(absl::Seconds(10))) << "finished requests must free the decode workers' KV";
 }
@@ -224,7 +245,8 @@ TEST_P(ClusterTest, MalformedRequestsAreInvalidArgument) {
 
 INSTANTIATE_TEST_SUITE_P(Loopback, ClusterTest,
                          testing::Values(ClusterParam{"grpc", ""}, ClusterParam{"tcp", ""},
-                                         ClusterParam{"grpc", "FSSSS"}),
+                                         ClusterParam{"grpc", "FSSSS"},
+                                         ClusterParam{"tcp", "", /*min_prompt_tokens=*/17, "FSSSS"}),
                          ParamName);
 
 }  // namespace

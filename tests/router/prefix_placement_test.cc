@@ -20,12 +20,16 @@ namespace {
 constexpr int32_t kBlockSize = 16;
 
 BlockKey TestSeed() { return PrefixCache::Seed("fingerprint", "FSFS"); }
+// The adaptive pool's pattern for prompts of at least 64 tokens ("64:FSSS").
+BlockKey LongSeed() { return PrefixCache::Seed("fingerprint", "FSSS"); }
 
-// The load report a worker whose cache follows `log` sends a router at `cursor`.
-v1::WorkerLoad ReportOf(const CachedBlockLog& log, const v1::CachedBlocksCursor& cursor) {
+// The load report a worker whose cache follows `log` sends a router at `cursor`; `length_seeds` as an
+// adaptive pattern's worker reports them.
+v1::WorkerLoad ReportOf(const CachedBlockLog& log, const v1::CachedBlocksCursor& cursor,
+                        std::vector<LengthSeed> length_seeds = {}) {
   const CachedBlocksReport report{.enabled = true,
                                   .seed = TestSeed(),
-                                  .length_seeds = {},
+                                  .length_seeds = std::move(length_seeds),
                                   .block_size = kBlockSize,
                                   .update = log.Since(cursor.epoch(), cursor.version(), kMaxReportedCachedBlocks)};
   v1::WorkerLoad load;
@@ -39,10 +43,10 @@ std::vector<int32_t> Tokens(int n, int32_t first) {
   return tokens;
 }
 
-// The short keys of `tokens`' full blocks, chained independently of PromptBlocks.
-std::vector<uint64_t> ChainKeys(const std::vector<int32_t>& tokens, int blocks) {
+// The short keys of `tokens`' full blocks, chained from `seed` independently of PromptBlocks.
+std::vector<uint64_t> ChainKeys(const std::vector<int32_t>& tokens, int blocks, const BlockKey& seed = TestSeed()) {
   std::vector<uint64_t> keys;
-  BlockKey key = TestSeed();
+  BlockKey key = seed;
   for (int i = 0; i < blocks; ++i) {
     key = PrefixCache::Chain(key, absl::MakeConstSpan(tokens).subspan(i * kBlockSize, kBlockSize));
     keys.push_back(PrefixCache::ShortKey(key));
@@ -113,8 +117,10 @@ class RegistryPlacementTest : public ::testing::Test {
     }
   }
 
-  absl::Status Register(const std::string& id, v1::WorkerRole role, v1::WorkerLoad load) {
+  absl::Status Register(const std::string& id, v1::WorkerRole role, v1::WorkerLoad load,
+                        const std::string& length_patterns = "") {
     v1::RegisterRequest request;
+    request.set_length_patterns(length_patterns);
     request.set_worker_id(id);
     request.set_role(role);
     request.set_address("127.0.0.1:" + std::to_string(1000 + registry_->Workers().size()));
@@ -125,13 +131,16 @@ class RegistryPlacementTest : public ::testing::Test {
     return registry_->Register(request).status();
   }
 
-  // A prefill worker whose cache holds `cached` and which has `queued_tokens` queued of others'.
-  void AddPrefill(const std::string& id, const std::vector<uint64_t>& cached, int64_t queued_tokens) {
+  // A prefill worker whose cache holds `cached` and which has `queued_tokens` queued of others';
+  // `adaptive`: one of a pool whose prompts of at least 64 tokens run another pattern ("64:FSSS").
+  void AddPrefill(const std::string& id, const std::vector<uint64_t>& cached, int64_t queued_tokens,
+                  bool adaptive = false) {
     CachedBlockLog log(std::hash<std::string>()(id), 100);
     log.Reset(cached);
-    v1::WorkerLoad load = ReportOf(log, v1::CachedBlocksCursor());
+    v1::WorkerLoad load = ReportOf(log, v1::CachedBlocksCursor(),
+                                   adaptive ? std::vector<LengthSeed>{{64, LongSeed()}} : std::vector<LengthSeed>{});
     load.set_queued_prompt_tokens(queued_tokens);
-    ASSERT_TRUE(Register(id, v1::PREFILL, std::move(load)).ok());
+    ASSERT_TRUE(Register(id, v1::PREFILL, std::move(load), adaptive ? "64:FSSS" : "").ok());
   }
 
   // A decode worker of 100 blocks of 16 tokens, `free` of them free, whose cache holds `cached`.
@@ -197,6 +206,30 @@ TEST_F(RegistryPlacementTest, AnOverlapWeightOfZeroPlacesByLoadAlone) {
   // Equal loads: the pair's first draw wins, so each worker gets about half.
   EXPECT_GT(warm, 60);
   EXPECT_LT(warm, 140);
+}
+
+TEST_F(RegistryPlacementTest, AnAdaptivePoolLooksEachPromptUpUnderThePatternItsLengthRuns) {
+  MakeRegistry(1.0, /*add_decode=*/false);
+  ASSERT_TRUE(Register("d0", v1::DECODE, v1::WorkerLoad(), "64:FSSS").ok());
+  const std::vector<int32_t> prompt = Tokens(100, 7);  // 100 tokens: the long pattern's
+  const std::vector<int32_t> short_prompt = Tokens(40, 7);  // its first 40: the base pattern's
+  // The same tokens' blocks, cached under each pattern by one worker each.
+  AddPrefill("p-base", ChainKeys(prompt, 4), 0, /*adaptive=*/true);
+  AddPrefill("p-long", ChainKeys(prompt, 4, LongSeed()), 0, /*adaptive=*/true);
+  {
+    const Placement placement = Place(prompt);
+    EXPECT_EQ(placement.prefill->id(), "p-long");
+    EXPECT_EQ(placement.prefill_cached_tokens, 64);
+  }
+  {
+    const Placement placement = Place(short_prompt);  // (40 - 1) / 16 = 2 blocks looked up
+    EXPECT_EQ(placement.prefill->id(), "p-base");
+    EXPECT_EQ(placement.prefill_cached_tokens, 32);
+  }
+  // A worker picking patterns by other lengths would run a request in another pattern than its peer.
+  const absl::Status refused = Register("p-other", v1::PREFILL, v1::WorkerLoad(), "32:FSSS");
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Register("p-plain", v1::PREFILL, v1::WorkerLoad()).code(), absl::StatusCode::kFailedPrecondition);
 }
 
 TEST_F(RegistryPlacementTest, ADecodeWorkerHoldingThePrefixWinsUnlessItsBlocksAreFarMoreInUse) {

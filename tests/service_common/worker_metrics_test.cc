@@ -39,6 +39,21 @@ TEST(WorkerMetricsTest, EstimatesTheSpeedupFromMeasuredIndexerCost) {
   EXPECT_EQ(Sample(r, "indexcache_layers", {{"role", "decode"}, {"kind", "shared"}}), 6);
 }
 
+TEST(WorkerMetricsTest, CountsTheRequestsOfEachPatternOfAnAdaptivePattern) {
+  WorkerMetrics metrics(v1::PREFILL, 8, 0, {{0, "FFFFFFFF"}, {8192, "FSSSFSSS"}});
+  const prometheus::Registry& r = *metrics.registry();
+  const prometheus::Labels base{{"role", "prefill"}, {"pattern", "FFFFFFFF"}, {"min_prompt_tokens", "0"}};
+  const prometheus::Labels long_prompts{{"role", "prefill"}, {"pattern", "FSSSFSSS"}, {"min_prompt_tokens", "8192"}};
+  EXPECT_EQ(Sample(r, "indexcache_pattern_requests_total", base), 0) << "every pattern's series exists from the start";
+  IndexCacheStats step;
+  step.pattern_requests = {3, 1};
+  metrics.AddEngineStats(step);
+  step.pattern_requests = {0, 2};
+  metrics.AddEngineStats(step);
+  EXPECT_EQ(Sample(r, "indexcache_pattern_requests_total", base), 3);
+  EXPECT_EQ(Sample(r, "indexcache_pattern_requests_total", long_prompts), 3);
+}
+
 // The cumulative count of bucket `le` of histogram `name`'s series with `labels`; -1 when absent.
 double BucketCount(const prometheus::Registry& registry, const std::string& name, const prometheus::Labels& labels,
                    double le) {
