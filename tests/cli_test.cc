@@ -364,6 +364,42 @@ TEST_F(CliTest, SearchStepLossesEqualPerplexity) {
   EXPECT_EQ(from_ids.out, run.out);
 }
 
+// search --length-ranges: each range's pattern is what a plain search on windows of its threshold's
+// length finds, and the result is a --length-patterns value an engine takes.
+TEST_F(CliTest, SearchByLengthRangesSearchesEachRangeOnItsOwnWindows) {
+  std::mt19937 rng(11);
+  const std::vector<std::string> words = {"a", "small", "boat", "drifted", "under", "the", "bridge", "while",
+                                          "gulls", "circled", "over", "grey", "water", "near", "harbor", "walls"};
+  std::string text;
+  for (int i = 0; i < 360; ++i) text += words[rng() % words.size()] + (i % 11 == 10 ? ".\n" : " ");
+  const std::string text_path = dir_ + "/ranges.txt", out_path = dir_ + "/length_patterns.txt";
+  std::ofstream(text_path) << text;
+  auto last_line = [](const std::string& out) {
+    std::vector<std::string> lines = absl::StrSplit(out, '\n', absl::SkipEmpty());
+    return lines.empty() ? std::string() : lines.back();
+  };
+  ProcessResult ranges = Exec({"search", "--model", kBundled, "--calibration", text_path, "--keep", "6",
+                               "--length-ranges", "100,200", "--out", out_path});
+  ASSERT_EQ(ranges.exit_code, 0) << ranges.err;
+  EXPECT_THAT(ranges.out, HasSubstr("range 100\n"));
+  EXPECT_THAT(ranges.out, HasSubstr("range 200\n"));
+  std::string want;
+  for (const std::string context : {"100", "200"}) {
+    ProcessResult one = Exec({"search", "--model", kBundled, "--calibration", text_path, "--keep", "6", "--context", context});
+    ASSERT_EQ(one.exit_code, 0) << one.err;
+    want += (want.empty() ? "" : ",") + context + ":" + last_line(one.out);
+  }
+  EXPECT_EQ(last_line(ranges.out), want);
+  EXPECT_EQ(ReadFile(out_path), want + "\n");
+  ProcessResult generate = Exec({"generate", "--model", kBundled, "--input-ids", WriteIds("prompt.json", {5, 6, 7}),
+                                 "--max-new-tokens", "2", "--length-patterns", want});
+  EXPECT_EQ(generate.exit_code, 0) << generate.err;
+  ProcessResult bad = Exec({"search", "--model", kBundled, "--calibration", text_path, "--keep", "6",
+                            "--length-ranges", "200,100"});
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_THAT(bad.err, HasSubstr("--length-ranges takes increasing prompt lengths"));
+}
+
 struct BadInvocation {
   std::vector<std::string> args;
   std::string says;
