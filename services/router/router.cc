@@ -254,6 +254,7 @@ class Router::Services {
     info.set_vocab_size(config.vocab_size);
     info.set_index_topk(config.index_topk);
     info.set_index_pattern(pattern);
+    info.set_length_patterns(registry_->PoolLengthPatterns());
     info.set_num_full_layers(static_cast<int32_t>(std::count(pattern.begin(), pattern.end(), 'F')));
     info.set_max_context(config.max_position_embeddings);
     info.set_has_tokenizer(validator_->has_tokenizer());

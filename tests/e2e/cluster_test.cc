@@ -130,6 +130,12 @@ TEST_P(ClusterTest, DisaggregatedGreedyEqualsInProcessEngine) {
     EXPECT_EQ(result->final.index_pattern, pattern.empty() ? "FFSFS" : pattern);
   }
   EXPECT_TRUE(DecodeKvAllFree(absl::Seconds(10))) << "finished requests must free the decode workers' KV";
+  // The router tells clients the ranges its workers registered.
+  absl::StatusOr<client::ModelInfo> info = client_->GetModelInfo();
+  ASSERT_TRUE(info.ok()) << info.status();
+  const ClusterParam& p = GetParam();
+  EXPECT_EQ(info->length_patterns,
+            p.long_pattern.empty() ? "" : absl::StrCat(p.min_prompt_tokens, ":", p.long_pattern));
 }
 
 TEST_P(ClusterTest, ThirtyTwoConcurrentStreamsComplete) {

@@ -89,6 +89,7 @@ class FakeIndexCache final : public v1::IndexCache::Service {
     response->set_max_context(4096);
     response->set_has_tokenizer(true);
     response->set_decode_workers(2);
+    response->set_length_patterns("8192:FSSSSSSSFSSSSSSS");
     return grpc::Status::OK;
   }
 
@@ -324,6 +325,7 @@ TEST_F(ClientTest, ModelInfoIsMirrored) {
   EXPECT_EQ(info->max_context, 4096);
   EXPECT_TRUE(info->has_tokenizer);
   EXPECT_EQ(info->decode_workers, 2);
+  EXPECT_EQ(info->length_patterns, "8192:FSSSSSSSFSSSSSSS");
 }
 
 // The fake router over TLS, with a certificate for localhost and 127.0.0.1 from a CA made here; with

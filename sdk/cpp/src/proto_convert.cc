@@ -91,7 +91,8 @@ ModelInfo FromProto(const v1::ModelInfoResponse& r) {
                    .has_tokenizer = r.has_tokenizer(),
                    .model_fingerprint = r.model_fingerprint(),
                    .prefill_workers = r.prefill_workers(),
-                   .decode_workers = r.decode_workers()};
+                   .decode_workers = r.decode_workers(),
+                   .length_patterns = r.length_patterns()};
 }
 
 }  // namespace indexcache::client

@@ -134,6 +134,7 @@ class ModelInfo:
     model_fingerprint: str = ""
     prefill_workers: int = 0
     decode_workers: int = 0
+    length_patterns: str = ""  # adaptive pattern: "N:PATTERN,..." (prompts of >= N tokens); "" for none
 
     @classmethod
     def from_proto(cls, message) -> "ModelInfo":

@@ -91,7 +91,8 @@ class FakeIndexCache(generate_pb2_grpc.IndexCacheServicer):
     def ModelInfo(self, request, context):
         return generate_pb2.ModelInfoResponse(
             architecture="GlmMoeDsaForCausalLM", num_layers=16, index_pattern="FSSSFSSSFSSSFSSS",
-            num_full_layers=4, max_context=4096, has_tokenizer=True, decode_workers=2)
+            num_full_layers=4, max_context=4096, has_tokenizer=True, decode_workers=2,
+            length_patterns="8192:FSSSSSSSFSSSSSSS")
 
 
 class ClientTest(unittest.TestCase):
@@ -248,6 +249,7 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(info.num_layers, 16)
         self.assertEqual(info.index_pattern, "FSSSFSSSFSSSFSSS")
         self.assertEqual(info.num_full_layers, 4)
+        self.assertEqual(info.length_patterns, "8192:FSSSSSSSFSSSSSSS")
         self.assertEqual(info.max_context, 4096)
         self.assertTrue(info.has_tokenizer)
         self.assertEqual(info.decode_workers, 2)

@@ -125,6 +125,9 @@ struct ModelInfo {
   std::string model_fingerprint;
   int32_t prefill_workers = 0;
   int32_t decode_workers = 0;
+  // An adaptive pattern's ranges, "N:PATTERN,...": prompts of at least N tokens run PATTERN, shorter
+  // ones index_pattern. Empty: index_pattern serves every prompt.
+  std::string length_patterns;
 };
 
 }  // namespace indexcache::client
