@@ -400,6 +400,21 @@ TEST_F(CliTest, SearchByLengthRangesSearchesEachRangeOnItsOwnWindows) {
   EXPECT_THAT(bad.err, HasSubstr("--length-ranges takes increasing prompt lengths"));
 }
 
+// search --retrieval: the cases are scored beside the windows (and counted in the progress line).
+TEST_F(CliTest, SearchScoresRetrievalCasesBesideTheWindows) {
+  const std::string calibration = dir_ + "/calibration.jsonl", cases = dir_ + "/cases.jsonl";
+  std::vector<int32_t> ids;
+  for (int32_t i = 0; i < 200; ++i) ids.push_back(3 + (i * 37) % 2000);
+  std::ofstream(calibration) << nlohmann::json(ids).dump() << "\n";
+  std::ofstream(cases) << R"({"prompt": "The pass key is 12345. What is the pass key? The pass key is", "answer": " 12345"})"
+                       << "\n"
+                       << R"({"prompt_ids": [5, 6, 7, 8, 9], "answer_ids": [10, 11]})" << "\n";
+  ProcessResult run = Exec({"search", "--model", kBundled, "--calibration", calibration, "--keep", "7", "--context",
+                            "100", "--retrieval", cases, "--retrieval-weight", "2"});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_THAT(run.err, HasSubstr("2 windows, 2 retrieval cases"));
+}
+
 struct BadInvocation {
   std::vector<std::string> args;
   std::string says;
@@ -414,6 +429,9 @@ TEST_F(CliTest, BadInvocationsFailWithAMessage) {
   const std::string empty = dir_ + "/empty.txt", ids_jsonl = dir_ + "/ids.jsonl";
   std::ofstream(empty) << "";
   std::ofstream(ids_jsonl) << "[1, 2, 3, 4]\n";
+  const std::string bad_case = dir_ + "/retrieval.jsonl";
+  std::ofstream(bad_case) << R"({"prompt_ids": [1, 2], "answer_ids": [3]})" << "\n"
+                          << R"({"prompt": "", "answer": " 42"})" << "\n";
   const std::vector<BadInvocation> cases = {
       {{}, "usage"},
       {{"frobnicate"}, "unknown command 'frobnicate'"},
@@ -465,6 +483,12 @@ TEST_F(CliTest, BadInvocationsFailWithAMessage) {
       {{"search", "--model", kGoldens + "moe_freq2", "--calibration", ids_jsonl, "--keep", "2"}, "indexer weights"},
       {{"search", "--model", kBundled, "--calibration", ids, "--keep", "2", "--index-pattern", "FFFFFFFF"},
        "unknown flag --index-pattern"},
+      {{"search", "--model", kBundled, "--calibration", ids, "--keep", "2", "--retrieval-weight", "2"},
+       "give the file too"},
+      {{"search", "--model", kBundled, "--calibration", ids, "--keep", "2", "--retrieval", bad_case},
+       "retrieval.jsonl:2: the prompt and the answer must both hold tokens"},
+      {{"search", "--model", kBundled, "--calibration", ids, "--keep", "2", "--retrieval", ids_jsonl},
+       "expected a JSON object"},
   };
   for (const BadInvocation& bad : cases) {
     std::string line;

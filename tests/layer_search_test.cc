@@ -1,6 +1,8 @@
 // The training-free layer search (common/search) against independent truths:
 //   - PatternScorer's calibration loss == the mean NLL of the float64 reference (tests/reference/
 //     naive_dsa.h) and of the engine's own scoring path (Engine::ScoreChunks, chunked), per pattern;
+//     with retrieval cases, that mean + weight × the mean NLL of the answers' tokens, computed the same
+//     two ways;
 //   - a candidate resumed at its layer scores what the whole pass under its pattern scores (invariant);
 //   - brute force over every pattern keeping N layers: greedy's first step picks the argmin layer, its
 //     reported losses are those of its patterns, and it never beats the best pattern of its size;
@@ -10,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -41,21 +44,6 @@ std::vector<int32_t> RandomIds(int32_t n, int32_t vocab, uint32_t seed) {
   return ids;
 }
 
-// `windows` windows of `length` random tokens (all windows longer than index_topk, so Shared matters).
-CalibrationSet RandomCalibration(const std::string& model_dir, int32_t windows, int32_t length, uint32_t seed) {
-  const absl::StatusOr<ModelConfig> config = LoadModelConfig(model_dir);
-  EXPECT_TRUE(config.ok()) << config.status();
-  CalibrationSet set;
-  for (int32_t w = 0; w < windows; ++w) set.windows.push_back(RandomIds(length, config->vocab_size, seed + w));
-  return set;
-}
-
-std::vector<IndexerType> Pattern(const std::string& letters) {
-  std::vector<IndexerType> types;
-  for (char ch : letters) types.push_back(ch == 'F' ? IndexerType::kFull : IndexerType::kShared);
-  return types;
-}
-
 // -log softmax(row)[target], double.
 template <typename T>
 double Nll(const T* row, int64_t vocab, int32_t target) {
@@ -66,23 +54,63 @@ double Nll(const T* row, int64_t vocab, int32_t target) {
   return std::log(sum) + max - static_cast<double>(row[target]);
 }
 
-// Truth 1: the float64 reference's mean NLL under `pattern`.
+// `windows` windows of `length` random tokens (all windows longer than index_topk, so Shared matters),
+// and `cases` retrieval cases of `length` tokens whose last 4 are the answer, weighted `weight`.
+CalibrationSet RandomCalibration(const std::string& model_dir, int32_t windows, int32_t length, uint32_t seed,
+                                 int32_t cases = 0, double weight = 1.0) {
+  const absl::StatusOr<ModelConfig> config = LoadModelConfig(model_dir);
+  EXPECT_TRUE(config.ok()) << config.status();
+  CalibrationSet set;
+  for (int32_t w = 0; w < windows; ++w) set.windows.push_back(RandomIds(length, config->vocab_size, seed + w));
+  for (int32_t c = 0; c < cases; ++c) {
+    set.retrieval.push_back({RandomIds(length, config->vocab_size, seed + 1000 + c), length - 4});
+  }
+  set.retrieval_weight = weight;
+  return set;
+}
+
+// The objective from per-sequence logits: the windows' mean NLL + weight × the answers' mean NLL.
+// `logits_of(tokens, i)` is the row that predicts tokens[i + 1].
+template <typename LogitsOf>
+double Objective(const CalibrationSet& set, int64_t vocab, LogitsOf logits_of) {
+  double text = 0.0, answers = 0.0;
+  int64_t text_count = 0, answer_count = 0;
+  for (const auto& window : set.windows) {
+    for (size_t i = 0; i + 1 < window.size(); ++i) text += Nll(logits_of(window, i), vocab, window[i + 1]);
+    text_count += static_cast<int64_t>(window.size()) - 1;
+  }
+  for (const RetrievalCase& c : set.retrieval) {
+    for (size_t i = c.answer_begin - 1; i + 1 < c.tokens.size(); ++i) {
+      answers += Nll(logits_of(c.tokens, i), vocab, c.tokens[i + 1]);
+      ++answer_count;
+    }
+  }
+  const double mean = text / static_cast<double>(text_count);
+  return answer_count == 0 ? mean : mean + set.retrieval_weight * answers / static_cast<double>(answer_count);
+}
+
+std::vector<IndexerType> Pattern(const std::string& letters) {
+  std::vector<IndexerType> types;
+  for (char ch : letters) types.push_back(ch == 'F' ? IndexerType::kFull : IndexerType::kShared);
+  return types;
+}
+
+// Truth 1: the float64 reference's objective under `pattern`.
 double ReferenceLoss(const reference::NaiveDsa& ref, const CalibrationSet& set,
                      const std::vector<IndexerType>& pattern) {
   reference::NaiveDsaOptions options;
   options.indexer_types = pattern;
-  double total = 0.0;
-  int64_t count = 0;
-  for (const auto& window : set.windows) {
-    absl::StatusOr<reference::NaiveDsaResult> r = ref.Forward(window, options);
-    EXPECT_TRUE(r.ok()) << r.status();
-    if (!r.ok()) return NAN;
-    for (size_t i = 0; i + 1 < window.size(); ++i) {
-      total += Nll(r->row(static_cast<int32_t>(i)), r->vocab_size, window[i + 1]);
+  std::map<const std::vector<int32_t>*, reference::NaiveDsaResult> forward;
+  auto logits_of = [&](const std::vector<int32_t>& tokens, size_t i) -> const double* {
+    auto it = forward.find(&tokens);
+    if (it == forward.end()) {
+      absl::StatusOr<reference::NaiveDsaResult> r = ref.Forward(tokens, options);
+      EXPECT_TRUE(r.ok()) << r.status();
+      it = forward.emplace(&tokens, *std::move(r)).first;
     }
-    count += static_cast<int64_t>(window.size()) - 1;
-  }
-  return total / static_cast<double>(count);
+    return it->second.row(static_cast<int32_t>(i));
+  };
+  return Objective(set, ref.config().vocab_size, logits_of);
 }
 
 // Truth 2: the engine's scoring path (what `indexcache perplexity` runs), in chunks of 32 tokens.
@@ -97,20 +125,22 @@ double EngineLoss(const std::string& model_dir, const CalibrationSet& set, const
   EXPECT_TRUE(engine.ok()) << engine.status();
   if (!engine.ok()) return NAN;
   const int32_t vocab = (*engine)->config().vocab_size;
-  double total = 0.0;
-  int64_t count = 0;
-  for (const auto& window : set.windows) {
-    absl::Status s = (*engine)->ScoreChunks(window, false, [&](int32_t begin, const ForwardResult& r) {
-      for (size_t i = 0; i < r.logits.size() / vocab; ++i) {
-        if (begin + i + 1 >= window.size()) break;
-        total += Nll(r.logits.data() + i * vocab, vocab, window[begin + i + 1]);
-        ++count;
-      }
-      return absl::OkStatus();
-    });
-    EXPECT_TRUE(s.ok()) << s;
-  }
-  return total / static_cast<double>(count);
+  std::map<const std::vector<int32_t>*, std::vector<float>> logits;  // per sequence, [T, vocab]
+  auto logits_of = [&](const std::vector<int32_t>& tokens, size_t i) -> const float* {
+    auto it = logits.find(&tokens);
+    if (it == logits.end()) {
+      std::vector<float>& all = logits[&tokens];
+      all.resize(tokens.size() * vocab);
+      absl::Status s = (*engine)->ScoreChunks(tokens, false, [&](int32_t begin, const ForwardResult& r) {
+        std::copy(r.logits.begin(), r.logits.end(), all.begin() + int64_t{begin} * vocab);
+        return absl::OkStatus();
+      });
+      EXPECT_TRUE(s.ok()) << s;
+      it = logits.find(&tokens);
+    }
+    return it->second.data() + i * vocab;
+  };
+  return Objective(set, vocab, logits_of);
 }
 
 std::unique_ptr<PatternScorer> MakeScorer(const std::string& model_dir, const CalibrationSet& set) {
@@ -137,8 +167,13 @@ std::vector<std::vector<IndexerType>> AllPatterns(int32_t layers, int32_t keep) 
   return out;
 }
 
-TEST(PatternScorer, LossEqualsFloat64ReferenceAndEnginePath) {
-  const CalibrationSet set = RandomCalibration(kTiny, 3, 40, 11);
+// Without retrieval cases, and with two weighted 3× (the answers' term, hence its float32 error, is
+// scaled by the weight: the tolerance is the text's plus the weight × the answers').
+class ScorerLossTest : public testing::TestWithParam<std::pair<int32_t, double>> {};
+
+TEST_P(ScorerLossTest, LossEqualsFloat64ReferenceAndEnginePath) {
+  const auto [cases, weight] = GetParam();
+  const CalibrationSet set = RandomCalibration(kTiny, 3, 40, 11, cases, weight);
   absl::StatusOr<reference::NaiveDsa> ref = reference::NaiveDsa::Load(kTiny);
   ASSERT_TRUE(ref.ok()) << ref.status();
   auto scorer = MakeScorer(kTiny, set);
@@ -147,10 +182,16 @@ TEST(PatternScorer, LossEqualsFloat64ReferenceAndEnginePath) {
     SCOPED_TRACE(letters);
     absl::StatusOr<double> loss = scorer->MeanLoss(set, Pattern(letters));
     ASSERT_TRUE(loss.ok()) << loss.status();
-    EXPECT_NEAR(*loss, ReferenceLoss(*ref, set, Pattern(letters)), kLossTol);
-    EXPECT_NEAR(*loss, EngineLoss(kTiny, set, Pattern(letters)), kLossTol);
+    EXPECT_NEAR(*loss, ReferenceLoss(*ref, set, Pattern(letters)), kLossTol * (1 + weight));
+    EXPECT_NEAR(*loss, EngineLoss(kTiny, set, Pattern(letters)), kLossTol * (1 + weight));
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Calibration, ScorerLossTest,
+                         testing::Values(std::pair<int32_t, double>{0, 1.0}, std::pair<int32_t, double>{2, 3.0}),
+                         [](const testing::TestParamInfo<std::pair<int32_t, double>>& info) {
+                           return info.param.first == 0 ? std::string("windows") : std::string("with_retrieval");
+                         });
 
 // Making layer j Shared leaves layers < j as they were: resuming at j from the captured input is the
 // whole pass. Also from a base that already has Shared layers, and for every layer of the bundled model.
@@ -183,13 +224,17 @@ TEST(PatternScorer, ResumedPassEqualsWholePass) {
 }
 
 struct BruteForceCase {
-  std::string model;
-  int32_t windows, length;
-  bool use_reference;  // float64 reference as the truth (tiny model); else the engine's scoring path
+  // (Brace initializers: the instantiations may leave the retrieval members out.)
+  std::string model{};
+  int32_t windows{0}, length{0};
+  bool use_reference{false};  // float64 reference as the truth (tiny model); else the engine's scoring path
+  int32_t retrieval_cases{0};  // beside the windows, weighted retrieval_weight
+  double retrieval_weight{1.0};
 };
 
 void PrintTo(const BruteForceCase& c, std::ostream* os) {
-  *os << c.model << (c.use_reference ? " (float64)" : " (engine)");
+  *os << c.model << (c.use_reference ? " (float64)" : " (engine)") << ", " << c.retrieval_cases
+      << " retrieval cases";
 }
 
 class BruteForceTest : public testing::TestWithParam<BruteForceCase> {
@@ -201,12 +246,16 @@ class BruteForceTest : public testing::TestWithParam<BruteForceCase> {
     }
     return EngineLoss(GetParam().model, set, pattern);
   }
+  // The answers' term, hence its float32 error, is scaled by their weight.
+  double Tol() const {
+    return kLossTol * (1.0 + (GetParam().retrieval_cases > 0 ? GetParam().retrieval_weight : 0.0));
+  }
   std::unique_ptr<reference::NaiveDsa> ref_;
 };
 
 TEST_P(BruteForceTest, FirstStepPicksTheArgminLayer) {
   const BruteForceCase& c = GetParam();
-  const CalibrationSet set = RandomCalibration(c.model, c.windows, c.length, 21);
+  const CalibrationSet set = RandomCalibration(c.model, c.windows, c.length, 21, c.retrieval_cases, c.retrieval_weight);
   auto scorer = MakeScorer(c.model, set);
   ASSERT_NE(scorer, nullptr);
   const int32_t layers = scorer->config().num_layers;
@@ -219,7 +268,7 @@ TEST_P(BruteForceTest, FirstStepPicksTheArgminLayer) {
     by_loss.emplace_back(Truth(set, p), j);
   }
   std::sort(by_loss.begin(), by_loss.end());
-  ASSERT_GT(by_loss[1].first - by_loss[0].first, 4 * kLossTol) << "the calibration data leaves the argmin ambiguous";
+  ASSERT_GT(by_loss[1].first - by_loss[0].first, 4 * Tol()) << "the calibration data leaves the argmin ambiguous";
 
   LayerSearchOptions options;
   options.keep = layers - 1;
@@ -227,16 +276,16 @@ TEST_P(BruteForceTest, FirstStepPicksTheArgminLayer) {
   ASSERT_TRUE(path.ok()) << path.status();
   ASSERT_EQ(path->size(), 2u);
   EXPECT_EQ((*path)[0].layer, -1);
-  EXPECT_NEAR((*path)[0].loss, Truth(set, std::vector<IndexerType>(layers, IndexerType::kFull)), kLossTol);
+  EXPECT_NEAR((*path)[0].loss, Truth(set, std::vector<IndexerType>(layers, IndexerType::kFull)), Tol());
   EXPECT_EQ((*path)[1].layer, by_loss[0].second);
-  EXPECT_NEAR((*path)[1].loss, by_loss[0].first, kLossTol);
+  EXPECT_NEAR((*path)[1].loss, by_loss[0].first, Tol());
 }
 
 // Down to `keep` = 2: each step adds one Shared layer, reports its pattern's true loss, and the end
 // is no better than the best of all patterns keeping 2 layers (greedy cannot beat the optimum).
 TEST_P(BruteForceTest, PathIsHonestAndNeverBeatsTheOptimum) {
   const BruteForceCase& c = GetParam();
-  const CalibrationSet set = RandomCalibration(c.model, c.windows, c.length, 33);
+  const CalibrationSet set = RandomCalibration(c.model, c.windows, c.length, 33, c.retrieval_cases, c.retrieval_weight);
   auto scorer = MakeScorer(c.model, set);
   ASSERT_NE(scorer, nullptr);
   const int32_t layers = scorer->config().num_layers;
@@ -262,11 +311,11 @@ TEST_P(BruteForceTest, PathIsHonestAndNeverBeatsTheOptimum) {
       want[step.layer] = IndexerType::kShared;
       EXPECT_EQ(step.pattern, want);
     }
-    EXPECT_NEAR(step.loss, Truth(set, step.pattern), kLossTol);
+    EXPECT_NEAR(step.loss, Truth(set, step.pattern), Tol());
   }
   double best = INFINITY;
   for (const auto& p : AllPatterns(layers, 2)) best = std::min(best, Truth(set, p));
-  EXPECT_GE(path->back().loss, best - kLossTol);
+  EXPECT_GE(path->back().loss, best - Tol());
 
   // The result is an index_topk_pattern string the config parser resolves to the same layers.
   const std::string letters = FormatIndexPattern(path->back().pattern);
@@ -284,10 +333,11 @@ TEST_P(BruteForceTest, PathIsHonestAndNeverBeatsTheOptimum) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, BruteForceTest,
-                         testing::Values(BruteForceCase{kTiny, 3, 40, true}, BruteForceCase{kBundled, 2, 160, false}),
+                         testing::Values(BruteForceCase{kTiny, 3, 40, true}, BruteForceCase{kBundled, 2, 160, false},
+                                         BruteForceCase{kTiny, 3, 40, true, 2, 4.0}),
                          [](const testing::TestParamInfo<BruteForceCase>& info) {
-                           return info.param.use_reference ? std::string("tiny_float64")
-                                                           : std::string("bundled_engine");
+                           return std::string(info.param.use_reference ? "tiny_float64" : "bundled_engine") +
+                                  (info.param.retrieval_cases > 0 ? "_retrieval" : "");
                          });
 
 TEST(GreedyLayerSearch, KeepingEveryLayerIsAllFull) {

@@ -40,12 +40,14 @@ absl::StatusOr<std::vector<int32_t>> ParseIdsLine(const std::string& line, const
 int64_t CalibrationSet::predicted_tokens() const {
   int64_t n = 0;
   for (const auto& w : windows) n += static_cast<int64_t>(w.size()) - 1;
+  for (const RetrievalCase& c : retrieval) n += static_cast<int64_t>(c.tokens.size()) - c.answer_begin;
   return n;
 }
 
 int32_t CalibrationSet::longest_window() const {
   size_t longest = 0;
   for (const auto& w : windows) longest = std::max(longest, w.size());
+  for (const RetrievalCase& c : retrieval) longest = std::max(longest, c.tokens.size());
   return static_cast<int32_t>(longest);
 }
 
@@ -84,6 +86,44 @@ absl::StatusOr<CalibrationSet> LoadCalibrationSet(const std::string& path, int32
         absl::StrCat("calibration file ", path, " holds no window of at least 2 tokens: nothing to score"));
   }
   return set;
+}
+
+absl::StatusOr<std::vector<RetrievalCase>> LoadRetrievalCases(const std::string& path, const BpeTokenizer* tokenizer,
+                                                              int32_t vocab_size) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open retrieval cases ", path));
+  std::vector<RetrievalCase> cases;
+  std::string line;
+  for (int64_t number = 1; std::getline(in, line); ++number) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = absl::StrCat(path, ":", number);
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError(absl::StrCat(where, ": expected a JSON object"));
+    // One part of the case: its ids, or its text encoded.
+    auto part = [&](const char* text_key, const char* ids_key) -> absl::StatusOr<std::vector<int32_t>> {
+      if (j.contains(ids_key)) return ParseIdsLine(j[ids_key].dump(), absl::StrCat(where, " ", ids_key), vocab_size);
+      if (!j.contains(text_key) || !j[text_key].is_string()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": a retrieval case needs \"", text_key, "\" (text) or \"", ids_key, "\" (token ids)"));
+      }
+      if (tokenizer == nullptr) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(where, ": text needs the model's tokenizer.json; give \"", ids_key, "\" instead"));
+      }
+      return tokenizer->Encode(j[text_key].get<std::string>());
+    };
+    ASSIGN_OR_RETURN(std::vector<int32_t> prompt, part("prompt", "prompt_ids"));
+    ASSIGN_OR_RETURN(std::vector<int32_t> answer, part("answer", "answer_ids"));
+    if (prompt.empty() || answer.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": the prompt and the answer must both hold tokens"));
+    }
+    RetrievalCase& c = cases.emplace_back();
+    c.answer_begin = static_cast<int32_t>(prompt.size());
+    c.tokens = std::move(prompt);
+    c.tokens.insert(c.tokens.end(), answer.begin(), answer.end());
+  }
+  if (cases.empty()) return absl::InvalidArgumentError(absl::StrCat("retrieval file ", path, " holds no case"));
+  return cases;
 }
 
 }  // namespace indexcache

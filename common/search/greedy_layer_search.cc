@@ -20,6 +20,21 @@ std::vector<int32_t> Candidates(const std::vector<IndexerType>& pattern) {
   return layers;
 }
 
+// One sequence the objective scores: a calibration window (every prediction) or a retrieval case
+// (its answer's).
+struct Scored {
+  const std::vector<int32_t>* tokens;
+  int32_t first_target;
+  bool answer;
+};
+
+std::vector<Scored> ScoredSequences(const CalibrationSet& set) {
+  std::vector<Scored> scored;
+  for (const auto& window : set.windows) scored.push_back({&window, 1, false});
+  for (const RetrievalCase& c : set.retrieval) scored.push_back({&c.tokens, c.answer_begin, true});
+  return scored;
+}
+
 // Work of a pass from `first_layer` over `tokens` tokens: its layers plus the output head.
 double PassCost(int32_t num_layers, int32_t first_layer, int64_t tokens) {
   return static_cast<double>(num_layers - first_layer + 1) * static_cast<double>(tokens);
@@ -54,8 +69,9 @@ absl::StatusOr<std::vector<SearchStep>> GreedyLayerSearch(PatternScorer& scorer,
         absl::StrFormat("keep %d exceeds the model's %d layers", options.keep, num_layers));
   }
   if (calibration.windows.empty()) return absl::InvalidArgumentError("the calibration set is empty");
+  const std::vector<Scored> sequences = ScoredSequences(calibration);
   int64_t tokens = 0;
-  for (const auto& w : calibration.windows) tokens += static_cast<int64_t>(w.size());
+  for (const Scored& s : sequences) tokens += static_cast<int64_t>(s.tokens->size());
 
   std::vector<IndexerType> pattern(num_layers, IndexerType::kFull);
   std::vector<SearchStep> path;
@@ -71,27 +87,28 @@ absl::StatusOr<std::vector<SearchStep>> GreedyLayerSearch(PatternScorer& scorer,
   }
 
   const Clock::time_point start = Clock::now();
-  const int32_t num_windows = static_cast<int32_t>(calibration.windows.size());
+  const int32_t num_windows = static_cast<int32_t>(sequences.size());
+  const double weight = calibration.retrieval_weight;
   double work_done = 0.0;
   for (int32_t step = 1; step <= num_steps; ++step) {
     const std::vector<int32_t> candidates = Candidates(pattern);
     const double work_total = work_done + WorkFromStep(num_layers, candidates, tokens, step, num_steps);
-    WindowNll current;  // the current pattern's loss (the previous step's pick, recomputed in full)
-    std::vector<double> candidate_sums(candidates.size(), 0.0);
+    CalibrationNll current;  // the current pattern's (the previous step's pick, recomputed in full)
+    std::vector<CalibrationNll> candidate_nll(candidates.size());
     std::vector<LayerInput> inputs;
     for (int32_t w = 0; w < num_windows; ++w) {
-      const std::vector<int32_t>& window = calibration.windows[w];
+      const Scored& scored = sequences[w];
+      const std::vector<int32_t>& window = *scored.tokens;
       const int64_t n = static_cast<int64_t>(window.size());
-      ASSIGN_OR_RETURN(WindowNll base, scorer.Score(window, pattern, &inputs));
-      current.sum += base.sum;
-      current.count += base.count;
+      ASSIGN_OR_RETURN(WindowNll base, scorer.Score(window, pattern, &inputs, scored.first_target));
+      (scored.answer ? current.answers : current.text) += base;
       work_done += PassCost(num_layers, 0, n);
       for (size_t c = 0; c < candidates.size(); ++c) {
         const int32_t layer = candidates[c];
         std::vector<IndexerType> trial = pattern;
         trial[layer] = IndexerType::kShared;
-        ASSIGN_OR_RETURN(WindowNll nll, scorer.ScoreFrom(window, trial, layer, inputs[layer]));
-        candidate_sums[c] += nll.sum;
+        ASSIGN_OR_RETURN(WindowNll nll, scorer.ScoreFrom(window, trial, layer, inputs[layer], scored.first_target));
+        (scored.answer ? candidate_nll[c].answers : candidate_nll[c].text) += nll;
         work_done += PassCost(num_layers, layer, n);
         if (options.on_progress) {
           const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
@@ -103,14 +120,13 @@ absl::StatusOr<std::vector<SearchStep>> GreedyLayerSearch(PatternScorer& scorer,
         }
       }
     }
-    const double count = static_cast<double>(current.count);
-    if (step == 1) record({0, -1, pattern, current.sum / count});
+    if (step == 1) record({0, -1, pattern, current.Loss(weight)});
     size_t best = 0;
     for (size_t c = 1; c < candidates.size(); ++c) {
-      if (candidate_sums[c] < candidate_sums[best]) best = c;
+      if (candidate_nll[c].Loss(weight) < candidate_nll[best].Loss(weight)) best = c;
     }
     pattern[candidates[best]] = IndexerType::kShared;
-    record({step, candidates[best], pattern, candidate_sums[best] / count});
+    record({step, candidates[best], pattern, candidate_nll[best].Loss(weight)});
   }
   return path;
 }

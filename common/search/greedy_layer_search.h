@@ -22,7 +22,7 @@ struct SearchStep {
   int32_t step = 0;
   int32_t layer = -1;  // -1 for step 0
   std::vector<IndexerType> pattern;
-  double loss = 0.0;  // mean −log p on the calibration set under `pattern`
+  double loss = 0.0;  // the calibration objective under `pattern` (CalibrationNll::Loss: mean −log p)
 };
 
 // Where a running search is. Work is counted in layer passes over calibration tokens (a candidate

@@ -55,57 +55,71 @@ absl::StatusOr<std::unique_ptr<PatternScorer>> PatternScorer::Create(const Patte
   return scorer;
 }
 
+double CalibrationNll::Loss(double retrieval_weight) const {
+  const double text_mean = text.count > 0 ? text.sum / static_cast<double>(text.count) : 0.0;
+  if (answers.count == 0) return text_mean;
+  return text_mean + retrieval_weight * answers.sum / static_cast<double>(answers.count);
+}
+
 absl::StatusOr<WindowNll> PatternScorer::Run(const std::vector<int32_t>& window, ForwardBatch batch,
-                                             std::vector<LayerInput>* layer_inputs) {
+                                             std::vector<LayerInput>* layer_inputs, int32_t first_target) {
   const int32_t n = static_cast<int32_t>(window.size());
   if (n < 2 || n > longest_window_) {
     return absl::InvalidArgumentError(
         absl::StrFormat("a window of %d tokens: the scorer takes 2 to %d", window.size(), longest_window_));
   }
+  if (first_target < 1 || first_target >= n) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("scoring from token %d of a %d-token window: nothing or the unpredicted first", first_target, n));
+  }
   batch.token_ids = window;
   batch.sequences = {kWindowSequence};
   batch.token_seq.assign(n, 0);
   for (int32_t i = 0; i < n; ++i) batch.positions.push_back(i);
-  for (int32_t i = 0; i + 1 < n; ++i) batch.logit_rows.push_back(i);  // the last token predicts nothing here
+  // Only the rows that predict a counted token; the last token predicts nothing here.
+  for (int32_t i = first_target - 1; i + 1 < n; ++i) batch.logit_rows.push_back(i);
   batch.capture_layer_inputs = layer_inputs != nullptr;
   ASSIGN_OR_RETURN(ForwardResult result, model_->Forward(batch, *cache_));
   const int32_t vocab = config().vocab_size;
   WindowNll nll;
-  for (int32_t i = 0; i + 1 < n; ++i) {
-    nll.sum += NextTokenNll(result.logits.data() + int64_t{i} * vocab, vocab, window[i + 1]);
+  for (int32_t i = first_target - 1; i + 1 < n; ++i) {
+    nll.sum += NextTokenNll(result.logits.data() + int64_t{i - (first_target - 1)} * vocab, vocab, window[i + 1]);
   }
-  nll.count = n - 1;
+  nll.count = n - first_target;
   if (layer_inputs != nullptr) *layer_inputs = std::move(result.layer_inputs);
   return nll;
 }
 
 absl::StatusOr<WindowNll> PatternScorer::Score(const std::vector<int32_t>& window,
                                                const std::vector<IndexerType>& pattern,
-                                               std::vector<LayerInput>* layer_inputs) {
+                                               std::vector<LayerInput>* layer_inputs, int32_t first_target) {
   ForwardBatch batch;
   batch.indexer_types = pattern;
-  return Run(window, std::move(batch), layer_inputs);
+  return Run(window, std::move(batch), layer_inputs, first_target);
 }
 
 absl::StatusOr<WindowNll> PatternScorer::ScoreFrom(const std::vector<int32_t>& window,
                                                    const std::vector<IndexerType>& pattern, int32_t first_layer,
-                                                   const LayerInput& input) {
+                                                   const LayerInput& input, int32_t first_target) {
   ForwardBatch batch;
   batch.indexer_types = pattern;
   batch.first_layer = first_layer;
   batch.resume = &input;
-  return Run(window, std::move(batch), nullptr);
+  return Run(window, std::move(batch), nullptr, first_target);
 }
 
 absl::StatusOr<double> PatternScorer::MeanLoss(const CalibrationSet& set, const std::vector<IndexerType>& pattern) {
-  WindowNll total;
+  CalibrationNll total;
   for (const std::vector<int32_t>& window : set.windows) {
     ASSIGN_OR_RETURN(WindowNll nll, Score(window, pattern));
-    total.sum += nll.sum;
-    total.count += nll.count;
+    total.text += nll;
   }
-  if (total.count == 0) return absl::InvalidArgumentError("the calibration set is empty");
-  return total.sum / static_cast<double>(total.count);
+  for (const RetrievalCase& c : set.retrieval) {
+    ASSIGN_OR_RETURN(WindowNll nll, Score(c.tokens, pattern, nullptr, c.answer_begin));
+    total.answers += nll;
+  }
+  if (total.text.count == 0) return absl::InvalidArgumentError("the calibration set is empty");
+  return total.Loss(set.retrieval_weight);
 }
 
 }  // namespace indexcache

@@ -30,6 +30,19 @@ struct PatternScorerOptions {
 struct WindowNll {
   double sum = 0.0;
   int64_t count = 0;
+  WindowNll& operator+=(const WindowNll& other) {
+    sum += other.sum;
+    count += other.count;
+    return *this;
+  }
+};
+
+// The layer search's objective over a CalibrationSet: the windows' mean NLL, plus the retrieval
+// weight × the answers' mean NLL when the set has retrieval cases.
+struct CalibrationNll {
+  WindowNll text;
+  WindowNll answers;
+  double Loss(double retrieval_weight) const;
 };
 
 class PatternScorer {
@@ -40,20 +53,23 @@ class PatternScorer {
 
   const ModelConfig& config() const { return model_->config(); }
 
-  // The whole pass under `pattern`; when `layer_inputs` is given, what entered every layer.
+  // The whole pass under `pattern`; when `layer_inputs` is given, what entered every layer. The NLL
+  // counts the predictions of the tokens from `first_target` on (1: all; a retrieval case's
+  // answer_begin: its answer's).
   absl::StatusOr<WindowNll> Score(const std::vector<int32_t>& window, const std::vector<IndexerType>& pattern,
-                                  std::vector<LayerInput>* layer_inputs = nullptr);
+                                  std::vector<LayerInput>* layer_inputs = nullptr, int32_t first_target = 1);
   // The pass from `first_layer` on, from `input` = what entered it under a pattern that agrees with
   // `pattern` on every earlier layer (captured by Score on the same window).
   absl::StatusOr<WindowNll> ScoreFrom(const std::vector<int32_t>& window, const std::vector<IndexerType>& pattern,
-                                      int32_t first_layer, const LayerInput& input);
-  // Mean −log p over every prediction of the set (token-weighted, as `indexcache perplexity` averages).
+                                      int32_t first_layer, const LayerInput& input, int32_t first_target = 1);
+  // The objective over the whole set (CalibrationNll::Loss): without retrieval cases, the mean −log p
+  // over every prediction (token-weighted, as `indexcache perplexity` averages).
   absl::StatusOr<double> MeanLoss(const CalibrationSet& set, const std::vector<IndexerType>& pattern);
 
  private:
   PatternScorer() = default;
   absl::StatusOr<WindowNll> Run(const std::vector<int32_t>& window, ForwardBatch batch,
-                                std::vector<LayerInput>* layer_inputs);
+                                std::vector<LayerInput>* layer_inputs, int32_t first_target);
 
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<DsaModel> model_;

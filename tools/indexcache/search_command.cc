@@ -5,6 +5,7 @@
 // range of an adaptive pattern (common/model/pattern_schedule.h), each on windows as long as its
 // range's shortest prompt, and the result is the --length-patterns value.
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -32,6 +33,11 @@ constexpr char kSearchUsage[] =
     "  --length-ranges T,.. an adaptive pattern instead: one search per prompt-length range, the range\n"
     "                       from T tokens on scored on windows of T tokens (--context is then unused); the\n"
     "                       result is the --length-patterns value T:PATTERN,...\n"
+    "  --retrieval FILE.jsonl  retrieval cases ({\"prompt\", \"answer\"} text or {\"prompt_ids\",\n"
+    "                       \"answer_ids\"}) scored beside the windows: the loss becomes the windows' mean\n"
+    "                       NLL + W x the answers' mean NLL (with --length-ranges, each range takes the\n"
+    "                       cases no longer than its windows)\n"
+    "  --retrieval-weight W the answers' weight W (default 1)\n"
     "  --model DIR          model directory; every layer needs its indexer weights\n"
     "  --device cpu|cuda    backend (default cpu)\n"
     "  --threads N          CPU threads (default: all cores)\n"
@@ -71,9 +77,10 @@ absl::StatusOr<std::vector<int32_t>> SearchContexts(const Args& args) {
 // One greedy search, its steps to stdout and its progress to stderr; the pattern it ends with.
 absl::StatusOr<std::string> SearchOne(PatternScorer& scorer, const CalibrationSet& calibration, int32_t keep) {
   const int32_t num_layers = scorer.config().num_layers;
-  std::fprintf(stderr, "calibration: %zu windows, %lld predicted tokens; %d layers, keeping %d: %d steps\n",
-               calibration.windows.size(), static_cast<long long>(calibration.predicted_tokens()), num_layers, keep,
-               num_layers - keep);
+  std::fprintf(stderr, "calibration: %zu windows, %zu retrieval cases, %lld predicted tokens; %d layers, keeping "
+               "%d: %d steps\n",
+               calibration.windows.size(), calibration.retrieval.size(),
+               static_cast<long long>(calibration.predicted_tokens()), num_layers, keep, num_layers - keep);
   LayerSearchOptions options;
   options.keep = keep;
   double full_loss = 0.0;
@@ -108,7 +115,14 @@ absl::Status Search(const Args& args) {
   ASSIGN_OR_RETURN(std::string calibration_path, args.Require("calibration"));
   ASSIGN_OR_RETURN(auto keep, args.GetInt("keep"));
   ASSIGN_OR_RETURN(auto threads, args.GetInt("threads"));
+  ASSIGN_OR_RETURN(auto retrieval_weight, args.GetDouble("retrieval-weight"));
   if (!keep) return absl::InvalidArgumentError("--keep is required");
+  if (retrieval_weight && !(*retrieval_weight >= 0 && std::isfinite(*retrieval_weight))) {
+    return absl::InvalidArgumentError("--retrieval-weight must be a finite number >= 0");
+  }
+  if (retrieval_weight && !args.Has("retrieval")) {
+    return absl::InvalidArgumentError("--retrieval-weight weighs --retrieval's cases: give the file too");
+  }
   if (*keep < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("--keep must be at least 1 (layer 0 always keeps its indexer), got ", *keep));
@@ -130,12 +144,27 @@ absl::Status Search(const Args& args) {
   if (std::filesystem::exists(model_dir + "/tokenizer.json")) {
     ASSIGN_OR_RETURN(tokenizer, BpeTokenizer::FromFile(model_dir + "/tokenizer.json"));
   }
+  std::vector<RetrievalCase> cases;
+  if (args.Has("retrieval")) {
+    ASSIGN_OR_RETURN(cases, LoadRetrievalCases(*args.Get("retrieval"), tokenizer.get(), config.vocab_size));
+  }
   // Every range's windows before any search: a file too short for one fails before hours of work.
   std::vector<CalibrationSet> calibrations;
   int32_t longest_window = 0;
   for (int32_t context : contexts) {
     ASSIGN_OR_RETURN(CalibrationSet calibration,
                      LoadCalibrationSet(calibration_path, context, tokenizer.get(), config.vocab_size));
+    calibration.retrieval_weight = retrieval_weight.value_or(1.0);
+    for (const RetrievalCase& c : cases) {
+      // A range scores the cases its windows could hold; a plain search every case.
+      if (!args.Has("length-ranges") || static_cast<int64_t>(c.tokens.size()) <= context) {
+        calibration.retrieval.push_back(c);
+      }
+    }
+    if (!cases.empty() && calibration.retrieval.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("no retrieval case of --retrieval fits the %d-token windows of its range", context));
+    }
     longest_window = std::max(longest_window, calibration.longest_window());
     calibrations.push_back(std::move(calibration));
   }
@@ -170,7 +199,8 @@ absl::Status Search(const Args& args) {
 }  // namespace
 
 int RunSearch(const std::vector<std::string>& argv) {
-  auto args = Args::Parse(argv, {"model", "calibration", "keep", "out", "context", "length-ranges", "device", "threads"}, {"help"});
+  auto args = Args::Parse(argv, {"model", "calibration", "keep", "out", "context", "length-ranges", "retrieval", "retrieval-weight",
+                                 "device", "threads"}, {"help"});
   if (!args.ok()) return Fail("search", std::string(args.status().message()) + "\n" + kSearchUsage);
   if (args->Has("help")) {
     std::cout << kSearchUsage;
