@@ -23,6 +23,7 @@
 #include "common/safetensors/safetensors_file.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/mixed_pattern_runs.h"
 #include "tests/reference/naive_dsa.h"
 
 namespace indexcache {
@@ -487,6 +488,16 @@ TEST(MixedPatterns, EachSequenceMatchesTheReferenceUnderItsOwnPattern) {
     }
   }
   for (int32_t s = 0; s < kSequences; ++s) (*cache)->Release(s + 1);
+}
+
+// The same three patterns, by what holds exactly (tests/mixed_pattern_runs.h; the check
+// tools/gpu/cuda_engine_check runs on the GPU).
+TEST(MixedPatterns, TheFullRowsEqualAUniformPassAndSharedRowsKeepTheirSelection) {
+  EngineOptions options = Options(ModelDir("bundled"), /*chunk=*/512, "FFFFFFFF");
+  options.length_patterns = "100:FFSSFSSS,200:FSSSSSSS";
+  auto engine = Engine::Create(options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  pattern_checks::ExpectMixedPassKeepsEachPatternsSelections(**engine, /*prompt=*/150);
 }
 
 // --- chunked prefill == one shot --------------------------------------------------------------------

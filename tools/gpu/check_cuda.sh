@@ -7,9 +7,9 @@
 # 2. cuda_op_trace_check: whole forward passes of three models (chunked prefill, two sequences, batched
 #    decode), every op judged against the CPU backend on the inputs the GPU op read.
 # 3. cuda_engine_check: --device cuda against the transformers goldens (patterns, chunked prefill,
-#    batched decode).
+#    batched decode), and a pass mixing an adaptive pattern's three patterns (exact invariants).
 # 3b. cuda_graph_check: decode steps replayed as CUDA graphs against the same steps op by op (logits,
-#    and greedy tokens through the engine with --cuda-graphs on and off).
+#    and greedy tokens through the engine with --cuda-graphs on and off, also with an adaptive pattern).
 # 3c. cuda_sampling_check: Backend::SampleTokens against the host pipeline on random rows (boundary
 #    draws detected), captured against eager, and seeded sampled generation on the bundled model.
 # 3d. device_crc32_check and device_rows_check (when the bundle has them: builds with NCCL): the NCCL

@@ -13,7 +13,8 @@
 // decode identically (no interference between sequences). For the other cases it prints the logit
 // error, how many top-k rows differ and how many of those transformers' own scores show to be within
 // 3% of the k-th score, and how far greedy decoding follows transformers. Op-level correctness with
-// near-tie detection on real forward passes is asserted by cuda_op_trace_check.
+// near-tie detection on real forward passes is asserted by cuda_op_trace_check. A pass mixing an
+// adaptive pattern's patterns is checked by what holds exactly (tests/mixed_pattern_runs.h).
 // Not a ctest test (needs a GPU): tools/gpu/check_cuda.sh runs it on the device.
 #include <algorithm>
 #include <cmath>
@@ -26,6 +27,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/golden_files.h"
+#include "tests/mixed_pattern_runs.h"
 
 namespace indexcache {
 namespace {
@@ -214,6 +216,18 @@ TEST(CudaBatchedDecodeCheck, IdenticalPromptsInABatchDecodeIdentically) {
   std::printf("  batched decode: 3 copies identical: %s; they follow transformers for %zu of %zu tokens\n",
               got[2] == got[0] && got[4] == got[0] ? "yes" : "NO", AgreeingPrefix(got[0], want), want.size());
   EXPECT_EQ(engine->cache().num_used_blocks(), 0);
+}
+
+// An adaptive pattern's three patterns in one pass (tests/mixed_pattern_runs.h).
+TEST(CudaMixedPatternCheck, TheFullRowsEqualAUniformPassAndSharedRowsKeepTheirSelection) {
+  EngineOptions options;
+  options.model_dir = std::string(INDEXCACHE_MODELS_DIR) + "/glm-dsa-tiny-random";
+  options.device = "cuda";
+  options.index_pattern = "FFFFFFFF";
+  options.length_patterns = "100:FFSSFSSS,200:FSSSSSSS";
+  auto engine = Engine::Create(options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  pattern_checks::ExpectMixedPassKeepsEachPatternsSelections(**engine, /*prompt=*/300);
 }
 
 }  // namespace

@@ -186,9 +186,11 @@ TEST(CudaDecodeGraphCheck, ScratchGrowthForcesARecording) {
 
 // Greedy decoding through the engine with graphs on and off, token for token. With `logprobs`, every
 // request asks for its tokens' logprobs (5 alternatives), collected there per request.
+// `length_patterns`: an adaptive pattern (EngineOptions::length_patterns), "" for none.
 std::vector<std::vector<int32_t>> Greedy(bool graphs, const std::vector<int32_t>& prompt_lengths,
                                          const std::vector<int32_t>& new_tokens, int64_t* replays,
-                                         std::vector<std::vector<TokenLogprobs>>* logprobs = nullptr) {
+                                         std::vector<std::vector<TokenLogprobs>>* logprobs = nullptr,
+                                         const std::string& length_patterns = "") {
   EngineOptions options;
   options.model_dir = kModel;
   options.device = "cuda";
@@ -196,6 +198,7 @@ std::vector<std::vector<int32_t>> Greedy(bool graphs, const std::vector<int32_t>
   options.max_batch_tokens = 512;
   options.kv_cache_bytes = size_t{256} << 20;
   options.cuda_graphs = graphs;
+  options.length_patterns = length_patterns;
   auto engine = Engine::Create(options);
   EXPECT_TRUE(engine.ok()) << engine.status();
   if (!engine.ok()) return {};
@@ -263,6 +266,21 @@ TEST(CudaDecodeGraphCheck, GreedyDecodingMatchesGraphsOff) {
     std::printf("  %s: graphs on %s graphs off (%lld steps replayed)\n", s.what, on == off ? "equal" : "DIFFER from",
                 static_cast<long long>(replays_on));
   }
+}
+
+// An adaptive pattern: while short (all-Full) and long (1/4) requests decode together, steps mix
+// patterns and run op by op; once only one pattern's requests are left, its own recording replays.
+// Both ways give the tokens of graphs off.
+TEST(CudaDecodeGraphCheck, AdaptivePatternGreedyDecodingMatchesGraphsOff) {
+  const std::vector<int32_t> prompt_lengths = {245, 70, 130, 1015, 33, 90}, new_tokens = {30, 4, 9, 20, 14, 25};
+  int64_t replays_off = 0, replays_on = 0;
+  const auto off = Greedy(false, prompt_lengths, new_tokens, &replays_off, nullptr, "200:FSSSFSSS");
+  const auto on = Greedy(true, prompt_lengths, new_tokens, &replays_on, nullptr, "200:FSSSFSSS");
+  ASSERT_EQ(off.size(), prompt_lengths.size());
+  EXPECT_EQ(on, off);
+  EXPECT_GT(replays_on, 0) << "no single-pattern step was replayed";
+  std::printf("  adaptive pattern: graphs on %s graphs off (%lld steps replayed)\n", on == off ? "equal" : "DIFFER from",
+              static_cast<long long>(replays_on));
 }
 
 // Logprobs (SamplingParams::logprobs) read each asking row's logits after the step: on a replayed
