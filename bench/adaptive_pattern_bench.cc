@@ -18,6 +18,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
+#include "bench/bench_main.h"
 #include "bench/prompts.h"
 #include "bench/run_info.h"
 #include "bench/timing.h"
@@ -192,12 +193,8 @@ absl::Status Run(int argc, char** argv) {
   info.load_after = LoadAverage();
   info.total_seconds = NowSeconds() - started;
 
-  std::string command = "OMP_WAIT_POLICY=" + info.omp_wait_policy;
-  for (int i = 0; i < argc; ++i) command += std::string(" ") + argv[i];
-  std::printf("# Adaptive IndexCache pattern: a mixed workload (%s backend)\n\n", device.c_str());
-  std::printf("- command: `%s`\n", command.c_str());
-  std::printf("- date: %s; CPU: %s, %d logical cores; load before %s, after %s\n", info.date.c_str(),
-              info.cpu_model.c_str(), info.logical_cores, info.load_before.c_str(), info.load_after.c_str());
+  std::printf("# Adaptive IndexCache pattern: a mixed workload (%s backend)\n\n%s", device.c_str(),
+              CommandAndMachineLines(info, argc, argv).c_str());
   std::printf("- model: %s; %lld prompts of %d tokens and %lld of %d, submitted at once, %d greedy tokens each; "
               "max_batch_tokens %d\n",
               model.c_str(), static_cast<long long>(shorts.value_or(6)), short_tokens,
@@ -227,10 +224,5 @@ absl::Status Run(int argc, char** argv) {
 }  // namespace indexcache::bench
 
 int main(int argc, char** argv) {
-  const absl::Status status = indexcache::bench::Run(argc, argv);
-  if (!status.ok()) {
-    std::fprintf(stderr, "adaptive_pattern_bench: %s\n%s", status.ToString().c_str(), indexcache::bench::kUsage);
-    return 1;
-  }
-  return 0;
+  return indexcache::bench::BenchMain("adaptive_pattern_bench", indexcache::bench::Run, argc, argv, indexcache::bench::kUsage);
 }

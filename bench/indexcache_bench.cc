@@ -17,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "bench/bench_main.h"
 #include "bench/bench_report.h"
 #include "bench/engine_runs.h"
 #include "bench/machine_ceilings.h"
@@ -185,10 +186,5 @@ absl::Status Run(int argc, char** argv) {
 }  // namespace indexcache::bench
 
 int main(int argc, char** argv) {
-  const absl::Status status = indexcache::bench::Run(argc, argv);
-  if (!status.ok()) {
-    std::fprintf(stderr, "indexcache_bench: %s\n", std::string(status.message()).c_str());
-    return 1;
-  }
-  return 0;
+  return indexcache::bench::BenchMain("indexcache_bench", indexcache::bench::Run, argc, argv);
 }

@@ -16,6 +16,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
+#include "bench/bench_main.h"
 #include "bench/prompts.h"
 #include "bench/run_info.h"
 #include "bench/timing.h"
@@ -124,12 +125,8 @@ absl::Status Run(int argc, char** argv) {
   info.total_seconds = NowSeconds() - started;
 
   const double tokens = static_cast<double>(prompts.size()) * (prompt_len.value_or(256) + generated);
-  std::string command = "OMP_WAIT_POLICY=" + info.omp_wait_policy;
-  for (int i = 0; i < argc; ++i) command += std::string(" ") + argv[i];
-  std::printf("# Reuse telemetry overhead (%s backend)\n\n", device.c_str());
-  std::printf("- command: `%s`\n", command.c_str());
-  std::printf("- date: %s; CPU: %s, %d logical cores; load before %s, after %s\n", info.date.c_str(),
-              info.cpu_model.c_str(), info.logical_cores, info.load_before.c_str(), info.load_after.c_str());
+  std::printf("# Reuse telemetry overhead (%s backend)\n\n%s", device.c_str(),
+              CommandAndMachineLines(info, argc, argv).c_str());
   std::printf("- model: %s, pattern %s; %zu requests x (%lld prompt + %d new tokens), greedy, max_batch_tokens %d\n",
               model.c_str(), args.Get("index-pattern").value_or("(checkpoint's)").c_str(), prompts.size(),
               static_cast<long long>(prompt_len.value_or(256)), generated, static_cast<int>(batch_tokens.value_or(512)));
@@ -153,10 +150,5 @@ absl::Status Run(int argc, char** argv) {
 }  // namespace indexcache::bench
 
 int main(int argc, char** argv) {
-  const absl::Status status = indexcache::bench::Run(argc, argv);
-  if (!status.ok()) {
-    std::fprintf(stderr, "reuse_telemetry_bench: %s\n%s", status.ToString().c_str(), indexcache::bench::kUsage);
-    return 1;
-  }
-  return 0;
+  return indexcache::bench::BenchMain("reuse_telemetry_bench", indexcache::bench::Run, argc, argv, indexcache::bench::kUsage);
 }

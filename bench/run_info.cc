@@ -35,4 +35,12 @@ RunInfo ProbeMachine() {
   return info;
 }
 
+std::string CommandAndMachineLines(const RunInfo& info, int argc, char** argv) {
+  std::string command = "OMP_WAIT_POLICY=" + info.omp_wait_policy;
+  for (int i = 0; i < argc; ++i) command += std::string(" ") + argv[i];
+  return "- command: `" + command + "`\n- date: " + info.date + "; CPU: " + info.cpu_model + ", " +
+         std::to_string(info.logical_cores) + " logical cores; load before " + info.load_before + ", after " +
+         info.load_after + "\n";
+}
+
 }  // namespace indexcache::bench

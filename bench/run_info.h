@@ -24,4 +24,8 @@ struct RunInfo {
 RunInfo ProbeMachine();
 std::string LoadAverage();
 
+// The markdown lines a report opens with after its title: the command (with OMP_WAIT_POLICY, which
+// changes CPU timings) and the machine with its load before and after the run.
+std::string CommandAndMachineLines(const RunInfo& info, int argc, char** argv);
+
 }  // namespace indexcache::bench

@@ -46,14 +46,6 @@ std::vector<int32_t> Tokens(int32_t n, int32_t salt) {
   return ids;
 }
 
-SamplingParams Greedy(int32_t max_new_tokens) {
-  SamplingParams p;
-  p.temperature = 0.0f;
-  p.max_new_tokens = max_new_tokens;
-  p.ignore_eos = true;
-  return p;
-}
-
 // Steps until every request ended; each request's tokens.
 std::map<RequestId, std::vector<int32_t>> RunAll(Engine& engine) {
   std::map<RequestId, std::vector<int32_t>> tokens;
@@ -80,7 +72,7 @@ TEST(AdaptivePatternTest, EachRequestGetsTheTokensOfItsOwnPatternWhileBatchedWit
   constexpr int32_t kNew = 6;
   std::vector<RequestId> ids;
   for (size_t i = 0; i < prompts.size(); ++i) {
-    absl::StatusOr<RequestId> id = adaptive->Submit(Tokens(prompts[i].first, static_cast<int32_t>(i)), Greedy(kNew));
+    absl::StatusOr<RequestId> id = adaptive->Submit(Tokens(prompts[i].first, static_cast<int32_t>(i)), engine_steps::GreedyParams(kNew));
     ASSERT_TRUE(id.ok()) << id.status();
     ids.push_back(*id);
   }
@@ -93,7 +85,7 @@ TEST(AdaptivePatternTest, EachRequestGetsTheTokensOfItsOwnPatternWhileBatchedWit
     const auto& [length, pattern] = prompts[i];
     auto alone = MakeEngine(pattern, "");
     ASSERT_NE(alone, nullptr);
-    absl::StatusOr<RequestId> id = alone->Submit(Tokens(length, static_cast<int32_t>(i)), Greedy(kNew));
+    absl::StatusOr<RequestId> id = alone->Submit(Tokens(length, static_cast<int32_t>(i)), engine_steps::GreedyParams(kNew));
     ASSERT_TRUE(id.ok()) << id.status();
     EXPECT_EQ(got[ids[i]], RunAll(*alone)[*id]) << length << "-token prompt, pattern " << pattern;
     // Rows through the model: the prompt and every generated token but the last.
@@ -121,20 +113,20 @@ TEST(AdaptivePatternTest, PatternsShareNoCachedBlocks) {
   auto engine = MakeEngine(kBase, kRanges);
   ASSERT_NE(engine, nullptr);
   const std::vector<int32_t> first = Tokens(150, 7);  // the 100-token range
-  ASSERT_TRUE(engine->Submit(first, Greedy(1)).ok());
+  ASSERT_TRUE(engine->Submit(first, engine_steps::GreedyParams(1)).ok());
   RunAll(*engine);
   engine->TakePrefixCacheStats();
   // The same 150 tokens and 100 more: another pattern's request, whose rows differ from layer 1 on.
   std::vector<int32_t> longer = first;
   const std::vector<int32_t> more = Tokens(100, 8);
   longer.insert(longer.end(), more.begin(), more.end());
-  ASSERT_TRUE(engine->Submit(longer, Greedy(1)).ok());
+  ASSERT_TRUE(engine->Submit(longer, engine_steps::GreedyParams(1)).ok());
   RunAll(*engine);
   EXPECT_EQ(engine->TakePrefixCacheStats().hit_tokens, 0u);
   // The same 150 and 20 more: the first request's pattern again, which finds its 9 whole blocks.
   std::vector<int32_t> same_range(first);
   same_range.insert(same_range.end(), more.begin(), more.begin() + 20);
-  ASSERT_TRUE(engine->Submit(same_range, Greedy(1)).ok());
+  ASSERT_TRUE(engine->Submit(same_range, engine_steps::GreedyParams(1)).ok());
   RunAll(*engine);
   EXPECT_EQ(engine->TakePrefixCacheStats().hit_tokens, 144u);
 
@@ -159,9 +151,9 @@ TEST(AdaptivePatternTest, AHandoffCarriesAndAcceptsOnlyItsPatternsIndexKeys) {
   ASSERT_NE(prefill, nullptr);
   ASSERT_NE(decode, nullptr);
   const std::vector<int32_t> prompt = Tokens(120, 3);  // FFSSFSSS: index keys of layers 0, 1 and 4
-  absl::StatusOr<RequestId> id = prefill->SubmitPrefill(prompt, Greedy(4));
+  absl::StatusOr<RequestId> id = prefill->SubmitPrefill(prompt, engine_steps::GreedyParams(4));
   ASSERT_TRUE(id.ok()) << id.status();
-  ASSERT_GE(testing::RunPrefill(*prefill, *id).first_token, 0);
+  ASSERT_GE(engine_steps::RunPrefill(*prefill, *id).first_token, 0);
   absl::StatusOr<KvSegment> segment = prefill->ExportSegment(*id, 0, 120);
   ASSERT_TRUE(segment.ok()) << segment.status();
   std::vector<int32_t> key_layers;
@@ -171,7 +163,7 @@ TEST(AdaptivePatternTest, AHandoffCarriesAndAcceptsOnlyItsPatternsIndexKeys) {
   EXPECT_EQ(key_layers, (std::vector<int32_t>{0, 1, 4}));
   ASSERT_TRUE(segment->Wait().ok());
 
-  absl::StatusOr<RequestId> import = decode->AdmitImport(prompt, Greedy(4));
+  absl::StatusOr<RequestId> import = decode->AdmitImport(prompt, engine_steps::GreedyParams(4));
   ASSERT_TRUE(import.ok()) << import.status();
   // Layer 2 runs Shared in this request's pattern although the engine holds a pool for it.
   std::string rows(segment->bytes(segment->slices().back()));  // layer 4's index keys

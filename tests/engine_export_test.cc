@@ -18,8 +18,8 @@
 namespace indexcache {
 namespace {
 
-using testing::DecodeToEnd;
-using testing::RunPrefill;
+using engine_steps::DecodeToEnd;
+using engine_steps::RunPrefill;
 
 // Three chunks of 16 and one of 2.
 constexpr int32_t kPromptTokens = 50;

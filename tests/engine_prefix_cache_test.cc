@@ -13,6 +13,7 @@
 #include "common/engine/engine.h"
 #include "common/engine/published_load.h"
 #include "gtest/gtest.h"
+#include "tests/engine_steps.h"
 
 namespace indexcache {
 namespace {
@@ -47,16 +48,8 @@ std::vector<int32_t> Concat(std::vector<int32_t> a, const std::vector<int32_t>& 
   return a;
 }
 
-SamplingParams Greedy(int32_t max_new_tokens) {
-  SamplingParams p;
-  p.temperature = 0.0f;
-  p.max_new_tokens = max_new_tokens;
-  p.ignore_eos = true;
-  return p;
-}
-
 SamplingParams Seeded(int32_t max_new_tokens, uint64_t seed) {
-  SamplingParams p = Greedy(max_new_tokens);
+  SamplingParams p = engine_steps::GreedyParams(max_new_tokens);
   p.temperature = 0.9f;
   p.top_k = 40;
   p.seed = seed;
@@ -106,9 +99,9 @@ TEST(EnginePrefixCacheTest, ASharedPrefixIsComputedOnceWithTheSameOutput) {
   const std::vector<int32_t> first = Concat(prefix, Tokens(10, 2)), second = Concat(prefix, Tokens(7, 3));
   constexpr int32_t kNew = 12;
 
-  auto a = engine->Submit(first, Greedy(kNew));
+  auto a = engine->Submit(first, engine_steps::GreedyParams(kNew));
   ASSERT_TRUE(a.ok()) << a.status();
-  EXPECT_EQ(RunAll(*engine)[*a], Cold(first, Greedy(kNew)));
+  EXPECT_EQ(RunAll(*engine)[*a], Cold(first, engine_steps::GreedyParams(kNew)));
   EXPECT_EQ(ComputedTokens(*engine), first.size() + kNew - 1);
   PrefixCacheStats stats = engine->TakePrefixCacheStats();
   EXPECT_EQ(stats.hit_tokens, 0u);
@@ -116,9 +109,9 @@ TEST(EnginePrefixCacheTest, ASharedPrefixIsComputedOnceWithTheSameOutput) {
   // 90 prompt + 11 fed-back tokens = 101 positions: 6 full blocks.
   EXPECT_EQ(engine->cache().num_cached_blocks(), 6);
 
-  auto b = engine->Submit(second, Greedy(kNew));
+  auto b = engine->Submit(second, engine_steps::GreedyParams(kNew));
   ASSERT_TRUE(b.ok()) << b.status();
-  EXPECT_EQ(RunAll(*engine)[*b], Cold(second, Greedy(kNew)));
+  EXPECT_EQ(RunAll(*engine)[*b], Cold(second, engine_steps::GreedyParams(kNew)));
   // The 5 blocks of the shared prefix came from the cache; the 7 tokens after it were computed.
   EXPECT_EQ(ComputedTokens(*engine), 7u + kNew - 1);
   stats = engine->TakePrefixCacheStats();
@@ -135,14 +128,14 @@ TEST(EnginePrefixCacheTest, TheLastPromptTokenIsAlwaysComputed) {
   const std::vector<int32_t> prompt = Tokens(4 * kBlock, 4);  // whole blocks only
   std::vector<std::vector<int32_t>> outputs;
   for (int i = 0; i < 2; ++i) {
-    auto id = engine->Submit(prompt, Greedy(5));
+    auto id = engine->Submit(prompt, engine_steps::GreedyParams(5));
     ASSERT_TRUE(id.ok()) << id.status();
     outputs.push_back(RunAll(*engine)[*id]);
   }
-  EXPECT_EQ(outputs[0], Cold(prompt, Greedy(5)));
+  EXPECT_EQ(outputs[0], Cold(prompt, engine_steps::GreedyParams(5)));
   EXPECT_EQ(outputs[1], outputs[0]);
   ComputedTokens(*engine);
-  auto id = engine->Submit(prompt, Greedy(5));
+  auto id = engine->Submit(prompt, engine_steps::GreedyParams(5));
   ASSERT_TRUE(id.ok());
   EXPECT_EQ(RunAll(*engine)[*id], outputs[0]);
   // Three blocks from the cache; the fourth holds the last prompt token, whose logits give token 1.
@@ -168,12 +161,12 @@ TEST(EnginePrefixCacheTest, SeededSamplingIsTheSame) {
 TEST(EnginePrefixCacheTest, ConcurrentRequestsSharingAPrefix) {
   const std::vector<int32_t> prefix = Tokens(6 * kBlock, 6);
   const std::vector<int32_t> first = Concat(prefix, Tokens(9, 7)), second = Concat(prefix, Tokens(3, 8));
-  const std::vector<int32_t> want_first = Cold(first, Greedy(10)), want_second = Cold(second, Greedy(10));
+  const std::vector<int32_t> want_first = Cold(first, engine_steps::GreedyParams(10)), want_second = Cold(second, engine_steps::GreedyParams(10));
   for (int32_t chunk : {32, 512}) {
     auto engine = MakeEngine(/*prefix_cache=*/true, size_t{4} << 20, chunk);
     ASSERT_NE(engine, nullptr);
-    auto a = engine->Submit(first, Greedy(10));
-    auto b = engine->Submit(second, Greedy(10));
+    auto a = engine->Submit(first, engine_steps::GreedyParams(10));
+    auto b = engine->Submit(second, engine_steps::GreedyParams(10));
     ASSERT_TRUE(a.ok() && b.ok());
     std::map<RequestId, std::vector<int32_t>> out = RunAll(*engine);
     EXPECT_EQ(out[*a], want_first) << "chunk " << chunk;
@@ -204,9 +197,9 @@ TEST(EnginePrefixCacheTest, EvictionUnderASmallBudgetKeepsOutputs) {
   for (int32_t round = 0; round < 2; ++round) {
     for (int32_t p : {0, 1, 0, 2, 1, 2}) {
       const std::vector<int32_t> prompt = Concat(prefixes[p], Tokens(5 + round, 30 + p));
-      auto id = engine->Submit(prompt, Greedy(20));
+      auto id = engine->Submit(prompt, engine_steps::GreedyParams(20));
       ASSERT_TRUE(id.ok()) << id.status();
-      EXPECT_EQ(RunAll(*engine)[*id], Cold(prompt, Greedy(20))) << "round " << round << " prefix " << p;
+      EXPECT_EQ(RunAll(*engine)[*id], Cold(prompt, engine_steps::GreedyParams(20))) << "round " << round << " prefix " << p;
       const PrefixCacheStats stats = engine->TakePrefixCacheStats();
       evictions += stats.evictions;
       hits += stats.hit_blocks;
@@ -230,13 +223,13 @@ TEST(EnginePrefixCacheTest, PreemptionAndAbortFreeNothingAnotherRequestUses) {
   const std::vector<int32_t> first = Concat(prefix, Tokens(5, 41)), second = Concat(prefix, Tokens(8, 42));
   const std::vector<int32_t> third = Concat(prefix, Tokens(2, 43));
   // Warm the prefix, so all three start from the same cached blocks.
-  auto warm = engine->Submit(prefix, Greedy(1));
+  auto warm = engine->Submit(prefix, engine_steps::GreedyParams(1));
   ASSERT_TRUE(warm.ok());
   RunAll(*engine);
 
-  auto a = engine->Submit(first, Greedy(60));   // 53 + 60 positions: 8 blocks, 5 of its own
-  auto b = engine->Submit(second, Greedy(60));  // cannot also grow to 8 in the 10 blocks
-  auto c = engine->Submit(third, Greedy(60));
+  auto a = engine->Submit(first, engine_steps::GreedyParams(60));   // 53 + 60 positions: 8 blocks, 5 of its own
+  auto b = engine->Submit(second, engine_steps::GreedyParams(60));  // cannot also grow to 8 in the 10 blocks
+  auto c = engine->Submit(third, engine_steps::GreedyParams(60));
   ASSERT_TRUE(a.ok() && b.ok() && c.ok());
   bool aborted = false;
   std::map<RequestId, std::vector<int32_t>> out = RunAll(*engine, [&](int step) {
@@ -246,13 +239,13 @@ TEST(EnginePrefixCacheTest, PreemptionAndAbortFreeNothingAnotherRequestUses) {
     }
   });
   ASSERT_TRUE(aborted);
-  EXPECT_EQ(out[*a], Cold(first, Greedy(60)));
-  EXPECT_EQ(out[*b], Cold(second, Greedy(60)));
+  EXPECT_EQ(out[*a], Cold(first, engine_steps::GreedyParams(60)));
+  EXPECT_EQ(out[*b], Cold(second, engine_steps::GreedyParams(60)));
   EXPECT_LT(out[*c].size(), 60u);
   EXPECT_GE(engine->TakePrefixCacheStats().hit_blocks, 3u * 3) << "each lookup found the warmed prefix";
   ExpectNothingHeld(*engine);
   // Every block can be allocated again: a request needing the whole cache evicts every idle block.
-  auto whole = engine->Submit(Tokens(10 * kBlock - 4, 44), Greedy(4));
+  auto whole = engine->Submit(Tokens(10 * kBlock - 4, 44), engine_steps::GreedyParams(4));
   ASSERT_TRUE(whole.ok()) << whole.status();
   EXPECT_EQ(RunAll(*engine)[*whole].size(), 4u);
   ExpectNothingHeld(*engine);
@@ -263,7 +256,7 @@ TEST(EnginePrefixCacheTest, OffMeansNoLookupAndNoSharing) {
   ASSERT_NE(engine, nullptr);
   const std::vector<int32_t> prompt = Tokens(3 * kBlock + 2, 50);
   for (int i = 0; i < 2; ++i) {
-    auto id = engine->Submit(prompt, Greedy(3));
+    auto id = engine->Submit(prompt, engine_steps::GreedyParams(3));
     ASSERT_TRUE(id.ok());
     RunAll(*engine);
     EXPECT_EQ(ComputedTokens(*engine), prompt.size() + 2);
@@ -283,7 +276,7 @@ TEST(EnginePrefixCacheTest, PublishedKeysTellWhatTheEngineWillFindAndEveryChange
   published.Publish(*engine);  // starts following the (empty) cache
   EXPECT_EQ(announced, 1);
   const std::vector<int32_t> first = Tokens(100, 1);
-  ASSERT_TRUE(engine->Submit(first, Greedy(2)).ok());
+  ASSERT_TRUE(engine->Submit(first, engine_steps::GreedyParams(2)).ok());
   RunAll(*engine, [&](int) { published.Publish(*engine); });
   EXPECT_GT(announced, 1);
   const int before = announced;
@@ -294,7 +287,7 @@ TEST(EnginePrefixCacheTest, PublishedKeysTellWhatTheEngineWillFindAndEveryChange
   EXPECT_EQ(published.CachedPrefixTokens(second, static_cast<int64_t>(second.size())), 80);
   EXPECT_EQ(published.CachedPrefixTokens(Tokens(50, 3), 50), 0);
   engine->TakePrefixCacheStats();
-  ASSERT_TRUE(engine->Submit(second, Greedy(2)).ok());
+  ASSERT_TRUE(engine->Submit(second, engine_steps::GreedyParams(2)).ok());
   RunAll(*engine);
   EXPECT_EQ(engine->TakePrefixCacheStats().hit_tokens, 80u);
   // A reader following from scratch gets every block findable as of the last Publish.

@@ -1,5 +1,5 @@
-// Stepping an Engine in tests and GPU checks: a prefill-only request to its kPrefillDone, and a
-// decoding request to its end. Failures are GoogleTest failures.
+// Stepping an Engine in tests and GPU checks: greedy parameters, a prefill-only request to its
+// kPrefillDone, and a decoding request to its end. Failures are GoogleTest failures.
 #pragma once
 
 #include <cstdint>
@@ -8,7 +8,16 @@
 #include "common/engine/engine.h"
 #include "gtest/gtest.h"
 
-namespace indexcache::testing {
+namespace indexcache::engine_steps {
+
+// Greedy decoding of `max_new_tokens` tokens, end-of-sequence ids ignored: a request's exact length.
+inline SamplingParams GreedyParams(int32_t max_new_tokens) {
+  SamplingParams p;
+  p.temperature = 0.0f;
+  p.max_new_tokens = max_new_tokens;
+  p.ignore_eos = true;
+  return p;
+}
 
 // A prefill-only request stepped to its kPrefillDone: how many steps ran a pass, and the first token
 // it sampled (-1 each when it failed).
@@ -45,4 +54,4 @@ inline std::vector<int32_t> DecodeToEnd(Engine& engine, RequestId id) {
   return tokens;
 }
 
-}  // namespace indexcache::testing
+}  // namespace indexcache::engine_steps

@@ -18,6 +18,7 @@
 #include "common/engine/engine.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/engine_steps.h"
 #include "nlohmann/json.hpp"
 #include "tests/sampling_replay.h"
 
@@ -59,14 +60,6 @@ std::unique_ptr<Engine> MakeEngine(const std::string& model_dir) {
   EngineOptions options;
   options.model_dir = model_dir;
   return MakeEngine(options);
-}
-
-SamplingParams GreedyParams(int32_t max_new_tokens) {
-  SamplingParams p;
-  p.temperature = 0.0f;
-  p.max_new_tokens = max_new_tokens;
-  p.ignore_eos = true;
-  return p;
 }
 
 // Everything one request produced, in order.
@@ -116,7 +109,7 @@ class SubmitTest : public testing::Test {
 };
 
 TEST_F(SubmitTest, RefusesEmptyPrompt) {
-  auto id = engine_->Submit({}, GreedyParams(4));
+  auto id = engine_->Submit({}, engine_steps::GreedyParams(4));
   ASSERT_FALSE(id.ok());
   EXPECT_EQ(id.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(id.status().message(), HasSubstr("empty"));
@@ -127,40 +120,40 @@ TEST_F(SubmitTest, RefusesOutOfVocabularyIds) {
   const int32_t vocab = engine_->config().vocab_size;
   ASSERT_EQ(vocab, 256);
   for (int32_t bad : {vocab, -1, vocab + 1000}) {
-    auto id = engine_->Submit({1, 2, bad, 3}, GreedyParams(4));
+    auto id = engine_->Submit({1, 2, bad, 3}, engine_steps::GreedyParams(4));
     ASSERT_FALSE(id.ok()) << bad;
     EXPECT_EQ(id.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(id.status().message(), HasSubstr(std::to_string(bad)));
   }
-  EXPECT_TRUE(engine_->Submit({0, vocab - 1}, GreedyParams(1)).ok());
+  EXPECT_TRUE(engine_->Submit({0, vocab - 1}, engine_steps::GreedyParams(1)).ok());
 }
 
 TEST_F(SubmitTest, RefusesInvalidSamplingParams) {
   std::vector<std::pair<SamplingParams, std::string>> cases;
-  SamplingParams p = GreedyParams(4);
+  SamplingParams p = engine_steps::GreedyParams(4);
   p.temperature = -0.5f;
   cases.emplace_back(p, "temperature");
-  p = GreedyParams(4);
+  p = engine_steps::GreedyParams(4);
   p.temperature = std::numeric_limits<float>::quiet_NaN();
   cases.emplace_back(p, "temperature");
-  p = GreedyParams(4);
+  p = engine_steps::GreedyParams(4);
   p.top_p = 0.0f;
   cases.emplace_back(p, "top_p");
-  p = GreedyParams(4);
+  p = engine_steps::GreedyParams(4);
   p.top_p = 1.5f;
   cases.emplace_back(p, "top_p");
-  p = GreedyParams(4);
+  p = engine_steps::GreedyParams(4);
   p.top_k = -1;
   cases.emplace_back(p, "top_k");
-  p = GreedyParams(4);
+  p = engine_steps::GreedyParams(4);
   p.min_p = -0.1f;
   cases.emplace_back(p, "min_p");
-  p = GreedyParams(0);
+  p = engine_steps::GreedyParams(0);
   cases.emplace_back(p, "max_new_tokens");
-  p = GreedyParams(4);
+  p = engine_steps::GreedyParams(4);
   p.stop_token_ids = {256};
   cases.emplace_back(p, "stop_token_ids");
-  p = GreedyParams(4);
+  p = engine_steps::GreedyParams(4);
   p.stop_strings = {""};
   cases.emplace_back(p, "stop_strings");
   for (const auto& [params, field] : cases) {
@@ -176,13 +169,13 @@ TEST_F(SubmitTest, RefusesMoreThanTheModelsPositions) {
   const int32_t max_pos = engine_->config().max_position_embeddings;
   ASSERT_EQ(max_pos, 512);
   std::vector<int32_t> prompt(16, 7);
-  auto id = engine_->Submit(prompt, GreedyParams(max_pos - 16 + 1));
+  auto id = engine_->Submit(prompt, engine_steps::GreedyParams(max_pos - 16 + 1));
   ASSERT_FALSE(id.ok());
   EXPECT_EQ(id.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(id.status().message(), HasSubstr("512"));
-  EXPECT_TRUE(engine_->Submit(prompt, GreedyParams(max_pos - 16)).ok());
+  EXPECT_TRUE(engine_->Submit(prompt, engine_steps::GreedyParams(max_pos - 16)).ok());
   std::vector<int32_t> long_prompt(max_pos + 1, 7);
-  EXPECT_FALSE(engine_->Submit(long_prompt, GreedyParams(1)).ok());
+  EXPECT_FALSE(engine_->Submit(long_prompt, engine_steps::GreedyParams(1)).ok());
 }
 
 // The KV budget holds exactly 4 blocks of 16 tokens (sized from the config, independently of the
@@ -257,13 +250,13 @@ TEST(EngineCacheLimitTest, RefusesMoreThanTheWholeCache) {
   EXPECT_EQ(engine->cache().bytes_per_block(), block_bytes);
 
   const std::vector<int32_t> prompt(10, 3);
-  auto id = engine->Submit(prompt, GreedyParams(55));  // 65 tokens > 64
+  auto id = engine->Submit(prompt, engine_steps::GreedyParams(55));  // 65 tokens > 64
   ASSERT_FALSE(id.ok());
   EXPECT_EQ(id.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(id.status().message(), HasSubstr("65"));
   EXPECT_THAT(id.status().message(), HasSubstr("64"));
   // Exactly the cache runs to the end.
-  Outcome o = RunOne(*engine, prompt, GreedyParams(54));
+  Outcome o = RunOne(*engine, prompt, engine_steps::GreedyParams(54));
   EXPECT_EQ(o.tokens.size(), 54u);
   EXPECT_EQ(o.finish, RequestFinish::kLength);
   EXPECT_EQ(engine->cache().num_used_blocks(), 0);
@@ -283,15 +276,15 @@ TEST(EngineCacheLimitTest, PrefillOnlyNeedsRoomForThePromptAlone) {
   ASSERT_EQ(engine->cache().num_blocks(), 4);
 
   const std::vector<int32_t> prompt(60, 3);
-  EXPECT_EQ(engine->Submit(prompt, GreedyParams(20)).status().code(), absl::StatusCode::kResourceExhausted);
-  absl::StatusOr<RequestId> id = engine->SubmitPrefill(prompt, GreedyParams(20));
+  EXPECT_EQ(engine->Submit(prompt, engine_steps::GreedyParams(20)).status().code(), absl::StatusCode::kResourceExhausted);
+  absl::StatusOr<RequestId> id = engine->SubmitPrefill(prompt, engine_steps::GreedyParams(20));
   ASSERT_TRUE(id.ok()) << id.status();
   while (engine->HasWork()) ASSERT_TRUE(engine->Step().ok());
   EXPECT_EQ(engine->CachedTokens(*id).value_or(-1), 60);
   engine->Release(*id);
   EXPECT_EQ(engine->cache().num_used_blocks(), 0);
   // A prompt that itself exceeds the cache is still refused up front.
-  absl::StatusOr<RequestId> too_long = engine->SubmitPrefill(std::vector<int32_t>(65, 3), GreedyParams(1));
+  absl::StatusOr<RequestId> too_long = engine->SubmitPrefill(std::vector<int32_t>(65, 3), engine_steps::GreedyParams(1));
   EXPECT_EQ(too_long.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(too_long.status().message(), HasSubstr("the prompt (65 tokens)"));
 }
@@ -310,7 +303,7 @@ TEST(EngineCacheLimitTest, RequestsBeyondTheCacheWaitAndFinish) {
   const Greedy g = GoldenGreedy("moe_freq2");
   std::vector<RequestId> ids;
   for (int i = 0; i < 3; ++i) {
-    auto id = engine->Submit(g.prompt, GreedyParams(16));
+    auto id = engine->Submit(g.prompt, engine_steps::GreedyParams(16));
     ASSERT_TRUE(id.ok()) << id.status();
     ids.push_back(*id);
   }
@@ -329,7 +322,7 @@ TEST(EngineFinishTest, MaxNewTokensGivesExactlyNTokens) {
   ASSERT_NE(engine, nullptr);
   const Greedy g = GoldenGreedy("moe_freq2");
   for (int32_t n : {1, 5}) {
-    Outcome o = RunOne(*engine, g.prompt, GreedyParams(n));
+    Outcome o = RunOne(*engine, g.prompt, engine_steps::GreedyParams(n));
     ASSERT_EQ(o.tokens.size(), static_cast<size_t>(n));
     EXPECT_EQ(o.tokens, std::vector<int32_t>(g.output.begin(), g.output.begin() + n));
     EXPECT_EQ(o.finish, RequestFinish::kLength);
@@ -346,7 +339,7 @@ TEST(EngineFinishTest, StopTokenIdEndsWithStop) {
   const int32_t stop = g.output[2];
   ASSERT_NE(g.output[0], stop);
   ASSERT_NE(g.output[1], stop);
-  SamplingParams p = GreedyParams(16);
+  SamplingParams p = engine_steps::GreedyParams(16);
   p.stop_token_ids = {stop};
   Outcome o = RunOne(*engine, g.prompt, p);
   EXPECT_EQ(o.tokens, std::vector<int32_t>(g.output.begin(), g.output.begin() + 3));
@@ -360,7 +353,7 @@ TEST(EngineFinishTest, EosEndsWithStopUnlessIgnored) {
   const Greedy g = GoldenGreedy("moe_freq2");
   ASSERT_EQ(engine->config().eos_token_ids, std::vector<int32_t>{1});
   // Greedy never produces the eos id 1 here, so a request without ignore_eos runs its budget.
-  SamplingParams p = GreedyParams(6);
+  SamplingParams p = engine_steps::GreedyParams(6);
   p.ignore_eos = false;
   Outcome o = RunOne(*engine, g.prompt, p);
   EXPECT_EQ(o.tokens, std::vector<int32_t>(g.output.begin(), g.output.begin() + 6));
@@ -380,7 +373,7 @@ TEST(EngineFinishTest, ConfigEosIdEndsWithStop) {
   {
     auto engine = MakeEngine(dir);
     ASSERT_NE(engine, nullptr);
-    SamplingParams p = GreedyParams(6);
+    SamplingParams p = engine_steps::GreedyParams(6);
     p.ignore_eos = false;
     Outcome o = RunOne(*engine, g.prompt, p);
     EXPECT_EQ(o.tokens, std::vector<int32_t>(g.output.begin(), g.output.begin() + 3));
@@ -398,7 +391,7 @@ TEST(EngineFinishTest, StopTokenTextIsNotEmitted) {
   auto engine = MakeEngine(kBundled);
   ASSERT_NE(engine, nullptr);
   const Greedy g = GoldenGreedy("bundled");
-  SamplingParams p = GreedyParams(static_cast<int32_t>(g.output.size()));
+  SamplingParams p = engine_steps::GreedyParams(static_cast<int32_t>(g.output.size()));
   p.stop_token_ids = {g.output[3]};
   Outcome o = RunOne(*engine, g.prompt, p);
   EXPECT_EQ(o.finish, RequestFinish::kStop);
@@ -418,7 +411,7 @@ TEST(EngineFinishTest, StopStringEndsGenerationAndIsNotEmitted) {
   ASSERT_TRUE(full.ok()) << full.status();
 
   // Without a stop string: the whole continuation and its text.
-  Outcome plain = RunOne(*engine, g.prompt, GreedyParams(static_cast<int32_t>(g.output.size())));
+  Outcome plain = RunOne(*engine, g.prompt, engine_steps::GreedyParams(static_cast<int32_t>(g.output.size())));
   ASSERT_EQ(plain.tokens, g.output);
   EXPECT_EQ(plain.text, *full);
 
@@ -438,7 +431,7 @@ TEST(EngineFinishTest, StopStringEndsGenerationAndIsNotEmitted) {
       break;
     }
   }
-  SamplingParams p = GreedyParams(static_cast<int32_t>(g.output.size()));
+  SamplingParams p = engine_steps::GreedyParams(static_cast<int32_t>(g.output.size()));
   p.stop_strings = {stop};
   Outcome o = RunOne(*engine, g.prompt, p);
   EXPECT_EQ(o.finish, RequestFinish::kStop);
@@ -520,9 +513,9 @@ TEST(EngineAbortTest, AbortEndsTheRequestAndFreesItsBlocks) {
   auto engine = MakeEngine(kFreq2);
   ASSERT_NE(engine, nullptr);
   const Greedy g = GoldenGreedy("moe_freq2");
-  auto id = engine->Submit(g.prompt, GreedyParams(16));
+  auto id = engine->Submit(g.prompt, engine_steps::GreedyParams(16));
   ASSERT_TRUE(id.ok());
-  auto other = engine->Submit(g.prompt, GreedyParams(3));
+  auto other = engine->Submit(g.prompt, engine_steps::GreedyParams(3));
   ASSERT_TRUE(other.ok());
   auto events = engine->Step();  // prefill: first tokens
   ASSERT_TRUE(events.ok()) << events.status();
@@ -549,7 +542,7 @@ TEST(EngineAbortTest, AbortEndsTheRequestAndFreesItsBlocks) {
 TEST(EngineAbortTest, AbortBeforeAnyStep) {
   auto engine = MakeEngine(kFreq2);
   ASSERT_NE(engine, nullptr);
-  auto id = engine->Submit({4, 5, 6}, GreedyParams(4));
+  auto id = engine->Submit({4, 5, 6}, engine_steps::GreedyParams(4));
   ASSERT_TRUE(id.ok());
   engine->Abort(*id);
   auto events = engine->Step();
@@ -571,7 +564,7 @@ TEST(EngineIndexOverrideTest, PatternOverride) {
   ASSERT_NE(engine, nullptr);
   EXPECT_EQ(FormatIndexPattern(engine->config().indexer_types), "FFSSS");
   for (int32_t l = 0; l < 5; ++l) EXPECT_EQ(engine->cache().index_key_pool(l).empty(), l >= 2) << l;
-  Outcome o = RunOne(*engine, GoldenGreedy("moe_freq2").prompt, GreedyParams(4));
+  Outcome o = RunOne(*engine, GoldenGreedy("moe_freq2").prompt, engine_steps::GreedyParams(4));
   EXPECT_EQ(o.tokens.size(), 4u);
 }
 
@@ -587,7 +580,7 @@ TEST(EngineIndexOverrideTest, OverridesEqualToTheCheckpointsPatternReproduceTran
     auto engine = MakeEngine(options);
     ASSERT_NE(engine, nullptr);
     EXPECT_EQ(FormatIndexPattern(engine->config().indexer_types), "FFSFS");
-    EXPECT_EQ(RunOne(*engine, g.prompt, GreedyParams(16)).tokens, g.output);
+    EXPECT_EQ(RunOne(*engine, g.prompt, engine_steps::GreedyParams(16)).tokens, g.output);
   }
 }
 
@@ -683,7 +676,7 @@ TEST(EngineStatsTest, CountersFromGeneration) {
   ASSERT_EQ(FormatIndexPattern(engine->config().indexer_types), "FFSFS");
   engine->TakeStats();
   const Greedy g = GoldenGreedy("moe_freq2");
-  Outcome o = RunOne(*engine, g.prompt, GreedyParams(16));
+  Outcome o = RunOne(*engine, g.prompt, engine_steps::GreedyParams(16));
   ASSERT_EQ(o.tokens.size(), 16u);
   // The prompt's 16 tokens, then each generated token but the last goes through the model.
   ExpectCounters(engine->TakeStats(), 16 + 15, engine->config());
@@ -722,7 +715,7 @@ TEST(EngineStatsTest, FlopsShrinkWithFewerFullLayers) {
     options.index_freq = i == 0 ? 1 : 4;
     auto engine = MakeEngine(options);
     ASSERT_NE(engine, nullptr);
-    RunOne(*engine, prompt, GreedyParams(4));
+    RunOne(*engine, prompt, engine_steps::GreedyParams(4));
     const IndexCacheStats s = engine->TakeStats();
     const uint64_t tokens = prompt.size() + 3;
     const uint64_t full = i == 0 ? 8 : 3;

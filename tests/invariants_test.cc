@@ -22,6 +22,7 @@
 #include "common/engine/engine.h"
 #include "common/safetensors/safetensors_file.h"
 #include "gtest/gtest.h"
+#include "tests/engine_steps.h"
 #include "nlohmann/json.hpp"
 #include "tests/mixed_pattern_runs.h"
 #include "tests/reference/naive_dsa.h"
@@ -103,14 +104,6 @@ EngineOptions Options(const std::string& dir, int32_t chunk = 512, const std::st
   return o;
 }
 
-SamplingParams Greedy(int32_t max_new_tokens) {
-  SamplingParams p;
-  p.temperature = 0.0f;
-  p.max_new_tokens = max_new_tokens;
-  p.ignore_eos = true;
-  return p;
-}
-
 // One ScoreChunks pass: every position's logits and, per layer, the key positions each query attends to.
 struct Scored {
   std::vector<float> logits;                           // [T, vocab]
@@ -155,7 +148,7 @@ absl::StatusOr<std::map<RequestId, std::vector<int32_t>>> Drain(
 }
 
 absl::StatusOr<std::vector<int32_t>> GenerateAlone(Engine& engine, const std::vector<int32_t>& prompt, int32_t n) {
-  absl::StatusOr<RequestId> id = engine.Submit(prompt, Greedy(n));
+  absl::StatusOr<RequestId> id = engine.Submit(prompt, engine_steps::GreedyParams(n));
   if (!id.ok()) return id.status();
   absl::StatusOr<std::map<RequestId, std::vector<int32_t>>> out = Drain(engine);
   if (!out.ok()) return out.status();
@@ -562,7 +555,7 @@ TEST(Batching, ContinuousBatchEqualsEachSequenceAlone) {
   Engine& e = **engine;
   std::vector<RequestId> ids(prompts.size(), -1);
   auto submit = [&](size_t i) {
-    auto id = e.Submit(prompts[i], Greedy(lengths[i]));
+    auto id = e.Submit(prompts[i], engine_steps::GreedyParams(lengths[i]));
     ASSERT_TRUE(id.ok()) << id.status();
     ids[i] = *id;
   };
@@ -631,8 +624,8 @@ TEST(KvAccounting, AbortMidGenerationFreesBlocksAndReportsAbort) {
   auto engine = Engine::Create(Options(ModelDir("moe_freq2"), /*chunk=*/512));
   ASSERT_TRUE(engine.ok()) << engine.status();
   Engine& e = **engine;
-  auto first = e.Submit(RandomIds(20, 256, 21), Greedy(40));
-  auto second = e.Submit(RandomIds(9, 256, 22), Greedy(8));
+  auto first = e.Submit(RandomIds(20, 256, 21), engine_steps::GreedyParams(40));
+  auto second = e.Submit(RandomIds(9, 256, 22), engine_steps::GreedyParams(8));
   ASSERT_TRUE(first.ok() && second.ok());
   std::vector<int32_t> first_tokens;
   bool saw_abort = false;
@@ -679,7 +672,7 @@ TEST(KvAccounting, AbortDuringChunkedPrefillFreesBlocks) {
   auto engine = Engine::Create(o);
   ASSERT_TRUE(engine.ok()) << engine.status();
   Engine& e = **engine;
-  auto id = e.Submit(RandomIds(40, 256, 41), Greedy(5));
+  auto id = e.Submit(RandomIds(40, 256, 41), engine_steps::GreedyParams(5));
   ASSERT_TRUE(id.ok()) << id.status();
   for (int step = 0; step < 2; ++step) {
     auto events = e.Step();
@@ -718,7 +711,7 @@ TEST(KvAccounting, TightCacheServesEveryRequestWithTheSameTokens) {
     if (tight) {
       ASSERT_EQ((*engine)->cache().num_blocks(), 5);
     }
-    for (const auto& p : prompts) ASSERT_TRUE((*engine)->Submit(p, Greedy(n)).ok());
+    for (const auto& p : prompts) ASSERT_TRUE((*engine)->Submit(p, engine_steps::GreedyParams(n)).ok());
     int32_t peak = 0;
     auto out = Drain(**engine, [&](int, std::map<RequestId, std::vector<int32_t>>&) {
       peak = std::max(peak, (*engine)->cache().num_used_blocks());

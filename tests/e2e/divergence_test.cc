@@ -24,7 +24,7 @@ std::unique_ptr<Engine> MakeEngine() {
 std::vector<int32_t> Generate(Engine& engine, const std::vector<int32_t>& prompt, const SamplingParams& params) {
   absl::StatusOr<RequestId> id = engine.Submit(prompt, params);
   EXPECT_TRUE(id.ok()) << id.status();
-  return id.ok() ? ::indexcache::testing::DecodeToEnd(engine, *id) : std::vector<int32_t>();
+  return id.ok() ? ::indexcache::engine_steps::DecodeToEnd(engine, *id) : std::vector<int32_t>();
 }
 
 SamplingParams Params(float temperature) {

@@ -88,7 +88,7 @@ std::vector<int32_t> ImportAndDecode(Engine& decode, std::vector<Rows> rows, con
   EXPECT_TRUE(started.ok()) << started.status();
   if (!started.ok()) return tokens;
   tokens.push_back(started->token);
-  const std::vector<int32_t> rest = testing::DecodeToEnd(decode, *id);
+  const std::vector<int32_t> rest = engine_steps::DecodeToEnd(decode, *id);
   tokens.insert(tokens.end(), rest.begin(), rest.end());
   return tokens;
 }
@@ -100,7 +100,7 @@ TEST(DeviceRowsCheck, DeviceStagedRowsMatchTheHostsAndDecodeTheSame) {
   auto sink = std::make_shared<DeviceSink>();
   absl::StatusOr<RequestId> id = (*prefill)->SubmitPrefill(Prompt(), Greedy(), sink);
   ASSERT_TRUE(id.ok()) << id.status();
-  const int32_t first_token = testing::RunPrefill(**prefill, *id).first_token;
+  const int32_t first_token = engine_steps::RunPrefill(**prefill, *id).first_token;
   ASSERT_GE(first_token, 0);
   ASSERT_EQ(sink->segments.size(), 5u);
   absl::StatusOr<std::vector<IndexerProbe>> probes = (*prefill)->TakeProbes(*id);
