@@ -318,8 +318,9 @@ void DsaModel::EnqueueProjections(int32_t l, bool full, const BatchLayout& layou
   // --- DSA indexer (its projections ran in the stacked products above, outside the timed region)
   be.BeginRegion(TimedRegion::kIndexer);
   EnqueueIndexerQueryKey(l, a);
-  be.WriteCacheRows(a.index_k, a.slots, cache.index_key_pool(l));
-  if (mixed != nullptr && mixed->partial(l)) {
+  const bool partial = mixed != nullptr && mixed->partial(l);
+  be.WriteCacheRows(a.index_k, partial ? mixed->KeySlots(l) : a.slots, cache.index_key_pool(l));
+  if (partial) {
     mixed->EnqueueTopK(be, l, a, layout, cache.index_key_pool(l), c.index_n_heads, IndexScale(c));
   } else {
     be.IndexerTopK(a.index_q, a.index_w, c.index_n_heads, cache.index_key_pool(l), layout, IndexScale(c), a.topk);
@@ -428,7 +429,9 @@ absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedK
   const int64_t logit_rows = static_cast<int64_t>(b.logit_rows.size());
   const std::vector<IndexerType>* uniform = UniformPattern(b);
   std::optional<MixedPatternPass> mixed;
-  if (uniform == nullptr) mixed = MixedPatternPass::Plan(b.sequence_indexer_types, b.token_seq, b.positions, c.num_layers);
+  if (uniform == nullptr) {
+    mixed = MixedPatternPass::Plan(b.sequence_indexer_types, b.token_seq, b.positions, host.slots, c.num_layers);
+  }
   const std::vector<IndexerType>& types = uniform != nullptr ? *uniform : mixed->types();
   // Telemetry measures batches of one pattern: a Shared layer's reused selection depends on it.
   const std::vector<int32_t> telemetry_layers =

@@ -6,7 +6,7 @@ namespace indexcache {
 
 MixedPatternPass MixedPatternPass::Plan(absl::Span<const std::vector<IndexerType>> sequence_types,
                                         absl::Span<const int32_t> token_seq, absl::Span<const int32_t> positions,
-                                        int32_t num_layers) {
+                                        absl::Span<const int32_t> slots, int32_t num_layers) {
   MixedPatternPass p;
   p.row_types_.assign(sequence_types.begin(), sequence_types.end());
   p.token_seq_.assign(token_seq.begin(), token_seq.end());
@@ -32,7 +32,10 @@ MixedPatternPass MixedPatternPass::Plan(absl::Span<const std::vector<IndexerType
     if (p.layer_subset_[l] >= 0) continue;
     Subset subset{.offset = static_cast<int64_t>(p.rows_.size()), .rows = static_cast<int64_t>(full_rows.size()),
                   .max_context = 0};
+    const size_t key_slots_at = p.key_slots_.size();
+    p.key_slots_.resize(key_slots_at + n, -1);
     for (int32_t row : full_rows) {
+      p.key_slots_[key_slots_at + row] = slots[row];
       p.rows_.push_back(row);
       p.seq_.push_back(token_seq[row]);
       p.pos_.push_back(positions[row]);
@@ -54,6 +57,7 @@ void MixedPatternPass::Carve(const ModelConfig& c, DType act, int64_t topk_cols,
   t_.rows = ws.Take(DType::kI32, all, 1);
   t_.seq = ws.Take(DType::kI32, all, 1);
   t_.pos = ws.Take(DType::kI32, all, 1);
+  t_.key_slots = ws.Take(DType::kI32, static_cast<int64_t>(subsets_.size()), static_cast<int64_t>(token_seq_.size()));
   t_.q = ws.Take(act, max_rows_, int64_t{c.index_n_heads} * c.index_head_dim);
   t_.w = ws.Take(act, max_rows_, c.index_n_heads);
   t_.topk = ws.Take(DType::kI32, max_rows_, topk_cols);
@@ -64,6 +68,13 @@ void MixedPatternPass::Upload(Backend& be) const {
   be.Upload(rows_.data(), t_.rows);
   be.Upload(seq_.data(), t_.seq);
   be.Upload(pos_.data(), t_.pos);
+  be.Upload(key_slots_.data(), t_.key_slots);
+}
+
+Tensor MixedPatternPass::KeySlots(int32_t layer) const {
+  // One subset's row of key_slots, as the [n, 1] column WriteCacheRows takes.
+  return Tensor::Matrix(t_.key_slots.Rows(layer_subset_[layer], 1).data, DType::kI32,
+                        static_cast<int64_t>(token_seq_.size()), 1);
 }
 
 void MixedPatternPass::EnqueueTopK(Backend& be, int32_t layer, const Activations& a, const BatchLayout& layout,

@@ -5,8 +5,8 @@
 // - a layer every row runs alike takes the ordinary path (Full: the indexer over every row; Shared:
 //   every row keeps the selection in force);
 // - a layer only some rows run Full computes the indexer's projections, queries and keys for every
-//   row, as a Full layer does (the keys of the other rows land in slots their sequences never read:
-//   their patterns never select from this layer), then scores only its Full rows: their queries and
+//   row, as a Full layer does, but writes only its Full rows' keys to the pool (the others' slots get
+//   -1: their patterns never select from this layer), then scores only those rows: their queries and
 //   head weights are gathered, IndexerTopK runs over their own sequences' keys, and their selections
 //   are written back into their rows of a.topk, so every other row keeps the selection it reuses.
 //
@@ -29,10 +29,10 @@ namespace indexcache {
 class MixedPatternPass {
  public:
   // `sequence_types`: each sequence's pattern (num_layers entries each); token_seq and positions as in
-  // ForwardBatch.
+  // ForwardBatch; `slots` each token's cache slot.
   static MixedPatternPass Plan(absl::Span<const std::vector<IndexerType>> sequence_types,
                                absl::Span<const int32_t> token_seq, absl::Span<const int32_t> positions,
-                               int32_t num_layers);
+                               absl::Span<const int32_t> slots, int32_t num_layers);
 
   // Per layer: Full where some row runs it Full (the layers whose indexer inputs the pass computes).
   const std::vector<IndexerType>& types() const { return types_; }
@@ -46,6 +46,8 @@ class MixedPatternPass {
   void Carve(const ModelConfig& c, DType act, int64_t topk_cols, Workspace& ws);
   // Uploads the subsets (after the real carve).
   void Upload(Backend& be) const;
+  // A partial layer's slot mapping for its index keys: each Full row's cache slot, -1 for the others.
+  Tensor KeySlots(int32_t layer) const;
   // A partial layer, after its indexer queries and keys are in a (a.index_q, a.index_w, and the keys
   // in `key_pool`): the Full rows' selections into their rows of a.topk.
   void EnqueueTopK(Backend& be, int32_t layer, const Activations& a, const BatchLayout& layout, Tensor key_pool,
@@ -62,12 +64,14 @@ class MixedPatternPass {
   std::vector<int32_t> layer_subset_;          // per layer: its Subset, -1 when every row runs it alike
   std::vector<Subset> subsets_;                // distinct sets of Full rows
   std::vector<int32_t> rows_, seq_, pos_;      // the subsets' batch rows, their sequences and positions
+  std::vector<int32_t> key_slots_;             // [subsets, n]: per subset, KeySlots
   std::vector<std::vector<IndexerType>> row_types_;  // per sequence
   std::vector<int32_t> token_seq_;
   int64_t max_rows_ = 0;
 
   struct Device {
     Tensor rows, seq, pos;  // I32 copies of the subsets
+    Tensor key_slots;       // I32 [subsets, n]
     Tensor q, w, topk;      // [m, IH·ID], [m, IH], I32 [m, topk_cols]: scratch for the largest subset
   } t_;
 };
