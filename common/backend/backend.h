@@ -232,10 +232,12 @@ class Backend {
   // topk_ids: I32 [n, K]; topk_weights: F32 [n, K].
   virtual void MoeRoute(Tensor x, Tensor gate_w, Tensor correction_bias, const MoeRouting& routing,
                         Tensor topk_ids, Tensor topk_weights) = 0;
-  // out += Σ_k topk_weights[r, k] · expert_{topk_ids[r, k]}(x[r]) with SwiGLU experts:
-  // gate_up: [E·2I, H] (gate rows then up rows per expert); down: [E·H, I].
+  // out += Σ_k topk_weights[r, k] · expert_{topk_ids[r, k]}(x[r]) with SwiGLU experts, over the
+  // experts [first_expert, first_expert + num_experts) the weights hold (expert parallelism: this
+  // rank's; ids outside that range contribute nothing here):
+  // gate_up: [E·2I, H] (gate rows then up rows per expert); down: [E·H, I], E = num_experts.
   virtual void MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_experts,
-                          Tensor topk_ids, Tensor topk_weights, Tensor out) = 0;
+                          Tensor topk_ids, Tensor topk_weights, Tensor out, int32_t first_expert) = 0;
 
   // --- timing -------------------------------------------------------------------------------
   virtual void BeginRegion(TimedRegion region) = 0;

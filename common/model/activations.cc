@@ -5,7 +5,7 @@
 namespace indexcache {
 
 Activations Carve(const ModelConfig& c, DType act, int64_t n, int64_t num_seqs, int64_t max_blocks, int64_t topk_cols,
-                  int64_t logit_rows, Workspace& ws) {
+                  int64_t logit_rows, Workspace& ws, bool sharded) {
   const int64_t widest_mlp = std::max<int64_t>(c.intermediate_size, int64_t{c.moe_intermediate_size} * std::max(c.n_shared_experts, 1));
   Activations a;
   a.ids = ws.Take(DType::kI32, n, 1);
@@ -38,6 +38,7 @@ Activations Carve(const ModelConfig& c, DType act, int64_t n, int64_t num_seqs, 
   a.argmax = ws.Take(DType::kI32, logit_rows, 1);
   a.draws = ws.Take(DType::kI32, logit_rows, kSamplingDrawWords);
   a.sampled = ws.Take(DType::kI32, logit_rows, 1);
+  if (sharded) a.partial = ws.Take(DType::kF32, n, c.hidden_size);
   return a;
 }
 

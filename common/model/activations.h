@@ -33,11 +33,14 @@ struct Activations {
   Tensor argmax;                                    // I32 [r, 1] (ForwardBatch::argmax_only)
   Tensor draws;                                     // I32 [r, kSamplingDrawWords] (ForwardBatch::draws)
   Tensor sampled;                                   // I32 [r, 1] Backend::SampleTokens' ids
+  Tensor partial;                                   // [n, hidden] F32: a sharded sublayer's partial sum
+                                                    // before its all-reduce (model_shard.h); sharded only
 };
 
 // Takes every activation of a pass over n tokens of num_seqs sequences from `ws` (in a measuring pass
-// or a real one: see Workspace); `act` is the backend's activation dtype.
+// or a real one: see Workspace); `act` is the backend's activation dtype. `c.num_heads` is the heads the
+// pass runs (a tensor-parallel rank's); `sharded` also takes `partial`.
 Activations Carve(const ModelConfig& c, DType act, int64_t n, int64_t num_seqs, int64_t max_blocks, int64_t topk_cols,
-                  int64_t logit_rows, Workspace& ws);
+                  int64_t logit_rows, Workspace& ws, bool sharded = false);
 
 }  // namespace indexcache

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <optional>
+#include <utility>
 
 #include "absl/strings/str_format.h"
 #include "common/model/mixed_pattern_pass.h"
@@ -38,12 +39,21 @@ void AddMlp(Backend& be, const FeedForwardWeights& w, Tensor x, Activations& a, 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<DsaModel>> DsaModel::Load(const std::string& model_dir, ModelConfig config,
-                                                         Backend* backend, const ModelLoadOptions& options) {
+                                                         Backend* backend, const ModelLoadOptions& options,
+                                                         Communicator* group) {
   RETURN_IF_ERROR(ValidateIndexPattern(config.indexer_types, config.num_layers));
+  const ModelShard& shard = options.shard;
+  if (shard.sharded() && (group == nullptr || group->size() != shard.size || group->rank() != shard.rank)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "rank %d of a %d-rank shard needs its group's communicator of that rank and size", shard.rank, shard.size));
+  }
   ASSIGN_OR_RETURN(WeightStore store, WeightStore::Open(model_dir));
   if (config.fp8_weight_block) store.SetFp8WeightBlock((*config.fp8_weight_block)[0], (*config.fp8_weight_block)[1]);
   std::unique_ptr<DsaModel> model(new DsaModel(std::move(config), backend));
   ASSIGN_OR_RETURN(model->weights_, LoadModelWeights(model->config_, store, backend, options));
+  model->shard_ = shard;
+  model->group_ = shard.sharded() ? group : nullptr;
+  if (shard.tensor_parallel) model->forward_config_.num_heads = model->config_.num_heads / shard.size;
   model->set_decode_graphs(true);
   return model;
 }
@@ -293,7 +303,7 @@ void DsaModel::CountIndexerWork(const std::vector<IndexerType>& types, int32_t f
 
 void DsaModel::EnqueueProjections(int32_t l, bool full, const BatchLayout& layout, Activations& a,
                                   PagedKvCache& cache, const MixedPatternPass* mixed) {
-  const ModelConfig& c = config_;
+  const ModelConfig& c = forward_config_;  // this rank's heads
   Backend& be = *backend_;
   const LayerWeights& w = weights_->layers[l];
   const int64_t heads = c.num_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
@@ -339,7 +349,7 @@ void DsaModel::EnqueueIndexerQueryKey(int32_t l, Activations& a) {
 }
 
 void DsaModel::EnqueueSharedIndexerInputs(int32_t l, Activations& a) {
-  const ModelConfig& c = config_;
+  const ModelConfig& c = forward_config_;  // this rank's heads
   Backend& be = *backend_;
   const LayerWeights& w = weights_->layers[l];
   // The indexer's rows of the stacks as products of their own (EnqueueProjections ran the MLA rows):
@@ -354,7 +364,7 @@ void DsaModel::EnqueueSharedIndexerInputs(int32_t l, Activations& a) {
 
 void DsaModel::EnqueueAttentionAndFeedForward(int32_t l, const BatchLayout& layout, Activations& a,
                                               PagedKvCache& cache) {
-  const ModelConfig& c = config_;
+  const ModelConfig& c = forward_config_;  // this rank's heads
   Backend& be = *backend_;
   const LayerWeights& w = weights_->layers[l];
   const int64_t heads = c.num_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
@@ -368,22 +378,43 @@ void DsaModel::EnqueueAttentionAndFeedForward(int32_t l, const BatchLayout& layo
   be.HeadwiseLinear(a.o_latent, w.w_uv, c.num_heads, a.o_heads);
   be.EndRegion(TimedRegion::kAttention);
   // Each sublayer's output goes straight into the residual stream: x += o_proj(...), x += MLP(...),
-  // x += experts(...) — no intermediate, no separate add.
-  be.LinearAdd(a.o_heads, w.o_proj, a.x);
+  // x += experts(...) — no intermediate, no separate add. A sharded sublayer's output is this rank's
+  // partial sum: it goes to a.partial, which the group all-reduces before it joins x.
+  const bool tp = shard_.tensor_parallel && group_ != nullptr, ep = shard_.expert_parallel && group_ != nullptr;
+  if (tp) {
+    be.Linear(a.o_heads, w.o_proj, a.partial);
+    ReduceInto(a.partial, a.x);
+  } else {
+    be.LinearAdd(a.o_heads, w.o_proj, a.x);
+  }
 
   // --- feed-forward
   be.RmsNorm(a.x, w.post_attn_norm, c.rms_norm_eps, a.h);
   if (!w.is_moe) {
-    AddMlp(be, w.dense, a.h, a, a.x);
+    if (tp) be.Fill(a.partial, 0.0f);
+    AddMlp(be, w.dense, a.h, a, tp ? a.partial : a.x);
+    if (tp) ReduceInto(a.partial, a.x);
     return;
   }
+  // Routed experts add into the partial sum when they are split across ranks, the shared experts
+  // when their columns are; whatever is whole on every rank goes straight into x.
+  const bool shared_split = tp && !w.shared.gate_up.empty();
+  if (ep || shared_split) be.Fill(a.partial, 0.0f);
   be.BeginRegion(TimedRegion::kMoe);
   MoeRouting routing{c.n_routed_experts, c.num_experts_per_tok, c.n_group, c.topk_group, c.norm_topk_prob,
                      c.routed_scaling_factor};
   be.MoeRoute(a.h, w.router, w.router_bias, routing, a.route_ids, a.route_weights);
-  be.MoeExperts(a.h, w.experts_gate_up, w.experts_down, c.n_routed_experts, a.route_ids, a.route_weights, a.x);
+  be.MoeExperts(a.h, w.experts_gate_up, w.experts_down, w.num_experts, a.route_ids, a.route_weights,
+                ep ? a.partial : a.x, w.first_expert);
   be.EndRegion(TimedRegion::kMoe);
-  if (!w.shared.gate_up.empty()) AddMlp(be, w.shared, a.h, a, a.x);
+  if (!w.shared.gate_up.empty()) AddMlp(be, w.shared, a.h, a, shared_split ? a.partial : a.x);
+  if (ep || shared_split) ReduceInto(a.partial, a.x);
+}
+
+void DsaModel::ReduceInto(Tensor partial, Tensor x) {
+  absl::Status reduced = group_->AllReduceSum(*backend_, partial);
+  if (!reduced.ok() && parallel_status_.ok()) parallel_status_ = Annotate(reduced, "all-reduce of a sharded sublayer");
+  backend_->Add(x, partial);
 }
 
 void DsaModel::EnqueueLogits(Activations& a, bool sample) {
@@ -419,8 +450,9 @@ absl::Status DsaModel::DownloadLogits(const Activations& a, int64_t rows, const 
 }
 
 absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedKvCache& cache) {
-  const ModelConfig& c = config_;
+  const ModelConfig& c = forward_config_;  // this rank's heads
   Backend& be = *backend_;
+  parallel_status_ = absl::OkStatus();  // a pass that failed earlier says nothing about this one
   const int64_t n = static_cast<int64_t>(b.token_ids.size());
   const int64_t num_seqs = static_cast<int64_t>(b.sequences.size());
   const HostLayout host = LayoutOnHost(b, cache);
@@ -443,11 +475,12 @@ absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedK
                                                           static_cast<int32_t>(telemetry_layers.size()));
 
   workspace_.BeginMeasure();
-  Carve(c, be.activation_dtype(), n, num_seqs, host.max_blocks, topk_cols, logit_rows, workspace_);
+  Carve(c, be.activation_dtype(), n, num_seqs, host.max_blocks, topk_cols, logit_rows, workspace_, shard_.sharded());
   if (!telemetry.empty()) telemetry.Carve(c, be.activation_dtype(), topk_cols, workspace_);
   if (mixed) mixed->Carve(c, be.activation_dtype(), topk_cols, workspace_);
   RETURN_IF_ERROR(workspace_.Commit());
-  Activations a = Carve(c, be.activation_dtype(), n, num_seqs, host.max_blocks, topk_cols, logit_rows, workspace_);
+  Activations a =
+      Carve(c, be.activation_dtype(), n, num_seqs, host.max_blocks, topk_cols, logit_rows, workspace_, shard_.sharded());
   if (!telemetry.empty()) {
     telemetry.Carve(c, be.activation_dtype(), topk_cols, workspace_);
     telemetry.Upload(be);
@@ -519,6 +552,8 @@ absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedK
     RETURN_IF_ERROR(be.Synchronize());
   }
   if (!b.probe_rows.empty()) result.probes = probes_.Take();
+  // A collective that failed left this rank's sums incomplete: the pass's result is not the model's.
+  if (!parallel_status_.ok()) return std::exchange(parallel_status_, absl::OkStatus());
   if (!telemetry.empty()) {
     RETURN_IF_ERROR(telemetry.Collect(be, telemetry_layers, stats_.reuse_overlap));
     ++stats_.reuse_telemetry_passes;
@@ -528,7 +563,7 @@ absl::StatusOr<ForwardResult> DsaModel::RunForward(const ForwardBatch& b, PagedK
 
 absl::StatusOr<ForwardResult> DsaModel::RunDecodeGraph(const ForwardBatch& b, const std::vector<IndexerType>& types,
                                                        PagedKvCache& cache) {
-  const ModelConfig& c = config_;
+  const ModelConfig& c = forward_config_;  // this rank's heads
   Backend& be = *backend_;
   const int64_t n = static_cast<int64_t>(b.token_ids.size());
   const HostLayout real = LayoutOnHost(b, cache);
@@ -598,7 +633,9 @@ bool DsaModel::DecodeGraphFits(const ForwardBatch& b) const {
   const size_t n = b.token_ids.size();
   // A step of one pattern replays that pattern's recording; a step mixing patterns runs op by op (its
   // partial layers' subsets are planned per step).
-  if (graphs_ == nullptr || b.first_layer != 0 || b.capture_topk || b.capture_layer_inputs || !b.probe_rows.empty() ||
+  // A sharded pass's collectives run on the host between ops: not recordable (NCCL's would be).
+  if (graphs_ == nullptr || shard_.sharded() || b.first_layer != 0 || b.capture_topk || b.capture_layer_inputs ||
+      !b.probe_rows.empty() ||
       b.after_cache_write || !b.indexer_types.empty() || UniformPattern(b) == nullptr ||
       DecodeGraphs::RowsBucket(static_cast<int64_t>(n)) == 0 ||
       b.sequences.size() != n || b.logit_rows.size() != n) {

@@ -19,7 +19,9 @@
 #include "common/model/indexcache_stats.h"
 #include "common/model/indexer_probe.h"
 #include "common/model/model_config.h"
+#include "common/model/model_shard.h"
 #include "common/model/model_weights.h"
+#include "common/parallel/communicator.h"
 #include "common/model/probe_capture.h"
 #include "common/model/reuse_telemetry.h"
 #include "common/sampling/sampling_draw.h"
@@ -100,8 +102,12 @@ class DsaModel {
   // `config.indexer_types` is the pattern the model runs with (already overridden by the caller); with
   // an adaptive pattern, every layer some pattern runs Full (PatternSchedule::Loaded), each batch
   // naming its sequences' own (ForwardBatch::sequence_indexer_types).
+  // A sharded rank (options.shard, model_shard.h) loads its share and all-reduces its sublayers'
+  // partial sums with `group` (this rank's communicator of the shard's group); its results are the
+  // whole model's, on every rank of the group alike.
   static absl::StatusOr<std::unique_ptr<DsaModel>> Load(const std::string& model_dir, ModelConfig config,
-                                                        Backend* backend, const ModelLoadOptions& options = {});
+                                                        Backend* backend, const ModelLoadOptions& options = {},
+                                                        Communicator* group = nullptr);
 
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return *weights_; }
@@ -132,7 +138,7 @@ class DsaModel {
 
  private:
   DsaModel(ModelConfig config, Backend* backend)
-      : config_(std::move(config)), backend_(backend), workspace_(backend), probes_(*backend) {}
+      : config_(std::move(config)), forward_config_(config_), backend_(backend), workspace_(backend), probes_(*backend) {}
   absl::Status Validate(const ForwardBatch& batch, const PagedKvCache& cache) const;
   // Forward after validation, untimed: any batch, op by op.
   absl::StatusOr<ForwardResult> RunForward(const ForwardBatch& batch, PagedKvCache& cache);
@@ -157,6 +163,9 @@ class DsaModel {
   void EnqueueSharedIndexerInputs(int32_t l, Activations& a);
   // Layer l: sparse attention over a.topk, output projection, feed-forward, residual adds.
   void EnqueueAttentionAndFeedForward(int32_t l, const BatchLayout& layout, Activations& a, PagedKvCache& cache);
+  // x += the group's sum of `partial` (every rank's share of a sharded sublayer); a failed collective
+  // is kept in parallel_status_, which fails the pass.
+  void ReduceInto(Tensor partial, Tensor x);
   // The final norm and LM head over a.logit_rows, each row's argmax, and when `sample` each row's
   // token drawn with a.draws.
   void EnqueueLogits(Activations& a, bool sample);
@@ -170,7 +179,11 @@ class DsaModel {
   void CountIndexerWork(const ForwardBatch& batch);
 
   ModelConfig config_;
+  ModelConfig forward_config_;  // config_ with this rank's heads (num_heads / shard size when tensor parallel)
   Backend* backend_;
+  ModelShard shard_;
+  Communicator* group_ = nullptr;  // set when sharded
+  absl::Status parallel_status_;
   std::unique_ptr<ModelWeights> weights_;
   Workspace workspace_;
   ProbeCapture probes_;

@@ -45,12 +45,28 @@ class Loader {
     return gate;
   }
 
-  absl::StatusOr<FeedForwardWeights> LoadMlp(const std::string& prefix, int64_t inter, int64_t hidden) {
+  // A SwiGLU MLP of `inter` intermediate columns; `[i0, i1)`: the columns this rank keeps (tensor
+  // parallel: its gate and up rows, its down columns).
+  absl::StatusOr<FeedForwardWeights> LoadMlp(const std::string& prefix, int64_t inter, int64_t hidden, int64_t i0,
+                                             int64_t i1) {
     FeedForwardWeights mlp;
     ASSIGN_OR_RETURN(std::vector<float> gate_up, ReadGateUp(prefix, inter, hidden));
-    ASSIGN_OR_RETURN(mlp.gate_up, Upload(gate_up, 2 * inter, hidden));
-    ASSIGN_OR_RETURN(mlp.down, Load(prefix + "down_proj.weight", {hidden, inter}));
+    const int64_t local = i1 - i0;
+    std::vector<float> kept(2 * local * hidden);
+    std::copy_n(&gate_up[i0 * hidden], local * hidden, kept.begin());                        // gate rows
+    std::copy_n(&gate_up[(inter + i0) * hidden], local * hidden, kept.begin() + local * hidden);  // up rows
+    ASSIGN_OR_RETURN(mlp.gate_up, Upload(kept, 2 * local, hidden));
+    ASSIGN_OR_RETURN(std::vector<float> down, Read(prefix + "down_proj.weight", {hidden, inter}));
+    ASSIGN_OR_RETURN(mlp.down, Upload(Columns(down, hidden, inter, i0, i1), hidden, local));
     return mlp;
+  }
+
+  // Columns [c0, c1) of a [rows, cols] matrix.
+  static std::vector<float> Columns(const std::vector<float>& m, int64_t rows, int64_t cols, int64_t c0, int64_t c1) {
+    if (c0 == 0 && c1 == cols) return m;
+    std::vector<float> out(rows * (c1 - c0));
+    for (int64_t r = 0; r < rows; ++r) std::copy(&m[r * cols + c0], &m[r * cols + c1], &out[r * (c1 - c0)]);
+    return out;
   }
 
   const WeightStore& store() const { return store_; }
@@ -63,39 +79,42 @@ class Loader {
 
 // `full`: the layer runs its indexer, whose weights must be there; `optional_indexer`: load them too
 // when the checkpoint has them.
-absl::Status LoadAttention(const ModelConfig& c, const std::string& p, bool full, bool optional_indexer,
-                           Loader& loader, LayerWeights& w) {
-  const int64_t hidden = c.hidden_size, heads = c.num_heads, nope = c.qk_nope_head_dim;
+// `[h0, h1)`: the heads this rank keeps (all of them unless tensor parallel).
+absl::Status LoadAttention(const ModelConfig& c, const std::string& p, bool full, bool optional_indexer, int64_t h0,
+                           int64_t h1, Loader& loader, LayerWeights& w) {
+  const int64_t hidden = c.hidden_size, heads = c.num_heads, nope = c.qk_nope_head_dim, local = h1 - h0;
   const int64_t rope = c.qk_rope_head_dim, v = c.v_head_dim, kvl = c.kv_lora_rank, qkd = c.qk_head_dim();
   ASSIGN_OR_RETURN(std::vector<float> hidden_proj, loader.Read(p + "q_a_proj.weight", {c.q_lora_rank, hidden}));
   ASSIGN_OR_RETURN(std::vector<float> kv_a, loader.Read(p + "kv_a_proj_with_mqa.weight", {kvl + rope, hidden}));
   hidden_proj.insert(hidden_proj.end(), kv_a.begin(), kv_a.end());
   ASSIGN_OR_RETURN(w.q_a_norm, loader.Load(p + "q_a_layernorm.weight", {c.q_lora_rank}));
   ASSIGN_OR_RETURN(w.kv_a_norm, loader.Load(p + "kv_a_layernorm.weight", {kvl}));
-  ASSIGN_OR_RETURN(w.o_proj, loader.Load(p + "o_proj.weight", {hidden, heads * v}));
+  // o_proj: [hidden, H·v]; a rank's heads read its columns.
+  ASSIGN_OR_RETURN(std::vector<float> o_proj, loader.Read(p + "o_proj.weight", {hidden, heads * v}));
+  ASSIGN_OR_RETURN(w.o_proj, loader.Upload(Loader::Columns(o_proj, hidden, heads * v, h0 * v, h1 * v), hidden, local * v));
 
   ASSIGN_OR_RETURN(std::vector<float> q_b, loader.Read(p + "q_b_proj.weight", {heads * qkd, c.q_lora_rank}));
-  std::vector<float> q_latent_proj(q_b.size());
+  std::vector<float> q_latent_proj(local * qkd * c.q_lora_rank);
   const int64_t row = c.q_lora_rank;
-  for (int64_t h = 0; h < heads; ++h) {
+  for (int64_t h = h0; h < h1; ++h) {
     for (int64_t d = 0; d < qkd; ++d) {
-      const int64_t dst = d < nope ? h * nope + d : heads * nope + h * rope + (d - nope);
+      const int64_t dst = d < nope ? (h - h0) * nope + d : local * nope + (h - h0) * rope + (d - nope);
       std::copy_n(&q_b[(h * qkd + d) * row], row, &q_latent_proj[dst * row]);
     }
   }
 
   // kv_b_proj: [H·(nope + v), kv_lora]; per head the first `nope` rows are W_UK, the next `v` W_UV.
   ASSIGN_OR_RETURN(std::vector<float> kv_b, loader.Read(p + "kv_b_proj.weight", {heads * (nope + v), kvl}));
-  std::vector<float> uk_t(heads * kvl * nope), uv(heads * v * kvl);
-  for (int64_t h = 0; h < heads; ++h) {
+  std::vector<float> uk_t(local * kvl * nope), uv(local * v * kvl);
+  for (int64_t h = h0; h < h1; ++h) {
     const float* head = &kv_b[h * (nope + v) * kvl];
     for (int64_t d = 0; d < nope; ++d) {
-      for (int64_t l = 0; l < kvl; ++l) uk_t[(h * kvl + l) * nope + d] = head[d * kvl + l];
+      for (int64_t l = 0; l < kvl; ++l) uk_t[((h - h0) * kvl + l) * nope + d] = head[d * kvl + l];
     }
-    std::copy_n(head + nope * kvl, v * kvl, &uv[h * v * kvl]);
+    std::copy_n(head + nope * kvl, v * kvl, &uv[(h - h0) * v * kvl]);
   }
-  ASSIGN_OR_RETURN(w.w_uk_t, loader.Upload(uk_t, heads * kvl, nope));
-  ASSIGN_OR_RETURN(w.w_uv, loader.Upload(uv, heads * v, kvl));
+  ASSIGN_OR_RETURN(w.w_uk_t, loader.Upload(uk_t, local * kvl, nope));
+  ASSIGN_OR_RETURN(w.w_uv, loader.Upload(uv, local * v, kvl));
 
   // The stacks end here on layers without an indexer; the others append the indexer's projections.
   auto upload_stacks = [&]() -> absl::Status {
@@ -128,43 +147,58 @@ absl::Status LoadAttention(const ModelConfig& c, const std::string& p, bool full
 
 // Routed experts come either fused (transformers' in-memory layout: experts.gate_up_proj [E, 2I, H],
 // experts.down_proj [E, H, I]) or per expert (the hub layout: experts.{e}.{gate,up,down}_proj.weight).
-absl::Status LoadExperts(const ModelConfig& c, const std::string& p, Loader& loader, LayerWeights& w) {
+// `[e0, e1)`: the experts this rank keeps (all of them unless expert parallel).
+absl::Status LoadExperts(const ModelConfig& c, const std::string& p, int64_t e0, int64_t e1, Loader& loader,
+                         LayerWeights& w) {
   const int64_t experts = c.n_routed_experts, inter = c.moe_intermediate_size, hidden = c.hidden_size;
+  const int64_t local = e1 - e0;
+  w.first_expert = static_cast<int32_t>(e0);
+  w.num_experts = static_cast<int32_t>(local);
   if (loader.store().Contains(p + "experts.gate_up_proj")) {
     ASSIGN_OR_RETURN(std::vector<float> gate_up, loader.Read(p + "experts.gate_up_proj", {experts, 2 * inter, hidden}));
-    ASSIGN_OR_RETURN(w.experts_gate_up, loader.Upload(gate_up, experts * 2 * inter, hidden));
+    const int64_t gu = 2 * inter * hidden, d = hidden * inter;  // values per expert
+    ASSIGN_OR_RETURN(w.experts_gate_up,
+                     loader.Upload(std::vector<float>(gate_up.begin() + e0 * gu, gate_up.begin() + e1 * gu),
+                                   local * 2 * inter, hidden));
     ASSIGN_OR_RETURN(std::vector<float> down, loader.Read(p + "experts.down_proj", {experts, hidden, inter}));
-    ASSIGN_OR_RETURN(w.experts_down, loader.Upload(down, experts * hidden, inter));
+    ASSIGN_OR_RETURN(w.experts_down, loader.Upload(std::vector<float>(down.begin() + e0 * d, down.begin() + e1 * d),
+                                                   local * hidden, inter));
     return absl::OkStatus();
   }
   std::vector<float> gate_up, down;
-  gate_up.reserve(experts * 2 * inter * hidden);
-  down.reserve(experts * hidden * inter);
-  for (int64_t e = 0; e < experts; ++e) {
+  gate_up.reserve(local * 2 * inter * hidden);
+  down.reserve(local * hidden * inter);
+  for (int64_t e = e0; e < e1; ++e) {
     const std::string ep = absl::StrCat(p, "experts.", e, ".");
     ASSIGN_OR_RETURN(std::vector<float> gu, loader.ReadGateUp(ep, inter, hidden));
     gate_up.insert(gate_up.end(), gu.begin(), gu.end());
     ASSIGN_OR_RETURN(std::vector<float> d, loader.Read(ep + "down_proj.weight", {hidden, inter}));
     down.insert(down.end(), d.begin(), d.end());
   }
-  ASSIGN_OR_RETURN(w.experts_gate_up, loader.Upload(gate_up, experts * 2 * inter, hidden));
-  ASSIGN_OR_RETURN(w.experts_down, loader.Upload(down, experts * hidden, inter));
+  ASSIGN_OR_RETURN(w.experts_gate_up, loader.Upload(gate_up, local * 2 * inter, hidden));
+  ASSIGN_OR_RETURN(w.experts_down, loader.Upload(down, local * hidden, inter));
   return absl::OkStatus();
 }
 
-absl::Status LoadFeedForward(const ModelConfig& c, const std::string& p, MlpType type, Loader& loader,
-                             LayerWeights& w) {
+absl::Status LoadFeedForward(const ModelConfig& c, const std::string& p, MlpType type, const ModelShard& shard,
+                             Loader& loader, LayerWeights& w) {
   const int64_t hidden = c.hidden_size;
+  // This rank's share of `total` when `split`, else all of it.
+  auto part = [&](bool split, int64_t total) { return split ? shard.Range(total) : std::pair<int64_t, int64_t>{0, total}; };
   if (type == MlpType::kDense) {
-    ASSIGN_OR_RETURN(w.dense, loader.LoadMlp(p, c.intermediate_size, hidden));
+    const auto [i0, i1] = part(shard.tensor_parallel, c.intermediate_size);
+    ASSIGN_OR_RETURN(w.dense, loader.LoadMlp(p, c.intermediate_size, hidden, i0, i1));
     return absl::OkStatus();
   }
   w.is_moe = true;
   ASSIGN_OR_RETURN(w.router, loader.Load(p + "gate.weight", {c.n_routed_experts, hidden}));
   ASSIGN_OR_RETURN(w.router_bias, loader.Load(p + "gate.e_score_correction_bias", {c.n_routed_experts}));
-  RETURN_IF_ERROR(LoadExperts(c, p, loader, w));
+  const auto [e0, e1] = part(shard.expert_parallel, c.n_routed_experts);
+  RETURN_IF_ERROR(LoadExperts(c, p, e0, e1, loader, w));
   if (c.n_shared_experts > 0) {
-    ASSIGN_OR_RETURN(w.shared, loader.LoadMlp(p + "shared_experts.", int64_t{c.moe_intermediate_size} * c.n_shared_experts, hidden));
+    const int64_t inter = int64_t{c.moe_intermediate_size} * c.n_shared_experts;
+    const auto [i0, i1] = part(shard.tensor_parallel, inter);
+    ASSIGN_OR_RETURN(w.shared, loader.LoadMlp(p + "shared_experts.", inter, hidden, i0, i1));
   }
   return absl::OkStatus();
 }
@@ -173,8 +207,11 @@ absl::Status LoadFeedForward(const ModelConfig& c, const std::string& p, MlpType
 
 absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(const ModelConfig& c, const WeightStore& store,
                                                                 Backend* backend, const ModelLoadOptions& options) {
+  RETURN_IF_ERROR(ValidateShard(c, options.shard));
   auto weights = std::make_unique<ModelWeights>();
   Loader loader(store, backend, weights.get());
+  const auto [h0, h1] =
+      options.shard.tensor_parallel ? options.shard.Range(c.num_heads) : std::pair<int64_t, int64_t>{0, c.num_heads};
   const int64_t hidden = c.hidden_size;
   ASSIGN_OR_RETURN(weights->embed_tokens, loader.Load("model.embed_tokens.weight", {c.vocab_size, hidden}));
   ASSIGN_OR_RETURN(weights->final_norm, loader.Load("model.norm.weight", {hidden}));
@@ -191,8 +228,8 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(const ModelConfig
       ASSIGN_OR_RETURN(w.input_norm, loader.Load(p + "input_layernorm.weight", {hidden}));
       ASSIGN_OR_RETURN(w.post_attn_norm, loader.Load(p + "post_attention_layernorm.weight", {hidden}));
       RETURN_IF_ERROR(LoadAttention(c, p + "self_attn.", c.indexer_types[i] == IndexerType::kFull,
-                                    options.shared_indexers, loader, w));
-      return LoadFeedForward(c, p + "mlp.", c.mlp_types[i], loader, w);
+                                    options.shared_indexers, h0, h1, loader, w));
+      return LoadFeedForward(c, p + "mlp.", c.mlp_types[i], options.shard, loader, w);
     }();
     if (!status.ok()) return Annotate(status, absl::StrCat("loading layer ", i));
   }

@@ -10,6 +10,7 @@
 //   product (decode runs ~30 small kernels per layer: a product fewer is a launch and a pass fewer):
 //     from the normed hidden state: q_a_proj | kv_a_proj_with_mqa | indexer wk | indexer weights_proj,
 //     from the normed q latent:     q_b_proj (regrouped) | indexer wq_b.
+// A sharded rank (ModelLoadOptions::shard) loads its heads, intermediate columns and experts only.
 // Shared layers load no indexer weights (their checkpoints may not have them): their stacks stop
 // after the MLA rows — unless ModelLoadOptions::shared_indexers asks for those a checkpoint has (reuse
 // telemetry runs them on sampled passes); such a layer still runs Shared, on the MLA rows alone.
@@ -22,6 +23,7 @@
 #include "absl/status/statusor.h"
 #include "common/backend/backend.h"
 #include "common/model/model_config.h"
+#include "common/model/model_shard.h"
 
 namespace indexcache {
 
@@ -56,8 +58,10 @@ struct LayerWeights {
   FeedForwardWeights dense;   // dense layers
   Tensor router;              // [E, hidden]
   Tensor router_bias;         // [1, E] e_score_correction_bias
-  Tensor experts_gate_up;     // [E·2I, hidden]
+  Tensor experts_gate_up;     // [E·2I, hidden], E = num_experts (this rank's)
   Tensor experts_down;        // [E·hidden, I]
+  int32_t first_expert = 0;   // the routed experts held: [first_expert, first_expert + num_experts)
+  int32_t num_experts = 0;
   FeedForwardWeights shared;  // shared experts (n_shared · moe_intermediate wide); empty if none
 };
 
@@ -73,6 +77,10 @@ struct ModelWeights {
 struct ModelLoadOptions {
   // Also load the indexer of every Shared layer whose checkpoint has one (LayerWeights::has_indexer).
   bool shared_indexers = false;
+  // This rank's part of a sharded model (model_shard.h): only its heads, intermediate columns and
+  // experts are loaded, so w_uk_t, w_uv, o_proj, q_latent_proj's q rows, the MLPs and the experts hold
+  // this rank's share of the shapes above.
+  ModelShard shard;
 };
 
 // Reads every tensor the config needs from `store`, checks its shape, converts and uploads it.

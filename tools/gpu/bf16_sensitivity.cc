@@ -125,8 +125,8 @@ class Bf16RoundingBackend final : public Backend {
     cpu_.MoeRoute(x, gate_w, correction_bias, routing, topk_ids, topk_weights);
   }
   void MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_experts, Tensor topk_ids, Tensor topk_weights,
-                  Tensor out) override {
-    cpu_.MoeExperts(x, gate_up, down, num_experts, topk_ids, topk_weights, out);
+                  Tensor out, int32_t first_expert) override {
+    cpu_.MoeExperts(x, gate_up, down, num_experts, topk_ids, topk_weights, out, first_expert);
   }
   void BeginRegion(TimedRegion region) override { cpu_.BeginRegion(region); }
   void EndRegion(TimedRegion region) override { cpu_.EndRegion(region); }

@@ -442,7 +442,7 @@ TEST_F(CudaOpCheck, MoeTakesBf16TokensAndWritesEitherDtype) {
       Held cid = PutI(cpu_, {}, n, routing.top_k), cw = PutF(cpu_, {}, n, routing.top_k);
       Held co = PutF(cpu_, AsStored(base, od), n, hidden);
       cpu_.MoeRoute(cx.t, cg.t, cb.t, routing, cid.t, cw.t);
-      cpu_.MoeExperts(cx.t, cgu.t, cd.t, experts, cid.t, cw.t, co.t);
+      cpu_.MoeExperts(cx.t, cgu.t, cd.t, experts, cid.t, cw.t, co.t, 0);
       const std::vector<int32_t> cpu_ids = Get<int32_t>(cpu_, cid.t);
       const std::vector<float> cpu_w = Get<float>(cpu_, cw.t), want = Get<float>(cpu_, co.t);
       // GPU: routed on its own (compared), experts run on the CPU's routing.
@@ -457,7 +457,7 @@ TEST_F(CudaOpCheck, MoeTakesBf16TokensAndWritesEitherDtype) {
       ExpectWithin(Get<float>(*gpu_, gw.t), cpu_w, std::vector<float>(cpu_w.size(), 1e-5f), "moe route weights");
       gpu_->Upload(cpu_ids.data(), gid.t);
       gpu_->Upload(cpu_w.data(), gw.t);
-      gpu_->MoeExperts(gx.t, ggu.t, gd.t, experts, gid.t, gw.t, go.t);
+      gpu_->MoeExperts(gx.t, ggu.t, gd.t, experts, gid.t, gw.t, go.t, 0);
       // The experts' part as in MoeRoutingAndExpertsMatchTheCpuBackend (4u of the row's largest), then a
       // bf16 out rounds the sum: u of it.
       const std::vector<float> stored_base = AsStored(base, od);
@@ -475,6 +475,46 @@ TEST_F(CudaOpCheck, MoeTakesBf16TokensAndWritesEitherDtype) {
       }
       ExpectWithin(Get<float>(*gpu_, go.t), want, bound,
                    (std::string("moe experts x ") + DTypeName(xd) + " out " + DTypeName(od)).c_str());
+    }
+  }
+}
+
+// Expert parallelism: each of 4 slices of 4 experts (first_expert 0, 4, 8, 12) adds only its own
+// experts' share, against the CPU backend running the same slice; entries routed to other slices add
+// nothing. 5 tokens take the matrix-vector kernel, 100 the cuBLAS path.
+TEST_F(CudaOpCheck, MoeExpertsOfOneSliceAddOnlyTheirExpertsShare) {
+  const int64_t hidden = 256, inter = 128;
+  const int32_t experts = 16, slice = 4;
+  const std::vector<float> gu = RoundedBf16(Random(experts * 2 * inter * hidden, 94, 0.0625f));
+  const std::vector<float> down = RoundedBf16(Random(experts * hidden * inter, 95, 0.088f));
+  for (const int64_t n : {5, 100}) {
+    const std::vector<float> x = RoundedBf16(Random(n * hidden, 91));
+    std::vector<int32_t> ids(n * 4);
+    for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 7 + i / 4) % experts);
+    const std::vector<float> weights = Random(n * 4, 92, 0.5f);
+    for (int32_t first = 0; first < experts; first += slice) {
+      SCOPED_TRACE(testing::Message() << n << " tokens, experts [" << first << ", " << first + slice << ")");
+      const std::vector<float> slice_gu(gu.begin() + first * 2 * inter * hidden,
+                                        gu.begin() + (first + slice) * 2 * inter * hidden);
+      const std::vector<float> slice_down(down.begin() + first * hidden * inter,
+                                          down.begin() + (first + slice) * hidden * inter);
+      Held cx = PutF(cpu_, x, n, hidden), cgu = PutF(cpu_, slice_gu, slice * 2 * inter, hidden);
+      Held cd = PutF(cpu_, slice_down, slice * hidden, inter), cid = PutI(cpu_, ids, n, 4);
+      Held cw = PutF(cpu_, weights, n, 4), co = PutF(cpu_, std::vector<float>(n * hidden, 0.0f), n, hidden);
+      cpu_.MoeExperts(cx.t, cgu.t, cd.t, slice, cid.t, cw.t, co.t, first);
+      const std::vector<float> want = Get<float>(cpu_, co.t);
+      Held gx = PutF(*gpu_, x, n, hidden, DType::kBF16), ggu = PutF(*gpu_, slice_gu, slice * 2 * inter, hidden, DType::kBF16);
+      Held gd = PutF(*gpu_, slice_down, slice * hidden, inter, DType::kBF16), gid = PutI(*gpu_, ids, n, 4);
+      Held gw = PutF(*gpu_, weights, n, 4), go = PutF(*gpu_, std::vector<float>(n * hidden, 0.0f), n, hidden);
+      gpu_->MoeExperts(gx.t, ggu.t, gd.t, slice, gid.t, gw.t, go.t, first);
+      // As in MoeTakesBf16TokensAndWritesEitherDtype: 4u of the row's largest (f32 out).
+      std::vector<float> bound(want.size());
+      for (int64_t r = 0; r < n; ++r) {
+        float row_max = 0.0f;
+        for (int64_t c = 0; c < hidden; ++c) row_max = std::max(row_max, std::abs(want[r * hidden + c]));
+        for (int64_t c = 0; c < hidden; ++c) bound[r * hidden + c] = static_cast<float>(4 * kUnitRoundoff * row_max);
+      }
+      ExpectWithin(Get<float>(*gpu_, go.t), want, bound, "moe experts of one slice");
     }
   }
 }
@@ -515,7 +555,7 @@ TEST_F(CudaOpCheck, MismatchedDtypesAreErrors) {
          Held x = PutI(be, std::vector<int32_t>(32, 1), 2, 16), gu = PutF(be, Random(2 * 32 * 16, 7), 64, 16, DType::kBF16);
          Held down = PutF(be, Random(2 * 16 * 16, 8), 32, 16, DType::kBF16), ids = PutI(be, {0, 1}, 2, 1);
          Held wts = PutF(be, {1.0f, 1.0f}, 2, 1), out = PutF(be, {}, 2, 16);
-         be.MoeExperts(x.t, gu.t, down.t, 2, ids.t, wts.t, out.t);
+         be.MoeExperts(x.t, gu.t, down.t, 2, ids.t, wts.t, out.t, 0);
        }},
   };
   for (const auto& [what, op] : cases) {
@@ -703,7 +743,7 @@ TEST_F(CudaOpCheck, MoeRoutingAndExpertsMatchTheCpuBackend) {
         be.Upload(forced_wts->data(), hw.t);
       }
       be.Fill(ho.t, 0.0f);
-      be.MoeExperts(hx.t, hgu.t, hd.t, experts, hid.t, hw.t, ho.t);
+      be.MoeExperts(hx.t, hgu.t, hd.t, experts, hid.t, hw.t, ho.t, 0);
       *out = Get<float>(be, ho.t);
     };
     std::vector<int32_t> cpu_ids, gpu_ids;

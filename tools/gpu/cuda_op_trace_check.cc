@@ -248,10 +248,10 @@ class TracingBackend final : public Backend {
     stats_["moe routing rows"] += x.rows;
   }
   void MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_experts, Tensor topk_ids, Tensor topk_weights,
-                  Tensor out) override {
+                  Tensor out, int32_t first_expert) override {
     HostCopy hx = Pull(x), hg = Pull(gate_up), hd = Pull(down), hi = Pull(topk_ids), hw = Pull(topk_weights), ho = Pull(out);
-    gpu_->MoeExperts(x, gate_up, down, num_experts, topk_ids, topk_weights, out);
-    cpu_.MoeExperts(hx.t, hg.t, hd.t, num_experts, hi.t, hw.t, ho.t);
+    gpu_->MoeExperts(x, gate_up, down, num_experts, topk_ids, topk_weights, out, first_expert);
+    cpu_.MoeExperts(hx.t, hg.t, hd.t, num_experts, hi.t, hw.t, ho.t, first_expert);
     Compare("moe experts", out, ho, 3e-2);
   }
   void BeginRegion(TimedRegion region) override { gpu_->BeginRegion(region); }

@@ -34,14 +34,15 @@ void CpuBackend::MoeRoute(Tensor x, Tensor gate_w, Tensor correction_bias, const
 }
 
 void CpuBackend::MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_experts, Tensor topk_ids,
-                            Tensor topk_weights, Tensor out) {
+                            Tensor topk_weights, Tensor out, int32_t first_expert) {
   const int64_t hidden = x.cols;
   const int64_t inter = down.cols;
-  // Bucket (token, weight) pairs by expert.
+  // Bucket (token, weight) pairs by local expert; other ranks' experts are theirs to add.
   std::vector<std::vector<std::pair<int32_t, float>>> routed(num_experts);
   for (int64_t r = 0; r < x.rows; ++r) {
     for (int64_t k = 0; k < topk_ids.cols; ++k) {
-      routed[topk_ids.row<int32_t>(r)[k]].emplace_back(static_cast<int32_t>(r), topk_weights.row<float>(r)[k]);
+      const int32_t e = topk_ids.row<int32_t>(r)[k] - first_expert;
+      if (e >= 0 && e < num_experts) routed[e].emplace_back(static_cast<int32_t>(r), topk_weights.row<float>(r)[k]);
     }
   }
   std::vector<float> xs, gu, act, y;

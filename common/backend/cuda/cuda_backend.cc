@@ -458,13 +458,13 @@ void CudaBackend::MoeRoute(Tensor x, Tensor gate_w, Tensor correction_bias, cons
 }
 
 void CudaBackend::MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_experts, Tensor topk_ids,
-                             Tensor topk_weights, Tensor out) {
+                             Tensor topk_weights, Tensor out, int32_t first_expert) {
   if (x.rows == 0) return;
   void* scratch =
       ScratchSpace(Scratch::kMoe, cuda::MoeScratchBytes(x.rows, topk_ids.cols, x.cols, down.cols, num_experts));
   if (scratch == nullptr) return;
-  Check(AsStatus(cuda::MoeExperts(x, gate_up, down, num_experts, topk_ids, topk_weights, out, scratch, cublas_,
-                                  moe_offsets_host_, stream_)));
+  Check(AsStatus(cuda::MoeExperts(x, gate_up, down, num_experts, first_expert, topk_ids, topk_weights, out, scratch,
+                                  cublas_, moe_offsets_host_, stream_)));
 }
 
 // A region is a pair of events on the stream (begin, end); both are recorded the same way.

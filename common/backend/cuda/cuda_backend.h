@@ -74,7 +74,7 @@ class CudaBackend final : public Backend {
   void MoeRoute(Tensor x, Tensor gate_w, Tensor correction_bias, const MoeRouting& routing,
                 Tensor topk_ids, Tensor topk_weights) override;
   void MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_experts, Tensor topk_ids,
-                  Tensor topk_weights, Tensor out) override;
+                  Tensor topk_weights, Tensor out, int32_t first_expert) override;
 
   void BeginRegion(TimedRegion region) override;
   void EndRegion(TimedRegion region) override;

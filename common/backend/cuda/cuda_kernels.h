@@ -72,8 +72,8 @@ size_t MoeScratchBytes(int64_t tokens, int64_t top_k, int64_t hidden, int64_t in
 // Batches of more than 64 tokens run the expert GEMMs through `cublas` (on `stream`, not capturable)
 // after downloading the bucket offsets into `host_offsets` (pinned, >= num_experts + 1 ints); smaller
 // ones run our matrix-vector kernel without waiting for the host.
-std::string MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_experts, Tensor topk_ids,
-                       Tensor topk_weights, Tensor out, void* scratch, cublasHandle_t cublas, int32_t* host_offsets,
-                       cudaStream_t stream);
+std::string MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_experts, int32_t first_expert,
+                       Tensor topk_ids, Tensor topk_weights, Tensor out, void* scratch, cublasHandle_t cublas,
+                       int32_t* host_offsets, cudaStream_t stream);
 
 }  // namespace indexcache::cuda

@@ -78,9 +78,19 @@ MoeScratch Carve(void* base, int64_t rows, int64_t hidden, int64_t inter, int32_
   return s;
 }
 
-__global__ void CountKernel(const int32_t* ids, int64_t ids_stride, int64_t n, int32_t k, int32_t* counts) {
+// The local expert of routing entry i (ids minus first_expert), -1 for another rank's expert.
+__device__ int32_t LocalExpert(const int32_t* ids, int64_t ids_stride, int32_t k, int64_t i, int32_t first_expert,
+                               int32_t experts) {
+  const int32_t e = ids[(i / k) * ids_stride + i % k] - first_expert;
+  return e >= 0 && e < experts ? e : -1;
+}
+
+__global__ void CountKernel(const int32_t* ids, int64_t ids_stride, int64_t n, int32_t k, int32_t first_expert,
+                            int32_t experts, int32_t* counts) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (i < n * k) atomicAdd(&counts[ids[(i / k) * ids_stride + i % k]], 1);
+  if (i >= n * k) return;
+  const int32_t e = LocalExpert(ids, ids_stride, k, i, first_expert, experts);
+  if (e >= 0) atomicAdd(&counts[e], 1);
 }
 
 // Bucket e spans offsets[e]..offsets[e + 1]: its counts[e] rows, then zero rows up to a multiple of
@@ -97,11 +107,17 @@ __global__ void OffsetsKernel(const int32_t* counts, int32_t experts, int32_t al
   offsets[experts] = total;
 }
 
-__global__ void ScatterKernel(const int32_t* ids, int64_t ids_stride, int64_t n, int32_t k, const int32_t* offsets,
-                              int32_t* cursor, int32_t* slot_token, int32_t* slot_of) {
+// slot_of[i] = -1 for an entry of another rank's expert: it adds nothing here.
+__global__ void ScatterKernel(const int32_t* ids, int64_t ids_stride, int64_t n, int32_t k, int32_t first_expert,
+                              int32_t experts, const int32_t* offsets, int32_t* cursor, int32_t* slot_token,
+                              int32_t* slot_of) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (i >= n * k) return;
-  const int32_t e = ids[(i / k) * ids_stride + i % k];
+  const int32_t e = LocalExpert(ids, ids_stride, k, i, first_expert, experts);
+  if (e < 0) {
+    slot_of[i] = -1;
+    return;
+  }
   const int32_t slot = offsets[e] + atomicAdd(&cursor[e], 1);
   slot_token[slot] = static_cast<int32_t>(i / k);
   slot_of[i] = slot;
@@ -205,9 +221,11 @@ __global__ void CombineKernel(const float* ys, const int32_t* slot_of, const flo
   for (int64_t c = threadIdx.x * int64_t{kPack}; c < hidden; c += blockDim.x * int64_t{kPack}) {
     float total[kPack] = {};
     for (int k = 0; k < top_k; ++k) {
+      const int32_t slot = slot_of[r * top_k + k];
+      if (slot < 0) continue;  // another rank's expert
       const float w = weights[r * weights_stride + k];
       float y[kPack];
-      LoadRun(ys + int64_t{slot_of[r * top_k + k]} * hidden + c, kPack, /*vector=*/true, y);
+      LoadRun(ys + int64_t{slot} * hidden + c, kPack, /*vector=*/true, y);
 #pragma unroll
       for (int j = 0; j < kPack; ++j) total[j] += w * y[j];
     }
@@ -249,9 +267,9 @@ size_t MoeScratchBytes(int64_t tokens, int64_t top_k, int64_t hidden, int64_t in
          Align(sizeof(float) * rows * hidden);
 }
 
-std::string MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_experts, Tensor topk_ids,
-                       Tensor topk_weights, Tensor out, void* scratch, cublasHandle_t cublas, int32_t* host_offsets,
-                       cudaStream_t stream) {
+std::string MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_experts, int32_t first_expert,
+                       Tensor topk_ids, Tensor topk_weights, Tensor out, void* scratch, cublasHandle_t cublas,
+                       int32_t* host_offsets, cudaStream_t stream) {
   const int64_t n = x.rows, hidden = x.cols, inter = down.cols, k = topk_ids.cols;
   if (!IsFloat(x) || !IsFloat(out) || gate_up.dtype != DType::kBF16 || down.dtype != DType::kBF16 ||
       topk_ids.dtype != DType::kI32 || topk_weights.dtype != DType::kF32) {
@@ -279,10 +297,11 @@ std::string MoeExperts(Tensor x, Tensor gate_up, Tensor down, int32_t num_expert
   cudaMemsetAsync(s.counts, 0, sizeof(int32_t) * num_experts, stream);
   if (by_library) cudaMemsetAsync(s.slot_token, 0xff, sizeof(int32_t) * capacity, stream);  // -1: padding
   const unsigned grid = static_cast<unsigned>(CeilDiv(rows, 256));
-  CountKernel<<<grid, 256, 0, stream>>>(topk_ids.ptr<int32_t>(), topk_ids.stride, n, static_cast<int32_t>(k), s.counts);
+  CountKernel<<<grid, 256, 0, stream>>>(topk_ids.ptr<int32_t>(), topk_ids.stride, n, static_cast<int32_t>(k),
+                                        first_expert, num_experts, s.counts);
   OffsetsKernel<<<1, 32, 0, stream>>>(s.counts, num_experts, by_library ? kGemmRowAlign : 1, s.offsets, s.cursor);
   ScatterKernel<<<grid, 256, 0, stream>>>(topk_ids.ptr<int32_t>(), topk_ids.stride, n, static_cast<int32_t>(k),
-                                          s.offsets, s.cursor, s.slot_token, s.slot_of);
+                                          first_expert, num_experts, s.offsets, s.cursor, s.slot_token, s.slot_of);
   DispatchFloat(x.dtype, [&](auto xt) {
     using T = decltype(xt);
     GatherRowsKernel<T><<<static_cast<unsigned>(by_library ? capacity : rows), 64, 0, stream>>>(
