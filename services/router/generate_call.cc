@@ -90,7 +90,8 @@ grpc::Status GenerateCall::Run() {
     dispatched.insert(dispatched.end(), streamed_.begin(), streamed_.end());
     PromptBlocks blocks(dispatched, WorkModel());
     const int64_t prefill_flops = blocks.models_work() ? blocks.WorkOf(prompt_tokens) : 0;
-    const Demand demand{prompt_tokens, max_new_tokens_ - streamed, prefill_flops, &blocks};
+    const Demand demand{prompt_tokens, max_new_tokens_ - streamed, prefill_flops, &blocks,
+                        static_cast<int64_t>(prompt_.size())};
     absl::StatusOr<Placement> placement =
         queue_.Wait(ticket, demand, failed_decode, failed_prefill, deadline_, [this] { return Interrupted(); });
     if (!placement.ok()) {

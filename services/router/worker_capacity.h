@@ -42,6 +42,10 @@ struct Demand {
   int64_t prefill_flops = 0;  // the prompt's modelled prefill work (common/model/prefill_cost.h)
   // The prompt's block keys, for prefix-aware placement (prompt_blocks.h); null: load alone decides.
   PromptBlocks* prompt = nullptr;
+  // The prompt as its client sent it, without the tokens a migrated request streamed before (0: all of
+  // prompt_tokens): its length picks an adaptive pattern, hence the seed its blocks chain from.
+  int64_t client_prompt_tokens = 0;
+  int64_t PatternLength() const { return client_prompt_tokens > 0 ? client_prompt_tokens : prompt_tokens; }
 };
 
 // What one request adds to a worker's ledger while it is dispatched there.

@@ -392,7 +392,7 @@ absl::StatusOr<Placement> WorkerRegistry::TryPlace(const Demand& demand, absl::S
   // 32K tokens, which heartbeats and other placements must not wait for). A worker that registers in
   // between counts as holding none of the prompt this time.
   if (demand.prompt != nullptr && options_.prefix_overlap_weight > 0) {
-    for (const auto& [seed, block_size] : CacheNamings(demand.prompt_tokens)) demand.prompt->KeysFor(seed, block_size);
+    for (const auto& [seed, block_size] : CacheNamings(demand.PatternLength())) demand.prompt->KeysFor(seed, block_size);
   }
   std::lock_guard<std::mutex> lock(mu_);
   const Choice decode = choose(v1::DECODE, exclude_decode);
@@ -427,7 +427,7 @@ absl::StatusOr<Placement> WorkerRegistry::TryPlace(const Demand& demand, absl::S
 int64_t WorkerRegistry::CachedPromptTokens(const Entry& entry, const Demand& demand) const {
   if (demand.prompt == nullptr || options_.prefix_overlap_weight <= 0 || !entry.cached.known()) return 0;
   const int32_t block_size = entry.cached.block_size();
-  const std::vector<uint64_t>* keys = demand.prompt->HashedFor(entry.cached.SeedFor(demand.prompt_tokens), block_size);
+  const std::vector<uint64_t>* keys = demand.prompt->HashedFor(entry.cached.SeedFor(demand.PatternLength()), block_size);
   return keys == nullptr ? 0 : entry.cached.LeadingHits(*keys) * block_size;
 }
 

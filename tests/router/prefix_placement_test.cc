@@ -154,9 +154,10 @@ class RegistryPlacementTest : public ::testing::Test {
     ASSERT_TRUE(Register(id, v1::DECODE, std::move(load)).ok());
   }
 
-  Placement Place(const std::vector<int32_t>& prompt) {
+  // `client_prompt_tokens`: a migrated request's prompt as its client sent it (0: all of `prompt`).
+  Placement Place(const std::vector<int32_t>& prompt, int64_t client_prompt_tokens = 0) {
     PromptBlocks blocks(prompt, nullptr);
-    const Demand demand{static_cast<int64_t>(prompt.size()), 8, 0, &blocks};
+    const Demand demand{static_cast<int64_t>(prompt.size()), 8, 0, &blocks, client_prompt_tokens};
     absl::StatusOr<Placement> placement = registry_->TryPlace(demand, {}, {});
     EXPECT_TRUE(placement.ok()) << placement.status();
     EXPECT_TRUE(placement->placed());
@@ -225,6 +226,13 @@ TEST_F(RegistryPlacementTest, AnAdaptivePoolLooksEachPromptUpUnderThePatternItsL
     const Placement placement = Place(short_prompt);  // (40 - 1) / 16 = 2 blocks looked up
     EXPECT_EQ(placement.prefill->id(), "p-base");
     EXPECT_EQ(placement.prefill_cached_tokens, 32);
+  }
+  {
+    // The same 100 tokens as a migrated request whose client sent 50 (then 50 were streamed): it keeps
+    // the base pattern, so its blocks are the base seed's.
+    const Placement placement = Place(prompt, /*client_prompt_tokens=*/50);
+    EXPECT_EQ(placement.prefill->id(), "p-base");
+    EXPECT_EQ(placement.prefill_cached_tokens, 64);
   }
   // A worker picking patterns by other lengths would run a request in another pattern than its peer.
   const absl::Status refused = Register("p-other", v1::PREFILL, v1::WorkerLoad(), "32:FSSS");
