@@ -136,7 +136,11 @@ grpc::Status GenerateCall::Run() {
         absl::Status(outcome.status.code(), absl::StrCat(blamed.Describe(), " failed: ", outcome.status.message()));
     registry_->CheckAfterFailure(decode, failure);
     registry_->CheckAfterFailure(prefill, failure);
-    (outcome.blame == Blame::kDecode ? failed_decode : failed_prefill).push_back(blamed.id());
+    // Rows that arrived corrupted (DATA_LOSS: a chunk's checksum or the indexer probe failed) blame the
+    // transfer, not the pair: the retry may take the same workers, so a pool of one still retries.
+    if (failure.code() != absl::StatusCode::kDataLoss) {
+      (outcome.blame == Blame::kDecode ? failed_decode : failed_prefill).push_back(blamed.id());
+    }
     if (!streamed_.empty()) {
       // Tokens reached the client: the stream moves to another pair, or ends here.
       std::string why_not;

@@ -126,6 +126,7 @@ struct DecodeScript {
   int32_t total_kv_blocks = 100;
   bool hold_admission = false;           // wait for admission_gate.Release() before `admitted`
   grpc::Status fail_before_admitted = grpc::Status::OK;  // not OK: the Decode call ends with it before `admitted`
+  int fail_first_calls = 0;              // the first N Decode calls end with `failure` before `admitted`
   std::vector<int32_t> tokens = {11, 12, 13};
   int fail_after_tokens = -1;            // >= 0: after that many tokens the call ends with `failure`
   grpc::Status failure = grpc::Status(grpc::StatusCode::INTERNAL, "simulated decode failure");
@@ -248,6 +249,7 @@ class FakeDecodeWorker final : public v1::DecodeWorker::Service {
     }
     if (!gate_.Pass(context)) return grpc::Status::CANCELLED;
     if (!script_.fail_before_admitted.ok()) return script_.fail_before_admitted;
+    if (static_cast<int>(log.Copy(&FakeLog::requests).size()) <= script_.fail_first_calls) return script_.failure;
     const int32_t size = script_.kv_block_size;
     const int32_t blocks = size > 0 ? (request->prompt_ids_size() + 1 + size - 1) / size : 0;
     {

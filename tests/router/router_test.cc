@@ -769,6 +769,24 @@ TEST(RouterTest, DecodeFailureBeforeTheFirstTokenIsRetriedOnAnotherWorker) {
   EXPECT_TRUE(failing.log.Aborted("retry-me"));
 }
 
+// A handoff whose rows arrived corrupted is retried even on the same pair: the only decode worker
+// takes the retry (an ordinary failure would exclude it, leaving no worker).
+TEST(RouterTest, AHandoffThatLostDataIsRetriedOnTheSamePair) {
+  FakePrefillWorker prefill({});
+  FakeDecodeWorker decode({.worker_id = "only",
+                           .fail_first_calls = 1,
+                           .tokens = {41, 42},
+                           .failure = grpc::Status(grpc::StatusCode::DATA_LOSS, "chunk 3 failed its checksum")});
+  Router router(OptionsFor({&prefill}, {&decode}));
+  auto address = router.Start();
+  ASSERT_TRUE(address.ok()) << address.status();
+
+  const Result r = Client(*address).Generate(IdsRequest({1}, "corrupt"));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_THAT(r.tokens, ElementsAre(41, 42));
+  EXPECT_THAT(decode.log.Copy(&FakeLog::requests), ElementsAre("corrupt", "corrupt#retry1"));
+}
+
 // A request's result with the client's time to its first token and to the end.
 struct TimedResult {
   Result result;
