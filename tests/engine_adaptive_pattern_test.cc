@@ -180,6 +180,27 @@ TEST(AdaptivePatternTest, AHandoffCarriesAndAcceptsOnlyItsPatternsIndexKeys) {
   prefill->Release(*id);
 }
 
+// `score` and `perplexity` (Engine::ScoreChunks) run a prompt in the pattern its length picks.
+TEST(AdaptivePatternTest, ScoringRunsThePatternOfThePromptsLength) {
+  auto adaptive = MakeEngine(kBase, kRanges);
+  auto alone = MakeEngine("FFSSFSSS", "");
+  ASSERT_NE(adaptive, nullptr);
+  ASSERT_NE(alone, nullptr);
+  const std::vector<int32_t> ids = Tokens(150, 9);  // the 100-token range: FFSSFSSS
+  auto logits = [&](Engine& engine) {
+    std::vector<float> all;
+    EXPECT_TRUE(engine
+                    .ScoreChunks(ids, false,
+                                 [&](int32_t, const ForwardResult& r) {
+                                   all.insert(all.end(), r.logits.begin(), r.logits.end());
+                                   return absl::OkStatus();
+                                 })
+                    .ok());
+    return all;
+  };
+  EXPECT_EQ(logits(*adaptive), logits(*alone));
+}
+
 TEST(AdaptivePatternTest, MalformedRangesAreRefusedAtCreation) {
   EngineOptions o;
   o.model_dir = kBundled;

@@ -391,7 +391,8 @@ absl::StatusOr<std::vector<float>> Engine::IndexKeysOf(const Request& r, int32_t
   // A chunk at a time, so the staging stays the size of one prefill chunk's.
   for (int32_t begin = 0; begin < r.prompt_len; begin += max_batch_tokens_) {
     const int32_t end = std::min(r.prompt_len, begin + max_batch_tokens_);
-    ASSIGN_OR_RETURN(KvSegment segment, exporter_->Export(r.id, begin, end, RowsMemory::kHost, index_key_layers_[r.pattern]));
+    ASSIGN_OR_RETURN(KvSegment segment,
+                     exporter_->Export(r.id, begin, end, RowsMemory::kHost, index_key_layers_[r.pattern]));
     const auto& slices = segment.slices();
     auto slice = std::find_if(slices.begin(), slices.end(), [&](const KvSlice& s) {
       return s.layer == layer && s.kind == KvRowKind::kIndexKey;
@@ -706,6 +707,8 @@ absl::Status Engine::ScoreChunks(const std::vector<int32_t>& ids, bool capture_t
     ForwardBatch batch;
     batch.sequences = {kScoringSequence};
     batch.capture_topk = capture_topk;
+    // With an adaptive pattern, the pattern a prompt of this length runs (the model runs them all).
+    if (patterns_.adaptive()) batch.indexer_types = patterns_.TypesFor(static_cast<int64_t>(ids.size()));
     for (int32_t pos = begin; pos < end; ++pos) {
       batch.token_ids.push_back(ids[pos]);
       batch.positions.push_back(pos);

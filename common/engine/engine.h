@@ -145,7 +145,8 @@ class Engine {
   absl::StatusOr<std::vector<TokenEvent>> Step();
 
   // Runs `ids` as one prompt through chunked prefill, handing every chunk's result (logits of all its
-  // positions; per-layer top-k when captured) to `on_chunk` together with the chunk's first position.
+  // positions; per-layer top-k when captured) to `on_chunk` together with the chunk's first position;
+  // in the pattern a prompt of its length runs.
   absl::Status ScoreChunks(const std::vector<int32_t>& ids, bool capture_topk,
                            const std::function<absl::Status(int32_t, const ForwardResult&)>& on_chunk);
 
