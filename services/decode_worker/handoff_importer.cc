@@ -16,15 +16,6 @@ namespace {
 
 using Phase = DecodeSession::Phase;
 
-std::vector<std::vector<bool>> FullLayers(const PatternSchedule& patterns) {
-  std::vector<std::vector<bool>> full_layers;
-  for (const LengthPattern& p : patterns.patterns()) {
-    std::vector<bool>& full = full_layers.emplace_back();
-    for (IndexerType t : p.types) full.push_back(t == IndexerType::kFull);
-  }
-  return full_layers;
-}
-
 absl::Status Mismatch(const std::string& what, const std::string& theirs, const std::string& ours) {
   return absl::FailedPreconditionError(absl::StrFormat(
       "the handoff's %s: '%s', but this decode worker serves '%s'; route it to a matching worker", what, theirs,
@@ -62,7 +53,6 @@ HandoffImporter::HandoffImporter(EngineLoop& loop, const ImportOptions& options,
       device_receive_area_(std::move(device_receive_area)),
       fingerprint_(loop.engine().model_fingerprint()),
       patterns_(loop.engine().patterns().Named()),
-      full_layers_(FullLayers(loop.engine().patterns())),
       num_layers_(loop.engine().config().num_layers),
       latent_dim_(KvRowWidth(loop.engine().cache().spec(), KvRowKind::kLatent)),
       index_key_dim_(KvRowWidth(loop.engine().cache().spec(), KvRowKind::kIndexKey)),
@@ -184,7 +174,9 @@ absl::Status HandoffImporter::Apply(DecodeSession& session, v1::HandoffChunk& ch
 
 size_t HandoffImporter::PromptRowBytes(const DecodeSession& session, int32_t prompt_tokens) const {
   size_t per_token = 0;
-  for (bool full : full_layers_[session.pattern()]) per_token += (latent_dim_ + (full ? index_key_dim_ : 0)) * DTypeSize(dtype_);
+  for (bool full : loop_.engine().FullLayersOf(session.pattern())) {
+    per_token += (latent_dim_ + (full ? index_key_dim_ : 0)) * DTypeSize(dtype_);
+  }
   return per_token * static_cast<size_t>(prompt_tokens);
 }
 
@@ -219,7 +211,7 @@ absl::Status HandoffImporter::AcceptRows(DecodeSession& session, v1::KvRows& row
   if (layer < 0 || layer >= num_layers_) {
     return absl::InvalidArgumentError(absl::StrFormat("rows of layer %d: the model has %d layers", layer, num_layers_));
   }
-  const std::vector<bool>& full_layers = full_layers_[session.pattern()];
+  const std::vector<bool>& full_layers = loop_.engine().FullLayersOf(session.pattern());
   KvRowKind kind;
   std::vector<int32_t>* received;
   int32_t width;
@@ -289,7 +281,7 @@ absl::Status HandoffImporter::ImportRows(Engine& engine, const DecodeSession& se
 absl::Status HandoffImporter::VerifyTrailer(DecodeSession& session, const v1::HandoffTrailer& trailer) {
   const int32_t prompt = session.prompt_tokens();
   const int32_t num_layers = num_layers_;
-  const std::vector<bool>& full_layers = full_layers_[session.pattern()];
+  const std::vector<bool>& full_layers = loop_.engine().FullLayersOf(session.pattern());
   for (int32_t layer = 0; layer < num_layers; ++layer) {
     const int32_t latent = session.import.latent_rows[layer];
     const int32_t keys = session.import.index_key_rows[layer];

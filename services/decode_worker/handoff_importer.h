@@ -87,7 +87,6 @@ class HandoffImporter final : public HandoffSink {
   // This engine's side of the header, read once.
   const std::string fingerprint_;
   const std::vector<std::pair<int32_t, std::string>> patterns_;  // the engine's (PatternSchedule::Named)
-  const std::vector<std::vector<bool>> full_layers_;  // per pattern: its Full layers
   const int32_t num_layers_;
   const int32_t latent_dim_;
   const int32_t index_key_dim_;
